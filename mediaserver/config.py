@@ -1,0 +1,209 @@
+"""Configuration: frozen dataclasses, one per TOML section, with built-in defaults.
+
+`load_config(path, overrides)` reads a TOML file (optional) and `SECTION.KEY=VALUE` overrides, and refuses
+unknown keys (with a did-you-mean), wrong types and out-of-range values with a message that names the key
+and what it accepts. No file at all gives a working single node. `config.example.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+
+class ConfigError(UsageError):
+    """The configuration names an unknown key or holds a value the server cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtmpConfig:
+    bind: str = "0.0.0.0"
+    port: int = 1935
+    chunk_size: int = 4096
+    """Our outgoing chunk size."""
+    max_message_size: int = 16 * 1024 * 1024
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    """A connection that sends nothing for this long is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    bind: str = "0.0.0.0"
+    port: int = 8080
+    cors_origin: str = "*"
+    flv_merge_ms: int = 100
+    """How long an FLV viewer's writes are merged: fewer syscalls per viewer, a little more delay."""
+    write_timeout: float = 15.0
+    """A viewer whose socket accepts nothing for this long is disconnected."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    gop_cache_max_ms: int = 12_000
+    gop_cache_max_frames: int = 2_000
+    gop_cache_max_bytes: int = 64 * 1024 * 1024
+    audio_only_cache_ms: int = 1_000
+    viewer_queue_ms: int = 3_000
+    viewer_queue_bytes: int = 16 * 1024 * 1024
+    slow_viewer_max_overflows: int = 3
+    slow_viewer_window: float = 60.0
+    stale_publisher_timeout: float = 5.0
+    reconnect_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HlsConfig:
+    enabled: bool = True
+    segment_duration: float = 2.0
+    playlist_length: int = 6
+    ended_linger: float = 60.0
+    """How long the final playlist (with EXT-X-ENDLIST) stays after a stream ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    hls: HlsConfig = field(default_factory=HlsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Accepted values and ranges, checked after types: key -> (min, max) or a tuple of choices.
+_RANGES: dict[str, tuple[float, float]] = {
+    "rtmp.port": (1, 65535),
+    "http.port": (1, 65535),
+    "rtmp.chunk_size": (128, 65536),
+    "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
+    "rtmp.handshake_timeout": (0.1, 600),
+    "rtmp.idle_timeout": (0.5, 3600),
+    "http.flv_merge_ms": (0, 1000),
+    "http.write_timeout": (0.5, 600),
+    "hub.gop_cache_max_ms": (0, 600_000),
+    "hub.gop_cache_max_frames": (0, 100_000),
+    "hub.gop_cache_max_bytes": (0, 4 * 1024**3),
+    "hub.audio_only_cache_ms": (0, 60_000),
+    "hub.viewer_queue_ms": (100, 600_000),
+    "hub.viewer_queue_bytes": (64 * 1024, 4 * 1024**3),
+    "hub.slow_viewer_max_overflows": (1, 1000),
+    "hub.slow_viewer_window": (1, 86_400),
+    "hub.stale_publisher_timeout": (0.1, 3600),
+    "hub.reconnect_grace": (0, 3600),
+    "hls.segment_duration": (0.5, 60),
+    "hls.playlist_length": (2, 100),
+    "hls.ended_linger": (0, 86_400),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("text", "json"),
+}
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]}?"
+    return f"; known keys: {', '.join(options)}"
+
+
+def _coerce(where: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r} must be true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r} must be a whole number")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r} must be a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r} must be a string")
+        return value
+    raise ConfigError(f"{where} has an unsupported type")  # pragma: no cover - guards new fields
+
+
+def _check(where: str, value: Any) -> None:
+    if where in _RANGES:
+        lo, hi = _RANGES[where]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{where} = {value!r} is out of range; must be {lo:g}..{hi:g}")
+    if where in _CHOICES and value not in _CHOICES[where]:
+        raise ConfigError(f"{where} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from parsed TOML, refusing unknown sections and keys and bad values."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built: dict[str, Any] = {}
+    for section_name, section_values in raw.items():
+        if section_name not in sections:
+            raise ConfigError(f"unknown section [{section_name}]" + _suggest(section_name, list(sections)))
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"[{section_name}] must be a table of keys, not {section_values!r}")
+        cls = sections[section_name].default_factory()  # type: ignore[misc]
+        defaults = {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in section_values.items():
+            where = f"{section_name}.{key}"
+            if key not in defaults:
+                raise ConfigError(f"unknown key [{section_name}].{key}" + _suggest(key, list(defaults)))
+            coerced = _coerce(where, value, defaults[key])
+            _check(where, coerced)
+            values[key] = coerced
+        built[section_name] = dataclasses.replace(cls, **values)
+    return Config(**built)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`SECTION.KEY=VALUE` -> (section, key, value). VALUE is read as TOML, else taken as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like SECTION.KEY=VALUE, e.g. rtmp.port=1936")
+    path, raw_value = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read the TOML file at `path` (if any), apply overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {p}: {err.strerror}; check the path given to --config") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {p} is not UTF-8 text") from err
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {p} is not valid TOML: {err}") from err
+    for text in overrides:
+        section, key, value = parse_override(text)
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table of keys")
+        table[key] = value
+    return config_from_dict(raw)

@@ -1,0 +1,142 @@
+"""GopCache: the stream's shared frame log, read by every viewer through its own cursor.
+
+Frames are appended once and never copied; a viewer is a cursor (an absolute index) into this log, so
+fan-out costs nothing per viewer when a frame arrives. The log keeps:
+- the latest GOP, from the newest video keyframe (for late joiners), bounded by frames, bytes and media
+  duration; a GOP over a bound is given up until the next keyframe (late joiners then wait for it);
+- for audio-only streams, the last `audio_only_ms` of audio instead of a GOP;
+- the recent past that slow viewers may still be reading: `window_ms` of media and `window_bytes`.
+Anything older is trimmed. A viewer whose cursor fell behind the trimmed start (or lags by more than the
+window) has overflowed; the Subscriber decides what that means.
+
+Sequence headers and metadata are appended too (so viewers in sync see changes inline) but a late joiner
+gets them from StreamInfo, which is kept apart from the GOP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..media.frames import Frame, FrameKind
+
+
+@dataclass(frozen=True, slots=True)
+class GopLimits:
+    max_gop_ms: int = 12_000
+    max_gop_frames: int = 2_000
+    max_gop_bytes: int = 64 * 1024 * 1024
+    audio_only_ms: int = 1_000
+    window_ms: int = 3_000
+    window_bytes: int = 16 * 1024 * 1024
+
+
+class GopCache:
+    __slots__ = ("limits", "_frames", "_ends", "base", "gop_start", "has_video", "newest_dts", "bytes_appended")
+
+    def __init__(self, limits: GopLimits | None = None) -> None:
+        self.limits = limits or GopLimits()
+        self._frames: list[Frame] = []
+        self._ends: list[int] = []  # running total of bytes appended, at the end of each frame
+        self.base = 0  # absolute index of self._frames[0]
+        self.gop_start: int | None = None  # absolute index of the newest usable video keyframe
+        self.has_video = False
+        self.newest_dts = 0
+        self.bytes_appended = 0
+
+    @property
+    def end(self) -> int:
+        """Absolute index one past the newest frame."""
+        return self.base + len(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def retained_bytes(self) -> int:
+        if not self._frames:
+            return 0
+        return self.bytes_appended - (self._ends[0] - self._frames[0].size)
+
+    def append(self, frame: Frame) -> None:
+        self._frames.append(frame)
+        self.bytes_appended += frame.size
+        self._ends.append(self.bytes_appended)
+        if frame.dts_ms > self.newest_dts or len(self._frames) == 1:
+            self.newest_dts = frame.dts_ms
+        if frame.kind == FrameKind.VIDEO and not frame.is_config:
+            if not self.has_video:
+                self.has_video = True
+                self.gop_start = None
+            if frame.keyframe:
+                self.gop_start = self.end - 1
+        self._enforce_gop_limits()
+        self._trim()
+
+    def _enforce_gop_limits(self) -> None:
+        start = self.gop_start
+        if start is None:
+            return
+        lim = self.limits
+        i = start - self.base
+        first = self._frames[i]
+        if (
+            self.end - start > lim.max_gop_frames
+            or self.bytes_appended - (self._ends[i] - first.size) > lim.max_gop_bytes
+            or self.newest_dts - first.dts_ms > lim.max_gop_ms
+        ):
+            self.gop_start = None
+
+    def _trim(self) -> None:
+        frames = self._frames
+        lim = self.limits
+        keep_dts = self.newest_dts - lim.window_ms
+        if not self.has_video:
+            keep_dts = min(keep_dts, self.newest_dts - lim.audio_only_ms)
+        keep_bytes_from = self.bytes_appended - lim.window_bytes
+        protect = self.gop_start - self.base if self.gop_start is not None else len(frames)
+        n = 0
+        limit = min(protect, len(frames) - 1)
+        while n < limit and (frames[n].dts_ms < keep_dts or self._ends[n] <= keep_bytes_from):
+            n += 1
+        if n:
+            del frames[:n]
+            del self._ends[:n]
+            self.base += n
+
+    def late_joiner_start(self) -> int:
+        """Where a new viewer starts: the newest GOP, the recent audio of an audio-only stream, or the
+        live edge (waiting for the next keyframe) when no usable GOP is cached."""
+        if self.has_video:
+            return self.gop_start if self.gop_start is not None else self.end
+        floor = self.newest_dts - self.limits.audio_only_ms
+        for i, f in enumerate(self._frames):
+            if f.dts_ms >= floor and not f.is_config:
+                return self.base + i
+        return self.end
+
+    def frames_from(self, index: int) -> list[Frame]:
+        """Frames from absolute `index` to the end; `index` must be >= base."""
+        return self._frames[index - self.base :]
+
+    def dts_at(self, index: int) -> int:
+        return self._frames[index - self.base].dts_ms
+
+    def bytes_before(self, index: int) -> int:
+        """Running byte total at the start of absolute `index` (which may equal end)."""
+        i = index - self.base
+        if i >= len(self._frames):
+            return self.bytes_appended
+        return self._ends[i] - self._frames[i].size
+
+    def gop_bytes(self) -> int:
+        if self.gop_start is None:
+            return 0
+        return self.bytes_appended - self.bytes_before(self.gop_start)
+
+    def clear(self) -> None:
+        """Forget all frames (a publisher restarted); indices keep growing so cursors stay valid."""
+        self.base = self.end
+        self._frames.clear()
+        self._ends.clear()
+        self.gop_start = None
+        self.has_video = False

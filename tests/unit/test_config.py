@@ -1,0 +1,67 @@
+"""Config: defaults work with no file; unknown keys and bad values are refused with a clear message."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mediaserver.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_no_file_gives_working_defaults():
+    cfg = load_config()
+    assert (cfg.rtmp.port, cfg.http.port) == (1935, 8080)
+    assert cfg.hls.segment_duration == 2.0 and cfg.hls.playlist_length == 6
+
+
+def test_file_and_overrides_are_applied(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[rtmp]\nbind = "127.0.0.1"\nport = 1936\n[http]\nport = 8081\n')
+    cfg = load_config(f, ["http.port=9000", "hls.segment_duration=4", "log.format=json"])
+    assert (cfg.rtmp.bind, cfg.rtmp.port, cfg.http.port) == ("127.0.0.1", 1936, 9000)
+    assert cfg.hls.segment_duration == 4.0 and cfg.log.format == "json"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[hls]\nsegment_duraton = 2\n", "did you mean segment_duration?"),
+        ("[rtpm]\nport = 1\n", "did you mean rtmp?"),
+        ('[rtmp]\nport = "x"\n', "rtmp.port = 'x' must be a whole number"),
+        ("[rtmp]\nport = 70000\n", "rtmp.port = 70000 is out of range; must be 1..65535"),
+        ('[log]\nlevel = "loud"\n', "must be one of debug, info, warning, error"),
+        ("rtmp = 3\n", "[rtmp] must be a table"),
+        ("[rtmp\n", "is not valid TOML"),
+        ("[hls]\nenabled = 1\n", "must be true or false"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_key(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert message in str(err.value)
+
+
+def test_missing_file_says_what_to_check(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_bad_override_shape_is_refused():
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        load_config(None, ["port=1"])
+
+
+def test_example_config_documents_every_key_and_loads():
+    text = (ROOT / "config.example.toml").read_text()
+    raw = tomllib.loads(text)
+    load_config(ROOT / "config.example.toml")
+    defaults = Config()
+    for section in ("rtmp", "http", "hub", "hls", "log"):
+        fields = getattr(defaults, section).__dataclass_fields__
+        assert set(raw[section]) == set(fields), f"config.example.toml [{section}] must list every key"
