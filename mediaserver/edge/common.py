@@ -1,0 +1,65 @@
+"""What every edge route shares: typed app keys, JSON errors, CORS, stream lookup."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from ..config import Config
+from ..hub.registry import StreamRegistry
+from ..hub.stream import Stream
+from .names import stream_key
+
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", StreamRegistry)
+
+
+def json_error(status: int, error: str, hint: str, headers: dict[str, str] | None = None) -> web.HTTPException:
+    """An HTTP error whose body is `{"error": ..., "hint": ...}`: what went wrong and what to do."""
+    cls = web.HTTPException
+    for candidate in (web.HTTPBadRequest, web.HTTPNotFound, web.HTTPRequestURITooLong, web.HTTPServiceUnavailable,
+                      web.HTTPTooManyRequests, web.HTTPUnsupportedMediaType, web.HTTPGatewayTimeout):
+        if candidate.status_code == status:
+            cls = candidate
+            break
+    exc = cls(
+        text=json.dumps({"error": error, "hint": hint}),
+        content_type="application/json",
+        headers=headers,
+    )
+    return exc
+
+
+def cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.app[CONFIG].http.cors_origin
+    if not origin:
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Content-Length, Date"}
+
+
+def peer_of(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(request.remote or "unknown")
+
+
+def find_stream(request: web.Request, app: str, name: str) -> Stream:
+    """The live (or reconnecting) stream named in the URL; 400 for a bad name, 404 if not published."""
+    key = stream_key(app, name)
+    if key is None:
+        raise json_error(
+            400, "invalid stream name",
+            "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'",
+            cors_headers(request),
+        )
+    stream = request.app[REGISTRY].get(key)
+    if stream is None or stream.ended:
+        raise json_error(
+            404, f"stream {key} is not being published",
+            f"publish it first, e.g. ffmpeg -re -i FILE -c copy -f flv rtmp://HOST/{key.app}/{key.name}",
+            cors_headers(request),
+        )
+    return stream

@@ -1,0 +1,65 @@
+"""HLS (MPEG-TS) routes: `GET /APP/NAME/index.m3u8` and its segments, served from memory.
+
+The playlist bytes are rendered once per change and shared; a segment is sent as the packager's own
+bytes object, never copied per request. Playlists may be cached for less than a segment's duration,
+segments (whose names are unique to a stream instance) for a long time.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .common import CONFIG, cors_headers, json_error
+from .names import stream_key
+from .packagers import PackagerPool
+
+PACKAGERS = web.AppKey("packagers", PackagerPool)
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+SEGMENT_TYPE = "video/mp2t"
+
+
+def _packager(request: web.Request):
+    key = stream_key(request.match_info["app"], request.match_info["name"])
+    if key is None:
+        raise json_error(400, "invalid stream name",
+                         "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~'", cors_headers(request))
+    packager = request.app[PACKAGERS].hls(key)
+    if packager is None:
+        raise json_error(404, f"stream {key} is not being published",
+                         f"publish it first to rtmp://HOST/{key.app}/{key.name}", cors_headers(request))
+    return key, packager
+
+
+async def serve_playlist(request: web.Request) -> web.Response:
+    key, packager = _packager(request)
+    cfg = request.app[CONFIG].hls
+    if not packager.has_segments and not await packager.wait_ready(cfg.segment_duration * 2 + 1):
+        raise json_error(503, f"stream {key} has no segment yet",
+                         "the publisher has not sent a keyframe yet; retry in a few seconds",
+                         {"Retry-After": "2", **cors_headers(request)})
+    max_age = max(0, int(cfg.segment_duration / 2))
+    return web.Response(
+        body=packager.playlist(),
+        headers={
+            "Content-Type": PLAYLIST_TYPE,
+            "Cache-Control": f"max-age={max_age}" if max_age and not packager.ended else "no-cache",
+            **cors_headers(request),
+        },
+    )
+
+
+async def serve_segment(request: web.Request) -> web.Response:
+    key, packager = _packager(request)
+    segment = packager.segment(request.match_info["file"])
+    if segment is None:
+        raise json_error(404, f"segment {request.match_info['file'][:64]!r} of {key} does not exist",
+                         "reload the playlist: segments expire as the live window slides", cors_headers(request))
+    return web.Response(
+        body=segment.data,
+        headers={
+            "Content-Type": SEGMENT_TYPE,
+            "Cache-Control": "public, max-age=3600, immutable",
+            **cors_headers(request),
+        },
+    )

@@ -1,0 +1,339 @@
+"""The asyncio side of RTMP: one Protocol per connection around a sans-IO ServerSession.
+
+It owns the sockets, the timeouts (handshake, idle), the translation of session events into hub calls
+(claim a stream, publish frames, release), and the publisher handle the hub uses to end a connection.
+Players (`play`) are hub subscribers whose batches are sent with compressed chunk headers, in one socket
+write per batch, waiting for the socket to drain (backpressure) before taking the next batch.
+
+Bad input from a peer (a protocol error, a malformed media body) is logged once with the peer's address
+and closes that connection only; every other stream carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..config import RtmpConfig
+from ..errors import PeerError
+from ..hub.registry import PublishRefused, StreamRegistry
+from ..hub.stream import Stream, StreamKey
+from ..hub.subscriber import SlowConsumer, Subscriber
+from ..log import Bound, event
+from ..media.frames import FrameKind
+from ..media.timestamps import TimestampUnwrapper
+from . import events as ev
+from .session import ServerSession
+
+log = logging.getLogger(__name__)
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.~")
+_PLAY_MERGE_S = 0.05
+
+
+def _valid_name(text: str) -> bool:
+    return 0 < len(text) <= 128 and text[0] != "." and all(c in _NAME_CHARS for c in text)
+
+
+class RtmpServer:
+    """Listens for RTMP connections and tracks them for an ordered shutdown."""
+
+    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.connections: set[RtmpConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._ids = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._make_connection, self.cfg.bind, self.cfg.port, reuse_address=True)
+
+    def _make_connection(self) -> RtmpConnection:
+        self._ids += 1
+        return RtmpConnection(self, self._ids)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close("server_shutdown")
+        if self._server is not None:
+            self._server.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except TimeoutError:
+                pass
+
+
+class RtmpConnection(asyncio.Protocol):
+    """One client connection: a publisher, a player, or (briefly) neither."""
+
+    def __init__(self, server: RtmpServer, conn_id: int) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.registry = server.registry
+        self.conn_id = conn_id
+        self.peer = "unknown"
+        self.log: logging.LoggerAdapter = Bound(log, {"conn": conn_id})
+        self.session = ServerSession(chunk_size=self.cfg.chunk_size, max_message_size=self.cfg.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.app = ""
+        self.stream: Stream | None = None
+        self.stream_id = 0
+        self._video_ts = TimestampUnwrapper()
+        self._audio_ts = TimestampUnwrapper()
+        self._last_rx = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._announced = False
+        self._play_task: asyncio.Task[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._publish_started = 0.0
+
+    # ----- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        self.log = Bound(log, {"conn": self.conn_id, "peer": self.peer})
+        self.server.connections.add(self)
+        self._timer = self.loop.call_later(self.cfg.handshake_timeout, self._check_timeouts)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self.loop.time()
+        try:
+            self.session.receive_data(data)
+            for event_ in self.session.events():
+                self._on_event(event_)
+        except PeerError as err:
+            event(self.log, "rtmp_protocol_error", logging.WARNING, error=str(err), stream=self._stream_name())
+            self._flush()
+            self._abort("protocol_error")
+            return
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if self._play_task is not None:
+            self._play_task.cancel()
+        self._end_publish("connection_closed")
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # ----- timeouts -------------------------------------------------------------------------------
+
+    def _check_timeouts(self) -> None:
+        if self._closing:
+            return
+        if not self.session.handshake_done:
+            event(self.log, "rtmp_handshake_timeout", logging.WARNING, after_s=self.cfg.handshake_timeout)
+            self._abort("handshake_timeout")
+            return
+        idle = self.loop.time() - self._last_rx
+        if idle >= self.cfg.idle_timeout and self._play_task is None:
+            event(self.log, "rtmp_idle_timeout", logging.WARNING, idle_s=round(idle, 1), stream=self._stream_name())
+            self._abort("idle_timeout")
+            return
+        self._timer = self.loop.call_later(max(0.5, self.cfg.idle_timeout - idle), self._check_timeouts)
+
+    # ----- session events -------------------------------------------------------------------------
+
+    def _on_event(self, e: ev.Event) -> None:
+        if isinstance(e, ev.VideoReceived):
+            if self.stream is not None and e.stream_id == self.stream_id:
+                frame = self.stream.publish_video(self._video_ts.unwrap(e.timestamp), e.body, time.monotonic())
+                if not self._announced and frame is not None and frame.keyframe:
+                    self._announce()
+        elif isinstance(e, ev.AudioReceived):
+            if self.stream is not None and e.stream_id == self.stream_id:
+                frame = self.stream.publish_audio(self._audio_ts.unwrap(e.timestamp), e.body, time.monotonic())
+                if not self._announced and frame is not None and not frame.is_config and self.stream.info.video_config is None and self.stream.frames_in > 50:
+                    self._announce()
+        elif isinstance(e, ev.MetadataReceived):
+            if self.stream is not None and e.stream_id == self.stream_id:
+                self.stream.publish_metadata(e.body, dict(e.values), time.monotonic())
+        elif isinstance(e, ev.Connected):
+            self.app = e.app.partition("?")[0]
+        elif isinstance(e, ev.PublishRequested):
+            self._on_publish(e)
+        elif isinstance(e, ev.PublishFinished):
+            if e.stream_id == self.stream_id:
+                self._end_publish("unpublished")
+        elif isinstance(e, ev.PlayRequested):
+            self._on_play(e)
+        elif isinstance(e, ev.PlayFinished):
+            if self._play_task is not None:
+                self._play_task.cancel()
+
+    def _on_publish(self, e: ev.PublishRequested) -> None:
+        if self.stream is not None or self._play_task is not None:
+            self.session.reject_publish(e.request_id, "NetStream.Publish.BadName", "This connection already has a stream.")
+            self._close_after_flush()
+            return
+        app = e.app or self.app
+        if not (_valid_name(app) and _valid_name(e.name)):
+            self.session.reject_publish(
+                e.request_id, "NetStream.Publish.BadName",
+                "App and stream names are 1-128 letters, digits, '_', '-', '.' or '~'.",
+            )
+            event(self.log, "publish_refused", logging.WARNING, app=app[:64], stream=e.name[:64], reason="bad_name")
+            self._close_after_flush()
+            return
+        key = StreamKey(app, e.name)
+        try:
+            stream = self.registry.claim_publisher(key, self)
+        except PublishRefused as err:
+            self.session.reject_publish(e.request_id, err.code, str(err))
+            event(self.log, "publish_refused", logging.WARNING, stream=str(key), reason=str(err))
+            self._close_after_flush()
+            return
+        self.stream = stream
+        self.stream_id = e.stream_id
+        self._video_ts = TimestampUnwrapper()
+        self._audio_ts = TimestampUnwrapper()
+        self._publish_started = time.monotonic()
+        self._bytes_at_start = stream.bytes_in
+        self.session.accept_publish(e.request_id)
+        event(self.log, "publish_accepted", stream=str(key), session=stream.sessions)
+
+    def _announce(self) -> None:
+        """The one line that says what a publisher sends, once its codecs are known."""
+        self._announced = True
+        stream = self.stream
+        assert stream is not None
+        info = stream.info
+        meta = info.metadata_values
+        fields: dict[str, Any] = {"stream": str(stream.key)}
+        if info.video_codec:
+            fields["video"] = info.video_codec
+            if info.width:
+                fields["resolution"] = f"{info.width}x{info.height}"
+            if meta.get("framerate"):
+                fields["fps"] = meta.get("framerate")
+        if info.audio_codec:
+            fields["audio"] = info.audio_codec
+            if info.audio_sample_rate:
+                fields["audio_hz"] = info.audio_sample_rate
+                fields["channels"] = info.audio_channels
+        kbps = sum(v for k in ("videodatarate", "audiodatarate") if isinstance(v := meta.get(k), (int, float)))
+        if kbps:
+            fields["kbps"] = round(kbps)
+        event(self.log, "publish_start", **fields)
+
+    def _end_publish(self, reason: str) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        self.stream = None
+        elapsed = max(time.monotonic() - self._publish_started, 1e-3)
+        sent = stream.bytes_in - self._bytes_at_start
+        self.registry.release_publisher(stream, self)
+        event(
+            self.log, "publish_stop", stream=str(stream.key), reason=reason, duration_s=round(elapsed, 1),
+            kbps=round(sent * 8 / elapsed / 1000), frames=stream.frames_in,
+        )
+
+    # ----- play -----------------------------------------------------------------------------------
+
+    def _on_play(self, e: ev.PlayRequested) -> None:
+        app = e.app or self.app
+        key = StreamKey(app, e.name) if _valid_name(app) and _valid_name(e.name) else None
+        stream = self.registry.get(key) if key else None
+        if stream is None or stream.ended or self.stream is not None or self._play_task is not None:
+            self.session.reject_play(e.request_id, "NetStream.Play.StreamNotFound", f"{app}/{e.name} is not being published.")
+            event(self.log, "play_refused", stream=f"{app[:64]}/{e.name[:64]}", reason="not_found")
+            return
+        self.session.accept_play(e.request_id)
+        sub, start = stream.subscribe("rtmp", self.peer, self.loop.time())
+        event(self.log, "viewer_join", stream=str(stream.key), format="rtmp", viewers=len(stream.subscribers))
+        self._play_task = self.loop.create_task(self._play(sub, start, e.stream_id))
+
+    async def _play(self, sub: Subscriber, start: list, stream_id: int) -> None:
+        reason = "viewer_left"
+        session = self.session
+        try:
+            batch = start
+            while batch is not None:
+                if batch:
+                    session.send_media(
+                        (f.kind, stream_id, f.dts_ms & 0xFFFFFFFF if f.kind != FrameKind.DATA else 0, f.body)
+                        for f in batch
+                    )
+                    self._flush()
+                    if self._writable is not None and not self._writable.done():
+                        async with asyncio.timeout(self.server.cfg.idle_timeout):
+                            await self._writable
+                    if self.transport is None or self.transport.is_closing():
+                        return
+                await asyncio.sleep(_PLAY_MERGE_S)
+                batch = await sub.next_batch()
+            reason = sub.close_reason or "stream_ended"
+            session.end_play(stream_id)
+            self._flush()
+        except SlowConsumer:
+            reason = "slow_consumer"
+            self._abort("slow_consumer")
+        except TimeoutError:
+            reason = "write_timeout"
+            self._abort("write_timeout")
+        except asyncio.CancelledError:
+            reason = "viewer_left"
+        finally:
+            sub.close(reason if reason != "stream_ended" else "viewer_left")
+            event(self.log, "viewer_leave", stream=str(sub.stream.key), format="rtmp", reason=reason,
+                  dropped_frames=sub.frames_dropped)
+            self._play_task = None
+
+    # ----- output and closing ---------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close_after_flush(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self, reason: str) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self, reason: str) -> None:
+        """The hub's handle: end this connection (kick, takeover, shutdown)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.stream is not None:
+            event(self.log, "publisher_closed", stream=str(self.stream.key), reason=reason)
+            self.stream = None  # the hub already moved on; do not release twice
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+    def _stream_name(self) -> str:
+        return str(self.stream.key) if self.stream is not None else ""
