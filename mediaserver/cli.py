@@ -13,6 +13,7 @@ import signal
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -25,6 +26,20 @@ from .log import event, setup
 from .rtmp.server import RtmpServer
 
 log = logging.getLogger("mediaserver")
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs a malformed request (bad URL bytes, an over-long line) with a traceback at error
+    level; it was answered 400 and is the client's fault, so keep one warning line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "bad_http_request", ()
+            record.fields = {"status": exc.code, "error": str(exc.message).splitlines()[0][:200]}
+        return True
 
 
 def build_registry(config: Config) -> StreamRegistry:
@@ -90,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mediaserver: {err}", file=sys.stderr)
         return 2
     setup(config.log.level, config.log.format)
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it

@@ -49,6 +49,10 @@ async def hls_file(request: web.Request) -> web.StreamResponse:
     raise json_error(404, "not found", "HLS URLs look like /APP/NAME/index.m3u8", cors_headers(request))
 
 
+async def not_found(request: web.Request) -> web.Response:
+    raise json_error(404, "not found", "stream URLs look like /APP/NAME.flv or /APP/NAME/index.m3u8", cors_headers(request))
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler):
     """Any HTTP error without a body of ours gets the JSON shape; nothing leaks a traceback."""
@@ -69,4 +73,5 @@ def make_app(config: Config, registry: StreamRegistry, packagers: PackagerPool) 
     app.router.add_get("/{app}/{file}", flv_or_404)
     app.router.add_get("/{app}/{name}/{file}", hls_file)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
+    app.router.add_get("/{tail:.*}", not_found)
     return app

@@ -15,20 +15,24 @@ CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", StreamRegistry)
 
 
+def _exception_classes() -> dict[int, type[web.HTTPException]]:
+    found: dict[int, type[web.HTTPException]] = {}
+    todo = [web.HTTPException]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.status_code >= 400:
+            found.setdefault(cls.status_code, cls)
+    return found
+
+
+_BY_STATUS = _exception_classes()
+
+
 def json_error(status: int, error: str, hint: str, headers: dict[str, str] | None = None) -> web.HTTPException:
     """An HTTP error whose body is `{"error": ..., "hint": ...}`: what went wrong and what to do."""
-    cls = web.HTTPException
-    for candidate in (web.HTTPBadRequest, web.HTTPNotFound, web.HTTPRequestURITooLong, web.HTTPServiceUnavailable,
-                      web.HTTPTooManyRequests, web.HTTPUnsupportedMediaType, web.HTTPGatewayTimeout):
-        if candidate.status_code == status:
-            cls = candidate
-            break
-    exc = cls(
-        text=json.dumps({"error": error, "hint": hint}),
-        content_type="application/json",
-        headers=headers,
-    )
-    return exc
+    cls = _BY_STATUS.get(status, web.HTTPBadRequest if status < 500 else web.HTTPInternalServerError)
+    return cls(text=json.dumps({"error": error, "hint": hint}), content_type="application/json", headers=headers)
 
 
 def cors_headers(request: web.Request) -> dict[str, str]:
