@@ -1,4 +1,4 @@
-"""HTTP-FLV viewers: `GET /APP/NAME.flv`.
+"""HTTP-FLV and WebSocket-FLV viewers: `GET /APP/NAME.flv` (plain, or upgraded to a WebSocket).
 
 A viewer gets the FLV header, then onMetaData and the sequence headers, then the cached GOP from its
 keyframe (so the picture starts at once), then live tags. Every tag is the frame's own `tag` bytes,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -38,13 +39,15 @@ def _has_tracks(stream: Stream) -> tuple[bool, bool]:
 
 
 async def serve_flv(request: web.Request, app: str, name: str) -> web.StreamResponse:
+    """HTTP-FLV, or WebSocket-FLV when the request asks to upgrade (as mpegts.js does): the same tags,
+    one binary message per merged write."""
     stream = find_stream(request, app, name)
-    cfg = request.app[CONFIG].http
-    loop = asyncio.get_running_loop()
-    peer = peer_of(request)
-    sub, start = stream.subscribe("flv", peer, loop.time())
-    event(log, "viewer_join", stream=str(stream.key), format="flv", peer=peer, viewers=len(stream.subscribers))
-    reason = "viewer_left"
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=4096, autoping=True)
+        if ws.can_prepare(request).ok:
+            await ws.prepare(request)
+            await _serve_viewer(request, stream, "ws-flv", lambda data: ws.send_bytes(data), ws.close)
+            return ws
     resp = web.StreamResponse(
         headers={
             "Content-Type": "video/x-flv",
@@ -52,12 +55,33 @@ async def serve_flv(request: web.Request, app: str, name: str) -> web.StreamResp
             **cors_headers(request),
         }
     )
+    await resp.prepare(request)
+    await _serve_viewer(request, stream, "flv", resp.write, resp.write_eof)
+    return resp
+
+
+async def _serve_viewer(
+    request: web.Request,
+    stream: Stream,
+    kind: str,
+    write: Callable[[bytes], Awaitable[None]],
+    finish: Callable[[], Awaitable[object]],
+) -> None:
+    cfg = request.app[CONFIG].http
+    loop = asyncio.get_running_loop()
+    peer = peer_of(request)
+    sub, start = stream.subscribe(kind, peer, loop.time())
+    event(log, "viewer_join", stream=str(stream.key), format=kind, peer=peer, viewers=len(stream.subscribers))
+    reason = "viewer_left"
+    timeout = cfg.write_timeout
     try:
-        await resp.prepare(request)
         has_audio, has_video = _has_tracks(stream)
         first = [flv_header(has_audio, has_video)]
         first.extend(f.tag for f in start)
-        await _write(resp, b"".join(first), cfg.write_timeout, sub)
+        data = b"".join(first)
+        async with asyncio.timeout(timeout):
+            await write(data)
+        sub.bytes_sent += len(data)
         merge_s = cfg.flv_merge_ms / 1000
         while True:
             if merge_s:
@@ -66,26 +90,20 @@ async def serve_flv(request: web.Request, app: str, name: str) -> web.StreamResp
             if batch is None:
                 reason = sub.close_reason or "stream_ended"
                 break
-            await _write(resp, b"".join([f.tag for f in batch]), cfg.write_timeout, sub)
-        await resp.write_eof()
+            data = b"".join([f.tag for f in batch])
+            async with asyncio.timeout(timeout):
+                await write(data)
+            sub.bytes_sent += len(data)
+        await finish()
     except SlowConsumer:
         reason = "slow_consumer"
     except TimeoutError:
         reason = "write_timeout"
-    except (ConnectionError, asyncio.CancelledError) as err:
+    except ConnectionError:
         reason = "viewer_left"
-        if isinstance(err, asyncio.CancelledError):
-            raise
     finally:
         sub.close(reason if reason != "stream_ended" else "viewer_left")
         event(
-            log, "viewer_leave", stream=str(stream.key), format="flv", peer=peer, reason=reason,
+            log, "viewer_leave", stream=str(stream.key), format=kind, peer=peer, reason=reason,
             bytes=sub.bytes_sent, dropped_frames=sub.frames_dropped,
         )
-    return resp
-
-
-async def _write(resp: web.StreamResponse, data: bytes, timeout: float, sub) -> None:
-    async with asyncio.timeout(timeout):
-        await resp.write(data)
-    sub.bytes_sent += len(data)

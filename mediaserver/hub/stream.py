@@ -32,6 +32,8 @@ _BACKWARD_JUMP_MS = 1_000
 _FORWARD_JUMP_MS = 10_000
 # The gap left between the last frame of one publisher session and the first of the next.
 _SESSION_GAP_MS = 20
+# Slow viewers' drops are summed and logged at most this often per stream.
+DROP_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,9 @@ class Stream:
         self._max_out = 0
         self._waiter: asyncio.Future[None] | None = None
         self._refused_codecs: set[str] = set()
+        self._drops_unlogged = 0
+        self._overflows_unlogged = 0
+        self._drop_logged_at = float("-inf")
 
     @property
     def ended(self) -> bool:
@@ -264,8 +269,18 @@ class Stream:
         if sub.close_reason != "viewer_left":
             self._wake()
 
-    def count_drop(self, frames: int) -> None:
+    def count_drop(self, frames: int, now: float) -> None:
+        """Count a slow viewer's dropped frames; log them at most once per interval per stream."""
         self.frames_dropped += frames
+        self._drops_unlogged += frames
+        self._overflows_unlogged += 1
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            event(
+                log, "slow_viewers_dropped", logging.WARNING, stream=str(self.key),
+                frames=self._drops_unlogged, overflows=self._overflows_unlogged, interval_s=DROP_LOG_INTERVAL_S,
+            )
+            self._drop_logged_at = now
+            self._drops_unlogged = self._overflows_unlogged = 0
 
     def changed(self) -> asyncio.Future[None]:
         """A future that completes when the next frame arrives or the stream ends."""

@@ -99,7 +99,7 @@ class Subscriber:
         stream = self.stream
         skipped = stream.gop.end - self.cursor
         self.frames_dropped += skipped
-        stream.count_drop(skipped)
+        stream.count_drop(skipped, now)
         self.overflows += 1
         times = self._overflow_times
         times.append(now)
