@@ -31,6 +31,8 @@ class RtmpConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 30.0
     """A connection that sends nothing for this long is closed."""
+    read_merge_ms: int = 20
+    """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
     "rtmp.handshake_timeout": (0.1, 600),
     "rtmp.idle_timeout": (0.5, 3600),
+    "rtmp.read_merge_ms": (0, 500),
     "http.flv_merge_ms": (0, 1000),
     "http.write_timeout": (0.5, 600),
     "hub.gop_cache_max_ms": (0, 600_000),

@@ -95,6 +95,8 @@ class RtmpConnection(asyncio.Protocol):
         self._play_task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._publish_started = 0.0
+        self._merge_s = self.cfg.read_merge_ms / 1000
+        self._reading_paused = False
 
     # ----- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -120,6 +122,17 @@ class RtmpConnection(asyncio.Protocol):
             self._abort("protocol_error")
             return
         self._flush()
+        if self.stream is not None and self._merge_s and not self._reading_paused:
+            # Merged reads (as SRS's mr): let a publisher's bytes pile up in the socket for a few ms, so
+            # each wakeup handles several messages instead of one TCP segment.
+            self._reading_paused = True
+            self.transport.pause_reading()
+            self.loop.call_later(self._merge_s, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False

@@ -1,0 +1,152 @@
+"""CPU cost of ingest in one process, without sockets: RTMP bytes in, hub, FLV tags and HLS segments out.
+
+The bench media (bench/_media.py) is published through our RTMP client session into bytes, one socket read
+per RTMP message (as a real-time publisher's reads arrive), and fed to the server's own connection object
+(`RtmpConnection.data_received`) with a stand-in transport, the hub and the HLS packager attached, exactly
+as in the server. Reports µs per frame and CPU-seconds per stream-minute of media; `--profile` prints the
+top of a cProfile run.
+
+    .venv/bin/python bench/ingest.py [--seconds 60] [--profile] [--no-hls]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._media import ensure_media  # noqa: E402
+from mediaserver.config import Config, HlsConfig, RtmpConfig  # noqa: E402
+from mediaserver.edge.packagers import PackagerPool  # noqa: E402
+from mediaserver.remux.flv import FlvReader  # noqa: E402
+from mediaserver.rtmp import events as ev  # noqa: E402
+from mediaserver.rtmp.client import ClientSession  # noqa: E402
+from mediaserver.rtmp.server import RtmpConnection, RtmpServer  # noqa: E402
+from mediaserver.cli import build_registry  # noqa: E402
+
+
+class NullTransport:
+    """Takes writes and drops them; enough of a transport for RtmpConnection."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def publish_bytes(path: Path, seconds: float) -> tuple[list[bytes], list[bytes], int]:
+    """(handshake+setup reads, one read per media message, media frame count) for `seconds` of media."""
+    client = ClientSession()
+    server_side = _Peer()
+    setup: list[bytes] = []
+    # Drive the handshake and publish command sequence against a real server session.
+    from mediaserver.rtmp.session import ServerSession
+
+    srv = ServerSession()
+
+    def pump() -> None:
+        for _ in range(10):
+            a = client.data_to_send()
+            if a:
+                setup.append(a)
+                srv.receive_data(a)
+            b = srv.data_to_send()
+            if b:
+                client.receive_data(b)
+            for e in srv.events():
+                if isinstance(e, ev.PublishRequested):
+                    srv.accept_publish(e.request_id)
+            client.events()
+            if not a and not b:
+                return
+
+    pump()
+    client.connect("live", "rtmp://127.0.0.1/live")
+    pump()
+    client.publish("bench")
+    pump()
+    tags = FlvReader().feed(path.read_bytes())
+    reads: list[bytes] = []
+    frames = 0
+    limit = seconds * 1000
+    for tag in tags:
+        if tag.timestamp_ms > limit:
+            break
+        if tag.kind == 9:
+            client.send_video(tag.timestamp_ms, tag.body)
+        elif tag.kind == 8:
+            client.send_audio(tag.timestamp_ms, tag.body)
+        else:
+            client.send_data(tag.timestamp_ms, b"\x02\x00\x0d@setDataFrame" + tag.body)
+        frames += 1
+        reads.append(client.data_to_send())
+    del server_side
+    return setup, reads, frames
+
+
+class _Peer:
+    pass
+
+
+async def run(args: argparse.Namespace) -> None:
+    media = ensure_media()
+    setup, reads, frames = publish_bytes(media, args.seconds)
+    config = Config(hls=HlsConfig(enabled=not args.no_hls))
+    registry = build_registry(config)
+    packagers = PackagerPool(registry, config.hls)
+    server = RtmpServer(RtmpConfig(), registry)
+    conn = RtmpConnection(server, 1)
+    conn.connection_made(NullTransport())
+    for data in setup:
+        conn.data_received(data)
+    profiler = cProfile.Profile() if args.profile else None
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for data in reads:
+        conn.data_received(data)
+    if profiler:
+        profiler.disable()
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    media_s = args.seconds
+    total = sum(len(r) for r in reads)
+    packager = packagers.hls(next(iter(s.key for s in registry.streams())))
+    print(f"media: {media_s:.0f} s, {frames} frames, {total / 1e6:.1f} MB of RTMP; HLS segments: "
+          f"{len(packager.window) if packager else 0}")
+    print(f"cpu: {cpu:.3f} s ({wall:.3f} s wall) = {cpu / frames * 1e6:.1f} µs per frame = "
+          f"{cpu / media_s * 60:.4f} CPU-s per stream-minute")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-hls", action="store_true")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
