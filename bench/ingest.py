@@ -52,6 +52,12 @@ class NullTransport:
     def abort(self) -> None:
         pass
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 def publish_bytes(path: Path, seconds: float) -> tuple[list[bytes], list[bytes], int]:
     """(handshake+setup reads, one read per media message, media frame count) for `seconds` of media."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -40,6 +41,14 @@ class QuietBadRequests(logging.Filter):
             record.msg, record.args = "bad_http_request", ()
             record.fields = {"status": exc.code, "error": str(exc.message).splitlines()[0][:200]}
         return True
+
+
+def tune_gc() -> None:
+    """Media objects are freed by reference counting; the cycle collector only finds the rare cycle.
+    Freezing what start-up built and collecting the young generation less often cut its share of a
+    busy ingest node's CPU (bench/load.py publish) without growing memory."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
 
 
 def build_registry(config: Config) -> StreamRegistry:
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup(config.log.level, config.log.format)
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
