@@ -3,11 +3,13 @@
 `TsSegmenter` turns a stream's Frames into MPEG-TS Segments. It is sans clock: each `push` takes
 the wall-clock `now`, used only to stamp EXT-X-PROGRAM-DATE-TIME. The rules:
 
-- Tracks. H.264 video and AAC audio are carried. Any other codec (HEVC, AV1, Opus, MP3, AAC the
-  ADTS header cannot describe...) is left out and its name recorded in `skipped_codecs`, for the
-  caller to log once; the other track carries on. Metadata frames are ignored.
-- Configs. Sequence headers update the codec state and are never written as media: the SPS/PPS
-  go in band before every IDR, the AAC config into each ADTS header. A new config that differs
+- Tracks. H.264 or HEVC video (stream_type 0x1B or 0x24) and AAC audio are carried. Any other
+  codec (AV1, VP9, Opus, MP3, AAC the ADTS header cannot describe...) is left out and its name
+  recorded in `skipped_codecs`, for the caller to log once; the other track carries on. Metadata
+  frames are ignored.
+- Configs. Sequence headers update the codec state and are never written as media: the parameter
+  sets (SPS/PPS; VPS/SPS/PPS for HEVC) go in band before every keyframe, behind the access unit
+  delimiter, and the AAC config into each ADTS header. A new config that differs
   from the current one mid-stream (a resolution change, a new sample rate) makes the next segment
   start early, at the next keyframe, flagged as a discontinuity (RFC 8216 4.3.2.3).
 - Frames before their config cannot be decoded; they are dropped and counted in
@@ -43,14 +45,31 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..errors import MediaError, UsageError
 from ..media.aac import AacConfig, adts_header, parse_audio_specific_config
 from ..media.frames import Frame, FrameKind
 from ..media.h264 import AvcConfig, access_unit_to_annexb, parse_avc_config
-from .mpegts import STREAM_TYPE_AAC_ADTS, STREAM_TYPE_H264, TsMuxer, ts_time_90k
+from ..media.hevc import HevcConfig, parse_hevc_config
+from ..media.hevc import access_unit_to_annexb as hevc_access_unit_to_annexb
+from .mpegts import STREAM_TYPE_AAC_ADTS, STREAM_TYPE_H264, STREAM_TYPE_HEVC, TsMuxer, ts_time_90k
 from .segment import Segment, segment_name
+
+@dataclass(frozen=True, slots=True)
+class _TsVideoCodec:
+    """How one video codec goes into MPEG-TS."""
+
+    stream_type: int
+    parse_config: Callable[[bytes | memoryview], AvcConfig | HevcConfig]
+    to_annexb: Callable[[bytes | memoryview, int, bytes, bool], list[bytes | memoryview]]
+
+
+_TS_VIDEO = {
+    "h264": _TsVideoCodec(STREAM_TYPE_H264, parse_avc_config, access_unit_to_annexb),
+    "hevc": _TsVideoCodec(STREAM_TYPE_HEVC, parse_hevc_config, hevc_access_unit_to_annexb),
+}
 
 DEFAULT_TARGET_DURATION_S = 2.0
 DEFAULT_LISTED_SEGMENTS = 6
@@ -92,7 +111,9 @@ class TsSegmenter:
 
         self._muxer: TsMuxer | None = None
         self._next_sequence = first_sequence
-        self._avc: AvcConfig | None = None
+        self._avc: AvcConfig | HevcConfig | None = None
+        self._video_codec: _TsVideoCodec | None = None
+        self._video_codec_name: str | None = None
         self._parameter_sets = b""
         self._aac: AacConfig | None = None
         self._aac_frame_ms = 0.0
@@ -159,6 +180,7 @@ class TsSegmenter:
             self._closed = self._close(None)
         if forget_configs:
             self._avc = self._aac = None
+            self._video_codec = self._video_codec_name = None
             self._parameter_sets = b""
             self._aac_unusable = False
         if self._muxer is not None:  # something was written before: the next segment is a new timeline
@@ -179,7 +201,7 @@ class TsSegmenter:
 
     def _push(self, frame: Frame, now: float) -> list[Segment]:
         if frame.kind == FrameKind.VIDEO:
-            if frame.codec != "h264":
+            if frame.codec not in _TS_VIDEO:
                 self.skipped_codecs.add(frame.codec)
                 return []
             if frame.is_config:
@@ -187,7 +209,7 @@ class TsSegmenter:
                 return []
             if frame.is_end:
                 return []
-            if self._avc is None:
+            if self._avc is None or frame.codec != self._video_codec_name:
                 self.frames_without_config += 1
                 return []
             return self._video(frame, now)
@@ -209,12 +231,14 @@ class TsSegmenter:
     # -- configs ---------------------------------------------------------------------------------
 
     def _video_config(self, frame: Frame) -> None:
-        config = parse_avc_config(frame.payload)
+        codec = _TS_VIDEO[frame.codec]
+        config = codec.parse_config(frame.payload)
         if config == self._avc:
             return  # encoders resend identical sequence headers; nothing changes
         if self._avc is not None or self._open:
             self._format_changed = True
         self._avc = config
+        self._video_codec, self._video_codec_name = codec, frame.codec
         self._parameter_sets = config.annexb_parameter_sets()
         self._held_audio.clear()  # video is coming: wait for its keyframe instead
 
@@ -241,8 +265,8 @@ class TsSegmenter:
     # -- media -----------------------------------------------------------------------------------
 
     def _video(self, frame: Frame, now: float) -> list[Segment]:
-        assert self._avc is not None
-        pieces = access_unit_to_annexb(
+        assert self._avc is not None and self._video_codec is not None
+        pieces = self._video_codec.to_annexb(
             frame.payload, self._avc.nal_length_size, self._parameter_sets, frame.keyframe
         )
         dts = frame.dts_ms
@@ -350,17 +374,15 @@ class TsSegmenter:
         # `video`: the PMT lists video. Audio is listed whenever its config is known.
         has_video = video
         has_audio = self._aac is not None
+        video_type = (self._video_codec.stream_type if self._video_codec else STREAM_TYPE_H264) if has_video else None
+        audio_type = STREAM_TYPE_AAC_ADTS if has_audio else None
         muxer = self._muxer
         tracks_changed = False
         if muxer is None:
-            muxer = self._muxer = TsMuxer(
-                STREAM_TYPE_H264 if has_video else None, STREAM_TYPE_AAC_ADTS if has_audio else None
-            )
+            muxer = self._muxer = TsMuxer(video_type, audio_type)
         else:
             tracks_changed = (has_video, has_audio) != (muxer.has_video, muxer.has_audio)
-            muxer.set_streams(
-                STREAM_TYPE_H264 if has_video else None, STREAM_TYPE_AAC_ADTS if has_audio else None
-            )
+            muxer.set_streams(video_type, audio_type)
         muxer.write_tables()
         if self._anchor is None:
             self._anchor = (start_ms, now)

@@ -1,7 +1,7 @@
 """An MPEG-2 transport stream writer for HLS: PAT, PMT and PES in 188-byte packets.
 
 Layout (ISO/IEC 13818-1): one program (number 1) whose PMT is on PID 0x1000, video on PID 0x100
-(H.264, stream_type 0x1B; HEVC 0x24 fits the same slot), audio on PID 0x101 (AAC in ADTS,
+(H.264, stream_type 0x1B, or HEVC, 0x24), audio on PID 0x101 (AAC in ADTS,
 stream_type 0x0F). The PCR rides on the video PID, or on the audio PID when there is no video.
 
 Each access unit becomes one PES packet (several AAC frames may share one, to save headers), with

@@ -246,15 +246,15 @@ def test_video_that_appears_after_audio_only_segments_starts_a_discontinuity(
 
 
 def test_unsupported_video_codec_is_skipped_and_audio_carries_on(av_clip: list[Frame]) -> None:
-    hevc = [video_frame(bytes((0x1C, 0, 0, 0, 0)) + b"\x01\x02\x03", 0)]
+    av1 = [video_frame(b"\x90av01" + bytes.fromhex("81000c00"), 0)]  # Enhanced RTMP sequence start
     for i in range(150):
-        frame_type = 0x10 if i % 25 == 0 else 0x20
-        hevc.append(video_frame(bytes((frame_type | 12, 1, 0, 0, 0)) + b"\x00\x00\x00\x02\x26\x01", i * 40))
+        frame_type = 0x90 if i % 25 == 0 else 0xA0
+        av1.append(video_frame(bytes((frame_type | 1,)) + b"av01" + b"\x12\x00\x32\x01\x00", i * 40))
     audio = [f for f in av_clip if f.kind == FrameKind.AUDIO]
-    frames = sorted(hevc + audio, key=lambda f: f.dts_ms)  # stable: configs stay first
+    frames = sorted(av1 + audio, key=lambda f: f.dts_ms)  # stable: configs stay first
     segmenter = TsSegmenter()
     segments = segment_all(frames, segmenter)
-    assert segmenter.skipped_codecs == {"hevc"}
+    assert segmenter.skipped_codecs == {"av1"}
     assert segments and all(video_pids(s) == {PID_AUDIO: 0x0F} for s in segments)
     assert sum(probe(s.data).decoded["audio"] for s in segments) == len(media(audio, FrameKind.AUDIO))
 
