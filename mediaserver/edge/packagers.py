@@ -52,7 +52,7 @@ class HlsPackager:
         if len(skipped) != len(self._skipped_logged):
             for codec in skipped - self._skipped_logged:
                 event(log, "hls_track_left_out", logging.WARNING, stream=str(self.key), codec=codec,
-                      hint="MPEG-TS HLS carries h264 and aac")
+                      hint="MPEG-TS HLS carries h264, hevc and aac; cmaf.m3u8 and manifest.mpd carry more")
             self._skipped_logged = set(skipped)
 
     def on_discontinuity(self) -> None:

@@ -31,6 +31,7 @@ _EX_CODED_FRAMES = 1
 _EX_SEQUENCE_END = 2
 _EX_CODED_FRAMES_X = 3
 _EX_METADATA = 4
+_EX_MULTICHANNEL_CONFIG = 4  # AudioPacketType
 
 MAX_TIMESTAMP_MS = 0xFFFFFFFF
 
@@ -109,6 +110,8 @@ def video_frame(body: bytes | memoryview, dts_ms: int) -> Frame | None:
             start = 5
         keyframe = frame_type == 1 and not is_config
     if is_config and start == n:
+        if codec == "av1":
+            return None  # some AV1 encoders send an empty sequence start before the real av1C
         raise MediaError(f"{codec} sequence header is empty")
     return Frame(
         kind=FrameKind.VIDEO,
@@ -144,6 +147,8 @@ def audio_frame(body: bytes | memoryview, dts_ms: int) -> Frame | None:
             is_config = True
         elif packet_type == _EX_SEQUENCE_END:
             is_end = True
+        elif packet_type == _EX_MULTICHANNEL_CONFIG:
+            return None  # channel layout signalling (ffmpeg sends it after each Opus sequence start); not media
         elif packet_type != _EX_CODED_FRAMES:
             raise MediaError(f"enhanced audio packet type {packet_type} ({codec}) is not supported")
         start = 5

@@ -71,6 +71,11 @@ def test_video_info_frames_carry_nothing():
     assert flv_body.video_frame(b"\x57\x01\x00\x00\x00", 0) is None
 
 
+def test_bodies_that_signal_but_carry_no_media_are_skipped():
+    assert flv_body.audio_frame(b"\x94Opus\x00\x02", 0) is None  # MultichannelConfig after an Opus start
+    assert flv_body.video_frame(b"\x90av01", 0) is None  # an empty AV1 sequence start
+
+
 @given(st.binary(max_size=64), st.integers(0, 2**40))
 def test_any_body_parses_or_is_refused_clearly(body, ts):
     for parse in (flv_body.video_frame, flv_body.audio_frame):
