@@ -27,6 +27,7 @@ joined once, in `take()`. There is no per-byte Python loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 from ..errors import MediaError, UsageError
 
@@ -316,11 +317,11 @@ class TsMuxer:
         self._bytes += TS_PACKET_SIZE
 
     def _write_pes(self, pid: int, pes: bytes, af_flags: int, pcr_90k: int | None) -> None:
-        out = self._out
-        view = memoryview(pes)
+        """Packetize one PES into 188-byte packets, joined at once into one bytes object: a segment in
+        progress then holds a few dozen plain bytes objects, not thousands of slices (which the cycle
+        collector would have to walk)."""
         total = len(pes)
         cc = self._cc[pid]
-        packets = 0
 
         # First packet: PUSI, and the adaptation field with PCR / random access flags if any.
         af = b""
@@ -328,31 +329,31 @@ class TsMuxer:
             af = bytes((af_flags,)) + (encode_pcr(pcr_90k) if pcr_90k is not None else b"")
         room = TS_PAYLOAD_SIZE - (1 + len(af) if af else 0)
         take = min(room, total)
-        out.append(_packet_head(pid, True, cc, af, take))
-        out.append(view[:take])
+        pieces = [_packet_head(pid, True, cc, af, take), pes[:take]]
         pos = take
         cc = (cc + 1) & 0x0F
-        packets += 1
+        packets = 1
 
-        # Middle packets: full 184-byte payloads behind a prebuilt header.
+        # Middle packets: full 184-byte payloads behind prebuilt headers, interleaved in C.
         full = (total - pos) // TS_PAYLOAD_SIZE
         if full:
             headers = self._headers[pid]
-            for _ in range(full):
-                out.append(headers[cc])
-                out.append(view[pos : pos + TS_PAYLOAD_SIZE])
-                pos += TS_PAYLOAD_SIZE
-                cc = (cc + 1) & 0x0F
+            rotated = (headers[cc:] + headers[:cc]) * (full // 16 + 1)
+            end = pos + full * TS_PAYLOAD_SIZE
+            pieces.extend(chain.from_iterable(zip(rotated, [pes[i : i + TS_PAYLOAD_SIZE] for i in range(pos, end, TS_PAYLOAD_SIZE)])))
+            pos = end
+            cc = (cc + full) & 0x0F
             packets += full
 
         # Last packet: what is left, behind adaptation-field stuffing.
         if pos < total:
-            out.append(_packet_head(pid, False, cc, b"", total - pos))
-            out.append(view[pos:])
+            pieces.append(_packet_head(pid, False, cc, b"", total - pos))
+            pieces.append(pes[pos:])
             cc = (cc + 1) & 0x0F
             packets += 1
 
         self._cc[pid] = cc
+        self._out.append(b"".join(pieces))
         self._bytes += packets * TS_PACKET_SIZE
 
 
