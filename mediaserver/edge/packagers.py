@@ -22,6 +22,7 @@ from ..log import event
 from ..media.frames import Frame
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
 from ..remux.segment import Segment
+from .cmaf import CmafPackager
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,20 @@ class PackagerPool:
     def __init__(self, registry: StreamRegistry, cfg: HlsConfig) -> None:
         self.cfg = cfg
         self._hls: dict[StreamKey, HlsPackager] = {}
+        self._cmaf: dict[StreamKey, CmafPackager] = {}
         self._linger: dict[StreamKey, asyncio.TimerHandle] = {}
         if cfg.enabled:
             registry.on_stream_started.append(self._start)
             registry.on_stream_ended.append(self._ended)
 
     def __len__(self) -> int:
-        return len(self._hls)
+        return len(self._hls) + len(self._cmaf)
 
     def hls(self, key: StreamKey) -> HlsPackager | None:
         return self._hls.get(key)
+
+    def cmaf(self, key: StreamKey) -> CmafPackager | None:
+        return self._cmaf.get(key)
 
     def _start(self, stream: Stream) -> None:
         handle = self._linger.pop(stream.key, None)
@@ -147,6 +152,11 @@ class PackagerPool:
         packager = HlsPackager(stream, self.cfg)
         self._hls[stream.key] = packager
         stream.add_sink(packager)
+        # The fMP4 flavour (LL-HLS and DASH) costs about a fifth of the TS one per frame
+        # (bench/fmp4_mux.py), so it runs for every stream too and its first viewer starts at once.
+        cmaf = CmafPackager(stream, self.cfg, packager.instance)
+        self._cmaf[stream.key] = cmaf
+        stream.add_sink(cmaf)
 
     def _ended(self, stream: Stream) -> None:
         packager = self._hls.get(stream.key)
@@ -159,9 +169,11 @@ class PackagerPool:
         self._linger.pop(key, None)
         if self._hls.get(key) is packager:
             del self._hls[key]
+            self._cmaf.pop(key, None)
 
     def close(self) -> None:
         for handle in self._linger.values():
             handle.cancel()
         self._linger.clear()
         self._hls.clear()
+        self._cmaf.clear()

@@ -1,0 +1,227 @@
+"""fMP4/CMAF outputs: LL-HLS (`cmaf.m3u8`) and MPEG-DASH (`manifest.mpd`) over the same segments.
+
+One CmafPackager per stream is a hub sink: it cuts segments and LL-HLS parts once, and both manifests
+list those same bytes. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and requests for the part a
+preload hint names are held until it exists, for at most three target durations (then 503); requests
+too far ahead, or malformed, get 400 at once (RFC 8216bis 6.2.5.2).
+
+Files under /APP/NAME/:
+  cmaf.m3u8                      multivariant playlist (video variant, audio rendition)
+  cmaf-video.m3u8, cmaf-audio.m3u8   LL-HLS media playlists
+  manifest.mpd                   DASH, dynamic while live, static once ended
+  INSTANCE-video-init-V.mp4, INSTANCE-video-N.m4s, INSTANCE-video-N.P.m4s (and audio): init, segments, parts
+The instance prefix makes every file name unique to one run of the stream, so files may be cached long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ..config import HlsConfig
+from ..hub.stream import Stream
+from ..log import event
+from ..media.frames import Frame
+from ..remux import dash, llhls
+from ..remux.cmaf import AUDIO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, CmafWindow, parse_cmaf_name
+from ..remux.hls import format_program_date_time
+from .common import CONFIG, cors_headers, json_error
+
+log = logging.getLogger(__name__)
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+MPD_TYPE = "application/dash+xml"
+SEGMENT_TYPE = "video/iso.segment"
+INIT_TYPE = "video/mp4"
+MEDIA_PLAYLISTS = {"cmaf-video.m3u8": VIDEO, "cmaf-audio.m3u8": AUDIO}
+CMAF_MANIFESTS = frozenset({"cmaf.m3u8", "manifest.mpd", *MEDIA_PLAYLISTS})
+LONG_CACHE = "public, max-age=3600, immutable"
+
+
+class CmafPackager:
+    """One stream's CMAF output: a hub Sink, and the source of its playlists, MPD and files."""
+
+    def __init__(self, stream: Stream, cfg: HlsConfig, instance: str, wall_clock: Callable[[], float] = time.time) -> None:
+        self.key = stream.key
+        self.cfg = cfg
+        self.prefix = f"{instance}-"
+        self._wall = wall_clock
+        self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration)
+        self.window = CmafWindow(
+            target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
+        )
+        self._cache: dict[str, bytes] = {}
+        self._changed = asyncio.Event()
+        self._skipped_logged: set[str] = set()
+
+    # ----- Sink --------------------------------------------------------------------------------
+
+    def on_frame(self, frame: Frame) -> None:
+        items = self.segmenter.push(frame, self._wall())
+        if items:
+            self._add(items)
+        if len(self.segmenter.skipped_codecs) != len(self._skipped_logged):
+            for codec in self.segmenter.skipped_codecs - self._skipped_logged:
+                event(log, "cmaf_track_left_out", logging.WARNING, stream=str(self.key), codec=codec,
+                      hint="CMAF carries h264, hevc, av1, aac and opus")
+            self._skipped_logged = set(self.segmenter.skipped_codecs)
+
+    def on_discontinuity(self) -> None:
+        self.segmenter.discontinuity()
+
+    def on_end(self) -> None:
+        items = self.segmenter.finish(self._wall())
+        if items:
+            self.window.extend(items)
+        self.window.end()
+        self._notify()
+
+    def _add(self, items: list[CmafPart | CmafSegment]) -> None:
+        self.window.extend(items)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._cache.clear()
+        changed = self._changed
+        self._changed = asyncio.Event()
+        changed.set()
+
+    @property
+    def ended(self) -> bool:
+        return self.window.ended
+
+    # ----- rendering ---------------------------------------------------------------------------
+
+    def multivariant(self, query: str = "") -> bytes:
+        return self._cached(f"mv?{query}", lambda: llhls.render_multivariant_playlist(
+            self.window, video_uri=f"cmaf-video.m3u8", audio_uri=f"cmaf-audio.m3u8", query=query))
+
+    def media_playlist(self, track: str, query: str = "") -> bytes:
+        others = {uri: t for uri, t in MEDIA_PLAYLISTS.items() if t != track and self.window.track(t) is not None}
+        return self._cached(f"{track}?{query}", lambda: llhls.render_media_playlist(
+            self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
+
+    def mpd(self, query: str = "") -> bytes:
+        # The MPD's publishTime moves with the clock, so it is rendered per request (it is small).
+        return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query).encode()
+
+    def _cached(self, key: str, render: Callable[[], str]) -> bytes:
+        body = self._cache.get(key)
+        if body is None:
+            body = self._cache[key] = render().encode()
+        return body
+
+    def has_track(self) -> bool:
+        return bool(self.window.tracks)
+
+    async def wait_change(self, deadline: float) -> bool:
+        """Wait for the window to change, until the loop time `deadline`; False on time-out."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+def _directive(request: web.Request, name: str) -> int | None:
+    """A non-negative integer delivery directive from the query, None when absent; 400 when malformed."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise json_error(400, f"{name}={raw[:32]!r} is not a whole number >= 0",
+                         "LL-HLS delivery directives are _HLS_msn=N and _HLS_part=M", cors_headers(request))
+    return int(raw)
+
+
+def _token_query(request: web.Request) -> str:
+    """The query to carry into the URIs a manifest lists (a play token), without delivery directives."""
+    return "&".join(f"{k}={v}" for k, v in request.query.items() if not k.startswith("_HLS_"))
+
+
+async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) -> web.StreamResponse:
+    """Every file of the CMAF outputs; the route has already found the stream's packager."""
+    cfg = request.app[CONFIG].hls
+    cors = cors_headers(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3 * cfg.segment_duration
+    query = _token_query(request)
+
+    if file == "cmaf.m3u8" or file == "manifest.mpd":
+        while not packager.has_track():
+            if packager.ended or not await packager.wait_change(deadline):
+                raise json_error(503, f"stream {packager.key} has no segment yet",
+                                 "the publisher has not sent a keyframe yet; retry in a few seconds",
+                                 {"Retry-After": "2", **cors})
+        if file == "cmaf.m3u8":
+            return _playlist_response(packager.multivariant(query), cors)
+        return web.Response(body=packager.mpd(query), headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
+
+    track = MEDIA_PLAYLISTS.get(file)
+    if track is not None:
+        msn = _directive(request, "_HLS_msn")
+        part = _directive(request, "_HLS_part")
+        while True:
+            if packager.window.track(track) is None and not packager.ended:
+                readiness = llhls.Readiness.WAIT
+            elif packager.window.track(track) is None:
+                raise json_error(404, f"stream {packager.key} has no {track} track", "use cmaf.m3u8", cors)
+            else:
+                readiness = llhls.playlist_request(packager.window, track, msn, part)
+            if readiness is llhls.Readiness.READY:
+                return _playlist_response(packager.media_playlist(track, query), cors)
+            if readiness is llhls.Readiness.BAD_REQUEST:
+                raise json_error(400, f"_HLS_msn={msn} _HLS_part={part} is too far ahead of the live edge",
+                                 "ask for the next segment or part the last playlist announced", cors)
+            if not await packager.wait_change(deadline):
+                raise json_error(503, "the requested segment or part did not appear in time",
+                                 "reload the playlist without delivery directives", {"Retry-After": "1", **cors})
+
+    if not file.startswith(packager.prefix):
+        raise json_error(404, f"{file[:64]!r} is not a file of stream {packager.key}",
+                         "reload cmaf.m3u8 or manifest.mpd: file names change when the stream restarts", cors)
+    name = parse_cmaf_name(file[len(packager.prefix):])
+    if name is None:
+        raise json_error(404, f"{file[:64]!r} is not a file of stream {packager.key}", "reload the playlist", cors)
+    if name.kind == "init":
+        tw = packager.window.track(name.track)
+        init = tw.init(name.number) if tw is not None else None
+        if init is None:
+            raise json_error(404, f"init segment {file[:64]!r} does not exist", "reload the playlist", cors)
+        return web.Response(body=init.data, headers={"Content-Type": INIT_TYPE, "Cache-Control": LONG_CACHE, **cors})
+    while True:
+        readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
+        if readiness is llhls.Readiness.READY:
+            tw = packager.window.track(name.track)
+            assert tw is not None
+            item = tw.segment(name.number) if name.part is None else tw.part(name.number, name.part)
+            assert item is not None
+            return web.Response(body=item.data, headers={"Content-Type": SEGMENT_TYPE, "Cache-Control": LONG_CACHE, **cors})
+        if readiness is llhls.Readiness.GONE:
+            raise json_error(404, f"{file[:64]!r} is not (or no longer) available",
+                             "reload the playlist: segments expire as the live window slides", cors)
+        if readiness is llhls.Readiness.BAD_REQUEST:
+            raise json_error(400, f"{file[:64]!r} is too far ahead of the live edge",
+                             "ask for the part the preload hint names", cors)
+        if not await packager.wait_change(deadline):
+            raise json_error(503, f"{file[:64]!r} did not appear in time", "reload the playlist", {"Retry-After": "1", **cors})
+
+
+def _playlist_response(body: bytes, cors: dict[str, str]) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
+
+
+async def serve_time(request: web.Request) -> web.Response:
+    """UTC time for DASH players (the MPD's UTCTiming, urn:mpeg:dash:utc:http-iso:2014)."""
+    return web.Response(
+        text=format_program_date_time(time.time()),
+        headers={"Content-Type": "text/plain", "Cache-Control": "no-store", **cors_headers(request)},
+    )
