@@ -45,11 +45,15 @@ LONG_CACHE = "public, max-age=3600, immutable"
 class CmafPackager:
     """One stream's CMAF output: a hub Sink, and the source of its playlists, MPD and files."""
 
-    def __init__(self, stream: Stream, cfg: HlsConfig, instance: str, wall_clock: Callable[[], float] = time.time) -> None:
+    format = "cmaf"
+
+    def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time) -> None:
         self.key = stream.key
         self.cfg = cfg
-        self.prefix = f"{instance}-"
+        self.prefix = format(int(wall_clock() * 1000) % (36**8), "x") + "-"
         self._wall = wall_clock
+        self.last_request = time.monotonic()
+        self.ended_at: float | None = None
         self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration)
         self.window = CmafWindow(
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
@@ -57,6 +61,15 @@ class CmafPackager:
         self._cache: dict[str, bytes] = {}
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+
+    def replay(self, frames: list[Frame], newest_dts: int) -> None:
+        """Feed the kept history with the wall times the frames arrived (estimated), as HlsPackager."""
+        now = self._wall()
+        for frame in frames:
+            items = self.segmenter.push(frame, now - (newest_dts - frame.dts_ms) / 1000)
+            if items:
+                self.window.extend(items)
+        self._notify()
 
     # ----- Sink --------------------------------------------------------------------------------
 
@@ -78,6 +91,7 @@ class CmafPackager:
         if items:
             self.window.extend(items)
         self.window.end()
+        self.ended_at = time.monotonic()
         self._notify()
 
     def _add(self, items: list[CmafPart | CmafSegment]) -> None:

@@ -1,7 +1,7 @@
 """Packagers: per-stream HLS segmenters fed synchronously by the hub, segments kept in memory.
 
-Segmenting costs little, so a packager starts with every stream (a hub sink) and the first HLS viewer
-gets a full playlist at once. It follows the stream through publisher reconnects (a discontinuity) and,
+A packager starts when its format is first asked for and replays the media the hub keeps, so the
+first viewer gets a full playlist at once; it stops when nobody asks for a while. It follows the stream through publisher reconnects (a discontinuity) and,
 when the stream ends, flushes the last segment, marks the playlist ended and stays `ended_linger`
 seconds so players see EXT-X-ENDLIST before the memory is released.
 
@@ -39,10 +39,21 @@ class HlsPackager:
         self.window = SegmentWindow(cfg.playlist_length)
         self.ended = False
         self.ended_at: float | None = None
+        self.last_request = time.monotonic()
         self._playlist: bytes | None = None
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+
+    format = "hls"
+
+    def replay(self, frames: list[Frame], newest_dts: int) -> None:
+        """Feed the kept history, each frame stamped with the wall time it arrived (estimated from
+        the newest frame), so program date times stay true."""
+        now = self._wall()
+        for frame in frames:
+            for segment in self.segmenter.push(frame, now - (newest_dts - frame.dts_ms) / 1000):
+                self._add(segment)
 
     # ----- Sink --------------------------------------------------------------------------------
 
@@ -125,55 +136,84 @@ class HlsPackager:
 
 
 class PackagerPool:
-    """Owns every stream's packager: created when a stream starts, dropped after it ended and lingered."""
+    """Owns every stream's packagers. A packager starts when its format is first asked for, replaying
+    the media the hub keeps (`hub` history) so that first viewer gets a full playlist at once; it stops
+    after `idle_timeout` without requests, and an ended stream's packager lingers `ended_linger` so
+    players see the end. A published stream nobody watches over HLS or DASH costs no packaging."""
 
-    def __init__(self, registry: StreamRegistry, cfg: HlsConfig) -> None:
+    def __init__(self, registry: StreamRegistry, cfg: HlsConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
         self.cfg = cfg
+        self.clock = clock
         self._hls: dict[StreamKey, HlsPackager] = {}
         self._cmaf: dict[StreamKey, CmafPackager] = {}
-        self._linger: dict[StreamKey, asyncio.TimerHandle] = {}
-        if cfg.enabled:
-            registry.on_stream_started.append(self._start)
-            registry.on_stream_ended.append(self._ended)
+        self._sweeper: asyncio.TimerHandle | None = None
+        registry.on_stream_started.append(self._forget_ended)
 
     def __len__(self) -> int:
         return len(self._hls) + len(self._cmaf)
 
     def hls(self, key: StreamKey) -> HlsPackager | None:
-        return self._hls.get(key)
+        """The stream's MPEG-TS packager, started now if the stream is live; None if there is none."""
+        packager = self._hls.get(key) or self._start(key, self._hls, HlsPackager)
+        if packager is not None:
+            packager.last_request = self.clock()
+        return packager
 
     def cmaf(self, key: StreamKey) -> CmafPackager | None:
-        return self._cmaf.get(key)
+        """The stream's fMP4 packager (LL-HLS and DASH), started now if the stream is live."""
+        packager = self._cmaf.get(key) or self._start(key, self._cmaf, CmafPackager)
+        if packager is not None:
+            packager.last_request = self.clock()
+        return packager
 
-    def _start(self, stream: Stream) -> None:
-        handle = self._linger.pop(stream.key, None)
-        if handle is not None:
-            handle.cancel()
-        packager = HlsPackager(stream, self.cfg)
-        self._hls[stream.key] = packager
+    def _start(self, key: StreamKey, table: dict, factory) -> HlsPackager | CmafPackager | None:
+        if not self.cfg.enabled:
+            return None
+        stream = self.registry.get(key)
+        if stream is None or stream.ended:
+            return None
+        packager = factory(stream, self.cfg)
+        history = stream.history()
+        packager.replay(history, stream.gop.newest_dts)
         stream.add_sink(packager)
-        # The fMP4 flavour (LL-HLS and DASH) costs about a fifth of the TS one per frame
-        # (bench/fmp4_mux.py), so it runs for every stream too and its first viewer starts at once.
-        cmaf = CmafPackager(stream, self.cfg, packager.instance)
-        self._cmaf[stream.key] = cmaf
-        stream.add_sink(cmaf)
+        table[key] = packager
+        event(log, "packager_start", stream=str(key), format=packager.format, replayed_frames=len(history))
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
+        return packager
 
-    def _ended(self, stream: Stream) -> None:
-        packager = self._hls.get(stream.key)
-        if packager is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._linger[stream.key] = loop.call_later(self.cfg.ended_linger, self._drop, stream.key, packager)
+    def _sweep(self) -> None:
+        """Stop packagers nobody asked for lately and release ended ones after their linger."""
+        self._sweeper = None
+        now = self.clock()
+        for table in (self._hls, self._cmaf):
+            for key, packager in list(table.items()):
+                if packager.ended:
+                    if now - (packager.ended_at or now) >= self.cfg.ended_linger:
+                        del table[key]
+                elif now - packager.last_request >= self.cfg.idle_timeout:
+                    stream = self.registry.get(key)
+                    if stream is not None:
+                        stream.remove_sink(packager)
+                    del table[key]
+                    event(log, "packager_stop", stream=str(key), format=packager.format, reason="idle")
+        if self._hls or self._cmaf:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
 
-    def _drop(self, key: StreamKey, packager: HlsPackager) -> None:
-        self._linger.pop(key, None)
-        if self._hls.get(key) is packager:
-            del self._hls[key]
-            self._cmaf.pop(key, None)
+    def _forget_ended(self, stream: Stream) -> None:
+        """A stream starts again under a name whose last run still lingers: its viewers get the new run."""
+        for table in (self._hls, self._cmaf):
+            old = table.get(stream.key)
+            if old is not None and old.ended:
+                del table[stream.key]
 
     def close(self) -> None:
-        for handle in self._linger.values():
-            handle.cancel()
-        self._linger.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._hls.clear()
         self._cmaf.clear()
+
+
+_SWEEP_S = 5.0

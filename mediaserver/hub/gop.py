@@ -5,7 +5,8 @@ fan-out costs nothing per viewer when a frame arrives. The log keeps:
 - the latest GOP, from the newest video keyframe (for late joiners), bounded by frames, bytes and media
   duration; a GOP over a bound is given up until the next keyframe (late joiners then wait for it);
 - for audio-only streams, the last `audio_only_ms` of audio instead of a GOP;
-- the recent past that slow viewers may still be reading: `window_ms` of media and `window_bytes`.
+- the recent past that slow viewers may still be reading: `window_ms` of media and `window_bytes`;
+- `history_ms` of media for packagers that start when their first viewer asks (bounded by bytes too).
 Anything older is trimmed. A viewer whose cursor fell behind the trimmed start (or lags by more than the
 window) has overflowed; the Subscriber decides what that means.
 
@@ -28,6 +29,8 @@ class GopLimits:
     audio_only_ms: int = 1_000
     window_ms: int = 3_000
     window_bytes: int = 16 * 1024 * 1024
+    history_ms: int = 0
+    """Media kept for packagers that start on demand: enough to list a full playlist at once."""
 
 
 class GopCache:
@@ -89,7 +92,7 @@ class GopCache:
     def _trim(self) -> None:
         frames = self._frames
         lim = self.limits
-        keep_dts = self.newest_dts - lim.window_ms
+        keep_dts = self.newest_dts - max(lim.window_ms, lim.history_ms)
         if not self.has_video:
             keep_dts = min(keep_dts, self.newest_dts - lim.audio_only_ms)
         keep_bytes_from = self.bytes_appended - lim.window_bytes
@@ -111,6 +114,16 @@ class GopCache:
         floor = self.newest_dts - self.limits.audio_only_ms
         for i, f in enumerate(self._frames):
             if f.dts_ms >= floor and not f.is_config:
+                return self.base + i
+        return self.end
+
+    def history_start(self) -> int:
+        """Where a packager starting now replays from: the oldest kept video keyframe (the oldest kept
+        frame of an audio-only stream); the live edge when nothing usable is kept."""
+        for i, f in enumerate(self._frames):
+            if f.is_config or f.kind == FrameKind.DATA:
+                continue
+            if not self.has_video or (f.kind == FrameKind.VIDEO and f.keyframe):
                 return self.base + i
         return self.end
 

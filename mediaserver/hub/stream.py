@@ -91,6 +91,7 @@ class Stream:
         self._last_out = {FrameKind.VIDEO: None, FrameKind.AUDIO: None}
         self._max_out = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._unsunk: list[Frame] = []
         self._refused_codecs: set[str] = set()
         self._drops_unlogged = 0
         self._overflows_unlogged = 0
@@ -178,11 +179,8 @@ class Stream:
         if frame.is_config and frame.kind != FrameKind.DATA:
             self._update_config(frame)
         self.gop.append(frame)
-        for sink in self.sinks:
-            try:
-                sink.on_frame(frame)
-            except Exception:
-                self._drop_sink(sink)
+        if self.sinks:
+            self._unsunk.append(frame)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -233,14 +231,17 @@ class Stream:
     # ----- sinks ----------------------------------------------------------------------------------
 
     def add_sink(self, sink: Sink) -> None:
-        """Attach a packager; it is fed the cached start (headers and GOP) at once, then every frame."""
+        """Attach a packager; from now on it gets every frame. What came before is `history()`."""
+        self.flush_sinks()
         self.sinks.append(sink)
-        for frame in self.info.headers():
-            sink.on_frame(frame)
-        start = self.gop.late_joiner_start()
-        for frame in self.gop.frames_from(start):
-            if not frame.is_config:
-                sink.on_frame(frame)
+
+    def history(self) -> list[Frame]:
+        """What a packager starting now should be fed first: the sequence headers, then the kept media
+        from its oldest keyframe (configs that changed on the way stay inline)."""
+        self.flush_sinks()
+        out = [f for f in (self.info.video_config, self.info.audio_config) if f is not None]
+        out.extend(f for f in self.gop.frames_from(self.gop.history_start()) if f.kind != FrameKind.DATA)
+        return out
 
     def remove_sink(self, sink: Sink) -> None:
         if sink in self.sinks:
@@ -250,7 +251,23 @@ class Stream:
         log.exception("sink failed; detached from stream %s", self.key)
         self.remove_sink(sink)
 
+    def flush_sinks(self) -> None:
+        """Feed the packagers what arrived since the last call. The publisher's adapter calls this once
+        per socket read: each packager then runs over several frames in a row, which keeps its code and
+        data warm in the CPU caches (bench/load.py publish measured the difference)."""
+        frames = self._unsunk
+        if not frames:
+            return
+        self._unsunk = []
+        for sink in list(self.sinks):
+            try:
+                for frame in frames:
+                    sink.on_frame(frame)
+            except Exception:
+                self._drop_sink(sink)
+
     def _call_sink(self, sink: Sink, method: str) -> None:
+        self.flush_sinks()  # what came before a discontinuity or the end belongs before it
         try:
             getattr(sink, method)()
         except Exception:
