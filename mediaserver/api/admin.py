@@ -1,0 +1,472 @@
+"""The admin REST API: an aiohttp sub-application mounted at /api/v1.
+
+| route                                              | what                                           |
+|----------------------------------------------------|------------------------------------------------|
+| GET    openapi.json                                | this API described (OpenAPI 3.1), no token     |
+| GET    streams                                     | every stream, with publisher, codecs, viewers  |
+| GET    streams/{app}/{name}                        | one stream in detail                           |
+| POST   streams/{app}/{name}/kick                   | end the publisher's session (and maybe block)  |
+| GET    streams/{app}/{name}/viewers                | the stream's viewers (FLV, WebSocket, RTMP)    |
+| POST   streams/{app}/{name}/viewers/kick           | disconnect every viewer                        |
+| POST   streams/{app}/{name}/viewers/{id}/kick      | disconnect one viewer                          |
+| GET    blocks                                      | blocked stream names                           |
+| PUT    blocks/{app}/{name}                         | refuse publishing that name for a while        |
+| DELETE blocks/{app}/{name}                         | lift a block                                   |
+| POST   tokens                                      | mint a play or publish token                   |
+| GET    nodes                                       | the nodes of the cluster (this node only)      |
+
+Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
+environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
+configured the API is disabled: 503 with a hint. A missing or wrong token is 401 with `WWW-Authenticate`,
+answered after a short random delay; tokens are compared in constant time.
+
+Requests and answers are JSON; every error is `{"error": ..., "hint": ...}` with its status code. Stream
+names in paths are checked like the play routes' (1-128 letters, digits, '_', '-', '.', '~'), so no path
+can name anything but a stream. The API reads the hub through the registry's public methods and the
+streams' snapshots, and acts through `StreamRegistry.kick`, `Subscriber.close` and the access policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..auth.policy import AccessPolicy, valid_name
+from ..auth.tokens import Action
+from ..errors import UsageError
+from ..hub.registry import StreamRegistry
+from ..hub.stream import Stream, StreamKey
+from ..log import event
+from .openapi import openapi_document
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_BLOCK_S = 366 * 86_400
+RATE_SAMPLE_S = 2.0
+RATE_WINDOW_S = 10.0
+
+
+@dataclass(slots=True)
+class AdminDeps:
+    """What the admin API works with, built by the composition root."""
+
+    registry: StreamRegistry
+    policy: AccessPolicy
+    token: str | None
+    """The bearer token; None or "" disables the API."""
+    token_env: str = "MEDIASERVER_ADMIN_TOKEN"
+    cors_origins: tuple[str, ...] = ()
+    node_name: str = "local"
+    failure_delay_s: float = 0.5
+    wall_clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+
+
+DEPS = web.AppKey("admin_deps", AdminDeps)
+
+
+def error(status: int, message: str, hint: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message, "hint": hint}, status=status, headers=headers)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, hint: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.hint, self.headers = status, message, hint, headers
+
+
+# ----- measured bit rates --------------------------------------------------------------------------
+
+
+class RateMeter:
+    """Each stream's received bit rate over the last ~10 s, from `bytes_in` sampled every 2 s."""
+
+    def __init__(self, registry: StreamRegistry, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.clock = clock
+        self._samples: dict[StreamKey, list[tuple[float, int]]] = {}
+
+    def sample(self) -> None:
+        now = self.clock()
+        live = set()
+        for stream in self.registry.streams():
+            live.add(stream.key)
+            samples = self._samples.setdefault(stream.key, [])
+            if samples and stream.bytes_in < samples[-1][1]:
+                samples.clear()  # a new stream under the same name
+            samples.append((now, stream.bytes_in))
+            while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW_S:
+                samples.pop(0)
+        for key in [k for k in self._samples if k not in live]:
+            del self._samples[key]
+
+    def kbps(self, stream: Stream) -> float | None:
+        samples = self._samples.get(stream.key)
+        if not samples or len(samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = samples[0], samples[-1]
+        if t1 - t0 < 0.5:
+            return None
+        return round((b1 - b0) * 8 / (t1 - t0) / 1000, 1)
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        async def run() -> None:
+            while True:
+                self.sample()
+                await asyncio.sleep(RATE_SAMPLE_S)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+RATES = web.AppKey("admin_rates", RateMeter)
+
+
+# ----- middlewares ---------------------------------------------------------------------------------
+
+
+def _cors(request: web.Request) -> dict[str, str]:
+    origins = request.app[DEPS].cors_origins
+    origin = request.headers.get("Origin")
+    if not origin or not origins:
+        return {}
+    if "*" in origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in origins:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {}
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler):
+    """CORS, the bearer token, and one translation of every error into `{error, hint}` JSON."""
+    deps = request.app[DEPS]
+    cors = _cors(request)
+    try:
+        if request.method == "OPTIONS":
+            headers = dict(cors)
+            if cors:
+                headers.update({
+                    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                })
+            return web.Response(status=204, headers=headers)
+        if request.match_info.route.name != "openapi":
+            await _check_token(request, deps)
+        resp = await handler(request)
+    except ApiError as err:
+        resp = error(err.status, err.message, err.hint, err.headers)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            resp = error(404, "no such API route", "GET /api/v1/openapi.json lists every route")
+        elif exc.status == 405:
+            resp = error(405, f"{request.method} is not allowed here", "GET /api/v1/openapi.json lists every "
+                         "route and its methods", {"Allow": exc.headers.get("Allow", "")})
+        elif exc.status == 413:
+            resp = error(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
+        else:
+            resp = error(exc.status, exc.reason.lower(), "see GET /api/v1/openapi.json")
+    resp.headers.update(cors)
+    resp.headers.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+async def _check_token(request: web.Request, deps: AdminDeps) -> None:
+    if not deps.token:
+        raise ApiError(503, "the admin API is disabled",
+                       f"set the environment variable {deps.token_env} to a secret of 16 or more characters "
+                       "and restart the server")
+    header = request.headers.get("Authorization", "")
+    scheme, _, sent = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="mediaserver admin"'}
+    if scheme.lower() != "bearer" or not sent.strip():
+        await asyncio.sleep(deps.rng.uniform(deps.failure_delay_s / 2, deps.failure_delay_s))
+        raise ApiError(401, "a bearer token is required", f"send Authorization: Bearer ${deps.token_env}", challenge)
+    if not hmac.compare_digest(sent.strip().encode(), deps.token.encode()):
+        event(log, "admin_auth_refused", logging.WARNING, peer=request.remote or "", path=request.path[:128])
+        await asyncio.sleep(deps.rng.uniform(deps.failure_delay_s / 2, deps.failure_delay_s))
+        challenge["WWW-Authenticate"] += ', error="invalid_token"'
+        raise ApiError(401, "the bearer token is wrong", f"use the value of {deps.token_env} on the server",
+                       challenge)
+
+
+# ----- request helpers -----------------------------------------------------------------------------
+
+
+def _key(request: web.Request) -> StreamKey:
+    app, name = request.match_info["app"], request.match_info["name"]
+    if not (valid_name(app) and valid_name(name)):
+        raise ApiError(400, "invalid stream name",
+                       "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'")
+    return StreamKey(app, name)
+
+
+def _stream(request: web.Request) -> Stream:
+    key = _key(request)
+    stream = request.app[DEPS].registry.get(key)
+    if stream is None or stream.ended:
+        raise ApiError(404, f"stream {key} is not being published",
+                       "it may have just ended; GET /api/v1/streams lists the streams there are")
+    return stream
+
+
+async def _body(request: web.Request, required: bool = False) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "a JSON body is required", "see the request schema in GET /api/v1/openapi.json")
+        return {}
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise ApiError(415, f"the body is {request.content_type}, not JSON", "send Content-Type: application/json")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"the body is not valid JSON: {str(err)[:120]}", "send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}", "send {...}")
+    return body
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float, default: float | None = None) -> float | None:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ApiError(400, f"\"{name}\" must be a number of seconds in {lo:g}..{hi:g}", f"got {str(value)[:40]!r}")
+    return float(value)
+
+
+def _text(body: dict[str, Any], name: str, default: str = "", max_len: int = 128) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ApiError(400, f"\"{name}\" must be a string of at most {max_len} characters", f"got {str(value)[:40]!r}")
+    return value
+
+
+# ----- descriptions --------------------------------------------------------------------------------
+
+
+def describe_stream(stream: Stream, rates: RateMeter | None, now: float) -> dict[str, Any]:
+    snap = stream.snapshot(now)
+    meta = stream.info.metadata_values
+    declared = {
+        k.removesuffix("datarate"): round(v, 1)
+        for k in ("videodatarate", "audiodatarate")
+        if isinstance(v := meta.get(k), (int, float)) and not isinstance(v, bool)
+    }
+    fps = meta.get("framerate")
+    if snap.get("video") is not None and isinstance(fps, (int, float)) and not isinstance(fps, bool):
+        snap["video"]["fps"] = round(fps, 3)
+    snap["bitrate_kbps"] = {
+        "measured": rates.kbps(stream) if rates is not None else None,
+        "declared": declared or None,
+    }
+    snap["viewers_total"] = sum(snap["viewers"].values())
+    return snap
+
+
+def describe_viewer(sub: Any, now: float) -> dict[str, Any]:
+    return {
+        "id": sub.id,
+        "format": sub.kind,
+        "peer": sub.peer,
+        "connected_s": round(now - sub.joined_at, 3),
+        "bytes_sent": sub.bytes_sent,
+        "frames_dropped": sub.frames_dropped,
+    }
+
+
+# ----- handlers ------------------------------------------------------------------------------------
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(), headers={"Cache-Control": "max-age=60"})
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    now = deps.registry.clock()
+    rates = request.app[RATES]
+    streams = sorted(deps.registry.streams(), key=lambda s: (s.key.app, s.key.name))
+    return web.json_response({"streams": [describe_stream(s, rates, now) for s in streams if not s.ended]})
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    now = request.app[DEPS].registry.clock()
+    body = describe_stream(stream, request.app[RATES], now)
+    body["viewer_list"] = [describe_viewer(s, asyncio.get_running_loop().time())
+                           for s in sorted(stream.subscribers, key=lambda s: s.id)][:1000]
+    return web.json_response(body)
+
+
+async def kick_stream(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    body = await _body(request)
+    reason = _text(body, "reason", "kicked", 64) or "kicked"
+    block_s = _number(body, "block_seconds", 1, MAX_BLOCK_S)
+    stream = _stream(request)
+    key = stream.key
+    blocked = None
+    if block_s is not None:
+        blocked = deps.policy.block(key.app, key.name, deps.wall_clock() + block_s, reason)
+    viewers = len(stream.subscribers)
+    if not deps.registry.kick(key, reason):  # ended between the lookup and now
+        raise ApiError(404, f"stream {key} is not being published", "it has just ended")
+    event(log, "admin_kick", stream=str(key), reason=reason, viewers=viewers, block_s=block_s or 0)
+    return web.json_response({
+        "kicked": str(key), "reason": reason, "viewers_ended": viewers,
+        "blocked_until": blocked.until if blocked is not None else None,
+    })
+
+
+async def list_viewers(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    now = asyncio.get_running_loop().time()
+    viewers = [describe_viewer(s, now) for s in sorted(stream.subscribers, key=lambda s: s.id)]
+    return web.json_response({"stream": str(stream.key), "viewers": viewers,
+                              "note": "HLS viewers are stateless requests and are not listed"})
+
+
+async def kick_viewers(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    body = await _body(request)
+    reason = _text(body, "reason", "kicked", 64) or "kicked"
+    subs = list(stream.subscribers)
+    for sub in subs:
+        sub.close(reason)
+    event(log, "admin_kick_viewers", stream=str(stream.key), viewers=len(subs), reason=reason)
+    return web.json_response({"stream": str(stream.key), "viewers_kicked": [s.id for s in subs]})
+
+
+async def kick_viewer(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    text = request.match_info["id"]
+    if not text.isdigit() or len(text) > 15:
+        raise ApiError(400, "a viewer id is a whole number", "GET .../viewers lists the ids")
+    body = await _body(request)
+    reason = _text(body, "reason", "kicked", 64) or "kicked"
+    viewer_id = int(text)
+    sub = next((s for s in stream.subscribers if s.id == viewer_id), None)
+    if sub is None:
+        raise ApiError(404, f"viewer {viewer_id} is not watching {stream.key}",
+                       f"it may have just left; GET /api/v1/streams/{stream.key}/viewers lists the viewers")
+    sub.close(reason)
+    event(log, "admin_kick_viewer", stream=str(stream.key), viewer=viewer_id, peer=sub.peer, reason=reason)
+    return web.json_response({"stream": str(stream.key), "viewer_kicked": viewer_id})
+
+
+def _describe_block(block: Any, now: float) -> dict[str, Any]:
+    return {"app": block.app, "name": block.name, "until": block.until,
+            "remaining_s": round(block.until - now, 1), "reason": block.reason}
+
+
+async def list_blocks(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    now = deps.wall_clock()
+    return web.json_response({"blocks": [_describe_block(b, now) for b in deps.policy.blocks(now)]})
+
+
+async def put_block(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    key = _key(request)
+    body = await _body(request, required=True)
+    seconds = _number(body, "seconds", 1, MAX_BLOCK_S)
+    if seconds is None:
+        raise ApiError(400, "\"seconds\" is required", 'send {"seconds": 600} to block publishing for 10 minutes')
+    reason = _text(body, "reason", "", 128)
+    now = deps.wall_clock()
+    block = deps.policy.block(key.app, key.name, now + seconds, reason)
+    event(log, "admin_block", stream=str(key), seconds=seconds, reason=reason)
+    return web.json_response(_describe_block(block, now))
+
+
+async def delete_block(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    key = _key(request)
+    if not deps.policy.unblock(key.app, key.name):
+        raise ApiError(404, f"{key} is not blocked", "GET /api/v1/blocks lists the blocks in force")
+    event(log, "admin_unblock", stream=str(key))
+    return web.json_response({"unblocked": str(key)})
+
+
+async def mint_token(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    body = await _body(request, required=True)
+    action = _text(body, "action", "")
+    if action not in ("play", "publish"):
+        raise ApiError(400, "\"action\" must be \"play\" or \"publish\"", f"got {action[:20]!r}")
+    app, name = _text(body, "app", ""), _text(body, "stream", "")
+    if not (valid_name(app) and valid_name(name)):
+        raise ApiError(400, "\"app\" and \"stream\" must be valid names",
+                       "1-128 letters, digits, '_', '-', '.' or '~', not starting with '.'")
+    ttl = _number(body, "ttl", 1, 10 * 365 * 86_400, 3600)
+    ip = body.get("ip")
+    if ip is not None and (not isinstance(ip, str) or not 0 < len(ip) <= 64):
+        raise ApiError(400, "\"ip\" must be the client address the token is bound to", "or leave it out")
+    now = deps.wall_clock()
+    try:
+        token = deps.policy.mint(Action(action), app, name, ttl or 3600, now, ip)
+    except UsageError as err:
+        raise ApiError(409, str(err), "configure a token secret (auth.token_secret_env) and restart") from None
+    return web.json_response({"token": token, "expires_at": int(now + (ttl or 3600)), "action": action,
+                              "app": app, "stream": name, "ip": ip})
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    streams = deps.registry.streams()
+    return web.json_response({"nodes": [{
+        "name": deps.node_name, "self": True, "version": __version__,
+        "streams": len(streams), "viewers": sum(len(s.subscribers) for s in streams),
+    }]})
+
+
+ROUTES: list[tuple[str, str, Any, str]] = [
+    ("GET", "/openapi.json", get_openapi, "openapi"),
+    ("GET", "/streams", list_streams, "list_streams"),
+    ("GET", "/streams/{app}/{name}", get_stream, "get_stream"),
+    ("POST", "/streams/{app}/{name}/kick", kick_stream, "kick_stream"),
+    ("GET", "/streams/{app}/{name}/viewers", list_viewers, "list_viewers"),
+    ("POST", "/streams/{app}/{name}/viewers/kick", kick_viewers, "kick_viewers"),
+    ("POST", "/streams/{app}/{name}/viewers/{id}/kick", kick_viewer, "kick_viewer"),
+    ("GET", "/blocks", list_blocks, "list_blocks"),
+    ("PUT", "/blocks/{app}/{name}", put_block, "put_block"),
+    ("DELETE", "/blocks/{app}/{name}", delete_block, "delete_block"),
+    ("POST", "/tokens", mint_token, "mint_token"),
+    ("GET", "/nodes", list_nodes, "list_nodes"),
+]
+"""(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
+
+
+def make_admin_app(deps: AdminDeps) -> web.Application:
+    app = web.Application(middlewares=[api_middleware], client_max_size=MAX_BODY_BYTES)
+    app[DEPS] = deps
+    rates = RateMeter(deps.registry)
+    app[RATES] = rates
+    app.cleanup_ctx.append(rates.cleanup_ctx)
+    for method, path, handler, name in ROUTES:
+        app.router.add_route(method, path, handler, name=name)
+    return app  # OPTIONS (CORS preflight) is answered by the middleware for every path

@@ -1,0 +1,177 @@
+"""The admin API described as an OpenAPI 3.1 document, served at /api/v1/openapi.json.
+
+Written by hand next to the routes (`admin.ROUTES`); a test checks that every route is described and
+every described operation is a route, with the same methods and path parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_~-][A-Za-z0-9_.~-]{0,127}$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": {"$ref": "#/components/responses/BadRequest"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "503": {"$ref": "#/components/responses/Disabled"},
+}
+_NOT_FOUND = {"404": {"$ref": "#/components/responses/NotFound"}}
+_STREAM_PARAMS = [
+    {"name": "app", "in": "path", "required": True, "schema": _NAME, "description": "The app, e.g. live."},
+    {"name": "name", "in": "path", "required": True, "schema": _NAME, "description": "The public stream name."},
+]
+_REASON_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"reason": {"type": "string", "maxLength": 64}},
+    }}},
+}
+
+
+def _op(op_id: str, summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, not_found: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    responses = {"200": ok, **_ERRORS, **(_NOT_FOUND if not_found else {}), **(extra or {})}
+    op: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    viewer_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
+                 "description": "The viewer's id, as listed by .../viewers."}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mediaserver admin API",
+            "version": __version__,
+            "description": "Operate a live-streaming node: list streams and viewers, kick publishers and viewers, "
+                           "block stream names, mint tokens. Every route but this document needs "
+                           "`Authorization: Bearer $MEDIASERVER_ADMIN_TOKEN`. Errors are `{error, hint}`.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/openapi.json": {"get": {**_op("openapi", "This document.", _json({"type": "object"}, "OpenAPI 3.1")),
+                                      "security": []}},
+            "/streams": {"get": _op("list_streams", "Every stream on this node.",
+                                    _json({"type": "object", "properties": {"streams": {"type": "array", "items": _ref("Stream")}}},
+                                          "The streams, sorted by app and name."))},
+            "/streams/{app}/{name}": {"get": _op(
+                "get_stream", "One stream in detail, with its viewers.",
+                _json({"allOf": [_ref("Stream"), {"type": "object", "properties": {
+                    "viewer_list": {"type": "array", "items": _ref("Viewer")}}}]}, "The stream."),
+                params=_STREAM_PARAMS, not_found=True)},
+            "/streams/{app}/{name}/kick": {"post": _op(
+                "kick_stream", "End the publisher's session; its viewers get the end of the stream. With "
+                "block_seconds the name is also blocked, so an encoder that reconnects is refused.",
+                _json({"type": "object", "properties": {
+                    "kicked": {"type": "string"}, "reason": {"type": "string"}, "viewers_ended": {"type": "integer"},
+                    "blocked_until": {"type": ["number", "null"]}}}, "Kicked."),
+                params=_STREAM_PARAMS, not_found=True,
+                body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "reason": {"type": "string", "maxLength": 64},
+                    "block_seconds": {"type": "number", "minimum": 1, "maximum": 366 * 86400}}}}}})},
+            "/streams/{app}/{name}/viewers": {"get": _op(
+                "list_viewers", "The stream's HTTP-FLV, WebSocket-FLV and RTMP viewers (HLS is stateless).",
+                _json({"type": "object", "properties": {"stream": {"type": "string"},
+                                                        "viewers": {"type": "array", "items": _ref("Viewer")}}},
+                      "The viewers."),
+                params=_STREAM_PARAMS, not_found=True)},
+            "/streams/{app}/{name}/viewers/kick": {"post": _op(
+                "kick_viewers", "Disconnect every viewer of the stream; the publisher goes on.",
+                _json({"type": "object", "properties": {"viewers_kicked": {"type": "array", "items": {"type": "integer"}}}},
+                      "The ids of the viewers disconnected."),
+                params=_STREAM_PARAMS, not_found=True, body=_REASON_BODY)},
+            "/streams/{app}/{name}/viewers/{id}/kick": {"post": _op(
+                "kick_viewer", "Disconnect one viewer; the others keep playing.",
+                _json({"type": "object", "properties": {"viewer_kicked": {"type": "integer"}}}, "Disconnected."),
+                params=[*_STREAM_PARAMS, viewer_id], not_found=True, body=_REASON_BODY)},
+            "/blocks": {"get": _op("list_blocks", "Blocked stream names still in force.",
+                                   _json({"type": "object", "properties": {"blocks": {"type": "array", "items": _ref("Block")}}},
+                                         "The blocks."))},
+            "/blocks/{app}/{name}": {
+                "put": _op("put_block", "Refuse publishing this public name (with any credential) for a while.",
+                           _json(_ref("Block"), "Blocked."), params=_STREAM_PARAMS,
+                           body={"required": True, "content": {"application/json": {"schema": {
+                               "type": "object", "required": ["seconds"], "properties": {
+                                   "seconds": {"type": "number", "minimum": 1, "maximum": 366 * 86400},
+                                   "reason": {"type": "string", "maxLength": 128}}}}}}),
+                "delete": _op("delete_block", "Lift a block.",
+                              _json({"type": "object", "properties": {"unblocked": {"type": "string"}}}, "Lifted."),
+                              params=_STREAM_PARAMS, not_found=True),
+            },
+            "/tokens": {"post": _op(
+                "mint_token", "Mint a signed play or publish token (needs the token secret configured).",
+                _json({"type": "object", "properties": {
+                    "token": {"type": "string"}, "expires_at": {"type": "integer"}, "action": {"type": "string"},
+                    "app": {"type": "string"}, "stream": {"type": "string"}, "ip": {"type": ["string", "null"]}}},
+                    "The token; put it in the URL as ?token=..."),
+                body={"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["action", "app", "stream"], "properties": {
+                        "action": {"enum": ["play", "publish"]}, "app": _NAME, "stream": _NAME,
+                        "ttl": {"type": "number", "minimum": 1, "default": 3600},
+                        "ip": {"type": "string", "description": "Bind the token to this client address."}}}}}},
+                extra={"409": {"$ref": "#/components/responses/Conflict"}})},
+            "/nodes": {"get": _op("list_nodes", "The nodes of the cluster (this node only until clustering).",
+                                  _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
+                                        "The nodes."))},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "The value of MEDIASERVER_ADMIN_TOKEN (or api.token_env)."}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "hint"],
+                          "properties": {"error": {"type": "string"}, "hint": {"type": "string"}}},
+                "Stream": {"type": "object", "properties": {
+                    "app": {"type": "string"}, "name": {"type": "string"},
+                    "state": {"enum": ["live", "idle"], "description": "idle: the publisher left and may come back "
+                                                                        "within the reconnect grace."},
+                    "publisher": {"type": ["string", "null"], "description": "The publisher's address and port."},
+                    "video": {"type": ["object", "null"], "properties": {
+                        "codec": {"type": "string"}, "width": {"type": ["integer", "null"]},
+                        "height": {"type": ["integer", "null"]}, "fps": {"type": "number"}}},
+                    "audio": {"type": ["object", "null"], "properties": {
+                        "codec": {"type": "string"}, "sample_rate": {"type": ["integer", "null"]},
+                        "channels": {"type": ["integer", "null"]}}},
+                    "uptime_s": {"type": "number"}, "frames_in": {"type": "integer"}, "bytes_in": {"type": "integer"},
+                    "bitrate_kbps": {"type": "object", "properties": {
+                        "measured": {"type": ["number", "null"], "description": "Received, over the last ~10 s."},
+                        "declared": {"type": ["object", "null"], "description": "The encoder's metadata (video, audio)."}}},
+                    "viewers": {"type": "object", "additionalProperties": {"type": "integer"},
+                                "description": "Viewers by format: flv, ws-flv, rtmp."},
+                    "viewers_total": {"type": "integer"},
+                    "frames_dropped": {"type": "integer", "description": "Frames dropped for viewers that fell behind."},
+                    "gop_cache_bytes": {"type": "integer"},
+                }},
+                "Viewer": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "format": {"type": "string"}, "peer": {"type": "string"},
+                    "connected_s": {"type": "number"}, "bytes_sent": {"type": "integer"},
+                    "frames_dropped": {"type": "integer"}}},
+                "Block": {"type": "object", "properties": {
+                    "app": {"type": "string"}, "name": {"type": "string"},
+                    "until": {"type": "number", "description": "Unix seconds."},
+                    "remaining_s": {"type": "number"}, "reason": {"type": "string"}}},
+            },
+            "responses": {
+                "BadRequest": _json(_ref("Error"), "Bad JSON, a bad field or an invalid stream name."),
+                "Unauthorized": _json(_ref("Error"), "No bearer token, or a wrong one (with WWW-Authenticate)."),
+                "NotFound": _json(_ref("Error"), "No such stream, viewer or block."),
+                "Conflict": _json(_ref("Error"), "The server cannot do it as configured."),
+                "Disabled": _json(_ref("Error"), "The API is disabled: no admin token is configured."),
+            },
+        },
+    }

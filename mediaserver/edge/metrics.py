@@ -1,0 +1,269 @@
+"""Metrics (`GET /metrics`, Prometheus text format) and health (`GET /healthz`, `GET /readyz`).
+
+Counting costs nothing on the hot path: the hub already keeps per-stream and per-viewer counters
+(`Stream.bytes_in`, `frames_in`, `frames_dropped`, `Subscriber.bytes_sent`), and a collector reads them
+when Prometheus scrapes. What a stream counted is added to running totals when it ends, so the counters
+never go back. HTTP responses (HLS segments and playlists, HTTP-FLV and WebSocket-FLV viewers that left)
+are counted once each, when they complete, by the edge's admission middleware; viewers still watching
+are read from the hub.
+
+HLS has no per-viewer state in the server; an "HLS viewer" is a client address that fetched from a stream
+within the last `HLS_VIEWER_WINDOW_S` seconds (viewers behind one NAT count once).
+
+Event-loop lag is measured by one small task that sleeps `LAG_INTERVAL_S` and records how late it woke.
+Process CPU and memory come from prometheus-client's ProcessCollector (Linux /proc).
+
+`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting; later, the cluster
+store is reachable), else 503 with what failed: a load balancer stops sending new clients, while
+`/healthz` (alive) keeps the process from being restarted during a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..auth.admission import Admission
+from ..hub.registry import StreamRegistry
+from ..hub.stream import Stream
+from ..hub.subscriber import Subscriber
+
+LAG_INTERVAL_S = 0.5
+LAG_WINDOW_S = 10.0
+HLS_VIEWER_WINDOW_S = 10.0
+_MAX_HLS_CLIENTS = 200_000
+_HTTP_VIEWERS = frozenset({"flv", "ws-flv"})  # counted by the edge when they leave
+
+ReadyCheck = Callable[[], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
+
+
+class Metrics:
+    """The server's Prometheus registry and the few running totals the hub does not keep."""
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        admission: Admission | None = None,
+        packager_count: Callable[[], int] | None = None,
+        hook_outcomes: Callable[[], Counter[tuple[str, str]]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.admission = admission
+        self.packager_count = packager_count
+        self.hook_outcomes = hook_outcomes
+        self.prom = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.prom)
+        self.loop_lag = Histogram(
+            "mediaserver_event_loop_lag_seconds", "How late a periodic timer fired: the event loop was busy.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.prom,
+        )
+        self.prom.register(_Collector(self))
+        self.http_bytes: Counter[str] = Counter()
+        """Bytes of completed HTTP responses by format (flv, hls, other)."""
+        self.http_requests: Counter[str] = Counter()
+        self.hls_clients: dict[tuple[str, str], float] = {}
+        self._ended = Counter()  # bytes_in, frames_in, frames_dropped of streams that ended
+        self._seen: dict[Subscriber, int] = {}  # non-HTTP viewers: bytes_sent at the last scrape
+        self._viewer_bytes: Counter[str] = Counter()
+        self._reported: Counter[str] = Counter()  # egress already reported: never report less
+        self._lags: deque[tuple[float, float]] = deque()
+        self.ready_checks: dict[str, ReadyCheck] = {}
+        self.required_token: str | None = None
+        """The bearer token /metrics requires (None: public)."""
+        registry.on_stream_ended.append(self._stream_ended)
+
+    # ----- what the edge tells ----------------------------------------------------------------------
+
+    def _stream_ended(self, stream: Stream) -> None:
+        ended = self._ended
+        ended["bytes_in"] += stream.bytes_in
+        ended["frames_in"] += stream.frames_in
+        ended["frames_dropped"] += stream.frames_dropped
+
+    def response_done(self, fmt: str, body_bytes: int) -> None:
+        self.http_requests[fmt] += 1
+        self.http_bytes[fmt] += body_bytes
+
+    def hls_request(self, client: str, stream: str) -> None:
+        now = self.clock()
+        clients = self.hls_clients
+        clients[(client, stream)] = now
+        if len(clients) > _MAX_HLS_CLIENTS:
+            self._forget_hls_clients(now)
+
+    def _forget_hls_clients(self, now: float) -> None:
+        cutoff = now - HLS_VIEWER_WINDOW_S
+        self.hls_clients = {k: t for k, t in self.hls_clients.items() if t >= cutoff}
+
+    # ----- event-loop lag ---------------------------------------------------------------------------
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(self._watch_loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_INTERVAL_S)
+            now = loop.time()
+            lag = max(0.0, now - started - LAG_INTERVAL_S)
+            self.loop_lag.observe(lag)
+            lags = self._lags
+            lags.append((now, lag))
+            while lags and lags[0][0] < now - LAG_WINDOW_S:
+                lags.popleft()
+
+    @property
+    def recent_max_lag_s(self) -> float:
+        return max((lag for _, lag in self._lags), default=0.0)
+
+    # ----- serving ----------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.prom)
+
+    def egress(self, live_http_viewers: Counter[str]) -> dict[str, int]:
+        """Bytes sent by format, never less than reported before."""
+        totals = Counter(self.http_bytes)
+        totals.update(live_http_viewers)
+        totals.update(self._viewer_bytes)
+        for fmt in ("flv", "ws-flv", "rtmp", "hls", "other"):
+            totals[fmt] = max(totals[fmt], self._reported[fmt])
+        self._reported = Counter(totals)
+        return dict(totals)
+
+    def track_viewers(self, current: dict[Subscriber, int]) -> None:
+        """Add what viewers not served over HTTP (RTMP) sent since the last scrape, including the last
+        bytes of those that left since."""
+        seen = self._seen
+        grew = self._viewer_bytes
+        for sub, sent in current.items():
+            grew[sub.kind] += sent - seen.pop(sub, 0)
+        for sub, sent in seen.items():  # left since the last scrape: count its final bytes
+            grew[sub.kind] += sub.bytes_sent - sent
+        self._seen = current
+
+
+class _Collector:
+    """Reads the hub's counters at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Any:
+        m = self.m
+        streams = m.registry.streams()
+        states: Counter[str] = Counter()
+        viewers: Counter[str] = Counter()
+        bytes_in = m._ended["bytes_in"]
+        frames_in = m._ended["frames_in"]
+        dropped = m._ended["frames_dropped"]
+        live_http: Counter[str] = Counter()
+        tracked: dict[Subscriber, int] = {}
+        for stream in streams:
+            states[stream.state.value] += 1
+            bytes_in += stream.bytes_in
+            frames_in += stream.frames_in
+            dropped += stream.frames_dropped
+            for sub in stream.subscribers:
+                viewers[sub.kind] += 1
+                if sub.kind in _HTTP_VIEWERS:
+                    live_http[sub.kind] += sub.bytes_sent
+                else:
+                    tracked[sub] = sub.bytes_sent
+        m.track_viewers(tracked)
+        m._forget_hls_clients(m.clock())
+        viewers["hls"] = len(m.hls_clients)
+
+        g = GaugeMetricFamily("mediaserver_streams", "Streams by state: live (publishing) or idle (waiting for "
+                              "the publisher to come back).", labels=["state"])
+        for state in ("live", "idle"):
+            g.add_metric([state], states[state])
+        yield g
+        g = GaugeMetricFamily("mediaserver_viewers", "Viewers by format (HLS: client addresses that fetched "
+                              f"within {HLS_VIEWER_WINDOW_S:g} s).", labels=["format"])
+        for fmt in sorted({"flv", "ws-flv", "rtmp", "hls", *viewers}):
+            g.add_metric([fmt], viewers[fmt])
+        yield g
+        yield CounterMetricFamily("mediaserver_ingress_bytes", "Media bytes received from publishers.", value=bytes_in)
+        yield CounterMetricFamily("mediaserver_ingress_frames", "Frames received from publishers.", value=frames_in)
+        c = CounterMetricFamily("mediaserver_egress_bytes", "Bytes sent to viewers by format (HTTP counted with "
+                                "headers; RTMP viewers are not counted yet).", labels=["format"])
+        for fmt, value in sorted(m.egress(live_http).items()):
+            c.add_metric([fmt], value)
+        yield c
+        yield CounterMetricFamily("mediaserver_frames_dropped", "Frames dropped for viewers that fell behind.",
+                                  value=dropped)
+        c = CounterMetricFamily("mediaserver_http_responses", "Completed HTTP responses by kind.", labels=["kind"])
+        for kind, value in sorted(m.http_requests.items()):
+            c.add_metric([kind], value)
+        yield c
+        admission = m.admission
+        c = CounterMetricFamily("mediaserver_auth_failures", "Refused credentials (tokens, stream keys, webhook "
+                                "verdicts) by action and reason.", labels=["action", "reason"])
+        if admission is not None:
+            for (action, reason), value in sorted(admission.failures.items()):
+                c.add_metric([action, reason], value)
+        yield c
+        c = CounterMetricFamily("mediaserver_limit_refusals", "Connections, publishers or viewers refused by a "
+                                "limit.", labels=["limit"])
+        if admission is not None:
+            for limit, value in sorted(admission.limits.refusals.items()):
+                c.add_metric([limit], value)
+        yield c
+        if m.hook_outcomes is not None:
+            c = CounterMetricFamily("mediaserver_webhook_calls", "Webhook calls by event and outcome.",
+                                    labels=["event", "outcome"])
+            for (event_name, outcome), value in sorted(m.hook_outcomes().items()):
+                c.add_metric([event_name, outcome], value)
+            yield c
+        if m.packager_count is not None:
+            yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "
+                                    "ones lingering).", value=m.packager_count())
+        yield GaugeMetricFamily("mediaserver_event_loop_lag_max_seconds",
+                                f"The largest event-loop lag seen in the last {LAG_WINDOW_S:g} s.",
+                                value=m.recent_max_lag_s)
+
+
+# ----- HTTP handlers ------------------------------------------------------------------------------
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
+async def serve_readyz(request: web.Request) -> web.Response:
+    results: dict[str, Any] = {}
+    ready = True
+    for name, check in request.app[METRICS].ready_checks.items():
+        try:
+            outcome = check()
+            if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
+                async with asyncio.timeout(2.0):
+                    outcome = await outcome
+            ok, detail = outcome  # type: ignore[misc]
+        except Exception as err:  # a failing check means "not ready", never a 500
+            ok, detail = False, f"{type(err).__name__}: {err}"[:200]
+        results[name] = {"ok": bool(ok), "detail": detail}
+        ready = ready and bool(ok)
+    return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503,
+                             headers={"Cache-Control": "no-store"})

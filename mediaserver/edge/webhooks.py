@@ -1,0 +1,194 @@
+"""Webhooks: on_publish, on_play (asked, awaited), on_publish_done, on_play_done (told, not awaited).
+
+Each call is a `POST` of a JSON object (`auth.hooks.HookRequest.to_json`) to the configured URL, with
+`Authorization: Bearer $WEBHOOK_TOKEN` when `webhooks.auth_header_env` names a variable. What an answer
+means is the rule in `auth/hooks.py`: 2xx allows, 4xx refuses, and everything else (5xx, redirects, no
+connection, no answer within `webhooks.timeout`, a malformed JSON answer) is a failure that refuses
+unless `webhooks.on_failure = "allow"`.
+
+The client owns one aiohttp ClientSession, opened and closed by the edge application's cleanup_ctx, so the
+RTMP server (which receives this object from the composition root) and the play routes share it. Told
+events run as tasks the client keeps; at cleanup they get up to a second (the done events of the shutdown
+itself), then are cancelled. At most `MAX_PENDING` are in flight, beyond that they are dropped and counted
+(a dead hook must not pile up memory). Failures are logged once per
+interval per event, with the URL's scheme, host and path only (a query may carry a secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from ..auth.hooks import HookRequest, HookVerdict, read_answer
+from ..config import WebhooksConfig
+from ..hub.registry import StreamRegistry
+from ..hub.stream import Stream
+from ..log import event
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_PENDING = 1000
+_LOG_INTERVAL_S = 10.0
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
+class WebhookClient:
+    """Implements `auth.hooks.Hooks` over HTTP."""
+
+    def __init__(self, cfg: WebhooksConfig, environ: Mapping[str, str]) -> None:
+        self.cfg = cfg
+        self.urls = {
+            "publish": cfg.on_publish, "play": cfg.on_play,
+            "publish_done": cfg.on_publish_done, "play_done": cfg.on_play_done,
+        }
+        token = environ.get(cfg.auth_header_env, "") if cfg.auth_header_env else ""
+        self._headers = {"Content-Type": "application/json", "User-Agent": "mediaserver-webhook"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.session: aiohttp.ClientSession | None = None
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        """Calls by (event, outcome): allowed, denied, or what failed; for metrics."""
+        self._pending: set[asyncio.Task[None]] = set()
+        self._logged: dict[str, tuple[float, int]] = {}
+        self._publishers: dict[int, tuple[Stream, str, float]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.urls.values())
+
+    def wants(self, event_name: str) -> bool:
+        return bool(self.urls.get(event_name))
+
+    # ----- lifetime ---------------------------------------------------------------------------------
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Owns the ClientSession for the application's lifetime; cancels what is still pending."""
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        try:
+            yield
+        finally:
+            if self._pending:  # done events of the shutdown itself: give them a moment, then cancel
+                await asyncio.wait(list(self._pending), timeout=min(1.0, self.cfg.timeout))
+            for task in list(self._pending):
+                task.cancel()
+            if self._pending:
+                await asyncio.wait(list(self._pending), timeout=1.0)
+            session, self.session = self.session, None
+            await session.close()
+
+    def watch(self, registry: StreamRegistry) -> None:
+        """Send publish_done when a publisher session ends (it left, was kicked, or was replaced)."""
+        if not self.wants("publish_done"):
+            return
+        registry.on_published.append(self._published)
+        registry.on_unpublished.append(self._publish_done)
+        registry.on_stream_ended.append(self._publish_done)
+
+    def _published(self, stream: Stream) -> None:
+        previous = self._publishers.get(id(stream))
+        if previous is not None:
+            self._publish_done(stream, reason="replaced")
+        peer = stream.publisher.peer if stream.publisher is not None else ""
+        self._publishers[id(stream)] = (stream, peer, time.monotonic())
+
+    def _publish_done(self, stream: Stream, reason: str | None = None) -> None:
+        entry = self._publishers.pop(id(stream), None)
+        if entry is None:
+            return
+        _, peer, started = entry
+        if reason is None:
+            reason = "ended" if stream.ended else "unpublished"
+        self.tell(HookRequest(
+            "publish_done", stream.key.app, stream.key.name, peer.rsplit(":", 1)[0].strip("[]"), "rtmp",
+            extra={"reason": reason, "duration_s": round(time.monotonic() - started, 3), "bytes_in": stream.bytes_in},
+        ))
+
+    # ----- calls ------------------------------------------------------------------------------------
+
+    async def ask(self, request: HookRequest) -> HookVerdict:
+        url = self.urls.get(request.event)
+        if not url:
+            return HookVerdict(True, "allowed")
+        verdict = await self._call(url, request)
+        self.outcomes[(request.event, verdict.reason)] += 1
+        if verdict.reason not in ("allowed", "denied"):
+            allowed = self.cfg.on_failure == "allow"
+            self._log_failure(request.event, url, verdict.reason, "allowed" if allowed else "denied")
+            return HookVerdict(allowed, verdict.reason)
+        return verdict
+
+    def tell(self, request: HookRequest) -> None:
+        url = self.urls.get(request.event)
+        if not url:
+            return
+        if len(self._pending) >= MAX_PENDING or self.session is None:
+            self.outcomes[(request.event, "dropped")] += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._tell(url, request))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _tell(self, url: str, request: HookRequest) -> None:
+        verdict = await self._call(url, request)
+        outcome = "delivered" if verdict.reason in ("allowed", "denied") else verdict.reason
+        self.outcomes[(request.event, outcome)] += 1
+        if outcome != "delivered":
+            self._log_failure(request.event, url, outcome, "not delivered")
+
+    async def _call(self, url: str, request: HookRequest) -> HookVerdict:
+        session = self.session
+        if session is None:
+            return HookVerdict(False, "not_started")
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                async with session.post(url, data=json.dumps(request.to_json()), headers=self._headers,
+                                        allow_redirects=False) as resp:
+                    status = resp.status
+                    if 400 <= status < 500:
+                        return HookVerdict(False, "denied")
+                    if not 200 <= status < 300:
+                        return HookVerdict(False, f"status_{status}")
+                    body = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                    return self._allowed(resp.content_type, body)
+        except TimeoutError:
+            return HookVerdict(False, "timeout")
+        except (aiohttp.ClientError, OSError):
+            return HookVerdict(False, "connection")
+
+    def _allowed(self, content_type: str, body: bytes) -> HookVerdict:
+        if content_type != "application/json" or not body.strip():
+            return HookVerdict(True, "allowed")
+        if len(body) > MAX_ANSWER_BYTES:
+            return HookVerdict(False, "bad_answer")
+        try:
+            stream, expires_in = read_answer(json.loads(body))
+        except (ValueError, UnicodeDecodeError):
+            return HookVerdict(False, "bad_answer")
+        return HookVerdict(True, "allowed", stream, expires_in)
+
+    def _log_failure(self, event_name: str, url: str, outcome: str, effect: str) -> None:
+        now = time.monotonic()
+        logged_at, pending = self._logged.get(event_name, (float("-inf"), 0))
+        if now - logged_at < _LOG_INTERVAL_S:
+            self._logged[event_name] = (logged_at, pending + 1)
+            return
+        self._logged[event_name] = (now, 0)
+        event(log, "webhook_failed", logging.WARNING, hook=event_name, url=_safe_url(url), outcome=outcome,
+              effect=effect, more_since_last_log=pending, timeout_s=self.cfg.timeout)
