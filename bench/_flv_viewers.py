@@ -238,8 +238,13 @@ async def first_keyframe_ms(host: str, port: int, path: str, timeout_s: float = 
 
 
 class _Worker:
-    def __init__(self, cfg: dict) -> None:
+    """Runs cfg["count"] viewers and samples them at shared ticks. `opener(host, port, path)` opens one
+    viewer: HTTP-FLV by default; _outputs.py passes its WebSocket-FLV and RTMP openers, whose viewers
+    have the same counters."""
+
+    def __init__(self, cfg: dict, opener=None) -> None:
         self.cfg = cfg
+        self.opener = opener or open_viewer
         self.viewers: list[FlvViewer | None] = []
         self.streams: list[int] = []
         self.connect_errors: dict[int, str] = {}
@@ -255,7 +260,7 @@ class _Worker:
             await asyncio.sleep(delay)
         try:
             async with asyncio.timeout(10):
-                self.viewers[i] = await open_viewer(self.cfg["host"], self.cfg["port"], path)
+                self.viewers[i] = await self.opener(self.cfg["host"], self.cfg["port"], path)
         except (OSError, TimeoutError) as err:
             self.connect_errors[i] = f"connect: {type(err).__name__}: {err}"
 

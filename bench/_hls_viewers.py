@@ -394,6 +394,9 @@ class ListingProbe:
         self.first_seen: dict[int, float] = {}
         self.durations: dict[int, float] = {}
         self.first_pts: dict[int, int | None] = {}
+        self.fetched_at: dict[int, float] = {}
+        """MSN -> when the probe's fetch of it completed (200 only)."""
+        self.target_duration_s: float | None = None
         self.errors = 0
         self.polls = 0
         self._fetch_queue: asyncio.Queue[Segment] = asyncio.Queue()
@@ -410,6 +413,7 @@ class ListingProbe:
                     now = time.monotonic()
                     if status == 200:
                         pl = parse_media_playlist(body.decode("utf-8", "replace"))
+                        self.target_duration_s = pl.target_duration_s
                         for s in pl.segments:
                             if s.msn not in self.first_seen:
                                 self.first_seen[s.msn] = now
@@ -440,6 +444,8 @@ class ListingProbe:
             s = await self._fetch_queue.get()
             try:
                 status, body, _, _ = await self.fetcher.get(resolve(self.path, s.uri), keep_body=True, timeout_s=5)
+                if status == 200:
+                    self.fetched_at[s.msn] = time.monotonic()
                 self.first_pts[s.msn] = ts_first_video_pts(body) if status == 200 else None
             except (OSError, TimeoutError, HttpError, ConnectionError, ValueError):
                 self.first_pts[s.msn] = None

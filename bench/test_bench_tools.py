@@ -514,3 +514,613 @@ def test_latency_command_measures_live_delay_with_the_python_publisher(tmp_path)
     assert r["live_delay_ms"]["video"]["count"] > 100 and r["live_delay_ms"]["video"]["p50"] < 1000
     assert r["late_joiner"]["failed"] == 0
     assert 1.5 < r["hls"]["first_segment_listed_after_first_media_s"] < 10
+    o = r["outputs"]
+    for kind in ("ws-flv", "ws-flv-deflate", "rtmp"):
+        assert o[kind]["live_delay_ms"]["video"]["count"] > 100 and o[kind]["live_delay_ms"]["video"]["p50"] < 1000
+    assert o["ws-flv-deflate"]["deflate_negotiated"] is True and o["ws-flv"]["deflate_negotiated"] is False
+    assert o["llhls"]["video"]["parts"] > 5 and o["llhls"]["audio"]["parts"] > 5
+    assert o["llhls"]["video"]["part_last_sample_to_received_ms"]["p50"] < 1000
+    assert o["dash"]["video"]["segments"] >= 1 and o["dash"]["suggested_presentation_delay_s"] > 0
+    assert set(r["targets"]) == {"flv", "ws-flv", "ws-flv-deflate", "rtmp", "hls", "llhls", "dash"}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not _server_importable(), reason="mediaserver's server or RTMP client is not importable")
+def test_publish_command_with_viewers_of_every_output_sees_them_all_keep_up(tmp_path):
+    out = run_load(tmp_path, "publish", "--publishers", "1", "--viewers-per-output", "2", "--duration", "8",
+                   "--warmup", "4")
+    r = out["results"]
+    assert set(r["viewers_by_output"]) == {"flv", "ws-flv", "rtmp", "hls", "llhls", "dash"}
+    for kind, v in r["viewers_by_output"].items():
+        assert v["viewers"] == 2 and v["kept_up"] == 2, (kind, v)
+    assert r["cpu"]["server_cpu_s_per_stream_minute"] > 0
+
+
+# ------------------------------------------------------------------ fMP4 reader
+
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from _fmp4 import MAX_SAMPLES, Mp4Error, TrackRun, read_fragments, read_init  # noqa: E402
+from _latency import SentIndex, dash_delays, hls_delays, part_delays, segment_edges, starting_gop_ms  # noqa: E402
+from _manifests import (  # noqa: E402
+    ManifestError,
+    expand_template,
+    parse_duration,
+    parse_ll_playlist,
+    parse_mpd,
+    parse_multivariant,
+)
+from _outputs import (  # noqa: E402
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    DashPlayer,
+    DashRecorder,
+    LlhlsPlayer,
+    LlhlsRecorder,
+    PullStats,
+    TagCounter,
+    WsDeframer,
+    WsError,
+    open_ws_viewer,
+    ws_accept,
+    ws_client_frame,
+)
+
+
+def box(kind: bytes, *payload: bytes) -> bytes:
+    body = b"".join(payload)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def full(kind: bytes, version: int, flags: int, *payload: bytes) -> bytes:
+    return box(kind, bytes([version]) + flags.to_bytes(3, "big"), *payload)
+
+
+def init_bytes(tracks: list[tuple[int, bytes, int]], trex_duration: int = 0) -> bytes:
+    """ftyp + moov with (track id, handler, timescale) traks and a trex each."""
+    traks = []
+    for tid, handler, scale in tracks:
+        tkhd = full(b"tkhd", 0, 3, struct.pack(">IIII", 0, 0, tid, 0), bytes(64))
+        mdhd = full(b"mdhd", 0, 0, struct.pack(">IIIIHH", 0, 0, scale, 0, 0, 0))
+        hdlr = full(b"hdlr", 0, 0, bytes(4), handler, bytes(12), b"x\x00")
+        traks.append(box(b"trak", tkhd, box(b"mdia", mdhd, hdlr)))
+    trexs = [full(b"trex", 0, 0, struct.pack(">IIIII", tid, 1, trex_duration, 0, 0)) for tid, _, _ in tracks]
+    return box(b"ftyp", b"iso6", bytes(4)) + box(b"moov", full(b"mvhd", 0, 0, bytes(96)), *traks, box(b"mvex", *trexs))
+
+
+def moof_mdat(track_id: int, base: int, durations: list[int], *, tfdt_version: int = 1, default: int | None = None,
+              sizes: bool = True) -> bytes:
+    """One moof + mdat: trun with per-sample durations (and sizes), or none when `default` is given."""
+    tfhd_flags = 0x020000 | (0x08 if default is not None else 0)
+    tfhd = full(b"tfhd", 0, tfhd_flags, struct.pack(">I", track_id), struct.pack(">I", default) if default is not None else b"")
+    tfdt = full(b"tfdt", tfdt_version, 0, struct.pack(">Q" if tfdt_version else ">I", base))
+    flags = 0x01 | (0x100 if default is None else 0) | (0x200 if sizes else 0)
+    entries = b"".join((struct.pack(">I", d) if default is None else b"") + (struct.pack(">I", 10) if sizes else b"")
+                       for d in durations)
+    trun = full(b"trun", 0, flags, struct.pack(">Ii", len(durations), 0), entries)
+    return box(b"moof", full(b"mfhd", 0, 0, struct.pack(">I", 1)), box(b"traf", tfhd, tfdt, trun)) + \
+        box(b"mdat", bytes(10 * len(durations)))
+
+
+def test_init_segment_gives_each_tracks_handler_and_timescale():
+    tracks = read_init(init_bytes([(1, b"vide", 90000), (2, b"soun", 48000)], trex_duration=1024))
+    assert {t: (i.handler, i.timescale, i.default_duration) for t, i in tracks.items()} == {
+        1: ("vide", 90000, 1024), 2: ("soun", 48000, 1024)}
+
+
+@pytest.mark.parametrize("base, durations, kw", [
+    (0, [3000, 3000, 3003], {}),
+    ((1 << 40) + 7, [1024] * 15, {}),
+    (123, [1024] * 3, {"tfdt_version": 0}),
+    (90000, [3000] * 4, {"default": 3000}),
+    (5, [7], {"sizes": False}),
+])
+def test_fragments_give_base_decode_time_and_sample_durations(base, durations, kw):
+    (run,) = read_fragments(moof_mdat(1, base, durations, **kw))
+    assert run == TrackRun(1, base, tuple(durations))
+    assert run.last_decode_time == base + sum(durations[:-1]) and run.end == base + sum(durations)
+
+
+def test_a_segment_of_several_parts_yields_one_run_per_moof():
+    data = moof_mdat(1, 0, [3000] * 10) + moof_mdat(1, 30000, [3000] * 9)
+    assert [(r.base_decode_time, r.samples) for r in read_fragments(data)] == [(0, 10), (30000, 9)]
+
+
+def test_fragments_without_durations_take_the_trex_default():
+    tracks = read_init(init_bytes([(2, b"soun", 48000)], trex_duration=1024))
+    frag = full(b"trun", 0, 0x200, struct.pack(">I", 2), struct.pack(">II", 5, 5))
+    data = box(b"moof", box(b"traf", full(b"tfhd", 0, 0, struct.pack(">I", 2)),
+                              full(b"tfdt", 1, 0, struct.pack(">Q", 96)), frag))
+    assert read_fragments(data, tracks)[0].durations == (1024, 1024)
+    with pytest.raises(Mp4Error, match="no default"):
+        read_fragments(data)
+
+
+def test_fragments_from_the_projects_own_writer_read_back():
+    from mediaserver.remux.fmp4 import VIDEO_TRUN, fragment
+
+    data = fragment(sequence_number=3, track_id=1, base_media_decode_time=360000, trun_flags=VIDEO_TRUN,
+                    entries=[3000, 4, 0x02000000, 6000, 3000, 4, 0x01010000, -3000], payload=[b"abcd", b"efgh"],
+                    payload_size=8)
+    assert read_fragments(data) == [TrackRun(1, 360000, (3000, 3000))]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00\x00\x00\x10moof\x00\x00", "truncated"),
+    (b"\x00\x00\x00\x04moof", "smaller than its header"),
+    (b"\x00\x00\x00", "stray bytes"),
+    (b"\x00\x00\x00\x01moof\x00\x00", "64-bit size"),
+    (box(b"moof", box(b"traf", full(b"tfhd", 0, 0, struct.pack(">I", 1)))), "without tfdt"),
+    (box(b"moof", box(b"traf", full(b"tfdt", 1, 0, bytes(8)))), "without tfhd"),
+    (box(b"moof", box(b"traf", full(b"tfhd", 0, 0, struct.pack(">I", 1)), full(b"tfdt", 1, 0, bytes(8)),
+                      full(b"trun", 0, 0x100, struct.pack(">I", 1000), bytes(8)))), "room for 2"),
+    (box(b"moof", box(b"traf", full(b"tfhd", 0, 0x08, struct.pack(">II", 1, 5)), full(b"tfdt", 1, 0, bytes(8)),
+                      full(b"trun", 0, 0, struct.pack(">I", 2**32 - 1)))), f"at most {MAX_SAMPLES}"),
+])
+def test_malformed_fragments_raise_a_clear_error(data, message):
+    with pytest.raises(Mp4Error, match=message):
+        read_fragments(data)
+
+
+def test_every_truncation_of_a_fragment_is_refused_or_read_never_crashes():
+    data = moof_mdat(1, 90000, [3000] * 9) + moof_mdat(2, 48000, [1024] * 15)
+    for n in range(len(data)):
+        try:
+            read_fragments(data[:n])
+        except Mp4Error:
+            pass
+    with pytest.raises(Mp4Error, match="no moov"):
+        read_init(data)
+
+
+# ------------------------------------------------------------------ manifests
+
+LL_PLAYLIST = """#EXTM3U
+#EXT-X-VERSION:9
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.002,HOLD-BACK=6
+#EXT-X-PART-INF:PART-TARGET=0.334
+#EXT-X-MEDIA-SEQUENCE:7
+#EXT-X-MAP:URI="i-video-init-1.mp4"
+#EXT-X-PROGRAM-DATE-TIME:2026-11-22T02:23:35.004Z
+#EXTINF:2.000,
+i-video-7.m4s
+#EXT-X-PART:DURATION=0.334,URI="i-video-8.0.m4s",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.300,URI="i-video-8.1.m4s"
+#EXTINF:0.634,
+i-video-8.m4s
+#EXT-X-MAP:URI="i-video-init-2.mp4"
+#EXT-X-PART:DURATION=0.334,URI="i-video-9.0.m4s",INDEPENDENT=YES
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI="i-video-9.1.m4s"
+#EXT-X-RENDITION-REPORT:URI="cmaf-audio.m3u8",LAST-MSN=9,LAST-PART=0
+"""
+
+
+def test_ll_playlist_gives_segments_parts_open_parts_and_server_control():
+    pl = parse_ll_playlist(LL_PLAYLIST)
+    assert [s.msn for s in pl.segments] == [7, 8] and pl.segments[0].parts == ()
+    assert [(p.msn, p.index, p.independent) for p in pl.parts()] == [(8, 0, True), (8, 1, False), (9, 0, True)]
+    assert pl.open_parts[0].map_uri == "i-video-init-2.mp4" and pl.segments[1].map_uri == "i-video-init-1.mp4"
+    assert (pl.next_msn, pl.last_part.key, pl.preload_hint) == (9, (9, 0), "i-video-9.1.m4s")
+    assert (pl.can_block_reload, pl.part_hold_back_s, pl.hold_back_s, pl.part_target_s) == (True, 1.002, 6.0, 0.334)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("#EXT-X-TARGETDURATION:2\n", "EXTM3U"),
+    ("#EXTM3U\n#EXTINF:2,\na.m4s\n", "TARGETDURATION"),
+    ("#EXTM3U\n#EXT-X-TARGETDURATION:2\na.m4s\n", "no #EXTINF"),
+    ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n", "delta updates"),
+    ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART:URI=\"a\"\n", "bad value"),
+    ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART:DURATION=0.3,URI=\"a\n", "attribute list"),
+    ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv.m3u8\n", "multivariant"),
+])
+def test_bad_ll_playlists_are_refused_with_the_reason(text, message):
+    with pytest.raises(ManifestError, match=message):
+        parse_ll_playlist(text)
+
+
+def test_multivariant_playlist_gives_variants_and_audio_renditions():
+    mv = parse_multivariant('#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="audio",URI="cmaf-audio.m3u8"\n'
+                            '#EXT-X-STREAM-INF:BANDWIDTH=2829251,CODECS="avc1.64001f,mp4a.40.2",AUDIO="a"\n'
+                            'cmaf-video.m3u8\n')
+    assert (mv.variants, mv.audio) == (("cmaf-video.m3u8",), ("cmaf-audio.m3u8",))
+    with pytest.raises(ManifestError, match="no variant"):
+        parse_multivariant("#EXTM3U\n")
+
+
+MPD = """<?xml version="1.0" encoding="UTF-8"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" minBufferTime="PT2S"
+  availabilityStartTime="2026-11-22T02:23:35.004Z" publishTime="2026-11-22T02:23:43.841Z" minimumUpdatePeriod="PT2S"
+  timeShiftBufferDepth="PT8S" suggestedPresentationDelay="PT6S">
+  <Period id="p0" start="PT0S">
+    <AdaptationSet id="0" contentType="video" mimeType="video/mp4">
+      <SegmentTemplate timescale="90000" presentationTimeOffset="0" startNumber="4"
+        initialization="x-video-init-1.mp4" media="x-video-$Number$.m4s">
+        <SegmentTimeline><S t="0" d="180000" r="2"/><S d="90000"/></SegmentTimeline>
+      </SegmentTemplate>
+      <Representation id="video" bandwidth="2695116" codecs="avc1.64001f"/>
+    </AdaptationSet>
+    <AdaptationSet id="1" contentType="audio" mimeType="audio/mp4">
+      <SegmentTemplate timescale="48000" startNumber="4" initialization="a-$RepresentationID$.mp4"
+        media="a-$RepresentationID$-$Time$-$Number%05d$.m4s">
+        <SegmentTimeline><S t="2208" d="94208"/></SegmentTimeline>
+      </SegmentTemplate>
+      <Representation id="audio" bandwidth="134135"/>
+    </AdaptationSet>
+  </Period>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/time"/>
+</MPD>
+"""
+
+
+def test_mpd_gives_each_tracks_segments_and_their_availability():
+    mpd = parse_mpd(MPD)
+    assert mpd.dynamic and (mpd.suggested_presentation_delay_s, mpd.minimum_update_period_s) == (6.0, 2.0)
+    assert mpd.utc_timing == "/time" and abs(mpd.availability_start - 1795314215.004) < 1e-6
+    (period,) = mpd.periods
+    video, audio = period.tracks
+    assert [(s.number, s.t, s.d) for s in video.segments] == [(4, 0, 180000), (5, 180000, 180000),
+                                                                (6, 360000, 180000), (7, 540000, 90000)]
+    assert video.media_uri(video.segments[-1]) == "x-video-7.m4s" and video.init_uri == "x-video-init-1.mp4"
+    assert audio.media_uri(audio.segments[0]) == "a-audio-2208-00004.m4s" and audio.init_uri == "a-audio.mp4"
+    assert abs(mpd.segment_end_wall(period, video, video.segments[0]) - (mpd.availability_start + 2.0)) < 1e-9
+
+
+@pytest.mark.parametrize("text, message", [
+    ('<!DOCTYPE x [<!ENTITY a "b">]><MPD/>', "DOCTYPE"),
+    ("<MPD", "well-formed"),
+    ("<Period/>", "not <MPD>"),
+    ('<MPD><Period><AdaptationSet><SegmentTemplate media="m"><SegmentTimeline><S d="1" r="-1"/></SegmentTimeline>'
+     '</SegmentTemplate></AdaptationSet></Period></MPD>', "r=\"-1\""),
+    ('<MPD><Period><AdaptationSet><SegmentTemplate media="m" duration="2"/></AdaptationSet></Period></MPD>',
+     "without SegmentTimeline"),
+    ('<MPD><Period><AdaptationSet><SegmentTemplate media="m"><SegmentTimeline><S d="1" r="100000000"/>'
+     '</SegmentTimeline></SegmentTemplate></AdaptationSet></Period></MPD>', "more than"),
+    ('<MPD minimumUpdatePeriod="P1Y"/>', "bad duration"),
+])
+def test_bad_mpds_are_refused_with_the_reason(text, message):
+    with pytest.raises(ManifestError, match=message):
+        parse_mpd(text)
+
+
+@pytest.mark.parametrize("text, seconds", [("PT2S", 2.0), ("PT0.333S", 0.333), ("PT1M30S", 90.0), ("P1DT1H", 90000.0)])
+def test_durations_parse_to_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_templates_fill_identifiers_widths_and_escaped_dollars():
+    assert expand_template("s-$Number%03d$-$$-$Time$.m4s", number=7, time=90) == "s-007-$-90.m4s"
+    with pytest.raises(ManifestError, match=r"\$Time\$"):
+        expand_template("$Time$.m4s", number=1)
+
+
+# ------------------------------------------------------------------ WebSocket framing
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    if n < 126:
+        head = bytes([b0, n])
+    elif n < 65536:
+        head = bytes([b0, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([b0, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def test_accept_key_is_the_one_from_rfc_6455():
+    assert ws_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_client_frames_are_masked_and_carry_the_payload():
+    frame = ws_client_frame(OP_CLOSE, b"\x03\xe8", mask=b"\x01\x02\x03\x04")
+    assert frame[:2] == bytes([0x88, 0x82]) and frame[2:6] == b"\x01\x02\x03\x04"
+    assert bytes(b ^ frame[2 + (i & 3)] for i, b in enumerate(frame[6:])) == b"\x03\xe8"
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7, 100, 70000])
+def test_deframer_joins_messages_fragments_and_control_frames_at_every_split(split):
+    big = bytes(range(256)) * 300  # 76,800 bytes: a 64-bit length
+    stream = (server_frame(OP_BINARY, b"hello ") + server_frame(OP_BINARY, b"wor", fin=False)
+              + server_frame(OP_PING, b"p") + server_frame(OP_CONT, b"ld") + server_frame(OP_BINARY, big)
+              + server_frame(OP_BINARY, bytes(300)) + server_frame(OP_CLOSE, b"\x03\xe8"))
+    data, controls = bytearray(), []
+    d = WsDeframer(lambda b, s, e: data.extend(b[s:e]), lambda op, p: controls.append((op, p)))
+    feed_split(d, stream, [split] * (len(stream) // split + 1))
+    assert bytes(data) == b"hello world" + big + bytes(300)
+    assert controls == [(OP_PING, b"p"), (OP_CLOSE, b"\x03\xe8")] and d.messages == 4
+
+
+def test_deframer_inflates_compressed_messages_with_a_shared_context():
+    msgs = [b"FLV tag bytes " * 200, b"FLV tag bytes " * 300]
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = b""
+    for m in msgs:
+        body = comp.compress(m) + comp.flush(zlib.Z_SYNC_FLUSH)
+        assert body.endswith(b"\x00\x00\xff\xff")
+        stream += server_frame(OP_BINARY, body[:-4], rsv1=True)
+    out = bytearray()
+    d = WsDeframer(lambda b, s, e: out.extend(b[s:e]), lambda op, p: None, deflate=True)
+    feed_split(d, stream, [13] * len(stream))
+    assert bytes(out) == b"".join(msgs)
+
+
+@pytest.mark.parametrize("frame, message", [
+    (bytes([0x82, 0x81]) + b"abcdx", "masked"),
+    (server_frame(OP_BINARY, b"x", rsv1=True), "not negotiated"),
+    (server_frame(OP_CONT, b"x"), "outside a message"),
+    (server_frame(OP_PING, bytes(126)), "longer than 125"),
+    (server_frame(OP_PING, b"x", fin=False), "fragmented"),
+    (server_frame(0x3, b"x"), "unknown data opcode"),
+    (server_frame(0xB, b"x"), "unknown control opcode"),
+    (bytes([0xA2, 0x00]), "reserved bits"),
+    (server_frame(OP_BINARY, b"a", fin=False) + server_frame(OP_BINARY, b"b"), "before the last one ended"),
+])
+def test_deframer_rejects_frames_that_break_rfc_6455(frame, message):
+    d = WsDeframer(lambda b, s, e: None, lambda op, p: None)
+    with pytest.raises(WsError, match=message):
+        d.feed(frame, 0, len(frame))
+
+
+def test_tag_counter_counts_like_the_flv_scanner():
+    seen = []
+    c = TagCounter(lambda k, ts, kf: seen.append((k, ts, kf)))
+    for kind, ts, body in ((9, 0, AVC_SEQ), (9, 0, AVC_KEY), (8, 0, AAC_RAW), (9, 33, AVC_INTER)):
+        c.count(kind, ts, body)
+    assert (c.tags, c.video_tags, c.audio_tags, c.keyframes, c.newest_ts) == (4, 3, 1, 1, 33)
+    assert seen[1] == (9, 0, True) and seen[0][2] is False
+
+
+# ------------------------------------------------------------------ latency analysis for the fMP4 outputs
+
+
+def sent_log(seconds: float = 4.0, t0: float = 100.0) -> SendLog:
+    """Video every 33 ms (keyframe every 2 s, pts = dts) and audio every 21 ms, each sent at t0 + ts."""
+    log = SendLog()
+    for ts in range(0, int(seconds * 1000), 33):
+        log.sent_at[(9, ts)] = t0 + ts / 1000
+        log.video.append((ts, t0 + ts / 1000))
+        if ts % 1980 == 0:
+            log.keyframes.append((ts, ts, t0 + ts / 1000))
+    for ts in range(0, int(seconds * 1000), 21):
+        log.sent_at[(8, ts)] = t0 + ts / 1000
+    return log
+
+
+def test_sent_index_finds_the_nearest_tag_within_the_tolerance():
+    idx = SentIndex(sent_log())
+    assert idx.sent(9, 66, 2) == 100.066 and idx.sent(9, 67.5, 2) == 100.066 and idx.sent(9, 50, 2) is None
+    assert idx.sent(8, 1010.6, 12) == 101.008  # 1008 is the nearest audio tag
+    assert idx.sent_at_time(9, 70, 5) == pytest.approx(100.070)
+
+
+def test_part_delays_measure_last_sample_to_listed_and_received_and_the_hold_back_player():
+    idx = SentIndex(sent_log())
+    recs = [
+        {"track": "video", "last_ms": 264, "end_ms": 297, "listed": 100.297 + 0.05, "arrived": 100.297 + 0.06,
+         "backlog": False},
+        {"track": "video", "last_ms": 0, "end_ms": 33, "listed": 103.0, "arrived": 103.0, "backlog": True},
+        {"track": "audio", "last_ms": 1010.67, "end_ms": 1032, "listed": 101.1, "arrived": 101.12, "backlog": False},
+    ]
+    d = part_delays(idx, recs, 1.0)
+    assert d["video"]["part_last_sample_to_listed_ms"]["p50"] == 83.0
+    assert d["video"]["part_last_sample_to_received_ms"]["p50"] == 93.0
+    assert d["video"]["player_delay_at_part_hold_back_ms"]["p50"] == 1050.0  # listed 50 ms after the end was sent
+    assert d["audio"]["part_last_sample_to_received_ms"]["p50"] == 112.0 and d["video"]["parts"] == 1
+
+
+def test_dash_delays_compare_listing_with_the_mpds_availability_and_add_the_presentation_delay():
+    idx = SentIndex(sent_log())
+    recs = [{"track": "video", "last_ms": 1947, "end_ms": 1980, "listed": 102.03, "fetched": 102.04,
+             "advertised": 101.99, "backlog": False}]
+    d = dash_delays(idx, recs, 6.0)["video"]
+    assert d["segment_last_sample_to_listed_ms"]["p50"] == 83.0
+    assert d["listed_minus_advertised_availability_ms"]["p50"] == 40.0
+    assert d["mpd_clock_lag_behind_publisher_ms"]["p50"] == 10.0
+    assert d["player_delay_at_suggested_presentation_delay_ms"]["p50"] == 6010.0
+
+
+def test_hls_delays_place_segments_and_add_the_hlsjs_hold_back():
+    log = sent_log(6.0)
+    first_pts = {3: 126_000, 4: 126_000 + 1980 * 90}
+    edges = segment_edges(log, first_pts, {3: 1.98, 4: 1.98})
+    assert edges[3] == (pytest.approx(101.947), pytest.approx(101.98))
+    d = hls_delays(log, first_pts, {3: 1.98, 4: 1.98}, {"listed": {3: 102.03}}, {3: 102.5}, 6.0)
+    assert d["segment_last_frame_to_listed_ms"]["p50"] == 83.0
+    assert d["player_delay_at_hlsjs_start_ms"]["p50"] == 6520.0
+
+
+def test_starting_gop_is_the_span_of_media_sent_before_the_viewer_joined():
+    log = sent_log()
+    arrivals = {k: 200.0 for k in log.sent_at if log.sent_at[k] >= 101.98}
+    arrivals[(9, 0)] = 199.0  # the sequence header: same key as the keyframe at 0, not part of the GOP
+    assert starting_gop_ms(log, arrivals, 102.5, 1980) == 2499 - 1980  # newest cached audio tag - first keyframe
+    assert starting_gop_ms(log, arrivals, 102.5, None) is None
+
+
+# ------------------------------------------------------------------ the new viewers against small servers
+
+
+@pytest.fixture
+async def ws_server():
+    data = sample_flv(4)
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=request.query.get("compress") == "1")
+        await ws.prepare(request)
+        rnd = random.Random(2)
+        pos = 0
+        while pos < len(data):
+            n = rnd.randint(1, 20000)
+            await ws.send_bytes(data[pos:pos + n])
+            pos += n
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/live/a.flv", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield site._server.sockets[0].getsockname()[1], data
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("deflate, compress", [(False, "0"), (True, "1"), (True, "0")])
+async def test_websocket_flv_viewer_counts_every_tag_with_or_without_deflate(ws_server, deflate, compress):
+    port, data = ws_server
+    v = await open_ws_viewer("127.0.0.1", port, f"/live/a.flv?compress={compress}", deflate=deflate)
+    for _ in range(300):
+        if v.closed_at:
+            break
+        await asyncio.sleep(0.01)
+    assert v.status == 200 and v.error is None and v.ended
+    assert (v.scanner.tags, v.scanner.keyframes, v.scanner.bytes) == (3 + 4 * 60, 2, len(data))
+    assert v.deflate == (compress == "1")
+    if v.deflate:
+        assert v.wire_bytes < len(data)  # the padding in the sample compresses
+
+
+class FakeLive:
+    """A tiny live CMAF origin: a part every 40 ms (5 per 0.2 s segment) for video and audio, with
+    blocking playlist reloads, and an MPD listing the same segments."""
+
+    PARTS = 5
+    PART_S = 0.04
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.wall0 = time.time()
+        self.directives: list[tuple[int, int]] = []
+        self.fetches: list[str] = []
+        self.changed = asyncio.Event()
+
+    def count(self) -> int:
+        return int((time.monotonic() - self.t0) / self.PART_S)
+
+    def playlist(self, track: str) -> str:
+        n = self.count()
+        done = n // self.PARTS
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:1",
+                 "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.12", "#EXT-X-PART-INF:PART-TARGET=0.04",
+                 f"#EXT-X-MEDIA-SEQUENCE:{max(0, done - 4)}", f'#EXT-X-MAP:URI="{track}-init.mp4"']
+        for msn in range(max(0, done - 4), done):
+            for i in range(self.PARTS):
+                lines.append(f'#EXT-X-PART:DURATION=0.04,URI="{track}-{msn}.{i}.m4s"' + (",INDEPENDENT=YES" if i == 0 else ""))
+            lines += ["#EXTINF:0.2,", f"{track}-{msn}.m4s"]
+        for i in range(n % self.PARTS):
+            lines.append(f'#EXT-X-PART:DURATION=0.04,URI="{track}-{done}.{i}.m4s"' + (",INDEPENDENT=YES" if i == 0 else ""))
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{track}-{done}.{n % self.PARTS}.m4s"')
+        return "\n".join(lines) + "\n"
+
+    def mpd(self) -> str:
+        done = self.count() // self.PARTS
+        first = max(0, done - 4)
+        sets = []
+        for track, scale in (("video", 90000), ("audio", 48000)):
+            d = int(0.2 * scale)
+            sets.append(f'<AdaptationSet contentType="{track}"><SegmentTemplate timescale="{scale}" startNumber="{first}" '
+                        f'initialization="{track}-init.mp4" media="{track}-$Number$.m4s"><SegmentTimeline>'
+                        f'<S t="{first * d}" d="{d}" r="{done - first - 1}"/></SegmentTimeline></SegmentTemplate>'
+                        f'<Representation id="{track}"/></AdaptationSet>')
+        ast = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall0)) + f".{int(self.wall0 % 1 * 1000):03d}Z"
+        return (f'<MPD type="dynamic" availabilityStartTime="{ast}" minimumUpdatePeriod="PT0.2S" '
+                f'suggestedPresentationDelay="PT0.4S"><Period id="p0" start="PT0S">{"".join(sets)}</Period></MPD>')
+
+    def fragment(self, name: str) -> bytes:
+        track, rest = name.split("-", 1)
+        number = rest[:-4]
+        msn, _, part = number.partition(".")
+        tid, scale = (1, 90000) if track == "video" else (2, 48000)
+        per = int(self.PART_S * scale)
+        base = (int(msn) * self.PARTS + (int(part) if part else 0)) * per
+        return moof_mdat(tid, base, [per] * (1 if part else self.PARTS))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["file"]
+        if name == "cmaf.m3u8":
+            return web.Response(text='#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="a",URI="cmaf-audio.m3u8"\n'
+                                     '#EXT-X-STREAM-INF:BANDWIDTH=1,AUDIO="a"\ncmaf-video.m3u8\n')
+        if name.endswith(".m3u8"):
+            track = name[5:-5]
+            if "_HLS_msn" in request.query:
+                msn, part = int(request.query["_HLS_msn"]), int(request.query.get("_HLS_part", 0))
+                self.directives.append((msn, part))
+                want = msn * self.PARTS + min(part, self.PARTS) + 1
+                for _ in range(200):
+                    if self.count() >= want:
+                        break
+                    await asyncio.sleep(0.005)
+            return web.Response(text=self.playlist(track))
+        if name == "manifest.mpd":
+            return web.Response(text=self.mpd())
+        self.fetches.append(name)
+        if name.endswith("-init.mp4"):
+            track = name.split("-")[0]
+            return web.Response(body=init_bytes([(1, b"vide", 90000)] if track == "video" else [(2, b"soun", 48000)]))
+        return web.Response(body=self.fragment(name))
+
+
+@pytest.fixture
+async def live_server():
+    live = FakeLive()
+    app = web.Application()
+    app.router.add_get("/live/a/{file}", live.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield site._server.sockets[0].getsockname()[1], live
+    await runner.cleanup()
+
+
+async def test_llhls_player_fetches_every_part_once_in_order_with_blocking_reloads(live_server):
+    port, live = live_server
+    await asyncio.sleep(1.0)  # a few segments to start from
+    stop = asyncio.Event()
+    stats, rec = PullStats(stream=0), LlhlsRecorder()
+    player = LlhlsPlayer("127.0.0.1", port, "/live/a/cmaf.m3u8", stats, {}, keep_bodies=True,
+                         on_playlist=rec.on_playlist, on_item=rec.on_item)
+    task = asyncio.ensure_future(player.run(stop))
+    await asyncio.sleep(1.2)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert stats.errors == 0 and not stats.statuses and stats.gaps == 0 and stats.inits == 2
+    for track in ("video", "audio"):
+        keys = [tuple(map(int, k[1:].split("."))) for k in stats.fetched if k[0] == track[0]]
+        assert keys == sorted(keys) and len(keys) >= 20
+        flat = [m * FakeLive.PARTS + i for m, i in keys]
+        assert flat == list(range(flat[0], flat[0] + len(flat)))  # none skipped, none twice
+    assert live.directives and all(0 <= p <= FakeLive.PARTS for _, p in live.directives)
+    start = [r for r in rec.records if r["track"] == "video"][0]
+    assert start["backlog"] and start["last_ms"] % 40 == 0  # started PART-HOLD-BACK back, at an independent part
+    live_recs = [r for r in rec.records if not r["backlog"]]
+    assert live_recs and all(r["arrived"] >= r["listed"] for r in live_recs)
+
+
+async def test_dash_player_fetches_each_new_segment_of_both_tracks_once(live_server):
+    port, live = live_server
+    await asyncio.sleep(1.0)
+    stop = asyncio.Event()
+    stats, first_seen = PullStats(stream=0), {}
+    rec = DashRecorder(time.time() - time.monotonic())
+    player = DashPlayer("127.0.0.1", port, "/live/a/manifest.mpd", stats, first_seen, keep_bodies=True,
+                        on_mpd=rec.on_mpd, on_item=rec.on_item)
+    task = asyncio.ensure_future(player.run(stop))
+    await asyncio.sleep(1.3)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert stats.errors == 0 and stats.inits == 2 and stats.gaps == 0
+    for track in "va":
+        numbers = sorted(int(k[1:]) for k in stats.fetched if k[0] == track)
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) and len(numbers) >= 5
+    # It started about suggestedPresentationDelay (0.4 s, two segments) behind the newest segment.
+    first_mpd_newest = max(int(k[1:]) for k, t in first_seen.items() if k[0] == "v" and t == min(first_seen.values()))
+    assert first_mpd_newest - int(stats.started) in (1, 2, 3)
+    assert 0.5 < stats.manifests / 1.3 * 0.2 < 2  # about one MPD per minimumUpdatePeriod
+    assert {r["track"] for r in rec.records} == {"video", "audio"} and all(r["advertised"] for r in rec.records)

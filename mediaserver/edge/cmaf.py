@@ -27,9 +27,9 @@ from ..hub.stream import Stream
 from ..log import event
 from ..media.frames import Frame
 from ..remux import dash, llhls
-from ..remux.cmaf import AUDIO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, CmafWindow, parse_cmaf_name
+from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, CmafWindow, parse_cmaf_name
 from ..remux.hls import format_program_date_time
-from .common import CONFIG, cors_headers, json_error
+from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class CmafPackager:
 
     def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time) -> None:
         self.key = stream.key
+        self._info = stream.info
         self.cfg = cfg
         self.prefix = format(int(wall_clock() * 1000) % (36**8), "x") + "-"
         self._wall = wall_clock
@@ -124,6 +125,8 @@ class CmafPackager:
         return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query).encode()
 
     def _cached(self, key: str, render: Callable[[], str]) -> bytes:
+        if not key.endswith("?"):
+            return render().encode()  # a viewer's own token: rendered for it alone, never kept
         body = self._cache.get(key)
         if body is None:
             body = self._cache[key] = render().encode()
@@ -131,6 +134,15 @@ class CmafPackager:
 
     def has_track(self) -> bool:
         return bool(self.window.tracks)
+
+    def has_every_track(self) -> bool:
+        """Whether every track the stream carries (and CMAF can) is in the window: players read the
+        multivariant playlist and the MPD once, so a track missing then stays missing for them."""
+        info = self._info
+        want = {VIDEO} if info.video_codec in CARRIED_VIDEO else set()
+        if info.audio_codec in CARRIED_AUDIO:
+            want.add(AUDIO)
+        return bool(self.window.tracks) and want <= self.window.tracks.keys()
 
     async def wait_change(self, deadline: float) -> bool:
         """Wait for the window to change, until the loop time `deadline`; False on time-out."""
@@ -157,8 +169,8 @@ def _directive(request: web.Request, name: str) -> int | None:
 
 
 def _token_query(request: web.Request) -> str:
-    """The query to carry into the URIs a manifest lists (a play token), without delivery directives."""
-    return "&".join(f"{k}={v}" for k, v in request.query.items() if not k.startswith("_HLS_"))
+    """The query to carry into the URIs a manifest lists: the play token the admission checked, if any."""
+    return request.get(PLAY_QUERY, "")
 
 
 async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) -> web.StreamResponse:
@@ -170,11 +182,16 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
     query = _token_query(request)
 
     if file == "cmaf.m3u8" or file == "manifest.mpd":
-        while not packager.has_track():
-            if packager.ended or not await packager.wait_change(deadline):
-                raise json_error(503, f"stream {packager.key} has no segment yet",
-                                 "the publisher has not sent a keyframe yet; retry in a few seconds",
-                                 {"Retry-After": "2", **cors})
+        # Wait (bounded) for every track, so the player learns of the audio too; after a segment's
+        # time, answer with what there is.
+        every_track_by = loop.time() + cfg.segment_duration
+        while not packager.has_every_track() and not packager.ended:
+            if not await packager.wait_change(min(deadline, every_track_by)) and loop.time() >= every_track_by:
+                break
+        if not packager.has_track():
+            raise json_error(503, f"stream {packager.key} has no segment yet",
+                             "the publisher has not sent a keyframe yet; retry in a few seconds",
+                             {"Retry-After": "2", **cors})
         if file == "cmaf.m3u8":
             return _playlist_response(packager.multivariant(query), cors)
         return web.Response(body=packager.mpd(query), headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
@@ -210,7 +227,7 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
         init = tw.init(name.number) if tw is not None else None
         if init is None:
             raise json_error(404, f"init segment {file[:64]!r} does not exist", "reload the playlist", cors)
-        return web.Response(body=init.data, headers={"Content-Type": INIT_TYPE, "Cache-Control": LONG_CACHE, **cors})
+        return await send_shared(request, init.data, {"Content-Type": INIT_TYPE, "Cache-Control": LONG_CACHE, **cors})
     while True:
         readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
         if readiness is llhls.Readiness.READY:
@@ -218,7 +235,7 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
             assert tw is not None
             item = tw.segment(name.number) if name.part is None else tw.part(name.number, name.part)
             assert item is not None
-            return web.Response(body=item.data, headers={"Content-Type": SEGMENT_TYPE, "Cache-Control": LONG_CACHE, **cors})
+            return await send_shared(request, item.data, {"Content-Type": SEGMENT_TYPE, "Cache-Control": LONG_CACHE, **cors})
         if readiness is llhls.Readiness.GONE:
             raise json_error(404, f"{file[:64]!r} is not (or no longer) available",
                              "reload the playlist: segments expire as the live window slides", cors)

@@ -742,7 +742,9 @@ class CmafSegmenter:
         # to be like the previous one's), so parts stay within PART-TARGET.
         predicted_end = tick + (tick - t.last_tick)  # type: ignore[operator]
         return (
-            (predicted_end - t.part_start) * 1000 > self.part_target_ms * t.timescale
+            # A millisecond of slack (PART-TARGET is advertised 1 ms up) lets ten 30 fps frames make
+            # one 0.333 s part instead of nine.
+            (predicted_end - t.part_start) * 1000 > (self.part_target_ms + 1) * t.timescale
             or t.payload_size >= self.max_part_bytes
             or t.count >= _MAX_PART_SAMPLES
         )

@@ -6,8 +6,9 @@ HLS name of the same segment: $Number$ is the media sequence number) and a Segme
 every listed segment's decode time (S@t, from tfdt) and duration (S@d) in the track's timescale.
 
 Live (type="dynamic", profiles isoff-live and CMAF, DASH-IF IOP 4.3):
-- availabilityStartTime is the wall clock at the stream's first timeline anchor, and stays fixed
-  for the stream's life. Each Timeline (cmaf.py) is a Period: Period@start is its anchor's wall
+- availabilityStartTime is the wall clock at the stream's first timeline anchor plus a small margin
+  (`availability_margin_s`, the time a segment takes to be cut and listed), and stays fixed for the
+  stream's life. Each Timeline (cmaf.py) is a Period: Period@start is its anchor's wall
   time minus availabilityStartTime and presentationTimeOffset its anchor's decode time, so
   AST + Period@start + (S@t + S@d - PTO) / timescale is the wall time at which the segment ended,
   i.e. when it became available. A discontinuity (new publisher, new codec config) starts a new
@@ -56,6 +57,7 @@ def render_mpd(
     utc_timing_url: str = DEFAULT_UTC_TIMING_URL,
     suggested_presentation_delay_s: float | None = None,
     minimum_update_period_s: float | None = None,
+    availability_margin_s: float = 0.2,
 ) -> str:
     """The MPD for `window` at wall time `now` (unix seconds): dynamic while live, static once ended."""
     for text in (prefix, query, utc_timing_url):
@@ -77,10 +79,13 @@ def render_mpd(
     total = 0.0
     if dynamic:
         first = window.first_timeline
-        ast = first.anchor_wall if first is not None else now
+        # A segment is only listed once the frame after it arrives (and audio waits for the video cut),
+        # so announce availability a little after the segment's media ends, never before it exists.
+        anchor = first.anchor_wall if first is not None else now
+        ast = anchor + availability_margin_s
         previous = 0.0
         for timeline, _ in periods:
-            previous = starts[timeline.index] = max(previous, timeline.anchor_wall - ast)
+            previous = starts[timeline.index] = max(previous, timeline.anchor_wall - anchor)
         depth = max((sum(s.duration_s for s in tw.listed) for tw in window.tracks.values()), default=0.0)
         delay = 3 * target if suggested_presentation_delay_s is None else suggested_presentation_delay_s
         update = target if minimum_update_period_s is None else minimum_update_period_s
