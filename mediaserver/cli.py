@@ -1,6 +1,8 @@
 """Composition root: read the config, set up logging and uvloop, build and wire everything, run, and
 shut down in order (stop accepting, end publishers and viewers, flush, exit 0).
 
+`mediaserver token ...` mints a play or publish token instead of starting the server.
+
 Nothing imports this module.
 """
 
@@ -10,16 +12,27 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
+import time
+from collections.abc import Mapping
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import __version__
+from .api.admin import AdminDeps, make_admin_app
+from .auth.admission import Admission
+from .auth.limits import Limits
+from .auth.policy import AccessPolicy
+from .auth.tokens import Action
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.packagers import PackagerPool
+from .edge.webhooks import WebhookClient
+from .errors import UsageError
 from .hub.gop import GopLimits
 from .hub.registry import RegistryPolicy, StreamRegistry
 from .hub.subscriber import SlowPolicy
@@ -61,26 +74,238 @@ def build_registry(config: Config) -> StreamRegistry:
             audio_only_ms=hub.audio_only_cache_ms,
             window_ms=hub.viewer_queue_ms,
             window_bytes=hub.viewer_queue_bytes,
+            # Enough media for a packager started by its first viewer to list a full playlist at once.
+            history_ms=int(4 * config.hls.segment_duration * 1000) if config.hls.enabled else 0,
         ),
         slow=SlowPolicy(max_overflows=hub.slow_viewer_max_overflows, overflow_window=hub.slow_viewer_window),
         policy=RegistryPolicy(stale_publisher_timeout=hub.stale_publisher_timeout, reconnect_grace=hub.reconnect_grace),
     )
 
 
+# ----- auth, admin API, metrics ---------------------------------------------------------------------
+
+
+def build_policy(config: Config, environ: Mapping[str, str]) -> AccessPolicy:
+    auth = config.auth
+    try:
+        policy = AccessPolicy.from_settings(
+            publish_open=auth.publish_open, play_open=auth.play_open, token_secret_env=auth.token_secret_env,
+            stream_keys=auth.stream_keys, environ=environ,
+        )
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
+    problems = policy.problems()
+    if problems:
+        raise ConfigError("; ".join(problems) + f"; export {auth.token_secret_env}=<a secret of 16+ characters>")
+    return policy
+
+
+def build_admission(config: Config, environ: Mapping[str, str]) -> tuple[Admission, WebhookClient | None]:
+    limits = config.limits
+    hooks = WebhookClient(config.webhooks, environ)
+    admission = Admission(
+        policy=build_policy(config, environ),
+        limits=Limits(limits.max_connections_per_ip, limits.max_publishers_per_app, limits.max_viewers_per_stream),
+        hooks=hooks if hooks.enabled else None,
+        failure_delay_s=config.auth.failure_delay_ms / 1000,
+    )
+    return admission, hooks if hooks.enabled else None
+
+
+def admin_token(config: Config, environ: Mapping[str, str]) -> str | None:
+    token = environ.get(config.api.token_env, "").strip()
+    if token and len(token) < 16:
+        raise ConfigError(f"${config.api.token_env} is {len(token)} characters; the admin token needs at least 16, "
+                          "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if not token and not config.api.metrics_public:
+        raise ConfigError(f"api.metrics_public = false guards /metrics with the admin token, but "
+                          f"${config.api.token_env} is not set")
+    return token or None
+
+
+def _log_access(config: Config, policy: AccessPolicy, hooks: WebhookClient | None, token: str | None) -> None:
+    event(
+        log, "access",
+        publish_open=",".join(sorted(policy.publish_open)) or "none",
+        play_open=",".join(sorted(policy.play_open)) or "none",
+        tokens="on" if policy.can_mint else "off", stream_keys=len(config.auth.stream_keys),
+        webhooks=",".join(k for k, v in hooks.urls.items() if v) if hooks else "none",
+        admin_api="on" if token else f"off (set {config.api.token_env})",
+    )
+
+
+# ----- end of auth, admin API, metrics ---------------------------------------------------------------
+
+
+# ----- cluster (Redis locator, publish claim, edge pull) ---------------------------------------------
+
+
+class ClusterWiring:
+    """The node's part in a cluster: the RedisLocator, the ClusterMember that claims published streams,
+    and the PullPool that serves other nodes' streams to this node's viewers. Absent when standalone."""
+
+    def __init__(self, config: Config, registry: StreamRegistry, environ: Mapping[str, str]) -> None:
+        from .cluster.locator import NodeInfo
+        from .cluster.member import ClusterMember
+        from .cluster.redis_locator import RedisLocator
+        from .edge.origin_pull import OriginPull, PullPool, PullSettings
+
+        cfg = config.cluster
+        if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"cluster.role = {cfg.role!r} needs cluster.redis_url (redis://HOST:PORT/DB), "
+                              f"got {cfg.redis_url!r}; or set cluster.role = \"standalone\"")
+        secret = environ.get(cfg.secret_env, "").strip()
+        if len(secret) < 16:
+            raise ConfigError(f"cluster.role = {cfg.role!r} needs a shared secret of 16+ characters in "
+                              f"${cfg.secret_env} (the same on every node), e.g. "
+                              "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        host = socket.gethostname()
+        self.node_id = cfg.node_id or f"{host}-{config.http.port}"
+        bind = config.http.bind if config.http.bind not in ("", "0.0.0.0", "::") else host
+        self.http_url = (cfg.advertise_url or f"http://{bind}:{config.http.port}").rstrip("/")
+        rtmp_host = config.rtmp.bind if config.rtmp.bind not in ("", "0.0.0.0", "::") else host
+        self.rtmp_url = f"rtmp://{rtmp_host}:{config.rtmp.port}"
+        self.role = cfg.role
+        self.registry = registry
+        self._egress = (time.monotonic(), 0)
+        self._egress_bps = 0
+
+        def node_info() -> NodeInfo:
+            streams = registry.streams()
+            per_stream = {str(s.key): len(s.subscribers) for s in streams if s.subscribers}
+            return NodeInfo(
+                id=self.node_id, role=cfg.role, http=self.http_url, rtmp=self.rtmp_url, version=__version__,
+                streams=len(streams), viewers=sum(per_stream.values()), egress_bps=self._measure_egress(streams),
+                stream_viewers=per_stream, pulling=[str(k) for k in self.pulls.pulls] if hasattr(self, "pulls") else [], seen_at=time.time(),
+            )
+
+        self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl)
+
+        def published_here(name: str) -> bool:
+            stream = registry.get(_key(name))
+            return stream is not None and stream.publisher is not None and not isinstance(stream.publisher, OriginPull)
+
+        self.member = ClusterMember(self.locator, self.node_id, self.http_url, published_here,
+                                    lambda name, reason: registry.kick(_key(name), reason))
+        self.pulls = PullPool(
+            registry, self.locator,
+            PullSettings(node_id=self.node_id, secret=secret, grace=cfg.pull_grace, wait=cfg.pull_wait,
+                         upstream=cfg.upstream.rstrip("/"), serve_edges=cfg.serve_edges),
+            pull_viewers=cfg.role in ("edge", "both"),
+        )
+
+        def own(hook):
+            def run(stream) -> None:
+                hook(str(stream.key))
+            return run
+
+        def published(stream) -> None:
+            if not isinstance(stream.publisher, OriginPull):
+                self.member.published(str(stream.key))
+
+        registry.on_published.append(published)
+        registry.on_unpublished.append(own(self.member.unpublished))
+        registry.on_stream_ended.append(own(self.member.ended))
+
+    def _measure_egress(self, streams) -> int:
+        now = time.monotonic()
+        total = sum(sub.bytes_sent for s in streams for sub in s.subscribers)
+        then, before = self._egress
+        if now - then > 0.5:
+            self._egress_bps = max(0, int((total - before) * 8 / (now - then)))
+            self._egress = (now, total)
+        return self._egress_bps
+
+    async def claim(self, key) -> str | None:
+        if self.role == "edge":
+            return (f"this node is an edge (cluster.role = \"edge\"); publish {key} to an origin instead")
+        return await self.member.claim(str(key))
+
+    async def kick(self, name: str, reason: str) -> bool:
+        return await self.member.kick(name, reason)
+
+    async def nodes(self) -> list[dict]:
+        from dataclasses import asdict
+        return [{**asdict(n), "self": n.id == self.node_id} for n in await self.locator.nodes()]
+
+    async def streams(self) -> list[dict]:
+        """Every stream published in the cluster, with viewers added up across nodes."""
+        claims = await self.locator.claims()
+        nodes = await self.locator.nodes()
+        out = []
+        for name in sorted(claims):
+            by_node = {n.id: n.stream_viewers[name] for n in nodes if n.stream_viewers.get(name)}
+            pulls = sum(1 for n in nodes if name in n.pulling)  # edges' pulls are viewers of their source
+            out.append({"stream": name, "origin": claims[name].node, "origin_url": claims[name].http,
+                        "since": claims[name].since, "viewers": max(0, sum(by_node.values()) - pulls),
+                        "viewers_by_node": by_node, "edges_pulling": pulls})
+        return out
+
+    def wire(self, app: web.Application, rtmp: RtmpServer) -> None:
+        rtmp.publish_claim = self.claim
+        app.middlewares.insert(0, self.pulls.internal_middleware)
+        app.middlewares.append(self.pulls.viewer_middleware)
+
+    async def start(self) -> None:
+        await self.locator.start()
+        event(log, "cluster", role=self.role, node=self.node_id, advertise=self.http_url,
+              redis="up" if self.locator.up else "down")
+
+    async def close(self) -> None:
+        await self.member.drain()
+        await self.pulls.close()
+        await self.locator.close()
+
+
+def _key(name: str):
+    from .hub.stream import StreamKey
+    app, _, stream = name.partition("/")
+    return StreamKey(app, stream)
+
+
+# ----- end of cluster ----------------------------------------------------------------------------------
+
+
 async def serve(config: Config, stop: asyncio.Event) -> None:
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
-    app = make_app(config, registry, packagers)
+    admission, hooks = build_admission(config, os.environ)
+    token = admin_token(config, os.environ)
+    if hooks is not None:
+        hooks.watch(registry)
+    rtmp = RtmpServer(config.rtmp, registry, admission)
+    cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    admin = make_admin_app(AdminDeps(
+        registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
+        cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
+        cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
+        cluster_streams=cluster.streams if cluster else None,  # cluster
+    ))
+
+    def rtmp_listening() -> tuple[bool, str]:
+        server = rtmp._server  # RtmpServer has no public "serving" property yet
+        serving = server is not None and server.is_serving()
+        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{config.rtmp.port}"
+
+    app = make_app(
+        config, registry, packagers, admission=admission, hooks=hooks, admin=admin,
+        ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
+    )
+    _log_access(config, admission.policy, hooks, token)
+    if cluster is not None:  # cluster
+        cluster.wire(app, rtmp)
+        await cluster.start()
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     http_site = web.TCPSite(runner, config.http.bind, config.http.port, reuse_address=True)
-    rtmp = RtmpServer(config.rtmp, registry)
     try:
         await http_site.start()
         await rtmp.start()
     except OSError as err:
         await runner.cleanup()
         await rtmp.close()
+        if cluster is not None:  # cluster
+            await cluster.close()
         raise ConfigError(
             f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
@@ -94,12 +319,54 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await rtmp.stop_accepting()
     registry.close_all("server_shutdown")
     await rtmp.close()
+    if cluster is not None:  # cluster: withdraw claims, say node_down
+        await cluster.close()
     await runner.cleanup()
     packagers.close()
     event(log, "stopped")
 
 
+def token_main(argv: list[str]) -> int:
+    """`mediaserver token`: print a signed token (and URLs with --base-url); the secret comes from the
+    environment variable auth.token_secret_env names."""
+    parser = argparse.ArgumentParser(
+        prog="mediaserver token",
+        description="Mint a signed play or publish token. The secret is read from the environment variable named "
+                    "by auth.token_secret_env (default MEDIASERVER_TOKEN_SECRET).",
+    )
+    parser.add_argument("--action", choices=("play", "publish"), required=True)
+    parser.add_argument("--app", default="live", help="the app (default live)")
+    parser.add_argument("--stream", required=True, help="the public stream name")
+    parser.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (default 3600)")
+    parser.add_argument("--ip", help="bind the token to this client address")
+    parser.add_argument("--base-url", help="also print the full URL(s), e.g. http://HOST:8080 or rtmp://HOST")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (for auth.token_secret_env)")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        policy = AccessPolicy.from_settings(publish_open=("*",), play_open=("*",),
+                                            token_secret_env=config.auth.token_secret_env, stream_keys=(),
+                                            environ=os.environ)
+        token = policy.mint(Action(args.action), args.app, args.stream, args.ttl, time.time(), args.ip)
+    except (ConfigError, UsageError) as err:
+        print(f"mediaserver token: {err}", file=sys.stderr)
+        return 2
+    print(token)
+    if args.base_url:
+        base = args.base_url.rstrip("/")
+        if args.action == "play":
+            print(f"{base}/{args.app}/{args.stream}.flv?token={token}")
+            print(f"{base}/{args.app}/{args.stream}/index.m3u8?token={token}")
+        else:
+            print(f"{base}/{args.app}/{args.stream}?token={token}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["token"]:
+        return token_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="mediaserver", description="Live-streaming server: RTMP in, HTTP-FLV and HLS out.")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see config.example.toml); built-in defaults without it")
     parser.add_argument(
@@ -107,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         help="override one config key, e.g. --set rtmp.port=1936 (repeatable)",
     )
     parser.add_argument("--version", action="version", version=f"mediaserver {__version__}")
-    args = parser.parse_args(argv)
+    parser.epilog = "Also: mediaserver token --action play|publish --app APP --stream NAME [--ttl S] [--ip IP]"
+    args = parser.parse_args(args_in)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:

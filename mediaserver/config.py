@@ -65,6 +65,10 @@ class HlsConfig:
     enabled: bool = True
     segment_duration: float = 2.0
     playlist_length: int = 6
+    part_duration: float = 0.333
+    """LL-HLS part target of the fMP4 flavour (cmaf.m3u8)."""
+    idle_timeout: float = 30.0
+    """A packager nobody asked anything of for this long stops; the next request starts it again."""
     ended_linger: float = 60.0
     """How long the final playlist (with EXT-X-ENDLIST) stays after a stream ends."""
 
@@ -75,6 +79,90 @@ class LogConfig:
     format: str = "text"
 
 
+# ----- auth, admin API, limits, webhooks -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    publish_open: tuple[str, ...] = ("*",)
+    """Apps anyone may publish to without a credential; "*" is every app."""
+    play_open: tuple[str, ...] = ("*",)
+    """Apps anyone may watch without a play token; "*" is every app."""
+    token_secret_env: str = "MEDIASERVER_TOKEN_SECRET"
+    """The environment variable holding the HMAC secret(s) for publish and play tokens."""
+    stream_keys: tuple[str, ...] = ()
+    """"APP/PUBLIC_NAME=ENV_VAR": publishing with the value of $ENV_VAR as stream key publishes APP/PUBLIC_NAME."""
+    failure_delay_ms: int = 500
+    """A refused credential is answered after a random delay of half to all of this."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    token_env: str = "MEDIASERVER_ADMIN_TOKEN"
+    """The environment variable holding the admin API's bearer token; unset or empty disables the API."""
+    cors_origins: tuple[str, ...] = ()
+    """Web origins allowed to call the admin API from a browser ("*" for any)."""
+    metrics_public: bool = True
+    """Serve /metrics without the admin token."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_connections_per_ip: int = 0
+    """RTMP connections plus HTTP requests in progress from one address; 0 is unlimited."""
+    max_publishers_per_app: int = 0
+    max_viewers_per_stream: int = 0
+    """HTTP-FLV, WebSocket-FLV and RTMP viewers of one stream; 0 is unlimited."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    on_publish: str = ""
+    on_play: str = ""
+    on_publish_done: str = ""
+    on_play_done: str = ""
+    timeout: float = 2.0
+    on_failure: str = "deny"
+    """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""
+    auth_header_env: str = ""
+    """An environment variable whose value is sent as `Authorization: Bearer ...` to the hooks."""
+    hls_cache_s: float = 30.0
+    """How long an on_play answer for an HLS client (address and stream) is reused."""
+
+
+# ----- end of auth, admin API, limits, webhooks ------------------------------------------------------
+
+
+# ----- cluster ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    role: str = "standalone"
+    """standalone (no Redis), origin (takes publishers), edge (pulls for viewers), or both."""
+    redis_url: str = ""
+    """redis://HOST:PORT/DB shared by every node; required unless role is standalone."""
+    node_id: str = ""
+    """This node's name in the cluster; empty is HOSTNAME-HTTPPORT."""
+    advertise_url: str = ""
+    """The HTTP base URL other nodes reach this one on; empty is http://BIND:PORT (the hostname for 0.0.0.0)."""
+    secret_env: str = "MEDIASERVER_CLUSTER_SECRET"
+    """The environment variable holding the secret internal pulls present; every node needs the same."""
+    claim_ttl: float = 15.0
+    """Seconds a stream claim and a node heartbeat live without a refresh (refreshed every third of it)."""
+    pull_grace: float = 10.0
+    """Seconds an edge keeps pulling a stream after its last viewer left."""
+    pull_wait: float = 5.0
+    """Seconds a viewer waits for a starting pull's first keyframe."""
+    upstream: str = ""
+    """An edge's parent edge (http://HOST:PORT) to pull from instead of the origin (tiered)."""
+    serve_edges: bool = False
+    """Let other edges pull through this one (a parent edge in a tiered setup)."""
+
+
+# ----- end of cluster -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -82,6 +170,11 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # Accepted values and ranges, checked after types: key -> (min, max) or a tuple of choices.
@@ -107,12 +200,27 @@ _RANGES: dict[str, tuple[float, float]] = {
     "hub.reconnect_grace": (0, 3600),
     "hls.segment_duration": (0.5, 60),
     "hls.playlist_length": (2, 100),
+    "hls.part_duration": (0.1, 2.0),
+    "hls.idle_timeout": (1, 86_400),
     "hls.ended_linger": (0, 86_400),
+    "auth.failure_delay_ms": (0, 10_000),
+    "limits.max_connections_per_ip": (0, 1_000_000),
+    "limits.max_publishers_per_app": (0, 1_000_000),
+    "limits.max_viewers_per_stream": (0, 1_000_000),
+    "webhooks.timeout": (0.1, 60),
+    "webhooks.hls_cache_s": (0, 3600),
+    "cluster.claim_ttl": (1, 3600),
+    "cluster.pull_grace": (0, 3600),
+    "cluster.pull_wait": (0.1, 60),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("text", "json"),
+    "webhooks.on_failure": ("deny", "allow"),
+    "cluster.role": ("standalone", "origin", "edge", "both"),
 }
+_URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
+             "cluster.advertise_url", "cluster.upstream")
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -140,6 +248,12 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
         return value
+    if kind is tuple:  # a list of strings; on the command line also "a,b"
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{where} = {value!r} must be a list of strings, e.g. ["a", "b"]')
+        return tuple(value)
     raise ConfigError(f"{where} has an unsupported type")  # pragma: no cover - guards new fields
 
 
@@ -150,6 +264,8 @@ def _check(where: str, value: Any) -> None:
             raise ConfigError(f"{where} = {value!r} is out of range; must be {lo:g}..{hi:g}")
     if where in _CHOICES and value not in _CHOICES[where]:
         raise ConfigError(f"{where} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
+    if where in _URL_KEYS and value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{where} = {value!r} must be an http:// or https:// URL, or \"\" for none")
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

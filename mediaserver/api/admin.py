@@ -13,7 +13,7 @@
 | PUT    blocks/{app}/{name}                         | refuse publishing that name for a while        |
 | DELETE blocks/{app}/{name}                         | lift a block                                   |
 | POST   tokens                                      | mint a play or publish token                   |
-| GET    nodes                                       | the nodes of the cluster (this node only)      |
+| GET    nodes                                       | every node with a heartbeat (standalone: this) |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -35,7 +35,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,13 @@ class AdminDeps:
     failure_delay_s: float = 0.5
     wall_clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    # ----- cluster -----
+    cluster_kick: Callable[[str, str], Awaitable[bool]] | None = None
+    """Send a kick for "app/name" to every node; True when some node publishes it. None: standalone."""
+    cluster_nodes: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+    """The cluster's node records. None: standalone (this node only)."""
+    cluster_streams: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+    """Every stream in the cluster with viewers added up across nodes (GET streams?scope=cluster)."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -307,6 +314,10 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 async def list_streams(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
+    if request.query.get("scope") == "cluster":  # cluster: every node's streams, viewers added up
+        if deps.cluster_streams is None:
+            raise ApiError(400, "this node is not in a cluster", "omit scope=cluster, or set cluster.role")
+        return web.json_response({"scope": "cluster", "streams": await deps.cluster_streams()})
     now = deps.registry.clock()
     rates = request.app[RATES]
     streams = sorted(deps.registry.streams(), key=lambda s: (s.key.app, s.key.name))
@@ -327,6 +338,20 @@ async def kick_stream(request: web.Request) -> web.Response:
     body = await _body(request)
     reason = _text(body, "reason", "kicked", 64) or "kicked"
     block_s = _number(body, "block_seconds", 1, MAX_BLOCK_S)
+    # ----- cluster: the kick reaches the node holding the publisher; edges drop their copies -----
+    if deps.cluster_kick is not None:
+        key = _key(request)
+        local = deps.registry.get(key)
+        if local is None or local.ended:
+            if not await deps.cluster_kick(str(key), reason):
+                raise ApiError(404, f"stream {key} is not being published in the cluster",
+                               "it may have just ended; GET /api/v1/streams lists the streams there are")
+            if block_s is not None:
+                deps.policy.block(key.app, key.name, deps.wall_clock() + block_s, reason)
+            event(log, "admin_kick", stream=str(key), reason=reason, forwarded=True)
+            return web.json_response({"kicked": str(key), "reason": reason, "forwarded": True})
+        await deps.cluster_kick(str(key), reason)
+    # ----- end of cluster -----
     stream = _stream(request)
     key = stream.key
     blocked = None
@@ -437,6 +462,8 @@ async def mint_token(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
+    if deps.cluster_nodes is not None:  # cluster: every node with a current heartbeat
+        return web.json_response({"nodes": await deps.cluster_nodes()})
     streams = deps.registry.streams()
     return web.json_response({"nodes": [{
         "name": deps.node_name, "self": True, "version": __version__,

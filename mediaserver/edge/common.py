@@ -14,6 +14,9 @@ from .names import stream_key
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", StreamRegistry)
 
+PLAY_QUERY = "mediaserver.play_query"
+"""Request key set by the admission middleware: the play token's query, carried to segment URIs."""
+
 
 def _exception_classes() -> dict[int, type[web.HTTPException]]:
     found: dict[int, type[web.HTTPException]] = {}
@@ -67,3 +70,16 @@ def find_stream(request: web.Request, app: str, name: str) -> Stream:
             cors_headers(request),
         )
     return stream
+
+
+async def send_shared(request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    """Answer with `body`, a bytes object shared by every viewer, without copying it per request: the
+    headers go out in a write of their own, then the body as it is (web.Response would join the two)."""
+    resp = web.StreamResponse(headers=headers)
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    if request.method != "HEAD":
+        await resp.write(b"")  # sends the buffered headers alone
+        await resp.write(body)
+    await resp.write_eof()
+    return resp

@@ -24,6 +24,9 @@ from .common import CONFIG, REGISTRY, cors_headers, find_stream, peer_of
 
 log = logging.getLogger(__name__)
 
+VIEWER = "mediaserver.viewer"
+"""Request key: the viewer's Subscriber, for the admission middleware (expiry, play_done, metrics)."""
+
 
 def _has_tracks(stream: Stream) -> tuple[bool, bool]:
     """(has_audio, has_video) for the FLV header; players such as mpegts.js wait for a track the
@@ -43,7 +46,9 @@ async def serve_flv(request: web.Request, app: str, name: str) -> web.StreamResp
     one binary message per merged write."""
     stream = find_stream(request, app, name)
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=4096, autoping=True)
+        # No permessage-deflate, though browsers offer it: media does not compress, and deflating every
+        # message cost about 19 times the CPU per viewer (bench/load.py ws-flv --ws-deflate).
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=4096, autoping=True, compress=False)
         if ws.can_prepare(request).ok:
             await ws.prepare(request)
             await _serve_viewer(request, stream, "ws-flv", lambda data: ws.send_bytes(data), ws.close)
@@ -71,6 +76,7 @@ async def _serve_viewer(
     loop = asyncio.get_running_loop()
     peer = peer_of(request)
     sub, start = stream.subscribe(kind, peer, loop.time())
+    request[VIEWER] = sub
     event(log, "viewer_join", stream=str(stream.key), format=kind, peer=peer, viewers=len(stream.subscribers))
     reason = "viewer_left"
     timeout = cfg.write_timeout

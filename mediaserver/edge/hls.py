@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .common import CONFIG, cors_headers, json_error
+from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
 from .names import stream_key
 from .packagers import PackagerPool
 
 PACKAGERS = web.AppKey("packagers", PackagerPool)
+
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPE = "video/mp2t"
@@ -40,7 +41,7 @@ async def serve_playlist(request: web.Request) -> web.Response:
                          {"Retry-After": "2", **cors_headers(request)})
     max_age = max(0, int(cfg.segment_duration / 2))
     return web.Response(
-        body=packager.playlist(),
+        body=packager.playlist(request.get(PLAY_QUERY, "")),
         headers={
             "Content-Type": PLAYLIST_TYPE,
             "Cache-Control": f"max-age={max_age}" if max_age and not packager.ended else "no-cache",
@@ -55,11 +56,8 @@ async def serve_segment(request: web.Request) -> web.Response:
     if segment is None:
         raise json_error(404, f"segment {request.match_info['file'][:64]!r} of {key} does not exist",
                          "reload the playlist: segments expire as the live window slides", cors_headers(request))
-    return web.Response(
-        body=segment.data,
-        headers={
-            "Content-Type": SEGMENT_TYPE,
-            "Cache-Control": "public, max-age=3600, immutable",
-            **cors_headers(request),
-        },
+    return await send_shared(
+        request,
+        segment.data,
+        {"Content-Type": SEGMENT_TYPE, "Cache-Control": "public, max-age=3600, immutable", **cors_headers(request)},
     )

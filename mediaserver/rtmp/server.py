@@ -14,8 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..auth.admission import Admission
+from ..auth.hooks import HookRequest
+from ..auth.limits import LimitExceeded
+from ..auth.tokens import AuthError, query_without, token_from_query
 from ..config import RtmpConfig
 from ..errors import PeerError
 from ..hub.registry import PublishRefused, StreamRegistry
@@ -40,10 +45,17 @@ def _valid_name(text: str) -> bool:
 class RtmpServer:
     """Listens for RTMP connections and tracks them for an ordered shutdown."""
 
-    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry) -> None:
+    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry, admission: Admission | None = None) -> None:
         self.cfg = cfg
         self.registry = registry
+        self.admission = admission
+        """Credentials, limits and webhooks; None admits everyone (as with no auth configured)."""
         self.connections: set[RtmpConnection] = set()
+        # ----- cluster claim hook -----
+        self.publish_claim: Callable[[StreamKey], Awaitable[str | None]] | None = None
+        """Asked before a publisher is accepted (the cluster's one-publisher-per-stream claim): None
+        accepts, a message refuses with NetStream.Publish.BadName. Set by the composition root."""
+        # ----- end of cluster claim hook -----
         self._server: asyncio.base_events.Server | None = None
         self._ids = 0
 
@@ -97,6 +109,10 @@ class RtmpConnection(asyncio.Protocol):
         self._publish_started = 0.0
         self._merge_s = self.cfg.read_merge_ms / 1000
         self._reading_paused = False
+        self.ip = ""
+        self._counted_ip = False
+        self._admitting: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # ----- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -106,6 +122,18 @@ class RtmpConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         self.log = Bound(log, {"conn": self.conn_id, "peer": self.peer})
+        # ----- admission: connections per client address -----
+        admission = self.server.admission
+        if admission is not None and isinstance(peer, tuple):
+            self.ip = str(peer[0])
+            refused = admission.limits.connection_opened(self.ip)
+            if refused is not None:
+                self._log_limit(refused)
+                self._closing = True
+                transport.abort()
+                return
+            self._counted_ip = True
+        # ----- end of admission -----
         self.server.connections.add(self)
         self._timer = self.loop.call_later(self.cfg.handshake_timeout, self._check_timeouts)
         self._flush()
@@ -116,6 +144,8 @@ class RtmpConnection(asyncio.Protocol):
             self.session.receive_data(data)
             for event_ in self.session.events():
                 self._on_event(event_)
+            if self.stream is not None:
+                self.stream.flush_sinks()
         except PeerError as err:
             event(self.log, "rtmp_protocol_error", logging.WARNING, error=str(err), stream=self._stream_name())
             self._flush()
@@ -139,6 +169,15 @@ class RtmpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        # ----- admission -----
+        if self._counted_ip and self.server.admission is not None:
+            self._counted_ip = False
+            self.server.admission.limits.connection_closed(self.ip)
+        if self._admitting is not None:
+            self._admitting.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        # ----- end of admission -----
         if self._timer is not None:
             self._timer.cancel()
         if self._writable is not None and not self._writable.done():
@@ -201,7 +240,7 @@ class RtmpConnection(asyncio.Protocol):
                 self._play_task.cancel()
 
     def _on_publish(self, e: ev.PublishRequested) -> None:
-        if self.stream is not None or self._play_task is not None:
+        if self.stream is not None or self._play_task is not None or self._admitting is not None:
             self.session.reject_publish(e.request_id, "NetStream.Publish.BadName", "This connection already has a stream.")
             self._close_after_flush()
             return
@@ -214,7 +253,38 @@ class RtmpConnection(asyncio.Protocol):
             event(self.log, "publish_refused", logging.WARNING, app=app[:64], stream=e.name[:64], reason="bad_name")
             self._close_after_flush()
             return
-        key = StreamKey(app, e.name)
+        # ----- admission: credentials, publishers per app, on_publish webhook -----
+        admission = self.server.admission
+        if admission is None:
+            self._start_publish(e, StreamKey(app, e.name))
+            return
+        token = token_from_query(e.query) or token_from_query(self.session.app.partition("?")[2])
+        try:
+            grant = admission.policy.authorize_publish(app, e.name, token, self.ip, time.time())
+        except AuthError as err:
+            delay = admission.refused("publish", err.reason)
+            event(self.log, "publish_refused", logging.WARNING, stream=err.subject, reason=err.reason)
+            why = f"Publishing refused: {err}."
+            self._refuse_later(delay, lambda: self._reject_publish(e.request_id, "NetStream.Publish.Unauthorized", why))
+            return
+        key = StreamKey(grant.app, grant.name)
+        if not self._publishers_within_limit(e, key):
+            return
+        if not admission.wants_hook("publish"):
+            self._start_publish(e, key)
+            return
+        params = query_without(e.query, "token" if grant.via == "token" else None)
+        hook = HookRequest("publish", key.app, key.name, self.ip, "rtmp", params, {"via": grant.via})
+        self._admitting = self.loop.create_task(self._ask_publish_hook(e, key, hook))
+        # ----- end of admission -----
+
+    def _start_publish(self, e: ev.PublishRequested, key: StreamKey, cluster_checked: bool = False) -> None:
+        """Claim the stream and answer NetStream.Publish.Start (or refuse when the name is taken)."""
+        # ----- cluster claim hook -----
+        if self.server.publish_claim is not None and not cluster_checked:
+            self._admitting = self.loop.create_task(self._claim_in_cluster(e, key))
+            return
+        # ----- end of cluster claim hook -----
         try:
             stream = self.registry.claim_publisher(key, self)
         except PublishRefused as err:
@@ -228,8 +298,27 @@ class RtmpConnection(asyncio.Protocol):
         self._audio_ts = TimestampUnwrapper()
         self._publish_started = time.monotonic()
         self._bytes_at_start = stream.bytes_in
-        self.session.accept_publish(e.request_id)
+        if not self.session.accept_publish(e.request_id):  # the client closed that stream meanwhile
+            self._end_publish("unpublished")
+            return
         event(self.log, "publish_accepted", stream=str(key), session=stream.sessions)
+
+    # ----- cluster claim hook -----
+    async def _claim_in_cluster(self, e: ev.PublishRequested, key: StreamKey) -> None:
+        assert self.server.publish_claim is not None
+        try:
+            refusal = await self.server.publish_claim(key)
+        finally:
+            self._admitting = None
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        if refusal is not None:
+            event(self.log, "publish_refused", logging.WARNING, stream=str(key), reason="published_elsewhere")
+            self._reject_publish(e.request_id, "NetStream.Publish.BadName", refusal)
+            return
+        self._start_publish(e, key, cluster_checked=True)
+        self._flush()  # outside data_received: nothing else sends the answer
+    # ----- end of cluster claim hook -----
 
     def _announce(self) -> None:
         """The one line that says what a publisher sends, once its codecs are known."""
@@ -273,15 +362,61 @@ class RtmpConnection(asyncio.Protocol):
     def _on_play(self, e: ev.PlayRequested) -> None:
         app = e.app or self.app
         key = StreamKey(app, e.name) if _valid_name(app) and _valid_name(e.name) else None
+        # ----- admission: play token, on_play webhook -----
+        admission = self.server.admission
+        if admission is not None and key is not None and self._admitting is None:
+            token = token_from_query(e.query) or token_from_query(self.session.app.partition("?")[2])
+            try:
+                grant = admission.policy.authorize_play(app, e.name, token, self.ip, time.time())
+            except AuthError as err:
+                delay = admission.refused("play", err.reason)
+                event(self.log, "play_refused", logging.WARNING, stream=err.subject, reason=err.reason)
+                why = f"Playing refused: {err}."
+                self._refuse_later(delay, lambda: self._reject_play(e.request_id, why))
+                return
+            if admission.wants_hook("play") and self.registry.get(key) is not None:
+                params = query_without(e.query, "token" if grant is not None else None)
+                hook = HookRequest("play", key.app, key.name, self.ip, "rtmp", params)
+                self._admitting = self.loop.create_task(self._ask_play_hook(e, key, hook))
+                return
+        # ----- end of admission -----
+        self._start_play(e, app, key)
+
+    def _start_play(self, e: ev.PlayRequested, app: str, key: StreamKey | None) -> Subscriber | None:
         stream = self.registry.get(key) if key else None
-        if stream is None or stream.ended or self.stream is not None or self._play_task is not None:
+        if (stream is None or stream.ended or self.stream is not None or self._play_task is not None
+                or self._admitting is not None):
             self.session.reject_play(e.request_id, "NetStream.Play.StreamNotFound", f"{app}/{e.name} is not being published.")
             event(self.log, "play_refused", stream=f"{app[:64]}/{e.name[:64]}", reason="not_found")
-            return
+            return None
+        # ----- admission: viewers per stream -----
+        admission = self.server.admission
+        if admission is not None:
+            refused = admission.limits.check_viewers(str(stream.key), len(stream.subscribers))
+            if refused is not None:
+                self._log_limit(refused)
+                self.session.reject_play(e.request_id, "NetStream.Play.Failed", f"Playing refused: {refused.message}.")
+                return None
+        # ----- end of admission -----
         self.session.accept_play(e.request_id)
         sub, start = stream.subscribe("rtmp", self.peer, self.loop.time())
         event(self.log, "viewer_join", stream=str(stream.key), format="rtmp", viewers=len(stream.subscribers))
         self._play_task = self.loop.create_task(self._play(sub, start, e.stream_id))
+        # ----- admission: on_play_done webhook -----
+        if admission is not None and admission.wants_hook("play_done"):
+            hooks, joined = admission.hooks, self.loop.time()
+            params = query_without(e.query, None if admission.policy.play_is_open(stream.key.app) else "token")
+
+            def done(task: asyncio.Task[None]) -> None:
+                assert hooks is not None
+                hooks.tell(HookRequest("play_done", stream.key.app, stream.key.name, self.ip, "rtmp", params, {
+                    "reason": sub.close_reason or "viewer_left", "duration_s": round(self.loop.time() - joined, 3),
+                    "bytes_sent": sub.bytes_sent, "frames_dropped": sub.frames_dropped,
+                }))
+
+            self._play_task.add_done_callback(done)
+        # ----- end of admission -----
+        return sub
 
     async def _play(self, sub: Subscriber, start: list, stream_id: int) -> None:
         reason = "viewer_left"
@@ -318,6 +453,103 @@ class RtmpConnection(asyncio.Protocol):
             event(self.log, "viewer_leave", stream=str(sub.stream.key), format="rtmp", reason=reason,
                   dropped_frames=sub.frames_dropped)
             self._play_task = None
+
+    # ----- admission: credentials, limits and webhooks (auth/) ----------------------------------------
+
+    def _publishers_within_limit(self, e: ev.PublishRequested, key: StreamKey) -> bool:
+        admission = self.server.admission
+        assert admission is not None
+        if not admission.limits.max_publishers_per_app:
+            return True
+        live = sum(1 for s in self.registry.streams() if s.key.app == key.app and s.key != key and s.publisher is not None)
+        refused = admission.limits.check_publishers(key.app, live)
+        if refused is None:
+            return True
+        self._log_limit(refused)
+        self._reject_publish(e.request_id, "NetStream.Publish.Rejected", f"Publishing refused: {refused.message}.")
+        return False
+
+    async def _ask_publish_hook(self, e: ev.PublishRequested, key: StreamKey, hook: HookRequest) -> None:
+        admission = self.server.admission
+        assert admission is not None and admission.hooks is not None
+        try:
+            verdict = await admission.hooks.ask(hook)
+        finally:
+            self._admitting = None
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        if not verdict.allowed:
+            delay = admission.refused("publish", f"webhook_{verdict.reason}")
+            event(self.log, "publish_refused", logging.WARNING, stream=str(key), reason=f"webhook_{verdict.reason}")
+            self._refuse_later(delay, lambda: self._reject_publish(e.request_id, "NetStream.Publish.Unauthorized",
+                                                                   "Publishing refused by the on_publish hook."))
+            return
+        if verdict.stream is not None and verdict.stream != key.name:
+            event(self.log, "publish_renamed", stream=str(key), to=f"{key.app}/{verdict.stream}", by="on_publish")
+            key = StreamKey(key.app, verdict.stream)
+            if not self._publishers_within_limit(e, key):
+                return
+        self._start_publish(e, key)
+        self._flush()  # outside data_received: nothing else sends the answer
+        if self.stream is not None and verdict.expires_in is not None:
+            self._expiry = self.loop.call_later(verdict.expires_in, self._expire_publish)
+
+    def _expire_publish(self) -> None:
+        if self.stream is not None:
+            self._end_publish("session_expired")
+            self._close_after_flush()
+
+    def _reject_publish(self, request_id: int, code: str, description: str) -> None:
+        """Refuse, then close: OBS (librtmp) and ffmpeg show the error instead of retrying forever."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.session.reject_publish(request_id, code, description)
+            self._close_after_flush()
+
+    def _refuse_later(self, delay: float, answer: Callable[[], None]) -> None:
+        """Answer a refused credential after the random delay (guessing is slow; timing tells nothing)."""
+        async def later() -> None:
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._admitting = None
+            answer()
+
+        if delay <= 0:
+            answer()
+        else:
+            self._admitting = self.loop.create_task(later())
+
+    def _log_limit(self, refused: LimitExceeded) -> None:
+        admission = self.server.admission
+        assert admission is not None
+        count = admission.limits.should_log(refused, self.loop.time())
+        if count:
+            event(self.log, "limit_reached", logging.WARNING, limit=refused.config_key, subject=refused.subject,
+                  current=refused.current, maximum=refused.maximum, refused=count, protocol="rtmp")
+
+    async def _ask_play_hook(self, e: ev.PlayRequested, key: StreamKey, hook: HookRequest) -> None:
+        admission = self.server.admission
+        assert admission is not None and admission.hooks is not None
+        try:
+            verdict = await admission.hooks.ask(hook)
+        finally:
+            self._admitting = None
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        if not verdict.allowed:
+            delay = admission.refused("play", f"webhook_{verdict.reason}")
+            event(self.log, "play_refused", logging.WARNING, stream=str(key), reason=f"webhook_{verdict.reason}")
+            self._refuse_later(delay, lambda: self._reject_play(e.request_id, "Playing refused by the on_play hook."))
+            return
+        sub = self._start_play(e, key.app, key)
+        self._flush()
+        if sub is not None and verdict.expires_in is not None:
+            self._expiry = self.loop.call_later(verdict.expires_in, sub.close, "session_expired")
+
+    def _reject_play(self, request_id: int, description: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.session.reject_play(request_id, "NetStream.Play.Failed", description)
+            self._flush()
 
     # ----- output and closing ---------------------------------------------------------------------
 

@@ -1,0 +1,339 @@
+// One playback engine per format, all with the same face: start(), destroy(), kbps(), latency().
+//
+//   flv, ws-flv   mpegts.js (FLV over a streamed HTTP response or a WebSocket)
+//   llhls, hls    hls.js (or the browser itself where it plays HLS natively and has no MSE: iPhone Safari)
+//   dash          dash.js
+//
+// Engines report the end of the stream (onEnd) and fatal errors (onError); the page decides what to say.
+// Latency is measured against the wall clock where the format carries one (HLS program date times, the
+// DASH timeline, corrected by the server clock offset), and as buffered media ahead of the playhead for
+// FLV, which carries no wall clock.
+
+import {loadScript, VENDOR} from './common.js';
+
+const MSE_TYPES = {
+  h264: 'video/mp4; codecs="avc1.42E01E"',
+  hevc: 'video/mp4; codecs="hvc1.1.6.L93.B0"',
+  av1: 'video/mp4; codecs="av01.0.05M.08"',
+  vp9: 'video/mp4; codecs="vp09.00.10.08"',
+  aac: 'audio/mp4; codecs="mp4a.40.2"',
+  mp3: 'audio/mpeg',
+  opus: 'audio/mp4; codecs="opus"',
+};
+const CODEC_NAMES = {h264: 'H.264', hevc: 'HEVC', av1: 'AV1', vp9: 'VP9', aac: 'AAC', mp3: 'MP3', opus: 'Opus'};
+const FLV_PLAYER_CODECS = new Set(['h264', 'hevc', 'av1', 'aac', 'mp3', 'opus']);  // what mpegts.js reads from FLV
+
+export const LIBRARIES = {flv: VENDOR.mpegts, 'ws-flv': VENDOR.mpegts, llhls: VENDOR.hls, hls: VENDOR.hls, dash: VENDOR.dash};
+
+function mediaSourceClass() {
+  return window.ManagedMediaSource || window.MediaSource || null;
+}
+
+function nativeHls() {
+  return document.createElement('video').canPlayType('application/vnd.apple.mpegurl') !== '';
+}
+
+export function codecName(codec) {
+  return CODEC_NAMES[codec] || codec;
+}
+
+/** Why this browser cannot play `format` for a stream with these codecs, or null when it can. */
+export function cannotPlay(format, videoCodec, audioCodec) {
+  const codecs = [videoCodec, audioCodec].filter(Boolean);
+  const isHls = format === 'hls' || format === 'llhls';
+  const MS = mediaSourceClass();
+  if (!MS) {
+    if (isHls && nativeHls()) return null;
+    return 'this browser has no Media Source Extensions';
+  }
+  if (format === 'ws-flv' && !('WebSocket' in window)) return 'this browser has no WebSocket';
+  for (const codec of codecs) {
+    if ((format === 'flv' || format === 'ws-flv') && !FLV_PLAYER_CODECS.has(codec)) {
+      return `mpegts.js cannot play ${codecName(codec)} from FLV`;
+    }
+    const type = MSE_TYPES[codec];
+    if (!type || !MS.isTypeSupported(type)) {
+      if (isHls && nativeHls()) continue;
+      return `this browser cannot decode ${codecName(codec)}`;
+    }
+  }
+  return null;
+}
+
+/** Start fetching the player library for a format before the viewer presses play. */
+export function preload(format) {
+  const src = LIBRARIES[format];
+  return src ? loadScript(src).catch(() => {}) : Promise.resolve();
+}
+
+function bufferAhead(video) {
+  const b = video.buffered;
+  if (!b || !b.length) return null;
+  return Math.max(0, b.end(b.length - 1) - video.currentTime);
+}
+
+class Engine {
+  /**
+   * @param {HTMLVideoElement} video
+   * @param {string} url  same-origin path, play token included
+   * @param {object} opts {format, hasAudio, hasVideo, clockOffsetMs, onEnd(reason), onError({detail, status})}
+   */
+  constructor(video, url, opts) {
+    this.video = video;
+    this.url = url;
+    this.opts = opts;
+    this.loads = [];  // [time ms, bytes] over the last few seconds
+    this.dead = false;
+  }
+
+  count(bytes) {
+    if (!bytes) return;
+    const now = performance.now();
+    this.loads.push([now, bytes]);
+    while (this.loads.length && this.loads[0][0] < now - 6000) this.loads.shift();
+  }
+
+  /** Media bit rate received, kbit/s, over the last seconds. */
+  kbps() {
+    const now = performance.now();
+    const recent = this.loads.filter(([t]) => t >= now - 6000);
+    if (recent.length < 2) return null;
+    const span = Math.max(1000, now - recent[0][0]);
+    const bytes = recent.reduce((sum, [, n]) => sum + n, 0);
+    return (bytes * 8) / span;  // bytes*8 / ms = kbit/s
+  }
+
+  latency() {
+    const ahead = bufferAhead(this.video);
+    return ahead === null ? null : {seconds: ahead, method: 'media buffered ahead of the playhead'};
+  }
+
+  /** Start playing once the engine is set up; rejects with NotAllowedError where autoplay is refused. */
+  play() {
+    return this.video.play();
+  }
+
+  wallClockNow() {
+    return Date.now() + (this.opts.clockOffsetMs || 0);
+  }
+
+  fail(info) {
+    if (this.dead) return;
+    this.dead = true;
+    this.opts.onError(info);
+  }
+
+  end(reason) {
+    if (this.dead) return;
+    this.dead = true;
+    this.opts.onEnd(reason);
+  }
+
+  destroy() {
+    this.dead = true;
+  }
+}
+
+class HlsEngine extends Engine {
+  async start() {
+    await loadScript(VENDOR.hls);
+    const Hls = window.Hls;
+    if (this.dead) return;
+    if (Hls && Hls.isSupported()) {
+      const hls = this.hls = new Hls({
+        workerPath: VENDOR.hlsWorker,  // a same-origin worker: the policy allows no blob: scripts
+        lowLatencyMode: this.opts.format === 'llhls',
+        backBufferLength: 30,
+        liveDurationInfinity: true,
+        maxLiveSyncPlaybackRate: 1.25,
+        debug: Boolean(this.opts.debug),
+      });
+      // The payload itself may have been handed to the worker (and emptied) by now; the stats keep the size.
+      hls.on(Hls.Events.FRAG_LOADED, (_, d) => this.count(((d.part || d.frag).stats || {}).loaded || 0));
+      hls.on(Hls.Events.ERROR, (_, d) => {
+        if (!d.fatal) return;
+        const status = d.response && d.response.code;
+        this.fail({detail: d.details || d.type, status: status || null});
+      });
+      hls.loadSource(this.url);
+      hls.attachMedia(this.video);
+    } else if (nativeHls()) {
+      this.native = true;
+      this.video.src = this.url;
+    } else {
+      this.fail({detail: 'hls.js is not supported in this browser'});
+    }
+  }
+
+  latency() {
+    const date = this.hls ? this.hls.playingDate : null;
+    if (date && !isNaN(date.getTime())) {
+      return {seconds: (this.wallClockNow() - date.getTime()) / 1000,
+              method: 'wall clock: now minus the program date time of the picture on screen'};
+    }
+    if (this.native && typeof this.video.getStartDate === 'function') {
+      const start = this.video.getStartDate().getTime();
+      if (!isNaN(start)) {
+        return {seconds: (this.wallClockNow() - start) / 1000 - this.video.currentTime,
+                method: 'wall clock: now minus the program date time of the picture on screen'};
+      }
+    }
+    if (this.hls && typeof this.hls.latency === 'number' && this.hls.latency > 0) {
+      return {seconds: this.hls.latency, method: 'behind the live edge of the playlist'};
+    }
+    return super.latency();
+  }
+
+  destroy() {
+    super.destroy();
+    if (this.hls) this.hls.destroy();
+    if (this.native) {
+      this.video.removeAttribute('src');
+      this.video.load();
+    }
+  }
+}
+
+class DashEngine extends Engine {
+  async start() {
+    await loadScript(VENDOR.dash);
+    const dashjs = window.dashjs;
+    if (this.dead) return;
+    const player = this.player = dashjs.MediaPlayer().create();
+    const settings = {
+      streaming: {
+        // The MPD names the server's /time; this keeps dash.js from ever asking a public time server.
+        utcSynchronization: {
+          defaultTimingSource: {scheme: 'urn:mpeg:dash:utc:http-iso:2014', value: `${location.origin}/time`},
+        },
+      },
+    };
+    if (dashjs.Debug && dashjs.Debug.LOG_LEVEL_WARNING !== undefined) {
+      settings.debug = {logLevel: this.opts.debug ? dashjs.Debug.LOG_LEVEL_DEBUG : dashjs.Debug.LOG_LEVEL_WARNING};
+    }
+    player.updateSettings(settings);
+    const events = dashjs.MediaPlayer.events;
+    player.on(events.FRAGMENT_LOADING_COMPLETED, (e) => this.count(e.response ? e.response.byteLength : 0));
+    player.on(events.ERROR, (e) => {
+      const err = e.error || {};
+      this.fail({detail: err.message || String(err.code || 'dash.js error'), status: null});
+    });
+    player.on(events.PLAYBACK_ENDED, () => this.end('ended'));
+    this.started = new Promise((resolve, reject) => {
+      player.on(events.PLAYBACK_PLAYING, () => resolve());
+      player.on(events.PLAYBACK_NOT_ALLOWED, () => reject(new DOMException('autoplay refused', 'NotAllowedError')));
+    });
+    this.started.catch(() => {});
+    player.initialize(this.video, this.url, true);
+  }
+
+  play() {
+    // dash.js starts playback itself (autoPlay) once it has attached to the video: a play() before that
+    // would go unseen by it, and it would never refresh the manifest.
+    return this.started || Promise.resolve();
+  }
+
+  latency() {
+    const seconds = this.player ? this.player.getCurrentLiveLatency() : NaN;
+    if (typeof seconds === 'number' && isFinite(seconds) && seconds > 0) {
+      return {seconds, method: 'wall clock: the DASH timeline, with the clock synchronised to the server'};
+    }
+    return super.latency();
+  }
+
+  destroy() {
+    super.destroy();
+    if (this.player) this.player.destroy();
+  }
+}
+
+class FlvEngine extends Engine {
+  async start() {
+    await loadScript(VENDOR.mpegts);
+    const mpegts = window.mpegts;
+    if (this.dead) return;
+    if (!mpegts.isSupported()) {
+      this.fail({detail: 'mpegts.js is not supported in this browser'});
+      return;
+    }
+    const ws = this.opts.format === 'ws-flv';
+    const url = ws ? new URL(this.url, location.href.replace(/^http/, 'ws')).href : this.url;
+    if (mpegts.LoggingControl && !this.opts.debug) {  // keep warnings and errors, drop the per-segment chatter
+      mpegts.LoggingControl.enableVerbose = false;
+      mpegts.LoggingControl.enableDebug = false;
+      mpegts.LoggingControl.enableInfo = false;
+    }
+    const player = this.player = mpegts.createPlayer(
+      {type: 'flv', isLive: true, url, hasAudio: this.opts.hasAudio, hasVideo: this.opts.hasVideo},
+      {
+        enableWorker: false,
+        enableStashBuffer: false,  // hand data to the decoder as it arrives: lower delay
+        lazyLoad: false,
+        autoCleanupSourceBuffer: true,
+        liveBufferLatencyChasing: true,  // jump ahead when far behind...
+        liveBufferLatencyMaxLatency: 3.0,
+        liveBufferLatencyMinRemain: 0.5,
+        liveSync: true,  // ...and play a little faster when slightly behind
+        liveSyncMaxLatency: 1.5,
+        liveSyncTargetLatency: 0.8,
+        liveSyncPlaybackRate: 1.1,
+      },
+    );
+    player.on(mpegts.Events.ERROR, (type, detail, info) => {
+      this.fail({detail: `${type}: ${detail}`, status: info && info.code > 0 ? info.code : null});
+    });
+    player.on(mpegts.Events.LOADING_COMPLETE, () => this.end('response_ended'));
+    player.on(mpegts.Events.STATISTICS_INFO, (s) => {
+      this.speedKBps = s.speed;
+    });
+    player.attachMediaElement(this.video);
+    player.load();
+  }
+
+  kbps() {
+    return typeof this.speedKBps === 'number' && this.speedKBps > 0 ? this.speedKBps * 8.192 : null;
+  }
+
+  latency() {
+    const ahead = bufferAhead(this.video);
+    return ahead === null ? null
+      : {seconds: ahead, method: 'media buffered ahead of the playhead (FLV carries no wall clock; the server sends frames as they arrive)'};
+  }
+
+  destroy() {
+    super.destroy();
+    if (this.player) {
+      try {
+        this.player.pause();
+        this.player.unload();
+        this.player.detachMediaElement();
+      } finally {
+        this.player.destroy();
+      }
+    }
+  }
+}
+
+const ENGINES = {flv: FlvEngine, 'ws-flv': FlvEngine, llhls: HlsEngine, hls: HlsEngine, dash: DashEngine};
+
+export function createEngine(format, video, url, opts) {
+  const Cls = ENGINES[format];
+  if (!Cls) throw new Error(`unknown format ${format}`);
+  // Absolute URLs: players resolve segment URLs against them and some report on them with new URL().
+  const absolute = format === 'ws-flv' ? url : new URL(url, location.href).href;
+  return new Cls(video, absolute, {...opts, format});
+}
+
+/** How far the browser's clock is behind the server's, in ms (from GET /time), or 0 if unknown. */
+export async function serverClockOffsetMs() {
+  try {
+    const before = Date.now();
+    const resp = await fetch('/time', {cache: 'no-store'});
+    const after = Date.now();
+    const server = Date.parse((await resp.text()).trim());
+    if (!resp.ok || isNaN(server)) return 0;
+    return server - (before + after) / 2;
+  } catch {
+    return 0;
+  }
+}

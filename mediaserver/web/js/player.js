@@ -1,0 +1,408 @@
+// The player page, /play/APP/NAME[?format=ID&token=T&autoplay=0].
+//
+// It asks /play/APP/NAME/status.json what the stream is (live, reconnecting, offline), which codecs it
+// carries and which formats the server refuses for them (with the server's reason), picks the first
+// format in the server's order that this browser can play (or the one in the URL), and plays it. It
+// keeps asking every few seconds, so it can say when the publisher drops, when the stream ends, and
+// start by itself when an offline stream goes live. A play token in the page URL is passed to every
+// request for the stream.
+//
+// States (shown in #status[data-state]): loading, offline, ready (press play), connecting, playing,
+// buffering, reconnecting (publisher gone, within the grace period), ended, stopped (the server closed
+// the connection while the stream is live), refused (the server or the browser cannot play this format,
+// or a play token is missing), error.
+
+import {NAME, el, explain, formatKbps, getJSON, sleep, withToken} from './common.js';
+import {cannotPlay, codecName, createEngine, preload, serverClockOffsetMs} from './engines.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  title: $('title'), video: $('video'), overlay: $('overlay'), overlayText: $('overlay-text'), play: $('play'),
+  status: $('status'), formats: $('formats'), unavailable: $('unavailable'), unmute: $('unmute'),
+  latencyMethod: $('latency-method'),
+  stat: {
+    format: $('stat-format'), latency: $('stat-latency'), bitrate: $('stat-bitrate'),
+    resolution: $('stat-resolution'), dropped: $('stat-dropped'), startup: $('stat-startup'),
+  },
+};
+
+const [, , rawApp = '', rawName = ''] = location.pathname.split('/');
+const app = safeDecode(rawApp);
+const name = safeDecode(rawName);
+const stream = `${app}/${name}`;
+const query = new URLSearchParams(location.search);
+const token = query.get('token') || '';
+const autoplay = query.get('autoplay') !== '0';
+const debug = query.get('debug') === '1';  // the player libraries log in detail to the browser console
+
+let info = null;          // the last status.json
+let format = query.get('format');
+let engine = null;
+let phase = 'loading';
+let everPlayed = false;
+let clickedAt = null;     // performance.now() when play was asked for
+let clockOffsetMs = 0;
+let pollTimer = null;
+
+function safeDecode(text) {
+  try { return decodeURIComponent(text); } catch { return ''; }
+}
+
+function sentence(text) {
+  return text ? text.charAt(0).toUpperCase() + text.slice(1) : text;
+}
+
+function setState(state, message, hint, {showPlay = false, overlay = state !== 'playing'} = {}) {
+  phase = state;
+  ui.status.dataset.state = state;
+  ui.status.replaceChildren(message, hint ? el('span', {class: 'hint', text: sentence(hint)}) : '');
+  ui.overlayText.textContent = message;
+  ui.overlay.hidden = !overlay;
+  ui.play.hidden = !showPlay;
+}
+
+function formatById(id) {
+  return info ? info.formats.find((f) => f.id === id) : null;
+}
+
+function whyNot(f) {
+  if (f.refused) return `${f.refused.error}`;
+  return cannotPlay(f.id, info.video && info.video.codec, info.audio && info.audio.codec);
+}
+
+function chooseFormat() {
+  if (format && formatById(format)) return format;
+  const playable = info.formats.find((f) => !whyNot(f));
+  return playable ? playable.id : null;
+}
+
+function renderFormats() {
+  ui.formats.replaceChildren();
+  ui.unavailable.replaceChildren();
+  for (const f of info.formats) {
+    const reason = info.state === 'offline' ? null : whyNot(f);
+    const button = el('button', {
+      type: 'button', text: f.label, 'aria-pressed': String(f.id === format), dataset: {format: f.id},
+      disabled: Boolean(reason), title: reason || `Play as ${f.label}`,
+    });
+    button.addEventListener('click', () => switchTo(f.id));
+    ui.formats.append(button);
+    if (reason) ui.unavailable.append(el('li', {text: `${f.label}: ${reason}`}));
+  }
+}
+
+function switchTo(id) {
+  format = id;
+  const params = new URLSearchParams(location.search);
+  params.set('format', id);
+  history.replaceState(null, '', `${location.pathname}?${params}`);
+  renderFormats();
+  start();
+}
+
+async function fetchStatus() {
+  const path = `/play/${encodeURIComponent(app)}/${encodeURIComponent(name)}/status.json`;
+  return getJSON(withToken(path, token));
+}
+
+// ----- playback ------------------------------------------------------------------------------------
+
+function stopEngine() {
+  if (engine) {
+    const old = engine;
+    engine = null;
+    try { old.destroy(); } catch (err) { console.warn('player teardown', err); }
+  }
+}
+
+async function start() {
+  stopEngine();
+  const f = formatById(format);
+  if (!f) return;
+  ui.stat.format.textContent = f.label;
+  if (f.refused) {
+    setState('refused', `The server refuses ${f.label} for ${stream}: ${f.refused.error}.`,
+      `${f.refused.hint}. Choose another format above.`);
+    return;
+  }
+  const reason = cannotPlay(f.id, info.video && info.video.codec, info.audio && info.audio.codec);
+  if (reason) {
+    setState('refused', `${f.label} cannot play here: ${reason}.`, 'Choose another format above.');
+    return;
+  }
+  clickedAt = performance.now();
+  ui.stat.startup.textContent = '…';
+  delete ui.stat.startup.dataset.ms;
+  setState('connecting', `Connecting to ${stream} over ${f.label}…`);
+  const mine = engine = createEngine(f.id, ui.video, withToken(f.url, token), {
+    hasAudio: Boolean(info.audio) || !info.video,
+    hasVideo: Boolean(info.video) || !info.audio,
+    clockOffsetMs,
+    debug,
+    onEnd: (why) => { if (engine === mine) onEngineEnd(why); },
+    onError: (err) => { if (engine === mine) onEngineError(f, err); },
+  });
+  try {
+    await mine.start();
+  } catch (err) {
+    if (engine === mine) onEngineError(f, {detail: String(err && err.message || err)});
+    return;
+  }
+  if (engine !== mine) return;
+  try {
+    await mine.play();
+  } catch (err) {
+    if (engine === mine && err && err.name === 'NotAllowedError') {
+      setState('ready', `${stream} is live. Press play to watch (${f.label}).`, null, {showPlay: true});
+    }
+    // AbortError: the source changed while starting; the new start reports for itself.
+  }
+}
+
+async function onEngineEnd(why) {
+  stopEngine();
+  const result = await fetchStatus();
+  if (result.ok) info = result.body;
+  if (!result.ok || info.state === 'offline') {
+    showEnded();
+  } else {
+    setState('stopped', `The server closed the connection, but ${stream} is still live.`,
+      why === 'ended' ? 'The playlist ended.' : 'A moderator may have disconnected viewers. Press play to watch again.',
+      {showPlay: true});
+  }
+}
+
+async function onEngineError(f, err) {
+  stopEngine();
+  const result = await fetchStatus();
+  if (result.ok) {
+    info = result.body;
+    if (info.state === 'offline') {
+      if (everPlayed) showEnded(); else showOffline();
+      return;
+    }
+    renderFormats();
+  }
+  // Ask the format's URL itself: its JSON answer names why it was refused.
+  const diagnosis = await probe(f);
+  if (diagnosis && !diagnosis.ok && diagnosis.status >= 400) {
+    setState('refused', `The server refused ${f.label} for ${stream} (${diagnosis.status}): ${explain(diagnosis)}`,
+      'Choose another format above.');
+    return;
+  }
+  setState('error', `The ${f.label} player stopped: ${err.detail || 'unknown error'}${err.status ? ` (HTTP ${err.status})` : ''}.`,
+    'Press play to try again, or choose another format above.', {showPlay: true});
+}
+
+/** GET the format's URL (the HTTP one for WebSocket-FLV) just far enough to read the status and error. */
+async function probe(f) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), 8000);
+  try {
+    const resp = await fetch(withToken(f.url, token), {cache: 'no-store', signal: controller.signal});
+    let body = null;
+    if (!resp.ok && (resp.headers.get('Content-Type') || '').includes('application/json')) {
+      body = await resp.json().catch(() => null);
+    }
+    controller.abort();  // an FLV answer would stream for ever
+    return {ok: resp.ok, status: resp.status, body};
+  } catch {
+    return null;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function showOffline() {
+  stopEngine();
+  setState('offline', `${stream} is offline: nobody is publishing it right now.`,
+    'This page starts playing by itself when it goes live.');
+}
+
+function showEnded() {
+  stopEngine();
+  setState('ended', `The stream ${stream} has ended; it is offline now.`,
+    'This page starts playing again by itself if it comes back.');
+}
+
+// ----- the video element ---------------------------------------------------------------------------
+
+ui.video.addEventListener('playing', () => {
+  if (!engine) return;
+  everPlayed = true;
+  if (clickedAt !== null) {
+    const ms = Math.round(performance.now() - clickedAt);
+    clickedAt = null;
+    ui.stat.startup.textContent = `${ms} ms`;
+    ui.stat.startup.dataset.ms = String(ms);
+  }
+  const f = formatById(format);
+  if (info && info.state === 'reconnecting') showReconnecting();
+  else setState('playing', `Playing ${stream} (${f ? f.label : format}).`, null);
+});
+
+ui.video.addEventListener('waiting', () => {
+  if (engine && (phase === 'playing')) setState('buffering', `Buffering ${stream}…`, null, {overlay: false});
+});
+
+ui.video.addEventListener('ended', () => {
+  if (engine) onEngineEnd('ended');
+});
+
+ui.play.addEventListener('click', () => {
+  if (phase === 'ended' || phase === 'offline') return;
+  if (engine && phase === 'ready') {
+    clickedAt = performance.now();
+    setState('connecting', `Connecting to ${stream}…`);
+    ui.video.play().catch(() => {});
+    return;
+  }
+  start();
+});
+
+ui.unmute.addEventListener('click', () => {
+  ui.video.muted = !ui.video.muted;
+  ui.unmute.textContent = ui.video.muted ? 'Unmute' : 'Mute';
+});
+
+function showReconnecting() {
+  const grace = info && info.reconnect_grace_s;
+  setState('reconnecting', `The publisher of ${stream} disconnected; waiting for it to come back.`,
+    grace ? `The stream ends if it is not back within ${grace} s.` : null, {overlay: false});
+}
+
+// ----- stats ---------------------------------------------------------------------------------------
+
+function updateStats() {
+  const v = ui.video;
+  ui.stat.resolution.textContent = v.videoWidth ? `${v.videoWidth}×${v.videoHeight}` : '–';
+  const quality = typeof v.getVideoPlaybackQuality === 'function' ? v.getVideoPlaybackQuality() : null;
+  ui.stat.dropped.textContent = quality ? `${quality.droppedVideoFrames} of ${quality.totalVideoFrames}` : '–';
+  if (!engine) {
+    ui.stat.latency.textContent = '–';
+    ui.stat.bitrate.textContent = '–';
+    return;
+  }
+  const latency = engine.latency();
+  if (latency && isFinite(latency.seconds)) {
+    ui.stat.latency.textContent = `${latency.seconds.toFixed(1)} s`;
+    ui.stat.latency.dataset.seconds = latency.seconds.toFixed(3);
+    ui.stat.latency.title = latency.method;
+    ui.latencyMethod.textContent = `Latency: ${latency.method}.`;
+  } else {
+    ui.stat.latency.textContent = '–';
+  }
+  ui.stat.bitrate.textContent = formatKbps(engine.kbps());
+}
+
+// ----- status polling ------------------------------------------------------------------------------
+
+async function poll() {
+  const result = await fetchStatus();
+  if (!result.ok) {
+    if (result.status === 401 || result.status === 403 || result.status === 400) {
+      stopEngine();
+      setState('refused', `${stream} cannot be played: ${explain(result)}`);
+      return false;  // nothing will change by asking again
+    }
+    return true;  // the server is restarting or unreachable: keep asking
+  }
+  const before = info ? info.state : null;
+  info = result.body;
+  const state = info.state;
+  if (['offline', 'ended', 'loading', 'refused'].includes(phase) && state !== 'offline') {
+    if (phase === 'refused' && before !== 'offline') return true;  // the viewer chooses another format
+    format = chooseFormat() || format;
+    renderFormats();
+    if (!format) {
+      setState('refused', `No format that carries ${stream} can play in this browser.`, unavailableText());
+    } else if (autoplay || phase === 'ended') {
+      start();
+    } else {
+      preload(format);
+      setState('ready', `${stream} is live. Press play to watch.`, null, {showPlay: true});
+    }
+  } else if (state === 'offline' && ['playing', 'buffering', 'connecting', 'reconnecting', 'ready', 'stopped'].includes(phase)) {
+    if (everPlayed) showEnded(); else showOffline();
+    renderFormats();
+  } else if (state === 'reconnecting' && ['playing', 'buffering'].includes(phase)) {
+    showReconnecting();
+  } else if (state === 'live' && phase === 'reconnecting' && engine) {
+    const f = formatById(format);
+    setState('playing', `Playing ${stream} (${f ? f.label : format}).`, null);
+  } else if (before !== state || phase === 'loading') {
+    renderFormats();
+  }
+  if (phase === 'loading' && state === 'offline') showOffline();
+  return true;
+}
+
+function unavailableText() {
+  return info.formats.map((f) => `${f.label}: ${whyNot(f) || 'available'}`).join('; ');
+}
+
+async function pollLoop() {
+  for (;;) {
+    let again = true;
+    try {
+      again = await poll();
+    } catch (err) {
+      console.warn('status poll', err);
+    }
+    if (!again) return;
+    await sleep(phase === 'playing' || phase === 'buffering' ? 5000 : 2000);
+  }
+}
+
+// ----- start ---------------------------------------------------------------------------------------
+
+async function boot() {
+  document.title = `${stream} · mediaserver`;
+  ui.title.textContent = stream;
+  if (!NAME.test(app) || !NAME.test(name)) {
+    setState('error', `“${stream}” is not a stream name.`,
+      'Player URLs look like /play/APP/NAME, e.g. /play/live/studio; names are letters, digits, _ - . ~');
+    return;
+  }
+  serverClockOffsetMs().then((ms) => { clockOffsetMs = ms; });
+  const first = await fetchStatus();
+  if (!first.ok) {
+    if (first.status === 401 || first.status === 403) {
+      setState('refused', `${stream} cannot be played: ${explain(first)}`);
+      return;
+    }
+    setState('error', `The server could not tell about ${stream}: ${explain(first)}`, 'Retrying…');
+  } else {
+    info = first.body;
+    format = chooseFormat();
+    renderFormats();
+    if (info.state === 'offline') {
+      showOffline();
+    } else if (!format) {
+      setState('refused', `No format that carries ${stream} can play in this browser.`, unavailableText());
+    } else if (autoplay) {
+      start();
+    } else {
+      preload(format);
+      const f = formatById(format);
+      ui.stat.format.textContent = f.label;
+      setState('ready', `${stream} is live. Press play to watch (${f.label}).`, null, {showPlay: true});
+    }
+  }
+  setInterval(updateStats, 1000);
+  if (pollTimer === null) {
+    pollTimer = true;
+    await sleep(2000);
+    pollLoop();
+  }
+}
+
+boot();
+
+// Kept for people and tests poking at the page from the console: what is playing and how.
+window.mediaserverPlayer = {
+  get phase() { return phase; },
+  get format() { return format; },
+  get status() { return info; },
+  codecName,
+};
