@@ -31,7 +31,7 @@ class RtmpConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 30.0
     """A connection that sends nothing for this long is closed."""
-    read_merge_ms: int = 20
+    read_merge_ms: int = 50
     """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
 
 
