@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.~")
 _PLAY_MERGE_S = 0.05
+# First URL segments the HTTP side uses for itself: a stream under one of these apps could not be watched.
+RESERVED_APPS = frozenset({"play", "static", "console", "api", "time", "metrics", "healthz", "readyz"})
 
 
 def _valid_name(text: str) -> bool:
@@ -251,6 +253,14 @@ class RtmpConnection(asyncio.Protocol):
                 "App and stream names are 1-128 letters, digits, '_', '-', '.' or '~'.",
             )
             event(self.log, "publish_refused", logging.WARNING, app=app[:64], stream=e.name[:64], reason="bad_name")
+            self._close_after_flush()
+            return
+        if app in RESERVED_APPS:
+            self.session.reject_publish(
+                e.request_id, "NetStream.Publish.BadName",
+                f"The app name {app!r} is taken by the server's own pages and API; publish to another app, e.g. live.",
+            )
+            event(self.log, "publish_refused", logging.WARNING, app=app, stream=e.name[:64], reason="reserved_app")
             self._close_after_flush()
             return
         # ----- admission: credentials, publishers per app, on_publish webhook -----

@@ -102,3 +102,10 @@ async def test_sigterm_with_a_live_publisher_and_viewer_exits_0_within_a_few_sec
         assert took < 5.0, f"the server took {took:.1f} s to exit"
         assert await viewer.wait_end(timeout_s=2), "the viewer's response stayed open after the server exited"
     assert len(track_timestamps(viewer.tags, FrameKind.VIDEO)) >= 25
+
+
+async def test_publishing_to_an_app_the_pages_use_is_refused(server, publish, media):
+    publisher = publish(server, "cam", media.av, app="play", expect_failure=True)
+    code = await publisher.wait_async(20)
+    assert code not in (None, 0), "a publisher on app 'play' must be refused"
+    assert "reserved_app" in server.log_text()
