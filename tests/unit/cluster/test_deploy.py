@@ -1,0 +1,90 @@
+"""deploy/ cannot run here (no Docker, no Kubernetes): its manifests are parsed and held to what the
+cluster needs: the roles, one Redis URL, the shared secret, probes on the health endpoints, an HPA."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mediaserver.config import load_config
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _k8s() -> dict[tuple[str, str], dict]:
+    found = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in _docs(path):
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{path.name}: {doc}"
+            found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+def _sets(args: list[str]) -> list[str]:
+    return [a.removeprefix("--set=") for a in args if a.startswith("--set=")]
+
+
+def _check_node_args(args: list[str], role: str) -> None:
+    sets = _sets(args)
+    assert f"cluster.role={role}" in sets
+    assert any(s.startswith("cluster.redis_url=redis://") for s in sets)
+    # Every key exists and every value is accepted (placeholders such as $(POD_NAME) stand in for names).
+    load_config(None, [s.replace("$(POD_NAME)", "pod-0").replace("$(POD_IP)", "10.0.0.9") for s in sets])
+
+
+def test_kubernetes_has_origins_edges_with_an_autoscaler_redis_and_services():
+    objs = _k8s()
+    origin = objs[("StatefulSet", "mediaserver-origin")]
+    edge = objs[("Deployment", "mediaserver-edge")]
+    assert ("Deployment", "mediaserver-redis") in objs and ("Service", "mediaserver-redis") in objs
+    for name in ("mediaserver-origin", "mediaserver-edge", "mediaserver-ingest"):
+        assert ("Service", name) in objs
+    assert origin["spec"]["serviceName"] == "mediaserver-origin"
+    hpa = objs[("HorizontalPodAutoscaler", "mediaserver-edge")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mediaserver-edge"}
+    assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    for workload, role in ((origin, "origin"), (edge, "edge")):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        _check_node_args(container["args"], role)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["MEDIASERVER_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mediaserver"
+        ports = {p["name"] for p in container["ports"]}
+        assert "http" in ports
+    # Every Service selects pods that some workload makes.
+    pod_labels = [w["spec"]["template"]["metadata"]["labels"] for (kind, _), w in objs.items()
+                  if kind in ("Deployment", "StatefulSet")]
+    for (kind, name), svc in objs.items():
+        if kind == "Service":
+            assert any(svc["spec"]["selector"].items() <= labels.items() for labels in pod_labels), name
+
+
+def test_docker_compose_runs_one_origin_two_edges_and_redis():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "origin", "edge1", "edge2"}
+    assert services["redis"]["image"].startswith("redis:6.2")
+    for name, role in (("origin", "origin"), ("edge1", "edge"), ("edge2", "edge")):
+        service = services[name]
+        _check_node_args(service["command"], role)
+        assert "MEDIASERVER_CLUSTER_SECRET" in service["environment"]
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    host_ports = [p.split(":")[0] for s in services.values() for p in s.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+    assert (DEPLOY / "Dockerfile").exists()
+
+
+@pytest.mark.parametrize("script", ["cluster-demo.sh"])
+def test_the_demo_script_is_valid_bash(script):
+    assert subprocess.run(["bash", "-n", str(DEPLOY / script)], capture_output=True).returncode == 0
