@@ -314,7 +314,10 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 async def list_streams(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    if request.query.get("scope") == "cluster":  # cluster: every node's streams, viewers added up
+    scope = request.query.get("scope", "node")
+    if scope not in ("node", "cluster"):
+        raise ApiError(400, f"scope={scope[:32]!r} is not accepted", "use scope=node (the default) or scope=cluster")
+    if scope == "cluster":  # cluster: every node's streams, viewers added up
         if deps.cluster_streams is None:
             raise ApiError(400, "this node is not in a cluster", "omit scope=cluster, or set cluster.role")
         return web.json_response({"scope": "cluster", "streams": await deps.cluster_streams()})

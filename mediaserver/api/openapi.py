@@ -67,9 +67,13 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/openapi.json": {"get": {**_op("openapi", "This document.", _json({"type": "object"}, "OpenAPI 3.1")),
                                       "security": []}},
-            "/streams": {"get": _op("list_streams", "Every stream on this node.",
+            "/streams": {"get": _op("list_streams", "Every stream on this node, or in the whole cluster with ?scope=cluster.",
                                     _json({"type": "object", "properties": {"streams": {"type": "array", "items": _ref("Stream")}}},
-                                          "The streams, sorted by app and name."))},
+                                          "The streams, sorted by app and name."),
+                                    params=[{"name": "scope", "in": "query", "required": False,
+                                             "description": "node (default) or cluster: every stream published in the "
+                                                            "cluster, with viewers added up across nodes.",
+                                             "schema": {"enum": ["node", "cluster"], "default": "node"}}])},
             "/streams/{app}/{name}": {"get": _op(
                 "get_stream", "One stream in detail, with its viewers.",
                 _json({"allOf": [_ref("Stream"), {"type": "object", "properties": {
@@ -126,7 +130,7 @@ def openapi_document() -> dict[str, Any]:
                         "ttl": {"type": "number", "minimum": 1, "default": 3600},
                         "ip": {"type": "string", "description": "Bind the token to this client address."}}}}}},
                 extra={"409": {"$ref": "#/components/responses/Conflict"}})},
-            "/nodes": {"get": _op("list_nodes", "The nodes of the cluster (this node only until clustering).",
+            "/nodes": {"get": _op("list_nodes", "The nodes of the cluster from Redis (this node alone when standalone).",
                                   _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
                                         "The nodes."))},
         },

@@ -117,6 +117,14 @@ async def test_streams_are_listed_with_publisher_codecs_viewers_and_drops(node):
         assert field in a
 
 
+async def test_an_unknown_scope_or_cluster_scope_on_a_standalone_node_is_400(node):
+    _, client = node
+    for query, text in (("scope=everything", "scope=node"), ("scope=cluster", "cluster.role")):
+        resp = await client.get(f"/api/v1/streams?{query}", headers=AUTH)
+        body = await resp.json()
+        assert resp.status == 400 and text in body["hint"], (query, body)
+
+
 async def test_one_stream_in_detail_and_its_viewers(node):
     n, client = node
     n.publish()
