@@ -435,11 +435,13 @@ class RtmpConnection(asyncio.Protocol):
             batch = start
             while batch is not None:
                 if batch:
+                    sent_before = session.bytes_sent
                     session.send_media(
                         (f.kind, stream_id, f.dts_ms & 0xFFFFFFFF if f.kind != FrameKind.DATA else 0, f.body)
                         for f in batch
                     )
                     self._flush()
+                    sub.bytes_sent += session.bytes_sent - sent_before  # egress metrics count RTMP viewers too
                     if self._writable is not None and not self._writable.done():
                         async with asyncio.timeout(self.server.cfg.idle_timeout):
                             await self._writable
@@ -461,7 +463,7 @@ class RtmpConnection(asyncio.Protocol):
         finally:
             sub.close(reason if reason != "stream_ended" else "viewer_left")
             event(self.log, "viewer_leave", stream=str(sub.stream.key), format="rtmp", reason=reason,
-                  dropped_frames=sub.frames_dropped)
+                  bytes=sub.bytes_sent, dropped_frames=sub.frames_dropped)
             self._play_task = None
 
     # ----- admission: credentials, limits and webhooks (auth/) ----------------------------------------

@@ -4,6 +4,7 @@ stream as HTTP-FLV, from the GOP cache."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 
 import aiohttp
@@ -50,6 +51,12 @@ async def test_rtmp_player_receives_the_stream(server, publish, media, stream_na
     report = decode_media(out.read_bytes(), "flv")
     assert report.errors == [] and (report.video_codec, report.audio_codec) == ("h264", "aac"), report.summary()
     assert report.first_video_frame_key and report.video_frames >= 50, report.summary()
+    for _ in range(50):  # the viewer's leave line, with what it was sent, follows its disconnect
+        leave = re.search(r"event=viewer_leave .*format=rtmp .*bytes=(\d+)", server.log_text())
+        if leave:
+            break
+        await asyncio.sleep(0.1)
+    assert leave and int(leave.group(1)) >= out.stat().st_size // 2, server.log_tail()
 
 
 async def test_rtmp_play_of_unknown_stream_is_refused(server, ffmpeg):
