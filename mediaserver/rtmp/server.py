@@ -288,11 +288,14 @@ class RtmpConnection(asyncio.Protocol):
         self._admitting = self.loop.create_task(self._ask_publish_hook(e, key, hook))
         # ----- end of admission -----
 
-    def _start_publish(self, e: ev.PublishRequested, key: StreamKey, cluster_checked: bool = False) -> None:
-        """Claim the stream and answer NetStream.Publish.Start (or refuse when the name is taken)."""
+    def _start_publish(
+        self, e: ev.PublishRequested, key: StreamKey, cluster_checked: bool = False, expires_in: float | None = None
+    ) -> None:
+        """Claim the stream and answer NetStream.Publish.Start (or refuse when the name is taken);
+        `expires_in` (from the on_publish hook) ends the session after that many seconds."""
         # ----- cluster claim hook -----
         if self.server.publish_claim is not None and not cluster_checked:
-            self._admitting = self.loop.create_task(self._claim_in_cluster(e, key))
+            self._admitting = self.loop.create_task(self._claim_in_cluster(e, key, expires_in))
             return
         # ----- end of cluster claim hook -----
         try:
@@ -311,10 +314,12 @@ class RtmpConnection(asyncio.Protocol):
         if not self.session.accept_publish(e.request_id):  # the client closed that stream meanwhile
             self._end_publish("unpublished")
             return
+        if expires_in is not None:
+            self._expiry = self.loop.call_later(expires_in, self._expire_publish)
         event(self.log, "publish_accepted", stream=str(key), session=stream.sessions)
 
     # ----- cluster claim hook -----
-    async def _claim_in_cluster(self, e: ev.PublishRequested, key: StreamKey) -> None:
+    async def _claim_in_cluster(self, e: ev.PublishRequested, key: StreamKey, expires_in: float | None) -> None:
         assert self.server.publish_claim is not None
         try:
             refusal = await self.server.publish_claim(key)
@@ -326,7 +331,7 @@ class RtmpConnection(asyncio.Protocol):
             event(self.log, "publish_refused", logging.WARNING, stream=str(key), reason="published_elsewhere")
             self._reject_publish(e.request_id, "NetStream.Publish.BadName", refusal)
             return
-        self._start_publish(e, key, cluster_checked=True)
+        self._start_publish(e, key, cluster_checked=True, expires_in=expires_in)
         self._flush()  # outside data_received: nothing else sends the answer
     # ----- end of cluster claim hook -----
 
@@ -501,10 +506,8 @@ class RtmpConnection(asyncio.Protocol):
             key = StreamKey(key.app, verdict.stream)
             if not self._publishers_within_limit(e, key):
                 return
-        self._start_publish(e, key)
+        self._start_publish(e, key, expires_in=verdict.expires_in)
         self._flush()  # outside data_received: nothing else sends the answer
-        if self.stream is not None and verdict.expires_in is not None:
-            self._expiry = self.loop.call_later(verdict.expires_in, self._expire_publish)
 
     def _expire_publish(self) -> None:
         if self.stream is not None:
