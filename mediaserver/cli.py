@@ -244,6 +244,8 @@ class ClusterWiring:
 
     def wire(self, app: web.Application, rtmp: RtmpServer) -> None:
         rtmp.publish_claim = self.claim
+        if self.role in ("edge", "both"):  # RTMP players on an edge get a pulled stream as HTTP viewers do
+            rtmp.play_locate = self.pulls.ensure
         app.middlewares.insert(0, self.pulls.internal_middleware)
         app.middlewares.append(self.pulls.viewer_middleware)
 

@@ -55,6 +55,8 @@ class RtmpServer:
         self.connections: set[RtmpConnection] = set()
         # ----- cluster claim hook -----
         self.publish_claim: Callable[[StreamKey], Awaitable[str | None]] | None = None
+        self.play_locate: Callable[[StreamKey], Awaitable[object]] | None = None
+        """On an edge: make a stream published elsewhere local (start a pull) before a player is answered."""
         """Asked before a publisher is accepted (the cluster's one-publisher-per-stream claim): None
         accepts, a message refuses with NetStream.Publish.BadName. Set by the composition root."""
         # ----- end of cluster claim hook -----
@@ -397,8 +399,23 @@ class RtmpConnection(asyncio.Protocol):
         # ----- end of admission -----
         self._start_play(e, app, key)
 
-    def _start_play(self, e: ev.PlayRequested, app: str, key: StreamKey | None) -> Subscriber | None:
+    async def _locate_then_play(self, e: ev.PlayRequested, app: str, key: StreamKey) -> None:
+        assert self.server.play_locate is not None
+        try:
+            await self.server.play_locate(key)
+        finally:
+            self._admitting = None
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        self._start_play(e, app, key, located=True)
+        self._flush()  # outside data_received: nothing else sends the answer
+
+    def _start_play(self, e: ev.PlayRequested, app: str, key: StreamKey | None, located: bool = False) -> Subscriber | None:
         stream = self.registry.get(key) if key else None
+        if (stream is None or stream.ended) and key is not None and not located and self.server.play_locate is not None \
+                and self._admitting is None and self._play_task is None and self.stream is None:
+            self._admitting = self.loop.create_task(self._locate_then_play(e, app, key))
+            return None
         if (stream is None or stream.ended or self.stream is not None or self._play_task is not None
                 or self._admitting is not None):
             self.session.reject_play(e.request_id, "NetStream.Play.StreamNotFound", f"{app}/{e.name} is not being published.")

@@ -110,6 +110,27 @@ async def test_edge_viewer_plays_a_stream_published_on_the_origin_over_flv_and_h
         assert time.monotonic() - started < 2.0
 
 
+async def test_an_rtmp_player_on_an_edge_gets_a_stream_published_on_the_origin(cluster, redis, publish, media,
+                                                                                stream_name, ffmpeg, tmp_path):
+    origin = cluster("origin", "origin-1")
+    edge = cluster("edge", "edge-1")
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    out = tmp_path / "edge-rtmp.flv"
+    proc = await asyncio.create_subprocess_exec(
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", edge.rtmp_url(stream_name), "-t", "3", "-c", "copy",
+        "-f", "flv", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode(errors="replace") + edge.log_tail()
+    report = decode_media(out.read_bytes(), "flv")
+    assert report.errors == [] and report.video_codec == "h264" and report.first_video_frame_key, report.summary()
+
+
 async def test_two_edges_pull_once_each_for_many_viewers_and_stop_after_the_grace(cluster, redis, publish, media,
                                                                                    stream_name):
     origin = cluster("origin", "origin-1")
