@@ -503,7 +503,9 @@ class RtmpConnection(asyncio.Protocol):
         self._reject_publish(e.request_id, "NetStream.Publish.Rejected", f"Publishing refused: {refused.message}.")
         return False
 
-    async def _ask_publish_hook(self, e: ev.PublishRequested, key: StreamKey, hook: HookRequest) -> None:
+    async def _hook_verdict(self, action: str, key: StreamKey, hook: HookRequest, refuse: Callable[[], None]):
+        """Ask the webhook; on a refusal log it and answer after the random delay. Returns the verdict
+        when allowed, None when refused or when the connection went away meanwhile."""
         admission = self.server.admission
         assert admission is not None and admission.hooks is not None
         try:
@@ -511,12 +513,18 @@ class RtmpConnection(asyncio.Protocol):
         finally:
             self._admitting = None
         if self._closing or self.transport is None or self.transport.is_closing():
-            return
+            return None
         if not verdict.allowed:
-            delay = admission.refused("publish", f"webhook_{verdict.reason}")
-            event(self.log, "publish_refused", logging.WARNING, stream=str(key), reason=f"webhook_{verdict.reason}")
-            self._refuse_later(delay, lambda: self._reject_publish(e.request_id, "NetStream.Publish.Unauthorized",
-                                                                   "Publishing refused by the on_publish hook."))
+            delay = admission.refused(action, f"webhook_{verdict.reason}")
+            event(self.log, f"{action}_refused", logging.WARNING, stream=str(key), reason=f"webhook_{verdict.reason}")
+            self._refuse_later(delay, refuse)
+            return None
+        return verdict
+
+    async def _ask_publish_hook(self, e: ev.PublishRequested, key: StreamKey, hook: HookRequest) -> None:
+        verdict = await self._hook_verdict("publish", key, hook, lambda: self._reject_publish(
+            e.request_id, "NetStream.Publish.Unauthorized", "Publishing refused by the on_publish hook."))
+        if verdict is None:
             return
         if verdict.stream is not None and verdict.stream != key.name:
             event(self.log, "publish_renamed", stream=str(key), to=f"{key.app}/{verdict.stream}", by="on_publish")
@@ -560,18 +568,9 @@ class RtmpConnection(asyncio.Protocol):
                   current=refused.current, maximum=refused.maximum, refused=count, protocol="rtmp")
 
     async def _ask_play_hook(self, e: ev.PlayRequested, key: StreamKey, hook: HookRequest) -> None:
-        admission = self.server.admission
-        assert admission is not None and admission.hooks is not None
-        try:
-            verdict = await admission.hooks.ask(hook)
-        finally:
-            self._admitting = None
-        if self._closing or self.transport is None or self.transport.is_closing():
-            return
-        if not verdict.allowed:
-            delay = admission.refused("play", f"webhook_{verdict.reason}")
-            event(self.log, "play_refused", logging.WARNING, stream=str(key), reason=f"webhook_{verdict.reason}")
-            self._refuse_later(delay, lambda: self._reject_play(e.request_id, "Playing refused by the on_play hook."))
+        verdict = await self._hook_verdict(
+            "play", key, hook, lambda: self._reject_play(e.request_id, "Playing refused by the on_play hook."))
+        if verdict is None:
             return
         sub = self._start_play(e, key.app, key)
         self._flush()
