@@ -68,6 +68,7 @@ class Grant:
     """The client address the token is bound to, or None for any."""
 
 
+@lru_cache(maxsize=4096)  # asked on every play request; a client's address repeats, and parsing it does not
 def normalize_address(address: str | None) -> str:
     """The canonical text of an IP address ("::ffff:10.0.0.1" -> "10.0.0.1"); other text unchanged."""
     if not address:
