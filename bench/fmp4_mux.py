@@ -25,7 +25,8 @@ from pathlib import Path
 from ts_mux import AUDIO_KBPS, FPS, GOP_S, HEIGHT, VIDEO_KBPS, WIDTH, read_flv, synthetic_clip
 
 from mediaserver.media.frames import Frame, FrameKind
-from mediaserver.remux.cmaf import AUDIO, VIDEO, CmafSegment, CmafSegmenter, CmafWindow
+from mediaserver.remux.cmaf import AUDIO, VIDEO, CmafSegment, CmafSegmenter
+from mediaserver.remux.cmaf_window import CmafWindow
 from mediaserver.remux.dash import render_mpd
 from mediaserver.remux.llhls import render_media_playlist
 

@@ -27,7 +27,8 @@ from ..hub.stream import Stream
 from ..log import event
 from ..media.frames import Frame
 from ..remux import dash, llhls
-from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, CmafWindow, parse_cmaf_name
+from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
+from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from ..errors import UsageError
-from .cmaf import AUDIO, VIDEO, CmafSegment, CmafTrackWindow, CmafWindow, Timeline, init_name
+from .cmaf import AUDIO, VIDEO, CmafSegment, Timeline, init_name
+from .cmaf_window import CmafTrackWindow, CmafWindow
 from .hls import format_program_date_time
 
 PROFILES = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019"

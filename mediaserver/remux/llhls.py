@@ -39,12 +39,11 @@ from .cmaf import (
     CmafInit,
     CmafPart,
     CmafSegment,
-    CmafTrackWindow,
-    CmafWindow,
     init_name,
     part_name,
     segment_name,
 )
+from .cmaf_window import CmafTrackWindow, CmafWindow
 from .hls import format_program_date_time
 
 PROTOCOL_VERSION = 9

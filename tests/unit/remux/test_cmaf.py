@@ -21,12 +21,12 @@ from mediaserver.remux.cmaf import (
     CmafPart,
     CmafSegment,
     CmafSegmenter,
-    CmafWindow,
     init_name,
     parse_cmaf_name,
     part_name,
     segment_name,
 )
+from mediaserver.remux.cmaf_window import CmafWindow
 from mediaserver.remux.fmp4 import SAMPLE_SYNC
 
 NOW = 1_700_000_000.0

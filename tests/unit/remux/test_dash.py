@@ -15,7 +15,8 @@ from support.media import ffmpeg_exe
 from mediaserver.errors import UsageError
 from mediaserver.media.flv_body import audio_frame, video_frame
 from mediaserver.media.frames import Frame, FrameKind
-from mediaserver.remux.cmaf import AUDIO, VIDEO, CmafSegment, CmafSegmenter, CmafWindow, parse_cmaf_name
+from mediaserver.remux.cmaf import AUDIO, VIDEO, CmafSegment, CmafSegmenter, parse_cmaf_name
+from mediaserver.remux.cmaf_window import CmafWindow
 from mediaserver.remux.dash import render_mpd
 from mediaserver.remux.llhls import render_media_playlist
 

@@ -12,7 +12,8 @@ from support.codec_clips import codec_clip
 from mediaserver.errors import UsageError
 from mediaserver.media.flv_body import audio_frame, video_frame
 from mediaserver.media.frames import Frame, FrameKind
-from mediaserver.remux.cmaf import AUDIO, VIDEO, CmafSegmenter, CmafWindow, parse_cmaf_name
+from mediaserver.remux.cmaf import AUDIO, VIDEO, CmafSegmenter, parse_cmaf_name
+from mediaserver.remux.cmaf_window import CmafWindow
 from mediaserver.remux.llhls import (
     Readiness,
     advance_part_limit,
