@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import sys
+import time
 
 
 def install_fast_loop() -> str:
@@ -44,3 +46,35 @@ def watch_stdin_for_stop(stop: asyncio.Event) -> None:
             stop.set()
 
     loop.add_reader(fd, on_readable)
+
+
+class ViewerEnd:
+    """How a viewer connection ends, shared by the raw-socket viewers: the first error wins, and the
+    owner hears of the close through `on_close`. Subclasses set transport, error, closed_at, on_close."""
+
+    def fail(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self.closed_at = time.monotonic()
+        if exc is not None and self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
+        if self.on_close is not None:
+            self.on_close(self)
+
+
+def report_to_orchestrator(result) -> int:
+    """A worker's last act: its result as one JSON line on stdout; 1 when nobody is there to read it."""
+    try:
+        sys.stdout.write(json.dumps(result, separators=(",", ":")))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the orchestrator is gone: nobody to report to
+        return 1
+    return 0

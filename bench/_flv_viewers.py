@@ -24,7 +24,7 @@ from collections.abc import Callable
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _aio import install_fast_loop, raise_nofile_limit, watch_stdin_for_stop  # noqa: E402
+from _aio import ViewerEnd, install_fast_loop, raise_nofile_limit, watch_stdin_for_stop  # noqa: E402
 from _http import HttpError, HttpResponseParser, request_bytes  # noqa: E402
 
 READ_SIZE = 256 * 1024
@@ -136,7 +136,7 @@ class FlvTagScanner:
         return offset + 4
 
 
-class FlvViewer(asyncio.BufferedProtocol):
+class FlvViewer(ViewerEnd, asyncio.BufferedProtocol):
     """One HTTP-FLV connection that counts what it receives."""
 
     def __init__(self, host: str, port: int, path: str, on_tag=None, on_close=None) -> None:
@@ -182,22 +182,6 @@ class FlvViewer(asyncio.BufferedProtocol):
         self.ended = True
         return False
 
-    def fail(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
-        if self.transport is not None:
-            self.transport.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc) -> None:
-        self.closed_at = time.monotonic()
-        if exc is not None and self.error is None:
-            self.error = f"{type(exc).__name__}: {exc}"
-        if self.on_close is not None:
-            self.on_close(self)
 
 
 async def open_viewer(host: str, port: int, path: str, **kw) -> FlvViewer:

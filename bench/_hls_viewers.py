@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _aio import install_fast_loop, raise_nofile_limit, watch_stdin_for_stop  # noqa: E402
+from _aio import install_fast_loop, raise_nofile_limit, report_to_orchestrator, watch_stdin_for_stop  # noqa: E402
 from _http import HttpError, HttpResponseParser, request_bytes  # noqa: E402
 
 READ_SIZE = 256 * 1024
@@ -461,13 +461,7 @@ def worker_main(argv: list[str]) -> int:
         watch_stdin_for_stop(stop)
         return await run_players(cfg, stop)
 
-    result = asyncio.run(main())
-    try:
-        sys.stdout.write(json.dumps(result, separators=(",", ":")))
-        sys.stdout.flush()
-    except BrokenPipeError:  # the orchestrator is gone: nobody to report to
-        return 1
-    return 0
+    return report_to_orchestrator(asyncio.run(main()))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ if _BENCH not in sys.path:
 if os.path.dirname(_BENCH) not in sys.path:
     sys.path.insert(1, os.path.dirname(_BENCH))
 
-from _aio import install_fast_loop, raise_nofile_limit, watch_stdin_for_stop  # noqa: E402
+from _aio import ViewerEnd, install_fast_loop, raise_nofile_limit, report_to_orchestrator, watch_stdin_for_stop  # noqa: E402
 from _flv_viewers import FlvError, FlvTagScanner, _Worker  # noqa: E402
 from _fmp4 import Mp4Error, TrackInfo, TrackRun, read_fragments, read_init  # noqa: E402
 from _hls_viewers import HttpClient, resolve  # noqa: E402
@@ -228,7 +228,7 @@ class WsDeframer:
             raise WsError(f"compressed message does not inflate: {err}") from None
 
 
-class WsFlvViewer(asyncio.BufferedProtocol):
+class WsFlvViewer(ViewerEnd, asyncio.BufferedProtocol):
     """One WebSocket-FLV connection that counts the FLV tags it receives.
 
     `status` is 200 once the upgrade succeeded (101 with a valid accept key), else the HTTP status."""
@@ -319,24 +319,11 @@ class WsFlvViewer(asyncio.BufferedProtocol):
         self.ended = True
         return False
 
-    def fail(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
-        if self.transport is not None:
-            self.transport.close()
-
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             if self.deframer is not None:
                 self.transport.write(ws_client_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
             self.transport.close()
-
-    def connection_lost(self, exc) -> None:
-        self.closed_at = time.monotonic()
-        if exc is not None and self.error is None:
-            self.error = f"{type(exc).__name__}: {exc}"
-        if self.on_close is not None:
-            self.on_close(self)
 
 
 async def open_ws_viewer(host: str, port: int, path: str, **kw) -> WsFlvViewer:
@@ -380,7 +367,7 @@ class TagCounter:
             self.on_tag(kind, ts, keyframe)
 
 
-class RtmpViewer(asyncio.Protocol):
+class RtmpViewer(ViewerEnd, asyncio.Protocol):
     """One RTMP play connection (connect, createStream, play) that counts the media it receives.
 
     `status` is 200 after NetStream.Play.Start, 404 after NetStream.Play.StreamNotFound, 403 after any
@@ -449,22 +436,6 @@ class RtmpViewer(asyncio.Protocol):
         self.ended = True
         return False
 
-    def fail(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
-        if self.transport is not None:
-            self.transport.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc) -> None:
-        self.closed_at = time.monotonic()
-        if exc is not None and self.error is None:
-            self.error = f"{type(exc).__name__}: {exc}"
-        if self.on_close is not None:
-            self.on_close(self)
 
 
 async def open_rtmp_viewer(host: str, port: int, stream_path: str, **kw) -> RtmpViewer:
@@ -1121,13 +1092,7 @@ def worker_main(argv: list[str]) -> int:
         watch_stdin_for_stop(stop)
         return await run_pull_players(cfg, stop)
 
-    result = asyncio.run(main())
-    try:
-        sys.stdout.write(json.dumps(result, separators=(",", ":")))
-        sys.stdout.flush()
-    except BrokenPipeError:  # the orchestrator is gone: nobody to report to
-        return 1
-    return 0
+    return report_to_orchestrator(asyncio.run(main()))
 
 
 if __name__ == "__main__":
