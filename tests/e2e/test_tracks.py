@@ -43,19 +43,28 @@ async def test_an_audio_only_stream_plays_over_http_flv(server, publish, media, 
     assert report.non_monotonic() == [] and timeline_problems(viewer.tags) == [], report.summary()
 
 
-async def test_a_video_only_stream_plays_over_hls(server, publish, media, stream_name):
-    clip = media.video_only
+async def hls_segments(server, publish, clip, stream_name):
+    """Publish `clip` and return (segment, its decode report, where) for two listed segments, each
+    already checked for status 200 and a clean decode."""
     publish(server, stream_name, clip, loop=True)
     async with aiohttp.ClientSession() as http:
         poller = server.hls_poller(stream_name, http)
         pl = await poller.poll_until(lambda p: len(p.segments) >= 2, timeout_s=15)
     check_playlist_rules(pl)
+    out = []
     for s in pl.segments:
         seg = poller.segments[s.sequence]
         assert seg.status == 200
         report = decode_media(seg.data, "mpegts")
         where = f"segment {seg.uri}: {report.summary()}"
         assert report.errors == [], where
+        out.append((seg, report, where))
+    return out
+
+
+async def test_a_video_only_stream_plays_over_hls(server, publish, media, stream_name):
+    clip = media.video_only
+    for seg, report, where in await hls_segments(server, publish, clip, stream_name):
         assert (report.video_codec, report.audio_codec) == ("h264", None), where
         assert report.first_video_frame_key, where
         assert abs(report.video_frames - seg.duration_s * clip.fps) <= 2, where
@@ -63,17 +72,7 @@ async def test_a_video_only_stream_plays_over_hls(server, publish, media, stream
 
 async def test_an_audio_only_stream_plays_over_hls(server, publish, media, stream_name):
     clip = media.audio_only
-    publish(server, stream_name, clip, loop=True)
-    async with aiohttp.ClientSession() as http:
-        poller = server.hls_poller(stream_name, http)
-        pl = await poller.poll_until(lambda p: len(p.segments) >= 2, timeout_s=15)
-    check_playlist_rules(pl)
-    for s in pl.segments:
-        seg = poller.segments[s.sequence]
-        assert seg.status == 200
-        report = decode_media(seg.data, "mpegts")
-        where = f"segment {seg.uri}: {report.summary()}"
-        assert report.errors == [], where
+    for seg, report, where in await hls_segments(server, publish, clip, stream_name):
         assert (report.video_codec, report.audio_codec) == (None, "aac"), where
         assert 1.0 <= seg.duration_s <= 3.0, where
         assert abs(report.audio_frames - seg.duration_s * clip.sample_rate / 1024) <= 5, where
