@@ -145,11 +145,3 @@ class GopCache:
         if self.gop_start is None:
             return 0
         return self.bytes_appended - self.bytes_before(self.gop_start)
-
-    def clear(self) -> None:
-        """Forget all frames (a publisher restarted); indices keep growing so cursors stay valid."""
-        self.base = self.end
-        self._frames.clear()
-        self._ends.clear()
-        self.gop_start = None
-        self.has_video = False

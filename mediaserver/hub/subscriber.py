@@ -66,13 +66,6 @@ class Subscriber:
         out.extend(f for f in stream.gop.frames_from(start) if not f.is_config and f.kind != FrameKind.DATA)
         return out
 
-    @property
-    def backlog_ms(self) -> int:
-        gop = self.stream.gop
-        if self.cursor >= gop.end or self.cursor < gop.base:
-            return 0
-        return gop.newest_dts - gop.dts_at(self.cursor)
-
     def take(self, now: float) -> list[Frame]:
         """Everything queued for this subscriber, after applying the slow-consumer policy.
         Raises SlowConsumer when the subscriber should be disconnected."""

@@ -44,7 +44,7 @@ async def test_an_audio_only_stream_plays_over_http_flv(server, publish, media, 
 
 
 async def hls_segments(server, publish, clip, stream_name):
-    """Publish `clip` and return (segment, its decode report, where) for two listed segments, each
+    """Publish `clip` and return (segment, its decode report, where) for every listed segment (two or more), each
     already checked for status 200 and a clean decode."""
     publish(server, stream_name, clip, loop=True)
     async with aiohttp.ClientSession() as http:
