@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from mediaserver.errors import UsageError
-from mediaserver.rtmp import amf0
+from mediaserver.media import amf0
 from mediaserver.rtmp.chunk import DEFAULT_MAX_MESSAGE_SIZE
 from mediaserver.rtmp.events import (
     AudioReceived,

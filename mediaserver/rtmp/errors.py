@@ -22,6 +22,3 @@ class HandshakeError(RtmpProtocolError):
 class ChunkError(RtmpProtocolError):
     """The chunk stream is malformed or exceeds a limit."""
 
-
-class Amf0Error(RtmpProtocolError):
-    """An AMF0 value is malformed, truncated, too deep or of a type we do not accept."""

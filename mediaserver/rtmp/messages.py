@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from mediaserver.rtmp import amf0
+from mediaserver.media import amf0
 from mediaserver.rtmp.errors import RtmpProtocolError
 
 _U32 = struct.Struct(">I")

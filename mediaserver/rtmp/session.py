@@ -54,9 +54,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mediaserver.errors import UsageError
-from mediaserver.rtmp import amf0
+from mediaserver.media import amf0
+from mediaserver.media.amf0 import Amf0Error
 from mediaserver.rtmp.chunk import DEFAULT_MAX_MESSAGE_SIZE, MASK32, ChunkDecoder, ChunkEncoder, RtmpMessage
-from mediaserver.rtmp.errors import Amf0Error, RtmpProtocolError
+from mediaserver.rtmp.errors import RtmpProtocolError
 from mediaserver.rtmp.events import (
     AcknowledgementReceived,
     AudioReceived,

@@ -13,7 +13,7 @@ ALLOWED = {
     "config": {"errors"},
     "log": set(),
     "media": {"errors", "media"},
-    "rtmp": {"errors", "rtmp"},  # the sans-IO core; rtmp.server is checked apart
+    "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart
     "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config"},
     "hub": {"errors", "media", "hub", "log"},
     "remux": {"errors", "media", "remux"},

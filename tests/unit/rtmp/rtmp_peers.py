@@ -12,7 +12,7 @@ import hmac
 import random
 from typing import Any
 
-from mediaserver.rtmp import amf0
+from mediaserver.media import amf0
 from mediaserver.rtmp.chunk import ChunkDecoder
 
 PACKET_SIZE = 1536

@@ -6,7 +6,7 @@ import pytest
 from rtmp_peers import WireReader, names, seeded, transfer
 
 from mediaserver.errors import UsageError
-from mediaserver.rtmp import amf0
+from mediaserver.media import amf0
 from mediaserver.rtmp.chunk import ChunkEncoder
 from mediaserver.rtmp.client import ClientSession
 from mediaserver.rtmp.events import (

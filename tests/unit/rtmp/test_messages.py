@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mediaserver.rtmp import amf0
+from mediaserver.media import amf0
 from mediaserver.rtmp.errors import RtmpProtocolError
 from mediaserver.rtmp.messages import (
     Command,

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediaserver.errors import UsageError
-from mediaserver.rtmp import amf0
-from mediaserver.rtmp.amf0 import UNDEFINED, Amf0Date, EcmaArray, TypedObject, XmlDocument
-from mediaserver.rtmp.errors import Amf0Error, RtmpProtocolError
+from mediaserver.media import amf0
+from mediaserver.media.amf0 import UNDEFINED, Amf0Date, EcmaArray, TypedObject, XmlDocument
+from mediaserver.media.amf0 import Amf0Error
+from mediaserver.errors import PeerError
 
 
 def h(text: str) -> bytes:
@@ -145,8 +146,8 @@ def test_malformed_value_is_rejected_clearly(name: str, wire: bytes, message: st
         amf0.decode(wire)
 
 
-def test_amf0_errors_are_protocol_errors() -> None:
-    assert issubclass(Amf0Error, RtmpProtocolError)
+def test_amf0_errors_are_peer_errors() -> None:
+    assert issubclass(Amf0Error, PeerError)  # the caller closes that one connection
 
 
 def test_endless_nesting_is_rejected() -> None:

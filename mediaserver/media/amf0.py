@@ -37,8 +37,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from mediaserver.errors import UsageError
-from mediaserver.rtmp.errors import Amf0Error
+from mediaserver.errors import PeerError, UsageError
+
+
+class Amf0Error(PeerError):
+    """An AMF0 value is malformed, truncated, too deep or of a type we do not accept."""
+
 
 MAX_DEPTH = 32
 """Deepest nesting of objects and arrays accepted when decoding."""
