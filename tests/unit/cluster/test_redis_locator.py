@@ -178,3 +178,56 @@ async def test_a_claim_costs_two_commands_per_refresh_and_the_heartbeat_one_per_
     assert 2 <= refreshes <= 4 and spent.get("get", 0) == spent.get("expire", 0) == 5 * refreshes, spent
     assert spent.get("evalsha", 0) <= refreshes + 1, spent  # one call for all five claims (+1: loading it)
     assert 4 <= spent.get("pexpire", 0) + spent.get("set", 0) <= 8, spent  # the node's heartbeat
+
+
+async def test_news_reaches_other_nodes_but_not_the_sender(locators):
+    one, two = await locators("origin-1"), await locators("edge-1")
+    got_one: list[ClusterEvent] = []
+    got_two: list[ClusterEvent] = []
+    one.watch(got_one.append)
+    two.watch(got_two.append)
+    await asyncio.sleep(0.3)  # the subscriptions are in place
+    await one.send(ClusterEvent(kind=KICK, sender="origin-1", stream="live/x", reason="operator"))
+    assert await _until(lambda: any(e.kind == KICK for e in got_two))
+    assert [e for e in got_two if e.kind == KICK][0].reason == "operator"
+    assert not any(e.kind == KICK for e in got_one)
+
+
+async def test_every_node_with_a_current_heartbeat_is_listed(locators):
+    one, two = await locators("origin-1"), await locators("edge-1")
+    ids = [n.id for n in await one.nodes()]
+    assert ids == ["edge-1", "origin-1"]
+    await two.close()
+    assert [n.id for n in await one.nodes()] == ["origin-1"]
+
+
+async def test_redis_away_answers_locally_and_claims_are_made_good_when_it_returns(redis, locators, caplog):
+    one = await locators("origin-1")
+    redis.stop()
+    mine = _owner("origin-1")
+    started = time.monotonic()
+    assert await one.announce("live/x", mine) == mine  # accepted locally
+    assert await one.lookup("live/y") is None
+    await one.send(ClusterEvent(kind=KICK, sender="origin-1", stream="live/x"))
+    assert [n.id for n in await one.nodes()] == ["origin-1"]
+    assert time.monotonic() - started < 5, "calls must not hang while Redis is away"
+    assert not one.up
+    redis.start()
+    assert await _until(lambda: one.up, 10.0)
+    assert await _until(lambda: b"origin-1" in redis.command("GET", "ms:stream:live/x"), 3.0)
+    warnings = [r for r in caplog.records if "redis_unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_a_node_starts_while_redis_is_away_and_joins_when_it_comes(redis, tmp_path):
+    port = redis.port
+    redis.stop()
+    locator = RedisLocator(f"redis://127.0.0.1:{port}/0", lambda: _node("late"), ttl=3)
+    await locator.start()
+    try:
+        assert not locator.up
+        redis.start()
+        assert await _until(lambda: locator.up, 10.0)
+        assert [n.id for n in await locator.nodes()] == ["late"]
+    finally:
+        await locator.close()
