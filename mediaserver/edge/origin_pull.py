@@ -177,6 +177,7 @@ class OriginPull:
                 if self.stream is not None and self.stream.ended:
                     break  # the local stream ended (no source for hub.reconnect_grace)
                 source = self._retarget or await self.pool.source_for(self.key)
+                source = self._retarget or source  # news that arrived during the lookup wins
                 self._retarget = None
                 if source is None:
                     if self.stream is None:
@@ -200,6 +201,8 @@ class OriginPull:
             self.pool._forget(self)
 
     async def _pause(self, seconds: float) -> None:
+        if self._retarget is not None:
+            return  # the new owner is known already
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
