@@ -9,7 +9,7 @@ Measures
 - cold pull: the stream is live on the origin, the edge has no copy; first viewer request -> keyframe;
 - warm pull: the edge already pulls it; another viewer's request -> keyframe;
 - failover: SIGKILL of the origin -> the first new keyframe at an edge viewer that stayed connected, the
-  encoder reconnecting to a second origin at once (a new ffmpeg every 0.3 s until one is accepted);
+  encoder reconnecting to a second origin at once (a new ffmpeg 0.3 s after each refusal);
 - Redis operations per stream per minute (INFO stats and commandstats, beyond the nodes' own heartbeats).
 Every setting not named on the command line is the server's default (claim_ttl included).
 Prints a table; --json FILE writes the numbers.
@@ -199,10 +199,35 @@ async def measure_pulls(http: aiohttp.ClientSession, origin: ServerProcess, edge
     return {"publish_to_edge_keyframe_s": publish_to_key, "cold_pull_s": cold, "warm_pull_s": warm}
 
 
+class ReconnectingEncoder:
+    """An encoder with automatic reconnect, as OBS or `ffmpeg -reconnect` scripts run: whenever the
+    publisher exits (refused, or its server died) it starts again after `delay_s`, to `url`."""
+
+    def __init__(self, url: str, delay_s: float = 0.3) -> None:
+        self.url = url
+        self.delay_s = delay_s
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.proc = await start_publisher(self.url)
+            self.starts += 1
+            await self.proc.wait()
+            await asyncio.sleep(self.delay_s)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self.proc is not None:
+            await stop(self.proc)
+
+
 async def measure_failover(http: aiohttp.ClientSession, redis: RedisServer, source: ServerProcess,
                            spare: ServerProcess, edge: ServerProcess, name: str) -> float:
     """SIGKILL of `source` -> the first keyframe after it at an edge viewer that stayed connected; the
-    encoder moves to `spare` at once (a new ffmpeg every 0.3 s while it is refused)."""
+    encoder moves to `spare` at once and reconnects every 0.3 s while it is refused."""
     pub = await start_publisher(source.rtmp_url(name))
     await wait_claim(redis, name)
     watcher = KeyframeWatcher(http, edge.flv_url(name))
@@ -212,17 +237,13 @@ async def measure_failover(http: aiohttp.ClientSession, redis: RedisServer, sour
     source.kill()
     killed_at = time.monotonic()
     await stop(pub)
-    while True:
-        pub = await start_publisher(spare.rtmp_url(name))
-        await asyncio.sleep(0.3)
-        if pub.returncode is None:
-            break
+    encoder = ReconnectingEncoder(spare.rtmp_url(name))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(k > killed_at for k in watcher.keyframes):
         await asyncio.sleep(0.02)
     back = [k for k in watcher.keyframes if k > killed_at]
     await watcher.close()
-    await stop(pub)
+    await encoder.close()
     return back[0] - killed_at if back else float("nan")
 
 
