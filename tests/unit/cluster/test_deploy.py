@@ -43,6 +43,8 @@ def _check_node_args(args: list[str], role: str) -> None:
     sets = _sets(args)
     assert f"cluster.role={role}" in sets
     assert any(s.startswith("cluster.redis_url=redis://") for s in sets)
+    # Edges pull from the URL a node advertises; a container's hostname is no such URL.
+    assert any(s.startswith("cluster.advertise_url=http") for s in sets)
     # Every key exists and every value is accepted (placeholders such as $(POD_NAME) stand in for names).
     load_config(None, [s.replace("$(POD_NAME)", "pod-0").replace("$(POD_IP)", "10.0.0.9") for s in sets])
 
