@@ -256,7 +256,13 @@ async def test_edge_viewers_of_every_format_continue_within_seconds_when_the_ori
     assert pulls_started(edge, stream_name) >= 2
     assert "event=cluster_claim_taken_over" in origin2.log_text(), origin2.log_tail()
     report = decode_media(viewer.complete_flv(), "flv")
-    assert report.video_codec == "h264" and report.non_monotonic() == [], report.summary()
+    # The hub starts the new publisher's session just after the last *dts*: where the old session ended
+    # on reordered (B-) frames, one presentation time can step back by less than the reorder delay.
+    pts = report.video_pts_ms
+    steps_back = [pts[i - 1] - pts[i] for i in range(1, len(pts)) if pts[i] <= pts[i - 1]]
+    assert report.errors == [] and report.video_codec == "h264", report.summary()
+    assert len(steps_back) <= 1 and all(step < 200 for step in steps_back), report.non_monotonic()
+    assert [p for p in report.non_monotonic() if not p.startswith("video pts")] == [], report.summary()
     # Picture back within 3 s on an idle machine (bench/cluster_pull.py measures it); a loaded CI box
     # gets some slack, still far below the 15 s claim TTL that bounded it before.
     assert failover_s < 6, failover_s
