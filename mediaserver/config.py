@@ -149,7 +149,9 @@ class ClusterConfig:
     secret_env: str = "MEDIASERVER_CLUSTER_SECRET"
     """The environment variable holding the secret internal pulls present; every node needs the same."""
     claim_ttl: float = 15.0
-    """Seconds a stream claim and a node heartbeat live without a refresh (refreshed every third of it)."""
+    """Seconds a stream claim lives without a refresh (refreshed every third of it)."""
+    node_ttl: float = 1.5
+    """Seconds a node's heartbeat lives (kept alive every third of it); a dead node's claims move at once."""
     pull_grace: float = 10.0
     """Seconds an edge keeps pulling a stream after its last viewer left."""
     pull_wait: float = 5.0
@@ -158,6 +160,10 @@ class ClusterConfig:
     """An edge's parent edge (http://HOST:PORT) to pull from instead of the origin (tiered)."""
     serve_edges: bool = False
     """Let other edges pull through this one (a parent edge in a tiered setup)."""
+    max_pulls: int = 1000
+    """Streams this node pulls from others at once; 0 is no limit."""
+    max_pulls_per_client: int = 10
+    """Running pulls one viewer address may have started; 0 is no limit."""
 
 
 # ----- end of cluster -----------------------------------------------------------------------------
@@ -212,6 +218,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.claim_ttl": (1, 3600),
     "cluster.pull_grace": (0, 3600),
     "cluster.pull_wait": (0.1, 60),
+    "cluster.node_ttl": (0.3, 600),
+    "cluster.max_pulls": (0, 1_000_000),
+    "cluster.max_pulls_per_client": (0, 1_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
