@@ -463,7 +463,7 @@ class RtmpConnection(asyncio.Protocol):
                         for f in batch
                     )
                     self._flush()
-                    sub.bytes_sent += session.bytes_sent - sent_before  # egress metrics count RTMP viewers too
+                    self.registry.count_sent(sub, session.bytes_sent - sent_before)  # the viewer and egress metrics
                     if self._writable is not None and not self._writable.done():
                         async with asyncio.timeout(self.server.cfg.idle_timeout):
                             await self._writable
