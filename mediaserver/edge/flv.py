@@ -7,8 +7,8 @@ everything queued and writes it in one call; awaiting the write is the backpress
 is counted for the viewer and the egress metrics (`StreamRegistry.count_sent`) as soon as it completes.
 
 A viewer that is stuck (a write, or the final end of the response, does not finish within `write_timeout`)
-or too slow (the hub ends it as a slow consumer) is aborted: its socket is reset at once, so the kernel
-frees the send queue instead of holding it for a peer that does not read (issue 9, defect 4).
+or too slow (the hub ends it as a slow consumer) is reset (`transports.reset`), so the kernel frees the
+send queue instead of holding it for a peer that does not read (issue 9, defect 4).
 
 A WebSocket viewer's socket is read while media is sent (RFC 6455 5.5.1): a Close is answered and ends
 the viewer, a Ping is answered (aiohttp's autoping), and a viewer that sends data frames, which players
@@ -30,6 +30,7 @@ from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
 from ..media.frames import Frame
 from ..remux.flv import flv_header
+from ..transports import reset
 from .common import CONFIG, REGISTRY, cors_headers, find_stream, peer_of
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,8 @@ async def _serve_viewer(
     finally:
         if watch is not None:
             watch.close()  # never started when the sender failed first: no "never awaited" warning
-        if reason in ("slow_consumer", "write_timeout") and request.transport is not None:
-            request.transport.abort()  # not a polite close onto a send queue the peer does not read
+        if reason in ("slow_consumer", "write_timeout"):
+            reset(request.transport)  # not a polite close behind a send queue the peer does not read
         sub.close(reason if reason != "stream_ended" else "viewer_left")
         event(
             log, "viewer_leave", stream=str(stream.key), format=kind, peer=peer, reason=reason,

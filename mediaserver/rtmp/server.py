@@ -29,6 +29,7 @@ from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import Bound, event
 from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
+from ..transports import reset
 from . import events as ev
 from .session import ServerSession
 
@@ -596,8 +597,7 @@ class RtmpConnection(asyncio.Protocol):
 
     def _abort(self, reason: str) -> None:
         self._closing = True
-        if self.transport is not None:
-            self.transport.abort()
+        reset(self.transport)  # a reset: the kernel drops what a stuck peer left in the send queue
 
     def close(self, reason: str) -> None:
         """The hub's handle: end this connection (kick, takeover, shutdown)."""
