@@ -20,6 +20,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mediaserver.rtmp.client import ClientSession
+from mediaserver.rtmp.events import VideoReceived
 from support.checks import wait_live
 from support.raw_net import stalled_viewer
 
@@ -50,6 +52,28 @@ def stalled_ws_viewer(port: int, path: str, rcvbuf: int = 4096) -> socket.socket
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     return s
+
+
+def stalled_rtmp_player(port: int, name: str, rcvbuf: int = 4096) -> socket.socket:
+    """An RTMP player with a tiny receive buffer that stops reading after its first video message."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    client = ClientSession()
+    client.connect("live", f"rtmp://127.0.0.1:{port}/live")
+    client.play(name)
+    for _ in range(1000):
+        out = client.data_to_send()
+        if out:
+            s.sendall(out)
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection before sending video")
+        client.receive_data(data)
+        if any(isinstance(e, VideoReceived) for e in client.events()):
+            return s
+    raise AssertionError("no video message in 1000 reads")
 
 
 async def scrape(server) -> dict[tuple, float]:
@@ -206,6 +230,23 @@ async def test_viewers_that_never_read_are_aborted_after_the_write_timeout(serve
     ended = re.findall(r"event=viewer_leave .*format=(ws-flv|flv) .*reason=(write_timeout|slow_consumer)",
                        server.log_text())
     assert sorted(f for f, _ in ended).count("flv") == 3 and len(ended) == 5, ended
+
+
+async def test_rtmp_players_that_never_read_are_reset(server_factory, publish, media, stream_name):
+    server = server_factory(**{"rtmp.idle_timeout": "2"})
+    publish(server, stream_name, media.heavy, loop=True)
+    await wait_live(server, stream_name)
+    stalled = [await asyncio.to_thread(stalled_rtmp_player, server.rtmp_port, stream_name) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and any(tcp_state(s) == TCP_ESTABLISHED for s in stalled):
+            server.assert_alive()
+            await asyncio.sleep(0.5)
+        still = sum(tcp_state(s) == TCP_ESTABLISHED for s in stalled)
+        assert still == 0, f"{still} stalled RTMP players still connected 25 s on; log:\n{server.log_tail()}"
+    finally:
+        for s in stalled:
+            s.close()
 
 
 # ----- a disallowed method (defect 8) ---------------------------------------------------------------------
