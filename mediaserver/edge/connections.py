@@ -233,8 +233,9 @@ def open_file_limit() -> int:
 
 
 def connection_limits(max_connections: int, max_per_address: int, header_timeout_s: float) -> ConnectionLimits:
-    """The caps in force: `max_connections` 0 means half the open-file limit, leaving the other half to
-    RTMP connections, pulls, webhooks and files."""
+    """The caps in force: `max_connections` 0 means half the open-file limit (raised first, whatever the
+    setting), leaving the other half to RTMP connections, pulls, webhooks and files."""
+    files = open_file_limit()
     if max_connections == 0:
-        max_connections = max(64, open_file_limit() // 2)
+        max_connections = max(64, files // 2)
     return ConnectionLimits(max_connections, max_per_address, header_timeout_s)
