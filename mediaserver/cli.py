@@ -377,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["token"]:
         return token_main(args_in[1:])
-    parser = argparse.ArgumentParser(prog="mediaserver", description="Live-streaming server: RTMP in; HTTP-FLV, WebSocket-FLV, RTMP, HLS, "
-                                     "LL-HLS and MPEG-DASH out.")
+    parser = argparse.ArgumentParser(
+        prog="mediaserver",
+        description="Live-streaming server: RTMP in; HTTP-FLV, WebSocket-FLV, RTMP, HLS, LL-HLS and MPEG-DASH out.",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see config.example.toml); built-in defaults without it")
     parser.add_argument(
         "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
