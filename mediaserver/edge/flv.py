@@ -110,8 +110,6 @@ async def _serve_viewer(
     except ConnectionError:
         reason = "viewer_left"
     finally:
-        if watch is not None:
-            watch.close()  # never started when the sender failed first: no "never awaited" warning
         if reason in ("slow_consumer", "write_timeout"):
             reset(request.transport)  # not a polite close behind a send queue the peer does not read
         sub.close(reason if reason != "stream_ended" else "viewer_left")
