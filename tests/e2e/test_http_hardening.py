@@ -157,8 +157,11 @@ async def test_one_address_cannot_take_every_connection_and_refusals_are_counted
     finally:
         for s in held:
             s.close()
-    await asyncio.sleep(0.3)  # the server sees the closes
-    samples = await scrape(server)
+    for _ in range(30):  # until the server has seen the closes
+        samples = await scrape(server)
+        if sample(samples, "mediaserver_http_connections") == 1:
+            break
+        await asyncio.sleep(0.1)
     assert sample(samples, "mediaserver_http_connections_refused_total", reason="max_connections_per_ip") == 1
     assert sample(samples, "mediaserver_http_connections_refused_total", reason="max_connections") == 1
     assert sample(samples, "mediaserver_http_connections") == 1  # the scrape's own
