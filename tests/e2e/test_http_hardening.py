@@ -100,9 +100,10 @@ async def wait_for_log(server, pattern: str, timeout_s: float, count: int = 1) -
 # ----- request-head deadline and connection caps (defect 5) ---------------------------------------------
 
 
-async def test_connections_that_send_nothing_or_trickle_the_head_are_closed_at_the_deadline(
+async def test_connections_that_send_nothing_trickle_the_head_or_idle_are_closed_at_their_deadline(
         server_factory, publish, media, stream_name):
-    server = server_factory(**{"http.header_timeout": "2"})
+    # keep-alive longer than the head deadline: aiohttp arms its keep-alive timer at accept as well
+    server = server_factory(**{"http.header_timeout": "1", "http.keepalive_timeout": "2"})
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
     async with server.flv_viewer(stream_name) as viewer:  # a long response outlives the head deadline
@@ -120,7 +121,7 @@ async def test_connections_that_send_nothing_or_trickle_the_head_are_closed_at_t
                 await asyncio.sleep(0.5)
             open_left = [s for s in silent + trickling if tcp_state(s) == TCP_ESTABLISHED]
             assert open_left == [], f"{len(open_left)} of 35 connections still open {time.monotonic() - t0:.1f} s " \
-                                    "after connecting, with a 2 s head deadline"
+                                    "after connecting, with a 1 s head deadline"
             frames_before = viewer.video_frame_count
             await asyncio.sleep(1.0)
             assert not viewer.done, f"the FLV viewer was cut off: {viewer.error!r}"
@@ -129,6 +130,12 @@ async def test_connections_that_send_nothing_or_trickle_the_head_are_closed_at_t
             for s in silent + trickling:
                 s.close()
     assert server.healthy()
+    kept = raw_connect(server.http_port)  # a complete request, then silence: the keep-alive timer ends it
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert kept.recv(4096).startswith(b"HTTP/1.1 200 ")
+    await asyncio.sleep(3.5)
+    assert tcp_state(kept) != TCP_ESTABLISHED, "an idle kept-alive connection outlived http.keepalive_timeout"
+    kept.close()
     samples = await scrape(server)
     assert sample(samples, "mediaserver_http_connections_refused_total", reason="header_timeout") == 35
     assert "Traceback" not in server.log_text(), server.log_tail()
