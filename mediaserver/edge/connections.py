@@ -11,7 +11,7 @@ process runs out of file descriptors. Here every accepted socket is counted befo
   aborted (a client trickling its head one byte at a time, or sending nothing). Once a head is parsed the
   deadline is gone: an FLV or WebSocket response may last for hours. Later requests on a kept-alive
   connection are bounded by aiohttp's keep-alive timer (`keepalive_timeout`), which closes a connection
-  that waits for a request that long, complete head or not. aiohttp (3.10 on) arms that timer at accept
+  that waits for a request that long, complete head or not. aiohttp (3.14 at least) arms that timer at accept
   too, so with a keep-alive shorter than the head deadline it closes silent connections first, uncounted.
 
 Each refusal and each missed deadline is counted by reason (`/metrics`) and logged once per interval per
