@@ -30,6 +30,8 @@ from .auth.policy import AccessPolicy
 from .auth.tokens import Action
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
+from .edge.connections import ConnectionGate, GuardedSite, connection_limits
+from .edge.metrics import METRICS
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -307,9 +309,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if cluster is not None:  # cluster
         cluster.wire(app, rtmp)
         await cluster.start()
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    gate = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
+                                            config.http.header_timeout))
+    app[METRICS].connections = gate
+    handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
-    http_site = web.TCPSite(runner, config.http.bind, config.http.port, reuse_address=True)
+    http_site = GuardedSite(runner, config.http.bind, config.http.port, gate, handler_args)
     try:
         await http_site.start()
         await rtmp.start()
@@ -325,6 +331,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     event(
         log, "ready", version=__version__,
         rtmp=f"{config.rtmp.bind}:{config.rtmp.port}", http=f"{config.http.bind}:{config.http.port}",
+        http_max_connections=gate.limits.max_connections,
     )
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
@@ -379,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["token"]:
         return token_main(args_in[1:])
-    parser = argparse.ArgumentParser(prog="mediaserver", description="Live-streaming server: RTMP in, HTTP-FLV and HLS out.")
+    parser = argparse.ArgumentParser(
+        prog="mediaserver",
+        description="Live-streaming server: RTMP in; HTTP-FLV, WebSocket-FLV, RTMP, HLS, LL-HLS and MPEG-DASH out.",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see config.example.toml); built-in defaults without it")
     parser.add_argument(
         "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
