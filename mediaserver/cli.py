@@ -33,6 +33,7 @@ from .edge.app import make_app
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
+from .gate import Gate
 from .hub.gop import GopLimits
 from .hub.registry import RegistryPolicy, StreamRegistry
 from .hub.subscriber import SlowPolicy
@@ -222,6 +223,10 @@ class ClusterWiring:
             return (f"this node is an edge (cluster.role = \"edge\"); publish {key} to an origin instead")
         return await self.member.claim(str(key))
 
+    async def locate(self, key, address: str):
+        """The gate's play_locate: the local stream, pulled first when another node publishes it."""
+        return await self.pulls.ensure(key)
+
     async def kick(self, name: str, reason: str) -> bool:
         return await self.member.kick(name, reason)
 
@@ -242,12 +247,10 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
-    def wire(self, app: web.Application, rtmp: RtmpServer) -> None:
-        rtmp.publish_claim = self.claim
-        if self.role in ("edge", "both"):  # RTMP players on an edge get a pulled stream as HTTP viewers do
-            rtmp.play_locate = self.pulls.ensure
+    def wire(self, app: web.Application) -> None:
+        """Internal requests (edges pulling from this node) pass before admission; viewers' pulls start in
+        the gate (`locate`), for RTMP players and HTTP viewers alike."""
         app.middlewares.insert(0, self.pulls.internal_middleware)
-        app.middlewares.append(self.pulls.viewer_middleware)
 
     async def start(self) -> None:
         await self.locator.start()
@@ -276,8 +279,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     token = admin_token(config, os.environ)
     if hooks is not None:
         hooks.watch(registry)
-    rtmp = RtmpServer(config.rtmp, registry, admission)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    gate = Gate(
+        admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
+        publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream
+        # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
+        play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
+    )
+    rtmp = RtmpServer(config.rtmp, registry, gate)
     admin = make_admin_app(AdminDeps(
         registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
@@ -291,12 +300,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{config.rtmp.port}"
 
     app = make_app(
-        config, registry, packagers, admission=admission, hooks=hooks, admin=admin,
+        config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
         ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
     )
     _log_access(config, admission.policy, hooks, token)
     if cluster is not None:  # cluster
-        cluster.wire(app, rtmp)
+        cluster.wire(app)
         await cluster.start()
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()

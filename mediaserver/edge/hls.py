@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
+from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, not_published, send_shared
+from .keys import PACKAGERS
 from .names import stream_key
-from .packagers import PackagerPool
-
-PACKAGERS = web.AppKey("packagers", PackagerPool)
 
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -27,8 +25,7 @@ def _packager(request: web.Request):
                          "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~'", cors_headers(request))
     packager = request.app[PACKAGERS].hls(key)
     if packager is None:
-        raise json_error(404, f"stream {key} is not being published",
-                         f"publish it first to rtmp://HOST/{key.app}/{key.name}", cors_headers(request))
+        raise not_published(request, key)
     return key, packager
 
 

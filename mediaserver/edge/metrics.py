@@ -35,6 +35,7 @@ from ..auth.admission import Admission
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
 from ..hub.subscriber import Subscriber
+from .keys import METRICS
 
 LAG_INTERVAL_S = 0.5
 LAG_WINDOW_S = 10.0
@@ -243,7 +244,6 @@ class _Collector:
 
 # ----- HTTP handlers ------------------------------------------------------------------------------
 
-METRICS = web.AppKey("metrics", Metrics)
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
