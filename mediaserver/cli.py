@@ -35,6 +35,7 @@ from .edge.webhooks import WebhookClient
 from .errors import UsageError
 from .gate import Gate
 from .hub.gop import GopLimits
+from .hub.rate import RateMeter
 from .hub.registry import RegistryPolicy, StreamRegistry
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
@@ -168,8 +169,7 @@ class ClusterWiring:
         self.rtmp_url = f"rtmp://{rtmp_host}:{config.rtmp.port}"
         self.role = cfg.role
         self.registry = registry
-        self._egress = (time.monotonic(), 0)
-        self._egress_bps = 0
+        self._egress = RateMeter(window_s=2.0, min_span_s=0.5)
 
         def node_info() -> NodeInfo:
             streams = registry.streams()
@@ -210,13 +210,8 @@ class ClusterWiring:
         registry.on_stream_ended.append(own(self.member.ended))
 
     def _measure_egress(self, streams) -> int:
-        now = time.monotonic()
-        total = sum(sub.bytes_sent for s in streams for sub in s.subscribers)
-        then, before = self._egress
-        if now - then > 0.5:
-            self._egress_bps = max(0, int((total - before) * 8 / (now - then)))
-            self._egress = (now, total)
-        return self._egress_bps
+        self._egress.add(time.monotonic(), sum(sub.bytes_sent for s in streams for sub in s.subscribers))
+        return int((self._egress.per_second() or 0) * 8)
 
     async def claim(self, key) -> str | None:
         if self.role == "edge":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -337,7 +338,7 @@ class Gate:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(block.until))
             why = f" ({block.reason})" if block.reason else ""
             return (f"stream {key} is blocked{why} until {until}",
-                    f"an operator ended it and refuses its publisher for another {int(block.until - now) + 1} s; "
+                    f"an operator ended it and refuses its publisher for another {math.ceil(block.until - now)} s; "
                     "it can be watched once it is published again after that")
         if self.play_locate is not None:
             return (f"stream {key} is not published on any node of the cluster",

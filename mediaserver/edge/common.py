@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 
 from ..auth import cors
+from ..auth.names import NAME_RULE
 from ..hub.stream import Stream, StreamKey
 from .keys import CONFIG, GATE, REGISTRY
 from .names import stream_key
@@ -54,7 +55,7 @@ def find_stream(request: web.Request, app: str, name: str) -> Stream:
     if key is None:
         raise json_error(
             400, "invalid stream name",
-            "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'",
+            NAME_RULE,
             cors_headers(request),
         )
     stream = request.app[REGISTRY].get(key)

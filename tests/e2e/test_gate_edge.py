@@ -109,3 +109,16 @@ async def test_a_kicked_and_blocked_stream_says_it_is_blocked_and_until_when(ser
         assert "publish it first" not in body["hint"], body
         async with http.get(server.hls_url(stream_name)) as resp:
             assert resp.status == 404 and "blocked" in (await resp.json())["error"]
+
+
+async def test_a_stream_key_sent_to_a_reserved_app_or_with_a_bad_character_never_reaches_the_log(server_factory,
+                                                                                                 monkeypatch):
+    secret = "studio-key-never-logged-0123"
+    monkeypatch.setenv("STUDIO_KEY", secret)
+    server = server_factory(**{"auth.stream_keys": '["live/studio=STUDIO_KEY"]'})
+    for app, key in (("play", secret), ("live", secret + "!")):
+        attempt = await rtmp_attempt(server.rtmp_port, key, app=app)
+        assert attempt.codes == ["NetStream.Publish.BadName"] and attempt.closed_by_server, attempt.codes
+    log = server.log_text()
+    assert "reason=reserved_app" in log and "reason=bad_name" in log
+    assert secret not in log, log
