@@ -9,7 +9,8 @@ timestamps never go back. A publisher that reconnects (or timestamps that jump) 
 last frame, and sinks are told of the discontinuity. Within a track a frame is never stamped before the
 previous one (a few ms of jitter are clamped). Only media frames move the timeline: metadata and
 sequence headers carry the stream's current time (the newest media time), whatever time the publisher
-gave them, so a config resent at 0 is not a jump and viewers never count metadata as lag.
+gave them, so a config resent at 0 is not a jump and viewers never count metadata as lag (a metadata
+frame's FLV tag keeps timestamp 0, see publish_metadata).
 
 Sequence headers are parsed once here. StreamInfo (what late joiners and starting packagers get first)
 keeps the newest one that parses; one that does not is still passed inline, counted in
@@ -179,37 +180,53 @@ class Stream:
             for sink in list(self.sinks):
                 self._call_sink(sink, "on_discontinuity")
 
-    def _publish(self, kind: FrameKind, ts_ms: int, frame_of: Callable[[bytes, int], Frame | None],
-                 body: bytes, now: float) -> Frame | None:
-        out, offset, jumped = self._place(ts_ms, kind)
-        frame = frame_of(body, out)
-        if frame is None:
-            return None
-        codecs = VIDEO_CODECS if kind == FrameKind.VIDEO else AUDIO_CODECS
-        if frame.codec not in codecs:
-            self._refuse_codec(frame.codec, "video" if kind == FrameKind.VIDEO else "audio")
-            return None
-        if frame.is_config:
-            if frame.dts_ms != self._max_out:  # a config carries the stream's current time
-                frame = dataclasses.replace(frame, dts_ms=self._max_out, tag=flv_body.build_tag(kind, self._max_out, frame.body))
-        else:
-            self._commit(kind, out, offset, jumped)
-        self._accept(frame, now)
-        return frame
-
     def publish_video(self, ts_ms: int, body: bytes, now: float) -> Frame | None:
         """One video message. Returns the frame, or None when it carries nothing to play or its codec
         is not carried (logged once). Raises MediaError for a malformed body."""
-        return self._publish(FrameKind.VIDEO, ts_ms, flv_body.video_frame, body, now)
+        out, offset, jumped = self._place(ts_ms, FrameKind.VIDEO)
+        frame = flv_body.video_frame(body, out)
+        if frame is None:
+            return None
+        if frame.codec not in VIDEO_CODECS:
+            self._refuse_codec(frame.codec, "video")
+            return None
+        if frame.is_config:
+            frame = self._at_current_time(frame)
+        else:
+            self._commit(FrameKind.VIDEO, out, offset, jumped)
+        self._accept(frame, now)
+        return frame
 
     def publish_audio(self, ts_ms: int, body: bytes, now: float) -> Frame | None:
         """One audio message; as publish_video."""
-        return self._publish(FrameKind.AUDIO, ts_ms, flv_body.audio_frame, body, now)
+        out, offset, jumped = self._place(ts_ms, FrameKind.AUDIO)
+        frame = flv_body.audio_frame(body, out)
+        if frame is None:
+            return None
+        if frame.codec not in AUDIO_CODECS:
+            self._refuse_codec(frame.codec, "audio")
+            return None
+        if frame.is_config:
+            frame = self._at_current_time(frame)
+        else:
+            self._commit(FrameKind.AUDIO, out, offset, jumped)
+        self._accept(frame, now)
+        return frame
+
+    def _at_current_time(self, config: Frame) -> Frame:
+        """A sequence header carries the stream's current time, not the publisher's (configs are rare:
+        rebuilding the tag costs nothing that matters)."""
+        now_ms = self._max_out
+        if config.dts_ms == now_ms:
+            return config
+        return dataclasses.replace(config, dts_ms=now_ms, tag=flv_body.build_tag(config.kind, now_ms, config.body))
 
     def publish_metadata(self, body: bytes, values: dict[str, Any], now: float) -> Frame:
-        """onMetaData, kept in StreamInfo (sent first to every new viewer) and passed inline, stamped
-        with the stream's current time (whatever the publisher said: metadata is not media)."""
-        frame = flv_body.data_frame(body, self._max_out)
+        """onMetaData, kept in StreamInfo (sent first to every new viewer) and passed inline. Its place
+        in the log is the stream's current time (metadata is not media, so never lag); its FLV tag says
+        0, as publishers send it and as players built on ffmpeg want it (flvdec takes an onMetaData
+        stamped anything else for a data packet of a new stream)."""
+        frame = dataclasses.replace(flv_body.data_frame(body, 0), dts_ms=self._max_out)
         info = self.info
         info.metadata = frame
         info.metadata_values = dict(values)

@@ -83,6 +83,7 @@ def test_metadata_and_configs_carry_the_streams_current_time_not_their_own():
     audio_config = stream.publish_audio(12, audio_body(config=True), clock())
     assert meta.dts_ms == config.dts_ms == audio_config.dts_ms == newest
     assert int.from_bytes(config.tag[4:7], "big") == newest  # the FLV tag says so too
+    assert meta.tag[4:8] == bytes(4), "onMetaData's FLV tag stays at 0, as players built on ffmpeg want it"
     publish_gop(stream, ts, frames=3)
     stream.flush_sinks()
     assert sink.discontinuities == 0, "a config stamped 0 is not a timestamp jump"
