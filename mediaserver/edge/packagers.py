@@ -26,7 +26,7 @@ from ..errors import MediaError
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
-from ..media.frames import Frame
+from ..media.frames import Frame, FrameKind
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
 from ..remux.segment import Segment
 from .cmaf import CmafPackager
@@ -222,16 +222,16 @@ class PackagerPool:
         stream = self.registry.get(key)
         if stream is None or stream.ended:
             return None
-        packager = factory(stream, self.cfg, skip_log=self._skip_log)
-        history = stream.history()
-        try:
-            packager.replay(history, stream.gop.newest_dts)
-        except Exception:
-            # Replay skips bad frames itself, so this is a bug: serve from the live frames on rather
-            # than fail the request.
-            log.exception("packager replay failed; stream %s starts from the live frames", key)
+        # Replay skips bad frames itself, so a replay that fails is a bug: then start afresh with the
+        # current configs only (output from the next keyframe on), rather than fail the request.
+        configs = [f for f in stream.info.headers() if f.kind != FrameKind.DATA]
+        for history in (stream.history(), configs, []):
             packager = factory(stream, self.cfg, skip_log=self._skip_log)
-            history = []
+            try:
+                packager.replay(history, stream.gop.newest_dts)
+                break
+            except Exception:
+                log.exception("packager replay failed; stream %s starts again with less history", key)
         stream.add_sink(packager)
         table[key] = packager
         event(log, "packager_start", stream=str(key), format=packager.format, replayed_frames=len(history))

@@ -230,3 +230,35 @@ def test_an_ended_streams_packager_lingers_rather_than_restarting(av_clip):
             pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_replay_that_fails_starts_the_packager_from_the_live_frames(av_clip, monkeypatch, caplog):
+    async def scenario() -> None:
+        registry, stream = new_stream()
+        half = len(av_clip) // 2
+        publish(stream, av_clip[:half])
+        pool = PackagerPool(registry, CFG)
+
+        def broken(self, frames, newest_dts):
+            if len(frames) > 2:  # the history fails; the configs alone go through
+                raise RuntimeError("a bug in replay")
+            original(self, frames, newest_dts)
+
+        original = HlsPackager.replay
+
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(HlsPackager, "replay", broken)
+                packager = pool.hls(KEY)
+            assert packager is not None and not packager.ended and packager in stream.sinks
+            assert not packager.has_segments
+            publish(stream, av_clip[half:])
+            assert packager.has_segments and pool.hls(KEY) is packager
+        finally:
+            pool.close()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "packager replay failed; stream live/bad starts again with less history"
+    ]
