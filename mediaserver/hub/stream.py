@@ -6,11 +6,14 @@ GopCache, feeds the synchronous sinks (packagers), and wakes viewers that wait f
 
 The timeline: a publisher's unwrapped timestamps are shifted by an offset so that the stream's
 timestamps never go back. A publisher that reconnects (or timestamps that jump) continues just after the
-last frame, and sinks are told of the discontinuity. Within a track a frame is never stamped before the
-previous one (a few ms of jitter are clamped). Only media frames move the timeline: metadata and
+last frame shown (its presentation time: a publisher cut off after a P-frame whose B-frames never came
+must not make the next session's first picture show before it), and sinks are told of the
+discontinuity. Within a track a frame is never stamped before the previous one (a few ms of jitter are
+clamped). Only media frames move the timeline: metadata and
 sequence headers carry the stream's current time (the newest media time), whatever time the publisher
 gave them, so a config resent at 0 is not a jump and viewers never count metadata as lag (a metadata
-frame's FLV tag keeps timestamp 0, see publish_metadata).
+frame's FLV tag keeps timestamp 0, see publish_metadata). The one thing a config's own time does is
+anchor a new session's offset, as the first thing that session sends.
 
 Sequence headers are parsed once here. StreamInfo (what late joiners and starting packagers get first)
 keeps the newest one that parses; one that does not is still passed inline, counted in
@@ -118,6 +121,7 @@ class Stream:
         self._rebase_pending = False
         self._last_out = {FrameKind.VIDEO: None, FrameKind.AUDIO: None}
         self._max_out = 0
+        self._max_pts = 0  # the newest presentation time: a B-frame stream's last frame may show after its dts
         self._waiter: asyncio.Future[None] | None = None
         self._unsunk: list[Frame] = []
         self._refused_codecs: set[str] = set()
@@ -156,26 +160,28 @@ class Stream:
         frame that turns out to be a config, or nothing, or malformed leaves the timeline alone."""
         offset = self._offset
         if self._rebase_pending:
-            offset = self._max_out + _SESSION_GAP_MS - ts_ms
+            offset = self._max_pts + _SESSION_GAP_MS - ts_ms
         out = ts_ms + offset
         jumped = False
         last = self._last_out[kind]
         if last is not None:
             if out < last - _BACKWARD_JUMP_MS or out > last + _FORWARD_JUMP_MS:
                 # The publisher's clock jumped: continue just after the newest frame.
-                offset = self._max_out + _SESSION_GAP_MS - ts_ms
+                offset = self._max_pts + _SESSION_GAP_MS - ts_ms
                 out = ts_ms + offset
                 jumped = True
             if out < last:
                 out = last
         return out, offset, jumped
 
-    def _commit(self, kind: FrameKind, out: int, offset: int, jumped: bool) -> None:
+    def _commit(self, kind: FrameKind, out: int, cts_ms: int, offset: int, jumped: bool) -> None:
         self._rebase_pending = False
         self._offset = offset
         self._last_out[kind] = out
         if out > self._max_out:
             self._max_out = out
+        if out + cts_ms > self._max_pts:
+            self._max_pts = out + cts_ms
         if jumped:
             for sink in list(self.sinks):
                 self._call_sink(sink, "on_discontinuity")
@@ -191,9 +197,10 @@ class Stream:
             self._refuse_codec(frame.codec, "video")
             return None
         if frame.is_config:
+            self._anchor_session(offset)
             frame = self._at_current_time(frame)
         else:
-            self._commit(FrameKind.VIDEO, out, offset, jumped)
+            self._commit(FrameKind.VIDEO, out, frame.cts_ms, offset, jumped)
         self._accept(frame, now)
         return frame
 
@@ -207,11 +214,20 @@ class Stream:
             self._refuse_codec(frame.codec, "audio")
             return None
         if frame.is_config:
+            self._anchor_session(offset)
             frame = self._at_current_time(frame)
         else:
-            self._commit(FrameKind.AUDIO, out, offset, jumped)
+            self._commit(FrameKind.AUDIO, out, 0, offset, jumped)
         self._accept(frame, now)
         return frame
+
+    def _anchor_session(self, offset: int) -> None:
+        """A new session's sequence headers come first and carry its origin (0 from OBS and ffmpeg):
+        they set its offset, so its first audio and video frames keep their distance whichever comes
+        first. They do not move the timeline otherwise."""
+        if self._rebase_pending:
+            self._rebase_pending = False
+            self._offset = offset
 
     def _at_current_time(self, config: Frame) -> Frame:
         """A sequence header carries the stream's current time, not the publisher's (configs are rare:

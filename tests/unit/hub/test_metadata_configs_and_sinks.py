@@ -155,3 +155,36 @@ def test_a_sink_that_fails_is_detached_and_ended_so_its_owner_can_replace_it():
     assert healthy in stream.sinks and len(healthy.frames) == 20 and healthy.ends == 0
     stream.end()
     assert failing.ends == 1 and healthy.ends == 1
+
+
+def test_a_reconnecting_publisher_keeps_the_distance_between_its_first_audio_and_video_frames():
+    clock = FakeClock()
+    reg = make_registry(clock)
+    stream = reg.claim_publisher(KEY, FakePublisher())
+    stream.publish_video(0, GOOD_AVC, clock())
+    publish_gop(stream, 0, frames=60)
+    reg.release_publisher(stream, stream.publisher)
+    reg.claim_publisher(KEY, FakePublisher("127.0.0.1:6000"))  # back within the grace
+    newest = stream.gop.newest_dts
+    stream.publish_metadata(METADATA, {}, clock())
+    config = stream.publish_video(0, GOOD_AVC, clock())
+    stream.publish_audio(0, audio_body(config=True), clock())
+    audio = stream.publish_audio(23, audio_body(), clock())  # audio first, its clock a little ahead
+    video = stream.publish_video(0, video_body(True), clock())
+    assert config.dts_ms == newest
+    assert video.dts_ms == newest + 20 and audio.dts_ms == newest + 43, "the session's origin is its configs' 0"
+
+
+def test_a_session_cut_off_after_a_p_frame_resumes_after_that_frame_is_shown():
+    clock = FakeClock()
+    reg = make_registry(clock)
+    stream = reg.claim_publisher(KEY, FakePublisher())
+    stream.publish_video(0, GOOD_AVC, clock())
+    publish_gop(stream, 0, frames=30)
+    p_frame = bytes((0x27, 1, 0, 0, 160)) + b"\x00" * 50  # shown 160 ms after its decode time
+    last = stream.publish_video(990, p_frame, clock())  # ... and its B-frames never come
+    reg.release_publisher(stream, stream.publisher)
+    reg.claim_publisher(KEY, FakePublisher("127.0.0.1:6000"))
+    stream.publish_video(0, GOOD_AVC, clock())
+    key = stream.publish_video(0, bytes((0x17, 1, 0, 0, 80)) + b"\x00" * 50, clock())
+    assert key.pts_ms > last.pts_ms and key.dts_ms == last.pts_ms + 20
