@@ -141,7 +141,11 @@ class GopCache:
         """Decode time of the first media frame at or after absolute `index` (metadata and sequence
         headers skipped); None when only such frames follow."""
         frames = self._frames
-        for i in range(index - self.base, len(frames)):
+        i = index - self.base
+        frame = frames[i]
+        if not frame.is_config:  # nearly always: the one per-viewer read on the fan-out path stays cheap
+            return frame.dts_ms
+        for i in range(i + 1, len(frames)):
             if not frames[i].is_config:
                 return frames[i].dts_ms
         return None
