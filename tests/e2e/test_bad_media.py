@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 import m3u8
 
 from mediaserver.media.frames import FrameKind
@@ -214,6 +215,12 @@ async def test_hls_and_cmaf_outputs_keep_growing_after_corrupt_frames_and_config
         assert report.video_codec == "h264" and report.video_frames >= 50 and not report.errors, report.summary()
         status, mpd = await fetch(http, root + "manifest.mpd")
         assert status == 200 and b'type="dynamic"' in mpd, mpd[:300]
+        status, metrics = await fetch(http, f"{server.http_base}/metrics")
+        counted = {(s.name, s.labels.get("format")): s.value
+                   for f in text_string_to_metric_families(metrics.decode()) for s in f.samples}
+        assert counted[("mediaserver_frames_skipped_total", "hls")] >= 1, "skipped frames are not in /metrics"
+        assert counted[("mediaserver_frames_skipped_total", "cmaf")] >= 1, "skipped frames are not in /metrics"
+        assert counted[("mediaserver_bad_sequence_headers_total", None)] >= 1
     assert_clean_log(server)
 
 
