@@ -258,6 +258,11 @@ class SessionCore:
                 if sub_type == MessageType.VIDEO or sub_type == MessageType.AUDIO:
                     self._on_media(message.stream_id, sub_type, sub_ts, body)
                 elif sub_type == MessageType.DATA_AMF0:
+                    if len(body) > self._decoder.max_command_size:
+                        raise RtmpProtocolError(
+                            f"data message of {len(body)} bytes inside an aggregate exceeds the "
+                            f"{self._decoder.max_command_size}-byte limit for AMF messages"
+                        )
                     self._on_data(message.stream_id, sub_ts, body, 0)
         elif type_id == MessageType.USER_CONTROL:
             control = decode_user_control(message.payload)

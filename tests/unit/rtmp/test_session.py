@@ -774,3 +774,11 @@ def test_a_command_over_the_command_limit_closes_the_connection() -> None:
     client.call("FCPublish", None, "x" * 5000)
     with pytest.raises(RtmpProtocolError, match="5.* bytes \\(type 20\\).*4096-byte limit"):
         transfer(client, server)
+
+
+def test_a_data_message_over_the_command_limit_inside_an_aggregate_closes_the_connection() -> None:
+    server, client = published(max_command_size=4096)
+    metadata = amf0.encode("onMetaData", {"k": "x" * 5000})
+    client._write(7, 22, client.stream_id, 0, encode_aggregate([(18, 0, metadata)]))
+    with pytest.raises(RtmpProtocolError, match="inside an aggregate exceeds the 4096-byte limit"):
+        transfer(client, server)
