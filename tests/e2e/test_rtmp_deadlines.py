@@ -9,6 +9,9 @@ import threading
 import time
 import urllib.request
 
+import pytest
+from e2e.test_auth_publish import rtmp_attempt
+from e2e.test_auth_webhooks import Hook
 from support.checks import wait_live
 from support.raw_net import closed_by_peer, rtmp_connect, rtmp_handshake
 
@@ -65,6 +68,23 @@ async def test_a_trickled_connect_is_closed_at_the_connect_deadline(server_facto
         assert CONNECT_TIMEOUT_S - 0.5 <= after_s <= CONNECT_TIMEOUT_S + 2.0, f"closed after {after_s:.1f} s"
     assert "rtmp_connect_timeout" in server.log_text()
     server.assert_alive()
+
+
+@pytest.fixture
+async def slow_hook():
+    hook = Hook()  # "slow-*" streams are answered (allowed) after 3 s
+    await hook.server.start_server()
+    yield hook
+    await hook.server.close()
+
+
+async def test_the_deadline_waits_for_our_own_slow_webhook(server_factory, slow_hook):
+    # The connect deadline is the client's time; a webhook we are still asking is ours.
+    server = server_factory(**{"rtmp.connect_timeout": "1", "webhooks.on_publish": slow_hook.url,
+                               "webhooks.timeout": "5"})  # fmt: skip
+    attempt = await rtmp_attempt(server.rtmp_port, "slow-cam", timeout_s=8)
+    assert attempt.codes == ["NetStream.Publish.Start"], attempt
+    assert "rtmp_connect_timeout" not in server.log_text()
 
 
 class _HealthProbe:
