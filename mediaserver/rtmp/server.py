@@ -227,7 +227,7 @@ class RtmpConnection(asyncio.Protocol):
             self._setup_deadline = None
         elif self._setup_deadline is None:
             self._setup_deadline = now + self.cfg.connect_timeout  # its stream ended: a fresh deadline for the next
-        elif now >= self._setup_deadline and not self.session.awaiting_answer and self._admitting is None:
+        elif now >= self._setup_deadline and not self.session.awaiting_answer:  # not while we decide
             event(self.log, "rtmp_connect_timeout", logging.WARNING, phase=str(phase), after_s=self.cfg.connect_timeout)
             self._abort("connect_timeout")
             return
