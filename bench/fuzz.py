@@ -438,7 +438,8 @@ def run_target(name: str, args: argparse.Namespace) -> dict:
     if code not in (0,) and not result["crashes"]:
         # The worker died outside the Python-level checks (e.g. libFuzzer's timeout or out of memory).
         tail = log.read_text(errors="replace")[-2000:]
-        result["crashes"].append({"signature": f"worker-exit-{code}", "error": tail, "count": 1, "trace": "", "input": ""})
+        crash = {"signature": f"worker-exit-{code}", "error": tail, "count": 1, "trace": "", "input": ""}
+        result["crashes"].append(crash)
     return result
 
 
@@ -494,10 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         total_runs += runs
         total_crashes += len(result["crashes"])
         rate = runs / seconds if seconds else 0
-        print(f"{name:12} {result.get('engine', '?'):8} {runs:>10} {seconds:>8} {rate:>8.0f} {len(result['crashes'])}", flush=True)
+        engine = result.get("engine", "?")
+        print(f"{name:12} {engine:8} {runs:>10} {seconds:>8} {rate:>8.0f} {len(result['crashes'])}", flush=True)
         for crash in result["crashes"]:
             print(f"    {crash['signature']} x{crash['count']}: {crash['error'][:200]}")
-    print(f"total: {total_runs} inputs, {total_crashes} distinct crashes" + (f" (inputs in {args.crash_dir})" if total_crashes else ""))
+    where = f" (inputs in {args.crash_dir})" if total_crashes else ""
+    print(f"total: {total_runs} inputs, {total_crashes} distinct crashes{where}")
     return 1 if total_crashes else 0
 
 

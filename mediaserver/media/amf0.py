@@ -20,13 +20,13 @@ in commands), movieclip 0x04, recordset 0x0E, unsupported 0x0D, the AMF3 switch 
 inside AMF0 are not supported) and an object-end marker 0x09 outside an object.
 
 Decoding never trusts a length: every length is checked against the bytes that remain, nesting is
-limited to `MAX_DEPTH` levels, a strict array may not declare more elements than there are bytes
-left, and one call decodes at most `max_elements` object properties and array items in all (a 15 MB
-object of 1.8 million keys would otherwise hold the event loop for seconds). Strings are UTF-8; invalid sequences decode with `surrogateescape`, so they survive a round trip
-byte for byte instead of failing a publish over a badly encoded metadata title. One leniency, as
-librtmp has: an object or ECMA array whose end marker is missing at the very end of the input ends
-there. The ECMA array's count is advisory (encoders disagree on it); properties are read up to the end
-marker.
+limited to `MAX_DEPTH` levels, a strict array may not declare more elements than there are bytes left,
+and one call decodes at most `max_elements` object properties and array items in all (a 15 MB object of
+1.8 million keys would otherwise hold the event loop for seconds). Strings are UTF-8; invalid sequences
+decode with `surrogateescape`, so they survive a round trip byte for byte instead of failing a publish
+over a badly encoded metadata title. One leniency, as librtmp has: an object or ECMA array whose end
+marker is missing at the very end of the input ends there. The ECMA array's count is advisory (encoders
+disagree on it); properties are read up to the end marker.
 
 Encoding raises `UsageError` for values it cannot represent: that is the caller's bug.
 """

@@ -37,11 +37,12 @@ The decoder applies Set Chunk Size (type 1) and Abort (type 2) as soon as they c
 very next chunk depends on them; it also returns them, so the session can see them.
 
 Limits, each checked before any memory is committed: a message may not declare more than
-`max_message_size` bytes, nor a command, data or shared-object message (types 15-20, decoded as AMF
-on the event loop) more than `max_command_size`, checked as soon as its header announces the length; at most `max_partial_streams` chunk streams may hold an incomplete message
-and their declared lengths may not add up to more than `max_pending_bytes`; at most
-`max_chunk_streams` distinct chunk stream ids may be used. Bytes held between calls are one
-incomplete chunk plus the incomplete messages, so memory per connection is bounded by these limits.
+`max_message_size` bytes, nor a command, data or shared-object message (types 15-20, decoded as AMF on
+the event loop) more than `max_command_size`, checked as soon as its header announces the length; at
+most `max_partial_streams` chunk streams may hold an incomplete message and their declared lengths may
+not add up to more than `max_pending_bytes`; at most `max_chunk_streams` distinct chunk stream ids may
+be used. Bytes held between calls are one incomplete chunk plus the incomplete messages, so memory per
+connection is bounded by these limits.
 
 Speed: the decoder parses from one buffer with offsets (no per-byte loop); a chunk's payload is kept as
 a memoryview slice of the input and each message is joined once, when complete. Slices still pending
