@@ -28,7 +28,11 @@ class RtmpConfig:
     chunk_size: int = 4096
     """Our outgoing chunk size."""
     max_message_size: int = 16 * 1024 * 1024
+    max_command_size: int = 64 * 1024
+    """Largest command or data message (AMF, decoded on the event loop): metadata, connect, publish."""
     handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    """Seconds after the handshake to connect and start publishing or playing, however slowly bytes trickle."""
     idle_timeout: float = 30.0
     """A connection that sends nothing for this long is closed."""
     read_merge_ms: int = 50
@@ -198,7 +202,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "http.port": (1, 65535),
     "rtmp.chunk_size": (128, 65536),
     "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
+    "rtmp.max_command_size": (4 * 1024, 16 * 1024 * 1024),
     "rtmp.handshake_timeout": (0.1, 600),
+    "rtmp.connect_timeout": (0.1, 600),
     "rtmp.idle_timeout": (0.5, 3600),
     "rtmp.read_merge_ms": (0, 500),
     "http.flv_merge_ms": (0, 1000),

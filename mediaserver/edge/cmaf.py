@@ -184,7 +184,7 @@ def _directive(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # isdigit alone passes "²", which int() refuses
         raise json_error(400, f"{name}={raw[:32]!r} is not a whole number >= 0",
                          "LL-HLS delivery directives are _HLS_msn=N and _HLS_part=M", cors_headers(request))
     return int(raw)

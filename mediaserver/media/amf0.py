@@ -20,12 +20,13 @@ in commands), movieclip 0x04, recordset 0x0E, unsupported 0x0D, the AMF3 switch 
 inside AMF0 are not supported) and an object-end marker 0x09 outside an object.
 
 Decoding never trusts a length: every length is checked against the bytes that remain, nesting is
-limited to `MAX_DEPTH` levels, and a strict array may not declare more elements than there are bytes
-left. Strings are UTF-8; invalid sequences decode with `surrogateescape`, so they survive a round trip
-byte for byte instead of failing a publish over a badly encoded metadata title. One leniency, as
-librtmp has: an object or ECMA array whose end marker is missing at the very end of the input ends
-there. The ECMA array's count is advisory (encoders disagree on it); properties are read up to the end
-marker.
+limited to `MAX_DEPTH` levels, a strict array may not declare more elements than there are bytes left,
+and one call decodes at most `max_elements` object properties and array items in all (a 15 MB object of
+1.8 million keys would otherwise hold the event loop for seconds). Strings are UTF-8; invalid sequences
+decode with `surrogateescape`, so they survive a round trip byte for byte instead of failing a publish
+over a badly encoded metadata title. One leniency, as librtmp has: an object or ECMA array whose end
+marker is missing at the very end of the input ends there. The ECMA array's count is advisory (encoders
+disagree on it); properties are read up to the end marker.
 
 Encoding raises `UsageError` for values it cannot represent: that is the caller's bug.
 """
@@ -46,6 +47,10 @@ class Amf0Error(PeerError):
 
 MAX_DEPTH = 32
 """Deepest nesting of objects and arrays accepted when decoding."""
+
+MAX_ELEMENTS = 8192
+"""Default cap on object properties plus array items, counted over all values of one decode call.
+Real metadata and commands hold tens; a 64 KiB keyframe index (two arrays of numbers) about 7,000."""
 
 NUMBER = 0x00
 BOOLEAN = 0x01
@@ -145,19 +150,31 @@ def _same_number(a: float, b: float) -> bool:
 # --------------------------------------------------------------------------------------------- decode
 
 
-def decode(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Any, int]:
+def decode(
+    data: bytes | bytearray | memoryview, offset: int = 0, *, max_elements: int = MAX_ELEMENTS
+) -> tuple[Any, int]:
     """Decode one value at `offset`; return it and the offset just past it."""
-    return _decode(data, offset, len(data), 0)
+    return _decode(data, offset, len(data), 0, [max_elements])
 
 
-def decode_all(data: bytes | bytearray | memoryview, offset: int = 0) -> list[Any]:
-    """Decode every value from `offset` to the end of `data`."""
+def decode_all(
+    data: bytes | bytearray | memoryview, offset: int = 0, *, max_elements: int = MAX_ELEMENTS
+) -> list[Any]:
+    """Decode every value from `offset` to the end of `data` (at most `max_elements` in all)."""
     values = []
     end = len(data)
+    budget = [max_elements]
     while offset < end:
-        value, offset = _decode(data, offset, end, 0)
+        value, offset = _decode(data, offset, end, 0, budget)
         values.append(value)
     return values
+
+
+def _too_many(pos: int, budget: list[int], wanted: int) -> Amf0Error:
+    return Amf0Error(
+        f"AMF0 value at offset {pos} would exceed the element limit ({wanted} more properties or items, "
+        f"{max(budget[0], 0)} left); commands and metadata hold far fewer"
+    )
 
 
 def _truncated(what: str, offset: int, need: int, end: int) -> Amf0Error:
@@ -173,7 +190,8 @@ def _read_utf8(data: Any, offset: int, length: int, end: int, what: str) -> str:
     return bytes(data[offset : offset + length]).decode("utf-8", "surrogateescape")
 
 
-def _decode(data: Any, pos: int, end: int, depth: int) -> tuple[Any, int]:
+def _decode(data: Any, pos: int, end: int, depth: int, budget: list[int]) -> tuple[Any, int]:
+    """`budget` holds how many more properties and array items this call may decode."""
     if pos >= end:
         raise _truncated("value marker", pos, 1, end)
     marker = data[pos]
@@ -199,14 +217,14 @@ def _decode(data: Any, pos: int, end: int, depth: int) -> tuple[Any, int]:
     if marker == OBJECT:
         _check_depth(depth, pos)
         obj: dict[str, Any] = {}
-        pos = _decode_properties(data, pos, end, depth, obj)
+        pos = _decode_properties(data, pos, end, depth, obj, budget)
         return obj, pos
     if marker == ECMA_ARRAY:
         _check_depth(depth, pos)
         if pos + 4 > end:
             raise _truncated("ECMA array count", pos, 4, end)
         arr = EcmaArray()
-        pos = _decode_properties(data, pos + 4, end, depth, arr)
+        pos = _decode_properties(data, pos + 4, end, depth, arr, budget)
         return arr, pos
     if marker == STRICT_ARRAY:
         _check_depth(depth, pos)
@@ -219,9 +237,12 @@ def _decode(data: Any, pos: int, end: int, depth: int) -> tuple[Any, int]:
                 f"AMF0 strict array at offset {pos - 4} declares {count} elements but only "
                 f"{end - pos} bytes remain; every element takes at least one byte"
             )
+        if count > budget[0]:
+            raise _too_many(pos - 4, budget, count)
+        budget[0] -= count
         items = []
         for _ in range(count):
-            item, pos = _decode(data, pos, end, depth + 1)
+            item, pos = _decode(data, pos, end, depth + 1, budget)
             items.append(item)
         return items, pos
     if marker == LONG_STRING or marker == XML_DOCUMENT:
@@ -244,7 +265,7 @@ def _decode(data: Any, pos: int, end: int, depth: int) -> tuple[Any, int]:
         pos += 2
         class_name = _read_utf8(data, pos, length, end, "typed object class name")
         props: dict[str, Any] = {}
-        pos = _decode_properties(data, pos + length, end, depth, props)
+        pos = _decode_properties(data, pos + length, end, depth, props, budget)
         return TypedObject(class_name, props), pos
     if marker == OBJECT_END:
         raise Amf0Error(f"AMF0 object-end marker at offset {pos - 1} outside an object")
@@ -268,7 +289,7 @@ def _check_depth(depth: int, pos: int) -> None:
         raise Amf0Error(f"AMF0 nesting deeper than {MAX_DEPTH} levels at offset {pos - 1}")
 
 
-def _decode_properties(data: Any, pos: int, end: int, depth: int, into: dict[str, Any]) -> int:
+def _decode_properties(data: Any, pos: int, end: int, depth: int, into: dict[str, Any], budget: list[int]) -> int:
     """Read name/value pairs up to the object-end marker; return the offset after it."""
     while True:
         if pos == end:
@@ -286,7 +307,10 @@ def _decode_properties(data: Any, pos: int, end: int, depth: int, into: dict[str
         else:
             name = _read_utf8(data, pos, length, end, "property name")
             pos += length
-        value, pos = _decode(data, pos, end, depth + 1)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _too_many(pos, budget, 1)
+        value, pos = _decode(data, pos, end, depth + 1, budget)
         into[name] = value
 
 

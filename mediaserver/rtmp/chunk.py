@@ -37,10 +37,12 @@ The decoder applies Set Chunk Size (type 1) and Abort (type 2) as soon as they c
 very next chunk depends on them; it also returns them, so the session can see them.
 
 Limits, each checked before any memory is committed: a message may not declare more than
-`max_message_size` bytes; at most `max_partial_streams` chunk streams may hold an incomplete message
-and their declared lengths may not add up to more than `max_pending_bytes`; at most
-`max_chunk_streams` distinct chunk stream ids may be used. Bytes held between calls are one
-incomplete chunk plus the incomplete messages, so memory per connection is bounded by these limits.
+`max_message_size` bytes, nor a command, data or shared-object message (types 15-20, decoded as AMF on
+the event loop) more than `max_command_size`, checked as soon as its header announces the length; at
+most `max_partial_streams` chunk streams may hold an incomplete message and their declared lengths may
+not add up to more than `max_pending_bytes`; at most `max_chunk_streams` distinct chunk stream ids may
+be used. Bytes held between calls are one incomplete chunk plus the incomplete messages, so memory per
+connection is bounded by these limits.
 
 Speed: the decoder parses from one buffer with offsets (no per-byte loop); a chunk's payload is kept as
 a memoryview slice of the input and each message is joined once, when complete. Slices still pending
@@ -66,6 +68,9 @@ EXTENDED = 0xFFFFFF
 MIN_CSID = 2
 MAX_CSID = 65599
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_MAX_COMMAND_SIZE = 64 * 1024
+COMMAND_TYPES = frozenset({15, 16, 17, 18, 19, 20})
+"""AMF3/AMF0 data, shared object and command messages: held to `max_command_size`."""
 
 _HDR7 = struct.Struct(">HBHBB")  # timestamp (3), length (3), type id: the start of fmt 0 and fmt 1
 _HDR3 = struct.Struct(">HB")  # timestamp delta (3): fmt 2
@@ -132,6 +137,7 @@ class ChunkDecoder:
         self,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_command_size: int = DEFAULT_MAX_COMMAND_SIZE,
         max_partial_streams: int = 16,
         max_pending_bytes: int | None = None,
         max_chunk_streams: int = 256,
@@ -139,6 +145,7 @@ class ChunkDecoder:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         """The peer's chunk size, changed by its Set Chunk Size messages."""
         self.max_message_size = max_message_size
+        self.max_command_size = max_command_size
         self.max_partial_streams = max_partial_streams
         self.max_pending_bytes = 2 * max_message_size if max_pending_bytes is None else max_pending_bytes
         self.max_chunk_streams = max_chunk_streams
@@ -189,6 +196,7 @@ class ChunkDecoder:
         partial = self._partial
         chunk_size = self.chunk_size
         max_message_size = self.max_message_size
+        max_command_size = self.max_command_size
         n = len(buf)
         pos = 0
         need = 0
@@ -354,6 +362,11 @@ class ChunkDecoder:
                     raise ChunkError(
                         f"message of {length} bytes (type {type_id}) on chunk stream {csid} exceeds the "
                         f"{max_message_size}-byte limit"
+                    )
+                if length > max_command_size and type_id in COMMAND_TYPES:
+                    raise ChunkError(
+                        f"command or data message of {length} bytes (type {type_id}) on chunk stream {csid} "
+                        f"exceeds the {max_command_size}-byte limit for AMF messages; send media as audio/video"
                     )
                 take = length if length < chunk_size else chunk_size
                 end = pos + take

@@ -32,7 +32,7 @@ from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
 from ..transports import reset
 from . import events as ev
-from .session import ServerSession
+from .session import ServerSession, SessionPhase
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,11 @@ class RtmpConnection(asyncio.Protocol):
         self.conn_id = conn_id
         self.peer = "unknown"
         self.log: logging.LoggerAdapter = Bound(log, {"conn": conn_id})
-        self.session = ServerSession(chunk_size=self.cfg.chunk_size, max_message_size=self.cfg.max_message_size)
+        self.session = ServerSession(
+            chunk_size=self.cfg.chunk_size,
+            max_message_size=self.cfg.max_message_size,
+            max_command_size=self.cfg.max_command_size,
+        )
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.app = ""
@@ -98,6 +102,8 @@ class RtmpConnection(asyncio.Protocol):
         self._audio_ts = TimestampUnwrapper()
         self._last_rx = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._setup_deadline: float | None = None
+        """Loop time by which connect + publish/play must be done (from the handshake), or None once done."""
         self._closing = False
         self._announced = False
         self._play_task: asyncio.Task[None] | None = None
@@ -187,6 +193,14 @@ class RtmpConnection(asyncio.Protocol):
 
     # ----- timeouts -------------------------------------------------------------------------------
 
+    def _start_setup_deadline(self) -> None:
+        """The handshake is done: connect and publish/play must follow within connect_timeout, whatever
+        trickles in (the idle timer resets on every byte, so it cannot catch a slow client)."""
+        self._setup_deadline = self.loop.time() + self.cfg.connect_timeout
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.cfg.connect_timeout, self._check_timeouts)
+
     def _check_timeouts(self) -> None:
         if self._closing:
             return
@@ -194,12 +208,25 @@ class RtmpConnection(asyncio.Protocol):
             event(self.log, "rtmp_handshake_timeout", logging.WARNING, after_s=self.cfg.handshake_timeout)
             self._abort("handshake_timeout")
             return
-        idle = self.loop.time() - self._last_rx
+        now = self.loop.time()
+        phase = self.session.phase
+        if phase is SessionPhase.PUBLISHING or phase is SessionPhase.PLAYING:
+            self._setup_deadline = None
+        elif self._setup_deadline is None:
+            self._setup_deadline = now + self.cfg.connect_timeout  # its stream ended: a fresh deadline for the next
+        elif now >= self._setup_deadline and not self.session.awaiting_answer:  # not while we decide
+            event(self.log, "rtmp_connect_timeout", logging.WARNING, phase=str(phase), after_s=self.cfg.connect_timeout)
+            self._abort("connect_timeout")
+            return
+        idle = now - self._last_rx
         if idle >= self.cfg.idle_timeout and self._play_task is None:
             event(self.log, "rtmp_idle_timeout", logging.WARNING, idle_s=round(idle, 1), stream=self._stream_name())
             self._abort("idle_timeout")
             return
-        self._timer = self.loop.call_later(max(0.5, self.cfg.idle_timeout - idle), self._check_timeouts)
+        wait = self.cfg.idle_timeout - idle
+        if self._setup_deadline is not None:
+            wait = min(wait, self._setup_deadline - now)
+        self._timer = self.loop.call_later(max(0.5, wait), self._check_timeouts)
 
     # ----- session events -------------------------------------------------------------------------
 
@@ -219,6 +246,8 @@ class RtmpConnection(asyncio.Protocol):
                 self.stream.publish_metadata(e.body, dict(e.values), time.monotonic())
         elif isinstance(e, ev.Connected):
             self.app = e.app.partition("?")[0]
+        elif isinstance(e, ev.HandshakeCompleted):
+            self._start_setup_deadline()
         elif isinstance(e, ev.PublishRequested):
             self._on_publish(e)
         elif isinstance(e, ev.PublishFinished):

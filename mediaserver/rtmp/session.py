@@ -39,8 +39,10 @@ FLV tag body.
 
 What callers must guarantee: feed every received byte, in order, to `receive_data`; write out
 `data_to_send()` after each call that may produce output (receive_data, accept_*, reject_*, send_*);
-close the connection after an RtmpProtocolError or after a reject. Idle and handshake timeouts are the
-caller's: this module has no clock. `send_*` and `send_media` silently drop messages for a stream
+close the connection after an RtmpProtocolError or after a reject. Timeouts are the caller's: this
+module has no clock. `phase` says how far the connection got (handshake, connecting, connected,
+publishing, playing) and `awaiting_answer` whether a publish/play request waits for the caller, so the
+caller can hold the connection to deadlines (handshake, connect-to-publish/play, idle). `send_*` and `send_media` silently drop messages for a stream
 that is not playing (the viewer may have closed it while a batch was being prepared); see
 `dropped_messages`. Incoming media on a stream that is not publishing is likewise dropped and counted.
 """
@@ -51,12 +53,20 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from mediaserver.errors import UsageError
 from mediaserver.media import amf0
 from mediaserver.media.amf0 import Amf0Error
-from mediaserver.rtmp.chunk import DEFAULT_MAX_MESSAGE_SIZE, MASK32, ChunkDecoder, ChunkEncoder, RtmpMessage
+from mediaserver.rtmp.chunk import (
+    DEFAULT_MAX_COMMAND_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MASK32,
+    ChunkDecoder,
+    ChunkEncoder,
+    RtmpMessage,
+)
 from mediaserver.rtmp.errors import RtmpProtocolError
 from mediaserver.rtmp.events import (
     AcknowledgementReceived,
@@ -122,15 +132,29 @@ def split_stream_key(key: str) -> tuple[str, str]:
     return name, query
 
 
+class SessionPhase(StrEnum):
+    """How far a server connection got; the caller's deadlines depend on it."""
+
+    HANDSHAKE = "handshake"
+    CONNECTING = "connecting"
+    """Handshake done, no connect command yet."""
+    CONNECTED = "connected"
+    """Connected, no stream publishing or playing (a request may be waiting for the caller)."""
+    PUBLISHING = "publishing"
+    PLAYING = "playing"
+
+
 class SessionCore:
     """What both ends of an RTMP connection share: handshake, chunking, acks, pings, dispatch.
 
     Subclasses implement `_on_command`, `_on_media`, `_on_data` and `_on_user_control`.
     """
 
-    def __init__(self, handshake: Any, *, max_message_size: int) -> None:
+    def __init__(
+        self, handshake: Any, *, max_message_size: int, max_command_size: int = DEFAULT_MAX_COMMAND_SIZE
+    ) -> None:
         self._handshake = handshake
-        self._decoder = ChunkDecoder(max_message_size=max_message_size)
+        self._decoder = ChunkDecoder(max_message_size=max_message_size, max_command_size=max_command_size)
         self._encoder = ChunkEncoder()
         self._out = bytearray()
         self._held = bytearray()  # chunk output produced before the handshake finished
@@ -234,6 +258,11 @@ class SessionCore:
                 if sub_type == MessageType.VIDEO or sub_type == MessageType.AUDIO:
                     self._on_media(message.stream_id, sub_type, sub_ts, body)
                 elif sub_type == MessageType.DATA_AMF0:
+                    if len(body) > self._decoder.max_command_size:
+                        raise RtmpProtocolError(
+                            f"data message of {len(body)} bytes inside an aggregate exceeds the "
+                            f"{self._decoder.max_command_size}-byte limit for AMF messages"
+                        )
                     self._on_data(message.stream_id, sub_ts, body, 0)
         elif type_id == MessageType.USER_CONTROL:
             control = decode_user_control(message.payload)
@@ -322,12 +351,15 @@ class ServerSession(SessionCore):
         window_ack_size: int = 2_500_000,
         peer_bandwidth: int = 2_500_000,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_command_size: int = DEFAULT_MAX_COMMAND_SIZE,
         max_streams: int = 16,
         video_fourccs: tuple[str, ...] = ("avc1", "hvc1", "av01"),
         audio_fourccs: tuple[str, ...] = ("mp4a", "Opus"),
         random_bytes: Any = os.urandom,
     ) -> None:
-        super().__init__(ServerHandshake(random_bytes), max_message_size=max_message_size)
+        super().__init__(
+            ServerHandshake(random_bytes), max_message_size=max_message_size, max_command_size=max_command_size
+        )
         self._chunk_size = chunk_size
         self._window_ack_size = window_ack_size
         self._peer_bandwidth = peer_bandwidth
@@ -345,6 +377,25 @@ class ServerSession(SessionCore):
         self._next_stream_id = 1
 
     # ------------------------------------------------------------------------------ caller's API
+
+    @property
+    def phase(self) -> SessionPhase:
+        """How far the connection got: publishing/playing once any of its streams does."""
+        if not self.handshake_done:
+            return SessionPhase.HANDSHAKE
+        if not self.connected:
+            return SessionPhase.CONNECTING
+        for stream in self._streams.values():
+            if stream.state == "publishing":
+                return SessionPhase.PUBLISHING
+            if stream.state == "playing":
+                return SessionPhase.PLAYING
+        return SessionPhase.CONNECTED
+
+    @property
+    def awaiting_answer(self) -> bool:
+        """A publish or play request waits for accept_*/reject_* (the caller's turn, not the peer's)."""
+        return bool(self._requests)
 
     def accept_publish(self, request_id: int) -> bool:
         """Answer a PublishRequested with NetStream.Publish.Start.

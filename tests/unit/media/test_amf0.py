@@ -230,3 +230,31 @@ def test_random_bytes_inside_an_object_never_escape_as_other_errors(tail: bytes)
 
 def test_struct_based_numbers_match_ieee_doubles() -> None:
     assert amf0.encode(0.1) == b"\x00" + struct.pack(">d", 0.1)
+
+
+def test_an_object_with_more_keys_than_the_element_limit_is_rejected_quickly() -> None:
+    # 1.8 million keys froze the server for 2.6 s; the cap stops decoding at the limit.
+    many = b"\x03" + b"\x00\x01k\x05" * 1_800_000 + b"\x00\x00\x09"
+    with pytest.raises(Amf0Error, match="element limit"):
+        amf0.decode(many)
+    with pytest.raises(Amf0Error, match="element limit"):
+        amf0.decode_all(b"\x02\x00\x09FCPublish" + many)
+
+
+def test_the_element_limit_counts_properties_and_items_over_all_values() -> None:
+    obj = {f"k{i}": float(i) for i in range(60)}
+    wire = amf0.encode(obj, [1.0] * 40)
+    assert amf0.decode_all(wire, max_elements=100) == [obj, [1.0] * 40]
+    with pytest.raises(Amf0Error, match="element limit"):
+        amf0.decode_all(wire, max_elements=99)
+    with pytest.raises(Amf0Error, match="element limit"):
+        amf0.decode(amf0.encode([[1.0] * 10] * 10), max_elements=100)  # 10 + 100 items
+
+
+def test_a_large_legal_keyframe_index_fits_the_default_limit() -> None:
+    # flvmeta-style onMetaData: two arrays of numbers, about 64 KiB.
+    times = [float(i) for i in range(3500)]
+    meta = EcmaArray(duration=3500.0, keyframes={"times": times, "filepositions": times})
+    wire = amf0.encode("onMetaData", meta)
+    assert len(wire) < 64 * 1024
+    assert amf0.decode_all(wire)[1] == meta

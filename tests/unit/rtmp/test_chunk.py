@@ -373,3 +373,19 @@ def test_random_bytes_raise_only_chunk_errors_and_stay_within_limits(data: bytes
             assert decoder.buffered_bytes <= 18 + 5000 + 2 * 5000
     except ChunkError:
         pass
+
+
+@pytest.mark.parametrize("type_id", [15, 16, 17, 18, 19, 20])
+def test_command_and_data_messages_over_their_limit_are_rejected_from_the_header(type_id: int) -> None:
+    decoder = ChunkDecoder(max_command_size=64 * 1024)
+    header = bytes([4]) + h("000000") + (64 * 1024 + 1).to_bytes(3, "big") + bytes([type_id]) + h("01000000")
+    with pytest.raises(ChunkError, match=f"65537 bytes \\(type {type_id}\\).*65536-byte limit"):
+        decoder.feed(header)  # no payload sent: refused before anything is buffered
+
+
+def test_command_limit_leaves_media_and_legal_commands_alone() -> None:
+    decoder = ChunkDecoder(max_command_size=64 * 1024)
+    video = bytes([4]) + h("000000") + (1 << 20).to_bytes(3, "big") + h("09 01000000")
+    decoder.feed(video)  # a 1 MiB video message: accepted, waits for its payload
+    command = ChunkEncoder().encode(3, 20, 0, 0, bytes(64 * 1024))
+    assert [m.type_id for m in ChunkDecoder(max_command_size=64 * 1024).feed(command)] == [20]

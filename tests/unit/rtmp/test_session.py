@@ -44,7 +44,7 @@ from mediaserver.rtmp.events import (
     VideoReceived,
 )
 from mediaserver.rtmp.messages import encode_aggregate
-from mediaserver.rtmp.session import ServerSession
+from mediaserver.rtmp.session import ServerSession, SessionPhase
 
 
 def h(text: str) -> bytes:
@@ -733,3 +733,52 @@ def test_send_media_takes_memoryview_bodies_shared_with_other_viewers() -> None:
     server.send_media([(9, 1, 40, body)])
     transfer(client, server)
     assert client.events() == [VideoReceived(1, 40, bytes(body))]
+
+
+def test_phase_tells_the_caller_how_far_the_connection_got() -> None:
+    server = ServerSession(random_bytes=seeded(2))
+    assert server.phase is SessionPhase.HANDSHAKE
+    server.receive_data(b"\x03" + bytes(PACKET_SIZE) * 2)
+    assert server.phase is SessionPhase.CONNECTING
+    client = ClientSession(random_bytes=seeded(3))
+    client.connect("live", "rtmp://h/live")
+    server2 = ServerSession(random_bytes=seeded(4))
+    transfer(client, server2)
+    assert server2.phase is SessionPhase.CONNECTED and not server2.awaiting_answer
+    client.publish("cam")
+    transfer(client, server2)
+    request = server2.events()[-1]
+    assert server2.phase is SessionPhase.CONNECTED and server2.awaiting_answer  # the caller's turn
+    server2.accept_publish(request.request_id)
+    assert server2.phase is SessionPhase.PUBLISHING and not server2.awaiting_answer
+    client.call("FCUnpublish", None, "cam")
+    transfer(client, server2)
+    assert server2.phase is SessionPhase.CONNECTED
+
+
+def test_phase_is_playing_once_play_is_accepted() -> None:
+    server = ServerSession(random_bytes=seeded(2))
+    client = ClientSession(random_bytes=seeded(3))
+    client.connect("live", "rtmp://h/live")
+    client.play("cam")
+    transfer(client, server)
+    server.accept_play(server.events()[-1].request_id)
+    assert server.phase is SessionPhase.PLAYING
+
+
+def test_a_command_over_the_command_limit_closes_the_connection() -> None:
+    server = ServerSession(random_bytes=seeded(2), max_command_size=4096)
+    client = ClientSession(random_bytes=seeded(3))
+    client.connect("live", "rtmp://h/live")
+    transfer(client, server)
+    client.call("FCPublish", None, "x" * 5000)
+    with pytest.raises(RtmpProtocolError, match="5.* bytes \\(type 20\\).*4096-byte limit"):
+        transfer(client, server)
+
+
+def test_a_data_message_over_the_command_limit_inside_an_aggregate_closes_the_connection() -> None:
+    server, client = published(max_command_size=4096)
+    metadata = amf0.encode("onMetaData", {"k": "x" * 5000})
+    client._write(7, 22, client.stream_id, 0, encode_aggregate([(18, 0, metadata)]))
+    with pytest.raises(RtmpProtocolError, match="inside an aggregate exceeds the 4096-byte limit"):
+        transfer(client, server)
