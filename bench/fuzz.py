@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import struct
 import subprocess
@@ -58,7 +57,7 @@ def build_targets() -> dict[str, Target]:
     from aiohttp import web
 
     from mediaserver.edge import cmaf as edge_cmaf
-    from mediaserver.edge.origin_pull import metadata_values
+    from mediaserver.edge.flv_ingest import read_metadata
     from mediaserver.errors import MediaError, PeerError
     from mediaserver.media import aac, amf0, av1, flv_body, h264, hevc, opus
     from mediaserver.media.amf0 import Amf0Error
@@ -172,7 +171,7 @@ def build_targets() -> dict[str, Target]:
         for i in range(0, len(data), step):
             for tag in reader.feed(data[i : i + step]):
                 if tag.kind == 18:
-                    metadata_values(tag.body)  # documented never to raise
+                    read_metadata(tag.body)  # documented never to raise
                 try:
                     tag.to_frame()
                 except MediaError:
@@ -180,13 +179,14 @@ def build_targets() -> dict[str, Target]:
         reader.feed_eof()
 
     class _Request:
-        """What edge/cmaf reads of an aiohttp request: its query and the app's config."""
+        """What edge/cmaf reads of an aiohttp request: its query, headers (CORS) and the app's config."""
 
         def __init__(self, query: MultiDict) -> None:
             from mediaserver.config import Config
-            from mediaserver.edge.common import CONFIG
+            from mediaserver.edge.keys import CONFIG
 
             self.query = query
+            self.headers: dict[str, str] = {}
             self.app = {CONFIG: Config()}
 
     window = CmafWindow()
