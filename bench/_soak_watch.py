@@ -220,7 +220,8 @@ def judge(readings: list[Reading], baseline: Reading, end: Reading, log: dict, *
         out.append(Verdict("rss_within_tolerance", "PASS" if worst <= rss_tolerance_pct else "FAIL",
                            f"{drift['first_after_warmup_mib']} MiB after warm-up; min {drift['min_pct']:+.2f} %, "
                            f"max {drift['max_pct']:+.2f} %, last {drift['last_pct']:+.2f} % "
-                           f"(limit ±{rss_tolerance_pct:g} %, {drift['samples']} samples over {drift['span_s']:.0f} s)"))
+                           f"(limit ±{rss_tolerance_pct:g} %, {drift['samples']} samples over "
+                           f"{drift['span_s']:.0f} s)"))
 
     def back(name: str, field: str, slack: int) -> None:
         b, e = getattr(baseline, field), getattr(end, field)

@@ -44,9 +44,9 @@ import _media  # noqa: E402
 import load  # noqa: E402
 from _aio import install_fast_loop, raise_nofile_limit  # noqa: E402
 from _hls_viewers import HttpClient  # noqa: E402
+from _soak_bad_inputs import BadInputs  # noqa: E402
 from _soak_clients import (  # noqa: E402
     NET_ERRORS,
-    BadInputs,
     LivePublisher,
     Tally,
     Target,
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--view-max", type=float, default=45.0, help="longest viewing, s")
     g.add_argument("--bad-every", type=float, default=15.0, help="seconds between bad inputs (0: none)")
     g.add_argument("--bad-kinds", default=",".join(BadInputs.KINDS), help="which bad inputs")
-    g.add_argument("--bad-hold", type=float, default=20.0,
+    g.add_argument("--bad-hold", type=float, default=30.0,
                    help="longest a bad client holds its connection (trickles, silent and stalled clients), s")
     g.add_argument("--huge-command-kib", type=int, default=1024, help="size of the huge AMF0 command")
     g.add_argument("--app", default="live", help="application name")

@@ -1132,7 +1132,7 @@ async def test_dash_player_fetches_each_new_segment_of_both_tracks_once(live_ser
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from _soak_clients import BAD_NALU_FRAME, ZERO_SPS_CONFIG, huge_command  # noqa: E402
+from _soak_bad_inputs import BAD_NALU_FRAME, ZERO_SPS_CONFIG, huge_command  # noqa: E402
 from _soak_watch import (  # noqa: E402
     Reading,
     judge,
@@ -1180,7 +1180,8 @@ def test_log_scan_counts_tracebacks_and_groups_errors_by_event_and_exception(tmp
     ]) + "\n")
     out = scan_log(log)
     assert out["tracebacks"] == 3 and out["error_lines"] == 3
-    assert out["errors_by_event"] == {"sink failed; detached (ValueError: bad frame)": 2, "crash (RuntimeError: boom)": 1}
+    assert out["errors_by_event"] == {"sink failed; detached (ValueError: bad frame)": 2,
+                                      "crash (RuntimeError: boom)": 1}
     assert out["warnings_by_event"] == {"rtmp_protocol_error": 1}
     assert parse_log_line("2026-01-01T00:00:00.000Z info event=x") == ("info", "x", "")
 
