@@ -199,6 +199,22 @@ def rss_drift(readings: list[Reading]) -> dict:
     }
 
 
+def rss_steps(readings: list[Reading], timeline: list[tuple[float, str]], min_step_mib: float = 1.0,
+              keep: int = 10) -> list[dict]:
+    """The largest RSS rises between two readings while clients ran, each with the bad inputs started
+    in the interval before it (or the one before that): where the memory went, as a first clue."""
+    rows = [r for r in readings if r.phase in ("warmup", "run") and r.rss_bytes]
+    steps = []
+    for i in range(1, len(rows)):
+        rise = (rows[i].rss_bytes - rows[i - 1].rss_bytes) / 2**20
+        if rise >= min_step_mib:
+            since = rows[i - 2].t if i >= 2 else rows[i - 1].t
+            steps.append({"t": rows[i].t, "rise_mib": round(rise, 1),
+                          "bad_inputs_before": sorted({k for t, k in timeline if since <= t < rows[i].t})})
+    steps.sort(key=lambda s: -s["rise_mib"])
+    return steps[:keep]
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     criterion: str

@@ -54,7 +54,7 @@ from _soak_clients import (  # noqa: E402
     sleep_unless,
     watch,
 )
-from _soak_watch import Reading, is_quiet, judge, passed, rss_drift, scan_log, take_reading  # noqa: E402
+from _soak_watch import Reading, is_quiet, judge, passed, rss_drift, rss_steps, scan_log, take_reading  # noqa: E402
 from load import BenchError, say  # noqa: E402
 
 SOAK_RECIPE = _media.Recipe(width=320, height=240, fps=25, video_kbps=300, gop_frames=50, audio_kbps=64,
@@ -76,6 +76,8 @@ class Soak:
         self.tally = Tally()
         self.stop = asyncio.Event()
         self.readings: list[Reading] = []
+        self.timeline: list[tuple[float, str]] = []
+        """(seconds since the start, bad input) for each bad input sent."""
         self.phase = "cold"
         self.t0 = time.monotonic()
         self._metrics = HttpClient(server.host, server.http_port)
@@ -176,7 +178,9 @@ class Soak:
                 if len(running) >= 3:
                     self.tally.note("bad inputs", "skipped: 3 still running")
                     continue
-                task = asyncio.ensure_future(self.bad.run(todo.pop()))
+                kind = todo.pop()
+                self.timeline.append((round(time.monotonic() - self.t0, 2), kind))
+                task = asyncio.ensure_future(self.bad.run(kind))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
@@ -275,6 +279,7 @@ async def run_soak(args, ctx: load.Run) -> dict:
                                                                                   recipe=SOAK_RECIPE)[1:])},
         "server_settings": server_settings(args),
         "rss_after_warmup": rss_drift(soak.readings),
+        "rss_steps": rss_steps(soak.readings, soak.timeline),
         "cold": cold.row(),
         "baseline": baseline.row(),
         "quiet_end": end.row(),
@@ -285,6 +290,7 @@ async def run_soak(args, ctx: load.Run) -> dict:
         "clients": soak.tally.as_dict(),
         "verdicts": [{"criterion": v.criterion, "outcome": v.outcome, "detail": v.detail} for v in verdicts],
         "passed": passed(verdicts),
+        "bad_inputs_timeline": soak.timeline,
         "readings": [r.row() for r in soak.readings],
     }
 
@@ -306,6 +312,8 @@ def print_summary(doc: dict, out=sys.stdout) -> None:
         p(f"RSS after warm-up: first {d['first_after_warmup_mib']} MiB; min {d['min_mib']} ({d['min_pct']:+.2f} %), "
           f"max {d['max_mib']} ({d['max_pct']:+.2f} %), last {d['last_mib']} ({d['last_pct']:+.2f} %); "
           f"{d['samples']} samples over {d['span_s']:.0f} s")
+    for step in r["rss_steps"][:5]:
+        p(f"  RSS +{step['rise_mib']} MiB at {step['t']:.0f} s, after: {', '.join(step['bad_inputs_before']) or '-'}")
     c, b, e, pk = r["cold"], r["baseline"], r["quiet_end"], r["peaks"]
     p(f"{'':12s}{'cold':>8s}{'baseline':>10s}{'peak':>8s}{'quiet end':>11s}")
     for field in ("fds", "tasks", "threads", "streams", "subscribers", "packagers", "hls_clients"):

@@ -1140,6 +1140,7 @@ from _soak_watch import (  # noqa: E402
     parse_prometheus,
     passed,
     rss_drift,
+    rss_steps,
     scan_log,
     server_gauges,
 )
@@ -1211,6 +1212,14 @@ def test_rss_drift_is_judged_against_the_first_sample_after_the_warm_up():
     grown = rows[:-1] + [reading(200, "run", 53)]
     assert verdicts(grown, end)["rss_within_tolerance"] == "FAIL"  # +6 %
     assert verdicts(rows[:2], end)["rss_within_tolerance"] == "SKIP"  # too short to judge, not a pass
+
+
+def test_rss_steps_name_the_bad_inputs_sent_just_before_each_rise():
+    rows = [reading(5, "warmup", 50), reading(10, "run", 50.2), reading(15, "run", 53), reading(20, "run", 53.5),
+            reading(25, "run", 55), reading(30, "quiet", 60)]
+    steps = rss_steps(rows, [(4.0, "post_healthz"), (7.0, "huge_command"), (12.0, "ws_close"), (21.0, "http_silent")])
+    assert steps == [{"t": 15, "rise_mib": 2.8, "bad_inputs_before": ["huge_command", "ws_close"]},
+                     {"t": 25, "rise_mib": 1.5, "bad_inputs_before": ["http_silent"]}]
 
 
 def test_leaks_left_objects_tracebacks_and_a_dirty_exit_each_fail_their_criterion():
