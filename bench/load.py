@@ -268,7 +268,8 @@ async def start_server(args, children: Children, run_name: str) -> Server:
         cmd = [sys.executable, "-m", "mediaserver",
                "--set", "rtmp.bind=127.0.0.1", "--set", f"rtmp.port={rtmp_port}",
                "--set", "http.bind=127.0.0.1", "--set", f"http.port={http_port}",
-               "--set", f"log.level={args.log_level}"]
+               "--set", f"log.level={args.log_level}",
+               "--set", "http.max_connections_per_ip=0"]  # every bench viewer comes from 127.0.0.1
         for kv in args.server_set:
             cmd += ["--set", kv]
         role = "server"

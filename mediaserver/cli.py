@@ -30,6 +30,8 @@ from .auth.policy import AccessPolicy
 from .auth.tokens import Action
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
+from .edge.connections import ConnectionGate, GuardedSite, connection_limits
+from .edge.metrics import METRICS
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -146,7 +148,7 @@ class ClusterWiring:
 
     def __init__(self, config: Config, registry: StreamRegistry, environ: Mapping[str, str]) -> None:
         from .cluster.locator import NodeInfo
-        from .cluster.member import ClusterMember
+        from .cluster.member import TAKEOVER_POLL_S, ClusterMember
         from .cluster.redis_locator import RedisLocator
         from .edge.origin_pull import OriginPull, PullPool, PullSettings
 
@@ -163,6 +165,9 @@ class ClusterWiring:
         self.node_id = cfg.node_id or f"{host}-{config.http.port}"
         bind = config.http.bind if config.http.bind not in ("", "0.0.0.0", "::") else host
         self.http_url = (cfg.advertise_url or f"http://{bind}:{config.http.port}").rstrip("/")
+        # Edges pull from the URL an origin (or a parent edge) advertises: a bare hostname often does not
+        # resolve on other machines, and nothing else would say why their pulls fail.
+        self.advertise_guessed = not cfg.advertise_url and bind == host and (cfg.role != "edge" or cfg.serve_edges)
         rtmp_host = config.rtmp.bind if config.rtmp.bind not in ("", "0.0.0.0", "::") else host
         self.rtmp_url = f"rtmp://{rtmp_host}:{config.rtmp.port}"
         self.role = cfg.role
@@ -180,18 +185,20 @@ class ClusterWiring:
                 seen_at=time.time(),
             )
 
-        self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl)
+        self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl, node_ttl=cfg.node_ttl)
 
         def published_here(name: str) -> bool:
             stream = registry.get(_key(name))
             return stream is not None and stream.publisher is not None and not isinstance(stream.publisher, OriginPull)
 
         self.member = ClusterMember(self.locator, self.node_id, self.http_url, published_here,
-                                    lambda name, reason: registry.kick(_key(name), reason))
+                                    lambda name, reason: registry.kick(_key(name), reason),
+                                    takeover_wait=cfg.node_ttl + 2 * TAKEOVER_POLL_S)
         self.pulls = PullPool(
             registry, self.locator,
             PullSettings(node_id=self.node_id, secret=secret, grace=cfg.pull_grace, wait=cfg.pull_wait,
-                         upstream=cfg.upstream.rstrip("/"), serve_edges=cfg.serve_edges),
+                         upstream=cfg.upstream.rstrip("/"), serve_edges=cfg.serve_edges, max_pulls=cfg.max_pulls,
+                         max_pulls_per_client=cfg.max_pulls_per_client),
             pull_viewers=cfg.role in ("edge", "both"),
         )
 
@@ -253,6 +260,10 @@ class ClusterWiring:
         await self.locator.start()
         event(log, "cluster", role=self.role, node=self.node_id, advertise=self.http_url,
               redis="up" if self.locator.up else "down")
+        if self.advertise_guessed:
+            event(log, "cluster_advertise_url_guessed", logging.WARNING, advertise=self.http_url,
+                  hint="edges pull from this URL; if other machines cannot resolve this hostname, set "
+                       "cluster.advertise_url = http://ADDRESS:PORT (an address or name they can reach)")
 
     async def close(self) -> None:
         await self.member.drain()
@@ -298,9 +309,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if cluster is not None:  # cluster
         cluster.wire(app, rtmp)
         await cluster.start()
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    gate = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
+                                            config.http.header_timeout))
+    app[METRICS].connections = gate
+    handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
-    http_site = web.TCPSite(runner, config.http.bind, config.http.port, reuse_address=True)
+    http_site = GuardedSite(runner, config.http.bind, config.http.port, gate, handler_args)
     try:
         await http_site.start()
         await rtmp.start()
@@ -316,6 +331,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     event(
         log, "ready", version=__version__,
         rtmp=f"{config.rtmp.bind}:{config.rtmp.port}", http=f"{config.http.bind}:{config.http.port}",
+        http_max_connections=gate.limits.max_connections,
     )
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
@@ -370,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["token"]:
         return token_main(args_in[1:])
-    parser = argparse.ArgumentParser(prog="mediaserver", description="Live-streaming server: RTMP in, HTTP-FLV and HLS out.")
+    parser = argparse.ArgumentParser(
+        prog="mediaserver",
+        description="Live-streaming server: RTMP in; HTTP-FLV, WebSocket-FLV, RTMP, HLS, LL-HLS and MPEG-DASH out.",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see config.example.toml); built-in defaults without it")
     parser.add_argument(
         "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",

@@ -2,7 +2,7 @@
 
 `load_config(path, overrides)` reads a TOML file (optional) and `SECTION.KEY=VALUE` overrides, and refuses
 unknown keys (with a did-you-mean), wrong types and out-of-range values with a message that names the key
-and what it accepts. No file at all gives a working single node. `config.example.toml` documents every key.
+and what it accepts; every problem in one message. No file at all gives a working single node. `config.example.toml` documents every key.
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ class HttpConfig:
     """How long an FLV viewer's writes are merged: fewer syscalls per viewer, a little more delay."""
     write_timeout: float = 15.0
     """A viewer whose socket accepts nothing for this long is disconnected."""
+    header_timeout: float = 10.0
+    """Seconds a new connection gets to send its first complete request head before it is closed."""
+    keepalive_timeout: float = 30.0
+    """Seconds an idle kept-alive connection waits for its next request before it is closed."""
+    max_connections: int = 0
+    """Open HTTP connections in all (idle ones included); 0 is half the process's open-file limit."""
+    max_connections_per_ip: int = 256
+    """Open HTTP connections from one client address; 0 is no cap (behind a reverse proxy, every viewer
+    comes from the proxy's address)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +158,9 @@ class ClusterConfig:
     secret_env: str = "MEDIASERVER_CLUSTER_SECRET"
     """The environment variable holding the secret internal pulls present; every node needs the same."""
     claim_ttl: float = 15.0
-    """Seconds a stream claim and a node heartbeat live without a refresh (refreshed every third of it)."""
+    """Seconds a stream claim lives without a refresh (refreshed every third of it)."""
+    node_ttl: float = 1.5
+    """Seconds a node's heartbeat lives (kept alive every third of it); a dead node's claims move at once."""
     pull_grace: float = 10.0
     """Seconds an edge keeps pulling a stream after its last viewer left."""
     pull_wait: float = 5.0
@@ -158,6 +169,10 @@ class ClusterConfig:
     """An edge's parent edge (http://HOST:PORT) to pull from instead of the origin (tiered)."""
     serve_edges: bool = False
     """Let other edges pull through this one (a parent edge in a tiered setup)."""
+    max_pulls: int = 1000
+    """Streams this node pulls from others at once; 0 is no limit."""
+    max_pulls_per_client: int = 10
+    """Running pulls one viewer address may have started; 0 is no limit."""
 
 
 # ----- end of cluster -----------------------------------------------------------------------------
@@ -188,6 +203,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "rtmp.read_merge_ms": (0, 500),
     "http.flv_merge_ms": (0, 1000),
     "http.write_timeout": (0.5, 600),
+    "http.header_timeout": (0.5, 600),
+    "http.keepalive_timeout": (1, 3600),
+    "http.max_connections": (0, 10_000_000),
+    "http.max_connections_per_ip": (0, 10_000_000),
     "hub.gop_cache_max_ms": (0, 600_000),
     "hub.gop_cache_max_frames": (0, 100_000),
     "hub.gop_cache_max_bytes": (0, 4 * 1024**3),
@@ -212,6 +231,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.claim_ttl": (1, 3600),
     "cluster.pull_grace": (0, 3600),
     "cluster.pull_wait": (0.1, 60),
+    "cluster.node_ttl": (0.3, 600),
+    "cluster.max_pulls": (0, 1_000_000),
+    "cluster.max_pulls_per_client": (0, 1_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
@@ -269,26 +291,48 @@ def _check(where: str, value: Any) -> None:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a Config from parsed TOML, refusing unknown sections and keys and bad values."""
+    """Build a Config from parsed TOML, refusing unknown sections and keys and bad values: every problem
+    is named in one ConfigError, so a file with several mistakes is mended in one go."""
+    problems: list[str] = []
+    config = _build(raw, problems)
+    if problems:
+        raise _problems_error(problems)
+    return config
+
+
+def _build(raw: dict[str, Any], problems: list[str]) -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     built: dict[str, Any] = {}
     for section_name, section_values in raw.items():
         if section_name not in sections:
-            raise ConfigError(f"unknown section [{section_name}]" + _suggest(section_name, list(sections)))
+            problems.append(f"unknown section [{section_name}]" + _suggest(section_name, list(sections)))
+            continue
         if not isinstance(section_values, dict):
-            raise ConfigError(f"[{section_name}] must be a table of keys, not {section_values!r}")
+            problems.append(f"[{section_name}] must be a table of keys, not {section_values!r}")
+            continue
         cls = sections[section_name].default_factory()  # type: ignore[misc]
         defaults = {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in section_values.items():
             where = f"{section_name}.{key}"
             if key not in defaults:
-                raise ConfigError(f"unknown key [{section_name}].{key}" + _suggest(key, list(defaults)))
-            coerced = _coerce(where, value, defaults[key])
-            _check(where, coerced)
+                problems.append(f"unknown key [{section_name}].{key}" + _suggest(key, list(defaults)))
+                continue
+            try:
+                coerced = _coerce(where, value, defaults[key])
+                _check(where, coerced)
+            except ConfigError as err:
+                problems.append(str(err))
+                continue
             values[key] = coerced
         built[section_name] = dataclasses.replace(cls, **values)
     return Config(**built)
+
+
+def _problems_error(problems: list[str]) -> ConfigError:
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    return ConfigError(f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -319,10 +363,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {p} is not valid TOML: {err}") from err
+    problems: list[str] = []
     for text in overrides:
-        section, key, value = parse_override(text)
+        try:
+            section, key, value = parse_override(text)
+        except ConfigError as err:
+            problems.append(str(err))
+            continue
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"[{section}] must be a table of keys")
+            problems.append(f"[{section}] must be a table of keys")
+            continue
         table[key] = value
-    return config_from_dict(raw)
+    config = _build(raw, problems)
+    if problems:
+        raise _problems_error(problems)
+    return config

@@ -245,12 +245,13 @@ async def _body(request: web.Request, required: bool = False) -> dict[str, Any]:
         if required:
             raise ApiError(400, "a JSON body is required", "see the request schema in GET /api/v1/openapi.json")
         return {}
-    if request.content_type not in ("application/json", "application/octet-stream", ""):
-        raise ApiError(415, f"the body is {request.content_type}, not JSON", "send Content-Type: application/json")
+    # The body is read as JSON whatever Content-Type says: `curl -d '{...}'` labels it a form, and the
+    # README's examples are written for curl.
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"the body is not valid JSON: {str(err)[:120]}", "send a JSON object") from None
+        raise ApiError(400, f"the body is not valid JSON: {str(err)[:120]}", "send a JSON object, e.g. "
+                       "-d '{\"block_seconds\": 600}'") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}", "send {...}")
     return body

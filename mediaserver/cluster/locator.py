@@ -143,8 +143,9 @@ class StreamLocator(Protocol):
     locally and made good when it returns, lookups find nothing, news is not sent."""
 
     async def announce(self, stream: str, owner: Owner) -> Owner:
-        """Claim `stream` for `owner`. Returns the holder: `owner` when the claim is new, this node's
-        earlier claim when it already holds the stream, another node's Owner when that node does."""
+        """Claim `stream` for `owner`. Returns the holder: `owner` when the claim is new or its holder's
+        node is dead, this node's earlier claim when it already holds the stream, another node's Owner
+        when that (live) node does. Cancelled, it leaves no claim behind."""
         ...
 
     async def refresh(self) -> None:
@@ -156,7 +157,8 @@ class StreamLocator(Protocol):
         ...
 
     async def lookup(self, stream: str) -> Owner | None:
-        """The current owner of `stream`, or None if nobody publishes it (or the store is away)."""
+        """The current owner of `stream`, or None if nobody publishes it (its node is dead, or the store
+        is away)."""
         ...
 
     def watch(self, callback: EventCallback) -> None:
@@ -179,12 +181,14 @@ class InMemoryLocator:
     def __init__(self) -> None:
         self.claims: dict[str, Owner] = {}
         self.node_records: dict[str, NodeInfo] = {}
+        self.dead: set[str] = set()
+        """Nodes whose heartbeat lapsed (tests add them): their claims can be taken over."""
         self._watchers: list[EventCallback] = []
         self.sent: list[ClusterEvent] = []
 
     async def announce(self, stream: str, owner: Owner) -> Owner:
         held = self.claims.get(stream)
-        if held is not None:
+        if held is not None and held.node not in self.dead:
             return held  # another node's, or this node's own earlier claim (kept as it is)
         self.claims[stream] = owner
         return owner
@@ -197,7 +201,8 @@ class InMemoryLocator:
             del self.claims[stream]
 
     async def lookup(self, stream: str) -> Owner | None:
-        return self.claims.get(stream)
+        held = self.claims.get(stream)
+        return held if held is not None and held.node not in self.dead else None
 
     def watch(self, callback: EventCallback) -> None:
         self._watchers.append(callback)

@@ -1,8 +1,11 @@
 """ClusterMember: what one node does for the cluster, between its registry hooks and a StreamLocator.
 
 - Before a publisher is accepted, `claim(stream)` claims the stream for this node; a stream another node
-  holds is refused (one publisher per stream across the cluster). A claim whose publisher was then not
-  accepted locally is given back after a short check.
+  holds is refused (one publisher per stream across the cluster). When the holder may be a node that just
+  died (an encoder reconnecting here after its origin crashed), the claim is asked again for up to
+  `takeover_wait` (a little over the heartbeat TTL): once the holder's heartbeat lapses the locator hands
+  the claim over, and the publisher is accepted without reconnecting again. A claim whose publisher was
+  then not accepted locally is given back after a short check.
 - The registry's hooks call `published` / `unpublished` / `ended` (for streams this node publishes, not
   for relays it pulls), which send the news and withdraw the claim when the publisher leaves, so a
   publisher that moves to another origin is found there at once.
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CLAIM_CHECK_S = 5.0
 """After this long, a claim whose publisher is not live here is given back."""
+TAKEOVER_POLL_S = 0.25
+"""How often a claim held by another node is asked again while that node may be dying."""
 
 
 class ClusterMember:
@@ -38,8 +43,11 @@ class ClusterMember:
         is_published_here: Callable[[str], bool],
         kick_here: Callable[[str, str], bool],
         wall_clock: Callable[[], float] = time.time,
+        takeover_wait: float = 0.0,
     ) -> None:
         self.locator = locator
+        self.takeover_wait = takeover_wait
+        """Seconds a publisher waits for the holder of its stream to be found dead before it is refused."""
         self.node_id = node_id
         self.http_url = http_url
         self._is_published_here = is_published_here
@@ -54,6 +62,11 @@ class ClusterMember:
         """None when this node may accept the publisher; otherwise why not (for NetStream.Publish.BadName)."""
         mine = Owner(node=self.node_id, http=self.http_url, since=self._wall(), claim=secrets.token_hex(8))
         holder = await self.locator.announce(stream, mine)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.takeover_wait
+        while holder.node != self.node_id and loop.time() < deadline:
+            await asyncio.sleep(min(TAKEOVER_POLL_S, max(0.0, deadline - loop.time())))
+            holder = await self.locator.announce(stream, mine)
         if holder.node != self.node_id:
             event(log, "cluster_publish_refused", logging.WARNING, stream=stream, owner=holder.node)
             return (f"{stream} is already being published on node {holder.node} ({holder.http}); "

@@ -1,13 +1,22 @@
 """RedisLocator: the StreamLocator over Redis (6.2 commands only). The one module that imports redis.
 
 Keys with a TTL are the truth, pub/sub is the news:
+- `ms:node:{id}` holds the node's heartbeat record (role, URLs, version, load). It lives `node_ttl`
+  (1.5 s by default) and is kept alive every node_ttl/3 with a PEXPIRE; the record itself is rewritten
+  every ttl/3. A node whose heartbeat lapsed is dead for the cluster.
 - `ms:stream:{app}/{name}` holds the owner's JSON, set with `SET NX EX ttl` (one publisher per stream in
   the cluster), extended every ttl/3 while the stream is live, and removed with a compare-and-delete (a
-  Lua script, so a node never deletes the claim a successor made after its own lapsed). A node that dies
-  stops refreshing; its claims are gone within `ttl`.
-- `ms:node:{id}` holds the node's heartbeat record (role, URLs, version, load), set with EX ttl.
+  Lua script, so a node never deletes the claim a successor made after its own lapsed). A claim counts
+  only while its owner's heartbeat is current: another node's `announce` takes over the claim of a dead
+  node at once (compare-and-swap, in one script with the heartbeat check), and `lookup` does not name a
+  dead owner. So a crashed origin's streams move within `node_ttl`, while each claim costs one refresh per
+  ttl/3 whatever the heartbeat rate. Claims of a dead node that nobody takes lapse within `ttl`.
 - The channel `ms:streams` carries ClusterEvents. Delivery is at most once, so watchers treat it as a
   hint and look keys up when in doubt.
+
+A claim is recorded (and refreshed) only once `announce` has its answer; an `announce` cancelled while it
+waits for Redis (the publisher hung up) withdraws whatever it may have written, so a name is never left
+claimed by nobody (issue 9, defect 10).
 
 When Redis goes away every call answers from what this node knows (claims it made are kept and made good
 when Redis returns, lookups find nothing, news is dropped), one warning is logged, and a background task
@@ -36,19 +45,37 @@ STREAM_PREFIX = "ms:stream:"
 NODE_PREFIX = "ms:node:"
 CHANNEL = "ms:streams"
 
-# Extend the claim if it is still ours; take it again if it lapsed meanwhile (Redis was away); else 0.
+# For each claim KEYS[i] (value ARGV[i + 1]): extend it if it is still ours; take it again if it lapsed
+# meanwhile (Redis was away); else 0. One call for many claims: a stream costs its GET and EXPIRE only.
 _REFRESH = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
-return 0
+local kept = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if cur == ARGV[i + 1] then redis.call('EXPIRE', key, ARGV[1]) kept[i] = 1
+  elseif not cur then redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1]) kept[i] = 1
+  else kept[i] = 0 end
+end
+return kept
 """
+_REFRESH_BATCH = 500
+"""Claims per refresh call (Redis runs a script without serving anyone else)."""
 # Delete only our own claim.
 _WITHDRAW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Take over the claim ARGV[1] (still unchanged) when its node's heartbeat KEYS[2] has lapsed: 1 taken,
+# -1 its node is alive, 0 the claim changed meanwhile.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 _BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+_ABANDON_RECHECK_S = 1.0
+"""A cancelled claim is withdrawn at once and again after this long: the cancelled SET may reach Redis
+(on its own, now closed, connection) after the first withdrawal."""
 _AWAY = object()
 """What a command answers when Redis could not be reached (None is a nil reply)."""
 
@@ -63,9 +90,12 @@ class RedisLocator:
         ttl: float = 15.0,
         wall_clock: Callable[[], float] = time.time,
         op_timeout: float = 2.0,
+        node_ttl: float = 1.5,
     ) -> None:
         self.url = url
         self.ttl = max(1, int(round(ttl)))
+        self.node_ttl_ms = max(300, int(node_ttl * 1000))
+        """Milliseconds a heartbeat lives; kept alive every third of it."""
         self._node = node
         self.node_id = node().id
         self._wall = wall_clock
@@ -75,7 +105,9 @@ class RedisLocator:
         )
         self._refresh_script = self._client.register_script(_REFRESH)
         self._withdraw_script = self._client.register_script(_WITHDRAW)
+        self._take_over_script = self._client.register_script(_TAKE_OVER)
         self._held: dict[str, Owner] = {}
+        self._abandoning: set[asyncio.Task[None]] = set()
         self._watchers: list[EventCallback] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -100,6 +132,8 @@ class RedisLocator:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for task in list(self._abandoning):
+            task.cancel()
         if self.up:
             for stream, owner in list(self._held.items()):
                 await self.withdraw(stream, owner)
@@ -111,54 +145,85 @@ class RedisLocator:
     # ----- StreamLocator -----------------------------------------------------------------------
 
     async def announce(self, stream: str, owner: Owner) -> Owner:
-        self._held[stream] = owner
+        try:
+            return await self._announce(stream, owner)
+        except asyncio.CancelledError:
+            self._abandon(stream, owner)
+            raise
+
+    async def _announce(self, stream: str, owner: Owner) -> Owner:
         if not self.up:
-            return owner  # claimed for real when Redis returns (the refresh re-takes lapsed claims)
+            self._held[stream] = owner  # claimed for real when Redis returns (the refresh re-takes lapsed claims)
+            return owner
         key = STREAM_PREFIX + stream
+        mine = owner.to_json()
         for _ in range(3):
-            ok = await self._call(self._client.set(key, owner.to_json(), nx=True, ex=self.ttl))
+            ok = await self._call(self._client.set(key, mine, nx=True, ex=self.ttl))
             if ok is _AWAY or ok:
-                return owner  # taken, or Redis went away (kept in _held)
+                self._held[stream] = owner  # taken, or Redis went away (made good when it returns)
+                return owner
             current = await self._call(self._client.get(key))
             if current is _AWAY:
+                self._held[stream] = owner
                 return owner
             if current is None:
                 continue  # it lapsed between SET and GET: try again
             try:
-                holder = Owner.from_json(current)
+                holder: Owner | None = Owner.from_json(current)
             except LocatorError as err:
                 event(log, "cluster_bad_claim", logging.WARNING, stream=stream, error=str(err))
                 holder = None
-            if holder is None:
-                await self._call(self._client.set(key, owner.to_json(), ex=self.ttl))
-                return owner
-            if holder.node == owner.node:
+            if holder is not None and holder.node == owner.node:
                 self._held[stream] = holder  # this node's own claim (a publisher replacing its stale self)
                 return holder
-            self._held.pop(stream, None)
-            return holder
-        self._held.pop(stream, None)
+            heartbeat = NODE_PREFIX + (holder.node if holder is not None else "")
+            taken = await self._call(self._take_over_script(keys=[key, heartbeat], args=[current, mine, self.ttl]))
+            if taken is _AWAY or taken == 1:
+                if taken == 1:
+                    event(log, "cluster_claim_taken_over", stream=stream,
+                          previous=holder.node if holder is not None else "unreadable")
+                self._held[stream] = owner
+                return owner
+            if taken == -1 and holder is not None:
+                return holder  # published on a live node
+        self._held[stream] = owner  # the key kept changing under us: let the refresh settle it
         return owner
+
+    def _abandon(self, stream: str, owner: Owner) -> None:
+        """`announce` was cancelled: forget the claim and delete it if it reached Redis."""
+        if self._held.get(stream) == owner:
+            del self._held[stream]
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._withdraw_abandoned(stream, owner))
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
+
+    async def _withdraw_abandoned(self, stream: str, owner: Owner) -> None:
+        for delay in (0.0, _ABANDON_RECHECK_S):
+            await asyncio.sleep(delay)
+            if self._held.get(stream) == owner:
+                return  # announced again meanwhile
+            if self.up:
+                await self._call(self._withdraw_script(keys=[STREAM_PREFIX + stream], args=[owner.to_json()]))
+        event(log, "cluster_claim_abandoned", stream=stream, hint="the publisher left while its claim was being made")
 
     async def refresh(self) -> None:
         if not self._held or not self.up:
             return
         items = list(self._held.items())
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for stream, owner in items:
-                    await self._refresh_script(keys=[STREAM_PREFIX + stream], args=[owner.to_json(), self.ttl],
-                                               client=pipe)
-                self.ops += len(items)
-                results = await pipe.execute()
-        except (RedisError, OSError) as err:
-            self._lost(err)
-            return
-        for (stream, owner), kept in zip(items, results):
-            if not kept and self._held.get(stream) is owner:
-                event(log, "cluster_claim_lost", logging.WARNING, stream=stream,
-                      hint="another node claimed the stream while this one could not refresh its claim")
-                self._held.pop(stream, None)
+        for i in range(0, len(items), _REFRESH_BATCH):
+            batch = items[i:i + _REFRESH_BATCH]
+            results = await self._call(self._refresh_script(
+                keys=[STREAM_PREFIX + stream for stream, _ in batch],
+                args=[self.ttl, *(owner.to_json() for _, owner in batch)]))
+            if results is _AWAY:
+                return
+            for (stream, owner), kept in zip(batch, results):
+                if not kept and self._held.get(stream) is owner:
+                    event(log, "cluster_claim_lost", logging.WARNING, stream=stream,
+                          hint="another node took the stream over: this node's heartbeat or Redis was away")
+                    self._held.pop(stream, None)
 
     async def withdraw(self, stream: str, owner: Owner) -> None:
         if self._held.get(stream) == owner:
@@ -173,10 +238,18 @@ class RedisLocator:
         if current is None or current is _AWAY:
             return None
         try:
-            return Owner.from_json(current)
+            owner = Owner.from_json(current)
         except LocatorError as err:
             event(log, "cluster_bad_claim", logging.WARNING, stream=stream, error=str(err))
             return None
+        if owner.node != self.node_id and not await self._alive(owner.node):
+            return None  # its node died: nobody publishes it until another origin takes the claim
+        return owner
+
+    async def _alive(self, node_id: str) -> bool:
+        """The node's heartbeat is current (when Redis cannot say, it is taken as alive)."""
+        found = await self._call(self._client.exists(NODE_PREFIX + node_id))
+        return found is _AWAY or bool(found)
 
     def watch(self, callback: EventCallback) -> None:
         self._watchers.append(callback)
@@ -231,14 +304,21 @@ class RedisLocator:
     # ----- background ----------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        """Every ttl/3: refresh the claims and the heartbeat; while Redis is away, retry with backoff."""
-        period = self.ttl / 3
+        """Every node_ttl/3 keep the heartbeat alive; every ttl/3 also refresh the claims and rewrite the
+        heartbeat record. While Redis is away, retry with backoff."""
+        loop = asyncio.get_running_loop()
+        beat = self.node_ttl_ms / 3000
         attempt = 0
+        record_due = loop.time() + self.ttl / 3  # start() wrote the record and refreshed
         while not self._closed:
             if self.up:
-                await self.refresh()
-                await self._heartbeat()
-                await asyncio.sleep(period)
+                await asyncio.sleep(beat)
+                if loop.time() >= record_due:
+                    record_due = loop.time() + self.ttl / 3
+                    await self._heartbeat()
+                    await self.refresh()
+                else:
+                    await self._keep_alive()
                 attempt = 0
             else:
                 await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
@@ -260,13 +340,22 @@ class RedisLocator:
         self._warned = False
         event(log, "redis_reconnected" if was_ever else "redis_connected", url=_safe_url(self.url),
               claims=len(self._held))
+        await self._heartbeat()  # first: a claim made good below must not look like a dead node's
         await self.refresh()  # claims made while away are made good (or found lost)
-        await self._heartbeat()
         await self.send(ClusterEvent(kind="node_up", sender=self.node_id))
 
     async def _heartbeat(self) -> None:
         info = self._node()
-        await self._call(self._client.set(NODE_PREFIX + self.node_id, info.to_json(), ex=self.ttl))
+        await self._call(self._client.set(NODE_PREFIX + self.node_id, info.to_json(), px=self.node_ttl_ms))
+
+    async def _keep_alive(self) -> None:
+        kept = await self._call(self._client.pexpire(NODE_PREFIX + self.node_id, self.node_ttl_ms))
+        if kept is not _AWAY and not kept:
+            # It lapsed (this loop stalled longer than node_ttl, or Redis lost it): other nodes may have
+            # taken our claims meanwhile, which the next refresh reports.
+            event(log, "cluster_heartbeat_lapsed", logging.WARNING, node=self.node_id, node_ttl_ms=self.node_ttl_ms,
+                  hint="the event loop stalled or Redis lost the key; raise cluster.node_ttl if this repeats")
+            await self._heartbeat()
 
     async def _listen(self) -> None:
         while not self._closed:

@@ -41,7 +41,7 @@ from .common import CONFIG, REGISTRY, cors_headers, json_error
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
 from .hls import PACKAGERS, PLAY_QUERY, serve_playlist, serve_segment
-from .metrics import METRICS, Metrics, ReadyCheck, serve_metrics, serve_readyz
+from .metrics import METRICS, Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
@@ -101,7 +101,12 @@ async def errors_as_json(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
-        raise json_error(exc.status, exc.reason.lower(), "see the URL map in the README", cors_headers(request)) from None
+        headers = cors_headers(request)
+        hint = "see the URL map in the README"
+        if "Allow" in exc.headers:  # 405 from the router: say which methods this URL answers
+            headers["Allow"] = exc.headers["Allow"]
+            hint = f"this URL answers {exc.headers['Allow']}"
+        raise json_error(exc.status, exc.reason.lower(), hint, headers) from None
 
 
 def make_app(
@@ -198,13 +203,13 @@ async def admission_middleware(request: web.Request, handler):
             expiry.cancel()
     fmt = target[1] if target is not None else "other"
     viewer = request.get(VIEWER)
-    # A viewer's bytes are its own count (a response cut by the client never reaches write_eof); the
-    # subscriber has just left the stream, so the metrics hand over from its live count to this total.
+    # A viewer's bytes were counted by its writer as they were sent (StreamRegistry.count_sent); a plain
+    # Response is written after the middlewares return: count its body.
     if viewer is not None:
-        sent = viewer.bytes_sent
-    else:  # a plain Response is written after the middlewares return: count its body
+        sent = 0
+    else:
         sent = resp.body_length if resp.prepared else resp.content_length or 0
-    metrics.response_done(fmt, sent)
+    metrics.response_done(response_format(request, fmt), sent)
     if fmt == "flv" and resp.prepared:
         resp.force_close()  # the stream ended or the viewer was kicked: close the socket too
     if target is not None and resp.status < 300:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 from aiohttp import web
@@ -19,13 +20,20 @@ PLAY_QUERY = "mediaserver.play_query"
 
 
 def _exception_classes() -> dict[int, type[web.HTTPException]]:
+    """One aiohttp exception class per 4xx/5xx status, each constructible from a body and headers alone.
+    A few (405, 413, 451) take required arguments of their own (allowed methods, sizes, a link); for those a
+    subclass with the plain constructor is used, and the caller passes what they describe as headers
+    (`Allow` for 405), so `except web.HTTPMethodNotAllowed` still matches."""
     found: dict[int, type[web.HTTPException]] = {}
     todo = [web.HTTPException]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if cls.status_code >= 400:
-            found.setdefault(cls.status_code, cls)
+        if cls.status_code >= 400 and cls.status_code not in found:
+            params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+            if any(p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+                cls = type(cls.__name__, (cls,), {"__init__": web.HTTPException.__init__})
+            found[cls.status_code] = cls
     return found
 
 
@@ -33,7 +41,8 @@ _BY_STATUS = _exception_classes()
 
 
 def json_error(status: int, error: str, hint: str, headers: dict[str, str] | None = None) -> web.HTTPException:
-    """An HTTP error whose body is `{"error": ..., "hint": ...}`: what went wrong and what to do."""
+    """An HTTP error whose body is `{"error": ..., "hint": ...}`: what went wrong and what to do.
+    A 405 should carry an `Allow` header (RFC 9110 15.5.6)."""
     cls = _BY_STATUS.get(status, web.HTTPBadRequest if status < 500 else web.HTTPInternalServerError)
     return cls(text=json.dumps({"error": error, "hint": hint}), content_type="application/json", headers=headers)
 

@@ -1,11 +1,15 @@
 """Metrics (`GET /metrics`, Prometheus text format) and health (`GET /healthz`, `GET /readyz`).
 
-Counting costs nothing on the hot path: the hub already keeps per-stream and per-viewer counters
-(`Stream.bytes_in`, `frames_in`, `frames_dropped`, `Subscriber.bytes_sent`), and a collector reads them
-when Prometheus scrapes. What a stream counted is added to running totals when it ends, so the counters
-never go back. HTTP responses (HLS segments and playlists, HTTP-FLV and WebSocket-FLV viewers that left)
-are counted once each, when they complete, by the edge's admission middleware; viewers still watching
-are read from the hub.
+Counting costs nothing on the hot path: the hub already keeps per-stream counters (`Stream.bytes_in`,
+`frames_in`, `frames_dropped`), and a collector reads them when Prometheus scrapes. What a stream counted
+is added to running totals when it ends, so the counters never go back.
+
+Egress is counted when it is sent, never reconstructed at a scrape: viewer writers (HTTP-FLV,
+WebSocket-FLV, RTMP play) add each batch to `StreamRegistry.egress_bytes` by format as the write
+completes, so viewers that came and went between two scrapes are counted in full (issue 9, defect 12).
+Other HTTP responses (HLS-TS playlists and segments as "hls"; LL-HLS parts and DASH over CMAF as "cmaf";
+the rest as "other") are counted once each, when they complete, by the edge's admission middleware;
+viewer responses count there as requests only, their bytes being the writer's.
 
 HLS has no per-viewer state in the server; an "HLS viewer" is a client address that fetched from a stream
 within the last `HLS_VIEWER_WINDOW_S` seconds (viewers behind one NAT count once).
@@ -34,13 +38,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..auth.admission import Admission
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
-from ..hub.subscriber import Subscriber
+from .cmaf import CMAF_MANIFESTS
+from .connections import ConnectionGate
 
 LAG_INTERVAL_S = 0.5
 LAG_WINDOW_S = 10.0
 HLS_VIEWER_WINDOW_S = 10.0
 _MAX_HLS_CLIENTS = 200_000
-_HTTP_VIEWERS = frozenset({"flv", "ws-flv"})  # counted by the edge when they leave
 
 ReadyCheck = Callable[[], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
 
@@ -69,13 +73,12 @@ class Metrics:
         )
         self.prom.register(_Collector(self))
         self.http_bytes: Counter[str] = Counter()
-        """Bytes of completed HTTP responses by format (flv, hls, other)."""
+        """Body bytes of completed HTTP responses other than viewers', by format (hls, cmaf, other)."""
         self.http_requests: Counter[str] = Counter()
         self.hls_clients: dict[tuple[str, str], float] = {}
+        self.connections: ConnectionGate | None = None
+        """The HTTP listener's connection gate (open connections, refusals), when there is one."""
         self._ended = Counter()  # bytes_in, frames_in, frames_dropped of streams that ended
-        self._seen: dict[Subscriber, int] = {}  # non-HTTP viewers: bytes_sent at the last scrape
-        self._viewer_bytes: Counter[str] = Counter()
-        self._reported: Counter[str] = Counter()  # egress already reported: never report less
         self._lags: deque[tuple[float, float]] = deque()
         self.ready_checks: dict[str, ReadyCheck] = {}
         self.required_token: str | None = None
@@ -138,26 +141,23 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.prom)
 
-    def egress(self, live_http_viewers: Counter[str]) -> dict[str, int]:
-        """Bytes sent by format, never less than reported before."""
-        totals = Counter(self.http_bytes)
-        totals.update(live_http_viewers)
-        totals.update(self._viewer_bytes)
-        for fmt in ("flv", "ws-flv", "rtmp", "hls", "other"):
-            totals[fmt] = max(totals[fmt], self._reported[fmt])
-        self._reported = Counter(totals)
+    def egress(self) -> dict[str, int]:
+        """Bytes sent by format: viewers' batches as the hub counted them, plus other HTTP responses.
+        Both only grow, so the sums never go back."""
+        totals = Counter({fmt: 0 for fmt in ("flv", "ws-flv", "rtmp", "hls", "cmaf", "other")})
+        totals.update(self.registry.egress_bytes)
+        totals.update(self.http_bytes)
         return dict(totals)
 
-    def track_viewers(self, current: dict[Subscriber, int]) -> None:
-        """Add what viewers not served over HTTP (RTMP) sent since the last scrape, including the last
-        bytes of those that left since."""
-        seen = self._seen
-        grew = self._viewer_bytes
-        for sub, sent in current.items():
-            grew[sub.kind] += sent - seen.pop(sub, 0)
-        for sub, sent in seen.items():  # left since the last scrape: count its final bytes
-            grew[sub.kind] += sub.bytes_sent - sent
-        self._seen = current
+
+def response_format(request: web.Request, fmt: str) -> str:
+    """The egress label of a completed HTTP response whose play format is `fmt`: "cmaf" for the fMP4
+    outputs (cmaf.m3u8 and its media playlists and parts, manifest.mpd and its segments)."""
+    if fmt == "hls":
+        file = request.match_info.get("file", "")
+        if file in CMAF_MANIFESTS or file.endswith((".m4s", ".mp4")):  # as the play-hls route tells them
+            return "cmaf"
+    return fmt
 
 
 class _Collector:
@@ -174,8 +174,6 @@ class _Collector:
         bytes_in = m._ended["bytes_in"]
         frames_in = m._ended["frames_in"]
         dropped = m._ended["frames_dropped"]
-        live_http: Counter[str] = Counter()
-        tracked: dict[Subscriber, int] = {}
         for stream in streams:
             states[stream.state.value] += 1
             bytes_in += stream.bytes_in
@@ -183,11 +181,6 @@ class _Collector:
             dropped += stream.frames_dropped
             for sub in stream.subscribers:
                 viewers[sub.kind] += 1
-                if sub.kind in _HTTP_VIEWERS:
-                    live_http[sub.kind] += sub.bytes_sent
-                else:
-                    tracked[sub] = sub.bytes_sent
-        m.track_viewers(tracked)
         m._forget_hls_clients(m.clock())
         viewers["hls"] = len(m.hls_clients)
 
@@ -203,9 +196,10 @@ class _Collector:
         yield g
         yield CounterMetricFamily("mediaserver_ingress_bytes", "Media bytes received from publishers.", value=bytes_in)
         yield CounterMetricFamily("mediaserver_ingress_frames", "Frames received from publishers.", value=frames_in)
-        c = CounterMetricFamily("mediaserver_egress_bytes", "Bytes sent to viewers by format (HTTP counted with "
-                                "headers; RTMP viewers are not counted yet).", labels=["format"])
-        for fmt, value in sorted(m.egress(live_http).items()):
+        c = CounterMetricFamily("mediaserver_egress_bytes", "Bytes sent to viewers by format, counted as they are "
+                                "sent (viewers: FLV tags or RTMP chunks; other HTTP responses: bodies).",
+                                labels=["format"])
+        for fmt, value in sorted(m.egress().items()):
             c.add_metric([fmt], value)
         yield c
         yield CounterMetricFamily("mediaserver_frames_dropped", "Frames dropped for viewers that fell behind.",
@@ -232,6 +226,15 @@ class _Collector:
                                     labels=["event", "outcome"])
             for (event_name, outcome), value in sorted(m.hook_outcomes().items()):
                 c.add_metric([event_name, outcome], value)
+            yield c
+        gate = m.connections
+        if gate is not None:
+            yield GaugeMetricFamily("mediaserver_http_connections", "Open HTTP connections (idle keep-alive "
+                                    f"included; the cap is {gate.limits.max_connections}).", value=gate.open)
+            c = CounterMetricFamily("mediaserver_http_connections_refused", "HTTP connections refused or closed "
+                                    "by a cap or the request-head deadline, by reason.", labels=["reason"])
+            for reason in gate.REASONS:
+                c.add_metric([reason], gate.refused[reason])
             yield c
         if m.packager_count is not None:
             yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "

@@ -6,10 +6,18 @@ with the cluster credential, parsed by the sans-IO FlvReader and republished int
 where the pull is the stream's (relay) publisher. Every later viewer, in every format, shares that copy.
 Viewers that arrive while the pull connects wait for its first keyframe (at most `pull_wait`).
 
+Pulls cost the source bandwidth, so they start only for streams that exist and are bounded: before a
+pull starts, the locator is asked whether anybody publishes the stream (an unknown name is 404 at once,
+tiered edges included: they ask the locator too, not their parent); a node runs at most `max_pulls` pulls
+and a client address may have started at most `max_pulls_per_client` of the running ones (503 with a hint
+beyond either; internal requests from other edges are bounded by the node limit only). Refusals are
+counted in `PullPool.refusals`. A pull that never connected stops as soon as no viewer waits for it.
+
 The pull stops when the stream has had no viewer and no packager for `pull_grace`; a viewer who comes
 back within that time reuses it. When the connection to the origin ends (the origin died, or the
 publisher moved) the local stream waits as for a reconnecting publisher (`hub.reconnect_grace`) while
-the pull finds the new owner (news on the cluster channel, or a lookup) and connects again: HTTP-FLV
+the pull finds the new owner (news on the cluster channel, or a lookup) and connects again (news of a
+new owner also abandons a connection attempt to the old one): HTTP-FLV
 viewers stay connected and continue after the new sequence headers, HLS and DASH viewers see a
 discontinuity.
 
@@ -24,8 +32,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,14 +41,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..auth.limits import LogGate
+from ..auth.tokens import normalize_address
 from ..cluster.locator import KICK, PUBLISHED, ClusterEvent, StreamLocator
 from ..errors import MediaError
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
-from ..media.frames import FrameKind
-from ..remux.flv import FlvReader
 from .common import json_error
+from .flv_ingest import FlvIngest
 from .names import stream_key
 
 log = logging.getLogger(__name__)
@@ -52,7 +61,7 @@ HOPS_HEADER = "X-Mediaserver-Pull"
 MAX_HOPS = 3
 _RETRY_S = 0.3
 _WATCHDOG_S = 0.5
-_AUDIO_ONLY_READY_FRAMES = 20
+_REFUSAL_LOG_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +78,32 @@ class PullSettings:
     """Start a pull for an internal request too (this node is a parent edge)."""
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    max_pulls: int = 1000
+    """Pulls this node runs at once (0: no limit)."""
+    max_pulls_per_client: int = 10
+    """Running pulls one client address may have started (0: no limit; internal requests are exempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PullRefusal:
+    """Why no pull was started for a viewer: an HTTP status, the reason counted, and words for the client."""
+
+    status: int
+    reason: str
+    """unknown_stream, node_limit or client_limit."""
+    error: str
+    hint: str
 
 
 class OriginPull:
     """One stream pulled from another node; the local stream's publisher while connected."""
 
-    def __init__(self, pool: PullPool, key: StreamKey, hops: int) -> None:
+    def __init__(self, pool: PullPool, key: StreamKey, hops: int, client: str | None = None) -> None:
         self.pool = pool
         self.key = key
         self.hops = hops
+        self.client = client
+        """The address whose request started this pull (None: internal, or RTMP play)."""
         self.peer = "pull"
         self.source: str | None = None
         self.stream: Stream | None = None
@@ -88,6 +114,7 @@ class OriginPull:
         self._retarget: str | None = None
         self._wake = asyncio.Event()
         self._response: aiohttp.ClientResponse | None = None
+        self._connecting: asyncio.Task[int] | None = None
         self._idle_since: float | None = None
         self._waiters = 0
         self._quiet = False
@@ -119,6 +146,8 @@ class OriginPull:
         self._wake.set()
         if self._response is not None:
             self._response.close()
+        elif self._connecting is not None:
+            self._connecting.cancel()  # e.g. waiting for connect_timeout on a dead machine
 
     async def wait_ready(self, timeout: float) -> None:
         self._waiters += 1
@@ -148,13 +177,16 @@ class OriginPull:
                 if self.stream is not None and self.stream.ended:
                     break  # the local stream ended (no source for hub.reconnect_grace)
                 source = self._retarget or await self.pool.source_for(self.key)
+                source = self._retarget or source  # news that arrived during the lookup wins
                 self._retarget = None
                 if source is None:
                     if self.stream is None:
                         break  # nobody publishes it: the waiting viewers get 404
                     await self._pause(_RETRY_S * 2)
                     continue
-                await self._pull_once(source)
+                status = await self._attempt(source)
+                if status == 404 and self.stream is None and self._retarget is None and self._waiters == 0:
+                    break  # the source does not have it and nobody waits: no polling for nothing
                 if not self._stopped and self._retarget is None:
                     await self._pause(_RETRY_S)
         except asyncio.CancelledError:
@@ -169,30 +201,48 @@ class OriginPull:
             self.pool._forget(self)
 
     async def _pause(self, seconds: float) -> None:
+        if self._retarget is not None:
+            return  # the new owner is known already
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
 
-    async def _pull_once(self, source: str) -> None:
+    async def _attempt(self, source: str) -> int:
+        """One connection to `source`, abandoned (cancelled) by a retarget while it connects. Returns the
+        source's HTTP status (0: no answer, or abandoned)."""
+        attempt = asyncio.get_running_loop().create_task(self._pull_once(source))
+        self._connecting = attempt
+        try:
+            await asyncio.wait({attempt})
+        except asyncio.CancelledError:
+            attempt.cancel()
+            raise
+        finally:
+            self._connecting = None
+        return 0 if attempt.cancelled() else attempt.result()
+
+    async def _pull_once(self, source: str) -> int:
         self.source = source
         settings = self.pool.settings
         url = f"{source}/{self.key.app}/{self.key.name}.flv"
         headers = {CREDENTIAL_HEADER: settings.secret, HOPS_HEADER: str(self.hops + 1)}
         timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
         started = time.monotonic()
+        status = 0
         try:
             async with self.pool.session().get(url, headers=headers, timeout=timeout) as resp:
+                status = resp.status
                 if resp.status != 200:
                     text = (await resp.text())[:200] if resp.status < 500 else ""
                     if not self._quiet:
                         event(log, "pull_refused", logging.WARNING, stream=str(self.key), source=source,
                               status=resp.status, body=text)
                         self._quiet = True
-                    return
+                    return status
                 self._response = resp
                 if not self._claim(source):
-                    return
+                    return status
                 self.connects += 1
                 self._quiet = False
                 event(log, "pull_start", stream=str(self.key), source=source, connect=self.connects,
@@ -210,6 +260,7 @@ class OriginPull:
             # Once per loss: retries against a dead source stay quiet until a connection succeeds.
             event(log, "pull_lost", stream=str(self.key), source=source, reason=reason)
             self._quiet = True
+        return status
 
     def _claim(self, source: str) -> bool:
         self.peer = f"pull:{source}"
@@ -229,27 +280,13 @@ class OriginPull:
     async def _relay(self, resp: aiohttp.ClientResponse) -> None:
         stream = self.stream
         assert stream is not None
-        reader = FlvReader()
-        audio_frames = 0
+        ingest = FlvIngest(stream)  # a new connection: new timelines, rebased by the hub
         async for chunk in resp.content.iter_any():
             self.bytes_in += len(chunk)
-            tags = reader.feed(chunk)
-            if not tags:
+            if not ingest.feed(chunk, time.monotonic()):
                 continue
-            now = time.monotonic()
-            for tag in tags:
-                kind = tag.kind
-                if kind == FrameKind.VIDEO:
-                    frame = stream.publish_video(tag.timestamp_ms, tag.body, now)
-                    if frame is not None and frame.keyframe and not frame.is_config:
-                        self.ready.set()
-                elif kind == FrameKind.AUDIO:
-                    stream.publish_audio(tag.timestamp_ms, tag.body, now)
-                    audio_frames += 1
-                    if audio_frames >= _AUDIO_ONLY_READY_FRAMES and stream.info.video_codec is None:
-                        self.ready.set()
-                elif kind == FrameKind.DATA:
-                    stream.publish_metadata(tag.body, metadata_values(tag.body), now)
+            if ingest.ready:
+                self.ready.set()
             stream.flush_sinks()
             if stream.publisher is not self:
                 return  # replaced or kicked meanwhile
@@ -261,6 +298,9 @@ class OriginPull:
             return
         stream = self.pool.registry.get(self.key)
         busy = self._waiters > 0 or (stream is not None and (stream.subscribers or stream.sinks))
+        if not busy and self.connects == 0 and self.stream is None:
+            self.close("no_source")  # never connected and nobody waits any more: stop polling the source
+            return
         now = time.monotonic()
         if busy:
             self._idle_since = None
@@ -293,6 +333,10 @@ class PullPool:
         """Start pulls for viewers (role edge or both); False answers internal requests only."""
         self.pulls: dict[StreamKey, OriginPull] = {}
         self.started = 0
+        self.refusals: Counter[str] = Counter()
+        """Viewers for whom no pull started, by PullRefusal.reason."""
+        self._by_client: Counter[str] = Counter()
+        self._log_gate = LogGate(_REFUSAL_LOG_S)
         self._session: aiohttp.ClientSession | None = None
         if locator is not None:
             locator.watch(self.on_cluster_event)
@@ -315,39 +359,87 @@ class PullPool:
             await self._session.close()
 
     async def source_for(self, key: StreamKey) -> str | None:
-        if self.settings.upstream:
-            return self.settings.upstream
         if self.locator is None:
-            return None
+            return self.settings.upstream or None
         owner = await self.locator.lookup(str(key))
         if owner is None or owner.node == self.settings.node_id:
             return None
-        return owner.http
+        return self.settings.upstream or owner.http
 
-    async def ensure(self, key: StreamKey, hops: int = 0) -> Stream | None:
+    async def ensure(self, key: StreamKey, hops: int = 0, client: str | None = None) -> Stream | None:
         """The local stream, pulling it first when another node publishes it (waiting at most
-        `settings.wait` for its first keyframe). None when nobody publishes it."""
+        `settings.wait` for its first keyframe). None when nobody publishes it, or when the pull
+        limits refuse it (`request` says which)."""
+        found = await self.request(key, hops=hops, client=client)
+        return found if isinstance(found, Stream) else None
+
+    async def request(self, key: StreamKey, hops: int = 0, client: str | None = None,
+                      internal: bool = False) -> Stream | PullRefusal | None:
+        """As `ensure`, with the refusal: the local stream; a PullRefusal (404 for a stream nobody
+        publishes, 503 beyond max_pulls or max_pulls_per_client, counted and logged once per interval);
+        None when a pull started but the stream is not there (yet). `client` is the viewer's address
+        (None for RTMP players the caller does not name); `internal` requests (other edges) are bounded
+        by the node limit only. This is the hook admission code calls for viewers of other nodes' streams."""
         stream = self.registry.get(key)
         if stream is not None and not stream.ended:
             return stream
         pull = self.pulls.get(key)
         if pull is None or pull.stopped:
-            if self.settings.upstream == "" and (self.locator is None or await self.locator.lookup(str(key)) is None):
-                return None  # answered at once: no waiting for a stream nobody publishes
+            if await self.source_for(key) is None:  # answered at once: no pull for a stream nobody publishes
+                return self._refuse(key, client, PullRefusal(
+                    404, "unknown_stream", f"stream {key} is not being published in the cluster",
+                    "check the name; the stream's publisher must be live on an origin"))
             stream = self.registry.get(key)  # a pull may have started while we looked
             if stream is not None and not stream.ended:
                 return stream
             pull = self.pulls.get(key)
             if pull is None or pull.stopped:
-                pull = self.pulls[key] = OriginPull(self, key, hops)
+                refusal = self._over_limit(client if not internal else None)
+                if refusal is not None:
+                    return self._refuse(key, client, refusal)
+                client = None if internal or not client else normalize_address(client)
+                pull = self.pulls[key] = OriginPull(self, key, hops, client)
+                if client:
+                    self._by_client[client] += 1
                 self.started += 1
         await pull.wait_ready(self.settings.wait)
         stream = self.registry.get(key)
         return stream if stream is not None and not stream.ended else None
 
+    def _over_limit(self, client: str | None) -> PullRefusal | None:
+        settings = self.settings
+        running = sum(1 for p in self.pulls.values() if not p.stopped)
+        if settings.max_pulls and running >= settings.max_pulls:
+            return PullRefusal(
+                503, "node_limit", f"this node already pulls {running} streams (cluster.max_pulls = {settings.max_pulls})",
+                "try again later or on another edge; an operator can raise cluster.max_pulls")
+        if client and settings.max_pulls_per_client:
+            mine = self._by_client.get(normalize_address(client), 0)
+            if mine >= settings.max_pulls_per_client:
+                return PullRefusal(
+                    503, "client_limit", f"your address started {mine} pulls on this node that are still running "
+                    f"(cluster.max_pulls_per_client = {settings.max_pulls_per_client})",
+                    "watch fewer streams at once from this address, or try again after one of them stops")
+        return None
+
+    def _refuse(self, key: StreamKey, client: str | None, refusal: PullRefusal) -> PullRefusal:
+        self.refusals[refusal.reason] += 1
+        if refusal.status != 404:  # unknown names are the client's business; limits are the operator's
+            count = self._log_gate.should_log((refusal.reason,), time.monotonic())
+            if count:
+                event(log, "pull_refused_limit", logging.WARNING, reason=refusal.reason, stream=str(key),
+                      client=client or "-", refusals=count, pulls=len(self.pulls))
+        return refusal
+
     def _forget(self, pull: OriginPull) -> None:
         if self.pulls.get(pull.key) is pull:
             del self.pulls[pull.key]
+        if pull.client:
+            left = self._by_client[pull.client] - 1
+            if left > 0:
+                self._by_client[pull.client] = left
+            else:
+                self._by_client.pop(pull.client, None)
 
     def on_cluster_event(self, message: ClusterEvent) -> None:
         key = _key_of(message.stream)
@@ -391,7 +483,9 @@ class PullPool:
             except ValueError:
                 hops = MAX_HOPS
             if self.settings.serve_edges and hops < MAX_HOPS:
-                await self.ensure(key, hops)
+                found = await self.request(key, hops, client=request.remote, internal=True)
+                if isinstance(found, PullRefusal) and found.status != 404:
+                    raise json_error(found.status, found.error, found.hint, {"Retry-After": "5"})
             else:
                 raise json_error(404, f"stream {key} is not on this node",
                                  "internal pulls go to the stream's origin; set cluster.serve_edges on a parent edge")
@@ -405,7 +499,10 @@ class PullPool:
             if key is not None:
                 stream = self.registry.get(key)
                 if stream is None or stream.ended:
-                    await self.ensure(key)
+                    found = await self.request(key, client=request.remote)
+                    if isinstance(found, PullRefusal) and found.status != 404:
+                        raise json_error(found.status, found.error, found.hint, {"Retry-After": "5"})
+                    # 404: the handler answers as for any stream that is not here
         return await handler(request)
 
 
@@ -422,51 +519,3 @@ def _play_key(request: web.Request) -> StreamKey | None:
 def _key_of(text: str) -> StreamKey | None:
     app, sep, name = text.partition("/")
     return stream_key(app, name) if sep else None
-
-
-# ----- onMetaData values (what the FLV header and the admin API read from them) -------------------
-
-
-def metadata_values(body: bytes) -> dict[str, Any]:
-    """The top-level values of an onMetaData script tag: numbers, booleans and strings; nested values
-    and anything after a type this reader does not know are left out. Never raises."""
-    values: dict[str, Any] = {}
-    try:
-        i = 0
-        if body[i] != 0x02:
-            return values
-        n = struct.unpack_from(">H", body, 1)[0]
-        i = 3 + n
-        if body[1 + 2:3 + n] == b"@setDataFrame" and body[i] == 0x02:  # "@setDataFrame", "onMetaData", {...}
-            n = struct.unpack_from(">H", body, i + 1)[0]
-            i += 3 + n
-        marker = body[i]
-        if marker == 0x08:
-            i += 5  # ECMA array: marker and a 32-bit count
-        elif marker == 0x03:
-            i += 1
-        else:
-            return values
-        while i + 3 <= len(body):
-            n = struct.unpack_from(">H", body, i)[0]
-            i += 2
-            if n == 0 and body[i] == 0x09:
-                break
-            name = body[i:i + n].decode("utf-8", "replace")
-            i += n
-            kind = body[i]
-            if kind == 0x00:
-                values[name] = struct.unpack_from(">d", body, i + 1)[0]
-                i += 9
-            elif kind == 0x01:
-                values[name] = bool(body[i + 1])
-                i += 2
-            elif kind == 0x02:
-                m = struct.unpack_from(">H", body, i + 1)[0]
-                values[name] = body[i + 3:i + 3 + m].decode("utf-8", "replace")
-                i += 3 + m
-            else:
-                break
-    except (IndexError, struct.error):
-        pass
-    return values

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from ..log import event
 from .gop import GopLimits
 from .stream import Publisher, Stream, StreamKey, StreamState
-from .subscriber import SlowPolicy
+from .subscriber import SlowPolicy, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class StreamRegistry:
         self.on_published: list[StreamHook] = []  # every accepted publisher session
         self.on_unpublished: list[StreamHook] = []  # a publisher session ended (grace begins)
         self.on_stream_ended: list[StreamHook] = []  # the stream is gone for good
+        self.egress_bytes: Counter[str] = Counter()
+        """Bytes sent to viewers by format ("flv", "rtmp", ...) since start; see `count_sent`."""
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -143,6 +146,12 @@ class StreamRegistry:
             expiry.cancel()
         self._end(stream)
         return True
+
+    def count_sent(self, sub: Subscriber, sent: int) -> None:
+        """A viewer's writer sent `sent` bytes (once per batch): counted for the viewer and for its format,
+        so the totals hold what viewers that have since left were sent too (metrics read them at scrape)."""
+        sub.bytes_sent += sent
+        self.egress_bytes[sub.kind] += sent
 
     def close_all(self, reason: str = "server_shutdown") -> None:
         for key in list(self._streams):

@@ -29,6 +29,7 @@ from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import Bound, event
 from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
+from ..transports import reset
 from . import events as ev
 from .session import ServerSession
 
@@ -463,7 +464,7 @@ class RtmpConnection(asyncio.Protocol):
                         for f in batch
                     )
                     self._flush()
-                    sub.bytes_sent += session.bytes_sent - sent_before  # egress metrics count RTMP viewers too
+                    self.registry.count_sent(sub, session.bytes_sent - sent_before)  # the viewer and egress metrics
                     if self._writable is not None and not self._writable.done():
                         async with asyncio.timeout(self.server.cfg.idle_timeout):
                             await self._writable
@@ -596,8 +597,7 @@ class RtmpConnection(asyncio.Protocol):
 
     def _abort(self, reason: str) -> None:
         self._closing = True
-        if self.transport is not None:
-            self.transport.abort()
+        reset(self.transport)  # a reset: the kernel drops what a stuck peer left in the send queue
 
     def close(self, reason: str) -> None:
         """The hub's handle: end this connection (kick, takeover, shutdown)."""

@@ -9,9 +9,11 @@ import os
 import re
 import time
 import urllib.request
+from urllib.parse import urljoin
 
 import aiohttp
 import pytest
+from mpegdash.parser import MPEGDASHParser
 
 from support.decode import decode_media
 from support.redis_server import RedisServer, redis_binary
@@ -175,34 +177,95 @@ async def test_duplicate_publish_on_a_second_origin_is_refused(cluster, redis, p
     assert stream_owner(redis, stream_name)["node"] == "origin-1"
 
 
-async def test_edge_viewers_continue_when_the_origin_dies_and_the_stream_is_published_on_another(
+async def dash_video_periods(http: aiohttp.ClientSession, server, name: str) -> list[tuple[str, list[str]]]:
+    """The edge's DASH manifest: per Period, its id and the URLs of its video segments (oldest first)."""
+    url = f"{server.http_base}/live/{name}/manifest.mpd"
+    async with http.get(url) as resp:
+        body = await resp.text()
+        assert resp.status == 200, f"{url}: {resp.status} {body[:300]}"
+    mpd = MPEGDASHParser.parse(body)
+    assert mpd.type == "dynamic", body[:500]
+    periods = []
+    for period in mpd.periods:
+        video = next(a for a in period.adaptation_sets if (a.content_type or a.mime_type or "").startswith("video"))
+        template = video.segment_templates[0] if video.segment_templates else video.representations[0].segment_templates[0]
+        rep_id = str(video.representations[0].id)
+        number = template.start_number if template.start_number is not None else 1
+        count = sum(1 + (s.r or 0) for s in template.segment_timelines[0].Ss) if template.segment_timelines else 0
+        periods.append((period.id, [urljoin(url, template.media.replace("$RepresentationID$", rep_id)
+                                            .replace("$Number$", str(n))) for n in range(number, number + count)]))
+    return periods
+
+
+async def poll_dash(http, server, name: str, predicate, timeout_s: float) -> list[tuple[str, list[str]]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        periods = await dash_video_periods(http, server, name)
+        if predicate(periods):
+            return periods
+        assert time.monotonic() < deadline, f"DASH manifest of {name}: condition not met; periods {periods}"
+        await asyncio.sleep(0.5)
+
+
+async def test_edge_viewers_of_every_format_continue_within_seconds_when_the_origin_is_killed(
         cluster, redis, publish, media, stream_name):
-    origin1 = cluster("origin", "origin-1")
-    origin2 = cluster("origin", "origin-2")
-    edge = cluster("edge", "edge-1", **{"hub.reconnect_grace": "20"})
+    # The default claim_ttl (15 s): the dead origin's heartbeat (cluster.node_ttl), not its claim, bounds this.
+    ttl = {"cluster.claim_ttl": "15"}
+    origin1 = cluster("origin", "origin-1", **ttl)
+    origin2 = cluster("origin", "origin-2", **ttl)
+    edge = cluster("edge", "edge-1", **ttl, **{"hub.reconnect_grace": "10"})
     publish(origin1, stream_name, media.av, loop=True)
     await wait_owner(redis, stream_name)
-    async with edge.flv_viewer(stream_name, live_timeout_s=30) as viewer:
+    async with aiohttp.ClientSession() as http, edge.flv_viewer(stream_name, live_timeout_s=30) as viewer:
         assert await viewer.wait_video_frames(25, timeout_s=15), viewer.describe_start()
-        origin1.kill()  # SIGKILL: the claim lapses by itself (claim_ttl 3 s)
+        hls = edge.hls_poller(stream_name, http)
+        await hls.poll_until(lambda p: len(p.segments) >= 2, timeout_s=20)
+        first_period = (await poll_dash(http, edge, stream_name, lambda ps: ps and len(ps[-1][1]) >= 2, 20))[-1][0]
+
+        origin1.kill()  # SIGKILL: no goodbye, no withdrawn claim; its heartbeat lapses within node_ttl
         lost_at = time.monotonic()
         before = viewer.video_frame_count
-        # The encoder reconnects to the other origin; it is refused until the dead origin's claim lapses.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            again = publish(origin2, stream_name, media.av, loop=True, expect_failure=True)
-            await asyncio.sleep(1.5)
-            if again.running:
-                break
-        assert again.running, origin2.log_tail()
-        assert await viewer.wait_until(lambda v: v.video_frame_count >= before + 50, timeout_s=20), \
-            edge.log_tail()
-        assert not viewer.ended and viewer.error is None
+        hls_before = hls.latest.last_sequence
+        # The encoder reconnects to the other origin once: held there until the dead origin's heartbeat
+        # lapses, then accepted (no refusal, no retry loop).
+        publish(origin2, stream_name, media.av, loop=True)
+        assert await viewer.wait_until(lambda v: v.video_frame_count > before, timeout_s=15), edge.log_tail()
         failover_s = time.monotonic() - lost_at
+        assert await viewer.wait_until(lambda v: v.video_frame_count >= before + 50, timeout_s=20), edge.log_tail()
+        assert not viewer.ended and viewer.error is None
+
+        # HLS: a discontinuity, then segments keep coming after it (no stuck playlist, no ENDLIST).
+        def resumed(pl) -> bool:
+            after = [s for s in pl.segments if s.sequence > hls_before]
+            marks = [i for i, s in enumerate(after) if s.discontinuity]
+            return bool(marks) and len(after) - marks[0] >= 2
+        pl = await hls.poll_until(resumed, timeout_s=30)
+        assert not pl.ended
+        fresh = [hls.segments[s.sequence] for s in pl.segments if s.sequence > hls_before]
+        assert all(f.status == 200 and f.data for f in fresh), [(f.uri, f.status) for f in fresh]
+
+        # DASH: a new Period whose segments exist and keep coming.
+        periods = await poll_dash(http, edge, stream_name,
+                                  lambda ps: ps[-1][0] != first_period and len(ps[-1][1]) >= 2, 30)
+        newest = periods[-1][1][-1]
+        async with http.get(newest) as resp:
+            assert resp.status == 200 and len(await resp.read()) > 0, newest
+        later = await poll_dash(http, edge, stream_name, lambda ps: ps[-1][1][-1] != newest, 15)
+        assert later[-1][0] == periods[-1][0]
+
     assert pulls_started(edge, stream_name) >= 2
+    assert "event=cluster_claim_taken_over" in origin2.log_text(), origin2.log_tail()
     report = decode_media(viewer.complete_flv(), "flv")
-    assert report.video_codec == "h264" and report.non_monotonic() == [], report.summary()
-    assert failover_s < 20
+    # The hub starts the new publisher's session just after the last *dts*: where the old session ended
+    # on reordered (B-) frames, one presentation time can step back by less than the reorder delay.
+    pts = report.video_pts_ms
+    steps_back = [pts[i - 1] - pts[i] for i in range(1, len(pts)) if pts[i] <= pts[i - 1]]
+    assert report.errors == [] and report.video_codec == "h264", report.summary()
+    assert len(steps_back) <= 1 and all(step < 200 for step in steps_back), report.non_monotonic()
+    assert [p for p in report.non_monotonic() if not p.startswith("video pts")] == [], report.summary()
+    # Picture back within 3 s on an idle machine (bench/cluster_pull.py measures it); a loaded CI box
+    # gets some slack, still far below the 15 s claim TTL that bounded it before.
+    assert failover_s < 6, failover_s
 
 
 async def test_local_viewers_keep_playing_while_redis_is_away_and_the_node_recovers(cluster, redis, publish, media,
@@ -292,6 +355,14 @@ async def test_a_tiered_edge_pulls_through_its_parent_and_edges_never_pull_from_
         assert await viewer.wait_video_frames(25, timeout_s=15), viewer.describe_start()
     assert f"source={parent.http_base}" in child.log_text()
     assert f"source={origin.http_base}" in parent.log_text()
+    # A stream nobody publishes: 404 at once, without a pull polling the parent (issue 9, defect 11).
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.get(child.flv_url("nobody-publishes-this")) as resp:
+            assert resp.status == 404
+        assert time.monotonic() - started < 1.0
+    await asyncio.sleep(1.0)
+    assert "nobody-publishes-this" not in child.log_text() + parent.log_text(), child.log_tail()
     # An internal request to an edge that does not serve edges never starts a pull there.
     async with aiohttp.ClientSession() as http:
         async with http.get(plain.flv_url(stream_name), headers={"X-Mediaserver-Cluster": SECRET,

@@ -65,3 +65,29 @@ def test_example_config_documents_every_key_and_loads():
     for section in ("rtmp", "http", "hub", "hls", "log"):
         fields = getattr(defaults, section).__dataclass_fields__
         assert set(raw[section]) == set(fields), f"config.example.toml [{section}] must list every key"
+
+
+def test_every_problem_in_a_config_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[http]\nport = 0\nheader_timout = 5\n[hls]\nsegment_duration = "two"\n[rtmpp]\nport = 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["hub.reconnect_grace=-1", "nodot"])
+    message = str(caught.value)
+    assert message.startswith("6 problems in the configuration:"), message
+    for part in ("http.port = 0 is out of range", "did you mean header_timeout?", "hls.segment_duration = 'two'",
+                 "unknown section [rtmpp]; did you mean rtmp?", "hub.reconnect_grace = -1", "SECTION.KEY=VALUE"):
+        assert part in message, (part, message)
+
+
+def test_one_problem_reads_as_one_sentence():
+    with pytest.raises(ConfigError, match=r"^unknown key \[http\]\.prot; did you mean port\?$"):
+        load_config(None, ["http.prot=1"])
+
+
+def test_help_names_every_output(capsys):
+    from mediaserver.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RTMP in; HTTP-FLV, WebSocket-FLV, RTMP, HLS, LL-HLS and MPEG-DASH out" in text

@@ -12,13 +12,14 @@ ALLOWED = {
     "errors": set(),
     "config": {"errors"},
     "log": set(),
+    "transports": set(),
     "media": {"errors", "media"},
     "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart
-    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config"},
+    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "transports"},
     "hub": {"errors", "media", "hub", "log"},
     "remux": {"errors", "media", "remux"},
     "auth": {"errors", "auth"},
-    "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge"},
+    "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "transports"},
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api"},
     "cluster": {"errors", "log", "cluster"},
 }

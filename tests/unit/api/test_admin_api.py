@@ -189,7 +189,7 @@ async def test_viewers_are_kicked_one_at_a_time_or_all_together(node):
     (b'{"seconds": true}', "application/json", 400),
     (b'{"reason": "x"}', "application/json", 400),
     (b"", "application/json", 400),
-    (b'{"seconds": 10}', "text/plain", 415),
+    (b"seconds=10", "application/x-www-form-urlencoded", 400),
     (b'{"seconds": 10, "pad": "' + b"x" * 20_000 + b'"}', "application/json", 413),
 ])
 async def test_bad_bodies_get_a_400_family_answer_with_a_hint(node, body, content_type, status):
@@ -198,6 +198,16 @@ async def test_bad_bodies_get_a_400_family_answer_with_a_hint(node, body, conten
     answer = await _json(resp)
     assert resp.status == status, answer
     assert answer["error"] and answer["hint"]
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json"])
+async def test_a_json_body_is_read_whatever_content_type_says(node, content_type):
+    # curl -d '{...}' (the README's examples) labels the body a form
+    _, client = node
+    resp = await client.put("/api/v1/blocks/live/cam", data=b'{"seconds": 10}',
+                            headers={**AUTH, "Content-Type": content_type})
+    answer = await _json(resp)
+    assert resp.status == 200 and 9 <= answer["remaining_s"] <= 10, answer
 
 
 async def test_blocks_are_set_listed_and_lifted(node):

@@ -41,7 +41,8 @@ def test_streams_viewers_bytes_and_drops_are_read_from_the_hub():
     flv, _ = a.subscribe("flv", "v1", 0.0)
     ws, _ = a.subscribe("ws-flv", "v2", 0.0)
     b.subscribe("rtmp", "v3", 0.0)
-    flv.bytes_sent, ws.bytes_sent = 300, 200
+    registry.count_sent(flv, 300)
+    registry.count_sent(ws, 200)
     metrics.hls_request("10.9.0.1", "live/a")
     admission.refused("play", "expired")
     admission.limits.check_viewers("live/a", 5)
@@ -68,13 +69,14 @@ def test_counters_never_go_back_when_streams_end_and_viewers_leave():
     ws, _ = stream.subscribe("ws-flv", "v", 0.0)
     flv, _ = stream.subscribe("flv", "w", 0.0)
     rtmp, _ = stream.subscribe("rtmp", "x", 0.0)
-    ws.bytes_sent, flv.bytes_sent, rtmp.bytes_sent = 100, 700, 50
+    for sub, sent in ((ws, 100), (flv, 700), (rtmp, 50)):
+        registry.count_sent(sub, sent)
     before = scrape(metrics)
-    ws.bytes_sent, flv.bytes_sent, rtmp.bytes_sent = 150, 720, 80  # sent more, then left:
-    for sub in (ws, flv, rtmp):
+    for sub, sent in ((ws, 50), (flv, 20), (rtmp, 30)):  # sent more, then left:
+        registry.count_sent(sub, sent)
         sub.close("viewer_left")
-    metrics.response_done("ws-flv", ws.bytes_sent)  # the edge counts an HTTP viewer as its response ends
-    metrics.response_done("flv", flv.bytes_sent)
+    metrics.response_done("ws-flv", 0)  # the edge counts an HTTP viewer's response, its bytes being the writer's
+    metrics.response_done("flv", 0)
     registry.kick(stream.key)
     after = scrape(metrics)
     names = [("mediaserver_ingress_bytes_total", {}), ("mediaserver_frames_dropped_total", {})]
@@ -84,6 +86,23 @@ def test_counters_never_go_back_when_streams_end_and_viewers_leave():
     assert value(after, "mediaserver_ingress_bytes_total") == 1000
     assert [value(after, "mediaserver_egress_bytes_total", format=f) for f in ("flv", "ws-flv", "rtmp")] == [720, 150, 80]
     assert value(after, "mediaserver_streams", state="live") == 0
+
+
+def test_viewers_that_come_and_go_between_scrapes_are_counted_in_full():
+    registry = StreamRegistry(call_later=lambda d, f: None)
+    metrics = Metrics(registry)
+    stream = registry.claim_publisher(StreamKey("live", "a"), FakePublisher())
+    assert value(scrape(metrics), "mediaserver_egress_bytes_total", format="rtmp") == 0
+    for i in range(3):  # none of them is there at a scrape
+        sub, _ = stream.subscribe("rtmp", f"p{i}", 0.0)
+        registry.count_sent(sub, 1_000_000)
+        registry.count_sent(sub, 500_000)
+        sub.close("viewer_left")
+    metrics.response_done("hls", 4000)
+    s = scrape(metrics)
+    assert value(s, "mediaserver_egress_bytes_total", format="rtmp") == 4_500_000
+    assert value(s, "mediaserver_egress_bytes_total", format="hls") == 4000
+    assert value(s, "mediaserver_egress_bytes_total", format="flv") == 0
 
 
 def test_hls_viewers_are_client_addresses_that_fetched_lately():

