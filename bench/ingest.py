@@ -124,6 +124,8 @@ async def run(args: argparse.Namespace) -> None:
     conn.connection_made(NullTransport())
     for data in setup:
         conn.data_received(data)
+    await asyncio.sleep(0)  # the gate answers the publish request in a task of its own
+    assert conn.stream is not None, "the publish request was not accepted"
     profiler = cProfile.Profile() if args.profile else None
     cpu0 = time.process_time()
     wall0 = time.perf_counter()

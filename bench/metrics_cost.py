@@ -24,7 +24,7 @@ from aiohttp import web
 
 from mediaserver.config import Config
 from mediaserver.edge.app import make_app
-from mediaserver.edge.metrics import METRICS
+from mediaserver.edge.keys import METRICS
 from mediaserver.edge.packagers import PackagerPool
 from mediaserver.hub.registry import StreamRegistry
 from mediaserver.hub.stream import StreamKey

@@ -31,11 +31,13 @@ from .auth.tokens import Action
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.metrics import METRICS
+from .edge.keys import METRICS
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
+from .gate import Gate
 from .hub.gop import GopLimits
+from .hub.rate import RateMeter
 from .hub.registry import RegistryPolicy, StreamRegistry
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
@@ -172,15 +174,14 @@ class ClusterWiring:
         self.rtmp_url = f"rtmp://{rtmp_host}:{config.rtmp.port}"
         self.role = cfg.role
         self.registry = registry
-        self._egress = (time.monotonic(), 0)
-        self._egress_bps = 0
+        self._egress = RateMeter(window_s=2.0, min_span_s=0.5)
 
         def node_info() -> NodeInfo:
             streams = registry.streams()
             per_stream = {str(s.key): len(s.subscribers) for s in streams if s.subscribers}
             return NodeInfo(
                 id=self.node_id, role=cfg.role, http=self.http_url, rtmp=self.rtmp_url, version=__version__,
-                streams=len(streams), viewers=sum(per_stream.values()), egress_bps=self._measure_egress(streams),
+                streams=len(streams), viewers=sum(per_stream.values()), egress_bps=self._measure_egress(),
                 stream_viewers=per_stream, pulling=[str(k) for k in pulls.pulls] if (pulls := getattr(self, "pulls", None)) else [],
                 seen_at=time.time(),
             )
@@ -215,19 +216,28 @@ class ClusterWiring:
         registry.on_unpublished.append(own(self.member.unpublished))
         registry.on_stream_ended.append(own(self.member.ended))
 
-    def _measure_egress(self, streams) -> int:
-        now = time.monotonic()
-        total = sum(sub.bytes_sent for s in streams for sub in s.subscribers)
-        then, before = self._egress
-        if now - then > 0.5:
-            self._egress_bps = max(0, int((total - before) * 8 / (now - then)))
-            self._egress = (now, total)
-        return self._egress_bps
+    def _measure_egress(self) -> int:
+        # Counted as sent (viewers that left meanwhile included), so the rate never dips when one leaves.
+        self._egress.add(time.monotonic(), sum(self.registry.egress_bytes.values()))
+        return int((self._egress.per_second() or 0) * 8)
 
     async def claim(self, key) -> str | None:
         if self.role == "edge":
             return (f"this node is an edge (cluster.role = \"edge\"); publish {key} to an origin instead")
         return await self.member.claim(str(key))
+
+    async def locate(self, key, address: str):
+        """The gate's play_locate: the local stream, pulled first when another node publishes it; the
+        pull bounds (cluster.max_pulls, max_pulls_per_client) refuse as a limit."""
+        from .edge.origin_pull import PullRefusal
+        from .gate import LIMIT, Refusal
+
+        found = await self.pulls.request(key, client=address)
+        if isinstance(found, PullRefusal):
+            if found.status == 404:
+                return None
+            return Refusal(LIMIT, found.reason, found.error, found.hint)
+        return found
 
     async def kick(self, name: str, reason: str) -> bool:
         return await self.member.kick(name, reason)
@@ -249,12 +259,10 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
-    def wire(self, app: web.Application, rtmp: RtmpServer) -> None:
-        rtmp.publish_claim = self.claim
-        if self.role in ("edge", "both"):  # RTMP players on an edge get a pulled stream as HTTP viewers do
-            rtmp.play_locate = self.pulls.ensure
+    def wire(self, app: web.Application) -> None:
+        """Internal requests (edges pulling from this node) pass before admission; viewers' pulls start in
+        the gate (`locate`), for RTMP players and HTTP viewers alike."""
         app.middlewares.insert(0, self.pulls.internal_middleware)
-        app.middlewares.append(self.pulls.viewer_middleware)
 
     async def start(self) -> None:
         await self.locator.start()
@@ -287,8 +295,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     token = admin_token(config, os.environ)
     if hooks is not None:
         hooks.watch(registry)
-    rtmp = RtmpServer(config.rtmp, registry, admission)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    gate = Gate(
+        admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
+        publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream
+        # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
+        play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
+    )
+    rtmp = RtmpServer(config.rtmp, registry, gate)
     admin = make_admin_app(AdminDeps(
         registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
@@ -302,12 +316,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{config.rtmp.port}"
 
     app = make_app(
-        config, registry, packagers, admission=admission, hooks=hooks, admin=admin,
+        config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
         ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
     )
     _log_access(config, admission.policy, hooks, token)
     if cluster is not None:  # cluster
-        cluster.wire(app, rtmp)
+        cluster.wire(app)
         await cluster.start()
     gate = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
                                             config.http.header_timeout))

@@ -35,6 +35,32 @@ class Bound(logging.LoggerAdapter):
         return msg, kwargs
 
 
+class LogGate:
+    """Lets one log line through per key per interval, and says how many events it stands for, so a
+    repeated warning (a client retrying a refused request, a failing webhook, slow viewers) is written
+    once per `interval_s` with a count instead of once per event. Time comes in as `now`; memory is
+    bounded by `max_keys` (old keys are forgotten under a flood of distinct keys)."""
+
+    def __init__(self, interval_s: float = 10.0, max_keys: int = 10_000) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._logged: dict[object, tuple[float, int]] = {}
+
+    def should_log(self, key: object, now: float) -> int:
+        """0 when a line for `key` was written less than `interval_s` ago (this event is counted), else
+        how many events the line written now stands for (this one and those kept quiet)."""
+        logged_at, pending = self._logged.get(key, (float("-inf"), 0))
+        pending += 1
+        if now - logged_at < self.interval_s:
+            self._logged[key] = (logged_at, pending)
+            return 0
+        self._logged[key] = (now, 0)
+        if len(self._logged) > self.max_keys:
+            cutoff = now - self.interval_s
+            self._logged = {k: v for k, v in self._logged.items() if v[0] >= cutoff}
+        return pending
+
+
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"

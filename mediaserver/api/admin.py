@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import random
@@ -42,9 +41,12 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..auth.policy import AccessPolicy, valid_name
-from ..auth.tokens import Action
+from ..auth import cors
+from ..auth.names import NAME_RULE, valid_name
+from ..auth.policy import AccessPolicy
+from ..auth.tokens import Action, bearer_matches, bearer_token
 from ..errors import UsageError
+from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
@@ -97,36 +99,30 @@ class ApiError(Exception):
 # ----- measured bit rates --------------------------------------------------------------------------
 
 
-class RateMeter:
+class StreamRates:
     """Each stream's received bit rate over the last ~10 s, from `bytes_in` sampled every 2 s."""
 
     def __init__(self, registry: StreamRegistry, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.clock = clock
-        self._samples: dict[StreamKey, list[tuple[float, int]]] = {}
+        self._meters: dict[StreamKey, RateMeter] = {}
 
     def sample(self) -> None:
         now = self.clock()
         live = set()
         for stream in self.registry.streams():
             live.add(stream.key)
-            samples = self._samples.setdefault(stream.key, [])
-            if samples and stream.bytes_in < samples[-1][1]:
-                samples.clear()  # a new stream under the same name
-            samples.append((now, stream.bytes_in))
-            while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW_S:
-                samples.pop(0)
-        for key in [k for k in self._samples if k not in live]:
-            del self._samples[key]
+            meter = self._meters.get(stream.key)
+            if meter is None:
+                meter = self._meters[stream.key] = RateMeter(RATE_WINDOW_S, min_span_s=0.5)
+            meter.add(now, stream.bytes_in)
+        for key in [k for k in self._meters if k not in live]:
+            del self._meters[key]
 
     def kbps(self, stream: Stream) -> float | None:
-        samples = self._samples.get(stream.key)
-        if not samples or len(samples) < 2:
-            return None
-        (t0, b0), (t1, b1) = samples[0], samples[-1]
-        if t1 - t0 < 0.5:
-            return None
-        return round((b1 - b0) * 8 / (t1 - t0) / 1000, 1)
+        meter = self._meters.get(stream.key)
+        kbps = meter.kbps() if meter is not None else None
+        return round(kbps, 1) if kbps is not None else None
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         async def run() -> None:
@@ -143,39 +139,22 @@ class RateMeter:
                 await task
 
 
-RATES = web.AppKey("admin_rates", RateMeter)
+RATES = web.AppKey("admin_rates", StreamRates)
 
 
 # ----- middlewares ---------------------------------------------------------------------------------
-
-
-def _cors(request: web.Request) -> dict[str, str]:
-    origins = request.app[DEPS].cors_origins
-    origin = request.headers.get("Origin")
-    if not origin or not origins:
-        return {}
-    if "*" in origins:
-        return {"Access-Control-Allow-Origin": "*"}
-    if origin in origins:
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-    return {}
 
 
 @web.middleware
 async def api_middleware(request: web.Request, handler):
     """CORS, the bearer token, and one translation of every error into `{error, hint}` JSON."""
     deps = request.app[DEPS]
-    cors = _cors(request)
+    origin = request.headers.get("Origin")
+    allowed = cors.cors_headers(origin, deps.cors_origins)
     try:
         if request.method == "OPTIONS":
-            headers = dict(cors)
-            if cors:
-                headers.update({
-                    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
-                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                    "Access-Control-Max-Age": "600",
-                })
-            return web.Response(status=204, headers=headers)
+            return web.Response(status=204, headers=cors.preflight_headers(
+                origin, deps.cors_origins, "GET, POST, PUT, DELETE, OPTIONS", "Authorization, Content-Type"))
         if request.match_info.route.name != "openapi":
             await _check_token(request, deps)
         resp = await handler(request)
@@ -191,7 +170,7 @@ async def api_middleware(request: web.Request, handler):
             resp = error(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
         else:
             resp = error(exc.status, exc.reason.lower(), "see GET /api/v1/openapi.json")
-    resp.headers.update(cors)
+    resp.headers.update(allowed)
     resp.headers.setdefault("Cache-Control", "no-store")
     return resp
 
@@ -201,13 +180,12 @@ async def _check_token(request: web.Request, deps: AdminDeps) -> None:
         raise ApiError(503, "the admin API is disabled",
                        f"set the environment variable {deps.token_env} to a secret of 16 or more characters "
                        "and restart the server")
-    header = request.headers.get("Authorization", "")
-    scheme, _, sent = header.partition(" ")
+    header = request.headers.get("Authorization")
     challenge = {"WWW-Authenticate": 'Bearer realm="mediaserver admin"'}
-    if scheme.lower() != "bearer" or not sent.strip():
+    if not bearer_token(header):
         await asyncio.sleep(deps.rng.uniform(deps.failure_delay_s / 2, deps.failure_delay_s))
         raise ApiError(401, "a bearer token is required", f"send Authorization: Bearer ${deps.token_env}", challenge)
-    if not hmac.compare_digest(sent.strip().encode(), deps.token.encode()):
+    if not bearer_matches(header, deps.token):
         event(log, "admin_auth_refused", logging.WARNING, peer=request.remote or "", path=request.path[:128])
         await asyncio.sleep(deps.rng.uniform(deps.failure_delay_s / 2, deps.failure_delay_s))
         challenge["WWW-Authenticate"] += ', error="invalid_token"'
@@ -221,8 +199,7 @@ async def _check_token(request: web.Request, deps: AdminDeps) -> None:
 def _key(request: web.Request) -> StreamKey:
     app, name = request.match_info["app"], request.match_info["name"]
     if not (valid_name(app) and valid_name(name)):
-        raise ApiError(400, "invalid stream name",
-                       "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'")
+        raise ApiError(400, "invalid stream name", NAME_RULE)
     return StreamKey(app, name)
 
 
@@ -276,7 +253,7 @@ def _text(body: dict[str, Any], name: str, default: str = "", max_len: int = 128
 # ----- descriptions --------------------------------------------------------------------------------
 
 
-def describe_stream(stream: Stream, rates: RateMeter | None, now: float) -> dict[str, Any]:
+def describe_stream(stream: Stream, rates: StreamRates | None, now: float) -> dict[str, Any]:
     snap = stream.snapshot(now)
     meta = stream.info.metadata_values
     declared = {
@@ -449,8 +426,7 @@ async def mint_token(request: web.Request) -> web.Response:
         raise ApiError(400, "\"action\" must be \"play\" or \"publish\"", f"got {action[:20]!r}")
     app, name = _text(body, "app", ""), _text(body, "stream", "")
     if not (valid_name(app) and valid_name(name)):
-        raise ApiError(400, "\"app\" and \"stream\" must be valid names",
-                       "1-128 letters, digits, '_', '-', '.' or '~', not starting with '.'")
+        raise ApiError(400, "\"app\" and \"stream\" must be valid names", NAME_RULE)
     ttl = _number(body, "ttl", 1, 10 * 365 * 86_400, 3600)
     ip = body.get("ip")
     if ip is not None and (not isinstance(ip, str) or not 0 < len(ip) <= 64):
@@ -495,7 +471,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
 def make_admin_app(deps: AdminDeps) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
-    rates = RateMeter(deps.registry)
+    rates = StreamRates(deps.registry)
     app[RATES] = rates
     app.cleanup_ctx.append(rates.cleanup_ctx)
     for method, path, handler, name in ROUTES:

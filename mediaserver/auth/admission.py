@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .hooks import Hooks
-from .limits import Limits, LogGate
+from .limits import Limits
 from .policy import AccessPolicy
 
 
@@ -27,8 +27,6 @@ class Admission:
     rng: random.Random = field(default_factory=random.Random)
     failures: Counter[tuple[str, str]] = field(default_factory=Counter)
     """Refused credentials by (action, reason), for metrics."""
-    log_gate: LogGate = field(default_factory=LogGate)
-    """Refusals are logged once per interval per client and stream, so a player retrying cannot flood the log."""
 
     def refused(self, action: str, reason: str) -> float:
         """Count a refusal; returns how long to wait before answering it."""

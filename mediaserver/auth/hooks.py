@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .policy import valid_name
+from .names import valid_name
 
 MAX_EXPIRES_IN_S = 366 * 86_400
 

@@ -1,9 +1,8 @@
 """Admission limits: connections per client address, publishers per app, viewers per stream.
 
 Each limit is off at 0. A refusal is a `LimitExceeded` that names the limit, its value and the config key
-to raise, so the answer (HTTP 429/503, an RTMP error status) and the log line say which limit it was. The
-log line is written once per limit and subject per `log_interval_s`, with how many refusals it stands for,
-so a client hammering the server cannot flood the log.
+to raise, so the answer (HTTP 429/503, an RTMP error status) and the log line say which limit it was
+(the gate, mediaserver/gate.py, writes that line once per limit and subject per interval).
 
 Pure bookkeeping: the callers count what exists (they own the streams and sockets) and pass `now`.
 """
@@ -43,16 +42,13 @@ class Limits:
         max_connections_per_ip: int = 0,
         max_publishers_per_app: int = 0,
         max_viewers_per_stream: int = 0,
-        log_interval_s: float = 10.0,
     ) -> None:
         self.max_connections_per_ip = max_connections_per_ip
         self.max_publishers_per_app = max_publishers_per_app
         self.max_viewers_per_stream = max_viewers_per_stream
-        self.log_interval_s = log_interval_s
         self._connections: dict[str, int] = {}
         self.refusals: Counter[str] = Counter()
         """Refusals per limit, for metrics."""
-        self._log_gate = LogGate(log_interval_s)
 
     # ----- connections per address (RTMP connections and HTTP requests in progress) -----------------
 
@@ -90,30 +86,3 @@ class Limits:
     def _refuse(self, refused: LimitExceeded) -> LimitExceeded:
         self.refusals[refused.limit] += 1
         return refused
-
-    # ----- logging once per interval ---------------------------------------------------------------
-
-    def should_log(self, refused: LimitExceeded, now: float) -> int:
-        """How many refusals a log line written now stands for, or 0 when one was written lately."""
-        return self._log_gate.should_log((refused.limit, refused.subject), now)
-
-
-class LogGate:
-    """Lets one log line through per key per interval, and says how many events it stands for."""
-
-    def __init__(self, interval_s: float = 10.0, max_keys: int = 10_000) -> None:
-        self.interval_s = interval_s
-        self.max_keys = max_keys
-        self._logged: dict[tuple[str, ...], tuple[float, int]] = {}
-
-    def should_log(self, key: tuple[str, ...], now: float) -> int:
-        logged_at, pending = self._logged.get(key, (float("-inf"), 0))
-        pending += 1
-        if now - logged_at < self.interval_s:
-            self._logged[key] = (logged_at, pending)
-            return 0
-        self._logged[key] = (now, 0)
-        if len(self._logged) > self.max_keys:  # forget old keys: bounded memory under a flood of addresses
-            cutoff = now - self.interval_s
-            self._logged = {k: v for k, v in self._logged.items() if v[0] >= cutoff}
-        return pending

@@ -20,19 +20,12 @@ caller reads the environment variables the config names).
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from .names import valid_name
 from .tokens import Action, AuthError, Grant, mint, parse_secrets, verify
-
-_NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]{0,127}")
-
-
-def valid_name(text: str) -> bool:
-    """App and stream names: 1-128 letters, digits, '_', '-', '.', '~', not starting with '.'."""
-    return _NAME.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +218,11 @@ class AccessPolicy:
         block = Block(app, name, until, reason)
         self._blocks[(app, name)] = block
         return block
+
+    def block_of(self, app: str, name: str, now: float) -> Block | None:
+        """The block in force on app/name at `now`, if any."""
+        block = self._blocks.get((app, name))
+        return block if block is not None and block.until > now else None
 
     def unblock(self, app: str, name: str) -> bool:
         return self._blocks.pop((app, name), None) is not None

@@ -197,3 +197,17 @@ def parse_secrets(text: str) -> tuple[bytes, ...]:
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
     return found
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The credential of an `Authorization: Bearer <token>` header (the scheme is case-insensitive,
+    RFC 7235 2.1); "" when the header is absent or names another scheme."""
+    scheme, _, sent = (authorization or "").partition(" ")
+    return sent.strip() if scheme.lower() == "bearer" else ""
+
+
+def bearer_matches(authorization: str | None, expected: str) -> bool:
+    """Whether the header carries `expected` as its bearer token, compared in constant time; never true
+    for an empty `expected` (a credential that is not configured opens nothing)."""
+    sent = bearer_token(authorization)
+    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())

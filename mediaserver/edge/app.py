@@ -12,15 +12,15 @@
 | GET /metrics, /readyz      | Prometheus metrics, readiness         |
 | /api/v1/...                | the admin API (a sub-application)     |
 
-Play routes (named `play-*`) pass the admission middleware first: requests in progress per client
-address, the play token when the app requires one (refusals answered after a short random delay), the
-viewers-per-stream limit, and the on_play webhook.
+Play routes (named `play-*`) pass the admission middleware first: it counts requests in progress per
+client address and asks the gate (mediaserver/gate.py, shared with RTMP) about every viewer: the play
+token when the app requires one, locating the stream (an edge pulls it), the viewers-per-stream limit
+and the on_play webhook. This module only turns the gate's verdicts into HTTP answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Mapping
@@ -28,20 +28,21 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..auth import cors
 from ..auth.admission import Admission
-from ..auth.hooks import HookRequest, HookVerdict
-from ..auth.limits import LimitExceeded
-from ..auth.tokens import AuthError, normalize_address
+from ..auth.names import NAME_RULE
+from ..auth.tokens import bearer_matches, bearer_token
 from ..config import Config
+from ..gate import CREDENTIAL, LIMIT, Gate, Refusal
 from ..hub.registry import StreamRegistry
 from ..hub.stream import StreamKey
-from ..log import event
 from .cmaf import CMAF_MANIFESTS, serve_cmaf, serve_time
-from .common import CONFIG, REGISTRY, cors_headers, json_error
+from .common import cors_headers, json_error, not_published
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
-from .hls import PACKAGERS, PLAY_QUERY, serve_playlist, serve_segment
-from .metrics import METRICS, Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
+from .hls import PLAY_QUERY, serve_playlist, serve_segment
+from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
+from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
@@ -55,11 +56,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def preflight(request: web.Request) -> web.Response:
-    headers = cors_headers(request)
-    if headers:
-        headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-        headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "*")
-        headers["Access-Control-Max-Age"] = "600"
+    origin = request.app[CONFIG].http.cors_origin
+    headers = cors.preflight_headers(request.headers.get("Origin"), (origin,) if origin else (), "GET, HEAD, OPTIONS",
+                                     request.headers.get("Access-Control-Request-Headers", "*"))
     return web.Response(status=204, headers=headers)
 
 
@@ -82,8 +81,9 @@ async def hls_file(request: web.Request) -> web.StreamResponse:
         key = stream_key(request.match_info["app"], request.match_info["name"])
         packager = request.app[PACKAGERS].cmaf(key) if key is not None else None
         if packager is None:
-            raise json_error(404, f"stream {request.match_info['app'][:64]}/{request.match_info['name'][:64]} is not being published",
-                             "publish it first to rtmp://HOST/APP/NAME", cors_headers(request))
+            if key is None:
+                raise json_error(400, "invalid stream name", NAME_RULE, cors_headers(request))
+            raise not_published(request, key)
         refuse_uncarried(request, request.app[REGISTRY].get(key), DASH if file == "manifest.mpd" else LLHLS)
         return await serve_cmaf(request, packager, file)
     raise json_error(404, "not found", "HLS URLs look like /APP/NAME/index.m3u8", cors_headers(request))
@@ -114,26 +114,25 @@ def make_app(
     registry: StreamRegistry,
     packagers: PackagerPool,
     *,
-    admission: Admission | None = None,
+    gate: Gate | None = None,
     hooks: WebhookClient | None = None,
     admin: web.Application | None = None,
     ready_checks: Mapping[str, ReadyCheck] | None = None,
     metrics_token: str | None = None,
 ) -> web.Application:
-    """`admission` None admits every viewer; `admin` is mounted at /api/v1; `metrics_token`, when given,
+    """`gate` None admits every viewer; `admin` is mounted at /api/v1; `metrics_token`, when given,
     is the bearer token /metrics requires."""
-    admission = admission or Admission()
+    gate = gate or Gate(Admission(), registry)
     app = web.Application(middlewares=[errors_as_json, admission_middleware], client_max_size=64 * 1024)
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[PACKAGERS] = packagers
-    app[ADMISSION] = admission
+    app[GATE] = gate
     hook_outcomes = (lambda: hooks.outcomes) if hooks is not None and hooks.enabled else None
-    metrics = Metrics(registry, admission, packager_count=lambda: len(packagers), hook_outcomes=hook_outcomes)
+    metrics = Metrics(registry, gate.admission, packager_count=lambda: len(packagers), hook_outcomes=hook_outcomes)
     metrics.ready_checks.update(ready_checks or {})
     metrics.required_token = metrics_token
     app[METRICS] = metrics
-    app[HLS_VERDICTS] = {}
     app.cleanup_ctx.append(metrics.cleanup_ctx)
     if hooks is not None:
         app.cleanup_ctx.append(hooks.cleanup_ctx)
@@ -151,12 +150,7 @@ def make_app(
     return app
 
 
-# ----- admission: connections per address, play tokens, viewer limits, on_play hooks ----------------
-
-ADMISSION = web.AppKey("admission", Admission)
-HLS_VERDICTS = web.AppKey("hls_verdicts", dict)
-"""(client address, stream) -> (verdict, reuse until, allowed until): on_play answers reused for HLS."""
-_MAX_HLS_VERDICTS = 100_000
+# ----- admission: the gate's verdicts as HTTP answers ------------------------------------------------
 
 
 def _play_target(request: web.Request) -> tuple[StreamKey, str] | None:
@@ -179,30 +173,39 @@ def _play_target(request: web.Request) -> tuple[StreamKey, str] | None:
 
 @web.middleware
 async def admission_middleware(request: web.Request, handler):
+    """Requests in progress per client address, /metrics' token, and the gate's verdict on every viewer
+    of a play route (token, locate or pull, viewers limit, on_play hook) before the route runs."""
     app = request.app
-    admission = app[ADMISSION]
+    gate = app[GATE]
     metrics = app[METRICS]
-    address = normalize_address(request.remote)
-    refused = admission.limits.connection_opened(address)
-    if refused is not None:
-        _log_limit(admission, refused, request.path)
-        raise json_error(429, refused.message, f"close other connections, or raise {refused.config_key}",
-                         {"Retry-After": "5", **cors_headers(request)})
+    address = request.remote
+    refusal = gate.connection_opened(address, log, path=request.path[:128])
+    if refusal is not None:
+        raise json_error(429, refusal.message, refusal.hint, {"Retry-After": "5", **cors_headers(request)})
     target = _play_target(request)
+    verdict = None
     expiry: asyncio.TimerHandle | None = None
     started = time.monotonic()
     try:
         if request.path == "/metrics" and metrics.required_token is not None:
             _require_metrics_token(request, metrics.required_token)
         if target is not None:
-            expiry = await _admit_viewer(request, admission, target[0], target[1], address)
+            verdict = await _admit_viewer(request, gate, target[0], target[1], address)
+            if verdict.expires_in is not None:
+                expiry = asyncio.get_running_loop().call_later(verdict.expires_in, _expire_viewer, request)
         resp = await handler(request)
     finally:
-        admission.limits.connection_closed(address)
+        gate.connection_closed(address)
         if expiry is not None:
             expiry.cancel()
+        viewer = request.get(VIEWER)
+        if verdict is not None:
+            if viewer is not None:
+                gate.viewer_left(verdict, viewer.close_reason or "viewer_left", time.monotonic() - started,
+                                 viewer.bytes_sent, viewer.frames_dropped)
+            else:
+                gate.viewer_left(verdict)
     fmt = target[1] if target is not None else "other"
-    viewer = request.get(VIEWER)
     # A viewer's bytes were counted by its writer as they were sent (StreamRegistry.count_sent); a plain
     # Response is written after the middlewares return: count its body.
     if viewer is not None:
@@ -212,95 +215,27 @@ async def admission_middleware(request: web.Request, handler):
     metrics.response_done(response_format(request, fmt), sent)
     if fmt == "flv" and resp.prepared:
         resp.force_close()  # the stream ended or the viewer was kicked: close the socket too
-    if target is not None and resp.status < 300:
-        key = target[0]
-        if fmt == "hls":
-            metrics.hls_request(address, str(key))
-        elif viewer is not None and admission.wants_hook("play_done") and admission.hooks is not None:
-            admission.hooks.tell(HookRequest("play_done", key.app, key.name, address, fmt, _params(request), {
-                "reason": viewer.close_reason or "viewer_left", "duration_s": round(time.monotonic() - started, 3),
-                "bytes_sent": viewer.bytes_sent, "frames_dropped": viewer.frames_dropped,
-            }))
+    if target is not None and fmt == "hls" and resp.status < 300:
+        metrics.hls_request(verdict.address if verdict is not None else address, str(target[0]))
     return resp
 
 
-def _params(request: web.Request) -> dict[str, str]:
-    """The query for webhooks, without the play token when it was ours (a credential is never forwarded)."""
-    ours = PLAY_QUERY in request
-    return {k: v for k, v in request.query.items() if not (ours and k == "token")}
-
-
-def _log_limit(admission: Admission, refused: LimitExceeded, path: str) -> None:
-    count = admission.limits.should_log(refused, time.monotonic())
-    if count:
-        event(log, "limit_reached", logging.WARNING, limit=refused.config_key, subject=refused.subject,
-              current=refused.current, maximum=refused.maximum, refused=count, path=path[:128])
-
-
 def _require_metrics_token(request: web.Request, token: str) -> None:
-    sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(sent.encode(), token.encode()):
+    if not bearer_matches(request.headers.get("Authorization"), token):
         raise json_error(401, "metrics need the admin token", "send Authorization: Bearer $MEDIASERVER_ADMIN_TOKEN, "
                          "or set api.metrics_public = true", {"WWW-Authenticate": 'Bearer realm="mediaserver"'})
 
 
-async def _admit_viewer(
-    request: web.Request, admission: Admission, key: StreamKey, fmt: str, address: str
-) -> asyncio.TimerHandle | None:
-    """Check the play token, the viewers limit and the on_play hook; raise the HTTP error when refused.
-    Returns the timer that ends the viewer when the hook set an expiry."""
-    token = request.query.get("token", "")
-    if not token and request.headers.get("Authorization", "").startswith("Bearer "):
-        token = request.headers["Authorization"][7:].strip()
-    try:
-        grant = admission.policy.authorize_play(key.app, key.name, token, address, time.time())
-    except AuthError as err:
-        raise await _refusal(request, admission, err.reason, str(key), address, fmt, str(err)) from None
-    if grant is not None:
-        request[PLAY_QUERY] = urlencode({"token": token})
-    registry = request.app[REGISTRY]
-    stream = registry.get(key)
-    if fmt != "hls" and stream is not None:
-        refused = admission.limits.check_viewers(str(key), len(stream.subscribers))
-        if refused is not None:
-            _log_limit(admission, refused, request.path)
-            raise json_error(503, refused.message, "try again later, or ask the operator to raise "
-                             f"{refused.config_key}", {"Retry-After": "10", **cors_headers(request)})
-    if stream is None or not admission.wants_hook("play") or admission.hooks is None:
-        return None
-    verdict = await _ask_play_hook(request, admission, key, fmt, address)
-    if not verdict.allowed:
-        raise await _refusal(request, admission, f"webhook_{verdict.reason}", str(key), address, fmt,
-                             "refused by the on_play hook")
-    if verdict.expires_in is None or fmt == "hls":
-        return None
-    return asyncio.get_running_loop().call_later(verdict.expires_in, _expire_viewer, request)
-
-
-async def _ask_play_hook(
-    request: web.Request, admission: Admission, key: StreamKey, fmt: str, address: str
-) -> HookVerdict:
-    assert admission.hooks is not None
-    hook = HookRequest("play", key.app, key.name, address, fmt, _params(request))
-    if fmt != "hls":
-        return await admission.hooks.ask(hook)
-    # HLS players make a request every few seconds: one answer per client and stream is reused.
-    cache = request.app[HLS_VERDICTS]
-    now = time.monotonic()
-    cached = cache.get((address, str(key)))
-    if cached is not None and now < cached[1]:
-        verdict, _, allowed_until = cached
-        if verdict.allowed and allowed_until is not None and now >= allowed_until:
-            return HookVerdict(False, "expired")
-        return verdict
-    verdict = await admission.hooks.ask(hook)
-    reuse_s = request.app[CONFIG].webhooks.hls_cache_s
-    until = now + verdict.expires_in if verdict.expires_in is not None else None
-    if len(cache) >= _MAX_HLS_VERDICTS:
-        for k in [k for k, v in cache.items() if v[1] <= now]:
-            del cache[k]
-    if len(cache) < _MAX_HLS_VERDICTS:
-        cache[(address, str(key))] = (verdict, now + reuse_s, until)
+async def _admit_viewer(request: web.Request, gate: Gate, key: StreamKey, fmt: str, address: str | None):
+    """The gate's verdict on this viewer; raises the HTTP answer when it refuses. The play token comes in
+    the query (`?token=`) or as a bearer token."""
+    token = request.query.get("token", "") or bearer_token(request.headers.get("Authorization"))
+    verdict = await gate.admit_play(key.app, key.name, token=token, query=request.query, address=address or "",
+                                    protocol=fmt)
+    if verdict.refusal is not None:
+        raise _refusal(request, str(key), verdict.refusal)
+    if verdict.play_token:
+        request[PLAY_QUERY] = urlencode({"token": verdict.play_token})
     return verdict
 
 
@@ -310,22 +245,15 @@ def _expire_viewer(request: web.Request) -> None:
         viewer.close("session_expired")
 
 
-async def _refusal(
-    request: web.Request, admission: Admission, reason: str, subject: str, address: str, fmt: str, why: str
-) -> web.HTTPException:
-    """Count and log (once per interval per client and stream) a refused viewer, wait the random delay,
-    then give the answer to raise: 401 (no token) or 403."""
-    delay = admission.refused("play", reason)
-    count = admission.log_gate.should_log(("play", address, subject, reason), time.monotonic())
-    if count:
-        event(log, "play_refused", logging.WARNING, stream=subject, reason=reason, peer=address, format=fmt,
-              refused=count)
-    if delay > 0:
-        await asyncio.sleep(delay)
+def _refusal(request: web.Request, subject: str, refusal: Refusal) -> web.HTTPException:
+    """A refusal as an HTTP answer: 401 (no token), 403 (a credential or the hook), 503 (a limit). A stream
+    that is not here is the route's 404 (an ended HLS playlist is still served)."""
     headers = cors_headers(request)
-    if reason == "missing":
+    if refusal.kind == LIMIT:
+        return json_error(503, refusal.message, refusal.hint, {"Retry-After": "10", **headers})
+    if refusal.kind == CREDENTIAL and refusal.reason == "missing":
         headers["WWW-Authenticate"] = 'Bearer realm="mediaserver play"'
         return json_error(401, f"playing {subject} needs a play token",
                           "add ?token=... to the URL; `mediaserver token --action play` mints one", headers)
-    return json_error(403, f"playing {subject} is refused: {why}",
+    return json_error(403, f"playing {subject} is refused: {refusal.message}",
                       "ask for a new play URL; tokens are for one stream and expire", headers)

@@ -7,13 +7,11 @@ import json
 
 from aiohttp import web
 
-from ..config import Config
-from ..hub.registry import StreamRegistry
-from ..hub.stream import Stream
+from ..auth import cors
+from ..auth.names import NAME_RULE
+from ..hub.stream import Stream, StreamKey
+from .keys import CONFIG, GATE, REGISTRY
 from .names import stream_key
-
-CONFIG = web.AppKey("config", Config)
-REGISTRY = web.AppKey("registry", StreamRegistry)
 
 PLAY_QUERY = "mediaserver.play_query"
 """Request key set by the admission middleware: the play token's query, carried to segment URIs."""
@@ -49,9 +47,7 @@ def json_error(status: int, error: str, hint: str, headers: dict[str, str] | Non
 
 def cors_headers(request: web.Request) -> dict[str, str]:
     origin = request.app[CONFIG].http.cors_origin
-    if not origin:
-        return {}
-    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Content-Length, Date"}
+    return cors.cors_headers(request.headers.get("Origin"), (origin,) if origin else (), "Content-Length, Date")
 
 
 def peer_of(request: web.Request) -> str:
@@ -68,17 +64,20 @@ def find_stream(request: web.Request, app: str, name: str) -> Stream:
     if key is None:
         raise json_error(
             400, "invalid stream name",
-            "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'",
+            NAME_RULE,
             cors_headers(request),
         )
     stream = request.app[REGISTRY].get(key)
     if stream is None or stream.ended:
-        raise json_error(
-            404, f"stream {key} is not being published",
-            f"publish it first, e.g. ffmpeg -re -i FILE -c copy -f flv rtmp://HOST/{key.app}/{key.name}",
-            cors_headers(request),
-        )
+        raise not_published(request, key)
     return stream
+
+
+def not_published(request: web.Request, key: StreamKey) -> web.HTTPException:
+    """The 404 for a stream this node cannot serve, with the gate's hint (blocked, not in the cluster, or
+    not published)."""
+    error, hint = request.app[GATE].not_found(key)
+    return json_error(404, error, hint, cors_headers(request))
 
 
 async def send_shared(request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:

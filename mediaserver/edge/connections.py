@@ -36,9 +36,8 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from ..auth.limits import LogGate
 from ..auth.tokens import normalize_address
-from ..log import event
+from ..log import LogGate, event
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 
@@ -47,9 +48,8 @@ class Sample:
 class _Ring:
     stream: Stream
     samples: deque[Sample]
-    last_at: float
-    """Monotonic time of the previous reading."""
-    last_bytes: int
+    rate: RateMeter
+    """Ingest between the previous reading and this one."""
     segment_viewers: int = 0
     """HLS/DASH clients at the last reading."""
 
@@ -91,16 +91,16 @@ class StreamHistory:
             ring = self._rings.get(key)
             if ring is None or ring.stream is not stream:
                 # First sight (or a new stream under an old name): the next reading gives the first rate.
-                self._rings[key] = _Ring(stream, deque(maxlen=self.samples), now, stream.bytes_in)
+                ring = self._rings[key] = _Ring(stream, deque(maxlen=self.samples), RateMeter(window_s=0))
+                ring.rate.add(now, stream.bytes_in)
                 continue
-            elapsed = now - ring.last_at
-            if elapsed <= 0:
+            ring.rate.add(now, stream.bytes_in)
+            kbps = ring.rate.kbps()
+            if kbps is None:
                 continue
-            kbps = max(0, stream.bytes_in - ring.last_bytes) * 8 / elapsed / 1000
             ring.segment_viewers = segment.get(str(key), 0)
             viewers = len(stream.subscribers) + ring.segment_viewers
             ring.samples.append(Sample(round(wall, 3), round(kbps, 1), viewers))
-            ring.last_at, ring.last_bytes = now, stream.bytes_in
         for key in [k for k in self._rings if k not in live]:
             del self._rings[key]
 

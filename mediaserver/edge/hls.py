@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
+from ..auth.names import NAME_RULE
+from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, not_published, send_shared
+from .keys import PACKAGERS
 from .names import stream_key
-from .packagers import PackagerPool
-
-PACKAGERS = web.AppKey("packagers", PackagerPool)
 
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -24,11 +23,10 @@ def _packager(request: web.Request):
     key = stream_key(request.match_info["app"], request.match_info["name"])
     if key is None:
         raise json_error(400, "invalid stream name",
-                         "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~'", cors_headers(request))
+                         NAME_RULE, cors_headers(request))
     packager = request.app[PACKAGERS].hls(key)
     if packager is None:
-        raise json_error(404, f"stream {key} is not being published",
-                         f"publish it first to rtmp://HOST/{key.app}/{key.name}", cors_headers(request))
+        raise not_published(request, key)
     return key, packager
 
 

@@ -40,6 +40,7 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
+from .keys import METRICS
 
 LAG_INTERVAL_S = 0.5
 LAG_WINDOW_S = 10.0
@@ -253,7 +254,6 @@ class _Collector:
 
 # ----- HTTP handlers ------------------------------------------------------------------------------
 
-METRICS = web.AppKey("metrics", Metrics)
 
 
 async def serve_metrics(request: web.Request) -> web.Response:

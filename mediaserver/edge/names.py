@@ -1,20 +1,13 @@
 """Stream names as they appear in URLs, checked before anything is looked up.
 
-App and stream names are 1-128 characters of letters, digits, '_', '-', '.' and '~', and never start with
-'.', so no URL can name a path outside the server's own (no '..', no slashes, encoded or not).
+The rule itself (and the apps the HTTP side keeps for itself) is `auth/names.py`, shared with RTMP, the
+admin API and the config; this module turns URL parts into a StreamKey under it.
 """
 
 from __future__ import annotations
 
-import re
-
+from ..auth.names import valid_name
 from ..hub.stream import StreamKey
-
-_NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]{0,127}")
-
-
-def valid_name(text: str) -> bool:
-    return _NAME.fullmatch(text) is not None
 
 
 def stream_key(app: str, name: str) -> StreamKey | None:

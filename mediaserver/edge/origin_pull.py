@@ -41,13 +41,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..auth.limits import LogGate
 from ..auth.tokens import normalize_address
 from ..cluster.locator import KICK, PUBLISHED, ClusterEvent, StreamLocator
 from ..errors import MediaError
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
-from ..log import event
+from ..log import LogGate, event
 from .common import json_error
 from .flv_ingest import FlvIngest
 from .names import stream_key
@@ -490,30 +489,6 @@ class PullPool:
                 raise json_error(404, f"stream {key} is not on this node",
                                  "internal pulls go to the stream's origin; set cluster.serve_edges on a parent edge")
         return await request.match_info.handler(request)
-
-    @web.middleware
-    async def viewer_middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]):
-        """Innermost (after admission): a viewer of a stream this node does not have starts a pull."""
-        if self.pull_viewers:
-            key = _play_key(request)
-            if key is not None:
-                stream = self.registry.get(key)
-                if stream is None or stream.ended:
-                    found = await self.request(key, client=request.remote)
-                    if isinstance(found, PullRefusal) and found.status != 404:
-                        raise json_error(found.status, found.error, found.hint, {"Retry-After": "5"})
-                    # 404: the handler answers as for any stream that is not here
-        return await handler(request)
-
-
-def _play_key(request: web.Request) -> StreamKey | None:
-    route = request.match_info.route.name
-    if route == "play-flv":
-        file = request.match_info["file"]
-        return stream_key(request.match_info["app"], file[:-4]) if file.endswith(".flv") else None
-    if route == "play-hls":
-        return stream_key(request.match_info["app"], request.match_info["name"])
-    return None
 
 
 def _key_of(text: str) -> StreamKey | None:

@@ -28,7 +28,6 @@ These routes are registered before the play routes, so an app cannot be called "
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -41,13 +40,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth.tokens import AuthError, normalize_address
+from ..auth.names import NAME_RULE
+from ..auth.tokens import AuthError, bearer_matches, normalize_address
 from ..hub.stream import Stream, StreamState
 from ..log import event
-from .common import CONFIG, REGISTRY, json_error
+from .common import json_error
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .history import StreamHistory
-from .metrics import HLS_VIEWER_WINDOW_S, METRICS, Metrics
+from .keys import ADMIN_TOKEN, CONFIG, GATE, HISTORY, METRICS, REGISTRY, STATIC_FILES
+from .metrics import HLS_VIEWER_WINDOW_S, Metrics
 from .names import stream_key
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ _STATIC_TYPES = {
 }
 MAX_PUBLIC_STREAMS = 1000
 
-HISTORY = web.AppKey("page_history", StreamHistory)
-ADMIN_TOKEN = web.AppKey("page_admin_token", str)
-"""The admin token the console's JSON needs ("" when the admin API is disabled)."""
-STATIC_FILES = web.AppKey("page_static_files", dict)
 
 # The formats a stream can be played in, best first for a browser viewer (the player page takes the
 # first one the stream's codecs and the browser allow): HTTP-FLV has the lowest delay and the quickest
@@ -148,10 +145,8 @@ async def serve_static(request: web.Request) -> web.StreamResponse:
 
 
 def _admission(app: web.Application):
-    # Imported here: edge.app imports this module to register the routes.
-    from .app import ADMISSION
-
-    return app.get(ADMISSION)
+    gate = app.get(GATE)
+    return gate.admission if gate is not None else None
 
 
 def _public_state(stream: Stream | None) -> str:
@@ -183,8 +178,7 @@ async def serve_stream_status(request: web.Request) -> web.Response:
     app, name = request.match_info["app"], request.match_info["name"]
     key = stream_key(app, name)
     if key is None:
-        raise json_error(400, "invalid stream name",
-                         "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'")
+        raise json_error(400, "invalid stream name", NAME_RULE)
     await _check_play_token(request, key.app, key.name)
     stream = request.app[REGISTRY].get(key)
     state = _public_state(stream)
@@ -250,8 +244,7 @@ async def _check_admin_token(request: web.Request) -> None:
         raise json_error(503, "the admin API is disabled",
                          f"set the environment variable {token_env} to a secret of 16 or more characters "
                          "and restart the server")
-    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode()):
+    if bearer_matches(request.headers.get("Authorization"), token):
         return
     admission = _admission(request.app)
     delay = admission.failure_delay_s * admission.rng.uniform(0.5, 1.0) if admission is not None else 0.5

@@ -31,7 +31,7 @@ from ..auth.hooks import HookRequest, HookVerdict, read_answer
 from ..config import WebhooksConfig
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
-from ..log import event
+from ..log import LogGate, event
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class WebhookClient:
         self.outcomes: Counter[tuple[str, str]] = Counter()
         """Calls by (event, outcome): allowed, denied, or what failed; for metrics."""
         self._pending: set[asyncio.Task[None]] = set()
-        self._logged: dict[str, tuple[float, int]] = {}
+        self._log_gate = LogGate(_LOG_INTERVAL_S)
         self._publishers: dict[int, tuple[Stream, str, float]] = {}
 
     @property
@@ -184,11 +184,7 @@ class WebhookClient:
         return HookVerdict(True, "allowed", stream, expires_in)
 
     def _log_failure(self, event_name: str, url: str, outcome: str, effect: str) -> None:
-        now = time.monotonic()
-        logged_at, pending = self._logged.get(event_name, (float("-inf"), 0))
-        if now - logged_at < _LOG_INTERVAL_S:
-            self._logged[event_name] = (logged_at, pending + 1)
-            return
-        self._logged[event_name] = (now, 0)
-        event(log, "webhook_failed", logging.WARNING, hook=event_name, url=_safe_url(url), outcome=outcome,
-              effect=effect, more_since_last_log=pending, timeout_s=self.cfg.timeout)
+        count = self._log_gate.should_log(event_name, time.monotonic())
+        if count:
+            event(log, "webhook_failed", logging.WARNING, hook=event_name, url=_safe_url(url), outcome=outcome,
+                  effect=effect, more_since_last_log=count - 1, timeout_s=self.cfg.timeout)

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import MediaError
-from ..log import event
+from ..log import LogGate, event
 from ..media import flv_body
 from ..media.frames import AUDIO_CODECS, VIDEO_CODECS, Frame, FrameKind, StreamInfo
 from .gop import GopCache, GopLimits
@@ -94,8 +94,7 @@ class Stream:
         self._unsunk: list[Frame] = []
         self._refused_codecs: set[str] = set()
         self._drops_unlogged = 0
-        self._overflows_unlogged = 0
-        self._drop_logged_at = float("-inf")
+        self._drop_log = LogGate(DROP_LOG_INTERVAL_S)
 
     @property
     def ended(self) -> bool:
@@ -290,14 +289,13 @@ class Stream:
         """Count a slow viewer's dropped frames; log them at most once per interval per stream."""
         self.frames_dropped += frames
         self._drops_unlogged += frames
-        self._overflows_unlogged += 1
-        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+        overflows = self._drop_log.should_log("drops", now)
+        if overflows:
             event(
                 log, "slow_viewers_dropped", logging.WARNING, stream=str(self.key),
-                frames=self._drops_unlogged, overflows=self._overflows_unlogged, interval_s=DROP_LOG_INTERVAL_S,
+                frames=self._drops_unlogged, overflows=overflows, interval_s=DROP_LOG_INTERVAL_S,
             )
-            self._drop_logged_at = now
-            self._drops_unlogged = self._overflows_unlogged = 0
+            self._drops_unlogged = 0
 
     def changed(self) -> asyncio.Future[None]:
         """A future that completes when the next frame arrives or the stream ends."""

@@ -2,6 +2,8 @@
 
 It owns the sockets, the timeouts (handshake, idle), the translation of session events into hub calls
 (claim a stream, publish frames, release), and the publisher handle the hub uses to end a connection.
+Whether a publisher or player gets in is the gate's decision (mediaserver/gate.py, shared with HTTP):
+this module asks it and turns the Verdict into an onStatus answer.
 Players (`play`) are hub subscribers whose batches are sent with compressed chunk headers, in one socket
 write per batch, waiting for the socket to drain (backpressure) before taking the next batch.
 
@@ -14,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..auth.admission import Admission
-from ..auth.hooks import HookRequest
-from ..auth.limits import LimitExceeded
-from ..auth.tokens import AuthError, query_without, token_from_query
+from ..auth.names import redacted
+from ..auth.tokens import normalize_address, query_without, token_from_query
 from ..config import RtmpConfig
 from ..errors import PeerError
+from ..gate import CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..hub.subscriber import SlowConsumer, Subscriber
@@ -35,32 +36,22 @@ from .session import ServerSession
 
 log = logging.getLogger(__name__)
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.~")
 _PLAY_MERGE_S = 0.05
-# First URL segments the HTTP side uses for itself: a stream under one of these apps could not be watched.
-RESERVED_APPS = frozenset({"play", "static", "console", "api", "time", "metrics", "healthz", "readyz"})
-
-
-def _valid_name(text: str) -> bool:
-    return 0 < len(text) <= 128 and text[0] != "." and all(c in _NAME_CHARS for c in text)
+_PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
+    CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
+    LIMIT: "NetStream.Publish.Rejected",
+}
 
 
 class RtmpServer:
     """Listens for RTMP connections and tracks them for an ordered shutdown."""
 
-    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry, admission: Admission | None = None) -> None:
+    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry, gate: Gate | None = None) -> None:
         self.cfg = cfg
         self.registry = registry
-        self.admission = admission
-        """Credentials, limits and webhooks; None admits everyone (as with no auth configured)."""
+        self.gate = gate or Gate(Admission(), registry)
+        """Admission and cluster decisions, shared with the HTTP side (the default admits everyone)."""
         self.connections: set[RtmpConnection] = set()
-        # ----- cluster claim hook -----
-        self.publish_claim: Callable[[StreamKey], Awaitable[str | None]] | None = None
-        self.play_locate: Callable[[StreamKey], Awaitable[object]] | None = None
-        """On an edge: make a stream published elsewhere local (start a pull) before a player is answered."""
-        """Asked before a publisher is accepted (the cluster's one-publisher-per-stream claim): None
-        accepts, a message refuses with NetStream.Publish.BadName. Set by the composition root."""
-        # ----- end of cluster claim hook -----
         self._server: asyncio.base_events.Server | None = None
         self._ids = 0
 
@@ -115,8 +106,10 @@ class RtmpConnection(asyncio.Protocol):
         self._merge_s = self.cfg.read_merge_ms / 1000
         self._reading_paused = False
         self.ip = ""
+        """The client's address, normalized (as HTTP's): limits, token bindings and webhooks see one form."""
         self._counted_ip = False
         self._admitting: asyncio.Task[None] | None = None
+        """Admission (the gate) in progress for a publish or play request."""
         self._expiry: asyncio.TimerHandle | None = None
 
     # ----- asyncio.Protocol -------------------------------------------------------------------------
@@ -127,18 +120,13 @@ class RtmpConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         self.log = Bound(log, {"conn": self.conn_id, "peer": self.peer})
-        # ----- admission: connections per client address -----
-        admission = self.server.admission
-        if admission is not None and isinstance(peer, tuple):
-            self.ip = str(peer[0])
-            refused = admission.limits.connection_opened(self.ip)
-            if refused is not None:
-                self._log_limit(refused)
+        if isinstance(peer, tuple):
+            self.ip = normalize_address(str(peer[0]))
+            if self.server.gate.connection_opened(self.ip, self.log, protocol="rtmp") is not None:
                 self._closing = True
                 transport.abort()
                 return
             self._counted_ip = True
-        # ----- end of admission -----
         self.server.connections.add(self)
         self._timer = self.loop.call_later(self.cfg.handshake_timeout, self._check_timeouts)
         self._flush()
@@ -174,15 +162,13 @@ class RtmpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        # ----- admission -----
-        if self._counted_ip and self.server.admission is not None:
+        if self._counted_ip:
             self._counted_ip = False
-            self.server.admission.limits.connection_closed(self.ip)
+            self.server.gate.connection_closed(self.ip)
         if self._admitting is not None:
             self._admitting.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
-        # ----- end of admission -----
         if self._timer is not None:
             self._timer.cancel()
         if self._writable is not None and not self._writable.done():
@@ -249,58 +235,34 @@ class RtmpConnection(asyncio.Protocol):
             self.session.reject_publish(e.request_id, "NetStream.Publish.BadName", "This connection already has a stream.")
             self._close_after_flush()
             return
-        app = e.app or self.app
-        if not (_valid_name(app) and _valid_name(e.name)):
-            self.session.reject_publish(
-                e.request_id, "NetStream.Publish.BadName",
-                "App and stream names are 1-128 letters, digits, '_', '-', '.' or '~'.",
-            )
-            event(self.log, "publish_refused", logging.WARNING, app=app[:64], stream=e.name[:64], reason="bad_name")
-            self._close_after_flush()
-            return
-        if app in RESERVED_APPS:
-            self.session.reject_publish(
-                e.request_id, "NetStream.Publish.BadName",
-                f"The app name {app!r} is taken by the server's own pages and API; publish to another app, e.g. live.",
-            )
-            event(self.log, "publish_refused", logging.WARNING, app=app, stream=e.name[:64], reason="reserved_app")
-            self._close_after_flush()
-            return
-        # ----- admission: credentials, publishers per app, on_publish webhook -----
-        admission = self.server.admission
-        if admission is None:
-            self._start_publish(e, StreamKey(app, e.name))
-            return
-        token = token_from_query(e.query) or token_from_query(self.session.app.partition("?")[2])
-        try:
-            grant = admission.policy.authorize_publish(app, e.name, token, self.ip, time.time())
-        except AuthError as err:
-            delay = admission.refused("publish", err.reason)
-            event(self.log, "publish_refused", logging.WARNING, stream=err.subject, reason=err.reason)
-            why = f"Publishing refused: {err}."
-            self._refuse_later(delay, lambda: self._reject_publish(e.request_id, "NetStream.Publish.Unauthorized", why))
-            return
-        key = StreamKey(grant.app, grant.name)
-        if not self._publishers_within_limit(e, key):
-            return
-        if not admission.wants_hook("publish"):
-            self._start_publish(e, key)
-            return
-        params = query_without(e.query, "token" if grant.via == "token" else None)
-        hook = HookRequest("publish", key.app, key.name, self.ip, "rtmp", params, {"via": grant.via})
-        self._admitting = self.loop.create_task(self._ask_publish_hook(e, key, hook))
-        # ----- end of admission -----
+        self._admitting = self.loop.create_task(self._admit_publish(e))
 
-    def _start_publish(
-        self, e: ev.PublishRequested, key: StreamKey, cluster_checked: bool = False, expires_in: float | None = None
-    ) -> None:
-        """Claim the stream and answer NetStream.Publish.Start (or refuse when the name is taken);
-        `expires_in` (from the on_publish hook) ends the session after that many seconds."""
-        # ----- cluster claim hook -----
-        if self.server.publish_claim is not None and not cluster_checked:
-            self._admitting = self.loop.create_task(self._claim_in_cluster(e, key, expires_in))
+    def _token(self, query: str) -> str:
+        """The token of a publish or play request: in the stream name's query, else in the connect URL's."""
+        return token_from_query(query) or token_from_query(self.session.app.partition("?")[2])
+
+    async def _admit_publish(self, e: ev.PublishRequested) -> None:
+        try:
+            verdict = await self.server.gate.admit_publish(
+                e.app or self.app, e.name, token=self._token(e.query), query=query_without(e.query, None),
+                address=self.ip, logger=self.log,
+            )
+        finally:
+            self._admitting = None
+        if self._closing or self.transport is None or self.transport.is_closing():
             return
-        # ----- end of cluster claim hook -----
+        refusal = verdict.refusal
+        if refusal is not None:
+            code = _PUBLISH_CODES.get(refusal.kind, "NetStream.Publish.BadName")
+            self._reject_publish(e.request_id, code, f"Publishing refused: {refusal.message}.")
+            return
+        assert verdict.key is not None
+        self._start_publish(e, verdict.key, verdict.expires_in)
+        self._flush()  # outside data_received: nothing else sends the answer
+
+    def _start_publish(self, e: ev.PublishRequested, key: StreamKey, expires_in: float | None) -> None:
+        """Take the stream in the hub and answer NetStream.Publish.Start (or refuse when the name is taken
+        here); `expires_in` (from the on_publish hook) ends the session after that many seconds."""
         try:
             stream = self.registry.claim_publisher(key, self)
         except PublishRefused as err:
@@ -320,23 +282,6 @@ class RtmpConnection(asyncio.Protocol):
         if expires_in is not None:
             self._expiry = self.loop.call_later(expires_in, self._expire_publish)
         event(self.log, "publish_accepted", stream=str(key), session=stream.sessions)
-
-    # ----- cluster claim hook -----
-    async def _claim_in_cluster(self, e: ev.PublishRequested, key: StreamKey, expires_in: float | None) -> None:
-        assert self.server.publish_claim is not None
-        try:
-            refusal = await self.server.publish_claim(key)
-        finally:
-            self._admitting = None
-        if self._closing or self.transport is None or self.transport.is_closing():
-            return
-        if refusal is not None:
-            event(self.log, "publish_refused", logging.WARNING, stream=str(key), reason="published_elsewhere")
-            self._reject_publish(e.request_id, "NetStream.Publish.BadName", refusal)
-            return
-        self._start_publish(e, key, cluster_checked=True, expires_in=expires_in)
-        self._flush()  # outside data_received: nothing else sends the answer
-    # ----- end of cluster claim hook -----
 
     def _announce(self) -> None:
         """The one line that says what a publisher sends, once its codecs are known."""
@@ -378,82 +323,52 @@ class RtmpConnection(asyncio.Protocol):
     # ----- play -----------------------------------------------------------------------------------
 
     def _on_play(self, e: ev.PlayRequested) -> None:
-        app = e.app or self.app
-        key = StreamKey(app, e.name) if _valid_name(app) and _valid_name(e.name) else None
-        # ----- admission: play token, on_play webhook -----
-        admission = self.server.admission
-        if admission is not None and key is not None and self._admitting is None:
-            token = token_from_query(e.query) or token_from_query(self.session.app.partition("?")[2])
-            try:
-                grant = admission.policy.authorize_play(app, e.name, token, self.ip, time.time())
-            except AuthError as err:
-                delay = admission.refused("play", err.reason)
-                event(self.log, "play_refused", logging.WARNING, stream=err.subject, reason=err.reason)
-                why = f"Playing refused: {err}."
-                self._refuse_later(delay, lambda: self._reject_play(e.request_id, why))
-                return
-            if admission.wants_hook("play") and self.registry.get(key) is not None:
-                params = query_without(e.query, "token" if grant is not None else None)
-                hook = HookRequest("play", key.app, key.name, self.ip, "rtmp", params)
-                self._admitting = self.loop.create_task(self._ask_play_hook(e, key, hook))
-                return
-        # ----- end of admission -----
-        self._start_play(e, app, key)
+        if self.stream is not None or self._play_task is not None or self._admitting is not None:
+            self._reject_play(e.request_id, "NetStream.Play.Failed", "This connection already has a stream.")
+            return
+        self._admitting = self.loop.create_task(self._admit_play(e))
 
-    async def _locate_then_play(self, e: ev.PlayRequested, app: str, key: StreamKey) -> None:
-        assert self.server.play_locate is not None
+    async def _admit_play(self, e: ev.PlayRequested) -> None:
+        gate = self.server.gate
         try:
-            await self.server.play_locate(key)
+            verdict = await gate.admit_play(
+                e.app or self.app, e.name, token=self._token(e.query), query=query_without(e.query, None),
+                address=self.ip, protocol="rtmp", logger=self.log,
+            )
         finally:
             self._admitting = None
         if self._closing or self.transport is None or self.transport.is_closing():
+            gate.viewer_left(verdict)
             return
-        self._start_play(e, app, key, located=True)
+        refusal = verdict.refusal
+        if refusal is not None:
+            code = "NetStream.Play.StreamNotFound" if refusal.kind == NAME else "NetStream.Play.Failed"
+            self._reject_play(e.request_id, code, f"Playing refused: {refusal.message}.")
+            return
+        self._start_play(e, verdict)
         self._flush()  # outside data_received: nothing else sends the answer
 
-    def _start_play(self, e: ev.PlayRequested, app: str, key: StreamKey | None, located: bool = False) -> Subscriber | None:
-        stream = self.registry.get(key) if key else None
-        if (stream is None or stream.ended) and key is not None and not located and self.server.play_locate is not None \
-                and self._admitting is None and self._play_task is None and self.stream is None:
-            self._admitting = self.loop.create_task(self._locate_then_play(e, app, key))
-            return None
-        if (stream is None or stream.ended or self.stream is not None or self._play_task is not None
-                or self._admitting is not None):
-            self.session.reject_play(e.request_id, "NetStream.Play.StreamNotFound", f"{app}/{e.name} is not being published.")
-            event(self.log, "play_refused", stream=f"{app[:64]}/{e.name[:64]}", reason="not_found")
-            return None
-        # ----- admission: viewers per stream -----
-        admission = self.server.admission
-        if admission is not None:
-            refused = admission.limits.check_viewers(str(stream.key), len(stream.subscribers))
-            if refused is not None:
-                self._log_limit(refused)
-                self.session.reject_play(e.request_id, "NetStream.Play.Failed", f"Playing refused: {refused.message}.")
-                return None
-        # ----- end of admission -----
+    def _start_play(self, e: ev.PlayRequested, verdict: Verdict) -> None:
+        stream = verdict.stream
+        if stream is None or stream.ended:  # not published (or it ended while the webhook was asked)
+            self.server.gate.viewer_left(verdict)
+            assert verdict.key is not None
+            error, hint = self.server.gate.not_found(verdict.key)
+            self._reject_play(e.request_id, "NetStream.Play.StreamNotFound", f"{error[:1].upper()}{error[1:]}; {hint}.")
+            # A name nobody publishes may be a stream key typed into a player: never logged as sent.
+            event(self.log, "play_refused", stream=f"{verdict.key.app}/{redacted(verdict.key.name)}", reason="not_found")
+            return
         self.session.accept_play(e.request_id)
         sub, start = stream.subscribe("rtmp", self.peer, self.loop.time())
         event(self.log, "viewer_join", stream=str(stream.key), format="rtmp", viewers=len(stream.subscribers))
-        self._play_task = self.loop.create_task(self._play(sub, start, e.stream_id))
-        # ----- admission: on_play_done webhook -----
-        if admission is not None and admission.wants_hook("play_done"):
-            hooks, joined = admission.hooks, self.loop.time()
-            params = query_without(e.query, None if admission.policy.play_is_open(stream.key.app) else "token")
+        self._play_task = self.loop.create_task(self._play(sub, start, e.stream_id, verdict))
+        if verdict.expires_in is not None:
+            self._expiry = self.loop.call_later(verdict.expires_in, sub.close, "session_expired")
 
-            def done(task: asyncio.Task[None]) -> None:
-                assert hooks is not None
-                hooks.tell(HookRequest("play_done", stream.key.app, stream.key.name, self.ip, "rtmp", params, {
-                    "reason": sub.close_reason or "viewer_left", "duration_s": round(self.loop.time() - joined, 3),
-                    "bytes_sent": sub.bytes_sent, "frames_dropped": sub.frames_dropped,
-                }))
-
-            self._play_task.add_done_callback(done)
-        # ----- end of admission -----
-        return sub
-
-    async def _play(self, sub: Subscriber, start: list, stream_id: int) -> None:
+    async def _play(self, sub: Subscriber, start: list, stream_id: int, verdict: Verdict) -> None:
         reason = "viewer_left"
         session = self.session
+        joined = self.loop.time()
         try:
             batch = start
             while batch is not None:
@@ -488,52 +403,10 @@ class RtmpConnection(asyncio.Protocol):
             event(self.log, "viewer_leave", stream=str(sub.stream.key), format="rtmp", reason=reason,
                   bytes=sub.bytes_sent, dropped_frames=sub.frames_dropped)
             self._play_task = None
+            self.server.gate.viewer_left(verdict, sub.close_reason or "viewer_left", self.loop.time() - joined,
+                                         sub.bytes_sent, sub.frames_dropped)
 
-    # ----- admission: credentials, limits and webhooks (auth/) ----------------------------------------
-
-    def _publishers_within_limit(self, e: ev.PublishRequested, key: StreamKey) -> bool:
-        admission = self.server.admission
-        assert admission is not None
-        if not admission.limits.max_publishers_per_app:
-            return True
-        live = sum(1 for s in self.registry.streams() if s.key.app == key.app and s.key != key and s.publisher is not None)
-        refused = admission.limits.check_publishers(key.app, live)
-        if refused is None:
-            return True
-        self._log_limit(refused)
-        self._reject_publish(e.request_id, "NetStream.Publish.Rejected", f"Publishing refused: {refused.message}.")
-        return False
-
-    async def _hook_verdict(self, action: str, key: StreamKey, hook: HookRequest, refuse: Callable[[], None]):
-        """Ask the webhook; on a refusal log it and answer after the random delay. Returns the verdict
-        when allowed, None when refused or when the connection went away meanwhile."""
-        admission = self.server.admission
-        assert admission is not None and admission.hooks is not None
-        try:
-            verdict = await admission.hooks.ask(hook)
-        finally:
-            self._admitting = None
-        if self._closing or self.transport is None or self.transport.is_closing():
-            return None
-        if not verdict.allowed:
-            delay = admission.refused(action, f"webhook_{verdict.reason}")
-            event(self.log, f"{action}_refused", logging.WARNING, stream=str(key), reason=f"webhook_{verdict.reason}")
-            self._refuse_later(delay, refuse)
-            return None
-        return verdict
-
-    async def _ask_publish_hook(self, e: ev.PublishRequested, key: StreamKey, hook: HookRequest) -> None:
-        verdict = await self._hook_verdict("publish", key, hook, lambda: self._reject_publish(
-            e.request_id, "NetStream.Publish.Unauthorized", "Publishing refused by the on_publish hook."))
-        if verdict is None:
-            return
-        if verdict.stream is not None and verdict.stream != key.name:
-            event(self.log, "publish_renamed", stream=str(key), to=f"{key.app}/{verdict.stream}", by="on_publish")
-            key = StreamKey(key.app, verdict.stream)
-            if not self._publishers_within_limit(e, key):
-                return
-        self._start_publish(e, key, expires_in=verdict.expires_in)
-        self._flush()  # outside data_received: nothing else sends the answer
+    # ----- answers ---------------------------------------------------------------------------------
 
     def _expire_publish(self) -> None:
         if self.stream is not None:
@@ -546,41 +419,9 @@ class RtmpConnection(asyncio.Protocol):
             self.session.reject_publish(request_id, code, description)
             self._close_after_flush()
 
-    def _refuse_later(self, delay: float, answer: Callable[[], None]) -> None:
-        """Answer a refused credential after the random delay (guessing is slow; timing tells nothing)."""
-        async def later() -> None:
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                self._admitting = None
-            answer()
-
-        if delay <= 0:
-            answer()
-        else:
-            self._admitting = self.loop.create_task(later())
-
-    def _log_limit(self, refused: LimitExceeded) -> None:
-        admission = self.server.admission
-        assert admission is not None
-        count = admission.limits.should_log(refused, self.loop.time())
-        if count:
-            event(self.log, "limit_reached", logging.WARNING, limit=refused.config_key, subject=refused.subject,
-                  current=refused.current, maximum=refused.maximum, refused=count, protocol="rtmp")
-
-    async def _ask_play_hook(self, e: ev.PlayRequested, key: StreamKey, hook: HookRequest) -> None:
-        verdict = await self._hook_verdict(
-            "play", key, hook, lambda: self._reject_play(e.request_id, "Playing refused by the on_play hook."))
-        if verdict is None:
-            return
-        sub = self._start_play(e, key.app, key)
-        self._flush()
-        if sub is not None and verdict.expires_in is not None:
-            self._expiry = self.loop.call_later(verdict.expires_in, sub.close, "session_expired")
-
-    def _reject_play(self, request_id: int, description: str) -> None:
+    def _reject_play(self, request_id: int, code: str, description: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.session.reject_play(request_id, "NetStream.Play.Failed", description)
+            self.session.reject_play(request_id, code, description)
             self._flush()
 
     # ----- output and closing ---------------------------------------------------------------------

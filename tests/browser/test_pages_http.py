@@ -23,8 +23,10 @@ from mediaserver.auth.tokens import Action, mint
 from mediaserver.config import load_config
 from mediaserver.edge.app import make_app
 from mediaserver.edge.history import StreamHistory
+from mediaserver.edge.keys import HISTORY
 from mediaserver.edge.packagers import PackagerPool
-from mediaserver.edge.pages import FORMATS, HISTORY, WEB_DIR, content_security_policy, static_table
+from mediaserver.edge.pages import FORMATS, WEB_DIR, content_security_policy, static_table
+from mediaserver.gate import Gate
 from mediaserver.hub.registry import StreamRegistry
 from mediaserver.hub.stream import StreamKey
 
@@ -57,7 +59,7 @@ class Node:
         policy = AccessPolicy(play_open=play_open, secrets=(SECRET.encode(),))
         self.admission = Admission(policy=policy, failure_delay_s=0.0)
         self.app = make_app(self.config, self.registry, PackagerPool(self.registry, self.config.hls),
-                            admission=self.admission)
+                            gate=Gate(self.admission, self.registry))
 
     def publish(self, app: str = "live", name: str = "cam", video: str | None = "h264", audio: str | None = "aac"):
         publisher = FakePublisher()

@@ -1,4 +1,9 @@
-"""Imports point downward (ARCHITECTURE.md section 4): this test holds the lines by parsing every module."""
+"""Imports point downward (ARCHITECTURE.md sections 2-3) and never in a circle: this test holds the lines by
+parsing every module.
+
+The gate (mediaserver/gate.py) sits between the pure rules and the listeners: it awaits webhooks and the
+cluster, so it cannot be in auth/ (no asyncio there), and both rtmp.server and edge call it, so it cannot
+be in either; it may use auth, hub, log and config, and only rtmp.server, edge and cli may use it."""
 
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ ALLOWED = {
     "transports": set(),
     "media": {"errors", "media"},
     "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart
-    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "transports"},
+    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "gate", "transports"},
     "hub": {"errors", "media", "hub", "log"},
     "remux": {"errors", "media", "remux"},
     "auth": {"errors", "auth"},
-    "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "transports"},
+    "gate": {"errors", "config", "log", "hub", "auth", "media"},
+    "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports"},
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api"},
     "cluster": {"errors", "log", "cluster"},
 }
@@ -31,6 +37,7 @@ FORBIDDEN = {
     "hub": {"aiohttp", "redis"},
     "auth": {"aiohttp", "redis", "asyncio"},
     "edge": {"redis"},
+    "gate": {"aiohttp", "redis"},
 }
 
 
@@ -40,20 +47,40 @@ def _layer(module: str) -> str:
     return module.split(".")[0]
 
 
-def _imports(path: Path, module: str) -> set[str]:
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:`: imports for type checkers, never run."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.body:
+                skipped.update(id(n) for n in ast.walk(child))
+    return skipped
+
+
+def _imports(path: Path, module: str, names: bool = False) -> set[str]:
+    """What `module` imports (at run time, wherever in the module). With `names`, a `from X import y` also
+    yields X.y, which is the module imported when y is a submodule."""
     tree = ast.parse(path.read_text(), str(path))
     found: set[str] = set()
     parts = module.split(".")
+    skipped = _type_checking_only(tree)
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = parts[: len(parts) - node.level + (1 if path.name == "__init__.py" else 0)]
                 target = ".".join(base + ([node.module] if node.module else []))
-                found.add("mediaserver." + target if target else "mediaserver")
+                full = "mediaserver." + target if target else "mediaserver"
             elif node.module:
-                found.add(node.module)
+                full = node.module
+            else:
+                continue
+            found.add(full)
+            if names:
+                found.update(f"{full}.{a.name}" for a in node.names)
     return found
 
 
@@ -90,3 +117,56 @@ def test_only_the_redis_locator_imports_redis():
     for path, module in _modules():
         if module != "cluster.redis_locator":
             assert not any(n.split(".")[0] == "redis" for n in _imports(path, module)), module
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (packages count as their __init__)."""
+    modules = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).with_suffix("")
+        modules[".".join(p for p in rel.parts if p != "__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in _imports(path, module, names=True):
+            if name == "mediaserver" or name.startswith("mediaserver."):
+                target = name.removeprefix("mediaserver").removeprefix(".")
+                if target in modules and target != module:
+                    targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)) is not None:
+            return found
+    return None
+
+
+def test_no_project_modules_import_each_other_in_a_circle():
+    """A cycle (even through an import inside a function) means two modules share one job, or a piece
+    lives in the wrong one: move the shared piece down (as the edge's AppKeys moved to edge/keys.py)."""
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_names_a_cycle():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None

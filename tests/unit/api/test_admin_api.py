@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from mediaserver.api.admin import ROUTES, AdminDeps, RateMeter, make_admin_app
+from mediaserver.api.admin import ROUTES, AdminDeps, StreamRates, make_admin_app
 from mediaserver.api.openapi import openapi_document
 from mediaserver.auth.policy import AccessPolicy
 from mediaserver.auth.tokens import Action, verify
@@ -316,7 +316,7 @@ def test_measured_bit_rate_comes_from_bytes_received_over_the_window():
     now = [0.0]
     registry = StreamRegistry(clock=lambda: now[0], call_later=lambda d, f: None)
     stream = registry.claim_publisher(StreamKey("live", "cam"), FakePublisher("p"))
-    meter = RateMeter(registry, clock=lambda: now[0])
+    meter = StreamRates(registry, clock=lambda: now[0])
     meter.sample()
     assert meter.kbps(stream) is None
     for _ in range(10):
@@ -326,4 +326,4 @@ def test_measured_bit_rate_comes_from_bytes_received_over_the_window():
     assert meter.kbps(stream) == pytest.approx(1000.0)
     registry.kick(stream.key)
     meter.sample()
-    assert meter._samples == {}
+    assert meter._meters == {}

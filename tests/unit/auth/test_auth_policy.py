@@ -9,7 +9,7 @@ import pytest
 
 from mediaserver.auth.admission import Admission
 from mediaserver.auth.hooks import HookRequest, read_answer
-from mediaserver.auth.limits import Limits, LogGate
+from mediaserver.auth.limits import Limits
 from mediaserver.auth.policy import AccessPolicy
 from mediaserver.auth.tokens import Action, AuthError, mint
 from mediaserver.errors import UsageError
@@ -163,21 +163,6 @@ def test_publisher_and_viewer_limits_name_the_key_to_raise():
     assert "limits.max_publishers_per_app" in limits.check_publishers("live", 1).message
     assert limits.check_viewers("live/x", 2) is None
     assert "stream live/x has 3 viewers" in limits.check_viewers("live/x", 3).message
-
-
-def test_refusals_are_logged_once_per_interval_with_how_many_they_stand_for():
-    gate = LogGate(interval_s=10)
-    assert gate.should_log(("x",), 0.0) == 1
-    assert [gate.should_log(("x",), t) for t in (1.0, 2.0, 9.9)] == [0, 0, 0]
-    assert gate.should_log(("y",), 5.0) == 1
-    assert gate.should_log(("x",), 10.0) == 4  # this refusal and the three kept quiet
-
-
-def test_a_flood_of_addresses_keeps_the_log_gate_bounded():
-    gate = LogGate(interval_s=1, max_keys=100)
-    for i in range(1000):
-        gate.should_log((str(i),), float(i))
-    assert len(gate._logged) <= 101
 
 
 # ----- admission and webhook answers ---------------------------------------------------------------

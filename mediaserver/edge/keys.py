@@ -1,0 +1,33 @@
+"""Every typed key of the edge application's state (aiohttp `web.AppKey`), in one module.
+
+Route modules read what they need through these keys and import them from here, never from each other,
+so no two route modules depend on one another for their state (edge/app.py, which registers the pages,
+and edge/pages.py, which reads the gate, once imported each other). The keys of edge classes are typed
+for checkers only: importing those classes here would make this module depend on the routes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..config import Config
+from ..gate import Gate
+from ..hub.registry import StreamRegistry
+
+if TYPE_CHECKING:
+    from .history import StreamHistory
+    from .metrics import Metrics
+    from .packagers import PackagerPool
+
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", StreamRegistry)
+GATE = web.AppKey("gate", Gate)
+"""Admission: who may watch (and the hints for streams that are not here)."""
+PACKAGERS: web.AppKey[PackagerPool] = web.AppKey("packagers")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+HISTORY: web.AppKey[StreamHistory] = web.AppKey("page_history")
+ADMIN_TOKEN = web.AppKey("page_admin_token", str)
+"""The admin token the console's JSON needs ("" when the admin API is disabled)."""
+STATIC_FILES = web.AppKey("page_static_files", dict)
