@@ -159,6 +159,11 @@ def openapi_document() -> dict[str, Any]:
                                 "description": "Viewers by format: flv, ws-flv, rtmp."},
                     "viewers_total": {"type": "integer"},
                     "frames_dropped": {"type": "integer", "description": "Frames dropped for viewers that fell behind."},
+                    "frames_skipped": {"type": "object", "additionalProperties": {"type": "integer"},
+                                       "description": "Frames the publisher sent that a packager could not parse "
+                                                      "and skipped, by format: hls, cmaf."},
+                    "bad_sequence_headers": {"type": "integer",
+                                             "description": "Malformed codec configurations the publisher sent."},
                     "gop_cache_bytes": {"type": "integer"},
                 }},
                 "Viewer": {"type": "object", "properties": {

@@ -11,6 +11,10 @@ Files under /APP/NAME/:
   manifest.mpd                   DASH, dynamic while live, static once ended
   INSTANCE-video-init-V.mp4, INSTANCE-video-N.m4s, INSTANCE-video-N.P.m4s (and audio): init, segments, parts
 The instance prefix makes every file name unique to one run of the stream, so files may be cached long.
+
+A frame or config the segmenter cannot parse, live or replayed, is skipped and counted (skipped_frames.py);
+the output goes on. If the hub ends the packager after a failure, both manifests say it ended, and the
+pool starts a fresh one at the next request.
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..config import HlsConfig
+from ..errors import MediaError
 from ..hub.stream import Stream
-from ..log import event
+from ..log import LogGate, event
 from ..media.frames import Frame
 from ..remux import dash, llhls
 from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
 from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
+from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,8 @@ class CmafPackager:
 
     format = "cmaf"
 
-    def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time,
+                 skip_log: LogGate | None = None) -> None:
         self.key = stream.key
         self._info = stream.info
         self.cfg = cfg
@@ -63,20 +70,28 @@ class CmafPackager:
         self._cache: dict[str, bytes] = {}
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+        self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     def replay(self, frames: list[Frame], newest_dts: int) -> None:
         """Feed the kept history with the wall times the frames arrived (estimated), as HlsPackager."""
         now = self._wall()
         for frame in frames:
-            items = self.segmenter.push(frame, now - (newest_dts - frame.dts_ms) / 1000)
+            items = self._push(frame, now - (newest_dts - frame.dts_ms) / 1000)
             if items:
                 self.window.extend(items)
         self._notify()
 
+    def _push(self, frame: Frame, wall: float) -> list[CmafPart | CmafSegment]:
+        try:
+            return self.segmenter.push(frame, wall)
+        except MediaError as err:  # the segmenter is as it was: skip this frame, go on
+            self.skipped.skip(frame, err)
+            return []
+
     # ----- Sink --------------------------------------------------------------------------------
 
     def on_frame(self, frame: Frame) -> None:
-        items = self.segmenter.push(frame, self._wall())
+        items = self._push(frame, self._wall())
         if items:
             self._add(items)
         if len(self.segmenter.skipped_codecs) != len(self._skipped_logged):
@@ -89,12 +104,18 @@ class CmafPackager:
         self.segmenter.discontinuity()
 
     def on_end(self) -> None:
-        items = self.segmenter.finish(self._wall())
-        if items:
-            self.window.extend(items)
-        self.window.end()
-        self.ended_at = time.monotonic()
-        self._notify()
+        """The stream ended, or the hub detached this packager after a failure: end the manifests
+        (even if the last segments cannot be closed). Safe to call twice."""
+        if self.window.ended:
+            return
+        try:
+            items = self.segmenter.finish(self._wall())
+            if items:
+                self.window.extend(items)
+        finally:
+            self.window.end()
+            self.ended_at = time.monotonic()
+            self._notify()
 
     def _add(self, items: list[CmafPart | CmafSegment]) -> None:
         self.window.extend(items)
@@ -114,7 +135,7 @@ class CmafPackager:
 
     def multivariant(self, query: str = "") -> bytes:
         return self._cached(f"mv?{query}", lambda: llhls.render_multivariant_playlist(
-            self.window, video_uri=f"cmaf-video.m3u8", audio_uri=f"cmaf-audio.m3u8", query=query))
+            self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query))
 
     def media_playlist(self, track: str, query: str = "") -> bytes:
         others = {uri: t for uri, t in MEDIA_PLAYLISTS.items() if t != track and self.window.track(t) is not None}

@@ -79,7 +79,8 @@ class Metrics:
         self.hls_clients: dict[tuple[str, str], float] = {}
         self.connections: ConnectionGate | None = None
         """The HTTP listener's connection gate (open connections, refusals), when there is one."""
-        self._ended = Counter()  # bytes_in, frames_in, frames_dropped of streams that ended
+        self._ended = Counter()  # bytes_in, frames_in, frames_dropped, ... of streams that ended
+        self._ended_skipped: Counter[str] = Counter()  # frames skipped by packagers of ended streams, by format
         self._lags: deque[tuple[float, float]] = deque()
         self.ready_checks: dict[str, ReadyCheck] = {}
         self.required_token: str | None = None
@@ -93,6 +94,8 @@ class Metrics:
         ended["bytes_in"] += stream.bytes_in
         ended["frames_in"] += stream.frames_in
         ended["frames_dropped"] += stream.frames_dropped
+        ended["bad_sequence_headers"] += stream.bad_sequence_headers
+        self._ended_skipped.update(stream.frames_skipped)
 
     def response_done(self, fmt: str, body_bytes: int) -> None:
         self.http_requests[fmt] += 1
@@ -175,11 +178,15 @@ class _Collector:
         bytes_in = m._ended["bytes_in"]
         frames_in = m._ended["frames_in"]
         dropped = m._ended["frames_dropped"]
+        bad_configs = m._ended["bad_sequence_headers"]
+        skipped = Counter(m._ended_skipped)
         for stream in streams:
             states[stream.state.value] += 1
             bytes_in += stream.bytes_in
             frames_in += stream.frames_in
             dropped += stream.frames_dropped
+            bad_configs += stream.bad_sequence_headers
+            skipped.update(stream.frames_skipped)
             for sub in stream.subscribers:
                 viewers[sub.kind] += 1
         m._forget_hls_clients(m.clock())
@@ -205,6 +212,13 @@ class _Collector:
         yield c
         yield CounterMetricFamily("mediaserver_frames_dropped", "Frames dropped for viewers that fell behind.",
                                   value=dropped)
+        c = CounterMetricFamily("mediaserver_frames_skipped", "Frames a packager could not use (malformed media "
+                                "from a publisher), skipped by output format.", labels=["format"])
+        for fmt in sorted({"hls", "cmaf", *skipped}):
+            c.add_metric([fmt], skipped[fmt])
+        yield c
+        yield CounterMetricFamily("mediaserver_bad_sequence_headers", "Malformed codec configurations received "
+                                  "(new viewers and packagers keep the last good one).", value=bad_configs)
         c = CounterMetricFamily("mediaserver_http_responses", "Completed HTTP responses by kind.", labels=["kind"])
         for kind, value in sorted(m.http_requests.items()):
             c.add_metric([kind], value)

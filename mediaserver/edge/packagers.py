@@ -1,9 +1,14 @@
 """Packagers: per-stream HLS segmenters fed synchronously by the hub, segments kept in memory.
 
 A packager starts when its format is first asked for and replays the media the hub keeps, so the
-first viewer gets a full playlist at once; it stops when nobody asks for a while. It follows the stream through publisher reconnects (a discontinuity) and,
-when the stream ends, flushes the last segment, marks the playlist ended and stays `ended_linger`
-seconds so players see EXT-X-ENDLIST before the memory is released.
+first viewer gets a full playlist at once; it stops when nobody asks for a while. It follows the stream
+through publisher reconnects (a discontinuity) and, when the stream ends, flushes the last segment, marks
+the playlist ended and stays `ended_linger` seconds so players see EXT-X-ENDLIST before the memory is
+released.
+
+Bad media never stops a packager: a frame it cannot parse, live or replayed, is skipped and counted
+(skipped_frames.py). A packager that fails anyway (a bug) is ended by the hub; its playlist gets
+EXT-X-ENDLIST and the pool replaces it at the next request, since its stream is still live.
 
 The playlist is rendered once per change and served as the same bytes to every viewer.
 """
@@ -16,13 +21,15 @@ import time
 from collections.abc import Callable
 
 from ..config import HlsConfig
+from ..errors import MediaError
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
-from ..log import event
-from ..media.frames import Frame
+from ..log import LogGate, event
+from ..media.frames import Frame, FrameKind
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
 from ..remux.segment import Segment
 from .cmaf import CmafPackager
+from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,8 @@ _QUERY_SLOT_BYTES = _QUERY_SLOT.encode()
 class HlsPackager:
     """One stream's MPEG-TS HLS: a Sink of the hub, and the source of its playlist and segments."""
 
-    def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time,
+                 skip_log: LogGate | None = None) -> None:
         self.key = stream.key
         self.cfg = cfg
         self.instance = format(int(wall_clock() * 1000) % (36**8), "x")
@@ -49,6 +57,7 @@ class HlsPackager:
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+        self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     format = "hls"
 
@@ -57,14 +66,21 @@ class HlsPackager:
         the newest frame), so program date times stay true."""
         now = self._wall()
         for frame in frames:
-            for segment in self.segmenter.push(frame, now - (newest_dts - frame.dts_ms) / 1000):
-                self._add(segment)
+            self._push(frame, now - (newest_dts - frame.dts_ms) / 1000)
+
+    def _push(self, frame: Frame, wall: float) -> None:
+        try:
+            segments = self.segmenter.push(frame, wall)
+        except MediaError as err:  # the segmenter is as it was: skip this frame, go on
+            self.skipped.skip(frame, err)
+            return
+        for segment in segments:
+            self._add(segment)
 
     # ----- Sink --------------------------------------------------------------------------------
 
     def on_frame(self, frame: Frame) -> None:
-        for segment in self.segmenter.push(frame, self._wall()):
-            self._add(segment)
+        self._push(frame, self._wall())
         skipped = self.segmenter.skipped_codecs
         if len(skipped) != len(self._skipped_logged):
             for codec in skipped - self._skipped_logged:
@@ -76,13 +92,19 @@ class HlsPackager:
         self.segmenter.discontinuity()
 
     def on_end(self) -> None:
-        last = self.segmenter.finish(self._wall())
-        if last is not None:
-            self._add(last)
-        self.ended = True
-        self.ended_at = time.monotonic()
-        self._invalidate()
-        self._ready.set()
+        """The stream ended, or the hub detached this packager after a failure: end the playlist
+        (even if the last segment cannot be closed). Safe to call twice."""
+        if self.ended:
+            return
+        try:
+            last = self.segmenter.finish(self._wall())
+            if last is not None:
+                self._add(last)
+        finally:
+            self.ended = True
+            self.ended_at = time.monotonic()
+            self._invalidate()
+            self._ready.set()
 
     # ----- serving -----------------------------------------------------------------------------
 
@@ -158,6 +180,7 @@ class PackagerPool:
         self._hls: dict[StreamKey, HlsPackager] = {}
         self._cmaf: dict[StreamKey, CmafPackager] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._skip_log = LogGate()  # shared, so a restarted packager does not log its stream's skips anew
         registry.on_stream_started.append(self._forget_ended)
 
     def __len__(self) -> int:
@@ -165,17 +188,32 @@ class PackagerPool:
 
     def hls(self, key: StreamKey) -> HlsPackager | None:
         """The stream's MPEG-TS packager, started now if the stream is live; None if there is none."""
-        packager = self._hls.get(key) or self._start(key, self._hls, HlsPackager)
+        packager = self._running(key, self._hls) or self._start(key, self._hls, HlsPackager)
         if packager is not None:
             packager.last_request = self.clock()
         return packager
 
     def cmaf(self, key: StreamKey) -> CmafPackager | None:
         """The stream's fMP4 packager (LL-HLS and DASH), started now if the stream is live."""
-        packager = self._cmaf.get(key) or self._start(key, self._cmaf, CmafPackager)
+        packager = self._running(key, self._cmaf) or self._start(key, self._cmaf, CmafPackager)
         if packager is not None:
             packager.last_request = self.clock()
         return packager
+
+    def _running(self, key: StreamKey, table: dict) -> HlsPackager | CmafPackager | None:
+        """The stream's packager, unless it ended while its stream is still live: the hub ended it
+        after a failure, and a fresh one takes its place (an ended stream's lingers as it is)."""
+        packager = table.get(key)
+        if packager is None or not packager.ended:
+            return packager
+        stream = self.registry.get(key)
+        if stream is None or stream.ended:
+            return packager
+        del table[key]
+        stream.remove_sink(packager)
+        event(log, "packager_stop", logging.WARNING, stream=str(key), format=packager.format, reason="failed",
+              action="a fresh packager starts")
+        return None
 
     def _start(self, key: StreamKey, table: dict, factory) -> HlsPackager | CmafPackager | None:
         if not self.cfg.enabled:
@@ -183,9 +221,16 @@ class PackagerPool:
         stream = self.registry.get(key)
         if stream is None or stream.ended:
             return None
-        packager = factory(stream, self.cfg)
-        history = stream.history()
-        packager.replay(history, stream.gop.newest_dts)
+        # Replay skips bad frames itself, so a replay that fails is a bug: then start afresh with the
+        # current configs only (output from the next keyframe on), rather than fail the request.
+        configs = [f for f in stream.info.headers() if f.kind != FrameKind.DATA]
+        for history in (stream.history(), configs, []):
+            packager = factory(stream, self.cfg, skip_log=self._skip_log)
+            try:
+                packager.replay(history, stream.gop.newest_dts)
+                break
+            except Exception:
+                log.exception("packager replay failed; stream %s starts again with less history", key)
         stream.add_sink(packager)
         table[key] = packager
         event(log, "packager_start", stream=str(key), format=packager.format, replayed_frames=len(history))

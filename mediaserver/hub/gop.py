@@ -11,7 +11,9 @@ Anything older is trimmed. A viewer whose cursor fell behind the trimmed start (
 window) has overflowed; the Subscriber decides what that means.
 
 Sequence headers and metadata are appended too (so viewers in sync see changes inline) but a late joiner
-gets them from StreamInfo, which is kept apart from the GOP.
+gets them from StreamInfo, which is kept apart from the GOP. They are not media: `newest_dts` and a
+viewer's lag are measured between media frames only (ARCHITECTURE.md section 4), so a metadata object
+sent mid-stream never makes a viewer look behind.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class GopCache:
         self.gop_start: int | None = None  # absolute index of the newest usable video keyframe
         self.has_video = False
         self.newest_dts = 0
+        """Decode time of the newest media frame (metadata and sequence headers do not count)."""
         self.bytes_appended = 0
 
     @property
@@ -64,7 +67,7 @@ class GopCache:
         self._frames.append(frame)
         self.bytes_appended += frame.size
         self._ends.append(self.bytes_appended)
-        if frame.dts_ms > self.newest_dts or len(self._frames) == 1:
+        if not frame.is_config and frame.dts_ms > self.newest_dts:  # metadata frames are configs too
             self.newest_dts = frame.dts_ms
         if frame.kind == FrameKind.VIDEO and not frame.is_config:
             if not self.has_video:
@@ -133,6 +136,19 @@ class GopCache:
 
     def dts_at(self, index: int) -> int:
         return self._frames[index - self.base].dts_ms
+
+    def media_dts_from(self, index: int) -> int | None:
+        """Decode time of the first media frame at or after absolute `index` (metadata and sequence
+        headers skipped); None when only such frames follow."""
+        frames = self._frames
+        i = index - self.base
+        frame = frames[i]
+        if not frame.is_config:  # nearly always: the one per-viewer read on the fan-out path stays cheap
+            return frame.dts_ms
+        for i in range(i + 1, len(frames)):
+            if not frames[i].is_config:
+                return frames[i].dts_ms
+        return None
 
     def bytes_before(self, index: int) -> int:
         """Running byte total at the start of absolute `index` (which may equal end)."""

@@ -6,21 +6,37 @@ GopCache, feeds the synchronous sinks (packagers), and wakes viewers that wait f
 
 The timeline: a publisher's unwrapped timestamps are shifted by an offset so that the stream's
 timestamps never go back. A publisher that reconnects (or timestamps that jump) continues just after the
-last frame, and sinks are told of the discontinuity. Within a track a frame is never stamped before the
-previous one (a few ms of jitter are clamped).
+last frame shown (its presentation time: a publisher cut off after a P-frame whose B-frames never came
+must not make the next session's first picture show before it), and sinks are told of the
+discontinuity. Within a track a frame is never stamped before the previous one (a few ms of jitter are
+clamped). Only media frames move the timeline: metadata and
+sequence headers carry the stream's current time (the newest media time), whatever time the publisher
+gave them, so a config resent at 0 is not a jump and viewers never count metadata as lag (a metadata
+frame's FLV tag keeps timestamp 0, see publish_metadata). The one thing a config's own time does is
+anchor a new session's offset, as the first thing that session sends.
+
+Sequence headers are parsed once here. StreamInfo (what late joiners and starting packagers get first)
+keeps the newest one that parses; one that does not is still passed inline, counted in
+`bad_sequence_headers`, and logged once per track per publisher session.
+
+Sinks: a packager skips what it cannot use itself (bad media never stops it, ARCHITECTURE.md section 4),
+so an exception out of a sink is a bug; the hub then detaches the sink and ends it (`on_end`: its
+playlist gets ENDLIST), so its owner can start a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import MediaError
 from ..log import LogGate, event
-from ..media import flv_body
+from ..media import aac, av1, flv_body, h264, hevc, opus
 from ..media.frames import AUDIO_CODECS, VIDEO_CODECS, Frame, FrameKind, StreamInfo
 from .gop import GopCache, GopLimits
 from .subscriber import SlowPolicy, Subscriber
@@ -34,6 +50,14 @@ _FORWARD_JUMP_MS = 10_000
 _SESSION_GAP_MS = 20
 # Slow viewers' drops are summed and logged at most this often per stream.
 DROP_LOG_INTERVAL_S = 10.0
+# The parser of each codec's sequence header: one that raises MediaError is unusable.
+_CONFIG_PARSERS: dict[str, Callable[[bytes], object]] = {
+    "h264": h264.parse_avc_config,
+    "hevc": hevc.parse_hevc_config,
+    "av1": av1.parse_av1_config,
+    "aac": aac.parse_audio_specific_config,
+    "opus": opus.parse_opus_head,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +84,11 @@ class Publisher(Protocol):
 
 
 class Sink(Protocol):
-    """A synchronous consumer of every frame (a packager). It must not block or await."""
+    """A synchronous consumer of every frame (a packager). It must not block or await.
+
+    A frame it cannot use it skips (and counts with `Stream.count_skipped`); it never raises for bad
+    media. Whatever it raises is taken for a bug: it is detached, then `on_end` is called once more
+    so it ends its output; `on_end` must therefore be safe to call twice."""
 
     def on_frame(self, frame: Frame) -> None: ...
 
@@ -85,14 +113,20 @@ class Stream:
         self.frames_in = 0
         self.bytes_in = 0
         self.frames_dropped = 0
+        self.bad_sequence_headers = 0
+        self.frames_skipped: dict[str, int] = {}
+        """Frames a packager could not use, by output format ("hls", "cmaf")."""
         self.sessions = 0
         self._offset = 0
         self._rebase_pending = False
         self._last_out = {FrameKind.VIDEO: None, FrameKind.AUDIO: None}
         self._max_out = 0
+        self._max_pts = 0  # the newest presentation time: a B-frame stream's last frame may show after its dts
         self._waiter: asyncio.Future[None] | None = None
         self._unsunk: list[Frame] = []
         self._refused_codecs: set[str] = set()
+        self._bad_config_logged: set[FrameKind] = set()
+        self._good_config = {FrameKind.VIDEO: False, FrameKind.AUDIO: False}
         self._drops_unlogged = 0
         self._drop_log = LogGate(DROP_LOG_INTERVAL_S)
 
@@ -108,6 +142,7 @@ class Stream:
         self.state = StreamState.LIVE
         self.published_at = self.last_frame_at = now
         self.sessions += 1
+        self._bad_config_logged.clear()
         if self.sessions > 1:
             self._rebase_pending = True
             for sink in list(self.sinks):
@@ -118,52 +153,95 @@ class Stream:
         if self.state is StreamState.LIVE:
             self.state = StreamState.IDLE
 
-    def _timeline(self, ts_ms: int, kind: FrameKind) -> int:
-        last = self._last_out[kind]
+    def _place(self, ts_ms: int, kind: FrameKind) -> tuple[int, int, bool]:
+        """Where a media frame the publisher stamped `ts_ms` lands on the stream's timeline:
+        (dts_ms, the offset to keep, whether the clock jumped). Nothing changes until `_commit`, so a
+        frame that turns out to be a config, or nothing, or malformed leaves the timeline alone."""
+        offset = self._offset
         if self._rebase_pending:
-            self._rebase_pending = False
-            self._offset = self._max_out + _SESSION_GAP_MS - ts_ms
-        out = ts_ms + self._offset
+            offset = self._max_pts + _SESSION_GAP_MS - ts_ms
+        out = ts_ms + offset
+        jumped = False
+        last = self._last_out[kind]
         if last is not None:
             if out < last - _BACKWARD_JUMP_MS or out > last + _FORWARD_JUMP_MS:
-                # The publisher's clock jumped: continue just after the newest frame, tell the sinks.
-                self._offset = self._max_out + _SESSION_GAP_MS - ts_ms
-                out = ts_ms + self._offset
-                for sink in list(self.sinks):
-                    self._call_sink(sink, "on_discontinuity")
+                # The publisher's clock jumped: continue just after the newest frame.
+                offset = self._max_pts + _SESSION_GAP_MS - ts_ms
+                out = ts_ms + offset
+                jumped = True
             if out < last:
                 out = last
+        return out, offset, jumped
+
+    def _commit(self, kind: FrameKind, out: int, cts_ms: int, offset: int, jumped: bool) -> None:
+        self._rebase_pending = False
+        self._offset = offset
         self._last_out[kind] = out
         if out > self._max_out:
             self._max_out = out
-        return out
+        if out + cts_ms > self._max_pts:
+            self._max_pts = out + cts_ms
+        if jumped:
+            for sink in list(self.sinks):
+                self._call_sink(sink, "on_discontinuity")
 
     def publish_video(self, ts_ms: int, body: bytes, now: float) -> Frame | None:
         """One video message. Returns the frame, or None when it carries nothing to play or its codec
         is not carried (logged once). Raises MediaError for a malformed body."""
-        frame = flv_body.video_frame(body, self._timeline(ts_ms, FrameKind.VIDEO))
+        out, offset, jumped = self._place(ts_ms, FrameKind.VIDEO)
+        frame = flv_body.video_frame(body, out)
         if frame is None:
             return None
         if frame.codec not in VIDEO_CODECS:
             self._refuse_codec(frame.codec, "video")
             return None
+        if frame.is_config:
+            self._anchor_session(offset)
+            frame = self._at_current_time(frame)
+        else:
+            self._commit(FrameKind.VIDEO, out, frame.cts_ms, offset, jumped)
         self._accept(frame, now)
         return frame
 
     def publish_audio(self, ts_ms: int, body: bytes, now: float) -> Frame | None:
         """One audio message; as publish_video."""
-        frame = flv_body.audio_frame(body, self._timeline(ts_ms, FrameKind.AUDIO))
+        out, offset, jumped = self._place(ts_ms, FrameKind.AUDIO)
+        frame = flv_body.audio_frame(body, out)
         if frame is None:
             return None
         if frame.codec not in AUDIO_CODECS:
             self._refuse_codec(frame.codec, "audio")
             return None
+        if frame.is_config:
+            self._anchor_session(offset)
+            frame = self._at_current_time(frame)
+        else:
+            self._commit(FrameKind.AUDIO, out, 0, offset, jumped)
         self._accept(frame, now)
         return frame
 
+    def _anchor_session(self, offset: int) -> None:
+        """A new session's sequence headers come first and carry its origin (0 from OBS and ffmpeg):
+        they set its offset, so its first audio and video frames keep their distance whichever comes
+        first. They do not move the timeline otherwise."""
+        if self._rebase_pending:
+            self._rebase_pending = False
+            self._offset = offset
+
+    def _at_current_time(self, config: Frame) -> Frame:
+        """A sequence header carries the stream's current time, not the publisher's (configs are rare:
+        rebuilding the tag costs nothing that matters)."""
+        now_ms = self._max_out
+        if config.dts_ms == now_ms:
+            return config
+        return dataclasses.replace(config, dts_ms=now_ms, tag=flv_body.build_tag(config.kind, now_ms, config.body))
+
     def publish_metadata(self, body: bytes, values: dict[str, Any], now: float) -> Frame:
-        """onMetaData, kept in StreamInfo (sent first to every new viewer) and passed inline."""
-        frame = flv_body.data_frame(body, 0)
+        """onMetaData, kept in StreamInfo (sent first to every new viewer) and passed inline. Its place
+        in the log is the stream's current time (metadata is not media, so never lag); its FLV tag says
+        0, as publishers send it and as players built on ffmpeg want it (flvdec takes an onMetaData
+        stamped anything else for a data packet of a new stream)."""
+        frame = dataclasses.replace(flv_body.data_frame(body, 0), dts_ms=self._max_out)
         info = self.info
         info.metadata = frame
         info.metadata_values = dict(values)
@@ -186,37 +264,45 @@ class Stream:
 
     def _update_config(self, frame: Frame) -> None:
         info = self.info
-        if frame.kind == FrameKind.VIDEO:
+        video = frame.kind == FrameKind.VIDEO
+        parse = _CONFIG_PARSERS.get(frame.codec)
+        parsed = None
+        if parse is not None:
+            try:
+                parsed = parse(bytes(frame.payload))
+            except MediaError as err:
+                self._bad_config(frame, err)
+                if self._good_config[frame.kind]:
+                    return  # late joiners and starting packagers keep the last good one
+        self._good_config[frame.kind] = parse is None or parsed is not None
+        if video:
             info.video_config = frame
             info.video_codec = frame.codec
-            if frame.codec == "h264":
-                self._read_h264_size(frame)
+            if isinstance(parsed, h264.AvcConfig):
+                try:
+                    sps = h264.parse_sps(parsed.sps[0])
+                    info.width, info.height = sps.width, sps.height
+                except MediaError:
+                    pass  # decoders read the SPS themselves; the size is for the admin API only
         else:
             info.audio_config = frame
             info.audio_codec = frame.codec
-            if frame.codec == "aac":
-                self._read_aac_config(frame)
+            if isinstance(parsed, aac.AacConfig):
+                info.audio_sample_rate, info.audio_channels = parsed.sample_rate, parsed.channels
         info.config_generation += 1
 
-    def _read_h264_size(self, frame: Frame) -> None:
-        from ..media import h264
-
-        try:
-            cfg = h264.parse_avc_config(bytes(frame.payload))
-            if cfg.sps:
-                sps = h264.parse_sps(cfg.sps[0])
-                self.info.width, self.info.height = sps.width, sps.height
-        except MediaError as err:
-            event(log, "bad_sequence_header", logging.WARNING, stream=str(self.key), codec="h264", error=str(err))
-
-    def _read_aac_config(self, frame: Frame) -> None:
-        from ..media import aac
-
-        try:
-            cfg = aac.parse_audio_specific_config(bytes(frame.payload))
-            self.info.audio_sample_rate, self.info.audio_channels = cfg.sample_rate, cfg.channels
-        except MediaError as err:
-            event(log, "bad_sequence_header", logging.WARNING, stream=str(self.key), codec="aac", error=str(err))
+    def _bad_config(self, frame: Frame, err: MediaError) -> None:
+        """Count a malformed sequence header; log the first of each track per publisher session."""
+        self.bad_sequence_headers += 1
+        if frame.kind in self._bad_config_logged:
+            return
+        self._bad_config_logged.add(frame.kind)
+        kept = self._good_config[frame.kind]
+        event(
+            log, "bad_sequence_header", logging.WARNING, stream=str(self.key), codec=frame.codec, error=str(err),
+            action="passed on as sent; " + ("new viewers get the last good one" if kept else "no good one to fall back on"),
+            hint="the encoder sent a malformed codec configuration; restart or update it",
+        )
 
     def _refuse_codec(self, codec: str, track: str) -> None:
         if codec not in self._refused_codecs:
@@ -246,9 +332,19 @@ class Stream:
         if sink in self.sinks:
             self.sinks.remove(sink)
 
+    def count_skipped(self, output: str) -> None:
+        """A packager of format `output` skipped a frame it could not use (see the snapshot)."""
+        self.frames_skipped[output] = self.frames_skipped.get(output, 0) + 1
+
     def _drop_sink(self, sink: Sink) -> None:
-        log.exception("sink failed; detached from stream %s", self.key)
+        # Sinks skip bad media themselves, so this is a bug: detach the sink and end it, so its
+        # output says it ended (ENDLIST) and its owner starts a fresh one instead of serving it stale.
+        log.exception("sink failed; detached from stream %s and ended", self.key)
         self.remove_sink(sink)
+        try:
+            sink.on_end()
+        except Exception:
+            log.exception("sink failed again while ending; stream %s", self.key)
 
     def flush_sinks(self) -> None:
         """Feed the packagers what arrived since the last call. The publisher's adapter calls this once
@@ -342,5 +438,7 @@ class Stream:
             "bytes_in": self.bytes_in,
             "viewers": viewers,
             "frames_dropped": self.frames_dropped,
+            "frames_skipped": dict(self.frames_skipped),
+            "bad_sequence_headers": self.bad_sequence_headers,
             "gop_cache_bytes": self.gop.gop_bytes(),
         }

@@ -76,8 +76,11 @@ class Subscriber:
         limits = gop.limits
         overflow = self.cursor < gop.base
         if not overflow:
+            # Lag is media time between media frames: metadata or a sequence header the viewer has
+            # not read yet is never "behind" (ARCHITECTURE.md section 4).
+            unread_dts = gop.media_dts_from(self.cursor)
             overflow = (
-                gop.newest_dts - gop.dts_at(self.cursor) > limits.window_ms
+                (unread_dts is not None and gop.newest_dts - unread_dts > limits.window_ms)
                 or gop.bytes_appended - gop.bytes_before(self.cursor) > limits.window_bytes
             )
         if overflow:

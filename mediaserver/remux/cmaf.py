@@ -41,7 +41,9 @@ seconds) only anchors the wall clock of a timeline. The rules:
   gets a new Period); a changed audio config closes the audio segment at once (its samples need
   the new init) and audio resumes at the next segment. Identical configs resent change nothing.
 - Output. Everything comes out of push()/finish() in order: a segment right after its last part.
-  A malformed config or frame raises MediaError from push and leaves the segmenter as it was.
+  A malformed config or frame raises MediaError from push and leaves the segmenter as it was. Video
+  samples are checked for their framing first (NAL unit length prefixes, AV1 OBU sizes), so a sample
+  a player's decoder would choke on never reaches an mdat.
 - Payloads go into the mdat untouched (AVCC/HVCC NAL units with the config's length size, AV1
   OBUs less the temporal delimiter, raw AAC, Opus packets): one join copies each sample once.
 
@@ -58,9 +60,9 @@ from dataclasses import dataclass
 
 from ..errors import MediaError, UsageError
 from ..media.aac import parse_audio_specific_config
-from ..media.av1 import parse_av1_config, sequence_header_of, strip_temporal_delimiter
+from ..media.av1 import iter_obus, parse_av1_config, sequence_header_of, strip_temporal_delimiter
 from ..media.frames import Frame, FrameKind
-from ..media.h264 import parse_avc_config, parse_sps
+from ..media.h264 import iter_nal_units, parse_avc_config, parse_sps
 from ..media.hevc import parse_hevc_config, parse_hevc_sps
 from ..media.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
 from ..media.opus import packet_samples, parse_opus_head
@@ -123,6 +125,8 @@ class CmafInit:
     sample_rate: int = 0
     """Audio: the rate a listener hears, in Hz (the SBR rate for HE-AAC, 48000 for Opus)."""
     channels: int = 0
+    nal_length_size: int = 0
+    """H.264 and HEVC: bytes in each NAL unit length prefix of a sample (0 for other codecs)."""
 
     def name(self) -> str:
         return init_name(self.track, self.version)
@@ -615,9 +619,10 @@ class CmafSegmenter:
     def _video_init(self, codec: str, raw: bytes, version: int) -> CmafInit:
         width = height = 0
         frame_rate = None
+        nal_length_size = 0
         if codec == "h264":
             avc = parse_avc_config(raw)
-            codec_string = avc.codec_string
+            codec_string, nal_length_size = avc.codec_string, avc.nal_length_size
             try:
                 sps = parse_sps(avc.sps[0])
                 width, height, frame_rate = sps.width, sps.height, sps.frame_rate
@@ -626,7 +631,7 @@ class CmafSegmenter:
             entry = avc1_sample_entry(raw, width, height)
         elif codec == "hevc":
             hevc = parse_hevc_config(raw)
-            codec_string = hevc.codec_string
+            codec_string, nal_length_size = hevc.codec_string, hevc.nal_length_size
             try:
                 info = parse_hevc_sps(hevc.sps[0])
                 width, height = info.width, info.height
@@ -647,6 +652,7 @@ class CmafSegmenter:
         return CmafInit(
             track=VIDEO, version=version, data=data, codec=codec, codec_string=codec_string,
             timescale=VIDEO_TIMESCALE, width=width, height=height, frame_rate=frame_rate,
+            nal_length_size=nal_length_size,
         )
 
     def _audio_init(self, frame: Frame, version: int) -> CmafInit:
@@ -702,8 +708,14 @@ class CmafSegmenter:
             self.frames_waiting_for_keyframe += 1  # a new codec: wait for its keyframe
             return
         payload = frame.payload
-        if frame.codec == "av1":
+        # Check the sample's framing before anything changes (a bad one raises MediaError).
+        if target.nal_length_size:
+            for _ in iter_nal_units(payload, target.nal_length_size):
+                pass
+        elif frame.codec == "av1":
             payload = strip_temporal_delimiter(payload)
+            for _ in iter_obus(payload):
+                pass
         tick = frame.dts_ms * 90
         if v.open:
             step = tick - v.last_tick  # type: ignore[operator]
