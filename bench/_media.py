@@ -30,7 +30,28 @@ AUDIO_RATE = 48000
 GOP_FRAMES = 60
 DURATION_S = 60
 
-MEDIA_NAME = f"bench-{HEIGHT}p{FPS}-h264-{VIDEO_KBPS}k-gop{GOP_FRAMES}-aac{AUDIO_KBPS}k-{DURATION_S}s.flv"
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """What the generated file holds; the defaults are the benchmark's file, which every server compared
+    must get. A smaller recipe (the soak's 320x240) is for runs where the media's size does not matter."""
+
+    width: int = WIDTH
+    height: int = HEIGHT
+    fps: int = FPS
+    video_kbps: int = VIDEO_KBPS
+    gop_frames: int = GOP_FRAMES
+    audio_kbps: int = AUDIO_KBPS
+    duration_s: int = DURATION_S
+
+    @property
+    def file_name(self) -> str:
+        return (f"bench-{self.height}p{self.fps}-h264-{self.video_kbps}k-gop{self.gop_frames}-aac{self.audio_kbps}k-"
+                f"{self.duration_s}s.flv")
+
+
+BENCH_RECIPE = Recipe()
+MEDIA_NAME = BENCH_RECIPE.file_name
 
 TAG_AUDIO, TAG_VIDEO, TAG_SCRIPT = 8, 9, 18
 
@@ -48,37 +69,38 @@ def ffmpeg_exe() -> str:
         return "ffmpeg"
 
 
-def ffmpeg_encode_args(out: Path, duration_s: int = DURATION_S) -> list[str]:
-    """The ffmpeg command line that makes the benchmark file."""
-    gop = str(GOP_FRAMES)
-    kbps = f"{VIDEO_KBPS}k"
+def ffmpeg_encode_args(out: Path, duration_s: int | None = None, recipe: Recipe = BENCH_RECIPE) -> list[str]:
+    """The ffmpeg command line that makes the benchmark file (or the file of another recipe)."""
+    r = recipe
+    gop = str(r.gop_frames)
+    kbps = f"{r.video_kbps}k"
     audio = (
         "aevalsrc='0.2*sin(2*PI*440*t)+0.03*(random(0)-0.5)|0.2*sin(2*PI*660*t)+0.03*(random(1)-0.5)'"
         f":s={AUDIO_RATE}:c=stereo"
     )
     return [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS},noise=alls=6:allf=t",
+        "-f", "lavfi", "-i", f"testsrc2=size={r.width}x{r.height}:rate={r.fps},noise=alls=6:allf=t",
         "-f", "lavfi", "-i", audio,
-        "-t", str(duration_s),
+        "-t", str(r.duration_s if duration_s is None else duration_s),
         "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-pix_fmt", "yuv420p",
         "-g", gop, "-keyint_min", gop, "-sc_threshold", "0",
         "-b:v", kbps, "-minrate", kbps, "-maxrate", kbps, "-bufsize", kbps,
         "-x264-params", "nal-hrd=cbr:force-cfr=1:scenecut=0",
-        "-c:a", "aac", "-b:a", f"{AUDIO_KBPS}k", "-ar", str(AUDIO_RATE), "-ac", "2",
+        "-c:a", "aac", "-b:a", f"{r.audio_kbps}k", "-ar", str(AUDIO_RATE), "-ac", "2",
         "-f", "flv", str(out),
     ]
 
 
-def ensure_media(cache_dir: Path = CACHE_DIR, *, log=print) -> Path:
+def ensure_media(cache_dir: Path = CACHE_DIR, *, log=print, recipe: Recipe = BENCH_RECIPE) -> Path:
     """Return the cached benchmark file, encoding it first if it is missing (about 30 s of CPU)."""
-    path = cache_dir / MEDIA_NAME
+    path = cache_dir / recipe.file_name
     if path.exists() and path.stat().st_size > 0:
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.flv")
     log(f"generating benchmark media {path} (once; about half a minute)")
-    cmd = ffmpeg_encode_args(tmp)
+    cmd = ffmpeg_encode_args(tmp, recipe=recipe)
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -1125,3 +1125,156 @@ async def test_dash_player_fetches_each_new_segment_of_both_tracks_once(live_ser
     assert first_mpd_newest - int(stats.started) in (1, 2, 3)
     assert 0.5 < stats.manifests / 1.3 * 0.2 < 2  # about one MPD per minimumUpdatePeriod
     assert {r["track"] for r in rec.records} == {"video", "audio"} and all(r["advertised"] for r in rec.records)
+
+
+# ------------------------------------------------------------------ soak: readings, the log, verdicts
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from _soak_bad_inputs import BAD_NALU_FRAME, ZERO_SPS_CONFIG, huge_command  # noqa: E402
+from _soak_watch import (  # noqa: E402
+    Reading,
+    judge,
+    parse_log_line,
+    parse_prometheus,
+    passed,
+    rss_drift,
+    rss_steps,
+    scan_log,
+    server_gauges,
+)
+
+METRICS_TEXT = """# HELP mediaserver_streams Streams by state.
+# TYPE mediaserver_streams gauge
+mediaserver_streams{state="live"} 3.0
+mediaserver_streams{state="idle"} 1.0
+mediaserver_viewers{format="flv"} 2.0
+mediaserver_viewers{format="hls"} 5.0
+mediaserver_viewers{format="rtmp"} 1.0
+mediaserver_viewers{format="ws-flv"} 0.0
+mediaserver_egress_bytes_total{format="flv"} 1.2e+06
+mediaserver_packagers 4.0
+mediaserver_asyncio_tasks 37.0
+process_open_fds 40.0
+"""
+
+
+def test_metrics_give_the_hubs_and_pools_counts():
+    samples = parse_prometheus(METRICS_TEXT)
+    assert samples[("mediaserver_egress_bytes_total", (("format", "flv"),))] == 1.2e6
+    assert server_gauges(samples) == {"streams": 4, "subscribers": 3, "hls_clients": 5, "packagers": 4, "tasks": 37}
+    # A server without a gauge reads as None (not measured), never as 0.
+    assert server_gauges(parse_prometheus("mediaserver_packagers 0\n"))["tasks"] is None
+
+
+def test_log_scan_counts_tracebacks_and_groups_errors_by_event_and_exception(tmp_path):
+    tb = json.dumps("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad frame")
+    log = tmp_path / "server.log"
+    log.write_text("\n".join([
+        "2026-01-01T00:00:00.000Z info event=server_start rtmp=1",
+        f'2026-01-01T00:00:01.000Z error event="sink failed; detached" error={tb}',
+        f'2026-01-01T00:00:02.000Z error event="sink failed; detached" error={tb}',
+        "2026-01-01T00:00:03.000Z warning event=rtmp_protocol_error error=\"type-3 chunk\"",
+        json.dumps({"ts": 1, "level": "critical", "event": "crash", "error": "RuntimeError: boom"}),
+        "Traceback (most recent call last):",  # printed to stderr by something that bypassed logging
+    ]) + "\n")
+    out = scan_log(log)
+    assert out["tracebacks"] == 3 and out["error_lines"] == 3
+    assert out["errors_by_event"] == {"sink failed; detached (ValueError: bad frame)": 2,
+                                      "crash (RuntimeError: boom)": 1}
+    assert out["warnings_by_event"] == {"rtmp_protocol_error": 1}
+    assert parse_log_line("2026-01-01T00:00:00.000Z info event=x") == ("info", "x", "")
+
+
+def reading(t: float, phase: str, rss_mib: float, fds: int = 20, tasks: int = 6, **kw) -> Reading:
+    fields = {"threads": 5, "streams": 0, "subscribers": 0, "hls_clients": 0, "packagers": 0, **kw}
+    return Reading(t=t, phase=phase, rss_bytes=int(rss_mib * 2**20), fds=fds, tasks=tasks, **fields)
+
+
+def verdicts(readings, end, log=None, **kw):
+    base = reading(0, "baseline", 40)
+    log = log or {"tracebacks": 0, "error_lines": 0, "errors_by_event": {}}
+    opts = {"rss_tolerance_pct": 5.0, "fd_slack": 0, "task_slack": 0, "min_rss_span_s": 60, "server_exit": 0, **kw}
+    return {v.criterion: v.outcome for v in judge(readings, base, end, log, **opts)}
+
+
+def test_rss_drift_is_judged_against_the_first_sample_after_the_warm_up():
+    rows = [reading(5, "warmup", 30), reading(10, "run", 50), reading(60, "run", 52), reading(120, "run", 51),
+            reading(130, "quiet", 45)]
+    d = rss_drift(rows)
+    assert (d["min_pct"], d["max_pct"], d["last_pct"], d["samples"], d["span_s"]) == (0.0, 4.0, 2.0, 3, 110)
+    end = reading(131, "quiet", 45)
+    v = verdicts(rows, end)
+    assert v["rss_within_tolerance"] == "PASS" and passed(judge(rows, reading(0, "b", 40), end, {
+        "tracebacks": 0, "error_lines": 0, "errors_by_event": {}}, rss_tolerance_pct=5, fd_slack=0, task_slack=0,
+        min_rss_span_s=60, server_exit=0))
+    grown = rows[:-1] + [reading(200, "run", 53)]
+    assert verdicts(grown, end)["rss_within_tolerance"] == "FAIL"  # +6 %
+    assert verdicts(rows[:2], end)["rss_within_tolerance"] == "SKIP"  # too short to judge, not a pass
+
+
+def test_rss_steps_name_the_bad_inputs_sent_just_before_each_rise():
+    rows = [reading(5, "warmup", 50), reading(10, "run", 50.2), reading(15, "run", 53), reading(20, "run", 53.5),
+            reading(25, "run", 55), reading(30, "quiet", 60)]
+    steps = rss_steps(rows, [(4.0, "post_healthz"), (7.0, "huge_command"), (12.0, "ws_close"), (21.0, "http_silent")])
+    assert steps == [{"t": 15, "rise_mib": 2.8, "bad_inputs_before": ["huge_command", "ws_close"]},
+                     {"t": 25, "rise_mib": 1.5, "bad_inputs_before": ["http_silent"]}]
+
+
+def test_leaks_left_objects_tracebacks_and_a_dirty_exit_each_fail_their_criterion():
+    rows = [reading(10, "run", 50), reading(100, "run", 50)]
+    clean = verdicts(rows, reading(101, "quiet", 48))
+    assert set(clean.values()) == {"PASS"}
+    assert verdicts(rows, reading(101, "quiet", 48, fds=21))["fds_back_to_baseline"] == "FAIL"
+    assert verdicts(rows, reading(101, "quiet", 48, fds=21), fd_slack=1)["fds_back_to_baseline"] == "PASS"
+    assert verdicts(rows, reading(101, "quiet", 48, tasks=9))["tasks_back_to_baseline"] == "FAIL"
+    assert verdicts(rows, reading(101, "quiet", 48, tasks=None))["tasks_back_to_baseline"] == "SKIP"
+    assert verdicts(rows, reading(101, "quiet", 48, packagers=1))["no_packagers_left"] == "FAIL"
+    assert verdicts(rows, reading(101, "quiet", 48, subscribers=2))["no_subscribers_left"] == "FAIL"
+    log = {"tracebacks": 1, "error_lines": 1, "errors_by_event": {"x (E: y)": 1}}
+    v = verdicts(rows, reading(101, "quiet", 48), log)
+    assert v["zero_tracebacks"] == v["zero_error_lines"] == "FAIL"
+    assert verdicts(rows, reading(101, "quiet", 48), server_exit=-9)["server_ran_and_stopped_cleanly"] == "FAIL"
+
+
+def test_crafted_media_is_what_the_issue_describes():
+    from mediaserver.media import amf0
+
+    assert int.from_bytes(BAD_NALU_FRAME[5:9], "big") == 0xFFFFFF00 > len(BAD_NALU_FRAME)
+    assert ZERO_SPS_CONFIG[1] == 0 and ZERO_SPS_CONFIG[10] & 0x1F == 1 and ZERO_SPS_CONFIG[11:13] == b"\x00\x00"
+    body = huge_command(100_000)
+    name, txn, obj = amf0.decode_all(body)
+    assert (name, txn) == ("FCPublish", 9.0) and len(obj) > 5000 and 90_000 < len(body) < 110_000
+
+
+# ------------------------------------------------------------------ soak: a short run against the server
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not _server_importable(), reason="mediaserver's server or RTMP client is not importable")
+def test_a_short_soak_leaves_no_leak_and_no_traceback(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--duration", "24", "--warmup", "4", "--publishers", "2",
+         "--viewers", "1", "--session-min", "5", "--session-max", "10", "--view-min", "2", "--view-max", "6",
+         "--bad-every", "1.5", "--bad-hold", "4", "--huge-command-kib", "256", "--reconnect-grace", "3",
+         "--packager-idle", "1", "--ended-linger", "1", "--sample-every", "1", "--seed", "9",
+         "--results-dir", str(tmp_path), "--json"],
+        cwd=root, capture_output=True, text=True, timeout=220)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    r = doc["results"]
+    v = {x["criterion"]: x for x in r["verdicts"]}
+    outcomes = r["clients"]["outcomes"]
+    # The tool did its job: publishers came and went, every viewer kind watched, bad inputs were sent.
+    assert outcomes["publisher"].get("reconnects", 0) + outcomes["publisher"].get("unpublish", 0) >= 2
+    for kind in ("flv", "ws-flv", "hls", "llhls"):
+        assert outcomes[f"viewer:{kind}"].get("watched", 0) >= 1, (kind, outcomes)
+    assert sum(1 for who in outcomes if who.startswith("bad:")) >= 8
+    assert r["peaks"]["tasks"] > r["baseline"]["tasks"] and r["peaks"]["packagers"] >= 1
+    # And the server held: everything back to the baseline, nothing in the log.
+    assert v["fds_back_to_baseline"]["outcome"] == "PASS", v
+    assert v["tasks_back_to_baseline"]["outcome"] == "PASS", v
+    assert v["no_packagers_left"]["outcome"] == "PASS" and v["no_subscribers_left"]["outcome"] == "PASS", v
+    assert v["zero_tracebacks"]["outcome"] == "PASS", r["server_log"]["errors_by_event"]
+    assert v["server_ran_and_stopped_cleanly"]["outcome"] == "PASS", v

@@ -254,6 +254,13 @@ class _Collector:
         if m.packager_count is not None:
             yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "
                                     "ones lingering).", value=m.packager_count())
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside a running event loop (unit tests): nothing to count
+            tasks = None
+        if tasks is not None:
+            yield GaugeMetricFamily("mediaserver_asyncio_tasks", "Asyncio tasks not yet done (connections, "
+                                    "viewers, timers); a count that only grows is a leak.", value=tasks)
         yield GaugeMetricFamily("mediaserver_event_loop_lag_max_seconds",
                                 f"The largest event-loop lag seen in the last {LAG_WINDOW_S:g} s.",
                                 value=m.recent_max_lag_s)
