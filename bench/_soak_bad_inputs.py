@@ -69,10 +69,10 @@ def closed_note(after: float | None, hold_s: float) -> str:
 
 
 def _bucket(s: float) -> str:
-    for limit in (1, 2, 5, 10, 20, 30, 60):
+    for limit in (1, 2, 5, 10, 20, 30, 60, 90, 120):
         if s <= limit:
             return f"{limit} s"
-    return "more than 60 s"
+    return "more than 120 s"
 
 
 async def _raw_conn(host: str, port: int, rcvbuf: int | None = None) -> socket.socket:

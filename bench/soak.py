@@ -413,8 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--view-max", type=float, default=45.0, help="longest viewing, s")
     g.add_argument("--bad-every", type=float, default=15.0, help="seconds between bad inputs (0: none)")
     g.add_argument("--bad-kinds", default=",".join(BadInputs.KINDS), help="which bad inputs")
-    g.add_argument("--bad-hold", type=float, default=30.0,
-                   help="longest a bad client holds its connection (trickles, silent and stalled clients), s")
+    g.add_argument("--bad-hold", type=float, default=120.0,
+                   help="longest a bad client holds its connection (trickles, silent and stalled clients), s; "
+                        "with the soak's 300 kbit/s media an FLV viewer that never reads stalls the server's "
+                        "writes only after ~60 s of filling socket buffers")
     g.add_argument("--huge-command-kib", type=int, default=1024, help="size of the huge AMF0 command")
     g.add_argument("--app", default="live", help="application name")
     g.add_argument("--stream-prefix", default="soak-", help="stream names are PREFIX1, PREFIX2, ...")
