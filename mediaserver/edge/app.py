@@ -37,7 +37,7 @@ from ..gate import CREDENTIAL, LIMIT, Gate, Refusal
 from ..hub.registry import StreamRegistry
 from ..hub.stream import StreamKey
 from .cmaf import CMAF_MANIFESTS, serve_cmaf, serve_time
-from .common import cors_headers, json_error, not_published
+from .common import cors_headers, json_error, not_published, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
 from .hls import PLAY_QUERY, serve_playlist, serve_segment
@@ -251,9 +251,5 @@ def _refusal(request: web.Request, subject: str, refusal: Refusal) -> web.HTTPEx
     headers = cors_headers(request)
     if refusal.kind == LIMIT:
         return json_error(503, refusal.message, refusal.hint, {"Retry-After": "10", **headers})
-    if refusal.kind == CREDENTIAL and refusal.reason == "missing":
-        headers["WWW-Authenticate"] = 'Bearer realm="mediaserver play"'
-        return json_error(401, f"playing {subject} needs a play token",
-                          "add ?token=... to the URL; `mediaserver token --action play` mints one", headers)
-    return json_error(403, f"playing {subject} is refused: {refusal.message}",
-                      "ask for a new play URL; tokens are for one stream and expire", headers)
+    reason = refusal.reason if refusal.kind == CREDENTIAL else refusal.kind
+    return play_refused(request, subject, reason, refusal.message, "add ?token=... to the URL")

@@ -91,3 +91,15 @@ async def send_shared(request: web.Request, body: bytes, headers: dict[str, str]
         await resp.write(body)
     await resp.write_eof()
     return resp
+
+
+def play_refused(request: web.Request, subject: str, reason: str, why: str, hint: str) -> web.HTTPException:
+    """A refused play credential as an HTTP answer: 401 when none was sent, else 403. `hint` says where
+    the token goes for this kind of URL."""
+    headers = cors_headers(request)
+    if reason == "missing":
+        headers["WWW-Authenticate"] = 'Bearer realm="mediaserver play"'
+        return json_error(401, f"playing {subject} needs a play token",
+                          f"{hint}; `mediaserver token --action play` mints one", headers)
+    return json_error(403, f"playing {subject} is refused: {why}",
+                      "ask for a new play URL; tokens are for one stream and expire", headers)

@@ -44,7 +44,7 @@ from ..auth.names import NAME_RULE
 from ..auth.tokens import AuthError, bearer_matches, normalize_address
 from ..hub.stream import Stream, StreamState
 from ..log import event
-from .common import json_error
+from .common import json_error, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .history import StreamHistory
 from .keys import ADMIN_TOKEN, CONFIG, GATE, HISTORY, METRICS, REGISTRY, STATIC_FILES
@@ -220,12 +220,8 @@ async def _check_play_token(request: web.Request, app: str, name: str) -> None:
         delay = admission.refused("play", err.reason)
         if delay > 0:
             await asyncio.sleep(delay)
-        if err.reason == "missing":
-            raise json_error(401, f"playing {app}/{name} needs a play token",
-                             "open the player with ?token=... in its URL; `mediaserver token --action play` mints one",
-                             {"WWW-Authenticate": 'Bearer realm="mediaserver play"'}) from None
-        raise json_error(403, f"playing {app}/{name} is refused: {err}",
-                         "ask for a new play URL; tokens are for one stream and expire") from None
+        raise play_refused(request, f"{app}/{name}", err.reason, str(err),
+                           "open the player with ?token=... in its URL") from None
 
 
 # ----- the console's history (admin token) ------------------------------------------------------------
