@@ -23,7 +23,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import __version__
-from .allocator import tune_allocator
 from .api.admin import AdminDeps, make_admin_app
 from .auth.admission import Admission
 from .auth.limits import Limits
@@ -421,7 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     setup(config.log.level, config.log.format)
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     tune_gc()
-    tune_allocator()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it

@@ -17,7 +17,6 @@ ALLOWED = {
     "errors": set(),
     "config": {"errors"},
     "log": set(),
-    "allocator": set(),
     "transports": set(),
     "media": {"errors", "media"},
     "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart
