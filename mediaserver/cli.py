@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from .auth.admission import Admission
 from .auth.limits import Limits
 from .auth.policy import AccessPolicy
 from .auth.tokens import Action
+from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
@@ -58,14 +58,6 @@ class QuietBadRequests(logging.Filter):
             record.msg, record.args = "bad_http_request", ()
             record.fields = {"status": exc.code, "error": str(exc.message).splitlines()[0][:200]}
         return True
-
-
-def tune_gc() -> None:
-    """Media objects are freed by reference counting; the cycle collector only finds the rare cycle.
-    Freezing what start-up built and collecting the young generation less often cut its share of a
-    busy ingest node's CPU (bench/load.py publish) without growing memory."""
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 100)
 
 
 def build_registry(config: Config) -> StreamRegistry:
@@ -291,6 +283,9 @@ def _key(name: str):
 async def serve(config: Config, stop: asyncio.Event) -> None:
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
+    sweeper = CycleSweeper()
+    registry.on_stream_ended.append(sweeper.ended)
+    packagers.on_released.append(sweeper.ended)
     admission, hooks = build_admission(config, os.environ)
     token = admin_token(config, os.environ)
     if hooks is not None:
@@ -323,13 +318,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if cluster is not None:  # cluster
         cluster.wire(app)
         await cluster.start()
-    gate = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
-                                            config.http.header_timeout))
-    app[METRICS].connections = gate
+    connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
+                                                   config.http.header_timeout))
+    app[METRICS].connections = connections
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
-    http_site = GuardedSite(runner, config.http.bind, config.http.port, gate, handler_args)
+    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args)
     try:
         await http_site.start()
         await rtmp.start()
@@ -345,7 +340,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     event(
         log, "ready", version=__version__,
         rtmp=f"{config.rtmp.bind}:{config.rtmp.port}", http=f"{config.http.bind}:{config.http.port}",
-        http_max_connections=gate.limits.max_connections,
+        http_max_connections=connections.limits.max_connections,
     )
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
@@ -356,6 +351,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await cluster.close()
     await runner.cleanup()
     packagers.close()
+    sweeper.close()
     event(log, "stopped")
 
 

@@ -181,6 +181,8 @@ class PackagerPool:
         self._cmaf: dict[StreamKey, CmafPackager] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._skip_log = LogGate()  # shared, so a restarted packager does not log its stream's skips anew
+        self.on_released: list[Callable[[], None]] = []
+        """Called after packagers left the pool (their segments can be freed)."""
         registry.on_stream_started.append(self._forget_ended)
 
     def __len__(self) -> int:
@@ -242,17 +244,23 @@ class PackagerPool:
         """Stop packagers nobody asked for lately and release ended ones after their linger."""
         self._sweeper = None
         now = self.clock()
+        released = 0
         for table in (self._hls, self._cmaf):
             for key, packager in list(table.items()):
                 if packager.ended:
                     if now - (packager.ended_at or now) >= self.cfg.ended_linger:
                         del table[key]
+                        released += 1
                 elif now - packager.last_request >= self.cfg.idle_timeout:
                     stream = self.registry.get(key)
                     if stream is not None:
                         stream.remove_sink(packager)
                     del table[key]
+                    released += 1
                     event(log, "packager_stop", stream=str(key), format=packager.format, reason="idle")
+        if released:
+            for hook in self.on_released:
+                hook()
         if self._hls or self._cmaf:
             self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
 

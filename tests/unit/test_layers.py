@@ -17,6 +17,7 @@ ALLOWED = {
     "errors": set(),
     "config": {"errors"},
     "log": set(),
+    "collector": set(),
     "transports": set(),
     "media": {"errors", "media"},
     "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart

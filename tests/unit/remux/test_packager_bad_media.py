@@ -232,6 +232,27 @@ def test_an_ended_streams_packager_lingers_rather_than_restarting(av_clip):
     asyncio.run(scenario())
 
 
+def test_the_pool_says_when_packagers_left_it_so_their_memory_can_be_swept(av_clip):
+    async def scenario() -> None:
+        registry, stream = new_stream()
+        publish(stream, av_clip)
+        clock = [0.0]
+        pool = PackagerPool(registry, HlsConfig(segment_duration=1.0, idle_timeout=5.0), clock=lambda: clock[0])
+        released: list[int] = []
+        pool.on_released.append(lambda: released.append(len(pool)))
+        try:
+            assert pool.hls(KEY) is not None and pool.cmaf(KEY) is not None
+            pool._sweep()
+            assert released == []  # still watched
+            clock[0] = 6.0
+            pool._sweep()
+            assert released == [0]  # both idle packagers left, told once
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_replay_that_fails_starts_the_packager_from_the_live_frames(av_clip, monkeypatch, caplog):
     async def scenario() -> None:
         registry, stream = new_stream()
