@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,103 @@ class ClusterConfig:
 # ----- end of cluster -----------------------------------------------------------------------------
 
 
+# ----- media pipeline: ABR ladder, watermark, thumbnails, stream health ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RungConfig:
+    """One rendition of the ABR ladder (`[[abr.ladder]]`)."""
+
+    label: str
+    """The rendition's name suffix: STREAM@LABEL (1-32 of a-z, 0-9, '_', '-')."""
+    height: int
+    video_kbps: int
+    codec: str = "h264"
+    """h264, hevc, av1 or vp9; each output lists only the renditions it can carry."""
+    preset: str = ""
+    """Encoder speed preset; empty is the codec's own default here (veryfast for h264/hevc, 10 for av1,
+    realtime speed 8 for vp9)."""
+    threads: int = 2
+    """Encoder threads for this rung; 0 lets the encoder decide (all cores)."""
+    width: int = 0
+    """0 keeps the source's aspect ratio (rounded to even)."""
+
+
+DEFAULT_LADDER = (
+    RungConfig("1080p", 1080, 5000),
+    RungConfig("720p", 720, 2800),
+    RungConfig("480p", 480, 1200),
+    RungConfig("360p", 360, 700),
+    RungConfig("240p", 240, 400),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AbrConfig:
+    mode: str = "on_demand"
+    """on_demand (the first request for a rendition or master.m3u8 starts the transcode), always (every live
+    stream of `apps`), off."""
+    apps: tuple[str, ...] = ("*",)
+    """Apps whose streams get the ladder; "*" is every app."""
+    ladder: tuple[RungConfig, ...] = DEFAULT_LADDER
+    """Only rungs below the source's height are made; the source is the top rung, never re-encoded."""
+    max_jobs: int = 0
+    """Transcode jobs this node runs at once (one per source stream); 0 is one per two CPU cores (at least 1).
+    Beyond it a request for a rendition gets 503 and master.m3u8 lists the source only."""
+    idle_grace: float = 30.0
+    """Seconds a job keeps running after the last viewer of every rendition left (on_demand)."""
+    wait: float = 6.0
+    """Seconds a first ABR request waits for a starting job's first rendition keyframe."""
+    max_keyframe_interval: float = 10.0
+    """A rung forces a keyframe at every source keyframe; beyond this many seconds without one it makes its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkConfig:
+    file: str = ""
+    """A PNG (with alpha) burnt into the transcoded renditions; empty is no watermark."""
+    apps: tuple[str, ...] = ("*",)
+    position: str = "top-right"
+    """top-left, top-right, bottom-left, bottom-right or center."""
+    margin: int = 16
+    """Pixels between the picture's edge and the watermark, at the rendition's size."""
+    opacity: float = 0.8
+    scale: float = 0.15
+    """The watermark's width as a share of the rendition's width (its aspect kept)."""
+    source: bool = False
+    """Also burn it into the top rung: the source is re-encoded at its own size instead of passed through."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailConfig:
+    enabled: bool = True
+    max_width: int = 1920
+    """The largest ?width= a request may ask for; wider answers are scaled to this."""
+    quality: int = 80
+    """JPEG quality, 1-100."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    enabled: bool = False
+    apps: tuple[str, ...] = ("*",)
+    interval: float = 2.0
+    """Seconds between samples of a stream's newest keyframe and its audio."""
+    black_after: float = 5.0
+    """Seconds of black picture before the stream is flagged."""
+    frozen_after: float = 10.0
+    """Seconds of an unchanging picture before the stream is flagged."""
+    silence_after: float = 10.0
+    """Seconds of silence before the stream is flagged."""
+    black_luma: int = 24
+    """A picture whose mean luma (0-255) is at most this, with little variation, counts as black."""
+    silence_dbfs: float = -60.0
+    """Audio whose RMS level is below this counts as silence."""
+
+
+# ----- end of media pipeline --------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -194,6 +292,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    abr: AbrConfig = field(default_factory=AbrConfig)
+    watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
+    thumbnails: ThumbnailConfig = field(default_factory=ThumbnailConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # Accepted values and ranges, checked after types: key -> (min, max) or a tuple of choices.
@@ -240,13 +342,36 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.node_ttl": (0.3, 600),
     "cluster.max_pulls": (0, 1_000_000),
     "cluster.max_pulls_per_client": (0, 1_000_000),
+    "abr.max_jobs": (0, 10_000),
+    "abr.idle_grace": (0, 86_400),
+    "abr.wait": (0.1, 120),
+    "abr.max_keyframe_interval": (1, 600),
+    "watermark.margin": (0, 10_000),
+    "watermark.opacity": (0, 1),
+    "watermark.scale": (0.01, 1),
+    "thumbnails.max_width": (16, 7680),
+    "thumbnails.quality": (1, 100),
+    "health.interval": (0.2, 600),
+    "health.black_after": (0.5, 86_400),
+    "health.frozen_after": (0.5, 86_400),
+    "health.silence_after": (0.5, 86_400),
+    "health.black_luma": (0, 255),
+    "health.silence_dbfs": (-150, 0),
+    "ladder.height": (16, 4320),
+    "ladder.width": (0, 7680),
+    "ladder.video_kbps": (16, 200_000),
+    "ladder.threads": (0, 64),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("text", "json"),
     "webhooks.on_failure": ("deny", "allow"),
     "cluster.role": ("standalone", "origin", "edge", "both"),
+    "abr.mode": ("on_demand", "always", "off"),
+    "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
+    "ladder.codec": ("h264", "hevc", "av1", "vp9"),
 }
+_LABEL = re.compile(r"[a-z0-9_-]{1,32}")
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
              "cluster.advertise_url", "cluster.upstream")
 
@@ -276,6 +401,15 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
         return value
+    if kind is tuple and default and dataclasses.is_dataclass(default[0]):  # a list of tables: [[abr.ladder]]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where} must be a list of tables, e.g. [[{where}]] label = ...")
+        tables = tuple(_table(where, i, v, type(default[0])) for i, v in enumerate(value))
+        labels = [getattr(t, "label", None) for t in tables]
+        twice = sorted({x for x in labels if x is not None and labels.count(x) > 1})
+        if twice:
+            raise ConfigError(f"{where} names {', '.join(twice)} more than once; each label names one rendition")
+        return tables
     if kind is tuple:  # a list of strings; on the command line also "a,b"
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -285,13 +419,39 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{where} has an unsupported type")  # pragma: no cover - guards new fields
 
 
-def _check(where: str, value: Any) -> None:
+def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
+    """One table of a list such as [[abr.ladder]]: its keys checked like a section's."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING]
+    here = f"{where}[{index}]"
+    for key in value:
+        if key not in fields:
+            raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. label = \"480p\", height = 480, video_kbps = 1200")
+    built: dict[str, Any] = {}
+    short = where.split(".")[-1]
+    for key, f in fields.items():
+        if key not in value:
+            continue
+        sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0}[key]
+        coerced = _coerce(f"{here}.{key}", value[key], sample)
+        _check(f"{short}.{key}", coerced, f"{here}.{key}")
+        built[key] = coerced
+    if short == "ladder" and not _LABEL.fullmatch(built["label"]):
+        raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
+    return cls(**built)
+
+
+def _check(where: str, value: Any, shown: str = "") -> None:
+    shown = shown or where
     if where in _RANGES:
         lo, hi = _RANGES[where]
         if not lo <= value <= hi:
-            raise ConfigError(f"{where} = {value!r} is out of range; must be {lo:g}..{hi:g}")
+            raise ConfigError(f"{shown} = {value!r} is out of range; must be {lo:g}..{hi:g}")
     if where in _CHOICES and value not in _CHOICES[where]:
-        raise ConfigError(f"{where} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
+        raise ConfigError(f"{shown} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
     if where in _URL_KEYS and value and not value.startswith(("http://", "https://")):
         raise ConfigError(f"{where} = {value!r} must be an http:// or https:// URL, or \"\" for none")
 

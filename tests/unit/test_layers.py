@@ -26,8 +26,11 @@ ALLOWED = {
     "remux": {"errors", "media", "remux"},
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
-    "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports"},
-    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api"},
+    "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
+             "transcode"},
+    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode"},
+    # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
+    "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports"},
     "cluster": {"errors", "log", "cluster"},
 }
 # third-party or asyncio imports a layer must not make
@@ -39,6 +42,7 @@ FORBIDDEN = {
     "auth": {"aiohttp", "redis", "asyncio"},
     "edge": {"redis"},
     "gate": {"aiohttp", "redis"},
+    "transcode": {"aiohttp", "redis"},
 }
 
 
