@@ -53,13 +53,11 @@ def multitrack_messages(main: list[FlvTag], extra: list[FlvTag]) -> list[tuple[i
     for a, b in zip(main_video, extra_video):
         frame_type, packet_type, data_a = _enhanced_data(a)
         _, _, data_b = _enhanced_data(b)
-        frame_type_b = b.body[0] >> 4
+        # One frame type for the message (track 0's): a decoder finds each track's IDR in its NAL units.
         body = multitrack.join_video(frame_type if packet_type else 1, packet_type, b"avc1", [(0, data_a), (1, data_b)])
-        if packet_type and frame_type != frame_type_b:
-            body = body  # a misaligned pair: track 1's own frame type is carried by its data's NAL units
         out.append((FrameKind.VIDEO, a.timestamp_ms, body))
     out += [(FrameKind.AUDIO, t.timestamp_ms, bytes(t.body)) for t in main if t.kind == FrameKind.AUDIO]
-    out.sort(key=lambda m: (m[1], m[0] != FrameKind.VIDEO or m[2][1] >> 4 != 1))
+    out.sort(key=lambda m: (m[1], m[0] != FrameKind.VIDEO))  # at one instant, the pictures first
     return out
 
 
