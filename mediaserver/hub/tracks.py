@@ -83,6 +83,9 @@ class TrackRenditions:
         self.label_for = label_for
         self._tracks: dict[int, _Track] = {}
         self._source_keyframes: deque[int] = deque(maxlen=_KEYFRAMES_KEPT)
+        self._source_pts = -1
+        """The newest presentation time of the source's video: a rendition keyframe at or before it is judged."""
+        self._pending: deque[tuple[_Track, int]] = deque(maxlen=_KEYFRAMES_KEPT)
         self._log = LogGate(_MISALIGNED_LOG_S)
         self.misaligned = 0
 
@@ -97,8 +100,12 @@ class TrackRenditions:
         for track_id, single in multitrack.split_video(body):
             if track_id == 0:
                 main = self.source.publish_video(ts_ms, single, now)
-                if main is not None and main.keyframe:
-                    self._source_keyframes.append(main.pts_ms)
+                if main is not None and not main.is_config:
+                    if main.keyframe:
+                        self._source_keyframes.append(main.pts_ms)
+                    self._source_pts = max(self._source_pts, main.pts_ms)
+                    while self._pending and self._pending[0][1] <= self._source_pts:
+                        self._judge(*self._pending.popleft())
                 continue
             self._publish_track(track_id, ts_ms, single, now)
         return main
@@ -160,10 +167,14 @@ class TrackRenditions:
         return True
 
     def _check_alignment(self, track: _Track, pts_ms: int) -> None:
-        if not self._source_keyframes or pts_ms in self._source_keyframes:
+        if pts_ms > self._source_pts:
+            self._pending.append((track, pts_ms))  # the source's picture of that instant has not come yet
+        else:
+            self._judge(track, pts_ms)
+
+    def _judge(self, track: _Track, pts_ms: int) -> None:
+        if not self._source_keyframes or pts_ms in self._source_keyframes or pts_ms < self._source_keyframes[0]:
             return
-        if pts_ms > self._source_keyframes[-1]:
-            return  # the source's keyframe may still come (tracks of one instant arrive in one message)
         self.misaligned += 1
         count = self._log.should_log(track.track_id, self.registry.clock())
         if count:

@@ -128,3 +128,9 @@ def join_video(frame_type: int, packet_type: int, fourcc: bytes, tracks: list[tu
     for track_id, data in tracks:
         parts.append(bytes((track_id,)) + len(data).to_bytes(3, "big") + data)
     return b"".join(parts)
+
+
+def one_track_video(frame_type: int, packet_type: int, fourcc: bytes, track_id: int, data: bytes) -> bytes:
+    """A OneTrack video message: one track of a multitrack publisher, with its own frame type (how OBS's
+    multitrack output sends each rendition)."""
+    return bytes((0x80 | frame_type << 4 | VIDEO_MULTITRACK, ONE_TRACK << 4 | packet_type)) + fourcc + bytes((track_id,)) + data

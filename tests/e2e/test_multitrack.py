@@ -44,8 +44,9 @@ def _enhanced_data(tag: FlvTag) -> tuple[int, int, bytes]:
     return frame_type, 1, bytes(body[2:5]) + bytes(body[5:])  # CodedFrames: composition time, then NAL units
 
 
-def multitrack_messages(main: list[FlvTag], extra: list[FlvTag]) -> list[tuple[int, int, bytes]]:
-    """(kind, timestamp, body): each video instant's two pictures in one message, then the main audio."""
+def multitrack_messages(main: list[FlvTag], extra: list[FlvTag], one_track: bool = False) -> list[tuple[int, int, bytes]]:
+    """(kind, timestamp, body): each video instant's two pictures in one ManyTracks message (or, with
+    `one_track`, in one OneTrack message each, as OBS sends them), and the main audio."""
     main_video = [t for t in main if t.kind == FrameKind.VIDEO]
     extra_video = [t for t in extra if t.kind == FrameKind.VIDEO]
     assert [t.timestamp_ms for t in main_video] == [t.timestamp_ms for t in extra_video]
@@ -53,9 +54,14 @@ def multitrack_messages(main: list[FlvTag], extra: list[FlvTag]) -> list[tuple[i
     for a, b in zip(main_video, extra_video):
         frame_type, packet_type, data_a = _enhanced_data(a)
         _, _, data_b = _enhanced_data(b)
-        # One frame type for the message (track 0's): a decoder finds each track's IDR in its NAL units.
-        body = multitrack.join_video(frame_type if packet_type else 1, packet_type, b"avc1", [(0, data_a), (1, data_b)])
-        out.append((FrameKind.VIDEO, a.timestamp_ms, body))
+        if one_track:
+            out.append((FrameKind.VIDEO, a.timestamp_ms, multitrack.one_track_video(frame_type, packet_type, b"avc1", 0, data_a)))
+            out.append((FrameKind.VIDEO, a.timestamp_ms,
+                        multitrack.one_track_video(b.body[0] >> 4, packet_type, b"avc1", 1, data_b)))
+            continue
+        # One frame type for the message: the tracks' keyframes fall on the same instants.
+        out.append((FrameKind.VIDEO, a.timestamp_ms,
+                    multitrack.join_video(frame_type, packet_type, b"avc1", [(0, data_a), (1, data_b)])))
     out += [(FrameKind.AUDIO, t.timestamp_ms, bytes(t.body)) for t in main if t.kind == FrameKind.AUDIO]
     out.sort(key=lambda m: (m[1], m[0] != FrameKind.VIDEO))  # at one instant, the pictures first
     return out
@@ -125,5 +131,5 @@ async def test_misaligned_tracks_are_logged(server_factory, stream_name, tmp_pat
     server = server_factory()
     main = _encode(tmp_path / "main.flv", "640x360", 25, seconds=3)
     odd = _encode(tmp_path / "odd.flv", "320x180", 20, seconds=3)  # keyframes every 0.8 s, not 1 s
-    await publish_messages(server.rtmp_port, stream_name, multitrack_messages(main, odd))
+    await publish_messages(server.rtmp_port, stream_name, multitrack_messages(main, odd, one_track=True))
     assert "multitrack_misaligned" in server.log_text(), server.log_tail()
