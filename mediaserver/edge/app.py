@@ -8,6 +8,7 @@
 | GET /APP/NAME/SEGMENT.ts   | an HLS segment                        |
 | GET /APP/NAME/cmaf.m3u8    | LL-HLS over fMP4/CMAF (see cmaf.py)   |
 | GET /APP/NAME/manifest.mpd | MPEG-DASH over the same segments      |
+| GET /APP/NAME/thumbnail.jpg| the newest keyframe as JPEG           |
 | GET /time                  | UTC time for DASH players             |
 | GET /metrics, /readyz      | Prometheus metrics, readiness         |
 | /api/v1/...                | the admin API (a sub-application)     |
@@ -41,11 +42,12 @@ from .common import cors_headers, json_error, not_published, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
 from .hls import PLAY_QUERY, serve_playlist, serve_segment
-from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
+from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY, THUMBNAILS
 from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
+from .thumbnails import ThumbnailService, serve_thumbnail
 from .webhooks import WebhookClient
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ def make_app(
     app[REGISTRY] = registry
     app[PACKAGERS] = packagers
     app[GATE] = gate
+    app[THUMBNAILS] = ThumbnailService(registry, config.thumbnails.max_width, config.thumbnails.quality)
     hook_outcomes = (lambda: hooks.outcomes) if hooks is not None and hooks.enabled else None
     metrics = Metrics(registry, gate.admission, packager_count=lambda: len(packagers), hook_outcomes=hook_outcomes)
     metrics.ready_checks.update(ready_checks or {})
@@ -144,6 +147,7 @@ def make_app(
     app.router.add_get("/time", serve_time)
     add_page_routes(app)  # the player, picker and console: before the play routes, whose patterns match them too
     app.router.add_get("/{app}/{file}", flv_or_404, name="play-flv")
+    app.router.add_get("/{app}/{name}/thumbnail.jpg", serve_thumbnail, name="play-thumbnail")
     app.router.add_get("/{app}/{name}/{file}", hls_file, name="play-hls")
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.router.add_get("/{tail:.*}", not_found)
@@ -166,6 +170,9 @@ def _play_target(request: web.Request) -> tuple[StreamKey, str] | None:
     elif route == "play-hls":
         key = stream_key(request.match_info["app"], request.match_info["name"])
         fmt = "hls"
+    elif route == "play-thumbnail":  # admitted as a viewer for the request's length; the hook sees "thumbnail"
+        key = stream_key(request.match_info["app"], request.match_info["name"])
+        fmt = "thumbnail"
     else:
         return None
     return (key, fmt) if key is not None else None
