@@ -83,6 +83,9 @@ def decode_keyframe(keyframe: Keyframe) -> av.VideoFrame:
             f"thumbnails cannot be made from {keyframe.codec} video",
             f"thumbnails are made from {', '.join(sorted(DECODERS))}; publish one of those",
         )
+    if not keyframe.payload:  # an empty packet would be taken for the end of the stream
+        raise UndecodableKeyframe(f"the newest {keyframe.codec} keyframe is empty",
+                                  "the publisher sent an empty keyframe; try again after its next keyframe")
     try:
         ctx = av.CodecContext.create(name, "r")
         if keyframe.config:
