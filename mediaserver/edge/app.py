@@ -37,6 +37,7 @@ from ..config import Config
 from ..gate import CREDENTIAL, LIMIT, Gate, Refusal
 from ..hub.registry import StreamRegistry
 from ..hub.stream import StreamKey
+from ..transcode.health_monitor import HealthWatch
 from .cmaf import CMAF_MANIFESTS, serve_cmaf, serve_time
 from .common import cors_headers, json_error, not_published, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
@@ -121,21 +122,24 @@ def make_app(
     admin: web.Application | None = None,
     ready_checks: Mapping[str, ReadyCheck] | None = None,
     metrics_token: str | None = None,
+    health: HealthWatch | None = None,
 ) -> web.Application:
     """`gate` None admits every viewer; `admin` is mounted at /api/v1; `metrics_token`, when given,
-    is the bearer token /metrics requires."""
+    is the bearer token /metrics requires; `health`, when [health] is enabled, gives /metrics its flags."""
     gate = gate or Gate(Admission(), registry)
     app = web.Application(middlewares=[errors_as_json, admission_middleware], client_max_size=64 * 1024)
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[PACKAGERS] = packagers
     app[GATE] = gate
-    app[THUMBNAILS] = ThumbnailService(registry, config.thumbnails.max_width, config.thumbnails.quality)
     hook_outcomes = (lambda: hooks.outcomes) if hooks is not None and hooks.enabled else None
     metrics = Metrics(registry, gate.admission, packager_count=lambda: len(packagers), hook_outcomes=hook_outcomes)
     metrics.ready_checks.update(ready_checks or {})
     metrics.required_token = metrics_token
     app[METRICS] = metrics
+    app[THUMBNAILS] = metrics.thumbnails = ThumbnailService(registry, config.thumbnails.max_width,
+                                                            config.thumbnails.quality)
+    metrics.health = health
     app.cleanup_ctx.append(metrics.cleanup_ctx)
     if hooks is not None:
         app.cleanup_ctx.append(hooks.cleanup_ctx)
