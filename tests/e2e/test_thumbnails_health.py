@@ -16,8 +16,7 @@ import pytest
 from aiohttp import web
 
 from support.checks import wait_live
-from support.media import ffmpeg_exe
-from support.publisher import Publisher
+from support.publisher import Publisher, lavfi_publish_args
 from support.server import ServerProcess
 
 ADMIN = "admin-token-e2e-0123456789abcdef"
@@ -37,13 +36,7 @@ def live_publish(tmp_path: Path) -> Iterator[LivePublish]:
     publishers: list[Publisher] = []
 
     def start(server: ServerProcess, name: str, video: str, audio: str) -> Publisher:
-        args = [
-            ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
-            "-f", "lavfi", "-i", f"{video}{':' if '=' in video else '='}size=640x360:rate=24",
-            "-f", "lavfi", "-i", audio,
-            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-g", "12",
-            "-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "2", "-f", "flv", server.rtmp_url(name),
-        ]
+        args = lavfi_publish_args(server.rtmp_url(name), video, audio)
         publisher = Publisher(args, tmp_path / f"publisher{len(publishers)}-{name}.log")
         publishers.append(publisher)
         server.publishers.append(publisher)
