@@ -144,7 +144,11 @@ class HealthMonitor:
             await asyncio.sleep(self.cfg.interval)
             if stream.ended:
                 break
-            await self.sample_once()
+            try:
+                await self.sample_once()
+            except Exception as err:  # a bug or a decoder surprise: log it, keep sampling
+                if self._errors.should_log("bug", self.clock()):
+                    log.exception("health sample of %s failed: %s", stream.key, err)
 
     async def sample_once(self) -> None:
         """Take and measure what is new since the last sample; report what changed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 from collections.abc import AsyncIterator
 
 import av
@@ -22,7 +23,8 @@ from mediaserver.media.frames import Frame, FrameKind
 from mediaserver.transcode.thumbnail import (
     Keyframe, UndecodableKeyframe, UnsupportedCodec, decode_keyframe, even_size, qscale_for, render_thumbnail,
 )
-from support.codec_clips import codec_clip, config_frame, media_frames
+from support.codec_clips import codec_clip, config_frame, media_frames, read_flv_frames
+from support.media import ffmpeg_exe
 
 
 class FakePublisher:
@@ -55,6 +57,17 @@ def test_a_keyframe_decodes_into_a_jpeg_of_the_asked_width_with_the_aspect_kept(
         assert jpeg_size(thumb.jpeg) == expected
     capped = render_thumbnail(picture, None, 256, 80)
     assert jpeg_size(capped.jpeg) == (256, 144)
+
+
+def test_a_vp9_keyframe_decodes_too(tmp_path):
+    path = tmp_path / "vp9.flv"  # ffmpeg writes VP9 as Enhanced FLV (vpcC sequence start)
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=25", "-t", "1", "-c:v", "libvpx-vp9", "-deadline", "realtime",
+                    "-cpu-used", "8", "-g", "25", "-f", "flv", str(path)], check=True, timeout=60, capture_output=True)
+    frames = read_flv_frames(path.read_bytes())
+    keyframe = newest_keyframe(frames)
+    assert keyframe.codec == "vp9"
+    assert jpeg_size(render_thumbnail(decode_keyframe(keyframe), 160, 1920, 80).jpeg) == (160, 90)
 
 
 def test_sizes_are_even_and_quality_maps_onto_qscale():
