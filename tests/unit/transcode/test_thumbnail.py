@@ -236,3 +236,23 @@ async def test_the_cache_of_a_stream_is_dropped_when_it_ends(node):
     assert len(n.service._streams) == 1
     n.registry.kick(StreamKey("live", "cam"))
     assert len(n.service._streams) == 0
+
+
+async def test_a_damaged_keyframe_is_a_422_and_is_not_decoded_again_for_each_request(node):
+    n, client = node
+    frames = codec_clip("h264", None, width=320, height=240, seconds=3)
+    stream = n.publish()
+    config = config_frame(frames, FrameKind.VIDEO)
+    stream.publish_video(0, bytes(config.body), 0.0)
+    garbage = b"\x00\x00\x00\x09\x65\xff\x00\xff\x00\x13\x37\x00\x01"  # one IDR NAL unit of noise
+    stream.publish_video(40, b"\x17\x01\x00\x00\x00" + garbage, 0.0)  # AVC keyframe, NALU, cts 0
+    for _ in range(3):
+        resp = await client.get("/live/cam/thumbnail.jpg")
+        body = await resp.json()
+        assert resp.status == 422 and "next keyframe" in body["hint"], body
+    assert n.service.decodes == 1
+    reached = feed(stream, frames[1:], until_ms=1100)  # good keyframes, the first less than a second later:
+    assert (await client.get("/live/cam/thumbnail.jpg")).status == 422  # within the interval, no new decode
+    feed(stream, frames[1:], until_ms=2100, start=reached)  # then one more than a second later
+    resp = await client.get("/live/cam/thumbnail.jpg")
+    assert resp.status == 200 and n.service.decodes == 2
