@@ -43,12 +43,12 @@ from .common import cors_headers, json_error, not_published, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
 from .hls import PLAY_QUERY, serve_playlist, serve_segment
-from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY, THUMBNAILS
+from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
-from .thumbnails import ThumbnailService, serve_thumbnail
+from .thumbnails import add_thumbnails, serve_thumbnail
 from .webhooks import WebhookClient
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def make_app(
     metrics.ready_checks.update(ready_checks or {})
     metrics.required_token = metrics_token
     app[METRICS] = metrics
-    app[THUMBNAILS] = metrics.thumbnails = ThumbnailService(registry, config.thumbnails.max_width,
-                                                            config.thumbnails.quality)
+    metrics.thumbnails = add_thumbnails(app, registry)
     metrics.health = health
     app.cleanup_ctx.append(metrics.cleanup_ctx)
     if hooks is not None:

@@ -274,31 +274,6 @@ class _Collector:
                                 value=m.recent_max_lag_s)
 
 
-def _media_pipeline(m: Metrics) -> Any:
-    """Thumbnails and stream health. One health series per condition of each watched live stream: the
-    label set is bounded by the live streams and goes when they end."""
-    if m.thumbnails is not None:
-        yield CounterMetricFamily("mediaserver_thumbnail_decodes", "Keyframes decoded for thumbnails (at most one "
-                                  "per keyframe interval per stream).", value=m.thumbnails.decodes)
-        yield CounterMetricFamily("mediaserver_thumbnail_renders", "Thumbnails scaled and encoded as JPEG (cache "
-                                  "misses).", value=m.thumbnails.renders)
-    health = m.health
-    if health is None:
-        return
-    g = GaugeMetricFamily("mediaserver_stream_health", "1 while a stream's condition (black, frozen, silent) "
-                          "is flagged, else 0; watched streams only.", labels=["stream", "condition"])
-    for key, condition, flagged in health.flagged():
-        g.add_metric([str(key), condition], 1 if flagged else 0)
-    yield g
-    c = CounterMetricFamily("mediaserver_stream_health_flags", "Conditions flagged since start, by condition.",
-                            labels=["condition"])
-    for condition in ("black", "frozen", "silent"):
-        c.add_metric([condition], health.flag_starts[condition])
-    yield c
-    yield CounterMetricFamily("mediaserver_health_sampling_cpu_seconds", "CPU time spent decoding and measuring "
-                              "health samples.", value=health.cpu_s)
-
-
 # ----- HTTP handlers ------------------------------------------------------------------------------
 
 
@@ -324,3 +299,31 @@ async def serve_readyz(request: web.Request) -> web.Response:
         ready = ready and bool(ok)
     return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503,
                              headers={"Cache-Control": "no-store"})
+
+
+# ----- thumbnails and stream health --------------------------------------------------------------
+
+
+def _media_pipeline(m: Metrics) -> Any:
+    """Thumbnails and stream health. One health series per condition of each watched live stream: the
+    label set is bounded by the live streams and goes when they end."""
+    if m.thumbnails is not None:
+        yield CounterMetricFamily("mediaserver_thumbnail_decodes", "Keyframes decoded for thumbnails (at most one "
+                                  "per keyframe interval per stream).", value=m.thumbnails.decodes)
+        yield CounterMetricFamily("mediaserver_thumbnail_renders", "Thumbnails scaled and encoded as JPEG (cache "
+                                  "misses).", value=m.thumbnails.renders)
+    health = m.health
+    if health is None:
+        return
+    g = GaugeMetricFamily("mediaserver_stream_health", "1 while a stream's condition (black, frozen, silent) "
+                          "is flagged, else 0; watched streams only.", labels=["stream", "condition"])
+    for key, condition, flagged in health.flagged():
+        g.add_metric([str(key), condition], 1 if flagged else 0)
+    yield g
+    c = CounterMetricFamily("mediaserver_stream_health_flags", "Conditions flagged since start, by condition.",
+                            labels=["condition"])
+    for condition in ("black", "frozen", "silent"):
+        c.add_metric([condition], health.flag_starts[condition])
+    yield c
+    yield CounterMetricFamily("mediaserver_health_sampling_cpu_seconds", "CPU time spent decoding and measuring "
+                              "health samples.", value=health.cpu_s)

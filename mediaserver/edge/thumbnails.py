@@ -150,6 +150,13 @@ class ThumbnailService:
                   more_since_last_log=count - 1)
 
 
+def add_thumbnails(app: web.Application, registry: StreamRegistry) -> ThumbnailService:
+    """The application's ThumbnailService (under THUMBNAILS), configured from [thumbnails]."""
+    cfg = app[CONFIG].thumbnails
+    service = app[THUMBNAILS] = ThumbnailService(registry, cfg.max_width, cfg.quality)
+    return service
+
+
 def _retrieve(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()

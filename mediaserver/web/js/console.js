@@ -179,6 +179,8 @@ function renderStreams(streams, history) {
     c.publisher.textContent = s.publisher ? `from ${s.publisher}` : 'publisher gone';
     c.video.textContent = describeVideo(s.video);
     c.audio.textContent = describeAudio(s.audio);
+    renderHealth(row, s);
+    renderThumbnail(row, s);
     const rate = s.bitrate_kbps || {};
     c.ingest.textContent = formatKbps(rate.measured);
     c.ingest.title = rate.declared ? `declared by the encoder: ${Object.entries(rate.declared).map(([k, v]) => `${k} ${v} kbit/s`).join(', ')}` : '';
@@ -195,8 +197,6 @@ function renderStreams(streams, history) {
       sparkline(viewers, {width: 100, title: `viewers over the last ${minutes} min`}),
       el('span', {class: 'spark-label', text: viewers.length ? `max ${Math.max(...viewers)}` : 'collecting…'}));
     c.kickViewers.disabled = !s.viewers_total;
-    renderHealth(row, s);
-    renderThumbnail(row, s);
     if (ui.streams.children[index] !== row.tr) ui.streams.insertBefore(row.tr, ui.streams.children[index] || null);
   });
   for (const [key, row] of rows) {
