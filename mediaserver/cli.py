@@ -306,10 +306,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             health.listeners.append(hooks.health_event)
     admin = make_admin_app(AdminDeps(
         registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
+        health=health.flags if health else None,
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
-        health=health.flags if health else None,
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
