@@ -93,7 +93,7 @@ class ThumbnailService:
         current = state.keyframe
         if current is not None:
             reuse_ms = max(MIN_DECODE_INTERVAL_MS, stream.gop.keyframe_interval_ms or 0)
-            if newest.dts_ms == current.dts_ms or 0 <= newest.dts_ms - current.dts_ms < reuse_ms:
+            if 0 <= newest.dts_ms - current.dts_ms < reuse_ms:  # a stream's timeline never goes back
                 return current
         return Keyframe.of(newest, stream.info.video_config)
 
