@@ -42,6 +42,7 @@ from .hub.registry import RegistryPolicy, StreamRegistry
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
+from .transcode.health_monitor import HealthWatch
 
 log = logging.getLogger("mediaserver")
 
@@ -298,8 +299,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
     )
     rtmp = RtmpServer(config.rtmp, registry, gate)
+    health = HealthWatch(registry, config.health) if config.health.enabled else None
+    if health is not None:
+        health.attach()
+        if hooks is not None and hooks.wants("health"):
+            health.listeners.append(hooks.health_event)
     admin = make_admin_app(AdminDeps(
         registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
+        health=health.flags if health else None,
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
@@ -313,6 +320,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
         ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
+        health=health,
     )
     _log_access(config, admission.policy, hooks, token)
     if cluster is not None:  # cluster
@@ -346,6 +354,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
     registry.close_all("server_shutdown")
+    if health is not None:
+        await health.close()
     await rtmp.close()
     if cluster is not None:  # cluster: withdraw claims, say node_down
         await cluster.close()
