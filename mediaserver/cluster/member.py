@@ -86,6 +86,26 @@ class ClusterMember:
         if owner is not None:
             self._spawn(self.locator.send(ClusterEvent(kind=PUBLISHED, sender=self.node_id, stream=stream, owner=owner)))
 
+    def adopt(self, stream: str) -> None:
+        """A stream this node makes itself (a transcoder's rendition, an encoder's extra track): it passed no
+        publish gate, so it is claimed here, then announced. Another live node's claim wins (logged)."""
+        self._spawn(self._adopt(stream))
+
+    async def _adopt(self, stream: str) -> None:
+        if stream in self.owners:
+            self.published(stream)
+            return
+        mine = Owner(node=self.node_id, http=self.http_url, since=self._wall(), claim=secrets.token_hex(8))
+        holder = await self.locator.announce(stream, mine)
+        if holder.node != self.node_id:
+            event(log, "cluster_rendition_elsewhere", logging.WARNING, stream=stream, owner=holder.node)
+            return
+        if not self._is_published_here(stream):  # it ended while the claim was made
+            await self.locator.withdraw(stream, holder)
+            return
+        self.owners[stream] = holder
+        await self.locator.send(ClusterEvent(kind=PUBLISHED, sender=self.node_id, stream=stream, owner=holder))
+
     def unpublished(self, stream: str) -> None:
         owner = self.owners.get(stream)
         if owner is not None:
