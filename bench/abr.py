@@ -95,16 +95,21 @@ def run_ours(source: Path, rungs: list[Rendition]) -> Run:
     reader = wire.MessageReader()
     frames = 0
     errors = []
+    last_stats: dict = {}
     while chunk := proc.stdout.read1(1 << 16):  # type: ignore[union-attr]
         for message in reader.feed(chunk):
             if message.kind == wire.TAG and message.track != wire.AUDIO_TRACK:
                 frames += 1
+            elif message.kind == wire.STATS:
+                last_stats = message.json()
             elif message.kind == wire.ERROR:
                 errors.append(message.json())
     feeder.join()
     cpu = _wait_cpu(proc)
     if proc.returncode != 0 or errors:
         raise RuntimeError(f"the worker failed (exit {proc.returncode}): {errors}")
+    if last_stats.get("shed"):
+        raise RuntimeError(f"the worker shed {last_stats['shed']}: the comparison would not be of the same work")
     return Run(cpu_s=cpu, wall_s=time.monotonic() - started, frames_out=frames)
 
 

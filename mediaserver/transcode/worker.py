@@ -8,9 +8,11 @@ keyframe, so segment N of every rendition starts at the same instant. Source aud
 it came, released between the rungs' video so that each rendition's tags stay in time order.
 
 stdin is read by a thread into a queue, so the main thread can tell how far it is behind the newest source
-frame (its backlog). A worker that stays more than `max_backlog_ms` behind for SHED_AFTER_S sheds its
-lowest rung, down to one; the history the server feeds first, faster than real time, does not count: the
-backlog is judged only once the queue has drained once.
+frame (its backlog). Backlog alone is not falling behind: the history the server feeds first, and a file
+fed as fast as the worker takes it, queue up far ahead of the encoders while they run faster than real
+time. So the worker also measures how late it is against the wall clock (RealTimeClock: source time done
+vs wall time passed, from the moment it was most ahead), and one that stays more than `max_backlog_ms`
+behind on both for SHED_AFTER_S sheds its lowest rung, down to one.
 
 stdout carries only wire.py messages; logs go to stderr (fd 1 is pointed at stderr for everything else, so
 a library that prints cannot corrupt the wire). Exit codes: 0 at the end of the source, 2 for a bad job,
@@ -414,6 +416,20 @@ _MS = Fraction(1, 1000)
 # -- process main --------------------------------------------------------------------------------------
 
 
+class RealTimeClock:
+    """How far processing is behind real time: wall time passed minus source time done, counted from the
+    point where processing was furthest ahead (a burst of history moves that point, so it never counts)."""
+
+    def __init__(self) -> None:
+        self._lead: float | None = None  # min over the past of (wall ms - source ms)
+
+    def late_ms(self, source_ms: int, now: float) -> int:
+        offset = now * 1000.0 - source_ms
+        if self._lead is None or offset < self._lead:
+            self._lead = offset
+        return int(offset - self._lead)
+
+
 class Worker:
     """The main loop: queue in, transcoder, messages out; stats and shedding on the side."""
 
@@ -422,7 +438,8 @@ class Worker:
         self._sink = sink
         self._tags: queue.Queue[FlvTag | _End] = queue.Queue(maxsize=QUEUE_TAGS)
         self._reader = SourceReader(source, self._tags)
-        self._drained = False
+        self._clock = RealTimeClock()
+        self._late_ms = 0
         self._behind_since: float | None = None
 
     def run(self) -> int:
@@ -441,7 +458,6 @@ class Worker:
                     item = self._tags.get(timeout=max(0.0, next_stats - time.monotonic()))
                 except queue.Empty:
                     item = None
-                    self._drained = True
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise SourceError("input", f"the source is not a valid FLV stream: {item.error}")
@@ -452,16 +468,15 @@ class Worker:
                 if item is not None:
                     if item.kind != FrameKind.DATA:
                         current_ms = item.timestamp_ms
+                        self._late_ms = self._clock.late_ms(current_ms, time.monotonic())
                     transcoder.feed(item)
-                    if self._tags.empty():
-                        self._drained = True
                 if transcoder.out and (len(transcoder.out) >= 64 or self._tags.empty()):
                     self._write(transcoder.out)
                 now = time.monotonic()
                 if now >= next_stats:
                     backlog = self._backlog(current_ms)
                     self._judge(transcoder, backlog, now)
-                    self._write([wire.encode_json(wire.STATS, transcoder.stats(backlog))])
+                    self._write([wire.encode_json(wire.STATS, {**transcoder.stats(backlog), "late_ms": self._late_ms})])
                     next_stats = now + job.stats_interval_s
         except SourceError as exc:
             self._write(transcoder.out)
@@ -474,8 +489,8 @@ class Worker:
         return max(0, newest - current_ms)
 
     def _judge(self, transcoder: Transcoder, backlog: int, now: float) -> None:
-        """Shed the lowest rung after SHED_AFTER_S over the backlog limit (the first burst excepted)."""
-        if not self._drained or backlog <= self.job.max_backlog_ms:
+        """Shed the lowest rung after SHED_AFTER_S over the backlog limit and as late against real time."""
+        if min(backlog, self._late_ms) <= self.job.max_backlog_ms:
             self._behind_since = None
             return
         if self._behind_since is None:

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from mediaserver.media.frames import FrameKind
 from mediaserver.remux.flv import FlvReader, flv_header
 from mediaserver.transcode import wire
 from mediaserver.transcode.interleave import Interleaver
-from mediaserver.transcode.worker import estimate_fps
+from mediaserver.transcode.worker import RealTimeClock, estimate_fps
 from tests.support.media import ffmpeg_exe
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -385,3 +387,78 @@ def test_interleaver_without_audio_or_video_holds_nothing() -> None:
     audio_only.source_time(0, video=False)
     audio_only.audio(0, b"a")
     assert audio_only.release() == [b"a"]
+
+
+def test_real_time_clock_ignores_a_burst_and_measures_falling_behind() -> None:
+    clock = RealTimeClock()
+    # 10 s of history processed in 1 s: ahead of real time all along.
+    assert all(clock.late_ms(ms, now=ms / 10000) == 0 for ms in range(0, 10001, 500))
+    # Then 1 s of source per 2 s of wall time: late by the difference.
+    assert clock.late_ms(11000, now=1.0 + 2.0) == 1000
+    assert clock.late_ms(12000, now=1.0 + 4.0) == 2000
+
+
+# -- load and source changes ------------------------------------------------------------------------------
+
+
+def test_a_worker_falling_behind_real_time_sheds_its_lowest_rung(clips: Path) -> None:
+    source = make_clip(clips / "src_10s.flv", "320x240", 10, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
+    # HEVC at its slowest preset cannot keep up with 30 fps in real time on one thread.
+    slow = [rung("240p", 320, 240, 300, "hevc", "placebo"), rung("120p", 160, 120, 100, "hevc", "placebo")]
+    job = {**job_for(*slow), "max_backlog_ms": 500, "stats_interval_s": 0.25}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mediaserver.transcode.worker", "--job", json.dumps(job)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    stats: list[dict] = []
+
+    def read() -> None:
+        reader = wire.MessageReader()
+        while chunk := proc.stdout.read1(1 << 16):  # type: ignore[union-attr]
+            stats.extend(m.json() for m in reader.feed(chunk) if m.kind == wire.STATS)
+
+    reading = threading.Thread(target=read, daemon=True)
+    reading.start()
+    try:
+        proc.stdin.write(source[:13])  # type: ignore[union-attr]
+        start = time.monotonic()
+        for tag in FlvReader().feed(source):  # at real time, as a live source arrives
+            delay = tag.timestamp_ms / 1000 - (time.monotonic() - start)
+            if delay > 0:
+                time.sleep(delay)
+            if any(s["shed"] for s in stats):
+                break
+            proc.stdin.write(tag.encode())  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        reading.join(timeout=10)
+    shed = [s for s in stats if s["shed"]]
+    assert shed, f"never shed; last stats {stats[-1:]}"
+    assert shed[0]["shed"] == ["120p"]  # the lowest rung first
+    assert shed[0]["late_ms"] > 500 and shed[0]["backlog_ms"] > 500
+    early = [s for s in stats if s["media_ms"] < 1000]
+    assert all(not s["shed"] for s in early)
+
+
+def test_a_new_source_resolution_mid_stream_rebuilds_the_decoder(clips: Path) -> None:
+    first = make_clip(clips / "src_small.flv", "320x240", 2, H264_IRREGULAR[:-6] + ["-force_key_frames", "0,0.7,1.3"])
+    second = make_clip(clips / "src_wide.flv", "480x270", 1, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "15"])
+    tags = FlvReader().feed(first)
+    offset = max(t.timestamp_ms for t in tags) + 40
+    joined = bytearray(flv_header(True, True))
+    for tag in tags:
+        joined += tag.encode()
+    for tag in FlvReader().feed(second):
+        if tag.kind != FrameKind.DATA:
+            joined += type(tag)(tag.kind, tag.timestamp_ms + offset, tag.body).encode()
+    out = run_worker(job_for(rung("120p", 160, 120, 150)), bytes(joined))
+    assert out.returncode == 0, out.stderr
+    r = decode_rendition(out.tracks[0])
+    first_pts, first_keys = source_video(first)
+    second_pts, second_keys = source_video(second)
+    assert (r.width, r.height) == (160, 120)  # the rung keeps its size
+    assert r.pts == first_pts + [p + offset for p in second_pts]
+    assert r.keyframes == first_keys + [k + offset for k in second_keys]
+    assert out.stats[-1]["skipped"] == 0
