@@ -462,3 +462,21 @@ def test_a_new_source_resolution_mid_stream_rebuilds_the_decoder(clips: Path) ->
     assert r.pts == first_pts + [p + offset for p in second_pts]
     assert r.keyframes == first_keys + [k + offset for k in second_keys]
     assert out.stats[-1]["skipped"] == 0
+
+
+@pytest.mark.parametrize(("codec", "encoder"), [
+    ("hevc", ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error:keyint=30:scenecut=0"]),
+    ("av1", ["-c:v", "libsvtav1", "-preset", "12", "-g", "30", "-svtav1-params", "lp=1"]),
+    ("vp9", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "30"]),
+])
+def test_enhanced_flv_sources_are_decoded(clips: Path, codec: str, encoder: list[str]) -> None:
+    source = make_clip(clips / f"src_{codec}.flv", "320x240", 2, encoder)
+    src_pts, src_keys = source_video(source)
+    first = next(video_frame(t.body, t.timestamp_ms) for t in FlvReader().feed(source) if t.kind == FrameKind.VIDEO)
+    assert first is not None and first.codec == codec
+    out = run_worker(job_for(rung("120p", 160, 120, 150)), source)
+    assert out.returncode == 0, out.stderr
+    r = decode_rendition(out.tracks[0])
+    assert (r.codec, r.width, r.height) == ("h264", 160, 120)
+    assert r.pts == src_pts
+    assert r.keyframes == src_keys
