@@ -250,17 +250,17 @@ class Transcoder:
             return
         c.frames_in += 1
         if self._decoder is None:
-            c.skipped += 1
-            self._fed_without_picture += 1
             if frame.codec not in DECODERS:
                 raise SourceError("codec", f"the source's video codec {frame.codec} cannot be decoded; "
                                            f"publish {', '.join(DECODERS)} for ABR renditions")
             if frame.codec == "vp9":  # VP9 needs no configuration record to decode
                 self._configure("vp9", b"")
-            elif self._fed_without_picture > MAX_FRAMES_WITHOUT_PICTURE:
-                raise SourceError("undecodable", f"{frame.codec} video came without a sequence header; "
-                                                 "the publisher must send one before its frames")
-            if self._decoder is None:
+            else:
+                c.skipped += 1
+                self._fed_without_picture += 1
+                if self._fed_without_picture > MAX_FRAMES_WITHOUT_PICTURE:
+                    raise SourceError("undecodable", f"{frame.codec} video came without a sequence header; "
+                                                     "the publisher must send one before its frames")
                 return
         pts = frame.pts_ms
         if c.first_ms is None:
@@ -360,7 +360,11 @@ class Transcoder:
                     scaled = av.VideoFrame.from_ndarray(picture.to_ndarray(), format="yuv420p")
                 self._watermark.mark(scaled)
             scaled.pts = picture.pts
-            for ms, tag in rung.encoder.encode(scaled, keyframe):
+            try:
+                tags = rung.encoder.encode(scaled, keyframe)
+            except (av.FFmpegError, MediaError) as exc:
+                raise SourceError("encoder", f"rung {r.label}: the {r.codec} encoder failed: {exc}") from exc
+            for ms, tag in tags:
                 interleaver.video(rung.index, ms, wire.encode(wire.TAG, rung.index, tag))
 
     def finish(self) -> None:

@@ -324,6 +324,10 @@ def test_malformed_frames_are_skipped_and_counted(clips: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert damaged > 3
     decode_rendition(out.tracks[0])  # what came out is valid
+    stats = out.stats[-1]
+    # Refused by the decoder and counted (with frame threads one may surface as a concealed picture instead).
+    assert damaged // 2 < stats["skipped"] <= damaged
+    assert stats["frames_out"]["120p"] == stats["frames_in"] - stats["skipped"]
 
 
 def test_bad_job_is_refused_with_exit_2() -> None:
@@ -480,3 +484,17 @@ def test_enhanced_flv_sources_are_decoded(clips: Path, codec: str, encoder: list
     assert (r.codec, r.width, r.height) == ("h264", 160, 120)
     assert r.pts == src_pts
     assert r.keyframes == src_keys
+
+
+def test_a_source_that_never_gives_a_picture_is_an_error(clips: Path) -> None:
+    source = make_clip(clips / "src_10s.flv", "320x240", 10, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
+    garbled = bytearray(flv_header(True, True))
+    for tag in FlvReader().feed(source):
+        body = tag.body
+        if tag.kind == FrameKind.VIDEO and not tag.is_sequence_header:
+            body = body[:5] + b"\x00\x00\x00\x08" + os.urandom(8)  # every picture is noise
+        garbled += type(tag)(tag.kind, tag.timestamp_ms, bytes(body)).encode()
+    out = run_worker(job_for(rung("120p", 160, 120, 150)), bytes(garbled), timeout=60)
+    assert out.returncode == 3
+    assert out.errors[0]["reason"] == "undecodable"
+    assert 0 not in out.tracks
