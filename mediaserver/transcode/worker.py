@@ -30,6 +30,7 @@ import resource
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, BinaryIO
@@ -60,6 +61,7 @@ QUEUE_TAGS = 8192
 """Source tags the reader may hold ahead of the encoders (about 100 s of 30 fps video + audio); the pipe
 pushes back beyond that."""
 EXIT_OK, EXIT_USAGE, EXIT_ERROR = 0, 2, 3
+_MS = Fraction(1, 1000)
 _COMMON_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                  Fraction(50), Fraction(60000, 1001), Fraction(60))
 
@@ -214,6 +216,7 @@ class Transcoder:
         self._fps: Fraction | None = None
         self._last_pts: int | None = None
         self._interleaver = Interleaver(len(self._rungs))
+        self._pool = ThreadPoolExecutor(max_workers=len(self._rungs), thread_name_prefix="rung")
         self.counters = _Counters(cpu_start=_cpu_seconds(), stats_wall=time.monotonic())
 
     # -- input
@@ -347,25 +350,33 @@ class Transcoder:
             self._encode(picture, keyframe)
 
     def _encode(self, picture: Any, keyframe: bool) -> None:
+        live = [r for r in self._rungs if not r.shed and r.encoder is not None]
+        if len(live) > 1:
+            # The codec libraries release the GIL: the rungs scale and encode in parallel, and each
+            # picture is finished by all of them before the next (so the rungs stay in step).
+            futures = [self._pool.submit(self._encode_rung, rung, picture, keyframe) for rung in live]
+            results = [f.result() for f in futures]
+        else:
+            results = [self._encode_rung(rung, picture, keyframe) for rung in live]
         interleaver = self._interleaver
-        for rung in self._rungs:
-            if rung.shed or rung.encoder is None:
-                continue
-            r = rung.rendition
-            scaled = rung.reformatter.reformat(
-                picture, r.width, r.height, "yuv420p", interpolation=SCALE_INTERPOLATION, threads=1
-            )
-            if self._watermark is not None:
-                if scaled is picture:  # a source already at the rung's size: mark a copy, not the shared picture
-                    scaled = av.VideoFrame.from_ndarray(picture.to_ndarray(), format="yuv420p")
-                self._watermark.mark(scaled)
-            scaled.pts = picture.pts
-            try:
-                tags = rung.encoder.encode(scaled, keyframe)
-            except (av.FFmpegError, MediaError) as exc:
-                raise SourceError("encoder", f"rung {r.label}: the {r.codec} encoder failed: {exc}") from exc
+        for rung, tags in zip(live, results):
             for ms, tag in tags:
                 interleaver.video(rung.index, ms, wire.encode(wire.TAG, rung.index, tag))
+
+    def _encode_rung(self, rung: _Rung, picture: Any, keyframe: bool) -> list[tuple[int, bytes]]:
+        r = rung.rendition
+        scaled = rung.reformatter.reformat(
+            picture, r.width, r.height, "yuv420p", interpolation=SCALE_INTERPOLATION, threads=1
+        )
+        if self._watermark is not None:
+            if scaled is picture:  # a source already at the rung's size: mark a copy, not the shared picture
+                scaled = av.VideoFrame.from_ndarray(picture.to_ndarray(), format="yuv420p")
+            self._watermark.mark(scaled)
+        scaled.pts = picture.pts
+        try:
+            return rung.encoder.encode(scaled, keyframe)  # type: ignore[union-attr]
+        except (av.FFmpegError, MediaError) as exc:
+            raise SourceError("encoder", f"rung {r.label}: the {r.codec} encoder failed: {exc}") from exc
 
     def finish(self) -> None:
         """The source ended: decode and encode what remains, then release all audio."""
@@ -380,9 +391,6 @@ class Transcoder:
         self.out.extend(self._interleaver.release(final=True))
 
     # -- load
-
-    def live_rungs(self) -> int:
-        return sum(1 for r in self._rungs if not r.shed)
 
     def shed_lowest(self) -> str | None:
         """Stop encoding the lowest live rung (keeping at least one); its label, or None."""
@@ -412,9 +420,6 @@ class Transcoder:
             "cpu_s": round(_cpu_seconds() - c.cpu_start, 3),
             "shed": list(c.shed),
         }
-
-
-_MS = Fraction(1, 1000)
 
 
 # -- process main --------------------------------------------------------------------------------------
