@@ -40,11 +40,12 @@ from av.video.reformatter import VideoReformatter
 
 from ..errors import MediaError
 from ..log import event
+from ..log import setup as setup_logging
 from ..media.flv_body import audio_frame, video_frame
 from ..media.frames import FrameKind
 from ..remux.flv import FlvReader, FlvTag
 from . import wire
-from .encoder import SCALE_INTERPOLATION, EncoderError, RungEncoder
+from .encoder import ENCODERS, SCALE_INTERPOLATION, EncoderError, RungEncoder
 from .interleave import Interleaver
 from .ladder import Rendition
 from .watermark import Watermark, WatermarkError, WatermarkSpec
@@ -109,6 +110,8 @@ class Job:
         if not job.rungs or len(job.rungs) >= wire.AUDIO_TRACK:
             raise ValueError(f"a job needs 1..{wire.AUDIO_TRACK - 1} rungs, not {len(job.rungs)}")
         for rung in job.rungs:
+            if rung.codec not in ENCODERS:
+                raise ValueError(f"rung {rung.label}: codec {rung.codec!r} is not one of {', '.join(ENCODERS)}")
             if rung.width < 2 or rung.height < 2 or rung.width % 2 or rung.height % 2 or rung.video_kbps <= 0:
                 raise ValueError(f"rung {rung.label}: size {rung.width}x{rung.height} must be even and rate positive")
         if job.max_keyframe_interval_ms < 100 or job.stats_interval_s <= 0 or job.max_backlog_ms <= 0:
@@ -345,7 +348,7 @@ class Transcoder:
                 rung.encoder = RungEncoder(rung.rendition, self._fps, self.job.max_keyframe_interval_ms)
             except (EncoderError, MediaError) as exc:
                 raise SourceError("encoder", str(exc)) from exc
-        event(log, "worker_encoders_open", fps=float(self._fps), rungs=len(self._rungs))
+        event(log, "worker_encoders_open", stream=self.job.stream, fps=float(self._fps), rungs=len(self._rungs))
         for picture, keyframe in held:
             self._encode(picture, keyframe)
 
@@ -526,8 +529,10 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mediaserver.transcode.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--job", required=True, help="the job as JSON (stream, rungs, watermark, limits)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help="as the server's [log] format")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         job = Job.from_json(args.job)
     except (ValueError, MediaError) as exc:

@@ -330,11 +330,17 @@ def test_malformed_frames_are_skipped_and_counted(clips: Path) -> None:
     assert stats["frames_out"]["120p"] == stats["frames_in"] - stats["skipped"]
 
 
-def test_bad_job_is_refused_with_exit_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mediaserver.transcode.worker", "--job", '{"rungs": []}'],
+@pytest.mark.parametrize(("job", "says"), [
+    ('{"rungs": []}', b"rungs"),
+    ("not json", b"JSON"),
+    (json.dumps(job_for(rung("x", 160, 120, 150) | {"codec": "h263"})), b"h263"),
+    (json.dumps(job_for(rung("x", 161, 120, 150))), b"even"),
+])
+def test_bad_job_is_refused_with_exit_2(job: str, says: bytes) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mediaserver.transcode.worker", "--job", job],
                           capture_output=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
-    assert b"rungs" in proc.stderr and proc.stdout == b""
+    assert says in proc.stderr and proc.stdout == b""
 
 
 # -- pure parts -----------------------------------------------------------------------------------------
