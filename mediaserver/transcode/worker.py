@@ -3,7 +3,8 @@
     python -m mediaserver.transcode.worker --job JSON
 
 The source video is decoded once; each decoded picture is scaled to every live rung, watermarked and
-encoded (encoder.RungEncoder) at the source's own timestamps, with a keyframe exactly at each source
+encoded (encoder.RungEncoder; the rungs in parallel threads, as the codec libraries release the GIL) at
+the source's own timestamps, with a keyframe exactly at each source
 keyframe, so segment N of every rendition starts at the same instant. Source audio is passed through as
 it came, released between the rungs' video so that each rendition's tags stay in time order.
 
@@ -15,8 +16,14 @@ vs wall time passed, from the moment it was most ahead), and one that stays more
 behind on both for SHED_AFTER_S sheds its lowest rung, down to one.
 
 stdout carries only wire.py messages; logs go to stderr (fd 1 is pointed at stderr for everything else, so
-a library that prints cannot corrupt the wire). Exit codes: 0 at the end of the source, 2 for a bad job,
-3 after an ERROR message (a source the worker cannot decode, an unusable watermark or encoder setting).
+a library that prints cannot corrupt the wire). STATS carry frames_in, frames_out per rung, skipped,
+media_ms, speed, backlog_ms, late_ms, cpu_s and shed. Exit codes: 0 at the end of the source (after
+flushing every encoder), 2 for a bad job (nothing on stdout), 3 after an ERROR message, whose reason is
+- "codec": the source's video codec has no decoder here (a 415 for its ABR URLs);
+- "undecodable": no picture from the source's first frames, or a configuration the decoder refuses;
+- "input": stdin is not an FLV stream;
+- "watermark": the watermark file cannot be read (the message names it);
+- "encoder": a rung's encoder refused its settings or failed.
 """
 
 from __future__ import annotations
