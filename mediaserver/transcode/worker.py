@@ -12,7 +12,7 @@ stdin is read by a thread into a queue, so the main thread can tell how far it i
 frame (its backlog). Backlog alone is not falling behind: the history the server feeds first, and a file
 fed as fast as the worker takes it, queue up far ahead of the encoders while they run faster than real
 time. So the worker also measures how late it is against the wall clock (RealTimeClock: source time done
-vs wall time passed, from the moment it was most ahead), and one that stays more than `max_backlog_ms`
+vs wall time passed, since it was most ahead or last had nothing waiting), and one that stays more than `max_backlog_ms`
 behind on both for SHED_AFTER_S sheds its lowest rung, down to one.
 
 stdout carries only wire.py messages; logs go to stderr (fd 1 is pointed at stderr for everything else, so
@@ -448,6 +448,10 @@ class RealTimeClock:
             self._lead = offset
         return int(offset - self._lead)
 
+    def caught_up(self, source_ms: int, now: float) -> None:
+        """Nothing is waiting: processing is on time, whatever gaps the source had (a stall, a reconnect)."""
+        self._lead = now * 1000.0 - source_ms
+
 
 class Worker:
     """The main loop: queue in, transcoder, messages out; stats and shedding on the side."""
@@ -489,6 +493,9 @@ class Worker:
                         current_ms = item.timestamp_ms
                         self._late_ms = self._clock.late_ms(current_ms, time.monotonic())
                     transcoder.feed(item)
+                    if current_ms is not None and self._tags.empty():
+                        self._clock.caught_up(current_ms, time.monotonic())
+                        self._late_ms = 0
                 if transcoder.out and (len(transcoder.out) >= 64 or self._tags.empty()):
                     self._write(transcoder.out)
                 now = time.monotonic()

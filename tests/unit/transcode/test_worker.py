@@ -406,6 +406,10 @@ def test_real_time_clock_ignores_a_burst_and_measures_falling_behind() -> None:
     # Then 1 s of source per 2 s of wall time: late by the difference.
     assert clock.late_ms(11000, now=1.0 + 2.0) == 1000
     assert clock.late_ms(12000, now=1.0 + 4.0) == 2000
+    # A queue run dry is on time: a source that stalled (or reconnected) then does not count as lateness.
+    clock.caught_up(12000, now=30.0)
+    assert clock.late_ms(12500, now=30.5) == 0
+    assert clock.late_ms(13000, now=31.5) == 500
 
 
 # -- load and source changes ------------------------------------------------------------------------------
