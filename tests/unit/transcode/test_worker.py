@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from support.media import ffmpeg_exe
 
 from mediaserver.media.flv_body import video_frame
 from mediaserver.media.frames import FrameKind
@@ -23,7 +24,6 @@ from mediaserver.remux.flv import FlvReader, flv_header
 from mediaserver.transcode import wire
 from mediaserver.transcode.interleave import Interleaver
 from mediaserver.transcode.worker import RealTimeClock, estimate_fps
-from tests.support.media import ffmpeg_exe
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKER_TIMEOUT = 90
