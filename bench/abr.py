@@ -240,7 +240,7 @@ def realtime(workers: int, seconds: int) -> dict:
         kept_up = bool(s) and not shed and min(worst_backlog, worst_late) < 3000
         rows.append({"worker": i, "kept_up": kept_up, "shed": shed, "worst_backlog_ms": worst_backlog,
                      "worst_late_ms": worst_late,
-                     "min_speed": min((x["speed"] for x in steady), default=None),
+                     "min_speed": min((x["speed"] for x in steady if x["speed"] is not None), default=None),
                      "cpu_s_per_min": round(cpus[i] * 60.0 / seconds, 1)})
         print(f"worker {i}: {'kept up' if kept_up else 'FELL BEHIND'}; worst backlog {worst_backlog} ms, "
               f"late {worst_late} ms, "

@@ -17,7 +17,9 @@ behind on both for SHED_AFTER_S sheds its lowest rung, down to one.
 
 stdout carries only wire.py messages; logs go to stderr (fd 1 is pointed at stderr for everything else, so
 a library that prints cannot corrupt the wire). STATS carry frames_in, frames_out per rung, skipped,
-media_ms, speed, backlog_ms, late_ms, cpu_s and shed. Exit codes: 0 at the end of the source (after
+media_ms, speed, backlog_ms, late_ms, cpu_s and shed. `speed` is source time done per second of the
+interval the worker was busy (not waiting for input): below 1 it cannot keep up with real time; a live
+source it keeps up with shows its headroom (e.g. 1.6), a source that sent nothing shows null. Exit codes: 0 at the end of the source (after
 flushing every encoder), 2 for a bad job (nothing on stdout), 3 after an ERROR message, whose reason is
 - "codec": the source's video codec has no decoder here (a 415 for its ABR URLs);
 - "undecodable": no picture from the source's first frames, or a configuration the decoder refuses;
@@ -189,6 +191,8 @@ class _Counters:
     cpu_start: float = 0.0
     stats_wall: float = 0.0
     stats_media: int = 0
+    idle_s: float = 0.0
+    """Time spent waiting for source tags since the last STATS."""
     shed: list[str] = field(default_factory=list)
 
 
@@ -418,14 +422,18 @@ class Transcoder:
         now = time.monotonic()
         media = (c.done_ms - c.first_ms) if c.done_ms is not None and c.first_ms is not None else 0
         wall = now - c.stats_wall
-        speed = (media - c.stats_media) / 1000.0 / wall if wall > 0 else 0.0
-        c.stats_wall, c.stats_media = now, media
+        busy = wall - c.idle_s
+        done_s = (media - c.stats_media) / 1000.0
+        # Media time done per second of work: what the worker could sustain. Waiting for a live source is
+        # not slowness, and a source that sent nothing leaves nothing to judge (None).
+        speed = None if done_s <= 0 and busy < 0.5 * wall else round(done_s / max(busy, 1e-3), 3)
+        c.stats_wall, c.stats_media, c.idle_s = now, media, 0.0
         return {
             "frames_in": c.frames_in,
             "frames_out": {r.rendition.label: (r.encoder.frames_out if r.encoder else 0) for r in self._rungs},
             "skipped": c.skipped,
             "media_ms": media,
-            "speed": round(speed, 3),
+            "speed": speed,
             "backlog_ms": backlog_ms,
             "cpu_s": round(_cpu_seconds() - c.cpu_start, 3),
             "shed": list(c.shed),
@@ -478,9 +486,14 @@ class Worker:
         try:
             while True:
                 try:
-                    item = self._tags.get(timeout=max(0.0, next_stats - time.monotonic()))
+                    item = self._tags.get_nowait()
                 except queue.Empty:
-                    item = None
+                    waited = time.monotonic()
+                    try:
+                        item = self._tags.get(timeout=max(0.0, next_stats - waited))
+                    except queue.Empty:
+                        item = None
+                    transcoder.counters.idle_s += time.monotonic() - waited
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise SourceError("input", f"the source is not a valid FLV stream: {item.error}")

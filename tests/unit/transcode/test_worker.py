@@ -415,11 +415,8 @@ def test_real_time_clock_ignores_a_burst_and_measures_falling_behind() -> None:
 # -- load and source changes ------------------------------------------------------------------------------
 
 
-def test_a_worker_falling_behind_real_time_sheds_its_lowest_rung(clips: Path) -> None:
-    source = make_clip(clips / "src_10s.flv", "320x240", 10, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
-    # HEVC at its slowest preset cannot keep up with 30 fps in real time on one thread.
-    slow = [rung("240p", 320, 240, 300, "hevc", "placebo"), rung("120p", 160, 120, 100, "hevc", "placebo")]
-    job = {**job_for(*slow), "max_backlog_ms": 500, "stats_interval_s": 0.25}
+def feed_in_real_time(job: dict, source: bytes, stop=lambda stats: False) -> list[dict]:
+    """Run a worker fed the source's tags at their timestamps, as a live source arrives; its STATS."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mediaserver.transcode.worker", "--job", json.dumps(job)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -436,24 +433,45 @@ def test_a_worker_falling_behind_real_time_sheds_its_lowest_rung(clips: Path) ->
     try:
         proc.stdin.write(source[:13])  # type: ignore[union-attr]
         start = time.monotonic()
-        for tag in FlvReader().feed(source):  # at real time, as a live source arrives
+        for tag in FlvReader().feed(source):
             delay = tag.timestamp_ms / 1000 - (time.monotonic() - start)
             if delay > 0:
                 time.sleep(delay)
-            if any(s["shed"] for s in stats):
-                break
+            if stop(stats):
+                return stats  # seen enough: the worker is killed, not left to finish its backlog
             proc.stdin.write(tag.encode())  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(timeout=WORKER_TIMEOUT)
     finally:
         proc.kill()
         proc.wait(timeout=10)
         reading.join(timeout=10)
+    return stats
+
+
+def test_a_worker_falling_behind_real_time_sheds_its_lowest_rung(clips: Path) -> None:
+    source = make_clip(clips / "src_10s.flv", "320x240", 10, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
+    # HEVC at its slowest preset cannot keep up with 30 fps in real time on one thread.
+    slow = [rung("240p", 320, 240, 300, "hevc", "placebo"), rung("120p", 160, 120, 100, "hevc", "placebo")]
+    job = {**job_for(*slow), "max_backlog_ms": 500, "stats_interval_s": 0.25}
+    stats = feed_in_real_time(job, source, stop=lambda stats: any(s["shed"] for s in stats))
     shed = [s for s in stats if s["shed"]]
     assert shed, f"never shed; last stats {stats[-1:]}"
     assert shed[0]["shed"] == ["120p"]  # the lowest rung first
     assert shed[0]["late_ms"] > 500 and shed[0]["backlog_ms"] > 500
+    assert shed[0]["speed"] < 1
     early = [s for s in stats if s["media_ms"] < 1000]
     assert all(not s["shed"] for s in early)
+
+
+def test_a_worker_keeping_up_with_a_live_source_shows_its_headroom(clips: Path) -> None:
+    source = make_clip(clips / "src_small.flv", "320x240", 2, H264_IRREGULAR[:-6] + ["-force_key_frames", "0,0.7,1.3"])
+    stats = feed_in_real_time(job_for(rung("120p", 160, 120, 150)), source)
+    steady = [s for s in stats[:-1] if s["media_ms"] > 300]
+    assert steady
+    assert all(s["speed"] is not None and s["speed"] > 1 for s in steady), steady
+    assert all(s["late_ms"] < 500 and not s["shed"] for s in steady)
 
 
 def test_a_new_source_resolution_mid_stream_rebuilds_the_decoder(clips: Path) -> None:
