@@ -243,7 +243,7 @@ def realtime(workers: int, seconds: int) -> dict:
                      "min_speed": min((x["speed"] for x in steady if x["speed"] is not None), default=None),
                      "cpu_s_per_min": round(cpus[i] * 60.0 / seconds, 1)})
         print(f"worker {i}: {'kept up' if kept_up else 'FELL BEHIND'}; worst backlog {worst_backlog} ms, "
-              f"late {worst_late} ms, "
+              f"late {worst_late} ms, min speed {rows[-1]['min_speed']}, "
               f"shed {shed or 'nothing'}, {rows[-1]['cpu_s_per_min']} CPU-s/stream-min")
     sustained = sum(1 for r in rows if r["kept_up"])
     print(f"{sustained} of {workers} 720p ladders ({'+'.join(r.label for r in rungs)}) kept up in real time "
