@@ -11,8 +11,8 @@ from .common import cors_headers, json_error
 CARRIED: dict[str, frozenset[str]] = {
     "HTTP-FLV (.flv)": frozenset({"h264", "hevc", "av1", "vp9", "aac", "mp3", "opus"}),
     "HLS MPEG-TS (index.m3u8)": frozenset({"h264", "hevc", "aac"}),
-    "LL-HLS fMP4 (cmaf.m3u8)": frozenset({"h264", "hevc", "av1", "aac", "opus"}),
-    "DASH (manifest.mpd)": frozenset({"h264", "hevc", "av1", "aac", "opus"}),
+    "LL-HLS fMP4 (cmaf.m3u8)": frozenset({"h264", "hevc", "av1", "vp9", "aac", "opus"}),
+    "DASH (manifest.mpd)": frozenset({"h264", "hevc", "av1", "vp9", "aac", "opus"}),
 }
 TS_HLS = "HLS MPEG-TS (index.m3u8)"
 LLHLS = "LL-HLS fMP4 (cmaf.m3u8)"
