@@ -11,7 +11,7 @@ STATS about once a second. Options make it misbehave the ways a real worker can:
     --speed X           the speed STATS report (default 1.0)
     --ignore-eof        keep running when stdin ends (the pool must terminate it)
 
-Run as `python -m tests.support.fake_worker [options] --job JSON`.
+Run as `python tests/support/fake_worker.py [options] --job JSON`.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from mediaserver.hub.stream import StreamKey
 from mediaserver.media.frames import Frame, FrameKind
 from mediaserver.transcode.pool import TranscodePool
 from mediaserver.transcode.service import AbrRefusal
-from tests.support.codec_clips import codec_clip
+from support.codec_clips import codec_clip
 
 SOURCE = StreamKey("live", "demo")
-FAKE = [sys.executable, "-m", "tests.support.fake_worker"]
+FAKE = [sys.executable, str(Path(__file__).parents[2] / "support" / "fake_worker.py")]
 
 
 class Publisher:
