@@ -181,6 +181,12 @@ async def test_a_240p_source_gets_409_and_a_spent_budget_503(abr_server, publish
         assert body["error"] == "the source is 240p: no rung of the ladder is below it", body
         status, body = await api(http, server, "POST", "/streams/live/low/abr")
         assert status == 409 and body["reason"] == "ladder", body
+        proc = await asyncio.create_subprocess_exec(
+            ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-i", server.rtmp_url("low@240p"),
+            "-t", "1", "-f", "null", "-", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode != 0
+        assert "no rung of the ladder is below it" in err.decode(errors="replace"), err.decode(errors="replace")[-1500:]
 
         status, body = await api(http, server, "POST", f"/streams/live/{stream_name}/abr")
         assert status == 200, body
@@ -195,5 +201,5 @@ async def test_a_240p_source_gets_409_and_a_spent_budget_503(abr_server, publish
         async with http.get(f"{server.http_base}/metrics") as resp:
             metrics = await resp.text()
         assert 'mediaserver_abr_refused_total{reason="budget"} 2.0' in metrics, metrics
-        assert 'mediaserver_abr_refused_total{reason="ladder"} 2.0' in metrics, metrics
+        assert 'mediaserver_abr_refused_total{reason="ladder"} 3.0' in metrics, metrics
     assert "abr_refused" in server.log_text()
