@@ -8,6 +8,7 @@ STATS about once a second. Options make it misbehave the ways a real worker can:
     --error REASON      send ERROR {reason} after --after video tags, then exit 3
     --garbage-once FILE write bytes that are no message after --after video tags (once, as --crash-once)
     --shed LABEL        report LABEL shed in every STATS after --after video tags
+    --stall-once FILE   stop reading stdin after --after video tags (once, as --crash-once): it falls behind
     --speed X           the speed STATS report (default 1.0)
     --ignore-eof        keep running when stdin ends (the pool must terminate it)
 
@@ -35,6 +36,7 @@ def main() -> int:
     parser.add_argument("--error")
     parser.add_argument("--garbage-once")
     parser.add_argument("--shed")
+    parser.add_argument("--stall-once")
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--ignore-eof", action="store_true")
     args = parser.parse_args()
@@ -70,6 +72,9 @@ def main() -> int:
                         return 3
                     if args.garbage_once and _once(args.garbage_once):
                         batch.append(b"this is not a message\n")
+                    if args.stall_once and _once(args.stall_once):
+                        while True:
+                            time.sleep(1)
                 for i, label in enumerate(labels):
                     batch.append(wire.encode(wire.TAG, i, tag.encode()))
                     frames_out[label] += 1

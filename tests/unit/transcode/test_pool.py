@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mediaserver.config import AbrConfig
+from mediaserver.config import AbrConfig, RungConfig
 from mediaserver.hub.registry import RegistryPolicy, StreamRegistry
 from mediaserver.hub.stream import StreamKey
 from mediaserver.media.frames import Frame, FrameKind
@@ -374,3 +374,61 @@ async def test_a_worker_that_ignores_the_end_of_its_input_is_terminated(registry
     await pool.close()
     assert loop.time() - started < 6
     assert job.state.value == "stopped"
+
+
+async def test_a_publisher_reconnecting_within_the_grace_keeps_the_job(registry):
+    source = Source(registry)
+    source.publish_some(30)
+    pool = make_pool(registry)
+    try:
+        await pool.renditions(SOURCE)
+        job = pool.job(SOURCE)
+        stream = registry.get(StreamKey("live", "demo@360p"))
+        recorder = Recorder()
+        stream.add_sink(recorder)
+        source.run()
+        await eventually(lambda: len(recorder.video_dts()) > 20, what="rendition frames")
+        await source.stop()
+        registry.release_publisher(source.stream, source.publisher)  # the encoder drops ...
+        await asyncio.sleep(0.2)
+        assert registry.claim_publisher(SOURCE, source.publisher) is source.stream  # ... and is back in time
+        before = len(recorder.video_dts())
+        source.run()
+        await eventually(lambda: len(recorder.video_dts()) > before + 20, what="frames after the reconnect")
+        assert pool.job(SOURCE) is job and job.restarts == 0
+        dts = recorder.video_dts()
+        assert dts == sorted(dts) and set(dts) <= source.video_dts
+    finally:
+        await source.stop()
+        await pool.close()
+
+
+async def test_a_worker_that_stops_reading_its_input_is_restarted(registry, tmp_path, monkeypatch):
+    monkeypatch.setattr("mediaserver.transcode.job.STDIN_BOUND_BYTES", 256 * 1024)
+    source = Source(registry, speed=8.0)
+    source.publish_some(30)
+    pool = make_pool(registry, "--stall-once", str(tmp_path / "stalled"), "--after", "40")
+    try:
+        await pool.renditions(SOURCE)
+        source.run()
+        job = pool.job(SOURCE)
+        await eventually(lambda: job.restarts == 1 and job.state.value == "running", timeout=20, what="the restart")
+    finally:
+        await source.stop()
+        await pool.close()
+
+
+async def test_a_worker_slower_than_real_time_with_one_rung_is_restarted(registry, monkeypatch):
+    monkeypatch.setattr("mediaserver.transcode.pool.STATS_INTERVAL_S", 0.1)
+    source = Source(registry)
+    source.publish_some(30)
+    pool = make_pool(registry, "--speed", "0.5", ladder=(RungConfig(label="240p", height=240, video_kbps=400),))
+    try:
+        assert [v.label for v in await pool.renditions(SOURCE)] == ["240p"]
+        source.run()
+        job = pool.job(SOURCE)
+        await eventually(lambda: job.restarts >= 1, timeout=10, what="the restart")
+        assert job.speed == 0.5
+    finally:
+        await source.stop()
+        await pool.close()
