@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ STABLE_RUN_S = 30.0
 """A worker that ran this long before failing starts the backoff from the beginning again."""
 STOP_DEADLINE_S = 2.0
 """After closing stdin, how long a worker gets to exit before SIGTERM (and as long again before SIGKILL)."""
+MAX_FAILURES = 8
+"""Worker failures in a row (none running STABLE_RUN_S) after which the job gives up."""
 SLOW_STATS = 5
 """STATS in a row with speed < 1 and one rung left before the worker is restarted."""
 MAX_BACKLOG_MS = 3000
@@ -156,7 +159,8 @@ class TranscodeJob:
         self.cpu_percent: float | None = None
         self.cpu_seconds = 0.0
         self.error: tuple[str, str] | None = None
-        """(reason, message) from the worker's ERROR."""
+        """(reason, message) from the worker's ERROR, or of a worker that keeps failing."""
+        self.error_status = 415
         self.stop_reason = ""
         self.skipped = 0
         self.cpu_counted: Callable[[float], None] = lambda s: None
@@ -215,6 +219,15 @@ class TranscodeJob:
                     self.stop("all_rungs_shed")
                     break
                 failures = 1 if ran >= STABLE_RUN_S else failures + 1
+                if failures > MAX_FAILURES:
+                    self.error = ("worker_failing", f"the transcoder worker failed {MAX_FAILURES} times in a row "
+                                  f"(last: {outcome}); see the server's log")
+                    self.error_status = 503
+                    event(log, "transcode_worker_failing", logging.ERROR, stream=str(self.source), outcome=outcome,
+                          failures=MAX_FAILURES, action="transcode stopped",
+                          hint="the worker's traceback is in this log")
+                    self.stop("worker_failing")
+                    break
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
                 self.restarts += 1
                 self.restart_counted()
@@ -224,7 +237,15 @@ class TranscodeJob:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
+        except Exception:  # a bug here must not leave a worker running or a job half stopped
+            log.exception("transcode job of %s failed", self.source)
+            self.stop("transcode_failed")
         finally:
+            life = self._life
+            if life is not None and life.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    life.proc.kill()
+                await asyncio.shield(life.proc.wait())
             self.state = JobState.STOPPED
             self.source_stream.remove_sink(self._feed)
             self._end_renditions(self.stop_reason or "transcode_stopped")
@@ -626,7 +647,6 @@ def _number(value: Any) -> float | None:
 
 def worker_command() -> list[str]:
     """How the pool starts a worker: this interpreter, the worker module."""
-    import sys
     return [sys.executable, "-m", "mediaserver.transcode.worker"]
 
 

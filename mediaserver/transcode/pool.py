@@ -96,18 +96,20 @@ class TranscodePool:
         pending = [o.ready.wait() for o in job.live_outs() if not o.ready.is_set()]
         if pending and start:
             await self._wait(job, asyncio.gather(*pending))
-        job.last_used = self.clock()
+        if job.done.is_set():
+            return self._failed(source) or []
         return self._views(job)
 
     async def _wait(self, job: TranscodeJob, ready: Awaitable[Any]) -> None:
-        """Wait (at most abr.wait) for renditions to be ready; a waiting request keeps the job in use."""
+        """Wait (at most abr.wait) for renditions to be ready, or the job to end; a waiting request keeps
+        the job in use."""
         job.waiters += 1
+        waits = [asyncio.ensure_future(ready), asyncio.ensure_future(job.done.wait())]
         try:
-            async with asyncio.timeout(self.abr.wait):
-                await ready
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=self.abr.wait, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for waiting in waits:
+                waiting.cancel()
             job.waiters -= 1
             job.last_used = self.clock()
 
@@ -135,6 +137,8 @@ class TranscodePool:
                                                    "or the source"))
         if not out.ready.is_set():
             await self._wait(job, out.ready.wait())
+        if job.done.is_set() and (failed := self._failed(source)) is not None:
+            return failed
         if out.stream is None or not out.ready.is_set():
             return AbrRefusal(503, "starting", f"rendition {key} is still starting",
                               f"try again in a few seconds; it waited {self.abr.wait:g} s (abr.wait)")
@@ -272,10 +276,11 @@ class TranscodePool:
             del self.jobs[job.source]
         if job.error is not None:
             reason, message = job.error
+            hint = ("the source plays as it is; publish H.264 or HEVC video the workers can decode"
+                    if job.error_status == 415 else "the source plays as it is; an operator should read the log")
             self.failed[job.source] = (AbrRefusal(
-                415, reason, f"the transcoder cannot make renditions of stream {job.source}: {message}",
-                "the source plays as it is; publish H.264 or HEVC video the workers can decode"),
-                self.clock() + ERROR_KEPT_S)
+                job.error_status, reason, f"the transcoder cannot make renditions of stream {job.source}: {message}",
+                hint), self.clock() + ERROR_KEPT_S)
         event(log, "transcode_stopped", stream=str(job.source), reason=job.stop_reason or "worker_gone",
               restarts=job.restarts, cpu_s=round(job.cpu_seconds, 2), jobs=len(self.jobs))
 

@@ -432,3 +432,19 @@ async def test_a_worker_slower_than_real_time_with_one_rung_is_restarted(registr
     finally:
         await source.stop()
         await pool.close()
+
+
+async def test_a_worker_that_keeps_failing_is_given_up_and_answered_503(registry, monkeypatch):
+    monkeypatch.setattr("mediaserver.transcode.job.BACKOFF_S", (0.01,))
+    monkeypatch.setattr("mediaserver.transcode.job.MAX_FAILURES", 3)
+    source = Source(registry)
+    source.publish_some(30)
+    pool = make_pool(registry, "--crash-always", "--after", "1")
+    try:
+        await pool.renditions(SOURCE)
+        await eventually(lambda: pool.job(SOURCE) is None, what="the job to give up")
+        refused = await pool.renditions(SOURCE)
+        assert isinstance(refused, AbrRefusal) and refused.status == 503 and refused.reason == "worker_failing"
+        assert pool.restarts_total == 3
+    finally:
+        await pool.close()
