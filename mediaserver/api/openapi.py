@@ -202,6 +202,8 @@ def openapi_document() -> dict[str, Any]:
                     "shed": {"type": "array", "items": {"type": "string"},
                              "description": "Rungs dropped because the worker fell behind real time."},
                     "started_at": {"type": "number", "description": "Unix seconds."},
+                    "refused": {"type": "object", "additionalProperties": {"type": "integer"},
+                                "description": "Requests for this stream's renditions refused, by reason."},
                     "refusal": {"type": "object", "description": "Why it cannot run (kept for a while after a "
                                                                  "worker's error)."}}},
                 "AbrRefusal": {"type": "object", "required": ["error", "hint", "reason"], "properties": {

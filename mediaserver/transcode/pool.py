@@ -168,7 +168,7 @@ class TranscodePool:
         """One source's ABR state for the API and the stream snapshot."""
         job = self.jobs.get(source)
         if job is not None:
-            return {"running": True, "enabled": True, **job.snapshot(self.viewers), "node": self.node}
+            return {"running": True, "enabled": True, **self._describe(job)}
         body: dict[str, Any] = {"running": False, "enabled": self.enabled_for(source), "source": str(source)}
         failed = self._failed(source)
         if failed is not None:
@@ -178,12 +178,14 @@ class TranscodePool:
     def snapshot(self) -> dict[str, Any]:
         return {
             "mode": self.abr.mode, "node": self.node, "max_jobs": self.max_jobs, "jobs_running": len(self.jobs),
-            "jobs": [{**j.snapshot(self.viewers), "node": self.node,
-                      "refused": {r: n for (k, r), n in self.refused_by_source.items() if k == j.source}}
-                     for j in sorted(self.jobs.values(), key=lambda j: str(j.source))],
+            "jobs": [self._describe(j) for j in sorted(self.jobs.values(), key=lambda j: str(j.source))],
             "refused": dict(self.refused), "restarts_total": self.restarts_total,
             "cpu_seconds_total": round(self.cpu_seconds_total, 3),
         }
+
+    def _describe(self, job: TranscodeJob) -> dict[str, Any]:
+        refused = {reason: n for (key, reason), n in self.refused_by_source.items() if key == job.source}
+        return {**job.snapshot(self.viewers), "node": self.node, "refused": refused}
 
     # ----- jobs --------------------------------------------------------------------------------------------
 
