@@ -113,6 +113,24 @@ async def test_renditions_play_by_name_over_flv_hls_and_rtmp_and_stop_with_the_s
         assert (report.width, report.height) == RENDITION_SIZES["240p"], report.summary()
         assert report.video_frames > 0 and not report.errors, report.summary()
 
+        for file in ("manifest.mpd", "cmaf.m3u8"):
+            deadline = time.monotonic() + 20
+            while True:
+                async with http.get(f"{server.http_base}/live/{stream_name}@480p/{file}") as resp:
+                    text = await resp.text()
+                if resp.status == 200:
+                    break
+                assert time.monotonic() < deadline, f"{file} of the 480p rendition: {resp.status} {text[:300]}"
+                await asyncio.sleep(0.5)
+            assert ("<MPD" if file.endswith(".mpd") else "#EXTM3U") in text
+        async with http.ws_connect(f"{server.http_base}/live/{stream_name}@240p.flv") as ws:
+            received = bytearray()
+            async for message in ws:
+                received += message.data
+                if len(received) > 64 * 1024:
+                    break
+        assert received[:3] == b"FLV"
+
         played = await rtmp_pull(server.rtmp_url(f"{stream_name}@360p"), 2.0, tmp_path / "rtmp.flv")
         report = decode_media(played, "flv")
         assert (report.width, report.height) == RENDITION_SIZES["360p"], report.summary()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mediaserver.config import AbrConfig, RungConfig
+from mediaserver.config import AbrConfig, RungConfig, WatermarkConfig
 from mediaserver.hub.registry import RegistryPolicy, StreamRegistry
 from mediaserver.hub.stream import StreamKey
 from mediaserver.media.frames import Frame, FrameKind
@@ -448,3 +448,32 @@ async def test_a_worker_that_keeps_failing_is_given_up_and_answered_503(registry
         assert pool.restarts_total == 3
     finally:
         await pool.close()
+
+
+async def test_kicking_every_rendition_stops_the_job(registry):
+    source = Source(registry)
+    source.publish_some(30)
+    pool = make_pool(registry)
+    try:
+        views = await pool.renditions(SOURCE)
+        job = pool.job(SOURCE)
+        registry.kick(views[0].key, "kicked_by_operator")
+        await asyncio.sleep(0.2)
+        assert pool.job(SOURCE) is job and [v.label for v in await pool.renditions(SOURCE)] == ["240p"]
+        registry.kick(views[1].key, "kicked_by_operator")
+        await job.wait_stopped()
+        assert pool.job(SOURCE) is None
+    finally:
+        await pool.close()
+
+
+def test_the_worker_is_told_the_watermark_of_its_app(registry):
+    wm = WatermarkConfig(file="/srv/logo.png", apps=("live",), position="bottom-left", margin=8, opacity=0.5,
+                         scale=0.2)
+    pool = TranscodePool(registry, AbrConfig(max_keyframe_interval=4.0), wm, command=FAKE)
+    options = pool._options(StreamKey("live", "demo"))
+    assert options["watermark"] == {"file": "/srv/logo.png", "position": "bottom-left", "margin": 8,
+                                    "opacity": 0.5, "scale": 0.2}
+    assert options["max_keyframe_interval_ms"] == 4000 and options["max_backlog_ms"] == 3000
+    assert pool._options(StreamKey("studio", "demo"))["watermark"] is None
+    assert TranscodePool(registry, AbrConfig(), command=FAKE)._options(SOURCE)["watermark"] is None
