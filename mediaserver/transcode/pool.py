@@ -93,9 +93,11 @@ class TranscodePool:
             return []
         if isinstance(job, AbrRefusal):
             return job
-        pending = [o.ready.wait() for o in job.live_outs() if not o.ready.is_set()]
-        if pending and start:
-            await self._wait(job, asyncio.gather(*pending))
+        if start:  # a request for the renditions: the job is in use
+            job.last_used = self.clock()
+            pending = [o.ready.wait() for o in job.live_outs() if not o.ready.is_set()]
+            if pending:
+                await self._wait(job, asyncio.gather(*pending))
         if job.done.is_set():
             return self._failed(source) or []
         return self._views(job)

@@ -176,6 +176,8 @@ async def test_first_request_starts_a_job_whose_renditions_are_ready_with_the_so
         assert stream is not None and stream.gop.gop_start is not None
         assert stream.info.metadata_values["width"] == 480 and stream.info.metadata_values["height"] == 360
         assert stream.info.audio_config is not None
+        assert await pool.renditions(SOURCE, start=False) == views
+        assert await pool.renditions(StreamKey("live", "unknown"), start=False) != []  # 404, never []
         snap = pool.snapshot()["jobs"][0]
         assert snap["state"] == "running" and snap["pid"] > 0 and snap["source"] == "live/demo"
         assert [r["label"] for r in snap["renditions"]] == ["360p", "240p"]
