@@ -43,6 +43,7 @@ from .hub.stream import StreamKey
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
+from .transcode.health_monitor import HealthWatch
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
 
@@ -325,8 +326,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     )
     abr.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate)
+    health = HealthWatch(registry, config.health) if config.health.enabled else None
+    if health is not None:
+        health.attach()
+        if hooks is not None and hooks.wants("health"):
+            health.listeners.append(hooks.health_event)
     admin = make_admin_app(AdminDeps(
         registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
+        health=health.flags if health else None,
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
@@ -341,6 +348,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
         ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
+        health=health,
     )
     _log_access(config, admission.policy, hooks, token)
     if cluster is not None:  # cluster
@@ -377,6 +385,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await rtmp.stop_accepting()
     await abr.close()  # every worker process stopped and waited for
     registry.close_all("server_shutdown")
+    if health is not None:
+        await health.close()
     await rtmp.close()
     if cluster is not None:  # cluster: withdraw claims, say node_down
         await cluster.close()

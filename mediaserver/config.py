@@ -135,6 +135,8 @@ class WebhooksConfig:
     on_play: str = ""
     on_publish_done: str = ""
     on_play_done: str = ""
+    on_health: str = ""
+    """Told when a stream's picture turns black or frozen or its sound silent, and when that ends ([health])."""
     timeout: float = 2.0
     on_failure: str = "deny"
     """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""

@@ -79,6 +79,8 @@ class AdminDeps:
     failure_delay_s: float = 0.5
     wall_clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    health: Callable[[StreamKey], dict[str, Any] | None] | None = None
+    """A stream's health flags (black, frozen, silent: {"since", "duration_s"} or null); None: [health] off."""
     # ----- cluster -----
     cluster_kick: Callable[[str, str], Awaitable[bool]] | None = None
     """Send a kick for "app/name" to every node; True when some node publishes it. None: standalone."""
@@ -262,8 +264,10 @@ def _text(body: dict[str, Any], name: str, default: str = "", max_len: int = 128
 
 
 def describe_stream(stream: Stream, rates: StreamRates | None, now: float,
+                    health: Callable[[StreamKey], dict[str, Any] | None] | None = None,
                     abr: TranscodePool | None = None) -> dict[str, Any]:
     snap = stream.snapshot(now)
+    snap["health"] = health(stream.key) if health is not None else None
     if abr is not None:
         source, label = split_rendition(stream.key.name)
         snap["abr"] = (abr.status(stream.key) if label is None
@@ -315,13 +319,15 @@ async def list_streams(request: web.Request) -> web.Response:
     now = deps.registry.clock()
     rates = request.app[RATES]
     streams = sorted(deps.registry.streams(), key=lambda s: (s.key.app, s.key.name))
-    return web.json_response({"streams": [describe_stream(s, rates, now, deps.abr) for s in streams if not s.ended]})
+    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health, deps.abr) for s in streams
+                                            if not s.ended]})
 
 
 async def get_stream(request: web.Request) -> web.Response:
     stream = _stream(request)
     now = request.app[DEPS].registry.clock()
-    body = describe_stream(stream, request.app[RATES], now, request.app[DEPS].abr)
+    deps = request.app[DEPS]
+    body = describe_stream(stream, request.app[RATES], now, deps.health, deps.abr)
     body["viewer_list"] = [describe_viewer(s, asyncio.get_running_loop().time())
                            for s in sorted(stream.subscribers, key=lambda s: s.id)][:1000]
     return web.json_response(body)

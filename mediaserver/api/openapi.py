@@ -173,6 +173,10 @@ def openapi_document() -> dict[str, Any]:
                     "viewers": {"type": "object", "additionalProperties": {"type": "integer"},
                                 "description": "Viewers by format: flv, ws-flv, rtmp."},
                     "viewers_total": {"type": "integer"},
+                    "health": {"type": ["object", "null"], "description": "null unless [health] watches the "
+                               "stream; else black, frozen, silent: null or {since (Unix s), duration_s} while "
+                               "flagged.", "additionalProperties": {"type": ["object", "null"], "properties": {
+                                   "since": {"type": "number"}, "duration_s": {"type": "number"}}}},
                     "frames_dropped": {"type": "integer", "description": "Frames dropped for viewers that fell behind."},
                     "frames_skipped": {"type": "object", "additionalProperties": {"type": "integer"},
                                        "description": "Frames the publisher sent that a packager could not parse "

@@ -8,6 +8,7 @@
 | GET /APP/NAME/SEGMENT.ts   | an HLS segment                        |
 | GET /APP/NAME/cmaf.m3u8    | LL-HLS over fMP4/CMAF (see cmaf.py)   |
 | GET /APP/NAME/manifest.mpd | MPEG-DASH over the same segments      |
+| GET /APP/NAME/thumbnail.jpg| the newest keyframe as JPEG           |
 | GET /time                  | UTC time for DASH players             |
 | GET /metrics, /readyz      | Prometheus metrics, readiness         |
 | /api/v1/...                | the admin API (a sub-application)     |
@@ -36,6 +37,7 @@ from ..config import Config
 from ..gate import ABR, CREDENTIAL, LIMIT, Gate, Refusal
 from ..hub.registry import StreamRegistry
 from ..hub.stream import StreamKey
+from ..transcode.health_monitor import HealthWatch
 from .cmaf import CMAF_MANIFESTS, serve_cmaf, serve_time
 from .common import cors_headers, json_error, not_published, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
@@ -46,6 +48,7 @@ from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_
 from .names import stream_key
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
+from .thumbnails import add_thumbnails, serve_thumbnail
 from .webhooks import WebhookClient
 
 log = logging.getLogger(__name__)
@@ -119,9 +122,10 @@ def make_app(
     admin: web.Application | None = None,
     ready_checks: Mapping[str, ReadyCheck] | None = None,
     metrics_token: str | None = None,
+    health: HealthWatch | None = None,
 ) -> web.Application:
     """`gate` None admits every viewer; `admin` is mounted at /api/v1; `metrics_token`, when given,
-    is the bearer token /metrics requires."""
+    is the bearer token /metrics requires; `health`, when [health] is enabled, gives /metrics its flags."""
     gate = gate or Gate(Admission(), registry)
     app = web.Application(middlewares=[errors_as_json, admission_middleware], client_max_size=64 * 1024)
     app[CONFIG] = config
@@ -133,6 +137,8 @@ def make_app(
     metrics.ready_checks.update(ready_checks or {})
     metrics.required_token = metrics_token
     app[METRICS] = metrics
+    metrics.thumbnails = add_thumbnails(app, registry)
+    metrics.health = health
     app.cleanup_ctx.append(metrics.cleanup_ctx)
     if hooks is not None:
         app.cleanup_ctx.append(hooks.cleanup_ctx)
@@ -144,6 +150,7 @@ def make_app(
     app.router.add_get("/time", serve_time)
     add_page_routes(app)  # the player, picker and console: before the play routes, whose patterns match them too
     app.router.add_get("/{app}/{file}", flv_or_404, name="play-flv")
+    app.router.add_get("/{app}/{name}/thumbnail.jpg", serve_thumbnail, name="play-thumbnail")
     app.router.add_get("/{app}/{name}/{file}", hls_file, name="play-hls")
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.router.add_get("/{tail:.*}", not_found)
@@ -166,6 +173,9 @@ def _play_target(request: web.Request) -> tuple[StreamKey, str] | None:
     elif route == "play-hls":
         key = stream_key(request.match_info["app"], request.match_info["name"])
         fmt = "hls"
+    elif route == "play-thumbnail":  # admitted as a viewer for the request's length; the hook sees "thumbnail"
+        key = stream_key(request.match_info["app"], request.match_info["name"])
+        fmt = "thumbnail"
     else:
         return None
     return (key, fmt) if key is not None else None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .history import StreamHistory
     from .metrics import Metrics
     from .packagers import PackagerPool
+    from .thumbnails import ThumbnailService
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", StreamRegistry)
@@ -27,6 +28,7 @@ GATE = web.AppKey("gate", Gate)
 """Admission: who may watch (and the hints for streams that are not here)."""
 PACKAGERS: web.AppKey[PackagerPool] = web.AppKey("packagers")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+THUMBNAILS: web.AppKey[ThumbnailService] = web.AppKey("thumbnails")
 HISTORY: web.AppKey[StreamHistory] = web.AppKey("page_history")
 ADMIN_TOKEN = web.AppKey("page_admin_token", str)
 """The admin token the console's JSON needs ("" when the admin API is disabled)."""

@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
@@ -42,6 +42,10 @@ from ..transcode.pool import TranscodePool
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
 from .keys import METRICS
+
+if TYPE_CHECKING:
+    from ..transcode.health_monitor import HealthWatch
+    from .thumbnails import ThumbnailService
 
 LAG_INTERVAL_S = 0.5
 LAG_WINDOW_S = 10.0
@@ -88,6 +92,9 @@ class Metrics:
         self.ready_checks: dict[str, ReadyCheck] = {}
         self.required_token: str | None = None
         """The bearer token /metrics requires (None: public)."""
+        self.health: HealthWatch | None = None
+        """Stream health flags ([health] enabled), read at scrape time."""
+        self.thumbnails: ThumbnailService | None = None
         registry.on_stream_ended.append(self._stream_ended)
 
     # ----- what the edge tells ----------------------------------------------------------------------
@@ -266,6 +273,7 @@ class _Collector:
         if tasks is not None:
             yield GaugeMetricFamily("mediaserver_asyncio_tasks", "Asyncio tasks not yet done (connections, "
                                     "viewers, timers); a count that only grows is a leak.", value=tasks)
+        yield from _media_pipeline(m)
         yield GaugeMetricFamily("mediaserver_event_loop_lag_max_seconds",
                                 f"The largest event-loop lag seen in the last {LAG_WINDOW_S:g} s.",
                                 value=m.recent_max_lag_s)
@@ -311,3 +319,31 @@ async def serve_readyz(request: web.Request) -> web.Response:
         ready = ready and bool(ok)
     return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503,
                              headers={"Cache-Control": "no-store"})
+
+
+# ----- thumbnails and stream health --------------------------------------------------------------
+
+
+def _media_pipeline(m: Metrics) -> Any:
+    """Thumbnails and stream health. One health series per condition of each watched live stream: the
+    label set is bounded by the live streams and goes when they end."""
+    if m.thumbnails is not None:
+        yield CounterMetricFamily("mediaserver_thumbnail_decodes", "Keyframes decoded for thumbnails (at most one "
+                                  "per keyframe interval per stream).", value=m.thumbnails.decodes)
+        yield CounterMetricFamily("mediaserver_thumbnail_renders", "Thumbnails scaled and encoded as JPEG (cache "
+                                  "misses).", value=m.thumbnails.renders)
+    health = m.health
+    if health is None:
+        return
+    g = GaugeMetricFamily("mediaserver_stream_health", "1 while a stream's condition (black, frozen, silent) "
+                          "is flagged, else 0; watched streams only.", labels=["stream", "condition"])
+    for key, condition, flagged in health.flagged():
+        g.add_metric([str(key), condition], 1 if flagged else 0)
+    yield g
+    c = CounterMetricFamily("mediaserver_stream_health_flags", "Conditions flagged since start, by condition.",
+                            labels=["condition"])
+    for condition in ("black", "frozen", "silent"):
+        c.add_metric([condition], health.flag_starts[condition])
+    yield c
+    yield CounterMetricFamily("mediaserver_health_sampling_cpu_seconds", "CPU time spent decoding and measuring "
+                              "health samples.", value=health.cpu_s)

@@ -1,4 +1,5 @@
-"""Webhooks: on_publish, on_play (asked, awaited), on_publish_done, on_play_done (told, not awaited).
+"""Webhooks: on_publish, on_play (asked, awaited), on_publish_done, on_play_done, on_health (told, not
+awaited).
 
 Each call is a `POST` of a JSON object (`auth.hooks.HookRequest.to_json`) to the configured URL, with
 `Authorization: Bearer $WEBHOOK_TOKEN` when `webhooks.auth_header_env` names a variable. What an answer
@@ -22,6 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,6 +34,9 @@ from ..config import WebhooksConfig
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
 from ..log import LogGate, event
+
+if TYPE_CHECKING:
+    from ..transcode.health_monitor import HealthEvent
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class WebhookClient:
         self.cfg = cfg
         self.urls = {
             "publish": cfg.on_publish, "play": cfg.on_play,
-            "publish_done": cfg.on_publish_done, "play_done": cfg.on_play_done,
+            "publish_done": cfg.on_publish_done, "play_done": cfg.on_play_done, "health": cfg.on_health,
         }
         token = environ.get(cfg.auth_header_env, "") if cfg.auth_header_env else ""
         self._headers = {"Content-Type": "application/json", "User-Agent": "mediaserver-webhook"}
@@ -119,6 +124,15 @@ class WebhookClient:
             "publish_done", stream.key.app, stream.key.name, peer.rsplit(":", 1)[0].strip("[]"), "rtmp",
             extra={"reason": reason, "duration_s": round(time.monotonic() - started, 3), "bytes_in": stream.bytes_in},
         ))
+
+    def health_event(self, ev: HealthEvent) -> None:
+        """A stream's picture or sound changed health (a HealthWatch listener): event "health" with the
+        condition (black, frozen, silent), state (start, end), since (Unix seconds) and duration_s."""
+        extra: dict[str, object] = {"condition": ev.condition, "state": ev.state, "since": ev.since,
+                                    "duration_s": ev.duration_s}
+        if ev.reason is not None:
+            extra["reason"] = ev.reason
+        self.tell(HookRequest("health", ev.key.app, ev.key.name, "", "", extra=extra))
 
     # ----- calls ------------------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ class GopLimits:
 
 
 class GopCache:
-    __slots__ = ("limits", "_frames", "_ends", "base", "gop_start", "has_video", "newest_dts", "bytes_appended")
+    __slots__ = ("limits", "_frames", "_ends", "base", "gop_start", "has_video", "newest_dts", "bytes_appended",
+                 "newest_keyframe", "keyframe_interval_ms")
 
     def __init__(self, limits: GopLimits | None = None) -> None:
         self.limits = limits or GopLimits()
@@ -48,6 +49,10 @@ class GopCache:
         self.newest_dts = 0
         """Decode time of the newest media frame (metadata and sequence headers do not count)."""
         self.bytes_appended = 0
+        self.newest_keyframe: Frame | None = None
+        """The newest video keyframe, kept even when its GOP went over a bound (thumbnails, health)."""
+        self.keyframe_interval_ms: int | None = None
+        """Media time between the two newest video keyframes; None before the second one."""
 
     @property
     def end(self) -> int:
@@ -75,6 +80,11 @@ class GopCache:
                 self.gop_start = None
             if frame.keyframe:
                 self.gop_start = self.end - 1
+                if not frame.is_end:
+                    previous = self.newest_keyframe
+                    if previous is not None and frame.dts_ms > previous.dts_ms:
+                        self.keyframe_interval_ms = frame.dts_ms - previous.dts_ms
+                    self.newest_keyframe = frame
         self._enforce_gop_limits()
         self._trim()
 

@@ -26,8 +26,10 @@ from ..errors import PeerError
 from ..gate import ABR, CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
+from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import Bound, event
+from ..media import multitrack
 from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
 from ..transports import reset
@@ -50,6 +52,8 @@ class RtmpServer:
         self.cfg = cfg
         self.registry = registry
         self.gate = gate or Gate(Admission(), registry)
+        self.label_for: LabelFor = default_label
+        """How a multitrack publisher's extra tracks are named (STREAM@LABEL): set from the ABR ladder."""
         """Admission and cluster decisions, shared with the HTTP side (the default admits everyone)."""
         self.connections: set[RtmpConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -97,6 +101,8 @@ class RtmpConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.app = ""
         self.stream: Stream | None = None
+        self.tracks: TrackRenditions | None = None
+        """A multitrack publisher's extra tracks, published as renditions (made at its first such message)."""
         self.stream_id = 0
         self._video_ts = TimestampUnwrapper()
         self._audio_ts = TimestampUnwrapper()
@@ -145,6 +151,8 @@ class RtmpConnection(asyncio.Protocol):
                 self._on_event(event_)
             if self.stream is not None:
                 self.stream.flush_sinks()
+                if self.tracks is not None:
+                    self.tracks.flush_sinks()
         except PeerError as err:
             event(self.log, "rtmp_protocol_error", logging.WARNING, error=str(err), stream=self._stream_name())
             self._flush()
@@ -233,12 +241,16 @@ class RtmpConnection(asyncio.Protocol):
     def _on_event(self, e: ev.Event) -> None:
         if isinstance(e, ev.VideoReceived):
             if self.stream is not None and e.stream_id == self.stream_id:
-                frame = self.stream.publish_video(self._video_ts.unwrap(e.timestamp), e.body, time.monotonic())
+                if self.tracks is None and multitrack.is_video_multitrack(e.body):
+                    self.tracks = TrackRenditions(self.registry, self.stream, self.peer, self.server.label_for)
+                publish = self.tracks.publish_video if self.tracks is not None else self.stream.publish_video
+                frame = publish(self._video_ts.unwrap(e.timestamp), e.body, time.monotonic())
                 if not self._announced and frame is not None and frame.keyframe:
                     self._announce()
         elif isinstance(e, ev.AudioReceived):
             if self.stream is not None and e.stream_id == self.stream_id:
-                frame = self.stream.publish_audio(self._audio_ts.unwrap(e.timestamp), e.body, time.monotonic())
+                publish = self.tracks.publish_audio if self.tracks is not None else self.stream.publish_audio
+                frame = publish(self._audio_ts.unwrap(e.timestamp), e.body, time.monotonic())
                 if not self._announced and frame is not None and not frame.is_config and self.stream.info.video_config is None and self.stream.frames_in > 50:
                     self._announce()
         elif isinstance(e, ev.MetadataReceived):
@@ -341,6 +353,9 @@ class RtmpConnection(asyncio.Protocol):
         if stream is None:
             return
         self.stream = None
+        if self.tracks is not None:
+            self.tracks.close()
+            self.tracks = None
         elapsed = max(time.monotonic() - self._publish_started, 1e-3)
         sent = stream.bytes_in - self._bytes_at_start
         self.registry.release_publisher(stream, self)

@@ -95,3 +95,16 @@ def publish_args(url: str, clip: Clip | Path, *, realtime: bool = True, loop: bo
         args += ["-stream_loop", "-1"]
     args += ["-i", str(path), "-c", "copy", *extra_args, "-f", "flv", url]
     return args
+
+
+def lavfi_publish_args(url: str, video: str, audio: str, *, size: str = "640x360", rate: int = 24,
+                       keyframe_every: int = 12) -> list[str]:
+    """ffmpeg encoding generated sources in real time (lavfi `video`, e.g. "testsrc", "color=c=black",
+    "smptebars"; `audio`, e.g. "anullsrc=r=48000:cl=stereo") to H.264 + AAC and publishing them to `url`."""
+    sized = f"{video}{':' if '=' in video else '='}size={size}:rate={rate}"
+    return [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
+        "-f", "lavfi", "-i", sized, "-f", "lavfi", "-i", audio,
+        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+        "-g", str(keyframe_every), "-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "2", "-f", "flv", url,
+    ]

@@ -180,6 +180,8 @@ function renderStreams(streams, history) {
     c.publisher.textContent = s.publisher ? `from ${s.publisher}` : 'publisher gone';
     c.video.textContent = describeVideo(s.video);
     c.audio.textContent = describeAudio(s.audio);
+    renderHealth(row, s);
+    renderThumbnail(row, s);
     const rate = s.bitrate_kbps || {};
     c.ingest.textContent = formatKbps(rate.measured);
     c.ingest.title = rate.declared ? `declared by the encoder: ${Object.entries(rate.declared).map(([k, v]) => `${k} ${v} kbit/s`).join(', ')}` : '';
@@ -207,6 +209,40 @@ function renderStreams(streams, history) {
     }
   }
   ui.noStreams.hidden = streams.length > 0;
+}
+
+// ----- stream health badges and thumbnails --------------------------------------------------------------
+
+const HEALTH_LABELS = {black: 'black picture', frozen: 'frozen picture', silent: 'silent'};
+const THUMB_REFRESH_MS = 10000;
+
+/** One badge per flagged health condition ([health] enabled), after the live badge. */
+function renderHealth(row, s) {
+  if (!row.health) {
+    row.health = el('span', {class: 'health', dataset: {col: 'health'}});
+    row.cells.badge.after(row.health);
+  }
+  const flags = Object.entries(s.health || {}).filter(([, flag]) => flag);
+  row.health.replaceChildren(...flags.map(([condition, flag]) => el('span', {
+    class: 'badge bad', text: HEALTH_LABELS[condition] || condition,
+    title: `${HEALTH_LABELS[condition] || condition} for ${formatDuration(flag.duration_s)}`,
+  })));
+}
+
+/** The newest keyframe, refreshed every few seconds (a stream whose app needs a play token shows none). */
+function renderThumbnail(row, s) {
+  if (!s.video) {
+    if (row.thumb) row.thumb.hidden = true;
+    return;
+  }
+  if (!row.thumb) {
+    row.thumb = el('img', {class: 'thumb', alt: '', width: 160, loading: 'lazy'});
+    row.thumb.addEventListener('error', () => { row.thumb.hidden = true; });
+    row.thumb.addEventListener('load', () => { row.thumb.hidden = false; });
+    row.cells.stream.prepend(row.thumb);
+  }
+  const src = `/${streamPath(s)}/thumbnail.jpg?width=320&t=${Math.floor(Date.now() / THUMB_REFRESH_MS)}`;
+  if (row.thumb.getAttribute('src') !== src) row.thumb.src = src;
 }
 
 function renderNodes(nodes) {

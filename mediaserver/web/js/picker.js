@@ -10,12 +10,23 @@ const host = location.hostname.includes(':') ? `[${location.hostname}]` : locati
 document.getElementById('rtmp-server').textContent = `rtmp://${host}/live`;
 document.getElementById('rtmp-example').textContent = `rtmp://${host}/live/NAME`;
 
+const THUMB_REFRESH_MS = 10000;
+
+/** The stream's newest keyframe; the URL changes every few seconds so the browser fetches a fresh one. */
+function thumbnail(s) {
+  if (!s.video) return null;
+  const src = `/${encodeURIComponent(s.app)}/${encodeURIComponent(s.name)}/thumbnail.jpg?width=320`
+    + `&t=${Math.floor(Date.now() / THUMB_REFRESH_MS)}`;
+  return el('img', {class: 'thumb', src, alt: '', width: 160, onerror: (e) => { e.target.hidden = true; }});
+}
+
 function render(streams) {
   list.replaceChildren(...streams.map((s) => {
     const codecs = [s.video, s.audio].filter(Boolean).map(codecName).join(' + ') || 'no media yet';
     const href = `/play/${encodeURIComponent(s.app)}/${encodeURIComponent(s.name)}`;
     return el('li', {},
       el('a', {href},
+        thumbnail(s),
         el('strong', {text: `${s.app}/${s.name}`}),
         el('span', {},
           el('span', {class: 'muted', text: `${codecs} `}),
