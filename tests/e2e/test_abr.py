@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from support.checks import wait_live
+from support.checks import is_media, timeline_problems, track_timestamps, wait_live
 from support.decode import decode_media
 from support.hls import parse_media_playlist
 from support.media import ffmpeg_exe
@@ -62,6 +62,12 @@ def workers_of(pid: int) -> list[int]:
         if ppid == pid and (b"transcode.worker" in cmdline or " Z " in stat.rsplit(")", 1)[1][:3]):
             found.append(int(entry))
     return found
+
+
+def cts_ms(body: bytes) -> int:
+    """An AVC video tag's composition time offset (pts - dts), signed 24 bits."""
+    value = int.from_bytes(body[2:5], "big")
+    return value - (1 << 24) if value & 0x800000 else value
 
 
 async def rtmp_pull(url: str, seconds: float, out: Path) -> bytes:
@@ -221,3 +227,34 @@ async def test_a_240p_source_gets_409_and_a_spent_budget_503(abr_server, publish
         assert 'mediaserver_abr_refused_total{reason="budget"} 2.0' in metrics, metrics
         assert 'mediaserver_abr_refused_total{reason="ladder"} 3.0' in metrics, metrics
     assert "abr_refused" in server.log_text()
+
+
+async def test_a_killed_worker_is_restarted_and_its_viewers_go_on_at_the_sources_timestamps(
+        abr_server, publish, media, stream_name):
+    server = abr_server()
+    publish(server, stream_name, media.hd, loop=True)
+    await wait_live(server, stream_name)
+    source = server.flv_viewer(stream_name)
+    rendition = server.flv_viewer(f"{stream_name}@360p", live_timeout_s=20)
+    async with aiohttp.ClientSession() as http, source, rendition:
+        assert await rendition.wait_video_frames(30, timeout_s=30), rendition.describe_start()
+        status, body = await api(http, server, "GET", f"/streams/live/{stream_name}/abr")
+        first = body["pid"]
+        os.kill(first, signal.SIGKILL)
+        before = rendition.video_frame_count
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = await api(http, server, "GET", f"/streams/live/{stream_name}/abr")
+            if body["restarts"] == 1 and body["state"] == "running" and rendition.video_frame_count > before + 50:
+                break
+            assert time.monotonic() < deadline, (body, rendition.video_frame_count, before)
+            await asyncio.sleep(0.3)
+        assert body["pid"] != first and first not in workers_of(server.pid)
+        assert not rendition.ended, "the viewer of the rendition stays connected over the restart"
+    assert not timeline_problems(rendition.tags), timeline_problems(rendition.tags)
+    made = set(track_timestamps(rendition.tags, 9))  # no B-frames: a rendition's dts is its pts
+    shown = {t.timestamp_ms + cts_ms(t.body) for t in source.tags if t.kind == 9 and is_media(t)}
+    assert made <= shown, f"rendition timestamps the source never showed: {sorted(made - shown)[:10]}"
+    report = decode_media(bytes(rendition.raw), "flv")
+    assert (report.width, report.height) == RENDITION_SIZES["360p"], report.summary()
+    assert "worker_restart" in server.log_text()
