@@ -1,10 +1,10 @@
-"""One source stream's transcode: its worker process, the feed from the hub, the renditions it publishes.
+"""One source stream's transcode: its worker process, the feed from the hub, the worker's messages.
 
 The feed is a hub Sink on the source stream: every frame's FLV tag is written to the worker's stdin as it
 arrives (first the FLV header and the stream's kept history, so renditions have segments at once). The
-worker's stdout is read as `wire` messages: each rung's tags are published into the hub as the relay
-stream APP/STREAM@LABEL, with the source's own timestamps (the hub never rebases them: the rendition's
-segments start at the source's instants), and the source's audio goes into every rendition.
+worker's stdout is read as `wire` messages: TAGs go to the job's `Renditions` (renditions.py), which
+publishes them as the relay streams APP/STREAM@LABEL at the source's own timestamps; STATS give the CPU,
+the speed and the rungs the worker shed; an ERROR stops the job.
 
 A worker that exits unexpectedly, writes anything but messages, falls too far behind its stdin, or stays
 slower than real time with one rung left is restarted after a capped backoff. The new worker is fed from
@@ -27,19 +27,18 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..errors import MediaError
-from ..hub.registry import PublishRefused, StreamRegistry
+from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
-from ..log import LogGate, event
-from ..media import amf0
+from ..log import event
 from ..media.frames import Frame, FrameKind
 from ..remux.flv import flv_header
 from . import wire
 from .ladder import Rendition
+from .renditions import RenditionOut, Renditions
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ SLOW_STATS = 5
 """STATS in a row with speed < 1 and one rung left before the worker is restarted."""
 MAX_BACKLOG_MS = 3000
 STATS_INTERVAL_S = 1.0
-SKIP_LOG_INTERVAL_S = 30.0
 
 
 class JobState(str, Enum):
@@ -67,37 +65,6 @@ class JobState(str, Enum):
     RUNNING = "running"
     RESTARTING = "restarting"  # waiting out the backoff, or the new worker's first keyframe
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class RenditionOut:
-    """One rung of the job and the stream it publishes."""
-
-    rung: Rendition
-    key: StreamKey
-    stream: Stream | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    shed: bool = False
-    ended: bool = False
-    last_video_ms: int | None = None
-    last_audio_ms: int | None = None
-    resumed: bool = True
-    """False after a restart until the new worker's first frame (then the sinks hear of the gap)."""
-    frames_out: int = 0
-    bytes_since_stats: int = 0
-    kbps: float | None = None
-
-
-class RenditionPublisher:
-    """The hub's Publisher of one rendition stream: closed by a kick (the admin API, or the job itself)."""
-
-    def __init__(self, job: TranscodeJob, out: RenditionOut) -> None:
-        self.job = job
-        self.out = out
-        self.peer = f"transcoder:{job.source}"
-
-    def close(self, reason: str) -> None:
-        self.job.rendition_closed(self.out, reason)
 
 
 class SourceFeed:
@@ -146,7 +113,7 @@ class TranscodeJob:
         self.options = job_options
         self.on_finished = on_finished
         self.clock = clock
-        self.outs = [RenditionOut(r, StreamKey(source.key.app, r.stream_name(source.key.name))) for r in rungs]
+        self.renditions = Renditions(registry, source, rungs, on_all_ended=self.stop)
         self.state = JobState.STARTING
         self.started_at = time.time()
         self.last_used = clock()
@@ -162,10 +129,8 @@ class TranscodeJob:
         """(reason, message) from the worker's ERROR, or of a worker that keeps failing."""
         self.error_status = 415
         self.stop_reason = ""
-        self.skipped = 0
         self.cpu_counted: Callable[[float], None] = lambda s: None
         self.restart_counted: Callable[[], None] = lambda: None
-        self._tracks: list[RenditionOut] = []
         self._stdin: asyncio.StreamWriter | None = None
         self._resume_after: int | None = None
         self._life: _Life | None = None
@@ -173,10 +138,8 @@ class TranscodeJob:
         self._feed = SourceFeed(self)
         self._fed = False
         self._task: asyncio.Task[None] | None = None
-        self._audio_config: bytes | None = None
         self._stats_at: float | None = None
         self._slow = 0
-        self._skip_log = LogGate(SKIP_LOG_INTERVAL_S)
         self.done = asyncio.Event()
 
     # ----- life --------------------------------------------------------------------------------------
@@ -188,8 +151,12 @@ class TranscodeJob:
     def stopped(self) -> bool:
         return self.state is JobState.STOPPED or self._stop.is_set()
 
+    @property
+    def outs(self) -> list[RenditionOut]:
+        return self.renditions.outs
+
     def live_outs(self) -> list[RenditionOut]:
-        return [o for o in self.outs if not o.shed and not o.ended]
+        return self.renditions.live()
 
     def stop(self, reason: str) -> None:
         """Stop the job (not waiting): the worker is told to finish and the rendition streams end."""
@@ -198,7 +165,7 @@ class TranscodeJob:
         self.stop_reason = reason
         self._stop.set()
         self._close_stdin()
-        self._end_renditions(reason)
+        self.renditions.end_all(reason)
 
     async def wait_stopped(self) -> None:
         await self.done.wait()
@@ -248,12 +215,12 @@ class TranscodeJob:
                 await asyncio.shield(life.proc.wait())
             self.state = JobState.STOPPED
             self.source_stream.remove_sink(self._feed)
-            self._end_renditions(self.stop_reason or "transcode_stopped")
+            self.renditions.end_all(self.stop_reason or "transcode_stopped")
             self.done.set()
             self.on_finished(self)
 
     async def _spawn(self) -> _Life | None:
-        tracks = self.live_outs()
+        tracks = self.renditions.live()
         job = {**self.options, "stream": str(self.source), "rungs": [o.rung.to_job() for o in tracks]}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -267,7 +234,6 @@ class TranscodeJob:
         life = _Life(proc, self.clock())
         self._life = life
         self.pid = proc.pid
-        self._tracks = tracks
         self._stats_at = None
         self._slow = 0
         if self._stop.is_set():  # stopped while it was starting
@@ -279,6 +245,7 @@ class TranscodeJob:
             return life
         self._stdin = proc.stdin
         first = not self._fed
+        self.renditions.begin_worker(restart=not first)
         self._write(flv_header(self.source_stream.info.audio_config is not None, True))
         if first:
             self._fed = True
@@ -286,8 +253,6 @@ class TranscodeJob:
             self._write(b"".join(f.tag for f in history))
             self.source_stream.add_sink(self._feed)  # no frame between the history and the feed
         else:
-            for out in tracks:
-                out.resumed = False
             self._resume(self.source_stream.history())
         event(log, "transcode_worker_started", stream=str(self.source), pid=proc.pid,
               rungs=",".join(o.rung.label for o in tracks), restart=not first)
@@ -296,10 +261,10 @@ class TranscodeJob:
     def _resume(self, history: list[Frame]) -> None:
         """A restarted worker starts at the newest kept keyframe newer than what the renditions carry, or
         waits for the next one the source sends."""
-        newest = max((o.last_video_ms for o in self._tracks if o.last_video_ms is not None), default=-1)
+        newest = self.renditions.newest_video_ms()  # a rendition's timestamps are the source's pts
         start = None
         for i, frame in enumerate(history):
-            if frame.kind == FrameKind.VIDEO and frame.keyframe and not frame.is_config and frame.dts_ms > newest:
+            if frame.kind == FrameKind.VIDEO and frame.keyframe and not frame.is_config and frame.pts_ms > newest:
                 start = i
         self._resume_after = newest
         if start is not None:
@@ -363,7 +328,7 @@ class TranscodeJob:
             return
         if self._resume_after is not None:
             if not (frame.kind == FrameKind.VIDEO and frame.keyframe and not frame.is_config
-                    and frame.dts_ms > self._resume_after):
+                    and frame.pts_ms > self._resume_after):
                 return
             self._resume_after = None
             self._write(self._configs())
@@ -420,7 +385,7 @@ class TranscodeJob:
         now = self.clock()
         for msg in messages:
             if msg.kind == wire.TAG:
-                self._publish_tag(msg.track, msg.payload, now, touched)
+                self.renditions.publish_tag(msg.track, msg.payload, now, touched)
             elif msg.kind == wire.STATS:
                 self._stats(msg.json(), life, now)
             elif msg.kind == wire.ERROR:
@@ -435,99 +400,9 @@ class TranscodeJob:
                 break
             if life.outcome != "exited":
                 break
+        if touched and self.state in (JobState.STARTING, JobState.RESTARTING) and self.renditions.caught_up():
+            self.state = JobState.RUNNING
         return touched
-
-    def _publish_tag(self, track: int, tag: bytes, now: float, touched: set[Stream]) -> None:
-        if len(tag) < 15:
-            raise wire.WireError(f"a TAG message of {len(tag)} bytes is not an FLV tag")
-        kind = tag[0]
-        size = int.from_bytes(tag[1:4], "big")
-        if 11 + size + 4 != len(tag):
-            raise wire.WireError(f"a TAG message of {len(tag)} bytes holds an FLV tag of {size} body bytes")
-        ts = (tag[7] << 24) | (tag[4] << 16) | (tag[5] << 8) | tag[6]
-        body = tag[11 : 11 + size]
-        if kind == FrameKind.AUDIO and track == wire.AUDIO_TRACK:
-            if len(body) >= 2 and _is_config(kind, body):
-                self._audio_config = body  # given to each rendition as its stream is taken
-            for out in self._tracks:
-                if out.stream is not None:
-                    self._publish(out, kind, ts, body, now, touched)
-            return
-        if kind != FrameKind.VIDEO or track >= len(self._tracks):
-            raise wire.WireError(f"a TAG message for track {track} (type {kind}) that this job does not have")
-        out = self._tracks[track]
-        if out.shed or out.ended:
-            return
-        if out.stream is None and not self._claim(out, now):
-            return
-        self._publish(out, kind, ts, body, now, touched)
-
-    def _publish(self, out: RenditionOut, kind: int, ts: int, body: bytes, now: float, touched: set[Stream]) -> None:
-        stream = out.stream
-        if stream is None:
-            return
-        if len(body) >= 2 and not _is_config(kind, body):
-            last = out.last_video_ms if kind == FrameKind.VIDEO else out.last_audio_ms
-            if last is not None and ts <= last:
-                return  # a restarted worker's frame the rendition already has
-        if not out.resumed:
-            out.resumed = True
-            stream.discontinuity()
-        try:
-            if kind == FrameKind.VIDEO:
-                frame = stream.publish_video(ts, body, now)
-            else:
-                frame = stream.publish_audio(ts, body, now)
-        except MediaError as err:
-            self.skipped += 1
-            count = self._skip_log.should_log(out.key, now)
-            if count:
-                event(log, "transcode_frame_skipped", logging.WARNING, stream=str(out.key), error=str(err)[:200],
-                      skipped=count)
-            return
-        touched.add(stream)
-        if frame is None or frame.is_config:
-            return
-        out.frames_out += 1
-        out.bytes_since_stats += len(body)
-        if kind == FrameKind.VIDEO:
-            out.last_video_ms = ts
-            if frame.keyframe and not out.ready.is_set():
-                out.ready.set()
-                if self.state is not JobState.STOPPED and all(o.ready.is_set() for o in self.live_outs()):
-                    self.state = JobState.RUNNING
-            elif frame.keyframe and self.state is JobState.RESTARTING:
-                self.state = JobState.RUNNING
-        else:
-            out.last_audio_ms = ts
-
-    def _claim(self, out: RenditionOut, now: float) -> bool:
-        """The rendition's stream, taken at its first video tag; its metadata and the source's audio
-        config go first."""
-        try:
-            stream = self.registry.claim_publisher(out.key, RenditionPublisher(self, out))
-        except PublishRefused as err:
-            event(log, "rendition_refused_locally", logging.WARNING, stream=str(out.key), reason=str(err))
-            out.ended = True
-            return False
-        out.stream = stream
-        stream.publish_metadata(*self._metadata(out), now)
-        if self._audio_config is not None:
-            stream.publish_audio(0, self._audio_config, now)
-        return True
-
-    def _metadata(self, out: RenditionOut) -> tuple[bytes, dict[str, Any]]:
-        rung = out.rung
-        source = self.source_stream.info.metadata_values
-        values: dict[str, Any] = {
-            "width": float(rung.width), "height": float(rung.height), "videodatarate": float(rung.video_kbps),
-            "encoder": f"mediaserver transcoder ({rung.codec} {rung.preset})",
-        }
-        for key in ("framerate", "audiodatarate", "audiosamplerate", "audiosamplesize", "stereo", "audiocodecid"):
-            value = source.get(key)
-            if isinstance(value, (int, float, bool)):
-                values[key] = value
-        return amf0.encode("onMetaData", amf0.EcmaArray(values)), values
 
     def _stats(self, value: dict[str, Any], life: _Life, now: float) -> None:
         speed = _number(value.get("speed"))
@@ -540,16 +415,12 @@ class TranscodeJob:
             self.cpu_seconds += delta
             self.cpu_counted(delta)
             if self._stats_at is not None and now > self._stats_at:
-                span = now - self._stats_at
-                self.cpu_percent = round(100.0 * delta / span, 1)
-                for out in self._tracks:
-                    out.kbps = round(out.bytes_since_stats * 8 / 1000 / span, 1)
-        for out in self._tracks:
-            out.bytes_since_stats = 0
+                self.cpu_percent = round(100.0 * delta / (now - self._stats_at), 1)
+        self.renditions.measure(now - self._stats_at if self._stats_at is not None else None)
         self._stats_at = now
         shed = value.get("shed")
         if isinstance(shed, list):
-            for out in self._tracks:
+            for out in self.renditions.tracks:
                 if out.rung.label in shed and not out.shed:
                     self._shed(out, speed)
         if speed is not None and speed < 1.0 and len(self.live_outs()) == 1:
@@ -562,81 +433,28 @@ class TranscodeJob:
             self._slow = 0
 
     def _shed(self, out: RenditionOut, speed: float | None) -> None:
-        out.shed = True
         event(log, "transcode_rung_shed", logging.WARNING, stream=str(self.source), rung=out.rung.label, speed=speed,
-              left=",".join(o.rung.label for o in self.live_outs()) or "none",
+              left=",".join(o.rung.label for o in self.live_outs() if o is not out) or "none",
               hint="the node cannot encode the whole ladder in real time: lower abr.max_jobs or the ladder")
-        self._end_rendition(out, "rung_shed")
+        self.renditions.shed(out, "rung_shed")
         if not self.live_outs():
             self.stop("all_rungs_shed")
-
-    # ----- the rendition streams -----------------------------------------------------------------------
-
-    def rendition_closed(self, out: RenditionOut, reason: str) -> None:
-        """The hub closed a rendition's publisher (an operator's kick, or our own end of it)."""
-        if out.ended:
-            return
-        out.ended = True
-        out.stream = None
-        event(log, "rendition_ended", stream=str(out.key), reason=reason)
-        if not self.live_outs():
-            self.stop(reason)
-
-    def _end_rendition(self, out: RenditionOut, reason: str) -> None:
-        if out.ended:
-            return
-        out.ended = True
-        if out.stream is not None:
-            out.stream = None
-            self.registry.kick(out.key, reason)
-
-    def _end_renditions(self, reason: str) -> None:
-        for out in self.outs:
-            self._end_rendition(out, reason)
 
     # ----- what is shown ---------------------------------------------------------------------------------
 
     def in_use(self, viewers: Callable[[StreamKey], int]) -> bool:
-        if self.waiters:
-            return True
-        for out in self.outs:
-            stream = out.stream
-            if stream is not None and (stream.subscribers or stream.sinks):
-                return True
-            if viewers(out.key):
-                return True
-        return False
+        return bool(self.waiters) or self.renditions.watched(viewers)
 
     def snapshot(self, viewers: Callable[[StreamKey], int]) -> dict[str, Any]:
-        renditions = []
-        for out in self.outs:
-            stream = out.stream
-            rung = out.rung
-            renditions.append({
-                "label": rung.label, "stream": str(out.key), "width": rung.width, "height": rung.height,
-                "codec": rung.codec, "video_kbps": rung.video_kbps, "kbps": out.kbps,
-                "ready": out.ready.is_set() and stream is not None, "shed": out.shed,
-                "viewers": (len(stream.subscribers) if stream is not None else 0) + viewers(out.key),
-                "packagers": len(stream.sinks) if stream is not None else 0,
-            })
+        renditions = self.renditions.snapshot(viewers)
         return {
             "source": str(self.source), "pid": self.pid if not self.stopped else None, "state": self.state.value,
             "renditions": renditions, "cpu_percent": self.cpu_percent, "cpu_seconds": round(self.cpu_seconds, 3),
             "speed": self.speed, "backlog_ms": self.backlog_ms, "restarts": self.restarts,
             "shed": [o.rung.label for o in self.outs if o.shed], "started_at": self.started_at,
-            "skipped": self.skipped, "error": ({"reason": self.error[0], "message": self.error[1]} if self.error else None),
+            "skipped": self.renditions.skipped,
+            "error": {"reason": self.error[0], "message": self.error[1]} if self.error else None,
         }
-
-
-def _is_config(kind: int, body: bytes) -> bool:
-    """A sequence header (legacy or Enhanced FLV); `body` has at least 2 bytes."""
-    if kind == FrameKind.VIDEO:
-        if body[0] & 0x80:
-            return body[0] & 0x0F == 0
-        return body[0] & 0x0F in (7, 12) and body[1] == 0
-    if body[0] >> 4 == 9:
-        return body[0] & 0x0F == 0
-    return body[0] >> 4 == 10 and body[1] == 0
 
 
 def _number(value: Any) -> float | None:
