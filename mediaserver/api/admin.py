@@ -492,10 +492,11 @@ async def get_abr(request: web.Request) -> web.Response:
 async def start_abr(request: web.Request) -> web.Response:
     abr, key = _abr(request)
     running = abr.job(key) is not None
-    found = await abr.renditions(key, start=True)
+    found = await abr.start(key)
     if isinstance(found, AbrRefusal):
         return _abr_refused(found)
-    event(log, "admin_abr_start", stream=str(key), already_running=running, renditions=len(found))
+    event(log, "admin_abr_start", stream=str(key), already_running=running,
+          ready=sum(1 for o in found.live_outs() if o.ready.is_set()))
     return web.json_response({**abr.status(key), "started": not running})
 
 

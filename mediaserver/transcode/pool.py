@@ -149,10 +149,14 @@ class TranscodePool:
     # ----- for the admin API -------------------------------------------------------------------------------
 
     async def start(self, source: StreamKey) -> TranscodeJob | AbrRefusal:
-        job = await self._job(source, True)
-        assert job is not None
-        if isinstance(job, TranscodeJob):
-            job.last_used = self.clock()
+        """Start the job of `source` (or keep a running one in use) and wait (abr.wait) for its renditions."""
+        found = await self.renditions(source, start=True)
+        if isinstance(found, AbrRefusal):
+            return found
+        job = self.jobs.get(source)
+        if job is None or job.stopped:
+            return self._failed(source) or AbrRefusal(503, "stopped", f"the transcode of {source} stopped as it "
+                                                      "started", "see the server's log; try again")
         return job
 
     async def stop(self, source: StreamKey, reason: str = "stopped_by_operator") -> bool:
