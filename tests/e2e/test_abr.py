@@ -196,7 +196,7 @@ async def test_an_idle_job_stops_and_the_admin_api_starts_and_stops_one(abr_serv
             assert (await api(http, server, "POST", f"/streams/live/{stream_name}/abr"))[0] == 200
             assert (await api(http, server, "DELETE", f"/streams/live/{stream_name}/abr"))[0] == 200
         assert not workers_of(server.pid)
-        assert len(os.listdir(f"/proc/{server.pid}/fd")) <= fds
+        assert len(os.listdir(f"/proc/{server.pid}/fd")) <= fds + 2  # a leak would be 3 pipes a cycle
 
 
 async def test_a_240p_source_gets_409_and_a_spent_budget_503(abr_server, publish, media, stream_name):
