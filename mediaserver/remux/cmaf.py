@@ -1,6 +1,6 @@
 """CMAF: Frames in, fMP4 init segments, LL-HLS parts and segments out, for HLS and DASH alike.
 
-`CmafSegmenter` cuts one stream into CMAF tracks: a video track (H.264, HEVC or AV1; timescale
+`CmafSegmenter` cuts one stream into CMAF tracks: a video track (H.264, HEVC, AV1 or VP9; timescale
 90 kHz) and an audio track (AAC or Opus; timescale = the sample rate, 48 kHz for Opus). Each
 track has its own init segment and its own fragments, as CMAF (ISO/IEC 23000-19) and DASH
 (one AdaptationSet per track) want; HLS lists them as a video playlist with an audio rendition,
@@ -66,6 +66,7 @@ from ..media.h264 import iter_nal_units, parse_avc_config, parse_sps
 from ..media.hevc import parse_hevc_config, parse_hevc_sps
 from ..media.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
 from ..media.opus import packet_samples, parse_opus_head
+from ..media.vp9 import keyframe_size, parse_vpcc
 from .fmp4 import (
     AUDIO_TRUN,
     SAMPLE_NON_SYNC,
@@ -79,13 +80,14 @@ from .fmp4 import (
     init_segment,
     mp4a_sample_entry,
     opus_sample_entry,
+    vp09_sample_entry,
 )
 
 VIDEO = "video"
 AUDIO = "audio"
 TRACKS = (VIDEO, AUDIO)
 VIDEO_TIMESCALE = 90_000
-CARRIED_VIDEO = frozenset({"h264", "hevc", "av1"})
+CARRIED_VIDEO = frozenset({"h264", "hevc", "av1", "vp9"})
 CARRIED_AUDIO = frozenset({"aac", "opus"})
 
 DEFAULT_TARGET_DURATION_S = 2.0
@@ -114,7 +116,7 @@ class CmafInit:
     """1 for the track's first config, +1 at every change: part of the init's URI."""
     data: bytes
     codec: str
-    """The project's codec name: "h264", "hevc", "av1", "aac", "opus"."""
+    """The project's codec name: "h264", "hevc", "av1", "vp9", "aac", "opus"."""
     codec_string: str
     """RFC 6381 codecs parameter, e.g. "avc1.64001f", "mp4a.40.2", "opus"."""
     timescale: int
@@ -638,6 +640,10 @@ class CmafSegmenter:
             except MediaError:
                 pass
             entry = hvc1_sample_entry(raw, width, height)
+        elif codec == "vp9":
+            # vpcC holds no picture size: the init gets it from the first keyframe (_sized_vp9_init).
+            codec_string = parse_vpcc(raw).codec_string
+            entry = vp09_sample_entry(raw, width, height)
         else:
             av1 = parse_av1_config(raw)
             codec_string = av1.codec_string
@@ -654,6 +660,20 @@ class CmafSegmenter:
             timescale=VIDEO_TIMESCALE, width=width, height=height, frame_rate=frame_rate,
             nal_length_size=nal_length_size,
         )
+
+    def _sized_vp9_init(self, target: CmafInit, width: int, height: int) -> None:
+        """Give a VP9 init (made before any frame) the size its first keyframe declares, before it is used."""
+        entry = vp09_sample_entry(self._video.config_bytes or b"", width, height)
+        data = init_segment([InitTrack(_TRACK_IDS[VIDEO], b"vide", VIDEO_TIMESCALE, entry, width, height)])
+        sized = CmafInit(
+            track=VIDEO, version=target.version, data=data, codec=target.codec, codec_string=target.codec_string,
+            timescale=VIDEO_TIMESCALE, width=width, height=height,
+        )
+        v = self._video
+        if v.pending is target:
+            v.pending = sized
+        elif v.init is target:
+            v.init = sized
 
     def _audio_init(self, frame: Frame, version: int) -> CmafInit:
         raw = bytes(frame.payload)
@@ -716,6 +736,10 @@ class CmafSegmenter:
             payload = strip_temporal_delimiter(payload)
             for _ in iter_obus(payload):
                 pass
+        elif frame.codec == "vp9" and frame.keyframe and not target.width:
+            size = keyframe_size(payload)
+            if size is not None:
+                self._sized_vp9_init(target, *size)
         tick = frame.dts_ms * 90
         if v.open:
             step = tick - v.last_tick  # type: ignore[operator]

@@ -8,7 +8,7 @@ sample lives in fragments) and `mvex/trex` says fragments follow:
           trak  tkhd
                 mdia  mdhd  hdlr
                       minf  vmhd | smhd   dinf/dref/url
-                            stbl  stsd/(avc1+avcC | hvc1+hvcC | av01+av1C | mp4a+esds | Opus+dOps)
+                            stbl  stsd/(avc1+avcC | hvc1+hvcC | av01+av1C | vp09+vpcC | mp4a+esds | Opus+dOps)
                                   stts stsc stsz stco (all empty)
           mvex  trex
 
@@ -113,6 +113,11 @@ def hvc1_sample_entry(hvcc: bytes, width: int, height: int) -> bytes:
 def av01_sample_entry(av1c: bytes, width: int, height: int) -> bytes:
     """An av01 sample entry holding the AV1CodecConfigurationRecord as its av1C box."""
     return _visual_sample_entry(b"av01", width, height, box(b"av1C", av1c))
+
+
+def vp09_sample_entry(vpcc: bytes, width: int, height: int) -> bytes:
+    """A vp09 sample entry; `vpcc` is the vpcC box's payload (version and flags first), as FLV carries it."""
+    return _visual_sample_entry(b"vp09", width, height, box(b"vpcC", vpcc))
 
 
 def _audio_sample_entry(kind: bytes, channels: int, sample_rate: int, *children: bytes) -> bytes:

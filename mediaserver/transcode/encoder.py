@@ -22,6 +22,7 @@ from av.video.frame import PictureType
 from ..errors import MediaError
 from ..media import av1 as av1_media
 from ..media import hevc as hevc_media
+from ..media import vp9 as vp9_media
 from ..media.flv_body import build_tag
 from ..media.frames import FrameKind
 from ..media.h264 import annexb_to_avcc, build_avc_config, iter_annexb_nal_units
@@ -42,15 +43,6 @@ _EX_CODED_FRAMES = 1
 _EX_CODED_FRAMES_X = 3  # coded frames without the composition time (it is 0)
 _KEY = 1
 _INTER = 2
-
-# VP9 levels (Annex A): (level, max luma picture size, max luma sample rate).
-_VP9_LEVELS = (
-    (10, 36864, 829440), (11, 73728, 2764800), (20, 122880, 4608000), (21, 245760, 9216000),
-    (30, 552960, 20736000), (31, 983040, 36864000), (40, 2228224, 83558400), (41, 2228224, 160432128),
-    (50, 8912896, 311951360), (51, 8912896, 588251136), (52, 8912896, 1176502272),
-    (60, 35651584, 1176502272), (61, 35651584, 2353004544), (62, 35651584, 4706009088),
-)
-
 
 class EncoderError(MediaError):
     """A rung's encoder could not be opened or gave no usable sequence header."""
@@ -84,24 +76,9 @@ def encoder_options(rung: Rendition, keyint_frames: int) -> dict[str, str]:
     raise EncoderError(f"rung {rung.label}: codec {rung.codec!r} has no encoder; use h264, hevc, av1 or vp9")
 
 
-def vp9_level(width: int, height: int, fps: float) -> int:
-    size = width * height
-    rate = size * fps
-    for level, max_size, max_rate in _VP9_LEVELS:
-        if size <= max_size and rate <= max_rate:
-            return level
-    return _VP9_LEVELS[-1][0]
-
-
-def build_vpcc(width: int, height: int, fps: float) -> bytes:
-    """A VPCodecConfigurationRecord as FLV's vp09 sequence start carries it (version 1 and flags first):
-    profile 0, 8-bit 4:2:0 (chroma co-sited with luma), limited range, colours unspecified (2)."""
-    return bytes((1, 0, 0, 0, 0, vp9_level(width, height, fps), (8 << 4) | (1 << 1), 2, 2, 2, 0, 0))
-
-
 def _config_record(codec: str, extradata: bytes | None, width: int, height: int, fps: float) -> bytes:
     if codec == "vp9":
-        return build_vpcc(width, height, fps)
+        return vp9_media.build_vpcc(width, height, fps)
     if not extradata:
         raise EncoderError(f"the {ENCODERS[codec]} encoder gave no global header to build the {codec} sequence header from")
     if codec == "av1":

@@ -3,18 +3,27 @@
     python -m mediaserver.transcode.worker --job JSON
 
 The source video is decoded once; each decoded picture is scaled to every live rung, watermarked and
-encoded (encoder.RungEncoder) at the source's own timestamps, with a keyframe exactly at each source
+encoded (encoder.RungEncoder; the rungs in parallel threads, as the codec libraries release the GIL) at
+the source's own timestamps, with a keyframe exactly at each source
 keyframe, so segment N of every rendition starts at the same instant. Source audio is passed through as
 it came, released between the rungs' video so that each rendition's tags stay in time order.
 
 stdin is read by a thread into a queue, so the main thread can tell how far it is behind the newest source
-frame (its backlog). A worker that stays more than `max_backlog_ms` behind for SHED_AFTER_S sheds its
-lowest rung, down to one; the history the server feeds first, faster than real time, does not count: the
-backlog is judged only once the queue has drained once.
+frame (its backlog). Backlog alone is not falling behind: the history the server feeds first, and a file
+fed as fast as the worker takes it, queue up far ahead of the encoders while they run faster than real
+time. So the worker also measures how late it is against the wall clock (RealTimeClock: source time done
+vs wall time passed, from the moment it was most ahead), and one that stays more than `max_backlog_ms`
+behind on both for SHED_AFTER_S sheds its lowest rung, down to one.
 
 stdout carries only wire.py messages; logs go to stderr (fd 1 is pointed at stderr for everything else, so
-a library that prints cannot corrupt the wire). Exit codes: 0 at the end of the source, 2 for a bad job,
-3 after an ERROR message (a source the worker cannot decode, an unusable watermark or encoder setting).
+a library that prints cannot corrupt the wire). STATS carry frames_in, frames_out per rung, skipped,
+media_ms, speed, backlog_ms, late_ms, cpu_s and shed. Exit codes: 0 at the end of the source (after
+flushing every encoder), 2 for a bad job (nothing on stdout), 3 after an ERROR message, whose reason is
+- "codec": the source's video codec has no decoder here (a 415 for its ABR URLs);
+- "undecodable": no picture from the source's first frames, or a configuration the decoder refuses;
+- "input": stdin is not an FLV stream;
+- "watermark": the watermark file cannot be read (the message names it);
+- "encoder": a rung's encoder refused its settings or failed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import resource
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, BinaryIO
@@ -37,11 +47,12 @@ from av.video.reformatter import VideoReformatter
 
 from ..errors import MediaError
 from ..log import event
+from ..log import setup as setup_logging
 from ..media.flv_body import audio_frame, video_frame
 from ..media.frames import FrameKind
 from ..remux.flv import FlvReader, FlvTag
 from . import wire
-from .encoder import SCALE_INTERPOLATION, EncoderError, RungEncoder
+from .encoder import ENCODERS, SCALE_INTERPOLATION, EncoderError, RungEncoder
 from .interleave import Interleaver
 from .ladder import Rendition
 from .watermark import Watermark, WatermarkError, WatermarkSpec
@@ -58,6 +69,7 @@ QUEUE_TAGS = 8192
 """Source tags the reader may hold ahead of the encoders (about 100 s of 30 fps video + audio); the pipe
 pushes back beyond that."""
 EXIT_OK, EXIT_USAGE, EXIT_ERROR = 0, 2, 3
+_MS = Fraction(1, 1000)
 _COMMON_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                  Fraction(50), Fraction(60000, 1001), Fraction(60))
 
@@ -105,6 +117,8 @@ class Job:
         if not job.rungs or len(job.rungs) >= wire.AUDIO_TRACK:
             raise ValueError(f"a job needs 1..{wire.AUDIO_TRACK - 1} rungs, not {len(job.rungs)}")
         for rung in job.rungs:
+            if rung.codec not in ENCODERS:
+                raise ValueError(f"rung {rung.label}: codec {rung.codec!r} is not one of {', '.join(ENCODERS)}")
             if rung.width < 2 or rung.height < 2 or rung.width % 2 or rung.height % 2 or rung.video_kbps <= 0:
                 raise ValueError(f"rung {rung.label}: size {rung.width}x{rung.height} must be even and rate positive")
         if job.max_keyframe_interval_ms < 100 or job.stats_interval_s <= 0 or job.max_backlog_ms <= 0:
@@ -212,6 +226,7 @@ class Transcoder:
         self._fps: Fraction | None = None
         self._last_pts: int | None = None
         self._interleaver = Interleaver(len(self._rungs))
+        self._pool = ThreadPoolExecutor(max_workers=len(self._rungs), thread_name_prefix="rung")
         self.counters = _Counters(cpu_start=_cpu_seconds(), stats_wall=time.monotonic())
 
     # -- input
@@ -248,17 +263,17 @@ class Transcoder:
             return
         c.frames_in += 1
         if self._decoder is None:
-            c.skipped += 1
-            self._fed_without_picture += 1
             if frame.codec not in DECODERS:
                 raise SourceError("codec", f"the source's video codec {frame.codec} cannot be decoded; "
                                            f"publish {', '.join(DECODERS)} for ABR renditions")
             if frame.codec == "vp9":  # VP9 needs no configuration record to decode
                 self._configure("vp9", b"")
-            elif self._fed_without_picture > MAX_FRAMES_WITHOUT_PICTURE:
-                raise SourceError("undecodable", f"{frame.codec} video came without a sequence header; "
-                                                 "the publisher must send one before its frames")
-            if self._decoder is None:
+            else:
+                c.skipped += 1
+                self._fed_without_picture += 1
+                if self._fed_without_picture > MAX_FRAMES_WITHOUT_PICTURE:
+                    raise SourceError("undecodable", f"{frame.codec} video came without a sequence header; "
+                                                     "the publisher must send one before its frames")
                 return
         pts = frame.pts_ms
         if c.first_ms is None:
@@ -340,26 +355,38 @@ class Transcoder:
                 rung.encoder = RungEncoder(rung.rendition, self._fps, self.job.max_keyframe_interval_ms)
             except (EncoderError, MediaError) as exc:
                 raise SourceError("encoder", str(exc)) from exc
-        event(log, "worker_encoders_open", fps=float(self._fps), rungs=len(self._rungs))
+        event(log, "worker_encoders_open", stream=self.job.stream, fps=float(self._fps), rungs=len(self._rungs))
         for picture, keyframe in held:
             self._encode(picture, keyframe)
 
     def _encode(self, picture: Any, keyframe: bool) -> None:
+        live = [r for r in self._rungs if not r.shed and r.encoder is not None]
+        if len(live) > 1:
+            # The codec libraries release the GIL: the rungs scale and encode in parallel, and each
+            # picture is finished by all of them before the next (so the rungs stay in step).
+            futures = [self._pool.submit(self._encode_rung, rung, picture, keyframe) for rung in live]
+            results = [f.result() for f in futures]
+        else:
+            results = [self._encode_rung(rung, picture, keyframe) for rung in live]
         interleaver = self._interleaver
-        for rung in self._rungs:
-            if rung.shed or rung.encoder is None:
-                continue
-            r = rung.rendition
-            scaled = rung.reformatter.reformat(
-                picture, r.width, r.height, "yuv420p", interpolation=SCALE_INTERPOLATION, threads=1
-            )
-            if self._watermark is not None:
-                if scaled is picture:  # a source already at the rung's size: mark a copy, not the shared picture
-                    scaled = av.VideoFrame.from_ndarray(picture.to_ndarray(), format="yuv420p")
-                self._watermark.mark(scaled)
-            scaled.pts = picture.pts
-            for ms, tag in rung.encoder.encode(scaled, keyframe):
+        for rung, tags in zip(live, results):
+            for ms, tag in tags:
                 interleaver.video(rung.index, ms, wire.encode(wire.TAG, rung.index, tag))
+
+    def _encode_rung(self, rung: _Rung, picture: Any, keyframe: bool) -> list[tuple[int, bytes]]:
+        r = rung.rendition
+        scaled = rung.reformatter.reformat(
+            picture, r.width, r.height, "yuv420p", interpolation=SCALE_INTERPOLATION, threads=1
+        )
+        if self._watermark is not None:
+            if scaled is picture:  # a source already at the rung's size: mark a copy, not the shared picture
+                scaled = av.VideoFrame.from_ndarray(picture.to_ndarray(), format="yuv420p")
+            self._watermark.mark(scaled)
+        scaled.pts = picture.pts
+        try:
+            return rung.encoder.encode(scaled, keyframe)  # type: ignore[union-attr]
+        except (av.FFmpegError, MediaError) as exc:
+            raise SourceError("encoder", f"rung {r.label}: the {r.codec} encoder failed: {exc}") from exc
 
     def finish(self) -> None:
         """The source ended: decode and encode what remains, then release all audio."""
@@ -374,9 +401,6 @@ class Transcoder:
         self.out.extend(self._interleaver.release(final=True))
 
     # -- load
-
-    def live_rungs(self) -> int:
-        return sum(1 for r in self._rungs if not r.shed)
 
     def shed_lowest(self) -> str | None:
         """Stop encoding the lowest live rung (keeping at least one); its label, or None."""
@@ -408,10 +432,21 @@ class Transcoder:
         }
 
 
-_MS = Fraction(1, 1000)
-
-
 # -- process main --------------------------------------------------------------------------------------
+
+
+class RealTimeClock:
+    """How far processing is behind real time: wall time passed minus source time done, counted from the
+    point where processing was furthest ahead (a burst of history moves that point, so it never counts)."""
+
+    def __init__(self) -> None:
+        self._lead: float | None = None  # min over the past of (wall ms - source ms)
+
+    def late_ms(self, source_ms: int, now: float) -> int:
+        offset = now * 1000.0 - source_ms
+        if self._lead is None or offset < self._lead:
+            self._lead = offset
+        return int(offset - self._lead)
 
 
 class Worker:
@@ -422,7 +457,8 @@ class Worker:
         self._sink = sink
         self._tags: queue.Queue[FlvTag | _End] = queue.Queue(maxsize=QUEUE_TAGS)
         self._reader = SourceReader(source, self._tags)
-        self._drained = False
+        self._clock = RealTimeClock()
+        self._late_ms = 0
         self._behind_since: float | None = None
 
     def run(self) -> int:
@@ -441,7 +477,6 @@ class Worker:
                     item = self._tags.get(timeout=max(0.0, next_stats - time.monotonic()))
                 except queue.Empty:
                     item = None
-                    self._drained = True
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise SourceError("input", f"the source is not a valid FLV stream: {item.error}")
@@ -452,16 +487,15 @@ class Worker:
                 if item is not None:
                     if item.kind != FrameKind.DATA:
                         current_ms = item.timestamp_ms
+                        self._late_ms = self._clock.late_ms(current_ms, time.monotonic())
                     transcoder.feed(item)
-                    if self._tags.empty():
-                        self._drained = True
                 if transcoder.out and (len(transcoder.out) >= 64 or self._tags.empty()):
                     self._write(transcoder.out)
                 now = time.monotonic()
                 if now >= next_stats:
                     backlog = self._backlog(current_ms)
                     self._judge(transcoder, backlog, now)
-                    self._write([wire.encode_json(wire.STATS, transcoder.stats(backlog))])
+                    self._write([wire.encode_json(wire.STATS, {**transcoder.stats(backlog), "late_ms": self._late_ms})])
                     next_stats = now + job.stats_interval_s
         except SourceError as exc:
             self._write(transcoder.out)
@@ -474,8 +508,8 @@ class Worker:
         return max(0, newest - current_ms)
 
     def _judge(self, transcoder: Transcoder, backlog: int, now: float) -> None:
-        """Shed the lowest rung after SHED_AFTER_S over the backlog limit (the first burst excepted)."""
-        if not self._drained or backlog <= self.job.max_backlog_ms:
+        """Shed the lowest rung after SHED_AFTER_S over the backlog limit and as late against real time."""
+        if min(backlog, self._late_ms) <= self.job.max_backlog_ms:
             self._behind_since = None
             return
         if self._behind_since is None:
@@ -502,8 +536,10 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mediaserver.transcode.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--job", required=True, help="the job as JSON (stream, rungs, watermark, limits)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help="as the server's [log] format")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         job = Job.from_json(args.job)
     except (ValueError, MediaError) as exc:

@@ -27,6 +27,7 @@ _VIDEO_ENCODERS = {
     "h264": ["-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-x264-params", "b-adapt=0", "-sc_threshold", "0"],
     "hevc": ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error:bframes=2:scenecut=0"],
     "av1": ["-c:v", "libsvtav1", "-preset", "12", "-svtav1-params", "lp=2"],
+    "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-lag-in-frames", "0"],
 }
 _AUDIO_ENCODERS = {
     "aac": ["-c:a", "aac", "-b:a", "96k"],
@@ -88,7 +89,7 @@ def codec_clip(
 ) -> list[Frame]:
     """Encode a clip (test pattern and/or tone) with the given codecs; returns its Frames.
 
-    `video` is "h264", "hevc", "av1" or None; `audio` is "aac", "opus" or None. Keyframes come every
+    `video` is "h264", "hevc", "av1", "vp9" or None; `audio` is "aac", "opus" or None. Keyframes come every
     `gop_frames` exactly.
     """
     key = (video, audio, width, height, fps, seconds, gop_frames, sample_rate, channels)

@@ -402,11 +402,11 @@ def test_a_malformed_opus_packet_raises_media_error() -> None:
 
 def test_codecs_cmaf_does_not_carry_are_skipped_and_the_rest_carries_on() -> None:
     frames = codec_clip("h264", "aac")
-    vp9 = [video_frame(b"\x90vp09" + bytes(12), 0), video_frame(b"\x91vp09" + bytes(20), 0)]
+    vp6 = [video_frame(b"\x14" + bytes(20), 0), video_frame(b"\x24" + bytes(20), 0)]  # FLV codec id 4
     mp3 = [audio_frame(b"\x2f" + b"\xff\xfb\x90\x00" + bytes(50), 0)]
     segmenter = CmafSegmenter()
-    items = run(vp9 + mp3 + frames, segmenter)
-    assert segmenter.skipped_codecs == {"vp9", "mp3"}
+    items = run(vp6 + mp3 + frames, segmenter)
+    assert segmenter.skipped_codecs == {"vp6", "mp3"}
     assert len(segments_of(items, VIDEO)) == 3
 
 

@@ -136,7 +136,7 @@ def check_mpd(text: str, window: CmafWindow, now: float, produced: dict[tuple[st
 # -- live ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("video", "audio"), [("h264", "aac"), ("hevc", "opus"), ("av1", "opus")])
+@pytest.mark.parametrize(("video", "audio"), [("h264", "aac"), ("hevc", "opus"), ("av1", "opus"), ("vp9", "opus")])
 def test_live_mpd_lists_what_exists_at_every_step(video: str, audio: str) -> None:
     window = CmafWindow(listed=3)
     feeder = Feeder(window)
