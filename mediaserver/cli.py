@@ -44,6 +44,7 @@ from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
 from .transcode.health_monitor import HealthWatch
+from .transcode.job import worker_command
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
 
@@ -316,7 +317,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
-    abr = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname())
+    abr = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
+                        command=worker_command(config.log.level, config.log.format))
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream

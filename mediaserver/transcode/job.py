@@ -127,7 +127,6 @@ class TranscodeJob:
         self.cpu_seconds = 0.0
         self.error: tuple[str, str] | None = None
         """(reason, message) from the worker's ERROR, or of a worker that keeps failing."""
-        self.error_status = 415
         self.stop_reason = ""
         self.cpu_counted: Callable[[float], None] = lambda s: None
         self.restart_counted: Callable[[], None] = lambda: None
@@ -189,7 +188,6 @@ class TranscodeJob:
                 if failures > MAX_FAILURES:
                     self.error = ("worker_failing", f"the transcoder worker failed {MAX_FAILURES} times in a row "
                                   f"(last: {outcome}); see the server's log")
-                    self.error_status = 503
                     event(log, "transcode_worker_failing", logging.ERROR, stream=str(self.source), outcome=outcome,
                           failures=MAX_FAILURES, action="transcode stopped",
                           hint="the worker's traceback is in this log")
@@ -463,9 +461,10 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def worker_command() -> list[str]:
-    """How the pool starts a worker: this interpreter, the worker module."""
-    return [sys.executable, "-m", "mediaserver.transcode.worker"]
+def worker_command(log_level: str = "info", log_format: str = "text") -> list[str]:
+    """How the pool starts a worker: this interpreter, the worker module, logging as the server does (to
+    the server's stderr, which the worker inherits)."""
+    return [sys.executable, "-m", "mediaserver.transcode.worker", "--log-level", log_level, "--log-format", log_format]
 
 
 def cpu_count() -> int:

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 DECODABLE = frozenset({"h264", "hevc", "av1", "vp9"})
 """Source video codecs the workers decode (PyAV)."""
+SOURCE_ERRORS = frozenset({"codec", "undecodable", "input"})
+"""A worker's ERROR reasons that are the source's fault (415); others (watermark, encoder, a worker that
+keeps failing) are the node's (503)."""
 ERROR_KEPT_S = 60.0
 """How long a worker's ERROR (a source it cannot decode) is answered without starting another worker."""
 REFUSAL_LOG_INTERVAL_S = 30.0
@@ -284,11 +287,13 @@ class TranscodePool:
             del self.jobs[job.source]
         if job.error is not None:
             reason, message = job.error
-            hint = ("the source plays as it is; publish H.264 or HEVC video the workers can decode"
-                    if job.error_status == 415 else "the source plays as it is; an operator should read the log")
+            status = 415 if reason in SOURCE_ERRORS else 503
+            hint = ("the source plays as it is; publish H.264, HEVC, AV1 or VP9 video the workers can decode"
+                    if status == 415 else "the source plays as it is; an operator should fix what the server's "
+                    "log names ([watermark], [[abr.ladder]]) and start it again")
             self.failed[job.source] = (AbrRefusal(
-                job.error_status, reason, f"the transcoder cannot make renditions of stream {job.source}: {message}",
-                hint), self.clock() + ERROR_KEPT_S)
+                status, reason, f"the transcoder cannot make renditions of stream {job.source}: {message}", hint),
+                self.clock() + ERROR_KEPT_S)
         event(log, "transcode_stopped", stream=str(job.source), reason=job.stop_reason or "worker_gone",
               restarts=job.restarts, cpu_s=round(job.cpu_seconds, 2), jobs=len(self.jobs))
 

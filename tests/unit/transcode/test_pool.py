@@ -316,17 +316,18 @@ async def test_a_worker_killed_with_sigkill_is_restarted(registry):
         await pool.close()
 
 
-async def test_a_worker_error_stops_the_job_and_is_answered_415(registry):
+@pytest.mark.parametrize("reason, status", [("undecodable", 415), ("codec", 415), ("encoder", 503)])
+async def test_a_worker_error_stops_the_job_and_is_answered_with_its_reason(registry, reason, status):
     source = Source(registry)
     source.publish_some(30)
-    pool = make_pool(registry, "--error", "undecodable", "--after", "5")
+    pool = make_pool(registry, "--error", reason, "--after", "5")
     try:
         await pool.renditions(SOURCE)
         await eventually(lambda: pool.job(SOURCE) is None, what="the job to stop")
         refused = await pool.renditions(SOURCE)
-        assert isinstance(refused, AbrRefusal) and refused.status == 415 and refused.reason == "undecodable"
+        assert isinstance(refused, AbrRefusal) and refused.status == status and refused.reason == reason
         assert "cannot decode" in refused.error
-        assert pool.status(SOURCE)["refusal"]["status"] == 415
+        assert pool.status(SOURCE)["refusal"]["status"] == status
     finally:
         await pool.close()
 
