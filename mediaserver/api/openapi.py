@@ -202,7 +202,11 @@ def openapi_document() -> dict[str, Any]:
                     "cpu_percent": {"type": ["number", "null"], "description": "The worker's CPU (100 = one core)."},
                     "cpu_seconds": {"type": "number"}, "speed": {"type": ["number", "null"],
                                                              "description": "Media time over real time; < 1 is behind."},
-                    "backlog_ms": {"type": ["number", "null"]}, "restarts": {"type": "integer"},
+                    "backlog_ms": {"type": ["number", "null"], "description": "Source media queued ahead of the "
+                                                                           "encoders."},
+                    "late_ms": {"type": ["number", "null"], "description": "How far behind the wall clock the "
+                                                                       "worker is."},
+                    "restarts": {"type": "integer"},
                     "shed": {"type": "array", "items": {"type": "string"},
                              "description": "Rungs dropped because the worker fell behind real time."},
                     "started_at": {"type": "number", "description": "Unix seconds."},

@@ -123,6 +123,8 @@ class TranscodeJob:
         self.pid: int | None = None
         self.speed: float | None = None
         self.backlog_ms: float | None = None
+        self.late_ms: float | None = None
+        """How far the worker is behind the wall clock (it sheds a rung when it stays behind)."""
         self.cpu_percent: float | None = None
         self.cpu_seconds = 0.0
         self.error: tuple[str, str] | None = None
@@ -406,6 +408,7 @@ class TranscodeJob:
         speed = _number(value.get("speed"))
         self.speed = speed
         self.backlog_ms = _number(value.get("backlog_ms"))
+        self.late_ms = _number(value.get("late_ms"))
         cpu = _number(value.get("cpu_s"))
         if cpu is not None:
             delta = max(0.0, cpu - life.cpu_last)
@@ -448,7 +451,8 @@ class TranscodeJob:
         return {
             "source": str(self.source), "pid": self.pid if not self.stopped else None, "state": self.state.value,
             "renditions": renditions, "cpu_percent": self.cpu_percent, "cpu_seconds": round(self.cpu_seconds, 3),
-            "speed": self.speed, "backlog_ms": self.backlog_ms, "restarts": self.restarts,
+            "speed": self.speed, "backlog_ms": self.backlog_ms, "late_ms": self.late_ms,
+            "restarts": self.restarts,
             "shed": [o.rung.label for o in self.outs if o.shed], "started_at": self.started_at,
             "skipped": self.renditions.skipped,
             "error": {"reason": self.error[0], "message": self.error[1]} if self.error else None,
