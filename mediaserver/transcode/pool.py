@@ -152,11 +152,15 @@ class TranscodePool:
     # ----- for the admin API -------------------------------------------------------------------------------
 
     async def start(self, source: StreamKey) -> TranscodeJob | AbrRefusal:
-        """Start the job of `source` (or keep a running one in use) and wait (abr.wait) for its renditions."""
+        """Start the job of `source` (or keep a running one in use) and wait (abr.wait) for its renditions.
+        An operator's start tries again at once after a worker's error."""
+        self.failed.pop(source, None)
         found = await self.renditions(source, start=True)
         if isinstance(found, AbrRefusal):
             return found
         job = self.jobs.get(source)
+        if job is not None and job.stopped:
+            await job.wait_stopped()  # then its error, if any, is known
         if job is None or job.stopped:
             return self._failed(source) or AbrRefusal(503, "stopped", f"the transcode of {source} stopped as it "
                                                       "started", "see the server's log; try again")
@@ -291,9 +295,11 @@ class TranscodePool:
             hint = ("the source plays as it is; publish H.264, HEVC, AV1 or VP9 video the workers can decode"
                     if status == 415 else "the source plays as it is; an operator should fix what the server's "
                     "log names ([watermark], [[abr.ladder]]) and start it again")
+            now = self.clock()
+            self.failed = {k: v for k, v in self.failed.items() if v[1] > now}
             self.failed[job.source] = (AbrRefusal(
                 status, reason, f"the transcoder cannot make renditions of stream {job.source}: {message}", hint),
-                self.clock() + ERROR_KEPT_S)
+                now + ERROR_KEPT_S)
         event(log, "transcode_stopped", stream=str(job.source), reason=job.stop_reason or "worker_gone",
               restarts=job.restarts, cpu_s=round(job.cpu_seconds, 2), jobs=len(self.jobs))
 

@@ -328,6 +328,9 @@ async def test_a_worker_error_stops_the_job_and_is_answered_with_its_reason(regi
         assert isinstance(refused, AbrRefusal) and refused.status == status and refused.reason == reason
         assert "cannot decode" in refused.error
         assert pool.status(SOURCE)["refusal"]["status"] == status
+        assert pool.job(SOURCE) is None
+        started = await pool.start(SOURCE)  # an operator tries again at once: the worker is asked again
+        assert isinstance(started, AbrRefusal) and started.reason == reason
     finally:
         await pool.close()
 
