@@ -31,11 +31,12 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import METRICS
+from .edge.keys import ABR, METRICS
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
-from .gate import ABR, Gate, Refusal
+from .gate import ABR as ABR_REFUSAL
+from .gate import Gate, Refusal
 from .hub.gop import GopLimits
 from .hub.rate import RateMeter
 from .hub.registry import RegistryPolicy, StreamRegistry
@@ -300,7 +301,7 @@ def rendition_locate(abr: TranscodePool, registry: StreamRegistry, cluster: Clus
                     return found
         found = await abr.locate(key)
         if isinstance(found, AbrRefusal):
-            return Refusal(ABR, found.reason, found.error, found.hint, status=found.status)
+            return Refusal(ABR_REFUSAL, found.reason, found.error, found.hint, status=found.status)
         return found
 
     return locate
@@ -360,6 +361,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
                                                    config.http.header_timeout))
     app[METRICS].connections = connections
     app[METRICS].abr = abr
+    app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
