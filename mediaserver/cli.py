@@ -31,18 +31,23 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import METRICS
+from .edge.keys import ABR, METRICS
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
-from .gate import Gate
+from .gate import ABR as ABR_REFUSAL
+from .gate import Gate, Refusal
 from .hub.gop import GopLimits
 from .hub.rate import RateMeter
 from .hub.registry import RegistryPolicy, StreamRegistry
+from .hub.stream import StreamKey
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
 from .transcode.health_monitor import HealthWatch
+from .transcode.job import worker_command
+from .transcode.pool import TranscodePool
+from .transcode.service import AbrRefusal
 
 log = logging.getLogger("mediaserver")
 
@@ -281,6 +286,27 @@ def _key(name: str):
 # ----- end of cluster ----------------------------------------------------------------------------------
 
 
+def rendition_locate(abr: TranscodePool, registry: StreamRegistry, cluster: ClusterWiring | None):
+    """The gate's rendition_locate: a viewer named APP/STREAM@LABEL that is not live here. The source is
+    pulled first on a node that pulls for its viewers; then its transcode is started (or joined)."""
+    from .auth.names import split_rendition
+
+    async def locate(key: StreamKey, address: str):
+        source = StreamKey(key.app, split_rendition(key.name)[0])
+        if cluster is not None and cluster.role in ("edge", "both"):
+            local = registry.get(source)
+            if local is None or local.ended:
+                found = await cluster.locate(source, address)
+                if found is None or isinstance(found, Refusal):
+                    return found
+        found = await abr.locate(key)
+        if isinstance(found, AbrRefusal):
+            return Refusal(ABR_REFUSAL, found.reason, found.error, found.hint, status=found.status)
+        return found
+
+    return locate
+
+
 async def serve(config: Config, stop: asyncio.Event) -> None:
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
@@ -292,12 +318,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    abr = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
+                        command=worker_command(config.log.level, config.log.format))
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream
         # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
         play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
+        rendition_locate=rendition_locate(abr, registry, cluster),
     )
+    abr.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
@@ -310,6 +340,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
+        abr=abr,
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
@@ -329,6 +360,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
                                                    config.http.header_timeout))
     app[METRICS].connections = connections
+    app[METRICS].abr = abr
+    app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
@@ -341,6 +374,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await rtmp.close()
         if cluster is not None:  # cluster
             await cluster.close()
+        await abr.close()
         raise ConfigError(
             f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
@@ -353,6 +387,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
+    await abr.close()  # every worker process stopped and waited for
     registry.close_all("server_shutdown")
     if health is not None:
         await health.close()

@@ -5,7 +5,8 @@ their own answer (an onStatus code, an HTTP status); neither holds an admission 
 
     publish: name rule -> reserved app -> credential (stream key, token, block) -> publishers per app
              -> on_publish webhook (may rename: the limit is checked again) -> cluster claim
-    play:    name rule -> play token -> locate (an edge pulls a stream another node publishes)
+    play:    name rule -> play token (of the source, for a rendition STREAM@LABEL) -> locate (an edge pulls a
+             stream another node publishes; a rendition's transcode starts)
              -> (not published anywhere: allowed, with nothing to watch) -> viewers per stream -> on_play webhook
 
 Play admission locates first, so the viewers limit and the on_play hook apply to every viewer, the first
@@ -43,7 +44,7 @@ from typing import Any
 from .auth.admission import Admission
 from .auth.hooks import HookRequest, HookVerdict
 from .auth.limits import LimitExceeded
-from .auth.names import NAME_RULE, RESERVED_APPS, redacted, valid_name
+from .auth.names import NAME_RULE, RESERVED_APPS, redacted, split_rendition, valid_name, valid_play_name
 from .auth.tokens import AuthError, normalize_address
 from .hub.registry import StreamRegistry
 from .hub.stream import Stream, StreamKey
@@ -56,6 +57,9 @@ PublishClaim = Callable[[StreamKey], Awaitable[str | None]]
 PlayLocate = Callable[[StreamKey, str], Awaitable["Stream | Refusal | None"]]
 """(stream, client address) -> the local stream, pulled first when another node publishes it; None when
 no node does; a Refusal (kind "limit") when the node's pull bounds refuse to start one for this client."""
+RenditionLocate = Callable[[StreamKey, str], Awaitable["Stream | Refusal | None"]]
+"""(APP/STREAM@LABEL, client address) -> the rendition's local stream, its transcode started first; a Refusal
+(kind "abr", with its HTTP status) when it cannot be made."""
 
 HLS_VERDICTS_MAX = 100_000
 
@@ -64,6 +68,7 @@ CREDENTIAL = "credential"
 LIMIT = "limit"
 HOOK = "hook"
 TAKEN = "taken"
+ABR = "abr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,8 @@ class Refusal:
     hint: str = ""
     """What to do about it, for answers that carry a hint (HTTP)."""
     limit: LimitExceeded | None = None
+    status: int = 0
+    """The HTTP status of an "abr" refusal (404, 409, 415, 503)."""
 
 
 @dataclass(slots=True)
@@ -118,6 +125,7 @@ class Gate:
         *,
         publish_claim: PublishClaim | None = None,
         play_locate: PlayLocate | None = None,
+        rendition_locate: RenditionLocate | None = None,
         hls_reuse_s: float = 30.0,
         log_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -128,6 +136,8 @@ class Gate:
         self.publish_claim = publish_claim
         self.play_locate = play_locate
         """Set on nodes that pull for their viewers (cluster roles edge and both)."""
+        self.rendition_locate = rendition_locate
+        """Set when ABR is on: starts the transcode of a rendition a viewer names (STREAM@LABEL)."""
         self.hls_reuse_s = hls_reuse_s
         """How long an on_play answer is reused for an HLS client (it makes a request every few seconds)."""
         self.clock = clock
@@ -228,12 +238,13 @@ class Gate:
         address = normalize_address(address)
         verdict = Verdict(None, address=address, protocol=protocol)
         admission = self.admission
-        if not (valid_name(app) and valid_name(name)):
+        if not (valid_name(app) and valid_play_name(name)):
             verdict.refusal = Refusal(NAME, "bad_name", NAME_RULE)
             return verdict
         key = verdict.key = StreamKey(app, name)
-        try:
-            grant = admission.policy.authorize_play(app, name, token, address, self.wall_clock())
+        base, label = split_rendition(name)
+        try:  # a rendition is played with the credential of its source: a token for demo plays demo@360p
+            grant = admission.policy.authorize_play(app, base, token, address, self.wall_clock())
         except AuthError as err:
             verdict.refusal = Refusal(CREDENTIAL, err.reason, str(err))
             await self._refused("play", err.reason, err.subject, verdict, logger)
@@ -242,8 +253,9 @@ class Gate:
             verdict.play_token = token
         verdict.params = {k: v for k, v in query.items() if not (grant is not None and k == "token")}
         stream = self.registry.get(key)
-        if (stream is None or stream.ended) and self.play_locate is not None:
-            located = await self.play_locate(key, address)
+        locate = self.rendition_locate if label is not None else self.play_locate
+        if (stream is None or stream.ended) and locate is not None:
+            located = await locate(key, address)
             if isinstance(located, Refusal):
                 verdict.refusal = located
                 return verdict

@@ -14,6 +14,9 @@
 | DELETE blocks/{app}/{name}                         | lift a block                                   |
 | POST   tokens                                      | mint a play or publish token                   |
 | GET    nodes                                       | every node with a heartbeat (standalone: this) |
+| GET    streams/{app}/{name}/abr                    | the stream's transcode: renditions, CPU, state  |
+| POST   streams/{app}/{name}/abr                    | start it (waits for its renditions, abr.wait)  |
+| DELETE streams/{app}/{name}/abr                    | stop it; its renditions end                    |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -42,7 +45,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..auth import cors
-from ..auth.names import NAME_RULE, valid_name
+from ..auth.names import NAME_RULE, split_rendition, valid_name, valid_play_name
 from ..auth.policy import AccessPolicy
 from ..auth.tokens import Action, bearer_matches, bearer_token
 from ..errors import UsageError
@@ -50,6 +53,8 @@ from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
+from ..transcode.pool import TranscodePool
+from ..transcode.service import AbrRefusal
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,8 @@ class AdminDeps:
     """The cluster's node records. None: standalone (this node only)."""
     cluster_streams: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
     """Every stream in the cluster with viewers added up across nodes (GET streams?scope=cluster)."""
+    abr: TranscodePool | None = None
+    """This node's transcode jobs (streams/APP/NAME/abr, and "abr" in each stream's description)."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -198,15 +205,16 @@ async def _check_token(request: web.Request, deps: AdminDeps) -> None:
 # ----- request helpers -----------------------------------------------------------------------------
 
 
-def _key(request: web.Request) -> StreamKey:
+def _key(request: web.Request, rendition: bool = False) -> StreamKey:
+    """The stream named in the path; `rendition` also accepts STREAM@LABEL (a transcoded rendition)."""
     app, name = request.match_info["app"], request.match_info["name"]
-    if not (valid_name(app) and valid_name(name)):
+    if not (valid_name(app) and (valid_play_name(name) if rendition else valid_name(name))):
         raise ApiError(400, "invalid stream name", NAME_RULE)
     return StreamKey(app, name)
 
 
 def _stream(request: web.Request) -> Stream:
-    key = _key(request)
+    key = _key(request, rendition=True)
     stream = request.app[DEPS].registry.get(key)
     if stream is None or stream.ended:
         raise ApiError(404, f"stream {key} is not being published",
@@ -256,9 +264,14 @@ def _text(body: dict[str, Any], name: str, default: str = "", max_len: int = 128
 
 
 def describe_stream(stream: Stream, rates: StreamRates | None, now: float,
-                    health: Callable[[StreamKey], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+                    health: Callable[[StreamKey], dict[str, Any] | None] | None = None,
+                    abr: TranscodePool | None = None) -> dict[str, Any]:
     snap = stream.snapshot(now)
     snap["health"] = health(stream.key) if health is not None else None
+    if abr is not None:
+        source, label = split_rendition(stream.key.name)
+        snap["abr"] = (abr.status(stream.key) if label is None
+                       else {"rendition_of": str(StreamKey(stream.key.app, source)), "label": label})
     meta = stream.info.metadata_values
     declared = {
         k.removesuffix("datarate"): round(v, 1)
@@ -306,14 +319,15 @@ async def list_streams(request: web.Request) -> web.Response:
     now = deps.registry.clock()
     rates = request.app[RATES]
     streams = sorted(deps.registry.streams(), key=lambda s: (s.key.app, s.key.name))
-    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health) for s in streams
+    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health, deps.abr) for s in streams
                                             if not s.ended]})
 
 
 async def get_stream(request: web.Request) -> web.Response:
     stream = _stream(request)
     now = request.app[DEPS].registry.clock()
-    body = describe_stream(stream, request.app[RATES], now, request.app[DEPS].health)
+    deps = request.app[DEPS]
+    body = describe_stream(stream, request.app[RATES], now, deps.health, deps.abr)
     body["viewer_list"] = [describe_viewer(s, asyncio.get_running_loop().time())
                            for s in sorted(stream.subscribers, key=lambda s: s.id)][:1000]
     return web.json_response(body)
@@ -456,6 +470,45 @@ async def list_nodes(request: web.Request) -> web.Response:
     }]})
 
 
+def _abr(request: web.Request) -> tuple[TranscodePool, StreamKey]:
+    abr = request.app[DEPS].abr
+    key = _key(request)
+    if abr is None:
+        raise ApiError(404, "this node runs no transcodes", "ABR is not set up in this server")
+    return abr, key
+
+
+def _abr_refused(refusal: AbrRefusal) -> web.Response:
+    headers = {"Retry-After": "10"} if refusal.status == 503 else None
+    return web.json_response({"error": refusal.error, "hint": refusal.hint, "reason": refusal.reason},
+                             status=refusal.status, headers=headers)
+
+
+async def get_abr(request: web.Request) -> web.Response:
+    abr, key = _abr(request)
+    return web.json_response(abr.status(key))
+
+
+async def start_abr(request: web.Request) -> web.Response:
+    abr, key = _abr(request)
+    running = abr.job(key) is not None
+    found = await abr.start(key)
+    if isinstance(found, AbrRefusal):
+        return _abr_refused(found)
+    event(log, "admin_abr_start", stream=str(key), already_running=running,
+          ready=sum(1 for o in found.live_outs() if o.ready.is_set()))
+    return web.json_response({**abr.status(key), "started": not running})
+
+
+async def stop_abr(request: web.Request) -> web.Response:
+    abr, key = _abr(request)
+    if not await abr.stop(key):
+        raise ApiError(404, f"stream {key} is not being transcoded",
+                       f"GET /api/v1/streams/{key}/abr says whether it is")
+    event(log, "admin_abr_stop", stream=str(key))
+    return web.json_response({**abr.status(key), "stopped": True})
+
+
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/openapi.json", get_openapi, "openapi"),
     ("GET", "/streams", list_streams, "list_streams"),
@@ -469,6 +522,9 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("DELETE", "/blocks/{app}/{name}", delete_block, "delete_block"),
     ("POST", "/tokens", mint_token, "mint_token"),
     ("GET", "/nodes", list_nodes, "list_nodes"),
+    ("GET", "/streams/{app}/{name}/abr", get_abr, "get_abr"),
+    ("POST", "/streams/{app}/{name}/abr", start_abr, "start_abr"),
+    ("DELETE", "/streams/{app}/{name}/abr", stop_abr, "stop_abr"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
 

@@ -59,7 +59,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "mediaserver admin API",
             "version": __version__,
             "description": "Operate a live-streaming node: list streams and viewers, kick publishers and viewers, "
-                           "block stream names, mint tokens. Every route but this document needs "
+                           "block stream names, mint tokens, start and stop transcodes (ABR). Every route but this document needs "
                            "`Authorization: Bearer $MEDIASERVER_ADMIN_TOKEN`. Errors are `{error, hint}`.",
         },
         "servers": [{"url": "/api/v1"}],
@@ -130,6 +130,21 @@ def openapi_document() -> dict[str, Any]:
                         "ttl": {"type": "number", "minimum": 1, "default": 3600},
                         "ip": {"type": "string", "description": "Bind the token to this client address."}}}}}},
                 extra={"409": {"$ref": "#/components/responses/Conflict"}})},
+            "/streams/{app}/{name}/abr": {
+                "get": _op("get_abr", "The stream's transcode (ABR): whether it runs, its renditions with their "
+                           "viewers and bit rates, its worker's CPU, speed and restarts.",
+                           _json(_ref("Abr"), "The transcode's state."), params=_STREAM_PARAMS, not_found=True),
+                "post": _op("start_abr", "Start the stream's transcode (or keep a running one in use) and wait up to "
+                            "abr.wait seconds for its renditions' first keyframes.",
+                            _json(_ref("Abr"), "Running; `started` is false when it already ran."),
+                            params=_STREAM_PARAMS, not_found=True, extra={
+                                "409": _json(_ref("AbrRefusal"), "No rung of the ladder is below the source."),
+                                "415": _json(_ref("AbrRefusal"), "The workers cannot decode the source."),
+                                "503": _json(_ref("AbrRefusal"), "This node's transcode budget (abr.max_jobs) is "
+                                                                 "spent, or the API is disabled.")}),
+                "delete": _op("stop_abr", "Stop the stream's transcode; its renditions end, the source goes on.",
+                              _json(_ref("Abr"), "Stopped."), params=_STREAM_PARAMS, not_found=True),
+            },
             "/nodes": {"get": _op("list_nodes", "The nodes of the cluster from Redis (this node alone when standalone).",
                                   _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
                                         "The nodes."))},
@@ -169,7 +184,40 @@ def openapi_document() -> dict[str, Any]:
                     "bad_sequence_headers": {"type": "integer",
                                              "description": "Malformed codec configurations the publisher sent."},
                     "gop_cache_bytes": {"type": "integer"},
+                    "abr": {"type": "object", "description": "The stream's transcode (see Abr), or for a rendition "
+                                                           "{rendition_of, label}; absent when ABR is not set up."},
                 }},
+                "Abr": {"type": "object", "properties": {
+                    "running": {"type": "boolean"}, "enabled": {"type": "boolean",
+                                                                "description": "ABR applies to the stream's app."},
+                    "source": {"type": "string"}, "node": {"type": "string"}, "pid": {"type": ["integer", "null"]},
+                    "state": {"enum": ["starting", "running", "restarting", "stopped"]},
+                    "renditions": {"type": "array", "items": {"type": "object", "properties": {
+                        "label": {"type": "string"}, "stream": {"type": "string", "description": "APP/STREAM@LABEL"},
+                        "width": {"type": "integer"}, "height": {"type": "integer"}, "codec": {"type": "string"},
+                        "video_kbps": {"type": "integer", "description": "The rung's configured bit rate."},
+                        "kbps": {"type": ["number", "null"], "description": "Measured, over the last second."},
+                        "ready": {"type": "boolean"}, "shed": {"type": "boolean"}, "viewers": {"type": "integer"},
+                        "packagers": {"type": "integer"}}}},
+                    "cpu_percent": {"type": ["number", "null"], "description": "The worker's CPU (100 = one core)."},
+                    "cpu_seconds": {"type": "number"}, "speed": {"type": ["number", "null"],
+                                                             "description": "Media time over real time; < 1 is behind."},
+                    "backlog_ms": {"type": ["number", "null"], "description": "Source media queued ahead of the "
+                                                                           "encoders."},
+                    "late_ms": {"type": ["number", "null"], "description": "How far behind the wall clock the "
+                                                                       "worker is."},
+                    "restarts": {"type": "integer"},
+                    "shed": {"type": "array", "items": {"type": "string"},
+                             "description": "Rungs dropped because the worker fell behind real time."},
+                    "started_at": {"type": "number", "description": "Unix seconds."},
+                    "refused": {"type": "object", "additionalProperties": {"type": "integer"},
+                                "description": "Requests for this stream's renditions refused, by reason."},
+                    "refusal": {"type": "object", "description": "Why it cannot run (kept for a while after a "
+                                                                 "worker's error)."}}},
+                "AbrRefusal": {"type": "object", "required": ["error", "hint", "reason"], "properties": {
+                    "error": {"type": "string"}, "hint": {"type": "string"},
+                    "reason": {"type": "string", "description": "off, no_source, ladder, no_video, codec, budget, "
+                                                                "or the worker's reason (undecodable, ...)."}}},
                 "Viewer": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "format": {"type": "string"}, "peer": {"type": "string"},
                     "connected_s": {"type": "number"}, "bytes_sent": {"type": "integer"},

@@ -34,7 +34,7 @@ from ..auth.admission import Admission
 from ..auth.names import NAME_RULE
 from ..auth.tokens import bearer_matches, bearer_token
 from ..config import Config
-from ..gate import CREDENTIAL, LIMIT, Gate, Refusal
+from ..gate import ABR, CREDENTIAL, LIMIT, Gate, Refusal
 from ..hub.registry import StreamRegistry
 from ..hub.stream import StreamKey
 from ..transcode.health_monitor import HealthWatch
@@ -261,5 +261,9 @@ def _refusal(request: web.Request, subject: str, refusal: Refusal) -> web.HTTPEx
     headers = cors_headers(request)
     if refusal.kind == LIMIT:
         return json_error(503, refusal.message, refusal.hint, {"Retry-After": "10", **headers})
+    if refusal.kind == ABR:  # a rendition that cannot be made: 404, 409, 415 or 503, with why
+        if refusal.status == 503:
+            headers["Retry-After"] = "10"
+        return json_error(refusal.status or 503, refusal.message, refusal.hint, headers)
     reason = refusal.reason if refusal.kind == CREDENTIAL else refusal.kind
     return play_refused(request, subject, reason, refusal.message, "add ?token=... to the URL")

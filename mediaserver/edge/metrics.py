@@ -38,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..auth.admission import Admission
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
+from ..transcode.pool import TranscodePool
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
 from .keys import METRICS
@@ -83,6 +84,8 @@ class Metrics:
         self.hls_clients: dict[tuple[str, str], float] = {}
         self.connections: ConnectionGate | None = None
         """The HTTP listener's connection gate (open connections, refusals), when there is one."""
+        self.abr: TranscodePool | None = None
+        """This node's transcode jobs, when ABR is set up."""
         self._ended = Counter()  # bytes_in, frames_in, frames_dropped, ... of streams that ended
         self._ended_skipped: Counter[str] = Counter()  # frames skipped by packagers of ended streams, by format
         self._lags: deque[tuple[float, float]] = deque()
@@ -261,6 +264,8 @@ class _Collector:
         if m.packager_count is not None:
             yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "
                                     "ones lingering).", value=m.packager_count())
+        if m.abr is not None:
+            yield from _abr_metrics(m.abr)
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # scraped outside a running event loop (unit tests): nothing to count
@@ -272,6 +277,21 @@ class _Collector:
         yield GaugeMetricFamily("mediaserver_event_loop_lag_max_seconds",
                                 f"The largest event-loop lag seen in the last {LAG_WINDOW_S:g} s.",
                                 value=m.recent_max_lag_s)
+
+
+def _abr_metrics(abr: TranscodePool) -> Any:
+    yield GaugeMetricFamily("mediaserver_abr_jobs", f"Transcode jobs running on this node (at most "
+                            f"{abr.max_jobs}, abr.max_jobs).", value=len(abr.jobs))
+    c = CounterMetricFamily("mediaserver_abr_refused", "ABR requests answered without renditions, by reason "
+                            "(budget: abr.max_jobs spent; ladder, codec, no_source, off, or a worker's error).",
+                            labels=["reason"])
+    for reason in sorted({"budget", *abr.refused}):
+        c.add_metric([reason], abr.refused[reason])
+    yield c
+    yield CounterMetricFamily("mediaserver_abr_restarts", "Transcoder workers restarted (crashed, stuck, too slow "
+                              "or broken output).", value=abr.restarts_total)
+    yield CounterMetricFamily("mediaserver_abr_cpu_seconds", "CPU time the transcoder workers used, as they "
+                              "report it.", value=abr.cpu_seconds_total)
 
 
 # ----- HTTP handlers ------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ admin API and the config; this module turns URL parts into a StreamKey under it.
 
 from __future__ import annotations
 
-from ..auth.names import valid_name
+from ..auth.names import valid_name, valid_play_name
 from ..hub.stream import StreamKey
 
 
 def stream_key(app: str, name: str) -> StreamKey | None:
-    """The StreamKey for URL parts `app` and `name`, or None when either is not a valid name."""
-    if valid_name(app) and valid_name(name):
+    """The StreamKey of a play URL's `app` and `name`, or None when either is not a valid name. A play
+    name may be a rendition, STREAM@LABEL (never a name anything publishes: publishing checks the
+    stricter `auth.names.valid_name`)."""
+    if valid_name(app) and valid_play_name(name):
         return StreamKey(app, name)
     return None

@@ -148,6 +148,14 @@ class Stream:
             for sink in list(self.sinks):
                 self._call_sink(sink, "on_discontinuity")
 
+    def discontinuity(self) -> None:
+        """The publisher's media has a gap but keeps its timestamps (a transcoder worker restarted): the
+        sinks are told, the timeline is not rebased. The next frames are placed at their own time, however
+        far they jumped, so the publisher must never send one older than what it sent before."""
+        self._last_out = {FrameKind.VIDEO: None, FrameKind.AUDIO: None}
+        for sink in list(self.sinks):
+            self._call_sink(sink, "on_discontinuity")
+
     def end_session(self) -> None:
         self.publisher = None
         if self.state is StreamState.LIVE:

@@ -23,7 +23,7 @@ from ..auth.names import redacted
 from ..auth.tokens import normalize_address, query_without, token_from_query
 from ..config import RtmpConfig
 from ..errors import PeerError
-from ..gate import CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
+from ..gate import ABR, CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
@@ -386,7 +386,7 @@ class RtmpConnection(asyncio.Protocol):
             return
         refusal = verdict.refusal
         if refusal is not None:
-            code = "NetStream.Play.StreamNotFound" if refusal.kind == NAME else "NetStream.Play.Failed"
+            code = "NetStream.Play.StreamNotFound" if refusal.kind in (NAME, ABR) else "NetStream.Play.Failed"
             self._reject_play(e.request_id, code, f"Playing refused: {refusal.message}.")
             return
         self._start_play(e, verdict)

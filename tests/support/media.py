@@ -110,7 +110,7 @@ def _lavfi_audio(duration_s: float) -> list[str]:
 
 
 def generate_clip(path: Path, *, video: bool = True, audio: bool = True, duration_s: float = 10.0,
-                  heavy: bool = False, timeout_s: float = 120.0) -> Clip:
+                  heavy: bool = False, timeout_s: float = 120.0, size: str = "640x360") -> Clip:
     """Encode a clip into `path` (FLV) with ffmpeg and describe it.
 
     heavy=True makes a ~6 Mbit/s video-only clip of noise: enough bytes per second to fill kernel
@@ -128,7 +128,7 @@ def generate_clip(path: Path, *, video: bool = True, audio: bool = True, duratio
         maps: list[str] = []
         if video:
             maps += ["-map", f"{len(inputs) // 4}:v"]
-            inputs += _lavfi_video(duration_s)
+            inputs += _lavfi_video(duration_s, size)
         if audio:
             maps += ["-map", f"{len(inputs) // 4}:a"]
             inputs += _lavfi_audio(duration_s)
@@ -188,6 +188,16 @@ class MediaLibrary:
     @cached_property
     def audio_only(self) -> Clip:
         return generate_clip(self.directory / "audio_only.flv", video=False)
+
+    @cached_property
+    def hd(self) -> Clip:
+        """1280x720 25 fps H.264 + AAC, 4 s (a source for the ABR ladder)."""
+        return generate_clip(self.directory / "hd.flv", duration_s=4.0, size="1280x720")
+
+    @cached_property
+    def low(self) -> Clip:
+        """320x240 25 fps H.264 + AAC, 3 s (below every rung of the default ladder but 240p)."""
+        return generate_clip(self.directory / "low.flv", duration_s=3.0, size="320x240")
 
     @cached_property
     def heavy(self) -> Clip:

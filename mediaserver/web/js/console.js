@@ -4,6 +4,7 @@
 
 import {NAME, el, explain, formatDuration, formatKbps, getJSON, sleep, withToken} from './common.js';
 import {cannotPlay, codecName, createEngine} from './engines.js';
+import {renderAbr} from './console_abr.js';
 import {sparkline} from './sparkline.js';
 
 const TOKEN_KEY = 'mediaserver.adminToken';
@@ -136,7 +137,7 @@ function describeViewers(viewers, segmentViewers) {
 function newRow(key) {
   const cells = {};
   const tr = el('tr', {dataset: {stream: key}});
-  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'ingestSpark', 'viewerSpark', 'actions']) {
+  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'ingestSpark', 'viewerSpark', 'actions']) {
     cells[name] = el('td', {class: name === 'actions' ? 'actions' : undefined, dataset: {col: name}});
     tr.append(cells[name]);
   }
@@ -197,6 +198,7 @@ function renderStreams(streams, history) {
       sparkline(viewers, {width: 100, title: `viewers over the last ${minutes} min`}),
       el('span', {class: 'spark-label', text: viewers.length ? `max ${Math.max(...viewers)}` : 'collecting…'}));
     c.kickViewers.disabled = !s.viewers_total;
+    renderAbr(c.abr, s, {api, report: (message) => { ui.apiError.textContent = message; }});
     if (ui.streams.children[index] !== row.tr) ui.streams.insertBefore(row.tr, ui.streams.children[index] || null);
   });
   for (const [key, row] of rows) {
@@ -290,7 +292,8 @@ async function kickViewers(s) {
 async function openPreview(s) {
   const key = `${s.app}/${s.name}`;
   closePreview();
-  if (!NAME.test(s.app) || !NAME.test(s.name)) return;
+  const [base, label] = s.name.split('@');  // a rendition (STREAM@LABEL) previews like any stream
+  if (!NAME.test(s.app) || !NAME.test(base) || (label !== undefined && !/^[a-z0-9_-]{1,32}$/.test(label))) return;
   ui.preview.hidden = false;
   ui.previewTitle.textContent = `Preview of ${key}`;
   ui.previewStatus.textContent = 'Connecting…';
