@@ -43,7 +43,7 @@ from typing import Any
 from .auth.admission import Admission
 from .auth.hooks import HookRequest, HookVerdict
 from .auth.limits import LimitExceeded
-from .auth.names import NAME_RULE, RESERVED_APPS, redacted, valid_name
+from .auth.names import NAME_RULE, RESERVED_APPS, redacted, valid_name, valid_play_name
 from .auth.tokens import AuthError, normalize_address
 from .hub.registry import StreamRegistry
 from .hub.stream import Stream, StreamKey
@@ -228,7 +228,7 @@ class Gate:
         address = normalize_address(address)
         verdict = Verdict(None, address=address, protocol=protocol)
         admission = self.admission
-        if not (valid_name(app) and valid_name(name)):
+        if not (valid_name(app) and valid_play_name(name)):
             verdict.refusal = Refusal(NAME, "bad_name", NAME_RULE)
             return verdict
         key = verdict.key = StreamKey(app, name)

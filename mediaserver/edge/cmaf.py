@@ -28,13 +28,14 @@ from aiohttp import web
 
 from ..config import HlsConfig
 from ..errors import MediaError
-from ..hub.stream import Stream
+from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
 from ..media.frames import Frame
 from ..remux import dash, llhls
 from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
 from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
+from ..remux.segment import CutPlan
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
 from .skipped_frames import SkippedFrames
 
@@ -55,7 +56,8 @@ class CmafPackager:
     format = "cmaf"
 
     def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time,
-                 skip_log: LogGate | None = None) -> None:
+                 skip_log: LogGate | None = None, cuts: CutPlan | None = None, follow: CutPlan | None = None) -> None:
+        """`cuts`: where a source's packager records its cuts; `follow`: the plan a rendition's follows."""
         self.key = stream.key
         self._info = stream.info
         self.cfg = cfg
@@ -63,13 +65,15 @@ class CmafPackager:
         self._wall = wall_clock
         self.last_request = time.monotonic()
         self.ended_at: float | None = None
-        self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration)
+        self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration,
+                                       cuts=cuts, follow=follow)
         self.window = CmafWindow(
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
         )
         self._cache: dict[str, bytes] = {}
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+        self._mismatch_logged = False
         self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     def replay(self, frames: list[Frame], newest_dts: int) -> None:
@@ -120,6 +124,9 @@ class CmafPackager:
     def _add(self, items: list[CmafPart | CmafSegment]) -> None:
         self.window.extend(items)
         self._notify()
+        if self.segmenter.plan_mismatches and not self._mismatch_logged:
+            self._mismatch_logged = True
+            log_plan_mismatch(self.key, self.format)
 
     def _notify(self) -> None:
         self._cache.clear()
@@ -177,6 +184,13 @@ class CmafPackager:
         except TimeoutError:
             return False
         return True
+
+
+def log_plan_mismatch(key: StreamKey, fmt: str) -> None:
+    """Once per packager: a rendition could not follow a cut of its source (a frame it lacks, a cut the
+    source made alone); its segment numbers now differ from the source's, its times stay aligned."""
+    event(log, "rendition_cut_missed", logging.WARNING, stream=str(key), format=fmt,
+          effect="segment numbers differ from the source's from here on; times stay aligned")
 
 
 def _directive(request: web.Request, name: str) -> int | None:
