@@ -5,6 +5,10 @@ list those same bytes. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and r
 preload hint names are held until it exists, for at most three target durations (then 503); requests
 too far ahead, or malformed, get 400 at once (RFC 8216bis 6.2.5.2).
 
+With ABR, cmaf.m3u8 lists the ladder's renditions (../NAME@LABEL/cmaf-video.m3u8) as more video variants
+sharing the source's audio, and manifest.mpd one more Representation per rendition in its video
+AdaptationSet (files under ../NAME@LABEL/); a rendition's packager cuts where this one does.
+
 Files under /APP/NAME/:
   cmaf.m3u8                      multivariant playlist (video variant, audio rendition)
   cmaf-video.m3u8, cmaf-audio.m3u8   LL-HLS media playlists
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -35,8 +39,12 @@ from ..remux import dash, llhls
 from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
 from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
+from ..remux.multivariant import Variant
 from ..remux.segment import CutPlan
+from ..transcode.service import RenditionView
+from .abr import ladder, rendition_variant
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
+from .keys import PACKAGERS, REGISTRY
 from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
@@ -140,18 +148,25 @@ class CmafPackager:
 
     # ----- rendering ---------------------------------------------------------------------------
 
-    def multivariant(self, query: str = "") -> bytes:
-        return self._cached(f"mv?{query}", lambda: llhls.render_multivariant_playlist(
-            self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query))
+    def multivariant(self, query: str = "", renditions: Sequence[Variant] = ()) -> bytes:
+        """cmaf.m3u8; `renditions` (ABR) are listed after the source's video, with its audio."""
+        def render() -> str:
+            return llhls.render_multivariant_playlist(
+                self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query,
+                renditions=renditions)
+        if renditions:
+            return render().encode()  # the ladder may change from one request to the next
+        return self._cached(f"mv?{query}", render)
 
     def media_playlist(self, track: str, query: str = "") -> bytes:
         others = {uri: t for uri, t in MEDIA_PLAYLISTS.items() if t != track and self.window.track(t) is not None}
         return self._cached(f"{track}?{query}", lambda: llhls.render_media_playlist(
             self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
 
-    def mpd(self, query: str = "") -> bytes:
+    def mpd(self, query: str = "", renditions: Sequence[dash.DashRendition] = ()) -> bytes:
         # The MPD's publishTime moves with the clock, so it is rendered per request (it is small).
-        return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query).encode()
+        return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query,
+                               renditions=renditions).encode()
 
     def _cached(self, key: str, render: Callable[[], str]) -> bytes:
         if not key.endswith("?"):
@@ -228,9 +243,14 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
             raise json_error(503, f"stream {packager.key} has no segment yet",
                              "the publisher has not sent a keyframe yet; retry in a few seconds",
                              {"Retry-After": "2", **cors})
+        source = request.app[REGISTRY].get(packager.key)
+        views = await ladder(request, source, "cmaf") if source is not None and not packager.ended else []
         if file == "cmaf.m3u8":
-            return _playlist_response(packager.multivariant(query), cors)
-        return web.Response(body=packager.mpd(query), headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
+            variants = _ladder_variants(request, source, views) if source is not None else []
+            return _playlist_response(packager.multivariant(query, variants), cors)
+        renditions = await _ladder_representations(request, views, min(deadline, every_track_by))
+        return web.Response(body=packager.mpd(query, renditions),
+                            headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
 
     track = MEDIA_PLAYLISTS.get(file)
     if track is not None:
@@ -280,6 +300,41 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
                              "ask for the part the preload hint names", cors)
         if not await packager.wait_change(deadline):
             raise json_error(503, f"{file[:64]!r} did not appear in time", "reload the playlist", {"Retry-After": "1", **cors})
+
+
+def _ladder_variants(request: web.Request, source: Stream, views: list[RenditionView]) -> list[Variant]:
+    """The renditions as cmaf.m3u8 variants: ../NAME@LABEL/cmaf-video.m3u8, with the source's audio."""
+    registry = request.app[REGISTRY]
+    out = []
+    for view in views:
+        rendition = registry.get(view.key)
+        if rendition is not None:
+            out.append(rendition_variant(view, rendition, source, f"../{view.key.name}/cmaf-video.m3u8", ts=False))
+    return out
+
+
+async def _ladder_representations(
+    request: web.Request, views: list[RenditionView], deadline: float
+) -> list[dash.DashRendition]:
+    """The renditions as Representations: their packagers (started now if need be: they follow the
+    source's cuts) once each has a video segment, waiting for that until the loop time `deadline`."""
+    pool = request.app[PACKAGERS]
+    out = []
+    for view in views:
+        packager = pool.cmaf(view.key)
+        if packager is None:
+            continue
+        while not _has_video_segment(packager) and not packager.ended:
+            if not await packager.wait_change(deadline):
+                break
+        if _has_video_segment(packager):
+            out.append(dash.DashRendition(view.label, packager.window, f"../{view.key.name}/{packager.prefix}"))
+    return out
+
+
+def _has_video_segment(packager: CmafPackager) -> bool:
+    video = packager.window.track(VIDEO)
+    return video is not None and video.last_sequence is not None
 
 
 def _playlist_response(body: bytes, cors: dict[str, str]) -> web.Response:

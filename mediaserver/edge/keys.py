@@ -17,6 +17,7 @@ from ..gate import Gate
 from ..hub.registry import StreamRegistry
 
 if TYPE_CHECKING:
+    from ..transcode.service import AbrService
     from .history import StreamHistory
     from .metrics import Metrics
     from .packagers import PackagerPool
@@ -28,6 +29,9 @@ GATE = web.AppKey("gate", Gate)
 PACKAGERS: web.AppKey[PackagerPool] = web.AppKey("packagers")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 HISTORY: web.AppKey[StreamHistory] = web.AppKey("page_history")
+ABR: web.AppKey[AbrService] = web.AppKey("abr")
+"""The renditions of each stream (this node's TranscodePool); absent when the node makes none: then
+master.m3u8, cmaf.m3u8 and manifest.mpd list the source alone."""
 ADMIN_TOKEN = web.AppKey("page_admin_token", str)
 """The admin token the console's JSON needs ("" when the admin API is disabled)."""
 STATIC_FILES = web.AppKey("page_static_files", dict)
