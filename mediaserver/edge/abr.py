@@ -108,9 +108,9 @@ def measure(stream: Stream) -> tuple[int | None, float | None]:
         if span > 0:
             rate = 8000 * sizes[n] // span
             peak = rate if peak is None else max(peak, rate)
-    frame_rate = None
-    if len(video_dts) >= 2 and video_dts[-1] > video_dts[0]:
-        frame_rate = 1000 * (len(video_dts) - 1) / (video_dts[-1] - video_dts[0])
+    # The typical step between frames (a median: a dropped frame or a clamped timestamp does not move it).
+    steps = sorted(b - a for a, b in zip(video_dts, video_dts[1:]) if b > a)
+    frame_rate = 1000 / steps[len(steps) // 2] if steps else None
     return peak, frame_rate
 
 
