@@ -814,7 +814,8 @@ class CmafSegmenter:
                 tick = v.last_tick + 1  # type: ignore[operator]
             elapsed = tick - v.seg_start
             decided = plan.decided(pts)
-            if cut is not None and not cut.part:
+            if cut is not None and not cut.part and (frame.keyframe or not cut.independent):
+                # (A keyframe cut where this frame is none: the segment goes on, and the next cut tells.)
                 v.close_segment(tick, out)
                 self._take(cut, tick, now, independent=frame.keyframe)
             elif (

@@ -319,7 +319,14 @@ class TsSegmenter:
                 self._record(frame)
             elif frame.keyframe and self.cuts is not None:
                 self.cuts.passed(frame.pts_ms)
-        self._write_video(pieces, frame.pts_ms, dts, frame.keyframe)
+        # _write_video, inlined: the hot path of every stream
+        assert self._muxer is not None
+        self._muxer.write_video(pieces, ts_time_90k(frame.pts_ms), ts_time_90k(dts), frame.keyframe)
+        if self._last_video_dts is not None and dts > self._last_video_dts:
+            self._end_ms = max(self._end_ms, 2 * dts - self._last_video_dts)
+        else:
+            self._end_ms = max(self._end_ms, dts)
+        self._last_video_dts = dts
         return done
 
     def _write_video(self, pieces: list[bytes | memoryview], pts: int, dts: int, keyframe: bool) -> None:
@@ -360,7 +367,8 @@ class TsSegmenter:
             dts = frame.dts_ms - (self._shift or 0)
             elapsed = dts - self._start_ms
             decided = plan.decided(pts)
-            if cut is not None:
+            if cut is not None and (frame.keyframe or not cut.independent):
+                # (A keyframe cut where this frame is none: the segment goes on, and the next cut tells.)
                 done.append(self._close(dts))
                 self._take(cut, dts, now, independent=frame.keyframe)
             elif not decided and frame.keyframe and (elapsed >= self.target_ms or self._format_changed):

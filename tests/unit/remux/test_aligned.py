@@ -224,3 +224,22 @@ def test_a_late_cmaf_rendition_takes_the_sources_numbers_and_dates(av_clip: list
     expected = cmaf_timing(source, VIDEO)
     got = cmaf_timing(items, VIDEO)
     assert got[0][0] == 3 and got == expected[3:]
+
+
+def test_a_rendition_without_a_keyframe_where_the_source_cut_does_not_cut_there(
+    av_clip: list[Frame], rendition: list[Frame]
+) -> None:
+    plan = CutPlan()
+    ts_run(av_clip, TsSegmenter(target_duration_s=1, cuts=plan))
+    cmaf_run(av_clip, CmafSegmenter(target_duration_s=1, cuts=(cmaf_plan := CutPlan())))
+    # The encoder restarted and made no keyframe where the source's second segment starts.
+    at = next(pts for pts, cut in _cuts(plan) if cut.sequence == 1)
+    damaged = [_frame_type(f, False) if f.kind == FrameKind.VIDEO and f.pts_ms == at and not f.is_config else f
+               for f in rendition]
+    follower = TsSegmenter(target_duration_s=1, follow=plan)
+    segments = ts_run(damaged, follower)
+    assert all(s.independent for s in segments) and follower.plan_mismatches == 1
+    assert [s.sequence for s in segments] == list(range(len(segments)))
+    cmaf_follower = CmafSegmenter(target_duration_s=1, follow=cmaf_plan)
+    items = cmaf_run(damaged, cmaf_follower)
+    assert all(i.independent for i in items if isinstance(i, CmafSegment)) and cmaf_follower.plan_mismatches == 1
