@@ -87,12 +87,13 @@ class CutPlan:
     reference (the source's segmenter of one format) `record`s each cut it makes and `passed` each
     keyframe it has seen; a follower asks `at(pts_ms)` at every frame and `decided(pts_ms)` whether the
     reference has got that far (beyond, the follower applies the same rule on its own, which gives the
-    same cuts for the same keyframes). Bounded: the last `keep` cuts are kept. Pure, no clock.
+    same cuts for the same keyframes). Bounded: the last `keep` cuts are kept (256: over a minute of
+LL-HLS parts, far more than the GOPs a rendition's packager replays when it starts). Pure, no clock.
     """
 
     __slots__ = ("keep", "_cuts", "horizon_ms", "newest_ms")
 
-    def __init__(self, keep: int = 1024) -> None:
+    def __init__(self, keep: int = 256) -> None:
         self.keep = keep
         self._cuts: dict[int, Cut] = {}
         self.horizon_ms: int | None = None
