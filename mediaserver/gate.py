@@ -43,7 +43,7 @@ from typing import Any
 from .auth.admission import Admission
 from .auth.hooks import HookRequest, HookVerdict
 from .auth.limits import LimitExceeded
-from .auth.names import NAME_RULE, RESERVED_APPS, redacted, valid_name, valid_play_name
+from .auth.names import NAME_RULE, RESERVED_APPS, redacted, split_rendition, valid_name, valid_play_name
 from .auth.tokens import AuthError, normalize_address
 from .hub.registry import StreamRegistry
 from .hub.stream import Stream, StreamKey
@@ -233,7 +233,8 @@ class Gate:
             return verdict
         key = verdict.key = StreamKey(app, name)
         try:
-            grant = admission.policy.authorize_play(app, name, token, address, self.wall_clock())
+            # A play token for a stream covers its renditions (STREAM@LABEL), which its multivariant lists.
+            grant = admission.policy.authorize_play(app, split_rendition(name)[0], token, address, self.wall_clock())
         except AuthError as err:
             verdict.refusal = Refusal(CREDENTIAL, err.reason, str(err))
             await self._refused("play", err.reason, err.subject, verdict, logger)

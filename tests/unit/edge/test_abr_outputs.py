@@ -19,13 +19,18 @@ from mpegdash.parser import MPEGDASHParser
 from support.abr import LadderPublisher, LadderService, Rung, encode_ladder
 from support.media import ffmpeg_exe
 
+from mediaserver.auth.admission import Admission
+from mediaserver.auth.policy import AccessPolicy
+from mediaserver.auth.tokens import Action, mint
 from mediaserver.config import load_config
 from mediaserver.edge.app import make_app
 from mediaserver.edge.keys import ABR
 from mediaserver.edge.packagers import PackagerPool
+from mediaserver.gate import Gate
 from mediaserver.hub.registry import StreamRegistry
 from mediaserver.transcode.service import AbrRefusal
 
+SECRET = b"abr-outputs-token-secret-0123456789"
 SOURCE = Rung("source", 320, 240, 600)
 RUNG = Rung("120p", 160, 120, 150)
 
@@ -183,14 +188,33 @@ async def test_a_refused_ladder_leaves_the_source_alone_in_every_multivariant(ed
     assert [r.id for r in video.representations] == ["video"]
 
 
-async def test_without_abr_master_lists_the_source_and_keeps_the_token_query(ladder) -> None:
+async def test_without_abr_master_lists_the_source_alone(ladder) -> None:
     e = Edge(ladder, abr=False)
     async with TestClient(TestServer(e.app)) as client:
-        e.publisher.start()
-        e.publisher.publish_all()
+        publish(e)
         master = m3u8.loads(await text(client, "/live/demo/master.m3u8"))
         assert [p.uri for p in master.playlists] == ["index.m3u8"]
         assert master.playlists[0].stream_info.resolution == (320, 240)
+
+
+async def test_a_play_token_for_the_source_reaches_every_variant_and_opens_its_renditions(ladder) -> None:
+    e = Edge(ladder)
+    admission = Admission(policy=AccessPolicy(play_open=(), secrets=(SECRET,)), failure_delay_s=0.0)
+    e.app = make_app(e.config, e.registry, e.pool, gate=Gate(admission, e.registry))
+    e.app[ABR] = e.service
+    token = mint(SECRET, Action.PLAY, "live", "demo", 4_000_000_000)
+    async with TestClient(TestServer(e.app)) as client:
+        publish(e)
+        await text(client, "/live/demo/master.m3u8", 401)
+        master = m3u8.loads(await text(client, f"/live/demo/master.m3u8?token={token}"))
+        assert [p.uri for p in master.playlists] == [f"index.m3u8?token={token}",
+                                                      f"../demo@120p/index.m3u8?token={token}"]
+        media = m3u8.loads(await text(client, f"/live/demo@120p/index.m3u8?token={token}"))
+        assert media.segments and all(s.uri.endswith(f"?token={token}") for s in media.segments)
+        cmaf = m3u8.loads(await text(client, f"/live/demo/cmaf.m3u8?token={token}"))
+        assert cmaf.playlists[1].uri == f"../demo@120p/cmaf-video.m3u8?token={token}"
+        other = mint(SECRET, Action.PLAY, "live", "other", 4_000_000_000)
+        await text(client, f"/live/demo@120p/index.m3u8?token={other}", 403)
 
 
 async def test_abr_off_for_the_app_lists_the_source_alone(edge) -> None:
