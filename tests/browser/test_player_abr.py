@@ -150,6 +150,31 @@ def test_the_player_offers_abr_by_default(abr_edge, browser) -> None:
     assert len(wait_levels(page, 3)) == 3
 
 
+def watch(page: Any, until: str, timeout_s: float) -> tuple[list[int], float]:
+    """Sample the picture height and currentTime every 250 ms until the JS condition `until` (on the
+    height `h`) holds; returns the heights seen and the longest time currentTime stood still (s)."""
+    heights: list[int] = []
+    still_since: float | None = None
+    longest = 0.0
+    last = current_time(page)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        h, t = page.evaluate("[document.getElementById('video').videoHeight, document.getElementById('video').currentTime]")
+        heights.append(h)
+        now = time.monotonic()
+        if t > last:
+            still_since = None
+        elif still_since is None:
+            still_since = now - 0.25
+        else:
+            longest = max(longest, now - still_since)
+        last = t
+        if page.evaluate(f"(h) => {until}", h):
+            break
+    return heights, longest
+
+
 def test_hls_js_switches_down_under_a_throttled_network_and_back_up(abr_edge, browser, artifacts) -> None:
     page = browser.page(f"{abr_edge.base}/play/live/demo?format=hls")
     wait_state(page, "playing", timeout_s=30)
@@ -161,26 +186,18 @@ def test_hls_js_switches_down_under_a_throttled_network_and_back_up(abr_edge, br
     # About 300 kbit/s: the source (1.5 Mbit/s) and 240p (400 kbit/s) no longer fit, 144p does.
     cdp.send("Network.emulateNetworkConditions",
              {"offline": False, "latency": 20, "downloadThroughput": 300_000 / 8, "uploadThroughput": -1})
-    heights: list[int] = []
-    deadline = time.monotonic() + 45
     played_from = current_time(page)
-    while time.monotonic() < deadline:
-        page.wait_for_timeout(1000)
-        heights.append(page.evaluate("document.getElementById('video').videoHeight"))
-        if heights[-1] == 144:
-            break
+    heights, stall_down = watch(page, "h === 144", 45)
     assert heights and heights[-1] == 144, f"no switch down to 144p under 300 kbit/s; heights seen {heights}"
     assert current_time(page) > played_from, "playback stalled while switching down"
     page.screenshot(path=artifacts / "player-abr-throttled.png")
 
     cdp.send("Network.emulateNetworkConditions",
              {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
-    deadline = time.monotonic() + 60
     played_from = current_time(page)
-    while time.monotonic() < deadline:
-        page.wait_for_timeout(1000)
-        heights.append(page.evaluate("document.getElementById('video').videoHeight"))
-        if heights[-1] > 144:
-            break
+    heights, stall_up = watch(page, "h > 144", 60)
     assert heights[-1] > 144, f"no switch back up once the throttle was lifted; heights seen {heights}"
     assert current_time(page) > played_from + 1, "playback stalled while switching up"
+    print(f"ABR switch: longest stall {stall_down:.2f} s going down, {stall_up:.2f} s going up")
+    # The issue's bound: no stall longer than one segment (1 s here) either way.
+    assert max(stall_down, stall_up) <= 1.0, f"currentTime stood still {stall_down:.2f} s / {stall_up:.2f} s"
