@@ -232,9 +232,9 @@ class Gate:
             verdict.refusal = Refusal(NAME, "bad_name", NAME_RULE)
             return verdict
         key = verdict.key = StreamKey(app, name)
-        try:
-            # A play token for a stream covers its renditions (STREAM@LABEL), which its multivariant lists.
-            grant = admission.policy.authorize_play(app, split_rendition(name)[0], token, address, self.wall_clock())
+        base, label = split_rendition(name)
+        try:  # a rendition is played with the credential of its source: a token for demo plays demo@360p
+            grant = admission.policy.authorize_play(app, base, token, address, self.wall_clock())
         except AuthError as err:
             verdict.refusal = Refusal(CREDENTIAL, err.reason, str(err))
             await self._refused("play", err.reason, err.subject, verdict, logger)

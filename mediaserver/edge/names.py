@@ -11,8 +11,9 @@ from ..hub.stream import StreamKey
 
 
 def stream_key(app: str, name: str) -> StreamKey | None:
-    """The StreamKey for URL parts `app` and `name`, or None when either is not a valid name (a name may
-    be a rendition's, STREAM@LABEL: publishing is refused such names at the gate, playing is not)."""
+    """The StreamKey of a play URL's `app` and `name`, or None when either is not a valid name. A play
+    name may be a rendition, STREAM@LABEL (never a name anything publishes: publishing checks the
+    stricter `auth.names.valid_name`)."""
     if valid_name(app) and valid_play_name(name):
         return StreamKey(app, name)
     return None
