@@ -42,7 +42,7 @@ from ..remux.hls import format_program_date_time
 from ..remux.multivariant import Variant
 from ..remux.segment import CutPlan
 from ..transcode.service import RenditionView
-from .abr import ladder, rendition_variant
+from .abr import ladder, measure, rendition_variant
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
 from .keys import PACKAGERS, REGISTRY
 from .skipped_frames import SkippedFrames
@@ -305,11 +305,13 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
 def _ladder_variants(request: web.Request, source: Stream, views: list[RenditionView]) -> list[Variant]:
     """The renditions as cmaf.m3u8 variants: ../NAME@LABEL/cmaf-video.m3u8, with the source's audio."""
     registry = request.app[REGISTRY]
+    frame_rate = measure(source)[1] if views else None
     out = []
     for view in views:
         rendition = registry.get(view.key)
         if rendition is not None:
-            out.append(rendition_variant(view, rendition, source, f"../{view.key.name}/cmaf-video.m3u8", ts=False))
+            out.append(rendition_variant(view, rendition, source, f"../{view.key.name}/cmaf-video.m3u8", ts=False,
+                                         frame_rate=frame_rate))
     return out
 
 

@@ -96,6 +96,7 @@ CARRIED_AUDIO = frozenset({"aac", "opus"})
 
 DEFAULT_TARGET_DURATION_S = 2.0
 DEFAULT_PART_TARGET_S = 0.333
+MAX_FRAME_RATE = 300.0
 DEFAULT_LISTED_SEGMENTS = 6
 
 _TRACK_IDS = {VIDEO: 1, AUDIO: 2}
@@ -128,6 +129,13 @@ class CmafInit:
     height: int = 0
     frame_rate: float | None = None
     """Frames per second the bitstream signals, if it does."""
+
+    @property
+    def signalled_frame_rate(self) -> float | None:
+        """`frame_rate` if it is one a picture could have: an encoder that stamps in milliseconds may
+        signal its tick (1000 fps) instead; then None, and a manifest measures the rate instead."""
+        rate = self.frame_rate
+        return rate if rate is not None and 0 < rate <= MAX_FRAME_RATE else None
     sample_rate: int = 0
     """Audio: the rate a listener hears, in Hz (the SBR rate for HE-AAC, 48000 for Opus)."""
     channels: int = 0

@@ -247,7 +247,7 @@ def _representation(segments: list[CmafSegment]) -> list[str]:
     if init.track == VIDEO:
         if init.width and init.height:
             out += [f'width="{init.width}"', f'height="{init.height}"']
-        rate = init.frame_rate or _measured_frame_rate(segments)
+        rate = init.signalled_frame_rate or _measured_frame_rate(segments)
         if rate:
             out.append(f'frameRate="{_frame_rate(rate)}"')
     return out

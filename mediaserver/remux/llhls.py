@@ -286,7 +286,7 @@ def render_multivariant_playlist(
         group = AudioGroup(audio_uri, AUDIO_GROUP, "audio", audio_init.channels)
     source = Variant(
         video_uri, video_peak + peak, tuple(codecs), video_init.width, video_init.height,
-        video_init.frame_rate or _measured_frame_rate(video), video_average + average,
+        video_init.signalled_frame_rate or _measured_frame_rate(video), video_average + average,
     )
     return render_multivariant([source, *renditions], audio=group, query=query, version=PROTOCOL_VERSION)
 
