@@ -3,6 +3,8 @@ rendition, parsed back with the m3u8 and mpegdash packages."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import m3u8
 import pytest
 from conftest import config
@@ -11,7 +13,7 @@ from mpegdash.parser import MPEGDASHParser
 from mediaserver.errors import UsageError
 from mediaserver.media.frames import Frame, FrameKind
 from mediaserver.remux import dash, llhls
-from mediaserver.remux.cmaf import VIDEO, CmafSegmenter
+from mediaserver.remux.cmaf import VIDEO, CmafInit, CmafSegmenter
 from mediaserver.remux.cmaf_window import CmafWindow
 from mediaserver.remux.multivariant import AudioGroup, Variant, codec_string, codecs_of, render_multivariant
 from mediaserver.remux.segment import CutPlan
@@ -151,3 +153,10 @@ def test_rendition_segments_older_than_the_period_are_left_out(av_clip: list[Fra
     (template,) = video.representations[1].segment_templates
     first = template.segment_timelines[0].Ss[0]
     assert first.t is not None and first.t >= zero * 90
+
+
+def test_a_frame_rate_an_encoder_signals_as_its_millisecond_tick_is_not_believed() -> None:
+    init = CmafInit(track=VIDEO, version=1, data=b"", codec="h264", codec_string="avc1.640015", timescale=90000,
+                    frame_rate=1000.0)
+    assert init.signalled_frame_rate is None
+    assert replace(init, frame_rate=29.97).signalled_frame_rate == 29.97
