@@ -3,7 +3,7 @@
 `ladder(request, stream, family)` answers the renditions of a source to list, highest first: those the
 service has ready (asking for them starts the stream's transcode on demand; the service waits at most
 abr.wait) whose video codec the output family carries ("ts": H.264 and HEVC; "cmaf": H.264, HEVC and AV1,
-as remux/ carries them) and whose stream is live here. ABR absent, off for the app, asked of a rendition,
+as remux/ carries them). ABR absent, off for the app, asked of a rendition,
 or refused (no rung below the source, a source the workers cannot decode, this node's budget spent)
 lists nothing: the multivariant then offers the source alone, an honest answer that plays; a refusal is
 logged once per interval per stream and reason.
@@ -30,7 +30,7 @@ from ..transcode.ladder import CARRIED as LADDER_CARRIED
 from ..transcode.service import AbrRefusal, RenditionView
 from .formats import CARRIED as OUTPUT_CARRIED
 from .formats import LLHLS, TS_HLS
-from .keys import ABR, REGISTRY
+from .keys import ABR
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,7 @@ async def ladder(request: web.Request, stream: Stream, family: str) -> list[Rend
                   requests=pending)
         return []
     carried = LADDER_CARRIED[family] & OUTPUT_CARRIED[FAMILIES[family]]
-    registry = request.app[REGISTRY]
-    out = []
-    for view in answer:
-        rendition = registry.get(view.key)
-        if view.codec in carried and rendition is not None and not rendition.ended:
-            out.append(view)
-    return out
+    return [view for view in answer if view.codec in carried]
 
 
 def source_variant(stream: Stream, uri: str, *, ts: bool) -> Variant:
@@ -80,12 +74,14 @@ def source_variant(stream: Stream, uri: str, *, ts: bool) -> Variant:
 
 
 def rendition_variant(
-    view: RenditionView, rendition: Stream, source: Stream, uri: str, *, ts: bool, frame_rate: float | None
+    view: RenditionView, rendition: Stream | None, source: Stream, uri: str, *, ts: bool, frame_rate: float | None
 ) -> Variant:
-    """A rendition as a variant: the service's bit rate for it, its size, its codec with the source's audio,
-    and `frame_rate`, the source's (a rendition keeps the source's timestamps)."""
+    """A rendition as a variant: the service's bit rate for it, its size, its codec with the source's audio
+    (no CODECS while its stream is not on this node: a viewer's request pulls it), and `frame_rate`, the
+    source's (a rendition keeps the source's timestamps)."""
     bandwidth = math.ceil(view.bandwidth * (TS_OVERHEAD if ts else 1.0))
-    return Variant(uri, bandwidth, _codecs(rendition, source, ts=ts), view.width, view.height, frame_rate)
+    codecs = _codecs(rendition, source, ts=ts) if rendition is not None else ()
+    return Variant(uri, bandwidth, codecs, view.width, view.height, frame_rate)
 
 
 def measure(stream: Stream) -> tuple[int | None, float | None]:

@@ -306,13 +306,8 @@ def _ladder_variants(request: web.Request, source: Stream, views: list[Rendition
     """The renditions as cmaf.m3u8 variants: ../NAME@LABEL/cmaf-video.m3u8, with the source's audio."""
     registry = request.app[REGISTRY]
     frame_rate = measure(source)[1] if views else None
-    out = []
-    for view in views:
-        rendition = registry.get(view.key)
-        if rendition is not None:
-            out.append(rendition_variant(view, rendition, source, f"../{view.key.name}/cmaf-video.m3u8", ts=False,
-                                         frame_rate=frame_rate))
-    return out
+    return [rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/cmaf-video.m3u8",
+                              ts=False, frame_rate=frame_rate) for view in views]
 
 
 async def _ladder_representations(

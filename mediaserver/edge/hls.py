@@ -74,10 +74,8 @@ async def serve_master(request: web.Request) -> web.Response:
     variants = [source_variant(source, "index.m3u8", ts=True)]
     registry = request.app[REGISTRY]
     for view in views:
-        rendition = registry.get(view.key)
-        if rendition is not None:
-            variants.append(rendition_variant(view, rendition, source, f"../{view.key.name}/index.m3u8", ts=True,
-                                              frame_rate=variants[0].frame_rate))
+        variants.append(rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/index.m3u8",
+                                          ts=True, frame_rate=variants[0].frame_rate))
     body = render_multivariant(variants, query=request.get(PLAY_QUERY, ""))
     return web.Response(
         text=body, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors_headers(request)}
