@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 from collections.abc import AsyncIterator
 
@@ -263,3 +264,15 @@ async def test_late_rendition_joins_with_the_sources_numbers(edge) -> None:
         twin = numbers[segment.uri.split("-")[-1]]
         assert (segment.duration, segment.program_date_time) == (twin.duration, twin.program_date_time)
     assert stream.info.height == 120
+
+
+async def test_the_player_status_says_whether_a_ladder_is_offered(edge) -> None:
+    e, client = edge
+    publish(e)
+    status = json.loads(await text(client, "/play/live/demo/status.json"))
+    assert status["abr"] is True
+    rendition = json.loads(await text(client, "/play/live/demo@120p/status.json"))
+    assert rendition["abr"] is False and rendition["state"] == "live"  # a rendition has no ladder of its own
+    e.service.enabled = False
+    assert json.loads(await text(client, "/play/live/demo/status.json"))["abr"] is False
+    assert json.loads(await text(client, "/play/live/nobody/status.json"))["abr"] is False
