@@ -834,8 +834,10 @@ class CmafSegmenter:
                 # Bounded anyway (where the plan reaches, the source's own maximum bounds it first).
                 v.close_segment(tick, out)
                 self._open_video(tick, now, independent=frame.keyframe)
-            elif not decided and frame.keyframe and (elapsed >= self.target_ms * 90 or self._format_changed):
-                v.close_segment(tick, out)  # the plan does not reach here yet: the same rule as the source
+            elif frame.keyframe and (self._format_changed or (not decided and elapsed >= self.target_ms * 90)):
+                # A new config of its own needs its init from this keyframe on, plan or not; and where the
+                # plan does not reach yet, the same rule as the source's.
+                v.close_segment(tick, out)
                 self._open_video(tick, now, independent=True)
             elif cut is not None or (not decided and self._part_is_full(v, tick)) or self._part_is_overfull(v):
                 if v.count:

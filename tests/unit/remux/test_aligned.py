@@ -243,3 +243,23 @@ def test_a_rendition_without_a_keyframe_where_the_source_cut_does_not_cut_there(
     cmaf_follower = CmafSegmenter(target_duration_s=1, follow=cmaf_plan)
     items = cmaf_run(damaged, cmaf_follower)
     assert all(i.independent for i in items if isinstance(i, CmafSegment)) and cmaf_follower.plan_mismatches == 1
+
+
+def test_a_cmaf_rendition_whose_own_config_changes_starts_a_segment_at_its_next_keyframe(
+    av_clip: list[Frame], rendition: list[Frame], small_clip: list[Frame]
+) -> None:
+    plan = CutPlan()
+    cmaf_run(av_clip, CmafSegmenter(target_duration_s=2, cuts=plan))
+    # The worker restarted with another encoder setup: a new sequence header at 1 s, between two planned cuts.
+    other = next(f for f in av_clip if f.kind == FrameKind.VIDEO and f.is_config)
+    at = next(f.dts_ms for f in rendition if f.kind == FrameKind.VIDEO and f.keyframe and f.dts_ms >= 1000)
+    frames: list[Frame] = []
+    for f in rendition:
+        if f.kind == FrameKind.VIDEO and f.dts_ms == at and not f.is_config:
+            frames.append(other)
+        frames.append(f)
+    items = cmaf_run(frames, CmafSegmenter(target_duration_s=2, follow=plan))
+    video = [i for i in items if isinstance(i, CmafSegment) and i.track == VIDEO]
+    changed = next(s for s in video if s.init.version == 2)
+    assert changed.start == (at - next(c for _, c in _cuts(plan)).decode_delay_ms) * 90 and changed.discontinuity
+    assert all(s.init.version == 1 for s in video if s.start < changed.start)
