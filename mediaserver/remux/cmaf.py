@@ -71,7 +71,6 @@ from ..media.h264 import iter_nal_units, parse_avc_config, parse_sps
 from ..media.hevc import parse_hevc_config, parse_hevc_sps
 from ..media.opus import SAMPLE_RATE as OPUS_SAMPLE_RATE
 from ..media.opus import packet_samples, parse_opus_head
-from .segment import Cut, CutPlan
 from .fmp4 import (
     AUDIO_TRUN,
     SAMPLE_NON_SYNC,
@@ -86,6 +85,7 @@ from .fmp4 import (
     mp4a_sample_entry,
     opus_sample_entry,
 )
+from .segment import Cut, CutPlan
 
 VIDEO = "video"
 AUDIO = "audio"
@@ -741,10 +741,10 @@ class CmafSegmenter:
             payload = strip_temporal_delimiter(payload)
             for _ in iter_obus(payload):
                 pass
+        tick = frame.dts_ms * 90
         if self.follow is not None:
             self._video_following(frame, now, payload, self.follow, out)
             return
-        tick = frame.dts_ms * 90
         if v.open:
             step = tick - v.last_tick  # type: ignore[operator]
             if step > self.max_ms * 90 or step < -_BACKWARD_LIMIT_MS * 90:
