@@ -39,7 +39,7 @@ FAMILIES = {"ts": TS_HLS, "cmaf": LLHLS}
 TS_OVERHEAD = 1.05
 """MPEG-TS packets, PES headers and tables add about 4 % to the payload (bench/ts_mux.py)."""
 
-_refusal_log = LogGate(60.0)
+_refusal_log = LogGate(60.0)  # process-wide, like the logger it rations: one line per stream and reason a minute
 
 
 async def ladder(request: web.Request, stream: Stream, family: str) -> list[RenditionView]:
