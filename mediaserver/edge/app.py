@@ -5,6 +5,7 @@
 | GET /healthz               | alive                                 |
 | GET /APP/NAME.flv          | HTTP-FLV                              |
 | GET /APP/NAME/index.m3u8   | HLS playlist (MPEG-TS segments)       |
+| GET /APP/NAME/master.m3u8  | HLS-TS multivariant: source + ladder  |
 | GET /APP/NAME/SEGMENT.ts   | an HLS segment                        |
 | GET /APP/NAME/cmaf.m3u8    | LL-HLS over fMP4/CMAF (see cmaf.py)   |
 | GET /APP/NAME/manifest.mpd | MPEG-DASH over the same segments      |
@@ -42,7 +43,7 @@ from .cmaf import CMAF_MANIFESTS, serve_cmaf, serve_time
 from .common import cors_headers, json_error, not_published, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
-from .hls import PLAY_QUERY, serve_playlist, serve_segment
+from .hls import PLAY_QUERY, serve_master, serve_playlist, serve_segment
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
@@ -80,6 +81,8 @@ async def hls_file(request: web.Request) -> web.StreamResponse:
         return await serve_playlist(request)
     if file.endswith(".ts"):
         return await serve_segment(request)
+    if file == "master.m3u8":
+        return await serve_master(request)
     if file in CMAF_MANIFESTS or file.endswith((".m4s", ".mp4")):
         key = stream_key(request.match_info["app"], request.match_info["name"])
         packager = request.app[PACKAGERS].cmaf(key) if key is not None else None

@@ -5,6 +5,10 @@ list those same bytes. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and r
 preload hint names are held until it exists, for at most three target durations (then 503); requests
 too far ahead, or malformed, get 400 at once (RFC 8216bis 6.2.5.2).
 
+With ABR, cmaf.m3u8 lists the ladder's renditions (../NAME@LABEL/cmaf-video.m3u8) as more video variants
+sharing the source's audio, and manifest.mpd one more Representation per rendition in its video
+AdaptationSet (files under ../NAME@LABEL/); a rendition's packager cuts where this one does.
+
 Files under /APP/NAME/:
   cmaf.m3u8                      multivariant playlist (video variant, audio rendition)
   cmaf-video.m3u8, cmaf-audio.m3u8   LL-HLS media playlists
@@ -22,20 +26,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
 from ..config import HlsConfig
 from ..errors import MediaError
-from ..hub.stream import Stream
+from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
 from ..media.frames import Frame
 from ..remux import dash, llhls
 from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
 from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
+from ..remux.multivariant import Variant
+from ..remux.segment import CutPlan
+from ..transcode.service import RenditionView
+from .abr import ladder, measure, rendition_variant
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
+from .keys import PACKAGERS, REGISTRY
 from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
@@ -55,7 +64,8 @@ class CmafPackager:
     format = "cmaf"
 
     def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time,
-                 skip_log: LogGate | None = None) -> None:
+                 skip_log: LogGate | None = None, cuts: CutPlan | None = None, follow: CutPlan | None = None) -> None:
+        """`cuts`: where a source's packager records its cuts; `follow`: the plan a rendition's follows."""
         self.key = stream.key
         self._info = stream.info
         self.cfg = cfg
@@ -63,13 +73,15 @@ class CmafPackager:
         self._wall = wall_clock
         self.last_request = time.monotonic()
         self.ended_at: float | None = None
-        self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration)
+        self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration,
+                                       cuts=cuts, follow=follow)
         self.window = CmafWindow(
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
         )
         self._cache: dict[str, bytes] = {}
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+        self._mismatch_logged = False
         self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     def replay(self, frames: list[Frame], newest_dts: int) -> None:
@@ -120,6 +132,9 @@ class CmafPackager:
     def _add(self, items: list[CmafPart | CmafSegment]) -> None:
         self.window.extend(items)
         self._notify()
+        if self.segmenter.plan_mismatches and not self._mismatch_logged:
+            self._mismatch_logged = True
+            log_plan_mismatch(self.key, self.format)
 
     def _notify(self) -> None:
         self._cache.clear()
@@ -133,18 +148,25 @@ class CmafPackager:
 
     # ----- rendering ---------------------------------------------------------------------------
 
-    def multivariant(self, query: str = "") -> bytes:
-        return self._cached(f"mv?{query}", lambda: llhls.render_multivariant_playlist(
-            self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query))
+    def multivariant(self, query: str = "", renditions: Sequence[Variant] = ()) -> bytes:
+        """cmaf.m3u8; `renditions` (ABR) are listed after the source's video, with its audio."""
+        def render() -> str:
+            return llhls.render_multivariant_playlist(
+                self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query,
+                renditions=renditions)
+        if renditions:
+            return render().encode()  # the ladder may change from one request to the next
+        return self._cached(f"mv?{query}", render)
 
     def media_playlist(self, track: str, query: str = "") -> bytes:
         others = {uri: t for uri, t in MEDIA_PLAYLISTS.items() if t != track and self.window.track(t) is not None}
         return self._cached(f"{track}?{query}", lambda: llhls.render_media_playlist(
             self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
 
-    def mpd(self, query: str = "") -> bytes:
+    def mpd(self, query: str = "", renditions: Sequence[dash.DashRendition] = ()) -> bytes:
         # The MPD's publishTime moves with the clock, so it is rendered per request (it is small).
-        return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query).encode()
+        return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query,
+                               renditions=renditions).encode()
 
     def _cached(self, key: str, render: Callable[[], str]) -> bytes:
         if not key.endswith("?"):
@@ -177,6 +199,13 @@ class CmafPackager:
         except TimeoutError:
             return False
         return True
+
+
+def log_plan_mismatch(key: StreamKey, fmt: str) -> None:
+    """Once per packager: a rendition could not follow a cut of its source (a frame it lacks, a cut the
+    source made alone); its segment numbers now differ from the source's, its times stay aligned."""
+    event(log, "rendition_cut_missed", logging.WARNING, stream=str(key), format=fmt,
+          effect="segment numbers differ from the source's from here on; times stay aligned")
 
 
 def _directive(request: web.Request, name: str) -> int | None:
@@ -214,9 +243,14 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
             raise json_error(503, f"stream {packager.key} has no segment yet",
                              "the publisher has not sent a keyframe yet; retry in a few seconds",
                              {"Retry-After": "2", **cors})
+        source = request.app[REGISTRY].get(packager.key)
+        views = await ladder(request, source, "cmaf") if source is not None and not packager.ended else []
         if file == "cmaf.m3u8":
-            return _playlist_response(packager.multivariant(query), cors)
-        return web.Response(body=packager.mpd(query), headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
+            variants = _ladder_variants(request, source, views) if source is not None else []
+            return _playlist_response(packager.multivariant(query, variants), cors)
+        renditions = await _ladder_representations(request, views, min(deadline, every_track_by))
+        return web.Response(body=packager.mpd(query, renditions),
+                            headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
 
     track = MEDIA_PLAYLISTS.get(file)
     if track is not None:
@@ -266,6 +300,38 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
                              "ask for the part the preload hint names", cors)
         if not await packager.wait_change(deadline):
             raise json_error(503, f"{file[:64]!r} did not appear in time", "reload the playlist", {"Retry-After": "1", **cors})
+
+
+def _ladder_variants(request: web.Request, source: Stream, views: list[RenditionView]) -> list[Variant]:
+    """The renditions as cmaf.m3u8 variants: ../NAME@LABEL/cmaf-video.m3u8, with the source's audio."""
+    registry = request.app[REGISTRY]
+    frame_rate = measure(source)[1] if views else None
+    return [rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/cmaf-video.m3u8",
+                              ts=False, frame_rate=frame_rate) for view in views]
+
+
+async def _ladder_representations(
+    request: web.Request, views: list[RenditionView], deadline: float
+) -> list[dash.DashRendition]:
+    """The renditions as Representations: their packagers (started now if need be: they follow the
+    source's cuts) once each has a video segment, waiting for that until the loop time `deadline`."""
+    pool = request.app[PACKAGERS]
+    out = []
+    for view in views:
+        packager = pool.cmaf(view.key)
+        if packager is None:
+            continue
+        while not _has_video_segment(packager) and not packager.ended:
+            if not await packager.wait_change(deadline):
+                break
+        if _has_video_segment(packager):
+            out.append(dash.DashRendition(view.label, packager.window, f"../{view.key.name}/{packager.prefix}"))
+    return out
+
+
+def _has_video_segment(packager: CmafPackager) -> bool:
+    video = packager.window.track(VIDEO)
+    return video is not None and video.last_sequence is not None
 
 
 def _playlist_response(body: bytes, cors: dict[str, str]) -> web.Response:

@@ -1,4 +1,5 @@
-"""HLS (MPEG-TS) routes: `GET /APP/NAME/index.m3u8` and its segments, served from memory.
+"""HLS (MPEG-TS) routes: `GET /APP/NAME/index.m3u8` and its segments, served from memory, and
+`GET /APP/NAME/master.m3u8`, the multivariant playlist over the source and its ABR ladder.
 
 The playlist bytes are rendered once per change and shared; a segment is sent as the packager's own
 bytes object, never copied per request. Playlists may be cached for less than a segment's duration,
@@ -10,8 +11,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth.names import NAME_RULE
-from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, not_published, send_shared
-from .keys import PACKAGERS
+from ..remux.multivariant import render_multivariant
+from .abr import ladder, rendition_variant, source_variant
+from .common import CONFIG, PLAY_QUERY, cors_headers, find_stream, json_error, not_published, send_shared
+from .formats import TS_HLS, refuse_uncarried
+from .keys import PACKAGERS, REGISTRY
 from .names import stream_key
 
 
@@ -58,4 +62,21 @@ async def serve_segment(request: web.Request) -> web.Response:
         request,
         segment.data,
         {"Content-Type": SEGMENT_TYPE, "Cache-Control": "public, max-age=3600, immutable", **cors_headers(request)},
+    )
+
+
+async def serve_master(request: web.Request) -> web.Response:
+    """master.m3u8: the source's index.m3u8 first, then each rendition TS can carry (../NAME@LABEL/index.m3u8);
+    the source alone when ABR is off for it, not applicable or refused. 404 when the source is not live."""
+    source = find_stream(request, request.match_info["app"], request.match_info["name"])
+    refuse_uncarried(request, source, TS_HLS)
+    views = await ladder(request, source, "ts")
+    variants = [source_variant(source, "index.m3u8", ts=True)]
+    registry = request.app[REGISTRY]
+    for view in views:
+        variants.append(rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/index.m3u8",
+                                          ts=True, frame_rate=variants[0].frame_rate))
+    body = render_multivariant(variants, query=request.get(PLAY_QUERY, ""))
+    return web.Response(
+        text=body, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors_headers(request)}
     )

@@ -11,6 +11,12 @@ Bad media never stops a packager: a frame it cannot parse, live or replayed, is 
 EXT-X-ENDLIST and the pool replaces it at the next request, since its stream is still live.
 
 The playlist is rendered once per change and served as the same bytes to every viewer.
+
+Renditions (ABR, streams named STREAM@LABEL) are cut where their source is cut (remux/segment.py
+CutPlan): every source packager records its cuts, and a rendition's packager of the same format follows
+them, so segment N of every rendition starts at the same instant. Asking for a rendition's packager
+starts its source's (replaying the source's history first, so the plan reaches back as far as the
+rendition's own history) and keeps it alive as long as the rendition's is asked for.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from collections.abc import Callable
 from ..config import HlsConfig
 from ..errors import MediaError
 from ..hub.registry import StreamRegistry
+from ..auth.names import split_rendition
 from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
 from ..media.frames import Frame, FrameKind
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
-from ..remux.segment import Segment
-from .cmaf import CmafPackager
+from ..remux.segment import CutPlan, Segment
+from .cmaf import CmafPackager, log_plan_mismatch
 from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
@@ -42,12 +49,13 @@ class HlsPackager:
     """One stream's MPEG-TS HLS: a Sink of the hub, and the source of its playlist and segments."""
 
     def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time,
-                 skip_log: LogGate | None = None) -> None:
+                 skip_log: LogGate | None = None, cuts: CutPlan | None = None, follow: CutPlan | None = None) -> None:
+        """`cuts`: where a source's packager records its cuts; `follow`: the plan a rendition's follows."""
         self.key = stream.key
         self.cfg = cfg
         self.instance = format(int(wall_clock() * 1000) % (36**8), "x")
         self._wall = wall_clock
-        self.segmenter = TsSegmenter(target_duration_s=cfg.segment_duration)
+        self.segmenter = TsSegmenter(target_duration_s=cfg.segment_duration, cuts=cuts, follow=follow)
         self.window = SegmentWindow(cfg.playlist_length)
         self.ended = False
         self.ended_at: float | None = None
@@ -57,6 +65,7 @@ class HlsPackager:
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
+        self._mismatch_logged = False
         self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     format = "hls"
@@ -112,6 +121,9 @@ class HlsPackager:
         self.window.add(segment)
         self._invalidate()
         self._ready.set()
+        if self.segmenter.plan_mismatches and not self._mismatch_logged:
+            self._mismatch_logged = True
+            log_plan_mismatch(self.key, self.format)
 
     def _invalidate(self) -> None:
         self._playlist = None
@@ -179,6 +191,8 @@ class PackagerPool:
         self.clock = clock
         self._hls: dict[StreamKey, HlsPackager] = {}
         self._cmaf: dict[StreamKey, CmafPackager] = {}
+        self._plans: dict[tuple[str, StreamKey], CutPlan] = {}
+        """Each source packager's cuts, by (format, stream): what its renditions' packagers follow."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._skip_log = LogGate()  # shared, so a restarted packager does not log its stream's skips anew
         self.on_released: list[Callable[[], None]] = []
@@ -190,14 +204,21 @@ class PackagerPool:
 
     def hls(self, key: StreamKey) -> HlsPackager | None:
         """The stream's MPEG-TS packager, started now if the stream is live; None if there is none."""
-        packager = self._running(key, self._hls) or self._start(key, self._hls, HlsPackager)
-        if packager is not None:
-            packager.last_request = self.clock()
-        return packager
+        return self._get(key, self._hls, HlsPackager)
 
     def cmaf(self, key: StreamKey) -> CmafPackager | None:
         """The stream's fMP4 packager (LL-HLS and DASH), started now if the stream is live."""
-        packager = self._running(key, self._cmaf) or self._start(key, self._cmaf, CmafPackager)
+        return self._get(key, self._cmaf, CmafPackager)
+
+    def _get(self, key: StreamKey, table: dict, factory) -> HlsPackager | CmafPackager | None:
+        follow = None
+        source_name, label = split_rendition(key.name)
+        if label is not None:
+            # A rendition: its source's packager leads (started and kept alive with it).
+            source = self._get(StreamKey(key.app, source_name), table, factory)
+            if source is not None:
+                follow = self._plans.get((factory.format, source.key))
+        packager = self._running(key, table) or self._start(key, table, factory, follow)
         if packager is not None:
             packager.last_request = self.clock()
         return packager
@@ -217,17 +238,20 @@ class PackagerPool:
               action="a fresh packager starts")
         return None
 
-    def _start(self, key: StreamKey, table: dict, factory) -> HlsPackager | CmafPackager | None:
+    def _start(self, key: StreamKey, table: dict, factory, follow: CutPlan | None) -> HlsPackager | CmafPackager | None:
         if not self.cfg.enabled:
             return None
         stream = self.registry.get(key)
         if stream is None or stream.ended:
             return None
+        # Every packager records its cuts (a few per minute) for renditions that may come to follow them;
+        # a fresh one after a failure writes on in the same plan.
+        cuts = self._plans.setdefault((factory.format, key), CutPlan()) if follow is None else None
         # Replay skips bad frames itself, so a replay that fails is a bug: then start afresh with the
         # current configs only (output from the next keyframe on), rather than fail the request.
         configs = [f for f in stream.info.headers() if f.kind != FrameKind.DATA]
         for history in (stream.history(), configs, []):
-            packager = factory(stream, self.cfg, skip_log=self._skip_log)
+            packager = factory(stream, self.cfg, skip_log=self._skip_log, cuts=cuts, follow=follow)
             try:
                 packager.replay(history, stream.gop.newest_dts)
                 break
@@ -235,7 +259,8 @@ class PackagerPool:
                 log.exception("packager replay failed; stream %s starts again with less history", key)
         stream.add_sink(packager)
         table[key] = packager
-        event(log, "packager_start", stream=str(key), format=packager.format, replayed_frames=len(history))
+        event(log, "packager_start", stream=str(key), format=packager.format, replayed_frames=len(history),
+              aligned=follow is not None)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
         return packager
@@ -250,12 +275,14 @@ class PackagerPool:
                 if packager.ended:
                     if now - (packager.ended_at or now) >= self.cfg.ended_linger:
                         del table[key]
+                        self._plans.pop((packager.format, key), None)
                         released += 1
                 elif now - packager.last_request >= self.cfg.idle_timeout:
                     stream = self.registry.get(key)
                     if stream is not None:
                         stream.remove_sink(packager)
                     del table[key]
+                    self._plans.pop((packager.format, key), None)
                     released += 1
                     event(log, "packager_stop", stream=str(key), format=packager.format, reason="idle")
         if released:
@@ -270,6 +297,7 @@ class PackagerPool:
             old = table.get(stream.key)
             if old is not None and old.ended:
                 del table[stream.key]
+                self._plans.pop((old.format, stream.key), None)  # the new run's times start afresh
 
     def close(self) -> None:
         if self._sweeper is not None:
@@ -277,6 +305,8 @@ class PackagerPool:
             self._sweeper = None
         self._hls.clear()
         self._cmaf.clear()
+        self._plans.clear()
+
 
 
 _SWEEP_S = 5.0

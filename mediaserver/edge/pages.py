@@ -7,7 +7,7 @@
 | GET /console                   | operator console (HTML); its data come from /api/v1 with the admin token |
 | GET /static/FILE               | the pages' scripts and styles, and the vendored hls.js, dash.js, mpegts.js |
 | GET /streams.json              | public stream list: app, name, codecs, live; only apps open to viewers |
-| GET /play/APP/NAME/status.json | one stream's state, codecs and the formats that carry it (play token if the app needs one) |
+| GET /play/APP/NAME/status.json | one stream's state, codecs, the formats that carry it, whether ABR is on (play token if the app needs one) |
 | GET /console/history.json      | ingest bit rate and viewers per stream over the last minutes (admin token) |
 
 Every page is a fixed file, the same for every stream: nothing from the request is ever written into
@@ -40,14 +40,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth.names import NAME_RULE
+from ..auth.names import NAME_RULE, split_rendition
 from ..auth.tokens import AuthError, bearer_matches, normalize_address
 from ..hub.stream import Stream, StreamState
 from ..log import event
 from .common import json_error, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .history import StreamHistory
-from .keys import ADMIN_TOKEN, CONFIG, GATE, HISTORY, METRICS, REGISTRY, STATIC_FILES
+from .keys import ABR, ADMIN_TOKEN, CONFIG, GATE, HISTORY, METRICS, REGISTRY, STATIC_FILES
 from .metrics import HLS_VIEWER_WINDOW_S, Metrics
 from .names import stream_key
 
@@ -204,8 +204,16 @@ async def serve_stream_status(request: web.Request) -> web.Response:
                   if info is not None and info.audio_codec else None),
         "formats": formats,
         "reconnect_grace_s": request.app[CONFIG].hub.reconnect_grace,
+        "abr": _abr_on(request, key) if live is not None else False,
     }
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+def _abr_on(request: web.Request, key) -> bool:
+    """Whether master.m3u8, cmaf.m3u8 and manifest.mpd offer this stream's ladder (the player then plays one
+    of them by default); renditions themselves have none."""
+    abr = request.app.get(ABR)
+    return abr is not None and split_rendition(key.name)[1] is None and abr.enabled_for(key)
 
 
 async def _check_play_token(request: web.Request, app: str, name: str) -> None:

@@ -40,6 +40,11 @@ seconds) only anchors the wall clock of a timeline. The rules:
   starts a new segment flagged as a discontinuity (a new Timeline with the same clock, so DASH
   gets a new Period); a changed audio config closes the audio segment at once (its samples need
   the new init) and audio resumes at the next segment. Identical configs resent change nothing.
+- Aligned renditions (ABR): as TsSegmenter (hls.py), a source's segmenter given `cuts` records where
+  each video segment and each video part starts (CutPlan, segment.py), and a rendition's segmenter given
+  `follow` starts its segments and parts at the same frames, with the same sequence numbers, decode
+  times (moved back by the source's decode delay) and wall clock. Its audio follows its own video's
+  cuts, as ever. Without `follow` nothing of this costs a thing.
 - Output. Everything comes out of push()/finish() in order: a segment right after its last part.
   A malformed config or frame raises MediaError from push and leaves the segmenter as it was. Video
   samples are checked for their framing first (NAL unit length prefixes, AV1 OBU sizes), so a sample
@@ -82,6 +87,7 @@ from .fmp4 import (
     opus_sample_entry,
     vp09_sample_entry,
 )
+from .segment import Cut, CutPlan
 
 VIDEO = "video"
 AUDIO = "audio"
@@ -92,6 +98,7 @@ CARRIED_AUDIO = frozenset({"aac", "opus"})
 
 DEFAULT_TARGET_DURATION_S = 2.0
 DEFAULT_PART_TARGET_S = 0.333
+MAX_FRAME_RATE = 300.0
 DEFAULT_LISTED_SEGMENTS = 6
 
 _TRACK_IDS = {VIDEO: 1, AUDIO: 2}
@@ -124,6 +131,13 @@ class CmafInit:
     height: int = 0
     frame_rate: float | None = None
     """Frames per second the bitstream signals, if it does."""
+
+    @property
+    def signalled_frame_rate(self) -> float | None:
+        """`frame_rate` if it is one a picture could have: an encoder that stamps in milliseconds may
+        signal its tick (1000 fps) instead; then None, and a manifest measures the rate instead."""
+        rate = self.frame_rate
+        return rate if rate is not None and 0 < rate <= MAX_FRAME_RATE else None
     sample_rate: int = 0
     """Audio: the rate a listener hears, in Hz (the SBR rate for HE-AAC, 48000 for Opus)."""
     channels: int = 0
@@ -465,6 +479,8 @@ class CmafSegmenter:
         max_audio_wait_ms: int = 500,
         max_segment_bytes: int = 64 << 20,
         max_part_bytes: int = 16 << 20,
+        cuts: CutPlan | None = None,
+        follow: CutPlan | None = None,
     ) -> None:
         if not 0 < target_duration_s <= max_segment_duration_s:
             raise UsageError(
@@ -492,6 +508,14 @@ class CmafSegmenter:
         """Frames dropped while waiting for a keyframe (or, audio, for the video's first segment)."""
         self.timeline_resets = 0
         """Timestamp jumps that started a new timeline without a discontinuity() call."""
+        self.plan_mismatches = 0
+        """Following a plan: planned cuts whose number was not the next one (the rendition kept its own)."""
+        self.cuts = cuts
+        """Where this segmenter records its video cuts for renditions to follow (None: nobody asks)."""
+        self.follow = follow
+        """The plan this segmenter follows (a rendition's), or None."""
+        self._shift: int | None = None  # following: ms its video decode times move back by
+        self._number_offset = 0  # following: the source's sequence numbers minus ours
 
         self._video = _Track(VIDEO)
         self._audio = _Track(AUDIO)
@@ -543,6 +567,7 @@ class CmafSegmenter:
         next (a new publisher's configs) decides the tracks afresh.
         """
         self._close_all(self._out, force_audio=True)
+        self._shift = None
         if forget_configs:
             for track in (self._video, self._audio):
                 track.forget_config()
@@ -741,6 +766,9 @@ class CmafSegmenter:
             if size is not None:
                 self._sized_vp9_init(target, *size)
         tick = frame.dts_ms * 90
+        if self.follow is not None:
+            self._video_following(frame, now, payload, self.follow, out)
+            return
         if v.open:
             step = tick - v.last_tick  # type: ignore[operator]
             if step > self.max_ms * 90 or step < -_BACKWARD_LIMIT_MS * 90:
@@ -749,11 +777,14 @@ class CmafSegmenter:
             elif step <= 0:
                 tick = v.last_tick + 1  # type: ignore[operator]
         cts = frame.pts_ms * 90 - tick
+        cuts = self.cuts
         if not v.open:
             if not frame.keyframe:
                 self.frames_waiting_for_keyframe += 1
                 return
             self._open_video(tick, now, independent=True)
+            if cuts is not None:
+                self._record(cuts, frame, tick)
         else:
             elapsed = tick - v.seg_start
             if frame.keyframe and (elapsed >= self.target_ms * 90 or self._format_changed):
@@ -768,8 +799,98 @@ class CmafSegmenter:
                 self._open_video(tick, now, independent=frame.keyframe)
             elif self._part_is_full(v, tick):
                 out.append(v.close_part(tick))
+            else:
+                if frame.keyframe and cuts is not None:
+                    cuts.passed(frame.pts_ms)
+                cuts = None  # nothing starts at this frame
+            if cuts is not None:
+                self._record(cuts, frame, tick)
         v.append(tick, cts, payload, frame.keyframe)
         self._video_watermark = frame.dts_ms
+
+    def _record(self, cuts: CutPlan, frame: Frame, tick: int) -> None:
+        """The reference's side of a CutPlan: a video segment or part starts at this frame."""
+        v = self._video
+        assert v.timeline is not None
+        cuts.record(frame.pts_ms, Cut(
+            v.sequence, len(v.parts), v.timeline.wall_time(tick / 90), frame.pts_ms - tick // 90,
+            v.discontinuity and not v.parts, frame.keyframe,
+        ))
+
+    def _video_following(
+        self, frame: Frame, now: float, payload: bytes | memoryview, plan: CutPlan, out: list[CmafPart | CmafSegment]
+    ) -> None:
+        """A rendition's video: segments and parts start where the source's did (see the module docstring)."""
+        v = self._video
+        pts = frame.pts_ms
+        cut = plan.at(pts)
+        if not v.open:
+            if cut is None or cut.part or not frame.keyframe:
+                self.frames_waiting_for_keyframe += 1
+                return
+            if self._shift is None:
+                # The source decodes its keyframes this much before showing them: so do we, from here on.
+                self._shift = max(0, cut.decode_delay_ms - frame.cts_ms)
+            tick = (frame.dts_ms - self._shift) * 90
+            self._take(cut, tick, now, independent=True)
+        else:
+            tick = (frame.dts_ms - (self._shift or 0)) * 90
+            step = tick - v.last_tick  # type: ignore[operator]
+            if step > self.max_ms * 90 or step < -_BACKWARD_LIMIT_MS * 90:
+                self.timeline_resets += 1
+                self._close_all(out, force_audio=True)
+                self._shift = None
+                self._video_following(frame, now, payload, plan, out)
+                return
+            if step <= 0:
+                tick = v.last_tick + 1  # type: ignore[operator]
+            elapsed = tick - v.seg_start
+            decided = plan.decided(pts)
+            if cut is not None and not cut.part and (frame.keyframe or not cut.independent):
+                # (A keyframe cut where this frame is none: the segment goes on, and the next cut tells.)
+                v.close_segment(tick, out)
+                self._take(cut, tick, now, independent=frame.keyframe)
+            elif (
+                elapsed >= (2 * self.max_ms if decided else self.max_ms) * 90
+                or v.seg_bytes + v.payload_size >= self.max_bytes
+                or len(v.parts) >= _MAX_PARTS
+            ):
+                # Bounded anyway (where the plan reaches, the source's own maximum bounds it first).
+                v.close_segment(tick, out)
+                self._open_video(tick, now, independent=frame.keyframe)
+            elif frame.keyframe and (self._format_changed or (not decided and elapsed >= self.target_ms * 90)):
+                # A new config of its own needs its init from this keyframe on, plan or not; and where the
+                # plan does not reach yet, the same rule as the source's.
+                v.close_segment(tick, out)
+                self._open_video(tick, now, independent=True)
+            elif cut is not None or (not decided and self._part_is_full(v, tick)) or self._part_is_overfull(v):
+                if v.count:
+                    out.append(v.close_part(tick))
+        v.append(tick, pts * 90 - tick, payload, frame.keyframe)
+        self._video_watermark = tick // 90
+
+    def _take(self, cut: Cut, tick: int, now: float, *, independent: bool) -> None:
+        """Open a video segment where the plan says, with its number (if it is the next) and its date."""
+        v = self._video
+        if v.last_sequence is None:
+            self._next_sequence = max(self._next_sequence, cut.sequence)  # the first: the source's number
+            self._number_offset = cut.sequence - self._next_sequence
+        elif cut.sequence - self._number_offset != v.last_sequence + 1:
+            # A cut missed (or made alone): keep the numbers contiguous, as HLS requires, from here on
+            # this many behind (or ahead of) the source's; the times stay aligned.
+            self.plan_mismatches += 1
+            self._number_offset = cut.sequence - v.last_sequence - 1
+        timeline = None
+        new_timeline = cut.discontinuity and v.last_sequence is not None
+        if self._timeline is None or new_timeline:
+            # Anchor the wall clock where the source's says, so program date times agree.
+            timeline = self._timeline = Timeline(self._timelines, tick // 90, cut.program_date_time)
+            self._timelines += 1
+            self._pending_discontinuity |= new_timeline
+        self._open_video(tick, now, independent=independent, timeline=timeline)
+
+    def _part_is_overfull(self, t: _Track) -> bool:
+        return t.payload_size >= self.max_part_bytes or t.count >= _MAX_PART_SAMPLES
 
     def _part_is_full(self, t: _Track, tick: int) -> bool:
         # Close the part when this sample would carry it past the target (its duration is taken
@@ -783,11 +904,12 @@ class CmafSegmenter:
             or t.count >= _MAX_PART_SAMPLES
         )
 
-    def _open_video(self, tick: int, now: float, *, independent: bool) -> None:
+    def _open_video(self, tick: int, now: float, *, independent: bool, timeline: Timeline | None = None) -> None:
         v = self._video
         ms = tick // 90
         discontinuity = self._pending_discontinuity or self._format_changed or v.force_discontinuity
-        timeline = self._timeline_at(ms, now, discontinuity)
+        if timeline is None:
+            timeline = self._timeline_at(ms, now, discontinuity)
         sequence = self._claim(v, self._next_sequence)
         v.start_segment(sequence, tick, timeline, discontinuity, independent)
         self._pending_discontinuity = self._format_changed = False

@@ -22,6 +22,12 @@ Live (type="dynamic", profiles isoff-live and CMAF, DASH-IF IOP 4.3):
   compute segment availability on the server's clock, not the viewer's.
 Ended (window.ended): type="static", Periods back to back from 0 and a mediaPresentationDuration.
 
+ABR: each rendition's video track (`DashRendition`, its own CmafWindow, cut where the source's is,
+remux/segment.py) is one more Representation in the video AdaptationSet, with its own SegmentTemplate
+(its files live under its own stream's folder: the caller's `prefix` for it is e.g. "../demo@360p/ID-").
+Its segments go to the Period whose timeline covers their start; since renditions keep the source's
+times and numbers, the same presentationTimeOffset places them at the same instants as the source's.
+
 Nothing here reads a clock or touches a socket; URIs are cmaf.py's names behind the caller's
 `prefix`, with `query` appended.
 """
@@ -29,6 +35,7 @@ Nothing here reads a clock or touches a socket; URIs are cmaf.py's names behind 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -41,6 +48,16 @@ PROFILES = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:201
 UTC_TIMING_SCHEME = "urn:mpeg:dash:utc:http-iso:2014"
 DEFAULT_UTC_TIMING_URL = "/time"
 CHANNEL_CONFIGURATION_SCHEME = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011"
+
+
+@dataclass(frozen=True, slots=True)
+class DashRendition:
+    """A rendition's video track, listed as one more Representation of the video AdaptationSet."""
+
+    label: str
+    window: CmafWindow
+    prefix: str
+    """What goes before its file names: a path into its own stream's folder and its packager's prefix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +76,11 @@ def render_mpd(
     suggested_presentation_delay_s: float | None = None,
     minimum_update_period_s: float | None = None,
     availability_margin_s: float = 0.2,
+    renditions: Sequence[DashRendition] = (),
 ) -> str:
-    """The MPD for `window` at wall time `now` (unix seconds): dynamic while live, static once ended."""
-    for text in (prefix, query, utc_timing_url):
+    """The MPD for `window` at wall time `now` (unix seconds): dynamic while live, static once ended.
+    `renditions` (ABR) join the video AdaptationSet of each Period."""
+    for text in (prefix, query, utc_timing_url, *(r.prefix for r in renditions)):
         if any(ord(c) < 0x20 or c == "\x7f" for c in text):
             raise UsageError(f"MPD URI part {text!r} holds a control character")
     suffix = f"?{query}" if query else ""
@@ -105,13 +124,16 @@ def render_mpd(
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<MPD " + " ".join(mpd) + ">"]
     if not periods:
         lines.append(f'  <Period id="p0" start="{_duration(0)}"/>')
-    for timeline, tracks in periods:
+    # Live, a Period's presentation time 0 is its timeline's anchor; static, its earliest segment.
+    zeros = [timeline.anchor_ms if dynamic else min(tp.segments[0].start_ms for tp in tracks)
+             for timeline, tracks in periods]
+    ladder = _renditions_by_period(renditions, zeros)
+    for number, (timeline, tracks) in enumerate(periods):
         lines.append(f'  <Period id="p{timeline.index}" start="{_duration(starts[timeline.index])}">')
-        # Live, the Period's presentation time 0 is its timeline's anchor; static, its earliest segment.
-        zero_ms = timeline.anchor_ms if dynamic else min(tp.segments[0].start_ms for tp in tracks)
         for adaptation_id, tp in enumerate(tracks):
             tw = window.tracks[tp.track]
-            _adaptation_set(lines, adaptation_id, tw, tp.segments, zero_ms, prefix, suffix)
+            extra = ladder[number] if tp.track == VIDEO else []
+            _adaptation_set(lines, adaptation_id, tw, tp.segments, zeros[number], prefix, suffix, extra)
         lines.append("  </Period>")
     lines.append(f'  <UTCTiming schemeIdUri="{UTC_TIMING_SCHEME}" value="{_attr(utc_timing_url)}"/>')
     lines.append("</MPD>")
@@ -135,6 +157,30 @@ def _periods(window: CmafWindow) -> list[tuple[Timeline, list[_TrackPeriod]]]:
     ]
 
 
+def _renditions_by_period(
+    renditions: Sequence[DashRendition], zeros: list[float]
+) -> list[list[tuple[DashRendition, list[CmafSegment]]]]:
+    """Each rendition's listed video segments, by the Period whose start (`zeros`, ms) is the last at or
+    before theirs; a Period takes the segments of one init only (the first's)."""
+    out: list[list[tuple[DashRendition, list[CmafSegment]]]] = [[] for _ in zeros]
+    for rendition in renditions:
+        tw = rendition.window.track(VIDEO)
+        if tw is None or not zeros:
+            continue
+        grouped: dict[int, list[CmafSegment]] = {}
+        for segment in tw.listed:
+            number = next((n for n in range(len(zeros) - 1, -1, -1) if zeros[n] <= segment.start_ms), None)
+            if number is None:
+                continue  # older than every Period
+            group = grouped.setdefault(number, [])
+            if not group or (segment.init.version == group[0].init.version
+                             and segment.sequence == group[-1].sequence + 1):
+                group.append(segment)
+        for number, segments in grouped.items():
+            out[number].append((rendition, segments))
+    return out
+
+
 def _adaptation_set(
     lines: list[str],
     adaptation_id: int,
@@ -143,37 +189,24 @@ def _adaptation_set(
     zero_ms: float,
     prefix: str,
     suffix: str,
+    renditions: Sequence[tuple[DashRendition, list[CmafSegment]]] = (),
 ) -> None:
     first = segments[0]
     init = first.init  # a new init always starts a new timeline, so one per Period
-    timescale = first.timescale
-    # The same instant for every track (so they stay in sync), never after the first segment.
-    offset = min(math.floor(zero_ms * timescale / 1000), first.start)
     kind = "video" if tw.track == VIDEO else "audio"
     lines.append(
         f'    <AdaptationSet id="{adaptation_id}" contentType="{kind}" mimeType="{kind}/mp4" '
         'segmentAlignment="true" startWithSAP="1">'
     )
-    media = _template(prefix) + f"{tw.track}-$Number$.m4s" + _template(suffix)
-    initialization = _template(prefix + init_name(init.track, init.version) + suffix)
-    lines.append(
-        f'      <SegmentTemplate timescale="{timescale}" presentationTimeOffset="{offset}" '
-        f'startNumber="{first.sequence}" initialization="{_attr(initialization)}" media="{_attr(media)}">'
-    )
-    lines.append("        <SegmentTimeline>")
-    lines.extend(_timeline_entries(segments))
-    lines.append("        </SegmentTimeline>")
-    lines.append("      </SegmentTemplate>")
-    rates = [8 * len(s.data) / s.duration_s for s in segments if s.duration > 0]
-    bandwidth = max(1, math.ceil(max(rates, default=0)))
-    representation = [f'id="{tw.track}"', f'bandwidth="{bandwidth}"', f'codecs="{_attr(init.codec_string)}"']
+    _segment_template(lines, "      ", tw.track, segments, zero_ms, prefix, suffix)
+    representation = [f'id="{tw.track}"', *_representation(segments)]
     if tw.track == VIDEO:
-        if init.width and init.height:
-            representation += [f'width="{init.width}"', f'height="{init.height}"']
-        rate = init.frame_rate or _measured_frame_rate(segments)
-        if rate:
-            representation.append(f'frameRate="{_frame_rate(rate)}"')
         lines.append("      <Representation " + " ".join(representation) + "/>")
+        for rendition, own in renditions:
+            rep = [f'id="{tw.track}-{_attr(rendition.label)}"', *_representation(own)]
+            lines.append("      <Representation " + " ".join(rep) + ">")
+            _segment_template(lines, "        ", tw.track, own, zero_ms, rendition.prefix, suffix)
+            lines.append("      </Representation>")
     else:
         if init.sample_rate:
             representation.append(f'audioSamplingRate="{init.sample_rate}"')
@@ -183,6 +216,41 @@ def _adaptation_set(
             lines.append(f'        <AudioChannelConfiguration schemeIdUri="{scheme}" value="{init.channels}"/>')
         lines.append("      </Representation>")
     lines.append("    </AdaptationSet>")
+
+
+def _segment_template(
+    lines: list[str], indent: str, track: str, segments: list[CmafSegment], zero_ms: float, prefix: str, suffix: str
+) -> None:
+    first = segments[0]
+    init = first.init
+    timescale = first.timescale
+    # The same instant for every track (so they stay in sync), never after the first segment.
+    offset = min(math.floor(zero_ms * timescale / 1000), first.start)
+    media = _template(prefix) + f"{track}-$Number$.m4s" + _template(suffix)
+    initialization = _template(prefix + init_name(init.track, init.version) + suffix)
+    lines.append(
+        f'{indent}<SegmentTemplate timescale="{timescale}" presentationTimeOffset="{offset}" '
+        f'startNumber="{first.sequence}" initialization="{_attr(initialization)}" media="{_attr(media)}">'
+    )
+    lines.append(f"{indent}  <SegmentTimeline>")
+    lines.extend(indent + line for line in _timeline_entries(segments))
+    lines.append(f"{indent}  </SegmentTimeline>")
+    lines.append(f"{indent}</SegmentTemplate>")
+
+
+def _representation(segments: list[CmafSegment]) -> list[str]:
+    """bandwidth (the peak over the segments), codecs and, for video, size and frame rate."""
+    init = segments[0].init
+    rates = [8 * len(s.data) / s.duration_s for s in segments if s.duration > 0]
+    bandwidth = max(1, math.ceil(max(rates, default=0)))
+    out = [f'bandwidth="{bandwidth}"', f'codecs="{_attr(init.codec_string)}"']
+    if init.track == VIDEO:
+        if init.width and init.height:
+            out += [f'width="{init.width}"', f'height="{init.height}"']
+        rate = init.signalled_frame_rate or _measured_frame_rate(segments)
+        if rate:
+            out.append(f'frameRate="{_frame_rate(rate)}"')
+    return out
 
 
 def _timeline_entries(segments: list[CmafSegment]) -> list[str]:
@@ -198,7 +266,7 @@ def _timeline_entries(segments: list[CmafSegment]) -> list[str]:
     lines = []
     for t, d, r in entries:
         attributes = ([f't="{t}"'] if t >= 0 else []) + [f'd="{d}"'] + ([f'r="{r}"'] if r else [])
-        lines.append("          <S " + " ".join(attributes) + "/>")
+        lines.append("    <S " + " ".join(attributes) + "/>")
     return lines
 
 

@@ -28,6 +28,15 @@ the wall-clock `now`, used only to stamp EXT-X-PROGRAM-DATE-TIME. The rules:
   `discontinuity`, to the end of its last frame. Program date times are anchored once (the wall
   clock at the first segment's first frame) and then advance with media time, so they agree with
   the EXTINF durations; `discontinuity()` re-anchors them.
+- Aligned renditions (ABR). A source's segmenter given `cuts` records every cut it makes (CutPlan,
+  segment.py); a rendition's segmenter given `follow` cuts where that plan says, with the same sequence
+  number and program date time, so segment N of every rendition starts at the same instant. Its media
+  before the first planned cut is dropped. Its decode times move back by the source's decode delay at
+  the cut (a rendition has no B-frames, the source may have), so start times and durations match too;
+  presentation times are kept. Where the plan does not reach yet (the source's segmenter behind) it
+  cuts by the rule above, which gives the same cuts for the same keyframes. A planned number that is
+  not the next one (a cut it could not follow) is counted in `plan_mismatches`; the rendition's own
+  numbering stays contiguous, as HLS requires, and keeps the new difference from then on. Without `follow` nothing of this costs a thing.
 - Output. Every finished segment comes out of `push` (or, for the last one, `finish`), so a caller
   that adds whatever those return to its window never loses one.
 - Audio framing. Consecutive AAC frames share a PES, up to `audio_frames_per_pes`, which saves
@@ -55,7 +64,7 @@ from ..media.h264 import AvcConfig, access_unit_to_annexb, parse_avc_config
 from ..media.hevc import HevcConfig, parse_hevc_config
 from ..media.hevc import access_unit_to_annexb as hevc_access_unit_to_annexb
 from .mpegts import STREAM_TYPE_AAC_ADTS, STREAM_TYPE_H264, STREAM_TYPE_HEVC, TsMuxer, ts_time_90k
-from .segment import Segment, segment_name
+from .segment import Cut, CutPlan, Segment, segment_name
 
 @dataclass(frozen=True, slots=True)
 class _TsVideoCodec:
@@ -88,6 +97,8 @@ class TsSegmenter:
         audio_frames_per_pes: int = 4,
         audio_only_after_ms: int = 1000,
         max_segment_bytes: int = 64 << 20,
+        cuts: CutPlan | None = None,
+        follow: CutPlan | None = None,
     ) -> None:
         if not 0 < target_duration_s <= max_segment_duration_s:
             raise UsageError(
@@ -108,6 +119,14 @@ class TsSegmenter:
         """Media frames dropped because their codec's config had not arrived."""
         self.frames_waiting_for_keyframe = 0
         """Frames dropped while waiting for a keyframe to start a segment."""
+        self.plan_mismatches = 0
+        """Following a plan: planned cuts whose number was not the next one (the rendition kept its own)."""
+        self.cuts = cuts
+        """Where this segmenter records its cuts for renditions to follow (None: nobody asks)."""
+        self.follow = follow
+        """The plan this segmenter follows (a rendition's), or None."""
+        self._shift: int | None = None  # following: ms its decode times move back by (None: not yet cut)
+        self._number_offset = 0  # following: the source's sequence numbers minus ours
 
         self._muxer: TsMuxer | None = None
         self._next_sequence = first_sequence
@@ -188,6 +207,7 @@ class TsSegmenter:
         self._anchor = None
         self._held_audio.clear()
         self._last_video_dts = None
+        self._shift = None
 
     def finish(self, now: float | None = None) -> Segment | None:
         """Close the last, partial segment at the end of the stream; returns it, if there is one.
@@ -269,6 +289,8 @@ class TsSegmenter:
         pieces = self._video_codec.to_annexb(
             frame.payload, self._avc.nal_length_size, self._parameter_sets, frame.keyframe
         )
+        if self.follow is not None:
+            return self._video_following(frame, now, pieces, self.follow)
         dts = frame.dts_ms
         done: list[Segment] = []
         if not self._open:
@@ -276,6 +298,7 @@ class TsSegmenter:
                 self.frames_waiting_for_keyframe += 1
                 return done
             self._open_segment(dts, now, video=True, independent=True)
+            self._record(frame)
         elif not self._has_video:
             # An audio-only segment, and video has appeared: switch at its first keyframe.
             if not frame.keyframe:
@@ -283,14 +306,20 @@ class TsSegmenter:
                 return done
             done.append(self._close(dts))
             self._open_segment(dts, now, video=True, independent=True)
+            self._record(frame)
         else:
             elapsed = dts - self._start_ms
             if frame.keyframe and (elapsed >= self.target_ms or self._format_changed):
                 done.append(self._close(dts))
                 self._open_segment(dts, now, video=True, independent=True)
+                self._record(frame)
             elif elapsed >= self.max_ms or self._overfull():
                 done.append(self._close(dts))
                 self._open_segment(dts, now, video=True, independent=frame.keyframe)
+                self._record(frame)
+            elif frame.keyframe and self.cuts is not None:
+                self.cuts.passed(frame.pts_ms)
+        # _write_video, inlined: the hot path of every stream
         assert self._muxer is not None
         self._muxer.write_video(pieces, ts_time_90k(frame.pts_ms), ts_time_90k(dts), frame.keyframe)
         if self._last_video_dts is not None and dts > self._last_video_dts:
@@ -299,6 +328,75 @@ class TsSegmenter:
             self._end_ms = max(self._end_ms, dts)
         self._last_video_dts = dts
         return done
+
+    def _write_video(self, pieces: list[bytes | memoryview], pts: int, dts: int, keyframe: bool) -> None:
+        assert self._muxer is not None
+        self._muxer.write_video(pieces, ts_time_90k(pts), ts_time_90k(dts), keyframe)
+        if self._last_video_dts is not None and dts > self._last_video_dts:
+            self._end_ms = max(self._end_ms, 2 * dts - self._last_video_dts)
+        else:
+            self._end_ms = max(self._end_ms, dts)
+        self._last_video_dts = dts
+
+    def _record(self, frame: Frame) -> None:
+        """The reference's side of a CutPlan: the segment just opened starts at this frame."""
+        if self.cuts is not None:
+            self.cuts.record(frame.pts_ms, Cut(
+                self._next_sequence, 0, self._pdt, frame.cts_ms, self._discontinuity, self._independent
+            ))
+
+    def _video_following(
+        self, frame: Frame, now: float, pieces: list[bytes | memoryview], plan: CutPlan
+    ) -> list[Segment]:
+        """A rendition's video: cut where the source's segmenter cut (see the module docstring)."""
+        pts = frame.pts_ms
+        cut = plan.at(pts)
+        done: list[Segment] = []
+        if not self._open or not self._has_video:
+            if cut is None or not frame.keyframe:
+                self.frames_waiting_for_keyframe += 1
+                return done
+            if self._shift is None:
+                # The source decodes its keyframes this much before showing them: so do we, from here on.
+                self._shift = max(0, cut.decode_delay_ms - frame.cts_ms)
+            dts = frame.dts_ms - self._shift
+            if self._open:
+                done.append(self._close(dts))  # an audio-only segment, and video has appeared
+            self._take(cut, dts, now, independent=True)
+        else:
+            dts = frame.dts_ms - (self._shift or 0)
+            elapsed = dts - self._start_ms
+            decided = plan.decided(pts)
+            if cut is not None and (frame.keyframe or not cut.independent):
+                # (A keyframe cut where this frame is none: the segment goes on, and the next cut tells.)
+                done.append(self._close(dts))
+                self._take(cut, dts, now, independent=frame.keyframe)
+            elif not decided and frame.keyframe and (elapsed >= self.target_ms or self._format_changed):
+                done.append(self._close(dts))  # the plan does not reach here yet: the same rule as the source
+                self._open_segment(dts, now, video=True, independent=True)
+            elif elapsed >= (2 * self.max_ms if decided else self.max_ms) or self._overfull():
+                # Bounded anyway (where the plan reaches, the source's own maximum bounds it first).
+                done.append(self._close(dts))
+                self._open_segment(dts, now, video=True, independent=frame.keyframe)
+        if self._last_video_dts is not None and dts < self._last_video_dts:
+            dts = self._last_video_dts  # never back (a keyframe later shown earlier than the source's delay)
+        self._write_video(pieces, pts, dts, frame.keyframe)
+        return done
+
+    def _take(self, cut: Cut, dts: int, now: float, *, independent: bool) -> None:
+        """Open a segment where the plan says, with its number (if it is the next) and its date."""
+        if self._muxer is None:
+            self._next_sequence = cut.sequence  # the first segment: take the source's number
+            self._number_offset = 0
+        elif cut.sequence - self._number_offset != self._next_sequence:
+            # A cut missed (or made alone): keep the numbers contiguous, as HLS requires, from here on
+            # this many behind (or ahead of) the source's; the times stay aligned.
+            self.plan_mismatches += 1
+            self._number_offset = cut.sequence - self._next_sequence
+        if cut.discontinuity and self._muxer is not None:
+            self._pending_discontinuity = True
+        self._anchor = (dts, cut.program_date_time)
+        self._open_segment(dts, now, video=True, independent=independent)
 
     def _audio(self, frame: Frame, now: float) -> list[Segment]:
         assert self._aac is not None

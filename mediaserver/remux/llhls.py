@@ -5,7 +5,8 @@ The playlists list what a CmafWindow holds (RFC 8216bis, "HTTP Live Streaming 2n
 - `render_multivariant_playlist`: one EXT-X-STREAM-INF for the video playlist, the audio track as
   an EXT-X-MEDIA rendition (TYPE=AUDIO, with its own playlist); an audio-only stream points the
   variant at the audio playlist. CODECS, RESOLUTION, FRAME-RATE and BANDWIDTH come from the inits
-  and the segments.
+  and the segments. With ABR, the ladder's renditions follow as more variants with the same audio
+  (multivariant.py writes the playlist).
 - `render_media_playlist`: one track's playlist. EXT-X-VERSION 9; EXT-X-TARGETDURATION from the
   window (never shrinking); EXT-X-SERVER-CONTROL with CAN-BLOCK-RELOAD=YES, PART-HOLD-BACK (three
   part targets) and HOLD-BACK (three target durations); EXT-X-PART-INF; EXT-X-MAP before the first
@@ -29,7 +30,7 @@ waits, reads a clock or touches a socket. URIs are the names from cmaf.py behind
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import Enum
 
 from ..errors import UsageError
@@ -45,6 +46,7 @@ from .cmaf import (
 )
 from .cmaf_window import CmafTrackWindow, CmafWindow
 from .hls import format_program_date_time
+from .multivariant import AudioGroup, Variant, render_multivariant
 
 PROTOCOL_VERSION = 9
 PART_HOLD_BACK_PARTS = 3  # PART-HOLD-BACK SHOULD be at least three part targets (4.4.3.8)
@@ -257,53 +259,36 @@ def render_multivariant_playlist(
     video_uri: str = "video.m3u8",
     audio_uri: str = "audio.m3u8",
     query: str = "",
+    renditions: Sequence[Variant] = (),
 ) -> str:
     """The multivariant playlist: the video playlist as the variant, audio as its rendition group.
 
     Lists the tracks the window has seen; an audio-only stream's variant is the audio playlist.
+    `renditions` (ABR) are more video variants after the source's, each playing with the same audio
+    group (their CODECS should name the audio codec too).
     """
-    for text in (video_uri, audio_uri, query):
-        _check_uri_part(text)
-    suffix = f"?{query}" if query else ""
     video = window.track(VIDEO)
     audio = window.track(AUDIO)
     video_init = video.current_init if video is not None else None
     audio_init = audio.current_init if audio is not None else None
-    lines = ["#EXTM3U", f"#EXT-X-VERSION:{PROTOCOL_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if video_init is None and audio_init is None:
-        lines.append("")
-        return "\n".join(lines)
+        return render_multivariant([], query=query, version=PROTOCOL_VERSION)
     peak, average = _bandwidth(audio) if audio is not None else (0, 0)
-    if video_init is not None and video is not None:
-        video_peak, video_average = _bandwidth(video)
-        codecs = [video_init.codec_string]
-        attributes = []
-        if audio_init is not None:
-            codecs.append(audio_init.codec_string)
-            channels = f',CHANNELS="{audio_init.channels}"' if audio_init.channels else ""
-            lines.append(
-                f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
-                f'{channels},URI="{audio_uri}{suffix}"'
-            )
-            attributes.append(f'AUDIO="{AUDIO_GROUP}"')
-        info = [f"BANDWIDTH={max(1, video_peak + peak)}", f"AVERAGE-BANDWIDTH={max(1, video_average + average)}",
-                f'CODECS="{",".join(codecs)}"']
-        if video_init.width and video_init.height:
-            info.append(f"RESOLUTION={video_init.width}x{video_init.height}")
-        rate = video_init.frame_rate or _measured_frame_rate(video)
-        if rate:
-            info.append(f"FRAME-RATE={rate:.3f}")
-        lines.append("#EXT-X-STREAM-INF:" + ",".join(info + attributes))
-        lines.append(video_uri + suffix)
-    else:
+    if video_init is None or video is None:
         assert audio_init is not None
-        lines.append(
-            f'#EXT-X-STREAM-INF:BANDWIDTH={max(1, peak)},AVERAGE-BANDWIDTH={max(1, average)},'
-            f'CODECS="{audio_init.codec_string}"'
-        )
-        lines.append(audio_uri + suffix)
-    lines.append("")
-    return "\n".join(lines)
+        variant = Variant(audio_uri, peak, (audio_init.codec_string,), average_bandwidth=average)
+        return render_multivariant([variant], query=query, version=PROTOCOL_VERSION)
+    video_peak, video_average = _bandwidth(video)
+    group = None
+    codecs = [video_init.codec_string]
+    if audio_init is not None:
+        codecs.append(audio_init.codec_string)
+        group = AudioGroup(audio_uri, AUDIO_GROUP, "audio", audio_init.channels)
+    source = Variant(
+        video_uri, video_peak + peak, tuple(codecs), video_init.width, video_init.height,
+        video_init.signalled_frame_rate or _measured_frame_rate(video), video_average + average,
+    )
+    return render_multivariant([source, *renditions], audio=group, query=query, version=PROTOCOL_VERSION)
 
 
 def _bandwidth(tw: CmafTrackWindow) -> tuple[int, int]:

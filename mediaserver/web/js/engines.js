@@ -5,6 +5,9 @@
 //   dash          dash.js
 //
 // Engines report the end of the stream (onEnd) and fatal errors (onError); the page decides what to say.
+// Over a multivariant playlist or an MPD with several video Representations (ABR), hls.js and dash.js
+// pick the rendition; levels() lists them, level() says which plays, pin(id) fixes one (null: the
+// player's choice again), and onLevels() is called when any of that changes.
 // Latency is measured against the wall clock where the format carries one (HLS program date times, the
 // DASH timeline, corrected by the server clock offset), and as buffered media ahead of the playhead for
 // FLV, which carries no wall clock.
@@ -66,6 +69,12 @@ export function preload(format) {
   return src ? loadScript(src).catch(() => {}) : Promise.resolve();
 }
 
+/** A rendition's label from its playlist URL (…/NAME@LABEL/…), "source" for the stream itself. */
+export function renditionLabel(url) {
+  const match = /@([a-z0-9_-]{1,32})\//.exec(String(url).replace(/%40/gi, '@'));
+  return match ? match[1] : 'source';
+}
+
 function bufferAhead(video) {
   const b = video.buffered;
   if (!b || !b.length) return null;
@@ -106,6 +115,23 @@ class Engine {
   latency() {
     const ahead = bufferAhead(this.video);
     return ahead === null ? null : {seconds: ahead, method: 'media buffered ahead of the playhead'};
+  }
+
+  /** The renditions the player chooses between: [{id, label, width, height, bitrate}]; [] without ABR. */
+  levels() {
+    return [];
+  }
+
+  /** {id: the rendition playing (null if unknown), auto: whether the player chooses}. */
+  level() {
+    return {id: null, auto: true};
+  }
+
+  /** Play rendition `id` from now on, or let the player choose again (null). */
+  pin(_id) {}
+
+  levelsChanged() {
+    if (!this.dead && this.opts.onLevels) this.opts.onLevels();
   }
 
   /** Start playing once the engine is set up; rejects with NotAllowedError where autoplay is refused. */
@@ -150,6 +176,8 @@ class HlsEngine extends Engine {
       });
       // The payload itself may have been handed to the worker (and emptied) by now; the stats keep the size.
       hls.on(Hls.Events.FRAG_LOADED, (_, d) => this.count(((d.part || d.frag).stats || {}).loaded || 0));
+      hls.on(Hls.Events.MANIFEST_PARSED, () => this.levelsChanged());
+      hls.on(Hls.Events.LEVEL_SWITCHED, () => this.levelsChanged());
       hls.on(Hls.Events.ERROR, (_, d) => {
         if (!d.fatal) return;
         const status = d.response && d.response.code;
@@ -163,6 +191,26 @@ class HlsEngine extends Engine {
     } else {
       this.fail({detail: 'hls.js is not supported in this browser'});
     }
+  }
+
+  levels() {
+    const levels = this.hls && this.hls.levels ? this.hls.levels : [];
+    return levels.map((l, i) => ({
+      id: i, label: renditionLabel(l.uri || (Array.isArray(l.url) ? l.url[0] : l.url) || ''),
+      width: l.width || 0, height: l.height || 0, bitrate: l.bitrate || 0,
+    }));
+  }
+
+  level() {
+    const hls = this.hls;
+    if (!hls) return super.level();
+    return {id: hls.currentLevel >= 0 ? hls.currentLevel : null, auto: hls.autoLevelEnabled};
+  }
+
+  pin(id) {
+    if (!this.hls) return;
+    this.hls.nextLevel = id === null ? -1 : id;  // from the next segment on: no flush, no stall
+    this.levelsChanged();
   }
 
   latency() {
@@ -219,6 +267,8 @@ class DashEngine extends Engine {
       this.fail({detail: err.message || String(err.code || 'dash.js error'), status: null});
     });
     player.on(events.PLAYBACK_ENDED, () => this.end('ended'));
+    player.on(events.STREAM_INITIALIZED, () => this.levelsChanged());
+    player.on(events.QUALITY_CHANGE_RENDERED, (e) => { if (e.mediaType === 'video') this.levelsChanged(); });
     this.started = new Promise((resolve, reject) => {
       player.on(events.PLAYBACK_PLAYING, () => resolve());
       player.on(events.PLAYBACK_NOT_ALLOWED, () => reject(new DOMException('autoplay refused', 'NotAllowedError')));
@@ -231,6 +281,30 @@ class DashEngine extends Engine {
     // dash.js starts playback itself (autoPlay) once it has attached to the video: a play() before that
     // would go unseen by it, and it would never refresh the manifest.
     return this.started || Promise.resolve();
+  }
+
+  levels() {
+    let reps = [];
+    try { reps = (this.player && this.player.getRepresentationsByType('video')) || []; } catch { reps = []; }
+    return reps.map((r) => ({
+      id: r.id, label: r.id === 'video' ? 'source' : String(r.id).replace(/^video-/, ''),
+      width: r.width || 0, height: r.height || 0, bitrate: r.bandwidth || 0,
+    }));
+  }
+
+  level() {
+    if (!this.player) return super.level();
+    let current = null;
+    try { current = this.player.getCurrentRepresentationForType('video'); } catch { current = null; }
+    const auto = this.player.getSettings().streaming.abr.autoSwitchBitrate.video !== false;
+    return {id: current ? current.id : null, auto};
+  }
+
+  pin(id) {
+    if (!this.player) return;
+    this.player.updateSettings({streaming: {abr: {autoSwitchBitrate: {video: id === null}}}});
+    if (id !== null) this.player.setRepresentationForTypeById('video', id);
+    this.levelsChanged();
   }
 
   latency() {

@@ -7,6 +7,10 @@
 // start by itself when an offline stream goes live. A play token in the page URL is passed to every
 // request for the stream.
 //
+// ABR: when the server says the stream's ladder is on (status.json `abr`), the page plays a format whose
+// player picks the rendition (LL-HLS over cmaf.m3u8, DASH, or HLS over master.m3u8) unless the URL names
+// a format, and shows a quality selector ("Auto" and each rendition) and the rendition on screen.
+//
 // States (shown in #status[data-state]): loading, offline, ready (press play), connecting, playing,
 // buffering, reconnecting (publisher gone, within the grace period), ended, stopped (the server closed
 // the connection while the stream is live), refused (the server or the browser cannot play this format,
@@ -14,17 +18,25 @@
 
 import {NAME, el, explain, formatKbps, getJSON, sleep, withToken} from './common.js';
 import {cannotPlay, codecName, createEngine, preload, serverClockOffsetMs} from './engines.js';
+import {QualityMenu} from './player_levels.js';
+
+// Formats whose players choose between the renditions of a ladder, in the server's order of preference.
+const ABR_FORMATS = new Set(['llhls', 'dash', 'hls']);
+// A stream name, or a rendition's: NAME@LABEL.
+const LABEL = /^[a-z0-9_-]{1,32}$/;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   title: $('title'), video: $('video'), overlay: $('overlay'), overlayText: $('overlay-text'), play: $('play'),
   status: $('status'), formats: $('formats'), unavailable: $('unavailable'), unmute: $('unmute'),
-  latencyMethod: $('latency-method'),
+  latencyMethod: $('latency-method'), quality: $('quality'),
   stat: {
     format: $('stat-format'), latency: $('stat-latency'), bitrate: $('stat-bitrate'),
     resolution: $('stat-resolution'), dropped: $('stat-dropped'), startup: $('stat-startup'),
+    rendition: $('stat-rendition'),
   },
 };
+const quality = new QualityMenu(ui.quality, ui.stat.rendition);
 
 const [, , rawApp = '', rawName = ''] = location.pathname.split('/');
 const app = safeDecode(rawApp);
@@ -72,8 +84,14 @@ function whyNot(f) {
 
 function chooseFormat() {
   if (format && formatById(format)) return format;
-  const playable = info.formats.find((f) => !whyNot(f));
+  const candidates = info.abr ? info.formats.filter((f) => ABR_FORMATS.has(f.id)) : [];
+  const playable = candidates.find((f) => !whyNot(f)) || info.formats.find((f) => !whyNot(f));
   return playable ? playable.id : null;
+}
+
+/** The URL a format plays: with ABR, plain HLS plays the multivariant master.m3u8 over the ladder. */
+function urlOf(f) {
+  return info.abr && f.id === 'hls' && f.url.endsWith('/index.m3u8') ? `${f.url.slice(0, -10)}master.m3u8` : f.url;
 }
 
 function renderFormats() {
@@ -108,6 +126,7 @@ async function fetchStatus() {
 // ----- playback ------------------------------------------------------------------------------------
 
 function stopEngine() {
+  quality.detach();
   if (engine) {
     const old = engine;
     engine = null;
@@ -134,14 +153,16 @@ async function start() {
   ui.stat.startup.textContent = '…';
   delete ui.stat.startup.dataset.ms;
   setState('connecting', `Connecting to ${stream} over ${f.label}…`);
-  const mine = engine = createEngine(f.id, ui.video, withToken(f.url, token), {
+  const mine = engine = createEngine(f.id, ui.video, withToken(urlOf(f), token), {
     hasAudio: Boolean(info.audio) || !info.video,
     hasVideo: Boolean(info.video) || !info.audio,
     clockOffsetMs,
     debug,
+    onLevels: () => { if (engine === mine) quality.render(); },
     onEnd: (why) => { if (engine === mine) onEngineEnd(why); },
     onError: (err) => { if (engine === mine) onEngineError(f, err); },
   });
+  quality.attach(mine);
   try {
     await mine.start();
   } catch (err) {
@@ -199,7 +220,7 @@ async function probe(f) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), 8000);
   try {
-    const resp = await fetch(withToken(f.url, token), {cache: 'no-store', signal: controller.signal});
+    const resp = await fetch(withToken(urlOf(f), token), {cache: 'no-store', signal: controller.signal});
     let body = null;
     if (!resp.ok && (resp.headers.get('Content-Type') || '').includes('application/json')) {
       body = await resp.json().catch(() => null);
@@ -359,9 +380,10 @@ async function pollLoop() {
 async function boot() {
   document.title = `${stream} · mediaserver`;
   ui.title.textContent = stream;
-  if (!NAME.test(app) || !NAME.test(name)) {
+  const [base, label] = name.split('@', 2);
+  if (!NAME.test(app) || !NAME.test(base) || (name.includes('@') && !LABEL.test(label || ''))) {
     setState('error', `“${stream}” is not a stream name.`,
-      'Player URLs look like /play/APP/NAME, e.g. /play/live/studio; names are letters, digits, _ - . ~');
+      'Player URLs look like /play/APP/NAME (or NAME@LABEL for one rendition), e.g. /play/live/studio; names are letters, digits, _ - . ~');
     return;
   }
   serverClockOffsetMs().then((ms) => { clockOffsetMs = ms; });
@@ -404,5 +426,8 @@ window.mediaserverPlayer = {
   get phase() { return phase; },
   get format() { return format; },
   get status() { return info; },
+  get levels() { return engine ? engine.levels() : []; },
+  get level() { return engine ? engine.level() : null; },
+  pin(id) { if (engine) engine.pin(id); },
   codecName,
 };

@@ -16,7 +16,7 @@ import imageio_ffmpeg
 import pytest
 
 from mediaserver.media.flv_body import audio_frame, data_frame, video_frame
-from mediaserver.media.frames import Frame
+from mediaserver.media.frames import Frame, FrameKind
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -126,3 +126,49 @@ def video_clip(tmp_path_factory: pytest.TempPathFactory) -> list[Frame]:
     """5 s of 640x360 30 fps H.264 with a 2 s GOP, no audio, as Frames."""
     path = tmp_path_factory.mktemp("clips") / "video.flv"
     return flv_frames(make_flv_clip(path, width=640, height=360, fps=30, gop_frames=60, seconds=5.0, audio=False))
+
+
+# -- ABR renditions ---------------------------------------------------------------------------------
+
+
+def media(frames: list[Frame], kind: FrameKind) -> list[Frame]:
+    return [f for f in frames if f.kind == kind and not f.is_config and not f.is_end]
+
+
+def config(frames: list[Frame], kind: FrameKind) -> Frame:
+    return next(f for f in frames if f.kind == kind and f.is_config)
+
+
+def stamped(frame: Frame, pts_ms: int, keyframe: bool | None = None) -> Frame:
+    """A no-B-frame video frame rebuilt at dts = pts = `pts_ms` (its frame type changed if asked)."""
+    body = bytes(frame.body)
+    if keyframe is not None:
+        body = bytes(((0x10 if keyframe else 0x20) | (body[0] & 0x0F),)) + body[1:]
+    rebuilt = video_frame(body, pts_ms)
+    assert rebuilt is not None and rebuilt.cts_ms == 0
+    return rebuilt
+
+
+def rendition_of(source: list[Frame], small: list[Frame]) -> list[Frame]:
+    """`small`'s pictures at the source's presentation times, with the source's audio, in time order."""
+    source_video = sorted(media(source, FrameKind.VIDEO), key=lambda f: f.pts_ms)
+    small_video = media(small, FrameKind.VIDEO)
+    assert len(small_video) == len(source_video)
+    # The transcoder forces a keyframe at each source keyframe (and makes none elsewhere).
+    video = [stamped(f, s.pts_ms, s.keyframe) for f, s in zip(small_video, source_video)]
+    timed = sorted(video + media(source, FrameKind.AUDIO), key=lambda f: f.dts_ms)
+    return [config(small, FrameKind.VIDEO), config(source, FrameKind.AUDIO), *timed]
+
+
+@pytest.fixture(scope="session")
+def small_clip(tmp_path_factory: pytest.TempPathFactory) -> list[Frame]:
+    """The av_clip's picture at 160x120 without B-frames (same rate, same keyframe interval)."""
+    path = tmp_path_factory.mktemp("clips") / "small.flv"
+    return flv_frames(make_flv_clip(path, width=160, height=120, bframes=0))
+
+
+@pytest.fixture(scope="session")
+def rendition(av_clip: list[Frame], small_clip: list[Frame]) -> list[Frame]:
+    own = [f.keyframe for f in media(small_clip, FrameKind.VIDEO)]
+    assert own == [f.keyframe for f in sorted(media(av_clip, FrameKind.VIDEO), key=lambda f: f.pts_ms)]
+    return rendition_of(av_clip, small_clip)
