@@ -307,6 +307,18 @@ def rendition_locate(abr: TranscodePool, registry: StreamRegistry, cluster: Clus
     return locate
 
 
+def ladder_labels(rungs):
+    """(track id, height) -> the label of the ladder rung of that height, else "HEIGHTp" (multitrack)."""
+    from .hub.tracks import default_label
+
+    by_height = {r.height: r.label for r in rungs}
+
+    def label_for(track_id: int, height: int) -> str:
+        return by_height.get(height) or default_label(track_id, height)
+
+    return label_for
+
+
 async def serve(config: Config, stop: asyncio.Event) -> None:
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
@@ -329,6 +341,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     )
     abr.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate)
+    rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()

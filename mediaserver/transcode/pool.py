@@ -23,10 +23,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..auth.names import split_rendition
+from ..auth.names import RENDITION_SEPARATOR, split_rendition
 from ..config import AbrConfig, WatermarkConfig
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
+from ..hub.tracks import TrackPublisher
 from ..log import LogGate, event
 from .job import MAX_BACKLOG_MS, STATS_INTERVAL_S, JobState, TranscodeJob, cpu_count, worker_command
 from .ladder import applies, plan_ladder
@@ -87,10 +88,14 @@ class TranscodePool:
     # ----- AbrService -------------------------------------------------------------------------------------
 
     def enabled_for(self, source: StreamKey) -> bool:
-        return (self.abr.mode != "off" and applies(self.abr.apps, source.app)
-                and split_rendition(source.name)[1] is None)
+        if split_rendition(source.name)[1] is not None:
+            return False
+        return (self.abr.mode != "off" and applies(self.abr.apps, source.app)) or bool(self._encoder_ladder(source))
 
     async def renditions(self, source: StreamKey, *, start: bool = True) -> list[RenditionView] | AbrRefusal:
+        encoded = self._encoder_ladder(source)
+        if encoded:
+            return encoded  # the encoder sends its own ladder (multitrack): nothing to transcode
         job = await self._job(source, start)
         if job is None:
             return []
@@ -341,6 +346,21 @@ class TranscodePool:
                               o.rung.codec)
                 for o in job.live_outs() if o.ready.is_set() and o.stream is not None]
 
+    def _encoder_ladder(self, source: StreamKey) -> list[RenditionView]:
+        """The renditions an Enhanced RTMP multitrack publisher of `source` sends itself, highest first."""
+        prefix = source.name + RENDITION_SEPARATOR
+        views = []
+        for stream in self.registry.streams():
+            key = stream.key
+            if (key.app != source.app or not key.name.startswith(prefix) or stream.ended
+                    or not isinstance(stream.publisher, TrackPublisher) or stream.gop.gop_start is None):
+                continue
+            info = stream.info
+            views.append(RenditionView(split_rendition(key.name)[1] or "", key, info.width or 0, info.height or 0,
+                                       _measured_bps(stream), info.video_codec or ""))
+        views.sort(key=lambda v: (-v.height, -v.bandwidth))
+        return views
+
     # ----- idle stop (on_demand) and the always mode -------------------------------------------------------
 
     def _watch_idle(self) -> None:
@@ -402,6 +422,15 @@ class TranscodePool:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
+
+
+def _measured_bps(stream: Stream) -> int:
+    """Bits per second of the stream's kept media (video and audio), for a variant's BANDWIDTH."""
+    frames = [f for f in stream.gop.frames_from(stream.gop.history_start()) if not f.is_config]
+    if len(frames) < 2:
+        return 0
+    span_ms = max(1, frames[-1].dts_ms - frames[0].dts_ms)
+    return int(sum(f.size for f in frames) * 8000 / span_ms)
 
 
 def _size(stream: Stream) -> tuple[int, int] | None:
