@@ -82,6 +82,8 @@ class TranscodePool:
         self._idle_task: asyncio.Task[None] | None = None
         self._waiting: dict[StreamKey, asyncio.Task[None]] = {}
         self._closed = False
+        self.on_job_ended: list[Callable[[StreamKey], None]] = []
+        """Told when a job of this node ends, whatever ended it (the cluster gives up its claim)."""
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._stream_ended)
 
@@ -307,6 +309,11 @@ class TranscodePool:
                 now + ERROR_KEPT_S)
         event(log, "transcode_stopped", stream=str(job.source), reason=job.stop_reason or "worker_gone",
               restarts=job.restarts, cpu_s=round(job.cpu_seconds, 2), jobs=len(self.jobs))
+        for hook in list(self.on_job_ended):
+            try:
+                hook(job.source)
+            except Exception:
+                log.exception("job-ended hook failed for %s", job.source)
 
     def _failed(self, source: StreamKey) -> AbrRefusal | None:
         kept = self.failed.get(source)
