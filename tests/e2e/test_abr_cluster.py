@@ -6,7 +6,6 @@ on after a discontinuity."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
