@@ -57,3 +57,21 @@ async def test_a_transcoder_makes_the_ladder_for_the_edges_and_another_takes_ove
     print(f"rendition back on the edge {failover_s:.2f} s after its transcoder was killed")
     assert failover_s < 8, failover_s  # about node_ttl + a scan + a GOP on an idle machine
 
+
+
+async def test_without_transcoder_nodes_the_node_that_needs_the_renditions_makes_them_once(
+        cluster, redis, publish, media, stream_name):  # noqa: F811
+    abr = {"abr.ladder": LADDER, "abr.wait": "10"}
+    origin = cluster("origin", "origin-1", **abr)
+    edges = [cluster("edge", f"edge-{i}", **abr) for i in (1, 2)]
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+    async with edges[0].flv_viewer(f"{stream_name}@180p", live_timeout_s=30) as first:
+        assert await first.wait_video_frames(20, timeout_s=20), first.describe_start()
+        async with edges[1].flv_viewer(f"{stream_name}@180p", live_timeout_s=30) as second:
+            assert await second.wait_video_frames(20, timeout_s=20), second.describe_start()
+    job = stream_owner(redis, stream_name + "@")
+    assert job is not None and job["node"] == "edge-1", job
+    # The second edge pulled the rendition from the first instead of transcoding it again.
+    assert "transcode_started" not in edges[1].log_text(), edges[1].log_tail()
+    assert f"event=pull_start stream=live/{stream_name}@180p" in edges[1].log_text(), edges[1].log_tail()
