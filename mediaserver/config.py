@@ -444,6 +444,8 @@ def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
         built[key] = coerced
     if short == "ladder" and not _LABEL.fullmatch(built["label"]):
         raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
+    if short == "ladder" and built["label"] == "source":
+        raise ConfigError(f"{here}.label = \"source\" is kept for the watermarked top rung; choose another label")
     return cls(**built)
 
 

@@ -30,7 +30,7 @@ from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import TrackPublisher
 from ..log import LogGate, event
 from .job import MAX_BACKLOG_MS, STATS_INTERVAL_S, JobState, TranscodeJob, cpu_count, worker_command
-from .ladder import applies, plan_ladder
+from .ladder import DEFAULT_PRESETS, SOURCE_LABEL, Rendition, applies, plan_ladder
 from .service import AbrRefusal, RenditionView
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ keeps failing) are the node's (503)."""
 ERROR_KEPT_S = 60.0
 """How long a worker's ERROR (a source it cannot decode) is answered without starting another worker."""
 REFUSAL_LOG_INTERVAL_S = 30.0
+SOURCE_RUNG_KBPS = 2500
+"""A watermarked top rung's bit rate when the source declares none and too little is kept to measure it."""
 DEFAULT_AUDIO_BPS = 128_000
 """A rendition's audio in BANDWIDTH when the source does not declare its audiodatarate."""
 
@@ -251,6 +253,8 @@ class TranscodePool:
             return self._refuse(source, AbrRefusal(409, "ladder", f"the source is {size[1]}p: no rung of the ladder "
                                                    "is below it", f"the lowest rung is {lowest}p; add a lower "
                                                    "[[abr.ladder]] rung, or play the stream itself"), log_it=False)
+        if self._marks_source(source):
+            rungs.insert(0, source_rung(stream, size, codec))
         if not start:
             return None
         running = sum(1 for j in self.jobs.values() if not j.stopped)
@@ -281,6 +285,10 @@ class TranscodePool:
                     await stream.changed()
                     size = _size(stream)
         return size
+
+    def _marks_source(self, source: StreamKey) -> bool:
+        wm = self.watermark
+        return bool(wm.file and wm.source and applies(wm.apps, source.app))
 
     def _options(self, source: StreamKey) -> dict[str, Any]:
         wm = self.watermark
@@ -429,6 +437,16 @@ class TranscodePool:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
+
+
+def source_rung(stream: Stream, size: tuple[int, int], codec: str) -> Rendition:
+    """The top rung that replaces the source's passthrough when the watermark marks the source: the source's
+    size and bit rate (its metadata's, else what the kept media measures), its codec where we encode it."""
+    declared = stream.info.metadata_values.get("videodatarate")
+    kbps = int(declared) if isinstance(declared, (int, float)) and not isinstance(declared, bool) and declared > 0 else 0
+    kbps = kbps or _measured_bps(stream) // 1000 or SOURCE_RUNG_KBPS
+    rung_codec = codec if codec in ("h264", "hevc") else "h264"
+    return Rendition(SOURCE_LABEL, size[0], size[1], max(100, kbps), rung_codec, DEFAULT_PRESETS[rung_codec], 2)
 
 
 def _measured_bps(stream: Stream) -> int:
