@@ -19,7 +19,7 @@ LADDER = '[{label = "180p", height = 180, video_kbps = 300, preset = "ultrafast"
 
 async def test_a_transcoder_makes_the_ladder_for_the_edges_and_another_takes_over_when_it_dies(
         cluster, redis, publish, media, stream_name):  # noqa: F811
-    abr = {"abr.ladder": LADDER, "abr.wait": "10", "hub.reconnect_grace": "10"}
+    abr = {"abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "10", "hub.reconnect_grace": "10"}
     origin = cluster("origin", "origin-1", **abr)
     transcoders = {name: cluster("transcoder", name, **abr) for name in ("trans-1", "trans-2")}
     edge = cluster("edge", "edge-1", **abr)
@@ -61,7 +61,7 @@ async def test_a_transcoder_makes_the_ladder_for_the_edges_and_another_takes_ove
 
 async def test_without_transcoder_nodes_the_node_that_needs_the_renditions_makes_them_once(
         cluster, redis, publish, media, stream_name):  # noqa: F811
-    abr = {"abr.ladder": LADDER, "abr.wait": "10"}
+    abr = {"abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "10"}
     origin = cluster("origin", "origin-1", **abr)
     edges = [cluster("edge", f"edge-{i}", **abr) for i in (1, 2)]
     publish(origin, stream_name, media.av, loop=True)

@@ -52,7 +52,8 @@ async def segments_by_number(http, url: str, want: int, timeout_s: float = 30) -
 
 
 async def test_segment_n_starts_at_the_same_instant_in_every_rendition(server_factory, publish, media, stream_name):
-    server = server_factory(**{"abr.ladder": LADDER, "abr.wait": "15", "hls.segment_duration": "1"})
+    server = server_factory(**{"abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "15",
+                               "hls.segment_duration": "1"})
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
     base = f"{server.http_base}/live/{stream_name}/"
@@ -102,7 +103,7 @@ async def test_a_watermark_on_the_source_replaces_it_with_a_marked_top_rung(serv
     logo = tmp_path / "logo.png"
     write_png(logo, (255, 0, 0, 255))
     server = server_factory(**{
-        "abr.ladder": LADDER, "abr.wait": "15", "watermark.file": str(logo), "watermark.source": "true",
+        "abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "15", "watermark.file": str(logo), "watermark.source": "true",
         "watermark.scale": "0.25", "watermark.margin": "16", "watermark.opacity": "1.0",
     })
     publish(server, stream_name, media.av, loop=True)
