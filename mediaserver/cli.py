@@ -46,6 +46,7 @@ from .log import event, setup
 from .rtmp.server import RtmpServer
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
+from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
 
@@ -150,6 +151,7 @@ class ClusterWiring:
         from .cluster.locator import NodeInfo
         from .cluster.member import TAKEOVER_POLL_S, ClusterMember
         from .cluster.redis_locator import RedisLocator
+        from .auth.names import split_rendition
         from .edge.origin_pull import OriginPull, PullPool, PullSettings
 
         cfg = config.cluster
@@ -207,7 +209,11 @@ class ClusterWiring:
             return run
 
         def published(stream) -> None:
-            if not isinstance(stream.publisher, OriginPull):
+            if isinstance(stream.publisher, OriginPull):
+                return
+            if split_rendition(stream.key.name)[1] is not None:
+                self.member.adopt(str(stream.key))  # made here (a transcode, an encoder's track): no gate claimed it
+            else:
                 self.member.published(str(stream.key))
 
         registry.on_published.append(published)
@@ -220,8 +226,9 @@ class ClusterWiring:
         return int((self._egress.per_second() or 0) * 8)
 
     async def claim(self, key) -> str | None:
-        if self.role == "edge":
-            return (f"this node is an edge (cluster.role = \"edge\"); publish {key} to an origin instead")
+        if self.role in ("edge", "transcoder"):
+            return (f"this node is {'an edge' if self.role == 'edge' else 'a transcoder'} (cluster.role = "
+                    f"\"{self.role}\"); publish {key} to an origin instead")
         return await self.member.claim(str(key))
 
     async def locate(self, key, address: str):
@@ -286,13 +293,21 @@ def _key(name: str):
 # ----- end of cluster ----------------------------------------------------------------------------------
 
 
-def rendition_locate(abr: TranscodePool, registry: StreamRegistry, cluster: ClusterWiring | None):
+def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, cluster: ClusterWiring | None):
     """The gate's rendition_locate: a viewer named APP/STREAM@LABEL that is not live here. The source is
     pulled first on a node that pulls for its viewers; then its transcode is started (or joined)."""
     from .auth.names import split_rendition
 
     async def locate(key: StreamKey, address: str):
         source = StreamKey(key.app, split_rendition(key.name)[0])
+        if isinstance(abr, ClusterAbr):  # cluster: made here, or pulled from the node that makes it
+            assert cluster is not None
+            found = await abr.locate(key)
+            if found is None:
+                return await cluster.locate(key, address)
+            if isinstance(found, AbrRefusal):
+                return Refusal(ABR_REFUSAL, found.reason, found.error, found.hint, status=found.status)
+            return found
         if cluster is not None and cluster.role in ("edge", "both"):
             local = registry.get(source)
             if local is None or local.ended:
@@ -307,6 +322,18 @@ def rendition_locate(abr: TranscodePool, registry: StreamRegistry, cluster: Clus
     return locate
 
 
+def ladder_labels(rungs):
+    """(track id, height) -> the label of the ladder rung of that height, else "HEIGHTp" (multitrack)."""
+    from .hub.tracks import default_label
+
+    by_height = {r.height: r.label for r in rungs}
+
+    def label_for(track_id: int, height: int) -> str:
+        return by_height.get(height) or default_label(track_id, height)
+
+    return label_for
+
+
 async def serve(config: Config, stop: asyncio.Event) -> None:
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
@@ -318,8 +345,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
-    abr = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
-                        command=worker_command(config.log.level, config.log.format))
+    pool = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
+                         command=worker_command(config.log.level, config.log.format))
+    abr: TranscodePool | ClusterAbr = pool
+    if cluster is not None:  # cluster: one job per stream cluster-wide, on transcoder nodes when there are any
+        abr = ClusterAbr(pool, cluster.locator, cluster.node_id, cluster.http_url,
+                         transcoder=config.cluster.role == "transcoder", pull_source=cluster.pulls.ensure)
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream
@@ -327,8 +358,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
         rendition_locate=rendition_locate(abr, registry, cluster),
     )
-    abr.viewers = gate.viewers
+    pool.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate)
+    rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -357,6 +389,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if cluster is not None:  # cluster
         cluster.wire(app)
         await cluster.start()
+        if isinstance(abr, ClusterAbr):
+            await abr.start_scanning()
     connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
                                                    config.http.header_timeout))
     app[METRICS].connections = connections
@@ -374,7 +408,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await rtmp.close()
         if cluster is not None:  # cluster
             await cluster.close()
-        await abr.close()
+        await pool.close()
         raise ConfigError(
             f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
@@ -387,7 +421,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
-    await abr.close()  # every worker process stopped and waited for
+    if isinstance(abr, ClusterAbr):
+        await abr.close()  # its job claims given up
+    await pool.close()  # every worker process stopped and waited for
     registry.close_all("server_shutdown")
     if health is not None:
         await health.close()

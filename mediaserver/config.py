@@ -155,7 +155,8 @@ class WebhooksConfig:
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     role: str = "standalone"
-    """standalone (no Redis), origin (takes publishers), edge (pulls for viewers), or both."""
+    """standalone (no Redis), origin (takes publishers), edge (pulls for viewers), both, or transcoder (makes
+    the renditions of other nodes' streams: ABR jobs claimed cluster-wide, sources pulled from origins)."""
     redis_url: str = ""
     """redis://HOST:PORT/DB shared by every node; required unless role is standalone."""
     node_id: str = ""
@@ -368,7 +369,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("text", "json"),
     "webhooks.on_failure": ("deny", "allow"),
-    "cluster.role": ("standalone", "origin", "edge", "both"),
+    "cluster.role": ("standalone", "origin", "edge", "both", "transcoder"),
     "abr.mode": ("on_demand", "always", "off"),
     "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
@@ -443,6 +444,8 @@ def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
         built[key] = coerced
     if short == "ladder" and not _LABEL.fullmatch(built["label"]):
         raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
+    if short == "ladder" and built["label"] == "source":
+        raise ConfigError(f"{here}.label = \"source\" is kept for the watermarked top rung; choose another label")
     return cls(**built)
 
 

@@ -62,6 +62,9 @@ RenditionLocate = Callable[[StreamKey, str], Awaitable["Stream | Refusal | None"
 (kind "abr", with its HTTP status) when it cannot be made."""
 
 HLS_VERDICTS_MAX = 100_000
+UNCOUNTED = frozenset({"hls", "thumbnail"})
+"""Requests that are no viewer's connection: not counted against max_viewers_per_stream, and the on_play
+answer for the client is reused for a while (an HLS player and a picker's thumbnails ask every few seconds)."""
 
 NAME = "name"
 CREDENTIAL = "credential"
@@ -265,7 +268,7 @@ class Gate:
             # serves what outlives a stream, such as an HLS playlist that has ended).
             return verdict
         verdict.stream = stream
-        if protocol != "hls":
+        if protocol not in UNCOUNTED:
             refused = admission.limits.check_viewers(str(key), self._viewers[key])
             if refused is not None:
                 self._log_limit(refused, logger, {"protocol": protocol})
@@ -293,7 +296,7 @@ class Gate:
         assert hooks is not None and verdict.key is not None
         key = verdict.key
         hook = HookRequest("play", key.app, key.name, verdict.address, verdict.protocol, verdict.params)
-        if verdict.protocol != "hls":
+        if verdict.protocol not in UNCOUNTED:
             return await hooks.ask(hook)
         # HLS players make a request every few seconds: one answer per client and stream is reused, and
         # an expiry the hook set ends the reuse of an allowing answer.

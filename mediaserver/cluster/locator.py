@@ -23,14 +23,16 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-ROLES = ("standalone", "origin", "edge", "both")
+ROLES = ("standalone", "origin", "edge", "both", "transcoder")
 
 PUBLISHED = "published"
 UNPUBLISHED = "unpublished"
 KICK = "kick"
 NODE_UP = "node_up"
 NODE_DOWN = "node_down"
-EVENT_KINDS = (PUBLISHED, UNPUBLISHED, KICK, NODE_UP, NODE_DOWN)
+ABR_WANTED = "abr_wanted"
+"""A node needs the renditions of `stream` (the source): a transcoder that can take the job claims it."""
+EVENT_KINDS = (PUBLISHED, UNPUBLISHED, KICK, NODE_UP, NODE_DOWN, ABR_WANTED)
 
 
 class LocatorError(Exception):

@@ -42,6 +42,7 @@ from ..remux.hls import format_program_date_time
 from ..remux.multivariant import Variant
 from ..remux.segment import CutPlan
 from ..transcode.service import RenditionView
+from ..transcode.ladder import SOURCE_LABEL
 from .abr import ladder, measure, rendition_variant
 from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
 from .keys import PACKAGERS, REGISTRY
@@ -148,12 +149,13 @@ class CmafPackager:
 
     # ----- rendering ---------------------------------------------------------------------------
 
-    def multivariant(self, query: str = "", renditions: Sequence[Variant] = ()) -> bytes:
-        """cmaf.m3u8; `renditions` (ABR) are listed after the source's video, with its audio."""
+    def multivariant(self, query: str = "", renditions: Sequence[Variant] = (), source_video: bool = True) -> bytes:
+        """cmaf.m3u8; `renditions` (ABR) are listed after the source's video (or instead of it: `source_video`
+        False), with its audio."""
         def render() -> str:
             return llhls.render_multivariant_playlist(
                 self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query,
-                renditions=renditions)
+                renditions=renditions, source_video=source_video)
         if renditions:
             return render().encode()  # the ladder may change from one request to the next
         return self._cached(f"mv?{query}", render)
@@ -163,10 +165,10 @@ class CmafPackager:
         return self._cached(f"{track}?{query}", lambda: llhls.render_media_playlist(
             self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
 
-    def mpd(self, query: str = "", renditions: Sequence[dash.DashRendition] = ()) -> bytes:
+    def mpd(self, query: str = "", renditions: Sequence[dash.DashRendition] = (), source_video: bool = True) -> bytes:
         # The MPD's publishTime moves with the clock, so it is rendered per request (it is small).
         return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query,
-                               renditions=renditions).encode()
+                               renditions=renditions, source_video=source_video).encode()
 
     def _cached(self, key: str, render: Callable[[], str]) -> bytes:
         if not key.endswith("?"):
@@ -245,11 +247,13 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
                              {"Retry-After": "2", **cors})
         source = request.app[REGISTRY].get(packager.key)
         views = await ladder(request, source, "cmaf") if source is not None and not packager.ended else []
+        marked = any(v.label == SOURCE_LABEL for v in views)  # a watermarked top rung replaces the source
         if file == "cmaf.m3u8":
             variants = _ladder_variants(request, source, views) if source is not None else []
-            return _playlist_response(packager.multivariant(query, variants), cors)
+            return _playlist_response(packager.multivariant(query, variants, source_video=not marked), cors)
         renditions = await _ladder_representations(request, views, min(deadline, every_track_by))
-        return web.Response(body=packager.mpd(query, renditions),
+        marked = marked and any(r.label == SOURCE_LABEL for r in renditions)
+        return web.Response(body=packager.mpd(query, renditions, source_video=not marked),
                             headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache", **cors})
 
     track = MEDIA_PLAYLISTS.get(file)

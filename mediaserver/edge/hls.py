@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..auth.names import NAME_RULE
 from ..remux.multivariant import render_multivariant
+from ..transcode.ladder import SOURCE_LABEL
 from .abr import ladder, rendition_variant, source_variant
 from .common import CONFIG, PLAY_QUERY, cors_headers, find_stream, json_error, not_published, send_shared
 from .formats import TS_HLS, refuse_uncarried
@@ -71,11 +72,13 @@ async def serve_master(request: web.Request) -> web.Response:
     source = find_stream(request, request.match_info["app"], request.match_info["name"])
     refuse_uncarried(request, source, TS_HLS)
     views = await ladder(request, source, "ts")
-    variants = [source_variant(source, "index.m3u8", ts=True)]
+    plain = source_variant(source, "index.m3u8", ts=True)
+    # A watermarked top rung (STREAM@source) takes the unmarked source's place.
+    variants = [] if any(v.label == SOURCE_LABEL for v in views) else [plain]
     registry = request.app[REGISTRY]
     for view in views:
         variants.append(rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/index.m3u8",
-                                          ts=True, frame_rate=variants[0].frame_rate))
+                                          ts=True, frame_rate=plain.frame_rate))
     body = render_multivariant(variants, query=request.get(PLAY_QUERY, ""))
     return web.Response(
         text=body, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors_headers(request)}

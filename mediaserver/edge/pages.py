@@ -160,13 +160,20 @@ async def serve_stream_list(request: web.Request) -> web.Response:
     publishers, viewers or apps that need a play token."""
     admission = _admission(request.app)
     streams = []
+    renditions: dict[tuple[str, str], list[str]] = {}
     for stream in request.app[REGISTRY].streams():
         if stream.ended or (admission is not None and not admission.policy.play_is_open(stream.key.app)):
+            continue
+        base, label = split_rendition(stream.key.name)
+        if label is not None:  # a rendition is offered by its source's player (the quality selector)
+            renditions.setdefault((stream.key.app, base), []).append(label)
             continue
         streams.append({
             "app": stream.key.app, "name": stream.key.name, "live": stream.state is StreamState.LIVE,
             "video": stream.info.video_codec, "audio": stream.info.audio_codec,
         })
+    for entry in streams:
+        entry["renditions"] = sorted(renditions.get((entry["app"], entry["name"]), []))
     streams.sort(key=lambda s: (s["app"], s["name"]))
     body = {"streams": streams[:MAX_PUBLIC_STREAMS], "truncated": len(streams) > MAX_PUBLIC_STREAMS}
     return web.json_response(body, headers={"Cache-Control": "no-cache"})

@@ -77,9 +77,11 @@ def render_mpd(
     minimum_update_period_s: float | None = None,
     availability_margin_s: float = 0.2,
     renditions: Sequence[DashRendition] = (),
+    source_video: bool = True,
 ) -> str:
     """The MPD for `window` at wall time `now` (unix seconds): dynamic while live, static once ended.
-    `renditions` (ABR) join the video AdaptationSet of each Period."""
+    `renditions` (ABR) join the video AdaptationSet of each Period; with `source_video` False they replace
+    the source's own video Representation where a Period has any."""
     for text in (prefix, query, utc_timing_url, *(r.prefix for r in renditions)):
         if any(ord(c) < 0x20 or c == "\x7f" for c in text):
             raise UsageError(f"MPD URI part {text!r} holds a control character")
@@ -133,7 +135,8 @@ def render_mpd(
         for adaptation_id, tp in enumerate(tracks):
             tw = window.tracks[tp.track]
             extra = ladder[number] if tp.track == VIDEO else []
-            _adaptation_set(lines, adaptation_id, tw, tp.segments, zeros[number], prefix, suffix, extra)
+            _adaptation_set(lines, adaptation_id, tw, tp.segments, zeros[number], prefix, suffix, extra,
+                            source_video or not extra)
         lines.append("  </Period>")
     lines.append(f'  <UTCTiming schemeIdUri="{UTC_TIMING_SCHEME}" value="{_attr(utc_timing_url)}"/>')
     lines.append("</MPD>")
@@ -190,6 +193,7 @@ def _adaptation_set(
     prefix: str,
     suffix: str,
     renditions: Sequence[tuple[DashRendition, list[CmafSegment]]] = (),
+    source_video: bool = True,
 ) -> None:
     first = segments[0]
     init = first.init  # a new init always starts a new timeline, so one per Period
@@ -201,7 +205,8 @@ def _adaptation_set(
     _segment_template(lines, "      ", tw.track, segments, zero_ms, prefix, suffix)
     representation = [f'id="{tw.track}"', *_representation(segments)]
     if tw.track == VIDEO:
-        lines.append("      <Representation " + " ".join(representation) + "/>")
+        if source_video:
+            lines.append("      <Representation " + " ".join(representation) + "/>")
         for rendition, own in renditions:
             rep = [f'id="{tw.track}-{_attr(rendition.label)}"', *_representation(own)]
             lines.append("      <Representation " + " ".join(rep) + ">")

@@ -260,8 +260,10 @@ def render_multivariant_playlist(
     audio_uri: str = "audio.m3u8",
     query: str = "",
     renditions: Sequence[Variant] = (),
+    source_video: bool = True,
 ) -> str:
     """The multivariant playlist: the video playlist as the variant, audio as its rendition group.
+    With `source_video` False (and renditions) the renditions alone are the video variants.
 
     Lists the tracks the window has seen; an audio-only stream's variant is the audio playlist.
     `renditions` (ABR) are more video variants after the source's, each playing with the same audio
@@ -288,7 +290,8 @@ def render_multivariant_playlist(
         video_uri, video_peak + peak, tuple(codecs), video_init.width, video_init.height,
         video_init.signalled_frame_rate or _measured_frame_rate(video), video_average + average,
     )
-    return render_multivariant([source, *renditions], audio=group, query=query, version=PROTOCOL_VERSION)
+    variants = [source, *renditions] if source_video or not renditions else list(renditions)
+    return render_multivariant(variants, audio=group, query=query, version=PROTOCOL_VERSION)
 
 
 def _bandwidth(tw: CmafTrackWindow) -> tuple[int, int]:

@@ -22,6 +22,10 @@ CARRIED: dict[str, frozenset[str]] = {
 }
 """Output family -> the video codecs it can carry."""
 
+SOURCE_LABEL = "source"
+"""The label of the top rung that replaces the source when the watermark must mark it too (watermark.source):
+multivariant playlists then list STREAM@source instead of the unmarked source."""
+
 DEFAULT_PRESETS = {"h264": "veryfast", "hevc": "veryfast", "av1": "10", "vp9": "8"}
 """The preset a rung with preset "" gets: libx264/libx265 preset names, SVT-AV1's preset number, libvpx's
 cpu-used (realtime deadline)."""

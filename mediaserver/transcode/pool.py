@@ -23,13 +23,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..auth.names import split_rendition
+from ..auth.names import RENDITION_SEPARATOR, split_rendition
 from ..config import AbrConfig, WatermarkConfig
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
+from ..hub.tracks import TrackPublisher
 from ..log import LogGate, event
 from .job import MAX_BACKLOG_MS, STATS_INTERVAL_S, JobState, TranscodeJob, cpu_count, worker_command
-from .ladder import applies, plan_ladder
+from .ladder import DEFAULT_PRESETS, SOURCE_LABEL, Rendition, applies, plan_ladder
 from .service import AbrRefusal, RenditionView
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ keeps failing) are the node's (503)."""
 ERROR_KEPT_S = 60.0
 """How long a worker's ERROR (a source it cannot decode) is answered without starting another worker."""
 REFUSAL_LOG_INTERVAL_S = 30.0
+SOURCE_RUNG_KBPS = 2500
+"""A watermarked top rung's bit rate when the source declares none and too little is kept to measure it."""
 DEFAULT_AUDIO_BPS = 128_000
 """A rendition's audio in BANDWIDTH when the source does not declare its audiodatarate."""
 
@@ -81,16 +84,22 @@ class TranscodePool:
         self._idle_task: asyncio.Task[None] | None = None
         self._waiting: dict[StreamKey, asyncio.Task[None]] = {}
         self._closed = False
+        self.on_job_ended: list[Callable[[StreamKey], None]] = []
+        """Told when a job of this node ends, whatever ended it (the cluster gives up its claim)."""
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._stream_ended)
 
     # ----- AbrService -------------------------------------------------------------------------------------
 
     def enabled_for(self, source: StreamKey) -> bool:
-        return (self.abr.mode != "off" and applies(self.abr.apps, source.app)
-                and split_rendition(source.name)[1] is None)
+        if split_rendition(source.name)[1] is not None:
+            return False
+        return (self.abr.mode != "off" and applies(self.abr.apps, source.app)) or bool(self._encoder_ladder(source))
 
     async def renditions(self, source: StreamKey, *, start: bool = True) -> list[RenditionView] | AbrRefusal:
+        encoded = self._encoder_ladder(source)
+        if encoded:
+            return encoded  # the encoder sends its own ladder (multitrack): nothing to transcode
         job = await self._job(source, start)
         if job is None:
             return []
@@ -244,6 +253,8 @@ class TranscodePool:
             return self._refuse(source, AbrRefusal(409, "ladder", f"the source is {size[1]}p: no rung of the ladder "
                                                    "is below it", f"the lowest rung is {lowest}p; add a lower "
                                                    "[[abr.ladder]] rung, or play the stream itself"), log_it=False)
+        if self._marks_source(source):
+            rungs.insert(0, source_rung(stream, size, codec))
         if not start:
             return None
         running = sum(1 for j in self.jobs.values() if not j.stopped)
@@ -275,6 +286,10 @@ class TranscodePool:
                     size = _size(stream)
         return size
 
+    def _marks_source(self, source: StreamKey) -> bool:
+        wm = self.watermark
+        return bool(wm.file and wm.source and applies(wm.apps, source.app))
+
     def _options(self, source: StreamKey) -> dict[str, Any]:
         wm = self.watermark
         watermark = None
@@ -302,6 +317,11 @@ class TranscodePool:
                 now + ERROR_KEPT_S)
         event(log, "transcode_stopped", stream=str(job.source), reason=job.stop_reason or "worker_gone",
               restarts=job.restarts, cpu_s=round(job.cpu_seconds, 2), jobs=len(self.jobs))
+        for hook in list(self.on_job_ended):
+            try:
+                hook(job.source)
+            except Exception:
+                log.exception("job-ended hook failed for %s", job.source)
 
     def _failed(self, source: StreamKey) -> AbrRefusal | None:
         kept = self.failed.get(source)
@@ -340,6 +360,21 @@ class TranscodePool:
         return [RenditionView(o.rung.label, o.key, o.rung.width, o.rung.height, o.rung.video_kbps * 1000 + audio_bps,
                               o.rung.codec)
                 for o in job.live_outs() if o.ready.is_set() and o.stream is not None]
+
+    def _encoder_ladder(self, source: StreamKey) -> list[RenditionView]:
+        """The renditions an Enhanced RTMP multitrack publisher of `source` sends itself, highest first."""
+        prefix = source.name + RENDITION_SEPARATOR
+        views = []
+        for stream in self.registry.streams():
+            key = stream.key
+            if (key.app != source.app or not key.name.startswith(prefix) or stream.ended
+                    or not isinstance(stream.publisher, TrackPublisher) or stream.gop.gop_start is None):
+                continue
+            info = stream.info
+            views.append(RenditionView(split_rendition(key.name)[1] or "", key, info.width or 0, info.height or 0,
+                                       _measured_bps(stream), info.video_codec or ""))
+        views.sort(key=lambda v: (-v.height, -v.bandwidth))
+        return views
 
     # ----- idle stop (on_demand) and the always mode -------------------------------------------------------
 
@@ -402,6 +437,25 @@ class TranscodePool:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
+
+
+def source_rung(stream: Stream, size: tuple[int, int], codec: str) -> Rendition:
+    """The top rung that replaces the source's passthrough when the watermark marks the source: the source's
+    size and bit rate (its metadata's, else what the kept media measures), its codec where we encode it."""
+    declared = stream.info.metadata_values.get("videodatarate")
+    kbps = int(declared) if isinstance(declared, (int, float)) and not isinstance(declared, bool) and declared > 0 else 0
+    kbps = kbps or _measured_bps(stream) // 1000 or SOURCE_RUNG_KBPS
+    rung_codec = codec if codec in ("h264", "hevc") else "h264"
+    return Rendition(SOURCE_LABEL, size[0], size[1], max(100, kbps), rung_codec, DEFAULT_PRESETS[rung_codec], 2)
+
+
+def _measured_bps(stream: Stream) -> int:
+    """Bits per second of the stream's kept media (video and audio), for a variant's BANDWIDTH."""
+    frames = [f for f in stream.gop.frames_from(stream.gop.history_start()) if not f.is_config]
+    if len(frames) < 2:
+        return 0
+    span_ms = max(1, frames[-1].dts_ms - frames[0].dts_ms)
+    return int(sum(f.size for f in frames) * 8000 / span_ms)
 
 
 def _size(stream: Stream) -> tuple[int, int] | None:

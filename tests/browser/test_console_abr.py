@@ -14,7 +14,7 @@ ADMIN_TOKEN = "browser-console-abr-token-0123456789"
 @pytest.fixture
 def admin_server(server_factory, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN_TOKEN)
-    return server_factory(**{"abr.wait": "15"})
+    return server_factory(**{"abr.mode": "on_demand", "abr.wait": "15"})
 
 
 def test_the_console_starts_and_stops_a_transcode(admin_server, publish, media, stream_name, browser, artifacts):

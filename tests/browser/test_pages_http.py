@@ -225,11 +225,12 @@ async def test_stream_status_refuses_names_that_are_not_names(node, path):
 async def test_the_public_list_shows_open_apps_only_and_nothing_about_publishers(monkeypatch):
     n = Node(monkeypatch, play_open=("live",))
     n.publish("live", "cam")
+    n.publish("live", "cam@360p")  # a rendition: offered by its source's player, not listed on its own
     n.publish("private", "board")
     async with TestClient(TestServer(n.app)) as client:
         body = await (await client.get("/streams.json")).json()
-    assert body == {"streams": [{"app": "live", "name": "cam", "live": True, "video": "h264", "audio": "aac"}],
-                    "truncated": False}
+    assert body == {"streams": [{"app": "live", "name": "cam", "live": True, "video": "h264", "audio": "aac",
+                                 "renditions": ["360p"]}], "truncated": False}
 
 
 async def test_the_status_of_a_stream_that_needs_a_play_token_needs_one(monkeypatch):

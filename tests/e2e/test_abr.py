@@ -32,7 +32,7 @@ def abr_server(server_factory, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
 
     def start(**settings: str):
-        return server_factory(**{"abr.wait": "15", "hls.segment_duration": "1", **settings})
+        return server_factory(**{"abr.mode": "on_demand", "abr.wait": "15", "hls.segment_duration": "1", **settings})
 
     return start
 

@@ -320,7 +320,7 @@ async def test_the_readmes_curl_commands_work_as_written(server_factory, monkeyp
             pytest.fail("curl is needed to run the README's commands")
         pytest.skip("no curl on PATH")
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
-    server = server_factory()
+    server = server_factory(**{"abr.mode": "on_demand"})  # the README starts a transcode too
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
     commands = readme_curl_commands()

@@ -12,6 +12,9 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import aiohttp
+import m3u8
+
 from mediaserver.media import multitrack
 from mediaserver.media.frames import FrameKind
 from mediaserver.remux.flv import FlvReader, FlvTag
@@ -121,10 +124,17 @@ async def test_multitrack_publisher_gives_renditions_by_name(server_factory, str
         assert (main_report.width, main_report.height) == (640, 360), main_report.summary()
         assert small_report.audio_codec == "aac" and small_report.audio_frames > 10, small_report.summary()
         assert not small_report.errors and not main_report.errors
+        async with aiohttp.ClientSession() as http:  # listed as the stream's ladder, with nothing transcoded
+            async with http.get(f"{server.http_base}/live/{stream_name}/master.m3u8") as resp:
+                master = m3u8.loads(await resp.text())
+        uris = [p.uri.split("?")[0] for p in master.playlists]
+        assert uris == ["index.m3u8", f"../{stream_name}@180p/index.m3u8"], uris
+        assert master.playlists[1].stream_info.resolution == (320, 180)
     finally:
         await publishing
     text = server.log_text()
     assert "multitrack_rendition" in text and "multitrack_misaligned" not in text, server.log_tail()
+    assert "transcode_started" not in text, server.log_tail()
 
 
 async def test_misaligned_tracks_are_logged(server_factory, stream_name, tmp_path):

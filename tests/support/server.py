@@ -29,6 +29,9 @@ TEST_SETTINGS: dict[str, str] = {
     "hub.reconnect_grace": "2",
     "hub.stale_publisher_timeout": "3",
     "log.level": "info",
+    # Tests of other features never start a transcode (the player page asks for the ladder when ABR is on):
+    # the ABR tests set abr.mode = "on_demand", the default of a real server, themselves.
+    "abr.mode": "off",
 }
 
 # Loopback only: never route test requests through a proxy from the environment.

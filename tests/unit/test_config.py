@@ -91,3 +91,18 @@ def test_help_names_every_output(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "RTMP in; HTTP-FLV, WebSocket-FLV, RTMP, HLS, LL-HLS and MPEG-DASH out" in text
+
+
+def test_ladder_labels_are_checked_and_source_is_kept_for_the_watermarked_top_rung(tmp_path):
+    path = tmp_path / "ladder.toml"
+    for table, words in (('label = "source"\nheight = 480\nvideo_kbps = 1000', "kept for the watermarked"),
+                         ('label = "HD"\nheight = 480\nvideo_kbps = 1000', "must be 1-32"),
+                         ('label = "a"\nheight = 480', "needs video_kbps"),
+                         ('label = "a"\nheight = 480\nvideo_kbps = 1000\ncodec = "mpeg2"', "not accepted")):
+        path.write_text(f"[[abr.ladder]]\n{table}\n")
+        with pytest.raises(ConfigError, match=words):
+            load_config(path)
+    path.write_text('[[abr.ladder]]\nlabel = "a"\nheight = 480\nvideo_kbps = 900\n'
+                    '[[abr.ladder]]\nlabel = "a"\nheight = 360\nvideo_kbps = 600\n')
+    with pytest.raises(ConfigError, match="more than once"):
+        load_config(path)

@@ -212,3 +212,22 @@ def test_not_found_says_blocked_until_when_or_not_in_the_cluster():
     gate.admission.policy.unblock(KEY.app, KEY.name)
     error, hint = gate.not_found(KEY)
     assert "any node of the cluster" in error and "publish it first" not in hint
+
+
+def test_thumbnails_take_no_viewer_place_and_reuse_the_hook_answer_like_hls():
+    async def run():
+        gate, registry = make_gate(max_viewers_per_stream=1)
+        hooks = FakeHooks()
+        hooks.release.set()
+        gate.admission.hooks = hooks
+        registry.claim_publisher(KEY, FakePublisher())
+        watching = await gate.admit_play("live", "cam", token="", query={}, address="10.0.0.1", protocol="flv")
+        assert watching.allowed and gate.viewers(KEY) == 1
+        for _ in range(3):  # a picker refreshing its thumbnail while the stream is full
+            verdict = await gate.admit_play("live", "cam", token="", query={}, address="10.0.0.2",
+                                            protocol="thumbnail")
+            assert verdict.allowed and not verdict.counted
+        assert gate.viewers(KEY) == 1
+        assert [r.protocol for r in hooks.asked] == ["flv", "thumbnail"]
+
+    asyncio.run(run())

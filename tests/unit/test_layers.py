@@ -30,7 +30,8 @@ ALLOWED = {
              "transcode"},
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
-    "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports"},
+    "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
+                  "cluster.locator"},
     "cluster": {"errors", "log", "cluster"},
 }
 # third-party or asyncio imports a layer must not make

@@ -30,6 +30,8 @@ function render(streams) {
         el('strong', {text: `${s.app}/${s.name}`}),
         el('span', {},
           el('span', {class: 'muted', text: `${codecs} `}),
+          s.renditions && s.renditions.length
+            ? el('span', {class: 'muted', text: `ABR ${s.renditions.join(' ')} `}) : null,
           el('span', {class: s.live ? 'badge live' : 'badge idle', text: s.live ? 'live' : 'reconnecting'}))));
   }));
   empty.hidden = streams.length > 0;

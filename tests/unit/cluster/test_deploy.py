@@ -49,18 +49,21 @@ def _check_node_args(args: list[str], role: str) -> None:
     load_config(None, [s.replace("$(POD_NAME)", "pod-0").replace("$(POD_IP)", "10.0.0.9") for s in sets])
 
 
-def test_kubernetes_has_origins_edges_with_an_autoscaler_redis_and_services():
+def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and_services():
     objs = _k8s()
     origin = objs[("StatefulSet", "mediaserver-origin")]
     edge = objs[("Deployment", "mediaserver-edge")]
+    transcoder = objs[("Deployment", "mediaserver-transcoder")]
     assert ("Deployment", "mediaserver-redis") in objs and ("Service", "mediaserver-redis") in objs
-    for name in ("mediaserver-origin", "mediaserver-edge", "mediaserver-ingest"):
+    for name in ("mediaserver-origin", "mediaserver-edge", "mediaserver-ingest", "mediaserver-transcoder"):
         assert ("Service", name) in objs
     assert origin["spec"]["serviceName"] == "mediaserver-origin"
-    hpa = objs[("HorizontalPodAutoscaler", "mediaserver-edge")]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mediaserver-edge"}
-    assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
-    for workload, role in ((origin, "origin"), (edge, "edge")):
+    for name in ("mediaserver-edge", "mediaserver-transcoder"):
+        hpa = objs[("HorizontalPodAutoscaler", name)]
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    for workload, role in ((origin, "origin"), (edge, "edge"), (transcoder, "transcoder")):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
         (container,) = workload["spec"]["template"]["spec"]["containers"]
@@ -79,12 +82,12 @@ def test_kubernetes_has_origins_edges_with_an_autoscaler_redis_and_services():
             assert any(svc["spec"]["selector"].items() <= labels.items() for labels in pod_labels), name
 
 
-def test_docker_compose_runs_one_origin_two_edges_and_redis():
+def test_docker_compose_runs_one_origin_two_edges_a_transcoder_and_redis():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "origin", "edge1", "edge2"}
+    assert set(services) == {"redis", "origin", "edge1", "edge2", "transcoder"}
     assert services["redis"]["image"].startswith("redis:6.2")
-    for name, role in (("origin", "origin"), ("edge1", "edge"), ("edge2", "edge")):
+    for name, role in (("origin", "origin"), ("edge1", "edge"), ("edge2", "edge"), ("transcoder", "transcoder")):
         service = services[name]
         _check_node_args(service["command"], role)
         assert "MEDIASERVER_CLUSTER_SECRET" in service["environment"]
