@@ -125,6 +125,9 @@ class RungEncoder:
         ctx.framerate = fps
         ctx.bit_rate = rung.video_kbps * 1000
         ctx.thread_count = rung.threads
+        # PyAV defaults to slice threads, which make libx264 cut every picture into slices (more CPU, less
+        # quality per bit); frame threads are what ffmpeg uses, at a frame or two more delay.
+        ctx.thread_type = "FRAME"
         ctx.max_b_frames = 0
         ctx.gop_size = keyint
         ctx.flags |= Flags.global_header
