@@ -55,7 +55,8 @@ def encoder_options(rung: Rendition, keyint_frames: int) -> dict[str, str]:
     if rung.codec == "h264":
         return {
             "preset": rung.preset, "forced-idr": "1", **vbv,
-            "x264-params": f"scenecut=0:bframes=0:keyint={keyint_frames}:min-keyint=1",
+            # force-cfr: the SPS then signals the frame rate (ours, estimated) instead of the 1000 Hz clock.
+            "x264-params": f"scenecut=0:bframes=0:keyint={keyint_frames}:min-keyint=1:force-cfr=1",
         }
     if rung.codec == "hevc":
         return {

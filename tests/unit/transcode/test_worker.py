@@ -178,6 +178,16 @@ def test_h264_rungs_size_codec_and_keyframes_at_the_source_keyframes(h264_run) -
         assert r.dts_equals_pts  # no B-frames
 
 
+def test_h264_rungs_signal_the_source_frame_rate_not_the_millisecond_clock(h264_run) -> None:
+    from mediaserver.media import flv_body, h264
+
+    _, out = h264_run
+    config = flv_body.video_frame(out.tracks[0][0][11:-4], 0)
+    assert config is not None and config.is_config
+    sps = h264.parse_sps(h264.parse_avc_config(bytes(config.payload)).sps[0])
+    assert sps.frame_rate is not None and abs(sps.frame_rate - 30) < 0.5, sps
+
+
 def test_audio_passes_through_unchanged_and_in_time_order_per_rung(h264_run) -> None:
     source, out = h264_run
     assert out.tracks[wire.AUDIO_TRACK] == source_audio_tags(source)
