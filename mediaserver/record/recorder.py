@@ -269,7 +269,12 @@ class Recorder:
                     return
                 self._close(ROTATED)
                 f = None
-            elif seg.track == VIDEO and f.start_ms is not None and seg.start_ms - f.start_ms >= self.max_ms:
+            elif (
+                seg.independent
+                and seg.track == (VIDEO if VIDEO in f.inits else AUDIO)  # cut where a player can start
+                and f.start_ms is not None
+                and seg.start_ms - f.start_ms >= self.max_ms
+            ):
                 self._close(ROTATED)
                 f = None
         if f is None:

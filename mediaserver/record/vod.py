@@ -11,7 +11,8 @@ A crashed recorder leaves a partial box at the end: the index stops at the last 
 how many bytes follow it (`trailing_bytes`). Hostile input gets a MediaError (no init, a box smaller than
 its header, a sample table larger than its box) or the index of the whole fragments before the damage;
 never another exception. Given a file object only the boxes' headers, the moov and the moofs are read
-(each bounded by MAX_META_BOX), never the media.
+(each bounded by MAX_META_BOX: a moov over it is a MediaError, a moof over it ends the index), never
+the media.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MAX_META_BOX = 16 << 20
 """The largest moov or moof read into memory; a bigger one is taken for damage."""
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"mvex", b"traf", b"moof"}
 _NON_SYNC = 0x00010000
+_BETWEEN_FRAGMENTS = {b"free", b"skip", b"styp", b"sidx", b"prft", b"emsg", b"uuid", b"mfra"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,9 @@ def _top_level(f: BinaryIO, file_size: int) -> Iterator[tuple[bytes, int, int, i
             size = struct.unpack(">Q", head[8:16])[0]
             header = 16
         elif size == 0:
-            size = file_size - pos  # "to the end of the file": only whole if it is complete there
+            if kind != b"mdat":
+                return  # zeros where a crash left no data yet, or damage: the fragments end here
+            size = file_size - pos  # "to the end of the file"
         if size < header:
             raise MediaError(f"box {_name(kind)} at byte {pos} says it is {size} bytes, smaller than its header")
         if pos + size > file_size:
@@ -313,11 +317,15 @@ def _index(f: BinaryIO, file_size: int) -> VodIndex:
         if kind == b"moof":
             if pending_moof is not None:
                 break  # a moof without its mdat: damage; keep what came before
+            if size > MAX_META_BOX:
+                break  # no recorder writes such a moof: damage; keep what came before
             pending_moof = (offset, size, _parse_moof(_read_box(f, offset, size, kind), tracks))
             continue
         if kind != b"mdat":
-            if pending_moof is None and current is not None:
-                current[1] = offset + size  # free, skip, ...: keep the byte ranges contiguous
+            if kind not in _BETWEEN_FRAGMENTS or pending_moof is not None:
+                break  # not a box a muxer puts between fragments: damage; keep what came before
+            if current is not None:
+                current[1] = offset + size  # keep the byte ranges contiguous
             continue
         if pending_moof is None:
             break  # an mdat without a moof: damage

@@ -168,6 +168,13 @@ def test_rotation_by_duration_gives_several_playable_files(tmp_path):
     assert total == len(media_frames(frames, FrameKind.VIDEO))
 
 
+def test_an_audio_only_stream_rotates_too(tmp_path):
+    frames = codec_clip(None, "aac", seconds=8.0)
+    rec, _, _ = record(tmp_path, frames, segment_minutes=0.05, fragment_s=1.0)
+    assert len(rec.files) >= 2 and rec.files[0].status == ROTATED
+    assert all(decode(f.path)["audio"] for f in rec.files)
+
+
 def test_a_publisher_reconnecting_continues_the_same_file(tmp_path):
     frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
     stream = new_stream()
