@@ -155,7 +155,9 @@ def _sync_job(fd: int) -> Callable[[], None]:
 class Recorder:
     """Records one stream into fragmented MP4 files under `root` (see the module docstring).
 
-    Attach it as Stream.add_sink after feeding it Stream.history(). Callbacks (all optional, called
+    Attach it as Stream.add_sink after feeding it Stream.history(). File names: `template` under `root`,
+    with {app}, {stream} and {start} (the file's first media, a UTC datetime); a second file of the same
+    name gets "-1", "-2", ... Callbacks (all optional, called
     from the hub's callbacks: keep them quick): `on_file_opened(path, started_at)`,
     `on_progress(bytes, duration_s)` after each write to the current file, `on_file_closed(FileClosed)`.
     """
@@ -179,6 +181,13 @@ class Recorder:
             raise UsageError(f"recording segment_minutes {segment_minutes} must be > 0")
         if fsync_interval_s < 0:
             raise UsageError(f"recording fsync_interval_s {fsync_interval_s} must be >= 0 (0: only at close)")
+        try:  # a bad template is the operator's to fix now, not a failure in the middle of a stream
+            template.format(app="a", stream="s", start=dt.datetime.now(dt.UTC))
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            raise UsageError(
+                f"recording template {template!r} is invalid ({err!r}); it may use {{app}}, {{stream}} and "
+                "{start:STRFTIME} (UTC), e.g. " + DEFAULT_TEMPLATE
+            ) from err
         self.key = key
         self.root = Path(root).resolve()
         self.template = template

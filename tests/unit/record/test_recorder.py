@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import pytest
 
+from mediaserver.errors import UsageError
 from mediaserver.hub.gop import GopLimits
 from mediaserver.hub.stream import Stream, StreamKey
 from mediaserver.hub.subscriber import SlowPolicy
@@ -287,5 +288,8 @@ def test_fsync_jobs_come_due_by_the_clock_and_at_close(tmp_path):
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(Exception, match="segment_minutes"):
+    with pytest.raises(UsageError, match="segment_minutes"):
         Recorder(KEY, "/tmp", segment_minutes=0)
+    for template in ("{app}/{nope}.mp4", "{start:%Y", "{0}.mp4"):
+        with pytest.raises(UsageError, match="template"):
+            Recorder(KEY, "/tmp", template=template)

@@ -211,3 +211,41 @@ def test_a_moov_too_big_to_read_is_a_media_error(tmp_path):
         f.truncate(16 + (1 << 30))
     with big.open("rb") as f, pytest.raises(MediaError, match="more than"):
         vod.index_file(f)
+
+
+async def test_a_player_fetching_the_byte_ranges_over_http_gets_every_frame(recording, tmp_path):
+    """As a browser player (hls.js into MSE) does: the playlist, then the init and each segment by a Range
+    request, appended in order. (ffmpeg's hls demuxer over HTTP stops after the first byte range of a
+    single-file fMP4 playlist, its own `-hls_flags single_file` output alike, so it is not the player here;
+    from a file URL it plays the playlist whole: test_ffmpeg_plays_the_playlist_frame_for_frame.)"""
+    from aiohttp import ClientSession, web
+
+    path, frames = recording
+    (tmp_path / "rec.mp4").write_bytes(path.read_bytes())
+    (tmp_path / "rec.m3u8").write_text(vod.hls_playlist(vod.index_file(path.read_bytes()), "rec.mp4"))
+    app = web.Application()
+    app.router.add_static("/", tmp_path)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"
+    pieces = []
+    try:
+        async with ClientSession() as http:
+            async with http.get(base + "rec.m3u8") as response:
+                playlist = m3u8.loads(await response.text())
+            for offset, size in _ranges(playlist):
+                headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
+                async with http.get(base + "rec.mp4", headers=headers) as response:
+                    assert response.status == 206
+                    pieces.append(await response.read())
+                    assert len(pieces[-1]) == size
+    finally:
+        await runner.cleanup()
+    assert b"".join(pieces) == path.read_bytes()
+    played = tmp_path / "played.mp4"
+    played.write_bytes(b"".join(pieces))
+    decoded = decode(played)
+    assert len(decoded["video"]) == len(media_frames(frames, FrameKind.VIDEO))
+    assert decoded["audio"]
