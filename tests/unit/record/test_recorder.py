@@ -293,3 +293,44 @@ def test_bad_arguments_are_refused():
     for template in ("{app}/{nope}.mp4", "{start:%Y", "{0}.mp4"):
         with pytest.raises(UsageError, match="template"):
             Recorder(KEY, "/tmp", template=template)
+
+
+_KILLED_RECORDER = """
+import sys, time
+from pathlib import Path
+from mediaserver.media.frames import FrameKind
+from support.codec_clips import codec_clip
+from test_recorder import KEY, Clock, new_stream, publish
+from mediaserver.record.recorder import Recorder
+frames = codec_clip("h264", "aac", seconds=6.0, gop_frames=25)
+stream = new_stream()
+rec = Recorder(KEY, Path(sys.argv[1]), wall_clock=Clock(), fragment_s=1.0,
+               on_progress=lambda size, duration: print(size, flush=True))
+stream.add_sink(rec)
+for frame in frames:
+    publish(stream, [frame])
+    time.sleep(0.002)
+time.sleep(60)  # killed before this ends
+"""
+
+
+def test_a_recorder_killed_mid_stream_leaves_a_playable_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[2]), str(here.parents[1]), str(here)])}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RECORDER, str(tmp_path)], stdout=subprocess.PIPE, env=env)
+    try:
+        written = [int(proc.stdout.readline()) for _ in range(6)]  # the init's first segments are on disk
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    [path] = list(tmp_path.rglob("*.mp4"))
+    index = vod.index_file(path.open("rb"))
+    assert index.total_bytes >= written[-1] and index.trailing_bytes == 0
+    assert len(index.fragments) >= 2
+    decoded = decode(path)
+    assert len(decoded["video"]) >= sum(x.duration for x in index.fragments) * FPS // index.timescale
+    assert decoded["audio"]
