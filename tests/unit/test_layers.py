@@ -33,6 +33,8 @@ ALLOWED = {
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
                   "cluster.locator"},
     "cluster": {"errors", "log", "cluster"},
+    # Recording: fMP4 files written from the hub's sinks, and their VOD index; the edge serves them.
+    "record": {"errors", "config", "log", "hub", "media", "remux", "record"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {
@@ -44,6 +46,7 @@ FORBIDDEN = {
     "edge": {"redis"},
     "gate": {"aiohttp", "redis"},
     "transcode": {"aiohttp", "redis"},
+    "record": {"aiohttp", "redis"},
 }
 
 

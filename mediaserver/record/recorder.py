@@ -1,0 +1,407 @@
+"""Recorder: a hub Sink that writes a live stream to fragmented MP4 files, crash-safe.
+
+One file per recording: `ftyp` + `moov` (one init describing the video and the audio track together),
+then each CMAF segment of each track (a GOP of video, the audio of the same stretch) as moof+mdat
+fragments. The stream is cut by the project's own CmafSegmenter (remux/cmaf.py), which the live CMAF
+outputs use too, so recording adds one segmenter and one write per segment and track: no decoding, no
+copy of the media beyond the one join that builds a fragment.
+
+Crash safety: the file is opened O_APPEND and every piece (the init, then each segment) goes out in one
+os.write, so a process killed at any moment leaves a file that plays up to its last complete fragment;
+vod.index_file() ignores the partial box at the end. The data reaches the disk when the kernel writes it
+back, or at an fsync: fsync blocks, so it never runs here (the hub's callbacks are synchronous, on the
+event loop). Instead `take_sync_jobs()` hands the owner a callable per file due for one (every
+`fsync_interval_s`, and at close), to run in a thread (asyncio.to_thread); each holds its own duplicate
+of the file descriptor, so it is safe whenever it runs.
+
+Rotation: a new file starts at a video segment (a keyframe) once the file holds `segment_minutes` of
+media, and whenever a track's codec configuration changes (or a track appears) so each file has one
+init. A discontinuity (a publisher reconnecting within the grace period) continues the same file: the
+hub rebases the timestamps so they stay continuous. Times in a file are the stream's own (a rotated file
+starts where the previous one ended).
+
+A disk error (ENOSPC, EIO, ...) ends the recording: the file is closed (cut back to its last whole
+fragment where the system lets us) and reported once through `on_file_closed` with status "failed";
+nothing is raised into the hub. The writes happen in the hub's callbacks: each is one segment of one
+track (a few hundred kB at most for a normal stream; CmafSegmenter bounds a segment at 64 MiB).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MediaError, UsageError
+from ..hub.stream import StreamKey
+from ..log import event
+from ..media.frames import Frame
+from ..remux.cmaf import AUDIO, VIDEO, CmafInit, CmafPart, CmafSegment, CmafSegmenter
+from ..remux.fmp4 import box
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{app}/{stream}/{start:%Y%m%d-%H%M%S}.mp4"
+DEFAULT_SEGMENT_MINUTES = 60.0
+DEFAULT_FRAGMENT_S = 2.0
+DEFAULT_FSYNC_INTERVAL_S = 10.0
+_MAX_NAME_TRIES = 100
+
+# File statuses in FileClosed.
+COMPLETE = "complete"
+"""The stream ended (or the owner stopped the recording)."""
+ROTATED = "rotated"
+"""The file reached its length, or a codec changed: the recording goes on in the next file."""
+FAILED = "failed"
+"""A disk error ended the recording; the file plays up to its last whole fragment."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileClosed:
+    """What the owner learns when a file is done (for the catalog)."""
+
+    path: Path
+    started_at: float
+    """Unix seconds at the file's first media."""
+    duration_s: float
+    bytes: int
+    codecs: tuple[str, ...]
+    """RFC 6381 codec strings, video first ("avc1.64001f", "mp4a.40.2")."""
+    width: int
+    height: int
+    status: str
+    """COMPLETE, ROTATED or FAILED."""
+    error: str | None = None
+
+
+def two_track_init(inits: list[CmafInit]) -> bytes:
+    """One ftyp + moov describing every track of `inits` (each CmafInit is a one-track init).
+
+    The trak boxes and trex entries are taken from each init as they are (track ids 1 and 2 already
+    differ); mvhd is the first init's with next_track_ID raised past them all."""
+    if not inits:
+        raise UsageError("a recording's init needs at least one track")
+    ftyp = b""
+    mvhd = b""
+    traks: list[bytes] = []
+    trexs: list[bytes] = []
+    for init in inits:
+        top = dict(_children(init.data, 0, len(init.data)))
+        ftyp = ftyp or top[b"ftyp"]
+        moov = top[b"moov"]
+        for kind, child in _children(moov, 8, len(moov)):
+            if kind == b"mvhd" and not mvhd:
+                mvhd = child
+            elif kind == b"trak":
+                traks.append(child)
+            elif kind == b"mvex":
+                trexs.extend(c for k, c in _children(child, 8, len(child)) if k == b"trex")
+    # next_track_ID is mvhd's last field (version 0).
+    mvhd = mvhd[:-4] + (len(traks) + 1).to_bytes(4, "big")
+    return ftyp + box(b"moov", mvhd, *traks, box(b"mvex", *trexs))
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
+    """The boxes in data[start:end] as (type, whole box); our own inits, so plain 32-bit sizes."""
+    out = []
+    pos = start
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        if size < 8 or pos + size > end:
+            raise MediaError(f"init segment box at byte {pos} has a bad size {size}")
+        out.append((data[pos + 4:pos + 8], data[pos:pos + size]))
+        pos += size
+    return out
+
+
+class _File:
+    """One open recording file."""
+
+    __slots__ = ("path", "fd", "started_at", "inits", "bytes", "start_ms", "end_ms", "synced_at", "fragments")
+
+    def __init__(self, path: Path, fd: int, started_at: float, inits: dict[str, CmafInit], now: float) -> None:
+        self.path = path
+        self.fd = fd
+        self.started_at = started_at
+        self.inits = inits
+        self.bytes = 0
+        self.start_ms: float | None = None
+        self.end_ms = 0.0
+        self.synced_at = now
+        self.fragments = 0
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.start_ms is None else max(0.0, self.end_ms - self.start_ms) / 1000
+
+
+def _sync_job(fd: int) -> Callable[[], None]:
+    """fsync a duplicate of `fd`, then close the duplicate (run in a thread, once)."""
+    dup = os.dup(fd)
+
+    def run() -> None:
+        try:
+            os.fsync(dup)
+        finally:
+            os.close(dup)
+    return run
+
+
+class Recorder:
+    """Records one stream into fragmented MP4 files under `root` (see the module docstring).
+
+    Attach it as Stream.add_sink after feeding it Stream.history(). File names: `template` under `root`,
+    with {app}, {stream} and {start} (the file's first media, a UTC datetime); a second file of the same
+    name gets "-1", "-2", ... Callbacks (all optional, called
+    from the hub's callbacks: keep them quick): `on_file_opened(path, started_at)`,
+    `on_progress(bytes, duration_s)` after each write to the current file, `on_file_closed(FileClosed)`.
+    """
+
+    def __init__(
+        self,
+        key: StreamKey,
+        root: Path | str,
+        *,
+        template: str = DEFAULT_TEMPLATE,
+        segment_minutes: float = DEFAULT_SEGMENT_MINUTES,
+        fragment_s: float = DEFAULT_FRAGMENT_S,
+        fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
+        wall_clock: Callable[[], float] = time.time,
+        on_file_opened: Callable[[Path, float], None] | None = None,
+        on_progress: Callable[[int, float], None] | None = None,
+        on_file_closed: Callable[[FileClosed], None] | None = None,
+        write: Callable[[int, bytes], int] = os.write,
+    ) -> None:
+        if segment_minutes <= 0:
+            raise UsageError(f"recording segment_minutes {segment_minutes} must be > 0")
+        if fsync_interval_s < 0:
+            raise UsageError(f"recording fsync_interval_s {fsync_interval_s} must be >= 0 (0: only at close)")
+        try:  # a bad template is the operator's to fix now, not a failure in the middle of a stream
+            template.format(app="a", stream="s", start=dt.datetime.now(dt.UTC))
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            raise UsageError(
+                f"recording template {template!r} is invalid ({err!r}); it may use {{app}}, {{stream}} and "
+                "{start:STRFTIME} (UTC), e.g. " + DEFAULT_TEMPLATE
+            ) from err
+        self.key = key
+        self.root = Path(root).resolve()
+        self.template = template
+        self.max_ms = segment_minutes * 60_000
+        self.fsync_interval_s = fsync_interval_s
+        self._wall = wall_clock
+        self._on_opened = on_file_opened
+        self._on_progress = on_progress
+        self._on_closed = on_file_closed
+        self._write = write
+        self.segmenter = CmafSegmenter(
+            target_duration_s=fragment_s, part_target_s=fragment_s, max_segment_duration_s=max(10.0, 2 * fragment_s)
+        )
+        self._file: _File | None = None
+        self._first_sequence = 0
+        self._sync_jobs: list[Callable[[], None]] = []
+        self.files: list[FileClosed] = []
+        """Every file closed so far, in order."""
+        self.stopped = False
+        """True once the recording ended (stream end, stop(), or a disk error): later frames are ignored."""
+        self.frames_skipped = 0
+        """Frames the segmenter could not use (malformed), skipped."""
+        self.segments_dropped = 0
+        """Segments that belonged to a file already closed at a config change (left out)."""
+
+    # ----- Sink ----------------------------------------------------------------------------------
+
+    def on_frame(self, frame: Frame) -> None:
+        if self.stopped:
+            return
+        try:
+            items = self.segmenter.push(frame, self._wall())
+        except MediaError:
+            self.frames_skipped += 1
+            return
+        self._store(items)
+
+    def on_discontinuity(self) -> None:
+        # The segments open now close (they come out of the next push); the file goes on.
+        if not self.stopped:
+            self.segmenter.discontinuity()
+
+    def on_end(self) -> None:
+        """The stream ended: write what is left and close the file. Safe to call twice."""
+        self.stop()
+
+    def stop(self) -> None:
+        """End the recording now (the owner's stop): the last segments are written, the file closed."""
+        if self.stopped:
+            return
+        try:
+            self._store(self.segmenter.finish(self._wall()))
+        except MediaError:
+            self.frames_skipped += 1
+        if self._file is not None:
+            self._close(COMPLETE)
+        self.stopped = True
+
+    # ----- fsync hook ----------------------------------------------------------------------------
+
+    def take_sync_jobs(self) -> list[Callable[[], None]]:
+        """The fsyncs due (the open file every `fsync_interval_s`, every file at its close): callables
+        for the owner to run in a thread. Call it every second or so."""
+        f = self._file
+        if f is not None and self.fsync_interval_s and self._wall() - f.synced_at >= self.fsync_interval_s:
+            f.synced_at = self._wall()
+            self._sync_jobs.append(_sync_job(f.fd))
+        jobs, self._sync_jobs = self._sync_jobs, []
+        return jobs
+
+    @property
+    def current_path(self) -> Path | None:
+        return self._file.path if self._file is not None else None
+
+    # ----- writing -------------------------------------------------------------------------------
+
+    def _store(self, items: list[CmafPart | CmafSegment]) -> None:
+        for item in items:
+            if isinstance(item, CmafSegment) and not self.stopped:
+                self._store_segment(item)
+
+    def _store_segment(self, seg: CmafSegment) -> None:
+        f = self._file
+        if f is not None:
+            known = f.inits.get(seg.track)
+            if known is None or known.data != seg.init.data:
+                if known is not None and seg.track == AUDIO and seg.sequence < self._first_sequence:
+                    self.segments_dropped += 1  # the old file's audio, after the cut: its init is gone
+                    return
+                self._close(ROTATED)
+                f = None
+            elif (
+                seg.independent
+                and seg.track == (VIDEO if VIDEO in f.inits else AUDIO)  # cut where a player can start
+                and f.start_ms is not None
+                and seg.start_ms - f.start_ms >= self.max_ms
+            ):
+                self._close(ROTATED)
+                f = None
+        if f is None:
+            f = self._open(seg)
+            if f is None:
+                return
+        if not self._append(f, self._numbered(f, seg.data)):
+            return
+        f.start_ms = seg.start_ms if f.start_ms is None else min(f.start_ms, seg.start_ms)
+        f.end_ms = max(f.end_ms, seg.start_ms + seg.duration * 1000 / seg.timescale)
+        if self._on_progress is not None:
+            self._on_progress(f.bytes, f.duration_s)
+
+    def _open(self, seg: CmafSegment) -> _File | None:
+        inits: dict[str, CmafInit] = {}
+        for track in (VIDEO, AUDIO):
+            init = seg.init if track == seg.track else self.segmenter.init(track)
+            if init is not None:
+                inits[track] = init
+        started_at = seg.program_date_time
+        try:
+            path, fd = self._create(started_at)
+        except (OSError, UsageError) as err:
+            self._fail(None, err if isinstance(err, OSError) else OSError(errno.EINVAL, str(err)))
+            return None
+        f = self._file = _File(path, fd, started_at, inits, self._wall())
+        self._first_sequence = seg.sequence
+        if self._on_opened is not None:
+            self._on_opened(path, started_at)
+        if not self._append(f, two_track_init([inits[t] for t in (VIDEO, AUDIO) if t in inits])):
+            return None
+        return f
+
+    @staticmethod
+    def _numbered(f: _File, data: bytes) -> bytearray:
+        """The segment's fragments with the file's own moof sequence numbers (mfhd): each track's
+        segmenter counts its own, and within one file they must run 1, 2, 3, ... (one copy of the segment,
+        ~10 us per 100 kB)."""
+        out = bytearray(data)
+        pos = 0
+        while pos + 24 <= len(out):
+            size = int.from_bytes(out[pos:pos + 4], "big")
+            if size < 8:
+                break  # never from the segmenter; the bytes go out as they are
+            if out[pos + 4:pos + 8] == b"moof" and out[pos + 12:pos + 16] == b"mfhd":
+                f.fragments += 1
+                out[pos + 20:pos + 24] = f.fragments.to_bytes(4, "big")
+            pos += size
+        return out
+
+    def _create(self, started_at: float) -> tuple[Path, int]:
+        start = dt.datetime.fromtimestamp(started_at, dt.UTC)
+        relative = self.template.format(app=self.key.app, stream=self.key.name, start=start)
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise UsageError(f"recording path {relative!r} escapes the recording root {self.root}; fix the template")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        candidate = path
+        for n in range(1, _MAX_NAME_TRIES + 1):
+            try:
+                return candidate, os.open(candidate, flags, 0o644)
+            except FileExistsError:
+                candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")  # a restart within the same second
+        raise OSError(errno.EEXIST, f"{_MAX_NAME_TRIES} recordings named like {path} already exist")
+
+    def _append(self, f: _File, data: bytes | bytearray) -> bool:
+        """One piece, whole, in one write (a short write on a full disk is finished or fails)."""
+        view = memoryview(data)
+        try:
+            while view:
+                written = self._write(f.fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "write wrote nothing")
+                view = view[written:]
+        except OSError as err:
+            self._fail(f, err)
+            return False
+        f.bytes += len(data)
+        return True
+
+    def _close(self, status: str, error: str | None = None) -> None:
+        f = self._file
+        assert f is not None
+        self._file = None
+        if status != FAILED:
+            try:
+                self._sync_jobs.append(_sync_job(f.fd))
+            except OSError:
+                pass
+        try:
+            os.close(f.fd)
+        except OSError:
+            pass
+        video = f.inits.get(VIDEO)
+        closed = FileClosed(
+            path=f.path, started_at=f.started_at, duration_s=round(f.duration_s, 3), bytes=f.bytes,
+            codecs=tuple(f.inits[t].codec_string for t in (VIDEO, AUDIO) if t in f.inits),
+            width=video.width if video else 0, height=video.height if video else 0, status=status, error=error,
+        )
+        self.files.append(closed)
+        if self._on_closed is not None:
+            self._on_closed(closed)
+
+    def _fail(self, f: _File | None, err: OSError) -> None:
+        """A disk error: the recording ends here, reported once; never raised into the hub."""
+        reason = str(err)
+        event(log, "recording_failed", logging.ERROR, stream=str(self.key), path=str(f.path if f else self.root),
+              error=reason, hint="free disk space or fix the recording directory; the file plays up to its last fragment")
+        if f is not None:
+            try:
+                os.ftruncate(f.fd, f.bytes)  # drop a partly written fragment, if the system lets us
+            except OSError:
+                pass
+            self._close(FAILED, reason)
+        else:
+            self.files.append(FileClosed(self.root, self._wall(), 0.0, 0, (), 0, 0, FAILED, reason))
+            if self._on_closed is not None:
+                self._on_closed(self.files[-1])
+        self.stopped = True

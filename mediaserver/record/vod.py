@@ -1,0 +1,395 @@
+"""The VOD index of a recorded fragmented MP4 file, and the HLS playlist that plays it by byte ranges.
+
+`index_file` walks the file's top-level boxes: `ftyp` and `moov` (the init: which tracks, their
+timescales), then moof+mdat pairs. A recording is written one segment of one track at a time (see
+recorder.py), so one playable segment is a run of fragments: it starts at a video fragment that begins
+with a keyframe and takes in what follows (audio, more video parts) up to the next one; a file without
+video has one segment per fragment. Times come from the video track (tfdt, trun durations, the mdhd
+timescale), or the audio track when there is no video.
+
+A crashed recorder leaves a partial box at the end: the index stops at the last whole fragment and says
+how many bytes follow it (`trailing_bytes`). Hostile input gets a MediaError (no init, a box smaller than
+its header, a sample table larger than its box) or the index of the whole fragments before the damage;
+never another exception. Given a file object only the boxes' headers, the moov and the moofs are read
+(each bounded by MAX_META_BOX: a moov over it is a MediaError, a moof over it ends the index), never
+the media.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..errors import MediaError
+
+MAX_META_BOX = 16 << 20
+"""The largest moov or moof read into memory; a bigger one is taken for damage."""
+_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"mvex", b"traf", b"moof"}
+_NON_SYNC = 0x00010000
+_BETWEEN_FRAGMENTS = {b"free", b"skip", b"styp", b"sidx", b"prft", b"emsg", b"uuid", b"mfra"}
+
+
+@dataclass(frozen=True, slots=True)
+class VodFragment:
+    """One playable segment of the file: a byte range and where it sits in time."""
+
+    offset: int
+    size: int
+    start: int
+    """Decode time of its first sample, in the index's timescale."""
+    duration: int
+    keyframe: bool
+    """Starts with a sync sample (a player may start here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VodIndex:
+    init_offset: int
+    init_size: int
+    timescale: int
+    """Of the track the times are read from (video, else audio)."""
+    tracks: dict[int, str]
+    """track_ID -> handler ("vide", "soun")."""
+    fragments: tuple[VodFragment, ...]
+    file_size: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes that make a playable file: the init and every whole fragment."""
+        if self.fragments:
+            last = self.fragments[-1]
+            return last.offset + last.size
+        return self.init_offset + self.init_size
+
+    @property
+    def trailing_bytes(self) -> int:
+        """What follows the last whole fragment (a crash's partial write): a catalog may cut it off."""
+        return self.file_size - self.total_bytes
+
+    @property
+    def duration_s(self) -> float:
+        if not self.fragments:
+            return 0.0
+        first, last = self.fragments[0], self.fragments[-1]
+        return (last.start + last.duration - first.start) / self.timescale
+
+    def fragment_seconds(self, fragment: VodFragment) -> float:
+        return fragment.duration / self.timescale
+
+
+# -- box walking -----------------------------------------------------------------------------------
+
+
+def _top_level(f: BinaryIO, file_size: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """(type, offset, size, header size) of each whole top-level box; stops at a partial one."""
+    pos = 0
+    while pos + 8 <= file_size:
+        f.seek(pos)
+        head = f.read(16)
+        if len(head) < 8:
+            return
+        size, kind = struct.unpack(">I4s", head[:8])
+        header = 8
+        if size == 1:
+            if len(head) < 16:
+                return
+            size = struct.unpack(">Q", head[8:16])[0]
+            header = 16
+        elif size == 0:
+            if kind != b"mdat":
+                return  # zeros where a crash left no data yet, or damage: the fragments end here
+            size = file_size - pos  # "to the end of the file"
+        if size < header:
+            raise MediaError(f"box {_name(kind)} at byte {pos} says it is {size} bytes, smaller than its header")
+        if pos + size > file_size:
+            return  # partial: what a crash leaves
+        yield kind, pos, size, header
+        pos += size
+
+
+def _name(kind: bytes) -> str:
+    return repr(kind.decode("latin-1"))
+
+
+def _read_box(f: BinaryIO, offset: int, size: int, kind: bytes) -> bytes:
+    if size > MAX_META_BOX:
+        raise MediaError(f"{_name(kind)} box at byte {offset} is {size} bytes, more than {MAX_META_BOX} allowed")
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise MediaError(f"{_name(kind)} box at byte {offset} is cut short")
+    return data
+
+
+def _children(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the boxes in data[start:end]."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1:
+            if pos + 16 > end:
+                raise MediaError(f"box {_name(kind)} is cut short")
+            size = struct.unpack_from(">Q", data, pos + 8)[0]
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            raise MediaError(f"box {_name(kind)} inside a {end - start}-byte box has a bad size {size}")
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _find(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    for k, s, e in _children(data, start, end):
+        if k == kind:
+            return s, e
+    return None
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise MediaError(what)
+
+
+# -- moov ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Track:
+    handler: str
+    timescale: int
+    default_flags: int = 0
+
+
+def _parse_moov(data: bytes) -> dict[int, _Track]:
+    tracks: dict[int, _Track] = {}
+    for kind, s, e in _children(data, 8, len(data)):
+        if kind == b"trak":
+            tkhd = _find(data, s, e, b"tkhd")
+            mdia = _find(data, s, e, b"mdia")
+            _need(tkhd is not None and mdia is not None, "a trak has no tkhd or mdia")
+            assert tkhd is not None and mdia is not None
+            version = data[tkhd[0]]
+            id_at = tkhd[0] + (20 if version == 1 else 12)
+            _need(id_at + 4 <= tkhd[1], "tkhd is cut short")
+            track_id = struct.unpack_from(">I", data, id_at)[0]
+            mdhd = _find(data, *mdia, b"mdhd")
+            hdlr = _find(data, *mdia, b"hdlr")
+            _need(mdhd is not None and hdlr is not None, f"track {track_id} has no mdhd or hdlr")
+            assert mdhd is not None and hdlr is not None
+            version = data[mdhd[0]]
+            scale_at = mdhd[0] + (20 if version == 1 else 12)
+            _need(scale_at + 4 <= mdhd[1] and hdlr[0] + 12 <= hdlr[1], f"track {track_id}'s mdhd or hdlr is cut short")
+            timescale = struct.unpack_from(">I", data, scale_at)[0]
+            _need(timescale > 0, f"track {track_id} has timescale 0")
+            handler = data[hdlr[0] + 8:hdlr[0] + 12].decode("latin-1")
+            tracks[track_id] = _Track(handler, timescale)
+        elif kind == b"mvex":
+            for k, ts, te in _children(data, s, e):
+                if k == b"trex" and ts + 24 <= te:
+                    track_id, _, _, _, flags = struct.unpack_from(">IIIII", data, ts + 4)
+                    if track_id in tracks:
+                        tracks[track_id].default_flags = flags
+    _need(bool(tracks), "the moov describes no track")
+    return tracks
+
+
+# -- moof ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Traf:
+    track_id: int
+    start: int | None
+    duration: int
+    first_sync: bool
+
+
+def _parse_moof(data: bytes, tracks: dict[int, _Track]) -> list[_Traf]:
+    out = []
+    for kind, s, e in _children(data, 8, len(data)):
+        if kind != b"traf":
+            continue
+        tfhd = _find(data, s, e, b"tfhd")
+        _need(tfhd is not None and tfhd[0] + 8 <= tfhd[1], "a traf has no whole tfhd")
+        assert tfhd is not None
+        tf_flags, track_id = struct.unpack_from(">II", data, tfhd[0])
+        tf_flags &= 0xFFFFFF
+        track = tracks.get(track_id)
+        _need(track is not None, f"a fragment names track {track_id}, which the moov does not describe")
+        assert track is not None
+        pos = tfhd[0] + 8
+        default_duration = 0
+        default_flags = track.default_flags
+        for bit, width in ((0x1, 8), (0x2, 4), (0x8, 4), (0x10, 4), (0x20, 4)):
+            if tf_flags & bit:
+                _need(pos + width <= tfhd[1], "tfhd is cut short")
+                if bit == 0x8:
+                    default_duration = struct.unpack_from(">I", data, pos)[0]
+                elif bit == 0x20:
+                    default_flags = struct.unpack_from(">I", data, pos)[0]
+                pos += width
+        start = None
+        tfdt = _find(data, s, e, b"tfdt")
+        if tfdt is not None:
+            version = data[tfdt[0]] if tfdt[0] < tfdt[1] else 0
+            width = 8 if version == 1 else 4
+            _need(tfdt[0] + 4 + width <= tfdt[1], "tfdt is cut short")
+            start = int.from_bytes(data[tfdt[0] + 4:tfdt[0] + 4 + width], "big")
+        duration = 0
+        first_sync: bool | None = None
+        for k, ts, te in _children(data, s, e):
+            if k != b"trun":
+                continue
+            _need(ts + 8 <= te, "trun is cut short")
+            flags, count = struct.unpack_from(">II", data, ts)
+            flags &= 0xFFFFFF
+            pos = ts + 8 + (4 if flags & 0x1 else 0)
+            first_flags = None
+            if flags & 0x4:
+                _need(pos + 4 <= te, "trun is cut short")
+                first_flags = struct.unpack_from(">I", data, pos)[0]
+                pos += 4
+            fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit]
+            stride = 4 * len(fields)
+            _need(pos + count * stride <= te, f"trun says {count} samples, more than its box holds")
+            if count == 0:
+                continue
+            if 0x100 in fields:
+                at = fields.index(0x100) * 4
+                duration += sum(struct.unpack_from(">I", data, pos + at + i * stride)[0] for i in range(count))
+            else:
+                duration += default_duration * count
+            if first_sync is None:
+                if first_flags is None:
+                    first_flags = (
+                        struct.unpack_from(">I", data, pos + fields.index(0x400) * 4)[0] if 0x400 in fields
+                        else default_flags
+                    )
+                first_sync = not first_flags & _NON_SYNC
+        out.append(_Traf(track_id, start, duration, bool(first_sync) if first_sync is not None else False))
+    return out
+
+
+# -- the index -------------------------------------------------------------------------------------
+
+
+def index_file(source: bytes | bytearray | memoryview | BinaryIO) -> VodIndex:
+    """The VOD index of a fragmented MP4 (see the module docstring); MediaError if it is not one."""
+    f: BinaryIO = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        f.seek(0, io.SEEK_END)
+        file_size = f.tell()
+        return _index(f, file_size)
+    except MediaError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError) as err:  # damage the checks above missed
+        raise MediaError(f"not a fragmented MP4 this server can index: {err}") from err
+
+
+def _index(f: BinaryIO, file_size: int) -> VodIndex:
+    tracks: dict[int, _Track] | None = None
+    init_end = 0
+    main_id = 0
+    fragments: list[VodFragment] = []
+    # The segment being gathered: [offset, end, start, duration, keyframe]
+    current: list | None = None
+    pending_moof: tuple[int, int, list[_Traf]] | None = None
+    first = True
+    for kind, offset, size, _header in _top_level(f, file_size):
+        if first:
+            _need(kind in (b"ftyp", b"moov", b"styp"), f"this is not an MP4 file (first box {_name(kind)})")
+            first = False
+        if tracks is None:
+            if kind == b"moov":
+                tracks = _parse_moov(_read_box(f, offset, size, kind))
+                init_end = offset + size
+                video = [t for t, tr in tracks.items() if tr.handler == "vide"]
+                main_id = video[0] if video else min(tracks)
+            elif kind in (b"moof", b"mdat"):
+                raise MediaError("a fragment comes before the moov: not a recording this server made")
+            continue
+        if kind == b"moof":
+            if pending_moof is not None:
+                break  # a moof without its mdat: damage; keep what came before
+            if size > MAX_META_BOX:
+                break  # no recorder writes such a moof: damage; keep what came before
+            pending_moof = (offset, size, _parse_moof(_read_box(f, offset, size, kind), tracks))
+            continue
+        if kind != b"mdat":
+            if kind not in _BETWEEN_FRAGMENTS or pending_moof is not None:
+                break  # not a box a muxer puts between fragments: damage; keep what came before
+            if current is not None:
+                current[1] = offset + size  # keep the byte ranges contiguous
+            continue
+        if pending_moof is None:
+            break  # an mdat without a moof: damage
+        moof_offset, _, trafs = pending_moof
+        pending_moof = None
+        end = offset + size
+        main = next((t for t in trafs if t.track_id == main_id), None)
+        starts_segment = main is not None and (main.first_sync or tracks[main_id].handler != "vide")
+        if current is None or starts_segment:
+            if current is not None:
+                fragments.append(VodFragment(current[0], current[1] - current[0], current[2], current[3], current[4]))
+            start = main.start if main is not None and main.start is not None else (
+                current[2] + current[3] if current is not None else 0)
+            current = [moof_offset, end, start, 0, starts_segment]
+        current[1] = end
+        if main is not None:
+            current[3] += main.duration
+    if tracks is None:
+        raise MediaError("no moov box: not a whole MP4 file (or cut before its init)")
+    if current is not None:
+        fragments.append(VodFragment(current[0], current[1] - current[0], current[2], current[3], current[4]))
+    return VodIndex(0, init_end, tracks[main_id].timescale, dict((t, tr.handler) for t, tr in tracks.items()),
+                    tuple(fragments), file_size)
+
+
+# -- playlists -------------------------------------------------------------------------------------
+
+
+def hls_playlist(index: VodIndex, uri: str, *, window_s: float | None = None, live: bool = False) -> str:
+    """An HLS media playlist playing `uri` (the file) by byte ranges: EXT-X-MAP for the init, one
+    EXTINF + EXT-X-BYTERANGE per segment.
+
+    A whole recording: PLAYLIST-TYPE VOD and ENDLIST. `live` (a file still being written, DVR): no
+    ENDLIST, the last segment left out (its audio may still be on its way), and with `window_s` only
+    the newest segments that fit in it (a sliding window, MEDIA-SEQUENCE numbering them in the file);
+    without `window_s`, PLAYLIST-TYPE EVENT."""
+    frags = list(index.fragments)
+    if live and frags:
+        frags.pop()
+    first = 0
+    if window_s is not None:
+        if window_s <= 0:
+            raise MediaError(f"DVR window {window_s} s must be > 0")
+        total = 0.0
+        first = len(frags)
+        while first > 0:
+            seconds = index.fragment_seconds(frags[first - 1])
+            if first < len(frags) and total + seconds > window_s:
+                break  # (the newest segment is listed whatever its length)
+            first -= 1
+            total += seconds
+    listed = frags[first:]
+    target = max((math.ceil(index.fragment_seconds(x) - 0.001) for x in listed), default=1)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{max(1, target)}",
+             f"#EXT-X-MEDIA-SEQUENCE:{first}"]
+    if not live:
+        lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
+    elif window_s is None:
+        lines.append("#EXT-X-PLAYLIST-TYPE:EVENT")
+    if listed and all(x.keyframe for x in listed):
+        lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+    lines.append(f'#EXT-X-MAP:URI="{uri}",BYTERANGE="{index.init_size}@{index.init_offset}"')
+    for x in listed:
+        lines += [f"#EXTINF:{index.fragment_seconds(x):.3f},", f"#EXT-X-BYTERANGE:{x.size}@{x.offset}", uri]
+    if not live:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
