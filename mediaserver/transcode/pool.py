@@ -43,6 +43,8 @@ keeps failing) are the node's (503)."""
 ERROR_KEPT_S = 60.0
 """How long a worker's ERROR (a source it cannot decode) is answered without starting another worker."""
 REFUSAL_LOG_INTERVAL_S = 30.0
+ALWAYS_RETRY_S = 5.0
+"""always mode: how often a stream refused for the budget asks again."""
 SOURCE_RUNG_KBPS = 2500
 """A watermarked top rung's bit rate when the source declares none and too little is kept to measure it."""
 DEFAULT_AUDIO_BPS = 128_000
@@ -406,12 +408,16 @@ class TranscodePool:
         self._waiting[stream.key] = asyncio.get_running_loop().create_task(self._start_when_ready(stream))
 
     async def _start_when_ready(self, stream: Stream) -> None:
-        """always: start once the stream's picture size is known (its video config came)."""
+        """always: start once the stream's picture size is known (its video config came); while the node's
+        budget is spent, try again every ALWAYS_RETRY_S (a job ending frees a place)."""
         try:
             while _size(stream) is None and not stream.ended:
                 await stream.changed()
-            if not stream.ended:
-                await self._job(stream.key, True)
+            while not stream.ended and not self._closed:
+                found = await self._job(stream.key, True)
+                if not (isinstance(found, AbrRefusal) and found.reason == "budget"):
+                    break
+                await asyncio.sleep(ALWAYS_RETRY_S)
         finally:
             self._waiting.pop(stream.key, None)
 

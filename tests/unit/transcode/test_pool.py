@@ -237,6 +237,28 @@ async def test_always_mode_follows_the_source(registry):
         await pool.close()
 
 
+async def test_always_mode_starts_a_stream_refused_for_the_budget_once_a_place_frees(registry, monkeypatch):
+    monkeypatch.setattr("mediaserver.transcode.pool.ALWAYS_RETRY_S", 0.1)
+    pool = make_pool(registry, mode="always", max_jobs=1)
+    first = Source(registry)
+    second = Source(registry, StreamKey("live", "other"))
+    try:
+        first.run()
+        await eventually(lambda: pool.job(SOURCE) is not None, what="the first job")
+        second.run()
+        await asyncio.sleep(0.5)
+        assert pool.job(StreamKey("live", "other")) is None and pool.snapshot()["refused"].get("budget")
+        job = pool.job(SOURCE)
+        await first.stop()
+        registry.kick(SOURCE)
+        await job.wait_stopped()
+        await eventually(lambda: pool.job(StreamKey("live", "other")) is not None, what="the second job")
+    finally:
+        await first.stop()
+        await second.stop()
+        await pool.close()
+
+
 async def test_the_budget_refuses_with_503_and_counts(registry):
     first = Source(registry)
     second = Source(registry, StreamKey("live", "other"))
