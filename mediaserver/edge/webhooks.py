@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from ..auth.names import split_rendition
 from ..auth.hooks import HookRequest, HookVerdict, read_answer
 from ..config import WebhooksConfig
 from ..hub.registry import StreamRegistry
@@ -107,6 +108,8 @@ class WebhookClient:
         registry.on_stream_ended.append(self._publish_done)
 
     def _published(self, stream: Stream) -> None:
+        if split_rendition(stream.key.name)[1] is not None:
+            return  # a rendition is made by this server (a transcode, an encoder's track): no on_publish, no done
         previous = self._publishers.get(id(stream))
         if previous is not None:
             self._publish_done(stream, reason="replaced")

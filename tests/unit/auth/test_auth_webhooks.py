@@ -163,6 +163,9 @@ async def test_publish_done_is_told_once_per_publisher_session(hook_server):
         registry.release_publisher(stream, first)  # left: grace begins -> done
         second = FakePublisher("10.0.0.2:5001")
         registry.claim_publisher(key, second)
+        rendition = StreamKey("live", "cam@360p")  # made by the server: never told
+        registry.claim_publisher(rendition, FakePublisher("transcoder"))
+        registry.kick(rendition, "source_ended")
         registry.kick(key, "kicked")  # kicked: the stream ends -> done
         for _ in range(50):
             if len(hook_server.calls) >= 2:
