@@ -350,7 +350,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     abr: TranscodePool | ClusterAbr = pool
     if cluster is not None:  # cluster: one job per stream cluster-wide, on transcoder nodes when there are any
         abr = ClusterAbr(pool, cluster.locator, cluster.node_id, cluster.http_url,
-                         transcoder=config.cluster.role == "transcoder", pull_source=cluster.pulls.ensure)
+                         transcoder=config.cluster.role == "transcoder", pull_source=cluster.pulls.ensure,
+                         claims=cluster.locator.claims)
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream

@@ -45,6 +45,7 @@ NODES_CACHE_S = 2.0
 
 PullSource = Callable[[StreamKey], Awaitable[Stream | None]]
 """Pull a stream of another node to this one (an internal pull); None when nobody publishes it."""
+Claims = Callable[[], Awaitable[dict[str, Owner]]]
 
 
 def job_claim(source: StreamKey) -> str:
@@ -55,14 +56,16 @@ class ClusterAbr:
     """The AbrService of a node in a cluster (the edge's ABR key, the gate's rendition lookups, the API)."""
 
     def __init__(self, pool: TranscodePool, locator: StreamLocator, node_id: str, http_url: str, *,
-                 transcoder: bool, pull_source: PullSource, wall_clock: Callable[[], float] = time.time,
-                 scan_s: float = SCAN_S) -> None:
+                 transcoder: bool, pull_source: PullSource, claims: Claims | None = None,
+                 wall_clock: Callable[[], float] = time.time, scan_s: float = SCAN_S) -> None:
         self.pool = pool
         self.locator = locator
         self.node_id = node_id
         self.http_url = http_url
         self.transcoder = transcoder
         self.pull_source = pull_source
+        self.claims = claims
+        """Every claim in the cluster, dead nodes' included (for the takeover scan of transcoders)."""
         self._wall = wall_clock
         self.scan_s = scan_s
         self.owned: dict[StreamKey, Owner] = {}
@@ -266,7 +269,7 @@ class ClusterAbr:
             self._scan_task = asyncio.get_running_loop().create_task(self._scan(), name="abr takeover scan")
 
     async def _scan(self) -> None:
-        claims = getattr(self.locator, "claims", None)
+        claims = self.claims
         if claims is None:
             return
         while True:

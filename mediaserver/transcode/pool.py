@@ -126,6 +126,8 @@ class TranscodePool:
         finally:
             for waiting in waits:
                 waiting.cancel()
+                # A cancelled gather() keeps a CancelledError as its exception: read it, or asyncio logs it.
+                waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
             job.waiters -= 1
             job.last_used = self.clock()
 
