@@ -214,7 +214,10 @@ class Catalog:
         kwargs: dict[str, Any] = {}
         if backend == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise CatalogUnavailable(f"catalog {redact(url)}: cannot make its directory: {e}") from None
             kwargs["connect_args"] = {"timeout": connect_timeout_s}
         elif backend == "postgresql":
             kwargs["connect_args"] = {"timeout": connect_timeout_s}
@@ -229,6 +232,10 @@ class Catalog:
         catalog = cls(engine, url)
         try:
             await catalog._migrate()
+        except sa_exc.DatabaseError as e:  # reached, but not a database we can use (not SQLite, no rights)
+            await engine.dispose()
+            raise CatalogUnavailable(f"catalog database {catalog.url} cannot be migrated: "
+                                     f"{getattr(e, 'orig', None) or e}") from e
         except BaseException:
             await engine.dispose()
             raise
