@@ -229,6 +229,7 @@ class Catalog:
                                      f"(pip install 'mediaserver[postgres]')") from None
         if backend == "sqlite":
             sa_event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            sa_event.listen(engine.sync_engine, "begin", _sqlite_begin)
         catalog = cls(engine, url)
         try:
             await catalog._migrate()
@@ -373,12 +374,21 @@ class Catalog:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling leaves DDL outside any transaction (a migration cut short would
+    # stay half done); turn it off and begin every transaction ourselves (_sqlite_begin).
+    dbapi_conn.isolation_level = None
     # WAL lets readers run beside the one writer; busy_timeout makes concurrent writers wait, not fail.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a transaction that reads and then writes (a migration checking
+    # its version) cannot fail half way with SQLITE_BUSY; others wait busy_timeout. Catalog traffic is small.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _alembic_config(conn: sa.Connection) -> Any:

@@ -102,6 +102,24 @@ async def test_opening_a_migrated_database_again_keeps_rows_and_head(db_url):
     assert versions == [head_revision()]
 
 
+async def test_nodes_opening_a_fresh_database_at_once_migrate_it_once(db_url):
+    cats = await asyncio.wait_for(asyncio.gather(*(Catalog.open(db_url) for _ in range(4))), 60)
+    try:
+        assert [await c.schema_revision() for c in cats] == [head_revision()] * 4
+        added = await cats[0].add(rec())
+        assert await cats[3].get(added.id) == added
+    finally:
+        for c in cats:
+            await c.close()
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(catalog):
+    first = await catalog.add(rec())
+    with pytest.raises(ValueError, match="already in the catalog"):
+        await catalog.add(Recording(**_same_id(first)))
+    assert await catalog.list() == ([first], None)
+
+
 async def test_add_update_finish_get_delete(catalog):
     added = await catalog.add(rec(video_codec="h264", audio_codec="aac", width=1280, height=720))
     assert len(added.id) == 12 and added.id.replace("-", "").replace("_", "").isalnum()
