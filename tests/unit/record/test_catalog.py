@@ -333,3 +333,19 @@ async def test_a_bad_url_is_unavailable_with_the_password_hidden():
         await Catalog.open("nosuchdb+driver://u:topsecret@host/db")
     assert "topsecret" not in str(err.value)
     assert redact("postgresql+asyncpg://u:pw@h/db") == "postgresql+asyncpg://u:***@h/db"
+
+
+async def test_a_postgres_that_goes_away_makes_each_call_unavailable(pg):
+    server = PostgresServer(pg.bin_dir)  # its own server, to stop
+    try:
+        url = server.create_database()
+        cat = await Catalog.open(url)
+        added = await cat.add(rec())
+        server.stop()
+        for call in (cat.get(added.id), cat.list(), cat.add(rec(minute=1)), cat.total_bytes()):
+            with pytest.raises(CatalogUnavailable) as err:
+                await asyncio.wait_for(call, 20)
+            assert "secret" not in str(err.value) and "postgres:***@127.0.0.1" in str(err.value)
+        await cat.close()
+    finally:
+        server.stop()
