@@ -1,5 +1,3 @@
-<<<<<<< HEAD
-"""Recording: live streams written to fragmented MP4 files, and the VOD index of a recorded file."""
-=======
-"""Recording: crash-safe files of live streams, and the catalog that lists them (catalog.py)."""
->>>>>>> r/catalog
+"""Recording: live streams written to crash-safe fragmented MP4 files (recorder.py), the VOD index of a
+recorded file (vod.py), the catalog that lists them (catalog.py, the only SQL of the project) and the
+manager that ties them to the hub (manager.py)."""

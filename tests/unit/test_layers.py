@@ -27,8 +27,8 @@ ALLOWED = {
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
-             "transcode"},
-    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode"},
+             "transcode", "record"},
+    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
                   "cluster.locator"},
