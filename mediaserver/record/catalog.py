@@ -38,7 +38,7 @@ MAX_PAGE = 1000
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant shared by every node: the key of the PostgreSQL advisory lock that serialises migrations
 # when several nodes of a cluster start at once.
-_MIGRATION_LOCK = 0x4D5352_43  # "MSRC"
+_MIGRATION_LOCK = 0x4D535243  # "MSRC"
 
 
 class CatalogUnavailable(MediaServerError):

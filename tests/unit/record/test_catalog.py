@@ -230,7 +230,7 @@ async def test_cursor_paging_is_stable_under_inserts(catalog):
     assert [r.id for r in rows + rest] == [r.id for r in everything] and len(everything) > 5
 
 
-@pytest.mark.parametrize("cursor", [
+BAD_CURSORS = [
     "not a cursor!",
     "x",
     base64.urlsafe_b64encode(b"{}").decode(),
@@ -239,10 +239,14 @@ async def test_cursor_paging_is_stable_under_inserts(catalog):
     base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", 5]').decode(),
     base64.urlsafe_b64encode(b"\xff\xfe").decode(),
     "A" * 500,
-])
-async def test_a_malformed_cursor_is_a_value_error(catalog, cursor):
-    with pytest.raises(ValueError, match="cursor .* is malformed; pass the next_cursor"):
-        await catalog.list(cursor=cursor)
+]
+
+
+async def test_a_malformed_cursor_is_a_value_error(catalog):
+    await catalog.add(rec())
+    for cursor in BAD_CURSORS:
+        with pytest.raises(ValueError, match="cursor .* is malformed; pass the next_cursor"):
+            await catalog.list(cursor=cursor)
 
 
 async def test_limits_out_of_range(catalog):
