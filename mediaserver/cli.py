@@ -31,7 +31,7 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import ABR, METRICS
+from .edge.keys import ABR, METRICS, RECORDINGS
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -46,6 +46,8 @@ from .log import event, setup
 from .rtmp.server import RtmpServer
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
+from .record.catalog import CatalogUnavailable
+from .record.manager import RecordingManager
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -362,6 +364,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     pool.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate)
     rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
+    recordings = None
+    if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
+        try:
+            recordings = await RecordingManager.open(registry, config.record,
+                                                     cluster.node_id if cluster else socket.gethostname())
+        except CatalogUnavailable as err:
+            await pool.close()
+            raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -373,7 +383,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
-        abr=abr,
+        abr=abr, recordings=recordings,
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
@@ -397,6 +407,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app[METRICS].connections = connections
     app[METRICS].abr = abr
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
+    if recordings is not None:
+        app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
@@ -410,6 +422,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if cluster is not None:  # cluster
             await cluster.close()
         await pool.close()
+        if recordings is not None:
+            await recordings.close()
         raise ConfigError(
             f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
@@ -425,6 +439,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if isinstance(abr, ClusterAbr):
         await abr.close()  # its job claims given up
     await pool.close()  # every worker process stopped and waited for
+    if recordings is not None:
+        await recordings.close()  # files closed and synced, catalog rows written
     registry.close_all("server_shutdown")
     if health is not None:
         await health.close()

@@ -284,6 +284,23 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordConfig:
+    mode: str = "api"
+    """api (an operator starts and stops recordings through the admin API), all (every stream of `apps`), off."""
+    apps: tuple[str, ...] = ("*",)
+    path: str = "recordings"
+    """Directory of the recording files (and of the SQLite catalog unless database_url names another)."""
+    template: str = "{app}/{stream}/{start:%Y%m%d-%H%M%S}.mp4"
+    """A file's path under `path`: {app}, {stream}, {start:STRFTIME} (UTC)."""
+    segment_minutes: float = 60.0
+    """A new file starts at the first keyframe after this long (and at a codec change)."""
+    fsync_interval: float = 10.0
+    """Seconds between fsyncs of a file being written (in a thread): what a power cut may lose at most."""
+    database_url: str = ""
+    """The catalog: "" is a SQLite file `recordings.db` in `path`; postgresql+asyncpg://... for a cluster."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -299,6 +316,7 @@ class Config:
     watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
     thumbnails: ThumbnailConfig = field(default_factory=ThumbnailConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
 
 # Accepted values and ranges, checked after types: key -> (min, max) or a tuple of choices.
@@ -360,6 +378,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "health.silence_after": (0.5, 86_400),
     "health.black_luma": (0, 255),
     "health.silence_dbfs": (-150, 0),
+    "record.segment_minutes": (0.01, 1440),
+    "record.fsync_interval": (0.1, 3600),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
@@ -371,6 +391,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "webhooks.on_failure": ("deny", "allow"),
     "cluster.role": ("standalone", "origin", "edge", "both", "transcoder"),
     "abr.mode": ("on_demand", "always", "off"),
+    "record.mode": ("api", "all", "off"),
     "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
 }

@@ -17,6 +17,11 @@
 | GET    streams/{app}/{name}/abr                    | the stream's transcode: renditions, CPU, state  |
 | POST   streams/{app}/{name}/abr                    | start it (waits for its renditions, abr.wait)  |
 | DELETE streams/{app}/{name}/abr                    | stop it; its renditions end                    |
+| POST   streams/{app}/{name}/record                 | record it (fMP4 files, a catalog row per file) |
+| DELETE streams/{app}/{name}/record                 | stop recording it                              |
+| GET    recordings                                  | recordings: app, stream, since, until, cursor  |
+| GET    recordings/{id}                             | one recording                                  |
+| DELETE recordings/{id}                             | delete its file and row                        |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -53,7 +58,9 @@ from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
+from ..record.manager import RecordingManager
 from ..transcode.pool import TranscodePool
+from . import recordings as recordings_api
 from ..transcode.service import AbrRefusal
 from .openapi import openapi_document
 
@@ -90,6 +97,8 @@ class AdminDeps:
     """Every stream in the cluster with viewers added up across nodes (GET streams?scope=cluster)."""
     abr: TranscodePool | None = None
     """This node's transcode jobs (streams/APP/NAME/abr, and "abr" in each stream's description)."""
+    recordings: RecordingManager | None = None
+    """This node's recordings (streams/APP/NAME/record, recordings/...); None: record.mode = "off"."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -509,6 +518,50 @@ async def stop_abr(request: web.Request) -> web.Response:
     return web.json_response({**abr.status(key), "stopped": True})
 
 
+# ----- recordings (api/recordings.py answers; here they are routed and their errors turned into answers) -----
+
+
+async def _recordings(answer) -> web.Response:
+    try:
+        return web.json_response(await answer)
+    except recordings_api.RecordingsError as err:
+        raise ApiError(err.status, err.message, err.hint) from None
+
+
+async def start_record(request: web.Request) -> web.Response:
+    key = _key(request)
+    try:
+        body = recordings_api.start(request.app[DEPS].recordings, key)
+    except recordings_api.RecordingsError as err:
+        raise ApiError(err.status, err.message, err.hint) from None
+    event(log, "admin_record_start", stream=str(key))
+    return web.json_response(body)
+
+
+async def stop_record(request: web.Request) -> web.Response:
+    key = _key(request)
+    try:
+        body = recordings_api.stop(request.app[DEPS].recordings, key)
+    except recordings_api.RecordingsError as err:
+        raise ApiError(err.status, err.message, err.hint) from None
+    event(log, "admin_record_stop", stream=str(key))
+    return web.json_response(body)
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    return await _recordings(recordings_api.listing(request.app[DEPS].recordings, request.query))
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    return await _recordings(recordings_api.one(request.app[DEPS].recordings, request.match_info["id"]))
+
+
+async def delete_recording(request: web.Request) -> web.Response:
+    response = await _recordings(recordings_api.delete(request.app[DEPS].recordings, request.match_info["id"]))
+    event(log, "admin_recording_deleted", id=request.match_info["id"])
+    return response
+
+
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/openapi.json", get_openapi, "openapi"),
     ("GET", "/streams", list_streams, "list_streams"),
@@ -525,6 +578,11 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/streams/{app}/{name}/abr", get_abr, "get_abr"),
     ("POST", "/streams/{app}/{name}/abr", start_abr, "start_abr"),
     ("DELETE", "/streams/{app}/{name}/abr", stop_abr, "stop_abr"),
+    ("POST", "/streams/{app}/{name}/record", start_record, "start_record"),
+    ("DELETE", "/streams/{app}/{name}/record", stop_record, "stop_record"),
+    ("GET", "/recordings", list_recordings, "list_recordings"),
+    ("GET", "/recordings/{id}", get_recording, "get_recording"),
+    ("DELETE", "/recordings/{id}", delete_recording, "delete_recording"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
 

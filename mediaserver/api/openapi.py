@@ -53,6 +53,8 @@ def _op(op_id: str, summary: str, ok: dict[str, Any], *, params: list[dict[str, 
 def openapi_document() -> dict[str, Any]:
     viewer_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
                  "description": "The viewer's id, as listed by .../viewers."}
+    recording_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                    "description": "The recording's id, as listed by /recordings."}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -145,6 +147,30 @@ def openapi_document() -> dict[str, Any]:
                 "delete": _op("stop_abr", "Stop the stream's transcode; its renditions end, the source goes on.",
                               _json(_ref("Abr"), "Stopped."), params=_STREAM_PARAMS, not_found=True),
             },
+            "/streams/{app}/{name}/record": {
+                "post": _op("start_record", "Record the stream from its kept history on (fMP4 files under record.path, "
+                            "one catalog row per file); a stream already recorded goes on.",
+                            _json({"type": "object"}, "Recording."), params=_STREAM_PARAMS, not_found=True),
+                "delete": _op("stop_record", "Stop recording the stream; its file is closed and its row completed.",
+                              _json({"type": "object"}, "Stopped."), params=_STREAM_PARAMS, not_found=True),
+            },
+            "/recordings": {"get": _op(
+                "list_recordings", "Recordings newest first, one page at a time (`next` is the cursor of the next).",
+                _json({"type": "object", "properties": {"recordings": {"type": "array", "items": _ref("Recording")},
+                                                        "next": {"type": ["string", "null"]}}}, "A page."),
+                params=[{"name": n, "in": "query", "required": False, "schema": {"type": "string"}, "description": d}
+                        for n, d in (("app", "Only this app."), ("stream", "Only this stream."),
+                                     ("since", "Overlapping this time or later (ISO 8601)."),
+                                     ("until", "Started before this time (ISO 8601)."),
+                                     ("limit", "Rows per page, 1-200 (50)."), ("cursor", "The previous page's next."))],
+                not_found=True)},
+            "/recordings/{id}": {
+                "get": _op("get_recording", "One recording and its VOD URLs.", _json(_ref("Recording"), "The row."),
+                           params=[recording_id], not_found=True),
+                "delete": _op("delete_recording", "Delete a finished recording: its file and its row.",
+                              _json({"type": "object"}, "Deleted."), params=[recording_id], not_found=True,
+                              extra={"409": {"$ref": "#/components/responses/Conflict"}}),
+            },
             "/nodes": {"get": _op("list_nodes", "The nodes of the cluster from Redis (this node alone when standalone).",
                                   _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
                                         "The nodes."))},
@@ -187,6 +213,16 @@ def openapi_document() -> dict[str, Any]:
                     "abr": {"type": "object", "description": "The stream's transcode (see Abr), or for a rendition "
                                                            "{rendition_of, label}; absent when ABR is not set up."},
                 }},
+                "Recording": {"type": "object", "description": "One recorded file.", "properties": {
+                    "id": {"type": "string"}, "app": {"type": "string"}, "stream": {"type": "string"},
+                    "node": {"type": "string"}, "status": {"enum": ["recording", "complete", "interrupted",
+                                                                     "uploading", "failed"]},
+                    "started_at": {"type": "string", "format": "date-time"},
+                    "ended_at": {"type": ["string", "null"], "format": "date-time"},
+                    "duration_s": {"type": "number"}, "bytes": {"type": "integer"},
+                    "video_codec": {"type": ["string", "null"]}, "audio_codec": {"type": ["string", "null"]},
+                    "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+                    "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"}}}}},
                 "Abr": {"type": "object", "properties": {
                     "running": {"type": "boolean"}, "enabled": {"type": "boolean",
                                                                 "description": "ABR applies to the stream's app."},

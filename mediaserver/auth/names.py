@@ -21,7 +21,7 @@ _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 NAME_RULE = "app and stream names are 1-128 letters, digits, '_', '-', '.' or '~' and do not start with '.'"
 
-RESERVED_APPS = frozenset({"play", "static", "console", "api", "time", "metrics", "healthz", "readyz"})
+RESERVED_APPS = frozenset({"play", "static", "console", "api", "time", "metrics", "healthz", "readyz", "vod"})
 """First URL segments the HTTP side uses for itself (pages, API, metrics): a stream under one of these apps
 could not be watched, so publishing to them is refused."""
 

@@ -47,6 +47,7 @@ from .hls import PLAY_QUERY, serve_master, serve_playlist, serve_segment
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
+from .vod import add_vod_routes
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
 from .thumbnails import add_thumbnails, serve_thumbnail
@@ -152,6 +153,7 @@ def make_app(
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/time", serve_time)
     add_page_routes(app)  # the player, picker and console: before the play routes, whose patterns match them too
+    add_vod_routes(app)  # recordings: before the play routes too
     app.router.add_get("/{app}/{file}", flv_or_404, name="play-flv")
     app.router.add_get("/{app}/{name}/thumbnail.jpg", serve_thumbnail, name="play-thumbnail")
     app.router.add_get("/{app}/{name}/{file}", hls_file, name="play-hls")

@@ -17,6 +17,7 @@ from ..gate import Gate
 from ..hub.registry import StreamRegistry
 
 if TYPE_CHECKING:
+    from ..record.manager import RecordingManager
     from ..transcode.service import AbrService
     from .history import StreamHistory
     from .metrics import Metrics
@@ -37,3 +38,5 @@ master.m3u8, cmaf.m3u8 and manifest.mpd list the source alone."""
 ADMIN_TOKEN = web.AppKey("page_admin_token", str)
 """The admin token the console's JSON needs ("" when the admin API is disabled)."""
 STATIC_FILES = web.AppKey("page_static_files", dict)
+RECORDINGS: web.AppKey[RecordingManager] = web.AppKey("recordings")
+"""This node's recordings, for /vod/ (absent when record.mode = "off")."""

@@ -27,13 +27,14 @@ ALLOWED = {
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
-             "transcode"},
-    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode"},
+             "transcode", "record"},
+    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
                   "cluster.locator"},
     "cluster": {"errors", "log", "cluster"},
-    # Recording: fMP4 files written from the hub's sinks, and their VOD index; the edge serves them.
+    # Recording: fMP4 files written from the hub's sinks, their VOD index, and the catalog (the only SQL
+    # of the project, record/catalog.py); the edge and the API serve them.
     "record": {"errors", "config", "log", "hub", "media", "remux", "record"},
 }
 # third-party or asyncio imports a layer must not make
@@ -126,6 +127,15 @@ def test_only_the_redis_locator_imports_redis():
     for path, module in _modules():
         if module != "cluster.redis_locator":
             assert not any(n.split(".")[0] == "redis" for n in _imports(path, module)), module
+
+
+def test_only_the_catalog_speaks_sql():
+    """SQLAlchemy, Alembic and the database drivers stay behind record/catalog.py (and its migrations)."""
+    sql = {"sqlalchemy", "alembic", "aiosqlite", "asyncpg", "sqlite3", "psycopg", "psycopg2"}
+    for path, module in _modules():
+        if module == "record.catalog" or module.startswith("record.migrations"):
+            continue
+        assert not any(n.split(".")[0] in sql for n in _imports(path, module)), module
 
 
 def _import_graph() -> dict[str, set[str]]:

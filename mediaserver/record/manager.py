@@ -1,0 +1,283 @@
+"""RecordingManager: which streams this node records, their Recorders (hub sinks) and the catalog rows.
+
+`mode = "api"`: an operator starts and stops a stream's recording (`start`/`stop`, the admin API);
+`"all"`: every stream of `apps` is recorded from its first publish; `"off"`: nothing (the routes say so).
+A recording follows its stream: a publisher reconnecting within the hub's grace continues the same file
+(the Recorder stays attached to the Stream), the end of the stream ends it.
+
+Each file gets a catalog row when it opens (status "recording"), its size and duration as it grows (at
+most every PROGRESS_S) and its end when it closes ("complete", or "failed" after a disk error). The
+Recorder's callbacks are synchronous (the hub's), so catalog writes go through one queue, in order, on a
+task of their own; a catalog that is away is retried with backoff, and the files are written meanwhile.
+At start, rows this node left "recording" (the server was killed) are closed as "interrupted" with the
+duration and size read from their files (`vod.index_file`: up to the last whole fragment).
+
+fsync runs in a thread (`asyncio.to_thread`), every second for the jobs the Recorders have due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config import RecordConfig
+from ..errors import MediaError
+from ..hub.registry import StreamRegistry
+from ..hub.stream import Stream, StreamKey
+from ..log import event
+from .catalog import Catalog, CatalogUnavailable, Recording
+from .recorder import FAILED, FileClosed, Recorder
+from .vod import index_file
+
+log = logging.getLogger(__name__)
+
+PROGRESS_S = 5.0
+SYNC_S = 1.0
+RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def _when(unix_s: float) -> datetime:
+    return datetime.fromtimestamp(unix_s, timezone.utc)
+
+
+def catalog_url(cfg: RecordConfig) -> str:
+    if cfg.database_url:
+        return cfg.database_url
+    return f"sqlite+aiosqlite:///{Path(cfg.path).resolve() / 'recordings.db'}"
+
+
+class NotRecordable(Exception):
+    """Why a stream cannot be recorded now, as an HTTP status and a hint."""
+
+    def __init__(self, status: int, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.hint = hint
+
+
+class _Recording:
+    """One stream's recording: its Recorder and the catalog row of the file being written."""
+
+    def __init__(self, manager: RecordingManager, stream: Stream) -> None:
+        self.manager = manager
+        self.stream = stream
+        self.row: Recording | None = None
+        self.progress_at = 0.0
+        cfg = manager.cfg
+        self.recorder = Recorder(
+            stream.key, cfg.path, template=cfg.template, segment_minutes=cfg.segment_minutes,
+            fsync_interval_s=cfg.fsync_interval, on_file_opened=self._opened, on_progress=self._progress,
+            on_file_closed=self._closed,
+        )
+
+    def _opened(self, path: Path, started_at: float) -> None:
+        info = self.stream.info
+        self.row = Recording.start(
+            self.stream.key.app, self.stream.key.name, self.manager.node, str(path), _when(started_at),
+            video_codec=info.video_codec, audio_codec=info.audio_codec, width=info.width, height=info.height,
+        )
+        row = self.row
+        self.manager._queue(lambda: self.manager.catalog.add(row))
+        event(log, "recording_file", stream=str(self.stream.key), id=row.id, path=str(path))
+
+    def _progress(self, size: int, duration_s: float) -> None:
+        now = time.monotonic()
+        if self.row is None or now - self.progress_at < PROGRESS_S:
+            return
+        self.progress_at = now
+        rec_id = self.row.id
+        self.manager._queue(lambda: self.manager.catalog.update(rec_id, bytes=size, duration_s=duration_s))
+
+    def _closed(self, closed: FileClosed) -> None:
+        row = self.row
+        self.row = None
+        if row is None:
+            return
+        status = "failed" if closed.status == FAILED else "complete"
+        ended = _when(closed.started_at + closed.duration_s)
+        self.manager._queue(lambda: self.manager.catalog.update(
+            row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes, status=status,
+            width=closed.width or None, height=closed.height or None))
+        if closed.status == FAILED:
+            event(log, "recording_failed", logging.ERROR, stream=str(self.stream.key), id=row.id,
+                  error=closed.error, hint="free disk space or check the disk; live viewers are not affected")
+
+
+class RecordingManager:
+    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str) -> None:
+        self.registry = registry
+        self.cfg = cfg
+        self.catalog = catalog
+        self.node = node
+        self.active: dict[StreamKey, _Recording] = {}
+        self._ops: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failed_writes = 0
+        registry.on_published.append(self._published)
+        registry.on_stream_ended.append(self._ended)
+
+    @classmethod
+    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str) -> RecordingManager:
+        Path(cfg.path).mkdir(parents=True, exist_ok=True)
+        catalog = await Catalog.open(catalog_url(cfg))
+        manager = cls(registry, cfg, catalog, node)
+        await manager._recover()
+        loop = asyncio.get_running_loop()
+        manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),
+                          loop.create_task(manager._syncer(), name="recording fsync")]
+        return manager
+
+    # ----- what an operator asks ------------------------------------------------------------------
+
+    def applies(self, key: StreamKey) -> bool:
+        return self.cfg.mode != "off" and ("*" in self.cfg.apps or key.app in self.cfg.apps)
+
+    def start(self, key: StreamKey) -> _Recording:
+        """Record `key` from now (its kept history first, so the file starts at a keyframe)."""
+        if not self.applies(key):
+            raise NotRecordable(404, f"recording is off for stream {key}",
+                                "set record.mode = \"api\" or \"all\" and add the app to record.apps")
+        stream = self.registry.get(key)
+        if stream is None or stream.ended or stream.publisher is None:
+            raise NotRecordable(404, f"stream {key} is not being published",
+                                "publish it first, then ask for its recording")
+        found = self.active.get(key)
+        if found is not None and not found.recorder.stopped:
+            return found
+        rec = self.active[key] = _Recording(self, stream)
+        for frame in stream.history():
+            rec.recorder.on_frame(frame)
+        stream.add_sink(rec.recorder)
+        event(log, "recording_started", stream=str(key), mode=self.cfg.mode)
+        return rec
+
+    def stop(self, key: StreamKey) -> bool:
+        rec = self.active.pop(key, None)
+        if rec is None:
+            return False
+        rec.stream.remove_sink(rec.recorder)
+        rec.recorder.stop()
+        event(log, "recording_stopped", stream=str(key))
+        return True
+
+    def current(self, key: StreamKey) -> str | None:
+        """The id of the row of the file `key` is being recorded to, if it is."""
+        rec = self.active.get(key)
+        return rec.row.id if rec is not None and rec.row is not None else None
+
+    # ----- registry hooks -------------------------------------------------------------------------
+
+    def _published(self, stream: Stream) -> None:
+        if self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name:
+            if stream.key not in self.active:
+                self.start(stream.key)
+
+    def _ended(self, stream: Stream) -> None:
+        rec = self.active.get(stream.key)
+        if rec is not None and rec.stream is stream:
+            del self.active[stream.key]  # the hub ended the Recorder with the stream (Sink.on_end)
+
+    # ----- background -----------------------------------------------------------------------------
+
+    def _queue(self, op: Callable[[], Awaitable[Any]]) -> None:
+        self._ops.put_nowait(op)
+
+    async def _writer(self) -> None:
+        """Catalog writes in order; one that fails for the database's absence is retried with backoff."""
+        while True:
+            op = await self._ops.get()
+            for attempt, pause in enumerate((*RETRY_S, None)):
+                try:
+                    await op()
+                    break
+                except CatalogUnavailable as err:
+                    if pause is None:
+                        event(log, "recording_catalog_gave_up", logging.ERROR, error=str(err))
+                        break
+                    if attempt == 0:
+                        event(log, "recording_catalog_unavailable", logging.WARNING, error=str(err),
+                              hint="the files are written meanwhile; the rows follow when it returns")
+                    await asyncio.sleep(pause)
+                except Exception:
+                    log.exception("recording catalog write failed")
+                    break
+            self._ops.task_done()
+
+    async def _syncer(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_S)
+            jobs = [job for rec in list(self.active.values()) for job in rec.recorder.take_sync_jobs()]
+            for job in jobs:
+                try:
+                    await asyncio.to_thread(job)
+                except OSError as err:
+                    self.failed_writes += 1
+                    event(log, "recording_fsync_failed", logging.ERROR, error=str(err))
+
+    async def _recover(self) -> None:
+        """Rows left "recording" by this node (it was killed): closed as interrupted, from their files."""
+        for row in await self.catalog.interrupted(self.node):
+            path = Path(row.location)
+            try:
+                with open(path, "rb") as f:
+                    index = await asyncio.to_thread(index_file, f)
+                duration, size = index.duration_s, index.total_bytes
+            except (OSError, MediaError) as err:
+                event(log, "recording_unreadable", logging.WARNING, id=row.id, path=str(path), error=str(err))
+                duration, size = row.duration_s, row.bytes
+            await self.catalog.finish(row.id, row.started_at + timedelta(seconds=duration), duration, size,
+                                      status="interrupted")
+            event(log, "recording_interrupted", id=row.id, stream=f"{row.app}/{row.stream}",
+                  duration_s=round(duration, 1), bytes=size)
+
+    async def close(self) -> None:
+        for key in list(self.active):
+            self.stop(key)
+        try:
+            await asyncio.wait_for(self._ops.join(), 10.0)
+        except TimeoutError:
+            event(log, "recording_catalog_unsaved", logging.WARNING, pending=self._ops.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for rec in list(self.active.values()):
+            for job in rec.recorder.take_sync_jobs():
+                await asyncio.to_thread(job)
+        await self.catalog.close()
+
+    # ----- files --------------------------------------------------------------------------------
+
+    async def file_of(self, rec_id: str) -> tuple[Recording, Path] | None:
+        """A recording's row and its local file (None when unknown or not on this node's disk)."""
+        row = await self.catalog.get(rec_id)
+        if row is None:
+            return None
+        path = Path(row.location)
+        root = Path(self.cfg.path).resolve()
+        try:
+            path.resolve().relative_to(root)
+        except ValueError:
+            return None  # never serve a path outside the recordings (a row edited by hand)
+        return (row, path) if path.is_file() else None
+
+    async def delete(self, rec_id: str) -> bool | None:
+        """Delete a finished recording (file and row); None when it is still being written."""
+        row = await self.catalog.get(rec_id)
+        if row is None:
+            return False
+        if row.status == "recording":
+            return None
+        found = await self.file_of(rec_id)
+        if found is not None:
+            try:
+                os.unlink(found[1])
+            except OSError as err:
+                event(log, "recording_delete_failed", logging.WARNING, id=rec_id, error=str(err))
+        return await self.catalog.delete(rec_id)
+
