@@ -298,6 +298,8 @@ class RecordConfig:
     """Seconds between fsyncs of a file being written (in a thread): what a power cut may lose at most."""
     database_url: str = ""
     """The catalog: "" is a SQLite file `recordings.db` in `path`; postgresql+asyncpg://... for a cluster."""
+    dvr_window: float = 7200.0
+    """Seconds of a recorded live stream that /APP/NAME/dvr.m3u8 lets a viewer scrub back through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +382,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "health.silence_dbfs": (-150, 0),
     "record.segment_minutes": (0.01, 1440),
     "record.fsync_interval": (0.1, 3600),
+    "record.dvr_window": (10, 7 * 86_400),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),

@@ -47,7 +47,7 @@ from .hls import PLAY_QUERY, serve_master, serve_playlist, serve_segment
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
-from .vod import add_vod_routes
+from .vod import add_vod_routes, serve_dvr
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
 from .thumbnails import add_thumbnails, serve_thumbnail
@@ -84,6 +84,8 @@ async def hls_file(request: web.Request) -> web.StreamResponse:
         return await serve_segment(request)
     if file == "master.m3u8":
         return await serve_master(request)
+    if file == "dvr.m3u8":
+        return await serve_dvr(request, request.match_info["app"], request.match_info["name"])
     if file in CMAF_MANIFESTS or file.endswith((".m4s", ".mp4")):
         key = stream_key(request.match_info["app"], request.match_info["name"])
         packager = request.app[PACKAGERS].cmaf(key) if key is not None else None

@@ -1,6 +1,11 @@
 """VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with sendfile by aiohttp)
 and `/vod/ID/index.m3u8` (an HLS VOD playlist over byte ranges of that same file: EXT-X-MAP and
-EXT-X-BYTERANGE, no copy). The file's fragment index is read on request, in a thread."""
+EXT-X-BYTERANGE, no copy). The file's fragment index is read on request, in a thread.
+
+DVR: `/APP/NAME/dvr.m3u8` of a stream being recorded lists the last `record.dvr_window` seconds of the
+file being written (no ENDLIST; the newest fragment left out while its audio may still come), over byte
+ranges of `/vod/ID.mp4`, so a player scrubs back and returns to live with memory bounded: bytes come from
+disk. Its text is kept per file and size, so every viewer of a stream shares one index per new fragment."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from ..errors import MediaError
 from ..record.vod import hls_playlist, index_file
 from .common import cors_headers, json_error
 from .keys import RECORDINGS
+from .names import stream_key
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -55,6 +61,42 @@ async def serve_playlist(request: web.Request) -> web.Response:
                          cors_headers(request)) from None
     return web.Response(text=text, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache",
                                             **cors_headers(request)})
+
+
+_dvr_cache: dict[str, tuple[int, str]] = {}
+
+
+async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Response:
+    """dvr.m3u8 of a stream being recorded (the play route's admission has run)."""
+    cors = cors_headers(request)
+    manager = request.app.get(RECORDINGS)
+    key = stream_key(app_name, name)
+    rec_id = manager.current(key) if manager is not None and key is not None else None
+    if rec_id is None and manager is not None and key in manager.active:
+        raise json_error(503, f"the recording of {key} has no fragment yet", "retry in a few seconds",
+                         {"Retry-After": "2", **cors})
+    if rec_id is None:
+        raise json_error(404, f"stream {app_name}/{name} is not being recorded",
+                         "DVR plays a stream while it is recorded: POST /api/v1/streams/APP/NAME/record", cors)
+    row, path = await _file(request, rec_id)
+    size = path.stat().st_size
+    cached = _dvr_cache.get(rec_id)
+    if cached is None or cached[0] != size:
+        window = manager.cfg.dvr_window
+
+        def build() -> str:
+            with open(path, "rb") as f:
+                return hls_playlist(index_file(f), f"../../vod/{rec_id}.mp4", live=True, window_s=window)
+
+        try:
+            cached = (size, await asyncio.to_thread(build))
+        except (OSError, MediaError) as err:
+            raise json_error(503, f"the recording of {key} cannot be read yet: {err}", "retry in a few seconds",
+                             {"Retry-After": "2", **cors}) from None
+        if len(_dvr_cache) > 1000:
+            _dvr_cache.clear()
+        _dvr_cache[rec_id] = cached
+    return web.Response(text=cached[1], headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
 
 
 def add_vod_routes(app: web.Application) -> None:

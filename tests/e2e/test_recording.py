@@ -107,3 +107,35 @@ async def test_a_killed_server_leaves_a_playable_file_and_the_next_start_marks_i
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 50
     assert "recording_interrupted" in again.log_text()
+
+
+async def test_dvr_lists_the_recorded_window_of_a_live_stream_over_byte_ranges(server_factory, publish, media,
+                                                                              stream_name, tmp_path):
+    server = server_factory(**{"record.path": str(tmp_path / "rec"), "record.mode": "all", "record.dvr_window": "60"})
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    url = f"{server.http_base}/live/{stream_name}/dvr.m3u8"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(60):
+            status, text, headers = await get(http, url)
+            playlist = m3u8.loads(text.decode(), uri=url) if status == 200 else None
+            if playlist is not None and len(playlist.segments) >= 2:
+                break
+            await asyncio.sleep(0.25)
+        assert playlist is not None and len(playlist.segments) >= 2, (status, text[:300])
+        assert not playlist.is_endlist and headers["Content-Type"].startswith("application/vnd.apple.mpegurl")
+        init = playlist.segment_map[0]
+        assert init.absolute_uri.startswith(f"{server.http_base}/vod/") and init.absolute_uri.endswith(".mp4")
+
+        async def ranged(uri: str, byterange: str) -> bytes:
+            size, offset = (int(x) for x in byterange.split("@"))
+            status, data, _ = await get(http, uri, {"Range": f"bytes={offset}-{offset + size - 1}"})
+            assert status == 206 and len(data) == size
+            return data
+
+        data = await ranged(init.absolute_uri, init.byterange)
+        for segment in playlist.segments[:2]:
+            data += await ranged(segment.absolute_uri, segment.byterange)
+        report = decode_media(data, "mp4")
+        assert report.errors == [] and report.video_frames >= 25, report.summary()
+        assert (await get(http, f"{server.http_base}/live/notrecorded/dvr.m3u8"))[0] == 404
