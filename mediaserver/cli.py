@@ -372,6 +372,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         except CatalogUnavailable as err:
             await pool.close()
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
+    if recordings is not None and hooks is not None and hooks.wants("record_done"):
+        recordings.listeners.append(hooks.record_done)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()

@@ -137,6 +137,8 @@ class WebhooksConfig:
     on_play_done: str = ""
     on_health: str = ""
     """Told when a stream's picture turns black or frozen or its sound silent, and when that ends ([health])."""
+    on_record_done: str = ""
+    """Told when a recording's file is closed (complete or failed), with its catalog row ([record])."""
     timeout: float = 2.0
     on_failure: str = "deny"
     """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""
@@ -400,6 +402,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
+             "webhooks.on_record_done",
              "cluster.advertise_url", "cluster.upstream")
 
 

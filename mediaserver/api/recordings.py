@@ -4,14 +4,13 @@ a RecordingsError into its error answer."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
 
 from ..hub.stream import StreamKey
 from ..record.catalog import Recording
-from ..record.manager import NotRecordable, RecordingManager
+from ..record.manager import NotRecordable, RecordingManager, summary
 
 MAX_LIMIT = 200
 
@@ -23,13 +22,7 @@ class RecordingsError(Exception):
 
 
 def describe(row: Recording) -> dict[str, Any]:
-    body = asdict(row)
-    for name in ("started_at", "ended_at", "created_at", "updated_at"):
-        value = body.get(name)
-        body[name] = value.isoformat().replace("+00:00", "Z") if value is not None else None
-    body.pop("location", None)  # where the file lies is the server's business; /vod/ID.mp4 serves it
-    body["vod"] = {"mp4": f"/vod/{row.id}.mp4", "hls": f"/vod/{row.id}/index.m3u8"}
-    return body
+    return summary(row)
 
 
 def _manager(manager: RecordingManager | None) -> RecordingManager:

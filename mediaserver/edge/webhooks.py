@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from ..auth.names import split_rendition
+from ..record.manager import summary
 from ..auth.hooks import HookRequest, HookVerdict, read_answer
 from ..config import WebhooksConfig
 from ..hub.registry import StreamRegistry
@@ -59,6 +60,7 @@ class WebhookClient:
         self.urls = {
             "publish": cfg.on_publish, "play": cfg.on_play,
             "publish_done": cfg.on_publish_done, "play_done": cfg.on_play_done, "health": cfg.on_health,
+            "record_done": cfg.on_record_done,
         }
         token = environ.get(cfg.auth_header_env, "") if cfg.auth_header_env else ""
         self._headers = {"Content-Type": "application/json", "User-Agent": "mediaserver-webhook"}
@@ -127,6 +129,12 @@ class WebhookClient:
             "publish_done", stream.key.app, stream.key.name, peer.rsplit(":", 1)[0].strip("[]"), "rtmp",
             extra={"reason": reason, "duration_s": round(time.monotonic() - started, 3), "bytes_in": stream.bytes_in},
         ))
+
+    def record_done(self, row) -> None:
+        """A recording's file was closed (a RecordingManager listener): event "record_done" with its row."""
+        body = summary(row)
+        self.tell(HookRequest("record_done", row.app, row.stream, "", "", extra={
+            k: v for k, v in body.items() if k not in ("app", "stream")}))
 
     def health_event(self, ev: HealthEvent) -> None:
         """A stream's picture or sound changed health (a HealthWatch listener): event "health" with the

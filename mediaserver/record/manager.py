@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,17 @@ RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 def _when(unix_s: float) -> datetime:
     return datetime.fromtimestamp(unix_s, timezone.utc)
+
+
+def summary(row: Recording) -> dict[str, Any]:
+    """A row as the API and the on_record_done webhook show it: ISO times, the VOD URLs, not the file's path."""
+    body = asdict(row)
+    for name in ("started_at", "ended_at", "created_at", "updated_at"):
+        value = body.get(name)
+        body[name] = value.isoformat().replace("+00:00", "Z") if value is not None else None
+    body.pop("location", None)  # where the file lies is the server's business; /vod/ID.mp4 serves it
+    body["vod"] = {"mp4": f"/vod/{row.id}.mp4", "hls": f"/vod/{row.id}/index.m3u8"}
+    return body
 
 
 def catalog_url(cfg: RecordConfig) -> str:
@@ -101,9 +113,17 @@ class _Recording:
             return
         status = "failed" if closed.status == FAILED else "complete"
         ended = _when(closed.started_at + closed.duration_s)
-        self.manager._queue(lambda: self.manager.catalog.update(
-            row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes, status=status,
-            width=closed.width or None, height=closed.height or None))
+        manager = self.manager
+
+        async def finish() -> None:
+            done = await manager.catalog.update(
+                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes, status=status,
+                width=closed.width or None, height=closed.height or None)
+            if done is not None:
+                for listener in list(manager.listeners):
+                    listener(done)
+
+        manager._queue(finish)
         if closed.status == FAILED:
             event(log, "recording_failed", logging.ERROR, stream=str(self.stream.key), id=row.id,
                   error=closed.error, hint="free disk space or check the disk; live viewers are not affected")
@@ -119,6 +139,8 @@ class RecordingManager:
         self._ops: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.failed_writes = 0
+        self.listeners: list[Callable[[Recording], None]] = []
+        """Told each finished file's final row (the on_record_done webhook)."""
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._ended)
 

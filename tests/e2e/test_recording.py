@@ -12,6 +12,7 @@ import aiohttp
 import av
 import m3u8
 
+from e2e.test_auth_webhooks import hook  # noqa: F401  (fixture)
 from support.checks import wait_live
 from support.decode import decode_media
 
@@ -139,3 +140,20 @@ async def test_dvr_lists_the_recorded_window_of_a_live_stream_over_byte_ranges(s
         report = decode_media(data, "mp4")
         assert report.errors == [] and report.video_frames >= 25, report.summary()
         assert (await get(http, f"{server.http_base}/live/notrecorded/dvr.m3u8"))[0] == 404
+
+
+async def test_on_record_done_is_told_the_finished_row(server_factory, publish, media, stream_name, monkeypatch,
+                                                       tmp_path, hook):  # noqa: F811
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"record.path": str(tmp_path / "rec"), "webhooks.on_record_done": hook.url})
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    async with aiohttp.ClientSession() as http:
+        assert (await api(http, server, "POST", f"/streams/live/{stream_name}/record"))[0] == 200
+        await asyncio.sleep(3)
+        status, body = await api(http, server, "DELETE", f"/streams/live/{stream_name}/record")
+        assert status == 200
+    call = await hook.wait_for("record_done", stream_name)
+    assert call["app"] == "live" and call["id"] == body["id"] and call["status"] == "complete", call
+    assert call["duration_s"] > 1.0 and call["bytes"] > 0 and call["vod"]["mp4"] == f"/vod/{body['id']}.mp4"
+    assert "location" not in call
