@@ -528,24 +528,23 @@ async def _recordings(answer) -> web.Response:
         raise ApiError(err.status, err.message, err.hint) from None
 
 
-async def start_record(request: web.Request) -> web.Response:
+async def _record_action(request: web.Request, action, name: str) -> web.Response:
+    """Start or stop a stream's recording (`action` is recordings_api.start or .stop) and log it."""
     key = _key(request)
     try:
-        body = recordings_api.start(request.app[DEPS].recordings, key)
+        body = action(request.app[DEPS].recordings, key)
     except recordings_api.RecordingsError as err:
         raise ApiError(err.status, err.message, err.hint) from None
-    event(log, "admin_record_start", stream=str(key))
+    event(log, name, stream=str(key))
     return web.json_response(body)
+
+
+async def start_record(request: web.Request) -> web.Response:
+    return await _record_action(request, recordings_api.start, "admin_record_start")
 
 
 async def stop_record(request: web.Request) -> web.Response:
-    key = _key(request)
-    try:
-        body = recordings_api.stop(request.app[DEPS].recordings, key)
-    except recordings_api.RecordingsError as err:
-        raise ApiError(err.status, err.message, err.hint) from None
-    event(log, "admin_record_stop", stream=str(key))
-    return web.json_response(body)
+    return await _record_action(request, recordings_api.stop, "admin_record_stop")
 
 
 async def list_recordings(request: web.Request) -> web.Response:
