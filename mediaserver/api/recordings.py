@@ -11,6 +11,7 @@ from typing import Any
 from ..hub.stream import StreamKey
 from ..record.catalog import Recording
 from ..record.manager import NotRecordable, RecordingManager, summary
+from ..record.objectstore import StorageError
 
 MAX_LIMIT = 200
 
@@ -84,7 +85,10 @@ async def one(manager: RecordingManager | None, rec_id: str) -> dict[str, Any]:
 
 
 async def delete(manager: RecordingManager | None, rec_id: str) -> dict[str, Any]:
-    deleted = await _manager(manager).delete(rec_id)
+    try:
+        deleted = await _manager(manager).delete(rec_id)
+    except StorageError as err:
+        raise RecordingsError(503, str(err), "the row is kept; retry when the bucket answers") from None
     if deleted is None:
         raise RecordingsError(409, "the recording is still being written",
                               "stop it first (DELETE /api/v1/streams/APP/NAME/record)")
