@@ -117,6 +117,7 @@ class Uploader:
             if self.failing_since is not None and self._queue.empty():
                 try:  # nothing to send: probe, so /readyz says when the bucket is back
                     rec_id = await asyncio.wait_for(self._queue.get(), backoff_s(attempt))
+                    attempt = 0  # a new file is tried soon, whatever the probes' backoff had reached
                 except TimeoutError:
                     try:
                         await self.store.check()
