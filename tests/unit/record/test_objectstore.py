@@ -6,6 +6,7 @@ rows left on the disk resumed at start."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -231,3 +232,69 @@ async def test_storage_s3_without_aiobotocore_says_what_to_install(monkeypatch):
 
     with pytest.raises(StorageNotInstalled, match=r"pip install 'mediaserver\[s3\]'"):
         await ObjectStore.open(S3Config(bucket="b"))
+
+
+async def test_any_node_sharing_the_catalog_serves_a_stored_recording_and_presign_redirects(
+        s3, aws_env, tmp_path, recorded):
+    """A row another node ("n1") uploaded, served by this one ("n2") from the bucket: ranges, 416, the
+    playlist from the sidecar; with presign a 302 to a URL the bucket answers; without [record.s3] a 404."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from mediaserver.config import Config
+    from mediaserver.edge.keys import CONFIG, RECORDINGS
+    from mediaserver.edge.vod import add_vod_routes
+    from mediaserver.hub.registry import StreamRegistry
+    from mediaserver.record.manager import RecordingManager
+
+    s3.create_bucket("shared")
+    data = recorded.read_bytes()
+    path = tmp_path / "rec" / "live/cam/a.mp4"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    catalog, row = await _catalog_with(tmp_path, path, "complete")
+    sent = RecordConfig(path=str(tmp_path / "rec"), storage="s3", s3=s3_config(s3, "shared"))
+    uploader = Uploader(catalog, await ObjectStore.open(sent.s3), sent, "n1", lambda r: None)
+    await uploader.start()
+    await _until(lambda: _located(catalog, row.id))
+    await uploader.close()
+
+    async def client_of(cfg: RecordConfig) -> TestClient:
+        manager = RecordingManager(StreamRegistry(), cfg, catalog, "n2")
+        if cfg.storage == "s3":
+            manager.uploader = Uploader(catalog, await ObjectStore.open(cfg.s3), cfg, "n2", lambda r: None)
+        app = web.Application()
+        app[CONFIG] = Config()
+        app[RECORDINGS] = manager
+        add_vod_routes(app)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        return client
+
+    node2 = RecordConfig(path=str(tmp_path / "other"), storage="s3", s3=s3_config(s3, "shared"))
+    clients = [await client_of(node2), await client_of(dataclasses.replace(
+        node2, s3=dataclasses.replace(node2.s3, presign=True))), await client_of(RecordConfig())]
+    try:
+        streamed, presigned, local_only = clients
+        resp = await streamed.get(f"/vod/{row.id}.mp4", headers={"Range": "bytes=100-199"})
+        assert resp.status == 206 and await resp.read() == data[100:200]
+        assert resp.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+        resp = await streamed.get(f"/vod/{row.id}.mp4", headers={"Range": "bytes=0-1,4-5"})
+        assert resp.status == 416
+        resp = await streamed.get(f"/vod/{row.id}/index.m3u8")
+        text = await resp.text()
+        assert resp.status == 200 and text == vod.hls_playlist(vod.index_file(data), f"../{row.id}.mp4")
+        resp = await presigned.get(f"/vod/{row.id}.mp4", allow_redirects=False)
+        assert resp.status == 302 and resp.headers["Location"].startswith(s3.endpoint + "/shared/")
+        req = urllib.request.Request(resp.headers["Location"], headers={"Range": "bytes=0-9"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as answer:
+            assert answer.status == 206 and answer.read() == data[:10]
+        resp = await local_only.get(f"/vod/{row.id}.mp4")
+        assert resp.status == 404 and "record.storage" in (await resp.json())["hint"]
+    finally:
+        for client in clients:
+            manager = client.server.app[RECORDINGS]
+            await client.close()
+            if manager.uploader is not None:
+                await manager.uploader.close()
+        await catalog.close()
