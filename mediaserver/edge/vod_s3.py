@@ -4,11 +4,13 @@ the catalog and has the [record.s3] settings serves it, not only the node that r
 `/vod/ID.mp4` answers HTTP Range by ranged GETs from the bucket, streamed through in chunks (206 with
 Content-Range, 416 for a range outside the object or a malformed one; memory bounded, never the whole
 object), or with a 302 to a presigned URL when record.s3.presign is true. `/vod/ID/index.m3u8` is made
-from the VOD index stored beside the object at upload (record/sidecar.py), fetched once and cached.
+from the VOD index stored beside the object at upload (record/sidecar.py), fetched once; the playlist
+is cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -22,16 +24,17 @@ from ..record.catalog import Recording
 from ..record.manager import RecordingManager
 from ..record.objectstore import StorageError, parse_uri
 from ..record.sidecar import load_index, sidecar_key
-from ..record.vod import VodIndex, hls_playlist
+from ..record.vod import hls_playlist
 from .common import cors_headers, json_error
 
 log = logging.getLogger(__name__)
 
 PRESIGN_S = 3600
 """How long a presigned URL lets a player read (a VOD session longer than this asks /vod/ID.mp4 again)."""
-INDEX_CACHE = 256
+PLAYLIST_CACHE = 256
+"""Playlists of stored recordings kept in memory (a recording's never changes once it is in the bucket)."""
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_indexes: OrderedDict[str, VodIndex] = OrderedDict()
+_playlists: OrderedDict[str, str] = OrderedDict()
 
 
 def in_bucket(row: Recording) -> bool:
@@ -127,10 +130,12 @@ async def serve_mp4(request: web.Request, manager: RecordingManager, row: Record
 async def serve_playlist(request: web.Request, manager: RecordingManager, row: Recording) -> web.Response:
     store, key = _where(request, manager, row)
     cors = cors_headers(request)
-    index = _indexes.get(row.id)
-    if index is None:
+    text = _playlists.get(row.id)
+    if text is None:
         try:
-            index = load_index(await store.get_bytes(sidecar_key(key)))
+            data = await store.get_bytes(sidecar_key(key))
+            # in a thread: a day-long recording's index is a few MB of JSON
+            text = await asyncio.to_thread(lambda: hls_playlist(load_index(data), f"../{row.id}.mp4"))
         except StorageError as err:
             if err.code == "NoSuchKey":
                 raise json_error(422, f"recording {row.id} has no VOD index in object storage (its file had no "
@@ -139,10 +144,10 @@ async def serve_playlist(request: web.Request, manager: RecordingManager, row: R
         except MediaError as err:
             raise json_error(422, f"recording {row.id}'s VOD index cannot be read: {err}",
                              f"download /vod/{row.id}.mp4", cors) from None
-        _indexes[row.id] = index
-        while len(_indexes) > INDEX_CACHE:
-            _indexes.popitem(last=False)
+        _playlists[row.id] = text
+        while len(_playlists) > PLAYLIST_CACHE:
+            _playlists.popitem(last=False)
     else:
-        _indexes.move_to_end(row.id)
-    text = hls_playlist(index, f"../{row.id}.mp4")
-    return web.Response(text=text, headers={"Content-Type": "application/vnd.apple.mpegurl", "Cache-Control": "no-cache", **cors})
+        _playlists.move_to_end(row.id)
+    return web.Response(text=text, headers={"Content-Type": "application/vnd.apple.mpegurl",
+                                            "Cache-Control": "no-cache", **cors})

@@ -352,12 +352,14 @@ class Catalog:
         async with self._connect() as conn:
             return [_row(r) for r in await conn.execute(query)]
 
-    async def unuploaded(self, node: str) -> builtins.list[Recording]:
+    async def unuploaded(self, node: str, uploading_only: bool = False) -> builtins.list[Recording]:
         """Rows of `node` whose file is still on its disk although finished: "uploading" (a restart cut the
-        upload short) or closed with a local location (recorded before record.storage was "s3")."""
+        upload short) or, unless `uploading_only`, closed with a local location (recorded before
+        record.storage was "s3")."""
         c = recordings.c
+        status = c.status == "uploading" if uploading_only else c.status != "recording"
         query = (recordings.select()
-                 .where(c.node == node, c.status != "recording", sa.not_(c.location.startswith("s3://")))
+                 .where(c.node == node, status, sa.not_(c.location.startswith("s3://")))
                  .order_by(c.started_at, c.id))
         async with self._connect() as conn:
             return [_row(r) for r in await conn.execute(query)]

@@ -280,9 +280,8 @@ class RecordingManager:
             event(log, "recording_interrupted", id=row.id, stream=f"{row.app}/{row.stream}",
                   duration_s=round(duration, 1), bytes=size)
         if self.cfg.storage != "s3":  # back to local storage: uploads cut short are left local, as they were
-            for row in await self.catalog.unuploaded(self.node):
-                if row.status == "uploading":
-                    await self.catalog.update(row.id, status=row.final_status or "complete", final_status=None)
+            for row in await self.catalog.unuploaded(self.node, uploading_only=True):
+                await self.catalog.update(row.id, status=row.final_status or "complete", final_status=None)
 
     async def close(self) -> None:
         for key in list(self.active):

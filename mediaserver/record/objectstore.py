@@ -30,8 +30,8 @@ from ..errors import MediaServerError, UsageError
 INSTALL_HINT = "pip install 'mediaserver[s3]'"
 READ_CHUNK = 256 * 1024
 """Bytes read from a GET's body at a time (what a ranged read holds in memory)."""
-MAX_SMALL_OBJECT = 64 << 20
-"""The largest object get_bytes reads whole (sidecars are a few kB)."""
+MAX_SMALL_OBJECT = 16 << 20
+"""The largest object get_bytes reads whole (a sidecar: about 45 bytes per fragment, 4 MB for a day)."""
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 _HINTS = {
     "NoSuchBucket": "create the bucket, or fix record.s3.bucket",
