@@ -145,6 +145,8 @@ class ObjectStore:
                                       f"{INSTALL_HINT}, or set record.storage = \"local\"") from None
         config = AioConfig(
             connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"},
+            # A ranged GET streamed to a viewer holds its connection while the viewer reads: room for many.
+            max_pool_connections=256,
             # Content-MD5 on each part is our integrity check; newer default checksums trip some stores.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if cfg.endpoint else {},
@@ -227,9 +229,9 @@ class ObjectStore:
                                                          MultipartUpload={"Parts": done})
         except BaseException:
             # Parts left behind cost storage until the bucket's lifecycle rule removes them; try to drop them.
-            try:
-                await asyncio.shield(self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id))
+            try:  # briefly: a shutdown must not wait on a bucket that is away
+                await asyncio.wait_for(self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id), 3.0)
             except Exception:
                 pass
             raise
