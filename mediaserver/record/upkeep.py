@@ -38,7 +38,7 @@ RETENTION_BATCH = 500
 RETENTION_MAX_BATCHES = 20
 """Batches one run deletes at most (the next run goes on): a huge backlog never holds the catalog long."""
 DISK_CHECK_S = 2.0
-CATALOG_CHECK_S = 5.0
+CATALOG_CHECK_S = 2.0
 """How long /readyz reuses the catalog's last answer."""
 CATALOG_TIMEOUT_S = 1.5
 
