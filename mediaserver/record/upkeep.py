@@ -67,6 +67,7 @@ class Upkeep:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.disk_listeners: list[DiskListener] = []
         self._disk_wake = asyncio.Event()
+        self._retention_lock = asyncio.Lock()  # one run at a time: each plans from what the last one left
         self._disk_error: str | None = None
         self._retention_error: str | None = None
         self._probe: asyncio.Task[tuple[bool, str]] | None = None
@@ -85,6 +86,10 @@ class Upkeep:
         """Delete what the limits say, oldest first; returns what was deleted."""
         if not self.policy.enabled:
             return []
+        async with self._retention_lock:
+            return await self._retention_run()
+
+    async def _retention_run(self) -> list[Deletion]:
         catalog, node = self.manager.catalog, self.manager.node
         own = sorted(self.policy.own_budget)
         done: list[Deletion] = []

@@ -7,6 +7,8 @@ import dataclasses
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from mediaserver.config import RecordConfig, RetentionRule
 from mediaserver.hub.registry import StreamRegistry
 from mediaserver.record.catalog import Recording
@@ -103,3 +105,51 @@ async def test_the_catalog_check_is_cached(tmp_path):
 def test_defaults_keep_every_recording():
     assert RecordConfig().max_age_days == 0 and RecordConfig().max_total_gb == 0
     assert dataclasses.replace(RecordConfig(), retention=()).retention == ()
+
+
+class FakePublisher:
+    peer = "127.0.0.1:5000"
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+async def test_the_guard_stops_every_recording_refuses_new_ones_and_resumes_the_live_ones(tmp_path, monkeypatch):
+    from mediaserver.hub.registry import RegistryPolicy
+    from mediaserver.hub.stream import StreamKey
+    from mediaserver.record import upkeep
+    from mediaserver.record.manager import NotRecordable
+
+    free = {"bytes": 10 * GB}
+    monkeypatch.setattr(upkeep, "free_bytes", lambda path: free["bytes"])
+    registry = StreamRegistry(policy=RegistryPolicy(reconnect_grace=0))
+    manager = await RecordingManager.open(registry, RecordConfig(path=str(tmp_path / "rec"), mode="all",
+                                                                 min_free_gb=1.0), node="n1")
+    told = []
+    manager.upkeep.disk_listeners.append(lambda change, path, streams: told.append((change.state, streams)))
+    a, b, c = (StreamKey("live", n) for n in "abc")
+    try:
+        streams = {key: registry.claim_publisher(key, FakePublisher()) for key in (a, b)}
+        assert set(manager.active) == {a, b}
+
+        free["bytes"] = GB - 1
+        assert (await manager.upkeep.check_disk()).state == "low"
+        assert manager.active == {} and manager.paused == {a, b}
+        assert told == [("low", ["live/a", "live/b"])] and manager.stats.failures["disk_low"] == 2
+        with pytest.raises(NotRecordable) as refused:
+            manager.start(a)
+        assert refused.value.status == 507 and "min_free_gb" in str(refused.value) and refused.value.hint
+        registry.claim_publisher(c, FakePublisher())  # mode "all": recorded when space returns
+        assert manager.paused == {a, b, c} and c not in manager.active
+        assert manager.stop(b)  # the operator's stop cancels its resume
+        registry.release_publisher(streams[a], streams[a].publisher)  # a ends while paused
+        assert manager.paused == {c}
+
+        free["bytes"] = int(1.05 * GB)  # above the limit, not above the margin: still low
+        assert await manager.upkeep.check_disk() is None and manager.disk.low
+        free["bytes"] = int(1.1 * GB)
+        assert (await manager.upkeep.check_disk()).state == "ok"
+        assert set(manager.active) == {c} and manager.paused == set()
+        assert told[-1] == ("ok", ["live/c"])
+    finally:
+        await manager.close()
