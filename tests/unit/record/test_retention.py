@@ -118,3 +118,13 @@ def test_the_disk_guard_goes_low_under_the_limit_and_ok_only_above_the_margin():
 def test_a_guard_without_a_limit_measures_but_never_goes_low():
     guard = DiskGuard(min_free_bytes=0)
     assert guard.observe(0) is None and not guard.low and guard.free_bytes == 0
+
+
+def test_a_failed_file_is_counted_as_disk_full_or_disk_error():
+    import errno
+
+    from mediaserver.record.manager import failure_reason
+
+    assert failure_reason(str(OSError(errno.ENOSPC, "No space left on device"))) == "disk_full"
+    assert failure_reason(str(OSError(errno.EIO, "Input/output error"))) == "disk_error"
+    assert failure_reason(None) == "disk_error"
