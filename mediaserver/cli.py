@@ -379,6 +379,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             raise
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
+    if recordings is not None and hooks is not None and hooks.wants("record_disk"):
+        recordings.upkeep.disk_listeners.append(hooks.record_disk)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -400,7 +402,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
-        ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
+        ready_checks={"rtmp": rtmp_listening, **({"catalog": recordings.upkeep.catalog_ready} if recordings else {})},
+        metrics_token=None if config.api.metrics_public else token,
         health=health,
     )
     _log_access(config, admission.policy, hooks, token)
@@ -416,6 +419,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
+        app[METRICS].recordings = recordings
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
         app[METRICS].ready_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))
