@@ -298,3 +298,26 @@ async def test_any_node_sharing_the_catalog_serves_a_stored_recording_and_presig
             if manager.uploader is not None:
                 await manager.uploader.close()
         await catalog.close()
+
+
+async def test_retention_deletes_an_old_recording_from_the_bucket(s3, aws_env, tmp_path):
+    from datetime import timedelta
+
+    from mediaserver.hub.registry import StreamRegistry
+    from mediaserver.record.manager import RecordingManager
+
+    s3.create_bucket("trim")
+    cfg = RecordConfig(path=str(tmp_path / "rec"), storage="s3", s3=s3_config(s3, "trim"), max_age_days=7,
+                       min_free_gb=0)
+    manager = await RecordingManager.open(StreamRegistry(), cfg, node="n1")
+    try:
+        await manager.uploader.store.put_bytes("live/cam/old.mp4", b"x" * 100, "video/mp4")
+        await manager.uploader.store.put_bytes("live/cam/old.mp4.index.json", b"{}")
+        start = datetime.now(timezone.utc) - timedelta(days=30)
+        await manager.catalog.add(Recording(id="old", app="live", stream="cam", node="n2", started_at=start,
+                                            location="s3://trim/live/cam/old.mp4", status="complete",
+                                            ended_at=start + timedelta(minutes=5), bytes=100))
+        await manager.upkeep.retention_once()
+        assert await manager.catalog.get("old") is None and s3.keys("trim") == []
+    finally:
+        await manager.close()
