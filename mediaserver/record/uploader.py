@@ -131,9 +131,9 @@ class Uploader:
                 rec_id = await self._queue.get()
             while True:
                 try:
-                    await self._upload(rec_id)
-                    self._recovered()
-                    attempt = 0
+                    if await self._upload(rec_id):
+                        self._recovered()
+                        attempt = 0
                     break
                 except (StorageError, CatalogUnavailable) as err:
                     self.results["failed"] += 1
@@ -141,9 +141,10 @@ class Uploader:
                     await asyncio.sleep(backoff_s(attempt))
                     attempt += 1
                 except OSError as err:  # the file went (deleted through the API meanwhile?) or the disk fails
-                    if await self._still_there(rec_id):
-                        event(log, "recording_upload_unreadable", logging.ERROR, id=rec_id, error=str(err),
-                              hint="the row keeps its local location")
+                    try:
+                        await self._keep_local(rec_id, err)
+                    except CatalogUnavailable:
+                        pass  # still "uploading": the next start tries again
                     break
                 except Exception:
                     log.exception("recording upload of %s failed", rec_id)
@@ -167,10 +168,11 @@ class Uploader:
         self.failing_since = None
         self.error = self._logged_code = ""
 
-    async def _upload(self, rec_id: str) -> None:
+    async def _upload(self, rec_id: str) -> bool:
+        """Send one file; whether the bucket was asked anything (a row gone meanwhile: nothing to do)."""
         row = await self.catalog.get(rec_id)
         if row is None or row.location.startswith("s3://") or row.status == "recording":
-            return  # deleted meanwhile, or done by another path
+            return False  # deleted meanwhile, or done by another path
         deferred = row.status == "uploading"  # its on_record_done waits for this upload
         final = (row.final_status or "complete") if deferred else row.status
         path = Path(row.location)
@@ -179,12 +181,7 @@ class Uploader:
         except ValueError:
             relative = Path(row.app, row.stream, path.name)
         if not await asyncio.to_thread(path.is_file):
-            event(log, "recording_upload_skipped", logging.ERROR, id=rec_id, path=str(path),
-                  error="the file is gone", hint="the row keeps its local location; delete it if unwanted")
-            done = await self.catalog.update(rec_id, status=final, final_status=None)
-            if deferred and done is not None:
-                self.on_final(done)
-            return
+            raise FileNotFoundError(f"{path} is gone")
         key = object_key(self.cfg.s3.prefix, relative)
         sidecar = await asyncio.to_thread(_build_sidecar, path)
         if sidecar is not None:
@@ -194,7 +191,7 @@ class Uploader:
                                          bytes=stored.size)
         if done is None:  # deleted while it was being sent: the object goes too
             await self._delete_objects(key)
-            return
+            return True
         self.results["uploaded"] += 1
         self.bytes_uploaded += stored.size
         try:
@@ -204,12 +201,20 @@ class Uploader:
         event(log, "recording_uploaded", id=rec_id, location=done.location, bytes=stored.size)
         if deferred:
             self.on_final(done)
+        return True
 
-    async def _still_there(self, rec_id: str) -> bool:
-        try:
-            return await self.catalog.get(rec_id) is not None
-        except CatalogUnavailable:
-            return True
+    async def _keep_local(self, rec_id: str, err: OSError) -> None:
+        """A file that cannot be read stays where it is: its row gets its final status back (and
+        on_record_done is told, if it waited), so it can be deleted and retention sees it."""
+        row = await self.catalog.get(rec_id)
+        if row is None:
+            return  # deleted while it was being read: nothing to say
+        event(log, "recording_upload_unreadable", logging.ERROR, id=rec_id, path=row.location, error=str(err),
+              hint="the row keeps its local location; check the disk, or delete the recording")
+        if row.status == "uploading":
+            done = await self.catalog.update(rec_id, status=row.final_status or "complete", final_status=None)
+            if done is not None:
+                self.on_final(done)
 
     async def _delete_objects(self, key: str) -> None:
         await self.store.delete(sidecar_key(key))

@@ -321,3 +321,25 @@ async def test_retention_deletes_an_old_recording_from_the_bucket(s3, aws_env, t
         assert await manager.catalog.get("old") is None and s3.keys("trim") == []
     finally:
         await manager.close()
+
+
+async def test_a_file_gone_before_its_upload_keeps_its_row_local_with_its_final_status(s3, aws_env, tmp_path,
+                                                                                      caplog):
+    s3.create_bucket("gone")
+    path = tmp_path / "gone.mp4"
+    path.write_bytes(b"\0" * 100)
+    catalog, row = await _catalog_with(tmp_path, path, "uploading", final_status="failed")
+    path.unlink()
+    cfg = RecordConfig(path=str(tmp_path), storage="s3", s3=s3_config(s3, "gone"))
+    told: list[Recording] = []
+    uploader = Uploader(catalog, await ObjectStore.open(cfg.s3), cfg, "n1", told.append)
+    try:
+        await uploader.start()
+        await _until(lambda: _async(bool(told)))
+        kept = await catalog.get(row.id)
+        assert (kept.status, kept.final_status, kept.location) == ("failed", None, str(path)), kept
+        assert told == [kept] and uploader.ready()[0] and s3.keys("gone") == []
+        assert [r.fields["id"] for r in caplog.records if r.getMessage() == "recording_upload_unreadable"] == [row.id]
+    finally:
+        await uploader.close()
+        await catalog.close()
