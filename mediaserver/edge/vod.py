@@ -19,6 +19,7 @@ from ..record.vod import hls_playlist, index_file
 from .common import cors_headers, json_error
 from .keys import RECORDINGS
 from .names import stream_key
+from .vod_remote import serve_remote, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -41,13 +42,17 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
     file = request.match_info["file"]
     if not file.endswith(".mp4"):
         raise json_error(404, "not found", "VOD files are /vod/ID.mp4 and /vod/ID/index.m3u8", cors_headers(request))
+    if (remote := await serve_remote(request, file[:-4])) is not None:  # cluster: on another node's disk
+        return remote
     _, path = await _file(request, file[:-4])
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
                                            **cors_headers(request)})
 
 
-async def serve_playlist(request: web.Request) -> web.Response:
+async def serve_playlist(request: web.Request) -> web.StreamResponse:
     rec_id = request.match_info["id"]
+    if (remote := await serve_remote(request, rec_id)) is not None:  # cluster: on another node's disk
+        return remote
     row, path = await _file(request, rec_id)
 
     def build() -> str:
@@ -66,7 +71,7 @@ async def serve_playlist(request: web.Request) -> web.Response:
 _dvr_cache: dict[str, tuple[int, str]] = {}
 
 
-async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Response:
+async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.StreamResponse:
     """dvr.m3u8 of a stream being recorded (the play route's admission has run)."""
     cors = cors_headers(request)
     manager = request.app.get(RECORDINGS)
@@ -75,6 +80,8 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Respo
     if rec_id is None and manager is not None and key in manager.active:
         raise json_error(503, f"the recording of {key} has no fragment yet", "retry in a few seconds",
                          {"Retry-After": "2", **cors})
+    if rec_id is None and key is not None and (remote := await serve_remote_dvr(request, key)) is not None:
+        return remote  # cluster: recorded by the node that publishes it
     if rec_id is None:
         raise json_error(404, f"stream {app_name}/{name} is not being recorded",
                          "DVR plays a stream while it is recorded: POST /api/v1/streams/APP/NAME/record", cors)
