@@ -59,7 +59,7 @@ async def test_an_edge_lists_and_serves_a_recording_made_on_the_origin(cluster, 
     record = {"record.mode": "all", "record.database_url": database_url}
     origin = cluster("origin", "origin-1", **record, **{"record.path": str(tmp_path / "rec-origin")})
     edge = cluster("edge", "edge-1", **record, **{"record.path": str(tmp_path / "rec-edge")})
-    publish(origin, stream_name, media.av, loop=True)
+    publish(origin, stream_name, media.low, loop=True)
     await wait_owner(redis, stream_name)
     async with aiohttp.ClientSession() as http:
         # DVR on the edge: its viewer is admitted there (the stream is pulled), the playlist comes from the origin.
