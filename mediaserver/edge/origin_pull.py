@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -48,7 +49,7 @@ from ..errors import MediaError
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
-from .common import json_error
+from .common import PLAY_QUERY, json_error
 from .flv_ingest import FlvIngest
 from .names import stream_key
 
@@ -59,6 +60,9 @@ CREDENTIAL_HEADER = "X-Mediaserver-Cluster"
 HOPS_HEADER = "X-Mediaserver-Pull"
 """The marker on internal requests: how many pulls deep this one is."""
 MAX_HOPS = 3
+INTERNAL_REQUEST = "mediaserver.internal_request"
+"""Set (True) on a request admitted by the cluster credential: a handler that admits viewers itself (VOD)
+does not admit it again (the node that fetches admitted its viewer)."""
 _RETRY_S = 0.3
 _WATCHDOG_S = 0.5
 _REFUSAL_LOG_S = 10.0
@@ -472,6 +476,10 @@ class PullPool:
             raise json_error(403, "the cluster credential is wrong",
                              "every node needs the same secret in the variable cluster.secret_env names")
         if is_recording_request(request):  # another node fetches a recording on this node's disk (vod_remote)
+            request[INTERNAL_REQUEST] = True
+            token = request.query.get("token")
+            if token:  # the play token that node admitted: into the URIs of the playlist answered
+                request[PLAY_QUERY] = urlencode({"token": token})
             return await request.match_info.handler(request)
         if request.match_info.route.name != "play-flv" or not request.match_info["file"].endswith(".flv"):
             raise json_error(404, "internal pulls are HTTP-FLV only (and recordings: /vod/..., dvr.m3u8)",

@@ -7,7 +7,9 @@ elsewhere by fetching the same path from that node, found by its heartbeat (`Nod
 streaming the answer as it comes: status, Range (206, 416, Content-Range) and length as the recording node
 answers them, memory bounded by one chunk, deadlines on connect and on every read, and a viewer who hangs
 up closes the upstream request. The viewer was admitted here (play tokens, limits) as for a local file;
-the recording node accepts the request by the cluster credential (origin_pull's internal middleware).
+the recording node accepts the request by the cluster credential (origin_pull's internal middleware),
+without admitting it again, and puts the play token admitted here (sent in the query) in the URIs of the
+playlists it answers.
 
 Loops: a fetched request carries PROXIED_HEADER, and a node never fetches for a request that has it (a
 file that is not where the catalog says is 404 there). A recording node that is not up is 503 with a
@@ -17,10 +19,10 @@ hint, at once; one that does not answer is 503 after `connect_timeout`.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -28,9 +30,9 @@ from aiohttp import web
 from ..cluster.locator import NodeInfo
 from ..hub.stream import StreamKey
 from ..log import LogGate, event
-from ..record.catalog import CatalogUnavailable
+from ..record.catalog import CatalogUnavailable, Recording
 from ..record.manager import on_other_node
-from .common import cors_headers, json_error
+from .common import PLAY_QUERY, cors_headers, json_error
 from .keys import RECORDINGS, REMOTE_VOD
 from .origin_pull import CREDENTIAL_HEADER
 
@@ -48,7 +50,6 @@ NODE_CACHE_S = 2.0
 """A node's address is looked up again after this long (a player's range requests come in bursts)."""
 RETRY_AFTER_S = "10"
 T = TypeVar("T")
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_proxied(headers: Mapping[str, str]) -> bool:
@@ -61,6 +62,14 @@ def upstream_headers(incoming: Mapping[str, str], node_id: str, secret: str) -> 
     headers = {name: incoming[name] for name in REQUEST_HEADERS if name in incoming}
     headers.update({CREDENTIAL_HEADER: secret, PROXIED_HEADER: node_id, "Accept-Encoding": "identity"})
     return headers
+
+
+def upstream_query(query: Mapping[str, str], play_query: str) -> str:
+    """The viewer's query for the recording node, its play token replaced by the one admitted here (which may
+    have come as a bearer token): the recording node puts it in the URIs of the playlists it answers."""
+    pairs = [(k, v) for k, v in query.items() if k != "token"]
+    pairs += parse_qsl(play_query)
+    return urlencode(pairs)
 
 
 def downstream_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -125,7 +134,9 @@ class RemoteVod:
         headers = upstream_headers(request.headers, self.node_id, self.secret)
         self.fetches += 1
         try:
-            async with self.session().request(request.method, base + request.path_qs, headers=headers,
+            query = upstream_query(request.query, request.get(PLAY_QUERY, ""))
+            url = base + request.path + (f"?{query}" if query else "")
+            async with self.session().request(request.method, url, headers=headers,
                                               timeout=timeout, allow_redirects=False) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                               headers={**downstream_headers(upstream.headers), **cors})
@@ -172,20 +183,21 @@ async def _catalog(request: web.Request, query: Awaitable[T]) -> T:
                          {"Retry-After": "5", **cors_headers(request)}) from None
 
 
-async def serve_remote(request: web.Request, rec_id: str) -> web.StreamResponse | None:
-    """The answer for a file of recording `rec_id` when it lies on another node's disk (fetched from that
-    node), else None: the caller serves it from here. Nothing is looked up on a standalone node."""
+async def remote_row(request: web.Request, rec_id: str) -> Recording | None:
+    """The row of `rec_id` when its file lies on another node's disk and this node fetches it from there;
+    None otherwise (standalone, unknown, local, in object storage, or a request already fetched by a node:
+    never fetched further, so it is the local 404)."""
     remote = request.app.get(REMOTE_VOD)
     manager = request.app.get(RECORDINGS)
-    if remote is None or manager is None or not _ID.fullmatch(rec_id):
+    if remote is None or manager is None or is_proxied(request.headers):
         return None
     row = await _catalog(request, manager.catalog.get(rec_id))
-    if row is None or not on_other_node(row, remote.node_id):
-        return None
-    if is_proxied(request.headers):
-        raise json_error(404, f"recording {rec_id} is on node {row.node}, not here",
-                         "a fetched request is never fetched further", cors_headers(request))
-    return await remote.fetch(request, row.node, f"recording {rec_id}")
+    return row if row is not None and on_other_node(row, remote.node_id) else None
+
+
+async def fetch_remote(request: web.Request, row: Recording) -> web.StreamResponse:
+    """Answer a request for a file of `row` (one remote_row returned) from the node that recorded it."""
+    return await request.app[REMOTE_VOD].fetch(request, row.node, f"recording {row.id}")
 
 
 async def serve_remote_dvr(request: web.Request, key: StreamKey) -> web.StreamResponse | None:

@@ -1,6 +1,7 @@
 """Fetching a recording from the node whose disk holds it (edge/vod_remote.py): which headers pass each
 way, the loop guard, Range answers passed through, a node that is down or does not answer (503 at once),
-a node that stalls mid-answer (the read deadline), and a viewer who hangs up (the upstream request ends)."""
+a node that stalls mid-answer (the read deadline), a viewer who hangs up (the upstream request ends), and
+the recording node taking the fetch by the cluster credential (origin_pull's internal middleware)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from mediaserver.cluster.locator import NodeInfo
 from mediaserver.config import Config
 from mediaserver.edge.keys import CONFIG, RECORDINGS, REMOTE_VOD
-from mediaserver.edge.origin_pull import CREDENTIAL_HEADER
-from mediaserver.edge.vod_remote import (PROXIED_HEADER, RemoteVod, downstream_headers, is_proxied, serve_remote,
-                                         upstream_headers)
+from mediaserver.edge.common import PLAY_QUERY
+from mediaserver.edge.origin_pull import CREDENTIAL_HEADER, INTERNAL_REQUEST, PullPool, PullSettings
+from mediaserver.edge.vod_remote import (PROXIED_HEADER, RemoteVod, downstream_headers, fetch_remote, is_proxied,
+                                         remote_row, upstream_headers, upstream_query)
+from mediaserver.hub.registry import StreamRegistry
 from mediaserver.record.catalog import Recording
 from mediaserver.record.manager import on_other_node
 from support.server import free_port
@@ -181,23 +184,56 @@ async def test_a_viewer_who_hangs_up_ends_the_request_to_the_recording_node(upst
 
 
 async def test_a_fetched_request_is_never_fetched_further(upstream):
-    rows = {"r1": _row("origin-1")}
+    rows = {"r1": _row("origin-1"), "mine": _row("edge-1")}
     _, remote = await _front({"origin-1": upstream.base})
     app = web.Application()
     app[CONFIG] = Config()
     app[REMOTE_VOD] = remote
     app[RECORDINGS] = SimpleNamespace(catalog=SimpleNamespace(get=lambda rec_id: asyncio.sleep(0, rows.get(rec_id))))
 
-    async def vod(request: web.Request) -> web.StreamResponse:
-        found = await serve_remote(request, request.match_info["file"].removesuffix(".mp4"))
-        return found if found is not None else web.Response(text="local")
+    async def vod(request: web.Request) -> web.StreamResponse:  # as edge/vod.py: when the file is not here
+        row = await remote_row(request, request.match_info["file"].removesuffix(".mp4"))
+        return await fetch_remote(request, row) if row is not None else web.Response(text="local")
 
     app.router.add_get("/vod/{file}", vod)
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/vod/r1.mp4", headers={"Range": "bytes=0-9"})
         assert resp.status == 206 and await resp.read() == BODY[:10]  # another node's file: fetched
         assert await (await client.get("/vod/unknown.mp4")).text() == "local"  # not in the catalog: the local 404
-        resp = await client.get("/vod/r1.mp4", headers={PROXIED_HEADER: "edge-2"})
-        assert resp.status == 404 and "never fetched further" in (await resp.json())["hint"]
+        assert await (await client.get("/vod/mine.mp4")).text() == "local"
+        resp = await client.get("/vod/r1.mp4", headers={PROXIED_HEADER: "edge-2"})  # fetched once already
+        assert await resp.text() == "local"
     await remote.close()
     assert remote.fetches == 1
+
+
+def test_the_play_token_admitted_here_replaces_the_viewers_in_the_query_sent_on():
+    assert upstream_query({"token": "t1", "x": "1"}, "token=t2") == "x=1&token=t2"
+    assert upstream_query({"x": "1"}, "token=bearer%2Btoken") == "x=1&token=bearer%2Btoken"  # came as a bearer token
+    assert upstream_query({"token": "t1"}, "") == ""  # an open app: no token to carry
+
+
+async def test_the_recording_node_serves_a_fetch_by_the_cluster_credential_without_admitting_it_again():
+    pool = PullPool(StreamRegistry(), None, PullSettings(node_id="origin-1", secret=SECRET))
+    seen: list[dict] = []
+
+    @web.middleware
+    async def admission(request, handler):  # stands for the viewer admission that must not run
+        raise web.HTTPUnauthorized(text="admission ran")
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append({"internal": request.get(INTERNAL_REQUEST), "query": request.get(PLAY_QUERY)})
+        return web.Response(text="served")
+
+    app = web.Application(middlewares=[pool.internal_middleware, admission])
+    app.router.add_get("/vod/{file}", answer, name="vod-mp4")
+    app.router.add_get("/{app}/{name}/{file}", answer, name="play-hls")
+    fetch = {CREDENTIAL_HEADER: SECRET, PROXIED_HEADER: "edge-1"}
+    async with TestClient(TestServer(app)) as client:
+        assert await (await client.get("/vod/r1.mp4?token=abc", headers=fetch)).text() == "served"
+        assert await (await client.get("/live/cam/dvr.m3u8", headers=fetch)).text() == "served"
+        assert (await client.get("/vod/r1.mp4")).status == 401  # a viewer: admitted as usual
+        assert (await client.get("/vod/r1.mp4", headers={**fetch, CREDENTIAL_HEADER: "wrong"})).status == 403
+        assert (await client.get("/live/cam/index.m3u8", headers=fetch)).status == 404  # live: pulled as FLV only
+    await pool.close()
+    assert seen == [{"internal": True, "query": "token=abc"}, {"internal": True, "query": None}]
