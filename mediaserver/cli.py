@@ -31,7 +31,7 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import ABR, METRICS, RECORDINGS
+from .edge.keys import ABR, METRICS, RECORDINGS, REMOTE_VOD
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -268,6 +268,12 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
+    def remote_vod(self):
+        from .edge.vod_remote import RemoteVod
+        settings = self.pulls.settings
+        return RemoteVod(self.node_id, settings.secret, self.locator.node, connect_timeout=settings.connect_timeout,
+                         read_timeout=settings.read_timeout)
+
     def wire(self, app: web.Application) -> None:
         """Internal requests (edges pulling from this node) pass before admission; viewers' pulls start in
         the gate (`locate`), for RTMP players and HTTP viewers alike."""
@@ -370,7 +376,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
         try:
             recordings = await RecordingManager.open(registry, config.record,
-                                                     cluster.node_id if cluster else socket.gethostname())
+                                                     cluster.node_id if cluster else socket.gethostname(),
+                                                     relay=cluster.pulls.is_relay if cluster else None)  # cluster
         except CatalogUnavailable as err:
             await pool.close()
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
@@ -420,6 +427,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
         app[METRICS].recordings = recordings
+        if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
+            app[REMOTE_VOD] = cluster.remote_vod()
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
         app[METRICS].ready_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))
@@ -461,6 +470,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await rtmp.close()
     if cluster is not None:  # cluster: withdraw claims, say node_down
         await cluster.close()
+    if REMOTE_VOD in app:
+        await app[REMOTE_VOD].close()
     await runner.cleanup()
     packagers.close()
     sweeper.close()

@@ -88,6 +88,19 @@ class NotRecordable(Exception):
         self.hint = hint
 
 
+class ElsewhereError(Exception):
+    """A recording whose file lies on another node's disk: only that node can delete it."""
+
+    def __init__(self, rec_id: str, node: str) -> None:
+        super().__init__(f"recording {rec_id} is on the disk of node {node}")
+        self.node = node
+
+
+def on_other_node(row: Recording, node: str) -> bool:
+    """The row's file is local to another node (not in object storage, which every node reaches)."""
+    return row.node != node and not row.location.startswith("s3://")
+
+
 class _Recording:
     """One stream's recording: its Recorder and the catalog row of the file being written."""
 
@@ -159,8 +172,11 @@ class _Recording:
 
 
 class RecordingManager:
-    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str) -> None:
+    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str,
+                 relay: Callable[[Stream], bool] | None = None) -> None:
         self.registry = registry
+        self.relay = relay or (lambda stream: False)
+        """A stream this node copies from another (an edge's pull): its origin records it, never this node."""
         self.cfg = cfg
         self.catalog = catalog
         self.node = node
@@ -181,7 +197,8 @@ class RecordingManager:
         registry.on_stream_ended.append(self._ended)
 
     @classmethod
-    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str) -> RecordingManager:
+    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str,
+                   relay: Callable[[Stream], bool] | None = None) -> RecordingManager:
         Path(cfg.path).mkdir(parents=True, exist_ok=True)
         store = await ObjectStore.open(cfg.s3) if cfg.storage == "s3" else None  # first: aiobotocore missing?
         try:
@@ -190,7 +207,7 @@ class RecordingManager:
             if store is not None:
                 await store.close()
             raise
-        manager = cls(registry, cfg, catalog, node)
+        manager = cls(registry, cfg, catalog, node, relay)
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
         if store is not None:
@@ -215,6 +232,9 @@ class RecordingManager:
         if stream is None or stream.ended or stream.publisher is None:
             raise NotRecordable(404, f"stream {key} is not being published",
                                 "publish it first, then ask for its recording")
+        if self.relay(stream):
+            raise NotRecordable(409, f"stream {key} is copied here from the node that publishes it",
+                                "ask its origin, which records it (GET /api/v1/streams?scope=cluster names the node)")
         if self.disk.low:
             free = self.disk.free_bytes or 0
             raise NotRecordable(507, f"{self.cfg.path} has {free / 1e9:.3g} GB free, under record.min_free_gb = "
@@ -288,7 +308,8 @@ class RecordingManager:
     # ----- registry hooks -------------------------------------------------------------------------
 
     def _published(self, stream: Stream) -> None:
-        if self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name:
+        if (self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name
+                and not self.relay(stream)):  # renditions and other nodes' streams: recorded where they are made
             if self.disk.low:
                 self.paused.add(stream.key)  # recorded when space returns
             elif stream.key not in self.active:
@@ -392,7 +413,8 @@ class RecordingManager:
 
     async def delete(self, rec_id: str) -> bool | None:
         """Delete a finished recording (file or object, and row); None when it is still being written or
-        uploaded. StorageError when its object cannot be deleted (the row stays)."""
+        uploaded. StorageError when its object cannot be deleted (the row stays); ElsewhereError when its
+        file is on another node's disk (deleting the row here would orphan that file)."""
         row = await self.catalog.get(rec_id)
         if row is None:
             return False
@@ -404,6 +426,8 @@ class RecordingManager:
                                    f"record.storage = \"s3\" to delete it with", "NotConfigured")
             await self.uploader.delete(row.location)
             return await self.catalog.delete(rec_id)
+        if on_other_node(row, self.node):
+            raise ElsewhereError(rec_id, row.node)
         found = await self.file_of(rec_id)
         if found is not None:
             try:
