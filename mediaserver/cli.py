@@ -48,6 +48,8 @@ from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
+from .record.objectstore import StorageNotInstalled
+from .record.uploader import UploadCollector
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -379,6 +381,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         except CatalogUnavailable as err:
             await pool.close()
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
+        except StorageNotInstalled:
+            await pool.close()
+            raise
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
@@ -424,6 +429,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         app[METRICS].recordings = recordings
         if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
             app[REMOTE_VOD] = cluster.remote_vod()
+    if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
+        app[METRICS].ready_checks["recording_storage"] = recordings.uploader.ready
+        app[METRICS].prom.register(UploadCollector(recordings.uploader))
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()

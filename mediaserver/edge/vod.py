@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..errors import MediaError
 from ..record.vod import hls_playlist, index_file
+from . import vod_s3
 from .common import cors_headers, json_error
 from .keys import RECORDINGS
 from .names import stream_key
@@ -33,6 +34,8 @@ async def _file(request: web.Request, rec_id: str):
     if not _ID.fullmatch(rec_id):
         raise json_error(404, "no such recording", "GET /api/v1/recordings lists them", cors)
     found = await manager.file_of(rec_id)
+    if found is None and (row := await manager.catalog.get(rec_id)) is not None and vod_s3.in_bucket(row):
+        return row, None  # record.storage = "s3": vod_s3 serves it
     if found is None and (row := await remote_row(request, rec_id)) is not None:
         return row, None  # cluster: on another node's disk, fetched from it (vod_remote)
     if found is None:
@@ -46,6 +49,8 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
         raise json_error(404, "not found", "VOD files are /vod/ID.mp4 and /vod/ID/index.m3u8", cors_headers(request))
     row, path = await _file(request, file[:-4])
     if path is None:
+        if vod_s3.in_bucket(row):
+            return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
                                            **cors_headers(request)})
@@ -55,6 +60,8 @@ async def serve_playlist(request: web.Request) -> web.StreamResponse:
     rec_id = request.match_info["id"]
     row, path = await _file(request, rec_id)
     if path is None:
+        if vod_s3.in_bucket(row):
+            return await vod_s3.serve_playlist(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
 
     def build() -> str:

@@ -38,9 +38,11 @@ from ..hub.stream import Stream, StreamKey
 from ..log import event
 from .catalog import Catalog, CatalogUnavailable, Recording
 from .disk import DiskGuard
+from .objectstore import ObjectStore, StorageError
 from .recorder import FAILED, FileClosed, Recorder
 from .retention import GB
 from .upkeep import RecordingStats, Upkeep
+from .uploader import Uploader
 from .vod import index_file
 
 log = logging.getLogger(__name__)
@@ -151,10 +153,15 @@ class _Recording:
         ended = _when(closed.started_at + closed.duration_s)
 
         async def finish() -> None:
+            # record.storage = "s3": the row waits "uploading" and on_record_done with it, until the file is final
+            uploading = manager.uploader is not None and closed.bytes > 0
             done = await manager.catalog.update(
-                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes, status=status,
+                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes,
+                status="uploading" if uploading else status, final_status=status if uploading else None,
                 width=closed.width or None, height=closed.height or None)
-            if done is not None:
+            if done is not None and manager.uploader is not None and uploading:
+                manager.uploader.submit(done.id)
+            elif done is not None:
                 for listener in list(manager.listeners):
                     listener(done)
 
@@ -179,6 +186,8 @@ class RecordingManager:
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Told each finished file's final row (the on_record_done webhook)."""
+        self.uploader: Uploader | None = None
+        """record.storage = "s3": sends finished files to the bucket."""
         self.stats = RecordingStats()
         self.disk = DiskGuard(int(cfg.min_free_gb * GB))
         self.paused: set[StreamKey] = set()
@@ -191,10 +200,19 @@ class RecordingManager:
     async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str,
                    relay: Callable[[Stream], bool] | None = None) -> RecordingManager:
         Path(cfg.path).mkdir(parents=True, exist_ok=True)
-        catalog = await Catalog.open(catalog_url(cfg))
+        store = await ObjectStore.open(cfg.s3) if cfg.storage == "s3" else None  # first: aiobotocore missing?
+        try:
+            catalog = await Catalog.open(catalog_url(cfg))
+        except BaseException:
+            if store is not None:
+                await store.close()
+            raise
         manager = cls(registry, cfg, catalog, node, relay)
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
+        if store is not None:
+            manager.uploader = Uploader(catalog, store, cfg, node, manager._final)
+            await manager.uploader.start()
         loop = asyncio.get_running_loop()
         manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),
                           loop.create_task(manager._syncer(), name="recording fsync"), *manager.upkeep.tasks()]
@@ -283,6 +301,10 @@ class RecordingManager:
         rec = self.active.get(key)
         return rec.row.id if rec is not None and rec.row is not None else None
 
+    def _final(self, row: Recording) -> None:
+        for listener in list(self.listeners):
+            listener(row)
+
     # ----- registry hooks -------------------------------------------------------------------------
 
     def _published(self, stream: Stream) -> None:
@@ -353,6 +375,9 @@ class RecordingManager:
                                       status="interrupted")
             event(log, "recording_interrupted", id=row.id, stream=f"{row.app}/{row.stream}",
                   duration_s=round(duration, 1), bytes=size)
+        if self.cfg.storage != "s3":  # back to local storage: uploads cut short are left local, as they were
+            for row in await self.catalog.unuploaded(self.node, uploading_only=True):
+                await self.catalog.update(row.id, status=row.final_status or "complete", final_status=None)
 
     async def close(self) -> None:
         for key in list(self.active):
@@ -364,6 +389,8 @@ class RecordingManager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.uploader is not None:
+            await self.uploader.close()
         for rec in list(self.active.values()):
             for job in rec.recorder.take_sync_jobs():
                 await asyncio.to_thread(job)
@@ -385,13 +412,20 @@ class RecordingManager:
         return (row, path) if path.is_file() else None
 
     async def delete(self, rec_id: str) -> bool | None:
-        """Delete a finished recording (file and row); None when it is still being written. ElsewhereError
-        when its file is on another node's disk (deleting the row here would orphan that file)."""
+        """Delete a finished recording (file or object, and row); None when it is still being written or
+        uploaded. StorageError when its object cannot be deleted (the row stays); ElsewhereError when its
+        file is on another node's disk (deleting the row here would orphan that file)."""
         row = await self.catalog.get(rec_id)
         if row is None:
             return False
         if row.status in ("recording", "uploading"):
             return None
+        if row.location.startswith("s3://"):
+            if self.uploader is None:
+                raise StorageError(f"recording {rec_id} is in object storage, and this node has no "
+                                   f"record.storage = \"s3\" to delete it with", "NotConfigured")
+            await self.uploader.delete(row.location)
+            return await self.catalog.delete(rec_id)
         if on_other_node(row, self.node):
             raise ElsewhereError(rec_id, row.node)
         found = await self.file_of(rec_id)
