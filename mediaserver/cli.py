@@ -409,7 +409,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
-        ready_checks={"rtmp": rtmp_listening, **({"catalog": recordings.upkeep.catalog_ready} if recordings else {})},
+        ready_checks={"rtmp": rtmp_listening},
         metrics_token=None if config.api.metrics_public else token,
         health=health,
     )
@@ -427,10 +427,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
         app[METRICS].recordings = recordings
+        app[METRICS].advisory_checks["catalog"] = recordings.upkeep.catalog_ready
         if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
             app[REMOTE_VOD] = cluster.remote_vod()
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
-        app[METRICS].ready_checks["recording_storage"] = recordings.uploader.ready
+        app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
