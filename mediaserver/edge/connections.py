@@ -28,8 +28,10 @@ import asyncio
 import json
 import logging
 import resource
+import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -61,8 +63,11 @@ class ConnectionGate:
 
     REASONS = (MAX_CONNECTIONS, MAX_PER_IP, HEADER_TIMEOUT)
 
-    def __init__(self, limits: ConnectionLimits, log_interval_s: float = 10.0) -> None:
+    def __init__(self, limits: ConnectionLimits, log_interval_s: float = 10.0,
+                 uncapped: Callable[[str], bool] | None = None) -> None:
         self.limits = limits
+        self._uncapped = uncapped
+        """Addresses the per-address cap spares: trusted reverse proxies, whose connections are many viewers'."""
         self.open = 0
         self.refused: Counter[str] = Counter()
         """Refused connections and missed head deadlines, by reason (REASONS)."""
@@ -77,7 +82,7 @@ class ConnectionGate:
             self.refused[MAX_CONNECTIONS] += 1
             return MAX_CONNECTIONS
         count = self._by_address.get(address, 0)
-        if limits.max_per_address and count >= limits.max_per_address:
+        if limits.max_per_address and count >= limits.max_per_address and not (self._uncapped and self._uncapped(address)):
             self.refused[MAX_PER_IP] += 1
             return MAX_PER_IP
         self._by_address[address] = count + 1
@@ -194,8 +199,8 @@ class GuardedSite(web.BaseSite):
     """A TCP listening socket whose connections go through the gate (aiohttp's TCPSite, guarded)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 handler_args: dict[str, Any], backlog: int = 1024) -> None:
-        super().__init__(runner, backlog=backlog)
+                 handler_args: dict[str, Any], backlog: int = 1024, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._gate = gate
@@ -203,7 +208,7 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -214,6 +219,8 @@ class GuardedSite(web.BaseSite):
         self._server = await loop.create_server(
             lambda: GuardedRequestHandler(server, gate, loop=loop, **args),
             self._host, self._port, backlog=self._backlog, reuse_address=True,
+            # HTTPS: the TLS handshake gets the head deadline too; the gate counts a connection after it.
+            ssl=self._ssl_context, ssl_handshake_timeout=gate.limits.header_timeout_s if self._ssl_context else None,
         )
 
 
