@@ -71,12 +71,20 @@ def _server_context() -> ssl.SSLContext:
 def _load(context: ssl.SSLContext, files: CertFiles) -> str | None:
     """None, or what is wrong with the files, naming the one to fix."""
     section = files.section
+    texts = {}
     for key, path in (("cert_file", files.cert_file), ("key_file", files.key_file)):
         try:
-            with open(path, "rb"):
-                pass
+            with open(path, "rb") as f:
+                texts[key] = f.read(1 << 20)
         except OSError as err:
             return f"[{section}] {key} = {path!r} cannot be read: {err.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in texts["cert_file"]:
+        return f"[{section}] cert_file = {files.cert_file!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    if b"ENCRYPTED PRIVATE KEY-----" in texts["key_file"] or b"Proc-Type: 4,ENCRYPTED" in texts["key_file"]:
+        return (f"[{section}] key_file = {files.key_file!r} is encrypted; store it unencrypted "
+                "(openssl pkey -in KEY -out KEY.plain) and readable only by this server")
+    if b"PRIVATE KEY-----" not in texts["key_file"]:
+        return f"[{section}] key_file = {files.key_file!r} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
     try:
         context.load_cert_chain(files.cert_file, files.key_file)
     except ssl.SSLError as err:
@@ -122,7 +130,8 @@ class HandshakeFailures:
         self._errors_unmatched += 1
         count = self._log_gate.should_log(reason, time.monotonic())
         if count:
-            hint = ("a plain (non-TLS) client on the TLS port: use rtmps:// or https:// for this port"
+            scheme = "rtmps" if self.listener == "rtmps" else "https"
+            hint = (f"a plain (non-TLS) client on the TLS port: use {scheme}:// for this port"
                     if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
                     else "the client could not agree on TLS with this server (old client, or it distrusts the certificate)")
             event(log, "tls_handshake_failed", logging.WARNING, listener=self.listener, reason=reason,
