@@ -98,7 +98,7 @@ def _node_address(node: str) -> str | None:
         text = text[1:end]
     elif text.count(":") == 1:
         host, _, port = text.partition(":")
-        if not port.isdigit():
+        if not _is_port(":" + port):
             return None
         text = host
     if "%" in text:  # a zone id means nothing off this host
@@ -110,4 +110,5 @@ def _node_address(node: str) -> str | None:
 
 
 def _is_port(text: str) -> bool:
-    return text.startswith(":") and text[1:].isdigit() and len(text) <= 6
+    digits = text[1:]
+    return text.startswith(":") and digits.isascii() and digits.isdigit() and len(digits) <= 5
