@@ -414,6 +414,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
                                                    config.http.header_timeout),
                                  uncapped=TrustedProxies.parse(config.http.trusted_proxies).trusts)
     app[METRICS].connections = connections
+    app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]
     app[METRICS].abr = abr
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
@@ -423,7 +424,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
     http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
-                            ssl_context=https_cert.context if https_cert else None)
+                            tls=https_cert)
     try:
         await http_site.start()
         await rtmp.start()

@@ -28,7 +28,6 @@ import asyncio
 import json
 import logging
 import resource
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..auth.tokens import normalize_address
 from ..log import LogGate, event
+from ..tls import TlsCertificate
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,11 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted = False
         self._raw_transport: asyncio.Transport | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self.made = False
+        """connection_made was called (over HTTPS: the TLS handshake succeeded)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made = True
         peer = transport.get_extra_info("peername")
         self._address = normalize_address(str(peer[0])) if isinstance(peer, tuple) else ""
         gate = self._gate
@@ -199,8 +202,9 @@ class GuardedSite(web.BaseSite):
     """A TCP listening socket whose connections go through the gate (aiohttp's TCPSite, guarded)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 handler_args: dict[str, Any], backlog: int = 1024, ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
+                 handler_args: dict[str, Any], backlog: int = 1024, tls: TlsCertificate | None = None) -> None:
+        super().__init__(runner, backlog=backlog, ssl_context=tls.context if tls else None)
+        self._tls = tls
         self._host = host
         self._port = port
         self._gate = gate
@@ -215,9 +219,19 @@ class GuardedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        gate, args = self._gate, self._handler_args
+        gate, args, tls = self._gate, self._handler_args, self._tls
+
+        def accepted() -> GuardedRequestHandler:
+            handler = GuardedRequestHandler(server, gate, loop=loop, **args)
+            if tls is not None:  # made before the TLS handshake; connection_made only after it succeeds
+                def check() -> None:
+                    if not handler.made:
+                        tls.failures.not_made()
+                loop.call_later(gate.limits.header_timeout_s + 0.5, check)
+            return handler
+
         self._server = await loop.create_server(
-            lambda: GuardedRequestHandler(server, gate, loop=loop, **args),
+            accepted,
             self._host, self._port, backlog=self._backlog, reuse_address=True,
             # HTTPS: the TLS handshake gets the head deadline too; the gate counts a connection after it.
             ssl=self._ssl_context, ssl_handshake_timeout=gate.limits.header_timeout_s if self._ssl_context else None,

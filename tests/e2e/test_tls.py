@@ -61,7 +61,7 @@ def tls(media: MediaLibrary, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "rtmps.cert_file": str(live / "server.crt"), "rtmps.key_file": str(live / "server.key"),
         "http.cert_file": str(live / "server.crt"), "http.key_file": str(live / "server.key"),
         "http.trusted_proxies": PROXY, "auth.play_open": "", "auth.failure_delay_ms": "0",
-        "hls.segment_duration": "1", "rtmp.handshake_timeout": "2",
+        "hls.segment_duration": "1", "rtmp.handshake_timeout": "2", "http.header_timeout": "2",
     })
     mp.undo()
     ctx = Tls(server, cert, live, workdir)
@@ -149,18 +149,28 @@ async def test_plain_rtmp_on_the_tls_port_and_tls_on_the_plain_port_are_closed_a
     assert took < 1.0, f"a TLS ClientHello on the plain RTMP port was closed after {took:.2f} s"
     took = await asyncio.to_thread(_closed_within, server.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 5)
     assert took < 1.0, f"plain HTTP on the HTTPS port was closed after {took:.2f} s"
-    silent = await asyncio.to_thread(_closed_within, server.rtmps_port, b"", 6)  # TLS handshake deadline: 2 s
-    assert 1.5 < silent < 4, f"a silent client on the RTMPS port was closed after {silent:.2f} s"
-    for _ in range(30):  # the missed deadline is counted after it passed
+    silent = await asyncio.gather(*(asyncio.to_thread(_closed_within, port, b"", 6)  # TLS handshake deadlines: 2 s
+                                     for port in (server.rtmps_port, server.http_port)))
+    assert all(1.5 < took < 4 for took in silent), f"silent clients on the TLS ports were closed after {silent} s"
+    for _ in range(30):  # a missed deadline is counted after it passed
         log = server.log_text()
-        if "tls_handshake_timeout" in log:
+        if log.count("tls_handshake_timeout") == 2:
             break
         await asyncio.sleep(0.1)
     assert log.count("event=tls_handshake_failed listener=rtmps reason=WRONG_VERSION_NUMBER") == 1, log
     assert log.count("event=tls_handshake_failed listener=http reason=HTTP_REQUEST") == 1, log
     assert log.count("event=tls_handshake_timeout listener=rtmps") == 1, log
+    assert log.count("event=tls_handshake_timeout listener=http") == 1, log
     assert "TLS handshake on the plain RTMP port" in log
     assert "Traceback" not in log
+    connector = aiohttp.TCPConnector(ssl=tls.cert.client_context())
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(f"{server.http_base}/metrics") as resp:
+            metrics = await resp.text()
+    for listener in ("rtmps", "http"):
+        for reason in ("handshake_error", "handshake_timeout"):
+            line = f'mediaserver_tls_handshake_failures_total{{listener="{listener}",reason="{reason}"}} 1.0'
+            assert line in metrics, (line, [m for m in metrics.splitlines() if "tls" in m])
 
 
 async def _status(peer: str, url: str, tls: Tls, headers: dict[str, str]) -> int:
