@@ -181,6 +181,8 @@ async def _status(peer: str, url: str, tls: Tls, headers: dict[str, str]) -> int
 
 
 async def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(tls):
+    async with _viewer(tls, live_timeout_s=15) as viewer:  # live (when this test runs alone)
+        assert await viewer.wait_video_frames(1, timeout_s=15), viewer.describe_start()
     bound = tls.play(address="203.0.113.7")
     url = f"{tls.server.hls_url(STREAM)}?token={bound}"
     cases = [
@@ -193,6 +195,18 @@ async def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(tls):
     ]
     statuses = [await _status(peer, url, tls, headers) for peer, headers, _ in cases]
     assert statuses == [expected for *_, expected in cases], list(zip(cases, statuses))
+    # WS-FLV through the proxy: the upgraded request carries the client's address too.
+    ws_url = f"{tls.server.flv_url(STREAM)}?token={bound}".replace("https://", "wss://")
+    connector = aiohttp.TCPConnector(ssl=tls.cert.client_context(), local_addr=(PROXY, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.ws_connect(ws_url, headers={"X-Forwarded-For": "203.0.113.7"}) as ws:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type == aiohttp.WSMsgType.BINARY and msg.data[:3] == b"FLV", msg
+    for _ in range(30):  # the viewer's leave line follows its disconnect
+        if "203.0.113.7 via 127.0.0.2" in tls.server.log_text():
+            break
+        await asyncio.sleep(0.1)
+    assert "peer=\"203.0.113.7 via 127.0.0.2\"" in tls.server.log_text(), tls.server.log_tail()
 
 
 async def test_sighup_swaps_the_certificate_and_a_live_tls_viewer_carries_on(tls):
