@@ -32,7 +32,7 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import ABR, METRICS, RECORDINGS
+from .edge.keys import ABR, METRICS, RECORDINGS, REMOTE_VOD
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -50,6 +50,8 @@ from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
+from .record.objectstore import StorageNotInstalled
+from .record.uploader import UploadCollector
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -268,6 +270,12 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
+    def remote_vod(self):
+        from .edge.vod_remote import RemoteVod
+        settings = self.pulls.settings
+        return RemoteVod(self.node_id, settings.secret, self.locator.node, connect_timeout=settings.connect_timeout,
+                         read_timeout=settings.read_timeout)
+
     def wire(self, app: web.Application) -> None:
         """Internal requests (edges pulling from this node) pass before admission; viewers' pulls start in
         the gate (`locate`), for RTMP players and HTTP viewers alike."""
@@ -371,10 +379,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
         try:
             recordings = await RecordingManager.open(registry, config.record,
-                                                     cluster.node_id if cluster else socket.gethostname())
+                                                     cluster.node_id if cluster else socket.gethostname(),
+                                                     relay=cluster.pulls.is_relay if cluster else None)  # cluster
         except CatalogUnavailable as err:
             await pool.close()
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
+        except StorageNotInstalled:
+            await pool.close()
+            raise
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
@@ -420,6 +432,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
         app[METRICS].recordings = recordings
+        if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
+            app[REMOTE_VOD] = cluster.remote_vod()
+    if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
+        app[METRICS].ready_checks["recording_storage"] = recordings.uploader.ready
+        app[METRICS].prom.register(UploadCollector(recordings.uploader))
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
@@ -464,6 +481,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await rtmp.close()
     if cluster is not None:  # cluster: withdraw claims, say node_down
         await cluster.close()
+    if REMOTE_VOD in app:
+        await app[REMOTE_VOD].close()
     await runner.cleanup()
     packagers.close()
     sweeper.close()

@@ -320,6 +320,24 @@ class RetentionRule:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Config:
+    """[record.s3]: the bucket finished recordings go to when record.storage = "s3". The credentials come
+    from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or any source botocore reads)."""
+
+    endpoint: str = ""
+    """http(s)://HOST:PORT of an S3-compatible store (MinIO, Ceph); "" is AWS's own endpoint for `region`."""
+    bucket: str = ""
+    prefix: str = ""
+    """Put before each file's name under record.path to make its key (e.g. "recordings/")."""
+    region: str = "us-east-1"
+    part_size_mb: float = 16.0
+    """Files larger than this are sent in parts of this size (multipart upload); S3 wants at least 5."""
+    presign: bool = False
+    """/vod/ID.mp4 answers with a redirect to a presigned URL (the bucket serves the bytes), else streams
+    the ranges itself."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecordConfig:
     mode: str = "api"
     """api (an operator starts and stops recordings through the admin API), all (every stream of `apps`), off."""
@@ -345,6 +363,9 @@ class RecordConfig:
     min_free_gb: float = 1.0
     """Under this much free space on record.path every recording of the node stops (live streaming goes on);
     they resume by themselves above it plus 10 %. 0 never stops them."""
+    storage: str = "local"
+    """Where finished files live: "local" (record.path) or "s3" (uploaded to [record.s3], then removed here)."""
+    s3: S3Config = field(default_factory=S3Config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +456,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "record.min_free_gb": (0, 1_000_000),
     "retention.max_age_days": (0, 36_500),
     "retention.max_total_gb": (0, 1_000_000),
+    "s3.part_size_mb": (0.01, 5120),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
@@ -447,6 +469,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.role": ("standalone", "origin", "edge", "both", "transcoder"),
     "abr.mode": ("on_demand", "always", "off"),
     "record.mode": ("api", "all", "off"),
+    "record.storage": ("local", "s3"),
     "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
 }
@@ -455,7 +478,7 @@ _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
 _TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule}
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
              "webhooks.on_record_done", "webhooks.on_record_disk",
-             "cluster.advertise_url", "cluster.upstream")
+             "cluster.advertise_url", "cluster.upstream", "s3.endpoint")
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -483,6 +506,10 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
         return value
+    if dataclasses.is_dataclass(default):  # a table of its own inside a section: [record.s3]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table of keys, e.g. [{where}]")
+        return _table(where, None, value, type(default))
     table_cls = _TABLE_LISTS.get(where) or (type(default[0]) if kind is tuple and default
                                              and dataclasses.is_dataclass(default[0]) else None)
     if table_cls is not None:  # a list of tables: [[abr.ladder]], [[record.retention]]
@@ -507,11 +534,12 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{where} has an unsupported type")  # pragma: no cover - guards new fields
 
 
-def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
-    """One table of a list such as [[abr.ladder]]: its keys checked like a section's."""
+def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> Any:
+    """One table of a list such as [[abr.ladder]] (or a table of its own, index None): its keys checked
+    like a section's."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     required = [name for name, f in fields.items() if f.default is dataclasses.MISSING]
-    here = f"{where}[{index}]"
+    here = where if index is None else f"{where}[{index}]"
     for key in value:
         if key not in fields:
             raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
@@ -547,7 +575,7 @@ def _check(where: str, value: Any, shown: str = "") -> None:
     if where in _CHOICES and value not in _CHOICES[where]:
         raise ConfigError(f"{shown} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
     if where in _URL_KEYS and value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{where} = {value!r} must be an http:// or https:// URL, or \"\" for none")
+        raise ConfigError(f"{shown} = {value!r} must be an http:// or https:// URL, or \"\" for none")
     if where == "http.trusted_proxies":
         for entry in value:
             try:
@@ -594,8 +622,17 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
             values[key] = coerced
         built[section_name] = dataclasses.replace(cls, **values)
     config = Config(**built)
+    problems.extend(_record_problems(config.record))
     problems.extend(_tls_problems(config))
     return config
+
+
+def _record_problems(cfg: RecordConfig) -> list[str]:
+    """What one key alone cannot say: S3 storage needs a bucket."""
+    if cfg.storage == "s3" and not cfg.s3.bucket:
+        return ['record.storage = "s3" needs record.s3.bucket (the bucket finished recordings go to); '
+                'or set record.storage = "local"']
+    return []
 
 
 def _tls_problems(config: Config) -> list[str]:
@@ -653,6 +690,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             problems.append(str(err))
             continue
         table = raw.setdefault(section, {})
+        if "." in key:  # a key of a table inside the section: record.s3.bucket=NAME
+            inner, key = key.split(".", 1)
+            table = table.setdefault(inner, {}) if isinstance(table, dict) else None
         if not isinstance(table, dict):
             problems.append(f"[{section}] must be a table of keys")
             continue
