@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from . import __version__
 from .api.admin import AdminDeps, make_admin_app
 from .auth.admission import Admission
+from .auth.forwarded import TrustedProxies
 from .auth.limits import Limits
 from .auth.policy import AccessPolicy
 from .auth.tokens import Action
@@ -44,6 +45,7 @@ from .hub.stream import StreamKey
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
+from .tls import CertFiles, TlsCertificate
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
 from .record.catalog import CatalogUnavailable
@@ -345,6 +347,7 @@ def ladder_labels(rungs):
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
+    rtmps_cert, https_cert = tls_certificates(config)  # a bad file stops the start before anything runs
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
     sweeper = CycleSweeper()
@@ -370,7 +373,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         rendition_locate=rendition_locate(abr, registry, cluster),
     )
     pool.viewers = gate.viewers
-    rtmp = RtmpServer(config.rtmp, registry, gate)
+    rtmp = RtmpServer(config.rtmp, registry, gate, tls=rtmps_cert, tls_port=config.rtmps.port)
     rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
     recordings = None
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
@@ -403,9 +406,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
-        server = rtmp._server  # RtmpServer has no public "serving" property yet
-        serving = server is not None and server.is_serving()
-        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{config.rtmp.port}"
+        serving = rtmp.serving
+        ports = f"{config.rtmp.port}" + (f" and rtmps {config.rtmps.port}" if rtmps_cert else "")
+        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{ports}"
 
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
@@ -420,8 +423,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if isinstance(abr, ClusterAbr):
             await abr.start_scanning()
     connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
-                                                   config.http.header_timeout))
+                                                   config.http.header_timeout),
+                                 uncapped=TrustedProxies.parse(config.http.trusted_proxies).trusts)
     app[METRICS].connections = connections
+    app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]
     app[METRICS].abr = abr
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
@@ -436,7 +441,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
-    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args)
+    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
+                            tls=https_cert)
     try:
         await http_site.start()
         await rtmp.start()
@@ -449,14 +455,19 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if recordings is not None:
             await recordings.close()
         raise ConfigError(
-            f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
+            f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port}"
+            f"{f', rtmps port {config.rtmps.port}' if rtmps_cert else ''} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
         ) from err
     event(
         log, "ready", version=__version__,
         rtmp=f"{config.rtmp.bind}:{config.rtmp.port}", http=f"{config.http.bind}:{config.http.port}",
         http_max_connections=connections.limits.max_connections,
+        **({"rtmps": f"{config.rtmp.bind}:{config.rtmps.port}"} if rtmps_cert else {}),
+        **({"https": "on"} if https_cert else {}),
+        **({"trusted_proxies": ",".join(config.http.trusted_proxies)} if config.http.trusted_proxies else {}),
     )
+    reload_on_hangup(asyncio.get_running_loop(), [c for c in (rtmps_cert, https_cert) if c is not None])
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
@@ -477,6 +488,30 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     packagers.close()
     sweeper.close()
     event(log, "stopped")
+
+
+def tls_certificates(config: Config) -> tuple[TlsCertificate | None, TlsCertificate | None]:
+    """RTMPS's and HTTPS's certificates, read now: a file that does not load stops the start."""
+    try:
+        rtmps = (TlsCertificate(CertFiles(config.rtmps.cert_file, config.rtmps.key_file, "rtmps"))
+                 if config.rtmps.enabled else None)
+        https = (TlsCertificate(CertFiles(config.http.cert_file, config.http.key_file, "http"))
+                 if config.http.cert_file else None)
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
+    return rtmps, https
+
+
+def reload_on_hangup(loop: asyncio.AbstractEventLoop, certificates: list[TlsCertificate]) -> None:
+    """SIGHUP reloads the listeners' certificates in place (certbot's deploy hook: kill -HUP PID)."""
+    if not certificates:
+        return
+
+    def reload() -> None:
+        for cert in certificates:
+            cert.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 def token_main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -41,6 +42,20 @@ class RtmpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RtmpsConfig:
+    """RTMP over TLS on a port of its own (on rtmp.bind), with rtmp's deadlines; off without cert and key."""
+
+    port: int = 1936
+    cert_file: str = ""
+    """PEM certificate chain; reloaded on SIGHUP."""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     bind: str = "0.0.0.0"
     port: int = 8080
@@ -58,6 +73,11 @@ class HttpConfig:
     max_connections_per_ip: int = 256
     """Open HTTP connections from one client address; 0 is no cap (behind a reverse proxy, every viewer
     comes from the proxy's address)."""
+    cert_file: str = ""
+    """PEM certificate chain: with key_file, the HTTP port speaks HTTPS only. Reloaded on SIGHUP."""
+    key_file: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of reverse proxies whose X-Forwarded-For / Forwarded header names the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +371,7 @@ class RecordConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    rtmps: RtmpsConfig = field(default_factory=RtmpsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
@@ -371,6 +392,7 @@ class Config:
 _RANGES: dict[str, tuple[float, float]] = {
     "rtmp.port": (1, 65535),
     "http.port": (1, 65535),
+    "rtmps.port": (1, 65535),
     "rtmp.chunk_size": (128, 65536),
     "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
     "rtmp.max_command_size": (4 * 1024, 16 * 1024 * 1024),
@@ -554,6 +576,13 @@ def _check(where: str, value: Any, shown: str = "") -> None:
         raise ConfigError(f"{shown} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
     if where in _URL_KEYS and value and not value.startswith(("http://", "https://")):
         raise ConfigError(f"{shown} = {value!r} must be an http:// or https:// URL, or \"\" for none")
+    if where == "http.trusted_proxies":
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where} entry {entry!r} is not an IP address or CIDR; write e.g. "
+                                  '"127.0.0.1", "10.0.0.0/8" or "fd00::/8"') from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -594,6 +623,7 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         built[section_name] = dataclasses.replace(cls, **values)
     config = Config(**built)
     problems.extend(_record_problems(config.record))
+    problems.extend(_tls_problems(config))
     return config
 
 
@@ -603,6 +633,19 @@ def _record_problems(cfg: RecordConfig) -> list[str]:
         return ['record.storage = "s3" needs record.s3.bucket (the bucket finished recordings go to); '
                 'or set record.storage = "local"']
     return []
+
+
+def _tls_problems(config: Config) -> list[str]:
+    """Certificate settings that cannot work together (the files themselves are read at start)."""
+    found = []
+    for section, cert, key in (("rtmps", config.rtmps.cert_file, config.rtmps.key_file),
+                               ("http", config.http.cert_file, config.http.key_file)):
+        if bool(cert) != bool(key):
+            found.append(f"[{section}] needs both cert_file and key_file (PEM files) for TLS, or neither")
+    if config.rtmps.enabled and config.rtmps.port == config.rtmp.port:
+        found.append(f"rtmps.port = {config.rtmps.port} is also rtmp.port; RTMPS needs a port of its own "
+                     "(443 or 1936 are usual)")
+    return found
 
 
 def _problems_error(problems: list[str]) -> ConfigError:

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..auth.admission import Admission
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
+from ..tls import HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT, HandshakeFailures
 from ..transcode.pool import TranscodePool
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
@@ -103,6 +104,8 @@ class Metrics:
         self.thumbnails: ThumbnailService | None = None
         self.recordings: RecordingManager | None = None
         """This node's recordings ([record] mode api or all)."""
+        self.tls_failures: list[HandshakeFailures] = []
+        """TLS handshakes that failed, per TLS listener (rtmps, https)."""
         registry.on_stream_ended.append(self._stream_ended)
 
     # ----- what the edge tells ----------------------------------------------------------------------
@@ -268,6 +271,14 @@ class _Collector:
                                     "by a cap or the request-head deadline, by reason.", labels=["reason"])
             for reason in gate.REASONS:
                 c.add_metric([reason], gate.refused[reason])
+            yield c
+        if m.tls_failures:
+            c = CounterMetricFamily("mediaserver_tls_handshake_failures", "TLS handshakes that did not complete "
+                                    "(a plain client on a TLS port, an untrusted certificate, a deadline), by "
+                                    "listener and reason.", labels=["listener", "reason"])
+            for failures in m.tls_failures:
+                for reason in (HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT):
+                    c.add_metric([failures.listener, reason], failures.counts[reason])
             yield c
         if m.packager_count is not None:
             yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "

@@ -146,7 +146,7 @@ def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and
 def test_docker_compose_runs_one_origin_two_edges_a_transcoder_and_redis():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", "minio", "minio-bucket", "origin", "edge1", "edge2", "transcoder"}
+    assert set(services) == {"redis", "postgres", "minio", "minio-bucket", "origin", "edge1", "edge2", "transcoder", "proxy"}
     assert services["redis"]["image"].startswith("redis:6.2")
     postgres = services["postgres"]
     assert postgres["image"].startswith("postgres:") and "pg_isready" in postgres["healthcheck"]["test"]
@@ -173,6 +173,22 @@ def test_docker_compose_runs_one_origin_two_edges_a_transcoder_and_redis():
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert '".[postgres,s3]"' in dockerfile  # asyncpg for the catalog, the S3 client for the bucket
+
+
+def test_the_https_proxy_in_front_of_the_edges_streams_unbuffered_and_is_trusted_by_them():
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    proxy_ip = services["proxy"]["networks"]["default"]["ipv4_address"]
+    for edge in ("edge1", "edge2"):
+        trusted = load_config(None, _sets(services[edge]["command"])).http.trusted_proxies
+        assert proxy_ip in trusted, f"{edge} must trust the proxy's X-Forwarded-For"
+    conf = (DEPLOY / "nginx.conf").read_text()
+    upstream = conf.split("upstream edges", 1)[1].split("}", 1)[0]
+    assert "edge1:8080" in upstream and "edge2:8080" in upstream
+    for setting in ("proxy_buffering off;", "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+                    "proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Connection $connection_upgrade;",
+                    "proxy_http_version 1.1;", "proxy_read_timeout 1h;", "http2 on;"):
+        assert setting in conf, setting
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in services["proxy"]["volumes"]
 
 
 @pytest.mark.parametrize("script", ["cluster-demo.sh"])
