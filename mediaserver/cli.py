@@ -52,6 +52,10 @@ from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
 from .record.objectstore import StorageNotInstalled
 from .record.uploader import UploadCollector
+from .relay.manager import RelayManager, configured_pushes
+from .relay.metrics import RelayCollector
+from .relay.pusher import PushSettings
+from .relay.target import TargetError
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -334,6 +338,25 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
     return locate
 
 
+def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str, str]) -> RelayManager:
+    """Pushes to other servers: [[relay.push]] URLs filled from the environment now (a missing variable
+    stops the start); a push back into this server's own stream is refused as a loop."""
+    cfg = config.relay
+    try:
+        pushes = configured_pushes(cfg.push, environ)
+    except TargetError as err:
+        raise ConfigError(str(err)) from err
+    ports = {"rtmp": config.rtmp.port}
+    if config.rtmps.enabled:
+        ports["rtmps"] = config.rtmps.port
+    return RelayManager(
+        registry, pushes,
+        PushSettings(connect_timeout=cfg.connect_timeout, write_timeout=cfg.write_timeout, retry_min=cfg.retry_min,
+                     retry_max=cfg.retry_max, chunk_size=config.rtmp.chunk_size),
+        own_hosts=(socket.gethostname(), config.rtmp.bind), own_ports=ports,
+    )
+
+
 def ladder_labels(rungs):
     """(track id, height) -> the label of the ladder rung of that height, else "HEIGHTp" (multitrack)."""
     from .hub.tracks import default_label
@@ -349,6 +372,7 @@ def ladder_labels(rungs):
 async def serve(config: Config, stop: asyncio.Event) -> None:
     rtmps_cert, https_cert = tls_certificates(config)  # a bad file stops the start before anything runs
     registry = build_registry(config)
+    relays = build_relays(config, registry, os.environ)
     packagers = PackagerPool(registry, config.hls)
     sweeper = CycleSweeper()
     registry.on_stream_ended.append(sweeper.ended)
@@ -391,6 +415,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
         recordings.upkeep.disk_listeners.append(hooks.record_disk)
+    if hooks is not None and hooks.wants("relay_state"):
+        relays.listeners.append(hooks.relay_state)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -402,7 +428,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
-        abr=abr, recordings=recordings,
+        abr=abr, recordings=recordings, relays=relays,
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
@@ -435,6 +461,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         app[METRICS].advisory_checks["catalog"] = recordings.upkeep.catalog_ready
         if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
             app[REMOTE_VOD] = cluster.remote_vod()
+    app[METRICS].prom.register(RelayCollector(relays))
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
         app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))
@@ -476,6 +503,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await pool.close()  # every worker process stopped and waited for
     if recordings is not None:
         await recordings.close()  # files closed and synced, catalog rows written
+    await relays.close()
     registry.close_all("server_shutdown")
     if health is not None:
         await health.close()

@@ -22,6 +22,9 @@
 | GET    recordings                                  | recordings: app, stream, since, until, cursor  |
 | GET    recordings/{id}                             | one recording                                  |
 | DELETE recordings/{id}                             | delete its file and row                        |
+| GET    streams/{app}/{name}/relays                 | the stream's pushes: state, error, bytes, rate |
+| POST   streams/{app}/{name}/relays                 | push it to {"url": "rtmp[s]://HOST/APP/KEY"}   |
+| DELETE streams/{app}/{name}/relays/{id}            | stop and remove one push                       |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -59,6 +62,7 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
 from ..record.manager import RecordingManager
+from ..relay.manager import RelayManager, RelayRefused
 from ..transcode.pool import TranscodePool
 from . import recordings as recordings_api
 from ..transcode.service import AbrRefusal
@@ -101,6 +105,8 @@ class AdminDeps:
     """This node's transcode jobs (streams/APP/NAME/abr, and "abr" in each stream's description)."""
     recordings: RecordingManager | None = None
     """This node's recordings (streams/APP/NAME/record, recordings/...); None: record.mode = "off"."""
+    relays: RelayManager | None = None
+    """Pushes to other servers (streams/APP/NAME/relays)."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -594,6 +600,45 @@ async def delete_recording(request: web.Request) -> web.Response:
     return response
 
 
+# ----- relays (pushes to other servers; relay/manager.py runs them) ---------------------------------------
+
+
+def _relays(request: web.Request) -> tuple[RelayManager, StreamKey]:
+    relays = request.app[DEPS].relays
+    if relays is None:
+        raise ApiError(404, "relays are not available on this node", "they run on the node the stream is published to")
+    return relays, _key(request, rendition=True)
+
+
+async def list_relays(request: web.Request) -> web.Response:
+    relays, key = _relays(request)
+    found = relays.listing(key)
+    if found is None:
+        raise ApiError(404, f"stream {key} is not being published and has no pushes",
+                       "pushes are listed while their stream is live (and for a while after it ends)")
+    return web.json_response({"stream": str(key), "relays": found})
+
+
+async def add_relay(request: web.Request) -> web.Response:
+    relays, key = _relays(request)
+    body = await _body(request, required=True)
+    try:
+        added = relays.add(key, body.get("url"))
+    except RelayRefused as err:
+        raise ApiError(err.status, err.message, err.hint) from None
+    event(log, "admin_relay_add", stream=str(key), relay=added["id"], url=added["url"])
+    return web.json_response(added)
+
+
+async def delete_relay(request: web.Request) -> web.Response:
+    relays, key = _relays(request)
+    removed = await relays.remove(key, request.match_info["id"])
+    if removed is None:
+        raise ApiError(404, f"stream {key} has no push {request.match_info['id'][:40]!r}",
+                       f"GET /api/v1/streams/{key}/relays lists them")
+    return web.json_response({**removed, "deleted": True})
+
+
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/openapi.json", get_openapi, "openapi"),
     ("GET", "/streams", list_streams, "list_streams"),
@@ -615,6 +660,9 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/recordings", list_recordings, "list_recordings"),
     ("GET", "/recordings/{id}", get_recording, "get_recording"),
     ("DELETE", "/recordings/{id}", delete_recording, "delete_recording"),
+    ("GET", "/streams/{app}/{name}/relays", list_relays, "list_relays"),
+    ("POST", "/streams/{app}/{name}/relays", add_relay, "add_relay"),
+    ("DELETE", "/streams/{app}/{name}/relays/{id}", delete_relay, "delete_relay"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
 

@@ -29,7 +29,7 @@ ALLOWED = {
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
              "transcode", "record", "tls"},
-    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record"},
+    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record", "relay"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
                   "cluster.locator"},
@@ -37,6 +37,8 @@ ALLOWED = {
     # Recording: fMP4 files written from the hub's sinks, their VOD index, and the catalog (the only SQL
     # of the project, record/catalog.py); the edge and the API serve them.
     "record": {"errors", "config", "log", "hub", "media", "remux", "record"},
+    # Relays: pushes of hub streams to other servers through the sans-IO RTMP client, over asyncio.
+    "relay": {"errors", "config", "log", "hub", "media", "rtmp", "auth", "transports", "relay"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {
@@ -49,6 +51,7 @@ FORBIDDEN = {
     "gate": {"aiohttp", "redis"},
     "transcode": {"aiohttp", "redis"},
     "record": {"aiohttp", "redis"},
+    "relay": {"aiohttp", "redis"},
 }
 
 

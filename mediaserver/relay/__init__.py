@@ -1,0 +1,1 @@
+"""Relays: pushing a live stream to other RTMP/RTMPS servers (restreaming)."""
