@@ -98,6 +98,7 @@ class Pusher:
         self.status = RelayStatus()
         self.bytes_sent = 0
         self.note: str | None = None
+        self._reported_error: str | None = None
         self._on_change = on_change
         self._rate = RateMeter(window_s=10.0, min_span_s=1.0)
         self._task: asyncio.Task[None] | None = None
@@ -164,8 +165,9 @@ class Pusher:
                 delay = backoff.next_delay()
                 if self.stream.ended or self._ended.is_set():
                     break
-                news = self.status.retrying(error, now, delay)
-                if news:
+                self.status.retrying(error, now, delay)
+                if error != self._reported_error:  # once per new error, not every attempt
+                    self._reported_error = error
                     event(log, "relay_retrying", logging.WARNING, stream=str(self.stream.key), relay=self.id,
                           url=self.url, error=error, retry_in_s=delay)
                     self._changed(True)
@@ -213,6 +215,7 @@ class Pusher:
             if enhanced and not announced:
                 self.note = (f"the target did not announce Enhanced RTMP (fourCcList); {codec} is sent anyway "
                              "and may not play there")
+            self._reported_error = None
             self._changed(self.status.live(self._loop.time()))
             event(log, "relay_live", stream=str(self.stream.key), relay=self.id, url=self.url,
                   reconnects=self.status.reconnects)

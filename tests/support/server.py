@@ -58,13 +58,18 @@ def free_port() -> int:
 class ServerProcess:
     """One running server: its ports, URLs, process and log."""
 
-    def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0,
+                 ports: tuple[int, int] | None = None) -> None:
+        """`ports` (rtmp, http): start on these, e.g. again on a stopped server's ports; else free ones."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.rtmp_port = free_port()
-        self.http_port = free_port()
-        while self.http_port == self.rtmp_port:
+        if ports is not None:
+            self.rtmp_port, self.http_port = ports
+        else:
+            self.rtmp_port = free_port()
             self.http_port = free_port()
+            while self.http_port == self.rtmp_port:
+                self.http_port = free_port()
         self.settings = {
             **TEST_SETTINGS,
             **settings,
