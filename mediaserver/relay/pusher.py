@@ -45,6 +45,13 @@ _MERGE_S = 0.02
 """A short pause between batches: fewer, larger writes (as the RTMP play path does)."""
 
 
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    # uvloop raises RuntimeError (not an OSError) on a write to a transport the peer has closed.
+    if writer.transport.is_closing():
+        raise ConnectionError("the target closed the connection")
+    writer.write(data)
+
+
 class TargetRefused(Exception):
     """The target answered with an RTMP error; the message is its code and description."""
 
@@ -99,6 +106,7 @@ class Pusher:
         self.bytes_sent = 0
         self.note: str | None = None
         self._reported_error: str | None = None
+        self._stop_reason = "the stream ended"
         self._on_change = on_change
         self._rate = RateMeter(window_s=10.0, min_span_s=1.0)
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +126,7 @@ class Pusher:
             self._task.cancel()
 
     async def stop(self, reason: str = "removed") -> None:
+        self._stop_reason = reason
         task = self._task
         if task is not None and not task.done():
             task.cancel()
@@ -149,7 +158,7 @@ class Pusher:
 
     async def _run(self) -> None:
         backoff = Backoff(self.settings.retry_min, self.settings.retry_max)
-        reason = "the stream ended"
+        reason = None
         try:
             while not self.stream.ended and not self._ended.is_set():
                 self._changed(self.status.connecting(self._loop.time()))
@@ -157,7 +166,7 @@ class Pusher:
                     await self._session()
                     break  # the stream ended and the target was told
                 except (OSError, TimeoutError, TargetRefused, RtmpProtocolError, SlowConsumer, ConnectionError) as err:
-                    error = describe_error(err)
+                    error = self._scrub(describe_error(err))
                 now = self._loop.time()
                 live_since = self.status.live_since
                 if live_since is not None and now - live_since >= self.settings.retry_max:
@@ -177,7 +186,15 @@ class Pusher:
         except Exception as err:  # a bug: say so in the state rather than vanish
             log.exception("relay %s of %s failed", self.id, self.stream.key)
             reason = f"internal error: {type(err).__name__}"
-        self._set_stopped(reason)
+        self._set_stopped(reason or self._stop_reason)
+
+    def _scrub(self, text: str) -> str:
+        """A target's error may quote the stream key (ours does): never repeat it."""
+        for secret in sorted({self.target.key, self.target.stream_name, self.target.key.split("?", 1)[-1]},
+                             key=len, reverse=True):
+            if len(secret) >= 3:
+                text = text.replace(secret, "***")
+        return text[:300]
 
     def _set_stopped(self, reason: str) -> None:
         if self.status.stopped(reason, self._loop.time()):
@@ -208,7 +225,7 @@ class Pusher:
             client.connect(target.app, target.tc_url,
                            {"fourCcList": sorted(set(_ENHANCED_VIDEO.values()))} if enhanced else None)
             client.publish(target.key)
-            writer.write(client.data_to_send())
+            _write(writer, client.data_to_send())
             async with asyncio.timeout(settings.connect_timeout):
                 announced = await self._until_publishing(reader, writer, client)
             self.note = None
@@ -246,7 +263,7 @@ class Pusher:
                     if e.code == "NetStream.Publish.Start":
                         out = client.data_to_send()
                         if out:
-                            writer.write(out)
+                            _write(writer, out)
                         return announced
                     if e.level == "error" or e.code.endswith(("BadName", "Failed", "Rejected", "Unauthorized")):
                         raise TargetRefused(f"{e.code}: {e.description}" if e.description else e.code)
@@ -254,7 +271,7 @@ class Pusher:
                     raise TargetRefused("the target refused createStream")
             out = client.data_to_send()
             if out:
-                writer.write(out)
+                _write(writer, out)
 
     async def _stream_media(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                             client: ClientSession) -> None:
@@ -293,7 +310,7 @@ class Pusher:
                     raise TargetRefused(f"{e.code}: {e.description}" if e.description else e.code)
             out = client.data_to_send()
             if out:
-                writer.write(out)
+                _write(writer, out)
 
     async def _send(self, sub: Subscriber, start: list[Frame], writer: asyncio.StreamWriter,
                     client: ClientSession) -> None:
@@ -314,7 +331,7 @@ class Pusher:
                     else:
                         client.send_audio(ts, f.body)
                 data = client.data_to_send()
-                writer.write(data)
+                _write(writer, data)
                 self.bytes_sent += len(data)
                 self.registry.count_sent(sub, len(data))
                 async with asyncio.timeout(timeout):
@@ -324,9 +341,9 @@ class Pusher:
         if not self.stream.ended:
             raise ConnectionError(f"the hub ended this push's subscription ({sub.close_reason})")
         client.unpublish()
-        writer.write(client.data_to_send())
         try:
+            _write(writer, client.data_to_send())
             async with asyncio.timeout(min(timeout, 2.0)):
                 await writer.drain()
         except (TimeoutError, OSError):
-            pass
+            pass  # the stream is over either way
