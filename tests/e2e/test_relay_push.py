@@ -1,5 +1,5 @@
-"""Push (restream), in one run to keep it cheap: a stream published to server A is pushed to server B
-(another process of ours) and decodes there; the admin API refuses bad URLs and loops, and a push B refuses
+"""Push (restream), in one run to keep it cheap: a stream published to server A is pushed over RTMPS (B's
+certificate verified) to server B (another process of ours) and decodes there; the admin API refuses bad URLs and loops, and a push B refuses
 (the name is taken) shows B's reason; B stopping to read does not delay A's own viewer; B killed and
 started again on the same port gets the push back."""
 
@@ -12,6 +12,7 @@ import time
 
 import aiohttp
 
+from support.certs import make_cert
 from support.checks import is_media, largest_gap_ms, wait_live
 from support.decode import decode_media
 from support.server import ServerProcess
@@ -54,9 +55,12 @@ async def test_push_to_another_server_api_refusals_a_stuck_and_a_restarted_targe
         server_factory, publish, media, stream_name, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
     monkeypatch.setenv("RELAY_TEST_KEY", f"{stream_name}-b?secret=s3cr3t")
-    target = server_factory(**QUICK)
+    cert = make_cert(tmp_path / "cert")
+    tls = {"rtmps.cert_file": str(cert.cert_file), "rtmps.key_file": str(cert.key_file)}
+    target = server_factory(**QUICK, **tls)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert_file))  # A trusts B's certificate (default verification)
     source = server_factory(**QUICK, **{
-        "relay.push": f'[{{app = "live", url = "rtmp://127.0.0.1:{target.rtmp_port}/live/${{RELAY_TEST_KEY}}"}}]',
+        "relay.push": f'[{{app = "live", url = "rtmps://127.0.0.1:{target.rtmps_port}/live/${{RELAY_TEST_KEY}}"}}]',
         "relay.retry_max": "1", "relay.write_timeout": "2", "relay.connect_timeout": "3",
     })
     pushed = f"{stream_name}-b"
@@ -68,7 +72,7 @@ async def test_push_to_another_server_api_refusals_a_stuck_and_a_restarted_targe
         await wait_live(target, pushed, timeout_s=15)
         await decodes_from(target, pushed)
         relay = await relay_state(http, source, stream_name, "live", 5)
-        assert relay["source"] == "config" and relay["url"].endswith("/live/***"), relay
+        assert relay["source"] == "config" and relay["url"] == f"rtmps://127.0.0.1:{target.rtmps_port}/live/***", relay
         assert relay["bytes"] > 0 and relay["reconnects"] == 0
 
         # The API: bad URLs and loops refused; a target that refuses (B has that name published already).
@@ -107,7 +111,8 @@ async def test_push_to_another_server_api_refusals_a_stuck_and_a_restarted_targe
         assert retrying["error"], retrying
 
         # B started again on the same ports: the push comes back and decodes there.
-        again = ServerProcess(tmp_path / "target-again", QUICK, ports=(target.rtmp_port, target.http_port))
+        again = ServerProcess(tmp_path / "target-again", {**QUICK, **tls, "rtmps.port": str(target.rtmps_port)},
+                              ports=(target.rtmp_port, target.http_port))
         try:
             await wait_live(again, pushed, timeout_s=15)
             await decodes_from(again, pushed, seconds=0)
