@@ -15,6 +15,7 @@ import aiohttp
 from support.certs import make_cert
 from support.checks import is_media, largest_gap_ms, wait_live
 from support.decode import decode_media
+from support.nginx_rtmp import NginxRtmp
 from support.server import ServerProcess
 
 ADMIN = "admin-token-relay-0123456789abcdef"
@@ -129,4 +130,31 @@ async def test_push_to_another_server_api_refusals_a_stuck_and_a_restarted_targe
         assert 'mediaserver_relays{state="live"} 1.0' in metrics
     log = source.log_text()
     assert "s3cr3t" not in log and pushed not in log and "hidden" not in log
+    source.check()
+
+
+async def test_push_to_a_real_nginx_rtmp_decodes_there(server_factory, publish, media, stream_name, tmp_path, ffmpeg):
+    nginx = NginxRtmp(tmp_path / "nginx")
+    try:
+        source = server_factory(**QUICK, **{"relay.push": f'[{{app = "live", url = "{nginx.url(stream_name)}"}}]'})
+        publish(source, stream_name, media.av, loop=True)
+        await wait_live(source, stream_name)
+        out = tmp_path / "from-nginx.flv"
+        # Played back from nginx by ffmpeg (-c copy) for 2 s: what nginx received from our push.
+        for _ in range(20):
+            proc = await asyncio.create_subprocess_exec(
+                ffmpeg, "-hide_banner", "-loglevel", "error", "-rw_timeout", "5000000", "-i", nginx.url(stream_name),
+                "-t", "2", "-c", "copy", "-f", "flv", "-y", str(out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+            if proc.returncode == 0 and out.stat().st_size > 10_000:
+                break
+            await asyncio.sleep(0.3)  # the push not there yet
+        else:
+            raise AssertionError(f"ffmpeg could not play the push from nginx: {err.decode()[-500:]}\n{nginx.log_text()}")
+        report = decode_media(out.read_bytes(), "flv")
+        assert report.video_frames >= 20 and report.audio_frames > 0 and not report.errors, report.summary()
+        assert report.first_video_frame_key, report.summary()
+    finally:
+        nginx.stop()
     source.check()
