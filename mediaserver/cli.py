@@ -338,7 +338,8 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
     return locate
 
 
-def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str, str]) -> RelayManager:
+def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str, str],
+                 cluster: ClusterWiring | None = None) -> RelayManager:
     """Pushes to other servers: [[relay.push]] URLs filled from the environment now (a missing variable
     stops the start); a push back into this server's own stream is refused as a loop."""
     cfg = config.relay
@@ -354,6 +355,7 @@ def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str,
         PushSettings(connect_timeout=cfg.connect_timeout, write_timeout=cfg.write_timeout, retry_min=cfg.retry_min,
                      retry_max=cfg.retry_max, chunk_size=config.rtmp.chunk_size),
         own_hosts=(socket.gethostname(), config.rtmp.bind), own_ports=ports,
+        pulled=cluster.pulls.is_relay if cluster else None,  # cluster: pushed by the node it is published to
     )
 
 
@@ -372,7 +374,6 @@ def ladder_labels(rungs):
 async def serve(config: Config, stop: asyncio.Event) -> None:
     rtmps_cert, https_cert = tls_certificates(config)  # a bad file stops the start before anything runs
     registry = build_registry(config)
-    relays = build_relays(config, registry, os.environ)
     packagers = PackagerPool(registry, config.hls)
     sweeper = CycleSweeper()
     registry.on_stream_ended.append(sweeper.ended)
@@ -382,6 +383,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    relays = build_relays(config, registry, os.environ, cluster)
     pool = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
                          command=worker_command(config.log.level, config.log.format))
     abr: TranscodePool | ClusterAbr = pool

@@ -69,13 +69,16 @@ def configured_pushes(rules: Iterable[PushTarget], environ: Mapping[str, str]) -
 class RelayManager:
     def __init__(self, registry: StreamRegistry, pushes: list[ConfiguredPush], settings: PushSettings, *,
                  own_hosts: Iterable[str] = (), own_ports: Mapping[str, int] | None = None,
+                 pulled: Callable[[Stream], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """`pulled`: whether a stream is a cluster edge's copy of another node's (pushed there, not here)."""
         self.registry = registry
         self.pushes = pushes
         self.settings = settings
         self.own_hosts = tuple(own_hosts)
         self.own_ports = dict(own_ports or {})
         self.clock = clock
+        self.pulled = pulled or (lambda stream: False)
         self.relays: dict[StreamKey, dict[str, Pusher]] = {}
         self._ended_at: dict[StreamKey, float] = {}
         self._next_id = 0
@@ -93,6 +96,8 @@ class RelayManager:
             current = {rid: p for rid, p in current.items() if p.stream is stream}
             self.relays[key] = current
         self._ended_at.pop(key, None)
+        if self.pulled(stream):
+            return  # the node it is published to pushes it; an edge's copy would push it twice
         for push in self.pushes:
             rid = f"config-{push.index}"
             if rid in current or not push.matches(key):

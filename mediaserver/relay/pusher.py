@@ -334,6 +334,7 @@ class Pusher:
                 _write(writer, data)
                 self.bytes_sent += len(data)
                 self.registry.count_sent(sub, len(data))
+                self._rate.add(self._loop.time(), self.bytes_sent)
                 async with asyncio.timeout(timeout):
                     await writer.drain()
                 await asyncio.sleep(_MERGE_S)
