@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from mediaserver.hub.registry import RegistryPolicy, StreamRegistry
 from mediaserver.hub.stream import StreamKey
 from mediaserver.media import amf0
@@ -13,6 +15,7 @@ from mediaserver.relay.pusher import Pusher, PushSettings
 from mediaserver.relay.state import RelayState
 from mediaserver.relay.target import parse_push_url
 from mediaserver.rtmp import events as ev
+from mediaserver.rtmp import session as session_module
 from mediaserver.rtmp.session import ServerSession
 
 KEY = StreamKey("live", "cam")
@@ -165,3 +168,30 @@ async def test_an_unreachable_target_retries_and_the_stream_end_stops_it():
     pusher.stream_ended()
     await until(lambda: pusher.done)
     assert pusher.status.error == "the stream ended"
+
+
+@pytest.mark.parametrize("announces", [True, False])
+async def test_hevc_goes_out_as_enhanced_rtmp_unchanged_and_a_target_without_it_is_noted(announces, monkeypatch):
+    if not announces:  # a target that does not know Enhanced RTMP: no fourCcList in its connect answer
+        monkeypatch.setattr(session_module, "ENHANCED_CONNECT_KEYS", ())
+    hevc_config = bytes([0x90]) + b"hvc1" + b"\x01" + b"\x00" * 30  # SequenceStart (a stub record)
+    hevc_key = bytes([0x93]) + b"hvc1" + b"\x00\x00\x00\x05\x26\x01\xaf\x00\x00"  # CodedFramesX, keyframe
+    target = Target()
+    port = await target.start()
+    registry = StreamRegistry()
+    stream = registry.claim_publisher(KEY, Publisher())
+    stream.publish_video(0, hevc_config, 0.0)
+    stream.publish_video(0, hevc_key, 0.0)
+    assert stream.info.video_codec == "hevc"
+    pusher = Pusher("r1", stream, parse_push_url(f"rtmp://127.0.0.1:{port}/live/k"), registry, PushSettings())
+    pusher.start()
+    try:
+        await until(lambda: len(target.media()) >= 2)
+        assert [bytes(e.body) for e in target.media()[:2]] == [hevc_config, hevc_key]
+        if announces:
+            assert pusher.note is None
+        else:
+            assert "did not announce Enhanced RTMP" in pusher.note and "hevc" in pusher.note
+    finally:
+        await pusher.stop()
+        await target.close()
