@@ -5,6 +5,7 @@ grace, the stream's end, and a target that refuses."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 
@@ -17,6 +18,7 @@ from mediaserver.relay.target import parse_push_url
 from mediaserver.rtmp import events as ev
 from mediaserver.rtmp import session as session_module
 from mediaserver.rtmp.session import ServerSession
+from support.certs import make_cert
 
 KEY = StreamKey("live", "cam")
 
@@ -194,4 +196,28 @@ async def test_hevc_goes_out_as_enhanced_rtmp_unchanged_and_a_target_without_it_
             assert "did not announce Enhanced RTMP" in pusher.note and "hevc" in pusher.note
     finally:
         await pusher.stop()
+        await target.close()
+
+
+async def test_an_rtmps_target_is_verified_and_an_untrusted_certificate_is_the_reason(tmp_path):
+    cert = make_cert(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert.cert_file, cert.key_file)
+    target = Target()
+    target.server = await asyncio.start_server(target._serve, "127.0.0.1", 0, ssl=server_side)
+    port = target.server.sockets[0].getsockname()[1]
+    registry = StreamRegistry()
+    stream = live_stream(registry)
+    url = parse_push_url(f"rtmps://127.0.0.1:{port}/live/k")
+    untrusted = Pusher("r1", stream, url, registry, PushSettings(retry_min=0.05, retry_max=0.1))
+    trusted = Pusher("r2", stream, url, registry, PushSettings(ssl_context=cert.client_context()))
+    untrusted.start()
+    trusted.start()
+    try:
+        await until(lambda: untrusted.status.state is RelayState.RETRYING and trusted.status.state is RelayState.LIVE)
+        assert "TLS certificate not trusted" in untrusted.status.error, untrusted.status.error
+        await until(lambda: len(target.media()) >= 3)
+    finally:
+        await untrusted.stop()
+        await trusted.stop()
         await target.close()
