@@ -231,6 +231,8 @@ def openapi_document() -> dict[str, Any]:
                     "bad_sequence_headers": {"type": "integer",
                                              "description": "Malformed codec configurations the publisher sent."},
                     "gop_cache_bytes": {"type": "integer"},
+                    "relays": {"type": "array", "items": _ref("Relay"), "description": "The stream's pushes to "
+                               "other servers (see /streams/{app}/{name}/relays)."},
                     "abr": {"type": "object", "description": "The stream's transcode (see Abr), or for a rendition "
                                                            "{rendition_of, label}; absent when ABR is not set up."},
                 }},
