@@ -56,7 +56,7 @@ def expand(url: str, environ: Mapping[str, str], where: str = "url") -> str:
 
 
 def redact(url: str) -> str:
-    """A URL as logs may show it: no user info, no query, nothing after the first path segment."""
+    """A URL as logs may show it: no user info, no query, no path but its first segment (the app)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -64,9 +64,9 @@ def redact(url: str) -> str:
         return "(a malformed URL)"
     segments = [s for s in parts.path.split("/") if s]
     head = f"{parts.scheme}://{_host_port(parts.hostname or '', port) if port else parts.hostname or ''}"
-    if not segments:
-        return head + ("/?***" if parts.query else "")
-    return head + f"/{segments[0]}" + ("/***" if len(segments) > 1 or parts.query else "")
+    if len(segments) < 2:  # a lone segment may be the key itself (https://cdn.example/KEY.flv)
+        return head + ("/***" if segments or parts.query else "")
+    return head + f"/{segments[0]}/***"
 
 
 def parse_source(template: str, environ: Mapping[str, str], where: str = "url") -> PullSource:
