@@ -48,7 +48,7 @@ from .rtmp.server import RtmpServer
 from .tls import CertFiles, TlsCertificate
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
-from .relay.pull import PullRelays, build_pulls
+from .relay.pull import PullCollector, PullRelays, build_pulls
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
 from .record.objectstore import StorageNotInstalled
@@ -467,6 +467,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app[METRICS].connections = connections
     app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]
     app[METRICS].abr = abr
+    if pulls is not None:  # relay pull
+        app[METRICS].prom.register(PullCollector(pulls))
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8

@@ -50,6 +50,18 @@ class FlvIngest:
             self.publish(tag.kind, tag.timestamp_ms, tag.body, now)
         return len(tags)
 
+    def relay(self, chunk: bytes, now: float, publisher: object) -> bool:
+        """`feed`, then `flush`: the loop body of a pull reading an FLV body (origin and relay pulls)."""
+        if self.feed(chunk, now):
+            return self.flush(publisher)
+        return self.stream.publisher is publisher
+
+    def flush(self, publisher: object) -> bool:
+        """Hand what was published to the stream's sinks (packagers, recorders); False once `publisher` no
+        longer publishes the stream (replaced, kicked): the caller stops reading."""
+        self.stream.flush_sinks()
+        return self.stream.publisher is publisher
+
     def publish(self, kind: FrameKind, timestamp_ms: int, body: bytes, now: float) -> None:
         """Publish one tag (or RTMP message: the same kinds, bodies and 32-bit timestamps)."""
         stream = self.stream

@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..config import RelayConfig
 from ..edge.flv_ingest import FlvIngest
@@ -190,14 +191,6 @@ class RelayPull:
         if stream is not None and stream.publisher is self:
             self.pool.registry.release_publisher(stream, self)
 
-    def _fed(self, ingest: FlvIngest) -> bool:
-        """After media went in: wake waiting viewers, flush; False once the stream is no longer ours."""
-        stream = ingest.stream
-        if ingest.ready:
-            self.ready.set()
-        stream.flush_sinks()
-        return stream.publisher is self
-
     async def _pull_flv(self) -> None:
         settings = self.pool
         timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
@@ -209,8 +202,10 @@ class RelayPull:
                 self.bytes_in += len(chunk)
                 if ingest is None:
                     ingest = FlvIngest(self._claim())  # a new connection: new timelines, rebased by the hub
-                if ingest.feed(chunk, time.monotonic()) and not self._fed(ingest):
-                    return
+                if not ingest.relay(chunk, time.monotonic(), self):
+                    return  # replaced or kicked meanwhile
+                if ingest.ready:
+                    self.ready.set()
 
     async def _pull_rtmp(self) -> None:
         source, pool = self.source, self.pool
@@ -249,8 +244,11 @@ class RelayPull:
                                           f"{info.get('description', '')}".strip())
                     elif isinstance(ev, StatusReceived) and ev.level == "error":
                         raise SourceError(f"{ev.code}: {ev.description}"[:300])
-                if fed and ingest is not None and not self._fed(ingest):
-                    return
+                if fed and ingest is not None:
+                    if not ingest.flush(self):
+                        return
+                    if ingest.ready:
+                        self.ready.set()
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -360,3 +358,28 @@ class PullRelays:
 def build_pulls(registry: StreamRegistry, settings: RelayConfig, environ: Mapping[str, str]) -> PullRelays | None:
     """The pulls of the config, or None without any. UsageError for a ${VAR} that is not set."""
     return PullRelays(registry, settings, environ) if settings.pull else None
+
+
+class PullCollector:
+    """/metrics: each pull's state, bytes and reconnects, labelled by its stream (as many as the config has)."""
+
+    def __init__(self, pulls: PullRelays) -> None:
+        self.pulls = pulls
+
+    def collect(self):
+        state = GaugeMetricFamily("mediaserver_relay_pull_state", "1 for the state each pull relay is in "
+                                  "(connecting, live, retrying, idle, stopped), 0 for the others.",
+                                  labels=["stream", "state"])
+        received = CounterMetricFamily("mediaserver_relay_pull_bytes", "Bytes received from each pull relay's "
+                                       "source.", labels=["stream"])
+        reconnects = CounterMetricFamily("mediaserver_relay_pull_reconnects", "Connections to each pull relay's "
+                                         "source after its first that carried media.", labels=["stream"])
+        for key, pull in self.pulls.pulls.items():
+            name = str(key)
+            for one in STATES:
+                state.add_metric([name, one], 1 if pull.state == one else 0)
+            received.add_metric([name], pull.bytes_in)
+            reconnects.add_metric([name], pull.reconnects)
+        yield state
+        yield received
+        yield reconnects

@@ -96,6 +96,12 @@ async def test_http_flv_pull_always_retries_while_the_source_is_down(server_fact
     await _until(lambda: "Cannot connect" in _pull(here)["last_error"], 8, "the pull did not say why it retries")
     assert _pull(here)["state"] in ("retrying", "connecting"), _pull(here)
 
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{here.http_base}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'mediaserver_relay_pull_state{state="live",stream="live/cam"} 0.0' in metrics, metrics[-2000:]
+    assert 'mediaserver_relay_pull_bytes_total{stream="live/cam"}' in metrics
+
     back = start_server(tmp_path / "source-again", ports=ports)
     try:
         publish(back, stream_name, media.low, loop=True)
