@@ -9,10 +9,12 @@ import json
 import time
 import urllib.request
 
+from support.certs import make_cert
 from support.decode import decode_media
 from support.server import start_server
 
 ADMIN = "admin-token-for-relay-tests-0123"
+QUICK = {"record.mode": "off"}  # no catalog to open: the servers start sooner
 
 
 def _api(server, path: str) -> dict:
@@ -22,8 +24,8 @@ def _api(server, path: str) -> dict:
         return json.loads(resp.read())
 
 
-def _pull(server) -> dict:
-    (pull,) = _api(server, "/pulls")["pulls"]
+def _pull(server, stream: str = "cam") -> dict:
+    (pull,) = [p for p in _api(server, "/pulls")["pulls"] if p["stream"] == stream]
     return pull
 
 
@@ -34,23 +36,31 @@ async def _until(predicate, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-def _relay(url: str, mode: str) -> str:
-    return f'[{{app = "live", stream = "cam", url = "{url}", mode = "{mode}"}}]'
+def _relay(url: str, mode: str, **more: str) -> str:
+    tables = [f'{{app = "live", stream = "cam", url = "{url}", mode = "{mode}"}}']
+    tables += [f'{{app = "live", stream = "{name}", url = "{other}"}}' for name, other in more.items()]
+    return f"[{', '.join(tables)}]"
 
 
 async def test_rtmp_pull_on_demand_follows_the_source_restarting_and_stops_when_idle(
-        server_factory, publish, media, stream_name, monkeypatch):
+        server_factory, publish, media, stream_name, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
     monkeypatch.setenv("CAM_KEY", stream_name)  # the source's name stands for a secret stream key
-    source = server_factory()
+    cert = make_cert(tmp_path / "cert")
+    source = server_factory(QUICK, **{"rtmps.cert_file": str(cert.cert_file), "rtmps.key_file": str(cert.key_file)})
     first = publish(source, stream_name, media.low, loop=True)
-    here = server_factory(**{"relay.pull": _relay(f"rtmp://127.0.0.1:{source.rtmp_port}/live/${{CAM_KEY}}",
-                                                  "on_demand"),
-                             "relay.pull_grace": "1"})
-    await asyncio.sleep(1.0)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert_file))  # server A trusts the source's certificate
+    here = server_factory(QUICK, **{"relay.pull": _relay(
+        f"rtmp://127.0.0.1:{source.rtmp_port}/live/${{CAM_KEY}}", "on_demand",
+        **{"cam-tls": f"rtmps://127.0.0.1:{source.rtmps_port}/live/${{CAM_KEY}}"}), "relay.pull_grace": "1"})
+    await asyncio.sleep(0.5)
     pull = _pull(here)
     assert (pull["state"], pull["bytes"], pull["mode"]) == ("idle", 0, "on_demand"), pull  # no viewer, no pull
     assert pull["source"] == f"rtmp://127.0.0.1:{source.rtmp_port}/live/***"
+
+    async with here.flv_viewer("cam-tls") as viewer:  # the same over RTMPS
+        assert await viewer.wait_video_frames(10, timeout_s=10), viewer.describe_start()
+    assert decode_media(viewer.complete_flv(), "flv").video_frames >= 8
 
     async with here.flv_viewer("cam") as viewer:
         assert await viewer.wait_video_frames(25, timeout_s=10), viewer.describe_start()
@@ -77,9 +87,9 @@ async def test_rtmp_pull_on_demand_follows_the_source_restarting_and_stops_when_
 async def test_http_flv_pull_always_retries_while_the_source_is_down(server_factory, publish, media, stream_name,
                                                                      monkeypatch, tmp_path):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
-    source = server_factory()
+    source = server_factory(QUICK)
     publish(source, stream_name, media.low, loop=True)
-    here = server_factory(**{"relay.pull": _relay(f"http://127.0.0.1:{source.http_port}/live/{stream_name}.flv",
+    here = server_factory(QUICK, **{"relay.pull": _relay(f"http://127.0.0.1:{source.http_port}/live/{stream_name}.flv",
                                                   "always"),
                              "relay.pull_retry_max": "1"})
     # always: the stream is there before any viewer
@@ -102,7 +112,7 @@ async def test_http_flv_pull_always_retries_while_the_source_is_down(server_fact
     assert 'mediaserver_relay_pull_state{state="live",stream="live/cam"} 0.0' in metrics, metrics[-2000:]
     assert 'mediaserver_relay_pull_bytes_total{stream="live/cam"}' in metrics
 
-    back = start_server(tmp_path / "source-again", ports=ports)
+    back = start_server(tmp_path / "source-again", QUICK, ports=ports)
     try:
         publish(back, stream_name, media.low, loop=True)
         await _until(lambda: _pull(here)["state"] == "live" and _pull(here)["reconnects"] >= 1, 15,
