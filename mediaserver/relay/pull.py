@@ -137,6 +137,7 @@ class RelayPull:
     # ----- the pull loop ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        ready = self.ready  # this run's: a pull stopped and started again has a new one
         try:
             while True:
                 connects = self.connects
@@ -155,8 +156,8 @@ class RelayPull:
             log.exception("relay pull of %s failed", self.key)
             self._set(STOPPED)
         finally:
-            self._release()
-            self.ready.set()
+            self._release_if_current()
+            ready.set()
 
     async def _attempt(self) -> str:
         """One connection to the source; returns why it ended."""
@@ -173,7 +174,7 @@ class RelayPull:
         except (aiohttp.ClientError, OSError, MediaError, RtmpProtocolError) as err:
             return f"{type(err).__name__}: {str(err)[:160]}"
         finally:
-            self._release()
+            self._release_if_current()
 
     def _claim(self) -> Stream:
         try:
@@ -185,6 +186,11 @@ class RelayPull:
         self._set(LIVE)
         event(log, "relay_pull_start", stream=str(self.key), source=self.source.shown, connect=self.connects)
         return self.stream
+
+    def _release_if_current(self) -> None:
+        """A run ending releases the stream unless a newer run (stop, then start) has it now."""
+        if self._task is None or self._task is asyncio.current_task():
+            self._release()
 
     def _release(self) -> None:
         stream = self.stream
