@@ -322,9 +322,9 @@ class PullRelays:
     def start(self) -> None:
         """Start the "always" pulls (the server is listening)."""
         for pull in self.pulls.values():
+            event(log, "relay_pull", stream=str(pull.key), source=pull.source.shown, mode=pull.mode)
             if pull.mode == "always":
                 pull.start()
-                event(log, "relay_pull", stream=str(pull.key), source=pull.source.shown, mode=pull.mode)
 
     def publish_refusal(self, key: StreamKey) -> str | None:
         """The gate's publish_claim: an encoder may not publish a pulled stream's name."""
