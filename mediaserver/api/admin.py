@@ -25,6 +25,7 @@
 | GET    streams/{app}/{name}/relays                 | the stream's pushes: state, error, bytes, rate |
 | POST   streams/{app}/{name}/relays                 | push it to {"url": "rtmp[s]://HOST/APP/KEY"}   |
 | DELETE streams/{app}/{name}/relays/{id}            | stop and remove one push                       |
+| GET    pulls                                       | pull relays: source, state, last error, bytes  |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -107,6 +108,8 @@ class AdminDeps:
     """This node's recordings (streams/APP/NAME/record, recordings/...); None: record.mode = "off"."""
     relays: RelayManager | None = None
     """Pushes to other servers (streams/APP/NAME/relays)."""
+    pulls: Callable[[], list[dict[str, Any]]] | None = None
+    """The configured pull relays' state (GET pulls); None: no [[relay.pull]]."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -520,6 +523,12 @@ async def list_nodes(request: web.Request) -> web.Response:
     }]})
 
 
+async def list_pulls(request: web.Request) -> web.Response:
+    """The [[relay.pull]] streams: source (without its key), mode, state, last error, bytes, reconnects."""
+    pulls = request.app[DEPS].pulls
+    return web.json_response({"pulls": pulls() if pulls is not None else []})
+
+
 def _abr(request: web.Request) -> tuple[TranscodePool, StreamKey]:
     abr = request.app[DEPS].abr
     key = _key(request)
@@ -665,6 +674,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/streams/{app}/{name}/relays", list_relays, "list_relays"),
     ("POST", "/streams/{app}/{name}/relays", add_relay, "add_relay"),
     ("DELETE", "/streams/{app}/{name}/relays/{id}", delete_relay, "delete_relay"),
+    ("GET", "/pulls", list_pulls, "list_pulls"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
 

@@ -195,6 +195,21 @@ def openapi_document() -> dict[str, Any]:
             "/nodes": {"get": _op("list_nodes", "The nodes of the cluster from Redis (this node alone when standalone).",
                                   _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
                                         "The nodes."))},
+            "/pulls": {"get": _op("list_pulls", "The pull relays ([[relay.pull]]): each stream's source URL (scheme, "
+                                  "host and app; key and query left out), mode, state, last error, bytes and "
+                                  "reconnects.",
+                                  _json({"type": "object", "properties": {"pulls": {"type": "array", "items": {
+                                      "type": "object", "properties": {
+                                          "app": {"type": "string"}, "stream": {"type": "string"},
+                                          "source": {"type": "string"}, "mode": {"enum": ["on_demand", "always"]},
+                                          "state": {"enum": ["connecting", "live", "retrying", "idle", "stopped"]},
+                                          "since": {"type": "number", "description": "Unix time of the last change "
+                                                    "of state."},
+                                          "last_error": {"type": "string", "description": "Why the last "
+                                                         "connection ended or failed (\"\" before any)."},
+                                          "bytes": {"type": "integer"}, "connects": {"type": "integer"},
+                                          "reconnects": {"type": "integer"}}}}}},
+                                        "The pulls."))},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -1,1 +1,1 @@
-"""Relays: pushing a live stream to other RTMP/RTMPS servers (restreaming)."""
+"""Relays: streams pulled in from URLs (pull.py) and pushed out to other servers."""

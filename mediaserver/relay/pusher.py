@@ -27,18 +27,18 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
+from ..media import amf0
 from ..media.frames import Frame, FrameKind
 from ..rtmp.client import ClientSession
 from ..rtmp.errors import RtmpProtocolError
 from ..rtmp.events import CommandResultReceived, ConnectResult, StatusReceived
-from ..rtmp.messages import encode_data
 from ..transports import reset
 from .state import Backoff, RelayState, RelayStatus
 from .target import PushUrl
 
 log = logging.getLogger(__name__)
 
-_SET_DATA_FRAME = encode_data("@setDataFrame")
+_SET_DATA_FRAME = amf0.encode("@setDataFrame")
 _ENHANCED_VIDEO = {"hevc": "hvc1", "av1": "av01", "vp9": "vp09"}
 _READ_SIZE = 64 * 1024
 _MERGE_S = 0.02

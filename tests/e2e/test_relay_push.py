@@ -62,7 +62,7 @@ async def test_push_to_another_server_api_refusals_a_stuck_and_a_restarted_targe
     monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert_file))  # A trusts B's certificate (default verification)
     source = server_factory(**QUICK, **{
         "relay.push": f'[{{app = "live", url = "rtmps://127.0.0.1:{target.rtmps_port}/live/${{RELAY_TEST_KEY}}"}}]',
-        "relay.retry_max": "1", "relay.write_timeout": "2", "relay.connect_timeout": "3",
+        "relay.push_retry_max": "1", "relay.push_write_timeout": "2", "relay.push_connect_timeout": "3",
     })
     pushed = f"{stream_name}-b"
     relays = f"/streams/live/{stream_name}/relays"

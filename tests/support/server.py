@@ -60,10 +60,9 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0,
                  ports: tuple[int, int] | None = None) -> None:
-        """`ports` (rtmp, http): start on these, e.g. again on a stopped server's ports; else free ones."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        if ports is not None:
+        if ports is not None:  # (rtmp, http) of a server that stopped: the same server started again
             self.rtmp_port, self.http_port = ports
         else:
             self.rtmp_port = free_port()
@@ -217,12 +216,14 @@ class ServerDied(Exception):
         return "address already in use" in self.log.lower() or "errno 98" in self.log.lower()
 
 
-def start_server(workdir: Path, settings: dict[str, str] | None = None, ready_timeout_s: float = 20.0) -> ServerProcess:
-    """Start a server; retry with fresh ports if another process took one in the meantime."""
+def start_server(workdir: Path, settings: dict[str, str] | None = None, ready_timeout_s: float = 20.0,
+                 ports: tuple[int, int] | None = None) -> ServerProcess:
+    """Start a server; retry with fresh ports if another process took one in the meantime (with `ports`,
+    the same ports again)."""
     failure = None
     for attempt in range(3):
         try:
-            return ServerProcess(workdir / f"try{attempt}", settings or {}, ready_timeout_s)
+            return ServerProcess(workdir / f"try{attempt}", settings or {}, ready_timeout_s, ports)
         except ServerDied as died:
             failure = died
             if not died.address_in_use:

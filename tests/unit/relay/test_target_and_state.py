@@ -74,7 +74,7 @@ def test_relay_config_is_checked():
     assert [p.url for p in cfg.relay.push] == ["rtmp://h/a/k", "rtmps://h/a/k2"]  # one app may have many
     for bad, says in (({"push": [{"app": "live"}]}, "needs url"), ({"push": [{"url": "http://h/a/k"}]}, "rtmps"),
                       ({"push": [{"url": "rtmp://h/a/k", "rendition": "Bad Label"}]}, "label"),
-                      ({"retry_min": 60.0}, "retry_max")):
+                      ({"push_retry_min": 60.0}, "push_retry_max")):
         with pytest.raises(ConfigError, match=says):
             config_from_dict({"relay": bad})
 
