@@ -11,7 +11,7 @@ from mediaserver.hub.stream import StreamKey
 from mediaserver.relay.manager import RelayManager, RelayRefused, configured_pushes
 from mediaserver.relay.pusher import PushSettings
 
-from .test_pusher import Publisher, Target, until
+from support.rtmp_target import Publisher, Target, until
 
 
 def manager(registry, rules, port):
