@@ -53,6 +53,10 @@ from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
 from .record.objectstore import StorageNotInstalled
 from .record.uploader import UploadCollector
+from .relay.manager import RelayManager, configured_pushes
+from .relay.metrics import RelayCollector
+from .relay.pusher import PushSettings
+from .relay.target import TargetError
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -365,6 +369,27 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
     return locate
 
 
+def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str, str],
+                 cluster: ClusterWiring | None = None) -> RelayManager:
+    """Pushes to other servers: [[relay.push]] URLs filled from the environment now (a missing variable
+    stops the start); a push back into this server's own stream is refused as a loop."""
+    cfg = config.relay
+    try:
+        pushes = configured_pushes(cfg.push, environ)
+    except TargetError as err:
+        raise ConfigError(str(err)) from err
+    ports = {"rtmp": config.rtmp.port}
+    if config.rtmps.enabled:
+        ports["rtmps"] = config.rtmps.port
+    return RelayManager(
+        registry, pushes,
+        PushSettings(connect_timeout=cfg.push_connect_timeout, write_timeout=cfg.push_write_timeout,
+                     retry_min=cfg.push_retry_min, retry_max=cfg.push_retry_max, chunk_size=config.rtmp.chunk_size),
+        own_hosts=(socket.gethostname(), config.rtmp.bind), own_ports=ports,
+        pulled=cluster.pulls.is_relay if cluster else None,  # cluster: pushed by the node it is published to
+    )
+
+
 def ladder_labels(rungs):
     """(track id, height) -> the label of the ladder rung of that height, else "HEIGHTp" (multitrack)."""
     from .hub.tracks import default_label
@@ -393,6 +418,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         pulls = build_pulls(registry, config.relay, os.environ)  # relay pull: ${VAR} of the URLs filled here
     except UsageError as err:
         raise ConfigError(str(err)) from err
+    relays = build_relays(config, registry, os.environ, cluster)
     pool = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
                          command=worker_command(config.log.level, config.log.format))
     abr: TranscodePool | ClusterAbr = pool
@@ -429,6 +455,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
         recordings.upkeep.disk_listeners.append(hooks.record_disk)
+    if hooks is not None and hooks.wants("relay_state"):
+        relays.listeners.append(hooks.relay_state)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -440,7 +468,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
-        abr=abr, recordings=recordings,
+        abr=abr, recordings=recordings, relays=relays,
         pulls=pulls.describe if pulls is not None else None,  # relay pull
     ))
 
@@ -476,6 +504,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         app[METRICS].advisory_checks["catalog"] = recordings.upkeep.catalog_ready
         if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
             app[REMOTE_VOD] = cluster.remote_vod()
+    app[METRICS].prom.register(RelayCollector(relays))
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
         app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))
@@ -521,6 +550,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await pulls.close()
     if recordings is not None:
         await recordings.close()  # files closed and synced, catalog rows written
+    await relays.close()
     registry.close_all("server_shutdown")
     if health is not None:
         await health.close()

@@ -162,6 +162,8 @@ class WebhooksConfig:
     on_record_disk: str = ""
     """Told when record.path's free space falls under record.min_free_gb (state "low": recordings stop) and
     when it returns (state "ok": they resume)."""
+    on_relay_state: str = ""
+    """Told when a push ([relay], the admin API) goes live, starts retrying (with the error) or stops."""
     timeout: float = 2.0
     on_failure: str = "deny"
     """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""
@@ -368,7 +370,19 @@ class RecordConfig:
     s3: S3Config = field(default_factory=S3Config)
 
 
-# ----- relay (pull) --------------------------------------------------------------------------------------
+# ----- relay (push: restreaming to other servers) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """One push target (`[[relay.push]]`): each stream of `app` named `stream` ("*": any) is pushed to `url`."""
+
+    url: str
+    """rtmp[s]://HOST[:PORT]/APP/KEY; ${VAR} is filled from the environment at start (and never logged)."""
+    app: str = "*"
+    stream: str = "*"
+    rendition: str = ""
+    """A label of the ABR ladder: push STREAM@LABEL (while it is transcoded) instead of the source."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +399,15 @@ class PullRelay:
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
+    push: tuple[PushTarget, ...] = ()
+    """[[relay.push]] url = "rtmp://a.example/live2/${YOUTUBE_KEY}", app = "live", stream = "*"."""
+    push_retry_min: float = 1.0
+    """Seconds before the first retry of a push that failed; doubled each time up to push_retry_max."""
+    push_retry_max: float = 30.0
+    push_connect_timeout: float = 10.0
+    """Seconds for a target to connect, handshake and accept publishing."""
+    push_write_timeout: float = 10.0
+    """Seconds a target may leave our writes unread before its connection is dropped and retried."""
     pull: tuple[PullRelay, ...] = ()
     pull_grace: float = 10.0
     """Seconds an on_demand pull goes on without viewers (a viewer back within it reuses it)."""
@@ -394,7 +417,7 @@ class RelayConfig:
     """Seconds a first viewer waits for an on_demand pull's first keyframe."""
 
 
-# ----- end of relay (pull) ------------------------------------------------------------------------------
+# ----- end of relay -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +510,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "retention.max_age_days": (0, 36_500),
     "retention.max_total_gb": (0, 1_000_000),
     "s3.part_size_mb": (0.01, 5120),
+    "relay.push_retry_min": (0.1, 3600),
+    "relay.push_retry_max": (0.1, 3600),
+    "relay.push_connect_timeout": (0.5, 600),
+    "relay.push_write_timeout": (0.5, 600),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
@@ -509,9 +536,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
 # Lists of tables whose default is empty (a non-empty default names its table's class itself).
-_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule, "relay.pull": PullRelay}
+_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule, "relay.push": PushTarget, "relay.pull": PullRelay}
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
-             "webhooks.on_record_done", "webhooks.on_record_disk",
+             "webhooks.on_record_done", "webhooks.on_record_disk", "webhooks.on_relay_state",
              "cluster.advertise_url", "cluster.upstream", "s3.endpoint")
 
 
@@ -554,7 +581,7 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         twice = sorted({x for x in labels if x is not None and labels.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names {', '.join(twice)} more than once; each label names one rendition")
-        apps = [getattr(t, "app", None) for t in tables if not isinstance(t, PullRelay)]  # pulls: many per app
+        apps = [getattr(t, "app", None) for t in tables if table_cls is RetentionRule]  # pushes, pulls: many per app
         twice = sorted({x for x in apps if x is not None and apps.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names app {', '.join(twice)} more than once; give each app one table")
@@ -579,9 +606,9 @@ def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> A
             raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
     missing = [k for k in required if k not in value]
     if missing:
-        example = ('app = "live"' if cls is RetentionRule
-                   else 'app = "live", stream = "cam1", url = "rtmp://camera.example/live/cam1"' if cls is PullRelay
-                   else 'label = "480p", height = 480, video_kbps = 1200')
+        example = {RetentionRule: 'app = "live"', PushTarget: 'url = "rtmp://a.example/live2/${KEY}"',
+                   PullRelay: 'app = "live", stream = "cam1", url = "rtmp://camera.example/live/cam1"'}.get(
+            cls, 'label = "480p", height = 480, video_kbps = 1200')
         raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. {example}")
     built: dict[str, Any] = {}
     short = where.split(".")[-1]
@@ -597,6 +624,12 @@ def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> A
         raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
     if short == "ladder" and built["label"] == "source":
         raise ConfigError(f"{here}.label = \"source\" is kept for the watermarked top rung; choose another label")
+    if short == "push" and not built["url"].startswith(("rtmp://", "rtmps://")):
+        raise ConfigError(f"{here}.url must be an rtmp:// or rtmps:// URL (rtmp://HOST[:PORT]/APP/KEY); "
+                          "accepted schemes are rtmp and rtmps")
+    if short == "push" and built.get("rendition") and not _LABEL.fullmatch(built["rendition"]):
+        raise ConfigError(f"{here}.rendition = {built['rendition']!r} must be a label of [[abr.ladder]] "
+                          "(1-32 of a-z, 0-9, '_' or '-'), or left out for the source")
     if short == "retention" and not built["app"].strip():
         raise ConfigError(f"{here}.app is empty; name the app whose recordings these limits keep")
     return cls(**built)
@@ -659,6 +692,9 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         built[section_name] = dataclasses.replace(cls, **values)
     config = Config(**built)
     problems.extend(_record_problems(config.record))
+    if config.relay.push_retry_min > config.relay.push_retry_max:
+        problems.append(f"relay.push_retry_min = {config.relay.push_retry_min:g} is above relay.push_retry_max = "
+                        f"{config.relay.push_retry_max:g}; the backoff grows from the first to the second")
     problems.extend(_tls_problems(config))
     problems.extend(_pull_problems(config))
     return config

@@ -79,7 +79,7 @@ class ServerProcess:
         }
         self.rtmps_port = 0
         if self.settings.get("rtmps.cert_file"):
-            self.rtmps_port = free_port()
+            self.rtmps_port = int(settings.get("rtmps.port") or free_port())  # given: a restart on the same port
             self.settings["rtmps.port"] = str(self.rtmps_port)
         self.scheme = "https" if self.settings.get("http.cert_file") else "http"
         self.log_path = workdir / "server.log"

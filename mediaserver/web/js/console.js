@@ -5,6 +5,7 @@
 import {NAME, el, explain, formatDuration, formatKbps, getJSON, sleep, withToken} from './common.js';
 import {cannotPlay, codecName, createEngine} from './engines.js';
 import {renderAbr} from './console_abr.js';
+import {relaysCell} from './console_relays.js';
 import {sparkline} from './sparkline.js';
 
 const TOKEN_KEY = 'mediaserver.adminToken';
@@ -137,7 +138,7 @@ function describeViewers(viewers, segmentViewers) {
 function newRow(key) {
   const cells = {};
   const tr = el('tr', {dataset: {stream: key}});
-  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'ingestSpark', 'viewerSpark', 'actions']) {
+  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'relays', 'ingestSpark', 'viewerSpark', 'actions']) {
     cells[name] = el('td', {class: name === 'actions' ? 'actions' : undefined, dataset: {col: name}});
     tr.append(cells[name]);
   }
@@ -156,6 +157,7 @@ function newRow(key) {
   cells.kickViewers.addEventListener('click', () => kickViewers(row.stream));
   cells.kickPublisher.addEventListener('click', () => kickPublisher(row.stream));
   cells.actions.append(cells.previewButton, cells.kickViewers, cells.kickPublisher);
+  row.updateRelays = relaysCell(cells.relays, {api, report: (message) => { ui.apiError.textContent = message; }});
   return row;
 }
 
@@ -199,6 +201,7 @@ function renderStreams(streams, history) {
       el('span', {class: 'spark-label', text: viewers.length ? `max ${Math.max(...viewers)}` : 'collecting…'}));
     c.kickViewers.disabled = !s.viewers_total;
     renderAbr(c.abr, s, {api, report: (message) => { ui.apiError.textContent = message; }});
+    row.updateRelays(s);
     if (ui.streams.children[index] !== row.tr) ui.streams.insertBefore(row.tr, ui.streams.children[index] || null);
   });
   for (const [key, row] of rows) {
