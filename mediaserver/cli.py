@@ -374,6 +374,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
+    if recordings is not None and hooks is not None and hooks.wants("record_disk"):
+        recordings.upkeep.disk_listeners.append(hooks.record_disk)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -395,7 +397,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
-        ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
+        ready_checks={"rtmp": rtmp_listening, **({"catalog": recordings.upkeep.catalog_ready} if recordings else {})},
+        metrics_token=None if config.api.metrics_public else token,
         health=health,
     )
     _log_access(config, admission.policy, hooks, token)
@@ -411,6 +414,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
+        app[METRICS].recordings = recordings
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()

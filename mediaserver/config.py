@@ -139,6 +139,9 @@ class WebhooksConfig:
     """Told when a stream's picture turns black or frozen or its sound silent, and when that ends ([health])."""
     on_record_done: str = ""
     """Told when a recording's file is closed (complete or failed), with its catalog row ([record])."""
+    on_record_disk: str = ""
+    """Told when record.path's free space falls under record.min_free_gb (state "low": recordings stop) and
+    when it returns (state "ok": they resume)."""
     timeout: float = 2.0
     on_failure: str = "deny"
     """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""
@@ -286,6 +289,17 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """One app's retention limits (`[[record.retention]]`), in place of [record]'s for that app."""
+
+    app: str
+    max_age_days: float = -1.0
+    """Left out (-1): record.max_age_days; 0 keeps this app's recordings whatever their age."""
+    max_total_gb: float = -1.0
+    """Left out (-1): the app's files count in record.max_total_gb; else the app's own budget (0: no limit)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecordConfig:
     mode: str = "api"
     """api (an operator starts and stops recordings through the admin API), all (every stream of `apps`), off."""
@@ -302,6 +316,15 @@ class RecordConfig:
     """The catalog: "" is a SQLite file `recordings.db` in `path`; postgresql+asyncpg://... for a cluster."""
     dvr_window: float = 7200.0
     """Seconds of a recorded live stream that /APP/NAME/dvr.m3u8 lets a viewer scrub back through."""
+    max_age_days: float = 0.0
+    """Recordings whose end is older than this are deleted (file and row); 0 keeps them whatever their age."""
+    max_total_gb: float = 0.0
+    """This node's recordings (and the bucket's) beyond this many GB are deleted, oldest first; 0 is no limit."""
+    retention: tuple[RetentionRule, ...] = ()
+    """Per-app limits ([[record.retention]] app = "live", max_age_days = 7, max_total_gb = 50)."""
+    min_free_gb: float = 1.0
+    """Under this much free space on record.path every recording of the node stops (live streaming goes on);
+    they resume by themselves above it plus 10 %. 0 never stops them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +408,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "record.segment_minutes": (0.01, 1440),
     "record.fsync_interval": (0.1, 3600),
     "record.dvr_window": (10, 7 * 86_400),
+    "record.max_age_days": (0, 36_500),
+    "record.max_total_gb": (0, 1_000_000),
+    "record.min_free_gb": (0, 1_000_000),
+    "retention.max_age_days": (0, 36_500),
+    "retention.max_total_gb": (0, 1_000_000),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
@@ -401,8 +429,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
 }
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
+# Lists of tables whose default is empty (a non-empty default names its table's class itself).
+_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule}
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
-             "webhooks.on_record_done",
+             "webhooks.on_record_done", "webhooks.on_record_disk",
              "cluster.advertise_url", "cluster.upstream")
 
 
@@ -431,14 +461,20 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
         return value
-    if kind is tuple and default and dataclasses.is_dataclass(default[0]):  # a list of tables: [[abr.ladder]]
+    table_cls = _TABLE_LISTS.get(where) or (type(default[0]) if kind is tuple and default
+                                             and dataclasses.is_dataclass(default[0]) else None)
+    if table_cls is not None:  # a list of tables: [[abr.ladder]], [[record.retention]]
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{where} must be a list of tables, e.g. [[{where}]] label = ...")
-        tables = tuple(_table(where, i, v, type(default[0])) for i, v in enumerate(value))
+        tables = tuple(_table(where, i, v, table_cls) for i, v in enumerate(value))
         labels = [getattr(t, "label", None) for t in tables]
         twice = sorted({x for x in labels if x is not None and labels.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names {', '.join(twice)} more than once; each label names one rendition")
+        apps = [getattr(t, "app", None) for t in tables]
+        twice = sorted({x for x in apps if x is not None and apps.count(x) > 1})
+        if twice:
+            raise ConfigError(f"{where} names app {', '.join(twice)} more than once; give each app one table")
         return tables
     if kind is tuple:  # a list of strings; on the command line also "a,b"
         if isinstance(value, str):
@@ -459,13 +495,15 @@ def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
             raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
     missing = [k for k in required if k not in value]
     if missing:
-        raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. label = \"480p\", height = 480, video_kbps = 1200")
+        example = 'app = "live"' if cls is RetentionRule else 'label = "480p", height = 480, video_kbps = 1200'
+        raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. {example}")
     built: dict[str, Any] = {}
     short = where.split(".")[-1]
     for key, f in fields.items():
         if key not in value:
             continue
-        sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0}[key]
+        sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0,
+                                                                          "app": ""}[key]
         coerced = _coerce(f"{here}.{key}", value[key], sample)
         _check(f"{short}.{key}", coerced, f"{here}.{key}")
         built[key] = coerced
@@ -473,6 +511,8 @@ def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
         raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
     if short == "ladder" and built["label"] == "source":
         raise ConfigError(f"{here}.label = \"source\" is kept for the watermarked top rung; choose another label")
+    if short == "retention" and not built["app"].strip():
+        raise ConfigError(f"{here}.app is empty; name the app whose recordings these limits keep")
     return cls(**built)
 
 

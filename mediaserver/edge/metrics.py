@@ -44,6 +44,7 @@ from .connections import ConnectionGate
 from .keys import METRICS
 
 if TYPE_CHECKING:
+    from ..record.manager import RecordingManager
     from ..transcode.health_monitor import HealthWatch
     from .thumbnails import ThumbnailService
 
@@ -95,6 +96,8 @@ class Metrics:
         self.health: HealthWatch | None = None
         """Stream health flags ([health] enabled), read at scrape time."""
         self.thumbnails: ThumbnailService | None = None
+        self.recordings: RecordingManager | None = None
+        """This node's recordings ([record] mode api or all)."""
         registry.on_stream_ended.append(self._stream_ended)
 
     # ----- what the edge tells ----------------------------------------------------------------------
@@ -274,6 +277,8 @@ class _Collector:
             yield GaugeMetricFamily("mediaserver_asyncio_tasks", "Asyncio tasks not yet done (connections, "
                                     "viewers, timers); a count that only grows is a leak.", value=tasks)
         yield from _media_pipeline(m)
+        if m.recordings is not None:
+            yield from _recording_metrics(m.recordings)
         yield GaugeMetricFamily("mediaserver_event_loop_lag_max_seconds",
                                 f"The largest event-loop lag seen in the last {LAG_WINDOW_S:g} s.",
                                 value=m.recent_max_lag_s)
@@ -292,6 +297,32 @@ def _abr_metrics(abr: TranscodePool) -> Any:
                               "or broken output).", value=abr.restarts_total)
     yield CounterMetricFamily("mediaserver_abr_cpu_seconds", "CPU time the transcoder workers used, as they "
                               "report it.", value=abr.cpu_seconds_total)
+
+
+def _recording_metrics(rec: RecordingManager) -> Any:
+    stats = rec.stats
+    yield GaugeMetricFamily("mediaserver_recordings_active", "Streams being recorded now.",
+                            value=sum(1 for r in list(rec.active.values()) if not r.recorder.stopped))
+    yield CounterMetricFamily("mediaserver_recording_bytes_written", "Bytes written to recording files.",
+                              value=stats.bytes_written)
+    c = CounterMetricFamily("mediaserver_recording_failures", "Recordings cut short, by reason: disk_full, "
+                            "disk_error, disk_low (stopped under record.min_free_gb), fsync, catalog (a row "
+                            "never written).", labels=["reason"])
+    for reason in sorted({"disk_full", "disk_error", "disk_low", "fsync", "catalog", *stats.failures}):
+        c.add_metric([reason], stats.failures[reason])
+    yield c
+    c = CounterMetricFamily("mediaserver_recording_retention_deleted", "Recordings deleted by retention, by "
+                            "reason (age: record.max_age_days, size: record.max_total_gb).", labels=["reason"])
+    for reason in ("age", "size"):
+        c.add_metric([reason], stats.retention_deleted[reason])
+    yield c
+    yield CounterMetricFamily("mediaserver_recording_retention_deleted_bytes", "Bytes of the recordings "
+                              "retention deleted.", value=stats.retention_bytes)
+    if rec.disk.free_bytes is not None:
+        yield GaugeMetricFamily("mediaserver_recording_disk_free_bytes", "Free space on record.path at the "
+                                "last check.", value=rec.disk.free_bytes)
+    yield GaugeMetricFamily("mediaserver_recording_disk_low", "1 while record.path has less free space than "
+                            "record.min_free_gb (recording stopped), else 0.", value=1 if rec.disk.low else 0)
 
 
 # ----- HTTP handlers ------------------------------------------------------------------------------

@@ -367,6 +367,44 @@ class Catalog:
         async with self._connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
+    # ----- retention ----------------------------------------------------------------------------
+    # A node deletes the files it can reach: its own rows, and rows in object storage (any node's; deleting
+    # one twice is harmless). `usage` and `deletable` answer for that scope.
+
+    @staticmethod
+    def _scope(node: str) -> Any:
+        c = recordings.c
+        return sa.or_(c.node == node, c.location.like("s3://%"))
+
+    async def usage(self, node: str) -> dict[str, int]:
+        """Bytes by app of the rows in `node`'s retention scope, the ones still being written included."""
+        c = recordings.c
+        query = (sa.select(c.app, sa.func.coalesce(sa.func.sum(c.bytes), 0))
+                 .where(self._scope(node)).group_by(c.app))
+        async with self._connect() as conn:
+            return {app: int(size) for app, size in await conn.execute(query)}
+
+    async def deletable(self, node: str, apps: Sequence[str] | None = None, exclude_apps: Sequence[str] = (),
+                        limit: int = 500) -> builtins.list[Recording]:
+        """Retention candidates of `node`'s scope, oldest first: neither recording nor uploading; only `apps`
+        when given, never `exclude_apps`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit {limit} is out of range; must be 1..{MAX_PAGE}")
+        c = recordings.c
+        query = recordings.select().where(self._scope(node), c.status.not_in(("recording", "uploading")))
+        if apps is not None:
+            query = query.where(c.app.in_(list(apps)))
+        if exclude_apps:
+            query = query.where(c.app.not_in(list(exclude_apps)))
+        query = query.order_by(c.started_at, c.id).limit(limit)
+        async with self._connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def ping(self) -> None:
+        """One `SELECT 1`: raises CatalogUnavailable when the database cannot be reached (/readyz)."""
+        async with self._connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     async def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (head after open)."""
         async with self._connect() as conn:

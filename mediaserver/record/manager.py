@@ -13,11 +13,15 @@ At start, rows this node left "recording" (the server was killed) are closed as 
 duration and size read from their files (`vod.index_file`: up to the last whole fragment).
 
 fsync runs in a thread (`asyncio.to_thread`), every second for the jobs the Recorders have due.
+Retention, the free-space guard and the catalog's readiness are `upkeep.Upkeep`'s: while record.path is
+short of space every recording stops (`pause_all`) and new ones are refused (507); they resume in new
+files when it returns (`resume_paused`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -33,7 +37,10 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
 from .catalog import Catalog, CatalogUnavailable, Recording
+from .disk import DiskGuard
 from .recorder import FAILED, FileClosed, Recorder
+from .retention import GB
+from .upkeep import RecordingStats, Upkeep
 from .vod import index_file
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,12 @@ def summary(row: Recording) -> dict[str, Any]:
     body.pop("location", None)  # where the file lies is the server's business; /vod/ID.mp4 serves it
     body["vod"] = {"mp4": f"/vod/{row.id}.mp4", "hls": f"/vod/{row.id}/index.m3u8"}
     return body
+
+
+def failure_reason(error: str | None) -> str:
+    """disk_full for ENOSPC (and a quota), else disk_error: the metric's label of a failed file."""
+    full = (f"[Errno {errno.ENOSPC}]", f"[Errno {errno.EDQUOT}]")
+    return "disk_full" if error is not None and error.startswith(full) else "disk_error"
 
 
 def catalog_url(cfg: RecordConfig) -> str:
@@ -81,6 +94,7 @@ class _Recording:
         self.stream = stream
         self.row: Recording | None = None
         self.progress_at = 0.0
+        self.written = 0  # bytes of the current file already counted in the stats
         cfg = manager.cfg
         self.recorder = Recorder(
             stream.key, cfg.path, template=cfg.template, segment_minutes=cfg.segment_minutes,
@@ -89,6 +103,7 @@ class _Recording:
         )
 
     def _opened(self, path: Path, started_at: float) -> None:
+        self.written = 0
         info = self.stream.info
         self.row = Recording.start(
             self.stream.key.app, self.stream.key.name, self.manager.node, str(path), _when(started_at),
@@ -99,6 +114,8 @@ class _Recording:
         event(log, "recording_file", stream=str(self.stream.key), id=row.id, path=str(path))
 
     def _progress(self, size: int, duration_s: float) -> None:
+        self.manager.stats.bytes_written += size - self.written
+        self.written = size
         now = time.monotonic()
         if self.row is None or now - self.progress_at < PROGRESS_S:
             return
@@ -107,13 +124,18 @@ class _Recording:
         self.manager._queue(lambda: self.manager.catalog.update(rec_id, bytes=size, duration_s=duration_s))
 
     def _closed(self, closed: FileClosed) -> None:
+        manager = self.manager
+        manager.stats.bytes_written += max(0, closed.bytes - self.written)
+        self.written = 0
+        if closed.status == FAILED:
+            manager.stats.failures[failure_reason(closed.error)] += 1
+            manager.upkeep.check_disk_soon()  # a full disk: stop every recording now, resume them later
         row = self.row
         self.row = None
         if row is None:
             return
         status = "failed" if closed.status == FAILED else "complete"
         ended = _when(closed.started_at + closed.duration_s)
-        manager = self.manager
 
         async def finish() -> None:
             done = await manager.catalog.update(
@@ -141,6 +163,11 @@ class RecordingManager:
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Told each finished file's final row (the on_record_done webhook)."""
+        self.stats = RecordingStats()
+        self.disk = DiskGuard(int(cfg.min_free_gb * GB))
+        self.paused: set[StreamKey] = set()
+        """Streams whose recording the disk guard stopped: they resume when space returns."""
+        self.upkeep = Upkeep(self)
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._ended)
 
@@ -150,9 +177,10 @@ class RecordingManager:
         catalog = await Catalog.open(catalog_url(cfg))
         manager = cls(registry, cfg, catalog, node)
         await manager._recover()
+        await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
         loop = asyncio.get_running_loop()
         manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),
-                          loop.create_task(manager._syncer(), name="recording fsync")]
+                          loop.create_task(manager._syncer(), name="recording fsync"), *manager.upkeep.tasks()]
         return manager
 
     # ----- what an operator asks ------------------------------------------------------------------
@@ -169,6 +197,12 @@ class RecordingManager:
         if stream is None or stream.ended or stream.publisher is None:
             raise NotRecordable(404, f"stream {key} is not being published",
                                 "publish it first, then ask for its recording")
+        if self.disk.low:
+            free = self.disk.free_bytes or 0
+            raise NotRecordable(507, f"{self.cfg.path} has {free / 1e9:.3g} GB free, under record.min_free_gb = "
+                                f"{self.cfg.min_free_gb:g}: recording is stopped",
+                                "free space on the recordings disk (or lower record.max_total_gb / max_age_days); "
+                                "recordings resume by themselves when it returns")
         found = self.active.get(key)
         if found is not None and not found.recorder.stopped:
             return found
@@ -180,13 +214,49 @@ class RecordingManager:
         return rec
 
     def stop(self, key: StreamKey) -> bool:
+        paused = key in self.paused
+        self.paused.discard(key)  # an operator's stop also cancels a resume after a full disk
+        if not self._detach(key):
+            return paused
+        event(log, "recording_stopped", stream=str(key))
+        return True
+
+    def _detach(self, key: StreamKey) -> bool:
         rec = self.active.pop(key, None)
         if rec is None:
             return False
         rec.stream.remove_sink(rec.recorder)
         rec.recorder.stop()
-        event(log, "recording_stopped", stream=str(key))
         return True
+
+    def pause_all(self) -> list[StreamKey]:
+        """The disk is short of space: stop every recording, to resume them with `resume_paused`."""
+        keys = []
+        for key, rec in list(self.active.items()):
+            if not rec.recorder.stopped:
+                self.stats.failures["disk_low"] += 1
+            if not rec.stream.ended:
+                keys.append(key)
+            self._detach(key)
+        self.paused.update(keys)
+        return keys
+
+    def resume_paused(self) -> list[StreamKey]:
+        """Space is back: record the paused streams that are still live again (new files, new rows)."""
+        resumed = []
+        for key in sorted(self.paused, key=str):
+            try:
+                self.start(key)
+                resumed.append(key)
+            except NotRecordable:
+                pass  # ended meanwhile
+        self.paused.clear()
+        return resumed
+
+    @property
+    def pending_writes(self) -> int:
+        """Catalog writes waiting (for a database that is away)."""
+        return self._ops.qsize()
 
     def current(self, key: StreamKey) -> str | None:
         """The id of the row of the file `key` is being recorded to, if it is."""
@@ -197,10 +267,13 @@ class RecordingManager:
 
     def _published(self, stream: Stream) -> None:
         if self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name:
-            if stream.key not in self.active:
+            if self.disk.low:
+                self.paused.add(stream.key)  # recorded when space returns
+            elif stream.key not in self.active:
                 self.start(stream.key)
 
     def _ended(self, stream: Stream) -> None:
+        self.paused.discard(stream.key)
         rec = self.active.get(stream.key)
         if rec is not None and rec.stream is stream:
             del self.active[stream.key]  # the hub ended the Recorder with the stream (Sink.on_end)
@@ -220,6 +293,7 @@ class RecordingManager:
                     break
                 except CatalogUnavailable as err:
                     if pause is None:
+                        self.stats.failures["catalog"] += 1
                         event(log, "recording_catalog_gave_up", logging.ERROR, error=str(err))
                         break
                     if attempt == 0:
@@ -240,6 +314,7 @@ class RecordingManager:
                     await asyncio.to_thread(job)
                 except OSError as err:
                     self.failed_writes += 1
+                    self.stats.failures["fsync"] += 1
                     event(log, "recording_fsync_failed", logging.ERROR, error=str(err))
 
     async def _recover(self) -> None:
@@ -293,13 +368,25 @@ class RecordingManager:
         row = await self.catalog.get(rec_id)
         if row is None:
             return False
-        if row.status == "recording":
+        if row.status in ("recording", "uploading"):
             return None
         found = await self.file_of(rec_id)
         if found is not None:
             try:
-                os.unlink(found[1])
+                await asyncio.to_thread(_remove, found[1], Path(self.cfg.path).resolve())
             except OSError as err:
                 event(log, "recording_delete_failed", logging.WARNING, id=rec_id, error=str(err))
         return await self.catalog.delete(rec_id)
+
+
+def _remove(path: Path, root: Path) -> None:
+    """Unlink a recording and the directories it leaves empty ({app}/{stream}/), up to the root."""
+    os.unlink(path)
+    parent = path.parent
+    while parent != root and parent.is_relative_to(root):
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty (or busy): kept
+        parent = parent.parent
 
