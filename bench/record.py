@@ -64,6 +64,16 @@ def read_io(pid: int) -> dict[str, int]:
     return out
 
 
+def user_system_s(pid: int) -> tuple[float, float] | None:
+    """(utime, stime) of one process, all its threads, in seconds: Python's work against the kernel's."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) / load._procstats.CLOCK_TICKS, int(fields[12]) / load._procstats.CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def io_delta(a: dict[str, int], b: dict[str, int], seconds: float) -> dict:
     if not a or not b:
         return {}
@@ -161,14 +171,16 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
         await asyncio.sleep(1)
         idle = sampler.sample()
         await load.start_publishers(server, names, media, ctx.children)
-        await load.wait_streams(server, names, timeout_s=60)
+        await load.wait_streams(server, names, timeout_s=120)
         plan = load.Plan(time.monotonic() + 0.2, max(1, int(args.warmup)), max(1, int(args.warmup)) + args.seconds,
                          args.seconds)
         io: dict[int, dict[str, int]] = {}
+        split: dict[int, tuple[float, float] | None] = {}
 
         def on_tick(k: int, _sample) -> None:
             if k in (plan.ws_tick, plan.we_tick):
                 io[k] = read_io(server.pid)
+                split[k] = user_system_s(server.pid)
 
         load.say(f"record.mode={mode}: {len(names)} publishers; warm-up {plan.ws_tick} s, window {plan.duration_s} s")
         ws, we = await load.run_window(plan, sampler, server, ctx.children, on_tick=on_tick)
@@ -188,6 +200,8 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
         "cpu": {**usage, "server_cpu_s_per_stream_minute": load.per_minute(usage.get("server_cpu_s"), len(names),
                                                                            usage["wall_s"])},
         "io": io_delta(io.get(plan.ws_tick, {}), io.get(plan.we_tick, {}), usage["wall_s"]),
+        "server_user_system_s": [round(b - a, 2) for a, b in zip(split[plan.ws_tick], split[plan.we_tick])]
+        if split.get(plan.ws_tick) and split.get(plan.we_tick) else None,
         "memory": mem,
         "frames_received": sum(received.get(n, 0) - NON_SAMPLE_FRAMES for n in names),
         "server_log": str(server.log_path),
@@ -221,7 +235,7 @@ def print_summary(out: dict, path: Path) -> None:
         line = (f"  record.mode={r['mode']:<3}: server {c.get('server_cpu_s')} CPU-s in {c['wall_s']} s "
                 f"({c.get('server_cpu_pct_of_one_core')}% of a core) = {c['server_cpu_s_per_stream_minute']} "
                 f"CPU-s/stream-min; publishers {c['publisher_cpu_pct_of_one_core']}%; RSS {m.get('rss_per_stream_mib')} "
-                f"MiB/stream; io {r['io']}")
+                f"MiB/stream; user/system {r.get('server_user_system_s')} s; io {r['io']}")
         print(line)
         f = r.get("files")
         if f:
