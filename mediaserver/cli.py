@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from . import __version__
 from .api.admin import AdminDeps, make_admin_app
 from .auth.admission import Admission
+from .auth.forwarded import TrustedProxies
 from .auth.limits import Limits
 from .auth.policy import AccessPolicy
 from .auth.tokens import Action
@@ -31,7 +32,7 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import ABR, METRICS, RECORDINGS
+from .edge.keys import ABR, METRICS, RECORDINGS, REMOTE_VOD
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -44,10 +45,14 @@ from .hub.stream import StreamKey
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
+from .tls import CertFiles, TlsCertificate
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
+from .relay.pull import PullCollector, PullRelays, build_pulls
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
+from .record.objectstore import StorageNotInstalled
+from .record.uploader import UploadCollector
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -266,6 +271,12 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
+    def remote_vod(self):
+        from .edge.vod_remote import RemoteVod
+        settings = self.pulls.settings
+        return RemoteVod(self.node_id, settings.secret, self.locator.node, connect_timeout=settings.connect_timeout,
+                         read_timeout=settings.read_timeout)
+
     def wire(self, app: web.Application) -> None:
         """Internal requests (edges pulling from this node) pass before admission; viewers' pulls start in
         the gate (`locate`), for RTMP players and HTTP viewers alike."""
@@ -295,7 +306,33 @@ def _key(name: str):
 # ----- end of cluster ----------------------------------------------------------------------------------
 
 
-def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, cluster: ClusterWiring | None):
+# ----- relay (pull) -----------------------------------------------------------------------------------
+
+
+def pull_hooks(pulls: PullRelays, publish_claim, play_locate):
+    """The gate's publish_claim and play_locate with the pull relays in front: a pulled name cannot be
+    published by an encoder, and its first viewer starts its pull (on_demand); other names go on to the
+    cluster's hooks (or none)."""
+
+    async def claim(key: StreamKey) -> str | None:
+        refused = pulls.publish_refusal(key)
+        if refused is not None or publish_claim is None:
+            return refused
+        return await publish_claim(key)
+
+    async def locate(key: StreamKey, address: str):
+        if key in pulls.pulls:
+            return await pulls.locate(key)
+        return await play_locate(key, address) if play_locate is not None else None
+
+    return claim, locate
+
+
+# ----- end of relay (pull) -----------------------------------------------------------------------------
+
+
+def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, cluster: ClusterWiring | None,
+                     pulls: PullRelays | None = None):
     """The gate's rendition_locate: a viewer named APP/STREAM@LABEL that is not live here. The source is
     pulled first on a node that pulls for its viewers; then its transcode is started (or joined)."""
     from .auth.names import split_rendition
@@ -310,6 +347,10 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
             if isinstance(found, AbrRefusal):
                 return Refusal(ABR_REFUSAL, found.reason, found.error, found.hint, status=found.status)
             return found
+        if pulls is not None and source in pulls.pulls:  # relay pull: the source is pulled first (on_demand)
+            local = registry.get(source)
+            if (local is None or local.ended) and await pulls.locate(source) is None:
+                return None
         if cluster is not None and cluster.role in ("edge", "both"):
             local = registry.get(source)
             if local is None or local.ended:
@@ -337,6 +378,7 @@ def ladder_labels(rungs):
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
+    rtmps_cert, https_cert = tls_certificates(config)  # a bad file stops the start before anything runs
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
     sweeper = CycleSweeper()
@@ -347,6 +389,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    try:
+        pulls = build_pulls(registry, config.relay, os.environ)  # relay pull: ${VAR} of the URLs filled here
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
     pool = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
                          command=worker_command(config.log.level, config.log.format))
     abr: TranscodePool | ClusterAbr = pool
@@ -354,24 +400,31 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         abr = ClusterAbr(pool, cluster.locator, cluster.node_id, cluster.http_url,
                          transcoder=config.cluster.role == "transcoder", pull_source=cluster.pulls.ensure,
                          claims=cluster.locator.claims)
+    publish_claim = cluster.claim if cluster else None  # cluster: one publisher per stream
+    # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
+    play_locate = cluster.locate if cluster and config.cluster.role in ("edge", "both") else None
+    if pulls is not None:  # relay pull
+        publish_claim, play_locate = pull_hooks(pulls, publish_claim, play_locate)
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
-        publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream
-        # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
-        play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
-        rendition_locate=rendition_locate(abr, registry, cluster),
+        publish_claim=publish_claim, play_locate=play_locate,
+        rendition_locate=rendition_locate(abr, registry, cluster, pulls),
     )
     pool.viewers = gate.viewers
-    rtmp = RtmpServer(config.rtmp, registry, gate)
+    rtmp = RtmpServer(config.rtmp, registry, gate, tls=rtmps_cert, tls_port=config.rtmps.port)
     rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
     recordings = None
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
         try:
             recordings = await RecordingManager.open(registry, config.record,
-                                                     cluster.node_id if cluster else socket.gethostname())
+                                                     cluster.node_id if cluster else socket.gethostname(),
+                                                     relay=cluster.pulls.is_relay if cluster else None)  # cluster
         except CatalogUnavailable as err:
             await pool.close()
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
+        except StorageNotInstalled:
+            await pool.close()
+            raise
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
@@ -388,16 +441,17 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
         abr=abr, recordings=recordings,
+        pulls=pulls.describe if pulls is not None else None,  # relay pull
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
-        server = rtmp._server  # RtmpServer has no public "serving" property yet
-        serving = server is not None and server.is_serving()
-        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{config.rtmp.port}"
+        serving = rtmp.serving
+        ports = f"{config.rtmp.port}" + (f" and rtmps {config.rtmps.port}" if rtmps_cert else "")
+        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{ports}"
 
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
-        ready_checks={"rtmp": rtmp_listening, **({"catalog": recordings.upkeep.catalog_ready} if recordings else {})},
+        ready_checks={"rtmp": rtmp_listening},
         metrics_token=None if config.api.metrics_public else token,
         health=health,
     )
@@ -408,17 +462,28 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if isinstance(abr, ClusterAbr):
             await abr.start_scanning()
     connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
-                                                   config.http.header_timeout))
+                                                   config.http.header_timeout),
+                                 uncapped=TrustedProxies.parse(config.http.trusted_proxies).trusts)
     app[METRICS].connections = connections
+    app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]
     app[METRICS].abr = abr
+    if pulls is not None:  # relay pull
+        app[METRICS].prom.register(PullCollector(pulls))
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
         app[METRICS].recordings = recordings
+        app[METRICS].advisory_checks["catalog"] = recordings.upkeep.catalog_ready
+        if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
+            app[REMOTE_VOD] = cluster.remote_vod()
+    if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
+        app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
+        app[METRICS].prom.register(UploadCollector(recordings.uploader))
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
-    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args)
+    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
+                            tls=https_cert)
     try:
         await http_site.start()
         await rtmp.start()
@@ -431,20 +496,29 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if recordings is not None:
             await recordings.close()
         raise ConfigError(
-            f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
+            f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port}"
+            f"{f', rtmps port {config.rtmps.port}' if rtmps_cert else ''} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
         ) from err
     event(
         log, "ready", version=__version__,
         rtmp=f"{config.rtmp.bind}:{config.rtmp.port}", http=f"{config.http.bind}:{config.http.port}",
         http_max_connections=connections.limits.max_connections,
+        **({"rtmps": f"{config.rtmp.bind}:{config.rtmps.port}"} if rtmps_cert else {}),
+        **({"https": "on"} if https_cert else {}),
+        **({"trusted_proxies": ",".join(config.http.trusted_proxies)} if config.http.trusted_proxies else {}),
     )
+    reload_on_hangup(asyncio.get_running_loop(), [c for c in (rtmps_cert, https_cert) if c is not None])
+    if pulls is not None:  # relay pull: "always" pulls start once the server is listening
+        pulls.start()
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
     if isinstance(abr, ClusterAbr):
         await abr.close()  # its job claims given up
     await pool.close()  # every worker process stopped and waited for
+    if pulls is not None:  # relay pull
+        await pulls.close()
     if recordings is not None:
         await recordings.close()  # files closed and synced, catalog rows written
     registry.close_all("server_shutdown")
@@ -453,10 +527,36 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await rtmp.close()
     if cluster is not None:  # cluster: withdraw claims, say node_down
         await cluster.close()
+    if REMOTE_VOD in app:
+        await app[REMOTE_VOD].close()
     await runner.cleanup()
     packagers.close()
     sweeper.close()
     event(log, "stopped")
+
+
+def tls_certificates(config: Config) -> tuple[TlsCertificate | None, TlsCertificate | None]:
+    """RTMPS's and HTTPS's certificates, read now: a file that does not load stops the start."""
+    try:
+        rtmps = (TlsCertificate(CertFiles(config.rtmps.cert_file, config.rtmps.key_file, "rtmps"))
+                 if config.rtmps.enabled else None)
+        https = (TlsCertificate(CertFiles(config.http.cert_file, config.http.key_file, "http"))
+                 if config.http.cert_file else None)
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
+    return rtmps, https
+
+
+def reload_on_hangup(loop: asyncio.AbstractEventLoop, certificates: list[TlsCertificate]) -> None:
+    """SIGHUP reloads the listeners' certificates in place (certbot's deploy hook: kill -HUP PID)."""
+    if not certificates:
+        return
+
+    def reload() -> None:
+        for cert in certificates:
+            cert.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 def token_main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -41,6 +42,20 @@ class RtmpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RtmpsConfig:
+    """RTMP over TLS on a port of its own (on rtmp.bind), with rtmp's deadlines; off without cert and key."""
+
+    port: int = 1936
+    cert_file: str = ""
+    """PEM certificate chain; reloaded on SIGHUP."""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     bind: str = "0.0.0.0"
     port: int = 8080
@@ -58,6 +73,11 @@ class HttpConfig:
     max_connections_per_ip: int = 256
     """Open HTTP connections from one client address; 0 is no cap (behind a reverse proxy, every viewer
     comes from the proxy's address)."""
+    cert_file: str = ""
+    """PEM certificate chain: with key_file, the HTTP port speaks HTTPS only. Reloaded on SIGHUP."""
+    key_file: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of reverse proxies whose X-Forwarded-For / Forwarded header names the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +320,24 @@ class RetentionRule:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Config:
+    """[record.s3]: the bucket finished recordings go to when record.storage = "s3". The credentials come
+    from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or any source botocore reads)."""
+
+    endpoint: str = ""
+    """http(s)://HOST:PORT of an S3-compatible store (MinIO, Ceph); "" is AWS's own endpoint for `region`."""
+    bucket: str = ""
+    prefix: str = ""
+    """Put before each file's name under record.path to make its key (e.g. "recordings/")."""
+    region: str = "us-east-1"
+    part_size_mb: float = 16.0
+    """Files larger than this are sent in parts of this size (multipart upload); S3 wants at least 5."""
+    presign: bool = False
+    """/vod/ID.mp4 answers with a redirect to a presigned URL (the bucket serves the bytes), else streams
+    the ranges itself."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecordConfig:
     mode: str = "api"
     """api (an operator starts and stops recordings through the admin API), all (every stream of `apps`), off."""
@@ -325,11 +363,44 @@ class RecordConfig:
     min_free_gb: float = 1.0
     """Under this much free space on record.path every recording of the node stops (live streaming goes on);
     they resume by themselves above it plus 10 %. 0 never stops them."""
+    storage: str = "local"
+    """Where finished files live: "local" (record.path) or "s3" (uploaded to [record.s3], then removed here)."""
+    s3: S3Config = field(default_factory=S3Config)
+
+
+# ----- relay (pull) --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PullRelay:
+    """One `[[relay.pull]]`: a stream of another server ingested here as if published here."""
+
+    app: str
+    stream: str
+    url: str
+    """rtmp://, rtmps://, http:// or https:// (an .flv); ${VAR} is filled from the environment at start."""
+    mode: str = "on_demand"
+    """on_demand: pulled from the first viewer until relay.pull_grace without one; always: from the start."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    pull: tuple[PullRelay, ...] = ()
+    pull_grace: float = 10.0
+    """Seconds an on_demand pull goes on without viewers (a viewer back within it reuses it)."""
+    pull_retry_max: float = 30.0
+    """Longest wait between reconnects to a source that is down (the wait doubles from 0.5 s up to this)."""
+    pull_wait: float = 5.0
+    """Seconds a first viewer waits for an on_demand pull's first keyframe."""
+
+
+# ----- end of relay (pull) ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    rtmps: RtmpsConfig = field(default_factory=RtmpsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
@@ -344,12 +415,14 @@ class Config:
     thumbnails: ThumbnailConfig = field(default_factory=ThumbnailConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 # Accepted values and ranges, checked after types: key -> (min, max) or a tuple of choices.
 _RANGES: dict[str, tuple[float, float]] = {
     "rtmp.port": (1, 65535),
     "http.port": (1, 65535),
+    "rtmps.port": (1, 65535),
     "rtmp.chunk_size": (128, 65536),
     "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
     "rtmp.max_command_size": (4 * 1024, 16 * 1024 * 1024),
@@ -413,10 +486,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "record.min_free_gb": (0, 1_000_000),
     "retention.max_age_days": (0, 36_500),
     "retention.max_total_gb": (0, 1_000_000),
+    "s3.part_size_mb": (0.01, 5120),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
     "ladder.threads": (0, 64),
+    "relay.pull_grace": (0, 86_400),
+    "relay.pull_retry_max": (0.5, 3600),
+    "relay.pull_wait": (0.1, 60),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
@@ -425,15 +502,17 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.role": ("standalone", "origin", "edge", "both", "transcoder"),
     "abr.mode": ("on_demand", "always", "off"),
     "record.mode": ("api", "all", "off"),
+    "record.storage": ("local", "s3"),
     "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
+    "pull.mode": ("on_demand", "always"),
 }
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
 # Lists of tables whose default is empty (a non-empty default names its table's class itself).
-_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule}
+_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule, "relay.pull": PullRelay}
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
              "webhooks.on_record_done", "webhooks.on_record_disk",
-             "cluster.advertise_url", "cluster.upstream")
+             "cluster.advertise_url", "cluster.upstream", "s3.endpoint")
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -461,6 +540,10 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
         return value
+    if dataclasses.is_dataclass(default):  # a table of its own inside a section: [record.s3]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table of keys, e.g. [{where}]")
+        return _table(where, None, value, type(default))
     table_cls = _TABLE_LISTS.get(where) or (type(default[0]) if kind is tuple and default
                                              and dataclasses.is_dataclass(default[0]) else None)
     if table_cls is not None:  # a list of tables: [[abr.ladder]], [[record.retention]]
@@ -471,7 +554,7 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         twice = sorted({x for x in labels if x is not None and labels.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names {', '.join(twice)} more than once; each label names one rendition")
-        apps = [getattr(t, "app", None) for t in tables]
+        apps = [getattr(t, "app", None) for t in tables if not isinstance(t, PullRelay)]  # pulls: many per app
         twice = sorted({x for x in apps if x is not None and apps.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names app {', '.join(twice)} more than once; give each app one table")
@@ -485,17 +568,20 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{where} has an unsupported type")  # pragma: no cover - guards new fields
 
 
-def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
-    """One table of a list such as [[abr.ladder]]: its keys checked like a section's."""
+def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> Any:
+    """One table of a list such as [[abr.ladder]] (or a table of its own, index None): its keys checked
+    like a section's."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     required = [name for name, f in fields.items() if f.default is dataclasses.MISSING]
-    here = f"{where}[{index}]"
+    here = where if index is None else f"{where}[{index}]"
     for key in value:
         if key not in fields:
             raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
     missing = [k for k in required if k not in value]
     if missing:
-        example = 'app = "live"' if cls is RetentionRule else 'label = "480p", height = 480, video_kbps = 1200'
+        example = ('app = "live"' if cls is RetentionRule
+                   else 'app = "live", stream = "cam1", url = "rtmp://camera.example/live/cam1"' if cls is PullRelay
+                   else 'label = "480p", height = 480, video_kbps = 1200')
         raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. {example}")
     built: dict[str, Any] = {}
     short = where.split(".")[-1]
@@ -503,7 +589,7 @@ def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
         if key not in value:
             continue
         sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0,
-                                                                          "app": ""}[key]
+                                                                          "app": "", "stream": "", "url": ""}[key]
         coerced = _coerce(f"{here}.{key}", value[key], sample)
         _check(f"{short}.{key}", coerced, f"{here}.{key}")
         built[key] = coerced
@@ -525,7 +611,14 @@ def _check(where: str, value: Any, shown: str = "") -> None:
     if where in _CHOICES and value not in _CHOICES[where]:
         raise ConfigError(f"{shown} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
     if where in _URL_KEYS and value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{where} = {value!r} must be an http:// or https:// URL, or \"\" for none")
+        raise ConfigError(f"{shown} = {value!r} must be an http:// or https:// URL, or \"\" for none")
+    if where == "http.trusted_proxies":
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where} entry {entry!r} is not an IP address or CIDR; write e.g. "
+                                  '"127.0.0.1", "10.0.0.0/8" or "fd00::/8"') from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -564,7 +657,92 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
                 continue
             values[key] = coerced
         built[section_name] = dataclasses.replace(cls, **values)
-    return Config(**built)
+    config = Config(**built)
+    problems.extend(_record_problems(config.record))
+    problems.extend(_tls_problems(config))
+    problems.extend(_pull_problems(config))
+    return config
+
+
+def _record_problems(cfg: RecordConfig) -> list[str]:
+    """What one key alone cannot say: S3 storage needs a bucket."""
+    if cfg.storage == "s3" and not cfg.s3.bucket:
+        return ['record.storage = "s3" needs record.s3.bucket (the bucket finished recordings go to); '
+                'or set record.storage = "local"']
+    return []
+
+
+def _tls_problems(config: Config) -> list[str]:
+    """Certificate settings that cannot work together (the files themselves are read at start)."""
+    found = []
+    for section, cert, key in (("rtmps", config.rtmps.cert_file, config.rtmps.key_file),
+                               ("http", config.http.cert_file, config.http.key_file)):
+        if bool(cert) != bool(key):
+            found.append(f"[{section}] needs both cert_file and key_file (PEM files) for TLS, or neither")
+    if config.rtmps.enabled and config.rtmps.port == config.rtmp.port:
+        found.append(f"rtmps.port = {config.rtmps.port} is also rtmp.port; RTMPS needs a port of its own "
+                     "(443 or 1936 are usual)")
+    return found
+
+
+PULL_SCHEMES = ("rtmp", "rtmps", "http", "https")
+_PULL_NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]{0,127}")  # auth/names.py's rule (config imports no layer)
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
+
+
+def pull_url_problem(url: str) -> str | None:
+    """What is wrong with a pull source URL (None: usable). ${VAR} placeholders count as filled."""
+    from urllib.parse import urlsplit
+
+    shown = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "x", url)
+    try:
+        parts = urlsplit(shown)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as err:
+        return f"is not a URL ({err})"
+    if parts.scheme not in PULL_SCHEMES:
+        return f"has scheme {parts.scheme or 'none'!r}; accepted: rtmp://, rtmps://, http:// or https:// (FLV)"
+    if not parts.hostname:
+        return "names no host, e.g. rtmp://camera.example:1935/live/cam1"
+    segments = [s for s in parts.path.split("/") if s]
+    if parts.scheme.startswith("rtmp") and len(segments) < 2:
+        return "needs an app and a stream name after the host: rtmp://HOST[:PORT]/APP/STREAM"
+    if parts.scheme.startswith("http") and not segments:
+        return "needs a path to the FLV: http://HOST[:PORT]/APP/STREAM.flv"
+    return None
+
+
+def _pull_problems(config: Config) -> list[str]:
+    """Each [[relay.pull]] names a valid stream once, from a usable URL that is not this server's own stream."""
+    from urllib.parse import urlsplit
+
+    found = []
+    seen: set[tuple[str, str]] = set()
+    for i, pull in enumerate(config.relay.pull):
+        here = f"relay.pull[{i}]"
+        for key in ("app", "stream"):
+            value = getattr(pull, key)
+            if not _PULL_NAME.fullmatch(value):
+                found.append(f"{here}.{key} = {value!r} is not a valid name: 1-128 letters, digits, '_', '-', "
+                             "'.' or '~', not starting with '.'")
+        if (pull.app, pull.stream) in seen:
+            found.append(f"{here} pulls {pull.app}/{pull.stream} again; each stream has one source")
+        seen.add((pull.app, pull.stream))
+        problem = pull_url_problem(pull.url)
+        if problem is not None:
+            found.append(f"{here}.url {problem}")
+            continue
+        parts = urlsplit(pull.url)
+        ports = {"rtmp": (config.rtmp.port, 1935), "rtmps": (config.rtmps.port, 443),
+                 "http": (config.http.port, 80), "https": (config.http.port, 443)}[parts.scheme]
+        host = (parts.hostname or "").lower()
+        segments = [s for s in parts.path.split("/") if s]
+        names = (segments[0], segments[-1].removesuffix(".flv")) if segments else ("", "")
+        if (host in _LOCAL_HOSTS or host in (config.rtmp.bind, config.http.bind)) \
+                and (parts.port or ports[1]) == ports[0] and names == (pull.app, pull.stream):
+            found.append(f"{here}.url points to this server's own stream {pull.app}/{pull.stream}: a loop; "
+                         "pull from another server, or under another name")
+    return found
 
 
 def _problems_error(problems: list[str]) -> ConfigError:
@@ -609,6 +787,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             problems.append(str(err))
             continue
         table = raw.setdefault(section, {})
+        if "." in key:  # a key of a table inside the section: record.s3.bucket=NAME
+            inner, key = key.split(".", 1)
+            table = table.setdefault(inner, {}) if isinstance(table, dict) else None
         if not isinstance(table, dict):
             problems.append(f"[{section}] must be a table of keys")
             continue

@@ -22,6 +22,7 @@
 | GET    recordings                                  | recordings: app, stream, since, until, cursor  |
 | GET    recordings/{id}                             | one recording                                  |
 | DELETE recordings/{id}                             | delete its file and row                        |
+| GET    pulls                                       | pull relays: source, state, last error, bytes  |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -101,6 +102,8 @@ class AdminDeps:
     """This node's transcode jobs (streams/APP/NAME/abr, and "abr" in each stream's description)."""
     recordings: RecordingManager | None = None
     """This node's recordings (streams/APP/NAME/record, recordings/...); None: record.mode = "off"."""
+    pulls: Callable[[], list[dict[str, Any]]] | None = None
+    """The configured pull relays' state (GET pulls); None: no [[relay.pull]]."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -512,6 +515,12 @@ async def list_nodes(request: web.Request) -> web.Response:
     }]})
 
 
+async def list_pulls(request: web.Request) -> web.Response:
+    """The [[relay.pull]] streams: source (without its key), mode, state, last error, bytes, reconnects."""
+    pulls = request.app[DEPS].pulls
+    return web.json_response({"pulls": pulls() if pulls is not None else []})
+
+
 def _abr(request: web.Request) -> tuple[TranscodePool, StreamKey]:
     abr = request.app[DEPS].abr
     key = _key(request)
@@ -615,6 +624,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/recordings", list_recordings, "list_recordings"),
     ("GET", "/recordings/{id}", get_recording, "get_recording"),
     ("DELETE", "/recordings/{id}", delete_recording, "delete_recording"),
+    ("GET", "/pulls", list_pulls, "list_pulls"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
 

@@ -174,6 +174,21 @@ def openapi_document() -> dict[str, Any]:
             "/nodes": {"get": _op("list_nodes", "The nodes of the cluster from Redis (this node alone when standalone).",
                                   _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
                                         "The nodes."))},
+            "/pulls": {"get": _op("list_pulls", "The pull relays ([[relay.pull]]): each stream's source URL (scheme, "
+                                  "host and app; key and query left out), mode, state, last error, bytes and "
+                                  "reconnects.",
+                                  _json({"type": "object", "properties": {"pulls": {"type": "array", "items": {
+                                      "type": "object", "properties": {
+                                          "app": {"type": "string"}, "stream": {"type": "string"},
+                                          "source": {"type": "string"}, "mode": {"enum": ["on_demand", "always"]},
+                                          "state": {"enum": ["connecting", "live", "retrying", "idle", "stopped"]},
+                                          "since": {"type": "number", "description": "Unix time of the last change "
+                                                    "of state."},
+                                          "last_error": {"type": "string", "description": "Why the last "
+                                                         "connection ended or failed (\"\" before any)."},
+                                          "bytes": {"type": "integer"}, "connects": {"type": "integer"},
+                                          "reconnects": {"type": "integer"}}}}}},
+                                        "The pulls."))},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -222,6 +237,8 @@ def openapi_document() -> dict[str, Any]:
                     "duration_s": {"type": "number"}, "bytes": {"type": "integer"},
                     "video_codec": {"type": ["string", "null"]}, "audio_codec": {"type": ["string", "null"]},
                     "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+                    "final_status": {"type": ["string", "null"], "description": "While \"uploading\" (record."
+                                     "storage = \"s3\"): the status it takes once the file is in the bucket."},
                     "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"}}}}},
                 "Abr": {"type": "object", "properties": {
                     "running": {"type": "boolean"}, "enabled": {"type": "boolean",

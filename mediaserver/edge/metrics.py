@@ -17,9 +17,12 @@ within the last `HLS_VIEWER_WINDOW_S` seconds (viewers behind one NAT count once
 Event-loop lag is measured by one small task that sleeps `LAG_INTERVAL_S` and records how late it woke.
 Process CPU and memory come from prometheus-client's ProcessCollector (Linux /proc).
 
-`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting; later, the cluster
+`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting; the cluster
 store is reachable), else 503 with what failed: a load balancer stops sending new clients, while
-`/healthz` (alive) keeps the process from being restarted during a drain.
+`/healthz` (alive) keeps the process from being restarted during a drain. Advisory checks (the recordings
+catalog, the recordings bucket) are reported beside them with `"degraded": true` when one fails, but keep
+the node ready: live streaming does not need them (rows and files wait locally meanwhile), and a shared
+database or bucket that is away must not take every node of a cluster out of its load balancer.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..auth.admission import Admission
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
+from ..tls import HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT, HandshakeFailures
 from ..transcode.pool import TranscodePool
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
@@ -91,6 +95,8 @@ class Metrics:
         self._ended_skipped: Counter[str] = Counter()  # frames skipped by packagers of ended streams, by format
         self._lags: deque[tuple[float, float]] = deque()
         self.ready_checks: dict[str, ReadyCheck] = {}
+        self.advisory_checks: dict[str, ReadyCheck] = {}
+        """Reported on /readyz, without making the node unready (see the module's note)."""
         self.required_token: str | None = None
         """The bearer token /metrics requires (None: public)."""
         self.health: HealthWatch | None = None
@@ -98,6 +104,8 @@ class Metrics:
         self.thumbnails: ThumbnailService | None = None
         self.recordings: RecordingManager | None = None
         """This node's recordings ([record] mode api or all)."""
+        self.tls_failures: list[HandshakeFailures] = []
+        """TLS handshakes that failed, per TLS listener (rtmps, https)."""
         registry.on_stream_ended.append(self._stream_ended)
 
     # ----- what the edge tells ----------------------------------------------------------------------
@@ -264,6 +272,14 @@ class _Collector:
             for reason in gate.REASONS:
                 c.add_metric([reason], gate.refused[reason])
             yield c
+        if m.tls_failures:
+            c = CounterMetricFamily("mediaserver_tls_handshake_failures", "TLS handshakes that did not complete "
+                                    "(a plain client on a TLS port, an untrusted certificate, a deadline), by "
+                                    "listener and reason.", labels=["listener", "reason"])
+            for failures in m.tls_failures:
+                for reason in (HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT):
+                    c.add_metric([failures.listener, reason], failures.counts[reason])
+            yield c
         if m.packager_count is not None:
             yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "
                                     "ones lingering).", value=m.packager_count())
@@ -334,22 +350,32 @@ async def serve_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
+async def _run_check(check: ReadyCheck) -> tuple[bool, str]:
+    try:
+        outcome = check()
+        if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
+            async with asyncio.timeout(2.0):
+                outcome = await outcome
+        ok, detail = outcome  # type: ignore[misc]
+        return bool(ok), detail
+    except Exception as err:  # a failing check means "not ready", never a 500
+        return False, f"{type(err).__name__}: {err}"[:200]
+
+
 async def serve_readyz(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
     results: dict[str, Any] = {}
-    ready = True
-    for name, check in request.app[METRICS].ready_checks.items():
-        try:
-            outcome = check()
-            if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
-                async with asyncio.timeout(2.0):
-                    outcome = await outcome
-            ok, detail = outcome  # type: ignore[misc]
-        except Exception as err:  # a failing check means "not ready", never a 500
-            ok, detail = False, f"{type(err).__name__}: {err}"[:200]
-        results[name] = {"ok": bool(ok), "detail": detail}
-        ready = ready and bool(ok)
-    return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503,
-                             headers={"Cache-Control": "no-store"})
+    ready, degraded = True, False
+    for name, check in metrics.ready_checks.items():
+        ok, detail = await _run_check(check)
+        results[name] = {"ok": ok, "detail": detail}
+        ready = ready and ok
+    for name, check in metrics.advisory_checks.items():
+        ok, detail = await _run_check(check)
+        results[name] = {"ok": ok, "detail": detail, "advisory": True}
+        degraded = degraded or not ok
+    return web.json_response({"ready": ready, "degraded": degraded, "checks": results},
+                             status=200 if ready else 503, headers={"Cache-Control": "no-store"})
 
 
 # ----- thumbnails and stream health --------------------------------------------------------------

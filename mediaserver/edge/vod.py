@@ -17,9 +17,11 @@ from aiohttp import web
 
 from ..errors import MediaError
 from ..record.vod import hls_playlist, index_file, index_path
+from . import vod_s3
 from .common import cors_headers, json_error
 from .keys import RECORDINGS
 from .names import stream_key
+from .vod_remote import fetch_remote, remote_row, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -33,6 +35,10 @@ async def _file(request: web.Request, rec_id: str):
     if not _ID.fullmatch(rec_id):
         raise json_error(404, "no such recording", "GET /api/v1/recordings lists them", cors)
     found = await manager.file_of(rec_id)
+    if found is None and (row := await manager.catalog.get(rec_id)) is not None and vod_s3.in_bucket(row):
+        return row, None  # record.storage = "s3": vod_s3 serves it
+    if found is None and (row := await remote_row(request, rec_id)) is not None:
+        return row, None  # cluster: on another node's disk, fetched from it (vod_remote)
     if found is None:
         raise json_error(404, f"recording {rec_id} is not on this node", "GET /api/v1/recordings lists them", cors)
     return found
@@ -42,14 +48,22 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
     file = request.match_info["file"]
     if not file.endswith(".mp4"):
         raise json_error(404, "not found", "VOD files are /vod/ID.mp4 and /vod/ID/index.m3u8", cors_headers(request))
-    _, path = await _file(request, file[:-4])
+    row, path = await _file(request, file[:-4])
+    if path is None:
+        if vod_s3.in_bucket(row):
+            return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
+        return await fetch_remote(request, row)
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
                                            **cors_headers(request)})
 
 
-async def serve_playlist(request: web.Request) -> web.Response:
+async def serve_playlist(request: web.Request) -> web.StreamResponse:
     rec_id = request.match_info["id"]
     row, path = await _file(request, rec_id)
+    if path is None:
+        if vod_s3.in_bucket(row):
+            return await vod_s3.serve_playlist(request, request.app[RECORDINGS], row)
+        return await fetch_remote(request, row)
 
     def build() -> str:
         return hls_playlist(index_path(path), f"../{rec_id}.mp4", live=row.status == "recording")
@@ -66,7 +80,7 @@ async def serve_playlist(request: web.Request) -> web.Response:
 _dvr_cache: dict[str, tuple[int, str]] = {}
 
 
-async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Response:
+async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.StreamResponse:
     """dvr.m3u8 of a stream being recorded (the play route's admission has run)."""
     cors = cors_headers(request)
     manager = request.app.get(RECORDINGS)
@@ -75,6 +89,8 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Respo
     if rec_id is None and manager is not None and key in manager.active:
         raise json_error(503, f"the recording of {key} has no fragment yet", "retry in a few seconds",
                          {"Retry-After": "2", **cors})
+    if rec_id is None and key is not None and (remote := await serve_remote_dvr(request, key)) is not None:
+        return remote  # cluster: recorded by the node that publishes it
     if rec_id is None:
         raise json_error(404, f"stream {app_name}/{name} is not being recorded",
                          "DVR plays a stream while it is recorded: POST /api/v1/streams/APP/NAME/record", cors)

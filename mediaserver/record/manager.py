@@ -38,9 +38,11 @@ from ..hub.stream import Stream, StreamKey
 from ..log import event
 from .catalog import Catalog, CatalogUnavailable, Recording
 from .disk import DiskGuard
+from .objectstore import ObjectStore, StorageError
 from .recorder import FAILED, FileClosed, Recorder
 from .retention import GB
 from .upkeep import RecordingStats, Upkeep
+from .uploader import Uploader
 from .vod import index_file
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,19 @@ class NotRecordable(Exception):
         super().__init__(message)
         self.status = status
         self.hint = hint
+
+
+class ElsewhereError(Exception):
+    """A recording whose file lies on another node's disk: only that node can delete it."""
+
+    def __init__(self, rec_id: str, node: str) -> None:
+        super().__init__(f"recording {rec_id} is on the disk of node {node}")
+        self.node = node
+
+
+def on_other_node(row: Recording, node: str) -> bool:
+    """The row's file is local to another node (not in object storage, which every node reaches)."""
+    return row.node != node and not row.location.startswith("s3://")
 
 
 class _Recording:
@@ -144,10 +159,15 @@ class _Recording:
         ended = _when(closed.started_at + closed.duration_s)
 
         async def finish() -> None:
+            # record.storage = "s3": the row waits "uploading" and on_record_done with it, until the file is final
+            uploading = manager.uploader is not None and closed.bytes > 0
             done = await manager.catalog.update(
-                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes, status=status,
+                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes,
+                status="uploading" if uploading else status, final_status=status if uploading else None,
                 width=closed.width or None, height=closed.height or None)
-            if done is not None:
+            if done is not None and manager.uploader is not None and uploading:
+                manager.uploader.submit(done.id)
+            elif done is not None:
                 for listener in list(manager.listeners):
                     listener(done)
 
@@ -158,8 +178,11 @@ class _Recording:
 
 
 class RecordingManager:
-    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str) -> None:
+    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str,
+                 relay: Callable[[Stream], bool] | None = None) -> None:
         self.registry = registry
+        self.relay = relay or (lambda stream: False)
+        """A stream this node copies from another (an edge's pull): its origin records it, never this node."""
         self.cfg = cfg
         self.catalog = catalog
         self.node = node
@@ -169,6 +192,8 @@ class RecordingManager:
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Told each finished file's final row (the on_record_done webhook)."""
+        self.uploader: Uploader | None = None
+        """record.storage = "s3": sends finished files to the bucket."""
         self.stats = RecordingStats()
         self.disk = DiskGuard(int(cfg.min_free_gb * GB))
         self.paused: set[StreamKey] = set()
@@ -179,12 +204,22 @@ class RecordingManager:
         registry.on_stream_ended.append(self._ended)
 
     @classmethod
-    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str) -> RecordingManager:
+    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str,
+                   relay: Callable[[Stream], bool] | None = None) -> RecordingManager:
         Path(cfg.path).mkdir(parents=True, exist_ok=True)
-        catalog = await Catalog.open(catalog_url(cfg))
-        manager = cls(registry, cfg, catalog, node)
+        store = await ObjectStore.open(cfg.s3) if cfg.storage == "s3" else None  # first: aiobotocore missing?
+        try:
+            catalog = await Catalog.open(catalog_url(cfg))
+        except BaseException:
+            if store is not None:
+                await store.close()
+            raise
+        manager = cls(registry, cfg, catalog, node, relay)
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
+        if store is not None:
+            manager.uploader = Uploader(catalog, store, cfg, node, manager._final)
+            await manager.uploader.start()
         loop = asyncio.get_running_loop()
         manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),
                           loop.create_task(manager._syncer(), name="recording fsync"), *manager.upkeep.tasks()]
@@ -204,6 +239,9 @@ class RecordingManager:
         if stream is None or stream.ended or stream.publisher is None:
             raise NotRecordable(404, f"stream {key} is not being published",
                                 "publish it first, then ask for its recording")
+        if self.relay(stream):
+            raise NotRecordable(409, f"stream {key} is copied here from the node that publishes it",
+                                "ask its origin, which records it (GET /api/v1/streams?scope=cluster names the node)")
         if self.disk.low:
             free = self.disk.free_bytes or 0
             raise NotRecordable(507, f"{self.cfg.path} has {free / 1e9:.3g} GB free, under record.min_free_gb = "
@@ -270,10 +308,15 @@ class RecordingManager:
         rec = self.active.get(key)
         return rec.row.id if rec is not None and rec.row is not None else None
 
+    def _final(self, row: Recording) -> None:
+        for listener in list(self.listeners):
+            listener(row)
+
     # ----- registry hooks -------------------------------------------------------------------------
 
     def _published(self, stream: Stream) -> None:
-        if self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name:
+        if (self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name
+                and not self.relay(stream)):  # renditions and other nodes' streams: recorded where they are made
             if self.disk.low:
                 self.paused.add(stream.key)  # recorded when space returns
             elif stream.key not in self.active:
@@ -339,6 +382,9 @@ class RecordingManager:
                                       status="interrupted")
             event(log, "recording_interrupted", id=row.id, stream=f"{row.app}/{row.stream}",
                   duration_s=round(duration, 1), bytes=size)
+        if self.cfg.storage != "s3":  # back to local storage: uploads cut short are left local, as they were
+            for row in await self.catalog.unuploaded(self.node, uploading_only=True):
+                await self.catalog.update(row.id, status=row.final_status or "complete", final_status=None)
 
     async def close(self) -> None:
         for key in list(self.active):
@@ -350,6 +396,8 @@ class RecordingManager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.uploader is not None:
+            await self.uploader.close()
         for rec in list(self.active.values()):
             for job in rec.recorder.take_sync_jobs():
                 await asyncio.to_thread(job)
@@ -359,11 +407,11 @@ class RecordingManager:
 
     async def file_of(self, rec_id: str) -> tuple[Recording, Path] | None:
         """A recording's row and its local file (None when unknown or not on this node's disk); a row found
-        is kept FILE_CACHE_S (not past the row's deletion here)."""
+        is kept FILE_CACHE_S while its file is there (not past the row's deletion here)."""
         now = time.monotonic()
         cached = self._files.get(rec_id)
-        if cached is not None and now - cached[0] < FILE_CACHE_S:
-            return cached[1], cached[2]
+        if cached is not None and now - cached[0] < FILE_CACHE_S and cached[2].is_file():
+            return cached[1], cached[2]  # (a file uploaded to object storage and removed: read the row again)
         row = await self.catalog.get(rec_id)
         if row is None:
             return None
@@ -381,12 +429,22 @@ class RecordingManager:
         return row, path
 
     async def delete(self, rec_id: str) -> bool | None:
-        """Delete a finished recording (file and row); None when it is still being written."""
+        """Delete a finished recording (file or object, and row); None when it is still being written or
+        uploaded. StorageError when its object cannot be deleted (the row stays); ElsewhereError when its
+        file is on another node's disk (deleting the row here would orphan that file)."""
         row = await self.catalog.get(rec_id)
         if row is None:
             return False
         if row.status in ("recording", "uploading"):
             return None
+        if row.location.startswith("s3://"):
+            if self.uploader is None:
+                raise StorageError(f"recording {rec_id} is in object storage, and this node has no "
+                                   f"record.storage = \"s3\" to delete it with", "NotConfigured")
+            await self.uploader.delete(row.location)
+            return await self.catalog.delete(rec_id)
+        if on_other_node(row, self.node):
+            raise ElsewhereError(rec_id, row.node)
         found = await self.file_of(rec_id)
         if found is not None:
             try:

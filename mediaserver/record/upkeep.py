@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..log import event
 from .catalog import CatalogUnavailable
 from .disk import LOW, DiskChange, free_bytes
+from .objectstore import StorageError
 from .retention import Deletion, Policy, plan
 
 if TYPE_CHECKING:
@@ -93,16 +94,26 @@ class Upkeep:
         catalog, node = self.manager.catalog, self.manager.node
         own = sorted(self.policy.own_budget)
         done: list[Deletion] = []
+        kept: list[str] = []
         for _ in range(RETENTION_MAX_BATCHES):
             used = await catalog.usage(node)
             batches = [await catalog.deletable(node, apps=[app], limit=RETENTION_BATCH) for app in own]
             batches.append(await catalog.deletable(node, exclude_apps=own, limit=RETENTION_BATCH))
             deletions = plan([row for batch in batches for row in batch], used, self.policy, self.clock())
+            before = len(done)
             for deletion in deletions:
-                if await self.manager.delete(deletion.row.id):
+                try:
+                    deleted = await self.manager.delete(deletion.row.id)
+                except StorageError as err:  # its object cannot be deleted now: the row stays, for the next run
+                    kept.append(str(err))
+                    continue
+                if deleted:
                     done.append(deletion)
-            if not deletions or all(len(batch) < RETENTION_BATCH for batch in batches):
+            if len(done) == before or all(len(batch) < RETENTION_BATCH for batch in batches):
                 break
+        if kept:
+            event(log, "recording_retention_kept", logging.WARNING, kept=len(kept), error=kept[0],
+                  hint="recordings in object storage are deleted once the bucket answers")
         if done:
             stats = self.manager.stats
             for deletion in done:
@@ -118,10 +129,10 @@ class Upkeep:
             try:
                 await self.retention_once()
                 self._retention_error = None
-            except CatalogUnavailable as err:
+            except (CatalogUnavailable, StorageError) as err:
                 if self._retention_error is None:  # once per outage, not every run
                     event(log, "recording_retention_skipped", logging.WARNING, error=str(err),
-                          hint="retention runs again when the catalog returns")
+                          hint="retention runs again when the catalog (or the bucket) returns")
                 self._retention_error = str(err)
             except Exception:
                 log.exception("recording retention failed")

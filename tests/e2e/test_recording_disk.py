@@ -3,8 +3,8 @@
 A small tmpfs mounted by the test holds record.path (mounting needs root, as CI runs; elsewhere the test
 skips saying why): a filler file eats the space, every recording stops with one error line, the disk-low
 metric and the on_record_disk webhook, while an HTTP-FLV viewer keeps receiving frames; the filler removed,
-the recording resumes in a new file with a new row. /readyz reports a PostgreSQL catalog that stops (not
-ready) and comes back (ready)."""
+the recording resumes in a new file with a new row. /readyz reports a PostgreSQL catalog that stops
+(degraded, still ready) and comes back."""
 
 from __future__ import annotations
 
@@ -158,18 +158,19 @@ async def test_readyz_reports_a_catalog_that_goes_away_and_comes_back(server_fac
     async def ready(http: aiohttp.ClientSession, want: bool) -> dict | None:
         async with http.get(f"{server.http_base}/readyz") as resp:
             body = await resp.json()
-        assert resp.status == (200 if body["ready"] else 503)
+        # The catalog is advisory: reported (degraded), never a reason to take live streaming out of service.
+        assert resp.status == 200 and body["ready"] and body["checks"]["catalog"]["advisory"], body
         return body if body["checks"]["catalog"]["ok"] is want else None
 
     async with aiohttp.ClientSession() as http:
         body = await until(lambda: ready(http, True), 5, "the catalog was not reported reachable")
-        assert body["ready"] and body["checks"]["rtmp"]["ok"]
+        assert not body["degraded"] and body["checks"]["rtmp"]["ok"]
         postgres.stop(keep_data=True)
         started = time.monotonic()
         body = await until(lambda: ready(http, False), 10, "a stopped catalog was still reported ready")
-        assert not body["ready"] and "unavailable" in body["checks"]["catalog"]["detail"], body
+        assert body["degraded"] and "unavailable" in body["checks"]["catalog"]["detail"], body
         assert "secret" not in body["checks"]["catalog"]["detail"]
         assert time.monotonic() - started < 5  # the answer is cached 2 s at most
         postgres.restart()
         body = await until(lambda: ready(http, True), 10, "the catalog back was not reported ready")
-        assert body["ready"]
+        assert not body["degraded"]

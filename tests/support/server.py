@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +39,15 @@ TEST_SETTINGS: dict[str, str] = {
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _opener(scheme: str) -> urllib.request.OpenerDirector:
+    if scheme == "http":
+        return _NO_PROXY
+    unverified = ssl.create_default_context()  # liveness only: the TLS tests check the certificate themselves
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=unverified))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -48,13 +58,17 @@ def free_port() -> int:
 class ServerProcess:
     """One running server: its ports, URLs, process and log."""
 
-    def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0,
+                 ports: tuple[int, int] | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.rtmp_port = free_port()
-        self.http_port = free_port()
-        while self.http_port == self.rtmp_port:
+        if ports is not None:  # (rtmp, http) of a server that stopped: the same server started again
+            self.rtmp_port, self.http_port = ports
+        else:
+            self.rtmp_port = free_port()
             self.http_port = free_port()
+            while self.http_port == self.rtmp_port:
+                self.http_port = free_port()
         self.settings = {
             **TEST_SETTINGS,
             **settings,
@@ -63,6 +77,11 @@ class ServerProcess:
             "http.bind": "127.0.0.1",
             "http.port": str(self.http_port),
         }
+        self.rtmps_port = 0
+        if self.settings.get("rtmps.cert_file"):
+            self.rtmps_port = free_port()
+            self.settings["rtmps.port"] = str(self.rtmps_port)
+        self.scheme = "https" if self.settings.get("http.cert_file") else "http"
         self.log_path = workdir / "server.log"
         self.args = [sys.executable, "-m", "mediaserver"]
         for key, value in self.settings.items():
@@ -85,7 +104,7 @@ class ServerProcess:
 
     @property
     def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     def rtmp_url(self, name: str, app: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/{app}/{name}"
@@ -116,7 +135,7 @@ class ServerProcess:
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.http_base}/healthz", timeout=timeout_s) as r:
+            with _opener(self.scheme).open(f"{self.http_base}/healthz", timeout=timeout_s) as r:
                 return r.status == 200
         except (OSError, urllib.error.URLError):
             return False
@@ -197,12 +216,14 @@ class ServerDied(Exception):
         return "address already in use" in self.log.lower() or "errno 98" in self.log.lower()
 
 
-def start_server(workdir: Path, settings: dict[str, str] | None = None, ready_timeout_s: float = 20.0) -> ServerProcess:
-    """Start a server; retry with fresh ports if another process took one in the meantime."""
+def start_server(workdir: Path, settings: dict[str, str] | None = None, ready_timeout_s: float = 20.0,
+                 ports: tuple[int, int] | None = None) -> ServerProcess:
+    """Start a server; retry with fresh ports if another process took one in the meantime (with `ports`,
+    the same ports again)."""
     failure = None
     for attempt in range(3):
         try:
-            return ServerProcess(workdir / f"try{attempt}", settings or {}, ready_timeout_s)
+            return ServerProcess(workdir / f"try{attempt}", settings or {}, ready_timeout_s, ports)
         except ServerDied as died:
             failure = died
             if not died.address_in_use:

@@ -19,15 +19,16 @@ ALLOWED = {
     "log": set(),
     "collector": set(),
     "transports": set(),
+    "tls": {"errors", "log"},  # certificates of the TLS listeners, reloaded on SIGHUP
     "media": {"errors", "media"},
     "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart
-    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "gate", "transports"},
+    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "gate", "transports", "tls"},
     "hub": {"errors", "media", "hub", "log"},
     "remux": {"errors", "media", "remux"},
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
-             "transcode", "record"},
+             "transcode", "record", "tls"},
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
@@ -36,6 +37,11 @@ ALLOWED = {
     # Recording: fMP4 files written from the hub's sinks, their VOD index, and the catalog (the only SQL
     # of the project, record/catalog.py); the edge and the API serve them.
     "record": {"errors", "config", "log", "hub", "media", "remux", "record"},
+    # Relay pulls: a stream ingested from a URL, published into the hub like an encoder's. Beside the edge, not
+    # in it: an RTMP client (rtmp's sans-IO core) and an HTTP-FLV client (aiohttp), fed through the edge's
+    # pure FlvIngest (shared with the cluster's origin pulls); only the composition root wires it in.
+    "relay": {"errors", "config", "log", "hub", "media", "rtmp.client", "rtmp.errors", "rtmp.events", "relay",
+              "edge.flv_ingest"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {
@@ -48,6 +54,7 @@ FORBIDDEN = {
     "gate": {"aiohttp", "redis"},
     "transcode": {"aiohttp", "redis"},
     "record": {"aiohttp", "redis"},
+    "relay": {"redis"},
 }
 
 
