@@ -194,6 +194,8 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
         mem["rss_per_stream_mib"] = round((peak - idle.server_rss) / len(names) / (1024 * 1024), 2)
     finally:
         await ctx.children.stop_all()
+        if sys.exc_info()[0] is not None and not args.keep_files:
+            shutil.rmtree(rec_dir, ignore_errors=True)  # a failed run leaves no gigabyte behind
     result = {
         "mode": mode,
         "publishers_alive_at_window_end": alive,
