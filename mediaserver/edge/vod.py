@@ -1,6 +1,7 @@
 """VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with sendfile by aiohttp)
 and `/vod/ID/index.m3u8` (an HLS VOD playlist over byte ranges of that same file: EXT-X-MAP and
-EXT-X-BYTERANGE, no copy). The file's fragment index is read on request, in a thread.
+EXT-X-BYTERANGE, no copy). The file's fragment index is read in a thread and kept per file size and mtime
+(record/vod.py `index_path`).
 
 DVR: `/APP/NAME/dvr.m3u8` of a stream being recorded lists the last `record.dvr_window` seconds of the
 file being written (no ENDLIST; the newest fragment left out while its audio may still come), over byte
@@ -15,7 +16,7 @@ import re
 from aiohttp import web
 
 from ..errors import MediaError
-from ..record.vod import hls_playlist, index_file
+from ..record.vod import hls_playlist, index_file, index_path
 from . import vod_s3
 from .common import cors_headers, json_error
 from .keys import RECORDINGS
@@ -65,8 +66,7 @@ async def serve_playlist(request: web.Request) -> web.StreamResponse:
         return await fetch_remote(request, row)
 
     def build() -> str:
-        with open(path, "rb") as f:
-            return hls_playlist(index_file(f), f"../{rec_id}.mp4", live=row.status == "recording")
+        return hls_playlist(index_path(path), f"../{rec_id}.mp4", live=row.status == "recording")
 
     try:
         text = await asyncio.to_thread(build)
