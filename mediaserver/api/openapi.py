@@ -222,7 +222,8 @@ def openapi_document() -> dict[str, Any]:
                     "duration_s": {"type": "number"}, "bytes": {"type": "integer"},
                     "video_codec": {"type": ["string", "null"]}, "audio_codec": {"type": ["string", "null"]},
                     "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
-                    "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"}}}}},
+                    "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"},
+                                                             "dash": {"type": "string"}}}}},
                 "Abr": {"type": "object", "properties": {
                     "running": {"type": "boolean"}, "enabled": {"type": "boolean",
                                                                 "description": "ABR applies to the stream's app."},
