@@ -497,7 +497,7 @@ def dash_manifest(index: VodIndex, uri: str) -> str:
     """A static MPEG-DASH manifest playing `uri` (the file) by byte ranges: a SegmentList whose
     Initialization is the init's range and whose SegmentURLs are the segments' ranges, timed by a
     SegmentTimeline in the index's timescale (presentationTimeOffset: the file's first time, so the
-    presentation starts at 0).
+    presentation starts at 0), one S element per segment.
 
     The fragments carry every track in one file, so the file is one muxed Representation (codecs lists
     the video and the audio codec; MSE plays both from one SourceBuffer). No ContentComponent elements:
@@ -509,15 +509,6 @@ def dash_manifest(index: VodIndex, uri: str) -> str:
     content = "video" if "vide" in handlers else "audio"
     duration_s = index.duration_s
     bandwidth = max(1, round((index.total_bytes - index.init_size) * 8 / duration_s)) if duration_s > 0 else 1
-    timeline: list[list[int]] = []  # [t, d, r]: r repeats of d after the first
-    expected = None
-    for x in frags:
-        run = timeline[-1] if timeline else None
-        if run is not None and x.start == expected and x.duration == run[1]:
-            run[2] += 1
-        else:
-            timeline.append([x.start, x.duration, 0])
-        expected = x.start + x.duration
     rep = [f'id="{content}"', f'bandwidth="{bandwidth}"']
     if index.codecs:
         rep.append(f"codecs={quoteattr(','.join(index.codecs))}")
@@ -536,8 +527,8 @@ def dash_manifest(index: VodIndex, uri: str) -> str:
         f'          <Initialization range="{index.init_offset}-{index.init_offset + index.init_size - 1}"/>',
         "          <SegmentTimeline>",
     ]
-    for t, d, r in timeline:
-        lines.append(f'            <S t="{t}" d="{d}"' + (f' r="{r}"/>' if r else "/>"))
+    for x in frags:  # one S per SegmentURL: dash.js pairs them one to one (it ignores S@r in a SegmentList)
+        lines.append(f'            <S t="{x.start}" d="{x.duration}"/>')
     lines.append("          </SegmentTimeline>")
     for x in frags:
         lines.append(f'          <SegmentURL mediaRange="{x.offset}-{x.offset + x.size - 1}"/>')
