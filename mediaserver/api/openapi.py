@@ -199,6 +199,10 @@ def openapi_document() -> dict[str, Any]:
                     "viewers": {"type": "object", "additionalProperties": {"type": "integer"},
                                 "description": "Viewers by format: flv, ws-flv, rtmp."},
                     "viewers_total": {"type": "integer"},
+                    "recording": {"type": ["object", "null"], "description": "null when this node cannot record the "
+                                  "stream (record.mode, record.apps); else whether it is recorded and the id of the "
+                                  "file being written (null until its first fragment).", "properties": {
+                                      "active": {"type": "boolean"}, "id": {"type": ["string", "null"]}}},
                     "health": {"type": ["object", "null"], "description": "null unless [health] watches the "
                                "stream; else black, frozen, silent: null or {since (Unix s), duration_s} while "
                                "flagged.", "additionalProperties": {"type": ["object", "null"], "properties": {

@@ -81,3 +81,38 @@ def test_the_player_plays_a_recording_and_seeks(recorded, browser, artifacts, fm
     seek_to_the_middle(page, fmt)
     assert page.inner_text("#stat-resolution") == "320×240"
     page.screenshot(path=artifacts / f"player-vod-{fmt}.png")
+
+
+def test_the_console_lists_the_recording_and_deletes_it(recorded, browser, artifacts):
+    server, row = recorded
+    base = server.http_base
+    console = browser.page(f"{base}/console")
+    console.fill("#token", ADMIN_TOKEN)
+    console.click("#login-form button[type=submit]")
+    tr = f'#recordings tr[data-recording="{row["id"]}"]'
+    console.wait_for_selector(tr)
+    cell = lambda col: console.inner_text(f'{tr} [data-col="{col}"]')  # noqa: E731
+    assert cell("stream").startswith(f"live/{NAME}") and cell("status") == "complete"
+    assert cell("media") == "H.264 + AAC 320×240" and cell("duration").endswith(" s")
+    assert console.get_attribute(f'{tr} [data-action="play"]', "href") == f"/play/vod/{row['id']}"
+    assert console.get_attribute(f'{tr} [data-action="download"]', "href") == f"/vod/{row['id']}.mp4"
+
+    # The filter: another stream's recordings are none.
+    console.fill("#rec-stream", "nosuchstream")
+    console.click('#rec-filter button[type="submit"]')
+    console.wait_for_selector(tr, state="detached")
+    assert console.is_visible("#no-recordings")
+    console.fill("#rec-stream", NAME)
+    console.click('#rec-filter button[type="submit"]')
+    console.wait_for_selector(tr)
+    console.screenshot(path=artifacts / "console-recordings.png", full_page=True)
+
+    # Delete: asked first; cancelling keeps it.
+    console.click(f'{tr} [data-action="delete"]')
+    assert row["id"] in console.inner_text("#confirm-text")
+    console.click('#confirm button[value="cancel"]')
+    assert fetch(f"{base}/vod/{row['id']}.mp4") == 200
+    console.click(f'{tr} [data-action="delete"]')
+    console.click("#confirm-ok")
+    console.wait_for_selector(tr, state="detached")
+    assert fetch(f"{base}/vod/{row['id']}.mp4") == 404
