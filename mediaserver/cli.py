@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from . import __version__
 from .api.admin import AdminDeps, make_admin_app
 from .auth.admission import Admission
+from .auth.forwarded import TrustedProxies
 from .auth.limits import Limits
 from .auth.policy import AccessPolicy
 from .auth.tokens import Action
@@ -31,7 +32,7 @@ from .collector import CycleSweeper, tune_gc
 from .config import Config, ConfigError, load_config
 from .edge.app import make_app
 from .edge.connections import ConnectionGate, GuardedSite, connection_limits
-from .edge.keys import ABR, METRICS, RECORDINGS
+from .edge.keys import ABR, METRICS, RECORDINGS, REMOTE_VOD
 from .edge.packagers import PackagerPool
 from .edge.webhooks import WebhookClient
 from .errors import UsageError
@@ -44,10 +45,13 @@ from .hub.stream import StreamKey
 from .hub.subscriber import SlowPolicy
 from .log import event, setup
 from .rtmp.server import RtmpServer
+from .tls import CertFiles, TlsCertificate
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
+from .record.objectstore import StorageNotInstalled
+from .record.uploader import UploadCollector
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -266,6 +270,12 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
+    def remote_vod(self):
+        from .edge.vod_remote import RemoteVod
+        settings = self.pulls.settings
+        return RemoteVod(self.node_id, settings.secret, self.locator.node, connect_timeout=settings.connect_timeout,
+                         read_timeout=settings.read_timeout)
+
     def wire(self, app: web.Application) -> None:
         """Internal requests (edges pulling from this node) pass before admission; viewers' pulls start in
         the gate (`locate`), for RTMP players and HTTP viewers alike."""
@@ -337,6 +347,7 @@ def ladder_labels(rungs):
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
+    rtmps_cert, https_cert = tls_certificates(config)  # a bad file stops the start before anything runs
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
     sweeper = CycleSweeper()
@@ -362,18 +373,24 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         rendition_locate=rendition_locate(abr, registry, cluster),
     )
     pool.viewers = gate.viewers
-    rtmp = RtmpServer(config.rtmp, registry, gate)
+    rtmp = RtmpServer(config.rtmp, registry, gate, tls=rtmps_cert, tls_port=config.rtmps.port)
     rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
     recordings = None
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
         try:
             recordings = await RecordingManager.open(registry, config.record,
-                                                     cluster.node_id if cluster else socket.gethostname())
+                                                     cluster.node_id if cluster else socket.gethostname(),
+                                                     relay=cluster.pulls.is_relay if cluster else None)  # cluster
         except CatalogUnavailable as err:
             await pool.close()
             raise ConfigError(f"{err}; fix record.database_url (or record.path), or set record.mode = \"off\"") from err
+        except StorageNotInstalled:
+            await pool.close()
+            raise
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
+    if recordings is not None and hooks is not None and hooks.wants("record_disk"):
+        recordings.upkeep.disk_listeners.append(hooks.record_disk)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -389,13 +406,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
-        server = rtmp._server  # RtmpServer has no public "serving" property yet
-        serving = server is not None and server.is_serving()
-        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{config.rtmp.port}"
+        serving = rtmp.serving
+        ports = f"{config.rtmp.port}" + (f" and rtmps {config.rtmps.port}" if rtmps_cert else "")
+        return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{ports}"
 
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
-        ready_checks={"rtmp": rtmp_listening}, metrics_token=None if config.api.metrics_public else token,
+        ready_checks={"rtmp": rtmp_listening},
+        metrics_token=None if config.api.metrics_public else token,
         health=health,
     )
     _log_access(config, admission.policy, hooks, token)
@@ -405,16 +423,26 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if isinstance(abr, ClusterAbr):
             await abr.start_scanning()
     connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
-                                                   config.http.header_timeout))
+                                                   config.http.header_timeout),
+                                 uncapped=TrustedProxies.parse(config.http.trusted_proxies).trusts)
     app[METRICS].connections = connections
+    app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]
     app[METRICS].abr = abr
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
+        app[METRICS].recordings = recordings
+        app[METRICS].advisory_checks["catalog"] = recordings.upkeep.catalog_ready
+        if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
+            app[REMOTE_VOD] = cluster.remote_vod()
+    if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
+        app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
+        app[METRICS].prom.register(UploadCollector(recordings.uploader))
     handler_args = {"access_log": None, "keepalive_timeout": config.http.keepalive_timeout}
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
-    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args)
+    http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
+                            tls=https_cert)
     try:
         await http_site.start()
         await rtmp.start()
@@ -427,14 +455,19 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if recordings is not None:
             await recordings.close()
         raise ConfigError(
-            f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port} or "
+            f"cannot listen: {err.strerror or err}; is another server on rtmp port {config.rtmp.port}"
+            f"{f', rtmps port {config.rtmps.port}' if rtmps_cert else ''} or "
             f"http port {config.http.port}? Choose others with --set rtmp.port=N --set http.port=M"
         ) from err
     event(
         log, "ready", version=__version__,
         rtmp=f"{config.rtmp.bind}:{config.rtmp.port}", http=f"{config.http.bind}:{config.http.port}",
         http_max_connections=connections.limits.max_connections,
+        **({"rtmps": f"{config.rtmp.bind}:{config.rtmps.port}"} if rtmps_cert else {}),
+        **({"https": "on"} if https_cert else {}),
+        **({"trusted_proxies": ",".join(config.http.trusted_proxies)} if config.http.trusted_proxies else {}),
     )
+    reload_on_hangup(asyncio.get_running_loop(), [c for c in (rtmps_cert, https_cert) if c is not None])
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
@@ -449,10 +482,36 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await rtmp.close()
     if cluster is not None:  # cluster: withdraw claims, say node_down
         await cluster.close()
+    if REMOTE_VOD in app:
+        await app[REMOTE_VOD].close()
     await runner.cleanup()
     packagers.close()
     sweeper.close()
     event(log, "stopped")
+
+
+def tls_certificates(config: Config) -> tuple[TlsCertificate | None, TlsCertificate | None]:
+    """RTMPS's and HTTPS's certificates, read now: a file that does not load stops the start."""
+    try:
+        rtmps = (TlsCertificate(CertFiles(config.rtmps.cert_file, config.rtmps.key_file, "rtmps"))
+                 if config.rtmps.enabled else None)
+        https = (TlsCertificate(CertFiles(config.http.cert_file, config.http.key_file, "http"))
+                 if config.http.cert_file else None)
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
+    return rtmps, https
+
+
+def reload_on_hangup(loop: asyncio.AbstractEventLoop, certificates: list[TlsCertificate]) -> None:
+    """SIGHUP reloads the listeners' certificates in place (certbot's deploy hook: kill -HUP PID)."""
+    if not certificates:
+        return
+
+    def reload() -> None:
+        for cert in certificates:
+            cert.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 def token_main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -41,6 +42,20 @@ class RtmpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RtmpsConfig:
+    """RTMP over TLS on a port of its own (on rtmp.bind), with rtmp's deadlines; off without cert and key."""
+
+    port: int = 1936
+    cert_file: str = ""
+    """PEM certificate chain; reloaded on SIGHUP."""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     bind: str = "0.0.0.0"
     port: int = 8080
@@ -58,6 +73,11 @@ class HttpConfig:
     max_connections_per_ip: int = 256
     """Open HTTP connections from one client address; 0 is no cap (behind a reverse proxy, every viewer
     comes from the proxy's address)."""
+    cert_file: str = ""
+    """PEM certificate chain: with key_file, the HTTP port speaks HTTPS only. Reloaded on SIGHUP."""
+    key_file: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of reverse proxies whose X-Forwarded-For / Forwarded header names the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +159,9 @@ class WebhooksConfig:
     """Told when a stream's picture turns black or frozen or its sound silent, and when that ends ([health])."""
     on_record_done: str = ""
     """Told when a recording's file is closed (complete or failed), with its catalog row ([record])."""
+    on_record_disk: str = ""
+    """Told when record.path's free space falls under record.min_free_gb (state "low": recordings stop) and
+    when it returns (state "ok": they resume)."""
     timeout: float = 2.0
     on_failure: str = "deny"
     """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""
@@ -286,6 +309,35 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """One app's retention limits (`[[record.retention]]`), in place of [record]'s for that app."""
+
+    app: str
+    max_age_days: float = -1.0
+    """Left out (-1): record.max_age_days; 0 keeps this app's recordings whatever their age."""
+    max_total_gb: float = -1.0
+    """Left out (-1): the app's files count in record.max_total_gb; else the app's own budget (0: no limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    """[record.s3]: the bucket finished recordings go to when record.storage = "s3". The credentials come
+    from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or any source botocore reads)."""
+
+    endpoint: str = ""
+    """http(s)://HOST:PORT of an S3-compatible store (MinIO, Ceph); "" is AWS's own endpoint for `region`."""
+    bucket: str = ""
+    prefix: str = ""
+    """Put before each file's name under record.path to make its key (e.g. "recordings/")."""
+    region: str = "us-east-1"
+    part_size_mb: float = 16.0
+    """Files larger than this are sent in parts of this size (multipart upload); S3 wants at least 5."""
+    presign: bool = False
+    """/vod/ID.mp4 answers with a redirect to a presigned URL (the bucket serves the bytes), else streams
+    the ranges itself."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecordConfig:
     mode: str = "api"
     """api (an operator starts and stops recordings through the admin API), all (every stream of `apps`), off."""
@@ -302,11 +354,24 @@ class RecordConfig:
     """The catalog: "" is a SQLite file `recordings.db` in `path`; postgresql+asyncpg://... for a cluster."""
     dvr_window: float = 7200.0
     """Seconds of a recorded live stream that /APP/NAME/dvr.m3u8 lets a viewer scrub back through."""
+    max_age_days: float = 0.0
+    """Recordings whose end is older than this are deleted (file and row); 0 keeps them whatever their age."""
+    max_total_gb: float = 0.0
+    """This node's recordings (and the bucket's) beyond this many GB are deleted, oldest first; 0 is no limit."""
+    retention: tuple[RetentionRule, ...] = ()
+    """Per-app limits ([[record.retention]] app = "live", max_age_days = 7, max_total_gb = 50)."""
+    min_free_gb: float = 1.0
+    """Under this much free space on record.path every recording of the node stops (live streaming goes on);
+    they resume by themselves above it plus 10 %. 0 never stops them."""
+    storage: str = "local"
+    """Where finished files live: "local" (record.path) or "s3" (uploaded to [record.s3], then removed here)."""
+    s3: S3Config = field(default_factory=S3Config)
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    rtmps: RtmpsConfig = field(default_factory=RtmpsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
@@ -327,6 +392,7 @@ class Config:
 _RANGES: dict[str, tuple[float, float]] = {
     "rtmp.port": (1, 65535),
     "http.port": (1, 65535),
+    "rtmps.port": (1, 65535),
     "rtmp.chunk_size": (128, 65536),
     "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
     "rtmp.max_command_size": (4 * 1024, 16 * 1024 * 1024),
@@ -385,6 +451,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "record.segment_minutes": (0.01, 1440),
     "record.fsync_interval": (0.1, 3600),
     "record.dvr_window": (10, 7 * 86_400),
+    "record.max_age_days": (0, 36_500),
+    "record.max_total_gb": (0, 1_000_000),
+    "record.min_free_gb": (0, 1_000_000),
+    "retention.max_age_days": (0, 36_500),
+    "retention.max_total_gb": (0, 1_000_000),
+    "s3.part_size_mb": (0.01, 5120),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
@@ -397,13 +469,16 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.role": ("standalone", "origin", "edge", "both", "transcoder"),
     "abr.mode": ("on_demand", "always", "off"),
     "record.mode": ("api", "all", "off"),
+    "record.storage": ("local", "s3"),
     "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
 }
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
+# Lists of tables whose default is empty (a non-empty default names its table's class itself).
+_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule}
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
-             "webhooks.on_record_done",
-             "cluster.advertise_url", "cluster.upstream")
+             "webhooks.on_record_done", "webhooks.on_record_disk",
+             "cluster.advertise_url", "cluster.upstream", "s3.endpoint")
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -431,14 +506,24 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
         return value
-    if kind is tuple and default and dataclasses.is_dataclass(default[0]):  # a list of tables: [[abr.ladder]]
+    if dataclasses.is_dataclass(default):  # a table of its own inside a section: [record.s3]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table of keys, e.g. [{where}]")
+        return _table(where, None, value, type(default))
+    table_cls = _TABLE_LISTS.get(where) or (type(default[0]) if kind is tuple and default
+                                             and dataclasses.is_dataclass(default[0]) else None)
+    if table_cls is not None:  # a list of tables: [[abr.ladder]], [[record.retention]]
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{where} must be a list of tables, e.g. [[{where}]] label = ...")
-        tables = tuple(_table(where, i, v, type(default[0])) for i, v in enumerate(value))
+        tables = tuple(_table(where, i, v, table_cls) for i, v in enumerate(value))
         labels = [getattr(t, "label", None) for t in tables]
         twice = sorted({x for x in labels if x is not None and labels.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names {', '.join(twice)} more than once; each label names one rendition")
+        apps = [getattr(t, "app", None) for t in tables]
+        twice = sorted({x for x in apps if x is not None and apps.count(x) > 1})
+        if twice:
+            raise ConfigError(f"{where} names app {', '.join(twice)} more than once; give each app one table")
         return tables
     if kind is tuple:  # a list of strings; on the command line also "a,b"
         if isinstance(value, str):
@@ -449,23 +534,26 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{where} has an unsupported type")  # pragma: no cover - guards new fields
 
 
-def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
-    """One table of a list such as [[abr.ladder]]: its keys checked like a section's."""
+def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> Any:
+    """One table of a list such as [[abr.ladder]] (or a table of its own, index None): its keys checked
+    like a section's."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     required = [name for name, f in fields.items() if f.default is dataclasses.MISSING]
-    here = f"{where}[{index}]"
+    here = where if index is None else f"{where}[{index}]"
     for key in value:
         if key not in fields:
             raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
     missing = [k for k in required if k not in value]
     if missing:
-        raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. label = \"480p\", height = 480, video_kbps = 1200")
+        example = 'app = "live"' if cls is RetentionRule else 'label = "480p", height = 480, video_kbps = 1200'
+        raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. {example}")
     built: dict[str, Any] = {}
     short = where.split(".")[-1]
     for key, f in fields.items():
         if key not in value:
             continue
-        sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0}[key]
+        sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0,
+                                                                          "app": ""}[key]
         coerced = _coerce(f"{here}.{key}", value[key], sample)
         _check(f"{short}.{key}", coerced, f"{here}.{key}")
         built[key] = coerced
@@ -473,6 +561,8 @@ def _table(where: str, index: int, value: dict[str, Any], cls: type) -> Any:
         raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
     if short == "ladder" and built["label"] == "source":
         raise ConfigError(f"{here}.label = \"source\" is kept for the watermarked top rung; choose another label")
+    if short == "retention" and not built["app"].strip():
+        raise ConfigError(f"{here}.app is empty; name the app whose recordings these limits keep")
     return cls(**built)
 
 
@@ -485,7 +575,14 @@ def _check(where: str, value: Any, shown: str = "") -> None:
     if where in _CHOICES and value not in _CHOICES[where]:
         raise ConfigError(f"{shown} = {value!r} is not accepted; must be one of {', '.join(_CHOICES[where])}")
     if where in _URL_KEYS and value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{where} = {value!r} must be an http:// or https:// URL, or \"\" for none")
+        raise ConfigError(f"{shown} = {value!r} must be an http:// or https:// URL, or \"\" for none")
+    if where == "http.trusted_proxies":
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where} entry {entry!r} is not an IP address or CIDR; write e.g. "
+                                  '"127.0.0.1", "10.0.0.0/8" or "fd00::/8"') from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -524,7 +621,31 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
                 continue
             values[key] = coerced
         built[section_name] = dataclasses.replace(cls, **values)
-    return Config(**built)
+    config = Config(**built)
+    problems.extend(_record_problems(config.record))
+    problems.extend(_tls_problems(config))
+    return config
+
+
+def _record_problems(cfg: RecordConfig) -> list[str]:
+    """What one key alone cannot say: S3 storage needs a bucket."""
+    if cfg.storage == "s3" and not cfg.s3.bucket:
+        return ['record.storage = "s3" needs record.s3.bucket (the bucket finished recordings go to); '
+                'or set record.storage = "local"']
+    return []
+
+
+def _tls_problems(config: Config) -> list[str]:
+    """Certificate settings that cannot work together (the files themselves are read at start)."""
+    found = []
+    for section, cert, key in (("rtmps", config.rtmps.cert_file, config.rtmps.key_file),
+                               ("http", config.http.cert_file, config.http.key_file)):
+        if bool(cert) != bool(key):
+            found.append(f"[{section}] needs both cert_file and key_file (PEM files) for TLS, or neither")
+    if config.rtmps.enabled and config.rtmps.port == config.rtmp.port:
+        found.append(f"rtmps.port = {config.rtmps.port} is also rtmp.port; RTMPS needs a port of its own "
+                     "(443 or 1936 are usual)")
+    return found
 
 
 def _problems_error(problems: list[str]) -> ConfigError:
@@ -569,6 +690,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             problems.append(str(err))
             continue
         table = raw.setdefault(section, {})
+        if "." in key:  # a key of a table inside the section: record.s3.bucket=NAME
+            inner, key = key.split(".", 1)
+            table = table.setdefault(inner, {}) if isinstance(table, dict) else None
         if not isinstance(table, dict):
             problems.append(f"[{section}] must be a table of keys")
             continue

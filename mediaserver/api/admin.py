@@ -67,6 +67,8 @@ from .openapi import openapi_document
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
+BODY_TIMEOUT_S = 10.0
+"""Seconds a request body may take to arrive once its head has: a client trickling it is answered 408."""
 MAX_BLOCK_S = 366 * 86_400
 RATE_SAMPLE_S = 2.0
 RATE_WINDOW_S = 10.0
@@ -178,6 +180,8 @@ async def api_middleware(request: web.Request, handler):
         resp = await handler(request)
     except ApiError as err:
         resp = error(err.status, err.message, err.hint, err.headers)
+        if err.status == 408:
+            return await _answer_and_close(request, resp, allowed)
     except web.HTTPException as exc:
         if exc.status == 404:
             resp = error(404, "no such API route", "GET /api/v1/openapi.json lists every route")
@@ -190,6 +194,18 @@ async def api_middleware(request: web.Request, handler):
             resp = error(exc.status, exc.reason.lower(), "see GET /api/v1/openapi.json")
     resp.headers.update(allowed)
     resp.headers.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+async def _answer_and_close(request: web.Request, resp: web.Response, headers: dict[str, str]) -> web.Response:
+    """Send `resp`, then close the connection without reading the rest of the request body (aiohttp would
+    linger up to 10 s for it)."""
+    resp.headers.update(headers)
+    resp.headers.setdefault("Cache-Control", "no-store")
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
     return resp
 
 
@@ -231,12 +247,29 @@ def _stream(request: web.Request) -> Stream:
     return stream
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, at most MAX_BODY_BYTES, within BODY_TIMEOUT_S (one `read` may return only the part
+    that has arrived, so it is read to its end)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            while chunk := await request.content.read(MAX_BODY_BYTES + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ApiError(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
+    except TimeoutError:
+        # The rest of the body will not be read: the connection cannot carry another request.
+        raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
+                       "send the whole body with the request (Content-Length bytes)") from None
+    return b"".join(chunks)
+
+
 async def _body(request: web.Request, required: bool = False) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "request body too large", f"send at most {MAX_BODY_BYTES} bytes of JSON")
+    raw = await _read_body(request)
     if not raw.strip():
         if required:
             raise ApiError(400, "a JSON body is required", "see the request schema in GET /api/v1/openapi.json")

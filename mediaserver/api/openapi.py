@@ -226,6 +226,8 @@ def openapi_document() -> dict[str, Any]:
                     "duration_s": {"type": "number"}, "bytes": {"type": "integer"},
                     "video_codec": {"type": ["string", "null"]}, "audio_codec": {"type": ["string", "null"]},
                     "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+                    "final_status": {"type": ["string", "null"], "description": "While \"uploading\" (record."
+                                     "storage = \"s3\"): the status it takes once the file is in the bucket."},
                     "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"},
                                                              "dash": {"type": "string"}}}}},
                 "Abr": {"type": "object", "properties": {

@@ -175,6 +175,10 @@ class StreamLocator(Protocol):
         """Every node whose heartbeat is current."""
         ...
 
+    async def node(self, node_id: str) -> NodeInfo | None:
+        """The node's heartbeat record while it is current (where to reach it), else None."""
+        ...
+
 
 class InMemoryLocator:
     """A StreamLocator for one process: claims in a dict, news delivered to every watcher at once.
@@ -219,6 +223,9 @@ class InMemoryLocator:
 
     async def nodes(self) -> list[NodeInfo]:
         return list(self.node_records.values())
+
+    async def node(self, node_id: str) -> NodeInfo | None:
+        return self.node_records.get(node_id) if node_id not in self.dead else None
 
     def heartbeat(self, info: NodeInfo) -> None:
         self.node_records[info.id] = info

@@ -279,6 +279,21 @@ class RedisLocator:
                 event(log, "cluster_bad_node", logging.WARNING, error=str(err))
         return sorted(found, key=lambda n: n.id)
 
+    async def node(self, node_id: str) -> NodeInfo | None:
+        """One node's heartbeat record (one GET); None when it lapsed, or when Redis is away."""
+        if node_id == self.node_id:
+            return self._node()
+        if not self.up:
+            return None
+        value = await self._call(self._client.get(NODE_PREFIX + node_id))
+        if value is _AWAY or value is None:
+            return None
+        try:
+            return NodeInfo.from_json(value)
+        except LocatorError as err:
+            event(log, "cluster_bad_node", logging.WARNING, error=str(err))
+            return None
+
     async def claims(self) -> dict[str, Owner]:
         """Every stream claimed in the cluster, with its owner (SCAN, for the admin API's list)."""
         if not self.up:

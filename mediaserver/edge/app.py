@@ -32,6 +32,7 @@ from aiohttp import web
 
 from ..auth import cors
 from ..auth.admission import Admission
+from ..auth.forwarded import TrustedProxies
 from ..auth.names import NAME_RULE
 from ..auth.tokens import bearer_matches, bearer_token
 from ..config import Config
@@ -50,6 +51,7 @@ from .names import stream_key
 from .vod import add_vod_routes, serve_dvr
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
+from .proxies import forwarded_middleware
 from .thumbnails import add_thumbnails, serve_thumbnail
 from .webhooks import WebhookClient
 
@@ -133,7 +135,10 @@ def make_app(
     """`gate` None admits every viewer; `admin` is mounted at /api/v1; `metrics_token`, when given,
     is the bearer token /metrics requires; `health`, when [health] is enabled, gives /metrics its flags."""
     gate = gate or Gate(Admission(), registry)
-    app = web.Application(middlewares=[errors_as_json, admission_middleware], client_max_size=64 * 1024)
+    middlewares = [errors_as_json, admission_middleware]
+    if config.http.trusted_proxies:  # first: every later reader of request.remote sees the client
+        middlewares.insert(0, forwarded_middleware(TrustedProxies.parse(config.http.trusted_proxies)))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[PACKAGERS] = packagers

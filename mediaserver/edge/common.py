@@ -54,6 +54,8 @@ def peer_of(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if isinstance(peer, tuple) and len(peer) >= 2:
         host = peer[0]
+        if request.remote and request.remote != host:  # the client named by a trusted proxy
+            return f"{request.remote} via {host}"
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(request.remote or "unknown")
 

@@ -30,6 +30,7 @@ import logging
 import resource
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -38,6 +39,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..auth.tokens import normalize_address
 from ..log import LogGate, event
+from ..tls import TlsCertificate
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,11 @@ class ConnectionGate:
 
     REASONS = (MAX_CONNECTIONS, MAX_PER_IP, HEADER_TIMEOUT)
 
-    def __init__(self, limits: ConnectionLimits, log_interval_s: float = 10.0) -> None:
+    def __init__(self, limits: ConnectionLimits, log_interval_s: float = 10.0,
+                 uncapped: Callable[[str], bool] | None = None) -> None:
         self.limits = limits
+        self._uncapped = uncapped
+        """Addresses the per-address cap spares: trusted reverse proxies, whose connections are many viewers'."""
         self.open = 0
         self.refused: Counter[str] = Counter()
         """Refused connections and missed head deadlines, by reason (REASONS)."""
@@ -77,7 +82,7 @@ class ConnectionGate:
             self.refused[MAX_CONNECTIONS] += 1
             return MAX_CONNECTIONS
         count = self._by_address.get(address, 0)
-        if limits.max_per_address and count >= limits.max_per_address:
+        if limits.max_per_address and count >= limits.max_per_address and not (self._uncapped and self._uncapped(address)):
             self.refused[MAX_PER_IP] += 1
             return MAX_PER_IP
         self._by_address[address] = count + 1
@@ -128,8 +133,11 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted = False
         self._raw_transport: asyncio.Transport | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self.made = False
+        """connection_made was called (over HTTPS: the TLS handshake succeeded)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made = True
         peer = transport.get_extra_info("peername")
         self._address = normalize_address(str(peer[0])) if isinstance(peer, tuple) else ""
         gate = self._gate
@@ -194,8 +202,9 @@ class GuardedSite(web.BaseSite):
     """A TCP listening socket whose connections go through the gate (aiohttp's TCPSite, guarded)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 handler_args: dict[str, Any], backlog: int = 1024) -> None:
-        super().__init__(runner, backlog=backlog)
+                 handler_args: dict[str, Any], backlog: int = 1024, tls: TlsCertificate | None = None) -> None:
+        super().__init__(runner, backlog=backlog, ssl_context=tls.context if tls else None)
+        self._tls = tls
         self._host = host
         self._port = port
         self._gate = gate
@@ -203,17 +212,29 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        gate, args = self._gate, self._handler_args
+        gate, args, tls = self._gate, self._handler_args, self._tls
+
+        def accepted() -> GuardedRequestHandler:
+            handler = GuardedRequestHandler(server, gate, loop=loop, **args)
+            if tls is not None:  # made before the TLS handshake; connection_made only after it succeeds
+                def check() -> None:
+                    if not handler.made:
+                        tls.failures.not_made()
+                loop.call_later(gate.limits.header_timeout_s + 0.5, check)
+            return handler
+
         self._server = await loop.create_server(
-            lambda: GuardedRequestHandler(server, gate, loop=loop, **args),
+            accepted,
             self._host, self._port, backlog=self._backlog, reuse_address=True,
+            # HTTPS: the TLS handshake gets the head deadline too; the gate counts a connection after it.
+            ssl=self._ssl_context, ssl_handshake_timeout=gate.limits.header_timeout_s if self._ssl_context else None,
         )
 
 

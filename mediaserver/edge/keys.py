@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .packagers import PackagerPool
     from .thumbnails import ThumbnailService
+    from .vod_remote import RemoteVod
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", StreamRegistry)
@@ -40,3 +41,5 @@ ADMIN_TOKEN = web.AppKey("page_admin_token", str)
 STATIC_FILES = web.AppKey("page_static_files", dict)
 RECORDINGS: web.AppKey[RecordingManager] = web.AppKey("recordings")
 """This node's recordings, for /vod/ (absent when record.mode = "off")."""
+REMOTE_VOD: web.AppKey[RemoteVod] = web.AppKey("remote_vod")
+"""Cluster: fetches recordings that lie on another node's disk (absent when standalone)."""

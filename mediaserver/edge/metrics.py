@@ -17,9 +17,12 @@ within the last `HLS_VIEWER_WINDOW_S` seconds (viewers behind one NAT count once
 Event-loop lag is measured by one small task that sleeps `LAG_INTERVAL_S` and records how late it woke.
 Process CPU and memory come from prometheus-client's ProcessCollector (Linux /proc).
 
-`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting; later, the cluster
+`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting; the cluster
 store is reachable), else 503 with what failed: a load balancer stops sending new clients, while
-`/healthz` (alive) keeps the process from being restarted during a drain.
+`/healthz` (alive) keeps the process from being restarted during a drain. Advisory checks (the recordings
+catalog, the recordings bucket) are reported beside them with `"degraded": true` when one fails, but keep
+the node ready: live streaming does not need them (rows and files wait locally meanwhile), and a shared
+database or bucket that is away must not take every node of a cluster out of its load balancer.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..auth.admission import Admission
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
+from ..tls import HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT, HandshakeFailures
 from ..transcode.pool import TranscodePool
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
 from .keys import METRICS
 
 if TYPE_CHECKING:
+    from ..record.manager import RecordingManager
     from ..transcode.health_monitor import HealthWatch
     from .thumbnails import ThumbnailService
 
@@ -90,11 +95,17 @@ class Metrics:
         self._ended_skipped: Counter[str] = Counter()  # frames skipped by packagers of ended streams, by format
         self._lags: deque[tuple[float, float]] = deque()
         self.ready_checks: dict[str, ReadyCheck] = {}
+        self.advisory_checks: dict[str, ReadyCheck] = {}
+        """Reported on /readyz, without making the node unready (see the module's note)."""
         self.required_token: str | None = None
         """The bearer token /metrics requires (None: public)."""
         self.health: HealthWatch | None = None
         """Stream health flags ([health] enabled), read at scrape time."""
         self.thumbnails: ThumbnailService | None = None
+        self.recordings: RecordingManager | None = None
+        """This node's recordings ([record] mode api or all)."""
+        self.tls_failures: list[HandshakeFailures] = []
+        """TLS handshakes that failed, per TLS listener (rtmps, https)."""
         registry.on_stream_ended.append(self._stream_ended)
 
     # ----- what the edge tells ----------------------------------------------------------------------
@@ -261,6 +272,14 @@ class _Collector:
             for reason in gate.REASONS:
                 c.add_metric([reason], gate.refused[reason])
             yield c
+        if m.tls_failures:
+            c = CounterMetricFamily("mediaserver_tls_handshake_failures", "TLS handshakes that did not complete "
+                                    "(a plain client on a TLS port, an untrusted certificate, a deadline), by "
+                                    "listener and reason.", labels=["listener", "reason"])
+            for failures in m.tls_failures:
+                for reason in (HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT):
+                    c.add_metric([failures.listener, reason], failures.counts[reason])
+            yield c
         if m.packager_count is not None:
             yield GaugeMetricFamily("mediaserver_packagers", "HLS packagers in memory (live streams and ended "
                                     "ones lingering).", value=m.packager_count())
@@ -274,6 +293,8 @@ class _Collector:
             yield GaugeMetricFamily("mediaserver_asyncio_tasks", "Asyncio tasks not yet done (connections, "
                                     "viewers, timers); a count that only grows is a leak.", value=tasks)
         yield from _media_pipeline(m)
+        if m.recordings is not None:
+            yield from _recording_metrics(m.recordings)
         yield GaugeMetricFamily("mediaserver_event_loop_lag_max_seconds",
                                 f"The largest event-loop lag seen in the last {LAG_WINDOW_S:g} s.",
                                 value=m.recent_max_lag_s)
@@ -294,6 +315,32 @@ def _abr_metrics(abr: TranscodePool) -> Any:
                               "report it.", value=abr.cpu_seconds_total)
 
 
+def _recording_metrics(rec: RecordingManager) -> Any:
+    stats = rec.stats
+    yield GaugeMetricFamily("mediaserver_recordings_active", "Streams being recorded now.",
+                            value=sum(1 for r in list(rec.active.values()) if not r.recorder.stopped))
+    yield CounterMetricFamily("mediaserver_recording_bytes_written", "Bytes written to recording files.",
+                              value=stats.bytes_written)
+    c = CounterMetricFamily("mediaserver_recording_failures", "Recordings cut short, by reason: disk_full, "
+                            "disk_error, disk_low (stopped under record.min_free_gb), fsync, catalog (a row "
+                            "never written).", labels=["reason"])
+    for reason in sorted({"disk_full", "disk_error", "disk_low", "fsync", "catalog", *stats.failures}):
+        c.add_metric([reason], stats.failures[reason])
+    yield c
+    c = CounterMetricFamily("mediaserver_recording_retention_deleted", "Recordings deleted by retention, by "
+                            "reason (age: record.max_age_days, size: record.max_total_gb).", labels=["reason"])
+    for reason in ("age", "size"):
+        c.add_metric([reason], stats.retention_deleted[reason])
+    yield c
+    yield CounterMetricFamily("mediaserver_recording_retention_deleted_bytes", "Bytes of the recordings "
+                              "retention deleted.", value=stats.retention_bytes)
+    if rec.disk.free_bytes is not None:
+        yield GaugeMetricFamily("mediaserver_recording_disk_free_bytes", "Free space on record.path at the "
+                                "last check.", value=rec.disk.free_bytes)
+    yield GaugeMetricFamily("mediaserver_recording_disk_low", "1 while record.path has less free space than "
+                            "record.min_free_gb (recording stopped), else 0.", value=1 if rec.disk.low else 0)
+
+
 # ----- HTTP handlers ------------------------------------------------------------------------------
 
 
@@ -303,22 +350,32 @@ async def serve_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
+async def _run_check(check: ReadyCheck) -> tuple[bool, str]:
+    try:
+        outcome = check()
+        if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
+            async with asyncio.timeout(2.0):
+                outcome = await outcome
+        ok, detail = outcome  # type: ignore[misc]
+        return bool(ok), detail
+    except Exception as err:  # a failing check means "not ready", never a 500
+        return False, f"{type(err).__name__}: {err}"[:200]
+
+
 async def serve_readyz(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
     results: dict[str, Any] = {}
-    ready = True
-    for name, check in request.app[METRICS].ready_checks.items():
-        try:
-            outcome = check()
-            if asyncio.iscoroutine(outcome) or isinstance(outcome, Awaitable):
-                async with asyncio.timeout(2.0):
-                    outcome = await outcome
-            ok, detail = outcome  # type: ignore[misc]
-        except Exception as err:  # a failing check means "not ready", never a 500
-            ok, detail = False, f"{type(err).__name__}: {err}"[:200]
-        results[name] = {"ok": bool(ok), "detail": detail}
-        ready = ready and bool(ok)
-    return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503,
-                             headers={"Cache-Control": "no-store"})
+    ready, degraded = True, False
+    for name, check in metrics.ready_checks.items():
+        ok, detail = await _run_check(check)
+        results[name] = {"ok": ok, "detail": detail}
+        ready = ready and ok
+    for name, check in metrics.advisory_checks.items():
+        ok, detail = await _run_check(check)
+        results[name] = {"ok": ok, "detail": detail, "advisory": True}
+        degraded = degraded or not ok
+    return web.json_response({"ready": ready, "degraded": degraded, "checks": results},
+                             status=200 if ready else 503, headers={"Cache-Control": "no-store"})
 
 
 # ----- thumbnails and stream health --------------------------------------------------------------

@@ -22,7 +22,8 @@ viewers stay connected and continue after the new sequence headers, HLS and DASH
 discontinuity.
 
 Internal requests carry the shared secret (`CREDENTIAL_HEADER`) and a hop count (`HOPS_HEADER`). A node
-answers them from what it has; it starts a pull of its own for one only when configured to serve other
+answers them from what it has (recordings too: another node fetching a file on this node's disk, see
+vod_remote.py); it starts a pull of its own for one only when configured to serve other
 edges (tiered), and never beyond MAX_HOPS, so pulls cannot loop between edges.
 """
 
@@ -37,6 +38,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -47,7 +49,7 @@ from ..errors import MediaError
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
-from .common import json_error
+from .common import PLAY_QUERY, json_error
 from .flv_ingest import FlvIngest
 from .names import stream_key
 
@@ -58,6 +60,9 @@ CREDENTIAL_HEADER = "X-Mediaserver-Cluster"
 HOPS_HEADER = "X-Mediaserver-Pull"
 """The marker on internal requests: how many pulls deep this one is."""
 MAX_HOPS = 3
+INTERNAL_REQUEST = "mediaserver.internal_request"
+"""Set (True) on a request admitted by the cluster credential: a handler that admits viewers itself (VOD)
+does not admit it again (the node that fetches admitted its viewer)."""
 _RETRY_S = 0.3
 _WATCHDOG_S = 0.5
 _REFUSAL_LOG_S = 10.0
@@ -470,8 +475,15 @@ class PullPool:
             event(log, "cluster_credential_refused", logging.WARNING, peer=str(request.remote), path=request.path[:128])
             raise json_error(403, "the cluster credential is wrong",
                              "every node needs the same secret in the variable cluster.secret_env names")
+        if is_recording_request(request):  # another node fetches a recording on this node's disk (vod_remote)
+            request[INTERNAL_REQUEST] = True
+            token = request.query.get("token")
+            if token:  # the play token that node admitted: into the URIs of the playlist answered
+                request[PLAY_QUERY] = urlencode({"token": token})
+            return await request.match_info.handler(request)
         if request.match_info.route.name != "play-flv" or not request.match_info["file"].endswith(".flv"):
-            raise json_error(404, "internal pulls are HTTP-FLV only", "GET /APP/NAME.flv")
+            raise json_error(404, "internal pulls are HTTP-FLV only (and recordings: /vod/..., dvr.m3u8)",
+                             "GET /APP/NAME.flv")
         key = stream_key(request.match_info["app"], request.match_info["file"][:-4])
         if key is None:
             return await handler(request)
@@ -489,6 +501,15 @@ class PullPool:
                 raise json_error(404, f"stream {key} is not on this node",
                                  "internal pulls go to the stream's origin; set cluster.serve_edges on a parent edge")
         return await request.match_info.handler(request)
+
+
+def is_recording_request(request: web.Request) -> bool:
+    """A recording's file or a DVR playlist: what other nodes fetch from the node whose disk holds it, for
+    viewers they admitted themselves."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    return request.path.startswith("/vod/") or (request.match_info.route.name == "play-hls"
+                                                and request.match_info.get("file") == "dvr.m3u8")
 
 
 def _key_of(text: str) -> StreamKey | None:

@@ -26,9 +26,12 @@ from ..auth.tokens import bearer_token
 from ..errors import MediaError
 from ..gate import CREDENTIAL, LIMIT
 from ..record.vod import dash_manifest, hls_playlist, index_file
+from . import vod_s3
 from .common import PLAY_QUERY, cors_headers, json_error, play_refused
 from .keys import GATE, RECORDINGS
 from .names import stream_key
+from .origin_pull import INTERNAL_REQUEST
+from .vod_remote import fetch_remote, remote_row, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -43,17 +46,22 @@ async def _file(request: web.Request, rec_id: str):
     if not _ID.fullmatch(rec_id):
         raise json_error(404, "no such recording", "GET /api/v1/recordings lists them", cors)
     found = await manager.file_of(rec_id)
+    if found is None and (row := await manager.catalog.get(rec_id)) is not None and vod_s3.in_bucket(row):
+        return row, None  # record.storage = "s3": vod_s3 serves it
+    if found is None and (row := await remote_row(request, rec_id)) is not None:
+        return row, None  # cluster: on another node's disk, fetched from it (vod_remote)
     if found is None:
         raise json_error(404, f"recording {rec_id} is not on this node", "GET /api/v1/recordings lists them", cors)
     return found
 
 
 async def _admitted(request: web.Request, rec_id: str, protocol: str):
-    """The recording's row and file, once the gate admits this client as a viewer of its stream (the
-    recording's token query, "" or "token=...", is left in request[PLAY_QUERY])."""
+    """The recording's row and file (None: in the bucket or on another node), once the gate admits this
+    client as a viewer of its stream (the token query, "" or "token=...", is left in request[PLAY_QUERY]).
+    A request another node fetches for a viewer it admitted (vod_remote) is not admitted again."""
     row, path = await _file(request, rec_id)
     gate = request.app.get(GATE)
-    if gate is not None:
+    if gate is not None and not request.get(INTERNAL_REQUEST):
         token = request.query.get("token", "") or bearer_token(request.headers.get("Authorization"))
         verdict = await gate.admit_play(row.app, row.stream, token=token, query=request.query,
                                         address=request.remote or "", protocol=protocol)
@@ -79,14 +87,19 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
     if not file.endswith(".mp4"):
         raise json_error(404, "not found", "VOD URLs are /vod/ID.mp4, /vod/ID/index.m3u8 and /vod/ID/manifest.mpd",
                          cors_headers(request))
-    _, path = await _admitted(request, file[:-4], "vod-mp4")
+    row, path = await _admitted(request, file[:-4], "vod-mp4")
+    if path is None:
+        if vod_s3.in_bucket(row):
+            return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
+        return await fetch_remote(request, row)
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
                                            **cors_headers(request)})
 
 
-async def _describe(request: web.Request, protocol: str, render, *, finished: bool = False) -> str:
+async def _describe(request: web.Request, protocol: str, render, stored, *, finished: bool = False):
     """Admit the client, then render(index, the file's URI with its token, live) from the file's index in a
-    thread. `finished`: a recording still being written is refused (409)."""
+    thread (text), or answer with stored(request, manager, row) for a recording in the bucket, or with the
+    node that has it. `finished`: a recording still being written is refused (409)."""
     rec_id = request.match_info["id"]
     row, path = await _admitted(request, rec_id, protocol)
     live = row.status == "recording"
@@ -94,6 +107,10 @@ async def _describe(request: web.Request, protocol: str, render, *, finished: bo
         raise json_error(409, f"recording {rec_id} is still being written; a static manifest describes a finished "
                          "file", f"play /vod/{rec_id}/index.m3u8 or /{row.app}/{row.stream}/dvr.m3u8 meanwhile",
                          cors_headers(request))
+    if path is None:
+        if vod_s3.in_bucket(row):
+            return await stored(request, request.app[RECORDINGS], row)
+        return await fetch_remote(request, row)
     uri = _with_query(f"../{rec_id}.mp4", request)
 
     def build() -> str:
@@ -107,15 +124,21 @@ async def _describe(request: web.Request, protocol: str, render, *, finished: bo
                          cors_headers(request)) from None
 
 
-async def serve_playlist(request: web.Request) -> web.Response:
-    text = await _describe(request, "vod-hls", lambda index, uri, live: hls_playlist(index, uri, live=live))
+async def serve_playlist(request: web.Request) -> web.StreamResponse:
+    text = await _describe(request, "vod-hls", lambda index, uri, live: hls_playlist(index, uri, live=live),
+                           vod_s3.serve_playlist)
+    if isinstance(text, web.StreamResponse):
+        return text
     return web.Response(text=text, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache",
                                             **cors_headers(request)})
 
 
-async def serve_manifest(request: web.Request) -> web.Response:
+async def serve_manifest(request: web.Request) -> web.StreamResponse:
     """The static MPD of a finished recording (one being written is played by its dvr.m3u8 or index.m3u8)."""
-    text = await _describe(request, "vod-dash", lambda index, uri, _: dash_manifest(index, uri), finished=True)
+    text = await _describe(request, "vod-dash", lambda index, uri, _: dash_manifest(index, uri),
+                           vod_s3.serve_manifest, finished=True)
+    if isinstance(text, web.StreamResponse):
+        return text
     return web.Response(text=text, headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache",
                                             **cors_headers(request)})
 
@@ -123,7 +146,7 @@ async def serve_manifest(request: web.Request) -> web.Response:
 _dvr_cache: dict[str, tuple[int, str]] = {}
 
 
-async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Response:
+async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.StreamResponse:
     """dvr.m3u8 of a stream being recorded (the play route's admission has run)."""
     cors = cors_headers(request)
     manager = request.app.get(RECORDINGS)
@@ -132,6 +155,8 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Respo
     if rec_id is None and manager is not None and key in manager.active:
         raise json_error(503, f"the recording of {key} has no fragment yet", "retry in a few seconds",
                          {"Retry-After": "2", **cors})
+    if rec_id is None and key is not None and (remote := await serve_remote_dvr(request, key)) is not None:
+        return remote  # cluster: recorded by the node that publishes it
     if rec_id is None:
         raise json_error(404, f"stream {app_name}/{name} is not being recorded",
                          "DVR plays a stream while it is recorded: POST /api/v1/streams/APP/NAME/record", cors)

@@ -60,7 +60,7 @@ class WebhookClient:
         self.urls = {
             "publish": cfg.on_publish, "play": cfg.on_play,
             "publish_done": cfg.on_publish_done, "play_done": cfg.on_play_done, "health": cfg.on_health,
-            "record_done": cfg.on_record_done,
+            "record_done": cfg.on_record_done, "record_disk": cfg.on_record_disk,
         }
         token = environ.get(cfg.auth_header_env, "") if cfg.auth_header_env else ""
         self._headers = {"Content-Type": "application/json", "User-Agent": "mediaserver-webhook"}
@@ -135,6 +135,13 @@ class WebhookClient:
         body = summary(row)
         self.tell(HookRequest("record_done", row.app, row.stream, "", "", extra={
             k: v for k, v in body.items() if k not in ("app", "stream")}))
+
+    def record_disk(self, change, path: str, streams: list[str]) -> None:
+        """record.path's free space fell under record.min_free_gb (state "low": recordings stopped) or came
+        back (state "ok": resumed); a RecordingManager disk listener. Event "record_disk"."""
+        self.tell(HookRequest("record_disk", "", "", "", "", extra={
+            "state": change.state, "free_bytes": change.free_bytes, "min_free_bytes": change.min_free_bytes,
+            "path": path, "streams": streams}))
 
     def health_event(self, ev: HealthEvent) -> None:
         """A stream's picture or sound changed health (a HealthWatch listener): event "health" with the

@@ -93,10 +93,13 @@ class Recording:
     height: int | None = None
     created_at: datetime | None = None  # set by the catalog
     updated_at: datetime | None = None
+    final_status: str | None = None
+    """While "uploading": the status the row takes back once the file is in object storage."""
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"recording status {self.status!r} is not one of {', '.join(STATUSES)}")
+        for status in (self.status, self.final_status or self.status):
+            if status not in STATUSES:
+                raise ValueError(f"recording status {status!r} is not one of {', '.join(STATUSES)}")
         for name in ("started_at", "ended_at", "created_at", "updated_at"):
             object.__setattr__(self, name, _utc(getattr(self, name), name))
 
@@ -110,7 +113,7 @@ class Recording:
 
 # What `update` may change; id, app, stream, node, started_at and created_at are fixed at `add`.
 MUTABLE = frozenset({"ended_at", "duration_s", "bytes", "video_codec", "audio_codec", "width", "height",
-                     "location", "status"})
+                     "location", "status", "final_status"})
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -153,6 +156,7 @@ recordings = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("final_status", sa.String(16), nullable=True),  # revision 0002
     # list() newest first, overall / per app / per stream; oldest() and total_bytes() per app
     sa.Index("ix_recordings_started", "started_at", "id"),
     sa.Index("ix_recordings_app_started", "app", "started_at", "id"),
@@ -280,8 +284,9 @@ class Catalog:
         unknown = set(fields) - MUTABLE
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}; updatable: {', '.join(sorted(MUTABLE))}")
-        if "status" in fields and fields["status"] not in STATUSES:
-            raise ValueError(f"recording status {fields['status']!r} is not one of {', '.join(STATUSES)}")
+        for name in ("status", "final_status"):
+            if fields.get(name) is not None and fields[name] not in STATUSES:
+                raise ValueError(f"recording {name} {fields[name]!r} is not one of {', '.join(STATUSES)}")
         async with self._connect() as conn:
             result = await conn.execute(
                 recordings.update().where(recordings.c.id == rec_id).values(**fields, updated_at=_now()))
@@ -347,6 +352,18 @@ class Catalog:
         async with self._connect() as conn:
             return [_row(r) for r in await conn.execute(query)]
 
+    async def unuploaded(self, node: str, uploading_only: bool = False) -> builtins.list[Recording]:
+        """Rows of `node` whose file is still on its disk although finished: "uploading" (a restart cut the
+        upload short) or, unless `uploading_only`, closed with a local location (recorded before
+        record.storage was "s3")."""
+        c = recordings.c
+        status = c.status == "uploading" if uploading_only else c.status != "recording"
+        query = (recordings.select()
+                 .where(c.node == node, status, sa.not_(c.location.startswith("s3://")))
+                 .order_by(c.started_at, c.id))
+        async with self._connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
     async def oldest(self, app: str | None = None, limit: int = 100) -> builtins.list[Recording]:
         """Retention candidates, oldest first: every row but those still recording."""
         if not 1 <= limit <= MAX_PAGE:
@@ -366,6 +383,44 @@ class Catalog:
             query = query.where(recordings.c.app == app)
         async with self._connect() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    # ----- retention ----------------------------------------------------------------------------
+    # A node deletes the files it can reach: its own rows, and rows in object storage (any node's; deleting
+    # one twice is harmless). `usage` and `deletable` answer for that scope.
+
+    @staticmethod
+    def _scope(node: str) -> Any:
+        c = recordings.c
+        return sa.or_(c.node == node, c.location.like("s3://%"))
+
+    async def usage(self, node: str) -> dict[str, int]:
+        """Bytes by app of the rows in `node`'s retention scope, the ones still being written included."""
+        c = recordings.c
+        query = (sa.select(c.app, sa.func.coalesce(sa.func.sum(c.bytes), 0))
+                 .where(self._scope(node)).group_by(c.app))
+        async with self._connect() as conn:
+            return {app: int(size) for app, size in await conn.execute(query)}
+
+    async def deletable(self, node: str, apps: Sequence[str] | None = None, exclude_apps: Sequence[str] = (),
+                        limit: int = 500) -> builtins.list[Recording]:
+        """Retention candidates of `node`'s scope, oldest first: neither recording nor uploading; only `apps`
+        when given, never `exclude_apps`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit {limit} is out of range; must be 1..{MAX_PAGE}")
+        c = recordings.c
+        query = recordings.select().where(self._scope(node), c.status.not_in(("recording", "uploading")))
+        if apps is not None:
+            query = query.where(c.app.in_(list(apps)))
+        if exclude_apps:
+            query = query.where(c.app.not_in(list(exclude_apps)))
+        query = query.order_by(c.started_at, c.id).limit(limit)
+        async with self._connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def ping(self) -> None:
+        """One `SELECT 1`: raises CatalogUnavailable when the database cannot be reached (/readyz)."""
+        async with self._connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
 
     async def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (head after open)."""

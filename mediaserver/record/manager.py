@@ -13,11 +13,15 @@ At start, rows this node left "recording" (the server was killed) are closed as 
 duration and size read from their files (`vod.index_file`: up to the last whole fragment).
 
 fsync runs in a thread (`asyncio.to_thread`), every second for the jobs the Recorders have due.
+Retention, the free-space guard and the catalog's readiness are `upkeep.Upkeep`'s: while record.path is
+short of space every recording stops (`pause_all`) and new ones are refused (507); they resume in new
+files when it returns (`resume_paused`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -33,7 +37,12 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
 from .catalog import Catalog, CatalogUnavailable, Recording
+from .disk import DiskGuard
+from .objectstore import ObjectStore, StorageError
 from .recorder import FAILED, FileClosed, Recorder
+from .retention import GB
+from .upkeep import RecordingStats, Upkeep
+from .uploader import Uploader
 from .vod import index_file
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,12 @@ def summary(row: Recording) -> dict[str, Any]:
     return body
 
 
+def failure_reason(error: str | None) -> str:
+    """disk_full for ENOSPC (and a quota), else disk_error: the metric's label of a failed file."""
+    full = (f"[Errno {errno.ENOSPC}]", f"[Errno {errno.EDQUOT}]")
+    return "disk_full" if error is not None and error.startswith(full) else "disk_error"
+
+
 def catalog_url(cfg: RecordConfig) -> str:
     if cfg.database_url:
         return cfg.database_url
@@ -73,6 +88,19 @@ class NotRecordable(Exception):
         self.hint = hint
 
 
+class ElsewhereError(Exception):
+    """A recording whose file lies on another node's disk: only that node can delete it."""
+
+    def __init__(self, rec_id: str, node: str) -> None:
+        super().__init__(f"recording {rec_id} is on the disk of node {node}")
+        self.node = node
+
+
+def on_other_node(row: Recording, node: str) -> bool:
+    """The row's file is local to another node (not in object storage, which every node reaches)."""
+    return row.node != node and not row.location.startswith("s3://")
+
+
 class _Recording:
     """One stream's recording: its Recorder and the catalog row of the file being written."""
 
@@ -81,6 +109,7 @@ class _Recording:
         self.stream = stream
         self.row: Recording | None = None
         self.progress_at = 0.0
+        self.written = 0  # bytes of the current file already counted in the stats
         cfg = manager.cfg
         self.recorder = Recorder(
             stream.key, cfg.path, template=cfg.template, segment_minutes=cfg.segment_minutes,
@@ -89,6 +118,7 @@ class _Recording:
         )
 
     def _opened(self, path: Path, started_at: float) -> None:
+        self.written = 0
         info = self.stream.info
         self.row = Recording.start(
             self.stream.key.app, self.stream.key.name, self.manager.node, str(path), _when(started_at),
@@ -99,6 +129,8 @@ class _Recording:
         event(log, "recording_file", stream=str(self.stream.key), id=row.id, path=str(path))
 
     def _progress(self, size: int, duration_s: float) -> None:
+        self.manager.stats.bytes_written += size - self.written
+        self.written = size
         now = time.monotonic()
         if self.row is None or now - self.progress_at < PROGRESS_S:
             return
@@ -107,19 +139,29 @@ class _Recording:
         self.manager._queue(lambda: self.manager.catalog.update(rec_id, bytes=size, duration_s=duration_s))
 
     def _closed(self, closed: FileClosed) -> None:
+        manager = self.manager
+        manager.stats.bytes_written += max(0, closed.bytes - self.written)
+        self.written = 0
+        if closed.status == FAILED:
+            manager.stats.failures[failure_reason(closed.error)] += 1
+            manager.upkeep.check_disk_soon()  # a full disk: stop every recording now, resume them later
         row = self.row
         self.row = None
         if row is None:
             return
         status = "failed" if closed.status == FAILED else "complete"
         ended = _when(closed.started_at + closed.duration_s)
-        manager = self.manager
 
         async def finish() -> None:
+            # record.storage = "s3": the row waits "uploading" and on_record_done with it, until the file is final
+            uploading = manager.uploader is not None and closed.bytes > 0
             done = await manager.catalog.update(
-                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes, status=status,
+                row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes,
+                status="uploading" if uploading else status, final_status=status if uploading else None,
                 width=closed.width or None, height=closed.height or None)
-            if done is not None:
+            if done is not None and manager.uploader is not None and uploading:
+                manager.uploader.submit(done.id)
+            elif done is not None:
                 for listener in list(manager.listeners):
                     listener(done)
 
@@ -130,8 +172,11 @@ class _Recording:
 
 
 class RecordingManager:
-    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str) -> None:
+    def __init__(self, registry: StreamRegistry, cfg: RecordConfig, catalog: Catalog, node: str,
+                 relay: Callable[[Stream], bool] | None = None) -> None:
         self.registry = registry
+        self.relay = relay or (lambda stream: False)
+        """A stream this node copies from another (an edge's pull): its origin records it, never this node."""
         self.cfg = cfg
         self.catalog = catalog
         self.node = node
@@ -141,18 +186,36 @@ class RecordingManager:
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Told each finished file's final row (the on_record_done webhook)."""
+        self.uploader: Uploader | None = None
+        """record.storage = "s3": sends finished files to the bucket."""
+        self.stats = RecordingStats()
+        self.disk = DiskGuard(int(cfg.min_free_gb * GB))
+        self.paused: set[StreamKey] = set()
+        """Streams whose recording the disk guard stopped: they resume when space returns."""
+        self.upkeep = Upkeep(self)
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._ended)
 
     @classmethod
-    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str) -> RecordingManager:
+    async def open(cls, registry: StreamRegistry, cfg: RecordConfig, node: str,
+                   relay: Callable[[Stream], bool] | None = None) -> RecordingManager:
         Path(cfg.path).mkdir(parents=True, exist_ok=True)
-        catalog = await Catalog.open(catalog_url(cfg))
-        manager = cls(registry, cfg, catalog, node)
+        store = await ObjectStore.open(cfg.s3) if cfg.storage == "s3" else None  # first: aiobotocore missing?
+        try:
+            catalog = await Catalog.open(catalog_url(cfg))
+        except BaseException:
+            if store is not None:
+                await store.close()
+            raise
+        manager = cls(registry, cfg, catalog, node, relay)
         await manager._recover()
+        await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
+        if store is not None:
+            manager.uploader = Uploader(catalog, store, cfg, node, manager._final)
+            await manager.uploader.start()
         loop = asyncio.get_running_loop()
         manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),
-                          loop.create_task(manager._syncer(), name="recording fsync")]
+                          loop.create_task(manager._syncer(), name="recording fsync"), *manager.upkeep.tasks()]
         return manager
 
     # ----- what an operator asks ------------------------------------------------------------------
@@ -169,6 +232,15 @@ class RecordingManager:
         if stream is None or stream.ended or stream.publisher is None:
             raise NotRecordable(404, f"stream {key} is not being published",
                                 "publish it first, then ask for its recording")
+        if self.relay(stream):
+            raise NotRecordable(409, f"stream {key} is copied here from the node that publishes it",
+                                "ask its origin, which records it (GET /api/v1/streams?scope=cluster names the node)")
+        if self.disk.low:
+            free = self.disk.free_bytes or 0
+            raise NotRecordable(507, f"{self.cfg.path} has {free / 1e9:.3g} GB free, under record.min_free_gb = "
+                                f"{self.cfg.min_free_gb:g}: recording is stopped",
+                                "free space on the recordings disk (or lower record.max_total_gb / max_age_days); "
+                                "recordings resume by themselves when it returns")
         found = self.active.get(key)
         if found is not None and not found.recorder.stopped:
             return found
@@ -180,27 +252,71 @@ class RecordingManager:
         return rec
 
     def stop(self, key: StreamKey) -> bool:
+        paused = key in self.paused
+        self.paused.discard(key)  # an operator's stop also cancels a resume after a full disk
+        if not self._detach(key):
+            return paused
+        event(log, "recording_stopped", stream=str(key))
+        return True
+
+    def _detach(self, key: StreamKey) -> bool:
         rec = self.active.pop(key, None)
         if rec is None:
             return False
         rec.stream.remove_sink(rec.recorder)
         rec.recorder.stop()
-        event(log, "recording_stopped", stream=str(key))
         return True
+
+    def pause_all(self) -> list[StreamKey]:
+        """The disk is short of space: stop every recording, to resume them with `resume_paused`."""
+        keys = []
+        for key, rec in list(self.active.items()):
+            if not rec.recorder.stopped:
+                self.stats.failures["disk_low"] += 1
+            if not rec.stream.ended:
+                keys.append(key)
+            self._detach(key)
+        self.paused.update(keys)
+        return keys
+
+    def resume_paused(self) -> list[StreamKey]:
+        """Space is back: record the paused streams that are still live again (new files, new rows)."""
+        resumed = []
+        for key in sorted(self.paused, key=str):
+            try:
+                self.start(key)
+                resumed.append(key)
+            except NotRecordable:
+                pass  # ended meanwhile
+        self.paused.clear()
+        return resumed
+
+    @property
+    def pending_writes(self) -> int:
+        """Catalog writes waiting (for a database that is away)."""
+        return self._ops.qsize()
 
     def current(self, key: StreamKey) -> str | None:
         """The id of the row of the file `key` is being recorded to, if it is."""
         rec = self.active.get(key)
         return rec.row.id if rec is not None and rec.row is not None else None
 
+    def _final(self, row: Recording) -> None:
+        for listener in list(self.listeners):
+            listener(row)
+
     # ----- registry hooks -------------------------------------------------------------------------
 
     def _published(self, stream: Stream) -> None:
-        if self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name:
-            if stream.key not in self.active:
+        if (self.cfg.mode == "all" and self.applies(stream.key) and "@" not in stream.key.name
+                and not self.relay(stream)):  # renditions and other nodes' streams: recorded where they are made
+            if self.disk.low:
+                self.paused.add(stream.key)  # recorded when space returns
+            elif stream.key not in self.active:
                 self.start(stream.key)
 
     def _ended(self, stream: Stream) -> None:
+        self.paused.discard(stream.key)
         rec = self.active.get(stream.key)
         if rec is not None and rec.stream is stream:
             del self.active[stream.key]  # the hub ended the Recorder with the stream (Sink.on_end)
@@ -220,6 +336,7 @@ class RecordingManager:
                     break
                 except CatalogUnavailable as err:
                     if pause is None:
+                        self.stats.failures["catalog"] += 1
                         event(log, "recording_catalog_gave_up", logging.ERROR, error=str(err))
                         break
                     if attempt == 0:
@@ -240,6 +357,7 @@ class RecordingManager:
                     await asyncio.to_thread(job)
                 except OSError as err:
                     self.failed_writes += 1
+                    self.stats.failures["fsync"] += 1
                     event(log, "recording_fsync_failed", logging.ERROR, error=str(err))
 
     async def _recover(self) -> None:
@@ -257,6 +375,9 @@ class RecordingManager:
                                       status="interrupted")
             event(log, "recording_interrupted", id=row.id, stream=f"{row.app}/{row.stream}",
                   duration_s=round(duration, 1), bytes=size)
+        if self.cfg.storage != "s3":  # back to local storage: uploads cut short are left local, as they were
+            for row in await self.catalog.unuploaded(self.node, uploading_only=True):
+                await self.catalog.update(row.id, status=row.final_status or "complete", final_status=None)
 
     async def close(self) -> None:
         for key in list(self.active):
@@ -268,6 +389,8 @@ class RecordingManager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.uploader is not None:
+            await self.uploader.close()
         for rec in list(self.active.values()):
             for job in rec.recorder.take_sync_jobs():
                 await asyncio.to_thread(job)
@@ -289,17 +412,39 @@ class RecordingManager:
         return (row, path) if path.is_file() else None
 
     async def delete(self, rec_id: str) -> bool | None:
-        """Delete a finished recording (file and row); None when it is still being written."""
+        """Delete a finished recording (file or object, and row); None when it is still being written or
+        uploaded. StorageError when its object cannot be deleted (the row stays); ElsewhereError when its
+        file is on another node's disk (deleting the row here would orphan that file)."""
         row = await self.catalog.get(rec_id)
         if row is None:
             return False
-        if row.status == "recording":
+        if row.status in ("recording", "uploading"):
             return None
+        if row.location.startswith("s3://"):
+            if self.uploader is None:
+                raise StorageError(f"recording {rec_id} is in object storage, and this node has no "
+                                   f"record.storage = \"s3\" to delete it with", "NotConfigured")
+            await self.uploader.delete(row.location)
+            return await self.catalog.delete(rec_id)
+        if on_other_node(row, self.node):
+            raise ElsewhereError(rec_id, row.node)
         found = await self.file_of(rec_id)
         if found is not None:
             try:
-                os.unlink(found[1])
+                await asyncio.to_thread(_remove, found[1], Path(self.cfg.path).resolve())
             except OSError as err:
                 event(log, "recording_delete_failed", logging.WARNING, id=rec_id, error=str(err))
         return await self.catalog.delete(rec_id)
+
+
+def _remove(path: Path, root: Path) -> None:
+    """Unlink a recording and the directories it leaves empty ({app}/{stream}/), up to the root."""
+    os.unlink(path)
+    parent = path.parent
+    while parent != root and parent.is_relative_to(root):
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty (or busy): kept
+        parent = parent.parent
 

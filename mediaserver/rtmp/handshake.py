@@ -122,7 +122,8 @@ def _describe_bad_version(first: bytes) -> str:
             "HTTP-FLV and HLS are served on the HTTP port"
         )
     if version == 0x16:
-        return "peer started a TLS handshake on the plain RTMP port; use rtmp://, not rtmps://"
+        return ("peer started a TLS handshake on the plain RTMP port; use rtmp:// here, or rtmps:// on the "
+                "[rtmps] port when the server has one")
     return f"RTMP handshake version {version} (0x{version:02x}) is not supported; must be 3"
 
 

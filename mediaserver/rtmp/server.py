@@ -29,6 +29,7 @@ from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import Bound, event
+from ..tls import TlsCertificate
 from ..media import multitrack
 from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
@@ -48,8 +49,12 @@ _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffm
 class RtmpServer:
     """Listens for RTMP connections and tracks them for an ordered shutdown."""
 
-    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry, gate: Gate | None = None) -> None:
+    def __init__(self, cfg: RtmpConfig, registry: StreamRegistry, gate: Gate | None = None,
+                 tls: TlsCertificate | None = None, tls_port: int = 0) -> None:
         self.cfg = cfg
+        self.tls = tls
+        """RTMPS: the same server on `tls_port` too, behind this certificate."""
+        self.tls_port = tls_port
         self.registry = registry
         self.gate = gate or Gate(Admission(), registry)
         self.label_for: LabelFor = default_label
@@ -57,27 +62,61 @@ class RtmpServer:
         """Admission and cluster decisions, shared with the HTTP side (the default admits everyone)."""
         self.connections: set[RtmpConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
         self._ids = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._make_connection, self.cfg.bind, self.cfg.port, reuse_address=True)
+        if self.tls is not None:
+            try:
+                # The TLS handshake has its own deadline; rtmp's handshake deadline starts after it.
+                self._tls_server = await loop.create_server(
+                    self._make_tls_connection, self.cfg.bind, self.tls_port, reuse_address=True,
+                    ssl=self.tls.context, ssl_handshake_timeout=self.cfg.handshake_timeout,
+                )
+            except OSError:
+                self._server.close()
+                raise
+
+    @property
+    def serving(self) -> bool:
+        return all(s is not None and s.is_serving() for s in (self._server, *([self._tls_server] if self.tls else [])))
 
     def _make_connection(self) -> RtmpConnection:
         self._ids += 1
         return RtmpConnection(self, self._ids)
 
+    def _make_tls_connection(self) -> RtmpConnection:
+        """Made at accept, before the TLS handshake: connection_made follows only if it succeeds, so a
+        connection not made by the handshake deadline is a failed handshake (counted once)."""
+        conn = self._make_connection()
+        conn.tls = True
+        assert self.tls is not None
+        failures = self.tls.failures
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if conn.transport is None:
+                failures.not_made()
+
+        loop.call_later(self.cfg.handshake_timeout + 0.5, check)
+        return conn
+
     async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
 
     async def close(self) -> None:
         for conn in list(self.connections):
             conn.close("server_shutdown")
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is None:
+                continue
+            server.close()
             try:
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                await asyncio.wait_for(server.wait_closed(), 2.0)
             except TimeoutError:
                 pass
 
@@ -123,6 +162,8 @@ class RtmpConnection(asyncio.Protocol):
         self._admitting: asyncio.Task[None] | None = None
         """Admission (the gate) in progress for a publish or play request."""
         self._expiry: asyncio.TimerHandle | None = None
+        self.tls = False
+        """Accepted on the RTMPS port."""
 
     # ----- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -131,7 +172,7 @@ class RtmpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
-        self.log = Bound(log, {"conn": self.conn_id, "peer": self.peer})
+        self.log = Bound(log, {"conn": self.conn_id, "peer": self.peer, **({"tls": True} if self.tls else {})})
         if isinstance(peer, tuple):
             self.ip = normalize_address(str(peer[0]))
             if self.server.gate.connection_opened(self.ip, self.log, protocol="rtmp") is not None:

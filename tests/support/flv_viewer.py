@@ -11,6 +11,7 @@ says whether the server ended the response. Usage:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 
@@ -24,8 +25,10 @@ from mediaserver.remux.flv import FlvReader, FlvTag
 
 class FlvViewer:
     def __init__(self, url: str, *, live_timeout_s: float = 10.0, expect_status: int = 200,
-                 watch: Callable[[], None] | None = None) -> None:
+                 watch: Callable[[], None] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
+        self.ssl_context = ssl_context
+        """For https:// URLs: the context that trusts the server's certificate."""
         self.watch = watch
         """Called while waiting; raises to end the wait early (the server or the publisher died)."""
         self.live_timeout_s = live_timeout_s
@@ -67,7 +70,7 @@ class FlvViewer:
         deadline = time.monotonic() + self.live_timeout_s
         while True:
             self.requested_at = time.monotonic()
-            resp = await asyncio.wait_for(self._session.get(self.url), timeout=10)
+            resp = await asyncio.wait_for(self._session.get(self.url, ssl=self.ssl_context or True), timeout=10)
             self.status = resp.status
             self.headers = CIMultiDict(resp.headers)
             if resp.status == 404 and expect_status != 404 and time.monotonic() < deadline:

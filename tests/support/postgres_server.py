@@ -116,7 +116,12 @@ class PostgresServer:
             raise RuntimeError(f"createdb {name} failed: {(out.stdout + out.stderr).decode()[-1000:]}")
         return f"postgresql+asyncpg://postgres:secret@127.0.0.1:{self.port}/{name}"
 
-    def stop(self) -> None:
+    def restart(self, timeout_s: float = 30.0) -> None:
+        """Start again on the same port and data after `stop(keep_data=True)` (a database coming back)."""
+        self._start(timeout_s)
+
+    def stop(self, keep_data: bool = False) -> None:
+        """Fast shutdown; the data is removed unless `keep_data` (then `restart` brings it back)."""
         if self.proc is not None and self.proc.poll() is None:
             # SIGINT to the postmaster itself (not runuser): fast shutdown, clients disconnected.
             try:
@@ -129,4 +134,5 @@ class PostgresServer:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +39,15 @@ TEST_SETTINGS: dict[str, str] = {
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _opener(scheme: str) -> urllib.request.OpenerDirector:
+    if scheme == "http":
+        return _NO_PROXY
+    unverified = ssl.create_default_context()  # liveness only: the TLS tests check the certificate themselves
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=unverified))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -63,6 +73,11 @@ class ServerProcess:
             "http.bind": "127.0.0.1",
             "http.port": str(self.http_port),
         }
+        self.rtmps_port = 0
+        if self.settings.get("rtmps.cert_file"):
+            self.rtmps_port = free_port()
+            self.settings["rtmps.port"] = str(self.rtmps_port)
+        self.scheme = "https" if self.settings.get("http.cert_file") else "http"
         self.log_path = workdir / "server.log"
         self.args = [sys.executable, "-m", "mediaserver"]
         for key, value in self.settings.items():
@@ -85,7 +100,7 @@ class ServerProcess:
 
     @property
     def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     def rtmp_url(self, name: str, app: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/{app}/{name}"
@@ -116,7 +131,7 @@ class ServerProcess:
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.http_base}/healthz", timeout=timeout_s) as r:
+            with _opener(self.scheme).open(f"{self.http_base}/healthz", timeout=timeout_s) as r:
                 return r.status == 200
         except (OSError, urllib.error.URLError):
             return False

@@ -106,3 +106,20 @@ def test_ladder_labels_are_checked_and_source_is_kept_for_the_watermarked_top_ru
                     '[[abr.ladder]]\nlabel = "a"\nheight = 360\nvideo_kbps = 600\n')
     with pytest.raises(ConfigError, match="more than once"):
         load_config(path)
+
+
+def test_s3_storage_needs_a_bucket_and_an_http_endpoint():
+    cfg = load_config(None, ['record.storage="s3"', "record.s3.bucket=vod", "record.s3.endpoint=http://minio:9000",
+                             "record.s3.part_size_mb=8"]).record
+    assert (cfg.storage, cfg.s3.bucket, cfg.s3.endpoint, cfg.s3.part_size_mb) == ("s3", "vod", "http://minio:9000", 8.0)
+    assert load_config().record.storage == "local"
+    with pytest.raises(ConfigError, match=r'^record.storage = "s3" needs record.s3.bucket'):
+        load_config(None, ['record.storage="s3"'])
+    with pytest.raises(ConfigError, match=r"^record.s3.endpoint = 'minio:9000' must be an http:// or https:// URL"):
+        load_config(None, ["record.s3.endpoint=minio:9000"])
+    with pytest.raises(ConfigError, match=r"^record.s3.part_size_mb = 0.0 is out of range; must be 0.01..5120"):
+        load_config(None, ["record.s3.part_size_mb=0"])
+    with pytest.raises(ConfigError, match=r"^unknown key record.s3.secret_key; known keys: endpoint, bucket"):
+        load_config(None, ["record.s3.secret_key=x"])
+    with pytest.raises(ConfigError, match=r"^record.storage = 'gcs' is not accepted"):
+        load_config(None, ["record.storage=gcs"])

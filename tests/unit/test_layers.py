@@ -19,15 +19,16 @@ ALLOWED = {
     "log": set(),
     "collector": set(),
     "transports": set(),
+    "tls": {"errors", "log"},  # certificates of the TLS listeners, reloaded on SIGHUP
     "media": {"errors", "media"},
     "rtmp": {"errors", "rtmp", "media"},  # the sans-IO core (AMF0 is media vocabulary); rtmp.server apart
-    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "gate", "transports"},
+    "rtmp.server": {"errors", "rtmp", "hub", "media", "auth", "log", "config", "gate", "transports", "tls"},
     "hub": {"errors", "media", "hub", "log"},
     "remux": {"errors", "media", "remux"},
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
-             "transcode", "record"},
+             "transcode", "record", "tls"},
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",

@@ -3,6 +3,7 @@ with the routes."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from mediaserver.api import admin
 from mediaserver.api.admin import ROUTES, AdminDeps, StreamRates, make_admin_app
 from mediaserver.api.openapi import openapi_document
 from mediaserver.auth.policy import AccessPolicy
@@ -198,6 +200,46 @@ async def test_bad_bodies_get_a_400_family_answer_with_a_hint(node, body, conten
     answer = await _json(resp)
     assert resp.status == status, answer
     assert answer["error"] and answer["hint"]
+
+
+async def _raw_put(client: TestClient, head_and_body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head_and_body)
+    await writer.drain()
+    return reader, writer
+
+
+def _put_head(length: int) -> bytes:
+    return (f"PUT /api/v1/blocks/live/cam HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+async def test_a_body_arriving_in_pieces_is_read_to_its_end(node):
+    _, client = node
+    body = b'{"seconds": 10, "pad": "' + b"y" * 3000 + b'"}'
+    reader, writer = await _raw_put(client, _put_head(len(body)) + body[:5])
+    try:
+        for start in range(5, len(body), 1000):  # the rest in three more segments, a moment apart
+            await asyncio.sleep(0.02)
+            writer.write(body[start:start + 1000])
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_never_arrives_whole_is_408_and_the_connection_closed(node, monkeypatch):
+    monkeypatch.setattr(admin, "BODY_TIMEOUT_S", 0.3)
+    _, client = node
+    reader, writer = await _raw_put(client, _put_head(100) + b'{"seconds": ')
+    try:
+        answer = await asyncio.wait_for(reader.read(), 15)  # read() to EOF: the server closes the connection
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"did not arrive" in text and b"hint" in text
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json"])

@@ -1,5 +1,6 @@
 """deploy/ cannot run here (no Docker, no Kubernetes): its manifests are parsed and held to what the
-cluster needs: the roles, one Redis URL, the shared secret, probes on the health endpoints, an HPA."""
+cluster needs: the roles, one Redis URL, the shared secret, probes on the health endpoints, an HPA, and for
+recordings one PostgreSQL catalog and one bucket in MinIO that every node is configured for."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from mediaserver.config import load_config
+from mediaserver.config import load_config, parse_override
 from support.redis_server import redis_binary
 from support.server import free_port
 
@@ -39,6 +41,22 @@ def _sets(args: list[str]) -> list[str]:
     return [a.removeprefix("--set=") for a in args if a.startswith("--set=")]
 
 
+def _settings(args: list[str]) -> dict[str, object]:
+    """"section.key" -> value, as the server reads each --set."""
+    return {f"{section}.{key}": value for section, key, value in map(parse_override, _sets(args))}
+
+
+# Placeholders the orchestrator fills in (Kubernetes $(VAR), compose ${VAR:?...}) stand in for values here.
+_PLACEHOLDERS = {"$(POD_NAME)": "pod-0", "$(POD_IP)": "10.0.0.9", "$(POSTGRES_PASSWORD)": "secret",
+                 "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}": "secret"}
+
+
+def _filled(text: str) -> str:
+    for placeholder, value in _PLACEHOLDERS.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
 def _check_node_args(args: list[str], role: str) -> None:
     sets = _sets(args)
     assert f"cluster.role={role}" in sets
@@ -46,7 +64,22 @@ def _check_node_args(args: list[str], role: str) -> None:
     # Edges pull from the URL a node advertises; a container's hostname is no such URL.
     assert any(s.startswith("cluster.advertise_url=http") for s in sets)
     # Every key exists and every value is accepted (placeholders such as $(POD_NAME) stand in for names).
-    load_config(None, [s.replace("$(POD_NAME)", "pod-0").replace("$(POD_IP)", "10.0.0.9") for s in sets])
+    load_config(None, [_filled(s) for s in sets])
+
+
+def _check_recording_args(args: list[str], database_host: str, s3_host: str) -> dict:
+    """Origins and edges share one PostgreSQL catalog and one bucket, and write files under one directory.
+    Returns [record.s3]."""
+    settings = _settings(args)
+    url = urlsplit(_filled(str(settings["record.database_url"])))
+    assert url.scheme == "postgresql+asyncpg" and url.hostname == database_host and url.path == "/mediaserver"
+    assert url.username == "mediaserver" and url.password == "secret"  # from the environment, never written here
+    assert settings["record.storage"] == "s3"
+    s3 = settings["record.s3"]
+    assert isinstance(s3, dict) and set(s3) == {"endpoint", "bucket", "prefix", "region"}
+    assert urlsplit(s3["endpoint"]).hostname == s3_host and s3["bucket"] == "recordings"
+    assert settings["record.path"] == "/var/lib/mediaserver/recordings"
+    return s3
 
 
 def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and_services():
@@ -74,6 +107,34 @@ def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and
         assert env["MEDIASERVER_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mediaserver"
         ports = {p["name"] for p in container["ports"]}
         assert "http" in ports
+    # Recordings: one PostgreSQL catalog and one MinIO bucket (made by a Job), credentials from the Secret.
+    secret_keys = set(objs[("Secret", "mediaserver")]["stringData"])
+    assert {"postgres-password", "s3-access-key", "s3-secret-key"} <= secret_keys
+    postgres = objs[("StatefulSet", "mediaserver-postgres")]
+    (db,) = postgres["spec"]["template"]["spec"]["containers"]
+    db_env = {e["name"]: e for e in db["env"]}
+    assert db_env["POSTGRES_USER"]["value"] == "mediaserver" and db_env["POSTGRES_DB"]["value"] == "mediaserver"
+    assert db_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgres-password"
+    assert postgres["spec"]["volumeClaimTemplates"] and ("Service", "mediaserver-postgres") in objs
+    assert objs[("Service", "mediaserver-postgres")]["spec"]["ports"][0]["port"] == 5432
+    assert ("StatefulSet", "mediaserver-minio") in objs
+    assert 9000 in [p["port"] for p in objs[("Service", "mediaserver-minio")]["spec"]["ports"]]
+    (mc,) = objs[("Job", "mediaserver-minio-bucket")]["spec"]["template"]["spec"]["containers"]
+    assert "mc mb --ignore-existing local/recordings" in " ".join(mc["args"])
+    assert "http://mediaserver-minio:9000" in " ".join(mc["args"])
+    for workload in (origin, edge):
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        _check_recording_args(container["args"], "mediaserver-postgres", "mediaserver-minio")
+        env = {e["name"]: e for e in container["env"]}
+        for name, key in (("POSTGRES_PASSWORD", "postgres-password"), ("AWS_ACCESS_KEY_ID", "s3-access-key"),
+                          ("AWS_SECRET_ACCESS_KEY", "s3-secret-key")):
+            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "mediaserver", "key": key}
+    # The origin's files stay on a volume of its own until they are uploaded.
+    (container,) = origin["spec"]["template"]["spec"]["containers"]
+    assert {"name": "recordings", "mountPath": "/var/lib/mediaserver"} in container["volumeMounts"]
+    assert [t["metadata"]["name"] for t in origin["spec"]["volumeClaimTemplates"]] == ["recordings"]
+    (container,) = transcoder["spec"]["template"]["spec"]["containers"]
+    assert _settings(container["args"])["record.mode"] == "off"
     # Every Service selects pods that some workload makes.
     pod_labels = [w["spec"]["template"]["metadata"]["labels"] for (kind, _), w in objs.items()
                   if kind in ("Deployment", "StatefulSet")]
@@ -85,17 +146,49 @@ def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and
 def test_docker_compose_runs_one_origin_two_edges_a_transcoder_and_redis():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "origin", "edge1", "edge2", "transcoder"}
+    assert set(services) == {"redis", "postgres", "minio", "minio-bucket", "origin", "edge1", "edge2", "transcoder", "proxy"}
     assert services["redis"]["image"].startswith("redis:6.2")
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:") and "pg_isready" in postgres["healthcheck"]["test"]
+    assert postgres["environment"]["POSTGRES_USER"] == postgres["environment"]["POSTGRES_DB"] == "mediaserver"
+    assert services["minio"]["image"].startswith("minio/minio")
+    bucket = services["minio-bucket"]
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing local/recordings" in " ".join(bucket["command"])
     for name, role in (("origin", "origin"), ("edge1", "edge"), ("edge2", "edge"), ("transcoder", "transcoder")):
         service = services[name]
         _check_node_args(service["command"], role)
         assert "MEDIASERVER_CLUSTER_SECRET" in service["environment"]
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert service["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(service["environment"])
+    for name in ("origin", "edge1", "edge2"):
+        s3 = _check_recording_args(services[name]["command"], "postgres", "minio")
+        assert f"local/{s3['bucket']}" in " ".join(bucket["command"])
+    assert "origin-recordings:/var/lib/mediaserver" in services["origin"]["volumes"]
+    assert _settings(services["transcoder"]["command"])["record.mode"] == "off"
     host_ports = [p.split(":")[0] for s in services.values() for p in s.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
-    assert (DEPLOY / "Dockerfile").exists()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert '".[postgres,s3]"' in dockerfile  # asyncpg for the catalog, the S3 client for the bucket
+
+
+def test_the_https_proxy_in_front_of_the_edges_streams_unbuffered_and_is_trusted_by_them():
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    proxy_ip = services["proxy"]["networks"]["default"]["ipv4_address"]
+    for edge in ("edge1", "edge2"):
+        trusted = load_config(None, _sets(services[edge]["command"])).http.trusted_proxies
+        assert proxy_ip in trusted, f"{edge} must trust the proxy's X-Forwarded-For"
+    conf = (DEPLOY / "nginx.conf").read_text()
+    upstream = conf.split("upstream edges", 1)[1].split("}", 1)[0]
+    assert "edge1:8080" in upstream and "edge2:8080" in upstream
+    for setting in ("proxy_buffering off;", "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+                    "proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Connection $connection_upgrade;",
+                    "proxy_http_version 1.1;", "proxy_read_timeout 1h;", "http2 on;"):
+        assert setting in conf, setting
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in services["proxy"]["volumes"]
 
 
 @pytest.mark.parametrize("script", ["cluster-demo.sh"])

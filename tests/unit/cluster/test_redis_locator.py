@@ -187,8 +187,12 @@ async def test_every_node_with_a_current_heartbeat_is_listed(locators):
     one, two = await locators("origin-1"), await locators("edge-1")
     ids = [n.id for n in await one.nodes()]
     assert ids == ["edge-1", "origin-1"]
+    found = await one.node("edge-1")  # one node by id (where an edge fetches another node's recordings)
+    assert found is not None and found.http == "http://edge-1:8080"
+    assert await one.node("nobody") is None
     await two.close()
     assert [n.id for n in await one.nodes()] == ["origin-1"]
+    assert await one.node("edge-1") is None
 
 
 async def test_redis_away_answers_locally_and_claims_are_made_good_when_it_returns(redis, locators, caplog):

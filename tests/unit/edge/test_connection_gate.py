@@ -45,3 +45,11 @@ def test_the_default_total_cap_is_half_the_open_file_limit():
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert limits.max_connections == max(64, soft // 2)
     assert connection_limits(300, 0, 10).max_connections == 300
+
+
+def test_trusted_proxies_are_spared_the_per_address_cap_but_not_the_total():
+    gate = ConnectionGate(ConnectionLimits(max_connections=5, max_per_address=1, header_timeout_s=10),
+                          uncapped=lambda address: address == "10.0.0.9")
+    assert [gate.opened("10.0.0.9") for _ in range(3)] == [None, None, None]
+    assert [gate.opened("10.0.0.1") for _ in range(2)] == [None, MAX_PER_IP]
+    assert [gate.opened("10.0.0.9") for _ in range(2)] == [None, MAX_CONNECTIONS]

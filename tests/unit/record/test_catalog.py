@@ -8,6 +8,7 @@ import base64
 import importlib.util
 import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -73,7 +74,7 @@ async def _schema_differences(url: str) -> list:
 async def test_an_empty_database_is_migrated_to_head(db_url):
     cat = await Catalog.open(db_url)
     try:
-        assert head_revision() == "0001"
+        assert head_revision() == "0002"
         assert await cat.schema_revision() == head_revision()
         assert await cat.list() == ([], None)
         assert await cat.total_bytes() == 0
@@ -100,6 +101,40 @@ async def test_opening_a_migrated_database_again_keeps_rows_and_head(db_url):
     finally:
         await engine.dispose()
     assert versions == [head_revision()]
+
+
+async def test_a_database_at_the_previous_revision_is_migrated_with_its_rows(db_url):
+    from alembic import command
+
+    from mediaserver.record.catalog import _alembic_config
+
+    def to_0001_with_a_row(conn: sa.Connection) -> None:
+        command.upgrade(_alembic_config(conn), "0001")
+        conn.execute(sa.text(
+            "INSERT INTO recordings (id, app, stream, node, started_at, duration_s, bytes, location, status, "
+            "created_at, updated_at) VALUES ('old1', 'live', 'cam', 'n1', :t, 6.5, 1234, '/rec/old.mp4', "
+            "'complete', :t, :t)"), {"t": T0.replace(tzinfo=None) if db_url.startswith("sqlite") else T0})
+
+    if db_url.startswith("sqlite"):
+        Path(sa.engine.make_url(db_url).database).parent.mkdir(parents=True)
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(to_0001_with_a_row)
+    finally:
+        await engine.dispose()
+    cat = await Catalog.open(db_url)
+    try:
+        assert await cat.schema_revision() == "0002"
+        old = await cat.get("old1")
+        assert old is not None and (old.status, old.bytes, old.duration_s, old.started_at) == ("complete", 1234, 6.5, T0)
+        assert old.final_status is None
+        assert [r.id for r in await cat.unuploaded("n1")] == ["old1"]
+        moved = await cat.update("old1", status="uploading", final_status="interrupted")
+        assert moved is not None and moved.final_status == "interrupted"
+    finally:
+        await cat.close()
+    assert await _schema_differences(db_url) == []
 
 
 async def test_nodes_opening_a_fresh_database_at_once_migrate_it_once(db_url):
