@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import urlencode
 
 from aiohttp import web
-
-from urllib.parse import urlencode
 
 from ..auth.tokens import bearer_token
 from ..errors import MediaError

@@ -28,7 +28,7 @@ export function playRecorded(ui, {app, name, query}) {
   const dvr = app !== 'vod';
   const subject = dvr ? `${app}/${name} (DVR)` : `recording ${name}`;
   const formats = dvr
-    ? [{id: 'hls', label: 'HLS (DVR)', url: () => `/${encodeURIComponent(app)}/${encodeURIComponent(name)}/dvr.m3u8`}]
+    ? [{id: 'hls', label: 'HLS', url: () => `/${encodeURIComponent(app)}/${encodeURIComponent(name)}/dvr.m3u8`}]
     : VOD_FORMATS;
   let format = formats.some((f) => f.id === query.get('format')) ? query.get('format') : formats[0].id;
   let engine = null;
