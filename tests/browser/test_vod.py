@@ -31,6 +31,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str) -> Iterator[
     clip = generate_clip(work / "clip.flv", duration_s=CLIP_S, size="320x240")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN_TOKEN)
+        env.setenv("MEDIASERVER_TOKEN_SECRET", "browser-vod-token-secret-0123456789")  # the console mints
         server = start_server(work / "server", {"record.path": str(work / "rec"), "record.mode": "all",
                                                 "hub.reconnect_grace": "0.5"})
     try:
@@ -96,6 +97,12 @@ def test_the_console_lists_the_recording_and_deletes_it(recorded, browser, artif
     assert cell("media") == "H.264 + AAC 320×240" and cell("duration").endswith(" s")
     assert console.get_attribute(f'{tr} [data-action="play"]', "href") == f"/play/vod/{row['id']}"
     assert console.get_attribute(f'{tr} [data-action="download"]', "href") == f"/vod/{row['id']}.mp4"
+    with console.context.expect_page() as opened:  # Play: the player in a new tab, with a play token
+        console.click(f'{tr} [data-action="play"]')
+    player = opened.value
+    wait_state(player, "playing")
+    assert f"/play/vod/{row['id']}?token=" in player.url
+    player.close()
 
     # The filter: another stream's recordings are none.
     console.fill("#rec-stream", "nosuchstream")

@@ -1,9 +1,10 @@
 // The console's recordings: a Record/Stop button per live stream (POST/DELETE /api/v1/streams/APP/NAME/record)
 // and the Recordings view (GET /api/v1/recordings, filtered by app and stream, a page at a time with the
-// `next` cursor), each recording with play (the player page, /play/vod/ID), download (/vod/ID.mp4) and
+// `next` cursor), each recording with play (the player page, /play/vod/ID, with a play token minted for
+// the recorded stream when the server can make one, as the preview does), download (/vod/ID.mp4) and
 // delete (asked first).
 
-import {el, explain, formatDuration} from './common.js';
+import {el, explain, formatDuration, withToken} from './common.js';
 import {codecName} from './engines.js';
 
 const PAGE = 20;
@@ -117,6 +118,7 @@ export class RecordingsView {
     const remove = el('button', {type: 'button', class: 'danger', text: 'Delete', dataset: {action: 'delete'},
       disabled: r.status === 'recording', title: r.status === 'recording' ? 'stop the recording first' : undefined});
     remove.addEventListener('click', () => this.remove(r, remove));
+    play.addEventListener('click', (event) => this.play(event, r, play.href));
     return el('tr', {dataset: {recording: r.id}},
       el('td', {dataset: {col: 'stream'}}, el('div', {text: key}), el('div', {class: 'muted', text: `${r.id} on ${r.node}`})),
       el('td', {dataset: {col: 'started'}, text: formatWhen(r.started_at)}),
@@ -125,6 +127,18 @@ export class RecordingsView {
       el('td', {dataset: {col: 'media'}, text: `${codecs || '–'}${resolution}`}),
       el('td', {dataset: {col: 'status'}}, el('span', {class: r.status === 'recording' ? 'badge live' : r.status === 'complete' ? 'badge' : 'badge bad', text: r.status})),
       el('td', {class: 'actions', dataset: {col: 'actions'}}, play, download, remove));
+  }
+
+  /** Open the player in a new tab with a play token for the stream (its app may need one); the plain URL
+   *  when no token can be made (no token secret on the server). */
+  async play(event, r, href) {
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    const tab = window.open('', '_blank');  // now, while the click counts: after an await it may be blocked
+    const minted = await this.api('/tokens', {method: 'POST', body: {action: 'play', app: r.app, stream: r.stream, ttl: 3600}});
+    const url = minted.ok && minted.body && minted.body.token ? withToken(href, minted.body.token) : href;
+    if (tab) tab.location.href = url;
+    else window.open(url, '_blank');
   }
 
   async remove(r, button) {
