@@ -106,7 +106,15 @@ def resolve(playlist_path: str, uri: str) -> str:
     if uri.startswith("/"):
         return uri
     base = playlist_path.split("?", 1)[0]
-    return base[: base.rfind("/") + 1] + uri
+    parts = base[: base.rfind("/")].split("/") + uri.split("/")
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if part == "..":
+            if len(out) > 1:
+                out.pop()
+        elif part != "." or i == len(parts) - 1:
+            out.append(part)
+    return "/".join(out)
 
 
 def ts_first_video_pts(data: bytes | bytearray) -> int | None:
@@ -192,7 +200,8 @@ class HttpClient:
         self.conn: _Conn | None = None
         self.connects = 0
 
-    async def get(self, path: str, keep_body: bool, timeout_s: float = 10.0) -> tuple[int, bytes | None, int, float]:
+    async def get(self, path: str, keep_body: bool, timeout_s: float = 10.0,
+                  headers: dict[str, str] | None = None) -> tuple[int, bytes | None, int, float]:
         """(status, body if keep_body, body bytes, latency ms from request written to response complete)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout_s):
@@ -205,7 +214,7 @@ class HttpClient:
             c.body = bytearray()
             c.nbytes = 0
             t = time.monotonic()
-            c.transport.write(request_bytes(self.host, self.port, path))
+            c.transport.write(request_bytes(self.host, self.port, path, headers=headers))
             try:
                 status, body, n = await c.fut
             except BaseException:

@@ -220,10 +220,12 @@ class HttpResponseParser:
             self.on_end()
 
 
-def request_bytes(host: str, port: int, path: str, *, keep_alive: bool = True, method: str = "GET") -> bytes:
-    """A minimal HTTP/1.1 request."""
+def request_bytes(host: str, port: int, path: str, *, keep_alive: bool = True, method: str = "GET",
+                  headers: dict[str, str] | None = None) -> bytes:
+    """A minimal HTTP/1.1 request (`headers`: more header fields, e.g. Range)."""
     conn = "keep-alive" if keep_alive else "close"
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
     return (
         f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: mediaserver-bench\r\n"
-        f"Accept: */*\r\nConnection: {conn}\r\n\r\n"
+        f"Accept: */*\r\n{extra}Connection: {conn}\r\n\r\n"
     ).encode("latin-1")

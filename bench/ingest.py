@@ -4,9 +4,11 @@ The bench media (bench/_media.py) is published through our RTMP client session i
 per RTMP message (as a real-time publisher's reads arrive), and fed to the server's own connection object
 (`RtmpConnection.data_received`) with a stand-in transport, the hub and the HLS packager attached, exactly
 as in the server. Reports µs per frame and CPU-seconds per stream-minute of media; `--profile` prints the
-top of a cProfile run.
+top of a cProfile run. `--record DIR` also attaches the server's Recorder (record/recorder.py) to the stream,
+writing the fMP4 file under DIR, so the difference with a run without it is recording's own cost (its fsyncs,
+every `--fsync-interval` s of wall time as the manager's thread does them, are run inline and counted).
 
-    .venv/bin/python bench/ingest.py [--seconds 60] [--profile] [--no-hls]
+    .venv/bin/python bench/ingest.py [--seconds 60] [--profile] [--no-hls] [--record DIR]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import cProfile
 import pstats
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from mediaserver.rtmp import events as ev  # noqa: E402
 from mediaserver.rtmp.client import ClientSession  # noqa: E402
 from mediaserver.rtmp.server import RtmpConnection, RtmpServer  # noqa: E402
 from mediaserver.cli import build_registry  # noqa: E402
+from mediaserver.record.recorder import Recorder  # noqa: E402
 
 
 class NullTransport:
@@ -126,6 +130,12 @@ async def run(args: argparse.Namespace) -> None:
         conn.data_received(data)
     await asyncio.sleep(0)  # the gate answers the publish request in a task of its own
     assert conn.stream is not None, "the publish request was not accepted"
+    recorder = None
+    if args.record:
+        recorder = Recorder(conn.stream.key, args.record, fsync_interval_s=args.fsync_interval)
+        for frame in conn.stream.history():
+            recorder.on_frame(frame)
+        conn.stream.add_sink(recorder)
     profiler = cProfile.Profile() if args.profile else None
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
@@ -133,6 +143,13 @@ async def run(args: argparse.Namespace) -> None:
         profiler.enable()
     for data in reads:
         conn.data_received(data)
+        if recorder is not None:
+            for job in recorder.take_sync_jobs():
+                job()
+    if recorder is not None:
+        recorder.stop()
+        for job in recorder.take_sync_jobs():
+            job()
     if profiler:
         profiler.disable()
     cpu = time.process_time() - cpu0
@@ -144,6 +161,9 @@ async def run(args: argparse.Namespace) -> None:
           f"{len(packager.window) if packager else 0}")
     print(f"cpu: {cpu:.3f} s ({wall:.3f} s wall) = {cpu / frames * 1e6:.1f} µs per frame = "
           f"{cpu / media_s * 60:.4f} CPU-s per stream-minute")
+    if recorder is not None:
+        written = sum(f.bytes for f in recorder.files)
+        print(f"recorded: {len(recorder.files)} file(s), {written / 1e6:.1f} MB ({recorder.files[0].path})")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
@@ -153,7 +173,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-hls", action="store_true")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--record", metavar="DIR", help="also record the stream to an fMP4 file under DIR "
+                        "('tmp': a temporary directory, removed after)")
+    parser.add_argument("--fsync-interval", type=float, default=10.0,
+                        help="with --record: seconds between fsyncs of the file (record.fsync_interval; default 10)")
+    args = parser.parse_args()
+    if args.record == "tmp":
+        with tempfile.TemporaryDirectory(prefix="ingest-record-") as tmp:
+            args.record = tmp
+            asyncio.run(run(args))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

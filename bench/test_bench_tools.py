@@ -29,7 +29,9 @@ from _hls_viewers import (  # noqa: E402
 from _http import MAX_HEAD, HttpError, HttpResponseParser, parse_head  # noqa: E402
 from _latency import SendLog, listing_delays, match_delays  # noqa: E402
 from _media import FlvFormatError, FlvTag, is_keyframe_body, loop_duration_ms, parse_flv  # noqa: E402
+from _recfiles import check_recording  # noqa: E402
 from _report import pct, summary  # noqa: E402
+from _vod_viewers import parse_vod_playlist, range_header  # noqa: E402
 
 # ------------------------------------------------------------------ helpers
 
@@ -285,6 +287,8 @@ def test_segment_uris_resolve_against_the_playlist_path():
     assert resolve("/live/x/index.m3u8?t=1", "seg-1.ts") == "/live/x/seg-1.ts"
     assert resolve("/live/x/index.m3u8", "/abs/seg.ts") == "/abs/seg.ts"
     assert resolve("/live/x/index.m3u8", "http://h:1/a/b.ts") == "/a/b.ts"
+    assert resolve("/vod/ID/index.m3u8", "../ID.mp4?token=t") == "/vod/ID.mp4?token=t"
+    assert resolve("/APP/NAME/dvr.m3u8", "../../vod/ID.mp4") == "/vod/ID.mp4"
 
 
 def ts_packet_with_pes(stream_id: int, pts: int, adaptation: int = 0) -> bytes:
@@ -1278,3 +1282,76 @@ def test_a_short_soak_leaves_no_leak_and_no_traceback(tmp_path):
     assert v["no_packagers_left"]["outcome"] == "PASS" and v["no_subscribers_left"]["outcome"] == "PASS", v
     assert v["zero_tracebacks"]["outcome"] == "PASS", r["server_log"]["errors_by_event"]
     assert v["server_ran_and_stopped_cleanly"]["outcome"] == "PASS", v
+
+
+# ------------------------------------------------------------------ recording and VOD benchmarks' readers
+
+VOD_PLAYLIST = """#EXTM3U
+#EXT-X-VERSION:7
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:0
+#EXT-X-PLAYLIST-TYPE:VOD
+#EXT-X-MAP:URI="../r1.mp4",BYTERANGE="1123@0"
+#EXTINF:2.000,
+#EXT-X-BYTERANGE:600000@1123
+../r1.mp4
+#EXTINF:1.500,
+#EXT-X-BYTERANGE:400000
+../r1.mp4
+#EXT-X-ENDLIST
+"""
+
+
+def test_a_byte_range_vod_playlist_is_read_with_implicit_offsets():
+    pl = parse_vod_playlist(VOD_PLAYLIST)
+    assert (pl.map_uri, pl.map_offset, pl.map_length, pl.ended) == ("../r1.mp4", 0, 1123, True)
+    assert [(s.offset, s.length, s.duration_s) for s in pl.segments] == [(1123, 600000, 2.0), (601123, 400000, 1.5)]
+    assert range_header(1123, 600000) == {"Range": "bytes=1123-601122"}
+    for bad in ("#EXTM3U\n#EXTINF:2,\nseg.mp4\n", VOD_PLAYLIST.replace("BYTERANGE:400000", "BYTERANGE:x"),
+                VOD_PLAYLIST.replace('#EXT-X-MAP:URI="../r1.mp4",BYTERANGE="1123@0"\n', "")):
+        with pytest.raises(PlaylistError):
+            parse_vod_playlist(bad)
+
+
+def _fmp4_box(kind: bytes, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _full(kind: bytes, version: int, flags: int, *parts: bytes) -> bytes:
+    return _fmp4_box(kind, struct.pack(">I", (version << 24) | flags), *parts)
+
+
+def _recording_init() -> bytes:
+    def trak(track_id: int, handler: bytes, timescale: int) -> bytes:
+        tkhd = _full(b"tkhd", 0, 3, struct.pack(">IIII", 0, 0, track_id, 0), bytes(64))
+        mdhd = _full(b"mdhd", 0, 0, struct.pack(">IIII", 0, 0, timescale, 0), bytes(4))
+        hdlr = _full(b"hdlr", 0, 0, bytes(4), handler, bytes(13))
+        return _fmp4_box(b"trak", tkhd, _fmp4_box(b"mdia", mdhd, hdlr))
+
+    mvex = _fmp4_box(b"mvex", *(_full(b"trex", 0, 0, struct.pack(">IIIII", t, 1, 0, 0, 0)) for t in (1, 2)))
+    return _fmp4_box(b"ftyp", b"isom", bytes(4)) + _fmp4_box(b"moov", trak(1, b"vide", 90000),
+                                                             trak(2, b"soun", 48000), mvex)
+
+
+def _recording_fragment(track_id: int, start: int, durations: list[int]) -> bytes:
+    trun = _full(b"trun", 0, 0x301, struct.pack(">II", len(durations), 0),
+                 *(struct.pack(">II", d, 10) for d in durations))
+    traf = _fmp4_box(b"traf", _full(b"tfhd", 0, 0x20000, struct.pack(">I", track_id)),
+                     _full(b"tfdt", 1, 0, struct.pack(">Q", start)), trun)
+    return _fmp4_box(b"moof", _full(b"mfhd", 0, 0, struct.pack(">I", 1)), traf) + \
+        _fmp4_box(b"mdat", bytes(10 * len(durations)))
+
+
+def test_a_recording_read_back_counts_samples_and_finds_holes_in_each_track():
+    init = _recording_init()
+    whole = init + b"".join((
+        _recording_fragment(1, 0, [3000] * 60), _recording_fragment(2, 0, [1024] * 94),
+        _recording_fragment(1, 180000, [3000] * 60), _recording_fragment(2, 96256, [1024] * 93)))
+    c = check_recording(whole)
+    assert c.error is None and c.samples == 307 and c.holes == 0
+    assert c.tracks["vide"].duration_s == 4.0 and c.tracks["soun"].samples == 187
+    lost = init + _recording_fragment(1, 0, [3000] * 60) + _recording_fragment(1, 183000, [3000] * 59)
+    c = check_recording(lost)  # a frame missing between two fragments
+    assert c.holes == 1 and abs(c.tracks["vide"].worst_hole_ms - 33.333) < 0.01 and c.samples == 119
+    assert check_recording(whole[:-5]).error is not None  # cut inside the last box

@@ -48,10 +48,15 @@ from .rtmp.server import RtmpServer
 from .tls import CertFiles, TlsCertificate
 from .transcode.health_monitor import HealthWatch
 from .transcode.job import worker_command
+from .relay.pull import PullCollector, PullRelays, build_pulls
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
 from .record.objectstore import StorageNotInstalled
 from .record.uploader import UploadCollector
+from .relay.manager import RelayManager, configured_pushes
+from .relay.metrics import RelayCollector
+from .relay.pusher import PushSettings
+from .relay.target import TargetError
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
@@ -305,7 +310,33 @@ def _key(name: str):
 # ----- end of cluster ----------------------------------------------------------------------------------
 
 
-def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, cluster: ClusterWiring | None):
+# ----- relay (pull) -----------------------------------------------------------------------------------
+
+
+def pull_hooks(pulls: PullRelays, publish_claim, play_locate):
+    """The gate's publish_claim and play_locate with the pull relays in front: a pulled name cannot be
+    published by an encoder, and its first viewer starts its pull (on_demand); other names go on to the
+    cluster's hooks (or none)."""
+
+    async def claim(key: StreamKey) -> str | None:
+        refused = pulls.publish_refusal(key)
+        if refused is not None or publish_claim is None:
+            return refused
+        return await publish_claim(key)
+
+    async def locate(key: StreamKey, address: str):
+        if key in pulls.pulls:
+            return await pulls.locate(key)
+        return await play_locate(key, address) if play_locate is not None else None
+
+    return claim, locate
+
+
+# ----- end of relay (pull) -----------------------------------------------------------------------------
+
+
+def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, cluster: ClusterWiring | None,
+                     pulls: PullRelays | None = None):
     """The gate's rendition_locate: a viewer named APP/STREAM@LABEL that is not live here. The source is
     pulled first on a node that pulls for its viewers; then its transcode is started (or joined)."""
     from .auth.names import split_rendition
@@ -320,6 +351,10 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
             if isinstance(found, AbrRefusal):
                 return Refusal(ABR_REFUSAL, found.reason, found.error, found.hint, status=found.status)
             return found
+        if pulls is not None and source in pulls.pulls:  # relay pull: the source is pulled first (on_demand)
+            local = registry.get(source)
+            if (local is None or local.ended) and await pulls.locate(source) is None:
+                return None
         if cluster is not None and cluster.role in ("edge", "both"):
             local = registry.get(source)
             if local is None or local.ended:
@@ -332,6 +367,27 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
         return found
 
     return locate
+
+
+def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str, str],
+                 cluster: ClusterWiring | None = None) -> RelayManager:
+    """Pushes to other servers: [[relay.push]] URLs filled from the environment now (a missing variable
+    stops the start); a push back into this server's own stream is refused as a loop."""
+    cfg = config.relay
+    try:
+        pushes = configured_pushes(cfg.push, environ)
+    except TargetError as err:
+        raise ConfigError(str(err)) from err
+    ports = {"rtmp": config.rtmp.port}
+    if config.rtmps.enabled:
+        ports["rtmps"] = config.rtmps.port
+    return RelayManager(
+        registry, pushes,
+        PushSettings(connect_timeout=cfg.push_connect_timeout, write_timeout=cfg.push_write_timeout,
+                     retry_min=cfg.push_retry_min, retry_max=cfg.push_retry_max, chunk_size=config.rtmp.chunk_size),
+        own_hosts=(socket.gethostname(), config.rtmp.bind), own_ports=ports,
+        pulled=cluster.pulls.is_relay if cluster else None,  # cluster: pushed by the node it is published to
+    )
 
 
 def ladder_labels(rungs):
@@ -358,6 +414,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    try:
+        pulls = build_pulls(registry, config.relay, os.environ)  # relay pull: ${VAR} of the URLs filled here
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
+    relays = build_relays(config, registry, os.environ, cluster)
     pool = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
                          command=worker_command(config.log.level, config.log.format))
     abr: TranscodePool | ClusterAbr = pool
@@ -365,12 +426,15 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         abr = ClusterAbr(pool, cluster.locator, cluster.node_id, cluster.http_url,
                          transcoder=config.cluster.role == "transcoder", pull_source=cluster.pulls.ensure,
                          claims=cluster.locator.claims)
+    publish_claim = cluster.claim if cluster else None  # cluster: one publisher per stream
+    # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
+    play_locate = cluster.locate if cluster and config.cluster.role in ("edge", "both") else None
+    if pulls is not None:  # relay pull
+        publish_claim, play_locate = pull_hooks(pulls, publish_claim, play_locate)
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
-        publish_claim=cluster.claim if cluster else None,  # cluster: one publisher per stream
-        # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
-        play_locate=cluster.locate if cluster and config.cluster.role in ("edge", "both") else None,
-        rendition_locate=rendition_locate(abr, registry, cluster),
+        publish_claim=publish_claim, play_locate=play_locate,
+        rendition_locate=rendition_locate(abr, registry, cluster, pulls),
     )
     pool.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate, tls=rtmps_cert, tls_port=config.rtmps.port)
@@ -391,6 +455,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
         recordings.upkeep.disk_listeners.append(hooks.record_disk)
+    if hooks is not None and hooks.wants("relay_state"):
+        relays.listeners.append(hooks.relay_state)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()
@@ -402,7 +468,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
         cluster_kick=cluster.kick if cluster else None, cluster_nodes=cluster.nodes if cluster else None,  # cluster
         cluster_streams=cluster.streams if cluster else None,  # cluster
-        abr=abr, recordings=recordings,
+        abr=abr, recordings=recordings, relays=relays,
+        pulls=pulls.describe if pulls is not None else None,  # relay pull
     ))
 
     def rtmp_listening() -> tuple[bool, str]:
@@ -428,6 +495,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app[METRICS].connections = connections
     app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]
     app[METRICS].abr = abr
+    if pulls is not None:  # relay pull
+        app[METRICS].prom.register(PullCollector(pulls))
     app[ABR] = abr  # master.m3u8, cmaf.m3u8 and manifest.mpd list the renditions
     if recordings is not None:
         app[RECORDINGS] = recordings  # /vod/ID.mp4, /vod/ID/index.m3u8
@@ -435,6 +504,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         app[METRICS].advisory_checks["catalog"] = recordings.upkeep.catalog_ready
         if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
             app[REMOTE_VOD] = cluster.remote_vod()
+    app[METRICS].prom.register(RelayCollector(relays))
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
         app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))
@@ -468,14 +538,19 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         **({"trusted_proxies": ",".join(config.http.trusted_proxies)} if config.http.trusted_proxies else {}),
     )
     reload_on_hangup(asyncio.get_running_loop(), [c for c in (rtmps_cert, https_cert) if c is not None])
+    if pulls is not None:  # relay pull: "always" pulls start once the server is listening
+        pulls.start()
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
     await rtmp.stop_accepting()
     if isinstance(abr, ClusterAbr):
         await abr.close()  # its job claims given up
     await pool.close()  # every worker process stopped and waited for
+    if pulls is not None:  # relay pull
+        await pulls.close()
     if recordings is not None:
         await recordings.close()  # files closed and synced, catalog rows written
+    await relays.close()
     registry.close_all("server_shutdown")
     if health is not None:
         await health.close()

@@ -162,6 +162,8 @@ class WebhooksConfig:
     on_record_disk: str = ""
     """Told when record.path's free space falls under record.min_free_gb (state "low": recordings stop) and
     when it returns (state "ok": they resume)."""
+    on_relay_state: str = ""
+    """Told when a push ([relay], the admin API) goes live, starts retrying (with the error) or stops."""
     timeout: float = 2.0
     on_failure: str = "deny"
     """What a hook that times out, fails (5xx, no connection) or answers garbage means: "deny" or "allow"."""
@@ -368,6 +370,56 @@ class RecordConfig:
     s3: S3Config = field(default_factory=S3Config)
 
 
+# ----- relay (push: restreaming to other servers) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """One push target (`[[relay.push]]`): each stream of `app` named `stream` ("*": any) is pushed to `url`."""
+
+    url: str
+    """rtmp[s]://HOST[:PORT]/APP/KEY; ${VAR} is filled from the environment at start (and never logged)."""
+    app: str = "*"
+    stream: str = "*"
+    rendition: str = ""
+    """A label of the ABR ladder: push STREAM@LABEL (while it is transcoded) instead of the source."""
+
+
+@dataclass(frozen=True, slots=True)
+class PullRelay:
+    """One `[[relay.pull]]`: a stream of another server ingested here as if published here."""
+
+    app: str
+    stream: str
+    url: str
+    """rtmp://, rtmps://, http:// or https:// (an .flv); ${VAR} is filled from the environment at start."""
+    mode: str = "on_demand"
+    """on_demand: pulled from the first viewer until relay.pull_grace without one; always: from the start."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    push: tuple[PushTarget, ...] = ()
+    """[[relay.push]] url = "rtmp://a.example/live2/${YOUTUBE_KEY}", app = "live", stream = "*"."""
+    push_retry_min: float = 1.0
+    """Seconds before the first retry of a push that failed; doubled each time up to push_retry_max."""
+    push_retry_max: float = 30.0
+    push_connect_timeout: float = 10.0
+    """Seconds for a target to connect, handshake and accept publishing."""
+    push_write_timeout: float = 10.0
+    """Seconds a target may leave our writes unread before its connection is dropped and retried."""
+    pull: tuple[PullRelay, ...] = ()
+    pull_grace: float = 10.0
+    """Seconds an on_demand pull goes on without viewers (a viewer back within it reuses it)."""
+    pull_retry_max: float = 30.0
+    """Longest wait between reconnects to a source that is down (the wait doubles from 0.5 s up to this)."""
+    pull_wait: float = 5.0
+    """Seconds a first viewer waits for an on_demand pull's first keyframe."""
+
+
+# ----- end of relay -------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -386,6 +438,7 @@ class Config:
     thumbnails: ThumbnailConfig = field(default_factory=ThumbnailConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 # Accepted values and ranges, checked after types: key -> (min, max) or a tuple of choices.
@@ -457,10 +510,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "retention.max_age_days": (0, 36_500),
     "retention.max_total_gb": (0, 1_000_000),
     "s3.part_size_mb": (0.01, 5120),
+    "relay.push_retry_min": (0.1, 3600),
+    "relay.push_retry_max": (0.1, 3600),
+    "relay.push_connect_timeout": (0.5, 600),
+    "relay.push_write_timeout": (0.5, 600),
     "ladder.height": (16, 4320),
     "ladder.width": (0, 7680),
     "ladder.video_kbps": (16, 200_000),
     "ladder.threads": (0, 64),
+    "relay.pull_grace": (0, 86_400),
+    "relay.pull_retry_max": (0.5, 3600),
+    "relay.pull_wait": (0.1, 60),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
@@ -472,12 +532,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "record.storage": ("local", "s3"),
     "watermark.position": ("top-left", "top-right", "bottom-left", "bottom-right", "center"),
     "ladder.codec": ("h264", "hevc", "av1", "vp9"),
+    "pull.mode": ("on_demand", "always"),
 }
 _LABEL = re.compile(r"[a-z0-9_-]{1,32}")
 # Lists of tables whose default is empty (a non-empty default names its table's class itself).
-_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule}
+_TABLE_LISTS: dict[str, type] = {"record.retention": RetentionRule, "relay.push": PushTarget, "relay.pull": PullRelay}
 _URL_KEYS = ("webhooks.on_publish", "webhooks.on_play", "webhooks.on_publish_done", "webhooks.on_play_done",
-             "webhooks.on_record_done", "webhooks.on_record_disk",
+             "webhooks.on_record_done", "webhooks.on_record_disk", "webhooks.on_relay_state",
              "cluster.advertise_url", "cluster.upstream", "s3.endpoint")
 
 
@@ -520,7 +581,7 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         twice = sorted({x for x in labels if x is not None and labels.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names {', '.join(twice)} more than once; each label names one rendition")
-        apps = [getattr(t, "app", None) for t in tables]
+        apps = [getattr(t, "app", None) for t in tables if table_cls is RetentionRule]  # pushes, pulls: many per app
         twice = sorted({x for x in apps if x is not None and apps.count(x) > 1})
         if twice:
             raise ConfigError(f"{where} names app {', '.join(twice)} more than once; give each app one table")
@@ -545,7 +606,9 @@ def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> A
             raise ConfigError(f"unknown key {here}.{key}" + _suggest(key, list(fields)))
     missing = [k for k in required if k not in value]
     if missing:
-        example = 'app = "live"' if cls is RetentionRule else 'label = "480p", height = 480, video_kbps = 1200'
+        example = {RetentionRule: 'app = "live"', PushTarget: 'url = "rtmp://a.example/live2/${KEY}"',
+                   PullRelay: 'app = "live", stream = "cam1", url = "rtmp://camera.example/live/cam1"'}.get(
+            cls, 'label = "480p", height = 480, video_kbps = 1200')
         raise ConfigError(f"{here} needs {', '.join(missing)}, e.g. {example}")
     built: dict[str, Any] = {}
     short = where.split(".")[-1]
@@ -553,7 +616,7 @@ def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> A
         if key not in value:
             continue
         sample = f.default if f.default is not dataclasses.MISSING else {"label": "", "height": 0, "video_kbps": 0,
-                                                                          "app": ""}[key]
+                                                                          "app": "", "stream": "", "url": ""}[key]
         coerced = _coerce(f"{here}.{key}", value[key], sample)
         _check(f"{short}.{key}", coerced, f"{here}.{key}")
         built[key] = coerced
@@ -561,6 +624,12 @@ def _table(where: str, index: int | None, value: dict[str, Any], cls: type) -> A
         raise ConfigError(f"{here}.label = {built['label']!r} must be 1-32 of a-z, 0-9, '_' or '-' (it names STREAM@LABEL)")
     if short == "ladder" and built["label"] == "source":
         raise ConfigError(f"{here}.label = \"source\" is kept for the watermarked top rung; choose another label")
+    if short == "push" and not built["url"].startswith(("rtmp://", "rtmps://")):
+        raise ConfigError(f"{here}.url must be an rtmp:// or rtmps:// URL (rtmp://HOST[:PORT]/APP/KEY); "
+                          "accepted schemes are rtmp and rtmps")
+    if short == "push" and built.get("rendition") and not _LABEL.fullmatch(built["rendition"]):
+        raise ConfigError(f"{here}.rendition = {built['rendition']!r} must be a label of [[abr.ladder]] "
+                          "(1-32 of a-z, 0-9, '_' or '-'), or left out for the source")
     if short == "retention" and not built["app"].strip():
         raise ConfigError(f"{here}.app is empty; name the app whose recordings these limits keep")
     return cls(**built)
@@ -623,7 +692,11 @@ def _build(raw: dict[str, Any], problems: list[str]) -> Config:
         built[section_name] = dataclasses.replace(cls, **values)
     config = Config(**built)
     problems.extend(_record_problems(config.record))
+    if config.relay.push_retry_min > config.relay.push_retry_max:
+        problems.append(f"relay.push_retry_min = {config.relay.push_retry_min:g} is above relay.push_retry_max = "
+                        f"{config.relay.push_retry_max:g}; the backoff grows from the first to the second")
     problems.extend(_tls_problems(config))
+    problems.extend(_pull_problems(config))
     return config
 
 
@@ -645,6 +718,66 @@ def _tls_problems(config: Config) -> list[str]:
     if config.rtmps.enabled and config.rtmps.port == config.rtmp.port:
         found.append(f"rtmps.port = {config.rtmps.port} is also rtmp.port; RTMPS needs a port of its own "
                      "(443 or 1936 are usual)")
+    return found
+
+
+PULL_SCHEMES = ("rtmp", "rtmps", "http", "https")
+_PULL_NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]{0,127}")  # auth/names.py's rule (config imports no layer)
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
+
+
+def pull_url_problem(url: str) -> str | None:
+    """What is wrong with a pull source URL (None: usable). ${VAR} placeholders count as filled."""
+    from urllib.parse import urlsplit
+
+    shown = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "x", url)
+    try:
+        parts = urlsplit(shown)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as err:
+        return f"is not a URL ({err})"
+    if parts.scheme not in PULL_SCHEMES:
+        return f"has scheme {parts.scheme or 'none'!r}; accepted: rtmp://, rtmps://, http:// or https:// (FLV)"
+    if not parts.hostname:
+        return "names no host, e.g. rtmp://camera.example:1935/live/cam1"
+    segments = [s for s in parts.path.split("/") if s]
+    if parts.scheme.startswith("rtmp") and len(segments) < 2:
+        return "needs an app and a stream name after the host: rtmp://HOST[:PORT]/APP/STREAM"
+    if parts.scheme.startswith("http") and not segments:
+        return "needs a path to the FLV: http://HOST[:PORT]/APP/STREAM.flv"
+    return None
+
+
+def _pull_problems(config: Config) -> list[str]:
+    """Each [[relay.pull]] names a valid stream once, from a usable URL that is not this server's own stream."""
+    from urllib.parse import urlsplit
+
+    found = []
+    seen: set[tuple[str, str]] = set()
+    for i, pull in enumerate(config.relay.pull):
+        here = f"relay.pull[{i}]"
+        for key in ("app", "stream"):
+            value = getattr(pull, key)
+            if not _PULL_NAME.fullmatch(value):
+                found.append(f"{here}.{key} = {value!r} is not a valid name: 1-128 letters, digits, '_', '-', "
+                             "'.' or '~', not starting with '.'")
+        if (pull.app, pull.stream) in seen:
+            found.append(f"{here} pulls {pull.app}/{pull.stream} again; each stream has one source")
+        seen.add((pull.app, pull.stream))
+        problem = pull_url_problem(pull.url)
+        if problem is not None:
+            found.append(f"{here}.url {problem}")
+            continue
+        parts = urlsplit(pull.url)
+        ports = {"rtmp": (config.rtmp.port, 1935), "rtmps": (config.rtmps.port, 443),
+                 "http": (config.http.port, 80), "https": (config.http.port, 443)}[parts.scheme]
+        host = (parts.hostname or "").lower()
+        segments = [s for s in parts.path.split("/") if s]
+        names = (segments[0], segments[-1].removesuffix(".flv")) if segments else ("", "")
+        if (host in _LOCAL_HOSTS or host in (config.rtmp.bind, config.http.bind)) \
+                and (parts.port or ports[1]) == ports[0] and names == (pull.app, pull.stream):
+            found.append(f"{here}.url points to this server's own stream {pull.app}/{pull.stream}: a loop; "
+                         "pull from another server, or under another name")
     return found
 
 

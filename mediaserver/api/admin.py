@@ -22,6 +22,10 @@
 | GET    recordings                                  | recordings: app, stream, since, until, cursor  |
 | GET    recordings/{id}                             | one recording                                  |
 | DELETE recordings/{id}                             | delete its file and row                        |
+| GET    streams/{app}/{name}/relays                 | the stream's pushes: state, error, bytes, rate |
+| POST   streams/{app}/{name}/relays                 | push it to {"url": "rtmp[s]://HOST/APP/KEY"}   |
+| DELETE streams/{app}/{name}/relays/{id}            | stop and remove one push                       |
+| GET    pulls                                       | pull relays: source, state, last error, bytes  |
 
 Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
@@ -59,6 +63,7 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
 from ..record.manager import RecordingManager
+from ..relay.manager import RelayManager, RelayRefused
 from ..transcode.pool import TranscodePool
 from . import recordings as recordings_api
 from ..transcode.service import AbrRefusal
@@ -101,6 +106,10 @@ class AdminDeps:
     """This node's transcode jobs (streams/APP/NAME/abr, and "abr" in each stream's description)."""
     recordings: RecordingManager | None = None
     """This node's recordings (streams/APP/NAME/record, recordings/...); None: record.mode = "off"."""
+    relays: RelayManager | None = None
+    """Pushes to other servers (streams/APP/NAME/relays)."""
+    pulls: Callable[[], list[dict[str, Any]]] | None = None
+    """The configured pull relays' state (GET pulls); None: no [[relay.pull]]."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -307,9 +316,12 @@ def _text(body: dict[str, Any], name: str, default: str = "", max_len: int = 128
 
 def describe_stream(stream: Stream, rates: StreamRates | None, now: float,
                     health: Callable[[StreamKey], dict[str, Any] | None] | None = None,
-                    abr: TranscodePool | None = None, recordings: RecordingManager | None = None) -> dict[str, Any]:
+                    abr: TranscodePool | None = None, relays: RelayManager | None = None,
+                    recordings: RecordingManager | None = None) -> dict[str, Any]:
     snap = stream.snapshot(now)
     snap["health"] = health(stream.key) if health is not None else None
+    if relays is not None:
+        snap["relays"] = relays.listing(stream.key) or []
     snap["recording"] = ({"active": stream.key in recordings.active, "id": recordings.current(stream.key)}
                          if recordings is not None and recordings.applies(stream.key) else None)
     if abr is not None:
@@ -363,7 +375,8 @@ async def list_streams(request: web.Request) -> web.Response:
     now = deps.registry.clock()
     rates = request.app[RATES]
     streams = sorted(deps.registry.streams(), key=lambda s: (s.key.app, s.key.name))
-    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health, deps.abr, deps.recordings)
+    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health, deps.abr, deps.relays,
+                                                          deps.recordings)
                                             for s in streams
                                             if not s.ended]})
 
@@ -372,7 +385,7 @@ async def get_stream(request: web.Request) -> web.Response:
     stream = _stream(request)
     now = request.app[DEPS].registry.clock()
     deps = request.app[DEPS]
-    body = describe_stream(stream, request.app[RATES], now, deps.health, deps.abr, deps.recordings)
+    body = describe_stream(stream, request.app[RATES], now, deps.health, deps.abr, deps.relays, deps.recordings)
     body["viewer_list"] = [describe_viewer(s, asyncio.get_running_loop().time())
                            for s in sorted(stream.subscribers, key=lambda s: s.id)][:1000]
     return web.json_response(body)
@@ -515,6 +528,12 @@ async def list_nodes(request: web.Request) -> web.Response:
     }]})
 
 
+async def list_pulls(request: web.Request) -> web.Response:
+    """The [[relay.pull]] streams: source (without its key), mode, state, last error, bytes, reconnects."""
+    pulls = request.app[DEPS].pulls
+    return web.json_response({"pulls": pulls() if pulls is not None else []})
+
+
 def _abr(request: web.Request) -> tuple[TranscodePool, StreamKey]:
     abr = request.app[DEPS].abr
     key = _key(request)
@@ -597,6 +616,45 @@ async def delete_recording(request: web.Request) -> web.Response:
     return response
 
 
+# ----- relays (pushes to other servers; relay/manager.py runs them) ---------------------------------------
+
+
+def _relays(request: web.Request) -> tuple[RelayManager, StreamKey]:
+    relays = request.app[DEPS].relays
+    if relays is None:
+        raise ApiError(404, "relays are not available on this node", "they run on the node the stream is published to")
+    return relays, _key(request, rendition=True)
+
+
+async def list_relays(request: web.Request) -> web.Response:
+    relays, key = _relays(request)
+    found = relays.listing(key)
+    if found is None:
+        raise ApiError(404, f"stream {key} is not being published and has no pushes",
+                       "pushes are listed while their stream is live (and for a while after it ends)")
+    return web.json_response({"stream": str(key), "relays": found})
+
+
+async def add_relay(request: web.Request) -> web.Response:
+    relays, key = _relays(request)
+    body = await _body(request, required=True)
+    try:
+        added = relays.add(key, body.get("url"))
+    except RelayRefused as err:
+        raise ApiError(err.status, err.message, err.hint) from None
+    event(log, "admin_relay_add", stream=str(key), relay=added["id"], url=added["url"])
+    return web.json_response(added)
+
+
+async def delete_relay(request: web.Request) -> web.Response:
+    relays, key = _relays(request)
+    removed = await relays.remove(key, request.match_info["id"])
+    if removed is None:
+        raise ApiError(404, f"stream {key} has no push {request.match_info['id'][:40]!r}",
+                       f"GET /api/v1/streams/{key}/relays lists them")
+    return web.json_response({**removed, "deleted": True})
+
+
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/openapi.json", get_openapi, "openapi"),
     ("GET", "/streams", list_streams, "list_streams"),
@@ -618,6 +676,10 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/recordings", list_recordings, "list_recordings"),
     ("GET", "/recordings/{id}", get_recording, "get_recording"),
     ("DELETE", "/recordings/{id}", delete_recording, "delete_recording"),
+    ("GET", "/streams/{app}/{name}/relays", list_relays, "list_relays"),
+    ("POST", "/streams/{app}/{name}/relays", add_relay, "add_relay"),
+    ("DELETE", "/streams/{app}/{name}/relays/{id}", delete_relay, "delete_relay"),
+    ("GET", "/pulls", list_pulls, "list_pulls"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
 

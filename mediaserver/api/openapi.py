@@ -171,9 +171,45 @@ def openapi_document() -> dict[str, Any]:
                               _json({"type": "object"}, "Deleted."), params=[recording_id], not_found=True,
                               extra={"409": {"$ref": "#/components/responses/Conflict"}}),
             },
+            "/streams/{app}/{name}/relays": {
+                "get": _op("list_relays", "The stream's pushes to other servers ([[relay.push]] and added here), "
+                           "with their state, last error, bytes, bit rate and reconnects.",
+                           _json({"type": "object", "properties": {"stream": {"type": "string"}, "relays": {
+                               "type": "array", "items": _ref("Relay")}}}, "The pushes."),
+                           params=_STREAM_PARAMS, not_found=True),
+                "post": _op("add_relay", "Push the live stream to another RTMP or RTMPS server (as it arrives, no "
+                            "re-encoding, reconnecting with backoff) until it ends or the push is deleted.",
+                            _json(_ref("Relay"), "The push, starting."), params=_STREAM_PARAMS, not_found=True,
+                            body={"required": True, "content": {"application/json": {"schema": {
+                                "type": "object", "required": ["url"], "properties": {"url": {
+                                    "type": "string", "description": "rtmp://HOST[:PORT]/APP/KEY or rtmps://..."}}}}}},
+                            extra={"429": {"$ref": "#/components/responses/BadRequest"}}),
+            },
+            "/streams/{app}/{name}/relays/{id}": {
+                "delete": _op("delete_relay", "Stop a push and remove it.", _json(_ref("Relay"), "Removed."),
+                              params=[*_STREAM_PARAMS, {"name": "id", "in": "path", "required": True,
+                                                        "schema": {"type": "string"},
+                                                        "description": "The push's id, as listed by .../relays."}],
+                              not_found=True),
+            },
             "/nodes": {"get": _op("list_nodes", "The nodes of the cluster from Redis (this node alone when standalone).",
                                   _json({"type": "object", "properties": {"nodes": {"type": "array", "items": {"type": "object"}}}},
                                         "The nodes."))},
+            "/pulls": {"get": _op("list_pulls", "The pull relays ([[relay.pull]]): each stream's source URL (scheme, "
+                                  "host and app; key and query left out), mode, state, last error, bytes and "
+                                  "reconnects.",
+                                  _json({"type": "object", "properties": {"pulls": {"type": "array", "items": {
+                                      "type": "object", "properties": {
+                                          "app": {"type": "string"}, "stream": {"type": "string"},
+                                          "source": {"type": "string"}, "mode": {"enum": ["on_demand", "always"]},
+                                          "state": {"enum": ["connecting", "live", "retrying", "idle", "stopped"]},
+                                          "since": {"type": "number", "description": "Unix time of the last change "
+                                                    "of state."},
+                                          "last_error": {"type": "string", "description": "Why the last "
+                                                         "connection ended or failed (\"\" before any)."},
+                                          "bytes": {"type": "integer"}, "connects": {"type": "integer"},
+                                          "reconnects": {"type": "integer"}}}}}},
+                                        "The pulls."))},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -214,9 +250,21 @@ def openapi_document() -> dict[str, Any]:
                     "bad_sequence_headers": {"type": "integer",
                                              "description": "Malformed codec configurations the publisher sent."},
                     "gop_cache_bytes": {"type": "integer"},
+                    "relays": {"type": "array", "items": _ref("Relay"), "description": "The stream's pushes to "
+                               "other servers (see /streams/{app}/{name}/relays)."},
                     "abr": {"type": "object", "description": "The stream's transcode (see Abr), or for a rendition "
                                                            "{rendition_of, label}; absent when ABR is not set up."},
                 }},
+                "Relay": {"type": "object", "description": "One push to another server.", "properties": {
+                    "id": {"type": "string"}, "stream": {"type": "string"},
+                    "url": {"type": "string", "description": "The target, its stream key shown as ***."},
+                    "source": {"enum": ["config", "api"]},
+                    "state": {"enum": ["connecting", "live", "retrying", "stopped"]},
+                    "error": {"type": ["string", "null"], "description": "Why the last attempt failed (e.g. the "
+                              "target's NetStream.Publish.BadName description), or why the push stopped."},
+                    "note": {"type": ["string", "null"]}, "since_s": {"type": "number"},
+                    "retry_in_s": {"type": ["number", "null"]}, "bytes": {"type": "integer"},
+                    "bitrate_kbps": {"type": "number"}, "reconnects": {"type": "integer"}}},
                 "Recording": {"type": "object", "description": "One recorded file.", "properties": {
                     "id": {"type": "string"}, "app": {"type": "string"}, "stream": {"type": "string"},
                     "node": {"type": "string"}, "status": {"enum": ["recording", "complete", "interrupted",

@@ -1,7 +1,8 @@
 """FlvIngest: pulled FLV bytes into a hub Stream, published the way RTMP ingest publishes them.
 
-An origin pull (and, later, a relay pull) receives an HTTP-FLV body. FlvIngest parses it with the sans-IO
-FlvReader and publishes each tag into the local Stream:
+An origin pull (and a relay pull from an HTTP-FLV URL) receives an HTTP-FLV body. FlvIngest parses it with
+the sans-IO FlvReader and publishes each tag into the local Stream (a relay pull from an RTMP URL hands it
+the RTMP messages one by one, `publish`: the same kinds, bodies and 32-bit timestamps):
 
 - FLV tag timestamps are 32-bit milliseconds like RTMP's, so each track is unwrapped once here
   (`TimestampUnwrapper`, as `rtmp/server.py` does): a source whose clock crosses 2^32 ms continues on the
@@ -45,23 +46,38 @@ class FlvIngest:
         """Publish every complete tag in `chunk`; returns how many tags were read. Raises MediaError for
         bytes that are not FLV (the connection is then useless)."""
         tags = self._reader.feed(chunk)
-        stream = self.stream
         for tag in tags:
-            kind = tag.kind
-            if kind == FrameKind.VIDEO:
-                frame = stream.publish_video(self._video_ts.unwrap(tag.timestamp_ms), tag.body, now)
-                if frame is not None and frame.keyframe and not frame.is_config:
-                    self.ready = True
-            elif kind == FrameKind.AUDIO:
-                stream.publish_audio(self._audio_ts.unwrap(tag.timestamp_ms), tag.body, now)
-                self._audio_frames += 1
-                if self._audio_frames >= AUDIO_ONLY_READY_FRAMES and stream.info.video_codec is None:
-                    self.ready = True
-            elif kind == FrameKind.DATA:
-                found = read_metadata(tag.body)
-                if found is not None:
-                    stream.publish_metadata(found[0], found[1], now)
+            self.publish(tag.kind, tag.timestamp_ms, tag.body, now)
         return len(tags)
+
+    def relay(self, chunk: bytes, now: float, publisher: object) -> bool:
+        """`feed`, then `flush`: the loop body of a pull reading an FLV body (origin and relay pulls)."""
+        if self.feed(chunk, now):
+            return self.flush(publisher)
+        return self.stream.publisher is publisher
+
+    def flush(self, publisher: object) -> bool:
+        """Hand what was published to the stream's sinks (packagers, recorders); False once `publisher` no
+        longer publishes the stream (replaced, kicked): the caller stops reading."""
+        self.stream.flush_sinks()
+        return self.stream.publisher is publisher
+
+    def publish(self, kind: FrameKind, timestamp_ms: int, body: bytes, now: float) -> None:
+        """Publish one tag (or RTMP message: the same kinds, bodies and 32-bit timestamps)."""
+        stream = self.stream
+        if kind == FrameKind.VIDEO:
+            frame = stream.publish_video(self._video_ts.unwrap(timestamp_ms), body, now)
+            if frame is not None and frame.keyframe and not frame.is_config:
+                self.ready = True
+        elif kind == FrameKind.AUDIO:
+            stream.publish_audio(self._audio_ts.unwrap(timestamp_ms), body, now)
+            self._audio_frames += 1
+            if self._audio_frames >= AUDIO_ONLY_READY_FRAMES and stream.info.video_codec is None:
+                self.ready = True
+        elif kind == FrameKind.DATA:
+            found = read_metadata(body)
+            if found is not None:
+                stream.publish_metadata(found[0], found[1], now)
 
 
 def read_metadata(body: bytes) -> tuple[bytes, dict[str, Any]] | None:

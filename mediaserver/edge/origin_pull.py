@@ -287,13 +287,10 @@ class OriginPull:
         ingest = FlvIngest(stream)  # a new connection: new timelines, rebased by the hub
         async for chunk in resp.content.iter_any():
             self.bytes_in += len(chunk)
-            if not ingest.feed(chunk, time.monotonic()):
-                continue
+            if not ingest.relay(chunk, time.monotonic(), self):
+                return  # replaced or kicked meanwhile
             if ingest.ready:
                 self.ready.set()
-            stream.flush_sinks()
-            if stream.publisher is not self:
-                return  # replaced or kicked meanwhile
 
     # ----- idle ------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with sendfile by aiohttp),
 `/vod/ID/index.m3u8` (an HLS VOD playlist over byte ranges of that same file: EXT-X-MAP and
 EXT-X-BYTERANGE, no copy) and `/vod/ID/manifest.mpd` (a static DASH manifest over the same ranges). The
-file's fragment index is read on request, in a thread.
+file's fragment index is read in a thread and kept per file size and mtime (record/vod.py `index_path`).
 
 Admission: each of them is a play of the recording's app/stream, whether it is live or not (the gate's
 vod-* protocols): the stream's play token (`?token=` or a bearer token) when its app needs one, and the
@@ -24,7 +24,7 @@ from aiohttp import web
 from ..auth.tokens import bearer_token
 from ..errors import MediaError
 from ..gate import CREDENTIAL, LIMIT
-from ..record.vod import dash_manifest, hls_playlist, index_file
+from ..record.vod import dash_manifest, hls_playlist, index_file, index_path
 from . import vod_s3
 from .common import PLAY_QUERY, cors_headers, json_error, play_refused
 from .keys import GATE, RECORDINGS
@@ -113,8 +113,7 @@ async def _describe(request: web.Request, protocol: str, render, stored, *, fini
     uri = _with_query(f"../{rec_id}.mp4", request)
 
     def build() -> str:
-        with open(path, "rb") as f:
-            return render(index_file(f), uri, live)
+        return render(index_path(path), uri, live)
 
     try:
         return await asyncio.to_thread(build)

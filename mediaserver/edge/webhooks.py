@@ -61,6 +61,7 @@ class WebhookClient:
             "publish": cfg.on_publish, "play": cfg.on_play,
             "publish_done": cfg.on_publish_done, "play_done": cfg.on_play_done, "health": cfg.on_health,
             "record_done": cfg.on_record_done, "record_disk": cfg.on_record_disk,
+            "relay_state": cfg.on_relay_state,
         }
         token = environ.get(cfg.auth_header_env, "") if cfg.auth_header_env else ""
         self._headers = {"Content-Type": "application/json", "User-Agent": "mediaserver-webhook"}
@@ -142,6 +143,13 @@ class WebhookClient:
         self.tell(HookRequest("record_disk", "", "", "", "", extra={
             "state": change.state, "free_bytes": change.free_bytes, "min_free_bytes": change.min_free_bytes,
             "path": path, "streams": streams}))
+
+    def relay_state(self, info: dict) -> None:
+        """A push went live, started retrying or stopped (a RelayManager listener): event "relay_state" with
+        the relay's id, url (its key redacted), state, error, bytes and reconnects."""
+        app, _, name = str(info.get("stream", "")).partition("/")
+        self.tell(HookRequest("relay_state", app, name, "", "", extra={
+            k: info.get(k) for k in ("id", "url", "source", "state", "error", "bytes", "reconnects")}))
 
     def health_event(self, ev: HealthEvent) -> None:
         """A stream's picture or sound changed health (a HealthWatch listener): event "health" with the

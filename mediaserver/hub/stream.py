@@ -337,7 +337,10 @@ class Stream:
         return out
 
     def remove_sink(self, sink: Sink) -> None:
+        """Detach a packager; it first gets what arrived before (a publisher that left mid-read leaves
+        its last frames unsunk: a recording stopped afterwards must still have them)."""
         if sink in self.sinks:
+            self.flush_sinks()
             self.sinks.remove(sink)
 
     def count_skipped(self, output: str) -> None:

@@ -41,8 +41,9 @@ from ..errors import MediaError, UsageError
 from ..hub.stream import StreamKey
 from ..log import event
 from ..media.frames import Frame
-from ..remux.cmaf import AUDIO, VIDEO, CmafInit, CmafPart, CmafSegment, CmafSegmenter
+from ..remux.cmaf import AUDIO, VIDEO, CmafInit, CmafPart, CmafSegment
 from ..remux.fmp4 import box
+from .fragmenter import GopFragmenter
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,7 @@ class Recorder:
         self._on_progress = on_progress
         self._on_closed = on_file_closed
         self._write = write
-        self.segmenter = CmafSegmenter(
-            target_duration_s=fragment_s, part_target_s=fragment_s, max_segment_duration_s=max(10.0, 2 * fragment_s)
-        )
+        self.segmenter = GopFragmenter(fragment_s, max(10.0, 2 * fragment_s))
         self._file: _File | None = None
         self._first_sequence = 0
         self._sync_jobs: list[Callable[[], None]] = []
@@ -319,10 +318,24 @@ class Recorder:
         return f
 
     @staticmethod
-    def _numbered(f: _File, data: bytes) -> bytearray:
-        """The segment's fragments with the file's own moof sequence numbers (mfhd): each track's
-        segmenter counts its own, and within one file they must run 1, 2, 3, ... (one copy of the segment,
-        ~10 us per 100 kB)."""
+    def _numbered(f: _File, data: bytes) -> bytes | bytearray:
+        """The segment's fragments with the file's own moof sequence numbers (mfhd): within one file they
+        must run 1, 2, 3, ... The GopFragmenter numbers them so already (until a file is rotated): then the
+        bytes go out as they are; else one copy of the segment (~10 us per 100 kB), renumbered."""
+        pos = 0
+        wanted = f.fragments
+        while pos + 24 <= len(data):
+            size = int.from_bytes(data[pos:pos + 4], "big")
+            if size < 8:
+                break
+            if data[pos + 4:pos + 8] == b"moof" and data[pos + 12:pos + 16] == b"mfhd":
+                wanted += 1
+                if int.from_bytes(data[pos + 20:pos + 24], "big") != wanted:
+                    break
+            pos += size
+        else:
+            f.fragments = wanted
+            return data
         out = bytearray(data)
         pos = 0
         while pos + 24 <= len(out):

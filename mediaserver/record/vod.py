@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -381,6 +382,28 @@ def index_file(source: bytes | bytearray | memoryview | BinaryIO) -> VodIndex:
         raise
     except (struct.error, IndexError, ValueError, OverflowError) as err:  # damage the checks above missed
         raise MediaError(f"not a fragmented MP4 this server can index: {err}") from err
+
+
+INDEX_CACHE_FILES = 64
+_index_cache: dict[str, tuple[int, int, VodIndex]] = {}
+
+
+def index_path(path: str | os.PathLike[str]) -> VodIndex:
+    """index_file of a file on disk, kept while its size and mtime stay the same (so a recording being
+    written is read again once per new fragment): a VOD playlist is asked for by every viewer, and reading
+    the moofs costs about 90 us of CPU per segment (4 ms for 90 s, more than 150 ms for an hour). Blocking:
+    call it in a thread."""
+    st = os.stat(path)
+    key = os.fspath(path)
+    hit = _index_cache.get(key)
+    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        return hit[2]
+    with open(path, "rb") as f:
+        index = index_file(f)
+    if len(_index_cache) >= INDEX_CACHE_FILES:
+        _index_cache.pop(next(iter(_index_cache)), None)  # the oldest entry
+    _index_cache[key] = (st.st_size, st.st_mtime_ns, index)
+    return index
 
 
 def _index(f: BinaryIO, file_size: int) -> VodIndex:

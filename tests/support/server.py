@@ -58,13 +58,17 @@ def free_port() -> int:
 class ServerProcess:
     """One running server: its ports, URLs, process and log."""
 
-    def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str], ready_timeout_s: float = 20.0,
+                 ports: tuple[int, int] | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.rtmp_port = free_port()
-        self.http_port = free_port()
-        while self.http_port == self.rtmp_port:
+        if ports is not None:  # (rtmp, http) of a server that stopped: the same server started again
+            self.rtmp_port, self.http_port = ports
+        else:
+            self.rtmp_port = free_port()
             self.http_port = free_port()
+            while self.http_port == self.rtmp_port:
+                self.http_port = free_port()
         self.settings = {
             **TEST_SETTINGS,
             **settings,
@@ -75,7 +79,7 @@ class ServerProcess:
         }
         self.rtmps_port = 0
         if self.settings.get("rtmps.cert_file"):
-            self.rtmps_port = free_port()
+            self.rtmps_port = int(settings.get("rtmps.port") or free_port())  # given: a restart on the same port
             self.settings["rtmps.port"] = str(self.rtmps_port)
         self.scheme = "https" if self.settings.get("http.cert_file") else "http"
         self.log_path = workdir / "server.log"
@@ -212,12 +216,14 @@ class ServerDied(Exception):
         return "address already in use" in self.log.lower() or "errno 98" in self.log.lower()
 
 
-def start_server(workdir: Path, settings: dict[str, str] | None = None, ready_timeout_s: float = 20.0) -> ServerProcess:
-    """Start a server; retry with fresh ports if another process took one in the meantime."""
+def start_server(workdir: Path, settings: dict[str, str] | None = None, ready_timeout_s: float = 20.0,
+                 ports: tuple[int, int] | None = None) -> ServerProcess:
+    """Start a server; retry with fresh ports if another process took one in the meantime (with `ports`,
+    the same ports again)."""
     failure = None
     for attempt in range(3):
         try:
-            return ServerProcess(workdir / f"try{attempt}", settings or {}, ready_timeout_s)
+            return ServerProcess(workdir / f"try{attempt}", settings or {}, ready_timeout_s, ports)
         except ServerDied as died:
             failure = died
             if not died.address_in_use:

@@ -29,7 +29,7 @@ ALLOWED = {
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
              "transcode", "record", "tls"},
-    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record"},
+    "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record", "relay"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
                   "cluster.locator"},
@@ -37,6 +37,12 @@ ALLOWED = {
     # Recording: fMP4 files written from the hub's sinks, their VOD index, and the catalog (the only SQL
     # of the project, record/catalog.py); the edge and the API serve them.
     "record": {"errors", "config", "log", "hub", "media", "remux", "record"},
+    # Relays. Pulls: a stream ingested from a URL, published into the hub like an encoder's. Beside the edge, not
+    # in it: an RTMP client (rtmp's sans-IO core) and an HTTP-FLV client (aiohttp), fed through the edge's
+    # pure FlvIngest (shared with the cluster's origin pulls); only the composition root wires it in. Pushes:
+    # hub subscribers publishing to other servers through the same RTMP client.
+    "relay": {"errors", "config", "log", "hub", "media", "rtmp.client", "rtmp.errors", "rtmp.events", "relay",
+              "edge.flv_ingest", "auth", "transports"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {
@@ -49,6 +55,7 @@ FORBIDDEN = {
     "gate": {"aiohttp", "redis"},
     "transcode": {"aiohttp", "redis"},
     "record": {"aiohttp", "redis"},
+    "relay": {"redis"},
 }
 
 

@@ -5,6 +5,7 @@
 import {NAME, el, explain, formatDuration, formatKbps, getJSON, sleep, withToken} from './common.js';
 import {cannotPlay, codecName, createEngine} from './engines.js';
 import {renderAbr} from './console_abr.js';
+import {relaysCell} from './console_relays.js';
 import {RecordingsView, renderRecord} from './console_recordings.js';
 import {sparkline} from './sparkline.js';
 
@@ -149,7 +150,7 @@ function describeViewers(viewers, segmentViewers) {
 function newRow(key) {
   const cells = {};
   const tr = el('tr', {dataset: {stream: key}});
-  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'record', 'ingestSpark', 'viewerSpark', 'actions']) {
+  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'record', 'relays', 'ingestSpark', 'viewerSpark', 'actions']) {
     cells[name] = el('td', {class: name === 'actions' ? 'actions' : undefined, dataset: {col: name}});
     tr.append(cells[name]);
   }
@@ -168,6 +169,7 @@ function newRow(key) {
   cells.kickViewers.addEventListener('click', () => kickViewers(row.stream));
   cells.kickPublisher.addEventListener('click', () => kickPublisher(row.stream));
   cells.actions.append(cells.previewButton, cells.kickViewers, cells.kickPublisher);
+  row.updateRelays = relaysCell(cells.relays, {api, report: (message) => { ui.apiError.textContent = message; }});
   return row;
 }
 
@@ -213,6 +215,7 @@ function renderStreams(streams, history) {
     renderAbr(c.abr, s, {api, report: (message) => { ui.apiError.textContent = message; }});
     renderRecord(c.record, s, {api, report: (message) => { ui.apiError.textContent = message; },
       changed: () => setTimeout(() => recordings.load(), 500)});
+    row.updateRelays(s);
     if (ui.streams.children[index] !== row.tr) ui.streams.insertBefore(row.tr, ui.streams.children[index] || null);
   });
   for (const [key, row] of rows) {

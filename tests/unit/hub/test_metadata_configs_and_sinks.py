@@ -157,6 +157,19 @@ def test_a_sink_that_fails_is_detached_and_ended_so_its_owner_can_replace_it():
     assert failing.ends == 1 and healthy.ends == 1
 
 
+def test_a_sink_removed_gets_the_frames_that_arrived_before_its_removal():
+    clock = FakeClock()
+    stream = live_stream(clock)
+    sink = RecordingSink()
+    stream.add_sink(sink)
+    publish_gop(stream, 0, frames=10)  # no flush: the publisher's last read, and it left
+    stream.remove_sink(sink)
+    assert len(sink.frames) == 20
+    publish_gop(stream, 400, frames=10)
+    stream.flush_sinks()
+    assert len(sink.frames) == 20
+
+
 def test_a_reconnecting_publisher_keeps_the_distance_between_its_first_audio_and_video_frames():
     clock = FakeClock()
     reg = make_registry(clock)

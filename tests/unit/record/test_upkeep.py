@@ -155,3 +155,23 @@ async def test_the_guard_stops_every_recording_refuses_new_ones_and_resumes_the_
         assert told[-1] == ("ok", ["live/c"])
     finally:
         await manager.close()
+
+
+async def test_a_recording_looked_up_for_vod_is_kept_a_moment_but_never_past_its_deletion(tmp_path):
+    manager = await open_manager(tmp_path / "rec")
+    try:
+        await add(manager, "old", days_ago=1, size=10)
+        row, path = await manager.file_of("old")
+        reads = []
+        original = manager.catalog.get
+
+        async def counted(rec_id):
+            reads.append(rec_id)
+            return await original(rec_id)
+
+        manager.catalog.get = counted
+        assert await manager.file_of("old") == (row, path) and reads == []  # every range request asks
+        assert await manager.delete("old") is True
+        assert await manager.file_of("old") is None and not path.exists()
+    finally:
+        await manager.close()

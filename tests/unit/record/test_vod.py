@@ -249,3 +249,17 @@ async def test_a_player_fetching_the_byte_ranges_over_http_gets_every_frame(reco
     decoded = decode(played)
     assert len(decoded["video"]) == len(media_frames(frames, FrameKind.VIDEO))
     assert decoded["audio"]
+
+
+def test_the_index_of_a_file_is_kept_until_the_file_changes(recording, tmp_path):
+    path, _ = recording
+    copy = tmp_path / "copy.mp4"
+    data = path.read_bytes()
+    second = vod.index_file(data).fragments[1]
+    copy.write_bytes(data[:second.offset])  # one whole fragment, as a recording being written
+    first = vod.index_path(copy)
+    assert len(first.fragments) == 1 and vod.index_path(copy) is first
+    with open(copy, "ab") as f:
+        f.write(data[second.offset:])  # it grows: read again
+    grown = vod.index_path(copy)
+    assert grown is not first and grown == vod.index_file(data)

@@ -1,0 +1,302 @@
+"""What recording costs per stream: the same publishers with record.mode = "off", then "all".
+
+    python -m bench.record --streams 50 --seconds 60            off, all (one run each)
+    python -m bench.record --streams 50 --seconds 60 --repeat 2 off, all, off, all
+    python -m bench.record --streams 5 --seconds 20             a quick check
+
+Each run starts the server (bench/load.py's `start_server`, on free loopback ports, here with
+`record.mode`, `record.path` in the run's directory and `record.fsync_interval`), publishes `--streams`
+copies of the benchmark media (bench/_media.py: 720p30 H.264 2.5 Mbit/s + AAC, GOP 2 s) with one
+`ffmpeg -re -stream_loop -1 -c copy` each, waits until every stream serves a keyframe, lets `--warmup`
+pass and measures the server's CPU (its whole process tree, /proc) over `--seconds`, as `load.py publish
+--no-hls-touch` does. Also read over the window: the server's /proc/PID/io (`wchar`, `syscw`: bytes and
+write calls, sockets included; `write_bytes`: what reached the block layer) and its RSS.
+
+Then the publishers stop, and the admin API says how many frames each stream received (`frames_in`, less
+the two sequence headers, the onMetaData and the end-of-sequence tag of its trailer that ffmpeg sends
+once each, which are not samples); the server is
+stopped (SIGINT: the recordings close), and every file is read back: samples per track, holes in each
+track's timeline, and the fragment index VOD serves from (mediaserver/record/vod.py `index_file`).
+No frame lost = every stream's samples == its media frames received, and no hole.
+
+Results: a summary on stdout and bench/results/record-STREAMSs-TIMESTAMP.json; the recordings are removed
+afterwards unless `--keep-files`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench import load  # also puts bench/ on sys.path, where its modules import one another by bare name
+
+from _recfiles import check_recording  # noqa: E402
+from _report import mib  # noqa: E402
+from mediaserver.errors import MediaError  # noqa: E402
+from mediaserver.record.vod import index_file  # noqa: E402
+
+ADMIN_TOKEN = "bench-record-token"
+NON_SAMPLE_FRAMES = 4
+"""Frames ffmpeg's FLV muxer sends once per publish that are not samples: onMetaData, the AVC and AAC
+sequence headers, and the AVC end-of-sequence tag its trailer writes when it is stopped (the admin API's
+frames_in counts them all)."""
+
+
+def read_io(pid: int) -> dict[str, int]:
+    """/proc/PID/io of one process (its threads included), or {} when unreadable."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k.strip()] = int(v)
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def user_system_s(pid: int) -> tuple[float, float] | None:
+    """(utime, stime) of one process, all its threads, in seconds: Python's work against the kernel's."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) / load._procstats.CLOCK_TICKS, int(fields[12]) / load._procstats.CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def io_delta(a: dict[str, int], b: dict[str, int], seconds: float) -> dict:
+    if not a or not b:
+        return {}
+    d = {k: b[k] - a[k] for k in ("wchar", "syscw", "write_bytes") if k in a and k in b}
+    return {
+        "write_calls_per_s": round(d.get("syscw", 0) / seconds, 1),
+        "written_mb_per_s": round(d.get("wchar", 0) / seconds / 1e6, 2),
+        "to_disk_mb_per_s": round(d.get("write_bytes", 0) / seconds / 1e6, 2),
+    }
+
+
+async def frames_received(server: load.Server, names: list[str]) -> dict[str, int]:
+    """frames_in of each stream, once it stops growing (its publisher gone, the stream in its grace)."""
+    url = f"http://{server.host}:{server.http_port}/api/v1/streams"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    last: dict[str, int] = {}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(20):
+            async with http.get(url, headers=headers) as resp:
+                if resp.status != 200:
+                    raise load.BenchError(f"GET /api/v1/streams answered {resp.status}: {await resp.text()}")
+                body = await resp.json()
+            now = {s["name"]: s["frames_in"] for s in body["streams"] if s["app"] == server.app}
+            if now == last and all(n in now for n in names):
+                return now
+            last = now
+            await asyncio.sleep(1.0)
+    missing = [n for n in names if n not in last]
+    raise load.BenchError(f"frames_in did not settle within 20 s after the publishers stopped "
+                          f"({len(missing)} streams missing from /api/v1/streams)")
+
+
+async def stop_role(children: load.Children, role: str) -> None:
+    group = [c for c in children.items if c.role == role and c.proc.returncode is None]
+    for c in group:
+        load._signal(c.proc, signal.SIGTERM)
+    await load._wait_all(group, 10.0)
+
+
+def check_files(rec_dir: Path, app: str, names: list[str], received: dict[str, int]) -> dict:
+    """Read every stream's recording(s) back and set the samples against the frames received."""
+    per_stream = []
+    for name in names:
+        files = sorted((rec_dir / app / name).glob("*.mp4"))
+        samples = holes = trailing = fragments = size = 0
+        errors = []
+        duration = 0.0
+        for path in files:
+            data = path.read_bytes()
+            c = check_recording(data)
+            if c.error:
+                errors.append(f"{path.name}: {c.error}")
+            samples += c.samples
+            holes += c.holes
+            size += c.bytes
+            duration += max((t.duration_s for t in c.tracks.values()), default=0.0)
+            try:
+                idx = index_file(data)
+                trailing += idx.trailing_bytes
+                fragments += len(idx.fragments)
+            except MediaError as err:
+                errors.append(f"{path.name}: index_file: {err}")
+        media_frames = received.get(name, 0) - NON_SAMPLE_FRAMES
+        per_stream.append({"stream": name, "files": len(files), "bytes": size, "duration_s": round(duration, 3),
+                           "frames_received": media_frames, "samples_written": samples,
+                           "lost": media_frames - samples, "holes": holes, "vod_segments": fragments,
+                           "trailing_bytes": trailing, "errors": errors})
+    lost = [s for s in per_stream if s["lost"] or s["holes"] or s["errors"] or not s["files"]]
+    return {
+        "streams": len(per_stream),
+        "files": sum(s["files"] for s in per_stream),
+        "frames_received": sum(s["frames_received"] for s in per_stream),
+        "samples_written": sum(s["samples_written"] for s in per_stream),
+        "streams_with_loss_or_damage": len(lost),
+        "bytes": sum(s["bytes"] for s in per_stream),
+        "media_s": round(sum(s["duration_s"] for s in per_stream), 1),
+        "vod_segments": sum(s["vod_segments"] for s in per_stream),
+        "trailing_bytes": sum(s["trailing_bytes"] for s in per_stream),
+        "bad": lost[:5],
+    }
+
+
+async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
+    names = [f"rec-{i}" for i in range(args.streams)]
+    rec_dir = load.RESULTS_DIR / f"{run_name}-files"
+    ns = argparse.Namespace(
+        http_url=None, rtmp_url=None, pid=None, server="mediaserver", log_level="warning", app="live",
+        server_set=[f"record.mode={mode}", f"record.path={rec_dir}",
+                    f"record.fsync_interval={args.fsync_interval}", *args.server_set])
+    ctx = load.Run(run_name)
+    os.environ["MEDIASERVER_ADMIN_TOKEN"] = ADMIN_TOKEN  # the server inherits it: /api/v1/streams for frames_in
+    try:
+        server = ctx.server = await load.start_server(ns, ctx.children, run_name)
+        sampler = load.Sampler(server.pid, ctx.children)
+        await asyncio.sleep(1)
+        idle = sampler.sample()
+        await load.start_publishers(server, names, media, ctx.children)
+        await load.wait_streams(server, names, timeout_s=120)
+        plan = load.Plan(time.monotonic() + 0.2, max(1, int(args.warmup)), max(1, int(args.warmup)) + args.seconds,
+                         args.seconds)
+        io: dict[int, dict[str, int]] = {}
+        split: dict[int, tuple[float, float] | None] = {}
+
+        def on_tick(k: int, _sample) -> None:
+            if k in (plan.ws_tick, plan.we_tick):
+                io[k] = read_io(server.pid)
+                split[k] = user_system_s(server.pid)
+
+        load.say(f"record.mode={mode}: {len(names)} publishers; warm-up {plan.ws_tick} s, window {plan.duration_s} s")
+        ws, we = await load.run_window(plan, sampler, server, ctx.children, on_tick=on_tick)
+        usage = load.window_usage(ws, we)
+        alive = ctx.children.alive("publisher")
+        await stop_role(ctx.children, "publisher")
+        received = await frames_received(server, names)
+        mem = load.rss_in(sampler.rows, plan.t_ws, plan.t_we)
+        peak = max(r.server_rss for r in sampler.rows if plan.t_ws - 0.01 <= r.t <= plan.t_we + 0.01)
+        mem["server_rss_idle_mib"] = mib(idle.server_rss)
+        mem["rss_per_stream_mib"] = round((peak - idle.server_rss) / len(names) / (1024 * 1024), 2)
+    finally:
+        await ctx.children.stop_all()
+        if sys.exc_info()[0] is not None and not args.keep_files:
+            shutil.rmtree(rec_dir, ignore_errors=True)  # a failed run leaves no gigabyte behind
+    result = {
+        "mode": mode,
+        "publishers_alive_at_window_end": alive,
+        "cpu": {**usage, "server_cpu_s_per_stream_minute": load.per_minute(usage.get("server_cpu_s"), len(names),
+                                                                           usage["wall_s"])},
+        "io": io_delta(io.get(plan.ws_tick, {}), io.get(plan.we_tick, {}), usage["wall_s"]),
+        "server_user_system_s": [round(b - a, 2) for a, b in zip(split[plan.ws_tick], split[plan.we_tick])]
+        if split.get(plan.ws_tick) and split.get(plan.we_tick) else None,
+        "memory": mem,
+        "frames_received": sum(received.get(n, 0) - NON_SAMPLE_FRAMES for n in names),
+        "server_log": str(server.log_path),
+    }
+    if mode != "off":
+        result["files"] = check_files(rec_dir, "live", names, received)
+        if not args.keep_files:
+            shutil.rmtree(rec_dir, ignore_errors=True)
+    return result
+
+
+def summarize(runs: list[dict], streams: int) -> dict:
+    by_mode: dict[str, list[float]] = {}
+    for r in runs:
+        by_mode.setdefault(r["mode"], []).append(r["cpu"]["server_cpu_s_per_stream_minute"])
+    off, on = by_mode.get("off", []), by_mode.get("all", [])
+    out = {"streams": streams, "cpu_s_per_stream_minute": by_mode}
+    if off and on:
+        # Runs alternate off, all, off, all: each "all" is set against the "off" just before it.
+        pairs = [round(b - a, 4) for a, b in zip(off, on)]
+        out["recording_cpu_s_per_stream_minute"] = pairs
+        out["recording_cpu_s_per_stream_minute_mean"] = round(sum(pairs) / len(pairs), 4)
+    return out
+
+
+def print_summary(out: dict, path: Path) -> None:
+    print(f"\nrecording benchmark: {out['streams']} streams, {out['seconds']} s window, "
+          f"record.fsync_interval {out['fsync_interval']} s")
+    for r in out["runs"]:
+        c, m = r["cpu"], r["memory"]
+        line = (f"  record.mode={r['mode']:<3}: server {c.get('server_cpu_s')} CPU-s in {c['wall_s']} s "
+                f"({c.get('server_cpu_pct_of_one_core')}% of a core) = {c['server_cpu_s_per_stream_minute']} "
+                f"CPU-s/stream-min; publishers {c['publisher_cpu_pct_of_one_core']}%; RSS {m.get('rss_per_stream_mib')} "
+                f"MiB/stream; user/system {r.get('server_user_system_s')} s; io {r['io']}")
+        print(line)
+        f = r.get("files")
+        if f:
+            print(f"      files: {f['files']}, {f['bytes'] / 1e6:.0f} MB, {f['media_s']} s of media "
+                  f"({f['bytes'] * 8 / max(f['media_s'], 1e-9) / 1e6:.2f} Mbit/s per stream-second); frames received "
+                  f"{f['frames_received']}, samples written {f['samples_written']}; streams with loss or damage: "
+                  f"{f['streams_with_loss_or_damage']}; trailing bytes {f['trailing_bytes']}")
+    s = out["summary"]
+    if "recording_cpu_s_per_stream_minute" in s:
+        print(f"  recording costs {s['recording_cpu_s_per_stream_minute']} CPU-s per stream-minute "
+              f"(mean {s['recording_cpu_s_per_stream_minute_mean']}; goal at most 0.02)")
+    print(f"  results: {path}")
+
+
+async def amain(args) -> int:
+    media = load._media.ensure_media(log=load.say)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    load.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    runs = []
+    try:
+        for k in range(args.repeat):
+            for mode in args.modes:
+                runs.append(await one_run(args, mode, f"record-{args.streams}s-{mode}-{k}-{stamp}", media))
+    except load.BenchError as err:
+        load.say(f"error: {err}")
+        return 1
+    out = {"streams": args.streams, "seconds": args.seconds, "fsync_interval": args.fsync_interval,
+           "argv": sys.argv[1:], "machine": load.machine_info("asyncio"), "runs": runs,
+           "load_average_at_end": os.getloadavg(), "summary": summarize(runs, args.streams)}
+    path = load.RESULTS_DIR / f"record-{args.streams}s-{stamp}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print_summary(out, path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.record", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, default=50, help="publishers, one stream each (default 50)")
+    ap.add_argument("--seconds", type=int, default=60, help="measurement window in s (default 60)")
+    ap.add_argument("--warmup", type=float, default=10.0, help="after every stream is up, in s (default 10)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the modes this many times, alternating (default 1)")
+    ap.add_argument("--modes", default="off,all", help="record.mode values, in order (default off,all)")
+    ap.add_argument("--fsync-interval", type=float, default=10.0,
+                    help="record.fsync_interval of the server, s (default 10, the config's default)")
+    ap.add_argument("--server-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="extra --set for the server (repeatable)")
+    ap.add_argument("--keep-files", action="store_true", help="keep the recordings (bench/results/...-files)")
+    args = ap.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.streams < 1 or args.seconds < 1 or any(m not in ("off", "all") for m in args.modes):
+        ap.error("--streams and --seconds must be at least 1; --modes takes off and all")
+    load.raise_nofile_limit()
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        load.say("interrupted; the processes this run started were stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

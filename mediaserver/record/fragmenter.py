@@ -1,0 +1,274 @@
+"""GopFragmenter: the recorder's cutter for the common stream, one moof+mdat per track per GOP.
+
+The CmafSegmenter the live CMAF outputs use (remux/cmaf.py) places every frame as it comes: parts, audio
+following the video's cuts, timeline checks; about 11 µs of Python per frame, four times what recording
+may cost in all (bench/README.md, bench.record). A recording needs none of its parts, so for H.264 or HEVC
+video with AAC audio this keeps the frames of the open GOP in a list (nothing else per frame) and, at the
+next keyframe at least `fragment_s` later, builds the video fragment and the audio that came before that
+keyframe with one `fmp4.fragment` call each: the same boxes, inits (made by CmafSegmenter's own builders)
+and timescales (video 90 kHz, audio its sample rate) as the live outputs, as CmafSegment objects the
+Recorder stores as it stores the segmenter's.
+
+Anything else goes to a CmafSegmenter from then on, configs handed over: another codec, audio with no video
+config, and any change of codec configuration once media has been cut (the Recorder starts a new file at a
+new init anyway). Audio that waits for a video keyframe longer than the longest fragment is cut on its own,
+so memory stays bounded when the video stops.
+"""
+
+from __future__ import annotations
+
+from ..media.aac import parse_audio_specific_config
+from ..media.frames import Frame, FrameKind
+from ..media.h264 import iter_nal_units
+from ..remux.cmaf import AUDIO, VIDEO, VIDEO_TIMESCALE, CmafInit, CmafPart, CmafSegment, CmafSegmenter, Timeline
+from ..remux.fmp4 import AUDIO_TRUN, SAMPLE_NON_SYNC, SAMPLE_SYNC, VIDEO_TRUN, fragment
+
+LEAN_VIDEO = ("h264", "hevc")
+LEAN_AUDIO = ("aac",)
+_DEFAULT_VIDEO_TICKS = 3000  # 1/30 s: the last frame's duration when no frame follows
+_VIDEO_ID, _AUDIO_ID = 1, 2
+
+
+class GopFragmenter:
+    """push(frame, now) -> segments now complete; discontinuity(); finish(now); init(track): the subset of
+    CmafSegmenter's interface the Recorder uses."""
+
+    def __init__(self, fragment_s: float, max_fragment_s: float, max_bytes: int = 64 << 20) -> None:
+        self._segmenter_args = dict(target_duration_s=fragment_s, part_target_s=fragment_s,
+                                    max_segment_duration_s=max_fragment_s)
+        self._builder = CmafSegmenter(**self._segmenter_args)  # its init builders: the live outputs' bytes
+        self.general: CmafSegmenter | None = None
+        """The CmafSegmenter everything goes to once the stream is not the common one."""
+        self.target_ms = round(fragment_s * 1000)
+        self.max_ms = round(max_fragment_s * 1000)
+        self.max_bytes = max_bytes
+        self._video_cfg: Frame | None = None
+        self._audio_cfg: Frame | None = None
+        self._video_init: CmafInit | None = None
+        self._audio_init: CmafInit | None = None
+        self._frame_samples = 1024
+        self._nal_length_size = 4
+        self._v: list[Frame] = []
+        self._v_bytes = 0
+        self._a: list[Frame] = []
+        self._cut_any = False
+        self._sequence = 0
+        self._fragments = 0
+        """moofs built so far: their mfhd numbers run 1, 2, 3 in the order they come out, which is the order a
+        file gets them, so the Recorder need not renumber (copy) them."""
+        self._timeline: Timeline | None = None
+        self._timelines = 0
+        self._v_last_tick: int | None = None
+        self._v_last_duration = 0
+        self._a_last_tick: int | None = None
+        self._out: list[CmafPart | CmafSegment] = []
+        self._now = 0.0
+
+    # ----- the interface ---------------------------------------------------------------------------
+
+    def init(self, track: str) -> CmafInit | None:
+        if self.general is not None:
+            return self.general.init(track)
+        return self._video_init if track == VIDEO else self._audio_init
+
+    def push(self, frame: Frame, now: float) -> list[CmafPart | CmafSegment]:
+        self._now = now
+        if self.general is not None:
+            return self._take(self.general.push(frame, now))
+        kind = frame.kind
+        if kind == FrameKind.VIDEO:
+            if frame.is_config:
+                self._config(frame, now)
+            elif not frame.is_end:
+                self._video(frame, now)
+        elif kind == FrameKind.AUDIO:
+            if frame.is_config:
+                self._config(frame, now)
+            elif not frame.is_end:
+                self._audio(frame, now)
+        return self._take([])
+
+    def discontinuity(self) -> None:
+        if self.general is not None:
+            self.general.discontinuity()
+            return
+        self._flush()
+        self._timeline = None
+        self._v_last_tick = self._a_last_tick = None
+
+    def finish(self, now: float | None = None) -> list[CmafPart | CmafSegment]:
+        if self.general is not None:
+            return self._take(self.general.finish(now))
+        self._flush()
+        self._timeline = None
+        self._v_last_tick = self._a_last_tick = None
+        return self._take([])
+
+    # ----- frames --------------------------------------------------------------------------------
+
+    def _take(self, items: list[CmafPart | CmafSegment]) -> list[CmafPart | CmafSegment]:
+        if self._out:
+            items = self._out + items
+            self._out = []
+        return items
+
+    def _config(self, frame: Frame, now: float) -> None:
+        video = frame.kind == FrameKind.VIDEO
+        known = self._video_cfg if video else self._audio_cfg
+        if known is not None and known.codec == frame.codec and bytes(known.payload) == bytes(frame.payload):
+            return  # encoders resend identical sequence headers
+        if frame.codec not in (LEAN_VIDEO if video else LEAN_AUDIO) or (
+                known is not None and (self._cut_any or self._v or self._a)):
+            self._to_general(frame, now)
+            return
+        if video:
+            init = self._builder._video_init(frame.codec, bytes(frame.payload), 1)  # raises before any change
+            self._video_init, self._video_cfg, self._nal_length_size = init, frame, init.nal_length_size
+        else:
+            init = self._builder._audio_init(frame, 1)
+            self._frame_samples = parse_audio_specific_config(bytes(frame.payload)).frame_samples
+            self._audio_init, self._audio_cfg = init, frame
+
+    def _to_general(self, frame: Frame, now: float) -> None:
+        """From now on the CmafSegmenter cuts: what is open is cut first, the configs handed over."""
+        self._flush()
+        general = CmafSegmenter(first_sequence=self._sequence, **self._segmenter_args)
+        for cfg in (self._video_cfg, self._audio_cfg):
+            if cfg is not None and not (frame.is_config and cfg.kind == frame.kind):  # unless replaced
+                general.push(cfg, now)
+        self._out.extend(general.push(frame, now))
+        self.general = general
+
+    def _video(self, frame: Frame, now: float) -> None:
+        if self._video_init is None or frame.codec != self._video_init.codec:
+            return
+        for _ in iter_nal_units(frame.payload, self._nal_length_size):
+            pass  # a sample whose NAL lengths overrun it is refused here (MediaError), as the segmenter does
+        v = self._v
+        if not v:
+            if not frame.keyframe:
+                return  # a fragment starts at a keyframe
+            if self._timeline is None:
+                self._timelines += 1
+                self._timeline = Timeline(self._timelines - 1, frame.dts_ms, now)
+        else:
+            elapsed = frame.dts_ms - v[0].dts_ms
+            if (frame.keyframe and elapsed >= self.target_ms) or elapsed >= self.max_ms or \
+                    self._v_bytes + frame.size > self.max_bytes:
+                self._cut(frame.dts_ms)
+                v = self._v
+        v.append(frame)
+        self._v_bytes += frame.size
+
+    def _audio(self, frame: Frame, now: float) -> None:
+        if self._audio_init is None or frame.codec != self._audio_init.codec:
+            return
+        if self._video_cfg is None:
+            self._to_general(frame, now)  # audio with no video (yet): the segmenter waits and decides
+            return
+        a = self._a
+        a.append(frame)
+        if frame.dts_ms - a[0].dts_ms > self.max_ms:
+            self._out.extend(self._audio_fragment(len(a), None))  # the video stopped: audio alone
+
+    # ----- cutting -------------------------------------------------------------------------------
+
+    def _cut(self, end_ms: int | None) -> None:
+        """Close the open video fragment at `end_ms` (the next fragment's first frame; None: the end) and
+        the audio before it."""
+        v = self._v
+        if not v:
+            return
+        self._cut_any = True
+        sequence = self._sequence
+        self._sequence += 1
+        ticks = []
+        last = self._v_last_tick
+        for f in v:
+            tick = f.dts_ms * 90
+            if last is not None and tick <= last:
+                tick = last + 1
+            ticks.append(tick)
+            last = tick
+        if end_ms is not None:
+            end = max(end_ms * 90, last + 1)
+        else:
+            end = last + (self._v_last_duration or _DEFAULT_VIDEO_TICKS)
+        entries: list[int] = []
+        for i, f in enumerate(v):
+            duration = (ticks[i + 1] if i + 1 < len(v) else end) - ticks[i]
+            entries += (duration, len(f.payload), SAMPLE_SYNC if f.keyframe else SAMPLE_NON_SYNC,
+                        f.pts_ms * 90 - ticks[i])
+        if len(v) > 1:
+            self._v_last_duration = ticks[-1] - ticks[-2]
+        self._v_last_tick = end - 1 if end_ms is not None else last  # the next frame lands after the end
+        payload = [f.payload for f in v]
+        self._fragments += 1
+        data = fragment(sequence_number=self._fragments, track_id=_VIDEO_ID, base_media_decode_time=ticks[0],
+                        trun_flags=VIDEO_TRUN, entries=entries, payload=payload,
+                        payload_size=sum(len(p) for p in payload))
+        assert self._video_init is not None and self._timeline is not None
+        self._out.append(CmafSegment(
+            track=VIDEO, sequence=sequence, data=data, start=ticks[0], duration=end - ticks[0],
+            timescale=VIDEO_TIMESCALE, init=self._video_init, timeline=self._timeline, discontinuity=False,
+            independent=v[0].keyframe, part_count=1, samples=len(v)))
+        start_ms = v[0].dts_ms
+        self._v = []
+        self._v_bytes = 0
+        a = self._a
+        first = 0
+        while first < len(a) and a[first].dts_ms < start_ms and self._a_last_tick is None:
+            first += 1  # audio from before the recording's first keyframe
+        del a[:first]
+        count = len(a) if end_ms is None else next((i for i, f in enumerate(a) if f.dts_ms >= end_ms), len(a))
+        self._out.extend(self._audio_fragment(count, sequence))
+
+    def _audio_fragment(self, count: int, sequence: int | None) -> list[CmafSegment]:
+        a = self._a
+        if not count or self._audio_init is None:
+            return []
+        if sequence is None:
+            sequence = self._sequence
+            self._sequence += 1
+        init = self._audio_init
+        first_ms = a[0].dts_ms
+        scale = init.timescale
+        samples = self._frame_samples
+        last = self._a_last_tick
+        start = None
+        entries: list[int] = []
+        payload = []
+        for f in a[:count]:
+            tick = (f.dts_ms * scale + 500) // 1000
+            if last is not None:
+                expected = last + samples
+                if tick - expected <= samples // 2:
+                    tick = expected  # within rounding of back to back, or overlapping
+                elif start is not None:
+                    entries[-2] = tick - last  # a gap: the previous frame lasts until this one
+            if start is None:
+                start = tick
+            entries += (samples, len(f.payload))
+            payload.append(f.payload)
+            last = tick
+        self._a_last_tick = last
+        del a[:count]
+        self._fragments += 1
+        data = fragment(sequence_number=self._fragments, track_id=_AUDIO_ID, base_media_decode_time=start,
+                        trun_flags=AUDIO_TRUN, entries=entries, payload=payload,
+                        payload_size=sum(len(p) for p in payload), default_sample_flags=SAMPLE_SYNC)
+        if self._timeline is None:  # audio before any video on this timeline
+            self._timelines += 1
+            self._timeline = Timeline(self._timelines - 1, first_ms, self._now)
+        timeline = self._timeline
+        return [CmafSegment(
+            track=AUDIO, sequence=sequence, data=data, start=start, duration=last + samples - start,
+            timescale=scale, init=init, timeline=timeline, discontinuity=False, independent=True,
+            part_count=1, samples=count)]
+
+    def _flush(self) -> None:
+        if self._v:
+            self._cut(None)
+        elif self._a:
+            self._out.extend(self._audio_fragment(len(self._a), None))
+

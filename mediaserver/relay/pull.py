@@ -1,0 +1,391 @@
+"""Pull relays: streams of other servers ingested here from a URL, as if an encoder published them here.
+
+Each `[[relay.pull]]` is one RelayPull, the local stream's publisher while connected (the hub's Publisher):
+every output, recording and ABR work on it as on any stream. The source is played with the project's
+sans-IO RTMP client (`rtmp/client.py`, over asyncio, TLS for rtmps://) or fetched as HTTP-FLV (aiohttp);
+either way the media goes through the same FlvIngest as an edge's origin pull (`edge/flv_ingest.py`:
+timestamps unwrapped, metadata read leniently).
+
+- mode "on_demand": the pull starts at the first viewer, through the gate's play_locate hook, the one an
+  edge uses for a stream it does not have (the viewer waits up to relay.pull_wait for the first keyframe),
+  and stops after relay.pull_grace without viewers or packagers. mode "always": it starts with the server.
+- A source that drops or refuses is reconnected after 0.5 s, the wait doubling up to relay.pull_retry_max;
+  meanwhile the local stream waits as for a reconnecting publisher (hub.reconnect_grace): viewers stay
+  connected and see a discontinuity when the source comes back.
+- State (connecting, live, retrying with the last error, idle, stopped), bytes and reconnects are in
+  `describe()` (GET /api/v1/pulls) and the metrics. Logs and the API show the source URL without its key
+  and query (`PullSource.shown`), and errors quoting the key have it replaced.
+
+Its layer sits beside the edge: it needs aiohttp (HTTP-FLV client) and the RTMP client, and nothing below
+it imports it; the composition root wires it into the gate (play_locate, publish_claim) and the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..config import RelayConfig
+from ..edge.flv_ingest import FlvIngest
+from ..errors import MediaError
+from ..hub.registry import PublishRefused, StreamRegistry
+from ..hub.stream import Stream, StreamKey
+from ..log import event
+from ..media.frames import FrameKind
+from ..rtmp.client import ClientSession
+from ..rtmp.errors import RtmpProtocolError
+from ..rtmp.events import AudioReceived, ConnectResult, MetadataReceived, StatusReceived, VideoReceived
+from .pull_source import Backoff, PullSource, parse_source
+
+log = logging.getLogger(__name__)
+
+CONNECTING, LIVE, RETRYING, IDLE, STOPPED = "connecting", "live", "retrying", "idle", "stopped"
+STATES = (CONNECTING, LIVE, RETRYING, IDLE, STOPPED)
+_WATCHDOG_S = 0.5
+_READ_SIZE = 64 * 1024
+
+
+class SourceError(Exception):
+    """The source refused or ended the pull; the message is shown as the pull's last error."""
+
+
+class RelayPull:
+    """One configured pull: its loop, its state, and the local stream's publisher while connected."""
+
+    def __init__(self, pool: PullRelays, key: StreamKey, source: PullSource, mode: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.source = source
+        self.mode = mode
+        self.peer = f"pull:{source.shown}"
+        self.state = IDLE
+        self.state_since = time.time()
+        self.last_error = ""
+        self.bytes_in = 0
+        self.connects = 0
+        """Connections that carried media (a reconnect is every one after the first)."""
+        self.stream: Stream | None = None
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None
+        self._waiters = 0
+        self._backoff = Backoff(pool.settings.pull_retry_max)
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # ----- the hub's Publisher, start and stop ---------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """The registry ends the stream (kick, shutdown): stop pulling."""
+        self.stop(reason)
+
+    def start(self) -> None:
+        if self.running:
+            return
+        loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+        self._idle_since = None
+        self._backoff.reset()
+        self._set(CONNECTING)
+        self._task = loop.create_task(self._run(), name=f"relay pull {self.key}")
+        if self.mode == "on_demand":
+            self._watchdog = loop.call_later(_WATCHDOG_S, self._check_idle)
+
+    def stop(self, reason: str, state: str = STOPPED) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if not self.running:
+            return
+        assert self._task is not None
+        self._task.cancel()
+        self._task = None
+        self._release()
+        self._set(state)
+        event(log, "relay_pull_stop", stream=str(self.key), source=self.source.shown, reason=reason,
+              connects=self.connects, bytes=self.bytes_in)
+
+    async def wait_ready(self, timeout: float) -> None:
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await self.ready.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters -= 1
+
+    def _set(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_since = time.time()
+
+    # ----- the pull loop ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        ready = self.ready  # this run's: a pull stopped and started again has a new one
+        try:
+            while True:
+                connects = self.connects
+                reason = self._scrub(await self._attempt())
+                # Logged once per loss: retries against a dead source stay quiet until media flows again.
+                if self.connects > connects or not self.last_error:
+                    event(log, "relay_pull_lost", logging.WARNING, stream=str(self.key), source=self.source.shown,
+                          reason=reason)
+                self.last_error = reason
+                self._set(RETRYING)
+                await asyncio.sleep(self._backoff.next_wait())
+                self._set(CONNECTING)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("relay pull of %s failed", self.key)
+            self._set(STOPPED)
+        finally:
+            self._release_if_current()
+            ready.set()
+
+    async def _attempt(self) -> str:
+        """One connection to the source; returns why it ended."""
+        try:
+            if self.source.rtmp:
+                await self._pull_rtmp()
+            else:
+                await self._pull_flv()
+            return "the source ended the stream"
+        except SourceError as err:
+            return str(err)
+        except TimeoutError:
+            return "TimeoutError: the source sent nothing in time"
+        except (aiohttp.ClientError, OSError, MediaError, RtmpProtocolError) as err:
+            return f"{type(err).__name__}: {str(err)[:160]}"
+        finally:
+            self._release_if_current()
+
+    def _claim(self) -> Stream:
+        try:
+            self.stream = self.pool.registry.claim_publisher(self.key, self)
+        except PublishRefused as err:
+            raise SourceError(f"the local stream refused the pull: {err}") from err
+        self.connects += 1
+        self._backoff.reset()
+        self._set(LIVE)
+        event(log, "relay_pull_start", stream=str(self.key), source=self.source.shown, connect=self.connects)
+        return self.stream
+
+    def _release_if_current(self) -> None:
+        """A run ending releases the stream unless a newer run (stop, then start) has it now."""
+        if self._task is None or self._task is asyncio.current_task():
+            self._release()
+
+    def _release(self) -> None:
+        stream = self.stream
+        if stream is not None and stream.publisher is self:
+            self.pool.registry.release_publisher(stream, self)
+
+    async def _pull_flv(self) -> None:
+        settings = self.pool
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
+        async with self.pool.session().get(self.source.url, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise SourceError(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
+            ingest: FlvIngest | None = None
+            async for chunk in resp.content.iter_any():
+                self.bytes_in += len(chunk)
+                if ingest is None:
+                    ingest = FlvIngest(self._claim())  # a new connection: new timelines, rebased by the hub
+                if not ingest.relay(chunk, time.monotonic(), self):
+                    return  # replaced or kicked meanwhile
+                if ingest.ready:
+                    self.ready.set()
+
+    async def _pull_rtmp(self) -> None:
+        source, pool = self.source, self.pool
+        context = ssl.create_default_context() if source.tls else None
+        async with asyncio.timeout(pool.connect_timeout):
+            reader, writer = await asyncio.open_connection(source.host, source.port, ssl=context,
+                                                           server_hostname=source.host if context else None)
+        try:
+            client = ClientSession()
+            client.connect(source.app, source.tc_url)
+            client.play(source.name)
+            writer.write(client.data_to_send())
+            ingest: FlvIngest | None = None
+            while True:
+                async with asyncio.timeout(pool.read_timeout):
+                    data = await reader.read(_READ_SIZE)
+                if not data:
+                    raise SourceError("the source closed the RTMP connection")
+                self.bytes_in += len(data)
+                client.receive_data(data)
+                if out := client.data_to_send():
+                    writer.write(out)
+                now = time.monotonic()
+                fed = False
+                for ev in client.events():
+                    if isinstance(ev, (VideoReceived, AudioReceived, MetadataReceived)):
+                        if ingest is None:
+                            ingest = FlvIngest(self._claim())
+                        kind = (FrameKind.VIDEO if isinstance(ev, VideoReceived)
+                                else FrameKind.AUDIO if isinstance(ev, AudioReceived) else FrameKind.DATA)
+                        ingest.publish(kind, ev.timestamp, ev.body, now)
+                        fed = True
+                    elif isinstance(ev, ConnectResult) and not ev.accepted:
+                        info = ev.info if isinstance(ev.info, dict) else {}
+                        raise SourceError(f"the source refused connect: {info.get('code', '')} "
+                                          f"{info.get('description', '')}".strip())
+                    elif isinstance(ev, StatusReceived) and ev.level == "error":
+                        raise SourceError(f"{ev.code}: {ev.description}"[:300])
+                if fed and ingest is not None:
+                    if not ingest.flush(self):
+                        return
+                    if ingest.ready:
+                        self.ready.set()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    def _scrub(self, text: str) -> str:
+        """An error as it may be shown: the source's stream name and query (which may be a key) replaced."""
+        secret = self.source.name
+        for part in {secret, secret.partition("?")[0], secret.partition("?")[2]}:
+            if len(part) >= 3:
+                text = text.replace(part, "***")
+        return text
+
+    # ----- idle (on_demand) ----------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        self._watchdog = None
+        if not self.running:
+            return
+        stream = self.pool.registry.get(self.key)
+        watched = stream is not None and not stream.ended and bool(stream.subscribers or stream.sinks)
+        now = time.monotonic()
+        if self._waiters > 0 or watched:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= self.pool.settings.pull_grace:
+            self.stop("pull_idle", IDLE)  # releases the stream first: the kick below does not call close()
+            if stream is not None and not stream.ended and stream.publisher is None:
+                self.pool.registry.kick(self.key, "pull_idle")  # viewers need not wait reconnect_grace
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(_WATCHDOG_S, self._check_idle)
+
+    def describe(self) -> dict:
+        return {"app": self.key.app, "stream": self.key.name, "source": self.source.shown, "mode": self.mode,
+                "state": self.state, "since": self.state_since, "last_error": self.last_error,
+                "bytes": self.bytes_in, "connects": self.connects, "reconnects": self.reconnects}
+
+
+class PullRelays:
+    """The node's configured pulls, by stream; the hooks the gate and the admin API call."""
+
+    def __init__(self, registry: StreamRegistry, settings: RelayConfig, environ: Mapping[str, str], *,
+                 connect_timeout: float = 5.0, read_timeout: float = 10.0) -> None:
+        """Raises UsageError naming the key when a URL's ${VAR} is not set."""
+        self.registry = registry
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.pulls: dict[StreamKey, RelayPull] = {}
+        for i, spec in enumerate(settings.pull):
+            source = parse_source(spec.url, environ, f"relay.pull[{i}].url")
+            key = StreamKey(spec.app, spec.stream)
+            self.pulls[key] = RelayPull(self, key, source, spec.mode)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __len__(self) -> int:
+        return len(self.pulls)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
+        return self._session
+
+    def start(self) -> None:
+        """Start the "always" pulls (the server is listening)."""
+        for pull in self.pulls.values():
+            event(log, "relay_pull", stream=str(pull.key), source=pull.source.shown, mode=pull.mode)
+            if pull.mode == "always":
+                pull.start()
+
+    def publish_refusal(self, key: StreamKey) -> str | None:
+        """The gate's publish_claim: an encoder may not publish a pulled stream's name."""
+        pull = self.pulls.get(key)
+        if pull is None:
+            return None
+        return (f"stream {key} is pulled from {pull.source.shown} ([[relay.pull]]); publish under another name, "
+                "or remove that pull from the config")
+
+    async def locate(self, key: StreamKey) -> Stream | None:
+        """The gate's play_locate for a pulled stream that is not live here: start its pull (on_demand) and
+        wait for its first keyframe, at most relay.pull_wait."""
+        pull = self.pulls.get(key)
+        if pull is None:
+            return None
+        stream = self.registry.get(key)
+        if stream is not None and not stream.ended:
+            return stream
+        pull.start()
+        await pull.wait_ready(self.settings.pull_wait)
+        stream = self.registry.get(key)
+        return stream if stream is not None and not stream.ended else None
+
+    def describe(self) -> list[dict]:
+        return [p.describe() for p in self.pulls.values()]
+
+    async def close(self) -> None:
+        tasks = [p._task for p in self.pulls.values() if p._task is not None and not p._task.done()]
+        for pull in self.pulls.values():
+            pull.stop("server_shutdown")
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        if self._session is not None:
+            await self._session.close()
+
+
+def build_pulls(registry: StreamRegistry, settings: RelayConfig, environ: Mapping[str, str]) -> PullRelays | None:
+    """The pulls of the config, or None without any. UsageError for a ${VAR} that is not set."""
+    return PullRelays(registry, settings, environ) if settings.pull else None
+
+
+class PullCollector:
+    """/metrics: each pull's state, bytes and reconnects, labelled by its stream (as many as the config has)."""
+
+    def __init__(self, pulls: PullRelays) -> None:
+        self.pulls = pulls
+
+    def collect(self):
+        state = GaugeMetricFamily("mediaserver_relay_pull_state", "1 for the state each pull relay is in "
+                                  "(connecting, live, retrying, idle, stopped), 0 for the others.",
+                                  labels=["stream", "state"])
+        received = CounterMetricFamily("mediaserver_relay_pull_bytes", "Bytes received from each pull relay's "
+                                       "source.", labels=["stream"])
+        reconnects = CounterMetricFamily("mediaserver_relay_pull_reconnects", "Connections to each pull relay's "
+                                         "source after its first that carried media.", labels=["stream"])
+        for key, pull in self.pulls.pulls.items():
+            name = str(key)
+            for one in STATES:
+                state.add_metric([name, one], 1 if pull.state == one else 0)
+            received.add_metric([name], pull.bytes_in)
+            reconnects.add_metric([name], pull.reconnects)
+        yield state
+        yield received
+        yield reconnects
