@@ -8,6 +8,7 @@ their own answer (an onStatus code, an HTTP status); neither holds an admission 
     play:    name rule -> play token (of the source, for a rendition STREAM@LABEL) -> locate (an edge pulls a
              stream another node publishes; a rendition's transcode starts)
              -> (not published anywhere: allowed, with nothing to watch) -> viewers per stream -> on_play webhook
+    a recording (protocol vod-*): name rule -> play token -> on_play webhook (live or not; never located)
 
 Play admission locates first, so the viewers limit and the on_play hook apply to every viewer, the first
 viewers of a stream an edge must pull included (issue 9, defect 9). The token is checked before locating:
@@ -62,9 +63,13 @@ RenditionLocate = Callable[[StreamKey, str], Awaitable["Stream | Refusal | None"
 (kind "abr", with its HTTP status) when it cannot be made."""
 
 HLS_VERDICTS_MAX = 100_000
-UNCOUNTED = frozenset({"hls", "thumbnail"})
+RECORDED = frozenset({"vod-mp4", "vod-hls", "vod-dash"})
+"""A recording of the stream (/vod/...): admitted with the stream's play token and on_play hook, whether or
+not the stream is live; nothing is located or pulled."""
+UNCOUNTED = frozenset({"hls", "thumbnail"}) | RECORDED
 """Requests that are no viewer's connection: not counted against max_viewers_per_stream, and the on_play
-answer for the client is reused for a while (an HLS player and a picker's thumbnails ask every few seconds)."""
+answer for the client is reused for a while (an HLS player, a VOD player's range requests and a picker's
+thumbnails ask every few seconds)."""
 
 NAME = "name"
 CREDENTIAL = "credential"
@@ -236,8 +241,9 @@ class Gate:
         self, app: str, name: str, *, token: str, query: Mapping[str, str], address: str, protocol: str,
         logger: Any = log,
     ) -> Verdict:
-        """Decide on a viewer of app/name over `protocol` (rtmp, flv, ws-flv, hls). An allowed verdict of a
-        non-HLS viewer holds a place in the viewers count: the caller must call `viewer_left` once."""
+        """Decide on a viewer of app/name over `protocol` (rtmp, flv, ws-flv, hls; vod-* for its recordings). An
+        allowed verdict of a non-HLS viewer holds a place in the viewers count: the caller must call
+        `viewer_left` once."""
         address = normalize_address(address)
         verdict = Verdict(None, address=address, protocol=protocol)
         admission = self.admission
@@ -255,19 +261,20 @@ class Gate:
         if grant is not None:
             verdict.play_token = token
         verdict.params = {k: v for k, v in query.items() if not (grant is not None and k == "token")}
-        stream = self.registry.get(key)
-        locate = self.rendition_locate if label is not None else self.play_locate
-        if (stream is None or stream.ended) and locate is not None:
-            located = await locate(key, address)
-            if isinstance(located, Refusal):
-                verdict.refusal = located
+        if protocol not in RECORDED:
+            stream = self.registry.get(key)
+            locate = self.rendition_locate if label is not None else self.play_locate
+            if (stream is None or stream.ended) and locate is not None:
+                located = await locate(key, address)
+                if isinstance(located, Refusal):
+                    verdict.refusal = located
+                    return verdict
+                stream = located
+            if stream is None or stream.ended:
+                # Nothing to watch, nobody to ask: the caller answers "not found" with `not_found`'s hint (or
+                # serves what outlives a stream, such as an HLS playlist that has ended).
                 return verdict
-            stream = located
-        if stream is None or stream.ended:
-            # Nothing to watch, nobody to ask: the caller answers "not found" with `not_found`'s hint (or
-            # serves what outlives a stream, such as an HLS playlist that has ended).
-            return verdict
-        verdict.stream = stream
+            verdict.stream = stream
         if protocol not in UNCOUNTED:
             refused = admission.limits.check_viewers(str(key), self._viewers[key])
             if refused is not None:

@@ -316,11 +316,14 @@ def _text(body: dict[str, Any], name: str, default: str = "", max_len: int = 128
 
 def describe_stream(stream: Stream, rates: StreamRates | None, now: float,
                     health: Callable[[StreamKey], dict[str, Any] | None] | None = None,
-                    abr: TranscodePool | None = None, relays: RelayManager | None = None) -> dict[str, Any]:
+                    abr: TranscodePool | None = None, relays: RelayManager | None = None,
+                    recordings: RecordingManager | None = None) -> dict[str, Any]:
     snap = stream.snapshot(now)
     snap["health"] = health(stream.key) if health is not None else None
     if relays is not None:
         snap["relays"] = relays.listing(stream.key) or []
+    snap["recording"] = ({"active": stream.key in recordings.active, "id": recordings.current(stream.key)}
+                         if recordings is not None and recordings.applies(stream.key) else None)
     if abr is not None:
         source, label = split_rendition(stream.key.name)
         snap["abr"] = (abr.status(stream.key) if label is None
@@ -372,7 +375,9 @@ async def list_streams(request: web.Request) -> web.Response:
     now = deps.registry.clock()
     rates = request.app[RATES]
     streams = sorted(deps.registry.streams(), key=lambda s: (s.key.app, s.key.name))
-    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health, deps.abr, deps.relays) for s in streams
+    return web.json_response({"streams": [describe_stream(s, rates, now, deps.health, deps.abr, deps.relays,
+                                                          deps.recordings)
+                                            for s in streams
                                             if not s.ended]})
 
 
@@ -380,7 +385,7 @@ async def get_stream(request: web.Request) -> web.Response:
     stream = _stream(request)
     now = request.app[DEPS].registry.clock()
     deps = request.app[DEPS]
-    body = describe_stream(stream, request.app[RATES], now, deps.health, deps.abr, deps.relays)
+    body = describe_stream(stream, request.app[RATES], now, deps.health, deps.abr, deps.relays, deps.recordings)
     body["viewer_list"] = [describe_viewer(s, asyncio.get_running_loop().time())
                            for s in sorted(stream.subscribers, key=lambda s: s.id)][:1000]
     return web.json_response(body)

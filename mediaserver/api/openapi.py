@@ -235,6 +235,10 @@ def openapi_document() -> dict[str, Any]:
                     "viewers": {"type": "object", "additionalProperties": {"type": "integer"},
                                 "description": "Viewers by format: flv, ws-flv, rtmp."},
                     "viewers_total": {"type": "integer"},
+                    "recording": {"type": ["object", "null"], "description": "null when this node cannot record the "
+                                  "stream (record.mode, record.apps); else whether it is recorded and the id of the "
+                                  "file being written (null until its first fragment).", "properties": {
+                                      "active": {"type": "boolean"}, "id": {"type": ["string", "null"]}}},
                     "health": {"type": ["object", "null"], "description": "null unless [health] watches the "
                                "stream; else black, frozen, silent: null or {since (Unix s), duration_s} while "
                                "flagged.", "additionalProperties": {"type": ["object", "null"], "properties": {
@@ -272,7 +276,8 @@ def openapi_document() -> dict[str, Any]:
                     "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
                     "final_status": {"type": ["string", "null"], "description": "While \"uploading\" (record."
                                      "storage = \"s3\"): the status it takes once the file is in the bucket."},
-                    "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"}}}}},
+                    "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"},
+                                                             "dash": {"type": "string"}}}}},
                 "Abr": {"type": "object", "properties": {
                     "running": {"type": "boolean"}, "enabled": {"type": "boolean",
                                                                 "description": "ABR applies to the stream's app."},

@@ -4,6 +4,7 @@
 |--------------------------------|----------------------------------------------------------------------|
 | GET /                          | stream picker (HTML)                                                 |
 | GET /play/APP/NAME             | player (HTML); query: format=llhls|hls|dash|flv|ws-flv, token, autoplay=0 |
+| GET /play/vod/ID               | the same page playing a recording (format=hls|dash|mp4, t=S); ?dvr=1 on a live stream: its DVR window |
 | GET /console                   | operator console (HTML); its data come from /api/v1 with the admin token |
 | GET /static/FILE               | the pages' scripts and styles, and the vendored hls.js, dash.js, mpegts.js |
 | GET /streams.json              | public stream list: app, name, codecs, live; only apps open to viewers |

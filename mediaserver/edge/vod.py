@@ -1,7 +1,12 @@
-"""VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with sendfile by aiohttp)
-and `/vod/ID/index.m3u8` (an HLS VOD playlist over byte ranges of that same file: EXT-X-MAP and
-EXT-X-BYTERANGE, no copy). The file's fragment index is read in a thread and kept per file size and mtime
-(record/vod.py `index_path`).
+"""VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with sendfile by aiohttp),
+`/vod/ID/index.m3u8` (an HLS VOD playlist over byte ranges of that same file: EXT-X-MAP and
+EXT-X-BYTERANGE, no copy) and `/vod/ID/manifest.mpd` (a static DASH manifest over the same ranges). The
+file's fragment index is read in a thread and kept per file size and mtime (record/vod.py `index_path`).
+
+Admission: each of them is a play of the recording's app/stream, whether it is live or not (the gate's
+vod-* protocols): the stream's play token (`?token=` or a bearer token) when its app needs one, and the
+on_play hook, whose answer is reused per client as for HLS, so the range requests of one player are one
+viewer. The token is carried into the playlist's and the manifest's URIs, as live HLS does.
 
 DVR: `/APP/NAME/dvr.m3u8` of a stream being recorded lists the last `record.dvr_window` seconds of the
 file being written (no ENDLIST; the newest fragment left out while its audio may still come), over byte
@@ -12,19 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..auth.tokens import bearer_token
 from ..errors import MediaError
-from ..record.vod import hls_playlist, index_file, index_path
+from ..gate import CREDENTIAL, LIMIT
+from ..record.vod import dash_manifest, hls_playlist, index_file, index_path
 from . import vod_s3
-from .common import cors_headers, json_error
-from .keys import RECORDINGS
+from .common import PLAY_QUERY, cors_headers, json_error, play_refused
+from .keys import GATE, RECORDINGS
 from .names import stream_key
+from .origin_pull import INTERNAL_REQUEST
 from .vod_remote import fetch_remote, remote_row, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+MPD_TYPE = "application/dash+xml"
 
 
 async def _file(request: web.Request, rec_id: str):
@@ -44,11 +54,39 @@ async def _file(request: web.Request, rec_id: str):
     return found
 
 
+async def _admitted(request: web.Request, rec_id: str, protocol: str):
+    """The recording's row and file (None: in the bucket or on another node), once the gate admits this
+    client as a viewer of its stream (the token query, "" or "token=...", is left in request[PLAY_QUERY]).
+    A request another node fetches for a viewer it admitted (vod_remote) is not admitted again."""
+    row, path = await _file(request, rec_id)
+    gate = request.app.get(GATE)
+    if gate is not None and not request.get(INTERNAL_REQUEST):
+        token = request.query.get("token", "") or bearer_token(request.headers.get("Authorization"))
+        verdict = await gate.admit_play(row.app, row.stream, token=token, query=request.query,
+                                        address=request.remote or "", protocol=protocol)
+        refusal = verdict.refusal
+        if refusal is not None:
+            subject = f"recording {rec_id} of {row.app}/{row.stream}"
+            if refusal.kind == LIMIT:
+                raise json_error(503, refusal.message, refusal.hint, {"Retry-After": "10", **cors_headers(request)})
+            reason = refusal.reason if refusal.kind == CREDENTIAL else refusal.kind
+            raise play_refused(request, subject, reason, refusal.message,
+                               "add ?token=... (a play token for the recorded stream) to the URL")
+        request[PLAY_QUERY] = urlencode({"token": verdict.play_token}) if verdict.play_token else ""
+    return row, path
+
+
+def _with_query(uri: str, request: web.Request) -> str:
+    query = request.get(PLAY_QUERY, "")
+    return f"{uri}?{query}" if query else uri
+
+
 async def serve_mp4(request: web.Request) -> web.StreamResponse:
     file = request.match_info["file"]
     if not file.endswith(".mp4"):
-        raise json_error(404, "not found", "VOD files are /vod/ID.mp4 and /vod/ID/index.m3u8", cors_headers(request))
-    row, path = await _file(request, file[:-4])
+        raise json_error(404, "not found", "VOD URLs are /vod/ID.mp4, /vod/ID/index.m3u8 and /vod/ID/manifest.mpd",
+                         cors_headers(request))
+    row, path = await _admitted(request, file[:-4], "vod-mp4")
     if path is None:
         if vod_s3.in_bucket(row):
             return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
@@ -57,23 +95,49 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
                                            **cors_headers(request)})
 
 
-async def serve_playlist(request: web.Request) -> web.StreamResponse:
+async def _describe(request: web.Request, protocol: str, render, stored, *, finished: bool = False):
+    """Admit the client, then render(index, the file's URI with its token, live) from the file's index in a
+    thread (text), or answer with stored(request, manager, row) for a recording in the bucket, or with the
+    node that has it. `finished`: a recording still being written is refused (409)."""
     rec_id = request.match_info["id"]
-    row, path = await _file(request, rec_id)
+    row, path = await _admitted(request, rec_id, protocol)
+    live = row.status == "recording"
+    if finished and live:
+        raise json_error(409, f"recording {rec_id} is still being written; a static manifest describes a finished "
+                         "file", f"play /vod/{rec_id}/index.m3u8 or /{row.app}/{row.stream}/dvr.m3u8 meanwhile",
+                         cors_headers(request))
     if path is None:
         if vod_s3.in_bucket(row):
-            return await vod_s3.serve_playlist(request, request.app[RECORDINGS], row)
+            return await stored(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
+    uri = _with_query(f"../{rec_id}.mp4", request)
 
     def build() -> str:
-        return hls_playlist(index_path(path), f"../{rec_id}.mp4", live=row.status == "recording")
+        return render(index_path(path), uri, live)
 
     try:
-        text = await asyncio.to_thread(build)
+        return await asyncio.to_thread(build)
     except (OSError, MediaError) as err:
         raise json_error(422, f"recording {rec_id} cannot be read: {err}", "the file is damaged or missing",
                          cors_headers(request)) from None
+
+
+async def serve_playlist(request: web.Request) -> web.StreamResponse:
+    text = await _describe(request, "vod-hls", lambda index, uri, live: hls_playlist(index, uri, live=live),
+                           vod_s3.serve_playlist)
+    if isinstance(text, web.StreamResponse):
+        return text
     return web.Response(text=text, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache",
+                                            **cors_headers(request)})
+
+
+async def serve_manifest(request: web.Request) -> web.StreamResponse:
+    """The static MPD of a finished recording (one being written is played by its dvr.m3u8 or index.m3u8)."""
+    text = await _describe(request, "vod-dash", lambda index, uri, _: dash_manifest(index, uri),
+                           vod_s3.serve_manifest, finished=True)
+    if isinstance(text, web.StreamResponse):
+        return text
+    return web.Response(text=text, headers={"Content-Type": MPD_TYPE, "Cache-Control": "no-cache",
                                             **cors_headers(request)})
 
 
@@ -112,9 +176,14 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Strea
         if len(_dvr_cache) > 1000:
             _dvr_cache.clear()
         _dvr_cache[rec_id] = cached
-    return web.Response(text=cached[1], headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
+    text = cached[1]
+    if request.get(PLAY_QUERY):  # the viewer's play token goes into every URI (the file asks for it too)
+        uri = f"../../vod/{rec_id}.mp4"
+        text = text.replace(uri, _with_query(uri, request))
+    return web.Response(text=text, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
 
 
 def add_vod_routes(app: web.Application) -> None:
     app.router.add_get("/vod/{id}/index.m3u8", serve_playlist, name="vod-hls")
+    app.router.add_get("/vod/{id}/manifest.mpd", serve_manifest, name="vod-dash")
     app.router.add_get("/vod/{file}", serve_mp4, name="vod-mp4")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections import OrderedDict
@@ -24,8 +25,8 @@ from ..record.catalog import Recording
 from ..record.manager import RecordingManager
 from ..record.objectstore import StorageError, parse_uri
 from ..record.sidecar import load_index, sidecar_key
-from ..record.vod import hls_playlist
-from .common import cors_headers, json_error
+from ..record.vod import dash_manifest, hls_playlist, index_file
+from .common import PLAY_QUERY, cors_headers, json_error
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ PLAYLIST_CACHE = 256
 """Playlists of stored recordings kept in memory (a recording's never changes once it is in the bucket)."""
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _playlists: OrderedDict[str, str] = OrderedDict()
+_manifests: OrderedDict[str, str] = OrderedDict()
 
 
 def in_bucket(row: Recording) -> bool:
@@ -149,5 +151,42 @@ async def serve_playlist(request: web.Request, manager: RecordingManager, row: R
             _playlists.popitem(last=False)
     else:
         _playlists.move_to_end(row.id)
-    return web.Response(text=text, headers={"Content-Type": "application/vnd.apple.mpegurl",
-                                            "Cache-Control": "no-cache", **cors})
+    return web.Response(text=_with_token(request, text, row), headers={
+        "Content-Type": "application/vnd.apple.mpegurl", "Cache-Control": "no-cache", **cors})
+
+
+def _with_token(request: web.Request, text: str, row: Recording) -> str:
+    """The viewer's play token (admitted by edge/vod.py) in the URIs of the file: the cache holds none."""
+    query = request.get(PLAY_QUERY, "")
+    return text.replace(f"../{row.id}.mp4", f"../{row.id}.mp4?{query}") if query else text
+
+
+async def serve_manifest(request: web.Request, manager: RecordingManager, row: Recording) -> web.Response:
+    """The static MPD of a stored recording: the sidecar's index, and the codecs and picture size read from
+    the init at the head of the object (one ranged GET of a few hundred bytes; the sidecar keeps none)."""
+    store, key = _where(request, manager, row)
+    cors = cors_headers(request)
+    text = _manifests.get(row.id)
+    if text is None:
+        try:
+            index = load_index(await store.get_bytes(sidecar_key(key)))
+            init = b"".join([chunk async for chunk in store.read_range(
+                key, index.init_offset, index.init_offset + index.init_size - 1)])
+            head = await asyncio.to_thread(index_file, init)
+            index = dataclasses.replace(index, codecs=head.codecs, width=head.width, height=head.height)
+            text = await asyncio.to_thread(dash_manifest, index, f"../{row.id}.mp4")
+        except StorageError as err:
+            if err.code == "NoSuchKey":
+                raise json_error(422, f"recording {row.id} has no VOD index in object storage (its file had no "
+                                 f"whole fragment)", f"download /vod/{row.id}.mp4", cors) from None
+            raise _unavailable(request, row, err) from None
+        except MediaError as err:
+            raise json_error(422, f"recording {row.id}'s VOD index cannot be read: {err}",
+                             f"download /vod/{row.id}.mp4", cors) from None
+        _manifests[row.id] = text
+        while len(_manifests) > PLAYLIST_CACHE:
+            _manifests.popitem(last=False)
+    else:
+        _manifests.move_to_end(row.id)
+    return web.Response(text=_with_token(request, text, row), headers={
+        "Content-Type": "application/dash+xml", "Cache-Control": "no-cache", **cors})

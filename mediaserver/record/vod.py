@@ -24,8 +24,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import MediaError
+from ..media.aac import parse_audio_specific_config
+from ..media.av1 import parse_av1_config
+from ..media.h264 import parse_avc_config
+from ..media.hevc import parse_hevc_config
+from ..media.vp9 import parse_vpcc
 
 MAX_META_BOX = 16 << 20
 """The largest moov or moof read into memory; a bigger one is taken for damage."""
@@ -57,6 +63,12 @@ class VodIndex:
     """track_ID -> handler ("vide", "soun")."""
     fragments: tuple[VodFragment, ...]
     file_size: int
+    codecs: tuple[str, ...] = ()
+    """RFC 6381 codec strings of the tracks, video first ("avc1.64001f", "mp4a.40.2"); a track whose
+    sample entry cannot be read is left out."""
+    width: int = 0
+    height: int = 0
+    """Of the video sample entry (0 without video)."""
 
     @property
     def total_bytes(self) -> int:
@@ -165,6 +177,81 @@ class _Track:
     handler: str
     timescale: int
     default_flags: int = 0
+    codec: str | None = None
+    width: int = 0
+    height: int = 0
+
+
+_VISUAL_ENTRY = 78  # SampleEntry + VisualSampleEntry fields before the child boxes (14496-12 12.1.3)
+_AUDIO_ENTRY = 28  # SampleEntry + AudioSampleEntry (version 0) fields (12.2.3)
+
+
+def _sample_entry(data: bytes, stbl: tuple[int, int], track: _Track) -> None:
+    """The codec string and picture size from the track's first sample entry (stsd); left unset when the
+    entry is one this server does not write or cannot read."""
+    stsd = _find(data, *stbl, b"stsd")
+    if stsd is None or stsd[0] + 8 > stsd[1]:
+        return
+    entries = list(_children(data, stsd[0] + 8, stsd[1]))
+    if not entries:
+        return
+    kind, s, e = entries[0]
+    visual = kind in (b"avc1", b"avc3", b"hvc1", b"hev1", b"av01", b"vp09")
+    if visual and s + _VISUAL_ENTRY <= e:
+        track.width, track.height = struct.unpack_from(">HH", data, s + 24)
+    first_child = s + (_VISUAL_ENTRY if visual else _AUDIO_ENTRY)
+    configs = {k: data[cs:ce] for k, cs, ce in _children(data, first_child, e)} if first_child <= e else {}
+    try:
+        if kind in (b"avc1", b"avc3") and b"avcC" in configs:
+            track.codec = parse_avc_config(configs[b"avcC"]).codec_string.replace("avc1", kind.decode())
+        elif kind in (b"hvc1", b"hev1") and b"hvcC" in configs:
+            track.codec = parse_hevc_config(configs[b"hvcC"]).codec_string.replace("hvc1", kind.decode(), 1)
+        elif kind == b"av01" and b"av1C" in configs:
+            track.codec = parse_av1_config(configs[b"av1C"]).codec_string
+        elif kind == b"vp09" and b"vpcC" in configs:
+            track.codec = parse_vpcc(configs[b"vpcC"]).codec_string
+        elif kind == b"mp4a" and b"esds" in configs:
+            track.codec = _esds_codec(configs[b"esds"])
+        elif kind == b"Opus":
+            track.codec = "opus"
+    except MediaError:
+        track.codec = None
+
+
+def _esds_codec(esds: bytes) -> str | None:
+    """mp4a.40.N from an esds box's payload (14496-1 descriptors: ES > DecoderConfig > DecSpecificInfo)."""
+    pos, end = 4, len(esds)  # version and flags first
+
+    def descriptor(expected: int) -> int:
+        nonlocal pos
+        _need(pos < end and esds[pos] == expected, f"esds: descriptor {expected:#x} missing")
+        pos += 1
+        size = 0
+        for _ in range(4):
+            _need(pos < end, "esds is cut short")
+            byte = esds[pos]
+            pos += 1
+            size = size << 7 | byte & 0x7F
+            if not byte & 0x80:
+                break
+        _need(pos + size <= end, "esds descriptor is larger than its box")
+        return pos + size
+
+    descriptor(0x03)
+    _need(pos + 3 <= end, "esds is cut short")
+    flags = esds[pos + 2]
+    pos += 3 + (2 if flags & 0x80 else 0) + (2 if flags & 0x20 else 0)
+    if flags & 0x40:
+        _need(pos < end, "esds is cut short")
+        pos += 1 + esds[pos]
+    config_end = descriptor(0x04)
+    _need(pos + 13 <= config_end, "esds: DecoderConfigDescriptor is cut short")
+    object_type = esds[pos]
+    pos += 13
+    if object_type != 0x40:
+        return f"mp4a.{object_type:02X}"  # MPEG-1/2 audio in MP4 (mp4a.6B for MP3)
+    info_end = descriptor(0x05)
+    return parse_audio_specific_config(esds[pos:info_end]).codec_string
 
 
 def _parse_moov(data: bytes) -> dict[int, _Track]:
@@ -189,7 +276,11 @@ def _parse_moov(data: bytes) -> dict[int, _Track]:
             timescale = struct.unpack_from(">I", data, scale_at)[0]
             _need(timescale > 0, f"track {track_id} has timescale 0")
             handler = data[hdlr[0] + 8:hdlr[0] + 12].decode("latin-1")
-            tracks[track_id] = _Track(handler, timescale)
+            track = tracks[track_id] = _Track(handler, timescale)
+            minf = _find(data, *mdia, b"minf")
+            stbl = _find(data, *minf, b"stbl") if minf is not None else None
+            if stbl is not None:
+                _sample_entry(data, stbl, track)
         elif kind == b"mvex":
             for k, ts, te in _children(data, s, e):
                 if k == b"trex" and ts + 24 <= te:
@@ -370,8 +461,11 @@ def _index(f: BinaryIO, file_size: int) -> VodIndex:
         raise MediaError("no moov box: not a whole MP4 file (or cut before its init)")
     if current is not None:
         fragments.append(VodFragment(current[0], current[1] - current[0], current[2], current[3], current[4]))
+    ordered = sorted(tracks.values(), key=lambda tr: tr.handler != "vide")
+    video = next((tr for tr in ordered if tr.handler == "vide"), None)
     return VodIndex(0, init_end, tracks[main_id].timescale, dict((t, tr.handler) for t, tr in tracks.items()),
-                    tuple(fragments), file_size)
+                    tuple(fragments), file_size, tuple(tr.codec for tr in ordered if tr.codec),
+                    video.width if video else 0, video.height if video else 0)
 
 
 # -- playlists -------------------------------------------------------------------------------------
@@ -416,3 +510,51 @@ def hls_playlist(index: VodIndex, uri: str, *, window_s: float | None = None, li
     if not live:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+def _iso_duration(seconds: float) -> str:
+    return f"PT{max(0.0, seconds):.3f}S"
+
+
+def dash_manifest(index: VodIndex, uri: str) -> str:
+    """A static MPEG-DASH manifest playing `uri` (the file) by byte ranges: a SegmentList whose
+    Initialization is the init's range and whose SegmentURLs are the segments' ranges, timed by a
+    SegmentTimeline in the index's timescale (presentationTimeOffset: the file's first time, so the
+    presentation starts at 0), one S element per segment.
+
+    The fragments carry every track in one file, so the file is one muxed Representation (codecs lists
+    the video and the audio codec; MSE plays both from one SourceBuffer). No ContentComponent elements:
+    dash.js refuses an AdaptationSet that declares itself multiplexed, and plays this one as video."""
+    frags = index.fragments
+    if not frags:
+        raise MediaError("the recording has no whole fragment yet: nothing to play")
+    handlers = set(index.tracks.values())
+    content = "video" if "vide" in handlers else "audio"
+    duration_s = index.duration_s
+    bandwidth = max(1, round((index.total_bytes - index.init_size) * 8 / duration_s)) if duration_s > 0 else 1
+    rep = [f'id="{content}"', f'bandwidth="{bandwidth}"']
+    if index.codecs:
+        rep.append(f"codecs={quoteattr(','.join(index.codecs))}")
+    if content == "video" and index.width and index.height:
+        rep += [f'width="{index.width}"', f'height="{index.height}"']
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-main:2011" '
+        f'type="static" mediaPresentationDuration="{_iso_duration(duration_s)}" minBufferTime="PT2S">',
+        '  <Period id="0" start="PT0S">',
+        f'    <AdaptationSet contentType="{content}" mimeType="{content}/mp4" segmentAlignment="true" '
+        'startWithSAP="1">',
+        f"      <Representation {' '.join(rep)}>",
+        f"        <BaseURL>{escape(uri)}</BaseURL>",
+        f'        <SegmentList timescale="{index.timescale}" presentationTimeOffset="{frags[0].start}">',
+        f'          <Initialization range="{index.init_offset}-{index.init_offset + index.init_size - 1}"/>',
+        "          <SegmentTimeline>",
+    ]
+    for x in frags:  # one S per SegmentURL: dash.js pairs them one to one (it ignores S@r in a SegmentList)
+        lines.append(f'            <S t="{x.start}" d="{x.duration}"/>')
+    lines.append("          </SegmentTimeline>")
+    for x in frags:
+        lines.append(f'          <SegmentURL mediaRange="{x.offset}-{x.offset + x.size - 1}"/>')
+    lines += ["        </SegmentList>", "      </Representation>", "    </AdaptationSet>", "  </Period>", "</MPD>"]
+    return "\n".join(lines) + "\n"
+

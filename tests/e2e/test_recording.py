@@ -40,8 +40,12 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
         status, body = await api(http, server, "POST", f"/streams/live/{stream_name}/record")
         assert status == 200 and body["recording"], body
         await asyncio.sleep(5)
+        status, body = await api(http, server, "GET", f"/streams/live/{stream_name}")  # what the console shows
+        assert body["recording"]["active"] and body["recording"]["id"], body["recording"]
         status, body = await api(http, server, "DELETE", f"/streams/live/{stream_name}/record")
         assert status == 200 and body["id"], body
+        status, streams = await api(http, server, "GET", "/streams")
+        assert [s["recording"] for s in streams["streams"]] == [{"active": False, "id": None}], streams
         rec_id = body["id"]
         for _ in range(50):  # the row is completed by the catalog's writer, just after the file closes
             status, row = await api(http, server, "GET", f"/recordings/{rec_id}")

@@ -11,6 +11,7 @@ import os
 
 import aiohttp
 import m3u8
+from mpegdash.parser import MPEGDASHParser
 import pytest
 
 from e2e.test_auth_webhooks import hook  # noqa: F401  (fixture)
@@ -110,6 +111,16 @@ async def test_recordings_go_to_the_bucket_when_it_answers_and_are_served_from_i
             assert status == 206 and len(piece) == length
             pieces.append(piece)
         assert b"".join(pieces) == whole  # the playlist's ranges cover the object exactly
+        # DASH from the bucket: the sidecar's ranges, the codecs read from the object's init.
+        status, text, _ = await get(http, f"{base}/vod/{rec_id}/manifest.mpd")
+        assert status == 200, text
+        rep = MPEGDASHParser.parse(text.decode()).periods[0].adaptation_sets[0].representations[0]
+        assert rep.codecs.startswith("avc1.") and ",mp4a.40." in rep.codecs and rep.width == 640
+        ranges = [rep.segment_lists[0].initializations[0].range] + [
+            u.media_range for u in rep.segment_lists[0].segment_urls]
+        assert [tuple(int(x) for x in r.split("-")) for r in ranges] == [
+            (int(b.split("@")[1]), int(b.split("@")[1]) + int(b.split("@")[0]) - 1)
+            for b in [playlist.segment_map[0].byterange] + [s.byterange for s in playlist.segments]]
 
         status, metrics, _ = await get(http, f"{base}/metrics")
         assert b'mediaserver_recording_uploads_total{result="uploaded"} 1.0' in metrics

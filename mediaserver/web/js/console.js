@@ -6,6 +6,7 @@ import {NAME, el, explain, formatDuration, formatKbps, getJSON, sleep, withToken
 import {cannotPlay, codecName, createEngine} from './engines.js';
 import {renderAbr} from './console_abr.js';
 import {relaysCell} from './console_relays.js';
+import {RecordingsView, renderRecord} from './console_recordings.js';
 import {sparkline} from './sparkline.js';
 
 const TOKEN_KEY = 'mediaserver.adminToken';
@@ -19,7 +20,12 @@ const ui = {
   preview: $('preview'), previewTitle: $('preview-title'), previewVideo: $('preview-video'),
   previewStatus: $('preview-status'), previewClose: $('preview-close'),
   confirm: $('confirm'), confirmText: $('confirm-text'), confirmOk: $('confirm-ok'),
+  recordings: {
+    form: $('rec-filter'), app: $('rec-app'), stream: $('rec-stream'),
+    table: document.querySelector('#recordings tbody'), empty: $('no-recordings'), more: $('rec-more'),
+  },
 };
+const RECORDINGS_EVERY = 5;  // refreshes: the recordings list is read every 10 s (and after each change)
 
 let token = sessionStorage.getItem(TOKEN_KEY) || '';
 let generation = 0;       // bumps on sign-in/out so an old refresh loop stops
@@ -31,6 +37,10 @@ function api(path, {method = 'GET', body} = {}) {
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   return getJSON(`/api/v1${path}`, {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
 }
+
+const recordings = new RecordingsView(ui.recordings, {
+  api, report: (message) => { ui.apiError.textContent = message; }, confirm: (text, ok) => confirmAction(text, ok),
+});
 
 function streamPath(s) {
   return `${encodeURIComponent(s.app)}/${encodeURIComponent(s.name)}`;
@@ -89,7 +99,9 @@ function showDashboard(firstStreams) {
 
 async function refreshLoop(mine, firstStreams) {
   let streams = firstStreams || null;
+  let round = 0;
   while (mine === generation) {
+    if (round++ % RECORDINGS_EVERY === 0) recordings.refresh();
     const [s, history, nodes] = await Promise.all([
       streams ? Promise.resolve({ok: true, status: 200, body: streams}) : api('/streams'),
       getJSON('/console/history.json', {headers: {Authorization: `Bearer ${token}`}}),
@@ -138,7 +150,7 @@ function describeViewers(viewers, segmentViewers) {
 function newRow(key) {
   const cells = {};
   const tr = el('tr', {dataset: {stream: key}});
-  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'relays', 'ingestSpark', 'viewerSpark', 'actions']) {
+  for (const name of ['stream', 'media', 'ingest', 'uptime', 'viewers', 'drops', 'abr', 'record', 'relays', 'ingestSpark', 'viewerSpark', 'actions']) {
     cells[name] = el('td', {class: name === 'actions' ? 'actions' : undefined, dataset: {col: name}});
     tr.append(cells[name]);
   }
@@ -201,6 +213,8 @@ function renderStreams(streams, history) {
       el('span', {class: 'spark-label', text: viewers.length ? `max ${Math.max(...viewers)}` : 'collecting…'}));
     c.kickViewers.disabled = !s.viewers_total;
     renderAbr(c.abr, s, {api, report: (message) => { ui.apiError.textContent = message; }});
+    renderRecord(c.record, s, {api, report: (message) => { ui.apiError.textContent = message; },
+      changed: () => setTimeout(() => recordings.load(), 500)});
     row.updateRelays(s);
     if (ui.streams.children[index] !== row.tr) ui.streams.insertBefore(row.tr, ui.streams.children[index] || null);
   });

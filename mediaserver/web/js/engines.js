@@ -3,6 +3,7 @@
 //   flv, ws-flv   mpegts.js (FLV over a streamed HTTP response or a WebSocket)
 //   llhls, hls    hls.js (or the browser itself where it plays HLS natively and has no MSE: iPhone Safari)
 //   dash          dash.js
+//   mp4           the browser itself: a recording's file as the <video> source (HTTP Range requests)
 //
 // Engines report the end of the stream (onEnd) and fatal errors (onError); the page decides what to say.
 // Over a multivariant playlist or an MPD with several video Representations (ABR), hls.js and dash.js
@@ -50,6 +51,7 @@ export function cannotPlay(format, videoCodec, audioCodec) {
     return 'this browser has no Media Source Extensions';
   }
   if (format === 'ws-flv' && !('WebSocket' in window)) return 'this browser has no WebSocket';
+  if (format === 'mp4') return null;  // the browser's own player: it says so itself if it cannot decode
   for (const codec of codecs) {
     if ((format === 'flv' || format === 'ws-flv') && !FLV_PLAYER_CODECS.has(codec)) {
       return `mpegts.js cannot play ${codecName(codec)} from FLV`;
@@ -388,7 +390,30 @@ class FlvEngine extends Engine {
   }
 }
 
-const ENGINES = {flv: FlvEngine, 'ws-flv': FlvEngine, llhls: HlsEngine, hls: HlsEngine, dash: DashEngine};
+/** A whole file (a recording) played by the browser itself: it seeks with HTTP Range requests. */
+class FileEngine extends Engine {
+  async start() {
+    this.onError = () => {
+      const err = this.video.error;
+      this.fail({detail: err ? (err.message || `media error ${err.code}`) : 'the file cannot be played', status: null});
+    };
+    this.video.addEventListener('error', this.onError);
+    this.video.src = this.url;
+  }
+
+  kbps() {
+    return null;  // the browser fetches the ranges itself and tells nothing of them
+  }
+
+  destroy() {
+    super.destroy();
+    this.video.removeEventListener('error', this.onError);
+    this.video.removeAttribute('src');
+    this.video.load();
+  }
+}
+
+const ENGINES = {flv: FlvEngine, 'ws-flv': FlvEngine, llhls: HlsEngine, hls: HlsEngine, dash: DashEngine, mp4: FileEngine};
 
 export function createEngine(format, video, url, opts) {
   const Cls = ENGINES[format];

@@ -11,6 +11,9 @@
 // player picks the rendition (LL-HLS over cmaf.m3u8, DASH, or HLS over master.m3u8) unless the URL names
 // a format, and shows a quality selector ("Auto" and each rendition) and the rendition on screen.
 //
+// Recordings (/play/vod/ID) and the DVR window of a stream being recorded (?dvr=1) are played by
+// player_vod.js on this same page.
+//
 // States (shown in #status[data-state]): loading, offline, ready (press play), connecting, playing,
 // buffering, reconnecting (publisher gone, within the grace period), ended, stopped (the server closed
 // the connection while the stream is live), refused (the server or the browser cannot play this format,
@@ -19,6 +22,7 @@
 import {NAME, el, explain, formatKbps, getJSON, sleep, withToken} from './common.js';
 import {cannotPlay, codecName, createEngine, preload, serverClockOffsetMs} from './engines.js';
 import {QualityMenu} from './player_levels.js';
+import {playRecorded} from './player_vod.js';
 
 // Formats whose players choose between the renditions of a ladder, in the server's order of preference.
 const ABR_FORMATS = new Set(['llhls', 'dash', 'hls']);
@@ -33,7 +37,7 @@ const ui = {
   stat: {
     format: $('stat-format'), latency: $('stat-latency'), bitrate: $('stat-bitrate'),
     resolution: $('stat-resolution'), dropped: $('stat-dropped'), startup: $('stat-startup'),
-    rendition: $('stat-rendition'),
+    rendition: $('stat-rendition'), latencyLabel: $('stat-latency-label'),
   },
 };
 const quality = new QualityMenu(ui.quality, ui.stat.rendition);
@@ -46,6 +50,7 @@ const query = new URLSearchParams(location.search);
 const token = query.get('token') || '';
 const autoplay = query.get('autoplay') !== '0';
 const debug = query.get('debug') === '1';  // the player libraries log in detail to the browser console
+const recorded = app === 'vod' || query.get('dvr') === '1';  // a recording, or a stream's DVR window
 
 let info = null;          // the last status.json
 let format = query.get('format');
@@ -378,6 +383,10 @@ async function pollLoop() {
 // ----- start ---------------------------------------------------------------------------------------
 
 async function boot() {
+  if (recorded) {
+    playRecorded(ui, {app, name, query});
+    return;
+  }
   document.title = `${stream} · mediaserver`;
   ui.title.textContent = stream;
   const [base, label] = name.split('@', 2);
@@ -422,7 +431,7 @@ async function boot() {
 boot();
 
 // Kept for people and tests poking at the page from the console: what is playing and how.
-window.mediaserverPlayer = {
+if (!recorded) window.mediaserverPlayer = {
   get phase() { return phase; },
   get format() { return format; },
   get status() { return info; },
