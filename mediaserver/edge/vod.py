@@ -1,4 +1,4 @@
-"""VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with sendfile by aiohttp),
+"""VOD of a recording: `/vod/ID.mp4` (the file, with HTTP Range: 206, 416, sent with os.sendfile: sendfile.py),
 `/vod/ID/index.m3u8` (an HLS VOD playlist over byte ranges of that same file: EXT-X-MAP and
 EXT-X-BYTERANGE, no copy) and `/vod/ID/manifest.mpd` (a static DASH manifest over the same ranges). The
 file's fragment index is read in a thread and kept per file size and mtime (record/vod.py `index_path`).
@@ -30,6 +30,7 @@ from .common import PLAY_QUERY, cors_headers, json_error, play_refused
 from .keys import GATE, RECORDINGS
 from .names import stream_key
 from .origin_pull import INTERNAL_REQUEST
+from .sendfile import SendfileResponse
 from .vod_remote import fetch_remote, remote_row, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -91,7 +92,7 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
         if vod_s3.in_bucket(row):
             return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
-    return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
+    return SendfileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
                                            **cors_headers(request)})
 
 
