@@ -4,7 +4,8 @@ Playwright comes from PyPI (the test extra) and only drives the browser: it is n
 one (`playwright install` is not used). Chromium is $CHROMIUM, else /usr/bin/chromium, else `chromium`
 on PATH; without it the browser tests fail on CI (CI=true) and skip elsewhere, saying how to install it.
 
-Chromium runs headless with a fresh profile folder and the flags in CHROMIUM_FLAGS. Every request it
+Chromium runs headless with the flags in CHROMIUM_FLAGS, one per test session (per xdist worker), and
+each test gets a fresh browser context in it. Every request it
 makes must go to 127.0.0.1: a route aborts any other, a resolver rule makes every other host name fail,
 and the test fails at teardown naming what was tried. Uncaught page errors and Content-Security-Policy
 violations fail a test too, as do console errors a test did not say to expect.
@@ -14,6 +15,7 @@ Screenshots and the measured play-to-first-frame times go to test-artifacts/brow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.report import summary_line
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -86,19 +89,64 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="module")
-def chromium(chromium_exe: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One headless Chromium per test module (a persistent context over a fresh profile folder)."""
+class _PlaywrightLoop:
+    """Playwright's sync API marks its event loop as the thread's running loop between its calls. Left so
+    for the whole session, every asyncio test after the first browser test would fail ("Cannot run the event
+    loop while another loop is running"), so the loop is marked running only while a browser test runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio._get_running_loop()
+        self.leave()
+
+    def enter(self) -> None:
+        asyncio._set_running_loop(self.loop)
+
+    def leave(self) -> None:
+        asyncio._set_running_loop(None)
+
+
+_PLAYWRIGHT_LOOP: list[_PlaywrightLoop] = []  # the session's, while its Chromium runs
+
+
+@pytest.fixture(scope="session")
+def chromium_browser(chromium_exe: str) -> Iterator[Any]:
+    """One headless Chromium per test session (per xdist worker): starting it takes seconds, so tests share it
+    and each gets a browser context of its own (the `chromium` fixture)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("Playwright for Python is not installed: pip install -e '.[test]' (never `playwright install`)")
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=chromium_exe, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1100, "height": 900}, locale="en-GB", timezone_id="UTC",
-        )
+    playwright = sync_playwright().start()
+    loop = _PlaywrightLoop()
+    loop.enter()
+    try:
+        browser = playwright.chromium.launch(executable_path=chromium_exe, headless=True, args=CHROMIUM_FLAGS)
+    except BaseException:
+        playwright.stop()
+        loop.leave()
+        raise
+    loop.leave()
+    _PLAYWRIGHT_LOOP.append(loop)
+    try:
+        yield browser
+    finally:
+        loop.enter()
+        try:
+            browser.close()
+        finally:
+            playwright.stop()
+            loop.leave()
+            _PLAYWRIGHT_LOOP.remove(loop)
+
+
+@pytest.fixture
+def chromium(chromium_browser: Any) -> Iterator[Any]:
+    """A fresh browser context for one test (its own cookies, storage and cache) in the session's Chromium."""
+    loop = _PLAYWRIGHT_LOOP[0]
+    loop.enter()
+    try:
+        context = chromium_browser.new_context(viewport={"width": 1100, "height": 900}, locale="en-GB",
+                                               timezone_id="UTC")
         context.set_default_timeout(15_000)
         context.add_init_script(script=(
             "document.addEventListener('securitypolicyviolation', e => console.error("
@@ -108,10 +156,12 @@ def chromium(chromium_exe: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             yield context
         finally:
             context.close()
+    finally:
+        loop.leave()
 
 
 class Browser:
-    """A test's view of the module's Chromium: pages it opened, and what went wrong in them."""
+    """A test's view of its browser context: pages it opened, and what went wrong in them."""
 
     def __init__(self, context: Any) -> None:
         self.context = context
@@ -174,7 +224,6 @@ def browser(chromium: Any) -> Iterator[Browser]:
         b.close()
         chromium.unroute(NOT_LOOPBACK, block)
         chromium.remove_listener("request", watch)
-        chromium.clear_cookies()
     assert not b.outside, f"the browser made requests outside 127.0.0.1: {sorted(set(b.outside))}"
     assert not b.problems, "problems in the page:\n" + "\n".join(b.problems)
 
@@ -228,21 +277,27 @@ def current_time(page: Any) -> float:
     return page.evaluate("document.getElementById('video').currentTime")
 
 
+def advance_within(page: Any, seconds: float, within_s: float) -> float:
+    """How far the video's currentTime moves on in `within_s` of wall time, returned as soon as it is more
+    than `seconds` (a test asserting that much need not sit out the rest of the interval)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    before = current_time(page)
+    try:
+        page.wait_for_function("(before) => document.getElementById('video').currentTime - before > " + repr(seconds),
+                               arg=before, timeout=within_s * 1000, polling=50)
+    except PlaywrightTimeout:
+        pass
+    return current_time(page) - before
+
+
 @pytest.fixture(scope="session")
-def startup_times(artifacts: Path) -> Iterator[dict[str, dict[str, float]]]:
+def startup_times(artifacts: Path, pytestconfig: pytest.Config) -> Iterator[dict[str, dict[str, float]]]:
     """By format: play-to-first-frame time (ms) and the latency readout (s), written to
-    test-artifacts/browser/first-frame.json."""
+    test-artifacts/browser/first-frame.json and printed in the run's summary."""
     times: dict[str, dict[str, float]] = {}
     yield times
     if times:
         (artifacts / "first-frame.json").write_text(json.dumps(times, indent=2) + "\n")
-        _MEASURED.update(times)
-
-
-_MEASURED: dict[str, dict[str, float]] = {}
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _MEASURED:
-        figures = ", ".join(f"{fmt} {m['first_frame_ms']} ms (latency {m['latency_s']} s)" for fmt, m in _MEASURED.items())
-        terminalreporter.write_line(f"player, click play -> first playing event on loopback: {figures}")
+        figures = ", ".join(f"{fmt} {m['first_frame_ms']} ms (latency {m['latency_s']} s)" for fmt, m in times.items())
+        summary_line(pytestconfig, f"player, click play -> first playing event on loopback: {figures}")

@@ -5,6 +5,7 @@ its header, and a huge AMF0 object cannot hold the event loop while another stre
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 import urllib.request
@@ -60,9 +61,13 @@ def _trickle_connect(port: int, byte_interval_s: float, give_up_s: float) -> tup
 
 async def test_a_trickled_connect_is_closed_at_the_connect_deadline(server_factory):
     server = server_factory(**{"rtmp.connect_timeout": str(CONNECT_TIMEOUT_S)})
-    results = await asyncio.gather(
-        *(asyncio.to_thread(_trickle_connect, server.rtmp_port, 0.3, CONNECT_TIMEOUT_S + 6) for _ in range(10))
-    )
+    # Ten clients at once, a thread each (asyncio.to_thread's pool has fewer threads on a small machine).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(pool, _trickle_connect, server.rtmp_port, 0.3, CONNECT_TIMEOUT_S + 6)
+              for _ in range(10))
+        )
     for closed, after_s in results:
         assert closed, f"a client trickling its connect was still open {after_s:.1f} s after the handshake"
         assert CONNECT_TIMEOUT_S - 0.5 <= after_s <= CONNECT_TIMEOUT_S + 2.0, f"closed after {after_s:.1f} s"

@@ -7,6 +7,7 @@ a viewer received with what was sent (packet counts, timestamps, keyframes) inst
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -116,6 +117,13 @@ def generate_clip(path: Path, *, video: bool = True, audio: bool = True, duratio
     heavy=True makes a ~6 Mbit/s video-only clip of noise: enough bytes per second to fill kernel
     socket buffers quickly, for tests about viewers that stop reading.
     """
+    encode_clip(path, video=video, audio=audio, duration_s=duration_s, heavy=heavy, timeout_s=timeout_s, size=size)
+    return describe_clip(path, duration_s)
+
+
+def encode_clip(path: Path, *, video: bool = True, audio: bool = True, duration_s: float = 10.0,
+                heavy: bool = False, timeout_s: float = 120.0, size: str = "640x360") -> None:
+    """Encode a clip into `path` (FLV) with ffmpeg (see generate_clip)."""
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
     if heavy:
         args += [
@@ -137,7 +145,6 @@ def generate_clip(path: Path, *, video: bool = True, audio: bool = True, duratio
     proc = subprocess.run(args, capture_output=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg could not make {path.name}: {proc.stderr.decode(errors='replace')[-2000:]}")
-    return describe_clip(path, duration_s)
 
 
 def describe_clip(path: Path, duration_s: float) -> Clip:
@@ -171,35 +178,51 @@ def describe_clip(path: Path, duration_s: float) -> Clip:
 
 
 class MediaLibrary:
-    """The session's clips, each generated on first use and then reused."""
+    """The session's clips, each generated on first use and then reused.
+
+    Processes that share the directory (pytest-xdist workers) share the clips too: the first to need one
+    encodes it under a lock into a temporary name and renames it when complete; the others wait on the
+    lock and read the finished file.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _clip(self, name: str, *, duration_s: float = 10.0, **encoding: object) -> Clip:
+        path = self.directory / name
+        with open(self.directory / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                partial = self.directory / f"{name}.{os.getpid()}.partial"
+                encode_clip(partial, duration_s=duration_s, **encoding)  # type: ignore[arg-type]
+                os.replace(partial, path)
+        return describe_clip(path, duration_s)
 
     @cached_property
     def av(self) -> Clip:
         """640x360 25 fps H.264 (High, B-frames, GOP 1 s) + AAC-LC 44.1 kHz stereo, 10 s."""
-        return generate_clip(self.directory / "av.flv")
+        return self._clip("av.flv")
 
     @cached_property
     def video_only(self) -> Clip:
-        return generate_clip(self.directory / "video_only.flv", audio=False)
+        return self._clip("video_only.flv", audio=False)
 
     @cached_property
     def audio_only(self) -> Clip:
-        return generate_clip(self.directory / "audio_only.flv", video=False)
+        return self._clip("audio_only.flv", video=False)
 
     @cached_property
     def hd(self) -> Clip:
         """1280x720 25 fps H.264 + AAC, 4 s (a source for the ABR ladder)."""
-        return generate_clip(self.directory / "hd.flv", duration_s=4.0, size="1280x720")
+        return self._clip("hd.flv", duration_s=4.0, size="1280x720")
 
     @cached_property
     def low(self) -> Clip:
         """320x240 25 fps H.264 + AAC, 3 s (below every rung of the default ladder but 240p)."""
-        return generate_clip(self.directory / "low.flv", duration_s=3.0, size="320x240")
+        return self._clip("low.flv", duration_s=3.0, size="320x240")
 
     @cached_property
     def heavy(self) -> Clip:
         """~6 Mbit/s video-only noise, 10 s."""
-        return generate_clip(self.directory / "heavy.flv", heavy=True)
+        return self._clip("heavy.flv", heavy=True)

@@ -432,7 +432,9 @@ async def test_a_publisher_reconnecting_within_the_grace_keeps_the_job(registry)
 
 
 async def test_a_worker_that_stops_reading_its_input_is_restarted(registry, tmp_path, monkeypatch):
-    monkeypatch.setattr("mediaserver.transcode.job.STDIN_BOUND_BYTES", 256 * 1024)
+    # About 4 s of this 8x source (~1 MB/s): a stalled worker passes it soon, while the restarted one has time
+    # to start reading even on a loaded machine (a smaller bound would restart it again before it could).
+    monkeypatch.setattr("mediaserver.transcode.job.STDIN_BOUND_BYTES", 4 * 1024 * 1024)
     source = Source(registry, speed=8.0)
     source.publish_some(30)
     pool = make_pool(registry, "--stall-once", str(tmp_path / "stalled"), "--after", "40")
@@ -440,7 +442,7 @@ async def test_a_worker_that_stops_reading_its_input_is_restarted(registry, tmp_
         await pool.renditions(SOURCE)
         source.run()
         job = pool.job(SOURCE)
-        await eventually(lambda: job.restarts == 1 and job.state.value == "running", timeout=20, what="the restart")
+        await eventually(lambda: job.restarts == 1 and job.state.value == "running", timeout=30, what="the restart")
     finally:
         await source.stop()
         await pool.close()
