@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ from ..errors import MediaError
 from ..log import event
 from ..record.catalog import Recording
 from ..record.manager import RecordingManager
-from ..record.objectstore import StorageError, parse_uri
+from ..record.objectstore import ObjectStore, StorageError, parse_uri
 from ..record.sidecar import load_index, sidecar_key
 from ..record.vod import dash_manifest, hls_playlist, index_file
 from .common import PLAY_QUERY, cors_headers, json_error
@@ -130,14 +131,39 @@ async def serve_mp4(request: web.Request, manager: RecordingManager, row: Record
 
 
 async def serve_playlist(request: web.Request, manager: RecordingManager, row: Recording) -> web.Response:
+    async def build(store: ObjectStore, key: str) -> str:
+        data = await store.get_bytes(sidecar_key(key))
+        # in a thread: a day-long recording's index is a few MB of JSON
+        return await asyncio.to_thread(lambda: hls_playlist(load_index(data), f"../{row.id}.mp4"))
+
+    return await _described(request, manager, row, _playlists, build, "application/vnd.apple.mpegurl")
+
+
+async def serve_manifest(request: web.Request, manager: RecordingManager, row: Recording) -> web.Response:
+    """The static MPD of a stored recording from the sidecar's index; a sidecar written before it kept the
+    codecs and picture size has them read from the init at the head of the object (one small ranged GET)."""
+    async def build(store: ObjectStore, key: str) -> str:
+        index = load_index(await store.get_bytes(sidecar_key(key)))
+        if not index.codecs:
+            init = b"".join([chunk async for chunk in store.read_range(
+                key, index.init_offset, index.init_offset + index.init_size - 1)])
+            head = await asyncio.to_thread(index_file, init)
+            index = dataclasses.replace(index, codecs=head.codecs, width=head.width, height=head.height)
+        return await asyncio.to_thread(dash_manifest, index, f"../{row.id}.mp4")
+
+    return await _described(request, manager, row, _manifests, build, "application/dash+xml")
+
+
+async def _described(request: web.Request, manager: RecordingManager, row: Recording, cache: OrderedDict[str, str],
+                     build: Callable[[ObjectStore, str], Awaitable[str]], content_type: str) -> web.Response:
+    """A playlist or manifest of a stored recording: built once from its sidecar index (kept in `cache`, the
+    least recently used dropped first), answered with the viewer's token in its URIs."""
     store, key = _where(request, manager, row)
     cors = cors_headers(request)
-    text = _playlists.get(row.id)
+    text = cache.get(row.id)
     if text is None:
         try:
-            data = await store.get_bytes(sidecar_key(key))
-            # in a thread: a day-long recording's index is a few MB of JSON
-            text = await asyncio.to_thread(lambda: hls_playlist(load_index(data), f"../{row.id}.mp4"))
+            text = await build(store, key)
         except StorageError as err:
             if err.code == "NoSuchKey":
                 raise json_error(422, f"recording {row.id} has no VOD index in object storage (its file had no "
@@ -146,13 +172,13 @@ async def serve_playlist(request: web.Request, manager: RecordingManager, row: R
         except MediaError as err:
             raise json_error(422, f"recording {row.id}'s VOD index cannot be read: {err}",
                              f"download /vod/{row.id}.mp4", cors) from None
-        _playlists[row.id] = text
-        while len(_playlists) > PLAYLIST_CACHE:
-            _playlists.popitem(last=False)
+        cache[row.id] = text
+        while len(cache) > PLAYLIST_CACHE:
+            cache.popitem(last=False)
     else:
-        _playlists.move_to_end(row.id)
+        cache.move_to_end(row.id)
     return web.Response(text=_with_token(request, text, row), headers={
-        "Content-Type": "application/vnd.apple.mpegurl", "Cache-Control": "no-cache", **cors})
+        "Content-Type": content_type, "Cache-Control": "no-cache", **cors})
 
 
 def _with_token(request: web.Request, text: str, row: Recording) -> str:
@@ -160,33 +186,3 @@ def _with_token(request: web.Request, text: str, row: Recording) -> str:
     query = request.get(PLAY_QUERY, "")
     return text.replace(f"../{row.id}.mp4", f"../{row.id}.mp4?{query}") if query else text
 
-
-async def serve_manifest(request: web.Request, manager: RecordingManager, row: Recording) -> web.Response:
-    """The static MPD of a stored recording: the sidecar's index, and the codecs and picture size read from
-    the init at the head of the object (one ranged GET of a few hundred bytes; the sidecar keeps none)."""
-    store, key = _where(request, manager, row)
-    cors = cors_headers(request)
-    text = _manifests.get(row.id)
-    if text is None:
-        try:
-            index = load_index(await store.get_bytes(sidecar_key(key)))
-            init = b"".join([chunk async for chunk in store.read_range(
-                key, index.init_offset, index.init_offset + index.init_size - 1)])
-            head = await asyncio.to_thread(index_file, init)
-            index = dataclasses.replace(index, codecs=head.codecs, width=head.width, height=head.height)
-            text = await asyncio.to_thread(dash_manifest, index, f"../{row.id}.mp4")
-        except StorageError as err:
-            if err.code == "NoSuchKey":
-                raise json_error(422, f"recording {row.id} has no VOD index in object storage (its file had no "
-                                 f"whole fragment)", f"download /vod/{row.id}.mp4", cors) from None
-            raise _unavailable(request, row, err) from None
-        except MediaError as err:
-            raise json_error(422, f"recording {row.id}'s VOD index cannot be read: {err}",
-                             f"download /vod/{row.id}.mp4", cors) from None
-        _manifests[row.id] = text
-        while len(_manifests) > PLAYLIST_CACHE:
-            _manifests.popitem(last=False)
-    else:
-        _manifests.move_to_end(row.id)
-    return web.Response(text=_with_token(request, text, row), headers={
-        "Content-Type": "application/dash+xml", "Cache-Control": "no-cache", **cors})

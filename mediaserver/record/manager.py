@@ -165,6 +165,7 @@ class _Recording:
                 row.id, ended_at=ended, duration_s=closed.duration_s, bytes=closed.bytes,
                 status="uploading" if uploading else status, final_status=status if uploading else None,
                 width=closed.width or None, height=closed.height or None)
+            manager._files.pop(row.id, None)  # the row kept for serving said "recording": VOD playlists end now
             if done is not None and manager.uploader is not None and uploading:
                 manager.uploader.submit(done.id)
             elif done is not None:

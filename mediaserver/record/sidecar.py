@@ -26,6 +26,7 @@ def dump_index(index: VodIndex) -> bytes:
         "version": VERSION, "init": [index.init_offset, index.init_size], "timescale": index.timescale,
         "tracks": {str(t): h for t, h in index.tracks.items()}, "file_size": index.file_size,
         "fragments": [[f.offset, f.size, f.start, f.duration, int(f.keyframe)] for f in index.fragments],
+        "codecs": list(index.codecs), "width": index.width, "height": index.height,
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -53,6 +54,11 @@ def load_index(data: bytes) -> VodIndex:
         fragments = tuple(
             VodFragment(_int(o, "offset"), _int(s, "size"), _int(st, "start"), _int(d, "duration"), bool(k))
             for o, s, st, d, k in body["fragments"])
-        return VodIndex(init_offset, init_size, timescale, tracks, fragments, _int(body["file_size"], "file_size"))
+        # codecs and the picture size came later: a sidecar without them still loads (the MPD reads the init)
+        codecs = body.get("codecs", [])
+        if not isinstance(codecs, list) or not all(isinstance(c, str) and len(c) < 64 for c in codecs):
+            raise MediaError(f"VOD index sidecar: codecs {str(codecs)[:80]} is not a list of codec strings")
+        return VodIndex(init_offset, init_size, timescale, tracks, fragments, _int(body["file_size"], "file_size"),
+                        tuple(codecs), _int(body.get("width", 0), "width"), _int(body.get("height", 0), "height"))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MediaError(f"VOD index sidecar is malformed: {type(err).__name__}: {err}") from None

@@ -13,7 +13,7 @@ ADMIN_TOKEN = "browser-console-relay-token-0123456789"
 @pytest.fixture
 def admin_server(server_factory, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN_TOKEN)
-    return server_factory(**{"record.mode": "off"})
+    return server_factory()  # recording stays on: the console's Recordings view asks for the list
 
 
 def test_the_console_adds_shows_and_removes_a_push(admin_server, server_factory, publish, media, stream_name,

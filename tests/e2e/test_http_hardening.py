@@ -330,10 +330,16 @@ async def test_the_readmes_curl_commands_work_as_written(server_factory, monkeyp
         async with http.get(f"{server.http_base}/api/v1/streams/live/{stream_name}/viewers",
                             headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
             viewer_id = str((await resp.json())["viewers"][0]["id"])
-        # Kicking the stream ends it: run the commands that act on one viewer first.
-        for args in sorted(commands, key=lambda a: "/viewers/" not in " ".join(a)):
+        # Kicking the stream ends it: the commands that act on one viewer first, the stream's kick last.
+        def order(args: list[str]) -> int:
+            line = " ".join(args)
+            return 0 if "/viewers/" in line else 2 if line.endswith("/NAME/kick") else 1
+
+        for args in sorted(commands, key=order):
             args = [a.replace("$MEDIASERVER_ADMIN_TOKEN", ADMIN).replace("HOST:8080", f"127.0.0.1:{server.http_port}")
-                    .replace("/NAME/", f"/{stream_name}/").replace("/ID/", f"/{viewer_id}/") for a in args]
+                    .replace("/NAME/", f"/{stream_name}/").replace("/ID/", f"/{viewer_id}/")
+                    .replace("live.example:443", "127.0.0.1:9")  # a push target on loopback (nothing listens)
+                    for a in args]
             proc = await asyncio.create_subprocess_exec(
                 curl, "-sS", "-o", "-", "-w", "\n%{http_code}", *args[1:],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import urllib.request
@@ -72,8 +73,15 @@ def recorded(tmp_path_factory):
 def test_the_index_sidecar_round_trips_and_refuses_what_is_not_one(recorded):
     index = vod.index_file(recorded.open("rb"))
     assert load_index(dump_index(index)) == index
+    assert index.codecs and index.height
     assert sidecar_key("live/cam/a.mp4") == "live/cam/a.mp4.index.json"
+    # a sidecar written before the codecs and picture size were kept loads without them
+    older = json.loads(dump_index(index))
+    for name in ("codecs", "width", "height"):
+        del older[name]
+    assert load_index(json.dumps(older).encode()) == dataclasses.replace(index, codecs=(), width=0, height=0)
     for bad in (b"", b"[]", b'{"version": 9}', b'{"version": 1, "init": [0]}',
+                dump_index(index).replace(b'"codecs":[', b'"codecs":[7,'),
                 dump_index(index).replace(b'"timescale":90000', b'"timescale":-1'), b"\xff\xfe"):
         with pytest.raises(MediaError):
             load_index(bad)
