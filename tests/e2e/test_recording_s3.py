@@ -130,5 +130,9 @@ async def test_recordings_go_to_the_bucket_when_it_answers_and_are_served_from_i
         assert s3.keys("vod") == []
         assert (await get(http, f"{base}/vod/{rec_id}.mp4"))[0] == 404
     log = server.log_text()
-    assert log.count("recording_upload_failed") == 1, "one line for the outage"
+    failures = [line for line in log.splitlines() if "recording_upload_failed" in line]
+    # One line for the outage; one more only if an upload ran in the moment between the store's start and the
+    # bucket's creation above (a new cause, named with its fix).
+    assert sum("Unreachable" in line for line in failures) == 1, failures
+    assert all("Unreachable" in line or "NoSuchBucket" in line for line in failures) and len(failures) <= 2, failures
     assert "AWS_SECRET_ACCESS_KEY=testing-secret" not in log and "testing-secret" not in log
