@@ -30,7 +30,7 @@ from .common import PLAY_QUERY, cors_headers, json_error, play_refused
 from .keys import GATE, RECORDINGS
 from .names import stream_key
 from .origin_pull import INTERNAL_REQUEST
-from .sendfile import SendfileResponse
+from .sendfile import serve_file
 from .vod_remote import fetch_remote, remote_row, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -92,8 +92,12 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
         if vod_s3.in_bucket(row):
             return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
-    return SendfileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache",
-                                           **cors_headers(request)})
+    try:
+        return await serve_file(request, path, {"Content-Type": "video/mp4", "Cache-Control": "no-cache",
+                                                **cors_headers(request)})
+    except FileNotFoundError:  # deleted (or uploaded and removed) since it was looked up
+        raise json_error(404, f"recording {row.id} is no longer on this node", "GET /api/v1/recordings lists them",
+                         cors_headers(request)) from None
 
 
 async def _describe(request: web.Request, protocol: str, render, stored, *, finished: bool = False):

@@ -1,6 +1,6 @@
-"""SendfileResponse under uvloop (the server's loop, which has no loop.sendfile): the bytes of whole files
-and of ranges are exact, whether os.sendfile takes all of a range or a slow reader leaves the rest to the
-ordinary path, and os.sendfile is really used."""
+"""serve_file under uvloop (the server's loop, which has no loop.sendfile): whole files and ranges are exact,
+whether os.sendfile takes all of a range or a slow reader leaves the rest to the pread path, os.sendfile is
+really used, conditional requests behave; and byte_range, the pure Range parser, on good and hostile input."""
 
 from __future__ import annotations
 
@@ -12,15 +12,39 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mediaserver.edge.sendfile import SendfileResponse
+from mediaserver.edge.sendfile import ByteRange, Sent, Unsatisfiable, byte_range, serve_file
 
 uvloop = pytest.importorskip("uvloop")
+
+
+@pytest.mark.parametrize("header, size, want", [
+    (None, 100, None),
+    ("bytes=0-9", 100, ByteRange(0, 10)),
+    ("bytes=90-", 100, ByteRange(90, 100)),
+    ("bytes=-10", 100, ByteRange(90, 100)),
+    ("bytes=-1000", 100, ByteRange(0, 100)),
+    ("bytes=5-5", 100, ByteRange(5, 6)),
+    ("bytes=50-" + "9" * 40, 100, ByteRange(50, 100)),
+    (" bytes = 1 - 2 ", 100, ByteRange(1, 3)),
+])
+def test_a_range_is_read_and_clipped_to_the_file(header, size, want):
+    assert byte_range(header, size) == want
+
+
+@pytest.mark.parametrize("header, size", [
+    ("bytes=100-", 100), ("bytes=-0", 100), ("bytes=-00", 100), ("bytes=5-2", 100), ("bytes=-", 100),
+    ("bytes=", 100), ("bytes=0-1,5-6", 100), ("items=0-10", 100), ("bytes=abc", 100), ("bytes=0-5", 0),
+    ("bytes=-5", 0), ("bytes=" + "1" * 41 + "-", 100), ("bytes=\u0661-2", 100), ("bytes=0-1" + ",2-3" * 5000, 100),
+])
+def test_what_cannot_be_answered_is_unsatisfiable(header, size):
+    with pytest.raises(Unsatisfiable):
+        byte_range(header, size)
 
 
 def _serve_and_check(path, checks) -> int:
     async def main() -> int:
         async def handler(request: web.Request) -> web.StreamResponse:
-            return SendfileResponse(path)
+            return await serve_file(request, path, {"Content-Type": "video/mp4"})
 
         app = web.Application()
         app.router.add_get("/f", handler)
@@ -29,12 +53,12 @@ def _serve_and_check(path, checks) -> int:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        before = SendfileResponse.sent_direct
+        before = Sent.direct
         try:
             await checks(f"http://127.0.0.1:{port}/f", port)
         finally:
             await runner.cleanup()
-        return SendfileResponse.sent_direct - before
+        return Sent.direct - before
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
@@ -49,14 +73,26 @@ def test_whole_files_and_ranges_are_exact_and_sent_by_sendfile(tmp_path):
         async with aiohttp.ClientSession() as http:
             async with http.get(url) as resp:
                 assert resp.status == 200 and await resp.read() == data
+                assert resp.headers["Content-Type"] == "video/mp4" and resp.headers["Accept-Ranges"] == "bytes"
+                etag = resp.headers["ETag"]
+            async with http.head(url) as resp:
+                assert resp.status == 200 and resp.headers["Content-Length"] == str(len(data))
             for header, want in ((f"bytes=100-{100 + 700_000 - 1}", data[100:700_100]), ("bytes=-5000", data[-5000:]),
                                  ("bytes=0-99", data[:100]), (f"bytes={len(data) - 1}-", data[-1:])):
                 async with http.get(url, headers={"Range": header}) as resp:
                     assert resp.status == 206 and await resp.read() == want, header
-            for unsatisfiable in (f"bytes={len(data)}-", "bytes=-0", "bytes = -00"):
+                    first, last = (int(x) for x in resp.headers["Content-Range"][6:].split("/")[0].split("-"))
+                    assert resp.headers["Content-Range"].endswith(f"/{len(data)}") and last - first + 1 == len(want)
+            for unsatisfiable in (f"bytes={len(data)}-", "bytes=-0", "bytes = -00", "bytes=0-1,4-5"):
                 async with http.get(url, headers={"Range": unsatisfiable}) as resp:
                     assert resp.status == 416 and await resp.read() == b"", unsatisfiable
                     assert resp.headers["Content-Range"] == f"bytes */{len(data)}"
+            async with http.get(url, headers={"If-None-Match": etag}) as resp:
+                assert resp.status == 304
+            async with http.get(url, headers={"Range": "bytes=0-9", "If-Range": etag}) as resp:
+                assert resp.status == 206 and await resp.read() == data[:10]
+            async with http.get(url, headers={"Range": "bytes=0-9", "If-Range": '"an-older-version"'}) as resp:
+                assert resp.status == 200 and await resp.read() == data  # changed since: the whole file
 
     assert _serve_and_check(path, checks) > 700_000
 
