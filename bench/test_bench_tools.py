@@ -1356,3 +1356,44 @@ def test_a_recording_read_back_counts_samples_and_finds_holes_in_each_track():
     c = check_recording(lost)  # a frame missing between two fragments
     assert c.holes == 1 and abs(c.tracks["vide"].worst_hole_ms - 33.333) < 0.01 and c.samples == 119
     assert check_recording(whole[:-5]).error is not None  # cut inside the last box
+
+
+def test_the_rtmp_sink_accepts_a_publish_and_counts_its_media_per_stream_name():
+    from _rtmp_sink import SinkConnection
+
+    from mediaserver.rtmp.client import ClientSession
+
+    class Transport:
+        def __init__(self) -> None:
+            self.out = bytearray()
+
+        def write(self, data) -> None:
+            self.out += data
+
+        def close(self) -> None:
+            pass
+
+    keys: dict = {}
+    sink, transport, client = SinkConnection(keys), Transport(), ClientSession()
+    sink.connection_made(transport)
+    client.connect("sink", "rtmp://127.0.0.1/sink")
+    client.publish("t1-0")
+    sent = 0
+    for _ in range(6):  # handshake, connect, createStream, publish: a few round trips
+        data = client.data_to_send()
+        sent += len(data)
+        if data:
+            sink.data_received(data)
+        client.receive_data(bytes(transport.out))
+        transport.out.clear()
+        client.events()
+    assert keys["t1-0"].open == 1 and keys["t1-0"].connections == 1
+    client.send_video(0, AVC_KEY)
+    client.send_audio(0, b"\xaf\x01" + b"\x00" * 30)
+    data = client.data_to_send()
+    sink.data_received(data)
+    stats = keys["t1-0"]
+    assert stats.frames == 2 and stats.media_bytes == len(AVC_KEY) + 32
+    assert stats.bytes == sent + len(data)  # the bytes before the publish named the stream count too
+    sink.connection_lost(None)
+    assert stats.open == 0
