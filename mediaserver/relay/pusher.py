@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 _SET_DATA_FRAME = amf0.encode("@setDataFrame")
 _ENHANCED_VIDEO = {"hevc": "hvc1", "av1": "av01", "vp9": "vp09"}
 _READ_SIZE = 64 * 1024
-_MERGE_S = 0.02
-"""A short pause between batches: fewer, larger writes (as the RTMP play path does)."""
+_MERGE_S = 0.05
+"""A short pause between batches: fewer, larger writes and wake-ups (the RTMP play path's 50 ms)."""
 
 
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -335,8 +335,9 @@ class Pusher:
                 self.bytes_sent += len(data)
                 self.registry.count_sent(sub, len(data))
                 self._rate.add(self._loop.time(), self.bytes_sent)
-                async with asyncio.timeout(timeout):
-                    await writer.drain()
+                if writer.transport.get_write_buffer_size():  # the kernel took it all: nothing to wait for
+                    async with asyncio.timeout(timeout):
+                        await writer.drain()
                 await asyncio.sleep(_MERGE_S)
             batch = await sub.next_batch()
         if not self.stream.ended:
