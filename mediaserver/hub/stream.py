@@ -405,11 +405,15 @@ class Stream:
             self._drops_unlogged = 0
 
     def changed(self) -> asyncio.Future[None]:
-        """A future that completes when the next frame arrives or the stream ends."""
+        """A future that completes when the next frame arrives or the stream ends.
+
+        Every waiter shares one future, each behind a shield of its own: a task cancelled while it waits
+        (an RTMP play whose connection dropped) would otherwise cancel the shared future, and with it the
+        wait of every other viewer of the stream."""
         waiter = self._waiter
         if waiter is None or waiter.done():
             waiter = self._waiter = asyncio.get_running_loop().create_future()
-        return waiter
+        return asyncio.shield(waiter)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -61,9 +61,6 @@ async def test_rtmp_pull_on_demand_follows_the_source_restarting_and_stops_when_
     async with here.flv_viewer("cam-tls") as viewer:  # the same over RTMPS
         assert await viewer.wait_video_frames(10, timeout_s=10), viewer.describe_start()
     assert decode_media(viewer.complete_flv(), "flv").video_frames >= 8
-    # Stopped before the plain pull starts: with both pulls live, the source (B) ending one RTMP play was
-    # seen to end the other's too (see the closing note); that is B's bug to find, not this test's subject.
-    await _until(lambda: _pull(here, "cam-tls")["state"] == "idle", 6, "the RTMPS pull did not stop after its grace")
 
     async with here.flv_viewer("cam") as viewer:
         assert await viewer.wait_video_frames(25, timeout_s=10), viewer.describe_start()

@@ -272,3 +272,26 @@ def test_kick_closes_publisher_and_ends_stream():
     assert reg.kick(KEY, "kicked")
     assert pub.closed == "kicked" and reg.get(KEY) is None
     assert not reg.kick(KEY)
+
+
+def test_a_waiting_viewer_cancelled_does_not_cancel_the_others():
+    # An RTMP play task is cancelled when its connection drops; every other viewer of the stream is waiting
+    # for the same next frame at that moment and must go on receiving.
+    async def scenario():
+        clock = FakeClock()
+        reg = make_registry(clock)
+        stream = reg.claim_publisher(KEY, FakePublisher())
+        publish_gop(stream, 0, frames=2)
+        viewers = [stream.subscribe("rtmp", f"v{i}", clock())[0] for i in range(3)]
+        for viewer in viewers:
+            viewer.take(clock())
+        waiting = [asyncio.ensure_future(viewer.next_batch()) for viewer in viewers]
+        await asyncio.sleep(0)
+        waiting[0].cancel()
+        await asyncio.sleep(0)
+        publish_gop(stream, 100, frames=1)
+        for task in waiting[1:]:
+            assert len(await asyncio.wait_for(task, 1)) == 2
+        assert waiting[0].cancelled()
+
+    asyncio.run(scenario())
