@@ -172,11 +172,19 @@ class ServerProcess:
             if code is not None:
                 self._log_file.close()
                 raise ServerDied(code, self.args, self.log_tail())
-            if self.healthy(timeout_s=1.0):
+            # Our own "ready" line first: with tests on several workers, another process may hold the port we
+            # picked and answer /healthz for us, while ours fails to bind (then retried on fresh ports).
+            if self._logged_ready() and self.healthy(timeout_s=1.0):
                 return
             time.sleep(0.05)
         self.kill()
         raise ServerDied(None, self.args, self.log_tail(), f"/healthz did not answer 200 within {timeout_s} s")
+
+    def _logged_ready(self) -> bool:
+        if self.settings.get("log.level") in ("warning", "error"):
+            return True  # the ready line is not logged at these levels
+        text = self.log_text()
+        return "event=ready" in text or '"event": "ready"' in text
 
     # -- stopping --------------------------------------------------------------------------------------
     def terminate(self, timeout_s: float = 10.0) -> int | None:
