@@ -310,31 +310,6 @@ def _key(name: str):
 # ----- end of cluster ----------------------------------------------------------------------------------
 
 
-# ----- relay (pull) -----------------------------------------------------------------------------------
-
-
-def pull_hooks(pulls: PullRelays, publish_claim, play_locate):
-    """The gate's publish_claim and play_locate with the pull relays in front: a pulled name cannot be
-    published by an encoder, and its first viewer starts its pull (on_demand); other names go on to the
-    cluster's hooks (or none)."""
-
-    async def claim(key: StreamKey) -> str | None:
-        refused = pulls.publish_refusal(key)
-        if refused is not None or publish_claim is None:
-            return refused
-        return await publish_claim(key)
-
-    async def locate(key: StreamKey, address: str):
-        if key in pulls.pulls:
-            return await pulls.locate(key)
-        return await play_locate(key, address) if play_locate is not None else None
-
-    return claim, locate
-
-
-# ----- end of relay (pull) -----------------------------------------------------------------------------
-
-
 def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, cluster: ClusterWiring | None,
                      pulls: PullRelays | None = None):
     """The gate's rendition_locate: a viewer named APP/STREAM@LABEL that is not live here. The source is
@@ -430,7 +405,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     # cluster: edges pull for their viewers (RTMP and HTTP) before admitting them
     play_locate = cluster.locate if cluster and config.cluster.role in ("edge", "both") else None
     if pulls is not None:  # relay pull
-        publish_claim, play_locate = pull_hooks(pulls, publish_claim, play_locate)
+        publish_claim, play_locate = pulls.gate_hooks(publish_claim, play_locate)
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=publish_claim, play_locate=play_locate,

@@ -348,6 +348,24 @@ class PullRelays:
         stream = self.registry.get(key)
         return stream if stream is not None and not stream.ended else None
 
+    def gate_hooks(self, publish_claim, play_locate):
+        """The gate's publish_claim and play_locate with the pulls in front: a pulled name cannot be
+        published by an encoder, and its first viewer starts its pull (on_demand); other names go on to
+        the hooks given (the cluster's, or none)."""
+
+        async def claim(key: StreamKey) -> str | None:
+            refused = self.publish_refusal(key)
+            if refused is not None or publish_claim is None:
+                return refused
+            return await publish_claim(key)
+
+        async def locate(key: StreamKey, address: str):
+            if key in self.pulls:
+                return await self.locate(key)
+            return await play_locate(key, address) if play_locate is not None else None
+
+        return claim, locate
+
     def describe(self) -> list[dict]:
         return [p.describe() for p in self.pulls.values()]
 
