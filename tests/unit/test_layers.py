@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[2] / "mediaserver"
 # package (or module) -> project packages it may import
 ALLOWED = {
     "errors": set(),
-    "config": {"errors"},
+    "config": {"errors", "config"},
     "log": set(),
     "collector": set(),
     "transports": set(),
@@ -96,10 +96,18 @@ def _imports(path: Path, module: str, names: bool = False) -> set[str]:
                 full = node.module
             else:
                 continue
-            found.add(full)
+            subs = [f"{full}.{a.name}" for a in node.names]
+            # `from . import access` imports submodules: the package itself is only their container
+            if not (names and all(_is_module(s) for s in subs)):
+                found.add(full)
             if names:
-                found.update(f"{full}.{a.name}" for a in node.names)
+                found.update(subs)
     return found
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.removeprefix("mediaserver.").split("."))
+    return (PKG / rel).with_suffix(".py").is_file() or (PKG / rel / "__init__.py").is_file()
 
 
 def _modules():

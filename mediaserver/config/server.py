@@ -1,0 +1,152 @@
+"""The listeners and the stream hub: [rtmp], [rtmps], [http], [hub], [hls], [log]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .schema import Config
+
+
+@dataclass(frozen=True, slots=True)
+class RtmpConfig:
+    bind: str = "0.0.0.0"
+    port: int = 1935
+    chunk_size: int = 4096
+    """Our outgoing chunk size."""
+    max_message_size: int = 16 * 1024 * 1024
+    max_command_size: int = 64 * 1024
+    """Largest command or data message (AMF, decoded on the event loop): metadata, connect, publish."""
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    """Seconds after the handshake to connect and start publishing or playing, however slowly bytes trickle."""
+    idle_timeout: float = 30.0
+    """A connection that sends nothing for this long is closed."""
+    read_merge_ms: int = 50
+    """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtmpsConfig:
+    """RTMP over TLS on a port of its own (on rtmp.bind), with rtmp's deadlines; off without cert and key."""
+
+    port: int = 1936
+    cert_file: str = ""
+    """PEM certificate chain; reloaded on SIGHUP."""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    bind: str = "0.0.0.0"
+    port: int = 8080
+    cors_origin: str = "*"
+    flv_merge_ms: int = 100
+    """How long an FLV viewer's writes are merged: fewer syscalls per viewer, a little more delay."""
+    write_timeout: float = 15.0
+    """A viewer whose socket accepts nothing for this long is disconnected."""
+    header_timeout: float = 10.0
+    """Seconds a new connection gets to send its first complete request head before it is closed."""
+    keepalive_timeout: float = 30.0
+    """Seconds an idle kept-alive connection waits for its next request before it is closed."""
+    max_connections: int = 0
+    """Open HTTP connections in all (idle ones included); 0 is half the process's open-file limit."""
+    max_connections_per_ip: int = 256
+    """Open HTTP connections from one client address; 0 is no cap (behind a reverse proxy, every viewer
+    comes from the proxy's address)."""
+    cert_file: str = ""
+    """PEM certificate chain: with key_file, the HTTP port speaks HTTPS only. Reloaded on SIGHUP."""
+    key_file: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of reverse proxies whose X-Forwarded-For / Forwarded header names the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    gop_cache_max_ms: int = 12_000
+    gop_cache_max_frames: int = 2_000
+    gop_cache_max_bytes: int = 64 * 1024 * 1024
+    audio_only_cache_ms: int = 1_000
+    viewer_queue_ms: int = 3_000
+    viewer_queue_bytes: int = 16 * 1024 * 1024
+    slow_viewer_max_overflows: int = 3
+    slow_viewer_window: float = 60.0
+    stale_publisher_timeout: float = 5.0
+    reconnect_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HlsConfig:
+    enabled: bool = True
+    segment_duration: float = 2.0
+    playlist_length: int = 6
+    part_duration: float = 0.333
+    """LL-HLS part target of the fMP4 flavour (cmaf.m3u8)."""
+    idle_timeout: float = 30.0
+    """A packager nobody asked anything of for this long stops; the next request starts it again."""
+    ended_linger: float = 60.0
+    """How long the final playlist (with EXT-X-ENDLIST) stays after a stream ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+# Accepted values, checked after types: KEY -> (min, max), or KEY -> choices.
+RANGES: dict[str, tuple[float, float]] = {
+    "rtmp.port": (1, 65535),
+    "http.port": (1, 65535),
+    "rtmps.port": (1, 65535),
+    "rtmp.chunk_size": (128, 65536),
+    "rtmp.max_message_size": (64 * 1024, 256 * 1024 * 1024),
+    "rtmp.max_command_size": (4 * 1024, 16 * 1024 * 1024),
+    "rtmp.handshake_timeout": (0.1, 600),
+    "rtmp.connect_timeout": (0.1, 600),
+    "rtmp.idle_timeout": (0.5, 3600),
+    "rtmp.read_merge_ms": (0, 500),
+    "http.flv_merge_ms": (0, 1000),
+    "http.write_timeout": (0.5, 600),
+    "http.header_timeout": (0.5, 600),
+    "http.keepalive_timeout": (1, 3600),
+    "http.max_connections": (0, 10_000_000),
+    "http.max_connections_per_ip": (0, 10_000_000),
+    "hub.gop_cache_max_ms": (0, 600_000),
+    "hub.gop_cache_max_frames": (0, 100_000),
+    "hub.gop_cache_max_bytes": (0, 4 * 1024**3),
+    "hub.audio_only_cache_ms": (0, 60_000),
+    "hub.viewer_queue_ms": (100, 600_000),
+    "hub.viewer_queue_bytes": (64 * 1024, 4 * 1024**3),
+    "hub.slow_viewer_max_overflows": (1, 1000),
+    "hub.slow_viewer_window": (1, 86_400),
+    "hub.stale_publisher_timeout": (0.1, 3600),
+    "hub.reconnect_grace": (0, 3600),
+    "hls.segment_duration": (0.5, 60),
+    "hls.playlist_length": (2, 100),
+    "hls.part_duration": (0.1, 2.0),
+    "hls.idle_timeout": (1, 86_400),
+    "hls.ended_linger": (0, 86_400),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("text", "json"),
+}
+
+
+def problems(config: Config) -> list[str]:
+    """Certificate settings that cannot work together (the files themselves are read at start)."""
+    found = []
+    for section, cert, key in (("rtmps", config.rtmps.cert_file, config.rtmps.key_file),
+                               ("http", config.http.cert_file, config.http.key_file)):
+        if bool(cert) != bool(key):
+            found.append(f"[{section}] needs both cert_file and key_file (PEM files) for TLS, or neither")
+    if config.rtmps.enabled and config.rtmps.port == config.rtmp.port:
+        found.append(f"rtmps.port = {config.rtmps.port} is also rtmp.port; RTMPS needs a port of its own "
+                     "(443 or 1936 are usual)")
+    return found
