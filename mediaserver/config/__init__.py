@@ -14,6 +14,7 @@ from .media import DEFAULT_LADDER, AbrConfig, HealthConfig, RungConfig, Thumbnai
 from .record import RecordConfig, RetentionRule, S3Config
 from .relay import PULL_SCHEMES, PullRelay, PushTarget, RelayConfig, pull_url_problem
 from .server import HlsConfig, HttpConfig, HubConfig, LogConfig, RtmpConfig, RtmpsConfig
+from .webrtc import WebrtcConfig
 from .schema import Config  # noqa: I001 - after the sections it is made of
 from .loader import config_from_dict, load_config, parse_override
 
@@ -21,6 +22,6 @@ __all__ = [
     "DEFAULT_LADDER", "PULL_SCHEMES", "AbrConfig", "ApiConfig", "AuthConfig", "ClusterConfig", "Config", "ConfigError",
     "HealthConfig", "HlsConfig", "HttpConfig", "HubConfig", "LimitsConfig", "LogConfig", "PullRelay", "PushTarget",
     "RecordConfig", "RelayConfig", "RetentionRule", "RtmpConfig", "RtmpsConfig", "RungConfig", "S3Config", "TableRule",
-    "ThumbnailConfig", "WatermarkConfig", "WebhooksConfig", "config_from_dict", "load_config", "parse_override",
+    "ThumbnailConfig", "WatermarkConfig", "WebhooksConfig", "WebrtcConfig", "config_from_dict", "load_config", "parse_override",
     "pull_url_problem",
 ]

@@ -11,11 +11,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import access, cluster, media, record, relay, server
+from . import access, cluster, media, record, relay, server, webrtc
 from .base import ConfigError, TableRule
 from .schema import Config
 
-_SECTIONS = (server, access, cluster, media, record, relay)
+_SECTIONS = (server, access, cluster, media, record, relay, webrtc)
 _RANGES: dict[str, tuple[float, float]] = {k: v for m in _SECTIONS for k, v in m.RANGES.items()}
 _CHOICES: dict[str, tuple[str, ...]] = {k: v for m in _SECTIONS for k, v in m.CHOICES.items()}
 _URL_KEYS: tuple[str, ...] = tuple(k for m in _SECTIONS for k in getattr(m, "URL_KEYS", ()))

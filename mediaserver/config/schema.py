@@ -10,6 +10,7 @@ from .media import AbrConfig, HealthConfig, ThumbnailConfig, WatermarkConfig
 from .record import RecordConfig
 from .relay import RelayConfig
 from .server import HlsConfig, HttpConfig, HubConfig, LogConfig, RtmpConfig, RtmpsConfig
+from .webrtc import WebrtcConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +34,4 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)

@@ -43,6 +43,8 @@ ALLOWED = {
     # hub subscribers publishing to other servers through the same RTMP client.
     "relay": {"errors", "config", "log", "hub", "media", "rtmp.client", "rtmp.errors", "rtmp.events", "relay",
               "edge.flv_ingest", "auth", "transports"},
+    # WebRTC: WHEP viewers and WHIP publishers bridged to the hub through aiortc peer connections.
+    "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {
@@ -56,6 +58,7 @@ FORBIDDEN = {
     "transcode": {"aiohttp", "redis"},
     "record": {"aiohttp", "redis"},
     "relay": {"redis"},
+    "webrtc": {"redis"},
 }
 
 
