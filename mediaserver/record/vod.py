@@ -504,6 +504,10 @@ def hls_playlist(index: VodIndex, uri: str, *, window_s: float | None = None, li
         lines.append("#EXT-X-PLAYLIST-TYPE:EVENT")
     if listed and all(x.keyframe for x in listed):
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+    if live and sum(index.fragment_seconds(x) for x in listed) > 3 * target:
+        # A DVR viewer starts at the live edge (three target durations back, as RFC 8216 asks of a live
+        # start) and scrubs back from there; without this, players may start at the window's beginning.
+        lines.append(f"#EXT-X-START:TIME-OFFSET=-{3 * max(1, target)},PRECISE=NO")
     lines.append(f'#EXT-X-MAP:URI="{uri}",BYTERANGE="{index.init_size}@{index.init_offset}"')
     for x in listed:
         lines += [f"#EXTINF:{index.fragment_seconds(x):.3f},", f"#EXT-X-BYTERANGE:{x.size}@{x.offset}", uri]

@@ -87,6 +87,18 @@ def test_a_dvr_playlist_lists_the_last_window_and_no_end(recording):
         vod.hls_playlist(index, "rec.mp4", window_s=0, live=True)
 
 
+def test_a_dvr_playlist_starts_players_at_the_live_edge(recording):
+    path, _ = recording
+    index = vod.index_file(path.read_bytes())
+    event = m3u8.loads(vod.hls_playlist(index, "rec.mp4", live=True))
+    listed = sum(s.duration for s in event.segments)
+    assert listed > 3 * event.target_duration  # (the clip is long enough for a live start)
+    assert event.start is not None and event.start.time_offset == -3 * event.target_duration
+    short = m3u8.loads(vod.hls_playlist(index, "rec.mp4", window_s=1.0, live=True))
+    assert short.start is None  # too short to start three target durations back: from its beginning
+    assert m3u8.loads(vod.hls_playlist(index, "rec.mp4")).start is None  # a recording plays from 0
+
+
 def test_an_audio_only_recording_is_indexed_on_its_audio(tmp_path):
     frames = codec_clip(None, "aac", seconds=4.0)
     rec, _, _ = record(tmp_path, frames, fragment_s=1.0)
