@@ -429,7 +429,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
         recordings.listeners.append(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
-        recordings.upkeep.disk_listeners.append(hooks.record_disk)
+        recordings.upkeep.add_disk_listener(hooks.record_disk)
     if hooks is not None and hooks.wants("relay_state"):
         relays.listeners.append(hooks.relay_state)
     health = HealthWatch(registry, config.health) if config.health.enabled else None

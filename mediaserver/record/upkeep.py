@@ -140,6 +140,14 @@ class Upkeep:
 
     # ----- free space -----------------------------------------------------------------------------
 
+    def add_disk_listener(self, listener: DiskListener) -> None:
+        """Tell `listener` of every change from now on, and of the low state at once if the disk is
+        already low (the first measure is taken at start, before anyone listens)."""
+        self.disk_listeners.append(listener)
+        disk = self.manager.disk
+        if disk.low and disk.free_bytes is not None:
+            listener(DiskChange(LOW, disk.free_bytes, disk.min_free_bytes), self.manager.cfg.path, [])
+
     def check_disk_soon(self) -> None:
         """Measure now rather than at the next tick (a write just failed)."""
         self._disk_wake.set()

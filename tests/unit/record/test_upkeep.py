@@ -157,6 +157,22 @@ async def test_the_guard_stops_every_recording_refuses_new_ones_and_resumes_the_
         await manager.close()
 
 
+async def test_a_disk_already_low_at_start_is_told_to_a_listener_added_after(tmp_path, monkeypatch):
+    from mediaserver.record import upkeep
+
+    monkeypatch.setattr(upkeep, "free_bytes", lambda path: GB // 2)
+    manager = await RecordingManager.open(StreamRegistry(), RecordConfig(path=str(tmp_path / "rec"), min_free_gb=1.0),
+                                          node="n1")
+    try:
+        assert manager.disk.low  # measured while opening, before the webhook listens
+        told = []
+        manager.upkeep.add_disk_listener(lambda change, path, streams: told.append((change.state, change.free_bytes)))
+        assert told == [("low", GB // 2)]
+        assert await manager.upkeep.check_disk() is None and len(told) == 1  # told once, not at every measure
+    finally:
+        await manager.close()
+
+
 async def test_a_recording_looked_up_for_vod_is_kept_a_moment_but_never_past_its_deletion(tmp_path):
     manager = await open_manager(tmp_path / "rec")
     try:
