@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from functools import partial
 
 import aiohttp
 import av
@@ -15,19 +16,10 @@ import m3u8
 from e2e.test_auth_webhooks import hook  # noqa: F401  (fixture)
 from support.checks import wait_live
 from support.decode import decode_media
+from support.http import admin_api, get
 
 ADMIN = "admin-token-recording-0123456789"
-AUTH = {"Authorization": f"Bearer {ADMIN}"}
-
-
-async def api(http: aiohttp.ClientSession, server, method: str, path: str) -> tuple[int, dict]:
-    async with http.request(method, f"{server.http_base}/api/v1{path}", headers=AUTH) as resp:
-        return resp.status, await resp.json()
-
-
-async def get(http: aiohttp.ClientSession, url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
-    async with http.get(url, headers=headers or {}) as resp:
-        return resp.status, await resp.read(), dict(resp.headers)
+api = partial(admin_api, token=ADMIN)
 
 
 async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factory, publish, media, stream_name,

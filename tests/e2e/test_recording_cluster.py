@@ -7,9 +7,8 @@ from the origin's disk (Range passed through, decoded with PyAV); with the origi
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import time
+from functools import partial
 
 import aiohttp
 import m3u8
@@ -17,41 +16,17 @@ import pytest
 
 from e2e.test_cluster import ADMIN, cluster, redis, wait_owner  # noqa: F401  (fixtures)
 from support.decode import decode_media
-from support.postgres_server import HOW_TO_GET, PostgresServer, postgres_bin_dir
+from support.http import admin_api, get, ranged
+from support.postgres_server import start_postgres
 
-AUTH = {"Authorization": f"Bearer {ADMIN}"}
+api = partial(admin_api, token=ADMIN)
 
 
 @pytest.fixture
 def database_url():
-    bin_dir = postgres_bin_dir()
-    problem = HOW_TO_GET if bin_dir is None else None
-    if importlib.util.find_spec("asyncpg") is None:
-        problem = "no asyncpg for the PostgreSQL catalog: pip install 'mediaserver[postgres]'"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem, pytrace=False)
-        pytest.skip(problem)
-    server = PostgresServer(bin_dir)
+    server = start_postgres()
     yield server.create_database()
     server.stop()
-
-
-async def api(http: aiohttp.ClientSession, node, method: str, path: str) -> tuple[int, dict]:
-    async with http.request(method, f"{node.http_base}/api/v1{path}", headers=AUTH) as resp:
-        return resp.status, await resp.json()
-
-
-async def get(http: aiohttp.ClientSession, url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
-    async with http.get(url, headers=headers or {}) as resp:
-        return resp.status, await resp.read(), dict(resp.headers)
-
-
-async def ranged(http: aiohttp.ClientSession, uri: str, byterange: str) -> bytes:
-    size, offset = (int(x) for x in byterange.split("@"))
-    status, data, _ = await get(http, uri, {"Range": f"bytes={offset}-{offset + size - 1}"})
-    assert status == 206 and len(data) == size, (uri, byterange, status, len(data))
-    return data
 
 
 async def test_an_edge_lists_and_serves_a_recording_made_on_the_origin(cluster, redis, database_url,  # noqa: F811

@@ -9,7 +9,6 @@ the recording resumes in a new file with a new row. /readyz reports a PostgreSQL
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import re
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 from e2e.test_auth_webhooks import hook  # noqa: F401  (fixture)
 from mediaserver.record.disk import free_bytes
 from support.checks import wait_live
-from support.postgres_server import HOW_TO_GET, PostgresServer, postgres_bin_dir
+from support.postgres_server import start_postgres
 
 ADMIN = "admin-token-recording-disk-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -141,13 +140,7 @@ async def _two(http, server, stream: str) -> list[dict] | None:
 
 @pytest.fixture
 def postgres():
-    bin_dir = postgres_bin_dir()
-    problem = HOW_TO_GET if bin_dir is None else None
-    if importlib.util.find_spec("asyncpg") is None:
-        problem = "no asyncpg for the PostgreSQL catalog: pip install 'mediaserver[postgres]'"
-    if problem:
-        _unavailable(problem)
-    server = PostgresServer(bin_dir)
+    server = start_postgres()
     yield server
     server.stop()
 

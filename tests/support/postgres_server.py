@@ -136,3 +136,20 @@ class PostgresServer:
         self.proc = None
         if not keep_data:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """A started server for a fixture, or the test fails (under CI=true) or skips saying what is missing."""
+    import importlib.util
+
+    import pytest
+
+    bin_dir = postgres_bin_dir()
+    problem = HOW_TO_GET if bin_dir is None else None
+    if importlib.util.find_spec("asyncpg") is None:
+        problem = "no asyncpg for the PostgreSQL catalog: pip install 'mediaserver[postgres]'"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem, pytrace=False)
+        pytest.skip(problem)
+    return PostgresServer(bin_dir)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from mediaserver.record.catalog import (
     MAX_PAGE, Catalog, CatalogUnavailable, Recording, default_url, encode_cursor, head_revision, metadata, redact,
 )
-from support.postgres_server import HOW_TO_GET, PostgresServer, postgres_bin_dir
+from support.postgres_server import PostgresServer, start_postgres
 from support.server import free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -35,15 +33,7 @@ def rec(app: str = "live", stream: str = "cam", node: str = "n1", minute: float 
 
 @pytest.fixture(scope="module")
 def pg():
-    bin_dir = postgres_bin_dir()
-    problem = HOW_TO_GET if bin_dir is None else None
-    if importlib.util.find_spec("asyncpg") is None:
-        problem = "no asyncpg for the PostgreSQL catalog tests: pip install 'mediaserver[postgres]'"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem, pytrace=False)
-        pytest.skip(problem)
-    server = PostgresServer(bin_dir)
+    server = start_postgres()
     yield server
     server.stop()
 

@@ -1,0 +1,34 @@
+"""HTTP helpers the end-to-end tests share: the admin API with a bearer token, plain and ranged GETs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def admin_api(http: aiohttp.ClientSession, server: Any, method: str, path: str, *, token: str,
+                    **kwargs: Any) -> tuple[int, Any]:
+    """METHOD /api/v1PATH on `server` (anything with `http_base`) -> (status, JSON body)."""
+    kwargs.setdefault("headers", bearer(token))
+    async with http.request(method, f"{server.http_base}/api/v1{path}", **kwargs) as resp:
+        assert resp.content_type == "application/json", (resp.status, await resp.text())
+        return resp.status, await resp.json()
+
+
+async def get(http: aiohttp.ClientSession, url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    """GET `url` -> (status, body, headers)."""
+    async with http.get(url, headers=headers or {}) as resp:
+        return resp.status, await resp.read(), dict(resp.headers)
+
+
+async def ranged(http: aiohttp.ClientSession, uri: str, byterange: str) -> bytes:
+    """The bytes of an HLS EXT-X-BYTERANGE "SIZE@OFFSET" of `uri`, checked to be a whole 206."""
+    size, offset = (int(x) for x in byterange.split("@"))
+    status, data, _ = await get(http, uri, {"Range": f"bytes={offset}-{offset + size - 1}"})
+    assert status == 206 and len(data) == size, (uri, byterange, status, len(data))
+    return data
