@@ -81,11 +81,11 @@ def _only(kind: str, names: tuple[str, ...]) -> list:
     return [c for c in capabilities.codecs if c.mimeType.split("/")[1].lower() in names]
 
 
-def _refusal_error(refusal: Refusal, subject: str) -> SignalingError:
+def _refusal_error(refusal: Refusal, subject: str, bearer_sent: bool) -> SignalingError:
     if refusal.kind == NAME:
         return SignalingError(400, refusal.message, "publish to /APP/STREAM/whip with a valid name")
     if refusal.kind == CREDENTIAL:
-        if refusal.reason == "missing":
+        if not bearer_sent:
             return SignalingError(401, f"publishing {subject} needs a credential: {refusal.message}",
                                   "send Authorization: Bearer with the stream key or a publish token "
                                   "(`mediaserver token --action publish`)",
@@ -130,7 +130,8 @@ class WhipService:
         verdict = await self.gate.admit_publish_bearer(app, name, bearer, query=request.query, address=address,
                                                        protocol="whip")
         if verdict.refusal is not None:
-            raise _refusal_error(verdict.refusal, f"{app}/{name}" if verdict.key is None else str(verdict.key))
+            raise _refusal_error(verdict.refusal, f"{app}/{name}" if verdict.key is None else str(verdict.key),
+                                 bool(bearer))
         key = verdict.key
         assert key is not None
         refused = self.sessions.refusal("publisher", key.app, key.name)
