@@ -112,6 +112,8 @@ class WhipPublisher:
         self.keyframes = KeyframeRequests(keyframe_interval_s)
         self.counters = IngestCounters()
         self.close_reason: str | None = None
+        self.session: Any = None
+        """The node's Session of this publisher (webrtc/sessions.py), whose byte count is kept current."""
         self._receivers: dict[str, RTCRtpReceiver] = {}
         self._last_media: float | None = None
         self._audio_config_sent = False
@@ -157,6 +159,8 @@ class WhipPublisher:
         now = time.monotonic()
         self._last_media = now
         self.counters.bytes_received += len(data)
+        if self.session is not None:
+            self.session.bytes_received = self.counters.bytes_received
         position = self.clock.position(kind, rtp_timestamp, now)
         if kind == "video":
             if codec.upper() != "H264":
@@ -244,6 +248,8 @@ class WhipPublisher:
 
     def close(self, reason: str) -> None:
         """The hub's handle (kick, takeover, shutdown): it already moved on, the stream is not released."""
+        if self.stream is not None and self.close_reason is None:
+            event(log, "publisher_closed", stream=str(self.stream.key), protocol="whip", reason=reason)
         self.stream = None
         self.end(reason)
 

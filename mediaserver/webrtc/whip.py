@@ -177,9 +177,9 @@ class WhipService:
         async def forget(reason: str) -> None:
             self.sessions.remove(session)
             self.publishers.pop(session.id, None)
-            session.bytes_received = publisher.counters.bytes_received
 
         publisher.on_closed = forget
+        publisher.session = session
         publisher.start(stream, verdict.expires_in)
         event(log, "publish_accepted", stream=str(key), protocol="whip", session=session.id[:8],
               video="h264" if has_video else "none", audio="opus" if has_audio else "none")

@@ -14,7 +14,7 @@ import av
 import m3u8
 
 from support.decode import decode_media
-from support.whip_client import WhipClient
+from bench.whip import WhipClient
 
 ADMIN = "admin-token-e2e-0123456789abcdef"
 STUDIO_KEY = "whip-studio-key-0123456789"
@@ -84,7 +84,7 @@ async def test_a_whip_publish_plays_over_http_flv_and_cmaf_and_a_kick_ends_it(se
             await wait_for(lambda: client.pc.connectionState in ("closed", "failed"), 10,
                            f"the kicked session's peer connection is still {client.pc.connectionState}")
             assert await client.delete(http) == 404  # the session is gone
-        assert "reason=kicked" in server.log_text() and "protocol=whip" in server.log_text()
+        assert "publisher_closed" in server.log_text() and "reason=kicked" in server.log_text() and "protocol=whip" in server.log_text()
     finally:
         await client.close()
 
