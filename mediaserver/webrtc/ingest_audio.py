@@ -149,7 +149,8 @@ class OpusToAac:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_output: Callable[[list[AacOut]], None],
                  name: str = "whip-audio") -> None:
-        self.chain = AacEncoderChain()
+        self.chain: AacEncoderChain | None = None
+        """Made by the worker (opening the codecs takes milliseconds: not on the event loop)."""
         self.loop = loop
         self.on_output = on_output
         self.dropped = 0
@@ -161,6 +162,8 @@ class OpusToAac:
 
     @property
     def asc(self) -> bytes:
+        """The AudioSpecificConfig; known once the worker delivered its first frames."""
+        assert self.chain is not None
         return self.chain.asc
 
     def push(self, position: int, packet: bytes) -> None:
@@ -187,7 +190,11 @@ class OpusToAac:
                     pass
 
     def _run(self) -> None:
-        chain = self.chain
+        try:
+            chain = self.chain = AacEncoderChain()
+        except Exception:
+            log.exception("the Opus to AAC converter cannot start; this WHIP stream has no audio")
+            return
         while True:
             item = self._queue.get()
             if item is None or self._closed:
