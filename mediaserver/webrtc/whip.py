@@ -17,6 +17,7 @@ answers, so the answer is complete; PATCH gets 405, as RFC 9725 4.3.1 asks of a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -36,7 +37,8 @@ from .signaling import SignalingError, answer_response, cors_for, error_response
 
 log = logging.getLogger(__name__)
 
-_CLOSE_WAIT_S = 5.0
+NEGOTIATION_TIMEOUT_S = 15.0
+"""From the offer to the answer: host candidates take milliseconds, STUN/TURN ones up to a few seconds."""
 
 
 def check_offer(sdp: str) -> tuple[bool, bool]:
@@ -149,18 +151,20 @@ class WhipService:
         publisher = WhipPublisher(pc, self.registry, _peer(request), keyframe_interval_s=self.config.hls.segment_duration,
                                   timeouts=self.timeouts)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-            publisher.tap()
-            for transceiver in pc.getTransceivers():
-                if transceiver.kind == "video":
-                    transceiver.setCodecPreferences(_only("video", ("h264", "rtx")))
-                elif transceiver.kind == "audio":
-                    transceiver.setCodecPreferences(_only("audio", ("opus",)))
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
-        except SignalingError:
-            await publisher.end("bad_offer")
-            raise
+            async with asyncio.timeout(NEGOTIATION_TIMEOUT_S):
+                await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+                publisher.tap()
+                for transceiver in pc.getTransceivers():
+                    if transceiver.kind == "video":
+                        transceiver.setCodecPreferences(_only("video", ("h264", "rtx")))
+                    elif transceiver.kind == "audio":
+                        transceiver.setCodecPreferences(_only("audio", ("opus",)))
+                await pc.setLocalDescription(await pc.createAnswer())
+        except TimeoutError:
+            await publisher.end("negotiation_timeout")
+            raise SignalingError(503, f"the answer was not ready within {NEGOTIATION_TIMEOUT_S:g} s (gathering ICE "
+                                 "candidates from the configured STUN/TURN servers)",
+                                 "try again; the operator may check webrtc.ice_servers", {"Retry-After": "5"}) from None
         except Exception as err:  # aiortc refuses offers it cannot answer with ValueError and friends
             await publisher.end("bad_offer")
             raise SignalingError(400, f"the SDP offer cannot be answered: {err or type(err).__name__}",
