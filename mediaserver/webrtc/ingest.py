@@ -88,6 +88,7 @@ class IngestCounters:
     bytes_received: int = 0
     bad_frames: int = 0
     keyframe_requests: int = 0
+    audio_overlap_dropped: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -117,6 +118,7 @@ class WhipPublisher:
         self._receivers: dict[str, RTCRtpReceiver] = {}
         self._last_media: float | None = None
         self._audio_config_sent = False
+        self._last_audio_ms = 0
         self._announced = False
         self._bad_log = LogGate(_BAD_MEDIA_LOG_S)
         self._ticker: asyncio.Task[None] | None = None
@@ -201,7 +203,14 @@ class WhipPublisher:
             self._audio_config_sent = True
             stream.publish_audio(self.clock.to_ms("audio", frames[0].position), aac_sequence_header_body(audio.asc), now)
         for aac in frames:
-            stream.publish_audio(self.clock.to_ms("audio", aac.position), aac_audio_body(aac.raw), now)
+            ts_ms = self.clock.to_ms("audio", aac.position)
+            if ts_ms < self._last_audio_ms:
+                # The sender reports moved audio back (A/V sync): frames that would overlap the ones already
+                # published are dropped, once, rather than stamped on top of each other.
+                self.counters.audio_overlap_dropped += 1
+                continue
+            self._last_audio_ms = ts_ms
+            stream.publish_audio(ts_ms, aac_audio_body(aac.raw), now)
         stream.flush_sinks()
 
     def _announce(self) -> None:
@@ -276,7 +285,10 @@ class WhipPublisher:
                   video_frames=self.counters.video_frames, audio_packets=self.counters.audio_packets,
                   keyframe_requests=self.counters.keyframe_requests, bad_frames=self.counters.bad_frames,
                   audio_dropped=self.audio.dropped if self.audio is not None else 0,
-                  av_sync_ms=self.clock.sync_step_ms.get("audio", "none"))
+                  av_sync_ms=self.clock.sync_step_ms.get("audio", "none"),
+                  **({"av_sync_ignored_ms": self.clock.sync_ignored_ms["audio"]} if self.clock.sync_ignored_ms else {}),
+                  **({"audio_overlap_dropped": self.counters.audio_overlap_dropped}
+                     if self.counters.audio_overlap_dropped else {}))
         try:
             await self.pc.close()
         except Exception:  # a connection half set up may fail to close; it is gone either way

@@ -7,11 +7,14 @@ The tracks' clocks are unrelated, so they are tied together twice:
 - at first by arrival: a track's first frame is placed at the wall time it arrived since the session's
   first frame (good to the network jitter, a few tens of ms on a good path);
 - then by the publisher's RTCP sender reports (RFC 3550 6.4.1), which pair an RTP timestamp with the
-  sender's NTP wall clock, the same clock for every track: once every track has one, the later tracks
-  are moved so that their first frames sit where the sender captured them relative to the first
-  track's. The move happens once (a step of a few ms to tens of ms, which the hub absorbs); a report
-  that would move a track by more than `MAX_SYNC_STEP_MS` is taken for a broken sender clock and not
-  used.
+  sender's NTP wall clock, the same clock for every track: once every track has one, the other tracks
+  are moved so that their first frames sit where the sender captured them relative to the reference
+  track's (video when there is video: it is never moved, since a step in video timestamps cannot be
+  smoothed over by dropping a frame). The move happens once: a step of tens of ms (audio arrives behind
+  its capture by its packet time and the jitter buffer) that the caller absorbs. A report that would
+  move a track by more than `MAX_SYNC_STEP_MS` is not used: such a sender's reports do not describe
+  capture time (aiortc's own sender, when its encoder falls behind, stamps reports with the send time),
+  and arrival is the better guess.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 from ..media.timestamps import TimestampUnwrapper, wrapping_delta
 
-MAX_SYNC_STEP_MS = 5_000
+MAX_SYNC_STEP_MS = 300
 NTP_FRACTION = 1 << 32
 
 
@@ -51,7 +54,9 @@ class SessionClock:
         self.synced = False
         """True once the sender reports placed the tracks."""
         self.sync_step_ms: dict[str, int] = {}
-        """How far the reports moved each later track (for the log)."""
+        """How far the reports moved each track (for the log)."""
+        self.sync_ignored_ms: dict[str, int] = {}
+        """Steps the reports asked for that were too large to believe."""
 
     def add_track(self, kind: str, clock_rate: int) -> None:
         self._tracks[kind] = _Track(clock_rate, TimestampUnwrapper())
@@ -94,17 +99,20 @@ class SessionClock:
         if any(t.first is None or t.report is None for t in tracks.values()):
             return
         self.synced = True
-        ref = tracks[self._reference]
+        reference = "video" if "video" in tracks else self._reference
+        ref = tracks[reference]
 
         def captured_s(t: _Track) -> float:
             assert t.first is not None and t.report is not None
             return t.report[1] + (t.first - t.report[0]) / t.rate
 
         for kind, track in tracks.items():
-            if kind == self._reference:
+            if kind == reference:
                 continue
             base = ref.base_ms + (captured_s(track) - captured_s(ref)) * 1000.0
             step = round(base - track.base_ms)
             if abs(step) <= MAX_SYNC_STEP_MS:
                 track.base_ms = base
                 self.sync_step_ms[kind] = step
+            else:
+                self.sync_ignored_ms[kind] = step

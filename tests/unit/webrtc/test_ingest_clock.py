@@ -49,15 +49,28 @@ def test_a_later_track_starts_where_it_arrived_until_sender_reports_place_it():
     assert clock.to_ms("audio", audio + 48_000) == 1100
 
 
-def test_a_report_that_would_move_a_track_by_more_than_seconds_is_not_used():
+def test_a_report_that_would_move_a_track_further_than_arrival_allows_is_not_used():
     clock = SessionClock()
     clock.add_track("video", 90_000)
     clock.add_track("audio", 48_000)
     clock.position("video", 0, 0.0)
     audio = clock.position("audio", 0, 0.0)
     clock.sender_report("video", 0, ntp(100.0))
-    clock.sender_report("audio", 0, ntp(5000.0))
+    clock.sender_report("audio", 0, ntp(100.563))  # a sender stamping reports at send time, 563 ms behind
     assert clock.to_ms("audio", audio) == 0 and "audio" not in clock.sync_step_ms
+    assert clock.sync_ignored_ms == {"audio": 563}
+
+
+def test_video_is_the_reference_even_when_audio_arrives_first():
+    clock = SessionClock()
+    clock.add_track("video", 90_000)
+    clock.add_track("audio", 48_000)
+    audio = clock.position("audio", 1_000, 5.0)
+    video = clock.position("video", 2_000, 5.1)
+    clock.sender_report("audio", 1_000, ntp(200.0))
+    clock.sender_report("video", 2_000, ntp(200.02))  # captured 20 ms after the first audio sample
+    assert clock.to_ms("video", video) == 100 and clock.to_ms("audio", audio) == 80
+    assert clock.sync_step_ms == {"audio": 80}
 
 
 def test_ntp_timestamps_are_32_32_fixed_point():
