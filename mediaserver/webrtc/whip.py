@@ -5,11 +5,12 @@
     DELETE /APP/STREAM/whip/SESSION   ends the publish (the stream's reconnect grace applies)
     OPTIONS                       CORS preflight (the edge's catch-all answers it)
 
-TOKEN is what an RTMP publish accepts: a stream key of the app, or a publish token for APP/STREAM (none
-where the app is open to publishers); the gate decides, with the same limits and on_publish webhook.
-Then the node's WebRTC session limit, then the offer: it must offer H.264 video (packetization-mode 1)
-and/or Opus audio; the answer accepts only those (the outputs carry H.264; Opus becomes AAC, see
-ingest_audio.py). A name already being published is 409. Each refusal says why and what to do.
+The offer is checked first: it must offer H.264 video (packetization-mode 1) and/or Opus audio, and the
+answer accepts only those (the outputs carry H.264; Opus becomes AAC, see ingest_audio.py). Then the
+node's WebRTC session limit, then TOKEN, which is what an RTMP publish accepts: a stream key of the app,
+or a publish token for APP/STREAM (none where the app is open to publishers); the gate decides, with the
+same limits, on_publish webhook and cluster claim. A name already being published is 409. Each refusal
+says why and what to do.
 
 Trickle ICE and ICE restarts (PATCH) are not offered: aiortc gathers its host candidates before it
 answers, so the answer is complete; PATCH gets 405, as RFC 9725 4.3.1 asks of a server without them.
@@ -128,6 +129,12 @@ class WhipService:
         app, name = request.match_info["app"], request.match_info["name"]
         address = request.remote or ""
         offer = await read_offer(request)
+        # The offer and the node's session limit first: cheap, and a refusal then never costs an on_publish
+        # webhook call or a cluster claim.
+        has_video, has_audio = check_offer(offer)
+        refused = self.sessions.refusal("publisher", app, name)
+        if refused is not None:
+            raise SignalingError(503, refused, "try another node or later", {"Retry-After": "5"})
         bearer = bearer_token(request.headers.get("Authorization"))
         verdict = await self.gate.admit_publish_bearer(app, name, bearer, query=request.query, address=address,
                                                        protocol="whip")
@@ -136,9 +143,6 @@ class WhipService:
                                  bool(bearer))
         key = verdict.key
         assert key is not None
-        refused = self.sessions.refusal("publisher", key.app, key.name)
-        if refused is not None:
-            raise SignalingError(503, refused, "try another node or later", {"Retry-After": "5"})
         current = self.registry.get(key)
         if current is not None and current.publisher is not None and not current.ended:
             # Said before any ICE work; the registry's claim below decides for good (a stale publisher is
@@ -146,7 +150,6 @@ class WhipService:
             if time.monotonic() - current.last_frame_at < self.registry.policy.stale_publisher_timeout:
                 raise SignalingError(409, f"stream {key} is already being published by {current.publisher.peer}",
                                      "stop that publisher or use another stream name")
-        has_video, has_audio = check_offer(offer)
         pc = new_peer_connection(self.config.webrtc)
         publisher = WhipPublisher(pc, self.registry, _peer(request), keyframe_interval_s=self.config.hls.segment_duration,
                                   timeouts=self.timeouts)
@@ -165,6 +168,9 @@ class WhipService:
             raise SignalingError(503, f"the answer was not ready within {NEGOTIATION_TIMEOUT_S:g} s (gathering ICE "
                                  "candidates from the configured STUN/TURN servers)",
                                  "try again; the operator may check webrtc.ice_servers", {"Retry-After": "5"}) from None
+        except asyncio.CancelledError:
+            publisher.end("client_left")
+            raise
         except Exception as err:  # aiortc refuses offers it cannot answer with ValueError and friends
             await publisher.end("bad_offer")
             raise SignalingError(400, f"the SDP offer cannot be answered: {err or type(err).__name__}",
