@@ -84,3 +84,64 @@ def answer_response(answer_sdp: str, location: str, cors_headers: dict[str, str]
 def session_ended_response(cors_headers: dict[str, str]) -> web.Response:
     """The answer to DELETE on a session's Location: 200, no body (RFC 9725 4.2)."""
     return web.Response(status=200, headers=cors_headers)
+
+
+# ----- H.264 profiles: what aiortc negotiates versus what a pass-through server accepts ---------------
+
+_PASSABLE_PROFILE = "42e01f"
+"""Constrained Baseline 3.1: one of the two profiles aiortc 1.16 will negotiate (it matches H.264 by
+profile, as a decoder would); the server never decodes, so any profile can pass through."""
+
+
+def _h264_payload_types(sdp: str) -> set[str]:
+    types = set()
+    for line in sdp.splitlines():
+        if line.startswith("a=rtpmap:"):
+            pt, _, codec = line[len("a=rtpmap:"):].partition(" ")
+            if codec.upper().startswith("H264/"):
+                types.add(pt)
+    return types
+
+
+def _with_profile(line: str, profile: str) -> tuple[str, str | None]:
+    """The fmtp line with its profile-level-id replaced by `profile`, and the value it had (None: none)."""
+    head, _, params = line.partition(" ")
+    out, before = [], None
+    for param in params.split(";"):
+        name, eq, value = param.strip().partition("=")
+        if name.lower() == "profile-level-id" and eq:
+            before = value
+            param = f"{name}={profile}"
+        out.append(param.strip())
+    return f"{head} {';'.join(out)}", before
+
+
+def offer_for_any_h264_profile(sdp: str) -> tuple[str, dict[str, str]]:
+    """The offer with every H.264 profile-level-id shown to aiortc as Constrained Baseline, and the values
+    it replaced by payload type, to give back in the answer (`answer_with_profiles`)."""
+    types = _h264_payload_types(sdp)
+    replaced: dict[str, str] = {}
+    lines = []
+    for line in sdp.split("\r\n") if "\r\n" in sdp else sdp.split("\n"):
+        if line.startswith("a=fmtp:") and line[len("a=fmtp:"):].partition(" ")[0] in types:
+            pt = line[len("a=fmtp:"):].partition(" ")[0]
+            line, before = _with_profile(line, _PASSABLE_PROFILE)
+            if before is not None and before.lower() != _PASSABLE_PROFILE:
+                replaced[pt] = before
+        lines.append(line)
+    return ("\r\n" if "\r\n" in sdp else "\n").join(lines), replaced
+
+
+def answer_with_profiles(sdp: str, replaced: dict[str, str]) -> str:
+    """The answer with each H.264 payload type's profile-level-id as the offer had it: the sender's
+    WebRTC stack checks that the answer names a profile it offered."""
+    if not replaced:
+        return sdp
+    lines = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=fmtp:"):
+            pt = line[len("a=fmtp:"):].partition(" ")[0]
+            if pt in replaced:
+                line = _with_profile(line, replaced[pt])[0]
+        lines.append(line)
+    return "\r\n".join(lines)

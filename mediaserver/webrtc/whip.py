@@ -5,8 +5,9 @@
     DELETE /APP/STREAM/whip/SESSION   ends the publish (the stream's reconnect grace applies)
     OPTIONS                       CORS preflight (the edge's catch-all answers it)
 
-The offer is checked first: it must offer H.264 video (packetization-mode 1) and/or Opus audio, and the
-answer accepts only those (the outputs carry H.264; Opus becomes AAC, see ingest_audio.py). Then the
+The offer is checked first: it must offer H.264 video (packetization-mode 1, any profile: aiortc is shown
+Constrained Baseline and the answer gives the offered profile back, since nothing is decoded) and/or Opus
+audio, and the answer accepts only those (the outputs carry H.264; Opus becomes AAC, see ingest_audio.py). Then the
 node's WebRTC session limit, then TOKEN, which is what an RTMP publish accepts: a stream key of the app,
 or a publish token for APP/STREAM (none where the app is open to publishers); the gate decides, with the
 same limits, on_publish webhook and cluster claim. A name already being published is 409. Each refusal
@@ -34,7 +35,16 @@ from ..log import event
 from .ingest import IngestTimeouts, WhipPublisher
 from .peer import new_peer_connection
 from .sessions import Session, Sessions
-from .signaling import SignalingError, answer_response, cors_for, error_response, read_offer, session_ended_response
+from .signaling import (
+    SignalingError,
+    answer_response,
+    answer_with_profiles,
+    cors_for,
+    error_response,
+    offer_for_any_h264_profile,
+    read_offer,
+    session_ended_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +165,8 @@ class WhipService:
                                   timeouts=self.timeouts)
         try:
             async with asyncio.timeout(NEGOTIATION_TIMEOUT_S):
-                await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+                shown, profiles = offer_for_any_h264_profile(offer)
+                await pc.setRemoteDescription(RTCSessionDescription(shown, "offer"))
                 publisher.tap()
                 for transceiver in pc.getTransceivers():
                     if transceiver.kind == "video":
@@ -194,7 +205,7 @@ class WhipService:
         event(log, "publish_accepted", stream=str(key), protocol="whip", session=session.id[:8],
               video="h264" if has_video else "none", audio="opus" if has_audio else "none")
         location = f"/{key.app}/{key.name}/whip/{session.id}"
-        return answer_response(pc.localDescription.sdp, location, cors)
+        return answer_response(answer_with_profiles(pc.localDescription.sdp, profiles), location, cors)
 
     async def end(self, request: web.Request) -> web.Response:
         """DELETE on a session's Location. The session id is the capability (unguessable, 128 bits)."""

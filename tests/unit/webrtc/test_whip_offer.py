@@ -8,7 +8,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 
 from mediaserver.webrtc.ingest import KeyframeRequests
-from mediaserver.webrtc.signaling import SignalingError, error_response, read_offer
+from mediaserver.webrtc.signaling import (
+    SignalingError, answer_with_profiles, error_response, offer_for_any_h264_profile, read_offer,
+)
 from mediaserver.webrtc.whip import check_offer
 
 
@@ -95,3 +97,16 @@ async def test_an_offer_longer_than_the_limit_is_refused_even_without_a_content_
 
     resp = await reader.post("/", data=chunks(), headers={"Content-Type": "application/sdp"})
     assert resp.status == 413
+
+
+async def test_any_h264_profile_is_shown_to_aiortc_as_constrained_baseline_and_given_back_in_the_answer():
+    high = (await offer()).replace("profile-level-id=42e01f", "profile-level-id=640c1f")
+    high = high.replace("profile-level-id=42001f", "profile-level-id=4d001f")
+    shown, replaced = offer_for_any_h264_profile(high)
+    assert "640c1f" not in shown and "4d001f" not in shown and shown.count("\r\n") == high.count("\r\n")
+    assert sorted(replaced.values()) == ["4d001f", "640c1f"]
+    pt = next(p for p, v in replaced.items() if v == "640c1f")
+    answer = f"v=0\r\na=rtpmap:{pt} H264/90000\r\na=fmtp:{pt} level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
+    assert f"a=fmtp:{pt} level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640c1f" in \
+        answer_with_profiles(answer, replaced)
+    assert offer_for_any_h264_profile("v=0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n")[1] == {}

@@ -80,3 +80,18 @@ async def test_a_publisher_that_stops_sending_ends_after_the_media_timeout_and_t
     finally:
         await client.close()
         await other.close()
+
+
+async def test_a_high_profile_offer_is_answered_with_video_in_its_own_profile(node):
+    http, registry, sessions = node
+    client = WhipClient(str(http.make_url("/live/cam/whip")))
+    try:
+        high = (await client.offer()).replace("profile-level-id=42e01f", "profile-level-id=640c1f")
+        async with http.post("/live/cam/whip", data=high, headers={"Content-Type": "application/sdp"}) as resp:
+            answer = await resp.text()
+            assert resp.status == 201, answer
+        video = answer[answer.index("m=video"):answer.index("m=audio")]
+        assert not video.startswith("m=video 0 ") and "a=recvonly" in video, video
+        assert "profile-level-id=640c1f" in video and "42e01f" not in video, video
+    finally:
+        await client.close()
