@@ -60,6 +60,8 @@ from .relay.target import TargetError
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
+from .webrtc.sessions import Sessions
+from .webrtc.whip import add_whip_routes
 
 log = logging.getLogger("mediaserver")
 
@@ -459,6 +461,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         health=health,
     )
     _log_access(config, admission.policy, hooks, token)
+    webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream)
+    if config.webrtc.enabled:  # WHIP ingest: POST /APP/STREAM/whip
+        add_whip_routes(app, config, registry, gate, webrtc_sessions)
     if cluster is not None:  # cluster
         cluster.wire(app)
         await cluster.start()

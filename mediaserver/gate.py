@@ -224,6 +224,24 @@ class Gate:
                 verdict.refusal = Refusal(TAKEN, "published_elsewhere", taken)
         return verdict
 
+    async def admit_publish_bearer(
+        self, app: str, name: str, bearer: str, *, query: Mapping[str, str], address: str, protocol: str,
+        logger: Any = log,
+    ) -> Verdict:
+        """A publisher that names its stream in the URL and sends its credential apart, as a bearer token
+        (WHIP): a stream key of the app publishes the key's public name, as over RTMP; anything else is the
+        publish token of app/name (none is needed where the app is open)."""
+        if bearer and valid_name(app) and valid_name(bearer) and app not in RESERVED_APPS:
+            try:  # a pure check, nothing counted or logged: is the bearer one of the app's stream keys?
+                is_key = self.admission.policy.authorize_publish(app, bearer, "", None, self.wall_clock()).via == "key"
+            except AuthError:
+                is_key = False
+            if is_key:
+                return await self.admit_publish(app, bearer, token="", query=query, address=address,
+                                                protocol=protocol, logger=logger)
+        return await self.admit_publish(app, name, token=bearer, query=query, address=address, protocol=protocol,
+                                        logger=logger)
+
     def _publishers_over_limit(self, key: StreamKey, logger: Any) -> Refusal | None:
         limits = self.admission.limits
         if not limits.max_publishers_per_app:

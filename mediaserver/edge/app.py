@@ -64,7 +64,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def preflight(request: web.Request) -> web.Response:
     origin = request.app[CONFIG].http.cors_origin
-    headers = cors.preflight_headers(request.headers.get("Origin"), (origin,) if origin else (), "GET, HEAD, OPTIONS",
+    # POST and DELETE: WHIP and WHEP sessions (/APP/STREAM/whip, /whep) are created and ended from pages.
+    headers = cors.preflight_headers(request.headers.get("Origin"), (origin,) if origin else (),
+                                     "GET, HEAD, POST, DELETE, OPTIONS",
                                      request.headers.get("Access-Control-Request-Headers", "*"))
     return web.Response(status=204, headers=headers)
 

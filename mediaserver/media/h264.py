@@ -459,3 +459,46 @@ def _read_vui_start(r: _BitReader) -> tuple[tuple[int, int], float | None]:
         if units and scale:
             frame_rate = scale / (2 * units)
     return sar, frame_rate
+
+
+# -- Annex B access units from RTP (WHIP ingest) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnnexBAccessUnit:
+    """One Annex B access unit (as an RTP depacketizer yields it) taken apart the way FLV wants it:
+    the parameter sets it carries in band apart, the rest as AVCC."""
+
+    sps: tuple[bytes, ...]
+    pps: tuple[bytes, ...]
+    avcc: bytes
+    """The other NAL units (slices, SEI), 4-byte length prefixed; AUDs and end-of-stream markers dropped."""
+    idr: bool
+    """Holds an IDR slice: a random access point."""
+
+
+def split_annexb_access_unit(data: bytes | memoryview) -> AnnexBAccessUnit:
+    """Split an Annex B access unit into its SPS, PPS and the AVCC of its other NAL units.
+
+    SPS and PPS go into an AVCDecoderConfigurationRecord (a sequence header), not into the frame:
+    FLV and MP4 readers expect them there. Raises MediaError for a NAL unit too large for a 4-byte
+    length (it cannot be: 4 GiB), never IndexError.
+    """
+    sps: list[bytes] = []
+    pps: list[bytes] = []
+    pieces: list[bytes | memoryview] = []
+    idr = False
+    for nal in iter_annexb_nal_units(data):
+        nal_type = nal[0] & 0x1F
+        if nal_type == NAL_SPS:
+            sps.append(bytes(nal))
+        elif nal_type == NAL_PPS:
+            pps.append(bytes(nal))
+        elif nal_type in (NAL_AUD, NAL_END_OF_SEQUENCE, 11):  # 11: end of stream
+            continue
+        else:
+            if nal_type == NAL_IDR:
+                idr = True
+            pieces.append(len(nal).to_bytes(4, "big"))
+            pieces.append(nal)
+    return AnnexBAccessUnit(tuple(sps), tuple(pps), b"".join(pieces), idr)
