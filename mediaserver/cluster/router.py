@@ -67,7 +67,9 @@ class LoadRouter:
 
     async def redirect(self) -> NodeInfo | None:
         """Where this node sends a new viewer when it is at a ceiling; None: serve it here."""
-        if self._nodes is None or not at_ceiling(self.me()):
+        if self._nodes is None:
             return None
-        view = await self.view()
-        return redirect_target(self.me(), view)
+        me = self.me()
+        if not at_ceiling(me):
+            return None
+        return redirect_target(me, await self.view())
