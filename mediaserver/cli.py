@@ -325,7 +325,7 @@ def node_offer(config: Config) -> dict:
             "play_url": config.cluster.public_url.rstrip("/"), "outputs": outputs}
 
 
-def load_routing(config: Config, registry: StreamRegistry, cluster: ClusterWiring | None, app: web.Application):
+def load_routing(config: Config, cluster: ClusterWiring | None, app: web.Application):
     """The route's choice (GET /api/v1/route/...) and, on an edge with a ceiling, the redirect of new viewers
     (edge/overload.py). Viewers and egress count HLS clients and HLS/CMAF bytes as /metrics does."""
     from .cluster.locator import NodeInfo
@@ -517,7 +517,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         health=health,
     )
     _log_access(config, admission.policy, hooks, token)
-    admin_deps.route = load_routing(config, registry, cluster, app)  # GET /api/v1/route/...; edges' redirects
+    admin_deps.route = load_routing(config, cluster, app)  # GET /api/v1/route/...; edges' redirects
     if cluster is not None:  # cluster
         cluster.wire(app)
         await cluster.start()

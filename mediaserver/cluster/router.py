@@ -9,11 +9,15 @@ by every request waiting meanwhile. An edge under its ceilings answers `redirect
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from ..log import LogGate, event
 from .balance import Choice, at_ceiling, choose, redirect_target
 from .locator import NodeInfo
+
+log = logging.getLogger(__name__)
 
 NODES_MAX_AGE_S = 1.0
 
@@ -35,6 +39,7 @@ class LoadRouter:
         self._cached: list[NodeInfo] = []
         self._fetched_at = -float("inf")
         self._fetching: asyncio.Future[list[NodeInfo]] | None = None
+        self._log_gate = LogGate(10.0)
 
     @property
     def standalone(self) -> bool:
@@ -54,8 +59,13 @@ class LoadRouter:
     async def _fetch(self) -> list[NodeInfo]:
         try:
             self._cached = await self._nodes()  # type: ignore[misc]
-            self._fetched_at = self._clock()
+        except Exception as err:  # a viewer never fails for it: decide on what was known, ask again later
+            count = self._log_gate.should_log("nodes", self._clock())
+            if count:
+                event(log, "cluster_loads_unavailable", logging.WARNING, error=f"{type(err).__name__}: {err}",
+                      failed=count, hint="routing and redirects use the last loads known")
         finally:
+            self._fetched_at = self._clock()
             self._fetching = None
         return self._cached
 

@@ -94,6 +94,23 @@ async def test_the_router_reads_the_nodes_at_most_once_per_max_age_and_uses_its_
     assert calls == 2
 
 
+async def test_when_the_loads_cannot_be_read_the_last_known_are_used_and_nobody_fails():
+    answers: list = [[node("me"), node("other", viewers=1)], RuntimeError("redis went away")]
+    now = [0.0]
+
+    async def nodes() -> list[NodeInfo]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    router = LoadRouter(lambda: node("me", viewers=5, max_viewers=5), nodes, clock=lambda: now[0])
+    assert (await router.redirect()).id == "other"
+    now[0] = 2.0
+    assert (await router.redirect()).id == "other"  # the failed read kept the last view
+    assert (await router.route()).node.id == "other" and not answers
+
+
 async def test_a_standalone_router_answers_its_own_node():
     router = LoadRouter(lambda: node("solo", "standalone", viewers=10, max_viewers=1))
     assert router.standalone
