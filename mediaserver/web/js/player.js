@@ -99,8 +99,11 @@ function chooseFormat() {
 }
 
 /** The URL a format plays: with ABR, plain HLS plays the multivariant master.m3u8 over the ladder. */
+// The page chose its host through the route already, so an edge at its ceiling serves these requests
+// (balanced=1) rather than redirect them to another host, which this page's Content-Security-Policy forbids.
 function urlOf(f) {
-  return info.abr && f.id === 'hls' && f.url.endsWith('/index.m3u8') ? `${f.url.slice(0, -10)}master.m3u8` : f.url;
+  const url = info.abr && f.id === 'hls' && f.url.endsWith('/index.m3u8') ? `${f.url.slice(0, -10)}master.m3u8` : f.url;
+  return `${url}${url.includes('?') ? '&' : '?'}balanced=1`;
 }
 
 function renderFormats() {
