@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -163,6 +163,7 @@ class ClusterWiring:
     def __init__(self, config: Config, registry: StreamRegistry, environ: Mapping[str, str]) -> None:
         from .cluster.locator import NodeInfo
         from .cluster.member import TAKEOVER_POLL_S, ClusterMember
+        from .cluster.router import LoadRouter
         from .cluster.redis_locator import RedisLocator
         from .auth.names import split_rendition
         from .edge.origin_pull import OriginPull, PullPool, PullSettings
@@ -188,18 +189,26 @@ class ClusterWiring:
         self.role = cfg.role
         self.registry = registry
         self._egress = RateMeter(window_s=2.0, min_span_s=0.5)
+        self._egress_bps = 0
+        # load balancing: HLS clients and HLS/CMAF bytes are counted by the edge's metrics (cli sets these)
+        self.hls_viewers: Callable[[], int] = lambda: 0
+        self.egress_total: Callable[[], int] = lambda: sum(registry.egress_bytes.values())
 
-        def node_info() -> NodeInfo:
+        def node_info(measure: bool = True) -> NodeInfo:
             streams = registry.streams()
             per_stream = {str(s.key): len(s.subscribers) for s in streams if s.subscribers}
             return NodeInfo(
                 id=self.node_id, role=cfg.role, http=self.http_url, rtmp=self.rtmp_url, version=__version__,
-                streams=len(streams), viewers=sum(per_stream.values()), egress_bps=self._measure_egress(),
+                streams=len(streams), viewers=sum(per_stream.values()) + self.hls_viewers(),
+                egress_bps=self._measure_egress() if measure else self._egress_bps,
                 stream_viewers=per_stream, pulling=[str(k) for k in pulls.pulls] if (pulls := getattr(self, "pulls", None)) else [],
-                seen_at=time.time(),
+                seen_at=time.time(), **node_offer(config),
             )
 
-        self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl, node_ttl=cfg.node_ttl)
+        serving = cfg.role in ("edge", "both")  # balanced on their loads: fresh figures every second
+        self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl, node_ttl=cfg.node_ttl,
+                                    record_every=min(1.0, cfg.claim_ttl / 3) if serving else None)
+        self.router = LoadRouter(lambda: node_info(measure=False), self.locator.nodes)
 
         def published_here(name: str) -> bool:
             stream = registry.get(_key(name))
@@ -235,8 +244,9 @@ class ClusterWiring:
 
     def _measure_egress(self) -> int:
         # Counted as sent (viewers that left meanwhile included), so the rate never dips when one leaves.
-        self._egress.add(time.monotonic(), sum(self.registry.egress_bytes.values()))
-        return int((self._egress.per_second() or 0) * 8)
+        self._egress.add(time.monotonic(), self.egress_total())
+        self._egress_bps = int((self._egress.per_second() or 0) * 8)
+        return self._egress_bps
 
     async def claim(self, key) -> str | None:
         if self.role in ("edge", "transcoder"):
@@ -307,6 +317,52 @@ def _key(name: str):
     from .hub.stream import StreamKey
     app, _, stream = name.partition("/")
     return StreamKey(app, stream)
+
+
+def node_offer(config: Config) -> dict:
+    """What a node's record tells players' routing: its ceilings, its public URL and its play formats."""
+    outputs = ["flv", "ws-flv", "rtmp"] + (["hls", "llhls", "dash"] if config.hls.enabled else [])
+    return {"max_viewers": config.cluster.max_viewers,
+            "max_egress_bps": int(config.cluster.max_egress_mbps * 1_000_000),
+            "play_url": config.cluster.public_url.rstrip("/"), "outputs": outputs}
+
+
+def load_routing(config: Config, cluster: ClusterWiring | None, app: web.Application):
+    """The route's choice (GET /api/v1/route/...) and, on an edge with a ceiling, the redirect of new viewers
+    (edge/overload.py). Viewers and egress count HLS clients and HLS/CMAF bytes as /metrics does."""
+    from .cluster.locator import NodeInfo
+    from .cluster.router import LoadRouter
+    from .edge.metrics import HLS_VIEWER_WINDOW_S
+    from .edge.overload import LOAD_REDIRECT
+
+    metrics = app[METRICS]
+
+    def hls_viewers() -> int:  # as mediaserver_viewers{format="hls"} counts them
+        cutoff = metrics.clock() - HLS_VIEWER_WINDOW_S
+        return sum(1 for seen in metrics.hls_clients.values() if seen >= cutoff)
+
+    if cluster is None:
+        host = socket.gethostname()
+        router = LoadRouter(lambda: NodeInfo(id=host, role="standalone", http="", rtmp=f"rtmp://{host}:{config.rtmp.port}",
+                                             version=__version__, **node_offer(config)))
+    else:
+        cluster.hls_viewers = hls_viewers
+        cluster.egress_total = lambda: sum(n for fmt, n in metrics.egress().items() if fmt != "other")
+        router = cluster.router
+        cfg = config.cluster
+        if cfg.role in ("edge", "both") and (cfg.max_viewers or cfg.max_egress_mbps):
+
+            async def redirect() -> str | None:
+                node = await router.redirect()
+                return (node.play_url or node.http) if node is not None else None
+
+            app[LOAD_REDIRECT] = redirect
+
+    async def route():
+        choice = await router.route()
+        return choice.node, choice.reason
+
+    return route
 
 
 # ----- end of cluster ----------------------------------------------------------------------------------
@@ -439,7 +495,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         health.attach()
         if hooks is not None and hooks.wants("health"):
             health.listeners.append(hooks.health_event)
-    admin = make_admin_app(AdminDeps(
+    admin_deps = AdminDeps(
         registry=registry, policy=admission.policy, token=token, token_env=config.api.token_env,
         health=health.flags if health else None,
         cors_origins=config.api.cors_origins, node_name=socket.gethostname(), failure_delay_s=admission.failure_delay_s,
@@ -447,7 +503,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         cluster_streams=cluster.streams if cluster else None,  # cluster
         abr=abr, recordings=recordings, relays=relays,
         pulls=pulls.describe if pulls is not None else None,  # relay pull
-    ))
+        play_cors_origin=config.http.cors_origin,
+    )
+    admin = make_admin_app(admin_deps)
 
     def rtmp_listening() -> tuple[bool, str]:
         serving = rtmp.serving
@@ -464,6 +522,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream)
     if config.webrtc.enabled:  # WHIP ingest: POST /APP/STREAM/whip
         add_whip_routes(app, config, registry, gate, webrtc_sessions)
+    admin_deps.route = load_routing(config, cluster, app)  # GET /api/v1/route/...; edges' redirects
     if cluster is not None:  # cluster
         cluster.wire(app)
         await cluster.start()

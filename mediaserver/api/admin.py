@@ -26,8 +26,10 @@
 | POST   streams/{app}/{name}/relays                 | push it to {"url": "rtmp[s]://HOST/APP/KEY"}   |
 | DELETE streams/{app}/{name}/relays/{id}            | stop and remove one push                       |
 | GET    pulls                                       | pull relays: source, state, last error, bytes  |
+| GET    route/{app}/{name}                          | play URLs on the least loaded edge (public)    |
 
-Every route but openapi.json needs `Authorization: Bearer <token>`, the token being the value of the
+Every route but openapi.json and route/... (public: players call it; see api/route.py) needs
+`Authorization: Bearer <token>`, the token being the value of the
 environment variable the config names (`api.token_env`, default MEDIASERVER_ADMIN_TOKEN). Without a token
 configured the API is disabled: 503 with a hint. A missing or wrong token is 401 with `WWW-Authenticate`,
 answered after a short random delay; tokens are compared in constant time.
@@ -56,7 +58,8 @@ from .. import __version__
 from ..auth import cors
 from ..auth.names import NAME_RULE, split_rendition, valid_name, valid_play_name
 from ..auth.policy import AccessPolicy
-from ..auth.tokens import Action, bearer_matches, bearer_token
+from ..auth.tokens import Action, AuthError, bearer_matches, bearer_token, normalize_address
+from ..cluster.locator import NodeInfo
 from ..errors import UsageError
 from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
@@ -66,6 +69,7 @@ from ..record.manager import RecordingManager
 from ..relay.manager import RelayManager, RelayRefused
 from ..transcode.pool import TranscodePool
 from . import recordings as recordings_api
+from . import route as route_api
 from ..transcode.service import AbrRefusal
 from .openapi import openapi_document
 
@@ -110,6 +114,10 @@ class AdminDeps:
     """Pushes to other servers (streams/APP/NAME/relays)."""
     pulls: Callable[[], list[dict[str, Any]]] | None = None
     """The configured pull relays' state (GET pulls); None: no [[relay.pull]]."""
+    route: Callable[[], Awaitable[tuple[NodeInfo | None, str]]] | None = None
+    """The node a new viewer should watch on, or None and why not (GET route/...); None: this node."""
+    play_cors_origin: str = ""
+    """http.cors_origin: the route answers players' pages like the play routes do."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -184,7 +192,7 @@ async def api_middleware(request: web.Request, handler):
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=cors.preflight_headers(
                 origin, deps.cors_origins, "GET, POST, PUT, DELETE, OPTIONS", "Authorization, Content-Type"))
-        if request.match_info.route.name != "openapi":
+        if request.match_info.route.name not in PUBLIC:
             await _check_token(request, deps)
         resp = await handler(request)
     except ApiError as err:
@@ -528,6 +536,35 @@ async def list_nodes(request: web.Request) -> web.Response:
     }]})
 
 
+async def get_route(request: web.Request) -> web.Response:
+    """Play URLs on the least loaded edge, after the play token (when the app needs one)."""
+    deps = request.app[DEPS]
+    key = _key(request, rendition=True)
+    token = request.query.get("token", "")
+    address = normalize_address(request.remote or "")
+    try:
+        deps.policy.authorize_play(key.app, split_rendition(key.name)[0], token, address, deps.wall_clock())
+    except AuthError as err:
+        await asyncio.sleep(deps.rng.uniform(deps.failure_delay_s / 2, deps.failure_delay_s))
+        if err.reason == "missing":
+            raise ApiError(401, f"playing {key} needs a play token", "add ?token=... to the URL; "
+                           "`mediaserver token --action play` mints one",
+                           {"WWW-Authenticate": 'Bearer realm="mediaserver play"'}) from None
+        raise ApiError(403, f"playing {key} is refused: {err}", "ask for a new play URL; tokens are for one "
+                       "stream and expire") from None
+    if deps.route is not None:
+        node, reason = await deps.route()
+    else:
+        node, reason = NodeInfo(id=deps.node_name, role="standalone", http="", rtmp="", version=__version__), ""
+    if node is None:
+        error_text, hint = route_api.REASONS.get(reason, (reason or "no node can take a viewer", "try again"))
+        raise ApiError(503, error_text, hint, {"Retry-After": "5"})
+    body = route_api.play_urls(node, key.app, key.name, token, f"{request.scheme}://{request.host}")
+    origin = deps.play_cors_origin
+    headers = cors.cors_headers(request.headers.get("Origin"), (origin,) if origin else ())
+    return web.json_response(body, headers=headers)
+
+
 async def list_pulls(request: web.Request) -> web.Response:
     """The [[relay.pull]] streams: source (without its key), mode, state, last error, bytes, reconnects."""
     pulls = request.app[DEPS].pulls
@@ -680,8 +717,11 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/streams/{app}/{name}/relays", add_relay, "add_relay"),
     ("DELETE", "/streams/{app}/{name}/relays/{id}", delete_relay, "delete_relay"),
     ("GET", "/pulls", list_pulls, "list_pulls"),
+    ("GET", "/route/{app}/{name}", get_route, "get_route"),
 ]
 """(method, path under /api/v1, handler, operationId): the OpenAPI document must describe exactly these."""
+PUBLIC = frozenset({"openapi", "get_route"})
+"""Routes answered without the admin token (and while the admin API is disabled)."""
 
 
 def make_admin_app(deps: AdminDeps) -> web.Application:

@@ -210,11 +210,42 @@ def openapi_document() -> dict[str, Any]:
                                           "bytes": {"type": "integer"}, "connects": {"type": "integer"},
                                           "reconnects": {"type": "integer"}}}}}},
                                         "The pulls."))},
+            "/route/{app}/{name}": {"get": {
+                **_op("get_route", "Where a player should watch the stream: its play URLs on the least loaded edge "
+                      "(role edge or both, heartbeat current, under cluster.max_viewers and max_egress_mbps; ties "
+                      "by node id). A standalone node answers its own URLs on the host the request came to. "
+                      "Public: no admin token, but the play token when the app needs one (?token=, carried "
+                      "into every URL). The node chosen admits the viewer (viewers limit, on_play) when it "
+                      "plays. NAME may be a rendition, NAME@LABEL.",
+                      _json(_ref("Route"), "The node chosen and its play URLs, one per format it serves."),
+                      params=[*_STREAM_PARAMS, {"name": "token", "in": "query", "required": False,
+                                                "schema": {"type": "string"},
+                                                "description": "The play token, when the app needs one."}],
+                      extra={"401": _json(_ref("Error"), "The app needs a play token and none was sent."),
+                             "403": _json(_ref("Error"), "The play token is refused (expired, for another "
+                                          "stream or address)."),
+                             "503": _json(_ref("Error"), "No edge can take a viewer now (none serves viewers, "
+                                          "or every one is at its ceiling); Retry-After says when to ask again.")}),
+                "security": []}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "The value of MEDIASERVER_ADMIN_TOKEN (or api.token_env)."}},
             "schemas": {
+                "Route": {"type": "object", "required": ["node", "base", "urls"], "properties": {
+                    "app": {"type": "string"}, "stream": {"type": "string"},
+                    "node": {"type": "string", "description": "The node's id (cluster.node_id)."},
+                    "standalone": {"type": "boolean", "description": "true: this node is not in a cluster."},
+                    "base": {"type": "string", "description": "The node's HTTP base URL for players "
+                             "(cluster.public_url, else advertise_url)."},
+                    "player": {"type": "string", "description": "The node's player page for the stream."},
+                    "urls": {"type": "object", "description": "Play URLs by format, for the formats the node "
+                             "serves: flv, ws-flv, hls, llhls, dash, rtmp.",
+                             "additionalProperties": {"type": "string"}},
+                    "load": {"type": "object", "description": "The node's load as its last heartbeat told it.",
+                             "properties": {"viewers": {"type": "integer"}, "egress_bps": {"type": "integer"},
+                                            "max_viewers": {"type": "integer"},
+                                            "max_egress_bps": {"type": "integer"}}}}},
                 "Error": {"type": "object", "required": ["error", "hint"],
                           "properties": {"error": {"type": "string"}, "hint": {"type": "string"}}},
                 "Stream": {"type": "object", "properties": {

@@ -117,6 +117,14 @@ class NodeInfo:
     pulling: list[str] = field(default_factory=list)
     """Streams this node pulls from another (each pull is one of the viewers its source counts)."""
     seen_at: float = 0.0
+    max_viewers: int = 0
+    """The node's viewer ceiling ([cluster] max_viewers; 0: none): at it, new viewers go to other edges."""
+    max_egress_bps: int = 0
+    """The node's egress ceiling in bit/s ([cluster] max_egress_mbps; 0: none)."""
+    play_url: str = ""
+    """The HTTP base URL players reach the node on ([cluster] public_url); "" is `http`."""
+    outputs: list[str] = field(default_factory=list)
+    """Play formats the node serves: flv, ws-flv, hls, llhls, dash, rtmp (empty: unknown, an older node)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -132,6 +140,8 @@ class NodeInfo:
                 stream_viewers={str(k): int(v) for k, v in dict(raw.get("stream_viewers", {})).items()},
                 pulling=[str(p) for p in list(raw.get("pulling", []))],
                 seen_at=float(raw.get("seen_at", 0.0)),
+                max_viewers=int(raw.get("max_viewers", 0)), max_egress_bps=int(raw.get("max_egress_bps", 0)),
+                play_url=str(raw.get("play_url", "")), outputs=[str(o) for o in list(raw.get("outputs", []))],
             )
         except (ValueError, KeyError, TypeError) as err:
             raise LocatorError(f"node record is not understood ({err}): {str(text)[:200]!r}") from None

@@ -3,7 +3,8 @@
 Keys with a TTL are the truth, pub/sub is the news:
 - `ms:node:{id}` holds the node's heartbeat record (role, URLs, version, load). It lives `node_ttl`
   (1.5 s by default) and is kept alive every node_ttl/3 with a PEXPIRE; the record itself is rewritten
-  every ttl/3. A node whose heartbeat lapsed is dead for the cluster.
+  every ttl/3 (`record_every`: every second on edges, whose loads viewers are balanced on). A node whose
+  heartbeat lapsed is dead for the cluster.
 - `ms:stream:{app}/{name}` holds the owner's JSON, set with `SET NX EX ttl` (one publisher per stream in
   the cluster), extended every ttl/3 while the stream is live, and removed with a compare-and-delete (a
   Lua script, so a node never deletes the claim a successor made after its own lapsed). A claim counts
@@ -91,11 +92,15 @@ class RedisLocator:
         wall_clock: Callable[[], float] = time.time,
         op_timeout: float = 2.0,
         node_ttl: float = 1.5,
+        record_every: float | None = None,
     ) -> None:
         self.url = url
         self.ttl = max(1, int(round(ttl)))
         self.node_ttl_ms = max(300, int(node_ttl * 1000))
         """Milliseconds a heartbeat lives; kept alive every third of it."""
+        self.record_every = record_every if record_every is not None else self.ttl / 3
+        """Seconds between rewrites of the heartbeat record (its load figures); in between it is only kept
+        alive. Edges that balance viewers rewrite it every second, so others decide on fresh figures."""
         self._node = node
         self.node_id = node().id
         self._wall = wall_clock
@@ -319,21 +324,24 @@ class RedisLocator:
     # ----- background ----------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        """Every node_ttl/3 keep the heartbeat alive; every ttl/3 also refresh the claims and rewrite the
-        heartbeat record. While Redis is away, retry with backoff."""
+        """Every node_ttl/3 keep the heartbeat alive (or rewrite its record, every `record_every`); every
+        ttl/3 also refresh the claims. While Redis is away, retry with backoff."""
         loop = asyncio.get_running_loop()
         beat = self.node_ttl_ms / 3000
         attempt = 0
-        record_due = loop.time() + self.ttl / 3  # start() wrote the record and refreshed
+        record_due = loop.time() + self.record_every  # start() wrote the record and refreshed
+        claims_due = loop.time() + self.ttl / 3
         while not self._closed:
             if self.up:
                 await asyncio.sleep(beat)
                 if loop.time() >= record_due:
-                    record_due = loop.time() + self.ttl / 3
+                    record_due = loop.time() + self.record_every
                     await self._heartbeat()
-                    await self.refresh()
                 else:
                     await self._keep_alive()
+                if loop.time() >= claims_due:
+                    claims_due = loop.time() + self.ttl / 3
+                    await self.refresh()
                 attempt = 0
             else:
                 await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])

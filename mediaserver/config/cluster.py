@@ -34,6 +34,12 @@ class ClusterConfig:
     """Streams this node pulls from others at once; 0 is no limit."""
     max_pulls_per_client: int = 10
     """Running pulls one viewer address may have started; 0 is no limit."""
+    max_viewers: int = 0
+    """An edge with this many viewers sends new ones to a less loaded edge (302; the route skips it); 0: none."""
+    max_egress_mbps: float = 0.0
+    """The same for the bit rate the edge sends (Mbit/s); 0: none."""
+    public_url: str = ""
+    """The HTTP base URL players reach this node on (route answers, redirects); empty is advertise_url."""
 
 
 # Accepted values, checked after types: KEY -> (min, max), or KEY -> choices.
@@ -44,8 +50,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "cluster.node_ttl": (0.3, 600),
     "cluster.max_pulls": (0, 1_000_000),
     "cluster.max_pulls_per_client": (0, 1_000_000),
+    "cluster.max_viewers": (0, 10_000_000),
+    "cluster.max_egress_mbps": (0, 1_000_000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.role": ("standalone", "origin", "edge", "both", "transcoder"),
 }
-URL_KEYS = ("cluster.advertise_url", "cluster.upstream")
+URL_KEYS = ("cluster.advertise_url", "cluster.upstream", "cluster.public_url")

@@ -48,6 +48,7 @@ from .hls import PLAY_QUERY, serve_master, serve_playlist, serve_segment
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .metrics import Metrics, ReadyCheck, response_format, serve_metrics, serve_readyz
 from .names import stream_key
+from .overload import redirect_if_full
 from .vod import add_vod_routes, serve_dvr
 from .packagers import PackagerPool
 from .pages import add_routes as add_page_routes
@@ -214,6 +215,7 @@ async def admission_middleware(request: web.Request, handler):
         if request.path == "/metrics" and metrics.required_token is not None:
             _require_metrics_token(request, metrics.required_token)
         if target is not None:
+            await redirect_if_full(request, target[0], target[1])  # an edge at its ceiling moves new viewers
             verdict = await _admit_viewer(request, gate, target[0], target[1], address)
             if verdict.expires_in is not None:
                 expiry = asyncio.get_running_loop().call_later(verdict.expires_in, _expire_viewer, request)

@@ -189,6 +189,10 @@ async def serve_stream_status(request: web.Request) -> web.Response:
         raise json_error(400, "invalid stream name", NAME_RULE)
     await _check_play_token(request, key.app, key.name)
     stream = request.app[REGISTRY].get(key)
+    locate = request.app[GATE].play_locate  # an edge: a stream another node publishes is pulled, as to play it
+    if (stream is None or stream.ended) and locate is not None and split_rendition(key.name)[1] is None:
+        located = await locate(key, normalize_address(request.remote or ""))
+        stream = located if isinstance(located, Stream) else stream
     state = _public_state(stream)
     live = stream if state != "offline" else None
     info = live.info if live is not None else None

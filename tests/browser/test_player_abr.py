@@ -22,6 +22,8 @@ from aiohttp import web
 from support.abr import LadderPublisher, LadderService, Rung, encode_ladder
 from support.server import free_port
 
+from mediaserver.api.admin import AdminDeps, make_admin_app
+from mediaserver.auth.policy import AccessPolicy
 from mediaserver.config import load_config
 from mediaserver.edge.app import make_app
 from mediaserver.edge.keys import ABR
@@ -60,7 +62,8 @@ class AbrEdge:
     async def _serve(self) -> None:
         config = load_config(None, ["hls.segment_duration=1", "hls.playlist_length=6"])
         registry = StreamRegistry()
-        app = make_app(config, registry, PackagerPool(registry, config.hls))
+        admin = make_admin_app(AdminDeps(registry, AccessPolicy(), None))  # as a server: the route answers this node
+        app = make_app(config, registry, PackagerPool(registry, config.hls), admin=admin)
         self.publisher = LadderPublisher(registry, self.ladder, lag_ms=250)
         app[ABR] = LadderService(self.publisher)
         runner = web.AppRunner(app)

@@ -1,4 +1,6 @@
 // The stream picker at /: live streams of the apps anyone may watch, refreshed every few seconds.
+// Opening a stream asks /api/v1/route/APP/NAME first and goes to the player page on the edge it names
+// (this host's player when standalone, or when the route fails).
 
 import {NAME, el, explain, getJSON, sleep} from './common.js';
 import {codecName} from './engines.js';
@@ -11,6 +13,31 @@ document.getElementById('rtmp-server').textContent = `rtmp://${host}/live`;
 document.getElementById('rtmp-example').textContent = `rtmp://${host}/live/NAME`;
 
 const THUMB_REFRESH_MS = 10000;
+const ROUTE_TIMEOUT_MS = 3000;
+
+/** The player page of app/name on the least loaded edge; this host's when the route cannot say. */
+async function playerUrl(app, name) {
+  const here = `/play/${encodeURIComponent(app)}/${encodeURIComponent(name)}`;
+  const path = `/api/v1/route/${encodeURIComponent(app)}/${encodeURIComponent(name)}`;
+  const options = typeof AbortSignal.timeout === 'function' ? {signal: AbortSignal.timeout(ROUTE_TIMEOUT_MS)} : {};
+  const result = await getJSON(path, options);
+  if (!result.ok || !result.body || result.body.standalone || typeof result.body.player !== 'string') return here;
+  try {
+    const target = new URL(result.body.player, location.href);
+    if (!/^https?:$/.test(target.protocol) || target.origin === location.origin) return here;
+    target.searchParams.set('routed', '1');  // the edge's page plays there without asking again
+    return target.href;
+  } catch {
+    return here;
+  }
+}
+
+/** A plain click on a stream goes through the route (a new tab opens this host's player, which routes itself). */
+function openRouted(event, app, name) {
+  if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  playerUrl(app, name).then((url) => location.assign(url));
+}
 
 /** The stream's newest keyframe; the URL changes every few seconds so the browser fetches a fresh one. */
 function thumbnail(s) {
@@ -25,7 +52,7 @@ function render(streams) {
     const codecs = [s.video, s.audio].filter(Boolean).map(codecName).join(' + ') || 'no media yet';
     const href = `/play/${encodeURIComponent(s.app)}/${encodeURIComponent(s.name)}`;
     return el('li', {},
-      el('a', {href},
+      el('a', {href, onclick: (event) => openRouted(event, s.app, s.name)},
         thumbnail(s),
         el('strong', {text: `${s.app}/${s.name}`}),
         el('span', {},
@@ -55,7 +82,7 @@ document.getElementById('open').addEventListener('submit', (event) => {
     error.textContent = 'Write the stream as APP/NAME, e.g. live/studio (letters, digits, _ - . ~).';
     return;
   }
-  location.assign(`/play/${encodeURIComponent(app)}/${encodeURIComponent(name)}`);
+  playerUrl(app, name).then((url) => location.assign(url));
 });
 
 (async () => {

@@ -11,6 +11,10 @@
 // player picks the rendition (LL-HLS over cmaf.m3u8, DASH, or HLS over master.m3u8) unless the URL names
 // a format, and shows a quality selector ("Auto" and each rendition) and the rendition on screen.
 //
+// Cluster: the page first asks /api/v1/route/APP/NAME for the least loaded edge and, when that is another
+// host, moves to the same page there (the same query plus routed=1, so that page stays); standalone, or when
+// the route fails or is slow, it plays from this host. See routeToEdge().
+//
 // Recordings (/play/vod/ID) and the DVR window of a stream being recorded (?dvr=1) are played by
 // player_vod.js on this same page.
 //
@@ -95,8 +99,11 @@ function chooseFormat() {
 }
 
 /** The URL a format plays: with ABR, plain HLS plays the multivariant master.m3u8 over the ladder. */
+// The page chose its host through the route already, so an edge at its ceiling serves these requests
+// (balanced=1) rather than redirect them to another host, which this page's Content-Security-Policy forbids.
 function urlOf(f) {
-  return info.abr && f.id === 'hls' && f.url.endsWith('/index.m3u8') ? `${f.url.slice(0, -10)}master.m3u8` : f.url;
+  const url = info.abr && f.id === 'hls' && f.url.endsWith('/index.m3u8') ? `${f.url.slice(0, -10)}master.m3u8` : f.url;
+  return `${url}${url.includes('?') ? '&' : '?'}balanced=1`;
 }
 
 function renderFormats() {
@@ -382,6 +389,29 @@ async function pollLoop() {
 
 // ----- start ---------------------------------------------------------------------------------------
 
+const ROUTE_TIMEOUT_MS = 3000;
+
+/** Move to this page on the edge the server routes viewers to; false when this host is the one to play from. */
+async function routeToEdge() {
+  if (query.get('routed') === '1') return false;  // routed here already: never bounce between edges
+  const path = `/api/v1/route/${encodeURIComponent(app)}/${encodeURIComponent(name)}`;
+  const options = typeof AbortSignal.timeout === 'function' ? {signal: AbortSignal.timeout(ROUTE_TIMEOUT_MS)} : {};
+  const result = await getJSON(withToken(path, token), options);
+  if (!result.ok || !result.body || result.body.standalone || typeof result.body.player !== 'string') return false;
+  let target;
+  try {
+    target = new URL(result.body.player, location.href);
+  } catch {
+    return false;
+  }
+  if (!/^https?:$/.test(target.protocol) || target.origin === location.origin) return false;
+  for (const [key, value] of query) target.searchParams.set(key, value);
+  target.searchParams.set('routed', '1');
+  setState('loading', `Moving to the edge that serves ${stream}…`);
+  location.replace(target.href);
+  return true;
+}
+
 async function boot() {
   if (recorded) {
     playRecorded(ui, {app, name, query});
@@ -395,6 +425,7 @@ async function boot() {
       'Player URLs look like /play/APP/NAME (or NAME@LABEL for one rendition), e.g. /play/live/studio; names are letters, digits, _ - . ~');
     return;
   }
+  if (await routeToEdge()) return;
   serverClockOffsetMs().then((ms) => { clockOffsetMs = ms; });
   const first = await fetchStatus();
   if (!first.ok) {

@@ -4,7 +4,9 @@ recordings one PostgreSQL catalog and one bucket in MinIO that every node is con
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,7 +49,7 @@ def _settings(args: list[str]) -> dict[str, object]:
 
 
 # Placeholders the orchestrator fills in (Kubernetes $(VAR), compose ${VAR:?...}) stand in for values here.
-_PLACEHOLDERS = {"$(POD_NAME)": "pod-0", "$(POD_IP)": "10.0.0.9", "$(POSTGRES_PASSWORD)": "secret",
+_PLACEHOLDERS = {"${PUBLIC_HOST:-localhost}": "localhost", "$(POD_NAME)": "pod-0", "$(POD_IP)": "10.0.0.9", "$(POSTGRES_PASSWORD)": "secret",
                  "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}": "secret"}
 
 
@@ -146,7 +148,8 @@ def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and
 def test_docker_compose_runs_one_origin_two_edges_a_transcoder_and_redis():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", "minio", "minio-bucket", "origin", "edge1", "edge2", "transcoder", "proxy"}
+    assert set(services) == {"redis", "postgres", "minio", "minio-bucket", "origin", "edge1", "edge2", "transcoder", "proxy",
+                             "prometheus", "grafana"}
     assert services["redis"]["image"].startswith("redis:6.2")
     postgres = services["postgres"]
     assert postgres["image"].startswith("postgres:") and "pg_isready" in postgres["healthcheck"]["test"]
@@ -242,3 +245,93 @@ def test_the_demo_script_listens_on_the_ports_its_environment_names(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait(timeout=5)
+
+
+# ----- monitoring: Prometheus scraping every node, the Grafana dashboard over their /metrics -------------
+
+NODE_SERVICES = ("origin", "edge1", "edge2", "transcoder")
+
+
+def _dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana" / "dashboards" / "mediaserver.json").read_text())
+
+
+def _exprs(dashboard: dict) -> list[str]:
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads: identifiers left once label matchers, ranges, grouping
+    clauses and function calls are taken out."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", expr)
+    return set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr))
+
+
+def _exposed_names() -> set[str]:
+    """Every sample name a node's /metrics has: the edge's Metrics with the parts a running server sets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mediaserver.edge.connections import ConnectionGate, ConnectionLimits
+    from mediaserver.edge.metrics import Metrics
+    from mediaserver.hub.registry import StreamRegistry
+
+    metrics = Metrics(StreamRegistry(call_later=lambda delay, fn: None), packager_count=lambda: 0)
+    metrics.connections = ConnectionGate(ConnectionLimits(100, 10, 5.0))
+    metrics.loop_lag.observe(0.002)
+    return {s.name for family in text_string_to_metric_families(metrics.render().decode()) for s in family.samples}
+
+
+def test_metric_names_are_read_from_promql_and_nothing_else():
+    assert metric_names('histogram_quantile(0.99, sum by (node, le) (rate(a_bucket{node=~"$node"}[1m])))') == {"a_bucket"}
+    assert metric_names('sum by (node) (rate(x_total{state="live"}[5m])) * 8 + max(y)') == {"x_total", "y"}
+
+
+def test_the_dashboard_queries_only_metrics_a_node_exposes_per_node_and_covers_the_load():
+    dashboard = _dashboard()
+    exprs = _exprs(dashboard)
+    exposed = _exposed_names()
+    queried = set().union(*map(metric_names, exprs))
+    assert queried and queried <= exposed, f"not on /metrics: {sorted(queried - exposed)}"
+    for needed in ("mediaserver_streams", "mediaserver_viewers", "mediaserver_egress_bytes_total",
+                   "mediaserver_ingress_bytes_total", "mediaserver_frames_dropped_total",
+                   "mediaserver_event_loop_lag_seconds_bucket"):
+        assert needed in queried, needed
+    for expr in exprs:  # every query can be narrowed to the nodes picked, and split per node or summed
+        assert 'node=~"$node"' in expr, expr
+    assert any("by (node, format)" in e and "mediaserver_viewers" in e for e in exprs)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "node" in variables["node"]["query"]["query"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) and dashboard["uid"]
+
+
+def test_compose_provisions_prometheus_scraping_every_node_and_grafana_with_the_dashboard():
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    scraped = {}
+    for job in prom["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                scraped[target] = static["labels"]["node"]
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert scraped == {f"{name}:8080": name for name in NODE_SERVICES}
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+    assert set(NODE_SERVICES) <= set(services["prometheus"]["depends_on"])
+    grafana = services["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"])
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts["./grafana/dashboards"] == "/var/lib/grafana/dashboards"
+    assert "GRAFANA_ADMIN_PASSWORD" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    provider = yaml.safe_load((provisioning / "dashboards" / "mediaserver.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    panel_sources = {p["datasource"]["uid"] for p in _dashboard()["panels"]}
+    assert panel_sources == {source["uid"]}
+    # Players are routed to the edges by the names they reach them on.
+    for name, port in (("edge1", "8081"), ("edge2", "8082")):
+        public = _settings(services[name]["command"])["cluster.public_url"]
+        assert str(public).endswith(f":{port}") and f"{port}:8080" in services[name]["ports"]
