@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from support.redis_server import RedisServer, redis_binary
+from support.server import free_port, start_server
 
 SECRET = "cluster-secret-for-relay-tests-0123"
 ADMIN = "admin-token-for-relay-cluster-0123"
@@ -59,18 +60,34 @@ async def _until(predicate, timeout_s: float, what: str) -> None:
 
 
 async def test_an_always_pull_runs_on_one_origin_its_push_too_and_the_other_takes_over(
-        redis, server_factory, publish, media, stream_name):
-    source = server_factory(QUICK)
-    publish(source, stream_name, media.low, loop=True)
+        redis, publish, media, stream_name, tmp_path):
+    source_port, source_http = free_port(), free_port()  # known before it runs: the three servers start at once
     relay = {
-        "relay.pull": f'[{{app = "live", stream = "cam", url = "rtmp://127.0.0.1:{source.rtmp_port}/live/{stream_name}", '
+        "relay.pull": f'[{{app = "live", stream = "cam", url = "rtmp://127.0.0.1:{source_port}/live/{stream_name}", '
                       'mode = "always"}]',
-        "relay.push": f'[{{app = "live", stream = "cam", url = "rtmp://127.0.0.1:{source.rtmp_port}/live/cam-copy"}}]',
+        "relay.push": f'[{{app = "live", stream = "cam", url = "rtmp://127.0.0.1:{source_port}/live/cam-copy"}}]',
         "relay.pull_retry_max": "1", "relay.push_retry_min": "0.5", "relay.push_retry_max": "1",
     }
-    origins = [server_factory(QUICK, **relay, **{"cluster.role": "origin", "cluster.redis_url": redis.url,
-                                                  "cluster.node_id": f"origin-{i}", "cluster.claim_ttl": "3",
-                                                  "cluster.node_ttl": "1"}) for i in (1, 2)]
+    # the three servers start at once (each takes seconds on a busy machine); the pulls retry until the source runs
+    starts = [asyncio.to_thread(start_server, tmp_path / "source", QUICK, ports=(source_port, source_http))]
+    starts += [asyncio.to_thread(start_server, tmp_path / f"origin-{i}", {**QUICK, **relay, **{
+        "cluster.role": "origin", "cluster.redis_url": redis.url, "cluster.node_id": f"origin-{i}",
+        "cluster.claim_ttl": "3", "cluster.node_ttl": "1"}}) for i in (1, 2)]
+    servers = await asyncio.gather(*starts, return_exceptions=True)
+    running = [s for s in servers if not isinstance(s, BaseException)]
+    try:
+        await _takeover(servers, publish, media, stream_name)
+    finally:
+        codes = await asyncio.gather(*(asyncio.to_thread(s.terminate) for s in running if not s.stopped))
+    assert codes == [0] * len(codes), [s.log_tail() for s in running]  # the survivors shut down cleanly
+
+
+async def _takeover(servers, publish, media, stream_name: str) -> None:
+    for server in servers:
+        if isinstance(server, BaseException):
+            raise server
+    source, *origins = servers
+    publish(source, stream_name, media.low, loop=True)
 
     await _until(lambda: sorted(_pull_state(o) for o in origins) == ["live", "standby"], 20,
                  f"not one live pull and one standby: {[_api(o, '/pulls')[1] for o in origins]}")
