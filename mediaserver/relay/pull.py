@@ -200,7 +200,7 @@ class RelayPull:
         claim = self.pool.cluster_claim
         if claim is None or self.mode != "always":
             return
-        while (refused := await claim(self.key)) is not None:
+        while (refused := await self._claim_cluster(claim)) is not None:
             if self.state != STANDBY:
                 event(log, "relay_pull_standby", stream=str(self.key), source=self.source.shown, reason=refused)
             self.last_error = refused
@@ -209,6 +209,13 @@ class RelayPull:
         if self.state == STANDBY:
             self.last_error = ""
             self._set(CONNECTING)
+
+    async def _claim_cluster(self, claim: Callable[[StreamKey], Awaitable[str | None]]) -> str | None:
+        try:
+            return await claim(self.key)
+        except Exception as err:  # a cluster fault: wait and claim again, never a stopped pull
+            log.exception("cluster claim of %s failed", self.key)
+            return f"the cluster claim failed: {type(err).__name__}"
 
     async def _attempt(self) -> str:
         """One connection to the source; returns why it ended."""

@@ -91,3 +91,37 @@ async def test_an_http_flv_source_goes_live_and_stops_at_close():
     finally:
         await relays.close()
         await runner.cleanup()
+
+
+async def test_an_always_pull_waits_in_standby_while_another_node_holds_its_claim(monkeypatch):
+    monkeypatch.setattr("mediaserver.relay.pull.STANDBY_POLL_S", 0.05)
+    relays = _relays(f"rtmp://127.0.0.1:{_closed_port()}/live/${{KEY}}", mode="always")
+    pull = relays.pulls[KEY]
+    told: list[dict] = []
+    relays.listeners.append(told.append)
+    answers = ["live/cam is already being published on node origin-2", None]
+    asked: list[StreamKey] = []
+
+    async def claim(key: StreamKey) -> str | None:
+        asked.append(key)
+        await asyncio.sleep(0)
+        return answers[0] if len(asked) < 4 else None  # held elsewhere three times, then ours
+
+    relays.cluster_claim = claim
+    try:
+        relays.start()
+        for _ in range(50):
+            if len(asked) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert pull.state == "standby" and "origin-2" in pull.last_error, pull.describe()
+        for _ in range(50):
+            if pull.state == "retrying":
+                break
+            await asyncio.sleep(0.05)
+        assert pull.state == "retrying" and "ConnectionRefused" in pull.last_error, pull.describe()
+        states = [t["state"] for t in told]
+        assert states[:3] == ["connecting", "standby", "connecting"] and states.count("standby") == 1, told
+        assert told[1]["error"] == answers[0]
+    finally:
+        await relays.close()
