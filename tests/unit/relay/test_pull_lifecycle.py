@@ -125,3 +125,21 @@ async def test_an_always_pull_waits_in_standby_while_another_node_holds_its_clai
         assert told[1]["error"] == answers[0]
     finally:
         await relays.close()
+
+
+async def test_a_viewer_of_a_stream_in_standby_is_sent_to_the_cluster_to_find_it():
+    relays = _relays(f"rtmp://127.0.0.1:{_closed_port()}/live/cam")
+    asked: list[StreamKey] = []
+
+    async def cluster_locate(key: StreamKey, address: str):
+        asked.append(key)
+        return "found on origin-2"
+
+    _, locate = relays.gate_hooks(None, cluster_locate)
+    relays.pulls[KEY]._set("standby")
+    assert await locate(KEY, "10.0.0.9") == "found on origin-2" and asked == [KEY]
+    relays.pulls[KEY]._set("idle")
+    try:
+        assert await locate(KEY, "10.0.0.9") is None and asked == [KEY]  # not standby: the pull itself starts
+    finally:
+        await relays.close()
