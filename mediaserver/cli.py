@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -53,6 +54,7 @@ from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
 from .record.objectstore import StorageNotInstalled
 from .record.uploader import UploadCollector
+from .relay.loop import ThisHost, this_host
 from .relay.manager import RelayManager, configured_pushes
 from .relay.metrics import RelayCollector
 from .relay.pusher import PushSettings
@@ -402,23 +404,30 @@ def rendition_locate(abr: TranscodePool | ClusterAbr, registry: StreamRegistry, 
     return locate
 
 
+def this_host_of(config: Config) -> ThisHost:
+    """This server's names, addresses and ports, for refusing relays that loop back into their own stream."""
+    advertised = urlsplit(config.cluster.advertise_url).hostname if config.cluster.advertise_url else None
+    ports = {"rtmp": config.rtmp.port, "https" if config.http.cert_file else "http": config.http.port}
+    if config.rtmps.enabled:
+        ports["rtmps"] = config.rtmps.port
+    return ThisHost.of(this_host([config.rtmp.bind, config.http.bind, advertised or ""]), ports)
+
+
 def build_relays(config: Config, registry: StreamRegistry, environ: Mapping[str, str],
-                 cluster: ClusterWiring | None = None) -> RelayManager:
+                 cluster: ClusterWiring | None = None, here: ThisHost | None = None) -> RelayManager:
     """Pushes to other servers: [[relay.push]] URLs filled from the environment now (a missing variable
     stops the start); a push back into this server's own stream is refused as a loop."""
     cfg = config.relay
+    here = here or this_host_of(config)
     try:
-        pushes = configured_pushes(cfg.push, environ)
+        pushes = configured_pushes(cfg.push, environ, here)
     except TargetError as err:
         raise ConfigError(str(err)) from err
-    ports = {"rtmp": config.rtmp.port}
-    if config.rtmps.enabled:
-        ports["rtmps"] = config.rtmps.port
     return RelayManager(
         registry, pushes,
         PushSettings(connect_timeout=cfg.push_connect_timeout, write_timeout=cfg.push_write_timeout,
                      retry_min=cfg.push_retry_min, retry_max=cfg.push_retry_max, chunk_size=config.rtmp.chunk_size),
-        own_hosts=(socket.gethostname(), config.rtmp.bind), own_ports=ports,
+        here=here,
         pulled=cluster.pulls.is_relay if cluster else None,  # cluster: pushed by the node it is published to
     )
 
@@ -447,11 +456,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if hooks is not None:
         hooks.watch(registry)
     cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    here = this_host_of(config)  # relay loops
     try:
-        pulls = build_pulls(registry, config.relay, os.environ)  # relay pull: ${VAR} of the URLs filled here
+        pulls = build_pulls(registry, config.relay, os.environ, here)  # relay pull: ${VAR} of the URLs filled here
     except UsageError as err:
         raise ConfigError(str(err)) from err
-    relays = build_relays(config, registry, os.environ, cluster)
+    relays = build_relays(config, registry, os.environ, cluster, here)
     pool = TranscodePool(registry, config.abr, config.watermark, node=cluster.node_id if cluster else socket.gethostname(),
                          command=worker_command(config.log.level, config.log.format))
     abr: TranscodePool | ClusterAbr = pool
@@ -464,6 +474,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     play_locate = cluster.locate if cluster and config.cluster.role in ("edge", "both") else None
     if pulls is not None:  # relay pull
         publish_claim, play_locate = pulls.gate_hooks(publish_claim, play_locate)
+        if cluster is not None and config.cluster.role in ("origin", "both"):  # cluster: one node pulls
+            pulls.cluster_claim = cluster.claim
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=publish_claim, play_locate=play_locate,
@@ -490,6 +502,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         recordings.upkeep.add_disk_listener(hooks.record_disk)
     if hooks is not None and hooks.wants("relay_state"):
         relays.listeners.append(hooks.relay_state)
+        if pulls is not None:  # relay pull
+            pulls.listeners.append(hooks.relay_state)
     health = HealthWatch(registry, config.health) if config.health.enabled else None
     if health is not None:
         health.attach()

@@ -202,7 +202,10 @@ def openapi_document() -> dict[str, Any]:
                                       "type": "object", "properties": {
                                           "app": {"type": "string"}, "stream": {"type": "string"},
                                           "source": {"type": "string"}, "mode": {"enum": ["on_demand", "always"]},
-                                          "state": {"enum": ["connecting", "live", "retrying", "idle", "stopped"]},
+                                          "state": {"enum": ["connecting", "live", "retrying", "idle", "stopped",
+                                                             "standby"],
+                                                    "description": "standby: a cluster origin whose pull waits while "
+                                                    "another node holds the stream (last_error names it)."},
                                           "since": {"type": "number", "description": "Unix time of the last change "
                                                     "of state."},
                                           "last_error": {"type": "string", "description": "Why the last "

@@ -21,8 +21,10 @@ from ..config import PushTarget
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
+from .chunks import SharedChunks
 from .pusher import Pusher, PushSettings
-from .target import PushUrl, TargetError, expand_env, is_loop, parse_push_url, redact
+from .loop import ThisHost, push_loop
+from .target import PushUrl, TargetError, expand_env, parse_push_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +56,42 @@ class ConfiguredPush:
         return rule.stream in ("*", base)
 
 
-def configured_pushes(rules: Iterable[PushTarget], environ: Mapping[str, str]) -> list[ConfiguredPush]:
-    """Fill and check each [[relay.push]] URL; raises TargetError naming the table."""
+def configured_pushes(rules: Iterable[PushTarget], environ: Mapping[str, str],
+                      here: ThisHost | None = None) -> list[ConfiguredPush]:
+    """Fill and check each [[relay.push]] URL; raises TargetError naming the table, also for a push of a
+    named stream back into itself (a wildcard's loops are refused per stream, when it is published)."""
     out = []
     for i, rule in enumerate(rules):
         try:
             target = parse_push_url(expand_env(rule.url, environ))
         except TargetError as err:
             raise TargetError(f"relay.push[{i}].url ({redact(rule.url)}): {err}") from None
+        if here is not None and "*" not in (rule.app, rule.stream):
+            name = f"{rule.stream}@{rule.rendition}" if rule.rendition else rule.stream
+            loop = push_loop(target, rule.app, name, here)
+            if loop is not None:
+                raise TargetError(f"relay.push[{i}].url: {loop}; push to another server or stream name")
         out.append(ConfiguredPush(i, rule, target, target.redacted))
     return out
 
 
 class RelayManager:
     def __init__(self, registry: StreamRegistry, pushes: list[ConfiguredPush], settings: PushSettings, *,
-                 own_hosts: Iterable[str] = (), own_ports: Mapping[str, int] | None = None,
+                 here: ThisHost | None = None,
                  pulled: Callable[[Stream], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """`pulled`: whether a stream is a cluster edge's copy of another node's (pushed there, not here)."""
+        """`here`: this host's names, addresses and ports (loops are refused); `pulled`: whether a stream is
+        a cluster edge's copy of another node's (pushed there, not here)."""
         self.registry = registry
         self.pushes = pushes
         self.settings = settings
-        self.own_hosts = tuple(own_hosts)
-        self.own_ports = dict(own_ports or {})
+        self.here = here or ThisHost()
         self.clock = clock
         self.pulled = pulled or (lambda stream: False)
         self.relays: dict[StreamKey, dict[str, Pusher]] = {}
         self._ended_at: dict[StreamKey, float] = {}
+        self._chunks: dict[StreamKey, tuple[Stream, SharedChunks]] = {}
+        """Per stream, the chunks its pushes share (a frame is chunked once for all of them)."""
         self._next_id = 0
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         """Told of each relay's state change (the on_relay_state webhook)."""
@@ -102,8 +113,9 @@ class RelayManager:
             rid = f"config-{push.index}"
             if rid in current or not push.matches(key):
                 continue
-            if is_loop(push.target, key.app, key.name, self.own_hosts, self.own_ports):
-                event(log, "relay_loop_refused", logging.ERROR, stream=str(key), url=push.shown,
+            loop = push_loop(push.target, key.app, key.name, self.here)
+            if loop is not None:
+                event(log, "relay_loop_refused", logging.ERROR, stream=str(key), url=push.shown, error=loop,
                       hint=f"relay.push[{push.index}] pushes {key} back into itself; change its url or stream")
                 continue
             self._start(stream, rid, push.target, "config")
@@ -113,6 +125,9 @@ class RelayManager:
             if pusher.stream is stream:
                 pusher.stream_ended()
         self._ended_at[stream.key] = self.clock()
+        shared = self._chunks.get(stream.key)
+        if shared is not None and shared[0] is stream:
+            del self._chunks[stream.key]  # its frames are let go; pushes still sending hold their own cache
         self._prune()
 
     def _prune(self) -> None:
@@ -125,8 +140,11 @@ class RelayManager:
                     self.relays.pop(key, None)
 
     def _start(self, stream: Stream, rid: str, target: PushUrl, source: str) -> Pusher:
+        shared = self._chunks.get(stream.key)
+        if shared is None or shared[0] is not stream:  # a new stream under an old name: frames of its own
+            shared = self._chunks[stream.key] = (stream, SharedChunks())
         pusher = Pusher(rid, stream, target, self.registry, self.settings, source=source,
-                        on_change=self._tell)
+                        on_change=self._tell, chunks=shared[1])
         self.relays.setdefault(stream.key, {})[rid] = pusher
         event(log, "relay_start", stream=str(stream.key), relay=rid, url=pusher.url, source=source)
         pusher.start()
@@ -152,9 +170,9 @@ class RelayManager:
             target = parse_push_url(url)
         except TargetError as err:
             raise RelayRefused(400, str(err), "accepted schemes are rtmp and rtmps") from None
-        if is_loop(target, key.app, key.name, self.own_hosts, self.own_ports):
-            raise RelayRefused(400, f"{target.redacted} is this server's own stream {key}: pushing it there "
-                               "would loop", "push to another server, or to another stream name")
+        loop = push_loop(target, key.app, key.name, self.here)
+        if loop is not None:
+            raise RelayRefused(400, loop, "push to another server, or to another stream name")
         relays = self.relays.setdefault(key, {})
         if sum(1 for p in relays.values() if not p.done) >= MAX_RELAYS_PER_STREAM:
             raise RelayRefused(429, f"stream {key} already has {MAX_RELAYS_PER_STREAM} pushes",

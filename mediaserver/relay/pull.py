@@ -12,7 +12,11 @@ timestamps unwrapped, metadata read leniently).
 - A source that drops or refuses is reconnected after 0.5 s, the wait doubling up to relay.pull_retry_max;
   meanwhile the local stream waits as for a reconnecting publisher (hub.reconnect_grace): viewers stay
   connected and see a discontinuity when the source comes back.
-- State (connecting, live, retrying with the last error, idle, stopped), bytes and reconnects are in
+- In a cluster (an origin with Redis) an "always" pull configured on several origins runs on one: before
+  each connection it claims the stream as a publisher would (`cluster_claim`, the same StreamLocator claim);
+  the other nodes wait in state "standby" and claim again, so one of them takes over when the holder dies.
+  Their viewers get the stream from the holder like any other node's stream (an edge's pull).
+- State (connecting, live, retrying with the last error, idle, stopped, standby), bytes and reconnects are in
   `describe()` (GET /api/v1/pulls) and the metrics. Logs and the API show the source URL without its key
   and query (`PullSource.shown`), and errors quoting the key have it replaced.
 
@@ -27,14 +31,14 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..config import RelayConfig
 from ..edge.flv_ingest import FlvIngest
-from ..errors import MediaError
+from ..errors import MediaError, UsageError
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
@@ -42,12 +46,17 @@ from ..media.frames import FrameKind
 from ..rtmp.client import ClientSession
 from ..rtmp.errors import RtmpProtocolError
 from ..rtmp.events import AudioReceived, ConnectResult, MetadataReceived, StatusReceived, VideoReceived
+from .loop import ThisHost, pull_loop
 from .pull_source import Backoff, PullSource, parse_source
 
 log = logging.getLogger(__name__)
 
 CONNECTING, LIVE, RETRYING, IDLE, STOPPED = "connecting", "live", "retrying", "idle", "stopped"
-STATES = (CONNECTING, LIVE, RETRYING, IDLE, STOPPED)
+STANDBY = "standby"
+"""Cluster: another origin holds the stream (its pull runs there); this one takes over when that node dies."""
+STATES = (CONNECTING, LIVE, RETRYING, IDLE, STOPPED, STANDBY)
+STANDBY_POLL_S = 1.0
+"""Between two claims of a stream another node holds (each claim itself waits out a dying holder)."""
 _WATCHDOG_S = 0.5
 _READ_SIZE = 64 * 1024
 
@@ -59,8 +68,10 @@ class SourceError(Exception):
 class RelayPull:
     """One configured pull: its loop, its state, and the local stream's publisher while connected."""
 
-    def __init__(self, pool: PullRelays, key: StreamKey, source: PullSource, mode: str) -> None:
+    def __init__(self, pool: PullRelays, key: StreamKey, source: PullSource, mode: str, index: int = 0) -> None:
         self.pool = pool
+        self.id = f"pull-{index}"
+        """Its [[relay.pull]] table's index: the id the on_relay_state webhook gives."""
         self.key = key
         self.source = source
         self.mode = mode
@@ -78,6 +89,8 @@ class RelayPull:
         self._idle_since: float | None = None
         self._waiters = 0
         self._backoff = Backoff(pool.settings.pull_retry_max)
+        self._reported_error: str | None = None
+        self._stop_reason = ""
 
     @property
     def reconnects(self) -> int:
@@ -115,6 +128,7 @@ class RelayPull:
         self._task.cancel()
         self._task = None
         self._release()
+        self._stop_reason = reason
         self._set(state)
         event(log, "relay_pull_stop", stream=str(self.key), source=self.source.shown, reason=reason,
               connects=self.connects, bytes=self.bytes_in)
@@ -130,9 +144,29 @@ class RelayPull:
             self._waiters -= 1
 
     def _set(self, state: str) -> None:
-        if state != self.state:
+        before = self.state
+        if state != before:
             self.state = state
             self.state_since = time.time()
+        # The on_relay_state webhook, as for pushes: each new state, but "retrying" once per new error and
+        # not the "connecting" of every retry (a dead source would call it every few seconds).
+        if state in (RETRYING, STANDBY):
+            if self.last_error == self._reported_error:
+                return
+            self._reported_error = self.last_error
+        elif state == before or (state == CONNECTING and before == RETRYING):
+            return
+        elif state == LIVE:
+            self._reported_error = None
+        self.pool.tell(self)
+
+    def state_news(self) -> dict:
+        """What the on_relay_state webhook is told: the fields of a push's, source "pull"."""
+        return {"id": self.id, "stream": str(self.key), "url": self.source.shown, "source": "pull",
+                "state": self.state,
+                "error": (self.last_error if self.state in (RETRYING, STANDBY)
+                          else self._stop_reason if self.state in (IDLE, STOPPED) else None),
+                "bytes": self.bytes_in, "reconnects": self.reconnects}
 
     # ----- the pull loop ---------------------------------------------------------------------------------
 
@@ -140,6 +174,7 @@ class RelayPull:
         ready = self.ready  # this run's: a pull stopped and started again has a new one
         try:
             while True:
+                await self._hold_claim()
                 connects = self.connects
                 reason = self._scrub(await self._attempt())
                 # Logged once per loss: retries against a dead source stay quiet until media flows again.
@@ -158,6 +193,29 @@ class RelayPull:
         finally:
             self._release_if_current()
             ready.set()
+
+    async def _hold_claim(self) -> None:
+        """Cluster: wait in standby until this node holds the stream's claim ("always" pulls only: an
+        on_demand pull starts where a viewer asks, and other nodes' viewers are served from there)."""
+        claim = self.pool.cluster_claim
+        if claim is None or self.mode != "always":
+            return
+        while (refused := await self._claim_cluster(claim)) is not None:
+            if self.state != STANDBY:
+                event(log, "relay_pull_standby", stream=str(self.key), source=self.source.shown, reason=refused)
+            self.last_error = refused
+            self._set(STANDBY)
+            await asyncio.sleep(STANDBY_POLL_S)
+        if self.state == STANDBY:
+            self.last_error = ""
+            self._set(CONNECTING)
+
+    async def _claim_cluster(self, claim: Callable[[StreamKey], Awaitable[str | None]]) -> str | None:
+        try:
+            return await claim(self.key)
+        except Exception as err:  # a cluster fault: wait and claim again, never a stopped pull
+            log.exception("cluster claim of %s failed", self.key)
+            return f"the cluster claim failed: {type(err).__name__}"
 
     async def _attempt(self) -> str:
         """One connection to the source; returns why it ended."""
@@ -298,8 +356,9 @@ class PullRelays:
     """The node's configured pulls, by stream; the hooks the gate and the admin API call."""
 
     def __init__(self, registry: StreamRegistry, settings: RelayConfig, environ: Mapping[str, str], *,
-                 connect_timeout: float = 5.0, read_timeout: float = 10.0) -> None:
-        """Raises UsageError naming the key when a URL's ${VAR} is not set."""
+                 connect_timeout: float = 5.0, read_timeout: float = 10.0, here: ThisHost | None = None) -> None:
+        """Raises UsageError naming the key when a URL's ${VAR} is not set, or when a pull would play the
+        stream it feeds (`here`: this host's names and ports)."""
         self.registry = registry
         self.settings = settings
         self.connect_timeout = connect_timeout
@@ -307,9 +366,26 @@ class PullRelays:
         self.pulls: dict[StreamKey, RelayPull] = {}
         for i, spec in enumerate(settings.pull):
             source = parse_source(spec.url, environ, f"relay.pull[{i}].url")
+            loop = pull_loop(source, spec.app, spec.stream, here) if here is not None else None
+            if loop is not None:
+                raise UsageError(f"relay.pull[{i}].url: {loop}; pull from another server or stream name")
             key = StreamKey(spec.app, spec.stream)
-            self.pulls[key] = RelayPull(self, key, source, spec.mode)
+            self.pulls[key] = RelayPull(self, key, source, spec.mode, i)
         self._session: aiohttp.ClientSession | None = None
+        self.listeners: list[Callable[[dict], None]] = []
+        """Told of each pull's state change (the on_relay_state webhook)."""
+        self.cluster_claim: Callable[[StreamKey], Awaitable[str | None]] | None = None
+        """Cluster origins: claim a stream for this node (None) or say which node holds it."""
+
+    def tell(self, pull: RelayPull) -> None:
+        if not self.listeners:
+            return
+        news = pull.state_news()
+        for listener in self.listeners:
+            try:
+                listener(news)
+            except Exception:
+                log.exception("relay pull state listener failed")
 
     def __len__(self) -> int:
         return len(self.pulls)
@@ -360,8 +436,9 @@ class PullRelays:
             return await publish_claim(key)
 
         async def locate(key: StreamKey, address: str):
-            if key in self.pulls:
-                return await self.locate(key)
+            pull = self.pulls.get(key)
+            if pull is not None and not (pull.state == STANDBY and play_locate is not None):
+                return await self.locate(key)  # a standby pull's stream is pulled from its holder (cluster)
             return await play_locate(key, address) if play_locate is not None else None
 
         return claim, locate
@@ -379,9 +456,10 @@ class PullRelays:
             await self._session.close()
 
 
-def build_pulls(registry: StreamRegistry, settings: RelayConfig, environ: Mapping[str, str]) -> PullRelays | None:
-    """The pulls of the config, or None without any. UsageError for a ${VAR} that is not set."""
-    return PullRelays(registry, settings, environ) if settings.pull else None
+def build_pulls(registry: StreamRegistry, settings: RelayConfig, environ: Mapping[str, str],
+                here: ThisHost | None = None) -> PullRelays | None:
+    """The pulls of the config, or None without any. UsageError for a ${VAR} that is not set or a loop."""
+    return PullRelays(registry, settings, environ, here=here) if settings.pull else None
 
 
 class PullCollector:

@@ -27,18 +27,17 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
-from ..media import amf0
 from ..media.frames import Frame, FrameKind
 from ..rtmp.client import ClientSession
 from ..rtmp.errors import RtmpProtocolError
 from ..rtmp.events import CommandResultReceived, ConnectResult, StatusReceived
 from ..transports import reset
+from .chunks import SharedChunks
 from .state import Backoff, RelayState, RelayStatus
 from .target import PushUrl
 
 log = logging.getLogger(__name__)
 
-_SET_DATA_FRAME = amf0.encode("@setDataFrame")
 _ENHANCED_VIDEO = {"hevc": "hvc1", "av1": "av01", "vp9": "vp09"}
 _READ_SIZE = 64 * 1024
 _MERGE_S = 0.05
@@ -92,7 +91,8 @@ def describe_error(err: BaseException) -> str:
 class Pusher:
     def __init__(self, relay_id: str, stream: Stream, target: PushUrl, registry: StreamRegistry,
                  settings: PushSettings, *, source: str = "api", template: str = "",
-                 on_change: Callable[[Pusher], None] | None = None) -> None:
+                 on_change: Callable[[Pusher], None] | None = None, chunks: SharedChunks | None = None) -> None:
+        """`chunks`: the stream's chunk cache, shared with its other pushes (a private one when None)."""
         self.id = relay_id
         self.stream = stream
         self.target = target
@@ -102,6 +102,7 @@ class Pusher:
         """"config" (a [[relay.push]] table) or "api"."""
         self.url = template or target.redacted
         """What may be shown: the redacted URL."""
+        self.chunks = chunks or SharedChunks()
         self.status = RelayStatus()
         self.bytes_sent = 0
         self.note: str | None = None
@@ -314,28 +315,35 @@ class Pusher:
 
     async def _send(self, sub: Subscriber, start: list[Frame], writer: asyncio.StreamWriter,
                     client: ClientSession) -> None:
+        """Each batch: its frames' chunks (made once for every push that shares them), one write, one
+        byte count; a drain waited for only when the kernel left bytes in the transport's buffer."""
         base: int | None = None
         batch: list[Frame] | None = start
         timeout = self.settings.write_timeout
+        chunk_size, stream_id = client.out_chunk_size, client.stream_id
+        loop, registry, transport = self._loop, self.registry, writer.transport
+        rate_at = 0.0
         while batch is not None:
             if batch:
-                for f in batch:
-                    if f.kind == FrameKind.DATA:
-                        client.send_data(0, _SET_DATA_FRAME + bytes(f.body))
-                        continue
-                    if base is None and not f.is_config:
-                        base = f.dts_ms
-                    ts = 0 if base is None else max(0, f.dts_ms - base) & 0xFFFFFFFF
-                    if f.kind == FrameKind.VIDEO:
-                        client.send_video(ts, f.body)
+                if base is None:
+                    base = next((f.dts_ms for f in batch if f.kind != FrameKind.DATA and not f.is_config), None)
+                    if base is None:  # configs only so far: sent at 0, not shared (no base yet)
+                        messages = SharedChunks(len(batch)).messages(batch, chunk_size, stream_id, None)
                     else:
-                        client.send_audio(ts, f.body)
-                data = client.data_to_send()
-                _write(writer, data)
-                self.bytes_sent += len(data)
-                self.registry.count_sent(sub, len(data))
-                self._rate.add(self._loop.time(), self.bytes_sent)
-                if writer.transport.get_write_buffer_size():  # the kernel took it all: nothing to wait for
+                        messages = self.chunks.messages(batch, chunk_size, stream_id, base)
+                else:
+                    messages = self.chunks.messages(batch, chunk_size, stream_id, base)
+                if transport.is_closing():
+                    raise ConnectionError("the target closed the connection")
+                writer.writelines(messages)
+                size = sum(map(len, messages))
+                self.bytes_sent += size
+                registry.count_sent(sub, size)
+                now = loop.time()
+                if now - rate_at >= 1.0:  # the bit rate is read over 10 s: one sample a second is plenty
+                    rate_at = now
+                    self._rate.add(now, self.bytes_sent)
+                if transport.get_write_buffer_size():  # the kernel took it all: nothing to wait for
                     async with asyncio.timeout(timeout):
                         await writer.drain()
                 await asyncio.sleep(_MERGE_S)

@@ -1,6 +1,6 @@
 """Push targets, pure: parse an rtmp:// or rtmps:// URL into what the RTMP client needs, fill ${VAR}s
 from the environment, redact the stream key for logs and answers, and tell a push back into this
-server's own stream (a loop) from a push elsewhere.
+server's own stream (a loop, see loop.py) from a push elsewhere.
 
 A URL is rtmp[s]://HOST[:PORT]/APP/STREAM_KEY[?QUERY], as OBS and the platforms write it: the first path
 segment is the app (connect's tcUrl is everything up to it), the rest with the query is the stream key
@@ -9,9 +9,8 @@ given to publish. The key is the secret part; it and the query never appear in a
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -108,24 +107,3 @@ def parse_push_url(url: str) -> PushUrl:
 
 
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", "::"})
-
-
-def is_own_host(host: str, own_hosts: Iterable[str]) -> bool:
-    """Whether `host` names this machine: loopback, the unspecified address, or one of `own_hosts`
-    (the hostname, the bind address)."""
-    name = host.lower().rstrip(".")
-    if name in LOCAL_NAMES or name in {h.lower() for h in own_hosts if h}:
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_unspecified
-
-
-def is_loop(target: PushUrl, app: str, stream: str, own_hosts: Iterable[str], own_ports: Mapping[str, int]) -> bool:
-    """A push of APP/STREAM to this server's own RTMP (or RTMPS) port and the same app and stream: it
-    would publish onto the stream it reads from."""
-    if own_ports.get(target.scheme) != target.port:
-        return False
-    return is_own_host(target.host, own_hosts) and target.app == app and target.stream_name == stream

@@ -19,11 +19,12 @@ tests, and later by cluster pulls and benchmarks.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 from mediaserver.errors import UsageError
 from mediaserver.media import amf0
-from mediaserver.rtmp.chunk import DEFAULT_MAX_MESSAGE_SIZE
+from mediaserver.rtmp.chunk import DEFAULT_MAX_MESSAGE_SIZE, EXTENDED, MASK32
 from mediaserver.rtmp.events import (
     AudioReceived,
     CommandReceived,
@@ -48,6 +49,33 @@ from mediaserver.rtmp.session import CSID_AUDIO, CSID_STREAM, CSID_VIDEO, Sessio
 
 DEFAULT_FLASH_VERSION = "FMLE/3.0 (compatible; FMSc/1.0)"
 """What OBS (librtmp) sends as flashVer when publishing."""
+_MEDIA_CSID = {MessageType.AUDIO: CSID_AUDIO, MessageType.VIDEO: CSID_VIDEO, MessageType.DATA_AMF0: CSID_STREAM}
+_U32 = struct.Struct(">I")
+_U32LE = struct.Struct("<I")
+
+
+def chunk_media(type_id: int, stream_id: int, timestamp: int, payload: bytes | memoryview, chunk_size: int) -> bytes:
+    """One audio (8), video (9) or data (18) message as a self-contained run of chunks, on the chunk stream
+    ClientSession's send_* use: a type 0 header (it needs no state of an earlier message), then type 3
+    continuations. The same bytes suit every connection with that chunk size and message stream id, so
+    they can be made once and written to many; a type 0 header costs at most 11 bytes more per message.
+    A connection that writes these must send no compressed media of its own on those chunk streams."""
+    csid = _MEDIA_CSID[type_id]
+    length = len(payload)
+    timestamp &= MASK32
+    ext = timestamp >= EXTENDED
+    ext_bytes = _U32.pack(timestamp) if ext else b""
+    head = (bytes([csid]) + (EXTENDED if ext else timestamp).to_bytes(3, "big") + length.to_bytes(3, "big")
+            + bytes([type_id]) + _U32LE.pack(stream_id) + ext_bytes)
+    if length <= chunk_size:
+        return head + payload
+    view = memoryview(payload)
+    continuation = bytes([0xC0 | csid]) + ext_bytes
+    parts = [head, view[:chunk_size]]
+    for offset in range(chunk_size, length, chunk_size):
+        parts.append(continuation)
+        parts.append(view[offset:offset + chunk_size])
+    return b"".join(parts)
 
 
 class ClientSession(SessionCore):

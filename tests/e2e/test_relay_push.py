@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 
 import aiohttp
 
+from mediaserver.relay.loop import this_host
 from support.certs import make_cert
 from support.checks import is_media, largest_gap_ms, wait_live
 from support.decode import decode_media
@@ -80,8 +82,11 @@ async def test_push_to_another_server_api_refusals_a_stuck_and_a_restarted_targe
         for bad in ("http://a.example/live/key", "rtmp://", "rtmp://host/only-app", 12, "rtmp://h:99999/a/b"):
             status, body = await api(http, source, "POST", relays, json={"url": bad})
             assert status == 400 and "rtmp" in (body["error"] + body["hint"]), (bad, body)
+        local = [a for a in this_host() if ":" not in a and not a.startswith("127.")][:1]  # an interface's address
         for loop_url in (f"rtmp://127.0.0.1:{source.rtmp_port}/live/{stream_name}",
-                         f"rtmp://localhost:{source.rtmp_port}/live/{stream_name}?x=1"):
+                         f"rtmp://localhost:{source.rtmp_port}/live/{stream_name}?x=1",
+                         f"rtmp://{socket.gethostname()}:{source.rtmp_port}/live/{stream_name}",
+                         *(f"rtmp://{a}:{source.rtmp_port}/live/{stream_name}" for a in local)):
             status, body = await api(http, source, "POST", relays, json={"url": loop_url})
             assert status == 400 and "loop" in body["error"], body
         status, added = await api(http, source, "POST", relays,

@@ -5,7 +5,7 @@
 import {NAME, el, explain, formatDuration, formatKbps, getJSON, sleep, withToken} from './common.js';
 import {cannotPlay, codecName, createEngine} from './engines.js';
 import {renderAbr} from './console_abr.js';
-import {relaysCell} from './console_relays.js';
+import {relaysCell, renderPulls} from './console_relays.js';
 import {RecordingsView, renderRecord} from './console_recordings.js';
 import {sparkline} from './sparkline.js';
 
@@ -102,10 +102,11 @@ async function refreshLoop(mine, firstStreams) {
   let round = 0;
   while (mine === generation) {
     if (round++ % RECORDINGS_EVERY === 0) recordings.refresh();
-    const [s, history, nodes] = await Promise.all([
+    const [s, history, nodes, pulls] = await Promise.all([
       streams ? Promise.resolve({ok: true, status: 200, body: streams}) : api('/streams'),
       getJSON('/console/history.json', {headers: {Authorization: `Bearer ${token}`}}),
       api('/nodes'),
+      api('/pulls'),
     ]);
     streams = null;
     if (mine !== generation) return;
@@ -122,6 +123,7 @@ async function refreshLoop(mine, firstStreams) {
       renderStreams(s.body.streams, history.ok ? history.body : null);
     }
     if (nodes.ok) renderNodes(nodes.body.nodes);
+    if (pulls.ok) renderPulls($('pulls-view'), document.querySelector('#pulls tbody'), pulls.body.pulls);
     ui.refreshed.textContent = `updated ${new Date().toLocaleTimeString()}`;
     await sleep(REFRESH_MS);
   }

@@ -43,3 +43,32 @@ export function relaysCell(cell, {api, report}) {
     }));
   };
 }
+
+/** A byte count as B, kB, MB or GB. */
+function formatBytes(n) {
+  if (!(n >= 0)) return '–';
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+/** The Pulls table: each [[relay.pull]] (GET /api/v1/pulls) with its state and since when, last error,
+ *  source URL (the server sends it without key or query), bytes received and reconnects. The section stays
+ *  hidden on a server without pulls. */
+export function renderPulls(section, tbody, pulls) {
+  section.hidden = !pulls.length;
+  tbody.replaceChildren(...pulls.map((p) => {
+    const since = p.since ? ` since ${new Date(p.since * 1000).toLocaleTimeString()}` : '';
+    return el('tr', {dataset: {pull: `${p.app}/${p.stream}`, state: p.state}},
+      el('td', {text: `${p.app}/${p.stream}`}),
+      el('td', {class: 'muted', dataset: {col: 'pull-source'}, text: p.source}),
+      el('td', {text: p.mode}),
+      el('td', {dataset: {col: 'pull-state'}},
+        el('div', {text: `${p.state}${since}`}),
+        p.last_error && p.state !== 'live'
+          ? el('div', {class: 'error', dataset: {col: 'pull-error'}, text: p.last_error}) : null),
+      el('td', {dataset: {col: 'pull-bytes'}, text: formatBytes(p.bytes)}),
+      el('td', {dataset: {col: 'pull-reconnects'}, text: String(p.reconnects)}));
+  }));
+}

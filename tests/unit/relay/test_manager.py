@@ -8,6 +8,7 @@ import pytest
 from mediaserver.config import PushTarget
 from mediaserver.hub.registry import RegistryPolicy, StreamRegistry
 from mediaserver.hub.stream import StreamKey
+from mediaserver.relay.loop import ThisHost
 from mediaserver.relay.manager import RelayManager, RelayRefused, configured_pushes
 from mediaserver.relay.pusher import PushSettings
 
@@ -17,7 +18,7 @@ from support.rtmp_target import Publisher, Target, until
 def manager(registry, rules, port):
     pushes = configured_pushes(rules, {"KEY": "k1"})
     return RelayManager(registry, pushes, PushSettings(retry_min=0.05, retry_max=0.1),
-                        own_hosts=("myhost",), own_ports={"rtmp": port})
+                        here=ThisHost.of(("myhost",), {"rtmp": port}))
 
 
 async def test_configured_pushes_follow_the_stream_and_api_pushes_are_checked():
