@@ -60,6 +60,8 @@ from .relay.target import TargetError
 from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
+from .webrtc.sessions import Sessions
+from .webrtc.whep import WhepService
 
 log = logging.getLogger("mediaserver")
 
@@ -452,11 +454,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         ports = f"{config.rtmp.port}" + (f" and rtmps {config.rtmps.port}" if rtmps_cert else "")
         return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{ports}"
 
+    webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream)
+    whep = WhepService(config, registry, gate, webrtc_sessions, abr)
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
         ready_checks={"rtmp": rtmp_listening},
         metrics_token=None if config.api.metrics_public else token,
-        health=health,
+        health=health, add_routes=(whep.add_routes,),
     )
     _log_access(config, admission.policy, hooks, token)
     if cluster is not None:  # cluster
@@ -624,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup(config.log.level, config.log.format)
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check of every WebRTC session
     tune_gc()
     try:
         import uvloop

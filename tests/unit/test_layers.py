@@ -44,7 +44,9 @@ ALLOWED = {
     "relay": {"errors", "config", "log", "hub", "media", "rtmp.client", "rtmp.errors", "rtmp.events", "relay",
               "edge.flv_ingest", "auth", "transports"},
     # WebRTC: WHEP viewers and WHIP publishers bridged to the hub through aiortc peer connections.
-    "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc"},
+    # It answers HTTP like the edge's play routes, with the edge's JSON errors and client address (edge.common).
+    "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc",
+               "edge.common"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {
