@@ -51,7 +51,7 @@ class PacketTrack(MediaStreamTrack):
         self.bytes_out = 0
         self._queue: collections.deque[av.Packet] = collections.deque()
         self._ready = asyncio.Event()
-        self._waiting_keyframe = False
+        self._waiting_keyframe = kind == "video"  # a viewer's first picture must be one it can decode
 
     def push(self, item: av.Packet, keyframe: bool = False) -> None:
         queue = self._queue
