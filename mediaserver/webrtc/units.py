@@ -27,6 +27,7 @@ from ..media.frames import Frame, FrameKind
 
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
+PLAYABLE_AUDIO = frozenset({"aac", "opus"})
 CATCH_UP_STEP = VIDEO_CLOCK // 1000
 """One millisecond between the restamped frames of a viewer's first GOP."""
 
@@ -88,6 +89,18 @@ def reorders(frames: Sequence[Frame]) -> bool:
         if newest is None or pts > newest:
             newest = pts
     return False
+
+
+def carried_problem(video_codec: str | None, audio_codec: str | None, frames: Sequence[Frame]) -> str | None:
+    """Why WebRTC cannot carry a stream with these codecs and recent frames as it is, or None. Video passes
+    through as H.264 without B-frames; audio is sent as Opus (AAC transcoded, Opus passed through)."""
+    if video_codec is not None and video_codec != "h264":
+        return f"its video is {video_codec}; WebRTC playback here carries H.264"
+    if video_codec == "h264" and reorders(frames):
+        return "its video has B-frames, which WebRTC cannot carry"
+    if video_codec is None and audio_codec not in PLAYABLE_AUDIO:
+        return "it has no track WebRTC can carry yet (H.264 video, AAC or Opus audio)"
+    return None
 
 
 def catch_up_times(times: Sequence[int]) -> list[int]:

@@ -43,13 +43,12 @@ from .peer import NoFreePort, bind_candidates, new_peer_connection
 from .sdp import Offer, playback_problem
 from .sessions import Session, Sessions
 from .tracks import MAX_AUDIO, MAX_VIDEO, VIDEO_TIME_BASE, PacketTrack, packet
-from .units import catch_up_times, reorders, video_time
+from .units import PLAYABLE_AUDIO, carried_problem, catch_up_times, video_time
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
 """From the answer to ICE + DTLS connected; a client that never connects gives its place back."""
-PLAYABLE_AUDIO = frozenset({"aac", "opus"})
 
 
 class WhepService:
@@ -156,17 +155,12 @@ class WhepService:
         """The stream itself when WebRTC can carry its video (H.264 without B-frames, or no video), else its
         best H.264 rendition when ABR is on; else the 415 that says why."""
         info = stream.info
-        gop = stream.gop
-        why = None
-        if info.video_codec is not None and info.video_codec != "h264":
-            why = f"its video is {info.video_codec}; WebRTC playback here carries H.264"
-        elif info.video_codec == "h264" and reorders(gop.frames_from(gop.late_joiner_start())):
-            why = "its video has B-frames, which WebRTC cannot carry"
+        why = carried_problem(info.video_codec, info.audio_codec, stream.gop.frames_from(stream.gop.base))
         if why is None:
-            if info.video_codec is None and info.audio_codec not in PLAYABLE_AUDIO:
-                raise json_error(415, f"stream {stream.key} has no track WebRTC can carry yet",
-                                 "wait for the publisher's first frames, or watch it as HTTP-FLV", headers)
             return stream
+        if info.video_codec is None:
+            raise json_error(415, f"stream {stream.key} cannot be played over WebRTC: {why}",
+                             "wait for the publisher's first frames, or watch it as HTTP-FLV", headers)
         base, label = split_rendition(stream.key.name)
         abr = self.abr
         if abr is None or label is not None or not abr.enabled_for(stream.key):

@@ -28,7 +28,7 @@ ALLOWED = {
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
-             "transcode", "record", "tls"},
+             "transcode", "record", "tls", "webrtc.units"},  # webrtc.units: the player's status says if WebRTC plays
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record", "relay"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
