@@ -27,9 +27,10 @@ from bench._aio import watch_stdin_for_stop
 from mediaserver.config import WebrtcConfig
 from mediaserver.webrtc.peer import bind_candidates
 
-ARRIVALS: dict[int, list[tuple[int, int, float, bool]]] = {}
-"""id(receiver) -> [(RTP timestamp, marker, monotonic arrival, starts a keyframe)] of its video packets, when
-asked to note them. A keyframe's first packet carries the SPS (alone, or first in a STAP-A)."""
+ARRIVALS: dict[int, list[tuple[int, int, float, bool, int | None]]] = {}
+"""id(receiver) -> [(RTP timestamp, marker, monotonic arrival, starts a keyframe, abs-send-time)] of its video
+packets, when asked to note them. A keyframe's first packet carries the SPS (alone, or first in a STAP-A);
+abs-send-time is the sender's wall clock when it sent the packet (6.18 fixed point seconds, modulo 64 s)."""
 NOTE_ARRIVALS = False
 
 
@@ -49,7 +50,7 @@ _original_handle = RTCRtpReceiver._handle_rtp_packet
 async def _noting_handle(self, packet, arrival_time_ms: int) -> None:
     if NOTE_ARRIVALS and self._RTCRtpReceiver__kind == "video":
         ARRIVALS.setdefault(id(self), []).append((packet.timestamp, packet.marker, time.monotonic(),
-                                                  _starts_with_sps(packet.payload)))
+                                                  _starts_with_sps(packet.payload), packet.extensions.abs_send_time))
     counts = COUNTS.setdefault(id(self), [self._RTCRtpReceiver__kind, 0, 0])
     counts[1] += 1
     counts[2] += len(packet.payload)

@@ -8,9 +8,10 @@ recipe without B-frames (`-bf 0`), which WebRTC cannot carry; it is cached besid
         The publisher is in this process (bench/_latency.py publish_realtime: the bench file at real-time pace
         over RTMP, noting when each tag left), and so is one viewer, on the same clock; the other viewers run in
         worker processes. The viewer notes the arrival of every video RTP packet that ends a frame (marker bit);
-        its RTP timestamp is the frame's pts in 90 kHz plus the sender's random origin, found as the offset that
-        matches most frames; the delay of a frame = its last packet's arrival - the publisher's write of its tag.
-        Frames from the viewer's first GOP (restamped to the live edge) are left out by the origin match.
+        its RTP timestamp is the frame's pts in 90 kHz plus the sender's random origin (found by matching
+        keyframes); the delay of a frame = its last packet's arrival - the publisher's write of its tag. The
+        packet's abs-send-time header extension (the server's wall clock at its send) gives the server's part
+        alone: on a loaded machine the viewer processes themselves lag, and that is not the server's delay.
     python -m bench.webrtc cost --viewers 10,50,100 --seconds 60
         ffmpeg publishes; a baseline window with the publisher alone, then for each N, N viewers in worker
         processes of 10 (bench/_webrtc_viewers.py: ICE, DTLS, SRTP, RTCP like a browser; no decoding). Per
@@ -103,32 +104,40 @@ async def stop_viewers(procs: list[asyncio.subprocess.Process]) -> list[dict]:
     return out
 
 
-def frame_delays(arrivals: list[tuple[int, int, float, bool]], sent: SendLog, since: float) -> tuple[list[float], int]:
-    """Delays (s) of the frames whose last packet arrived after `since`, and the RTP origin found.
+def frame_delays(arrivals: list[tuple], sent: SendLog, since: float, wall_offset: float) -> dict[str, list[float]]:
+    """Per frame whose last packet arrived after `since`: "arrival" = its arrival at the viewer - the publisher's
+    write of its tag; "server_send" = the server's send of that packet (its abs-send-time header extension, the
+    server's wall clock) - the publisher's write. `wall_offset` = time.time() - time.monotonic() here.
 
-    The origin (RTP timestamp - pts x 90) is voted for by keyframes only: a keyframe's first packet carries the
-    SPS, and keyframes are 2 s apart, so each arriving one matches exactly one keyframe the publisher sent in
-    the 1.9 s before (frame intervals repeat every 3 frames, so matching any frame would be ambiguous)."""
+    Frames are matched through the RTP timestamp (pts x 90 + the sender's random origin). The origin is voted for
+    by keyframes only: a keyframe's first packet carries the SPS, and keyframes are 2 s apart, so each arriving
+    one matches exactly one keyframe the publisher sent in the 1.9 s before (frame intervals repeat every
+    3 frames, so matching any frame would be ambiguous)."""
     keyframes = sent.keyframes
     times = [t for _, _, t in keyframes]
     votes: collections.Counter[int] = collections.Counter()
-    for ts, _, t, key in arrivals:
+    for ts, _, t, key, _ in arrivals:
         if key and t >= since:
             lo, hi = bisect.bisect_left(times, t - 1.9), bisect.bisect_right(times, t)
             for _, pts, _ in keyframes[lo:hi]:
                 votes[(ts - pts * 90) & 0xFFFFFFFF] += 1
+    out: dict[str, list[float]] = {"arrival": [], "server_send": []}
     if not votes:
-        return [], 0
+        return out
     origin = votes.most_common(1)[0][0]
     sent_at = {dts: at for dts, at in sent.video}
-    delays = []
-    for ts, marker, t, _ in arrivals:
+    for ts, marker, t, _, abs_send in arrivals:
         if not marker or t < since:
             continue
         ticks = (ts - origin) & 0xFFFFFFFF
-        if ticks % 90 == 0 and ticks // 90 in sent_at:
-            delays.append(t - sent_at[ticks // 90])
-    return delays, origin
+        if ticks % 90 or ticks // 90 not in sent_at:
+            continue
+        published = sent_at[ticks // 90]
+        out["arrival"].append(t - published)
+        if abs_send is not None:
+            published_wall = (published + wall_offset) % 64.0
+            out["server_send"].append((abs_send / (1 << 18) - published_wall + 32.0) % 64.0 - 32.0)
+    return out
 
 
 async def cmd_delay(args) -> dict:
@@ -153,7 +162,7 @@ async def cmd_delay(args) -> dict:
                 await asyncio.sleep(args.seconds)
             server.check_alive()
             arrivals = next(iter(viewers_mod.ARRIVALS.values()), [])
-            delays, origin = frame_delays(arrivals, sent, since)
+            delays = frame_delays(arrivals, sent, since, time.time() - time.monotonic())
             received = viewer.received()
             await viewer.pc.close()
         others = await stop_viewers(procs)
@@ -161,8 +170,10 @@ async def cmd_delay(args) -> dict:
         publisher.cancel()
         frames_sent = sum(1 for _, t in sent.video if t >= since)
         result.update({
-            "window": w.as_dict(), "frames_published_in_window": frames_sent, "frames_matched": len(delays),
-            "delay_ms": summary([d * 1000 for d in delays]), "measuring_viewer": received,
+            "window": w.as_dict(), "frames_published_in_window": frames_sent,
+            "publisher_to_server_send_ms": summary([d * 1000 for d in delays["server_send"]]),
+            "publisher_to_viewer_arrival_ms": summary([d * 1000 for d in delays["arrival"]]),
+            "measuring_viewer": received,
             "other_viewers_connected": sum(1 for o in others for v in o["viewers"] if v["state"] == "connected"),
         })
     finally:

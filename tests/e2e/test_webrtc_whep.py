@@ -94,7 +94,7 @@ async def test_whep_requests_the_server_cannot_serve_get_a_4xx_with_a_reason(ser
                                                                             media, baseline_clip, stream_name):
     monkeypatch.setenv("MEDIASERVER_TOKEN_SECRET", SECRET)
     server = server_factory(**WEBRTC, **{"auth.play_open": "", "auth.failure_delay_ms": "50",
-                                         "http.cors_origin": "*"})
+                                         "http.cors_origin": "*", "webrtc.max_sessions_per_stream": "1"})
     bframes = stream_name + "b"
     publish(server, stream_name, baseline_clip, loop=True)
     publish(server, bframes, media.av, loop=True)  # H.264 High with B-frames, ABR off in tests
@@ -130,3 +130,21 @@ async def test_whep_requests_the_server_cannot_serve_get_a_4xx_with_a_reason(ser
             assert resp.status == 204
             assert "POST" in resp.headers["Access-Control-Allow-Methods"]
             assert "DELETE" in resp.headers["Access-Control-Allow-Methods"]
+
+        # One session of the stream (answered, never connected: it holds its place until its ICE deadline), then
+        # the per-stream limit; DELETE gives the place back.
+        first = WhepViewer(f"{base}/{stream_name}/whep?token={good}")
+        try:
+            answer = await first.post(http, await first.offer())
+            assert answer.status == 201, answer.body
+            assert answer.headers.get("Access-Control-Expose-Headers", "").startswith("Location")
+            status, body = await post(f"{base}/{stream_name}/whep?token={good}")
+            assert status == 429 and "max_sessions_per_stream" in body["error"], body
+            async with http.delete(f"{server.http_base}{answer.headers['Location']}") as resp:
+                assert resp.status == 200
+            again = WhepViewer(f"{base}/{stream_name}/whep?token={good}")
+            answer = await again.post(http, await again.offer())
+            await again.close()
+            assert answer.status == 201, answer.body
+        finally:
+            await first.close()
