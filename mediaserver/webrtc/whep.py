@@ -233,8 +233,12 @@ class WhepSession:
     async def negotiate(self, offer_sdp: str, offer: Offer) -> str:
         """Set the offer, answer it with our candidates gathered; the session then waits for ICE."""
         pc = self.pc
+        if not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind("video")):
+            self.video = None  # nobody would read its queue
+        if not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind("audio")):
+            self.audio = None
         for track, kind in ((self.video, "video"), (self.audio, "audio")):
-            if track is None or not offer.of_kind(kind):
+            if track is None:
                 continue
             transceiver = pc.addTransceiver(track, direction="sendonly")
             wanted = "video/h264" if kind == "video" else "audio/opus"
