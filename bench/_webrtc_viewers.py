@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ async def _noting_handle(self, packet, arrival_time_ms: int) -> None:
 
 
 COUNTS: dict[int, list] = {}
+VIDEO_ONLY = os.environ.get("BENCH_WEBRTC_VIDEO_ONLY") == "1"
+"""Offer video alone (no audio section: the server then runs no AAC -> Opus transcode)."""
 receiver_module.decoder_worker = _drain
 RTCRtpReceiver._handle_rtp_packet = _noting_handle
 
@@ -72,7 +75,8 @@ class BenchViewer:
     async def start(self, http: aiohttp.ClientSession) -> None:
         pc = self.pc
         pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
+        if not VIDEO_ONLY:
+            pc.addTransceiver("audio", direction="recvonly")
         bind_candidates(pc, WebrtcConfig(public_ip="127.0.0.1"))
         await pc.setLocalDescription(await pc.createOffer())
         async with http.post(self.url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as r:

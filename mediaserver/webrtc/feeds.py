@@ -73,10 +73,11 @@ class StreamFeed:
     def listen_opus(self, listener: Callable[[av.Packet], None]) -> None:
         """Add a viewer's audio track to the AAC -> Opus transcoder, started on the first."""
         if self.opus is None:
-            self.opus = OpusFeed(str(self.stream.key), asyncio.get_running_loop())
-            self.stream.add_sink(self.opus)
+            self.opus = OpusFeed(str(self.stream.key))
             if self.stream.info.audio_config is not None:
                 self.opus.on_frame(self.stream.info.audio_config)
+            self.stream.add_sink(self.opus)
+            self.opus.begin()
             event(log, "opus_transcode_start", stream=str(self.stream.key))
         self.opus.listeners.add(listener)
 
@@ -94,8 +95,5 @@ class StreamFeed:
         opus, self.opus = self.opus, None
         if opus is None:
             return
-        opus.listeners.clear()
         self.stream.remove_sink(opus)
-        opus.stop()
-        event(log, "opus_transcode_stop", stream=str(self.stream.key), packets=opus.packets_out,
-              cpu_s=round(opus.encoder.cpu_s, 3), dropped=opus.dropped)
+        opus.stop()  # the worker ends, and its end is logged (opus_transcode_stop)

@@ -83,7 +83,11 @@ async def test_an_aiortc_viewer_plays_whep_is_listed_and_a_kick_ends_it(server_f
             await asyncio.wait_for(viewer.ended.wait(), 10)
             log = server.log_text()
             assert "event=viewer_leave" in log and "format=webrtc" in log and "reason=kicked" in log, log[-3000:]
-            assert "event=opus_transcode_stop" in log, "the shared AAC -> Opus transcode stops with its last viewer"
+            for _ in range(50):  # the worker process ends, then its end is logged
+                if "event=opus_transcode_stop" in server.log_text():
+                    break
+                await asyncio.sleep(0.1)
+            assert "event=opus_transcode_stop" in server.log_text(), "the shared AAC -> Opus worker stops with its last viewer"
             async with http.delete(f"{server.http_base}{viewer.location}") as resp:
                 assert resp.status == 404  # the kick ended it already
         finally:
