@@ -81,13 +81,15 @@ async def test_an_aiortc_viewer_plays_whep_is_listed_and_a_kick_ends_it(server_f
                                     f"{webrtc[0]['id']}/kick", headers=admin)
             assert status == 200
             await asyncio.wait_for(viewer.ended.wait(), 10)
-            log = server.log_text()
-            assert "event=viewer_leave" in log and "format=webrtc" in log and "reason=kicked" in log, log[-3000:]
-            for _ in range(50):  # the worker process ends, then its end is logged
-                if "event=opus_transcode_stop" in server.log_text():
+            # The server logs the leave once the peer connection is closed, and the transcode's end once its worker
+            # process has exited.
+            for _ in range(50):
+                log = server.log_text()
+                if "reason=kicked" in log and "event=opus_transcode_stop" in log:
                     break
                 await asyncio.sleep(0.1)
-            assert "event=opus_transcode_stop" in server.log_text(), "the shared AAC -> Opus worker stops with its last viewer"
+            assert "event=viewer_leave" in log and "format=webrtc" in log and "reason=kicked" in log, log[-3000:]
+            assert "event=opus_transcode_stop" in log, "the shared AAC -> Opus worker stops with its last viewer"
             async with http.delete(f"{server.http_base}{viewer.location}") as resp:
                 assert resp.status == 404  # the kick ended it already
         finally:
