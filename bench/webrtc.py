@@ -135,10 +135,19 @@ def frame_delays(arrivals: list[tuple], sent: SendLog, since: float, wall_offset
             continue
         published = sent_at[ticks // 90]
         out["arrival"].append(t - published)
+        out.setdefault("series", []).append((round(t - since, 2), round((t - published) * 1000, 1)))
         if abs_send is not None:
             published_wall = (published + wall_offset) % 64.0
             out["server_send"].append((abs_send / (1 << 18) - published_wall + 32.0) % 64.0 - 32.0)
     return out
+
+
+def _by_slice(series: list[tuple[float, float]], width_s: float) -> list[float]:
+    """The median delay of each `width_s` slice of the window: a stall shows where it happened."""
+    slices: dict[int, list[float]] = {}
+    for t, ms in series:
+        slices.setdefault(int(t // width_s), []).append(ms)
+    return [sorted(v)[len(v) // 2] for _, v in sorted(slices.items())]
 
 
 async def cmd_delay(args) -> dict:
@@ -180,6 +189,7 @@ async def cmd_delay(args) -> dict:
             "window": w.as_dict(), "frames_published_in_window": frames_sent,
             "publisher_to_server_send_ms": summary([d * 1000 for d in delays["server_send"]]),
             "publisher_to_viewer_arrival_ms": summary([d * 1000 for d in delays["arrival"]]),
+            "arrival_ms_p50_by_2s": _by_slice(delays.get("series", []), 2.0),
             "measuring_viewer": received,
             "other_viewers_connected": sum(1 for o in others for v in o["viewers"] if v["state"] == "connected"),
         })
