@@ -107,18 +107,20 @@ export class WebRtcEngine {
     const now = performance.now();
     let bytes = 0;
     let video = null;
+    let audio = null;
     let pair = null;
     report.forEach((s) => {
       if (s.type === 'inbound-rtp') {
         bytes += s.bytesReceived || 0;
         if (s.kind === 'video') video = s;
+        if (s.kind === 'audio') audio = s;
       } else if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
         pair = s;
       }
     });
     this.samples.push([now, bytes]);
     while (this.samples.length > 6) this.samples.shift();
-    this.stats = {video, pair, at: Date.now()};
+    this.stats = {video, audio, pair, at: Date.now()};
   }
 
   /** Frames decoded so far (inbound-rtp framesDecoded), for the page and tests. */
@@ -137,12 +139,15 @@ export class WebRtcEngine {
   latency() {
     const st = this.stats;
     if (!st || !st.video) return null;
-    const played = st.video.estimatedPlayoutTimestamp;
-    if (typeof played === 'number' && played > NTP_UNIX_OFFSET_MS) {
-      const serverNow = st.at + (this.opts.clockOffsetMs || 0);
-      return {seconds: Math.max(0, (serverNow - (played - NTP_UNIX_OFFSET_MS)) / 1000),
-              method: 'wall clock: now (on the server\'s clock) minus the server\'s send time of the frame on '
-                + 'screen (RTCP sender reports, getStats estimatedPlayoutTimestamp)'};
+    // Chrome gives the playout time of audio (video plays in sync with it); take video's where it is given.
+    for (const [track, what] of [[st.video, 'frame on screen'], [st.audio, 'sound playing (video is in sync)']]) {
+      const played = track ? track.estimatedPlayoutTimestamp : undefined;
+      if (typeof played === 'number' && played > NTP_UNIX_OFFSET_MS) {
+        const serverNow = st.at + (this.opts.clockOffsetMs || 0);
+        return {seconds: Math.max(0, (serverNow - (played - NTP_UNIX_OFFSET_MS)) / 1000),
+                method: `wall clock: now (on the server's clock) minus the server's send time of the ${what} `
+                  + '(RTCP sender reports, getStats estimatedPlayoutTimestamp)'};
+      }
     }
     const emitted = st.video.jitterBufferEmittedCount;
     if (emitted) {
