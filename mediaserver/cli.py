@@ -63,6 +63,7 @@ from .transcode.cluster_abr import ClusterAbr
 from .transcode.pool import TranscodePool
 from .transcode.service import AbrRefusal
 from .webrtc.sessions import Sessions
+from .webrtc.whep import WhepService
 from .webrtc.whip import add_whip_routes
 
 log = logging.getLogger("mediaserver")
@@ -526,16 +527,19 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         ports = f"{config.rtmp.port}" + (f" and rtmps {config.rtmps.port}" if rtmps_cert else "")
         return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{ports}"
 
+    # WebRTC: WHEP playback and WHIP ingest share one session count (webrtc.max_sessions).
+    webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream)
+    whep = WhepService(config, registry, gate, webrtc_sessions, abr)
+    webrtc_routes: list[Callable[[web.Application], object]] = [whep.add_routes]
+    if config.webrtc.enabled:  # WHIP ingest: POST /APP/STREAM/whip
+        webrtc_routes.append(lambda app: add_whip_routes(app, config, registry, gate, webrtc_sessions))
     app = make_app(
         config, registry, packagers, gate=gate, hooks=hooks, admin=admin,
         ready_checks={"rtmp": rtmp_listening},
         metrics_token=None if config.api.metrics_public else token,
-        health=health,
+        health=health, add_routes=webrtc_routes,
     )
     _log_access(config, admission.policy, hooks, token)
-    webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream)
-    if config.webrtc.enabled:  # WHIP ingest: POST /APP/STREAM/whip
-        add_whip_routes(app, config, registry, gate, webrtc_sessions)
     admin_deps.route = load_routing(config, cluster, app)  # GET /api/v1/route/...; edges' redirects
     if cluster is not None:  # cluster
         cluster.wire(app)
@@ -702,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup(config.log.level, config.log.format)
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check of every WebRTC session
     tune_gc()
     try:
         import uvloop

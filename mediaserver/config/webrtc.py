@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -27,3 +28,24 @@ RANGES: dict[str, tuple[float, float]] = {
     "webrtc.max_sessions_per_stream": (0, 1_000_000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {}
+
+
+def problems(config) -> list[str]:
+    """[webrtc] values the types and ranges let through but a peer connection could not use."""
+    found = []
+    cfg = config.webrtc
+    text = cfg.udp_port_range.strip()
+    if text:
+        low, sep, high = text.partition("-")
+        if not (low.isdigit() and (not sep or high.isdigit())) or not (1024 <= int(low) <= int(high or low) <= 65535):
+            found.append(f"webrtc.udp_port_range = {text!r}: write FIRST-LAST within 1024-65535, e.g. \"40000-40100\"")
+    if cfg.public_ip:
+        try:
+            ipaddress.ip_address(cfg.public_ip)
+        except ValueError:
+            found.append(f"webrtc.public_ip = {cfg.public_ip!r} is not an IP address; write the address clients "
+                         "reach this node at, e.g. \"203.0.113.7\"")
+    for entry in cfg.ice_servers:
+        if entry.partition(":")[0] not in ("stun", "stuns", "turn", "turns"):
+            found.append(f"webrtc.ice_servers entry {entry!r} is not a stun:, stuns:, turn: or turns: URL")
+    return found

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -134,9 +134,11 @@ def make_app(
     ready_checks: Mapping[str, ReadyCheck] | None = None,
     metrics_token: str | None = None,
     health: HealthWatch | None = None,
+    add_routes: Sequence[Callable[[web.Application], None]] = (),
 ) -> web.Application:
     """`gate` None admits every viewer; `admin` is mounted at /api/v1; `metrics_token`, when given,
-    is the bearer token /metrics requires; `health`, when [health] is enabled, gives /metrics its flags."""
+    is the bearer token /metrics requires; `health`, when [health] is enabled, gives /metrics its flags;
+    `add_routes` add routes of their own (WebRTC signaling) before the play routes and their catch-alls."""
     gate = gate or Gate(Admission(), registry)
     middlewares = [errors_as_json, admission_middleware]
     if config.http.trusted_proxies:  # first: every later reader of request.remote sees the client
@@ -164,6 +166,8 @@ def make_app(
     app.router.add_get("/time", serve_time)
     add_page_routes(app)  # the player, picker and console: before the play routes, whose patterns match them too
     add_vod_routes(app)  # recordings: before the play routes too
+    for add in add_routes:
+        add(app)
     app.router.add_get("/{app}/{file}", flv_or_404, name="play-flv")
     app.router.add_get("/{app}/{name}/thumbnail.jpg", serve_thumbnail, name="play-thumbnail")
     app.router.add_get("/{app}/{name}/{file}", hls_file, name="play-hls")

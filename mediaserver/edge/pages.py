@@ -45,6 +45,7 @@ from ..auth.names import NAME_RULE, split_rendition
 from ..auth.tokens import AuthError, bearer_matches, normalize_address
 from ..hub.stream import Stream, StreamState
 from ..log import event
+from ..webrtc.units import carried_problem
 from .common import json_error, play_refused
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .history import StreamHistory
@@ -218,7 +219,23 @@ async def serve_stream_status(request: web.Request) -> web.Response:
         "reconnect_grace_s": request.app[CONFIG].hub.reconnect_grace,
         "abr": _abr_on(request, key) if live is not None else False,
     }
+    if request.app[CONFIG].webrtc.enabled:
+        body["webrtc"] = _webrtc_format(live, key, body["abr"])
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+def _webrtc_format(live: Stream | None, key, abr: bool) -> dict[str, Any]:
+    """WHEP, kept apart from `formats`: the player prefers it when the stream can be played that way (H.264
+    without B-frames, or served from an H.264 rendition when ABR is on)."""
+    refused = None
+    if live is not None:
+        info = live.info
+        why = carried_problem(info.video_codec, info.audio_codec, live.gop.frames_from(live.gop.base))
+        if why is not None and not (abr and info.video_codec is not None):
+            refused = {"error": f"stream {key} cannot be played over WebRTC: {why}",
+                       "hint": "publish H.264 without B-frames, or turn ABR on for its app"}
+    return {"id": "webrtc", "label": "WebRTC", "url": f"/{key.app}/{key.name}/whep", "transport": "whep",
+            "refused": refused}
 
 
 def _abr_on(request: web.Request, key) -> bool:

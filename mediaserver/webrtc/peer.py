@@ -1,8 +1,30 @@
 """Peer connections made from [webrtc]: the ICE servers given, and never aiortc's default public STUN server
-(a server must not call out to a third party unless configured to)."""
+(a server must not call out to a third party unless configured to); host candidates bound inside
+`udp_port_range` and advertised as `public_ip`.
+
+aioice (aiortc's ICE) has no option for either: it binds each local address on a port the system picks
+and advertises that address. The least intrusive way in is a subclass of its Connection that replaces
+only the gathering of host candidates (`get_component_candidates`); a peer connection's ICE gatherers
+get it by a class swap on their connection object, after `setRemoteDescription` created them and before
+`setLocalDescription` gathers. aiortc itself is not patched, so other peer connections in the same
+process (tests' clients) are left as they are.
+
+With `public_ip`, one socket on the wildcard address (of the public address's family) is bound per
+session and advertised as `public_ip` (behind a 1:1 NAT, or 127.0.0.1 for a loopback-only test); without
+it, every address aioice would use is bound, each in the range. Server-reflexive candidates (STUN) are
+asked for the bound sockets as aioice does; TURN relays are aioice's own.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import random
+import socket
+from dataclasses import dataclass
+
+from aioice import Candidate
+from aioice import ice as aioice_ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from ..config import WebrtcConfig
@@ -21,5 +43,138 @@ def ice_servers(config: WebrtcConfig) -> list[RTCIceServer]:
     return servers
 
 
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """ "40000-40100" -> (40000, 40100); "" -> None. Raises ValueError saying what is accepted."""
+    text = text.strip()
+    if not text:
+        return None
+    low, sep, high = text.partition("-")
+    try:
+        first, last = int(low), int(high if sep else low)
+    except ValueError:
+        raise ValueError(f"webrtc.udp_port_range = {text!r} is not FIRST-LAST, e.g. \"40000-40100\"") from None
+    if not (1024 <= first <= last <= 65535):
+        raise ValueError(f"webrtc.udp_port_range = {text!r}: ports must be 1024-65535, the first not above the last")
+    return first, last
+
+
+class NoFreePort(OSError):
+    """Every port of webrtc.udp_port_range is taken on an address."""
+
+
+def bind_udp(address: str, ports: tuple[int, int] | None, rng: random.Random | None = None) -> socket.socket:
+    """A non-blocking UDP socket bound to `address` on a port of `ports` (any port when None), tried from a
+    random place in the range so that sessions starting together do not all probe the same ports."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    if ports is None:
+        candidates: list[int] | range = [0]
+    else:
+        first, last = ports
+        start = (rng or random).randint(first, last)
+        candidates = [*range(start, last + 1), *range(first, start)]
+    for port in candidates:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, port))
+        except OSError:
+            sock.close()
+            if ports is None:
+                raise
+            continue
+        sock.setblocking(False)
+        return sock
+    raise NoFreePort(f"no free UDP port in webrtc.udp_port_range {ports[0]}-{ports[1]} on {address}; "  # type: ignore[index]
+                     "widen the range or lower webrtc.max_sessions")
+
+
+@dataclass(frozen=True, slots=True)
+class HostCandidates:
+    """How host candidates are made: the ports to bind and the address to advertise."""
+
+    ports: tuple[int, int] | None
+    public_ip: str
+
+    @classmethod
+    def of(cls, config: WebrtcConfig) -> HostCandidates | None:
+        ports = parse_port_range(config.udp_port_range)
+        if ports is None and not config.public_ip:
+            return None  # aioice's own way
+        return cls(ports, config.public_ip)
+
+    def bind_addresses(self, addresses: list[str]) -> list[tuple[str, str]]:
+        """(address to bind, address to advertise) pairs for the addresses aioice would use."""
+        if self.public_ip:
+            wildcard = "::" if ipaddress.ip_address(self.public_ip).version == 6 else "0.0.0.0"
+            return [(wildcard, self.public_ip)]
+        return [(a, a) for a in addresses]
+
+
+class BoundIceConnection(aioice_ice.Connection):
+    """aioice's Connection with host candidates from `host_candidates` (set on the instance)."""
+
+    host_candidates: HostCandidates
+
+    async def get_component_candidates(self, component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
+        loop = asyncio.get_running_loop()
+        candidates: list[Candidate] = []
+        protocols: list[aioice_ice.StunProtocol] = []
+        for bind, advertised in self.host_candidates.bind_addresses(addresses):
+            try:
+                sock = bind_udp(bind, self.host_candidates.ports)
+            except NoFreePort:
+                raise
+            except OSError:
+                continue  # an address that cannot be bound (as aioice skips it)
+            _, protocol = await loop.create_datagram_endpoint(lambda: aioice_ice.StunProtocol(self), sock=sock)
+            port = sock.getsockname()[1]
+            protocol.local_candidate = Candidate(
+                foundation=aioice_ice.candidate_foundation("host", "udp", advertised), component=component,
+                transport="udp", priority=aioice_ice.candidate_priority(component, "host"), host=advertised,
+                port=port, type="host",
+            )
+            candidates.append(protocol.local_candidate)
+            protocols.append(protocol)
+        self._protocols += protocols
+        if self.stun_server and not self.host_candidates.public_ip:
+            tasks = [asyncio.create_task(aioice_ice.server_reflexive_candidate(p, self.stun_server))
+                     for p in protocols if ipaddress.ip_address(p.local_candidate.host).version == 4]
+            if tasks:
+                done, pending = await asyncio.wait(tasks, timeout=timeout)
+                for task in pending:
+                    task.cancel()
+                candidates += [t.result()[0] for t in done if t.exception() is None]
+        # TURN: aioice's own code, with no host addresses of its own to bind.
+        stun_server, self.stun_server = self.stun_server, None
+        try:
+            candidates += await super().get_component_candidates(component, [], timeout)
+        finally:
+            self.stun_server = stun_server
+        return candidates
+
+
 def new_peer_connection(config: WebrtcConfig) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(config)))
+
+
+def bind_candidates(pc: RTCPeerConnection, config: WebrtcConfig) -> None:
+    """Make `pc`'s ICE gatherers bind in udp_port_range and advertise public_ip (no-op when neither is set).
+    Call after setRemoteDescription (which creates them) and before setLocalDescription (which gathers)."""
+    hosts = HostCandidates.of(config)
+    if hosts is None:
+        return
+    for transceiver in pc.getTransceivers():
+        for transport in (transceiver.sender.transport, transceiver.receiver.transport):
+            if transport is None:
+                continue
+            connection = transport.transport.iceGatherer._connection
+            if not isinstance(connection, BoundIceConnection):
+                connection.__class__ = BoundIceConnection
+                connection.host_candidates = hosts
+    sctp = pc.sctp
+    if sctp is not None:
+        connection = sctp.transport.transport.iceGatherer._connection
+        if not isinstance(connection, BoundIceConnection):
+            connection.__class__ = BoundIceConnection
+            connection.host_candidates = hosts

@@ -1,8 +1,9 @@
-"""HTTP signaling helpers shared by WHIP (RFC 9725) and WHEP: read an SDP offer within limits, answer
-201 with the SDP answer and the session's Location, CORS for browser pages, errors with a reason.
+"""The HTTP side of WHEP and WHIP signaling (draft-ietf-wish-whep, RFC 9725), shared by both: reading an SDP
+offer within limits and a deadline, the 201 answer with the session's Location, the DELETE that ends a
+session, CORS for pages on other origins, errors with a reason and what to do.
 
-Every error is a JSON body `{"error": ..., "hint": ...}` as the rest of the server answers (the edge's
-helpers are not importable from here: webrtc sits beside the edge, not on it).
+A client POSTs its offer (Content-Type application/sdp) with its candidates in it, and gets the complete
+answer: this server gathers its own candidates before answering (no trickle ICE, so PATCH is 405).
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import json
 from aiohttp import web
 
 from ..auth import cors
+from ..edge.common import json_error, play_refused
+from ..gate import ABR, CREDENTIAL, LIMIT, NAME, Refusal
+from .sdp import Offer, SdpError, parse_offer
 
-SDP_TYPE = "application/sdp"
-MAX_OFFER_BYTES = 32 * 1024
-"""Browsers' offers are 3-10 KiB (more with many codecs and candidates)."""
+SDP = "application/sdp"
+SDP_TYPE = SDP
+MAX_OFFER_BYTES = 64 * 1024
+"""Browsers' offers are 3-12 KiB (more with many codecs and candidates)."""
 OFFER_READ_TIMEOUT_S = 10.0
+METHODS = "POST, DELETE, PATCH, OPTIONS"
 EXPOSED = "Location, ETag, Link, Content-Length, Date"
 """Response headers a page may read: a WHIP/WHEP client needs Location to end its session."""
+REQUEST_HEADERS = "Content-Type, Authorization, If-Match"
 
 
 class SignalingError(Exception):
@@ -33,9 +40,19 @@ class SignalingError(Exception):
         self.headers = headers or {}
 
 
+def cors_headers(request: web.Request, origins: tuple[str, ...]) -> dict[str, str]:
+    """CORS headers of a signaling answer; a page on another origin may read the session's Location."""
+    return cors.cors_headers(request.headers.get("Origin"), origins, EXPOSED)
+
+
 def cors_for(request: web.Request, cors_origin: str) -> dict[str, str]:
-    """CORS headers of an answer (http.cors_origin), with Location and ETag readable by the page."""
-    return cors.cors_headers(request.headers.get("Origin"), (cors_origin,) if cors_origin else (), EXPOSED)
+    """cors_headers for http.cors_origin ("" is none)."""
+    return cors_headers(request, (cors_origin,) if cors_origin else ())
+
+
+def preflight(request: web.Request, origins: tuple[str, ...]) -> web.Response:
+    headers = cors.preflight_headers(request.headers.get("Origin"), origins, METHODS, REQUEST_HEADERS)
+    return web.Response(status=204, headers={"Allow": METHODS, **headers})
 
 
 def error_response(err: SignalingError, cors_headers: dict[str, str]) -> web.Response:
@@ -43,16 +60,16 @@ def error_response(err: SignalingError, cors_headers: dict[str, str]) -> web.Res
                         content_type="application/json", headers={**err.headers, **cors_headers})
 
 
-async def read_offer(request: web.Request, max_bytes: int = MAX_OFFER_BYTES,
-                     timeout_s: float = OFFER_READ_TIMEOUT_S) -> str:
-    """The SDP offer in the body of a POST, checked for type, size and text; raises SignalingError."""
-    if request.content_type != SDP_TYPE:
-        raise SignalingError(415, f"the offer must be sent as {SDP_TYPE}, not {request.content_type or 'nothing'}",
-                             f"send the SDP offer with Content-Type: {SDP_TYPE}")
+async def read_offer_text(request: web.Request, max_bytes: int = MAX_OFFER_BYTES,
+                          timeout_s: float = OFFER_READ_TIMEOUT_S) -> str:
+    """The SDP offer in the body of a POST, checked for type, size, deadline and text; raises SignalingError."""
+    if request.content_type != SDP:
+        raise SignalingError(415, f"the offer must be sent as Content-Type: {SDP}, not {request.content_type or 'none'}",
+                             "POST the SDP offer from RTCPeerConnection.createOffer() as the request body")
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise SignalingError(413, f"an SDP offer of {declared} bytes is over the limit of {max_bytes}",
-                             "offer fewer codecs or candidates")
+                             "send a plain offer (a browser's is a few KiB): fewer codecs or candidates")
     try:
         async with asyncio.timeout(timeout_s):
             body = await request.content.read(max_bytes + 1)
@@ -62,28 +79,70 @@ async def read_offer(request: web.Request, max_bytes: int = MAX_OFFER_BYTES,
                     break
                 body += more
     except TimeoutError:
-        raise SignalingError(408, f"the SDP offer did not arrive within {timeout_s:g} s", "send the whole body at once") from None
+        raise SignalingError(408, f"the SDP offer did not arrive within {timeout_s:g} s",
+                             "send the whole body at once") from None
+    except (ConnectionError, web.HTTPException) as err:
+        raise SignalingError(400, "the offer could not be read", str(err)[:200]) from None
     if len(body) > max_bytes:
-        raise SignalingError(413, f"the SDP offer is over the limit of {max_bytes} bytes", "offer fewer codecs or candidates")
+        raise SignalingError(413, f"the SDP offer is over the limit of {max_bytes} bytes",
+                             "send a plain offer: fewer codecs or candidates")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise SignalingError(400, "the SDP offer is not UTF-8 text", "send the offer as createOffer() made it") from None
+        raise SignalingError(400, "bad SDP offer: not UTF-8 text", "send the offer as createOffer() made it") from None
     if not text.startswith("v=0"):
-        raise SignalingError(400, "the body is not an SDP offer: it must start with v=0",
-                             "send the offer as createOffer() made it")
+        raise SignalingError(400, "bad SDP offer: it must start with v=0", "send the offer as createOffer() made it")
     return text
 
 
-def answer_response(answer_sdp: str, location: str, cors_headers: dict[str, str]) -> web.Response:
-    """201 Created with the SDP answer and the session's Location (RFC 9725 4.2)."""
-    return web.Response(status=201, text=answer_sdp, content_type=SDP_TYPE,
-                        headers={"Location": location, **cors_headers})
+async def read_offer(request: web.Request, headers: dict[str, str]) -> tuple[str, Offer]:
+    """The SDP offer of a POST (text and parsed), or the 4xx (an HTTPException) that says what is wrong."""
+    try:
+        text = await read_offer_text(request)
+    except SignalingError as err:
+        raise json_error(err.status, err.error, err.hint, headers) from None
+    try:
+        return text, parse_offer(text)
+    except SdpError as err:
+        raise json_error(400, f"bad SDP offer: {err}", "send the SDP of RTCPeerConnection.createOffer()", headers) from None
+
+
+def answer_response(answer_sdp: str, location: str, headers: dict[str, str]) -> web.Response:
+    """201 Created: the SDP answer, and the session's URL (DELETE it to end the session; RFC 9725 4.2)."""
+    return web.Response(status=201, body=answer_sdp.encode(), content_type=SDP,
+                        headers={"Location": location, **headers})
 
 
 def session_ended_response(cors_headers: dict[str, str]) -> web.Response:
     """The answer to DELETE on a session's Location: 200, no body (RFC 9725 4.2)."""
     return web.Response(status=200, headers=cors_headers)
+
+
+def session_not_found(session_id: str, headers: dict[str, str]) -> web.HTTPException:
+    return json_error(404, f"no WebRTC session {session_id[:64]!r} here",
+                      "it has ended already (or was never made on this node)", headers)
+
+
+def trickle_not_supported(headers: dict[str, str]) -> web.HTTPException:
+    return json_error(405, "this server does not take trickled candidates",
+                      "put your candidates in the offer (wait for ICE gathering to complete before the POST)",
+                      {"Allow": "DELETE, OPTIONS", **headers})
+
+
+def refusal_response(request: web.Request, subject: str, refusal: Refusal, headers: dict[str, str]) -> web.HTTPException:
+    """The gate's refusal as an HTTP answer, as the other outputs give it: 400 (a bad name), 401 (no token),
+    403 (a credential or the hook), 503 (a limit), or an ABR refusal's own status."""
+    if refusal.kind == NAME:
+        return json_error(400, refusal.message, "check the stream name in the URL", headers)
+    if refusal.kind == LIMIT:
+        return json_error(503, refusal.message, refusal.hint, {"Retry-After": "10", **headers})
+    if refusal.kind == ABR:
+        extra = {"Retry-After": "10"} if refusal.status == 503 else {}
+        return json_error(refusal.status or 503, refusal.message, refusal.hint, {**extra, **headers})
+    reason = refusal.reason if refusal.kind == CREDENTIAL else refusal.kind
+    error = play_refused(request, subject, reason, refusal.message, "add ?token=... to the WHEP URL")
+    error.headers.update(headers)
+    return error
 
 
 # ----- H.264 profiles: what aiortc negotiates versus what a pass-through server accepts ---------------

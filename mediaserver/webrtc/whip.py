@@ -42,7 +42,7 @@ from .signaling import (
     cors_for,
     error_response,
     offer_for_any_h264_profile,
-    read_offer,
+    read_offer_text,
     session_ended_response,
 )
 
@@ -138,7 +138,7 @@ class WhipService:
     async def _publish(self, request: web.Request, cors: dict[str, str]) -> web.Response:
         app, name = request.match_info["app"], request.match_info["name"]
         address = request.remote or ""
-        offer = await read_offer(request)
+        offer = await read_offer_text(request)
         # The offer and the node's session limit first: cheap, and a refusal then never costs an on_publish
         # webhook call or a cluster claim.
         has_video, has_audio = check_offer(offer)

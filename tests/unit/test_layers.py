@@ -28,7 +28,7 @@ ALLOWED = {
     "auth": {"errors", "auth"},
     "gate": {"errors", "config", "log", "hub", "auth", "media"},
     "edge": {"errors", "config", "log", "hub", "remux", "media", "auth", "cluster.locator", "edge", "gate", "transports",
-             "transcode", "record", "tls"},
+             "transcode", "record", "tls", "webrtc.units"},  # webrtc.units: the player's status says if WebRTC plays
     "api": {"errors", "config", "log", "hub", "auth", "cluster.locator", "api", "transcode", "record", "relay"},
     # ABR, thumbnails, health: codec work in worker processes or threads, fed from the hub; never the edge.
     "transcode": {"errors", "config", "log", "hub", "media", "remux", "auth", "transcode", "transports",
@@ -44,7 +44,9 @@ ALLOWED = {
     "relay": {"errors", "config", "log", "hub", "media", "rtmp.client", "rtmp.errors", "rtmp.events", "relay",
               "edge.flv_ingest", "auth", "transports"},
     # WebRTC: WHEP viewers and WHIP publishers bridged to the hub through aiortc peer connections.
-    "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc"},
+    # It answers HTTP like the edge's play routes, with the edge's JSON errors and client address (edge.common).
+    "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc",
+               "edge.common"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {

@@ -4,6 +4,7 @@
 //   llhls, hls    hls.js (or the browser itself where it plays HLS natively and has no MSE: iPhone Safari)
 //   dash          dash.js
 //   mp4           the browser itself: a recording's file as the <video> source (HTTP Range requests)
+//   webrtc        WHEP: an RTCPeerConnection receiving H.264 and Opus (engine_webrtc.js)
 //
 // Engines report the end of the stream (onEnd) and fatal errors (onError); the page decides what to say.
 // Over a multivariant playlist or an MPD with several video Representations (ABR), hls.js and dash.js
@@ -14,6 +15,7 @@
 // FLV, which carries no wall clock.
 
 import {loadScript, VENDOR} from './common.js';
+import {WebRtcEngine, webrtcCannotPlay} from './engine_webrtc.js';
 
 const MSE_TYPES = {
   h264: 'video/mp4; codecs="avc1.42E01E"',
@@ -43,6 +45,7 @@ export function codecName(codec) {
 
 /** Why this browser cannot play `format` for a stream with these codecs, or null when it can. */
 export function cannotPlay(format, videoCodec, audioCodec) {
+  if (format === 'webrtc') return webrtcCannotPlay(videoCodec, audioCodec);
   const codecs = [videoCodec, audioCodec].filter(Boolean);
   const isHls = format === 'hls' || format === 'llhls';
   const MS = mediaSourceClass();
@@ -413,7 +416,9 @@ class FileEngine extends Engine {
   }
 }
 
-const ENGINES = {flv: FlvEngine, 'ws-flv': FlvEngine, llhls: HlsEngine, hls: HlsEngine, dash: DashEngine, mp4: FileEngine};
+const ENGINES = {
+  flv: FlvEngine, 'ws-flv': FlvEngine, llhls: HlsEngine, hls: HlsEngine, dash: DashEngine, mp4: FileEngine, webrtc: WebRtcEngine,
+};
 
 export function createEngine(format, video, url, opts) {
   const Cls = ENGINES[format];

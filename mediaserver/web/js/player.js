@@ -94,6 +94,8 @@ function whyNot(f) {
 function chooseFormat() {
   if (format && formatById(format)) return format;
   const candidates = info.abr ? info.formats.filter((f) => ABR_FORMATS.has(f.id)) : [];
+  // WebRTC (lowest delay, and no Media Source Extensions needed) where the stream can be played that way.
+  candidates.push(...info.formats.filter((f) => f.id === 'webrtc'));
   const playable = candidates.find((f) => !whyNot(f)) || info.formats.find((f) => !whyNot(f));
   return playable ? playable.id : null;
 }
@@ -132,7 +134,9 @@ function switchTo(id) {
 
 async function fetchStatus() {
   const path = `/play/${encodeURIComponent(app)}/${encodeURIComponent(name)}/status.json`;
-  return getJSON(withToken(path, token));
+  const result = await getJSON(withToken(path, token));
+  if (result.ok && result.body.webrtc) result.body.formats.push(result.body.webrtc);  // listed last, preferred
+  return result;
 }
 
 // ----- playback ------------------------------------------------------------------------------------
@@ -216,8 +220,9 @@ async function onEngineError(f, err) {
     }
     renderFormats();
   }
-  // Ask the format's URL itself: its JSON answer names why it was refused.
-  const diagnosis = await probe(f);
+  // Ask the format's URL itself: its JSON answer names why it was refused (WHEP's POST answered already).
+  const diagnosis = f.transport === 'whep' ? (err.status ? {ok: false, status: err.status, body: err.body} : null)
+    : await probe(f);
   if (diagnosis && !diagnosis.ok && diagnosis.status >= 400) {
     setState('refused', `The server refused ${f.label} for ${stream} (${diagnosis.status}): ${explain(diagnosis)}`,
       'Choose another format above.');
@@ -465,6 +470,7 @@ boot();
 if (!recorded) window.mediaserverPlayer = {
   get phase() { return phase; },
   get format() { return format; },
+  get peerConnection() { return engine && engine.pc ? engine.pc : null; },  // WebRTC: for getStats()
   get status() { return info; },
   get levels() { return engine ? engine.levels() : []; },
   get level() { return engine ? engine.level() : null; },

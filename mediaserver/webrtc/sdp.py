@@ -1,0 +1,123 @@
+"""What a WHEP or WHIP offer must hold before a peer connection is built for it: checked on the text, so a
+client that sent something else gets a 400 that says what was wrong instead of an aiortc exception.
+
+Pure. Not a full SDP parser (aiortc parses it afterwards): only the lines that decide whether this server
+can answer at all. An SDP body is bounded by the caller (signaling.read_offer).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MAX_LINES = 2_000
+"""Browsers' offers are 50-150 lines; more is not an offer anybody's client sends."""
+
+_MEDIA = re.compile(r"m=(audio|video|application) (\d+) (\S+)(?: (.*))?")
+_RTPMAP = re.compile(r"a=rtpmap:(\d+) ([A-Za-z0-9_.-]+)/(\d+)(?:/\d+)?")
+_FMTP = re.compile(r"a=fmtp:(\d+) (.*)")
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class SdpError(ValueError):
+    """The body is not an offer this server can answer; the message says why, for the 400."""
+
+
+@dataclass(slots=True)
+class MediaSection:
+    """One m= section of an offer: its kind, direction (from the offerer's side) and codecs by name."""
+
+    kind: str
+    direction: str = "sendrecv"
+    codecs: dict[str, list[str]] = field(default_factory=dict)
+    """Lower-case codec name ("h264", "opus", ...) -> the fmtp lines of its payload types (may be "")."""
+
+    def offers(self, codec: str) -> bool:
+        return codec in self.codecs
+
+
+@dataclass(slots=True)
+class Offer:
+    sections: list[MediaSection]
+
+    def of_kind(self, kind: str) -> list[MediaSection]:
+        return [s for s in self.sections if s.kind == kind]
+
+
+def parse_offer(text: str) -> Offer:
+    """The media sections of an SDP offer; SdpError when it is not one."""
+    if "\x00" in text:
+        raise SdpError("the body has NUL bytes; an SDP offer is text")
+    lines = text.replace("\r\n", "\n").split("\n")
+    if len(lines) > MAX_LINES:
+        raise SdpError(f"the offer has {len(lines)} lines; at most {MAX_LINES} are read")
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise SdpError("an SDP offer starts with the line v=0")
+    if not any(line.startswith("o=") for line in lines):
+        raise SdpError("the offer has no o= line")
+    sections: list[MediaSection] = []
+    session_direction = "sendrecv"
+    payload_names: dict[str, str] = {}
+    current: MediaSection | None = None
+    for line in lines:
+        if line.startswith("m="):
+            match = _MEDIA.fullmatch(line)
+            if match is None:
+                raise SdpError(f"malformed media line {line[:80]!r}")
+            current = MediaSection(match.group(1), session_direction)
+            sections.append(current)
+            payload_names = {}
+            continue
+        if line[2:] in _DIRECTIONS and line.startswith("a="):
+            if current is None:
+                session_direction = line[2:]
+            else:
+                current.direction = line[2:]
+            continue
+        if current is None:
+            continue
+        match = _RTPMAP.fullmatch(line)
+        if match is not None:
+            name = match.group(2).lower()
+            payload_names[match.group(1)] = name
+            current.codecs.setdefault(name, [])
+            continue
+        match = _FMTP.fullmatch(line)
+        if match is not None and match.group(1) in payload_names:
+            current.codecs[payload_names[match.group(1)]].append(match.group(2))
+    if not sections:
+        raise SdpError("the offer has no media section (m=audio or m=video)")
+    if not any(s.kind in ("audio", "video") for s in sections):
+        raise SdpError("the offer has no audio or video section")
+    if not any("a=fingerprint:" in line for line in lines):
+        raise SdpError("the offer has no a=fingerprint line (DTLS is required)")
+    if not any(line.startswith("a=ice-ufrag:") for line in lines):
+        raise SdpError("the offer has no a=ice-ufrag line (ICE is required)")
+    return Offer(sections)
+
+
+def h264_packetization_mode_1(section: MediaSection) -> bool:
+    """Whether the section offers H.264 with packetization-mode=1 (what the packetizer sends: FU-A, STAP-A)."""
+    return any("packetization-mode=1" in fmtp.replace(" ", "") for fmtp in section.codecs.get("h264", []))
+
+
+def playback_problem(offer: Offer, video_codec: str | None, audio_codec: str | None) -> str | None:
+    """Why this WHEP offer cannot receive a stream with these codecs (video passed through as H.264, audio
+    sent as Opus), or None. Only the tracks the stream has are asked for."""
+    receiving = [s for s in offer.sections if s.kind in ("audio", "video") and s.direction in ("recvonly", "sendrecv")]
+    if not receiving:
+        return "the offer receives nothing: a WHEP offer has recvonly (or sendrecv) audio or video sections"
+    if video_codec is not None:
+        videos = [s for s in receiving if s.kind == "video"]
+        if videos and not any(h264_packetization_mode_1(s) for s in videos):
+            return "the offer's video section has no H.264 with packetization-mode=1, which this stream is sent as"
+    if audio_codec is not None:
+        audios = [s for s in receiving if s.kind == "audio"]
+        if audios and not any(s.offers("opus") for s in audios):
+            return "the offer's audio section has no Opus, which this stream's audio is sent as"
+    kinds = {s.kind for s in receiving}
+    if ("video" not in kinds or video_codec is None) and ("audio" not in kinds or audio_codec is None):
+        has = " and ".join(k for k, c in (("video", video_codec), ("audio", audio_codec)) if c) or "nothing yet"
+        return f"the offer asks for no track this stream has (it has {has})"
+    return None

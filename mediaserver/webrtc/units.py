@@ -1,0 +1,113 @@
+"""Hub frames as the units WebRTC senders packetize: H.264 access units in Annex B with their RTP time
+(90 kHz), Opus packets with theirs (48 kHz). Pure: no aiortc, no PyAV (tracks.py wraps the bytes in
+av.Packet).
+
+H.264 over RTP (RFC 6184) carries no out-of-band parameter sets in aiortc's answer, so every IDR picture
+gets the stream's SPS and PPS in band (as MPEG-TS does), unless it carries its own. The access unit
+delimiters a publisher may send are dropped: RTP needs none.
+
+WebRTC cannot carry B-frames: its packets' timestamps are presentation times and receivers decode in
+arrival order, so a stream whose pictures are reordered (a frame shown before one decoded earlier) must
+be served from a rendition encoded without them. `reorders` tells from a run of frames.
+
+A new viewer's first pictures: the cached GOP from its keyframe lets the picture start at once, but its
+frames are up to a GOP old; sent with their own times they would make the receiver's jitter buffer
+play them at their pace, a whole GOP behind the publisher for good. `catch_up_times` restamps them
+1 ms apart ending at the newest one's time, so the receiver decodes them at once and shows the newest:
+the session starts at the live edge. Cached audio is not sent (it would only be late).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import MediaError
+from ..media import h264
+from ..media.frames import Frame, FrameKind
+
+VIDEO_CLOCK = 90_000
+AUDIO_CLOCK = 48_000
+PLAYABLE_AUDIO = frozenset({"aac", "opus"})
+CATCH_UP_STEP = VIDEO_CLOCK // 1000
+"""One millisecond between the restamped frames of a viewer's first GOP."""
+
+
+def video_time(frame: Frame) -> int:
+    """The RTP time (90 kHz) of a video frame: its presentation time."""
+    return frame.pts_ms * (VIDEO_CLOCK // 1000)
+
+
+def audio_time(frame: Frame) -> int:
+    """The RTP time (48 kHz) of an Opus frame passed through."""
+    return frame.dts_ms * (AUDIO_CLOCK // 1000)
+
+
+class H264Units:
+    """Turns one stream's H.264 frames into Annex B access units; follows its sequence headers."""
+
+    def __init__(self) -> None:
+        self.nal_length_size = 4
+        self.parameter_sets = b""
+
+    def configure(self, config: Frame) -> None:
+        """A sequence header (AVCDecoderConfigurationRecord); a malformed one keeps the previous settings."""
+        try:
+            parsed = h264.parse_avc_config(bytes(config.payload))
+        except MediaError:
+            return
+        self.nal_length_size = parsed.nal_length_size
+        self.parameter_sets = parsed.annexb_parameter_sets()
+
+    def access_unit(self, frame: Frame) -> bytes:
+        """One picture in Annex B (SPS and PPS in front of an IDR); b"" when it holds nothing to send.
+        Raises MediaError for NAL unit lengths that overrun the frame."""
+        pieces: list[bytes | memoryview] = []
+        nals = list(h264.iter_nal_units(frame.payload, self.nal_length_size))
+        if frame.keyframe and self.parameter_sets:
+            types = {nal[0] & 0x1F for nal in nals if len(nal)}
+            if h264.NAL_SPS not in types or h264.NAL_PPS not in types:
+                pieces.append(self.parameter_sets)
+        sent = 0
+        for nal in nals:
+            if not len(nal) or nal[0] & 0x1F == h264.NAL_AUD:
+                continue
+            pieces.append(h264.START_CODE)
+            pieces.append(nal)
+            sent += 1
+        return b"".join(pieces) if sent else b""
+
+
+def reorders(frames: Sequence[Frame]) -> bool:
+    """Whether these frames (in decode order) show pictures out of order: B-frames."""
+    newest = None
+    for f in frames:
+        if f.kind != FrameKind.VIDEO or f.is_config:
+            continue
+        pts = f.pts_ms
+        if newest is not None and pts < newest:
+            return True
+        if newest is None or pts > newest:
+            newest = pts
+    return False
+
+
+def carried_problem(video_codec: str | None, audio_codec: str | None, frames: Sequence[Frame]) -> str | None:
+    """Why WebRTC cannot carry a stream with these codecs and recent frames as it is, or None. Video passes
+    through as H.264 without B-frames; audio is sent as Opus (AAC transcoded, Opus passed through)."""
+    if video_codec is not None and video_codec != "h264":
+        return f"its video is {video_codec}; WebRTC playback here carries H.264"
+    if video_codec == "h264" and reorders(frames):
+        return "its video has B-frames, which WebRTC cannot carry"
+    if video_codec is None and audio_codec not in PLAYABLE_AUDIO:
+        return "it has no track WebRTC can carry yet (H.264 video, AAC or Opus audio)"
+    return None
+
+
+def catch_up_times(times: Sequence[int]) -> list[int]:
+    """RTP times for a viewer's first pictures (the cached GOP), newest last: 1 ms apart, ending at the
+    newest picture's own time, so the live pictures that follow keep theirs."""
+    if not times:
+        return []
+    last = times[-1]
+    n = len(times)
+    return [last - (n - 1 - i) * CATCH_UP_STEP for i in range(n)]

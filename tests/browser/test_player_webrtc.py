@@ -1,0 +1,77 @@
+"""The player page plays WHEP in headless Chromium on loopback (the server's host candidate is 127.0.0.1): WebRTC
+is the format it picks for H.264 without B-frames, currentTime advances, getStats' inbound-rtp framesDecoded
+grows, the latency readout comes from RTCP timing, and a kick of the viewer ends it with the page saying so."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support.media import describe_clip, ffmpeg_exe
+
+from .conftest import advance_within, wait_state, wait_status
+
+ADMIN = "whep-browser-admin-0123456789"
+
+
+@pytest.fixture(scope="module")
+def baseline_clip(tmp_path_factory):
+    """320x240 25 fps H.264 baseline (no B-frames), GOP 0.5 s, AAC, 4 s."""
+    path: Path = tmp_path_factory.mktemp("whep-browser") / "baseline.flv"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
+        "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0", "-g", "12",
+        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
+    ], check=True, capture_output=True, timeout=60)
+    return describe_clip(path, 4.0)
+
+
+def _post(url: str) -> int:
+    req = urllib.request.Request(url, method="POST", data=b"{}", headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as resp:
+        return resp.status
+
+
+def _frames_decoded(page) -> int:
+    return page.evaluate("""async () => {
+        const pc = window.mediaserverPlayer.peerConnection;
+        if (!pc) return -1;
+        let n = 0;
+        (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') n = s.framesDecoded; });
+        return n;
+    }""")
+
+
+def test_the_player_picks_webrtc_plays_it_and_a_kick_ends_it(server_factory, monkeypatch, publish, baseline_clip,
+                                                               stream_name, browser):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"webrtc.public_ip": "127.0.0.1"})
+    publish(server, stream_name, baseline_clip, loop=True)
+    status = wait_status(server, stream_name)
+    assert status["webrtc"]["refused"] is None, status["webrtc"]
+    page = browser.page(f"{server.http_base}/play/live/{stream_name}")
+    wait_state(page, "playing")
+    assert page.get_attribute('[data-format="webrtc"]', "aria-pressed") == "true"
+    assert advance_within(page, 1.0, within_s=3.0) > 1.0
+    first = _frames_decoded(page)
+    page.wait_for_timeout(1000)
+    assert _frames_decoded(page) >= first + 15 > 15, "framesDecoded must grow (25 fps)"
+    page.wait_for_function("() => document.getElementById('stat-latency').dataset.seconds !== undefined",
+                           timeout=8000)
+    latency_s = float(page.get_attribute("#stat-latency", "data-seconds"))
+    assert 0.0 <= latency_s < 1.0, f"WebRTC latency readout {latency_s} s"
+    assert page.inner_text("#stat-resolution") == "320×240"
+
+    viewers = json.loads(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(urllib.request.Request(
+        f"{server.http_base}/api/v1/streams/live/{stream_name}/viewers",
+        headers={"Authorization": f"Bearer {ADMIN}"}), timeout=10).read())["viewers"]
+    (viewer,) = [v for v in viewers if v["format"] == "webrtc"]
+    assert _post(f"{server.http_base}/api/v1/streams/live/{stream_name}/viewers/{viewer['id']}/kick") == 200
+    wait_state(page, "stopped", timeout_s=10)
+    assert "still live" in page.inner_text("#status")

@@ -1,0 +1,90 @@
+"""A WHEP viewer in the test process: an aiortc peer connection that offers recvonly video and audio, POSTs the
+offer, and counts the frames its receivers decode (aiortc decodes H.264 and Opus with PyAV).
+
+Loopback only: its host candidate is 127.0.0.1 (mediaserver.webrtc.peer.bind_candidates with public_ip), and
+it is given no ICE server, so it never asks anybody outside the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from mediaserver.config import WebrtcConfig
+from mediaserver.webrtc.peer import bind_candidates
+
+
+@dataclass
+class WhepAnswer:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
+@dataclass
+class WhepViewer:
+    url: str
+    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    frames: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+    location: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def offer(self, audio: bool = True, video: bool = True) -> str:
+        if video:
+            self.pc.addTransceiver("video", direction="recvonly")
+        if audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        bind_candidates(self.pc, WebrtcConfig(public_ip="127.0.0.1"))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def post(self, http: aiohttp.ClientSession, sdp: str, content_type: str = "application/sdp") -> WhepAnswer:
+        async with http.post(self.url, data=sdp, headers={"Content-Type": content_type}) as resp:
+            return WhepAnswer(resp.status, await resp.text(), dict(resp.headers))
+
+    async def play(self, http: aiohttp.ClientSession) -> WhepAnswer:
+        """Offer, POST, apply the answer; frames are counted as they decode."""
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+        answer = await self.post(http, await self.offer())
+        if answer.status == 201:
+            self.location = answer.headers.get("Location")
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer.body, "answer"))
+        return answer
+
+    def _on_track(self, track) -> None:
+        self._tasks.append(asyncio.ensure_future(self._read(track)))
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.ended.set()
+
+    async def _read(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                self.ended.set()
+                return
+            self.frames[track.kind] += 1
+            if track.kind == "video":
+                self.sizes.add((frame.width, frame.height))
+
+    async def wait_frames(self, video: int, audio: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.frames["video"] >= video and self.frames["audio"] >= audio:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()

@@ -1,0 +1,89 @@
+"""The media side of WHEP without a network: AAC -> Opus on the stream's timeline, bounded track queues, and
+one av.Packet per frame shared by every viewer of a stream."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from mediaserver.hub.registry import StreamRegistry
+from mediaserver.hub.stream import StreamKey
+from mediaserver.media import h264
+from mediaserver.webrtc.feeds import StreamFeed
+from mediaserver.webrtc.opus_feed import OPUS_FRAME, OpusEncoder
+from mediaserver.webrtc.tracks import VIDEO_TIME_BASE, PacketTrack, packet
+
+
+def aac_frames(seconds: float = 1.0, rate: int = 44100):
+    """(AudioSpecificConfig, [raw AAC access units]) of a tone, encoded with PyAV."""
+    enc = av.CodecContext.create("aac", "w")
+    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = rate, "stereo", "fltp", 96000
+    enc.open()
+    units, t = [], 0
+    total = int(seconds * rate)
+    while t < total:
+        n = enc.frame_size
+        tone = np.sin(2 * np.pi * 440 * (np.arange(t, t + n) / rate)).astype(np.float32) * 0.3
+        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = rate, t
+        units += [bytes(p) for p in enc.encode(frame)]
+        t += n
+    units += [bytes(p) for p in enc.encode(None)]
+    return bytes(enc.extradata), units
+
+
+def test_aac_becomes_20_ms_opus_packets_on_the_streams_timeline_and_resyncs_after_a_jump():
+    config, units = aac_frames(1.0)
+    encoder = OpusEncoder()
+    encoder.configure(config)
+    pts: list[int] = []
+    for i, unit in enumerate(units):
+        pts += [p.pts for p in encoder.encode(unit, 5000 + round(i * 1024 / 44.1))]
+    assert 40 <= len(pts) <= 52
+    steps = {b - a for a, b in zip(pts, pts[1:])}
+    assert steps == {OPUS_FRAME}
+    assert abs(pts[0] - 5000 * 48) < 48 * 30, "the first packet sits at the first AAC frame's time"
+    after = []
+    for i, unit in enumerate(units[:20]):  # the publisher came back 60 s later
+        after += [p.pts for p in encoder.encode(unit, 65000 + round(i * 1024 / 44.1))]
+    assert after and abs(after[0] - 65000 * 48) < 48 * 50
+    assert encoder.encode(b"\xff\x00garbage", 70000) == [] and encoder.errors >= 0
+    assert encoder.cpu_s > 0
+
+
+def test_a_video_queue_that_overflows_waits_for_the_next_keyframe_and_audio_drops_its_oldest():
+    video = PacketTrack("video", limit=3)
+    video.push(packet(b"\x00\x00\x00\x01\x41", 0, VIDEO_TIME_BASE), keyframe=False)
+    assert video.dropped == 1, "a viewer's first picture must be a keyframe"
+    for i in range(3):
+        video.push(packet(b"k", i, VIDEO_TIME_BASE), keyframe=(i == 0))
+    video.push(packet(b"p", 9, VIDEO_TIME_BASE), keyframe=False)  # full: everything goes, wait for a keyframe
+    video.push(packet(b"p", 10, VIDEO_TIME_BASE), keyframe=False)
+    assert len(video._queue) == 0 and video.dropped == 1 + 3 + 2
+    video.push(packet(b"k", 11, VIDEO_TIME_BASE), keyframe=True)
+    assert [p.pts for p in video._queue] == [11]
+    audio = PacketTrack("audio", limit=2)
+    for i in range(4):
+        audio.push(packet(b"o", i, VIDEO_TIME_BASE))
+    assert [p.pts for p in audio._queue] == [2, 3] and audio.dropped == 2
+
+
+async def test_every_viewer_of_a_stream_gets_the_same_packet_object_for_a_frame():
+    registry = StreamRegistry()
+
+    class Pub:
+        peer = "test"
+
+        def close(self, reason):
+            pass
+
+    stream = registry.claim_publisher(StreamKey("live", "s"), Pub())
+    sps = bytes([0x67, 0x42, 0xC0, 0x1E, 0xDA, 0x02, 0x80, 0xBF, 0xE5, 0xC0, 0x44, 0x00])
+    pps = bytes([0x68, 0xCE, 0x3C, 0x80])
+    stream.publish_video(0, bytes([0x17, 0, 0, 0, 0]) + h264.build_avc_config([sps], [pps]), 0.0)
+    idr = bytes([0x65, 0x88, 0x84])
+    frame = stream.publish_video(40, bytes([0x17, 1, 0, 0, 0]) + len(idr).to_bytes(4, "big") + idr, 0.0)
+    feed = StreamFeed(stream)
+    first, second = feed.packet_of(frame), feed.packet_of(frame)
+    assert first is second and first.pts == 40 * 90 and first.time_base == VIDEO_TIME_BASE
+    assert bytes(first).startswith(h264.START_CODE + sps), "the IDR carries the SPS and PPS in band"

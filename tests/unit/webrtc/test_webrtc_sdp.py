@@ -1,0 +1,64 @@
+"""The offer checks run before a peer connection is built: what a browser sends passes, the rest gets a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from mediaserver.webrtc.sdp import SdpError, parse_offer, playback_problem
+
+CHROME_LIKE = "\r\n".join([
+    "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102", "c=IN IP4 0.0.0.0", "a=ice-ufrag:abcd", "a=ice-pwd:0123456789abcdefghijkl",
+    "a=fingerprint:sha-256 AA:BB", "a=setup:actpass", "a=mid:0", "a=recvonly",
+    "a=rtpmap:96 VP8/90000", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96",
+    "a=rtpmap:102 H264/90000",
+    "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:1", "a=recvonly", "a=rtpmap:111 opus/48000/2",
+    "",
+])
+
+
+def test_a_browser_like_offer_parses_into_its_sections_and_codecs():
+    offer = parse_offer(CHROME_LIKE)
+    assert [(s.kind, s.direction) for s in offer.sections] == [("video", "recvonly"), ("audio", "recvonly")]
+    assert set(offer.sections[0].codecs) == {"vp8", "rtx", "h264"}
+    assert "opus" in offer.sections[1].codecs
+    assert playback_problem(offer, "h264", "aac") is None
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "v=0"),
+    ("hello", "v=0"),
+    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n", "no media section"),
+    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "fingerprint"),
+    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video nine\r\n", "malformed media line"),
+    ("v=0\r\n" + "a=x\r\n" * 3000, "lines"),
+    ("v=0\x00", "NUL"),
+])
+def test_what_is_not_an_offer_is_refused_with_a_reason(text, reason):
+    with pytest.raises(SdpError, match=reason):
+        parse_offer(text)
+
+
+def test_an_offer_without_h264_mode_1_cannot_receive_an_h264_stream():
+    offer = parse_offer(CHROME_LIKE.replace("packetization-mode=1", "packetization-mode=0"))
+    assert "H.264" in playback_problem(offer, "h264", None)
+
+
+def test_an_offer_without_opus_cannot_receive_the_audio_but_a_video_only_stream_is_fine():
+    offer = parse_offer(CHROME_LIKE.replace("opus/48000/2", "PCMU/8000"))
+    assert "Opus" in playback_problem(offer, "h264", "aac")
+    assert playback_problem(offer, "h264", None) is None
+
+
+def test_a_sendonly_offer_receives_nothing():
+    offer = parse_offer(CHROME_LIKE.replace("a=recvonly", "a=sendonly"))
+    assert "receives nothing" in playback_problem(offer, "h264", "aac")
+
+
+def test_an_audio_only_offer_for_a_video_only_stream_asks_for_no_track_it_has():
+    audio_only = CHROME_LIKE.split("m=video")[0] + "m=audio" + CHROME_LIKE.split("m=audio")[1]
+    audio_only = audio_only.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 1") + \
+        "a=ice-ufrag:abcd\r\na=fingerprint:sha-256 AA\r\n"
+    offer = parse_offer(audio_only)
+    assert "no track this stream has" in playback_problem(offer, "h264", None)
