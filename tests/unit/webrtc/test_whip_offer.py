@@ -9,7 +9,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 
 from mediaserver.webrtc.ingest import KeyframeRequests
 from mediaserver.webrtc.signaling import (
-    SignalingError, answer_with_profiles, error_response, offer_for_any_h264_profile, read_offer,
+    SignalingError, answer_with_profiles, error_response, offer_for_any_h264_profile, read_offer_text,
 )
 from mediaserver.webrtc.whip import check_offer
 
@@ -66,7 +66,7 @@ def test_keyframes_are_asked_for_while_waiting_and_when_the_last_is_older_than_a
 async def reader():
     async def handler(request: web.Request) -> web.Response:
         try:
-            return web.Response(text=await read_offer(request, max_bytes=100, timeout_s=1))
+            return web.Response(text=await read_offer_text(request, max_bytes=100, timeout_s=1))
         except SignalingError as err:
             return error_response(err, {})
 
