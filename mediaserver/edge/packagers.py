@@ -62,6 +62,9 @@ class HlsPackager:
         self.last_request = time.monotonic()
         self._playlist: bytes | None = None
         self._template: bytes | None = None
+        self._version = 0
+        self.playlist_etag = b'"0"'
+        """The ETag of the playlist as it is now: one per change of the window."""
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
@@ -128,6 +131,8 @@ class HlsPackager:
     def _invalidate(self) -> None:
         self._playlist = None
         self._template = None
+        self._version += 1
+        self.playlist_etag = f'"{self.instance}-{self._version}"'.encode()
         changed = self._changed
         self._changed = asyncio.Event()
         changed.set()
@@ -209,6 +214,22 @@ class PackagerPool:
     def cmaf(self, key: StreamKey) -> CmafPackager | None:
         """The stream's fMP4 packager (LL-HLS and DASH), started now if the stream is live."""
         return self._get(key, self._cmaf, CmafPackager)
+
+    def running_hls(self, key: StreamKey) -> HlsPackager | None:
+        """The stream's MPEG-TS packager if one runs and has not ended (a request for it counts as one for
+        the idle timeout); None otherwise, and nothing is started: the full `hls` does that."""
+        return self._peek(key, self._hls)
+
+    def running_cmaf(self, key: StreamKey) -> CmafPackager | None:
+        """As `running_hls`, for the fMP4 packager."""
+        return self._peek(key, self._cmaf)
+
+    def _peek(self, key: StreamKey, table: dict):
+        packager = table.get(key)
+        if packager is None or packager.ended:
+            return None
+        packager.last_request = self.clock()
+        return packager
 
     def _get(self, key: StreamKey, table: dict, factory) -> HlsPackager | CmafPackager | None:
         follow = None

@@ -1,0 +1,425 @@
+"""The fast lane: the hottest viewer requests (HLS, LL-HLS and DASH playlists, segments and parts of a
+live stream) answered straight from the connection's bytes, without aiohttp's request machinery.
+
+aiohttp costs about 0.5 ms of CPU per request on this server (a task per request, the request and
+response objects, the router's walk over every route, the middlewares, the header serializer), and an
+HLS viewer asks twice or more per segment, an LL-HLS viewer a dozen times a second. Here a request is a
+bytes object that holds exactly one complete, bodyless `GET` head; it is parsed by `parse_head` (pure),
+and when everything it asks for can be answered as the full stack would answer it, the answer is
+written to the transport at once: the packager's own bytes, never copied, behind a head made from
+prebuilt pieces. Anything else (another method or route, a body, pipelined or partial heads, a
+rendition, a stream not here, an error to explain, HTTP/1.0, `Connection: close`) goes to aiohttp as if
+the lane did not exist, and so does every request of a server where a viewer needs more than the
+stream's existence: play tokens, the on_play webhook, trusted proxies (the client's address is in a
+header).
+
+The lane takes a request only while aiohttp's side of the connection is idle (waiting for its next
+request, the last bytes it got having ended a bodyless head), so the two never interleave answers. It
+does what the admission middleware does for these requests: the per-address requests-in-progress limit,
+the per-format request and byte counters, the HLS viewer count, the packager's last-request time.
+
+Blocking LL-HLS reloads (`_HLS_msn`/`_HLS_part`) and requests for the part a preload hint names are held
+in one list per packager, not a task per request: the packager calls `release` on every change of its
+window (in the very read that brought the frame that closed the part), and each held request is answered
+when ready, or with 503 after three target durations as the full stack does. Bytes that arrive on a
+connection while its request is held wait behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..auth import cors
+from ..remux import llhls
+from ..remux.cmaf import parse_cmaf_name
+from .formats import CARRIED, TS_HLS
+from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
+from .names import stream_key
+
+if TYPE_CHECKING:
+    from .cmaf import CmafPackager
+
+MAX_HEAD = 8192
+"""A head longer than this goes to aiohttp (which has its own limits)."""
+MAX_QUEUED = 1 << 20
+"""Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
+
+_HLS_TYPE = b"application/vnd.apple.mpegurl"
+_TS_TYPE = b"video/mp2t"
+_MPD_TYPE = b"application/dash+xml"
+_M4S_TYPE = b"video/iso.segment"
+_INIT_TYPE = b"video/mp4"
+_LONG_CACHE = b"public, max-age=3600, immutable"
+_NO_CACHE = b"no-cache"
+_REFUSED_HEADERS = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
+_MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio"}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A simple GET request, as much of it as the lane reads."""
+
+    app: str
+    name: str
+    file: str
+    query: str
+    origin: str | None
+    if_none_match: str | None
+
+
+def parse_head(data: bytes) -> Head | None:
+    """The GET /APP/NAME/FILE request `data` holds entirely, or None when it is anything else: not GET, not
+    HTTP/1.1, not exactly one complete head, a body, an upgrade, `Connection: close`, a percent-encoded or
+    otherwise unusual target. None sends the request the ordinary way, so None is always safe."""
+    if len(data) > MAX_HEAD or not data.startswith(b"GET /") or not data.endswith(b"\r\n\r\n"):
+        return None
+    if data.find(b"\r\n\r\n") != len(data) - 4:
+        return None  # more than one head (pipelined), or a body
+    lines = data[:-4].split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
+        return None
+    target = request_line[1]
+    if not target.isascii() or b"%" in target or b"#" in target:
+        return None
+    origin = if_none_match = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
+            return None  # malformed or folded: aiohttp answers it
+        name = name.lower()
+        if name in _REFUSED_HEADERS:
+            return None
+        value = value.strip(b" \t")
+        if name == b"connection":
+            if value.lower() != b"keep-alive":
+                return None
+        elif name == b"origin":
+            origin = value.decode("latin-1")
+        elif name == b"if-none-match":
+            if_none_match = value.decode("latin-1")
+    path, _, query = target.decode("ascii").partition("?")
+    parts = path.split("/")
+    if len(parts) != 4 or not all(parts[1:]):
+        return None
+    return Head(parts[1], parts[2], parts[3], query, origin, if_none_match)
+
+
+def directive(query: str, name: str) -> int | None | bool:
+    """The LL-HLS delivery directive `name` in `query`: its value, None when absent, False when it is not a
+    plain whole number or appears twice (the full stack answers that with 400)."""
+    found: int | None | bool = None
+    for pair in query.split("&") if query else ():
+        key, _, value = pair.partition("=")
+        if key == name:
+            if found is not None or not (value.isascii() and value.isdigit()) or len(value) > 12:
+                return False
+            found = int(value)
+    return found
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A request waiting for its playlist, part or segment."""
+
+    conn: Any
+    head: Head
+    packager: CmafPackager
+    deadline: float
+    address: str
+    try_answer: Callable[[_Held], bool]
+
+
+class FastLane:
+    """Answers simple viewer GETs of one application (see the module docstring)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.answered = 0
+        """Requests answered by the lane since start (tests and benches see it is used)."""
+        self._date = b""
+        self._date_at = -1
+        self._cors: dict[str | None, bytes] = {}
+        self._waiting: set[CmafPackager] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # ----- the connection's side ---------------------------------------------------------------
+
+    def enabled(self) -> bool:
+        """Whether the lane may answer at all: nothing about a viewer needs more than the stream."""
+        app = self.app
+        cfg = app[CONFIG]
+        gate = app[GATE]
+        return (cfg.hls.enabled and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
+
+    def take(self, conn: Any, data: bytes) -> bool:
+        """Answer (or hold) the request `data` holds on `conn`, a GuardedRequestHandler whose aiohttp side is
+        idle; False leaves it to aiohttp, nothing written."""
+        head = parse_head(data)
+        if head is None or not self.enabled():
+            return False
+        app = self.app
+        if not app[GATE].admission.policy.play_is_open(head.app):
+            return False
+        key = stream_key(head.app, head.name)
+        if key is None or "@" in head.name:
+            return False  # renditions: the ABR gate may have to start their transcoder
+        stream = app[REGISTRY].get(key)
+        if stream is None or stream.ended:
+            return False
+        transport = conn.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
+            return False
+        file = head.file
+        pool = app[PACKAGERS]
+        if file == "index.m3u8" or file.endswith(".ts"):
+            packager = pool.running_hls(key)
+            if packager is None:
+                return False
+            if file == "index.m3u8":
+                info = stream.info
+                carried = CARRIED[TS_HLS]
+                if not packager.has_segments or any(c is not None and c not in carried
+                                                    for c in (info.video_codec, info.audio_codec)):
+                    return False
+                return self._answer(conn, head, str(key), "hls", _HLS_TYPE, self._playlist_cache(packager),
+                                    packager.playlist(), packager.playlist_etag)
+            segment = packager.segment(file)
+            if segment is None:
+                return False
+            return self._answer(conn, head, str(key), "hls", _TS_TYPE, _LONG_CACHE, segment.data)
+        packager = pool.running_cmaf(key)
+        if packager is None:
+            return False
+        if file == "manifest.mpd":
+            if not packager.has_every_track() or self._abr_applies(key):
+                return False
+            info = stream.info
+            if any(c is not None and c not in CARRIED["DASH (manifest.mpd)"] for c in (info.video_codec, info.audio_codec)):
+                return False
+            body, etag = packager.shared_mpd()
+            return self._answer(conn, head, str(key), "cmaf", _MPD_TYPE, _NO_CACHE, body, etag)
+        track = _MEDIA_PLAYLISTS.get(file)
+        if track is not None:
+            msn, part = directive(head.query, "_HLS_msn"), directive(head.query, "_HLS_part")
+            if msn is False or part is False or packager.window.track(track) is None:
+                return False
+            readiness = llhls.playlist_request(packager.window, track, msn, part)  # type: ignore[arg-type]
+            if readiness is llhls.Readiness.BAD_REQUEST:
+                return False
+            return self._start(conn, head, str(key), packager, readiness, self._try_playlist)
+        if not file.startswith(packager.prefix) or parse_cmaf_name(file[len(packager.prefix):]) is None:
+            return False
+        name = parse_cmaf_name(file[len(packager.prefix):])
+        assert name is not None
+        if name.kind == "init":
+            tw = packager.window.track(name.track)
+            init = tw.init(name.number) if tw is not None else None
+            if init is None:
+                return False
+            return self._answer(conn, head, str(key), "cmaf", _INIT_TYPE, _LONG_CACHE, init.data)
+        readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
+        if readiness is not llhls.Readiness.READY and readiness is not llhls.Readiness.WAIT:
+            return False
+        return self._start(conn, head, str(key), packager, readiness, self._try_file)
+
+    def _abr_applies(self, key) -> bool:
+        from .keys import ABR
+        abr = self.app.get(ABR)
+        return abr is not None and abr.enabled_for(key)
+
+    @staticmethod
+    def _playlist_cache(packager) -> bytes:
+        cfg = packager.cfg
+        max_age = max(0, int(cfg.segment_duration / 2))
+        return f"max-age={max_age}".encode() if max_age else _NO_CACHE
+
+    # ----- answering ---------------------------------------------------------------------------
+
+    def _answer(self, conn: Any, head: Head, stream: str, fmt: str, content_type: bytes, cache: bytes,
+                body: bytes, etag: bytes | None = None) -> bool:
+        gate = self.app[GATE]
+        address = conn.lane_address
+        if gate.connection_opened(address) is not None:
+            return False  # over the requests-in-progress limit: the full stack says so
+        try:
+            self._write(conn, head, stream, fmt, address, 200, content_type, cache, body, etag)
+        finally:
+            gate.connection_closed(address)
+        return True
+
+    def _write(self, conn: Any, head: Head, stream: str, fmt: str, address: str, status: int,
+               content_type: bytes, cache: bytes, body: bytes, etag: bytes | None = None,
+               extra: bytes = b"") -> None:
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        if etag is not None and head.if_none_match is not None and etag.decode() in head.if_none_match:
+            status, body = 304, b""
+        parts = [_STATUS[status], b"Content-Type: ", content_type,
+                 b"\r\nContent-Length: %d" % len(body) if status != 304 else b"",
+                 b"\r\nCache-Control: ", cache, b"\r\nDate: ", self._now_date(), b"\r\n",
+                 self._cors_lines(head.origin), extra]
+        if etag is not None:
+            parts += (b"ETag: ", etag, b"\r\n")
+        parts.append(b"\r\n")
+        if len(body) < 16384:
+            parts.append(body)
+            transport.write(b"".join(parts))
+        else:
+            transport.write(b"".join(parts))
+            transport.write(body)  # the packager's bytes, as they are
+        self.answered += 1
+        metrics = self.app[METRICS]
+        metrics.response_done(fmt, len(body))
+        if status < 300:
+            metrics.hls_request(address, stream)
+        conn.lane_answered()
+
+    def _now_date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_at:
+            self._date_at = now
+            self._date = formatdate(now, usegmt=True).encode()
+        return self._date
+
+    def _cors_lines(self, origin: str | None) -> bytes:
+        lines = self._cors.get(origin)
+        if lines is None:
+            allowed = self.app[CONFIG].http.cors_origin
+            headers = cors.cors_headers(origin, (allowed,) if allowed else (), "Content-Length, Date")
+            lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+            if len(self._cors) > 64:
+                self._cors.clear()
+            self._cors[origin] = lines
+        return lines
+
+    def _error(self, held: _Held, status: int, error: str, hint: str, retry_after: bool = False) -> None:
+        body = json.dumps({"error": error, "hint": hint}).encode()
+        self._write(held.conn, held.head, "", "hls", held.address, status, b"application/json; charset=utf-8",
+                    _NO_CACHE, body, extra=b"Retry-After: 1\r\n" if retry_after else b"")
+
+    # ----- held requests -----------------------------------------------------------------------
+
+    def _start(self, conn: Any, head: Head, stream: str, packager: CmafPackager, readiness: llhls.Readiness,
+               try_answer: Callable[[_Held], bool]) -> bool:
+        gate = self.app[GATE]
+        address = conn.lane_address
+        if gate.connection_opened(address) is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        held = _Held(conn, head, packager, loop.time() + 3 * packager.cfg.segment_duration, address, try_answer)
+        if readiness is llhls.Readiness.READY:
+            try:
+                try_answer(held)
+            finally:
+                gate.connection_closed(address)
+            return True
+        conn.lane_hold(held.deadline)
+        packager.release_held = self.release
+        packager.held.append(held)
+        self._waiting.add(packager)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(1.0, self._sweep)
+        return True
+
+    def release(self, packager: CmafPackager) -> None:
+        """The packager's window changed (or ended): answer what is ready now, drop what is closed or late."""
+        held = packager.held
+        if not held:
+            return
+        now = asyncio.get_running_loop().time()
+        keep = []
+        for h in held:
+            if not self._settle(h, now):
+                keep.append(h)
+        packager.held = keep
+        if not keep:
+            self._waiting.discard(packager)
+
+    def _settle(self, held: _Held, now: float) -> bool:
+        """Answer `held` if it can be now (or has waited too long); False keeps it waiting."""
+        conn = held.conn
+        transport = conn.transport
+        done = transport is None or transport.is_closing()
+        if not done:
+            try:
+                done = held.try_answer(held)
+                if not done and now >= held.deadline:
+                    self._error(held, 503, "the requested segment or part did not appear in time",
+                                "reload the playlist without delivery directives", retry_after=True)
+                    done = True
+            except Exception:
+                transport.abort()
+                done = True
+                raise
+        if done:
+            self.app[GATE].connection_closed(held.address)
+            conn.lane_release()
+        return done
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        for packager in list(self._waiting):
+            self.release(packager)
+        if self._waiting:
+            self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _try_playlist(self, held: _Held) -> bool:
+        packager = held.packager
+        track = _MEDIA_PLAYLISTS[held.head.file]
+        query = held.head.query
+        msn, part = directive(query, "_HLS_msn"), directive(query, "_HLS_part")
+        readiness = llhls.playlist_request(packager.window, track, msn, part)  # type: ignore[arg-type]
+        if readiness is llhls.Readiness.READY:
+            self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _HLS_TYPE, _NO_CACHE,
+                        packager.media_playlist(track))
+            return True
+        if readiness is llhls.Readiness.BAD_REQUEST:
+            self._error(held, 400, f"_HLS_msn={msn} _HLS_part={part} is too far ahead of the live edge",
+                        "ask for the next segment or part the last playlist announced")
+            return True
+        return False
+
+    def _try_file(self, held: _Held) -> bool:
+        packager = held.packager
+        file = held.head.file
+        name = parse_cmaf_name(file[len(packager.prefix):])
+        assert name is not None
+        readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
+        if readiness is llhls.Readiness.READY:
+            tw = packager.window.track(name.track)
+            assert tw is not None
+            item = tw.segment(name.number) if name.part is None else tw.part(name.number, name.part)
+            assert item is not None
+            self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _M4S_TYPE, _LONG_CACHE,
+                        item.data)
+            return True
+        if readiness is llhls.Readiness.GONE:
+            self._error(held, 404, f"{file[:64]!r} is not (or no longer) available",
+                        "reload the playlist: segments expire as the live window slides")
+            return True
+        if readiness is llhls.Readiness.BAD_REQUEST:
+            self._error(held, 400, f"{file[:64]!r} is too far ahead of the live edge",
+                        "ask for the part the preload hint names")
+            return True
+        return False
+
+
+_STATUS = {
+    200: b"HTTP/1.1 200 OK\r\n",
+    304: b"HTTP/1.1 304 Not Modified\r\n",
+    400: b"HTTP/1.1 400 Bad Request\r\n",
+    404: b"HTTP/1.1 404 Not Found\r\n",
+    503: b"HTTP/1.1 503 Service Unavailable\r\n",
+}
+
+FAST_LANE = web.AppKey("fast_lane", FastLane)
