@@ -43,6 +43,7 @@ from ..remux.cmaf import parse_cmaf_name
 from .formats import CARRIED, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
+from .sendfile import MemFile, send_mem_file
 
 if TYPE_CHECKING:
     from .cmaf import CmafPackager
@@ -135,7 +136,9 @@ class _Held:
     packager: CmafPackager
     deadline: float
     address: str
-    try_answer: Callable[[_Held], bool]
+    try_answer: Callable[[_Held, dict], bool]
+    asked: tuple
+    """What it waits for: (track, msn, part) of a playlist, (track, sequence, part) of a file."""
 
 
 class FastLane:
@@ -158,7 +161,7 @@ class FastLane:
         app = self.app
         cfg = app[CONFIG]
         gate = app[GATE]
-        return (cfg.hls.enabled and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
+        return (cfg.hls.enabled and cfg.hls.fast_lane and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
 
     def take(self, conn: Any, data: bytes) -> bool:
         """Answer (or hold) the request `data` holds on `conn`, a GuardedRequestHandler whose aiohttp side is
@@ -195,7 +198,8 @@ class FastLane:
             segment = packager.segment(file)
             if segment is None:
                 return False
-            return self._answer(conn, head, str(key), "hls", _TS_TYPE, _LONG_CACHE, segment.data)
+            return self._answer(conn, head, str(key), "hls", _TS_TYPE, _LONG_CACHE, segment.data,
+                                file=packager.segment_file(segment.sequence))
         packager = pool.running_cmaf(key)
         if packager is None:
             return False
@@ -215,7 +219,7 @@ class FastLane:
             readiness = llhls.playlist_request(packager.window, track, msn, part)  # type: ignore[arg-type]
             if readiness is llhls.Readiness.BAD_REQUEST:
                 return False
-            return self._start(conn, head, str(key), packager, readiness, self._try_playlist)
+            return self._start(conn, head, str(key), packager, readiness, self._try_playlist, (track, msn, part))
         if not file.startswith(packager.prefix) or parse_cmaf_name(file[len(packager.prefix):]) is None:
             return False
         name = parse_cmaf_name(file[len(packager.prefix):])
@@ -229,7 +233,8 @@ class FastLane:
         readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
         if readiness is not llhls.Readiness.READY and readiness is not llhls.Readiness.WAIT:
             return False
-        return self._start(conn, head, str(key), packager, readiness, self._try_file)
+        return self._start(conn, head, str(key), packager, readiness, self._try_file,
+                           (name.track, name.number, name.part))
 
     def _abr_applies(self, key) -> bool:
         from .keys import ABR
@@ -245,20 +250,20 @@ class FastLane:
     # ----- answering ---------------------------------------------------------------------------
 
     def _answer(self, conn: Any, head: Head, stream: str, fmt: str, content_type: bytes, cache: bytes,
-                body: bytes, etag: bytes | None = None) -> bool:
+                body: bytes, etag: bytes | None = None, file: MemFile | None = None) -> bool:
         gate = self.app[GATE]
         address = conn.lane_address
         if gate.connection_opened(address) is not None:
             return False  # over the requests-in-progress limit: the full stack says so
         try:
-            self._write(conn, head, stream, fmt, address, 200, content_type, cache, body, etag)
+            self._write(conn, head, stream, fmt, address, 200, content_type, cache, body, etag, file=file)
         finally:
             gate.connection_closed(address)
         return True
 
     def _write(self, conn: Any, head: Head, stream: str, fmt: str, address: str, status: int,
                content_type: bytes, cache: bytes, body: bytes, etag: bytes | None = None,
-               extra: bytes = b"") -> None:
+               extra: bytes = b"", file: MemFile | None = None) -> None:
         transport = conn.transport
         if transport is None or transport.is_closing():
             return
@@ -276,7 +281,10 @@ class FastLane:
             transport.write(b"".join(parts))
         else:
             transport.write(b"".join(parts))
-            transport.write(body)  # the packager's bytes, as they are
+            if file is not None and status == 200:
+                send_mem_file(transport, file, body)  # from the segment's memfd, no copy from Python's buffer
+            else:
+                transport.write(body)  # the packager's bytes, as they are
         self.answered += 1
         metrics = self.app[METRICS]
         metrics.response_done(fmt, len(body))
@@ -310,16 +318,17 @@ class FastLane:
     # ----- held requests -----------------------------------------------------------------------
 
     def _start(self, conn: Any, head: Head, stream: str, packager: CmafPackager, readiness: llhls.Readiness,
-               try_answer: Callable[[_Held], bool]) -> bool:
+               try_answer: Callable[[_Held, dict], bool], asked: tuple) -> bool:
         gate = self.app[GATE]
         address = conn.lane_address
         if gate.connection_opened(address) is not None:
             return False
         loop = asyncio.get_running_loop()
-        held = _Held(conn, head, packager, loop.time() + 3 * packager.cfg.segment_duration, address, try_answer)
+        held = _Held(conn, head, packager, loop.time() + 3 * packager.cfg.segment_duration, address, try_answer,
+                     asked)
         if readiness is llhls.Readiness.READY:
             try:
-                try_answer(held)
+                try_answer(held, {})
             finally:
                 gate.connection_closed(address)
             return True
@@ -338,21 +347,22 @@ class FastLane:
             return
         now = asyncio.get_running_loop().time()
         keep = []
+        seen: dict = {}  # readiness by what was asked: hundreds of held requests ask for the same few things
         for h in held:
-            if not self._settle(h, now):
+            if not self._settle(h, now, seen):
                 keep.append(h)
         packager.held = keep
         if not keep:
             self._waiting.discard(packager)
 
-    def _settle(self, held: _Held, now: float) -> bool:
+    def _settle(self, held: _Held, now: float, seen: dict) -> bool:
         """Answer `held` if it can be now (or has waited too long); False keeps it waiting."""
         conn = held.conn
         transport = conn.transport
         done = transport is None or transport.is_closing()
         if not done:
             try:
-                done = held.try_answer(held)
+                done = held.try_answer(held, seen)
                 if not done and now >= held.deadline:
                     self._error(held, 503, "the requested segment or part did not appear in time",
                                 "reload the playlist without delivery directives", retry_after=True)
@@ -373,12 +383,12 @@ class FastLane:
         if self._waiting:
             self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
-    def _try_playlist(self, held: _Held) -> bool:
+    def _try_playlist(self, held: _Held, seen: dict) -> bool:
         packager = held.packager
-        track = _MEDIA_PLAYLISTS[held.head.file]
-        query = held.head.query
-        msn, part = directive(query, "_HLS_msn"), directive(query, "_HLS_part")
-        readiness = llhls.playlist_request(packager.window, track, msn, part)  # type: ignore[arg-type]
+        track, msn, part = asked = held.asked
+        readiness = seen.get(asked)
+        if readiness is None:
+            readiness = seen[asked] = llhls.playlist_request(packager.window, track, msn, part)
         if readiness is llhls.Readiness.READY:
             self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _HLS_TYPE, _NO_CACHE,
                         packager.media_playlist(track))
@@ -389,16 +399,18 @@ class FastLane:
             return True
         return False
 
-    def _try_file(self, held: _Held) -> bool:
+    def _try_file(self, held: _Held, seen: dict) -> bool:
         packager = held.packager
         file = held.head.file
-        name = parse_cmaf_name(file[len(packager.prefix):])
-        assert name is not None
-        readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
+        track, number, part = asked = held.asked
+        key = ("file", asked)
+        readiness = seen.get(key)
+        if readiness is None:
+            readiness = seen[key] = llhls.resource_request(packager.window, track, number, part)
         if readiness is llhls.Readiness.READY:
-            tw = packager.window.track(name.track)
+            tw = packager.window.track(track)
             assert tw is not None
-            item = tw.segment(name.number) if name.part is None else tw.part(name.number, name.part)
+            item = tw.segment(number) if part is None else tw.part(number, part)
             assert item is not None
             self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _M4S_TYPE, _LONG_CACHE,
                         item.data)

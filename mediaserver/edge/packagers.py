@@ -36,6 +36,7 @@ from ..media.frames import Frame, FrameKind
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
 from ..remux.segment import CutPlan, Segment
 from .cmaf import CmafPackager, log_plan_mismatch
+from .sendfile import MemFile, mem_file
 from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class HlsPackager:
         self.last_request = time.monotonic()
         self._playlist: bytes | None = None
         self._template: bytes | None = None
+        self._files: dict[int, MemFile | None] = {}
+        """Each kept segment's memfd copy, by sequence (fast-lane viewers get it with os.sendfile)."""
         self._version = 0
         self.playlist_etag = b'"0"'
         """The ETag of the playlist as it is now: one per change of the window."""
@@ -122,6 +125,11 @@ class HlsPackager:
 
     def _add(self, segment: Segment) -> None:
         self.window.add(segment)
+        files = self._files
+        files[segment.sequence] = mem_file(segment.data) if self.cfg.sendfile_segments and self.cfg.fast_lane else None
+        oldest = next(iter(self.window)).sequence
+        for sequence in [s for s in files if s < oldest]:
+            del files[sequence]  # left the window: its file closes with its last reference
         self._invalidate()
         self._ready.set()
         if self.segmenter.plan_mismatches and not self._mismatch_logged:
@@ -166,6 +174,10 @@ class HlsPackager:
         if not number.isdigit() or len(number) > 12:
             return None
         return self.window.get(int(number))
+
+    def segment_file(self, sequence: int) -> MemFile | None:
+        """The memfd copy of a kept segment, if it has one."""
+        return self._files.get(sequence)
 
     @property
     def has_segments(self) -> bool:

@@ -80,6 +80,69 @@ def byte_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(int(last) + 1, size))
 
 
+class MemFile:
+    """Bytes also held in a memory-backed file (memfd), so each viewer's copy can be sent with os.sendfile
+    instead of a write from Python's buffer: the kernel then takes the pages without copying them in. The
+    file is made once per segment and closed when the last reference goes."""
+
+    __slots__ = ("fd", "size", "__weakref__")
+
+    def __init__(self, data: bytes) -> None:
+        self.fd = -1
+        fd = os.memfd_create("segment", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < len(data):
+                written += os.write(fd, view[written:])
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.size = len(data)
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def mem_file(data: bytes) -> MemFile | None:
+    """A MemFile of `data`, or None where memfd is missing or refused (then bytes are written as they are)."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        return MemFile(data)
+    except OSError:
+        return None
+
+
+def send_mem_file(transport: asyncio.Transport, file: MemFile, body: bytes) -> int:
+    """Send `body` (whose copy `file` is) on `transport` right after what was written to it: as much as the
+    socket takes now with os.sendfile, the rest through the transport (which waits for the reader). Plain
+    TCP only, and only with nothing queued before it; returns the bytes os.sendfile sent."""
+    sent = 0
+    if (transport.get_write_buffer_size() == 0 and transport.get_extra_info("sslcontext") is None
+            and transport.get_extra_info("ssl_object") is None):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                out = sock.fileno()
+                while sent < file.size:
+                    n = os.sendfile(out, file.fd, sent, file.size - sent)
+                    if n == 0:
+                        break
+                    sent += n
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass  # a reset peer: the transport's write below meets it
+    Sent.direct += sent
+    if sent < len(body):
+        transport.write(memoryview(body)[sent:] if sent else body)
+    return sent
+
+
 class Sent:
     direct = 0
     """Bytes sent by os.sendfile since start (all responses): tells a test or a bench the path is used."""

@@ -99,3 +99,22 @@ async def test_a_stream_that_does_not_exist_answers_404_over_hls(server):
     async with aiohttp.ClientSession() as http:
         async with http.get(server.hls_url("no-such-stream")) as resp:
             assert resp.status == 404
+
+
+async def test_the_playlist_carries_an_etag_that_answers_304_until_it_changes(server, publish, media, stream_name):
+    publish(server, stream_name, media.av, loop=True)
+    async with aiohttp.ClientSession() as http:
+        poller = server.hls_poller(stream_name, http)
+        await poller.poll_until(lambda p: len(p.segments) >= 1, timeout_s=15, fetch_segments=False)
+        async with http.get(server.hls_url(stream_name)) as resp:
+            assert resp.status == 200
+            etag = resp.headers.get("ETag")
+            body = await resp.read()
+        assert etag, resp.headers
+        async with http.get(server.hls_url(stream_name), headers={"If-None-Match": etag}) as again:
+            # 304 while the playlist is the same; a segment closed meanwhile gives the new one
+            assert again.status in (200, 304)
+            if again.status == 200:
+                assert await again.read() != body and again.headers.get("ETag") != etag
+            else:
+                assert await again.read() == b""
