@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import chain
 
+import numpy as np
+
 from ..errors import MediaError, UsageError
 
 TS_PACKET_SIZE = 188
@@ -191,6 +193,21 @@ def _payload_headers(pid: int) -> tuple[bytes, ...]:
     return tuple(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x10 | cc)) for cc in range(16))
 
 
+_ARRAY_MIN_PACKETS = 8
+"""From this many full packets on, a PES is cut by numpy (below, its fixed cost is more than the slicing)."""
+_ARRAY_MAX_PACKETS = 4096
+"""Rows of the header tables: the packets of one array copy at most (more are cut in several)."""
+
+
+def _header_rows(pid: int) -> np.ndarray:
+    """The continuation headers of `pid` for counters cc, cc+1, ... in rows cc.., enough rows for the largest copy."""
+    table = np.frombuffer(b"".join(_payload_headers(pid)), np.uint8).reshape(16, 4)
+    return np.tile(table, ((_ARRAY_MAX_PACKETS + 16) // 16 + 1, 1))
+
+
+_HEADER_ROWS = {pid: _header_rows(pid) for pid in (PID_VIDEO, PID_AUDIO)}
+
+
 class TsMuxer:
     """Writes one program's PSI and PES packets into a growing list of TS packets.
 
@@ -336,6 +353,18 @@ class TsMuxer:
 
         # Middle packets: full 184-byte payloads behind prebuilt headers, interleaved in C.
         full = (total - pos) // TS_PAYLOAD_SIZE
+        while full >= _ARRAY_MIN_PACKETS:
+            # Video frames: one array of packets, headers and payloads copied in by column (a 10 KB
+            # frame costs a third of the slicing below, a 60 KB keyframe a fifth).
+            n = min(full, _ARRAY_MAX_PACKETS)
+            packets_array = np.empty((n, TS_PACKET_SIZE), np.uint8)
+            packets_array[:, :4] = _HEADER_ROWS[pid][cc : cc + n]
+            packets_array[:, 4:] = np.frombuffer(pes, np.uint8, n * TS_PAYLOAD_SIZE, pos).reshape(n, TS_PAYLOAD_SIZE)
+            pieces.append(packets_array.tobytes())
+            pos += n * TS_PAYLOAD_SIZE
+            cc = (cc + n) & 0x0F
+            packets += n
+            full -= n
         if full:
             headers = self._headers[pid]
             rotated = (headers[cc:] + headers[:cc]) * (full // 16 + 1)
