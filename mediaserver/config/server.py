@@ -94,7 +94,7 @@ class HlsConfig:
     fast_lane: bool = True
     """Answer simple live HLS/LL-HLS/DASH GETs beside aiohttp (edge/fastlane.py); false: all through aiohttp."""
     sendfile_segments: bool = True
-    """Keep a memfd copy of each MPEG-TS segment and send it with os.sendfile (twice the segment memory)."""
+    """Copy a requested MPEG-TS segment into a memfd and send it with os.sendfile (twice the watched window's memory)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """The fast lane: the hottest viewer requests (HLS, LL-HLS and DASH playlists, segments and parts of a
-live stream) answered straight from the connection's bytes, without aiohttp's request machinery.
+live stream; byte ranges of a recording) answered straight from the connection's bytes, without aiohttp's request machinery.
 
 aiohttp costs about 0.5 ms of CPU per request on this server (a task per request, the request and
 response objects, the router's walk over every route, the middlewares, the header serializer), and an
@@ -18,6 +18,11 @@ request, the last bytes it got having ended a bodyless head), so the two never i
 does what the admission middleware does for these requests: the per-address requests-in-progress limit,
 the per-format request and byte counters, the HLS viewer count, the packager's last-request time.
 
+Recordings: once the full stack has served `/vod/ID.mp4` from a local file (and admitted its viewer), the
+lane answers that recording's next whole-file or single-range GETs for VOD_CACHE_S as sendfile.serve_file
+does (os.sendfile; what a full socket does not take is read from the page cache at once, the range being
+bounded by MAX_VOD_RANGE), when the recorded stream's app is open to viewers.
+
 Blocking LL-HLS reloads (`_HLS_msn`/`_HLS_part`) and requests for the part a preload hint names are held
 in one list per packager, not a task per request: the packager calls `release` on every change of its
 window (in the very read that brought the frame that closed the part), and each held request is answered
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,13 +49,17 @@ from ..remux.cmaf import parse_cmaf_name
 from .formats import CARRIED, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
-from .sendfile import MemFile, send_mem_file
+from .sendfile import ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
 
 if TYPE_CHECKING:
     from .cmaf import CmafPackager
 
 MAX_HEAD = 8192
 """A head longer than this goes to aiohttp (which has its own limits)."""
+VOD_CACHE_S = 30.0
+"""How long a recording the full stack served may be served by the lane without asking the catalog again."""
+MAX_VOD_RANGE = 8 << 20
+"""Larger ranges of a recording go to the full stack, which reads what the socket does not take in a thread."""
 MAX_QUEUED = 1 << 20
 """Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
 
@@ -74,6 +84,8 @@ class Head:
     query: str
     origin: str | None
     if_none_match: str | None
+    range: str | None = None
+    if_range: str | None = None
 
 
 def parse_head(data: bytes) -> Head | None:
@@ -91,7 +103,7 @@ def parse_head(data: bytes) -> Head | None:
     target = request_line[1]
     if not target.isascii() or b"%" in target or b"#" in target:
         return None
-    origin = if_none_match = None
+    origin = if_none_match = asked_range = if_range = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
@@ -107,11 +119,17 @@ def parse_head(data: bytes) -> Head | None:
             origin = value.decode("latin-1")
         elif name == b"if-none-match":
             if_none_match = value.decode("latin-1")
+        elif name == b"range":
+            asked_range = value.decode("latin-1")
+        elif name == b"if-range":
+            if_range = value.decode("latin-1")
     path, _, query = target.decode("ascii").partition("?")
     parts = path.split("/")
+    if len(parts) == 3 and parts[1] == "vod" and parts[2].endswith(".mp4"):
+        return Head("vod", "", parts[2], query, origin, if_none_match, asked_range, if_range)  # a recording
     if len(parts) != 4 or not all(parts[1:]):
         return None
-    return Head(parts[1], parts[2], parts[3], query, origin, if_none_match)
+    return Head(parts[1], parts[2], parts[3], query, origin, if_none_match, asked_range, if_range)
 
 
 def directive(query: str, name: str) -> int | None | bool:
@@ -153,6 +171,7 @@ class FastLane:
         self._cors: dict[str | None, bytes] = {}
         self._waiting: set[CmafPackager] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._vod_files: dict[str, tuple[float, str, str, str]] = {}
 
     # ----- the connection's side ---------------------------------------------------------------
 
@@ -161,7 +180,7 @@ class FastLane:
         app = self.app
         cfg = app[CONFIG]
         gate = app[GATE]
-        return (cfg.hls.enabled and cfg.hls.fast_lane and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
+        return (cfg.hls.fast_lane and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
 
     def take(self, conn: Any, data: bytes) -> bool:
         """Answer (or hold) the request `data` holds on `conn`, a GuardedRequestHandler whose aiohttp side is
@@ -170,6 +189,8 @@ class FastLane:
         if head is None or not self.enabled():
             return False
         app = self.app
+        if head.name == "":
+            return self._vod(conn, head)
         if not app[GATE].admission.policy.play_is_open(head.app):
             return False
         key = stream_key(head.app, head.name)
@@ -235,6 +256,79 @@ class FastLane:
             return False
         return self._start(conn, head, str(key), packager, readiness, self._try_file,
                            (name.track, name.number, name.part))
+
+    # ----- recordings ----------------------------------------------------------------------------
+
+    def remember_vod(self, rec_id: str, app: str, stream: str, path: str) -> None:
+        """The full stack served recording `rec_id` from the local file `path`: later range requests of it may
+        take the lane (for VOD_CACHE_S, when the recorded stream's app is open to viewers)."""
+        files = self._vod_files
+        if len(files) >= 1024:
+            files.clear()
+        files[rec_id] = (time.monotonic() + VOD_CACHE_S, app, stream, path)
+
+    def _vod(self, conn: Any, head: Head) -> bool:
+        """/vod/ID.mp4, whole or one range, from a file the full stack served lately: os.sendfile as
+        sendfile.serve_file does; 416, 304 and anything unusual go to the full stack."""
+        found = self._vod_files.get(head.file[:-4])
+        if found is None or found[0] < time.monotonic():
+            return False
+        _, app_name, stream, path = found
+        if not self.app[GATE].admission.policy.play_is_open(app_name):
+            return False
+        transport = conn.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+            if head.if_none_match is not None and etag in head.if_none_match:
+                return False
+            asked = head.range
+            if asked is not None and head.if_range is not None and head.if_range.strip() != etag:
+                asked = None
+            try:
+                part = byte_range(asked, size)
+            except Unsatisfiable:
+                return False
+            if part is None:
+                part = ByteRange(0, size)
+                status, extra = 200, b""
+            else:
+                status, extra = 206, b"Content-Range: bytes %d-%d/%d\r\n" % (part.start, part.end - 1, size)
+            if part.size > MAX_VOD_RANGE:
+                return False  # what the socket does not take is read in a thread by the full stack
+            gate = self.app[GATE]
+            address = conn.lane_address
+            if gate.connection_opened(address) is not None:
+                return False
+            try:
+                transport.write(b"".join((
+                    _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
+                    b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
+                    b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ",
+                    formatdate(st.st_mtime, usegmt=True).encode(), b"\r\n", extra, self._cors_lines(head.origin),
+                    b"\r\n")))
+                sent = send_fd(transport, fd, part.start, part.size)
+                if sent < part.size:
+                    # The socket is full: the rest from the page cache, through the transport (bounded above).
+                    rest = os.pread(fd, part.size - sent, part.start + sent)
+                    transport.write(rest)
+                    if len(rest) < part.size - sent:
+                        transport.abort()  # the file was cut short meanwhile: the answer cannot be completed
+            finally:
+                gate.connection_closed(address)
+            self.answered += 1
+            self.app[METRICS].response_done("other", part.size)  # as the middleware counts /vod/
+            conn.lane_answered()
+            return True
+        finally:
+            os.close(fd)
 
     def _abr_applies(self, key) -> bool:
         from .keys import ABR
@@ -428,6 +522,7 @@ class FastLane:
 
 _STATUS = {
     200: b"HTTP/1.1 200 OK\r\n",
+    206: b"HTTP/1.1 206 Partial Content\r\n",
     304: b"HTTP/1.1 304 Not Modified\r\n",
     400: b"HTTP/1.1 400 Bad Request\r\n",
     404: b"HTTP/1.1 404 Not Found\r\n",

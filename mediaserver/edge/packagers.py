@@ -64,7 +64,7 @@ class HlsPackager:
         self._playlist: bytes | None = None
         self._template: bytes | None = None
         self._files: dict[int, MemFile | None] = {}
-        """Each kept segment's memfd copy, by sequence (fast-lane viewers get it with os.sendfile)."""
+        """Kept segments' memfd copies, by sequence (fast-lane viewers get them with os.sendfile)."""
         self._version = 0
         self.playlist_etag = b'"0"'
         """The ETag of the playlist as it is now: one per change of the window."""
@@ -126,10 +126,10 @@ class HlsPackager:
     def _add(self, segment: Segment) -> None:
         self.window.add(segment)
         files = self._files
-        files[segment.sequence] = mem_file(segment.data) if self.cfg.sendfile_segments and self.cfg.fast_lane else None
-        oldest = next(iter(self.window)).sequence
-        for sequence in [s for s in files if s < oldest]:
-            del files[sequence]  # left the window: its file closes with its last reference
+        if files:
+            oldest = next(iter(self.window)).sequence
+            for sequence in [s for s in files if s < oldest]:
+                del files[sequence]  # left the window: its file closes with its last reference
         self._invalidate()
         self._ready.set()
         if self.segmenter.plan_mismatches and not self._mismatch_logged:
@@ -176,8 +176,16 @@ class HlsPackager:
         return self.window.get(int(number))
 
     def segment_file(self, sequence: int) -> MemFile | None:
-        """The memfd copy of a kept segment, if it has one."""
-        return self._files.get(sequence)
+        """The memfd copy of a kept segment, made at its first request (a segment nobody fetches costs no
+        second copy); None when hls.sendfile_segments is off or memfd is missing."""
+        files = self._files
+        if sequence in files:
+            return files[sequence]
+        segment = self.window.get(sequence)
+        if segment is None or not self.cfg.sendfile_segments:
+            return None
+        file = files[sequence] = mem_file(segment.data)
+        return file
 
     @property
     def has_segments(self) -> bool:

@@ -119,27 +119,36 @@ def mem_file(data: bytes) -> MemFile | None:
 
 def send_mem_file(transport: asyncio.Transport, file: MemFile, body: bytes) -> int:
     """Send `body` (whose copy `file` is) on `transport` right after what was written to it: as much as the
-    socket takes now with os.sendfile, the rest through the transport (which waits for the reader). Plain
-    TCP only, and only with nothing queued before it; returns the bytes os.sendfile sent."""
-    sent = 0
-    if (transport.get_write_buffer_size() == 0 and transport.get_extra_info("sslcontext") is None
-            and transport.get_extra_info("ssl_object") is None):
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                out = sock.fileno()
-                while sent < file.size:
-                    n = os.sendfile(out, file.fd, sent, file.size - sent)
-                    if n == 0:
-                        break
-                    sent += n
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                pass  # a reset peer: the transport's write below meets it
-    Sent.direct += sent
+    socket takes now with os.sendfile, the rest through the transport (which waits for the reader).
+    Returns the bytes os.sendfile sent."""
+    sent = send_fd(transport, file.fd, 0, file.size)
     if sent < len(body):
         transport.write(memoryview(body)[sent:] if sent else body)
+    return sent
+
+
+def send_fd(transport: asyncio.Transport, fd: int, offset: int, count: int) -> int:
+    """Bytes [offset, offset+count) of file `fd` that os.sendfile put on the transport's socket now, without
+    waiting: plain TCP only, and only with nothing queued before them (else 0: the caller writes them)."""
+    if (transport.get_write_buffer_size() or transport.get_extra_info("sslcontext") is not None
+            or transport.get_extra_info("ssl_object") is not None):
+        return 0
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    sent = 0
+    try:
+        out = sock.fileno()
+        while sent < count:
+            n = os.sendfile(out, fd, offset + sent, count - sent)
+            if n == 0:
+                break
+            sent += n
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        pass  # a reset peer: the transport's next write meets it
+    Sent.direct += sent
     return sent
 
 

@@ -99,3 +99,10 @@ def test_a_segment_goes_out_from_its_memfd_and_what_the_socket_refuses_through_t
     del file
     with pytest.raises(OSError):
         os.fstat(fd)  # closed with its last reference
+
+
+def test_a_range_of_a_recording_is_taken_with_its_range_and_if_range():
+    head = parse_head(b"GET /vod/Ab3_x.mp4 HTTP/1.1\r\nRange: bytes=0-99\r\nIf-Range: \"1-2\"\r\n\r\n")
+    assert head == Head("vod", "", "Ab3_x.mp4", "", None, None, "bytes=0-99", '"1-2"')
+    assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\n\r\n").name == "Ab3_x"  # 4 parts: never a recording
+    assert parse_head(b"GET /vod/Ab3_x.ts HTTP/1.1\r\n\r\n") is None
