@@ -373,12 +373,11 @@ class FastLane:
         if len(body) < 16384:
             parts.append(body)
             transport.write(b"".join(parts))
-        else:
+        elif file is not None and status == 200:
             transport.write(b"".join(parts))
-            if file is not None and status == 200:
-                send_mem_file(transport, file, body)  # from the segment's memfd, no copy from Python's buffer
-            else:
-                transport.write(body)  # the packager's bytes, as they are
+            send_mem_file(transport, file, body)  # from the segment's memfd, no copy from Python's buffer
+        else:
+            transport.writelines((b"".join(parts), body))  # one writev; the packager's bytes as they are
         self.answered += 1
         metrics = self.app[METRICS]
         metrics.response_done(fmt, len(body))
