@@ -46,7 +46,7 @@ from aiohttp import web
 from ..auth import cors
 from ..remux import llhls
 from ..remux.cmaf import parse_cmaf_name
-from .formats import CARRIED, TS_HLS
+from .formats import CARRIED, DASH, LLHLS, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
 from .sendfile import ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
@@ -224,11 +224,12 @@ class FastLane:
         packager = pool.running_cmaf(key)
         if packager is None:
             return False
+        info = stream.info
+        carried = CARRIED[DASH if file == "manifest.mpd" else LLHLS]
+        if any(c is not None and c not in carried for c in (info.video_codec, info.audio_codec)):
+            return False  # the full stack answers 415
         if file == "manifest.mpd":
             if not packager.has_every_track() or self._abr_applies(key):
-                return False
-            info = stream.info
-            if any(c is not None and c not in CARRIED["DASH (manifest.mpd)"] for c in (info.video_codec, info.audio_codec)):
                 return False
             body, etag = packager.shared_mpd()
             return self._answer(conn, head, str(key), "cmaf", _MPD_TYPE, _NO_CACHE, body, etag)
