@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -53,6 +54,8 @@ from .sendfile import ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, se
 
 if TYPE_CHECKING:
     from .cmaf import CmafPackager
+
+log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
 """A head longer than this goes to aiohttp (which has its own limits)."""
@@ -461,10 +464,10 @@ class FastLane:
                     self._error(held, 503, "the requested segment or part did not appear in time",
                                 "reload the playlist without delivery directives", retry_after=True)
                     done = True
-            except Exception:
+            except Exception:  # a bug: this viewer's connection goes, the packager and the others carry on
+                log.exception("fast lane failed to answer a held request; connection closed")
                 transport.abort()
                 done = True
-                raise
         if done:
             self.app[GATE].connection_closed(held.address)
             conn.lane_release()
