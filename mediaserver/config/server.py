@@ -91,6 +91,10 @@ class HlsConfig:
     """A packager nobody asked anything of for this long stops; the next request starts it again."""
     ended_linger: float = 60.0
     """How long the final playlist (with EXT-X-ENDLIST) stays after a stream ends."""
+    fast_lane: bool = True
+    """Answer simple live HLS/LL-HLS/DASH GETs beside aiohttp (edge/fastlane.py); false: all through aiohttp."""
+    sendfile_segments: bool = True
+    """Copy a requested MPEG-TS segment into a memfd and send it with os.sendfile (twice the watched window's memory)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from ..hub.stream import StreamKey
 from ..transcode.health_monitor import HealthWatch
 from .cmaf import CMAF_MANIFESTS, serve_cmaf, serve_time
 from .common import cors_headers, json_error, not_published, play_refused
+from .fastlane import FAST_LANE, FastLane
 from .formats import DASH, LLHLS, TS_HLS, refuse_uncarried
 from .flv import VIEWER, serve_flv
 from .hls import PLAY_QUERY, serve_master, serve_playlist, serve_segment
@@ -148,6 +149,7 @@ def make_app(
     app[REGISTRY] = registry
     app[PACKAGERS] = packagers
     app[GATE] = gate
+    app[FAST_LANE] = FastLane(app)  # the hottest viewer requests, answered without the stack below (fastlane.py)
     hook_outcomes = (lambda: hooks.outcomes) if hooks is not None and hooks.enabled else None
     metrics = Metrics(registry, gate.admission, packager_count=lambda: len(packagers), hook_outcomes=hook_outcomes)
     metrics.ready_checks.update(ready_checks or {})

@@ -80,7 +80,13 @@ class CmafPackager:
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
         )
         self._cache: dict[str, bytes] = {}
+        self._mpd: tuple[bytes, bytes] | None = None
+        self._changed_at = wall_clock()
+        self._version = 0
         self._changed = asyncio.Event()
+        self.held: list = []
+        """Requests the fast lane (fastlane.py) holds until this window changes: one list, no task each."""
+        self.release_held: Callable[[CmafPackager], None] | None = None
         self._skipped_logged: set[str] = set()
         self._mismatch_logged = False
         self.skipped = SkippedFrames(stream, self.format, skip_log)
@@ -139,9 +145,14 @@ class CmafPackager:
 
     def _notify(self) -> None:
         self._cache.clear()
+        self._mpd = None
+        self._version += 1
+        self._changed_at = self._wall()
         changed = self._changed
         self._changed = asyncio.Event()
         changed.set()
+        if self.held and self.release_held is not None:
+            self.release_held(self)  # at once, in the read that changed the window
 
     @property
     def ended(self) -> bool:
@@ -166,9 +177,19 @@ class CmafPackager:
             self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
 
     def mpd(self, query: str = "", renditions: Sequence[dash.DashRendition] = (), source_video: bool = True) -> bytes:
-        # The MPD's publishTime moves with the clock, so it is rendered per request (it is small).
+        if not query and not renditions and source_video:
+            return self.shared_mpd()[0]
+        # With a viewer's token or the ladder: rendered for this request.
         return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query,
                                renditions=renditions, source_video=source_video).encode()
+
+    def shared_mpd(self) -> tuple[bytes, bytes]:
+        """The MPD without ABR renditions or a viewer's token, and its ETag: rendered once per change of the
+        window, its publishTime the time of that change (an MPD with the same publishTime is the same MPD)."""
+        if self._mpd is None:
+            body = dash.render_mpd(self.window, now=self._changed_at, prefix=self.prefix).encode()
+            self._mpd = (body, f'"{self.prefix}{self._version}"'.encode())
+        return self._mpd
 
     def _cached(self, key: str, render: Callable[[], str]) -> bytes:
         if not key.endswith("?"):

@@ -40,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from ..auth.tokens import normalize_address
 from ..log import LogGate, event
 from ..tls import TlsCertificate
+from .fastlane import FAST_LANE, FastLane
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,11 @@ def _refusal_answer(reason: str, limits: ConnectionLimits) -> bytes:
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's per-connection protocol, admitted by the gate and held to the request-head deadline."""
 
-    def __init__(self, manager: web.Server, gate: ConnectionGate, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, gate: ConnectionGate, lane: FastLane | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._lane = lane
+        self._lane_clean = True  # what aiohttp's parser got last ended a bodyless head
+        self._lane_waiting: list[bytes] | None = None  # bytes behind a request the lane holds
         self._gate = gate
         self._address = ""
         self._admitted = False
@@ -156,10 +160,52 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self._lane is not None:
+            if self._lane_waiting is not None:
+                self._lane_waiting.append(data)  # answered after the held request, in order
+                return
+            if self._lane_clean and self._aiohttp_idle() and self._lane.take(self, data):
+                return
+            self._lane_clean = ends_bodyless_head(data)
         super().data_received(data)
         if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
+
+    # ----- the fast lane (fastlane.py) ------------------------------------------------------------
+
+    def _aiohttp_idle(self) -> bool:
+        """aiohttp waits for this connection's next request, and has nothing of it yet."""
+        waiter = self._waiter
+        return (waiter is not None and not waiter.done() and not self._messages and self._payload_parser is None
+                and not self._upgraded and not self._force_close and not self._close)
+
+    @property
+    def lane_address(self) -> str:
+        return self._address
+
+    def lane_answered(self) -> None:
+        """The lane answered a request: its head arrived, and the connection is alive for another keep-alive."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._keep_alive_until(self._loop.time() + self._keepalive_timeout)
+
+    def lane_hold(self, deadline: float) -> None:
+        self._lane_waiting = []
+        self._keep_alive_until(deadline + self._keepalive_timeout)
+
+    def lane_release(self) -> None:
+        waiting, self._lane_waiting = self._lane_waiting, None
+        for data in waiting or ():
+            self.data_received(data)
+
+    def _keep_alive_until(self, when: float) -> None:
+        # aiohttp's keep-alive timer closes a connection idle that long; lane answers count as activity.
+        if self._keepalive_timeout > 0 and when > self._next_keepalive_close_time:
+            self._next_keepalive_close_time = when
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(when, self._process_keepalive)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._admitted:
@@ -170,6 +216,7 @@ class GuardedRequestHandler(RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
         self._raw_transport = None
+        self._lane_waiting = None
         super().connection_lost(exc)
 
     def _head_missed(self) -> None:
@@ -179,6 +226,15 @@ class GuardedRequestHandler(RequestHandler):
         self._gate.head_timed_out()
         _log_refusal(self._gate, HEADER_TIMEOUT, self._address)
         self._raw_transport.abort()  # nothing to flush: the peer has not even finished asking
+
+
+def ends_bodyless_head(data: bytes) -> bool:
+    """Whether `data`, given to aiohttp's parser, leaves it between requests: it ends a head of a request
+    that has no body (heads split over several reads, or with a body, leave the lane off the connection)."""
+    if not data.endswith(b"\r\n\r\n") or not data.startswith((b"GET ", b"HEAD ", b"OPTIONS ")):
+        return False
+    lower = data.lower()
+    return b"content-length" not in lower and b"transfer-encoding" not in lower and b"upgrade" not in lower
 
 
 def _log_refusal(gate: ConnectionGate, reason: str, address: str) -> None:
@@ -221,8 +277,10 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         gate, args, tls = self._gate, self._handler_args, self._tls
 
+        lane = self._runner.app.get(FAST_LANE) if isinstance(self._runner, web.AppRunner) else None
+
         def accepted() -> GuardedRequestHandler:
-            handler = GuardedRequestHandler(server, gate, loop=loop, **args)
+            handler = GuardedRequestHandler(server, gate, lane, loop=loop, **args)
             if tls is not None:  # made before the TLS handshake; connection_made only after it succeeds
                 def check() -> None:
                     if not handler.made:

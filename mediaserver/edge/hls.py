@@ -43,14 +43,18 @@ async def serve_playlist(request: web.Request) -> web.Response:
                          "the publisher has not sent a keyframe yet; retry in a few seconds",
                          {"Retry-After": "2", **cors_headers(request)})
     max_age = max(0, int(cfg.segment_duration / 2))
-    return web.Response(
-        body=packager.playlist(request.get(PLAY_QUERY, "")),
-        headers={
-            "Content-Type": PLAYLIST_TYPE,
-            "Cache-Control": f"max-age={max_age}" if max_age and not packager.ended else "no-cache",
-            **cors_headers(request),
-        },
-    )
+    query = request.get(PLAY_QUERY, "")
+    headers = {
+        "Content-Type": PLAYLIST_TYPE,
+        "Cache-Control": f"max-age={max_age}" if max_age and not packager.ended else "no-cache",
+        **cors_headers(request),
+    }
+    if not query:  # the shared playlist: one ETag per change (a viewer's own, with its token, has none)
+        etag = packager.playlist_etag.decode()
+        headers["ETag"] = etag
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+    return web.Response(body=packager.playlist(query), headers=headers)
 
 
 async def serve_segment(request: web.Request) -> web.Response:

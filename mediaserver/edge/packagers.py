@@ -36,6 +36,7 @@ from ..media.frames import Frame, FrameKind
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
 from ..remux.segment import CutPlan, Segment
 from .cmaf import CmafPackager, log_plan_mismatch
+from .sendfile import MemFile, mem_file
 from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ class HlsPackager:
         self.last_request = time.monotonic()
         self._playlist: bytes | None = None
         self._template: bytes | None = None
+        self._files: dict[int, MemFile | None] = {}
+        """Kept segments' memfd copies, by sequence (fast-lane viewers get them with os.sendfile)."""
+        self._version = 0
+        self.playlist_etag = b'"0"'
+        """The ETag of the playlist as it is now: one per change of the window."""
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._skipped_logged: set[str] = set()
@@ -119,6 +125,11 @@ class HlsPackager:
 
     def _add(self, segment: Segment) -> None:
         self.window.add(segment)
+        files = self._files
+        if files:
+            oldest = next(iter(self.window)).sequence
+            for sequence in [s for s in files if s < oldest]:
+                del files[sequence]  # left the window: its file closes with its last reference
         self._invalidate()
         self._ready.set()
         if self.segmenter.plan_mismatches and not self._mismatch_logged:
@@ -128,6 +139,8 @@ class HlsPackager:
     def _invalidate(self) -> None:
         self._playlist = None
         self._template = None
+        self._version += 1
+        self.playlist_etag = f'"{self.instance}-{self._version}"'.encode()
         changed = self._changed
         self._changed = asyncio.Event()
         changed.set()
@@ -161,6 +174,18 @@ class HlsPackager:
         if not number.isdigit() or len(number) > 12:
             return None
         return self.window.get(int(number))
+
+    def segment_file(self, sequence: int) -> MemFile | None:
+        """The memfd copy of a kept segment, made at its first request (a segment nobody fetches costs no
+        second copy); None when hls.sendfile_segments is off or memfd is missing."""
+        files = self._files
+        if sequence in files:
+            return files[sequence]
+        segment = self.window.get(sequence)
+        if segment is None or not self.cfg.sendfile_segments:
+            return None
+        file = files[sequence] = mem_file(segment.data)
+        return file
 
     @property
     def has_segments(self) -> bool:
@@ -209,6 +234,22 @@ class PackagerPool:
     def cmaf(self, key: StreamKey) -> CmafPackager | None:
         """The stream's fMP4 packager (LL-HLS and DASH), started now if the stream is live."""
         return self._get(key, self._cmaf, CmafPackager)
+
+    def running_hls(self, key: StreamKey) -> HlsPackager | None:
+        """The stream's MPEG-TS packager if one runs and has not ended (a request for it counts as one for
+        the idle timeout); None otherwise, and nothing is started: the full `hls` does that."""
+        return self._peek(key, self._hls)
+
+    def running_cmaf(self, key: StreamKey) -> CmafPackager | None:
+        """As `running_hls`, for the fMP4 packager."""
+        return self._peek(key, self._cmaf)
+
+    def _peek(self, key: StreamKey, table: dict):
+        packager = table.get(key)
+        if packager is None or packager.ended:
+            return None
+        packager.last_request = self.clock()
+        return packager
 
     def _get(self, key: StreamKey, table: dict, factory) -> HlsPackager | CmafPackager | None:
         follow = None

@@ -80,6 +80,78 @@ def byte_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(int(last) + 1, size))
 
 
+class MemFile:
+    """Bytes also held in a memory-backed file (memfd), so each viewer's copy can be sent with os.sendfile
+    instead of a write from Python's buffer: the kernel then takes the pages without copying them in. The
+    file is made once per segment and closed when the last reference goes."""
+
+    __slots__ = ("fd", "size", "__weakref__")
+
+    def __init__(self, data: bytes) -> None:
+        self.fd = -1
+        fd = os.memfd_create("segment", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < len(data):
+                written += os.write(fd, view[written:])
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.size = len(data)
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def mem_file(data: bytes) -> MemFile | None:
+    """A MemFile of `data`, or None where memfd is missing or refused (then bytes are written as they are)."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        return MemFile(data)
+    except OSError:
+        return None
+
+
+def send_mem_file(transport: asyncio.Transport, file: MemFile, body: bytes) -> int:
+    """Send `body` (whose copy `file` is) on `transport` right after what was written to it: as much as the
+    socket takes now with os.sendfile, the rest through the transport (which waits for the reader).
+    Returns the bytes os.sendfile sent."""
+    sent = send_fd(transport, file.fd, 0, file.size)
+    if sent < len(body):
+        transport.write(memoryview(body)[sent:] if sent else body)
+    return sent
+
+
+def send_fd(transport: asyncio.Transport, fd: int, offset: int, count: int) -> int:
+    """Bytes [offset, offset+count) of file `fd` that os.sendfile put on the transport's socket now, without
+    waiting: plain TCP only, and only with nothing queued before them (else 0: the caller writes them)."""
+    if (transport.get_write_buffer_size() or transport.get_extra_info("sslcontext") is not None
+            or transport.get_extra_info("ssl_object") is not None):
+        return 0
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    sent = 0
+    try:
+        out = sock.fileno()
+        while sent < count:
+            n = os.sendfile(out, fd, offset + sent, count - sent)
+            if n == 0:
+                break
+            sent += n
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        pass  # a reset peer: the transport's next write meets it
+    Sent.direct += sent
+    return sent
+
+
 class Sent:
     direct = 0
     """Bytes sent by os.sendfile since start (all responses): tells a test or a bench the path is used."""

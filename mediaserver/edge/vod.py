@@ -27,6 +27,7 @@ from ..gate import CREDENTIAL, LIMIT
 from ..record.vod import dash_manifest, hls_playlist, index_file, index_path
 from . import vod_s3
 from .common import PLAY_QUERY, cors_headers, json_error, play_refused
+from .fastlane import FAST_LANE
 from .keys import GATE, RECORDINGS
 from .names import stream_key
 from .origin_pull import INTERNAL_REQUEST
@@ -92,6 +93,9 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
         if vod_s3.in_bucket(row):
             return await vod_s3.serve_mp4(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
+    lane = request.app.get(FAST_LANE)
+    if lane is not None and not request.get(INTERNAL_REQUEST):
+        lane.remember_vod(row.id, row.app, row.stream, str(path))  # its next ranges may take the fast lane
     try:
         return await serve_file(request, path, {"Content-Type": "video/mp4", "Cache-Control": "no-cache",
                                                 **cors_headers(request)})

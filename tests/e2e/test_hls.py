@@ -99,3 +99,45 @@ async def test_a_stream_that_does_not_exist_answers_404_over_hls(server):
     async with aiohttp.ClientSession() as http:
         async with http.get(server.hls_url("no-such-stream")) as resp:
             assert resp.status == 404
+
+
+async def test_the_playlist_carries_an_etag_that_answers_304_until_it_changes(server, publish, media, stream_name):
+    publish(server, stream_name, media.av, loop=True)
+    async with aiohttp.ClientSession() as http:
+        poller = server.hls_poller(stream_name, http)
+        await poller.poll_until(lambda p: len(p.segments) >= 1, timeout_s=15, fetch_segments=False)
+        async with http.get(server.hls_url(stream_name)) as resp:
+            assert resp.status == 200
+            etag = resp.headers.get("ETag")
+            body = await resp.read()
+        assert etag, resp.headers
+        async with http.get(server.hls_url(stream_name), headers={"If-None-Match": etag}) as again:
+            # 304 while the playlist is the same; a segment closed meanwhile gives the new one
+            assert again.status in (200, 304)
+            if again.status == 200:
+                assert await again.read() != body and again.headers.get("ETag") != etag
+            else:
+                assert await again.read() == b""
+
+
+async def test_a_player_on_a_kept_alive_connection_is_answered_by_the_fast_lane(server, publish, media, stream_name):
+    """Playlist and segment GETs after the first take the fast lane (edge/fastlane.py), which answers with the
+    same bytes and headers as the full stack but without aiohttp's Server header."""
+    publish(server, stream_name, media.av, loop=True)
+    connector = aiohttp.TCPConnector(limit=1)  # one connection, kept alive
+    async with aiohttp.ClientSession(connector=connector) as http:
+        poller = server.hls_poller(stream_name, http)
+        pl = await poller.poll_until(lambda p: len(p.segments) >= 1, timeout_s=15, fetch_segments=False)
+        url = urljoin(server.hls_url(stream_name), pl.segments[-1].uri)
+        answers = []
+        for _ in range(3):
+            async with http.get(url) as resp:
+                answers.append((resp.status, dict(resp.headers), await resp.read()))
+    assert all(status == 200 for status, _, _ in answers)
+    assert len({body for _, _, body in answers}) == 1, "the same segment, the same bytes"
+    lane = [headers for _, headers, _ in answers if "Server" not in headers]
+    assert lane, "no answer came from the fast lane"
+    for headers in lane:
+        assert headers["Content-Type"] == "video/mp2t" and "immutable" in headers["Cache-Control"], headers
+        assert int(headers["Content-Length"]) == len(answers[0][2])
+        assert "Access-Control-Allow-Origin" in headers and "Date" in headers, headers

@@ -1,0 +1,535 @@
+"""The fast lane: the hottest viewer requests (HLS, LL-HLS and DASH playlists, segments and parts of a
+live stream; byte ranges of a recording) answered straight from the connection's bytes, without aiohttp's request machinery.
+
+aiohttp costs about 0.5 ms of CPU per request on this server (a task per request, the request and
+response objects, the router's walk over every route, the middlewares, the header serializer), and an
+HLS viewer asks twice or more per segment, an LL-HLS viewer a dozen times a second. Here a request is a
+bytes object that holds exactly one complete, bodyless `GET` head; it is parsed by `parse_head` (pure),
+and when everything it asks for can be answered as the full stack would answer it, the answer is
+written to the transport at once: the packager's own bytes, never copied, behind a head made from
+prebuilt pieces. Anything else (another method or route, a body, pipelined or partial heads, a
+rendition, a stream not here, an error to explain, HTTP/1.0, `Connection: close`) goes to aiohttp as if
+the lane did not exist, and so does every request of a server where a viewer needs more than the
+stream's existence: play tokens, the on_play webhook, trusted proxies (the client's address is in a
+header).
+
+The lane takes a request only while aiohttp's side of the connection is idle (waiting for its next
+request, the last bytes it got having ended a bodyless head), so the two never interleave answers. It
+does what the admission middleware does for these requests: the per-address requests-in-progress limit,
+the per-format request and byte counters, the HLS viewer count, the packager's last-request time.
+
+Recordings: once the full stack has served `/vod/ID.mp4` from a local file (and admitted its viewer), the
+lane answers that recording's next whole-file or single-range GETs for VOD_CACHE_S as sendfile.serve_file
+does (os.sendfile; what a full socket does not take is read from the page cache at once, the range being
+bounded by MAX_VOD_RANGE), when the recorded stream's app is open to viewers.
+
+Blocking LL-HLS reloads (`_HLS_msn`/`_HLS_part`) and requests for the part a preload hint names are held
+in one list per packager, not a task per request: the packager calls `release` on every change of its
+window (in the very read that brought the frame that closed the part), and each held request is answered
+when ready, or with 503 after three target durations as the full stack does. Bytes that arrive on a
+connection while its request is held wait behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..auth import cors
+from ..remux import llhls
+from ..remux.cmaf import parse_cmaf_name
+from .formats import CARRIED, DASH, LLHLS, TS_HLS
+from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
+from .names import stream_key
+from .sendfile import ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
+
+if TYPE_CHECKING:
+    from .cmaf import CmafPackager
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 8192
+"""A head longer than this goes to aiohttp (which has its own limits)."""
+VOD_CACHE_S = 30.0
+"""How long a recording the full stack served may be served by the lane without asking the catalog again."""
+MAX_VOD_RANGE = 8 << 20
+"""Larger ranges of a recording go to the full stack, which reads what the socket does not take in a thread."""
+MAX_QUEUED = 1 << 20
+"""Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
+
+_HLS_TYPE = b"application/vnd.apple.mpegurl"
+_TS_TYPE = b"video/mp2t"
+_MPD_TYPE = b"application/dash+xml"
+_M4S_TYPE = b"video/iso.segment"
+_INIT_TYPE = b"video/mp4"
+_LONG_CACHE = b"public, max-age=3600, immutable"
+_NO_CACHE = b"no-cache"
+_REFUSED_HEADERS = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
+_MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio"}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A simple GET request, as much of it as the lane reads."""
+
+    app: str
+    name: str
+    file: str
+    query: str
+    origin: str | None
+    if_none_match: str | None
+    range: str | None = None
+    if_range: str | None = None
+
+
+def parse_head(data: bytes) -> Head | None:
+    """The GET /APP/NAME/FILE request `data` holds entirely, or None when it is anything else: not GET, not
+    HTTP/1.1, not exactly one complete head, a body, an upgrade, `Connection: close`, a percent-encoded or
+    otherwise unusual target. None sends the request the ordinary way, so None is always safe."""
+    if len(data) > MAX_HEAD or not data.startswith(b"GET /") or not data.endswith(b"\r\n\r\n"):
+        return None
+    if data.find(b"\r\n\r\n") != len(data) - 4:
+        return None  # more than one head (pipelined), or a body
+    lines = data[:-4].split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
+        return None
+    target = request_line[1]
+    if not target.isascii() or b"%" in target or b"#" in target:
+        return None
+    origin = if_none_match = asked_range = if_range = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
+            return None  # malformed or folded: aiohttp answers it
+        name = name.lower()
+        if name in _REFUSED_HEADERS:
+            return None
+        value = value.strip(b" \t")
+        if name == b"connection":
+            if value.lower() != b"keep-alive":
+                return None
+        elif name == b"origin":
+            origin = value.decode("latin-1")
+        elif name == b"if-none-match":
+            if_none_match = value.decode("latin-1")
+        elif name == b"range":
+            asked_range = value.decode("latin-1")
+        elif name == b"if-range":
+            if_range = value.decode("latin-1")
+    path, _, query = target.decode("ascii").partition("?")
+    parts = path.split("/")
+    if len(parts) == 3 and parts[1] == "vod" and parts[2].endswith(".mp4"):
+        return Head("vod", "", parts[2], query, origin, if_none_match, asked_range, if_range)  # a recording
+    if len(parts) != 4 or not all(parts[1:]):
+        return None
+    return Head(parts[1], parts[2], parts[3], query, origin, if_none_match, asked_range, if_range)
+
+
+def directive(query: str, name: str) -> int | None | bool:
+    """The LL-HLS delivery directive `name` in `query`: its value, None when absent, False when it is not a
+    plain whole number or appears twice (the full stack answers that with 400)."""
+    found: int | None | bool = None
+    for pair in query.split("&") if query else ():
+        key, _, value = pair.partition("=")
+        if key == name:
+            if found is not None or not (value.isascii() and value.isdigit()) or len(value) > 12:
+                return False
+            found = int(value)
+    return found
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A request waiting for its playlist, part or segment."""
+
+    conn: Any
+    head: Head
+    packager: CmafPackager
+    deadline: float
+    address: str
+    try_answer: Callable[[_Held, dict], bool]
+    asked: tuple
+    """What it waits for: (track, msn, part) of a playlist, (track, sequence, part) of a file."""
+
+
+class FastLane:
+    """Answers simple viewer GETs of one application (see the module docstring)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.answered = 0
+        """Requests answered by the lane since start (tests and benches see it is used)."""
+        self._date = b""
+        self._date_at = -1
+        self._cors: dict[str | None, bytes] = {}
+        self._waiting: set[CmafPackager] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._vod_files: dict[str, tuple[float, str, str, str]] = {}
+
+    # ----- the connection's side ---------------------------------------------------------------
+
+    def enabled(self) -> bool:
+        """Whether the lane may answer at all: nothing about a viewer needs more than the stream."""
+        app = self.app
+        cfg = app[CONFIG]
+        gate = app[GATE]
+        return (cfg.hls.fast_lane and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
+
+    def take(self, conn: Any, data: bytes) -> bool:
+        """Answer (or hold) the request `data` holds on `conn`, a GuardedRequestHandler whose aiohttp side is
+        idle; False leaves it to aiohttp, nothing written."""
+        head = parse_head(data)
+        if head is None or not self.enabled():
+            return False
+        app = self.app
+        if head.name == "":
+            return self._vod(conn, head)
+        if not app[GATE].admission.policy.play_is_open(head.app):
+            return False
+        key = stream_key(head.app, head.name)
+        if key is None or "@" in head.name:
+            return False  # renditions: the ABR gate may have to start their transcoder
+        stream = app[REGISTRY].get(key)
+        if stream is None or stream.ended:
+            return False
+        transport = conn.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
+            return False
+        file = head.file
+        pool = app[PACKAGERS]
+        if file == "index.m3u8" or file.endswith(".ts"):
+            packager = pool.running_hls(key)
+            if packager is None:
+                return False
+            if file == "index.m3u8":
+                info = stream.info
+                carried = CARRIED[TS_HLS]
+                if not packager.has_segments or any(c is not None and c not in carried
+                                                    for c in (info.video_codec, info.audio_codec)):
+                    return False
+                return self._answer(conn, head, str(key), "hls", _HLS_TYPE, self._playlist_cache(packager),
+                                    packager.playlist(), packager.playlist_etag)
+            segment = packager.segment(file)
+            if segment is None:
+                return False
+            return self._answer(conn, head, str(key), "hls", _TS_TYPE, _LONG_CACHE, segment.data,
+                                file=packager.segment_file(segment.sequence))
+        packager = pool.running_cmaf(key)
+        if packager is None:
+            return False
+        info = stream.info
+        carried = CARRIED[DASH if file == "manifest.mpd" else LLHLS]
+        if any(c is not None and c not in carried for c in (info.video_codec, info.audio_codec)):
+            return False  # the full stack answers 415
+        if file == "manifest.mpd":
+            if not packager.has_every_track() or self._abr_applies(key):
+                return False
+            body, etag = packager.shared_mpd()
+            return self._answer(conn, head, str(key), "cmaf", _MPD_TYPE, _NO_CACHE, body, etag)
+        track = _MEDIA_PLAYLISTS.get(file)
+        if track is not None:
+            msn, part = directive(head.query, "_HLS_msn"), directive(head.query, "_HLS_part")
+            if msn is False or part is False or packager.window.track(track) is None:
+                return False
+            readiness = llhls.playlist_request(packager.window, track, msn, part)  # type: ignore[arg-type]
+            if readiness is llhls.Readiness.BAD_REQUEST:
+                return False
+            return self._start(conn, head, str(key), packager, readiness, self._try_playlist, (track, msn, part))
+        if not file.startswith(packager.prefix) or parse_cmaf_name(file[len(packager.prefix):]) is None:
+            return False
+        name = parse_cmaf_name(file[len(packager.prefix):])
+        assert name is not None
+        if name.kind == "init":
+            tw = packager.window.track(name.track)
+            init = tw.init(name.number) if tw is not None else None
+            if init is None:
+                return False
+            return self._answer(conn, head, str(key), "cmaf", _INIT_TYPE, _LONG_CACHE, init.data)
+        readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
+        if readiness is not llhls.Readiness.READY and readiness is not llhls.Readiness.WAIT:
+            return False
+        return self._start(conn, head, str(key), packager, readiness, self._try_file,
+                           (name.track, name.number, name.part))
+
+    # ----- recordings ----------------------------------------------------------------------------
+
+    def remember_vod(self, rec_id: str, app: str, stream: str, path: str) -> None:
+        """The full stack served recording `rec_id` from the local file `path`: later range requests of it may
+        take the lane (for VOD_CACHE_S, when the recorded stream's app is open to viewers)."""
+        files = self._vod_files
+        if len(files) >= 1024:
+            files.clear()
+        files[rec_id] = (time.monotonic() + VOD_CACHE_S, app, stream, path)
+
+    def _vod(self, conn: Any, head: Head) -> bool:
+        """/vod/ID.mp4, whole or one range, from a file the full stack served lately: os.sendfile as
+        sendfile.serve_file does; 416, 304 and anything unusual go to the full stack."""
+        found = self._vod_files.get(head.file[:-4])
+        if found is None or found[0] < time.monotonic():
+            return False
+        _, app_name, stream, path = found
+        if not self.app[GATE].admission.policy.play_is_open(app_name):
+            return False
+        transport = conn.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+            if head.if_none_match is not None and etag in head.if_none_match:
+                return False
+            asked = head.range
+            if asked is not None and head.if_range is not None and head.if_range.strip() != etag:
+                asked = None
+            try:
+                part = byte_range(asked, size)
+            except Unsatisfiable:
+                return False
+            if part is None:
+                part = ByteRange(0, size)
+                status, extra = 200, b""
+            else:
+                status, extra = 206, b"Content-Range: bytes %d-%d/%d\r\n" % (part.start, part.end - 1, size)
+            if part.size > MAX_VOD_RANGE:
+                return False  # what the socket does not take is read in a thread by the full stack
+            gate = self.app[GATE]
+            address = conn.lane_address
+            if gate.connection_opened(address) is not None:
+                return False
+            try:
+                transport.write(b"".join((
+                    _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
+                    b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
+                    b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ",
+                    formatdate(st.st_mtime, usegmt=True).encode(), b"\r\n", extra, self._cors_lines(head.origin),
+                    b"\r\n")))
+                sent = send_fd(transport, fd, part.start, part.size)
+                if sent < part.size:
+                    # The socket is full: the rest from the page cache, through the transport (bounded above).
+                    rest = os.pread(fd, part.size - sent, part.start + sent)
+                    transport.write(rest)
+                    if len(rest) < part.size - sent:
+                        transport.abort()  # the file was cut short meanwhile: the answer cannot be completed
+            finally:
+                gate.connection_closed(address)
+            self.answered += 1
+            self.app[METRICS].response_done("other", part.size)  # as the middleware counts /vod/
+            conn.lane_answered()
+            return True
+        finally:
+            os.close(fd)
+
+    def _abr_applies(self, key) -> bool:
+        from .keys import ABR
+        abr = self.app.get(ABR)
+        return abr is not None and abr.enabled_for(key)
+
+    @staticmethod
+    def _playlist_cache(packager) -> bytes:
+        cfg = packager.cfg
+        max_age = max(0, int(cfg.segment_duration / 2))
+        return f"max-age={max_age}".encode() if max_age else _NO_CACHE
+
+    # ----- answering ---------------------------------------------------------------------------
+
+    def _answer(self, conn: Any, head: Head, stream: str, fmt: str, content_type: bytes, cache: bytes,
+                body: bytes, etag: bytes | None = None, file: MemFile | None = None) -> bool:
+        gate = self.app[GATE]
+        address = conn.lane_address
+        if gate.connection_opened(address) is not None:
+            return False  # over the requests-in-progress limit: the full stack says so
+        try:
+            self._write(conn, head, stream, fmt, address, 200, content_type, cache, body, etag, file=file)
+        finally:
+            gate.connection_closed(address)
+        return True
+
+    def _write(self, conn: Any, head: Head, stream: str, fmt: str, address: str, status: int,
+               content_type: bytes, cache: bytes, body: bytes, etag: bytes | None = None,
+               extra: bytes = b"", file: MemFile | None = None) -> None:
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        if etag is not None and head.if_none_match is not None and etag.decode() in head.if_none_match:
+            status, body = 304, b""
+        parts = [_STATUS[status], b"Content-Type: ", content_type,
+                 b"\r\nContent-Length: %d" % len(body) if status != 304 else b"",
+                 b"\r\nCache-Control: ", cache, b"\r\nDate: ", self._now_date(), b"\r\n",
+                 self._cors_lines(head.origin), extra]
+        if etag is not None:
+            parts += (b"ETag: ", etag, b"\r\n")
+        parts.append(b"\r\n")
+        if len(body) < 16384:
+            parts.append(body)
+            transport.write(b"".join(parts))
+        elif file is not None and status == 200:
+            transport.write(b"".join(parts))
+            send_mem_file(transport, file, body)  # from the segment's memfd, no copy from Python's buffer
+        else:
+            transport.writelines((b"".join(parts), body))  # one writev; the packager's bytes as they are
+        self.answered += 1
+        metrics = self.app[METRICS]
+        metrics.response_done(fmt, len(body))
+        if status < 300:
+            metrics.hls_request(address, stream)
+        conn.lane_answered()
+
+    def _now_date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_at:
+            self._date_at = now
+            self._date = formatdate(now, usegmt=True).encode()
+        return self._date
+
+    def _cors_lines(self, origin: str | None) -> bytes:
+        lines = self._cors.get(origin)
+        if lines is None:
+            allowed = self.app[CONFIG].http.cors_origin
+            headers = cors.cors_headers(origin, (allowed,) if allowed else (), "Content-Length, Date")
+            lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+            if len(self._cors) > 64:
+                self._cors.clear()
+            self._cors[origin] = lines
+        return lines
+
+    def _error(self, held: _Held, status: int, error: str, hint: str, retry_after: bool = False) -> None:
+        body = json.dumps({"error": error, "hint": hint}).encode()
+        self._write(held.conn, held.head, "", "hls", held.address, status, b"application/json; charset=utf-8",
+                    _NO_CACHE, body, extra=b"Retry-After: 1\r\n" if retry_after else b"")
+
+    # ----- held requests -----------------------------------------------------------------------
+
+    def _start(self, conn: Any, head: Head, stream: str, packager: CmafPackager, readiness: llhls.Readiness,
+               try_answer: Callable[[_Held, dict], bool], asked: tuple) -> bool:
+        gate = self.app[GATE]
+        address = conn.lane_address
+        if gate.connection_opened(address) is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        held = _Held(conn, head, packager, loop.time() + 3 * packager.cfg.segment_duration, address, try_answer,
+                     asked)
+        if readiness is llhls.Readiness.READY:
+            try:
+                try_answer(held, {})
+            finally:
+                gate.connection_closed(address)
+            return True
+        conn.lane_hold(held.deadline)
+        packager.release_held = self.release
+        packager.held.append(held)
+        self._waiting.add(packager)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(1.0, self._sweep)
+        return True
+
+    def release(self, packager: CmafPackager) -> None:
+        """The packager's window changed (or ended): answer what is ready now, drop what is closed or late."""
+        held = packager.held
+        if not held:
+            return
+        now = asyncio.get_running_loop().time()
+        keep = []
+        seen: dict = {}  # readiness by what was asked: hundreds of held requests ask for the same few things
+        for h in held:
+            if not self._settle(h, now, seen):
+                keep.append(h)
+        packager.held = keep
+        if not keep:
+            self._waiting.discard(packager)
+
+    def _settle(self, held: _Held, now: float, seen: dict) -> bool:
+        """Answer `held` if it can be now (or has waited too long); False keeps it waiting."""
+        conn = held.conn
+        transport = conn.transport
+        done = transport is None or transport.is_closing()
+        if not done:
+            try:
+                done = held.try_answer(held, seen)
+                if not done and now >= held.deadline:
+                    self._error(held, 503, "the requested segment or part did not appear in time",
+                                "reload the playlist without delivery directives", retry_after=True)
+                    done = True
+            except Exception:  # a bug: this viewer's connection goes, the packager and the others carry on
+                log.exception("fast lane failed to answer a held request; connection closed")
+                transport.abort()
+                done = True
+        if done:
+            self.app[GATE].connection_closed(held.address)
+            conn.lane_release()
+        return done
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        for packager in list(self._waiting):
+            self.release(packager)
+        if self._waiting:
+            self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _try_playlist(self, held: _Held, seen: dict) -> bool:
+        packager = held.packager
+        track, msn, part = asked = held.asked
+        readiness = seen.get(asked)
+        if readiness is None:
+            readiness = seen[asked] = llhls.playlist_request(packager.window, track, msn, part)
+        if readiness is llhls.Readiness.READY:
+            self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _HLS_TYPE, _NO_CACHE,
+                        packager.media_playlist(track))
+            return True
+        if readiness is llhls.Readiness.BAD_REQUEST:
+            self._error(held, 400, f"_HLS_msn={msn} _HLS_part={part} is too far ahead of the live edge",
+                        "ask for the next segment or part the last playlist announced")
+            return True
+        return False
+
+    def _try_file(self, held: _Held, seen: dict) -> bool:
+        packager = held.packager
+        file = held.head.file
+        track, number, part = asked = held.asked
+        key = ("file", asked)
+        readiness = seen.get(key)
+        if readiness is None:
+            readiness = seen[key] = llhls.resource_request(packager.window, track, number, part)
+        if readiness is llhls.Readiness.READY:
+            tw = packager.window.track(track)
+            assert tw is not None
+            item = tw.segment(number) if part is None else tw.part(number, part)
+            assert item is not None
+            self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _M4S_TYPE, _LONG_CACHE,
+                        item.data)
+            return True
+        if readiness is llhls.Readiness.GONE:
+            self._error(held, 404, f"{file[:64]!r} is not (or no longer) available",
+                        "reload the playlist: segments expire as the live window slides")
+            return True
+        if readiness is llhls.Readiness.BAD_REQUEST:
+            self._error(held, 400, f"{file[:64]!r} is too far ahead of the live edge",
+                        "ask for the part the preload hint names")
+            return True
+        return False
+
+
+_STATUS = {
+    200: b"HTTP/1.1 200 OK\r\n",
+    206: b"HTTP/1.1 206 Partial Content\r\n",
+    304: b"HTTP/1.1 304 Not Modified\r\n",
+    400: b"HTTP/1.1 400 Bad Request\r\n",
+    404: b"HTTP/1.1 404 Not Found\r\n",
+    503: b"HTTP/1.1 503 Service Unavailable\r\n",
+}
+
+FAST_LANE = web.AppKey("fast_lane", FastLane)

@@ -1,0 +1,108 @@
+"""The fast lane's pure parts: which request heads it takes (everything else goes to aiohttp), the LL-HLS
+delivery directives, when aiohttp's parser is between requests, and segments sent from a memfd."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from mediaserver.edge.connections import ends_bodyless_head
+from mediaserver.edge.fastlane import Head, directive, parse_head
+from mediaserver.edge.sendfile import Sent, mem_file, send_mem_file
+
+
+def test_a_plain_get_of_a_stream_file_is_taken_with_its_origin_and_etag():
+    head = parse_head(b"GET /live/cam/index.m3u8?x=1 HTTP/1.1\r\nHost: a\r\nOrigin: https://p.example\r\n"
+                      b"If-None-Match: \"abc-3\"\r\nConnection: keep-alive\r\n\r\n")
+    assert head == Head("live", "cam", "index.m3u8", "x=1", "https://p.example", '"abc-3"')
+
+
+@pytest.mark.parametrize("data", [
+    b"HEAD /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",  # not GET
+    b"GET /live/cam/index.m3u8 HTTP/1.0\r\nHost: a\r\n\r\n",  # HTTP/1.0: other keep-alive rules
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n",  # incomplete
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\n\r\nGET /live/cam/index.m3u8 HTTP/1.1\r\n\r\n",  # pipelined
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nContent-Length: 3\r\n\r\n",  # a body announced
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",  # obs-fold
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost : a\r\n\r\n",  # space before the colon
+    b"GET /live/c%61m/index.m3u8 HTTP/1.1\r\n\r\n",  # percent-encoded: aiohttp decodes it
+    b"GET /live/cam.flv HTTP/1.1\r\n\r\n",  # another route
+    b"GET /live//index.m3u8 HTTP/1.1\r\n\r\n",
+    b"GET /a/b/c/d HTTP/1.1\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: " + b"y" * 9000 + b"\r\n\r\n",  # too long
+    "GET /live/cäm/index.m3u8 HTTP/1.1\r\n\r\n".encode(),
+])
+def test_anything_else_goes_to_aiohttp(data):
+    assert parse_head(data) is None
+
+
+def test_directives_are_whole_numbers_once_each():
+    assert directive("_HLS_msn=12&_HLS_part=3", "_HLS_msn") == 12
+    assert directive("_HLS_msn=12&_HLS_part=3", "_HLS_part") == 3
+    assert directive("token=x", "_HLS_msn") is None
+    assert directive("", "_HLS_msn") is None
+    for bad in ("_HLS_msn=-1", "_HLS_msn=1.5", "_HLS_msn=²", "_HLS_msn=", "_HLS_msn=1&_HLS_msn=2",
+                "_HLS_msn=1234567890123"):
+        assert directive(bad, "_HLS_msn") is False, bad
+
+
+def test_the_lane_follows_aiohttp_only_after_a_complete_bodyless_head():
+    assert ends_bodyless_head(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert ends_bodyless_head(b"GET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n")
+    assert not ends_bodyless_head(b"GET /x HTTP/1.1\r\nHost: a\r\n")  # the rest comes in the next read
+    assert not ends_bodyless_head(b"POST /x HTTP/1.1\r\nContent-Length: 4\r\n\r\n")
+    assert not ends_bodyless_head(b"GET /x HTTP/1.1\r\nContent-Length: 4\r\n\r\n")
+    assert not ends_bodyless_head(b"GET /x.flv HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+
+
+class _Transport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.written: list[bytes] = []
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str):
+        return self.sock if name == "socket" else None
+
+    def write(self, data) -> None:
+        self.written.append(bytes(data))
+
+
+def test_a_segment_goes_out_from_its_memfd_and_what_the_socket_refuses_through_the_transport():
+    data = os.urandom(3 << 20)  # more than a socket buffer takes at once
+    file = mem_file(data)
+    assert file is not None and file.size == len(data)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        transport = _Transport(a)
+        before = Sent.direct
+        sent = send_mem_file(transport, file, data)
+        assert 0 < sent < len(data) and Sent.direct - before == sent
+        assert b"".join(transport.written) == data[sent:]
+        got = bytearray()
+        b.settimeout(5)
+        while len(got) < sent:
+            got += b.recv(1 << 20)
+        assert bytes(got) == data[:sent]
+    finally:
+        a.close()
+        b.close()
+    fd = file.fd
+    del file
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with its last reference
+
+
+def test_a_range_of_a_recording_is_taken_with_its_range_and_if_range():
+    head = parse_head(b"GET /vod/Ab3_x.mp4 HTTP/1.1\r\nRange: bytes=0-99\r\nIf-Range: \"1-2\"\r\n\r\n")
+    assert head == Head("vod", "", "Ab3_x.mp4", "", None, None, "bytes=0-99", '"1-2"')
+    assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\n\r\n").name == "Ab3_x"  # 4 parts: never a recording
+    assert parse_head(b"GET /vod/Ab3_x.ts HTTP/1.1\r\n\r\n") is None
