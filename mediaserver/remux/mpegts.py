@@ -19,19 +19,15 @@ Continuity counters live in the muxer, per PID, and carry on from one segment to
 player reading segments back to back sees one continuous stream. The muxer never looks at the
 clock and never touches files; `take()` hands back the bytes written so far.
 
-Speed: each PES is built once (one join). A video frame's PES (8 packets or more) is then laid out as
-one numpy array of packets, its headers and payloads copied in by column from prebuilt header rows; a
-small PES (audio) is cut by slicing, behind headers from a per-PID table indexed by continuity counter.
-The packets of a whole segment are joined once, in `take()`. There is no per-byte or per-packet Python
-loop on the video path.
+Speed: each PES is built once (one join), then cut into packets by slicing a memoryview; packet
+headers come from a per-PID table indexed by continuity counter; the packets of a whole segment are
+joined once, in `take()`. There is no per-byte Python loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
-
-import numpy as np
 
 from ..errors import MediaError, UsageError
 
@@ -195,22 +191,6 @@ def _payload_headers(pid: int) -> tuple[bytes, ...]:
     return tuple(bytes((SYNC_BYTE, pid >> 8, pid & 0xFF, 0x10 | cc)) for cc in range(16))
 
 
-_ARRAY_MIN_PACKETS = 8
-"""From this many full packets on, a PES is cut by numpy (below, its fixed cost is more than the slicing)."""
-_ARRAY_MAX_PACKETS = 4096
-"""Rows of the kept header tables (a larger PES, 750 KB and up, gets a table of its own)."""
-
-
-def _header_rows(pid: int, packets: int = _ARRAY_MAX_PACKETS) -> np.ndarray:
-    """Continuation headers of `pid`: row r has counter r % 16, so rows cc..cc+packets are the headers of
-    `packets` packets starting at counter cc."""
-    table = np.frombuffer(b"".join(_payload_headers(pid)), np.uint8).reshape(16, 4)
-    return np.tile(table, ((packets + 16) // 16 + 1, 1))
-
-
-_HEADER_ROWS = {pid: _header_rows(pid) for pid in (PID_VIDEO, PID_AUDIO)}
-
-
 class TsMuxer:
     """Writes one program's PSI and PES packets into a growing list of TS packets.
 
@@ -229,7 +209,7 @@ class TsMuxer:
         video_stream_type: int | None = STREAM_TYPE_H264,
         audio_stream_type: int | None = STREAM_TYPE_AAC_ADTS,
     ) -> None:
-        self._out: list[bytes | np.ndarray] = []
+        self._out: list[bytes | memoryview] = []
         self._bytes = 0
         self._cc = {PID_PAT: 0, PID_PMT: 0, PID_VIDEO: 0, PID_AUDIO: 0}
         self._headers = {pid: _payload_headers(pid) for pid in (PID_VIDEO, PID_AUDIO)}
@@ -349,38 +329,13 @@ class TsMuxer:
             af = bytes((af_flags,)) + (encode_pcr(pcr_90k) if pcr_90k is not None else b"")
         room = TS_PAYLOAD_SIZE - (1 + len(af) if af else 0)
         take = min(room, total)
-        first = _packet_head(pid, True, cc, af, take)
-        full = (total - take) // TS_PAYLOAD_SIZE
-        rest = total - take - full * TS_PAYLOAD_SIZE
-
-        if full >= _ARRAY_MIN_PACKETS:
-            # Video frames: every packet of the PES in one array, headers and payloads copied in by column (a
-            # 10 KB frame costs a third of slicing it packet by packet, a 60 KB keyframe a fifth). The array
-            # goes into the segment as it is: take() joins it with the rest, one copy.
-            count = 1 + full + (1 if rest else 0)
-            packets = np.empty((count, TS_PACKET_SIZE), np.uint8)
-            packets[0] = np.frombuffer(first + pes[:take], np.uint8)
-            cc = (cc + 1) & 0x0F
-            rows = _HEADER_ROWS[pid] if full <= _ARRAY_MAX_PACKETS else _header_rows(pid, full)
-            packets[1 : 1 + full, :4] = rows[cc : cc + full]
-            end = take + full * TS_PAYLOAD_SIZE
-            packets[1 : 1 + full, 4:] = np.frombuffer(pes, np.uint8, full * TS_PAYLOAD_SIZE, take).reshape(
-                full, TS_PAYLOAD_SIZE)
-            cc = (cc + full) & 0x0F
-            if rest:
-                packets[-1] = np.frombuffer(_packet_head(pid, False, cc, b"", rest) + pes[end:], np.uint8)
-                cc = (cc + 1) & 0x0F
-            self._cc[pid] = cc
-            self._out.append(packets)
-            self._bytes += count * TS_PACKET_SIZE
-            return
-
-        pieces = [first, pes[:take]]
+        pieces = [_packet_head(pid, True, cc, af, take), pes[:take]]
         pos = take
         cc = (cc + 1) & 0x0F
-        count = 1
+        packets = 1
 
         # Middle packets: full 184-byte payloads behind prebuilt headers, interleaved in C.
+        full = (total - pos) // TS_PAYLOAD_SIZE
         if full:
             headers = self._headers[pid]
             rotated = (headers[cc:] + headers[:cc]) * (full // 16 + 1)
@@ -388,18 +343,18 @@ class TsMuxer:
             pieces.extend(chain.from_iterable(zip(rotated, [pes[i : i + TS_PAYLOAD_SIZE] for i in range(pos, end, TS_PAYLOAD_SIZE)])))
             pos = end
             cc = (cc + full) & 0x0F
-            count += full
+            packets += full
 
         # Last packet: what is left, behind adaptation-field stuffing.
         if pos < total:
             pieces.append(_packet_head(pid, False, cc, b"", total - pos))
             pieces.append(pes[pos:])
             cc = (cc + 1) & 0x0F
-            count += 1
+            packets += 1
 
         self._cc[pid] = cc
         self._out.append(b"".join(pieces))
-        self._bytes += count * TS_PACKET_SIZE
+        self._bytes += packets * TS_PACKET_SIZE
 
 
 def _packet_head(pid: int, pusi: bool, cc: int, af: bytes, payload_len: int) -> bytes:
