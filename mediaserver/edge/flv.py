@@ -2,8 +2,9 @@
 
 A viewer gets the FLV header, then onMetaData and the sequence headers, then the cached GOP from its
 keyframe (so the picture starts at once), then live tags. Every tag is the frame's own `tag` bytes,
-shared by all viewers. Writes are merged: after each write the viewer sleeps `flv_merge_ms`, then takes
-everything queued and writes it in one call; awaiting the write is the backpressure. What each write sent
+shared by all viewers. Writes are merged: after each write the viewer waits a window (hub/pacing.py: none
+while viewers are few and the loop idle, up to `flv_merge_ms` as they grow; always `flv_merge_ms` in mode
+"fixed"), then takes everything queued and writes it in one call; awaiting the write is the backpressure. What each write sent
 is counted for the viewer and the egress metrics (`StreamRegistry.count_sent`) as soon as it completes.
 
 A viewer that is stuck (a write, or the final end of the response, does not finish within `write_timeout`)
@@ -25,6 +26,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..hub.pacing import GAUGE, MergePolicy
 from ..hub.stream import Stream
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
@@ -135,8 +137,10 @@ async def _send(
     async with asyncio.timeout(timeout):
         await write(data)
     registry.count_sent(sub, len(data))
-    merge_s = cfg.flv_merge_ms / 1000
+    policy = MergePolicy(cfg.flv_merge_ms, cfg.flv_merge_mode)
+    subscribers = stream.subscribers
     while True:
+        merge_s = policy.window_s(len(subscribers), GAUGE.busy())
         if merge_s:
             await asyncio.sleep(merge_s)
         batch: list[Frame] | None = await sub.next_batch()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
 
 from ..auth.admission import Admission
@@ -25,6 +26,7 @@ from ..config import RtmpConfig
 from ..errors import PeerError
 from ..gate import ABR, CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
+from ..hub.pacing import GAUGE, MergePolicy
 from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
@@ -35,11 +37,11 @@ from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
 from ..transports import reset
 from . import events as ev
-from .session import ServerSession, SessionPhase
+from .chunk import SharedChunks
+from .session import MEDIA_CSID, ServerSession, SessionPhase
 
 log = logging.getLogger(__name__)
 
-_PLAY_MERGE_S = 0.05
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
     CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
     LIMIT: "NetStream.Publish.Rejected",
@@ -61,6 +63,11 @@ class RtmpServer:
         """How a multitrack publisher's extra tracks are named (STREAM@LABEL): set from the ABR ladder."""
         """Admission and cluster decisions, shared with the HTTP side (the default admits everyone)."""
         self.connections: set[RtmpConnection] = set()
+        self.read_policy = MergePolicy(cfg.read_merge_ms, cfg.merge_mode, merge_when_unwatched=True)
+        """Publishers' merged reads: the full window while nobody watches or the loop is busy, else none."""
+        self.play_policy = MergePolicy(cfg.play_merge_ms, cfg.merge_mode)
+        self._shared: weakref.WeakKeyDictionary[Stream, dict[tuple[int, int], SharedChunks]] = (
+            weakref.WeakKeyDictionary())
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
         self._ids = 0
@@ -82,6 +89,18 @@ class RtmpServer:
     @property
     def serving(self) -> bool:
         return all(s is not None and s.is_serving() for s in (self._server, *([self._tls_server] if self.tls else [])))
+
+    def shared_chunks(self, stream: Stream, chunk_size: int, stream_id: int) -> SharedChunks:
+        """The chunk bytes of `stream`'s frames for players with this chunk size and message stream id."""
+        by_key = self._shared.get(stream)
+        if by_key is None:
+            by_key = self._shared[stream] = {}
+        shared = by_key.get((chunk_size, stream_id))
+        if shared is None:
+            # Twice the viewers' window: a player within it never makes its own bytes.
+            limit = 2 * stream.gop.limits.window_bytes + 2 * 1024 * 1024
+            shared = by_key[(chunk_size, stream_id)] = SharedChunks(chunk_size, stream_id, max_bytes=limit)
+        return shared
 
     def _make_connection(self) -> RtmpConnection:
         self._ids += 1
@@ -154,7 +173,6 @@ class RtmpConnection(asyncio.Protocol):
         self._play_task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._publish_started = 0.0
-        self._merge_s = self.cfg.read_merge_ms / 1000
         self._reading_paused = False
         self.ip = ""
         """The client's address, normalized (as HTTP's): limits, token bindings and webhooks see one form."""
@@ -200,12 +218,16 @@ class RtmpConnection(asyncio.Protocol):
             self._abort("protocol_error")
             return
         self._flush()
-        if self.stream is not None and self._merge_s and not self._reading_paused:
+        stream = self.stream
+        if stream is not None and not self._reading_paused:
             # Merged reads (as SRS's mr): let a publisher's bytes pile up in the socket for a few ms, so
-            # each wakeup handles several messages instead of one TCP segment.
-            self._reading_paused = True
-            self.transport.pause_reading()
-            self.loop.call_later(self._merge_s, self._resume_reading)
+            # each wakeup handles several messages instead of one TCP segment; only when nobody watches
+            # or the loop is busy (hub/pacing.py), since it delays every viewer.
+            merge_s = self.server.read_policy.window_s(len(stream.subscribers) + len(stream.sinks), GAUGE.busy())
+            if merge_s:
+                self._reading_paused = True
+                self.transport.pause_reading()
+                self.loop.call_later(merge_s, self._resume_reading)
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
@@ -454,15 +476,24 @@ class RtmpConnection(asyncio.Protocol):
         reason = "viewer_left"
         session = self.session
         joined = self.loop.time()
+        stream = sub.stream
+        policy = self.server.play_policy
+        # Every frame is chunked once for all players with our chunk size and stream id, under a type-0
+        # header, so the same bytes serve a player whatever it was sent before (a joiner, a skip).
+        shared = self.server.shared_chunks(stream, session.out_chunk_size, stream_id)
+        chunks = shared.get
         try:
             batch = start
             while batch is not None:
                 if batch:
                     sent_before = session.bytes_sent
-                    session.send_media(
-                        (f.kind, stream_id, f.dts_ms & 0xFFFFFFFF if f.kind != FrameKind.DATA else 0, f.body)
-                        for f in batch
-                    )
+                    messages = []
+                    for f in batch:
+                        kind = f.kind
+                        ts = f.dts_ms & 0xFFFFFFFF if kind != FrameKind.DATA else 0
+                        csid = MEDIA_CSID[kind]
+                        messages.append((csid, kind, ts, len(f.tag) - 15, chunks(f, csid, kind, ts, f.body)))
+                    session.send_shared(stream_id, messages)
                     self._flush()
                     self.registry.count_sent(sub, session.bytes_sent - sent_before)  # the viewer and egress metrics
                     if self._writable is not None and not self._writable.done():
@@ -470,7 +501,9 @@ class RtmpConnection(asyncio.Protocol):
                             await self._writable
                     if self.transport is None or self.transport.is_closing():
                         return
-                await asyncio.sleep(_PLAY_MERGE_S)
+                merge_s = policy.window_s(len(stream.subscribers), GAUGE.busy())
+                if merge_s:
+                    await asyncio.sleep(merge_s)
                 batch = await sub.next_batch()
             reason = sub.close_reason or "stream_ended"
             session.end_play(stream_id)
