@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..hub.pacing import GAUGE, MergePolicy
+from ..hub.pacing import GAUGE, MergePolicy, SharedBatch, until_tick
 from ..hub.stream import Stream
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
@@ -42,6 +43,13 @@ VIEWER = "mediaserver.viewer"
 
 _WS_CLOSE_TIMEOUT_S = 2.0
 """How long a WebSocket viewer gets to answer our Close before its socket is closed anyway."""
+
+_BATCHES: weakref.WeakKeyDictionary[Stream, SharedBatch[bytes]] = weakref.WeakKeyDictionary()
+"""Per stream, the joined tags of the last batch: viewers that wake on the same tick share the bytes."""
+
+
+def _join_tags(batch) -> bytes:
+    return b"".join([f.tag for f in batch])
 
 
 def _has_tracks(stream: Stream) -> tuple[bool, bool]:
@@ -139,17 +147,38 @@ async def _send(
     registry.count_sent(sub, len(data))
     policy = MergePolicy(cfg.flv_merge_ms, cfg.flv_merge_mode)
     subscribers = stream.subscribers
+    shared = _BATCHES.get(stream)
+    if shared is None:
+        shared = _BATCHES[stream] = SharedBatch()
+    transport = request.transport
+    protocol = request.protocol
+    loop = asyncio.get_running_loop()
     while True:
         merge_s = policy.window_s(len(subscribers), GAUGE.busy())
         if merge_s:
-            await asyncio.sleep(merge_s)
+            await asyncio.sleep(until_tick(loop.time(), merge_s))
         batch: list[Frame] | None = await sub.next_batch()
         if batch is None:
             return sub.close_reason or "stream_ended"
-        data = b"".join([f.tag for f in batch])
-        async with asyncio.timeout(timeout):
-            await write(data)
+        data = shared.get(batch, _join_tags)
+        if transport is not None and not protocol.writing_paused and _fits(transport, len(data)):
+            await write(data)  # cannot pause the transport, so cannot wait: no deadline to arm
+        else:
+            async with asyncio.timeout(timeout):
+                await write(data)
         registry.count_sent(sub, len(data))
+
+
+def _fits(transport: asyncio.BaseTransport, size: int) -> bool:
+    """Whether `size` more bytes stay under the transport's high-water mark: a write to a transport that is
+    not paused then neither pauses it nor waits for it to drain (aiohttp's writers wait only while it is
+    paused), and arming a deadline (a timer per write per viewer) can be skipped."""
+    try:
+        buffered = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        high = transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return False
+    return not transport.is_closing() and buffered + size + 64 <= high  # 64: HTTP chunk or WebSocket framing
 
 
 async def _first_of(sending: Coroutine[Any, Any, str], watching: Coroutine[Any, Any, str]) -> str:

@@ -15,15 +15,21 @@ once). In mode "fixed" it is always the ceiling: the old behaviour, kept so the 
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 ADAPTIVE = "adaptive"
 FIXED = "fixed"
 MODES = (ADAPTIVE, FIXED)
 
 _MIN_WINDOW_S = 0.001
+_STEP_S = 0.005
+"""Windows are whole steps, so viewers of a stream under the same load share tick times (`until_tick`)."""
 
 
 def _ramp(value: float, low: float, high: float) -> float:
@@ -61,7 +67,42 @@ class MergePolicy:
         pressure = max(_ramp(audience, self.audience_low, self.audience_high),
                        _ramp(busy, self.busy_low, self.busy_high))
         window = ceiling * pressure
-        return window if window >= _MIN_WINDOW_S else 0.0
+        if window < _MIN_WINDOW_S:
+            return 0.0
+        return min(ceiling, math.ceil(window / _STEP_S) * _STEP_S)
+
+
+def until_tick(now: float, window_s: float) -> float:
+    """Seconds from `now` to the next multiple of `window_s` on the loop clock. Viewers that sleep until
+    shared ticks wake in the same loop iteration and take the same frames, so their batch bytes are made
+    once (`SharedBatch`); the delay a frame waits is the same as with a window from each viewer's last
+    write (up to one window)."""
+    return (math.floor(now / window_s) + 1) * window_s - now
+
+
+class SharedBatch(Generic[T]):
+    """The bytes of the last batch of frames made, reused while viewers ask for the same batch: frames sit
+    once in the stream's log, so the same first and last frame and the same count are the same stretch."""
+
+    __slots__ = ("_first", "_last", "_count", "_value", "made", "hits")
+
+    def __init__(self) -> None:
+        self._first: object = None
+        self._last: object = None
+        self._count = 0
+        self._value: T | None = None
+        self.made = 0
+        self.hits = 0
+
+    def get(self, batch: Sequence[object], make: Callable[[Sequence[object]], T]) -> T:
+        value = self._value
+        if value is not None and len(batch) == self._count and batch[0] is self._first and batch[-1] is self._last:
+            self.hits += 1
+            return value
+        value = make(batch)
+        self._first, self._last, self._count, self._value = batch[0], batch[-1], len(batch), value
+        self.made += 1
+        return value
 
 
 class LoadGauge:

@@ -26,7 +26,7 @@ from ..config import RtmpConfig
 from ..errors import PeerError
 from ..gate import ABR, CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
-from ..hub.pacing import GAUGE, MergePolicy
+from ..hub.pacing import GAUGE, MergePolicy, SharedBatch, until_tick
 from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
@@ -41,6 +41,9 @@ from .chunk import SharedChunks
 from .session import MEDIA_CSID, ServerSession, SessionPhase
 
 log = logging.getLogger(__name__)
+
+PlayBatch = SharedBatch[tuple[bytes, list[tuple[int, int, int, int]]]]
+"""A batch of frames as chunks, and the last header sent on each chunk stream (for the session's encoder)."""
 
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
     CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
@@ -66,7 +69,7 @@ class RtmpServer:
         self.read_policy = MergePolicy(cfg.read_merge_ms, cfg.merge_mode, merge_when_unwatched=True)
         """Publishers' merged reads: the full window while nobody watches or the loop is busy, else none."""
         self.play_policy = MergePolicy(cfg.play_merge_ms, cfg.merge_mode)
-        self._shared: weakref.WeakKeyDictionary[Stream, dict[tuple[int, int], SharedChunks]] = (
+        self._shared: weakref.WeakKeyDictionary[Stream, dict[tuple[int, int], tuple[SharedChunks, PlayBatch]]] = (
             weakref.WeakKeyDictionary())
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
@@ -90,8 +93,9 @@ class RtmpServer:
     def serving(self) -> bool:
         return all(s is not None and s.is_serving() for s in (self._server, *([self._tls_server] if self.tls else [])))
 
-    def shared_chunks(self, stream: Stream, chunk_size: int, stream_id: int) -> SharedChunks:
-        """The chunk bytes of `stream`'s frames for players with this chunk size and message stream id."""
+    def shared_chunks(self, stream: Stream, chunk_size: int, stream_id: int) -> tuple[SharedChunks, PlayBatch]:
+        """The chunk bytes of `stream`'s frames for players with this chunk size and message stream id, and
+        of the last batch of them (players that wake on the same tick take the same batch)."""
         by_key = self._shared.get(stream)
         if by_key is None:
             by_key = self._shared[stream] = {}
@@ -99,7 +103,8 @@ class RtmpServer:
         if shared is None:
             # Twice the viewers' window: a player within it never makes its own bytes.
             limit = 2 * stream.gop.limits.window_bytes + 2 * 1024 * 1024
-            shared = by_key[(chunk_size, stream_id)] = SharedChunks(chunk_size, stream_id, max_bytes=limit)
+            shared = by_key[(chunk_size, stream_id)] = (SharedChunks(chunk_size, stream_id, max_bytes=limit),
+                                                        SharedBatch())
         return shared
 
     def _make_connection(self) -> RtmpConnection:
@@ -479,21 +484,28 @@ class RtmpConnection(asyncio.Protocol):
         stream = sub.stream
         policy = self.server.play_policy
         # Every frame is chunked once for all players with our chunk size and stream id, under a type-0
-        # header, so the same bytes serve a player whatever it was sent before (a joiner, a skip).
-        shared = self.server.shared_chunks(stream, session.out_chunk_size, stream_id)
-        chunks = shared.get
+        # header, so the same bytes serve a player whatever it was sent before (a joiner, a skip); players
+        # that wake on the same tick take the same batch, whose joined bytes are shared too.
+        shared, batches = self.server.shared_chunks(stream, session.out_chunk_size, stream_id)
+
+        def chunked(frames: list) -> tuple[bytes, list[tuple[int, int, int, int]]]:
+            parts = []
+            last: dict[int, tuple[int, int, int, int]] = {}
+            for f in frames:
+                kind = f.kind
+                ts = f.dts_ms & 0xFFFFFFFF if kind != FrameKind.DATA else 0
+                csid = MEDIA_CSID[kind]
+                parts.append(shared.get(f, csid, kind, ts, f.body))
+                last[csid] = (csid, kind, ts, len(f.tag) - 15)
+            return b"".join(parts), list(last.values())
+
         try:
             batch = start
             while batch is not None:
                 if batch:
                     sent_before = session.bytes_sent
-                    messages = []
-                    for f in batch:
-                        kind = f.kind
-                        ts = f.dts_ms & 0xFFFFFFFF if kind != FrameKind.DATA else 0
-                        csid = MEDIA_CSID[kind]
-                        messages.append((csid, kind, ts, len(f.tag) - 15, chunks(f, csid, kind, ts, f.body)))
-                    session.send_shared(stream_id, messages)
+                    data, headers = batches.get(batch, chunked) if batch is not start else chunked(batch)
+                    session.send_shared(stream_id, data, headers)
                     self._flush()
                     self.registry.count_sent(sub, session.bytes_sent - sent_before)  # the viewer and egress metrics
                     if self._writable is not None and not self._writable.done():
@@ -503,7 +515,7 @@ class RtmpConnection(asyncio.Protocol):
                         return
                 merge_s = policy.window_s(len(stream.subscribers), GAUGE.busy())
                 if merge_s:
-                    await asyncio.sleep(merge_s)
+                    await asyncio.sleep(until_tick(self.loop.time(), merge_s))
                 batch = await sub.next_batch()
             reason = sub.close_reason or "stream_ended"
             session.end_play(stream_id)

@@ -502,25 +502,21 @@ class ServerSession(SessionCore):
                 continue
             write(out, csid, type_id, stream_id, timestamp, body)
 
-    def send_shared(self, stream_id: int, messages: Iterable[tuple[int, int, int, int, bytes]]) -> None:
+    def send_shared(self, stream_id: int, data: bytes, headers: Iterable[tuple[int, int, int, int]]) -> None:
         """Send media messages already chunked under type-0 headers (`chunk.chunk_message`, made once and
-        shared by every player with this chunk size and stream id): (csid, type id, timestamp, length,
-        chunk bytes) each. The bytes go out as they are; the encoder only notes each header, so what it
-        writes next on those chunk streams (a status on the data chunk stream) is compressed correctly."""
+        shared by every player with this chunk size and stream id): `data` goes out as it is, and the
+        encoder notes `headers`, the last (csid, type id, timestamp, length) sent on each chunk stream, so
+        what it writes next there (a status on the data chunk stream) is compressed correctly."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.state != "playing":
-            self.dropped_messages += sum(1 for _ in messages)
+            self.dropped_messages += 1
             return
         if self._out:
             self._parts.append(bytes(self._out))
             self._out.clear()
-        parts = self._parts
+        self._parts.append(data)
         restate = self._encoder.restate
-        last: dict[int, tuple[int, int, int]] = {}
-        for csid, type_id, timestamp, length, data in messages:
-            parts.append(data)
-            last[csid] = (type_id, timestamp, length)
-        for csid, (type_id, timestamp, length) in last.items():
+        for csid, type_id, timestamp, length in headers:
             restate(csid, type_id, stream_id, timestamp, length)
 
     def _send_media(self, type_id: int, stream_id: int, timestamp: int, body: bytes) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mediaserver.hub.pacing import LoadGauge, MergePolicy
+from mediaserver.hub.pacing import LoadGauge, MergePolicy, SharedBatch, until_tick
 
 
 def test_fixed_mode_always_merges_the_full_window() -> None:
@@ -58,3 +58,27 @@ def test_load_gauge_is_cpu_over_wall_time_smoothed_and_sampled_per_period() -> N
     assert gauge.busy() == pytest.approx(0.75)
     clock.update(wall=2.0, cpu=1.0)  # idle for a second
     assert gauge.busy() == pytest.approx(0.375)
+
+
+def test_windows_are_whole_steps_so_viewers_share_ticks() -> None:
+    policy = MergePolicy(100, audience_low=0, audience_high=1000)
+    assert policy.window_s(333, 0.0) == pytest.approx(0.035)
+    assert policy.window_s(334, 0.0) == pytest.approx(0.035)
+    assert until_tick(10.012, 0.05) == pytest.approx(0.038)
+    assert until_tick(10.06, 0.05) == pytest.approx(0.04)
+
+
+def test_shared_batch_is_made_once_for_the_same_stretch_of_frames() -> None:
+    frames = [object() for _ in range(5)]
+    shared: SharedBatch[int] = SharedBatch()
+    calls = []
+
+    def make(batch) -> int:
+        calls.append(len(batch))
+        return len(calls)
+
+    assert shared.get(frames[1:4], make) == 1
+    assert shared.get(frames[1:4], make) == 1  # another viewer on the same tick
+    assert shared.get(frames[1:5], make) == 2  # a longer stretch
+    assert shared.get(frames[2:5], make) == 3  # a viewer that was ahead
+    assert (shared.made, shared.hits) == (3, 1)

@@ -794,12 +794,12 @@ def test_shared_chunks_reach_a_player_between_status_messages() -> None:
     frames = [(9, 0x1000000 + 33 * i, b"\x27\x01" + bytes(5000 + i)) for i in range(3)]
     frames.append((8, 0x1000010, AAC_SEQUENCE_HEADER))
     csids = {9: 7, 8: 6}
-    server.send_shared(1, [(csids[t], t, ts, len(body), chunk_message(csids[t], t, 1, ts, body, 4096))
-                           for t, ts, body in frames])
+    data = b"".join(chunk_message(csids[t], t, 1, ts, body, 4096) for t, ts, body in frames)
+    server.send_shared(1, data, [(7, 9, frames[2][1], len(frames[2][2])), (6, 8, frames[3][1], len(frames[3][2]))])
     server.end_play(1)
     transfer(client, server)
     events = client.events()
     assert events[:4] == [(VideoReceived if t == 9 else AudioReceived)(1, ts, body) for t, ts, body in frames]
     assert [e.code for e in events if isinstance(e, StatusReceived)] == ["NetStream.Play.UnpublishNotify"]
-    server.send_shared(7, [(7, 9, 0, 1, b"x")])  # not playing: dropped
+    server.send_shared(7, b"x", [(7, 9, 0, 1)])  # not playing: dropped
     assert server.data_to_send() == b"" and server.dropped_messages == 1
