@@ -4,8 +4,10 @@ A viewer gets the FLV header, then onMetaData and the sequence headers, then the
 keyframe (so the picture starts at once), then live tags. Every tag is the frame's own `tag` bytes,
 shared by all viewers. Writes are merged: after each write the viewer waits a window (hub/pacing.py: none
 while viewers are few and the loop idle, up to `flv_merge_ms` as they grow; always `flv_merge_ms` in mode
-"fixed"), then takes everything queued and writes it in one call; awaiting the write is the backpressure. What each write sent
-is counted for the viewer and the egress metrics (`StreamRegistry.count_sent`) as soon as it completes.
+"fixed"), until a tick shared with the stream's other viewers, then takes everything queued and writes it
+in one call (the joined bytes of a batch are made once for the viewers that take the same frames);
+awaiting the write is the backpressure. What each write sent is counted for the viewer and the egress
+metrics (`StreamRegistry.count_sent`) as soon as it completes.
 
 A viewer that is stuck (a write, or the final end of the response, does not finish within `write_timeout`)
 or too slow (the hub ends it as a slow consumer) is reset (`transports.reset`), so the kernel frees the

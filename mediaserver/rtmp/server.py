@@ -4,8 +4,10 @@ It owns the sockets, the timeouts (handshake, idle), the translation of session 
 (claim a stream, publish frames, release), and the publisher handle the hub uses to end a connection.
 Whether a publisher or player gets in is the gate's decision (mediaserver/gate.py, shared with HTTP):
 this module asks it and turns the Verdict into an onStatus answer.
-Players (`play`) are hub subscribers whose batches are sent with compressed chunk headers, in one socket
-write per batch, waiting for the socket to drain (backpressure) before taking the next batch.
+Players (`play`) are hub subscribers. Each frame is chunked once under a type-0 header for every player
+with the same chunk size and message stream id (`SharedChunks`), a batch goes out in one socket write,
+and a player waits for its socket to drain (backpressure) before taking the next batch. Play writes and
+publishers' reads are merged over a window that `hub/pacing.py` widens only as load grows.
 
 Bad input from a peer (a protocol error, a malformed media body) is logged once with the peer's address
 and closes that connection only; every other stream carries on.
