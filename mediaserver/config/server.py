@@ -25,6 +25,10 @@ class RtmpConfig:
     """A connection that sends nothing for this long is closed."""
     read_merge_ms: int = 50
     """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
+    play_merge_ms: int = 50
+    """How long an RTMP player's writes are merged, at most: fewer wakeups per viewer, a little more delay."""
+    merge_mode: str = "adaptive"
+    """"adaptive": read_merge_ms and play_merge_ms are ceilings, reached as load grows; "fixed": always."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,9 @@ class HttpConfig:
     port: int = 8080
     cors_origin: str = "*"
     flv_merge_ms: int = 100
-    """How long an FLV viewer's writes are merged: fewer syscalls per viewer, a little more delay."""
+    """How long an FLV viewer's writes are merged, at most: fewer syscalls per viewer, a little more delay."""
+    flv_merge_mode: str = "adaptive"
+    """"adaptive": flv_merge_ms is a ceiling, reached as viewers and load grow; "fixed": always flv_merge_ms."""
     write_timeout: float = 15.0
     """A viewer whose socket accepts nothing for this long is disconnected."""
     header_timeout: float = 10.0
@@ -115,6 +121,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rtmp.connect_timeout": (0.1, 600),
     "rtmp.idle_timeout": (0.5, 3600),
     "rtmp.read_merge_ms": (0, 500),
+    "rtmp.play_merge_ms": (0, 1000),
     "http.flv_merge_ms": (0, 1000),
     "http.write_timeout": (0.5, 600),
     "http.header_timeout": (0.5, 600),
@@ -140,6 +147,8 @@ RANGES: dict[str, tuple[float, float]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("text", "json"),
+    "rtmp.merge_mode": ("adaptive", "fixed"),
+    "http.flv_merge_mode": ("adaptive", "fixed"),
 }
 
 

@@ -2,9 +2,12 @@
 
 A viewer gets the FLV header, then onMetaData and the sequence headers, then the cached GOP from its
 keyframe (so the picture starts at once), then live tags. Every tag is the frame's own `tag` bytes,
-shared by all viewers. Writes are merged: after each write the viewer sleeps `flv_merge_ms`, then takes
-everything queued and writes it in one call; awaiting the write is the backpressure. What each write sent
-is counted for the viewer and the egress metrics (`StreamRegistry.count_sent`) as soon as it completes.
+shared by all viewers. Writes are merged: after each write the viewer waits a window (hub/pacing.py: none
+while viewers are few and the loop idle, up to `flv_merge_ms` as they grow; always `flv_merge_ms` in mode
+"fixed"), then takes everything queued and writes it in one call (the joined bytes of a batch are made
+once for the viewers that take the same frames, as all do when woken by the same frame); awaiting the
+write is the backpressure. What each write sent is counted for the viewer and the egress
+metrics (`StreamRegistry.count_sent`) as soon as it completes.
 
 A viewer that is stuck (a write, or the final end of the response, does not finish within `write_timeout`)
 or too slow (the hub ends it as a slow consumer) is reset (`transports.reset`), so the kernel frees the
@@ -20,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..hub.pacing import GAUGE, MergePolicy, SharedBatch
 from ..hub.stream import Stream
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
@@ -40,6 +45,13 @@ VIEWER = "mediaserver.viewer"
 
 _WS_CLOSE_TIMEOUT_S = 2.0
 """How long a WebSocket viewer gets to answer our Close before its socket is closed anyway."""
+
+_BATCHES: weakref.WeakKeyDictionary[Stream, SharedBatch[bytes]] = weakref.WeakKeyDictionary()
+"""Per stream, the joined tags of the last batch: viewers that take the same frames share the bytes."""
+
+
+def _join_tags(batch) -> bytes:
+    return b"".join([f.tag for f in batch])
 
 
 def _has_tracks(stream: Stream) -> tuple[bool, bool]:
@@ -135,17 +147,41 @@ async def _send(
     async with asyncio.timeout(timeout):
         await write(data)
     registry.count_sent(sub, len(data))
-    merge_s = cfg.flv_merge_ms / 1000
+    policy = MergePolicy(cfg.flv_merge_ms, cfg.flv_merge_mode)
+    subscribers = stream.subscribers
+    shared = _BATCHES.get(stream)
+    if shared is None:
+        shared = _BATCHES[stream] = SharedBatch()
+    transport = request.transport
+    protocol = request.protocol
     while True:
+        merge_s = policy.window_s(len(subscribers), GAUGE.busy())
         if merge_s:
+            # Each viewer's own window (not ticks shared by the stream's viewers: at 1,000 viewers those
+            # measured no cheaper, the burst of writes landing at once).
             await asyncio.sleep(merge_s)
         batch: list[Frame] | None = await sub.next_batch()
         if batch is None:
             return sub.close_reason or "stream_ended"
-        data = b"".join([f.tag for f in batch])
-        async with asyncio.timeout(timeout):
-            await write(data)
+        data = shared.get(batch, _join_tags)
+        if transport is not None and not protocol.writing_paused and _fits(transport, len(data)):
+            await write(data)  # cannot pause the transport, so cannot wait: no deadline to arm
+        else:
+            async with asyncio.timeout(timeout):
+                await write(data)
         registry.count_sent(sub, len(data))
+
+
+def _fits(transport: asyncio.BaseTransport, size: int) -> bool:
+    """Whether `size` more bytes stay under the transport's high-water mark: a write to a transport that is
+    not paused then neither pauses it nor waits for it to drain (aiohttp's writers wait only while it is
+    paused), and arming a deadline (a timer per write per viewer) can be skipped."""
+    try:
+        buffered = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        high = transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return False
+    return not transport.is_closing() and buffered + size + 64 <= high  # 64: HTTP chunk or WebSocket framing
 
 
 async def _first_of(sending: Coroutine[Any, Any, str], watching: Coroutine[Any, Any, str]) -> str:

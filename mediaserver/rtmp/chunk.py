@@ -582,3 +582,93 @@ class ChunkEncoder:
         for offset in range(size, length, size):
             out += continuation
             out += view[offset : offset + size]
+
+    def restate(self, csid: int, type_id: int, stream_id: int, timestamp: int, length: int) -> None:
+        """Record that a message was sent on `csid` with a type-0 header made elsewhere (`chunk_message`),
+        so the next message this encoder writes there is compressed against it."""
+        st = self._streams.get(csid)
+        if st is None:
+            if not MIN_CSID <= csid <= MAX_CSID:
+                raise UsageError(f"chunk stream id {csid} is invalid; must be {MIN_CSID}..{MAX_CSID}")
+            st = self._streams[csid] = _OutStream()
+        timestamp &= MASK32
+        ext = timestamp >= EXTENDED
+        st.stream_id = stream_id
+        st.type_id = type_id
+        st.length = length
+        st.timestamp = timestamp
+        st.delta = -1
+        st.fmt = 0
+        st.ext = ext
+        st.ext_bytes = _U32.pack(timestamp) if ext else b""
+
+
+def chunk_message(csid: int, type_id: int, stream_id: int, timestamp: int,
+                  payload: bytes | bytearray | memoryview, chunk_size: int) -> bytes:
+    """One message as chunks under a type-0 header: self-contained (it depends on no earlier header), so
+    the same bytes are valid for every peer with this chunk size, whatever it was sent before. Continuation
+    chunks repeat an extended timestamp, as `ChunkEncoder` does."""
+    length = len(payload)
+    if length > 0xFFFFFF:
+        raise UsageError(f"message of {length} bytes does not fit RTMP's 24-bit length")
+    if not MIN_CSID <= csid <= MAX_CSID:
+        raise UsageError(f"chunk stream id {csid} is invalid; must be {MIN_CSID}..{MAX_CSID}")
+    timestamp &= MASK32
+    ext = timestamp >= EXTENDED
+    ext_bytes = _U32.pack(timestamp) if ext else b""
+    head = b"".join((basic_header(0, csid), (EXTENDED if ext else timestamp).to_bytes(3, "big"),
+                     length.to_bytes(3, "big"), bytes((type_id,)), _U32LE.pack(stream_id), ext_bytes))
+    if length <= chunk_size:
+        return head + payload
+    view = memoryview(payload)
+    parts = [head, view[:chunk_size]]
+    continuation = basic_header(3, csid) + ext_bytes
+    for offset in range(chunk_size, length, chunk_size):
+        parts.append(continuation)
+        parts.append(view[offset : offset + chunk_size])
+    return b"".join(parts)
+
+
+class SharedChunks:
+    """The chunked bytes of recent messages for one (chunk size, message stream id), made once and shared by
+    every player with those two (as FLV tags are shared by every FLV viewer).
+
+    Entries are keyed by the identity of an owner object (the frame), which the entry holds so the identity
+    cannot be reused while it is cached; the oldest are dropped past `max_entries` or `max_bytes` (a player
+    that far behind gets its bytes made again)."""
+
+    __slots__ = ("chunk_size", "stream_id", "max_entries", "max_bytes", "_entries", "_bytes", "made", "hits")
+
+    def __init__(self, chunk_size: int, stream_id: int, max_entries: int = 1024,
+                 max_bytes: int = 24 * 1024 * 1024) -> None:
+        self.chunk_size = chunk_size
+        self.stream_id = stream_id
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[int, tuple[object, bytes]] = {}
+        self._bytes = 0
+        self.made = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, owner: object, csid: int, type_id: int, timestamp: int,
+            payload: bytes | bytearray | memoryview) -> bytes:
+        entry = self._entries.get(id(owner))
+        if entry is not None and entry[0] is owner:
+            self.hits += 1
+            return entry[1]
+        data = chunk_message(csid, type_id, self.stream_id, timestamp, payload, self.chunk_size)
+        self.made += 1
+        entries = self._entries
+        entries[id(owner)] = (owner, data)
+        self._bytes += len(data)
+        while len(entries) > self.max_entries or (self._bytes > self.max_bytes and len(entries) > 1):
+            oldest = next(iter(entries))
+            self._bytes -= len(entries.pop(oldest)[1])
+        return data

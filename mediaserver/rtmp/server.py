@@ -4,8 +4,10 @@ It owns the sockets, the timeouts (handshake, idle), the translation of session 
 (claim a stream, publish frames, release), and the publisher handle the hub uses to end a connection.
 Whether a publisher or player gets in is the gate's decision (mediaserver/gate.py, shared with HTTP):
 this module asks it and turns the Verdict into an onStatus answer.
-Players (`play`) are hub subscribers whose batches are sent with compressed chunk headers, in one socket
-write per batch, waiting for the socket to drain (backpressure) before taking the next batch.
+Players (`play`) are hub subscribers. Each frame is chunked once under a type-0 header for every player
+with the same chunk size and message stream id (`SharedChunks`), a batch goes out in one socket write,
+and a player waits for its socket to drain (backpressure) before taking the next batch. Play writes and
+publishers' reads are merged over a window that `hub/pacing.py` widens only as load grows.
 
 Bad input from a peer (a protocol error, a malformed media body) is logged once with the peer's address
 and closes that connection only; every other stream carries on.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
 
 from ..auth.admission import Admission
@@ -25,6 +28,7 @@ from ..config import RtmpConfig
 from ..errors import PeerError
 from ..gate import ABR, CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
+from ..hub.pacing import GAUGE, MergePolicy, SharedBatch, until_tick
 from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
@@ -35,11 +39,14 @@ from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
 from ..transports import reset
 from . import events as ev
-from .session import ServerSession, SessionPhase
+from .chunk import SharedChunks
+from .session import MEDIA_CSID, ServerSession, SessionPhase
 
 log = logging.getLogger(__name__)
 
-_PLAY_MERGE_S = 0.05
+PlayBatch = SharedBatch[tuple[bytes, list[tuple[int, int, int, int]]]]
+"""A batch of frames as chunks, and the last header sent on each chunk stream (for the session's encoder)."""
+
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
     CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
     LIMIT: "NetStream.Publish.Rejected",
@@ -61,6 +68,11 @@ class RtmpServer:
         """How a multitrack publisher's extra tracks are named (STREAM@LABEL): set from the ABR ladder."""
         """Admission and cluster decisions, shared with the HTTP side (the default admits everyone)."""
         self.connections: set[RtmpConnection] = set()
+        self.read_policy = MergePolicy(cfg.read_merge_ms, cfg.merge_mode, merge_when_unwatched=True)
+        """Publishers' merged reads: the full window while nobody watches or the loop is busy, else none."""
+        self.play_policy = MergePolicy(cfg.play_merge_ms, cfg.merge_mode)
+        self._shared: weakref.WeakKeyDictionary[Stream, dict[tuple[int, int], tuple[SharedChunks, PlayBatch]]] = (
+            weakref.WeakKeyDictionary())
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
         self._ids = 0
@@ -82,6 +94,20 @@ class RtmpServer:
     @property
     def serving(self) -> bool:
         return all(s is not None and s.is_serving() for s in (self._server, *([self._tls_server] if self.tls else [])))
+
+    def shared_chunks(self, stream: Stream, chunk_size: int, stream_id: int) -> tuple[SharedChunks, PlayBatch]:
+        """The chunk bytes of `stream`'s frames for players with this chunk size and message stream id, and
+        of the last batch of them (players that wake on the same tick take the same batch)."""
+        by_key = self._shared.get(stream)
+        if by_key is None:
+            by_key = self._shared[stream] = {}
+        shared = by_key.get((chunk_size, stream_id))
+        if shared is None:
+            # Twice the viewers' window: a player within it never makes its own bytes.
+            limit = 2 * stream.gop.limits.window_bytes + 2 * 1024 * 1024
+            shared = by_key[(chunk_size, stream_id)] = (SharedChunks(chunk_size, stream_id, max_bytes=limit),
+                                                        SharedBatch())
+        return shared
 
     def _make_connection(self) -> RtmpConnection:
         self._ids += 1
@@ -154,7 +180,6 @@ class RtmpConnection(asyncio.Protocol):
         self._play_task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._publish_started = 0.0
-        self._merge_s = self.cfg.read_merge_ms / 1000
         self._reading_paused = False
         self.ip = ""
         """The client's address, normalized (as HTTP's): limits, token bindings and webhooks see one form."""
@@ -200,12 +225,16 @@ class RtmpConnection(asyncio.Protocol):
             self._abort("protocol_error")
             return
         self._flush()
-        if self.stream is not None and self._merge_s and not self._reading_paused:
+        stream = self.stream
+        if stream is not None and not self._reading_paused:
             # Merged reads (as SRS's mr): let a publisher's bytes pile up in the socket for a few ms, so
-            # each wakeup handles several messages instead of one TCP segment.
-            self._reading_paused = True
-            self.transport.pause_reading()
-            self.loop.call_later(self._merge_s, self._resume_reading)
+            # each wakeup handles several messages instead of one TCP segment; only when nobody watches
+            # or the loop is busy (hub/pacing.py), since it delays every viewer.
+            merge_s = self.server.read_policy.window_s(len(stream.subscribers) + len(stream.sinks), GAUGE.busy())
+            if merge_s:
+                self._reading_paused = True
+                self.transport.pause_reading()
+                self.loop.call_later(merge_s, self._resume_reading)
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
@@ -454,15 +483,31 @@ class RtmpConnection(asyncio.Protocol):
         reason = "viewer_left"
         session = self.session
         joined = self.loop.time()
+        stream = sub.stream
+        policy = self.server.play_policy
+        # Every frame is chunked once for all players with our chunk size and stream id, under a type-0
+        # header, so the same bytes serve a player whatever it was sent before (a joiner, a skip); players
+        # that wake on the same tick take the same batch, whose joined bytes are shared too.
+        shared, batches = self.server.shared_chunks(stream, session.out_chunk_size, stream_id)
+
+        def chunked(frames: list) -> tuple[bytes, list[tuple[int, int, int, int]]]:
+            parts = []
+            last: dict[int, tuple[int, int, int, int]] = {}
+            for f in frames:
+                kind = f.kind
+                ts = f.dts_ms & 0xFFFFFFFF if kind != FrameKind.DATA else 0
+                csid = MEDIA_CSID[kind]
+                parts.append(shared.get(f, csid, kind, ts, f.body))
+                last[csid] = (csid, kind, ts, len(f.tag) - 15)
+            return b"".join(parts), list(last.values())
+
         try:
             batch = start
             while batch is not None:
                 if batch:
                     sent_before = session.bytes_sent
-                    session.send_media(
-                        (f.kind, stream_id, f.dts_ms & 0xFFFFFFFF if f.kind != FrameKind.DATA else 0, f.body)
-                        for f in batch
-                    )
+                    data, headers = batches.get(batch, chunked) if batch is not start else chunked(batch)
+                    session.send_shared(stream_id, data, headers)
                     self._flush()
                     self.registry.count_sent(sub, session.bytes_sent - sent_before)  # the viewer and egress metrics
                     if self._writable is not None and not self._writable.done():
@@ -470,7 +515,9 @@ class RtmpConnection(asyncio.Protocol):
                             await self._writable
                     if self.transport is None or self.transport.is_closing():
                         return
-                await asyncio.sleep(_PLAY_MERGE_S)
+                merge_s = policy.window_s(len(stream.subscribers), GAUGE.busy())
+                if merge_s:
+                    await asyncio.sleep(until_tick(self.loop.time(), merge_s))
                 batch = await sub.next_batch()
             reason = sub.close_reason or "stream_ended"
             session.end_play(stream_id)

@@ -118,7 +118,7 @@ CAN_FORWARD = 0x04
 """E-RTMP FourCcInfoMask.CanForward."""
 ENHANCED_CONNECT_KEYS = ("fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx")
 
-_MEDIA_CSID = {MessageType.AUDIO: CSID_AUDIO, MessageType.VIDEO: CSID_VIDEO, MessageType.DATA_AMF0: CSID_STREAM}
+MEDIA_CSID = {MessageType.AUDIO: CSID_AUDIO, MessageType.VIDEO: CSID_VIDEO, MessageType.DATA_AMF0: CSID_STREAM}
 
 
 def is_number(value: Any) -> bool:
@@ -157,6 +157,7 @@ class SessionCore:
         self._decoder = ChunkDecoder(max_message_size=max_message_size, max_command_size=max_command_size)
         self._encoder = ChunkEncoder()
         self._out = bytearray()
+        self._parts: list[bytes] = []  # shared chunk bytes (send_shared), in order with what _out held before
         self._held = bytearray()  # chunk output produced before the handshake finished
         self._events: list[Event] = []
         self.bytes_received = 0
@@ -208,8 +209,16 @@ class SessionCore:
 
     def data_to_send(self) -> bytes:
         """Drain the bytes to write to the peer."""
-        out = bytes(self._out)
-        self._out.clear()
+        if self._parts:
+            parts = self._parts
+            self._parts = []
+            if self._out:
+                parts.append(bytes(self._out))
+                self._out.clear()
+            out = parts[0] if len(parts) == 1 else b"".join(parts)
+        else:
+            out = bytes(self._out)
+            self._out.clear()
         self.bytes_sent += len(out)
         return out
 
@@ -485,7 +494,7 @@ class ServerSession(SessionCore):
         out = self._out
         for type_id, stream_id, timestamp, body in messages:
             stream = streams.get(stream_id)
-            csid = _MEDIA_CSID.get(type_id)
+            csid = MEDIA_CSID.get(type_id)
             if csid is None:
                 raise UsageError(f"send_media takes audio (8), video (9) or data (18) messages, not type {type_id}")
             if stream is None or stream.state != "playing":
@@ -493,12 +502,29 @@ class ServerSession(SessionCore):
                 continue
             write(out, csid, type_id, stream_id, timestamp, body)
 
+    def send_shared(self, stream_id: int, data: bytes, headers: Iterable[tuple[int, int, int, int]]) -> None:
+        """Send media messages already chunked under type-0 headers (`chunk.chunk_message`, made once and
+        shared by every player with this chunk size and stream id): `data` goes out as it is, and the
+        encoder notes `headers`, the last (csid, type id, timestamp, length) sent on each chunk stream, so
+        what it writes next there (a status on the data chunk stream) is compressed correctly."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.state != "playing":
+            self.dropped_messages += 1
+            return
+        if self._out:
+            self._parts.append(bytes(self._out))
+            self._out.clear()
+        self._parts.append(data)
+        restate = self._encoder.restate
+        for csid, type_id, timestamp, length in headers:
+            restate(csid, type_id, stream_id, timestamp, length)
+
     def _send_media(self, type_id: int, stream_id: int, timestamp: int, body: bytes) -> None:
         stream = self._streams.get(stream_id)
         if stream is None or stream.state != "playing":
             self.dropped_messages += 1
             return
-        self._encoder.write(self._out, _MEDIA_CSID[type_id], type_id, stream_id, timestamp, body)
+        self._encoder.write(self._out, MEDIA_CSID[type_id], type_id, stream_id, timestamp, body)
 
     def _take_request(self, request_id: int, kind: str) -> _MessageStream | None:
         if not 0 < request_id < self._next_request_id:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediaserver.errors import UsageError
-from mediaserver.rtmp.chunk import ChunkDecoder, ChunkEncoder, RtmpMessage
+from mediaserver.rtmp.chunk import ChunkDecoder, ChunkEncoder, RtmpMessage, SharedChunks, chunk_message
 from mediaserver.rtmp.errors import ChunkError, RtmpProtocolError
 from mediaserver.rtmp.messages import encode_set_chunk_size
 
@@ -389,3 +389,57 @@ def test_command_limit_leaves_media_and_legal_commands_alone() -> None:
     decoder.feed(video)  # a 1 MiB video message: accepted, waits for its payload
     command = ChunkEncoder().encode(3, 20, 0, 0, bytes(64 * 1024))
     assert [m.type_id for m in ChunkDecoder(max_command_size=64 * 1024).feed(command)] == [20]
+
+
+# ----- shared type-0 chunks (RTMP play: made once per frame, sent to every player) ---------------------
+
+
+@pytest.mark.parametrize("timestamp", [0, 40, 0xFFFFFE, 0xFFFFFF, 0x1234_5678])
+@pytest.mark.parametrize("size", [10, 128, 4096])
+def test_chunk_message_is_what_a_fresh_encoder_writes_and_decodes_back(timestamp: int, size: int) -> None:
+    payload = bytes(range(256)) * 20
+    data = chunk_message(7, 9, 1, timestamp, memoryview(payload), size)
+    assert data == ChunkEncoder(size).encode(7, 9, 1, timestamp, payload)
+    assert decode_all(data, size) == [(7, 9, 1, timestamp, payload)]
+
+
+def test_extended_timestamp_is_repeated_on_every_continuation_chunk() -> None:
+    data = chunk_message(6, 8, 1, 0x0100_0000, b"abcdefgh", 4)
+    assert data == h("06 ffffff 000008 08 01000000 01000000 61626364 | c6 01000000 65666768")
+
+
+def test_shared_type0_messages_interleave_with_the_encoders_own_and_any_reader_agrees() -> None:
+    """A player that joins mid-stream gets type-0 media after its control messages; the encoder then
+    compresses what it writes next on those chunk streams against the shared headers."""
+    encoder = ChunkEncoder(128)
+    out = bytearray()
+    encoder.write(out, 5, 20, 1, 0, b"status")
+    expected: list[Msg] = [(5, 20, 1, 0, b"status")]
+    for ts, csid, type_id, payload in ((0x1000000, 7, 9, b"k" * 300), (0x1000021, 6, 8, b"a" * 10),
+                                       (0x1000042, 7, 9, b"p" * 300), (0, 5, 18, b"meta")):
+        out += chunk_message(csid, type_id, 1, ts, payload, 128)
+        encoder.restate(csid, type_id, 1, ts, len(payload))
+        expected.append((csid, type_id, 1, ts, payload))
+    for ts, csid, type_id, payload in ((0x1000063, 7, 9, b"p" * 300), (0x1000084, 7, 9, b"p" * 300),
+                                       (0, 5, 20, b"end")):
+        encoder.write(out, csid, type_id, 1, ts, payload)
+        expected.append((csid, type_id, 1, ts, payload))
+    assert decode_all(bytes(out), 128) == expected
+    assert decode_all(bytes(out), 128, step=7) == expected
+
+
+def test_shared_chunks_are_made_once_per_owner_and_bounded() -> None:
+    shared = SharedChunks(128, 1, max_entries=3, max_bytes=10_000)
+    owners = [object() for _ in range(5)]
+    first = shared.get(owners[0], 7, 9, 40, b"x" * 300)
+    assert shared.get(owners[0], 7, 9, 40, b"x" * 300) is first
+    assert (shared.made, shared.hits) == (1, 1)
+    for i, owner in enumerate(owners[1:], 1):
+        shared.get(owner, 7, 9, 40 + i, b"x" * 300)
+    assert len(shared) == 3  # the oldest were dropped
+    again = shared.get(owners[0], 7, 9, 40, b"x" * 300)
+    assert again == first and again is not first and shared.made == 6
+    big = SharedChunks(128, 1, max_bytes=1000)
+    for owner in owners:
+        big.get(owner, 7, 9, 0, b"y" * 400)
+    assert len(big) == 2 and big.cached_bytes <= 1000

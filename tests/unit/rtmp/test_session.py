@@ -25,7 +25,7 @@ from rtmp_peers import (
 from mediaserver.errors import UsageError
 from mediaserver.media import amf0
 from mediaserver.media.amf0 import UNDEFINED, EcmaArray
-from mediaserver.rtmp.chunk import ChunkEncoder
+from mediaserver.rtmp.chunk import ChunkEncoder, chunk_message
 from mediaserver.rtmp.client import ClientSession
 from mediaserver.errors import PeerError
 from mediaserver.rtmp.errors import RtmpProtocolError
@@ -782,3 +782,24 @@ def test_a_data_message_over_the_command_limit_inside_an_aggregate_closes_the_co
     client._write(7, 22, client.stream_id, 0, encode_aggregate([(18, 0, metadata)]))
     with pytest.raises(RtmpProtocolError, match="inside an aggregate exceeds the 4096-byte limit"):
         transfer(client, server)
+
+
+def test_shared_chunks_reach_a_player_between_status_messages() -> None:
+    """RTMP play sends each frame as type-0 chunks made once for every player (send_shared); the session's
+    own messages before and after keep their order and their compressed headers stay readable."""
+    server, client, _ = playing()
+    server.accept_play(1)
+    transfer(client, server)
+    client.events()
+    frames = [(9, 0x1000000 + 33 * i, b"\x27\x01" + bytes(5000 + i)) for i in range(3)]
+    frames.append((8, 0x1000010, AAC_SEQUENCE_HEADER))
+    csids = {9: 7, 8: 6}
+    data = b"".join(chunk_message(csids[t], t, 1, ts, body, 4096) for t, ts, body in frames)
+    server.send_shared(1, data, [(7, 9, frames[2][1], len(frames[2][2])), (6, 8, frames[3][1], len(frames[3][2]))])
+    server.end_play(1)
+    transfer(client, server)
+    events = client.events()
+    assert events[:4] == [(VideoReceived if t == 9 else AudioReceived)(1, ts, body) for t, ts, body in frames]
+    assert [e.code for e in events if isinstance(e, StatusReceived)] == ["NetStream.Play.UnpublishNotify"]
+    server.send_shared(7, b"x", [(7, 9, 0, 1)])  # not playing: dropped
+    assert server.data_to_send() == b"" and server.dropped_messages == 1
