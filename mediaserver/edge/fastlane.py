@@ -50,6 +50,7 @@ from ..remux.cmaf import parse_cmaf_name
 from .formats import CARRIED, DASH, LLHLS, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
+from .overload import may_move
 from .sendfile import ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ class FastLane:
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
             return False
         file = head.file
+        if may_move(app, conn.lane_address, key, file, head.query):
+            return False  # a starting player on an edge with a ceiling: the full stack may send it elsewhere
         pool = app[PACKAGERS]
         if file == "index.m3u8" or file.endswith(".ts"):
             packager = pool.running_hls(key)

@@ -37,6 +37,17 @@ ENTRY_PLAYLISTS = frozenset({"index.m3u8", "master.m3u8", "cmaf.m3u8", "manifest
 _log_gate = LogGate(10.0)
 
 
+def may_move(app: web.Application, address: str, key: StreamKey, file: str, query: str) -> bool:
+    """Whether a plain GET of `file` of `key` from `address` could be moved by this edge's ceiling: the
+    fast lane (edge/fastlane.py) leaves such requests to the full stack, which decides."""
+    if app.get(LOAD_REDIRECT) is None or file not in ENTRY_PLAYLISTS:
+        return False
+    names = {pair.partition("=")[0] for pair in query.split("&")} if query else set()
+    if MARKER in names or any(name.startswith("_HLS_") for name in names):
+        return False
+    return (normalize_address(address), str(key)) not in app[METRICS].hls_clients
+
+
 def starting_viewer(request: web.Request, key: StreamKey, fmt: str) -> bool:
     """True for a request that starts a viewer (see the module's note), which may be moved."""
     if request.method != "GET" or MARKER in request.query:

@@ -106,3 +106,30 @@ def test_a_range_of_a_recording_is_taken_with_its_range_and_if_range():
     assert head == Head("vod", "", "Ab3_x.mp4", "", None, None, "bytes=0-99", '"1-2"')
     assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\n\r\n").name == "Ab3_x"  # 4 parts: never a recording
     assert parse_head(b"GET /vod/Ab3_x.ts HTTP/1.1\r\n\r\n") is None
+
+
+def test_on_an_edge_with_a_ceiling_a_starting_player_is_left_to_the_full_stack():
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from mediaserver.edge.keys import METRICS
+    from mediaserver.edge.overload import LOAD_REDIRECT, may_move
+    from mediaserver.hub.stream import StreamKey
+
+    key = StreamKey("live", "cam")
+    app = web.Application()
+    app[METRICS] = SimpleNamespace(hls_clients={})
+    assert not may_move(app, "10.0.0.1", key, "index.m3u8", "")  # no ceiling: the lane serves
+
+    async def elsewhere():
+        return "http://edge-b:8080"
+
+    app[LOAD_REDIRECT] = elsewhere
+    assert may_move(app, "10.0.0.1", key, "index.m3u8", "")
+    assert may_move(app, "10.0.0.1", key, "manifest.mpd", "token=x")
+    assert not may_move(app, "10.0.0.1", key, "index.m3u8", "balanced=1")  # moved once already
+    assert not may_move(app, "10.0.0.1", key, "cmaf-video.m3u8", "_HLS_msn=3")  # a player watching here
+    assert not may_move(app, "10.0.0.1", key, "seg-5.ts", "")  # segments are never moved
+    app[METRICS].hls_clients[("10.0.0.1", "live/cam")] = 1.0
+    assert not may_move(app, "10.0.0.1", key, "index.m3u8", "")  # a reload of a player watching here
