@@ -5,13 +5,11 @@ grows, the latency readout comes from RTCP timing, and a kick of the viewer ends
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from support.media import describe_clip, ffmpeg_exe
+from support.whep import baseline_clip as make_baseline_clip
 
 from .conftest import advance_within, wait_state, wait_status
 
@@ -20,16 +18,7 @@ ADMIN = "whep-browser-admin-0123456789"
 
 @pytest.fixture(scope="module")
 def baseline_clip(tmp_path_factory):
-    """320x240 25 fps H.264 baseline (no B-frames), GOP 0.5 s, AAC, 4 s."""
-    path: Path = tmp_path_factory.mktemp("whep-browser") / "baseline.flv"
-    subprocess.run([
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
-        "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0", "-g", "12",
-        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
-    ], check=True, capture_output=True, timeout=60)
-    return describe_clip(path, 4.0)
+    return make_baseline_clip(tmp_path_factory.mktemp("whep-browser"))
 
 
 def _post(url: str) -> int:

@@ -5,16 +5,13 @@ a kick ends it. Offers and requests the server cannot serve get a 4xx with a rea
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from e2e.test_auth_publish import SECRET, token
 from mediaserver.auth.tokens import Action
-from support.media import describe_clip, ffmpeg_exe
-from support.whep import WhepViewer
+from support.whep import WhepViewer, baseline_clip as make_baseline_clip
 
 ADMIN = "whep-admin-token-0123456789"
 WEBRTC = {"webrtc.public_ip": "127.0.0.1", "webrtc.udp_port_range": "42000-42999"}
@@ -22,16 +19,7 @@ WEBRTC = {"webrtc.public_ip": "127.0.0.1", "webrtc.udp_port_range": "42000-42999
 
 @pytest.fixture(scope="module")
 def baseline_clip(tmp_path_factory):
-    """320x240 25 fps H.264 baseline (no B-frames), GOP 0.5 s, AAC 44.1 kHz stereo, 4 s."""
-    path: Path = tmp_path_factory.mktemp("whep") / "baseline.flv"
-    subprocess.run([
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
-        "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0", "-g", "12",
-        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
-    ], check=True, capture_output=True, timeout=60)
-    return describe_clip(path, 4.0)
+    return make_baseline_clip(tmp_path_factory.mktemp("whep"))
 
 
 async def _wait_published(server, *names: str, timeout_s: float = 10.0) -> None:

@@ -8,14 +8,18 @@ it is given no ICE server, so it never asks anybody outside the machine.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from mediaserver.config import WebrtcConfig
 from mediaserver.webrtc.peer import bind_candidates
+
+from .media import describe_clip, ffmpeg_exe
 
 
 @dataclass
@@ -88,3 +92,16 @@ class WhepViewer:
         for task in self._tasks:
             task.cancel()
         await self.pc.close()
+
+
+def baseline_clip(directory: Path):
+    """320x240 25 fps H.264 baseline (no B-frames: WebRTC carries none), GOP 0.5 s, AAC 44.1 kHz stereo, 4 s."""
+    path = directory / "baseline.flv"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
+        "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0", "-g", "12",
+        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
+    ], check=True, capture_output=True, timeout=60)
+    return describe_clip(path, 4.0)
