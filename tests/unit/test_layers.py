@@ -47,6 +47,10 @@ ALLOWED = {
     # It answers HTTP like the edge's play routes, with the edge's JSON errors and client address (edge.common).
     "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc",
                "edge.common"},
+    # The composition root's parts (cli.py builds the server with them): they may use any layer.
+    "wiring": {"errors", "config", "log", "collector", "transports", "tls", "media", "rtmp", "rtmp.server", "hub",
+               "remux", "auth", "gate", "edge", "api", "transcode", "cluster", "record", "relay", "webrtc",
+               "wiring", "__init__"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from mediaserver.cli import ClusterWiring, build_registry
+from mediaserver.cli import build_registry
+from mediaserver.wiring.cluster import ClusterWiring
 from mediaserver.config import load_config
 from support.redis_server import RedisServer
 

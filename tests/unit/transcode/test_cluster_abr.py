@@ -17,7 +17,7 @@ from test_pool import SOURCE, Source, eventually, make_pool
 
 class Node:
     """One node: its registry, pool and ClusterAbr; renditions it publishes are claimed as the cluster
-    wiring claims them (cli.ClusterWiring: published -> adopt)."""
+    wiring claims them (wiring.cluster.ClusterWiring: published -> adopt)."""
 
     def __init__(self, name: str, locator: InMemoryLocator, origin: Source | None, transcoder: bool) -> None:
         self.name = name

@@ -3,7 +3,7 @@ Refusal of kind "abr" with its status; on a node that pulls for its viewers the 
 
 from __future__ import annotations
 
-from mediaserver.cli import rendition_locate
+from mediaserver.wiring.cluster import rendition_locate
 from mediaserver.gate import ABR, LIMIT, Refusal
 from mediaserver.hub.registry import StreamRegistry
 from mediaserver.hub.stream import StreamKey
