@@ -99,7 +99,7 @@ class AdminDeps:
     rng: random.Random = field(default_factory=random.Random)
     health: Callable[[StreamKey], dict[str, Any] | None] | None = None
     """A stream's health flags (black, frozen, silent: {"since", "duration_s"} or null); None: [health] off."""
-    # ----- cluster -----
+    # The cluster's view (all None when standalone).
     cluster_kick: Callable[[str, str], Awaitable[bool]] | None = None
     """Send a kick for "app/name" to every node; True when some node publishes it. None: standalone."""
     cluster_nodes: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
@@ -399,25 +399,32 @@ async def get_stream(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _kick_in_cluster(deps: AdminDeps, key: StreamKey, reason: str, block_s: float | None) -> web.Response | None:
+    """The kick reaches the node holding the publisher, and edges drop their copies. The answer when the
+    stream is not here (forwarded), or None when it is: the local kick goes on."""
+    assert deps.cluster_kick is not None
+    local = deps.registry.get(key)
+    if local is None or local.ended:
+        if not await deps.cluster_kick(str(key), reason):
+            raise ApiError(404, f"stream {key} is not being published in the cluster",
+                           "it may have just ended; GET /api/v1/streams lists the streams there are")
+        if block_s is not None:
+            deps.policy.block(key.app, key.name, deps.wall_clock() + block_s, reason)
+        event(log, "admin_kick", stream=str(key), reason=reason, forwarded=True)
+        return web.json_response({"kicked": str(key), "reason": reason, "forwarded": True})
+    await deps.cluster_kick(str(key), reason)
+    return None
+
+
 async def kick_stream(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await _body(request)
     reason = _text(body, "reason", "kicked", 64) or "kicked"
     block_s = _number(body, "block_seconds", 1, MAX_BLOCK_S)
-    # ----- cluster: the kick reaches the node holding the publisher; edges drop their copies -----
     if deps.cluster_kick is not None:
-        key = _key(request)
-        local = deps.registry.get(key)
-        if local is None or local.ended:
-            if not await deps.cluster_kick(str(key), reason):
-                raise ApiError(404, f"stream {key} is not being published in the cluster",
-                               "it may have just ended; GET /api/v1/streams lists the streams there are")
-            if block_s is not None:
-                deps.policy.block(key.app, key.name, deps.wall_clock() + block_s, reason)
-            event(log, "admin_kick", stream=str(key), reason=reason, forwarded=True)
-            return web.json_response({"kicked": str(key), "reason": reason, "forwarded": True})
-        await deps.cluster_kick(str(key), reason)
-    # ----- end of cluster -----
+        forwarded = await _kick_in_cluster(deps, _key(request), reason, block_s)
+        if forwarded is not None:
+            return forwarded
     stream = _stream(request)
     key = stream.key
     blocked = None
