@@ -4,7 +4,8 @@ One server (ours, started here) with both listeners: rtmp and rtmps (a self-sign
 here, tests/support/certs.py). Per round: --publishers ffmpeg publishers (`-re -stream_loop -1 -c copy` of the
 bench media) over rtmp://, a warm-up, a window of --seconds, the publishers stopped; then the same over
 rtmps:// (ffmpeg verifies the certificate: -ca_file, -tls_verify 1). The server's CPU is utime+stime of its
-process tree from /proc over the window; per stream-minute = CPU-s / publishers / window minutes.
+process tree from /proc over the window; per stream-minute = CPU-s / publishers / window minutes. Socket
+reads: the server process's read() calls over the window (/proc/PID/io syscr) per publisher per second.
 
     python -m bench.rtmps_ingest --publishers 20 --seconds 60 [--rounds 2]
 """
@@ -42,7 +43,9 @@ async def publish_phase(server: load.Server, scheme: str, port: int, n: int, med
             ], stderr=log)
         await load.wait_streams(server, names)
         await asyncio.sleep(args.warmup)
+        reads_before = read_syscalls(server.pid)
         w = await measure(server, args.seconds)
+        reads = read_syscalls(server.pid) - reads_before
         alive = pubs.alive("publisher")
         if alive < n:
             raise load.BenchError(f"{n - alive} {scheme} publisher(s) exited during the window; see "
@@ -52,7 +55,18 @@ async def publish_phase(server: load.Server, scheme: str, port: int, n: int, med
         log.close()
     await asyncio.sleep(3)  # the streams end before the next phase
     return {"scheme": scheme, "publishers": n, "window": w.as_dict(),
-            "server_cpu_s_per_stream_minute": round(w.cpu / n / (w.wall / 60), 4)}
+            "server_cpu_s_per_stream_minute": round(w.cpu / n / (w.wall / 60), 4),
+            "server_reads_per_publisher_second": round(reads / n / w.wall, 1)}
+
+
+def read_syscalls(pid: int | None) -> int:
+    """read() calls the server's main process has made (its sockets' reads; /proc/PID/io syscr)."""
+    if pid is None:
+        return 0
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    return 0
 
 
 async def run(args) -> dict:
@@ -91,7 +105,8 @@ async def run(args) -> dict:
     for p in result["rounds"]:
         print(f"  {p['scheme']:<5} {p['server_cpu_s_per_stream_minute']:.4f} CPU-s/stream-min  "
               f"server {p['window']['server_cpu_pct_of_one_core']} % of a core, machine busy "
-              f"{p['window']['machine_busy_pct_of_all_cores']} %, load {p['window']['loadavg_1m']:.2f}")
+              f"{p['window']['machine_busy_pct_of_all_cores']} %, load {p['window']['loadavg_1m']:.2f}, "
+              f"{p['server_reads_per_publisher_second']} socket reads per publisher-second")
     print(f"rtmp {plain:.4f}, rtmps {tls:.4f} CPU-s per stream-minute: RTMPS costs {tls - plain:+.4f} "
           f"({result['rtmps_extra_pct']:+.1f} %)")
     print(f"written: {out}")

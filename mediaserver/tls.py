@@ -9,12 +9,16 @@ scratch context first, so a bad renewal keeps the old chain and says which file 
 A failed TLS handshake never reaches the listener's protocol (asyncio calls `connection_made` only after
 it), and asyncio itself stays silent about it; `HandshakeFailures` counts them by reason through the
 context's `sslobject_class`, and logs one line per reason per interval.
+
+`PausableTlsProtocol` is the TLS layer of the RTMPS listener: a paused app stops the socket reads too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from asyncio import sslproto
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -147,3 +151,37 @@ class HandshakeFailures:
         if count:
             event(log, "tls_handshake_timeout", logging.WARNING, listener=self.listener, closed=count,
                   hint="clients connected and did not complete a TLS handshake in time")
+
+
+class PausableTlsProtocol(sslproto.SSLProtocol):
+    """A server-side TLS layer over one accepted TCP connection, whose paused reading really stops reading
+    the socket. The app protocol's `connection_made` follows a completed handshake (none if it fails or
+    outlasts `handshake_timeout`, as with `create_server(ssl=...)`).
+
+    Why: RTMP publishers' merged reads (rtmp/server.py) pause the transport for a few ms so that one wakeup
+    takes many chunks. uvloop's own TLS transport keeps reading every TCP segment under a paused app (ffmpeg
+    sends ~200 small TLS records a second), one syscall, allocation and copy each, which made RTMPS ingest
+    cost nearly twice plain RTMP's CPU; and it does not expose its TCP transport. So the listener accepts
+    plain TCP and wraps it in this: asyncio's own TLS state machine (the same design as uvloop's), whose
+    pause also pauses the TCP transport, so the records wait in the kernel and one read takes them all.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app_protocol: asyncio.BaseProtocol,
+                 context: ssl.SSLContext, handshake_timeout: float) -> None:
+        super().__init__(loop, app_protocol, context, None, server_side=True,
+                         ssl_handshake_timeout=handshake_timeout)
+
+    # The base class only marks the app paused and keeps reading records into its buffer (up to its own
+    # high-water mark): stop the socket as well, unless that flow control already did.
+
+    def _pause_reading(self) -> None:
+        paused = self._app_reading_paused
+        super()._pause_reading()
+        if not paused and self._transport is not None and not self._ssl_reading_paused:
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        paused = self._app_reading_paused
+        super()._resume_reading()  # what is already buffered is decrypted on the next loop turn
+        if paused and self._transport is not None and not self._ssl_reading_paused:
+            self._transport.resume_reading()

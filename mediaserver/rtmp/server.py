@@ -33,7 +33,7 @@ from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import Bound, event
-from ..tls import TlsCertificate
+from ..tls import PausableTlsProtocol, TlsCertificate
 from ..media import multitrack
 from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
@@ -82,11 +82,10 @@ class RtmpServer:
         self._server = await loop.create_server(self._make_connection, self.cfg.bind, self.cfg.port, reuse_address=True)
         if self.tls is not None:
             try:
-                # The TLS handshake has its own deadline; rtmp's handshake deadline starts after it.
+                # Plain TCP wrapped in our TLS layer (tls.py), not create_server(ssl=...): uvloop's TLS keeps
+                # reading the socket while a publisher's reads are paused for merging, ours stops it.
                 self._tls_server = await loop.create_server(
-                    self._make_tls_connection, self.cfg.bind, self.tls_port, reuse_address=True,
-                    ssl=self.tls.context, ssl_handshake_timeout=self.cfg.handshake_timeout,
-                )
+                    self._make_tls_connection, self.cfg.bind, self.tls_port, reuse_address=True)
             except OSError:
                 self._server.close()
                 raise
@@ -113,21 +112,23 @@ class RtmpServer:
         self._ids += 1
         return RtmpConnection(self, self._ids)
 
-    def _make_tls_connection(self) -> RtmpConnection:
+    def _make_tls_connection(self) -> PausableTlsProtocol:
         """Made at accept, before the TLS handshake: connection_made follows only if it succeeds, so a
-        connection not made by the handshake deadline is a failed handshake (counted once)."""
+        connection not made by the handshake deadline is a failed handshake (counted once). The TLS
+        handshake has its own deadline; rtmp's handshake deadline starts after it."""
         conn = self._make_connection()
         conn.tls = True
         assert self.tls is not None
         failures = self.tls.failures
         loop = asyncio.get_running_loop()
+        layer = PausableTlsProtocol(loop, conn, self.tls.context, self.cfg.handshake_timeout)
 
         def check() -> None:
             if conn.transport is None:
                 failures.not_made()
 
         loop.call_later(self.cfg.handshake_timeout + 0.5, check)
-        return conn
+        return layer
 
     async def stop_accepting(self) -> None:
         for server in (self._server, self._tls_server):

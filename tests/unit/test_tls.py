@@ -5,14 +5,18 @@ counted by reason."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import ssl
+import struct
+import termios
 
 import pytest
 
 from mediaserver.config import ConfigError, load_config
 from mediaserver.errors import UsageError
-from mediaserver.tls import HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT, CertFiles, HandshakeFailures, TlsCertificate
+from mediaserver.tls import (HANDSHAKE_ERROR, HANDSHAKE_TIMEOUT, CertFiles, HandshakeFailures, PausableTlsProtocol,
+                             TlsCertificate)
 from support.certs import make_cert
 
 
@@ -114,3 +118,84 @@ def test_config_needs_cert_and_key_together_and_a_port_of_its_own():
         load_config(None, ["rtmps.cert_file=/c.pem", "rtmps.key_file=/k.pem", "rtmps.port=1935"])
     with pytest.raises(ConfigError, match="'10.0.0.0/99'"):
         load_config(None, ['http.trusted_proxies=["127.0.0.1", "10.0.0.0/99"]'])
+
+
+class _PausingApp(asyncio.Protocol):
+    """Pauses its reading at its first bytes, as a publisher's merged read does."""
+
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reads.append(data)
+        if len(self.reads) == 1:
+            self.transport.pause_reading()
+
+
+def _kernel_queued(sock) -> int:
+    """Bytes waiting in the socket's receive queue, not yet read by the process."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+async def _paused_tls_reads_stay_in_the_kernel(tmp_path) -> None:
+    cert = make_cert(tmp_path)
+    context = TlsCertificate(_files(cert)).context
+    loop = asyncio.get_running_loop()
+    app = _PausingApp()
+    layers: list[PausableTlsProtocol] = []
+
+    def accept() -> PausableTlsProtocol:
+        layers.append(PausableTlsProtocol(loop, app, context, handshake_timeout=5.0))
+        return layers[-1]
+
+    server = await loop.create_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cert.client_context(),
+                                                       server_hostname="localhost")
+        writer.write(b"first")
+        await writer.drain()
+        for _ in range(200):
+            if app.reads:
+                break
+            await asyncio.sleep(0.01)
+        assert app.reads == [b"first"]
+        sock = layers[0]._transport.get_extra_info("socket")
+        for i in range(30):  # one TLS record each, like ffmpeg's small writes
+            writer.write(b"%02d" % i + b"x" * 98)
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        queued = 0
+        for _ in range(200):
+            queued = _kernel_queued(sock)
+            if queued >= 30 * 100:
+                break
+            await asyncio.sleep(0.01)
+        # Paused all the way down: the records wait in the kernel (uvloop's TLS would have read them all).
+        assert queued >= 30 * 100 and app.reads == [b"first"]
+        app.transport.resume_reading()
+        for _ in range(200):
+            if sum(map(len, app.reads)) >= 5 + 3000:
+                break
+            await asyncio.sleep(0.01)
+        assert b"".join(app.reads[1:]) == b"".join(b"%02d" % i + b"x" * 98 for i in range(30))
+        assert len(app.reads) <= 3  # taken in one socket read (two if a record was split at the pause)
+        assert _kernel_queued(sock) == 0
+        writer.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_paused_tls_connection_stops_reading_the_socket(tmp_path, loop_kind):
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(_paused_tls_reads_stay_in_the_kernel(tmp_path), 10))
