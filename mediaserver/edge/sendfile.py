@@ -221,19 +221,6 @@ def _send_direct(writer: AbstractStreamWriter, fd: int, offset: int, count: int)
     if sock is None:
         return 0
     writer.send_headers()  # type: ignore[attr-defined]  # the head first: into the transport, normally onto the wire
-    if transport.get_write_buffer_size():
-        return 0  # the head is still queued behind a full socket: keep the order, send the ordinary way
-    sent = 0
-    try:
-        out = sock.fileno()
-        while sent < count:
-            n = os.sendfile(out, fd, offset + sent, count - sent)
-            if n == 0:
-                break  # the file ended early (truncated meanwhile): the pread path finds out
-            sent += n
-    except (BlockingIOError, InterruptedError):
-        pass  # the socket is full: the rest goes through the transport, which waits for it
-    except OSError:
-        pass  # a reset peer and the like: the transport's write meets it and aiohttp handles it
-    Sent.direct += sent
-    return sent
+    # The head still queued behind a full socket: send_fd answers 0, and the rest keeps its order the ordinary
+    # way; a file that ended early (truncated meanwhile) is found by the pread path.
+    return send_fd(transport, fd, offset, count)
