@@ -284,7 +284,11 @@ class Transcoder:
             c.first_ms = pts
         if frame.keyframe:
             self._source_keyframes.add(pts)
-        packet = av.Packet(frame.payload)
+        # A packet in FFmpeg's own memory, not one over the Python bytes: with frame threads, a decoder thread
+        # drops its packet reference after decoding, and dropping a Python-backed one needs the GIL, which the
+        # main thread holds while it frees the decoder (a deadlock at the end of a failed source).
+        packet = av.Packet(len(frame.payload))
+        memoryview(packet)[:] = frame.payload
         packet.pts = pts
         packet.dts = frame.dts_ms
         packet.time_base = _MS
