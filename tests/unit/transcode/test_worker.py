@@ -442,6 +442,12 @@ def feed_in_real_time(job: dict, source: bytes, stop=lambda stats: False) -> lis
     reading.start()
     try:
         proc.stdin.write(source[:13])  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        # The clock starts when the worker is up (its first STATS, sent with no input yet): on a loaded machine
+        # its start alone can take longer than the clip, which would then arrive all at once.
+        ready_by = time.monotonic() + WORKER_TIMEOUT
+        while not stats and time.monotonic() < ready_by and proc.poll() is None:
+            time.sleep(0.02)
         start = time.monotonic()
         for tag in FlvReader().feed(source):
             delay = tag.timestamp_ms / 1000 - (time.monotonic() - start)
