@@ -13,6 +13,8 @@
 // from the server to the screen. Where a browser gives no such timestamp the readout falls back to what the
 // receiver itself adds: its jitter buffer delay plus half the round trip, and says so.
 
+import {Engine} from './engine_base.js';
+
 const GATHER_WAIT_MS = 2000;
 const DISCONNECTED_MS = 4000;
 const NTP_UNIX_OFFSET_MS = 2208988800000;  // 1900-01-01 to 1970-01-01
@@ -31,12 +33,9 @@ export function webrtcCannotPlay(videoCodec, audioCodec) {
   return null;
 }
 
-export class WebRtcEngine {
+export class WebRtcEngine extends Engine {
   constructor(video, url, opts) {
-    this.video = video;
-    this.url = url;
-    this.opts = opts;
-    this.dead = false;
+    super(video, url, opts);
     this.samples = [];  // [time ms, bytes received] of the last few seconds
     this.stats = null;
     this.disconnectedAt = null;
@@ -159,27 +158,10 @@ export class WebRtcEngine {
     return null;
   }
 
-  levels() { return []; }
-
-  level() { return {id: null, auto: true}; }
-
-  pin(_id) {}
-
-  play() {
-    return this.video.play();
-  }
-
-  fail(info) {
-    if (this.dead) return;
-    this.dead = true;
-    this.opts.onError(info);
-  }
-
   end(reason) {
-    if (this.dead) return;
-    this.dead = true;
-    this.session = null;  // the server ended it (or will, seeing the connection fail): nothing to DELETE
-    this.opts.onEnd(reason);
+    // The server ended it (or will, seeing the connection fail): nothing to DELETE.
+    if (!this.dead) this.session = null;
+    super.end(reason);
   }
 
   hangUp() {
@@ -190,7 +172,7 @@ export class WebRtcEngine {
   }
 
   destroy() {
-    this.dead = true;
+    super.destroy();
     clearInterval(this.timer);
     this.hangUp();
     if (this.pc) this.pc.close();
