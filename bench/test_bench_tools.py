@@ -1260,9 +1260,9 @@ def test_crafted_media_is_what_the_issue_describes():
 def test_a_short_soak_leaves_no_leak_and_no_traceback(tmp_path):
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--duration", "24", "--warmup", "4", "--publishers", "2",
+        [sys.executable, "-m", "bench.soak", "--duration", "16", "--warmup", "3", "--publishers", "2",
          "--viewers", "1", "--session-min", "5", "--session-max", "10", "--view-min", "2", "--view-max", "6",
-         "--bad-every", "1.5", "--bad-hold", "4", "--huge-command-kib", "256", "--reconnect-grace", "3",
+         "--bad-every", "1.0", "--bad-hold", "4", "--huge-command-kib", "256", "--reconnect-grace", "3",
          "--packager-idle", "1", "--ended-linger", "1", "--sample-every", "1", "--seed", "9",
          "--results-dir", str(tmp_path), "--json"],
         cwd=root, capture_output=True, text=True, timeout=220)

@@ -17,14 +17,16 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from ..cluster.locator import NodeInfo
 
-ALL_OUTPUTS = ("flv", "ws-flv", "hls", "llhls", "dash", "rtmp")
-"""Every play format a route may answer, in the player page's ids."""
+ALL_OUTPUTS = ("flv", "ws-flv", "hls", "llhls", "dash", "rtmp", "webrtc")
+"""Every play format a route may answer, in the player page's ids ("webrtc": the WHEP endpoint, where an SDP
+offer is POSTed; a stream whose video WebRTC cannot carry answers it 415 with the reason)."""
 _PATHS = {
     "flv": "/{app}/{name}.flv",
     "ws-flv": "/{app}/{name}.flv",
     "hls": "/{app}/{name}/index.m3u8",
     "llhls": "/{app}/{name}/cmaf.m3u8",
     "dash": "/{app}/{name}/manifest.mpd",
+    "webrtc": "/{app}/{name}/whep",
 }
 REASONS = {
     "no_edge": ("no node of the cluster serves viewers (role edge or both)",

@@ -192,7 +192,8 @@ def _key(name: str) -> StreamKey:
 
 def node_offer(config: Config) -> dict:
     """What a node's record tells players' routing: its ceilings, its public URL and its play formats."""
-    outputs = ["flv", "ws-flv", "rtmp"] + (["hls", "llhls", "dash"] if config.hls.enabled else [])
+    outputs = (["flv", "ws-flv", "rtmp"] + (["hls", "llhls", "dash"] if config.hls.enabled else [])
+               + (["webrtc"] if config.webrtc.enabled else []))
     return {"max_viewers": config.cluster.max_viewers,
             "max_egress_bps": int(config.cluster.max_egress_mbps * 1_000_000),
             "play_url": config.cluster.public_url.rstrip("/"), "outputs": outputs}

@@ -57,7 +57,7 @@ async def test_viewers_are_routed_and_redirected_to_the_less_loaded_edge_and_nev
         assert body["urls"]["flv"] == edge_a.flv_url(stream_name)
         assert body["urls"]["hls"] == edge_a.hls_url(stream_name)
         assert body["urls"]["rtmp"] == edge_a.rtmp_url(stream_name)
-        assert set(body["urls"]) == {"flv", "ws-flv", "hls", "llhls", "dash", "rtmp"}
+        assert set(body["urls"]) == {"flv", "ws-flv", "hls", "llhls", "dash", "rtmp", "webrtc"}
         assert (await route_of(http, edge_b, stream_name))[1]["node"] == "edge-a"
 
         # One viewer fills edge-a: the route now answers edge-b.

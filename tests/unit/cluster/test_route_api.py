@@ -23,7 +23,7 @@ from mediaserver.hub.stream import StreamKey
 SECRET = b"s3cret-s3cret-s3cret-0123456789"
 EDGE = NodeInfo(id="edge-b", role="edge", http="http://10.0.0.8:8080", rtmp="rtmp://10.0.0.8:1936", version="t",
                 viewers=3, egress_bps=1000, max_viewers=100, play_url="https://edge-b.example",
-                outputs=["flv", "ws-flv", "rtmp", "hls", "llhls", "dash"])
+                outputs=["flv", "ws-flv", "rtmp", "hls", "llhls", "dash", "webrtc"])
 
 
 def client_for(choice: tuple[NodeInfo | None, str] | None, policy: AccessPolicy | None = None) -> TestClient:
@@ -52,6 +52,7 @@ async def test_the_route_answers_the_chosen_edges_urls_without_the_admin_token()
         "llhls": "https://edge-b.example/live/cam%40360p/cmaf.m3u8",
         "dash": "https://edge-b.example/live/cam%40360p/manifest.mpd",
         "rtmp": "rtmp://edge-b.example:1936/live/cam%40360p",
+        "webrtc": "https://edge-b.example/live/cam%40360p/whep",
     }
     assert body["player"] == "https://edge-b.example/play/live/cam%40360p"
     assert body["load"] == {"viewers": 3, "egress_bps": 1000, "max_viewers": 100, "max_egress_bps": 0}
