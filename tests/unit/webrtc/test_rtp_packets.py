@@ -74,7 +74,8 @@ def test_headers_parse_back_with_aiortc_numbered_on_with_the_origin_and_a_marker
 
 
 def test_a_nack_is_answered_from_the_history_as_rtx_or_as_the_packet_again():
-    frames = [RtpFrame((bytes([0x41, i & 0xFF]) * 300, bytes([0x41, (i + 100) & 0xFF]) * 10), 3000 * i) for i in range(HISTORY)]
+    frames = [RtpFrame((bytes([0x41, i & 0xFF]) * 300, bytes([0x41, (i + 100) & 0xFF]) * 10), 3000 * i)
+              for i in range(HISTORY)]
     rtx = RtpStream(ssrc=7, payload_type=102, seq=100, origin=10, clock=90_000, rtx_payload_type=103,
                     rtx_ssrc=8, rtx_seq=500)
     sent = [p for f in frames[:3] for p in rtx.packets_of(f)]
