@@ -195,3 +195,26 @@ class RtpStream:
         frame's timestamp carried on at the codec clock, so that (NTP now, this) maps RTP to wall time."""
         last = self.last_timestamp if self.last_timestamp is not None else self.origin
         return (last + int(max(0.0, since_last_s) * self.clock)) & 0xFFFFFFFF
+
+
+GSO_MAX_SEGMENTS = 64
+"""The kernel's limit on datagrams in one UDP_SEGMENT send (UDP_MAX_SEGMENTS)."""
+
+
+def gso_runs(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) runs of datagrams that can go in one UDP GSO send: all of one size, the last of a run may be
+    shorter (the kernel cuts the buffer at that size). A frame's FU-A fragments (equal but for one byte) make
+    one or two runs."""
+    runs = []
+    start = 0
+    n = len(sizes)
+    while start < n:
+        size = sizes[start]
+        end = start + 1
+        while end < n and end - start < GSO_MAX_SEGMENTS and sizes[end] <= size:
+            end += 1
+            if sizes[end - 1] < size:
+                break
+        runs.append((start, end))
+        start = end
+    return runs

@@ -101,3 +101,17 @@ def test_sender_report_times_carry_the_last_frames_timestamp_on_at_the_codec_clo
     assert stream.report_timestamp(0.25) == (0xFFFF_FFF0 + 9000 + 22_500) & 0xFFFFFFFF
     assert stream.report_timestamp(-1.0) == (0xFFFF_FFF0 + 9000) & 0xFFFFFFFF
     assert ntp_time(0.5) == (2_208_988_800 << 32) | (1 << 31)
+
+
+def test_gso_runs_group_equal_sizes_and_close_on_a_shorter_one():
+    from mediaserver.webrtc.rtp_packets import GSO_MAX_SEGMENTS, gso_runs
+
+    assert gso_runs([]) == []
+    assert gso_runs([300, 1200, 1200, 1199, 1199, 1199, 40]) == [(0, 1), (1, 4), (4, 7)]
+    assert gso_runs([100, 200]) == [(0, 1), (1, 2)], "a longer one starts a run"
+    assert gso_runs([500] * (GSO_MAX_SEGMENTS + 1)) == [(0, GSO_MAX_SEGMENTS), (GSO_MAX_SEGMENTS, GSO_MAX_SEGMENTS + 1)]
+    sizes = [len(p) for p in h264_payloads([SPS, PPS, nal(5, 20_000)])]
+    runs = gso_runs(sizes)
+    assert len(runs) <= 3 and runs[0] == (0, 1) and runs[-1][1] == len(sizes)
+    for start, end in runs:
+        assert all(s == sizes[start] for s in sizes[start:end - 1]) and sizes[end - 1] <= sizes[start]

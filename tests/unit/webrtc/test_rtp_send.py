@@ -1,6 +1,6 @@
 """The lean send path (mediaserver/webrtc/rtp_send.py) between two aiortc peer connections on loopback: packets
 arrive SRTP-protected with the payloads given, a NACK the receiver sends gets an RTX retransmission of the shared
-payload, and sender reports count what was sent."""
+payload (frames go out in UDP GSO runs on Linux), and sender reports count what was sent."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aiortc.rtp import RtcpSrPacket
 from mediaserver.config import WebrtcConfig
 from mediaserver.webrtc.peer import bind_candidates
 from mediaserver.webrtc.rtp_packets import RtpFrame, h264_payloads
-from mediaserver.webrtc.rtp_send import LeanRtpSender, lean_sender
+from mediaserver.webrtc.rtp_send import GSO_AVAILABLE, LeanRtpSender, lean_sender
 
 LOOPBACK = WebrtcConfig(public_ip="127.0.0.1")
 SPS = bytes([0x67, 0x42, 0xC0, 0x1E, 0xDA, 0x02, 0x80, 0xBF, 0xE5, 0xC0, 0x44, 0x00])
@@ -66,6 +66,7 @@ async def test_packets_arrive_a_nack_gets_an_rtx_retransmission_and_reports_coun
         assert sender.send_frame(keyframe) == keyframe.size
         assert sender.send_frame(RtpFrame((b"\x41\x9a\x01",), 6000)) == 3
         assert sender.dropped == 1 and sender.rtp is not None
+        assert (sender._gso is not None and not sender._gso_off) == GSO_AVAILABLE, "a frame's runs went by GSO"
         assert await _until(lambda: len(arrived) >= 5), arrived
         media = [p for p in arrived if p.ssrc == sender._ssrc]
         assert [p.payload for p in media] == [*keyframe.payloads, b"\x41\x9a\x01"]
@@ -86,6 +87,8 @@ async def test_packets_arrive_a_nack_gets_an_rtx_retransmission_and_reports_coun
         assert (info.rtp_timestamp - media[-1].timestamp) & 0xFFFFFFFF < 90_000 * 2, "carried on from the last frame"
         stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
         assert stats[0].packetsSent == 5
+        await server.close()
+        assert sender._gso is None, "the duplicate socket is closed with the sender"
     finally:
         await client.close()
         await server.close()
