@@ -8,16 +8,17 @@ receiver reports, and the server's sender reports arrive through the normal path
   aiortc in Python spends tens of microseconds per packet on those; at 100 viewers of 2.5 Mbit/s (25,000
   packets/s) the viewers, not the server, would be measured. Its RTCP goes on (aiortc's receiver reports,
   the server's sender reports, consent) since only RTP datagrams are taken;
-- a sampled viewer (the first of each worker process, and the measuring viewer of the delay bench) takes the
-  full path: SRTP, jitter buffer, NACKs, and decodes its first `SAMPLE_DECODE` video and audio frames with
+- a sampled viewer (the first of the first worker process, and the measuring viewer of the delay bench) takes
+  the full path: SRTP, jitter buffer, NACKs, and decodes its first `SAMPLE_DECODE` video and audio frames with
   aiortc's decoders (H.264, Opus) to check the media is right; then it only counts the frames assembled.
 
 The RTP packets of video of a sampled viewer can be noted as they arrive: (RTP timestamp, marker bit, arrival
 time, keyframe start, abs-send-time), for the delay measurement.
 
-As a worker process (`python -m bench._webrtc_viewers URL COUNT`, from the repository's root): COUNT viewers of URL,
-until a "stop" line or the end of stdin, then one JSON line: per viewer, whether it connected and the bytes and
-packets of video and audio it received (and for sampled ones, the frames assembled and decoded).
+As a worker process (`python -m bench._webrtc_viewers URL COUNT [SAMPLED]`, from the repository's root, on
+uvloop when installed): COUNT viewers of URL, the first SAMPLED (default 1) complete, until a "stop" line or the
+end of stdin, then one JSON line: per viewer, whether it connected and the bytes and packets of video and audio
+it received, and what the sampled ones assembled and decoded.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import get_decoder
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
-from bench._aio import watch_stdin_for_stop
+from bench._aio import install_fast_loop, watch_stdin_for_stop
 from mediaserver.config import WebrtcConfig
 from mediaserver.webrtc.peer import bind_candidates
 
@@ -185,11 +186,11 @@ async def open_viewers(url: str, count: int, http: aiohttp.ClientSession, at_onc
     return viewers
 
 
-async def _main(url: str, count: int) -> dict:
+async def _main(url: str, count: int, sampled: int) -> dict:
     stop = asyncio.Event()
     watch_stdin_for_stop(stop)
     async with aiohttp.ClientSession() as http:
-        viewers = await open_viewers(url, count, http)
+        viewers = await open_viewers(url, count, http, sampled=sampled)
         print(json.dumps({"started": [v.status for v in viewers]}), flush=True)
         await stop.wait()
         result = {"viewers": [v.received() for v in viewers], "cpu_s": time.process_time(), "sampled": dict(DECODED)}
@@ -198,4 +199,6 @@ async def _main(url: str, count: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_main(sys.argv[1], int(sys.argv[2])))), flush=True)
+    install_fast_loop()
+    sampled = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    print(json.dumps(asyncio.run(_main(sys.argv[1], int(sys.argv[2]), sampled))), flush=True)

@@ -15,7 +15,7 @@ recipe without B-frames (`-bf 0`), which WebRTC cannot carry; it is cached besid
     python -m bench.webrtc cost --viewers 10,50,100 --seconds 60
         ffmpeg publishes; a baseline window with the publisher alone, then for each N, N viewers in worker
         processes of 10, niced (bench/_webrtc_viewers.py: ICE, DTLS, RTCP like a browser; RTP counted at the
-        socket, and one viewer per process takes the full path and decodes its first frames). Per
+        socket, and one viewer takes the full path and decodes its first frames). Per
         viewer-minute = (server CPU-s in the window - the baseline's rate x the window) / N / window minutes.
         Each viewer's received rate is reported (min/median against the stream's): whether every one kept up.
         The AAC -> Opus transcode runs once in every phase (one stream), so it is in each phase's figure, divided by N.
@@ -79,11 +79,13 @@ def server_args(extra: list[str]) -> argparse.Namespace:
                               server_set=SERVER_SET + list(extra), app="live")
 
 
-async def spawn_viewers(children: load.Children, url: str, n: int, nice: int = 0) -> list[asyncio.subprocess.Process]:
+async def spawn_viewers(children: load.Children, url: str, n: int, nice: int = 0,
+                        sampled: int = 1) -> list[asyncio.subprocess.Process]:
+    """`n` viewers in worker processes of VIEWERS_PER_PROCESS, the first `sampled` complete (they decode)."""
     procs = []
     for i in range(math.ceil(n / VIEWERS_PER_PROCESS)):
         count = min(VIEWERS_PER_PROCESS, n - i * VIEWERS_PER_PROCESS)
-        cmd = [sys.executable, "-m", "bench._webrtc_viewers", url, str(count)]
+        cmd = [sys.executable, "-m", "bench._webrtc_viewers", url, str(count), str(sampled if i == 0 else 0)]
         procs.append(await children.spawn("viewers", (["nice", "-n", str(nice)] if nice else []) + cmd,
                                           stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                           cwd=load.ROOT))
@@ -170,7 +172,8 @@ async def cmd_delay(args) -> dict:
         url = f"http://{server.host}:{server.http_port}/live/{STREAM}/whep"
         # The other viewers are load for the server: niced, so that on a small machine their own receiving (aiortc
         # in Python) does not starve the server and the measuring viewer of CPU.
-        procs = await spawn_viewers(children, url, args.viewers - 1, nice=args.nice) if args.viewers > 1 else []
+        others = args.viewers - 1
+        procs = await spawn_viewers(children, url, others, nice=args.nice, sampled=0) if others else []
         viewers_mod.NOTE_ARRIVALS = True
         async with aiohttp.ClientSession() as http:
             (viewer,) = await viewers_mod.open_viewers(url, 1, http)
