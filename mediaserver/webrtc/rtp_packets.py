@@ -199,19 +199,22 @@ class RtpStream:
 
 GSO_MAX_SEGMENTS = 64
 """The kernel's limit on datagrams in one UDP_SEGMENT send (UDP_MAX_SEGMENTS)."""
+GSO_MAX_BYTES = 65_000
+"""A GSO send is one UDP datagram to the kernel: its payload stays under 65,507 bytes."""
 
 
 def gso_runs(sizes: Sequence[int]) -> list[tuple[int, int]]:
     """[start, end) runs of datagrams that can go in one UDP GSO send: all of one size, the last of a run may be
-    shorter (the kernel cuts the buffer at that size). A frame's FU-A fragments (equal but for one byte) make
-    one or two runs."""
+    shorter (the kernel cuts the buffer at that size), at most GSO_MAX_SEGMENTS and GSO_MAX_BYTES in all. A
+    frame's FU-A fragments (equal but for one byte) make one or two runs per 64 KB."""
     runs = []
     start = 0
     n = len(sizes)
     while start < n:
         size = sizes[start]
+        most = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(1, size)))
         end = start + 1
-        while end < n and end - start < GSO_MAX_SEGMENTS and sizes[end] <= size:
+        while end < n and end - start < most and sizes[end] <= size:
             end += 1
             if sizes[end - 1] < size:
                 break

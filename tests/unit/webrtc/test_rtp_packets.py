@@ -104,12 +104,14 @@ def test_sender_report_times_carry_the_last_frames_timestamp_on_at_the_codec_clo
 
 
 def test_gso_runs_group_equal_sizes_and_close_on_a_shorter_one():
-    from mediaserver.webrtc.rtp_packets import GSO_MAX_SEGMENTS, gso_runs
+    from mediaserver.webrtc.rtp_packets import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, gso_runs
 
     assert gso_runs([]) == []
     assert gso_runs([300, 1200, 1200, 1199, 1199, 1199, 40]) == [(0, 1), (1, 4), (4, 7)]
     assert gso_runs([100, 200]) == [(0, 1), (1, 2)], "a longer one starts a run"
     assert gso_runs([500] * (GSO_MAX_SEGMENTS + 1)) == [(0, GSO_MAX_SEGMENTS), (GSO_MAX_SEGMENTS, GSO_MAX_SEGMENTS + 1)]
+    big = gso_runs([1310] * 100)
+    assert big[0] == (0, GSO_MAX_BYTES // 1310) and big[-1][1] == 100, "a run stays under 64 KB"
     sizes = [len(p) for p in h264_payloads([SPS, PPS, nal(5, 20_000)])]
     runs = gso_runs(sizes)
     assert len(runs) <= 3 and runs[0] == (0, 1) and runs[-1][1] == len(sizes)

@@ -92,3 +92,28 @@ async def test_packets_arrive_a_nack_gets_an_rtx_retransmission_and_reports_coun
     finally:
         await client.close()
         await server.close()
+
+
+def test_a_gso_send_that_fails_hands_the_rest_to_the_transport():
+    class Sock:
+        def __init__(self, error):
+            self.error, self.sent = error, []
+
+        def sendto(self, data, addr):
+            self.sent.append(data)
+
+        def sendmsg(self, buffers, ancillary, flags, addr):
+            raise self.error
+
+    class Sender:
+        _gso_off = False
+        closed = False
+
+        def _close_gso(self):
+            self.closed = True
+
+    datagrams = [b"s" * 40, b"f" * 1200, b"f" * 1200, b"l" * 90]
+    for error, off in ((BlockingIOError(), False), (OSError(22, "Invalid argument"), True)):
+        sock, sender = Sock(error), Sender()
+        assert LeanRtpSender._send_gso(sender, sock, datagrams, ("127.0.0.1", 9)) == 1, "the rest by the transport"
+        assert sock.sent == [datagrams[0]] and sender._gso_off is off and sender.closed is off
