@@ -51,7 +51,7 @@ NOTE_ARRIVALS = False
 SAMPLE_DECODE = 60
 """Frames of each kind a sampled viewer decodes (2 s of video at 30 fps) before it only counts them."""
 DECODED: collections.Counter[str] = collections.Counter()
-"""Per process: "video_assembled", "video_decoded", "audio_decoded", "decode_errors", "video_WxH"."""
+"""Per process: "video_assembled", "video_decoded", "audio_decoded", "video_decode_errors", "video_WxH"..."""
 
 
 def _sampling_decoder(loop, input_q, output_q, decode_error) -> None:
@@ -67,7 +67,7 @@ def _sampling_decoder(loop, input_q, output_q, decode_error) -> None:
         try:
             frames = decoder.decode(encoded)
         except Exception:
-            DECODED["decode_errors"] += 1
+            DECODED[f"{kind}_decode_errors"] += 1  # a frame the jitter buffer gave out incomplete (loss)
             continue
         for frame in frames:
             DECODED[f"{kind}_decoded"] += 1
