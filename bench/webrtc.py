@@ -14,8 +14,10 @@ recipe without B-frames (`-bf 0`), which WebRTC cannot carry; it is cached besid
         alone: on a loaded machine the viewer processes themselves lag, and that is not the server's delay.
     python -m bench.webrtc cost --viewers 10,50,100 --seconds 60
         ffmpeg publishes; a baseline window with the publisher alone, then for each N, N viewers in worker
-        processes of 10 (bench/_webrtc_viewers.py: ICE, DTLS, SRTP, RTCP like a browser; no decoding). Per
+        processes of 10, niced (bench/_webrtc_viewers.py: ICE, DTLS, RTCP like a browser; RTP counted at the
+        socket, and one viewer takes the full path and decodes its first frames). Per
         viewer-minute = (server CPU-s in the window - the baseline's rate x the window) / N / window minutes.
+        Each viewer's received rate is reported (min/median against the stream's): whether every one kept up.
         The AAC -> Opus transcode runs once in every phase (one stream), so it is in each phase's figure, divided by N.
     python -m bench.webrtc opus --seconds 60
         The transcode alone (mediaserver/webrtc/opus_feed.py OpusEncoder: decode, resample, libopus) over the
@@ -77,11 +79,13 @@ def server_args(extra: list[str]) -> argparse.Namespace:
                               server_set=SERVER_SET + list(extra), app="live")
 
 
-async def spawn_viewers(children: load.Children, url: str, n: int, nice: int = 0) -> list[asyncio.subprocess.Process]:
+async def spawn_viewers(children: load.Children, url: str, n: int, nice: int = 0,
+                        sampled: int = 1) -> list[asyncio.subprocess.Process]:
+    """`n` viewers in worker processes of VIEWERS_PER_PROCESS, the first `sampled` complete (they decode)."""
     procs = []
     for i in range(math.ceil(n / VIEWERS_PER_PROCESS)):
         count = min(VIEWERS_PER_PROCESS, n - i * VIEWERS_PER_PROCESS)
-        cmd = [sys.executable, "-m", "bench._webrtc_viewers", url, str(count)]
+        cmd = [sys.executable, "-m", "bench._webrtc_viewers", url, str(count), str(sampled if i == 0 else 0)]
         procs.append(await children.spawn("viewers", (["nice", "-n", str(nice)] if nice else []) + cmd,
                                           stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                           cwd=load.ROOT))
@@ -168,7 +172,8 @@ async def cmd_delay(args) -> dict:
         url = f"http://{server.host}:{server.http_port}/live/{STREAM}/whep"
         # The other viewers are load for the server: niced, so that on a small machine their own receiving (aiortc
         # in Python) does not starve the server and the measuring viewer of CPU.
-        procs = await spawn_viewers(children, url, args.viewers - 1, nice=args.nice) if args.viewers > 1 else []
+        others = args.viewers - 1
+        procs = await spawn_viewers(children, url, others, nice=args.nice, sampled=0) if others else []
         viewers_mod.NOTE_ARRIVALS = True
         async with aiohttp.ClientSession() as http:
             (viewer,) = await viewers_mod.open_viewers(url, 1, http)
@@ -218,7 +223,7 @@ async def cmd_cost(args) -> dict:
         phases = []
         for n in args.viewers:
             say(f"{n} WHEP viewers")
-            procs = await spawn_viewers(children, url, n)
+            procs = await spawn_viewers(children, url, n, nice=args.nice)
             await asyncio.sleep(args.warmup)
             with Window(server.pid) as w:
                 await asyncio.sleep(args.seconds)
@@ -227,11 +232,15 @@ async def cmd_cost(args) -> dict:
             views = [v for o in outs for v in o["viewers"]]
             life = args.seconds + args.warmup
             per_min = (w.cpu - base_rate * w.wall) / n / (w.wall / 60)
+            rates = sorted((v.get("video_bytes", 0) + v.get("audio_bytes", 0)) * 8 / life / 1000 for v in views)
+            sampled: collections.Counter = collections.Counter()
+            for o in outs:
+                sampled.update(o.get("sampled", {}))
             phases.append({
                 "viewers": n, "window": w.as_dict(), "cpu_s_per_viewer_minute": round(per_min, 4),
                 "connected_at_end": sum(1 for v in views if v["state"] == "connected"),
-                "viewer_kbps_mean": round(sum(v.get("video_bytes", 0) + v.get("audio_bytes", 0) for v in views)
-                                          * 8 / max(1, len(views)) / life / 1000, 1),
+                "viewer_kbps_min_median": [round(rates[0], 1), round(rates[len(rates) // 2], 1)] if rates else [],
+                "sampled_viewers_decoded": dict(sampled),
                 "viewer_processes_cpu_s": round(sum(o["cpu_s"] for o in outs), 1),
             })
             say(json.dumps(phases[-1]))
@@ -278,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="niceness of the server, the publisher and the measuring viewer (negative needs root)")
     c = sub.add_parser("cost")
     c.add_argument("--viewers", type=lambda s: [int(x) for x in s.split(",")], default=[10, 50, 100])
+    c.add_argument("--nice", type=int, default=10, help="niceness of the viewers' processes (0: none)")
     o = sub.add_parser("opus")
     for p in (d, c, o):
         p.add_argument("--seconds", type=float, default=30.0)

@@ -1,7 +1,7 @@
-"""What the WebRTC viewers of one stream share: the Annex B conversion of its H.264 pictures and the av.Packet
-of each (made once, handed to every viewer's track), the Opus packets of an Opus source, and the AAC ->
-Opus transcoder (`OpusFeed`) when its audio is AAC. A StreamFeed lives while the stream has WebRTC
-viewers; the transcoder stops with the last of them.
+"""What the WebRTC viewers of one stream share: the RTP payloads of each H.264 picture and Opus packet
+(rtp_packets.RtpFrame: packetized once, the same bytes sent to every viewer), and the AAC -> Opus
+transcoder (`OpusFeed`) when its audio is AAC, whose packets are packetized once too. A StreamFeed
+lives while the stream has WebRTC viewers; the transcoder stops with the last of them.
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ import collections
 import logging
 from collections.abc import Callable
 
-import av
-
 from ..errors import MediaError
 from ..hub.stream import Stream
 from ..log import LogGate, event
 from ..media.frames import Frame, FrameKind
 from .opus_feed import OpusFeed
-from .tracks import AUDIO_TIME_BASE, VIDEO_TIME_BASE, packet
+from .rtp_packets import RtpFrame, h264_payloads
 from .units import H264Units, audio_time, video_time
+
+OpusListener = Callable[[RtpFrame], None]
 
 log = logging.getLogger(__name__)
 
 CACHE_FRAMES = 256
-"""Packets kept for viewers that read a little behind the first (a few seconds of video and audio)."""
+"""Frames kept for viewers that read a little behind the first (a few seconds of video and audio)."""
 
 
 class StreamFeed:
@@ -35,7 +35,8 @@ class StreamFeed:
         if stream.info.video_config is not None and stream.info.video_codec == "h264":
             self.h264.configure(stream.info.video_config)
         self.opus: OpusFeed | None = None
-        self._cache: collections.OrderedDict[int, tuple[Frame, av.Packet | None]] = collections.OrderedDict()
+        self._opus_listeners: set[OpusListener] = set()
+        self._cache: collections.OrderedDict[int, tuple[Frame, RtpFrame | None]] = collections.OrderedDict()
         self._bad_log = LogGate(10.0)
 
     def configure(self, frame: Frame) -> None:
@@ -43,49 +44,55 @@ class StreamFeed:
         if frame.kind == FrameKind.VIDEO and frame.codec == "h264":
             self.h264.configure(frame)
 
-    def annexb(self, frame: Frame) -> bytes:
-        """A picture's Annex B bytes ("" when it has nothing to send or is malformed: skipped, logged)."""
+    def nal_units(self, frame: Frame) -> list:
+        """A picture's NAL units ([] when it has nothing to send or is malformed: skipped, logged)."""
         try:
-            return self.h264.access_unit(frame)
+            return self.h264.nal_units(frame)
         except MediaError as err:
             if self._bad_log.should_log("bad", asyncio.get_running_loop().time()):
                 event(log, "webrtc_frame_skipped", logging.WARNING, stream=str(self.stream.key), error=str(err))
-            return b""
+            return []
 
-    def packet_of(self, frame: Frame) -> av.Packet | None:
-        """The av.Packet of a live frame (video H.264 or Opus), made once for every viewer."""
+    def rtp_of(self, frame: Frame) -> RtpFrame | None:
+        """The RTP payloads of a live frame (video H.264 or Opus), made once for every viewer."""
         key = id(frame)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is frame:
             return hit[1]
-        made: av.Packet | None = None
+        made: RtpFrame | None = None
         if frame.kind == FrameKind.VIDEO:
-            data = self.annexb(frame)
-            if data:
-                made = packet(data, video_time(frame), VIDEO_TIME_BASE)
-        elif frame.codec == "opus":
-            made = packet(bytes(frame.payload), audio_time(frame), AUDIO_TIME_BASE)
+            nals = self.nal_units(frame)
+            if nals:
+                made = RtpFrame(h264_payloads(nals), video_time(frame), frame.keyframe)
+        elif frame.codec == "opus" and len(frame.payload):
+            made = RtpFrame((bytes(frame.payload),), audio_time(frame))
         self._cache[key] = (frame, made)
         if len(self._cache) > CACHE_FRAMES:
             self._cache.popitem(last=False)
         return made
 
-    def listen_opus(self, listener: Callable[[av.Packet], None]) -> None:
-        """Add a viewer's audio track to the AAC -> Opus transcoder, started on the first."""
+    def listen_opus(self, listener: OpusListener) -> None:
+        """Add a viewer's audio to the AAC -> Opus transcoder, started on the first."""
         if self.opus is None:
             self.opus = OpusFeed(str(self.stream.key))
             if self.stream.info.audio_config is not None:
                 self.opus.on_frame(self.stream.info.audio_config)
+            self.opus.listeners.add(self._opus_packet)
             self.stream.add_sink(self.opus)
             self.opus.begin()
             event(log, "opus_transcode_start", stream=str(self.stream.key))
-        self.opus.listeners.add(listener)
+        self._opus_listeners.add(listener)
 
-    def unlisten_opus(self, listener: Callable[[av.Packet], None]) -> None:
-        if self.opus is not None:
-            self.opus.listeners.discard(listener)
-            if not self.opus.listeners:
-                self._stop_opus()
+    def unlisten_opus(self, listener: OpusListener) -> None:
+        self._opus_listeners.discard(listener)
+        if not self._opus_listeners:
+            self._stop_opus()
+
+    def _opus_packet(self, made) -> None:
+        """A transcoded packet (av.Packet, 48 kHz pts): packetized once, handed to every viewer."""
+        frame = RtpFrame((bytes(made),), int(made.pts))
+        for listener in list(self._opus_listeners):
+            listener(frame)
 
     def close(self) -> None:
         self._stop_opus()

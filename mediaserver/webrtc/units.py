@@ -1,6 +1,6 @@
-"""Hub frames as the units WebRTC senders packetize: H.264 access units in Annex B with their RTP time
-(90 kHz), Opus packets with theirs (48 kHz). Pure: no aiortc, no PyAV (tracks.py wraps the bytes in
-av.Packet).
+"""Hub frames as the units WebRTC senders packetize: H.264 access units (their NAL units, or Annex B) with
+their RTP time (90 kHz), Opus packets with theirs (48 kHz). Pure: no aiortc, no PyAV (rtp_packets.py cuts
+the NAL units in RTP payloads).
 
 H.264 over RTP (RFC 6184) carries no out-of-band parameter sets in aiortc's answer, so every IDR picture
 gets the stream's SPS and PPS in band (as MPEG-TS does), unless it carries its own. The access unit
@@ -48,6 +48,7 @@ class H264Units:
     def __init__(self) -> None:
         self.nal_length_size = 4
         self.parameter_sets = b""
+        self.parameter_nals: list[bytes] = []
 
     def configure(self, config: Frame) -> None:
         """A sequence header (AVCDecoderConfigurationRecord); a malformed one keeps the previous settings."""
@@ -57,24 +58,30 @@ class H264Units:
             return
         self.nal_length_size = parsed.nal_length_size
         self.parameter_sets = parsed.annexb_parameter_sets()
+        self.parameter_nals = [bytes(n) for n in (*parsed.sps, *parsed.pps)]
 
-    def access_unit(self, frame: Frame) -> bytes:
-        """One picture in Annex B (SPS and PPS in front of an IDR); b"" when it holds nothing to send.
-        Raises MediaError for NAL unit lengths that overrun the frame."""
-        pieces: list[bytes | memoryview] = []
+    def nal_units(self, frame: Frame) -> list[bytes | memoryview]:
+        """One picture's NAL units to send, without start codes (SPS and PPS in front of an IDR, access unit
+        delimiters left out); [] when it holds nothing to send. Raises MediaError for NAL unit lengths that
+        overrun the frame."""
         nals = list(h264.iter_nal_units(frame.payload, self.nal_length_size))
+        out: list[bytes | memoryview] = []
         if frame.keyframe and self.parameter_sets:
             types = {nal[0] & 0x1F for nal in nals if len(nal)}
             if h264.NAL_SPS not in types or h264.NAL_PPS not in types:
-                pieces.append(self.parameter_sets)
+                out += self.parameter_nals
         sent = 0
         for nal in nals:
             if not len(nal) or nal[0] & 0x1F == h264.NAL_AUD:
                 continue
-            pieces.append(h264.START_CODE)
-            pieces.append(nal)
+            out.append(nal)
             sent += 1
-        return b"".join(pieces) if sent else b""
+        return out if sent else []
+
+    def access_unit(self, frame: Frame) -> bytes:
+        """One picture in Annex B (`nal_units` with start codes); b"" when it holds nothing to send."""
+        nals = self.nal_units(frame)
+        return b"".join(h264.START_CODE + bytes(n) for n in nals) if nals else b""
 
 
 def reorders(frames: Sequence[Frame]) -> bool:

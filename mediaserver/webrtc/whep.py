@@ -7,7 +7,8 @@ CORS preflights.
          -> codecs: H.264 without B-frames passes through; B-frames (or another video codec) are served from
             the stream's best H.264 rendition when ABR is on, else 415 -> peer connection, answer, 201
     connected -> a hub subscriber (format "webrtc": listed by the admin API and /metrics like any viewer)
-         -> its pump hands each frame's shared av.Packet to the viewer's tracks (tracks.py)
+         -> its pump sends each frame's shared RTP payloads (feeds.py, rtp_packets.py) through the viewer's
+            lean senders (rtp_send.py): headers, SRTP and sendto, synchronously, no queue per viewer
 
 A session ends when the stream ends, when it is kicked (the stream, its viewers, or this viewer: the
 subscriber is closed), on DELETE, when the peer connection fails or closes (ICE failure, consent expiry,
@@ -40,15 +41,18 @@ from ..transcode.service import AbrRefusal, AbrService
 from . import signaling
 from .feeds import StreamFeed
 from .peer import NoFreePort, bind_candidates, new_peer_connection
+from .rtp_packets import RtpFrame
+from .rtp_send import LeanRtpSender, lean_sender
 from .sdp import Offer, playback_problem
 from .sessions import Session, Sessions
-from .tracks import MAX_AUDIO, MAX_VIDEO, VIDEO_TIME_BASE, PacketTrack, packet
 from .units import PLAYABLE_AUDIO, carried_problem, catch_up_times, video_time
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
 """From the answer to ICE + DTLS connected; a client that never connects gives its place back."""
+SENDERS_READY_S = 5.0
+"""From connected to the senders started by aiortc (one DTLS transport after another): frames wait for them."""
 
 
 class WhepService:
@@ -205,7 +209,7 @@ class WhepService:
 
 
 class WhepSession:
-    """One WHEP viewer: its peer connection, tracks, hub subscriber and pump."""
+    """One WHEP viewer: its peer connection, lean RTP senders, hub subscriber and pump."""
 
     def __init__(self, service: WhepService, request: web.Request, verdict: Verdict, stream: Stream,
                  audio_codec: str | None) -> None:
@@ -217,8 +221,8 @@ class WhepSession:
         self.peer = peer_of(request)
         self.audio_codec = audio_codec
         self.pc = new_peer_connection(service.config.webrtc)
-        self.video = PacketTrack("video", MAX_VIDEO) if stream.info.video_codec else None
-        self.audio = PacketTrack("audio", MAX_AUDIO) if audio_codec else None
+        self.video: LeanRtpSender | None = None
+        self.audio: LeanRtpSender | None = None
         self.feed = service.feed(stream)
         self.sub: Subscriber | None = None
         self.started = time.monotonic()
@@ -227,23 +231,26 @@ class WhepSession:
         self._tasks: list[asyncio.Task] = []
         self._expiry: asyncio.TimerHandle | None = None
         self._newest_pts: int | None = None
+        self._begun = False
         service.sessions.add(self.session)
         service.viewers[self.session.id] = self
 
     async def negotiate(self, offer_sdp: str, offer: Offer) -> str:
         """Set the offer, answer it with our candidates gathered; the session then waits for ICE."""
         pc = self.pc
-        if not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind("video")):
-            self.video = None  # nobody would read its queue
-        if not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind("audio")):
-            self.audio = None
-        for track, kind in ((self.video, "video"), (self.audio, "audio")):
-            if track is None:
-                continue
-            transceiver = pc.addTransceiver(track, direction="sendonly")
+        wanted_kinds = {"video": self.stream.info.video_codec is not None, "audio": self.audio_codec is not None}
+        for kind, wanted_kind in wanted_kinds.items():
+            if not wanted_kind or not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind(kind)):
+                continue  # nothing to send, or nobody to receive it
+            transceiver = pc.addTransceiver(kind, direction="sendonly")
             wanted = "video/h264" if kind == "video" else "audio/opus"
             transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(kind).codecs
                                              if c.mimeType.lower() in (wanted, f"{kind}/rtx")])
+            sender = lean_sender(transceiver.sender)
+            if kind == "video":
+                self.video = sender
+            else:
+                self.audio = sender
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         except (ValueError, KeyError, IndexError, TypeError) as err:
@@ -263,8 +270,9 @@ class WhepSession:
 
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
-        if state == "connected" and self.sub is None and not self.closed:
-            self._subscribe()
+        if state == "connected" and self.sub is None and not self.closed and not self._begun:
+            self._begun = True
+            self._tasks.append(asyncio.create_task(self._begin()))
         elif state in ("failed", "closed"):
             await self.close("ice_failed" if state == "failed" else "peer_closed")
 
@@ -278,6 +286,14 @@ class WhepSession:
         await asyncio.sleep(CONNECT_TIMEOUT_S)
         if self.sub is None and not self.closed:
             await self.close("ice_timeout")
+
+    async def _begin(self) -> None:
+        """Subscribe once aiortc started the senders (it does after connected, transport by transport)."""
+        senders = [s for s in (self.video, self.audio) if s is not None]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in senders)), SENDERS_READY_S)
+        if self.sub is None and not self.closed:
+            self._subscribe()
 
     def _subscribe(self) -> None:
         stream = self.stream
@@ -296,19 +312,18 @@ class WhepSession:
     def _start(self, frames: list[Frame]) -> None:
         """The clean start: configs, then the cached GOP's pictures restamped to the live edge (units.py);
         cached audio is not sent."""
-        pictures: list[tuple[Frame, bytes]] = []
+        pictures: list[tuple[Frame, RtpFrame]] = []
         for frame in frames:
             if frame.is_config:
                 self.feed.configure(frame)
             elif frame.kind == FrameKind.VIDEO and self.video is not None:
-                data = self.feed.annexb(frame)
-                if data:
-                    pictures.append((frame, data))
+                made = self.feed.rtp_of(frame)
+                if made is not None:
+                    pictures.append((frame, made))
         times = catch_up_times([video_time(f) for f, _ in pictures])
         sent = 0
-        for (frame, data), rtp_time in zip(pictures, times):
-            self.video.push(packet(data, rtp_time, VIDEO_TIME_BASE), frame.keyframe)  # type: ignore[union-attr]
-            sent += len(data)
+        for (_, made), rtp_time in zip(pictures, times):
+            sent += self.video.send_frame(made.at(rtp_time))  # type: ignore[union-attr]
         if pictures:
             self._newest_pts = pictures[-1][0].pts_ms
         if self.sub is not None and sent:
@@ -335,7 +350,7 @@ class WhepSession:
         await self.close(reason)
 
     def _send(self, batch: list[Frame]) -> int:
-        """Hand a batch to the tracks; the bytes handed, or -1 when the video turned out to have B-frames."""
+        """Send a batch; the payload bytes sent, or -1 when the video turned out to have B-frames."""
         feed = self.feed
         sent = 0
         for frame in batch:
@@ -349,21 +364,20 @@ class WhepSession:
                 if self._newest_pts is not None and pts < self._newest_pts:
                     return -1
                 self._newest_pts = pts
-                made = feed.packet_of(frame)
+                made = feed.rtp_of(frame)
                 if made is not None:
-                    self.video.push(made, frame.keyframe)
-                    sent += made.size
+                    sent += self.video.send_frame(made)
             elif frame.kind == FrameKind.AUDIO and self.audio is not None and self.audio_codec == "opus":
-                made = feed.packet_of(frame)
+                made = feed.rtp_of(frame)
                 if made is not None:
-                    self.audio.push(made)
-                    sent += made.size
+                    sent += self.audio.send_frame(made)
         return sent
 
-    def _opus_packet(self, made) -> None:
+    def _opus_packet(self, made: RtpFrame) -> None:
         if self.audio is not None and self.sub is not None and not self.closed:
-            self.audio.push(made)
-            self.service.registry.count_sent(self.sub, made.size)
+            sent = self.audio.send_frame(made)
+            if sent:
+                self.service.registry.count_sent(self.sub, sent)
 
     async def close(self, reason: str, quiet: bool = False) -> None:
         if self.closed:
@@ -383,13 +397,10 @@ class WhepSession:
         sub = self.sub
         if sub is not None:
             sub.close(reason if reason != "stream_ended" else "viewer_left")
-        for track in (self.video, self.audio):
-            if track is not None:
-                track.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
         duration = time.monotonic() - self.started
-        dropped = (sub.frames_dropped if sub else 0) + sum(t.dropped for t in (self.video, self.audio) if t)
+        dropped = (sub.frames_dropped if sub else 0) + sum(s.dropped for s in (self.video, self.audio) if s)
         service.gate.viewer_left(self.verdict, reason if sub is not None else None, duration,
                                  sub.bytes_sent if sub else 0, dropped)
         if not quiet:

@@ -1,5 +1,5 @@
-"""The media side of WHEP without a network: AAC -> Opus on the stream's timeline, bounded track queues, and
-one av.Packet per frame shared by every viewer of a stream."""
+"""The media side of WHEP without a network: AAC -> Opus on the stream's timeline, and one set of RTP payloads
+per frame shared by every viewer of a stream."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from mediaserver.hub.stream import StreamKey
 from mediaserver.media import h264
 from mediaserver.webrtc.feeds import StreamFeed
 from mediaserver.webrtc.opus_feed import OPUS_FRAME, OpusEncoder
-from mediaserver.webrtc.tracks import VIDEO_TIME_BASE, PacketTrack, packet
 
 
 def aac_frames(seconds: float = 1.0, rate: int = 44100):
@@ -51,24 +50,7 @@ def test_aac_becomes_20_ms_opus_packets_on_the_streams_timeline_and_resyncs_afte
     assert encoder.cpu_s > 0
 
 
-def test_a_video_queue_that_overflows_waits_for_the_next_keyframe_and_audio_drops_its_oldest():
-    video = PacketTrack("video", limit=3)
-    video.push(packet(b"\x00\x00\x00\x01\x41", 0, VIDEO_TIME_BASE), keyframe=False)
-    assert video.dropped == 1, "a viewer's first picture must be a keyframe"
-    for i in range(3):
-        video.push(packet(b"k", i, VIDEO_TIME_BASE), keyframe=(i == 0))
-    video.push(packet(b"p", 9, VIDEO_TIME_BASE), keyframe=False)  # full: everything goes, wait for a keyframe
-    video.push(packet(b"p", 10, VIDEO_TIME_BASE), keyframe=False)
-    assert len(video._queue) == 0 and video.dropped == 1 + 3 + 2
-    video.push(packet(b"k", 11, VIDEO_TIME_BASE), keyframe=True)
-    assert [p.pts for p in video._queue] == [11]
-    audio = PacketTrack("audio", limit=2)
-    for i in range(4):
-        audio.push(packet(b"o", i, VIDEO_TIME_BASE))
-    assert [p.pts for p in audio._queue] == [2, 3] and audio.dropped == 2
-
-
-async def test_every_viewer_of_a_stream_gets_the_same_packet_object_for_a_frame():
+async def test_every_viewer_of_a_stream_gets_the_same_rtp_payloads_for_a_frame():
     registry = StreamRegistry()
 
     class Pub:
@@ -84,6 +66,9 @@ async def test_every_viewer_of_a_stream_gets_the_same_packet_object_for_a_frame(
     idr = bytes([0x65, 0x88, 0x84])
     frame = stream.publish_video(40, bytes([0x17, 1, 0, 0, 0]) + len(idr).to_bytes(4, "big") + idr, 0.0)
     feed = StreamFeed(stream)
-    first, second = feed.packet_of(frame), feed.packet_of(frame)
-    assert first is second and first.pts == 40 * 90 and first.time_base == VIDEO_TIME_BASE
-    assert bytes(first).startswith(h264.START_CODE + sps), "the IDR carries the SPS and PPS in band"
+    first, second = feed.rtp_of(frame), feed.rtp_of(frame)
+    assert first is second and first.time == 40 * 90 and first.keyframe
+    stap = first.payloads[0]
+    assert len(first.payloads) == 1 and stap[0] & 0x1F == 24, "SPS, PPS and the small IDR in one STAP-A"
+    assert stap[3:3 + len(sps)] == sps, "the IDR carries the SPS and PPS in band"
+    assert feed.rtp_of(stream.publish_video(80, bytes([0x27, 1, 0, 0, 0, 0, 0, 0, 9]) + b"\x41" * 4, 0.0)) is None
