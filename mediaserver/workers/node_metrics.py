@@ -90,3 +90,33 @@ def merge(texts: dict[str, str], pulls: Pulls | None = None) -> str:
         out.extend(family.meta)
         out.extend(family.samples)
     return "\n".join(out) + "\n"
+
+
+def merge_streams(lists: dict[str, list[dict]], owners: dict[str, str]) -> list[dict]:
+    """GET /api/v1/streams for the node from each worker's list: a stream once, described by the worker
+    that has its publisher (`owners`: "app/name" -> worker label), with its viewers added up over the
+    workers; a sibling's pull is not counted as a viewer (it is one HTTP-FLV subscriber of the publisher's
+    worker per worker holding a copy). Each stream says which worker publishes it and the viewers on each."""
+    by_stream: dict[str, dict[str, dict]] = {}
+    for worker, streams in lists.items():
+        for stream in streams:
+            by_stream.setdefault(f"{stream.get('app')}/{stream.get('name')}", {})[worker] = stream
+    merged = []
+    for name in sorted(by_stream):
+        held = by_stream[name]
+        owner = owners.get(name)
+        main = held.get(owner) if owner is not None else None
+        if main is None:
+            owner, main = next(iter(held.items()))
+        copies = sum(1 for w in held if w != owner)
+        viewers: Counter[str] = Counter()
+        per_worker = {}
+        for worker, stream in held.items():
+            counts = Counter({k: int(v) for k, v in dict(stream.get("viewers") or {}).items()})
+            if worker == owner and copies:
+                counts["flv"] = max(0, counts["flv"] - copies)
+            viewers.update(counts)
+            per_worker[worker] = sum(counts.values())
+        merged.append({**main, "viewers": {k: v for k, v in viewers.items() if v},
+                       "viewers_total": sum(viewers.values()), "worker": owner, "viewers_by_worker": per_worker})
+    return merged

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -23,12 +24,13 @@ from ..config import Config, ConfigError
 from ..log import event
 from . import SECRET_ENV, WORKER_ENV
 from .client import LocalLocator
-from .node_metrics import Pulls, merge
+from .node_metrics import Pulls, merge, merge_streams
 
 log = logging.getLogger("mediaserver.workers")
 
-LOCAL_METRICS_HEADER = "X-Mediaserver-Worker"
-"""On a sibling's /metrics request (with the secret): answer for this worker only."""
+LOCAL_HEADER = "X-Mediaserver-Worker"
+"""On a sibling's request for /metrics or the stream list (with the secret): answer for this worker only."""
+STREAMS_PATH = "/api/v1/streams"
 SIBLING_TIMEOUT_S = 2.0
 
 
@@ -78,7 +80,7 @@ class WorkerSetup:
         return self.locator
 
     def wire(self, app: web.Application) -> None:
-        app.middlewares.insert(0, self._node_metrics)
+        app.middlewares.insert(0, self._node_view)
 
     async def start_private(self, runner: web.AppRunner) -> None:
         """Serve the app on the private loopback port too (siblings' pulls and metrics)."""
@@ -92,14 +94,16 @@ class WorkerSetup:
         if self._session is not None:
             await self._session.close()
 
-    # ----- /metrics for the whole node -------------------------------------------------------------
+    # ----- /metrics and the stream list for the whole node ------------------------------------------
 
     @web.middleware
-    async def _node_metrics(self, request: web.Request, handler):
-        if request.path != "/metrics" or request.method != "GET":
+    async def _node_view(self, request: web.Request, handler):
+        path = request.path
+        if request.method != "GET" or path not in ("/metrics", STREAMS_PATH) or (
+                path == STREAMS_PATH and "scope" in request.query):
             return await handler(request)
-        own = await handler(request)  # the token check and this worker's own text
-        if request.headers.get(LOCAL_METRICS_HEADER) == self.secret or self.locator is None:
+        own = await handler(request)  # the token check and this worker's own answer
+        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
             return own
         if not isinstance(own, web.Response) or own.status != 200 or own.body is None:
             return own
@@ -107,28 +111,38 @@ class WorkerSetup:
         claims = await self.locator.claims()
         label = {n.id: n.id.removeprefix("worker") for n in nodes}
         label[self.node_id] = str(self.index)
-        texts = {str(self.index): bytes(own.body).decode()}  # type: ignore[arg-type]
+        answers = {str(self.index): bytes(own.body).decode()}  # type: ignore[arg-type]
         siblings = [n for n in nodes if n.id != self.node_id]
-        fetched = await asyncio.gather(*(self._fetch(n.http, request) for n in siblings))
+        fetched = await asyncio.gather(*(self._fetch(n.http + path, request) for n in siblings))
         for node, text in zip(siblings, fetched):
             if text is not None:
-                texts[label[node.id]] = text
-        body = merge(dict(sorted(texts.items())), Pulls.of(nodes, claims, label))
-        return web.Response(body=body.encode(), headers={"Content-Type": own.headers.get("Content-Type", "text/plain"),
-                                                         "Cache-Control": "no-store"})
+                answers[label[node.id]] = text
+        answers = dict(sorted(answers.items()))
+        if path == "/metrics":
+            body = merge(answers, Pulls.of(nodes, claims, label))
+            return web.Response(body=body.encode(), headers={
+                "Content-Type": own.headers.get("Content-Type", "text/plain"), "Cache-Control": "no-store"})
+        lists = {}
+        for worker, text in answers.items():
+            try:
+                lists[worker] = list(json.loads(text)["streams"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        owners = {s: label[o.node] for s, o in claims.items() if o.node in label}
+        return web.json_response({"streams": merge_streams(lists, owners), "workers": len(answers)})
 
-    async def _fetch(self, base: str, request: web.Request) -> str | None:
+    async def _fetch(self, url: str, request: web.Request) -> str | None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(trust_env=False)
-        headers = {LOCAL_METRICS_HEADER: self.secret, "Accept": "text/plain"}
+        headers = {LOCAL_HEADER: self.secret, "Accept": "text/plain"}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
         try:
-            async with self._session.get(base + "/metrics", headers=headers,
+            async with self._session.get(url, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as resp:
                 if resp.status != 200:
                     return None
                 return await resp.text()
         except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError) as err:
-            event(log, "worker_metrics_unreachable", logging.WARNING, sibling=base, error=str(err)[:200])
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=url, error=str(err)[:200])
             return None

@@ -9,7 +9,7 @@ import pytest
 from mediaserver.cluster.locator import NodeInfo, Owner
 from mediaserver.config import ConfigError, load_config
 from mediaserver.workers import cores, count
-from mediaserver.workers.node_metrics import Pulls, merge
+from mediaserver.workers.node_metrics import Pulls, merge, merge_streams
 from mediaserver.workers.supervisor import busy_port
 
 WORKER0 = """# HELP mediaserver_streams Streams by state.
@@ -90,3 +90,17 @@ def _free() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_node_stream_list_names_a_stream_once_with_its_viewers_added_up():
+    def stream(name: str, publisher: str, viewers: dict) -> dict:
+        return {"app": "live", "name": name, "publisher": publisher, "viewers": viewers}
+
+    lists = {"0": [stream("s", "encoder:1", {"flv": 5, "rtmp": 1}), stream("idle", "", {})],
+             "1": [stream("s", "pull", {"flv": 4})]}
+    merged = merge_streams(lists, {"live/s": "0"})
+    assert [m["name"] for m in merged] == ["idle", "s"]
+    s = merged[1]
+    assert s["publisher"] == "encoder:1" and s["worker"] == "0"  # described by the publisher's worker
+    assert s["viewers"] == {"flv": 8, "rtmp": 1} and s["viewers_total"] == 9  # worker1's pull is not a viewer
+    assert s["viewers_by_worker"] == {"0": 5, "1": 4}
