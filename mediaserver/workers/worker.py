@@ -81,6 +81,7 @@ class WorkerSetup:
 
     def wire(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._node_view)
+        app.middlewares.insert(1, self._api_routing)
 
     async def start_private(self, runner: web.AppRunner) -> None:
         """Serve the app on the private loopback port too (siblings' pulls and metrics)."""
@@ -131,6 +132,63 @@ class WorkerSetup:
         owners = {s: label[o.node] for s, o in claims.items() if o.node in label}
         return web.json_response({"streams": merge_streams(lists, owners), "workers": len(answers)})
 
+    # ----- the admin API: a stream's requests go to its publisher's worker, kicks and blocks to all ------
+
+    @web.middleware
+    async def _api_routing(self, request: web.Request, handler):
+        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
+            return await handler(request)
+        where = api_route(request.method, request.path)
+        if where is None:
+            return await handler(request)
+        if where == ALL:  # every worker, this one too through its private port: the body is read once, here
+            body = await request.read()
+            bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
+            answers = await asyncio.gather(*(self._forward(base, request, body) for base in sorted(bases)))
+            return pick_answer([a for a in answers if a is not None], kicked_viewers=request.path.endswith("/viewers/kick"))
+        stream, _, action = where.partition(" ")
+        owner = await self.locator.lookup(stream)
+        if action != KICK and (owner is None or owner.node == self.node_id):
+            return await handler(request)
+        body = await request.read()
+        answer = await self._forward(owner.http if owner is not None else self.private_url, request, body)
+        if answer is None:
+            return pick_answer([])
+        if action == KICK and answer.status == 200:  # the kick's block holds on every worker's publish gate
+            await self._block_everywhere(stream, body, request)
+        return answer
+
+    async def _block_everywhere(self, stream: str, body: bytes, request: web.Request) -> None:
+        try:
+            asked = json.loads(body or b"{}")
+            seconds, reason = asked.get("block_seconds"), asked.get("reason", "kicked")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            return
+        block = json.dumps({"seconds": seconds, "reason": reason if isinstance(reason, str) else "kicked"}).encode()
+        bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
+        await asyncio.gather(*(self._forward(base, request, block, "PUT", f"/api/v1/blocks/{stream}")
+                               for base in sorted(bases)))
+
+    async def _forward(self, base: str, request: web.Request, body: bytes, method: str = "",
+                       path: str = "") -> web.Response | None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False)
+        headers = {LOCAL_HEADER: self.secret}
+        for name in ("Authorization", "Content-Type", "Origin"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        url = base + (path or request.path_qs)
+        try:
+            async with self._session.request(method or request.method, url, headers=headers, data=body or None,
+                                             timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as resp:
+                return web.Response(status=resp.status, body=await resp.read(),
+                                    content_type=resp.content_type if resp.content_type else None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=url, error=str(err)[:200])
+            return None
+
     async def _fetch(self, url: str, request: web.Request) -> str | None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(trust_env=False)
@@ -146,3 +204,50 @@ class WorkerSetup:
         except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError) as err:
             event(log, "worker_sibling_unreachable", logging.WARNING, url=url, error=str(err)[:200])
             return None
+
+
+ALL = "*"
+"""api_route's answer for requests every worker must apply (kicking a stream's viewers, blocks)."""
+KICK = "kick"
+
+
+def api_route(method: str, path: str) -> str | None:
+    """Where an admin API request goes: ALL workers (kicking a stream's viewers; a block, which each worker's
+    publish gate checks); "app/name" for the worker publishing that stream (its description, viewers,
+    recording, relays, renditions); "app/name kick" for a kick, sent to that worker, whose block (if any)
+    is then put on every worker; None for this worker."""
+    if not path.startswith("/api/v1/") or method == "OPTIONS":
+        return None
+    parts = path[len("/api/v1/"):].split("/")
+    if parts[0] == "blocks" and method in ("PUT", "DELETE"):
+        return ALL
+    if parts[0] != "streams" or len(parts) < 3 or not parts[1] or not parts[2]:
+        return None
+    rest = parts[3:]
+    if method == "POST" and rest == ["viewers", "kick"]:
+        return ALL
+    if method == "POST" and rest == ["kick"]:
+        return f"{parts[1]}/{parts[2]} {KICK}"
+    return f"{parts[1]}/{parts[2]}"
+
+
+def pick_answer(answers: list[web.Response], kicked_viewers: bool = False) -> web.Response:
+    """One answer for a request every worker applied: a kick's from the worker that held the publisher
+    (not `forwarded`), the viewers every worker kicked, else the first success, else this worker's error."""
+    done = [a for a in answers if 200 <= a.status < 300]
+    if not done:
+        return answers[0] if answers else web.json_response(
+            {"error": "no worker answered", "hint": "the workers may be restarting; try again"}, status=503)
+    bodies = []
+    for answer in done:
+        try:
+            bodies.append(json.loads(bytes(answer.body or b"")))  # type: ignore[arg-type]
+        except ValueError:
+            bodies.append({})
+    if kicked_viewers:
+        kicked = [v for b in bodies for v in b.get("viewers_kicked", [])]
+        return web.json_response({**bodies[0], "viewers_kicked": kicked})
+    for answer, body in zip(done, bodies):
+        if isinstance(body, dict) and not body.get("forwarded"):
+            return answer
+    return done[0]

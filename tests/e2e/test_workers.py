@@ -92,9 +92,19 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
                 report = decode_media(out.read_bytes(), "flv")
                 assert report.errors == [] and report.video_frames >= 25, report.summary()
 
-            async with http.post(f"{server.http_base}/api/v1/streams/live/{stream_name}/kick", headers=AUTH,
-                                 json={"reason": "test"}) as resp:
-                assert resp.status == 200, await resp.text()
+            # a new connection each: SO_REUSEPORT sends them to both workers; each answers for the stream
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                for _ in range(6):
+                    async with fresh.get(f"{server.http_base}/api/v1/streams/live/{stream_name}", headers=AUTH) as resp:
+                        body = await resp.json()
+                        assert resp.status == 200 and body["publisher"].startswith("127.0.0.1:"), body
+                async with fresh.post(f"{server.http_base}/api/v1/streams/live/{stream_name}/kick", headers=AUTH,
+                                      json={"reason": "test", "block_seconds": 60}) as resp:
+                    assert resp.status == 200 and not (await resp.json()).get("forwarded"), await resp.text()
+                for _ in range(6):  # the name is blocked on every worker
+                    async with fresh.get(f"{server.http_base}/api/v1/blocks", headers=AUTH) as resp:
+                        blocks = (await resp.json())["blocks"]
+                        assert [b["name"] for b in blocks] == [stream_name], blocks
             ended = await asyncio.gather(*(v.wait_end(timeout_s=10) for v in viewers))
             assert all(ended), "a viewer was still served after the kick"
         finally:
