@@ -70,7 +70,11 @@ class WorkerSetup:
         cluster = dataclasses.replace(config.cluster, role="both", node_id=self.node_id,
                                       advertise_url=self.private_url, redis_url="", upstream="",
                                       serve_edges=False, max_pulls=0, max_pulls_per_client=0)
-        return dataclasses.replace(config, cluster=cluster)
+        # Segmented formats proxied from a sibling name their client in X-Forwarded-For (play tokens bound
+        # to an address, per-client counts): loopback is a trusted proxy.
+        trusted = tuple(dict.fromkeys((*config.http.trusted_proxies, *LOOPBACK)))
+        return dataclasses.replace(config, cluster=cluster,
+                                   http=dataclasses.replace(config.http, trusted_proxies=trusted))
 
     def environ(self, environ: Mapping[str, str], config: Config) -> dict[str, str]:
         return {**environ, config.cluster.secret_env: self.secret}
@@ -82,6 +86,7 @@ class WorkerSetup:
     def wire(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._node_view)
         app.middlewares.insert(1, self._api_routing)
+        app.middlewares.insert(2, self._segments_from_owner)
 
     async def start_private(self, runner: web.AppRunner) -> None:
         """Serve the app on the private loopback port too (siblings' pulls and metrics)."""
@@ -158,6 +163,36 @@ class WorkerSetup:
             await self._block_everywhere(stream, body, request)
         return answer
 
+    # ----- HLS, LL-HLS, DASH: one packager per stream, on the publisher's worker -----------------------
+
+    @web.middleware
+    async def _segments_from_owner(self, request: web.Request, handler):
+        """Playlists and segments of a stream another worker publishes come from that worker's packager:
+        each worker's would number segments its own way, and a player's connections land on any worker.
+        (The fast lane answers only where a packager runs, so on the publisher's worker.)"""
+        stream = segmented_stream(request.method, request.path)
+        if stream is None or request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
+            return await handler(request)
+        owner = await self.locator.lookup(stream)
+        if owner is None or owner.node == self.node_id:
+            return await handler(request)
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
+        headers = {LOCAL_HEADER: self.secret, "X-Forwarded-For": forwarded_for(request)}
+        for name in PROXIED_REQUEST_HEADERS:
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        try:
+            async with self._session.get(owner.http + request.path_qs, headers=headers, allow_redirects=False,
+                                         timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S)) as resp:
+                body = await resp.read()
+                kept = {k: v for k, v in resp.headers.items() if k.lower() in PROXIED_RESPONSE_HEADERS}
+                return web.Response(status=resp.status, body=body, headers=kept)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=owner.http + request.path, error=str(err)[:200])
+            return web.json_response({"error": "the worker publishing this stream did not answer",
+                                      "hint": "it may be restarting; try again"}, status=503)
+
     async def _block_everywhere(self, stream: str, body: bytes, request: web.Request) -> None:
         try:
             asked = json.loads(body or b"{}")
@@ -204,6 +239,33 @@ class WorkerSetup:
         except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError) as err:
             event(log, "worker_sibling_unreachable", logging.WARNING, url=url, error=str(err)[:200])
             return None
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+PROXY_TIMEOUT_S = 15.0
+"""An LL-HLS blocking reload is held until its part exists (a few part durations)."""
+SEGMENTED_FILES = (".m3u8", ".ts", ".m4s", ".mp4", ".mpd", ".m4a", ".m4v", ".aac")
+PROXIED_REQUEST_HEADERS = ("Range", "If-None-Match", "If-Modified-Since", "Origin", "Authorization", "Accept",
+                           "Accept-Encoding", "User-Agent")
+PROXIED_RESPONSE_HEADERS = frozenset(h.lower() for h in (
+    "Content-Type", "Cache-Control", "ETag", "Last-Modified", "Content-Range", "Accept-Ranges", "Content-Encoding",
+    "Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Vary", "Retry-After", "Location", "Date"))
+
+
+def segmented_stream(method: str, path: str) -> str | None:
+    """"app/name" for a GET of an HLS/LL-HLS/DASH playlist or segment (/APP/NAME/FILE), else None."""
+    if method not in ("GET", "HEAD"):
+        return None
+    parts = path.split("/")
+    if len(parts) != 4 or parts[0] or not parts[1] or not parts[2] or parts[1] in ("api", "vod", "static"):
+        return None
+    return f"{parts[1]}/{parts[2]}" if parts[3].endswith(SEGMENTED_FILES) else None
+
+
+def forwarded_for(request: web.Request) -> str:
+    earlier = request.headers.get("X-Forwarded-For", "")
+    remote = request.remote or ""
+    return f"{earlier}, {remote}" if earlier else remote
 
 
 ALL = "*"

@@ -50,6 +50,28 @@ async def rtmp_play(ffmpeg: str, url: str, out) -> str:
     return out
 
 
+async def hls_from_any_worker(fresh: aiohttp.ClientSession, server, name: str) -> None:
+    """Every connection (so both workers) lists the same segments, and each segment listed loads from
+    every connection: one packager per stream, on the publisher's worker."""
+    playlists = []
+    for _ in range(40):
+        async with fresh.get(server.hls_url(name)) as resp:
+            if resp.status == 200:
+                playlists.append(await resp.text())
+                if len(playlists) == 6:
+                    break
+                continue
+        server.check()
+        await asyncio.sleep(0.25)
+    assert len(playlists) == 6, f"no HLS playlist; log:\n{server.log_tail()}"
+    listed = [[line for line in p.splitlines() if line.endswith(".ts")] for p in playlists]
+    assert all(listed) and len({names[0] for names in listed}) <= 2, listed  # at most one segment closed meanwhile
+    for uri in listed[-1][:2] * 3:
+        async with fresh.get(f"{server.http_base}/live/{name}/{uri}") as resp:
+            data = await resp.read()
+            assert resp.status == 200 and data[:1] == b"\x47", (resp.status, data[:200])
+
+
 async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_killed_worker(
         server_factory, publish, media, stream_name, ffmpeg, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
@@ -94,6 +116,7 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
 
             # a new connection each: SO_REUSEPORT sends them to both workers; each answers for the stream
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                await hls_from_any_worker(fresh, server, stream_name)
                 for _ in range(6):
                     async with fresh.get(f"{server.http_base}/api/v1/streams/live/{stream_name}", headers=AUTH) as resp:
                         body = await resp.json()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mediaserver.workers.worker import ALL, api_route, pick_answer
+from mediaserver.workers.worker import ALL, api_route, pick_answer, segmented_stream
 from aiohttp import web
 
 
@@ -39,3 +39,21 @@ def test_one_answer_from_many():
     kicked = pick_answer([web.json_response({"stream": "live/s", "viewers_kicked": [1, 2]}), missing,
                           web.json_response({"stream": "live/s", "viewers_kicked": [1]})], kicked_viewers=True)
     assert json.loads(kicked.body)["viewers_kicked"] == [1, 2, 1]
+
+
+@pytest.mark.parametrize("method, path, stream", [
+    ("GET", "/live/s/index.m3u8", "live/s"),
+    ("GET", "/live/s/1a2b-3.ts", "live/s"),
+    ("HEAD", "/live/s@480p/cmaf.m3u8", "live/s@480p"),
+    ("GET", "/live/s/manifest.mpd", "live/s"),
+    ("GET", "/live/s/v1-7.m4s", "live/s"),
+    ("GET", "/live/s.flv", None),  # FLV viewers pull the stream instead
+    ("GET", "/live/s/thumbnail.jpg", None),
+    ("POST", "/live/s/index.m3u8", None),
+    ("GET", "/api/v1/streams.m3u8", None),
+    ("GET", "/vod/abc/index.m3u8", None),  # recordings: files on the shared disk
+    ("GET", "//s/index.m3u8", None),
+    ("GET", "/a/b/c/index.m3u8", None),
+])
+def test_segmented_formats_of_a_stream_are_recognised(method, path, stream):
+    assert segmented_stream(method, path) == stream
