@@ -79,11 +79,14 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         try:
             await book.start()
-            for index in range(self.count):
-                await self._spawn(index)
-            code = await self._started()
-            if code:
-                return code
+            # The first worker alone, so that what it prepares once (the recordings catalog's migrations) is
+            # done before the others open it; then the rest at once.
+            for batch in ([0], list(range(1, self.count))):
+                for index in batch:
+                    await self._spawn(index)
+                code = await self._started(batch)
+                if code or self._stopping.is_set():
+                    return code
             event(log, "workers_ready", workers=self.count, pids=",".join(str(p.pid) for p in self.procs.values()))
             watchers = [loop.create_task(self._watch(i)) for i in range(self.count)]
             await self._stopping.wait()
@@ -101,9 +104,10 @@ class Supervisor:
         self.procs[index] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mediaserver", *self.argv, env=env, stdin=asyncio.subprocess.DEVNULL)
 
-    async def _started(self) -> int:
-        """0 once every worker listens; 2 when one exited first (its own error line is above) or took too long."""
-        waits = {asyncio.ensure_future(self._ready[i].wait()): i for i in range(self.count)}
+    async def _started(self, batch: list[int]) -> int:
+        """0 once the workers of `batch` listen; 2 when one exited first (its own error line is above) or
+        took too long."""
+        waits = {asyncio.ensure_future(self._ready[i].wait()): i for i in batch}
         exits = {asyncio.ensure_future(p.wait()): i for i, p in self.procs.items()}
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
