@@ -76,7 +76,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        if self.config.rtmps.enabled or self.config.http.cert_file:  # workers reload their certificates
+            loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        else:  # nothing to reload: a stray HUP must not end the workers (it is not theirs to handle)
+            loop.add_signal_handler(signal.SIGHUP, lambda: event(log, "sighup_ignored", hint="no TLS certificates"))
         try:
             await book.start()
             # The first worker alone, so that what it prepares once (the recordings catalog's migrations) is
