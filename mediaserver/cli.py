@@ -60,6 +60,9 @@ from .webrtc.whep import WhepService
 from .webrtc.whip import add_whip_routes
 from .wiring.access import admin_token, build_admission, log_access
 from .wiring.cluster import ClusterWiring, load_routing, rendition_locate
+from .workers import WORKER_ENV
+from .workers import count as worker_count
+from .workers.worker import WorkerSetup
 
 log = logging.getLogger("mediaserver")
 
@@ -137,6 +140,10 @@ def ladder_labels(rungs):
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
+    worker = WorkerSetup.from_environ(os.environ)  # workers: one of several processes on this machine
+    if worker is not None:
+        config = worker.adapt(config)  # a node of the node-local cluster
+        worker.stop = stop.set
     rtmps_cert, https_cert = tls_certificates(config)  # a bad file stops the start before anything runs
     registry = build_registry(config)
     packagers = PackagerPool(registry, config.hls)
@@ -147,7 +154,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     token = admin_token(config, os.environ)
     if hooks is not None:
         hooks.watch(registry)
-    cluster = ClusterWiring(config, registry, os.environ) if config.cluster.role != "standalone" else None  # cluster
+    cluster = ClusterWiring(config, registry, worker.environ(os.environ, config) if worker else os.environ,
+                            locator_factory=worker.make_locator if worker else None,  # workers
+                            ) if config.cluster.role != "standalone" else None  # cluster
     here = this_host_of(config)  # relay loops
     try:
         pulls = build_pulls(registry, config.relay, os.environ, here)  # relay pull: ${VAR} of the URLs filled here
@@ -175,6 +184,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     )
     pool.viewers = gate.viewers
     rtmp = RtmpServer(config.rtmp, registry, gate, tls=rtmps_cert, tls_port=config.rtmps.port)
+    rtmp.reuse_port = worker is not None  # workers
     rtmp.label_for = ladder_labels(config.abr.ladder)  # an encoder's own ladder is named like ours
     recordings = None
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
@@ -232,6 +242,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     )
     log_access(config, admission.policy, hooks, token)
     admin_deps.route = load_routing(config, cluster, app)  # GET /api/v1/route/...; edges' redirects
+    if worker is not None:  # workers: /metrics for the whole node
+        worker.wire(app)
     if cluster is not None:  # cluster
         cluster.wire(app)
         await cluster.start()
@@ -260,10 +272,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
     http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
-                            tls=https_cert)
+                            tls=https_cert, reuse_port=worker is not None)
     try:
         await http_site.start()
         await rtmp.start()
+        if worker is not None:  # workers: siblings pull from the private loopback port
+            await worker.start_private(runner)
     except OSError as err:
         await runner.cleanup()
         await rtmp.close()
@@ -284,7 +298,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         **({"rtmps": f"{config.rtmp.bind}:{config.rtmps.port}"} if rtmps_cert else {}),
         **({"https": "on"} if https_cert else {}),
         **({"trusted_proxies": ",".join(config.http.trusted_proxies)} if config.http.trusted_proxies else {}),
+        **({"worker": worker.index, "pid": os.getpid()} if worker else {}),
     )
+    if worker is not None:
+        await worker.ready()
     reload_on_hangup(asyncio.get_running_loop(), [c for c in (rtmps_cert, https_cert) if c is not None])
     if pulls is not None:  # relay pull: "always" pulls start once the server is listening
         pulls.start()
@@ -308,6 +325,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if REMOTE_VOD in app:
         await app[REMOTE_VOD].close()
     await runner.cleanup()
+    if worker is not None:
+        await worker.close()
     packagers.close()
     sweeper.close()
     event(log, "stopped")
@@ -398,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     setup(config.log.level, config.log.format)
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check of every WebRTC session
+    if WORKER_ENV not in os.environ and worker_count(config.server.workers) > 1:  # workers: this is the supervisor
+        from .workers.supervisor import supervise
+        return supervise(config, args_in, worker_count(config.server.workers))
     tune_gc()
     try:
         import uvloop

@@ -19,6 +19,7 @@ _SECTIONS = (server, access, cluster, media, record, relay, webrtc)
 _RANGES: dict[str, tuple[float, float]] = {k: v for m in _SECTIONS for k, v in m.RANGES.items()}
 _CHOICES: dict[str, tuple[str, ...]] = {k: v for m in _SECTIONS for k, v in m.CHOICES.items()}
 _URL_KEYS: tuple[str, ...] = tuple(k for m in _SECTIONS for k in getattr(m, "URL_KEYS", ()))
+_NUMBER_OR_AUTO: tuple[str, ...] = tuple(k for m in _SECTIONS for k in getattr(m, "NUMBER_OR_AUTO", ()))
 _TABLES: dict[str, TableRule] = {k: v for m in _SECTIONS for k, v in getattr(m, "TABLES", {}).items()}
 _BY_CLASS: dict[type, TableRule] = {rule.cls: rule for rule in _TABLES.values()}
 _PROBLEMS = tuple(m.problems for m in _SECTIONS if hasattr(m, "problems"))
@@ -33,6 +34,10 @@ def _suggest(word: str, options: list[str]) -> str:
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:
+    if where in _NUMBER_OR_AUTO:  # kept as text: "2" or "auto"
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return str(value)
+        raise ConfigError(f'{where} = {value!r} must be a whole number or "auto"')
     kind = type(default)
     if kind is bool:
         if not isinstance(value, bool):

@@ -9,7 +9,7 @@ from .cluster import ClusterConfig
 from .media import AbrConfig, HealthConfig, ThumbnailConfig, WatermarkConfig
 from .record import RecordConfig
 from .relay import RelayConfig
-from .server import HlsConfig, HttpConfig, HubConfig, LogConfig, RtmpConfig, RtmpsConfig
+from .server import HlsConfig, HttpConfig, HubConfig, LogConfig, RtmpConfig, RtmpsConfig, ServerConfig
 from .webrtc import WebrtcConfig
 
 
@@ -17,6 +17,7 @@ from .webrtc import WebrtcConfig
 class Config:
     """The whole configuration: one field per TOML section, each a dataclass of its section module."""
 
+    server: ServerConfig = field(default_factory=ServerConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
     rtmps: RtmpsConfig = field(default_factory=RtmpsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)

@@ -1,4 +1,4 @@
-"""The listeners and the stream hub: [rtmp], [rtmps], [http], [hub], [hls], [log]."""
+"""The process, the listeners and the stream hub: [server], [rtmp], [rtmps], [http], [hub], [hls], [log]."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .schema import Config
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    workers: str = "1"
+    """Processes sharing the RTMP and HTTP ports: a whole number, or "auto" (one per core). Read with
+    mediaserver.workers.count; TOML may say 2 or "auto"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "hls.idle_timeout": (1, 86_400),
     "hls.ended_linger": (0, 86_400),
 }
+NUMBER_OR_AUTO = ("server.workers",)
+"""Keys that take a whole number or "auto" (kept as a string: "2", "auto")."""
+MAX_WORKERS = 256
 CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("text", "json"),
@@ -155,6 +165,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def problems(config: Config) -> list[str]:
     """Certificate settings that cannot work together (the files themselves are read at start)."""
     found = []
+    workers = config.server.workers
+    if workers != "auto" and not (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS):
+        found.append(f'server.workers = {workers!r} must be 1..{MAX_WORKERS} or "auto"')
+    elif workers != "1" and config.cluster.role != "standalone":
+        found.append(f"server.workers = {workers!r} needs cluster.role = \"standalone\": a node's workers find each "
+                     "other on their own; run one process per node in a Redis cluster (server.workers = 1)")
     for section, cert, key in (("rtmps", config.rtmps.cert_file, config.rtmps.key_file),
                                ("http", config.http.cert_file, config.http.key_file)):
         if bool(cert) != bool(key):

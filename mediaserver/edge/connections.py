@@ -258,9 +258,12 @@ class GuardedSite(web.BaseSite):
     """A TCP listening socket whose connections go through the gate (aiohttp's TCPSite, guarded)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 handler_args: dict[str, Any], backlog: int = 1024, tls: TlsCertificate | None = None) -> None:
+                 handler_args: dict[str, Any], backlog: int = 1024, tls: TlsCertificate | None = None,
+                 reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog, ssl_context=tls.context if tls else None)
         self._tls = tls
+        self._reuse_port = reuse_port
+        """[server] workers > 1: every worker binds the port, the kernel spreads connections among them."""
         self._host = host
         self._port = port
         self._gate = gate
@@ -290,7 +293,7 @@ class GuardedSite(web.BaseSite):
 
         self._server = await loop.create_server(
             accepted,
-            self._host, self._port, backlog=self._backlog, reuse_address=True,
+            self._host, self._port, backlog=self._backlog, reuse_address=True, reuse_port=self._reuse_port or None,
             # HTTPS: the TLS handshake gets the head deadline too; the gate counts a connection after it.
             ssl=self._ssl_context, ssl_handshake_timeout=gate.limits.header_timeout_s if self._ssl_context else None,
         )

@@ -76,16 +76,20 @@ class RtmpServer:
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
         self._ids = 0
+        self.reuse_port = False
+        """[server] workers > 1: every worker binds the ports, the kernel spreads connections among them."""
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_connection, self.cfg.bind, self.cfg.port, reuse_address=True)
+        reuse_port = self.reuse_port or None
+        self._server = await loop.create_server(self._make_connection, self.cfg.bind, self.cfg.port, reuse_address=True,
+                                                reuse_port=reuse_port)
         if self.tls is not None:
             try:
                 # Plain TCP wrapped in our TLS layer (tls.py), not create_server(ssl=...): uvloop's TLS keeps
                 # reading the socket while a publisher's reads are paused for merging, ours stops it.
                 self._tls_server = await loop.create_server(
-                    self._make_tls_connection, self.cfg.bind, self.tls_port, reuse_address=True)
+                    self._make_tls_connection, self.cfg.bind, self.tls_port, reuse_address=True, reuse_port=reuse_port)
             except OSError:
                 self._server.close()
                 raise

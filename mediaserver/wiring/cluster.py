@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,6 +26,9 @@ from ..transcode.cluster_abr import ClusterAbr
 from ..transcode.pool import TranscodePool
 from ..transcode.service import AbrRefusal
 
+if TYPE_CHECKING:
+    from ..cluster.locator import NodeInfo
+
 log = logging.getLogger("mediaserver")
 
 
@@ -32,7 +36,9 @@ class ClusterWiring:
     """The node's part in a cluster: the RedisLocator, the ClusterMember that claims published streams,
     and the PullPool that serves other nodes' streams to this node's viewers. Absent when standalone."""
 
-    def __init__(self, config: Config, registry: StreamRegistry, environ: Mapping[str, str]) -> None:
+    def __init__(self, config: Config, registry: StreamRegistry, environ: Mapping[str, str],
+                 locator_factory: Callable[[Callable[[], NodeInfo]], Any] | None = None) -> None:
+        """`locator_factory` (NodeInfo's maker -> a StreamLocator) replaces Redis: a node-local cluster's workers."""
         from ..cluster.locator import NodeInfo
         from ..cluster.member import TAKEOVER_POLL_S, ClusterMember
         from ..cluster.router import LoadRouter
@@ -41,7 +47,7 @@ class ClusterWiring:
         from ..edge.origin_pull import OriginPull, PullPool, PullSettings
 
         cfg = config.cluster
-        if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        if locator_factory is None and not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"cluster.role = {cfg.role!r} needs cluster.redis_url (redis://HOST:PORT/DB), "
                               f"got {cfg.redis_url!r}; or set cluster.role = \"standalone\"")
         secret = environ.get(cfg.secret_env, "").strip()
@@ -78,8 +84,9 @@ class ClusterWiring:
             )
 
         serving = cfg.role in ("edge", "both")  # balanced on their loads: fresh figures every second
-        self.locator = RedisLocator(cfg.redis_url, node_info, ttl=cfg.claim_ttl, node_ttl=cfg.node_ttl,
-                                    record_every=min(1.0, cfg.claim_ttl / 3) if serving else None)
+        self.locator = locator_factory(node_info) if locator_factory is not None else RedisLocator(
+            cfg.redis_url, node_info, ttl=cfg.claim_ttl, node_ttl=cfg.node_ttl,
+            record_every=min(1.0, cfg.claim_ttl / 3) if serving else None)
         self.router = LoadRouter(lambda: node_info(measure=False), self.locator.nodes)
 
         def published_here(name: str) -> bool:

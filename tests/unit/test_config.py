@@ -62,7 +62,7 @@ def test_example_config_documents_every_key_and_loads():
     raw = tomllib.loads(text)
     load_config(ROOT / "config.example.toml")
     defaults = Config()
-    for section in ("rtmp", "http", "hub", "hls", "log", "abr", "watermark", "thumbnails", "health", "record"):
+    for section in ("server", "rtmp", "http", "hub", "hls", "log", "abr", "watermark", "thumbnails", "health", "record"):
         fields = getattr(defaults, section).__dataclass_fields__
         assert set(raw[section]) == set(fields), f"config.example.toml [{section}] must list every key"
 

@@ -47,6 +47,9 @@ ALLOWED = {
     # It answers HTTP like the edge's play routes, with the edge's JSON errors and client address (edge.common).
     "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc",
                "edge.common"},
+    # Several processes on one machine: the supervisor, its stream book (a StreamLocator over a Unix socket, no
+    # Redis) and a worker's part of the composition root; cli.py wires it in.
+    "workers": {"errors", "config", "log", "cluster.locator", "workers"},
     # The composition root's parts (cli.py builds the server with them): they may use any layer.
     "wiring": {"errors", "config", "log", "collector", "transports", "tls", "media", "rtmp", "rtmp.server", "hub",
                "remux", "auth", "gate", "edge", "api", "transcode", "cluster", "record", "relay", "webrtc",
@@ -65,6 +68,7 @@ FORBIDDEN = {
     "record": {"aiohttp", "redis"},
     "relay": {"redis"},
     "webrtc": {"redis"},
+    "workers": {"redis"},
 }
 
 

@@ -1,0 +1,32 @@
+"""Several worker processes on one machine: `[server] workers = N | "auto"`.
+
+The process `python -m mediaserver` starts becomes a supervisor (supervisor.py): it runs the node-local
+stream book (service.py, a JSON-lines protocol over a Unix socket, protocol.py) and starts N workers, each
+a whole server binding the public RTMP/HTTP ports with SO_REUSEPORT, so the kernel spreads connections
+among them. The workers are the nodes of a cluster that needs no Redis: a publisher's worker claims its
+stream in the book; a viewer landing on another worker pulls the stream from it over the worker's
+private loopback HTTP port, as an edge pulls from its origin (client.py: a StreamLocator over the
+socket; worker.py: the worker's part of the composition root). /metrics and the API show the whole
+node; kicks reach the worker holding the publisher through the book's news.
+"""
+
+from __future__ import annotations
+
+import os
+
+WORKER_ENV = "MEDIASERVER_WORKER"
+"""Set by the supervisor in a worker's environment: "INDEX:SOCKET_PATH"."""
+SECRET_ENV = "MEDIASERVER_WORKER_SECRET"
+"""The secret the workers' internal pulls present to each other (made by the supervisor per start)."""
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def count(workers: str) -> int:
+    """[server] workers as a number of processes: "auto" is one per core this process may run on."""
+    return cores() if workers == "auto" else int(workers)

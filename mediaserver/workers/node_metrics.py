@@ -1,0 +1,122 @@
+"""The node's /metrics from its workers' (sans-IO): every worker's Prometheus text, each sample labelled
+worker="N", one HELP/TYPE per family, so `sum(...)` over the workers is the node.
+
+A stream a worker pulls from a sibling would count twice (live on both workers) and its pull once as an
+HTTP-FLV viewer of the publisher's worker; `merge` takes those out of mediaserver_streams{state="live"}
+and mediaserver_viewers{format="flv"}, so streams and viewers add up to what the node serves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..cluster.locator import NodeInfo, Owner
+
+
+@dataclass
+class _Family:
+    meta: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Pulls:
+    """Per worker label: the streams it pulls from siblings, and the sibling pulls it serves."""
+
+    pulling: Counter[str]
+    served: Counter[str]
+
+    @classmethod
+    def of(cls, nodes: list[NodeInfo], claims: dict[str, Owner], label: dict[str, str]) -> Pulls:
+        pulling: Counter[str] = Counter()
+        served: Counter[str] = Counter()
+        for node in nodes:
+            for stream in node.pulling:
+                owner = claims.get(stream)
+                if owner is None or owner.node not in label or node.id not in label:
+                    continue  # the publisher is gone: the copy ends soon
+                pulling[label[node.id]] += 1
+                served[label[owner.node]] += 1
+        return cls(pulling, served)
+
+
+def _adjust(sample: str, pulls: Pulls, worker: str) -> str:
+    name = sample.split("{", 1)[0].split(" ", 1)[0]
+    if name == "mediaserver_streams" and 'state="live"' in sample:
+        minus = pulls.pulling[worker]
+    elif name == "mediaserver_viewers" and 'format="flv"' in sample:
+        minus = pulls.served[worker]
+    else:
+        return sample
+    head, _, value = sample.rpartition(" ")
+    try:
+        return f"{head} {max(0.0, float(value) - minus)}"
+    except ValueError:
+        return sample
+
+
+def _labelled(sample: str, worker: str) -> str:
+    if "{" in sample:
+        name, rest = sample.split("{", 1)
+        return f'{name}{{worker="{worker}",{rest}' if not rest.startswith("}") else f'{name}{{worker="{worker}"{rest}'
+    name, _, value = sample.partition(" ")
+    return f'{name}{{worker="{worker}"}} {value}'
+
+
+def merge(texts: dict[str, str], pulls: Pulls | None = None) -> str:
+    """Prometheus text format (0.0.4) of several workers, by worker label, as one exposition."""
+    families: dict[str, _Family] = {}
+    for worker, text in texts.items():
+        current: _Family | None = None
+        for line in text.splitlines():
+            if line.startswith(("# HELP ", "# TYPE ")):
+                parts = line.split(" ", 3)
+                if len(parts) < 3:
+                    continue
+                current = families.setdefault(parts[2], _Family())
+                if line not in current.meta:
+                    current.meta.append(line)
+                continue
+            if not line or line.startswith("#"):
+                continue
+            if current is None:  # a sample without HELP/TYPE: its own family
+                current = families.setdefault(line.split("{", 1)[0].split(" ", 1)[0], _Family())
+            if pulls is not None:
+                line = _adjust(line, pulls, worker)
+            current.samples.append(_labelled(line, worker))
+    out: list[str] = []
+    for family in families.values():
+        out.extend(family.meta)
+        out.extend(family.samples)
+    return "\n".join(out) + "\n"
+
+
+def merge_streams(lists: dict[str, list[dict]], owners: dict[str, str]) -> list[dict]:
+    """GET /api/v1/streams for the node from each worker's list: a stream once, described by the worker
+    that has its publisher (`owners`: "app/name" -> worker label), with its viewers added up over the
+    workers; a sibling's pull is not counted as a viewer (it is one HTTP-FLV subscriber of the publisher's
+    worker per worker holding a copy). Each stream says which worker publishes it and the viewers on each."""
+    by_stream: dict[str, dict[str, dict]] = {}
+    for worker, streams in lists.items():
+        for stream in streams:
+            by_stream.setdefault(f"{stream.get('app')}/{stream.get('name')}", {})[worker] = stream
+    merged = []
+    for name in sorted(by_stream):
+        held = by_stream[name]
+        owner = owners.get(name)
+        main = held.get(owner) if owner is not None else None
+        if main is None:
+            owner, main = next(iter(held.items()))
+        copies = sum(1 for w in held if w != owner)
+        viewers: Counter[str] = Counter()
+        per_worker = {}
+        for worker, stream in held.items():
+            counts = Counter({k: int(v) for k, v in dict(stream.get("viewers") or {}).items()})
+            if worker == owner and copies:
+                counts["flv"] = max(0, counts["flv"] - copies)
+            viewers.update(counts)
+            per_worker[worker] = sum(counts.values())
+        merged.append({**main, "viewers": {k: v for k, v in viewers.items() if v},
+                       "viewers_total": sum(viewers.values()), "worker": owner, "viewers_by_worker": per_worker})
+    return merged

@@ -1,0 +1,315 @@
+"""A worker's part of the composition root (cli.serve): the node-local cluster it is a node of.
+
+The supervisor names the worker in its environment (WORKER_ENV, SECRET_ENV). The worker then runs as a
+cluster node of role "both" whose locator is the supervisor's stream book (client.LocalLocator): it binds
+a private loopback HTTP port first and advertises it, so siblings pull its streams there (internal pulls
+carry the per-start secret, as an edge's pulls carry the cluster's); it binds the public ports with
+SO_REUSEPORT; its /metrics answers for the whole node (node_metrics.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import socket
+from collections.abc import Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+
+from ..cluster.locator import NodeInfo
+from ..config import Config, ConfigError
+from ..log import event
+from . import SECRET_ENV, WORKER_ENV
+from .client import LocalLocator
+from .node_metrics import Pulls, merge, merge_streams
+
+log = logging.getLogger("mediaserver.workers")
+
+LOCAL_HEADER = "X-Mediaserver-Worker"
+"""On a sibling's request for /metrics or the stream list (with the secret): answer for this worker only."""
+STREAMS_PATH = "/api/v1/streams"
+SIBLING_TIMEOUT_S = 2.0
+
+
+def node_id(index: int) -> str:
+    return f"worker{index}"
+
+
+class WorkerSetup:
+    def __init__(self, index: int, socket_path: str, secret: str) -> None:
+        self.index = index
+        self.socket_path = socket_path
+        self.secret = secret
+        self.node_id = node_id(index)
+        self.stop: Callable[[], None] = lambda: None
+        """Set by cli.serve: ends the worker (the supervisor is gone)."""
+        self.locator: LocalLocator | None = None
+        self._private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._private.bind(("127.0.0.1", 0))
+        self._private.listen(128)
+        self._private.setblocking(False)
+        self.private_url = f"http://127.0.0.1:{self._private.getsockname()[1]}"
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> WorkerSetup | None:
+        named = environ.get(WORKER_ENV)
+        if not named:
+            return None
+        index, _, path = named.partition(":")
+        secret = environ.get(SECRET_ENV, "")
+        if not index.isdigit() or not path or len(secret) < 16:
+            raise ConfigError(f"{WORKER_ENV}={named!r} is set by the supervisor only; unset it to run a server")
+        return cls(int(index), path, secret)
+
+    def adapt(self, config: Config) -> Config:
+        """The worker's config: a node of role "both" advertising its private port."""
+        cluster = dataclasses.replace(config.cluster, role="both", node_id=self.node_id,
+                                      advertise_url=self.private_url, redis_url="", upstream="",
+                                      serve_edges=False, max_pulls=0, max_pulls_per_client=0)
+        # Segmented formats proxied from a sibling name their client in X-Forwarded-For (play tokens bound
+        # to an address, per-client counts): loopback is a trusted proxy.
+        trusted = tuple(dict.fromkeys((*config.http.trusted_proxies, *LOOPBACK)))
+        return dataclasses.replace(config, cluster=cluster,
+                                   http=dataclasses.replace(config.http, trusted_proxies=trusted))
+
+    def environ(self, environ: Mapping[str, str], config: Config) -> dict[str, str]:
+        return {**environ, config.cluster.secret_env: self.secret}
+
+    def make_locator(self, node: Callable[[], NodeInfo]) -> LocalLocator:
+        self.locator = LocalLocator(self.socket_path, node, self.index, on_lost=lambda: self.stop())
+        return self.locator
+
+    def wire(self, app: web.Application) -> None:
+        app.middlewares.insert(0, self._node_view)
+        app.middlewares.insert(1, self._api_routing)
+        app.middlewares.insert(2, self._segments_from_owner)
+
+    async def start_private(self, runner: web.AppRunner) -> None:
+        """Serve the app on the private loopback port too (siblings' pulls and metrics)."""
+        await web.SockSite(runner, self._private).start()
+
+    async def ready(self) -> None:
+        if self.locator is not None:
+            await self.locator.ready()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # ----- /metrics and the stream list for the whole node ------------------------------------------
+
+    @web.middleware
+    async def _node_view(self, request: web.Request, handler):
+        path = request.path
+        if request.method != "GET" or path not in ("/metrics", STREAMS_PATH) or (
+                path == STREAMS_PATH and "scope" in request.query):
+            return await handler(request)
+        own = await handler(request)  # the token check and this worker's own answer
+        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
+            return own
+        if not isinstance(own, web.Response) or own.status != 200 or own.body is None:
+            return own
+        nodes = await self.locator.nodes()
+        claims = await self.locator.claims()
+        label = {n.id: n.id.removeprefix("worker") for n in nodes}
+        label[self.node_id] = str(self.index)
+        answers = {str(self.index): bytes(own.body).decode()}  # type: ignore[arg-type]
+        siblings = [n for n in nodes if n.id != self.node_id]
+        fetched = await asyncio.gather(*(self._fetch(n.http + path, request) for n in siblings))
+        for node, text in zip(siblings, fetched):
+            if text is not None:
+                answers[label[node.id]] = text
+        answers = dict(sorted(answers.items()))
+        if path == "/metrics":
+            body = merge(answers, Pulls.of(nodes, claims, label))
+            return web.Response(body=body.encode(), headers={
+                "Content-Type": own.headers.get("Content-Type", "text/plain"), "Cache-Control": "no-store"})
+        lists = {}
+        for worker, text in answers.items():
+            try:
+                lists[worker] = list(json.loads(text)["streams"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        owners = {s: label[o.node] for s, o in claims.items() if o.node in label}
+        return web.json_response({"streams": merge_streams(lists, owners), "workers": len(answers)})
+
+    # ----- the admin API: a stream's requests go to its publisher's worker, kicks and blocks to all ------
+
+    @web.middleware
+    async def _api_routing(self, request: web.Request, handler):
+        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
+            return await handler(request)
+        where = api_route(request.method, request.path)
+        if where is None:
+            return await handler(request)
+        if where == ALL:  # every worker, this one too through its private port: the body is read once, here
+            body = await request.read()
+            bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
+            answers = await asyncio.gather(*(self._forward(base, request, body) for base in sorted(bases)))
+            return pick_answer([a for a in answers if a is not None], kicked_viewers=request.path.endswith("/viewers/kick"))
+        stream, _, action = where.partition(" ")
+        owner = await self.locator.lookup(stream)
+        if action != KICK and (owner is None or owner.node == self.node_id):
+            return await handler(request)
+        body = await request.read()
+        answer = await self._forward(owner.http if owner is not None else self.private_url, request, body)
+        if answer is None:
+            return pick_answer([])
+        if action == KICK and answer.status == 200:  # the kick's block holds on every worker's publish gate
+            await self._block_everywhere(stream, body, request)
+        return answer
+
+    # ----- HLS, LL-HLS, DASH: one packager per stream, on the publisher's worker -----------------------
+
+    @web.middleware
+    async def _segments_from_owner(self, request: web.Request, handler):
+        """Playlists and segments of a stream another worker publishes come from that worker's packager:
+        each worker's would number segments its own way, and a player's connections land on any worker.
+        (The fast lane answers only where a packager runs, so on the publisher's worker.)"""
+        stream = segmented_stream(request.method, request.path)
+        if stream is None or request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
+            return await handler(request)
+        owner = await self.locator.lookup(stream)
+        if owner is None or owner.node == self.node_id:
+            return await handler(request)
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
+        headers = {LOCAL_HEADER: self.secret, "X-Forwarded-For": forwarded_for(request)}
+        for name in PROXIED_REQUEST_HEADERS:
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        try:
+            async with self._session.get(owner.http + request.path_qs, headers=headers, allow_redirects=False,
+                                         timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S)) as resp:
+                body = await resp.read()
+                kept = {k: v for k, v in resp.headers.items() if k.lower() in PROXIED_RESPONSE_HEADERS}
+                return web.Response(status=resp.status, body=body, headers=kept)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=owner.http + request.path, error=str(err)[:200])
+            return web.json_response({"error": "the worker publishing this stream did not answer",
+                                      "hint": "it may be restarting; try again"}, status=503)
+
+    async def _block_everywhere(self, stream: str, body: bytes, request: web.Request) -> None:
+        try:
+            asked = json.loads(body or b"{}")
+            seconds, reason = asked.get("block_seconds"), asked.get("reason", "kicked")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            return
+        block = json.dumps({"seconds": seconds, "reason": reason if isinstance(reason, str) else "kicked"}).encode()
+        bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
+        await asyncio.gather(*(self._forward(base, request, block, "PUT", f"/api/v1/blocks/{stream}")
+                               for base in sorted(bases)))
+
+    async def _forward(self, base: str, request: web.Request, body: bytes, method: str = "",
+                       path: str = "") -> web.Response | None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False)
+        headers = {LOCAL_HEADER: self.secret}
+        for name in ("Authorization", "Content-Type", "Origin"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        url = base + (path or request.path_qs)
+        try:
+            async with self._session.request(method or request.method, url, headers=headers, data=body or None,
+                                             timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as resp:
+                return web.Response(status=resp.status, body=await resp.read(),
+                                    content_type=resp.content_type if resp.content_type else None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=url, error=str(err)[:200])
+            return None
+
+    async def _fetch(self, url: str, request: web.Request) -> str | None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False)
+        headers = {LOCAL_HEADER: self.secret, "Accept": "text/plain"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            async with self._session.get(url, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as resp:
+                if resp.status != 200:
+                    return None
+                return await resp.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError) as err:
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=url, error=str(err)[:200])
+            return None
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+PROXY_TIMEOUT_S = 15.0
+"""An LL-HLS blocking reload is held until its part exists (a few part durations)."""
+SEGMENTED_FILES = (".m3u8", ".ts", ".m4s", ".mp4", ".mpd", ".m4a", ".m4v", ".aac")
+PROXIED_REQUEST_HEADERS = ("Range", "If-None-Match", "If-Modified-Since", "Origin", "Authorization", "Accept",
+                           "Accept-Encoding", "User-Agent")
+PROXIED_RESPONSE_HEADERS = frozenset(h.lower() for h in (
+    "Content-Type", "Cache-Control", "ETag", "Last-Modified", "Content-Range", "Accept-Ranges", "Content-Encoding",
+    "Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Vary", "Retry-After", "Location", "Date"))
+
+
+def segmented_stream(method: str, path: str) -> str | None:
+    """"app/name" for a GET of an HLS/LL-HLS/DASH playlist or segment (/APP/NAME/FILE), else None."""
+    if method not in ("GET", "HEAD"):
+        return None
+    parts = path.split("/")
+    if len(parts) != 4 or parts[0] or not parts[1] or not parts[2] or parts[1] in ("api", "vod", "static"):
+        return None
+    return f"{parts[1]}/{parts[2]}" if parts[3].endswith(SEGMENTED_FILES) else None
+
+
+def forwarded_for(request: web.Request) -> str:
+    earlier = request.headers.get("X-Forwarded-For", "")
+    remote = request.remote or ""
+    return f"{earlier}, {remote}" if earlier else remote
+
+
+ALL = "*"
+"""api_route's answer for requests every worker must apply (kicking a stream's viewers, blocks)."""
+KICK = "kick"
+
+
+def api_route(method: str, path: str) -> str | None:
+    """Where an admin API request goes: ALL workers (kicking a stream's viewers; a block, which each worker's
+    publish gate checks); "app/name" for the worker publishing that stream (its description, viewers,
+    recording, relays, renditions); "app/name kick" for a kick, sent to that worker, whose block (if any)
+    is then put on every worker; None for this worker."""
+    if not path.startswith("/api/v1/") or method == "OPTIONS":
+        return None
+    parts = path[len("/api/v1/"):].split("/")
+    if parts[0] == "blocks" and method in ("PUT", "DELETE"):
+        return ALL
+    if parts[0] != "streams" or len(parts) < 3 or not parts[1] or not parts[2]:
+        return None
+    rest = parts[3:]
+    if method == "POST" and rest == ["viewers", "kick"]:
+        return ALL
+    if method == "POST" and rest == ["kick"]:
+        return f"{parts[1]}/{parts[2]} {KICK}"
+    return f"{parts[1]}/{parts[2]}"
+
+
+def pick_answer(answers: list[web.Response], kicked_viewers: bool = False) -> web.Response:
+    """One answer for a request every worker applied: a kick's from the worker that held the publisher
+    (not `forwarded`), the viewers every worker kicked, else the first success, else this worker's error."""
+    done = [a for a in answers if 200 <= a.status < 300]
+    if not done:
+        return answers[0] if answers else web.json_response(
+            {"error": "no worker answered", "hint": "the workers may be restarting; try again"}, status=503)
+    bodies = []
+    for answer in done:
+        try:
+            bodies.append(json.loads(bytes(answer.body or b"")))  # type: ignore[arg-type]
+        except ValueError:
+            bodies.append({})
+    if kicked_viewers:
+        kicked = [v for b in bodies for v in b.get("viewers_kicked", [])]
+        return web.json_response({**bodies[0], "viewers_kicked": kicked})
+    for answer, body in zip(done, bodies):
+        if isinstance(body, dict) and not body.get("forwarded"):
+            return answer
+    return done[0]

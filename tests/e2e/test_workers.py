@@ -1,0 +1,167 @@
+"""[server] workers = 2: two processes share the RTMP and HTTP ports. A viewer on the worker without the
+publisher is served through a pull from its sibling; /metrics and the API show the node; a kick reaches
+the publisher's worker; a worker killed with SIGKILL is started again and serves new viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from support.checks import wait_live
+from support.decode import decode_media
+from support.server import free_port
+
+ADMIN = "admin-token-workers-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+VIEWERS = 12
+
+
+async def wait_for(predicate, timeout_s: float, what: str, server) -> None:
+    for _ in range(int(timeout_s / 0.1)):
+        if await predicate():
+            return
+        server.check()
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{what} within {timeout_s} s; log:\n{server.log_tail()}", pytrace=False)
+
+
+def flv_viewers_by_worker(metrics: str) -> dict[str, float]:
+    return {w: float(v) for w, v in re.findall(r'^mediaserver_viewers\{worker="(\d+)",format="flv"\} (\S+)$', metrics, re.M)}
+
+
+async def rtmp_play(ffmpeg: str, url: str, out) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", url, "-t", "2", "-c", "copy", "-f", "flv", str(out),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out
+
+
+async def hls_from_any_worker(fresh: aiohttp.ClientSession, server, name: str) -> None:
+    """Every connection (so both workers) lists the same segments, and each segment listed loads from
+    every connection: one packager per stream, on the publisher's worker."""
+    playlists = []
+    for _ in range(40):
+        async with fresh.get(server.hls_url(name)) as resp:
+            if resp.status == 200:
+                playlists.append(await resp.text())
+                if len(playlists) == 6:
+                    break
+                continue
+        server.check()
+        await asyncio.sleep(0.25)
+    assert len(playlists) == 6, f"no HLS playlist; log:\n{server.log_tail()}"
+    listed = [[line for line in p.splitlines() if line.endswith(".ts")] for p in playlists]
+    assert all(listed) and len({names[0] for names in listed}) <= 2, listed  # at most one segment closed meanwhile
+    for uri in listed[-1][:2] * 3:
+        async with fresh.get(f"{server.http_base}/live/{name}/{uri}") as resp:
+            data = await resp.read()
+            assert resp.status == 200 and data[:1] == b"\x47", (resp.status, data[:200])
+
+
+async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_killed_worker(
+        server_factory, publish, media, stream_name, ffmpeg, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
+    await wait_for(lambda: asyncio.sleep(0, "workers_ready" in server.log_text()), 20, "both workers listening", server)
+    publish(server, stream_name, media.av, loop=True, expect_failure=True)  # kicked below
+    await wait_live(server, stream_name)
+    viewers = [server.flv_viewer(stream_name) for _ in range(VIEWERS)]
+    async with aiohttp.ClientSession() as http:
+        try:
+            await asyncio.gather(*(v.start() for v in viewers))
+            got = await asyncio.gather(*(v.wait_video_frames(30, timeout_s=15) for v in viewers))
+            assert all(got), [v.video_frame_count() for v in viewers]
+            for viewer in viewers[:3]:
+                report = decode_media(viewer.complete_flv(), "flv")
+                assert report.errors == [] and report.video_codec == "h264" and report.first_video_frame_key, \
+                    report.summary()
+
+            async def counted() -> bool:
+                async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
+                    by_worker = flv_viewers_by_worker(await resp.text())
+                return sum(by_worker.values()) == VIEWERS and len(by_worker) == 2
+
+            await wait_for(counted, 5, f"/metrics counting {VIEWERS} FLV viewers across 2 workers", server)
+            async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
+                by_worker = flv_viewers_by_worker(await resp.text())
+            assert all(n > 0 for n in by_worker.values()), f"SO_REUSEPORT gave every viewer to one worker: {by_worker}"
+
+            async def listed() -> bool:
+                async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
+                    body = await resp.json()
+                mine = [s for s in body["streams"] if s["name"] == stream_name]
+                return len(mine) == 1 and mine[0]["viewers_total"] == VIEWERS and len(mine[0]["viewers_by_worker"]) == 2
+
+            await wait_for(listed, 5, f"/api/v1/streams listing the stream once with {VIEWERS} viewers", server)
+
+            plays = await asyncio.gather(*(rtmp_play(ffmpeg, server.rtmp_url(stream_name), tmp_path / f"p{i}.flv")
+                                           for i in range(2)))
+            for out in plays:
+                report = decode_media(out.read_bytes(), "flv")
+                assert report.errors == [] and report.video_frames >= 25, report.summary()
+
+            # a new connection each: SO_REUSEPORT sends them to both workers; each answers for the stream
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                await hls_from_any_worker(fresh, server, stream_name)
+                for _ in range(6):
+                    async with fresh.get(f"{server.http_base}/api/v1/streams/live/{stream_name}", headers=AUTH) as resp:
+                        body = await resp.json()
+                        assert resp.status == 200 and body["publisher"].startswith("127.0.0.1:"), body
+                async with fresh.post(f"{server.http_base}/api/v1/streams/live/{stream_name}/kick", headers=AUTH,
+                                      json={"reason": "test", "block_seconds": 60}) as resp:
+                    assert resp.status == 200 and not (await resp.json()).get("forwarded"), await resp.text()
+                for _ in range(6):  # the name is blocked on every worker
+                    async with fresh.get(f"{server.http_base}/api/v1/blocks", headers=AUTH) as resp:
+                        blocks = (await resp.json())["blocks"]
+                        assert [b["name"] for b in blocks] == [stream_name], blocks
+            ended = await asyncio.gather(*(v.wait_end(timeout_s=10) for v in viewers))
+            assert all(ended), "a viewer was still served after the kick"
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))
+
+        pids = re.search(r"event=workers_ready workers=2 pids=(\d+),(\d+)", server.log_text())
+        assert pids, server.log_tail()
+        os.kill(int(pids.group(1)), signal.SIGKILL)
+        await wait_for(lambda: asyncio.sleep(0, "event=worker_restarted worker=0" in server.log_text()), 10,
+                       "the killed worker started again", server)
+        await wait_for(lambda: asyncio.sleep(0, len(re.findall(r"event=ready .*worker=0", server.log_text())) == 2),
+                       20, "the restarted worker listening", server)
+        again = stream_name + "b"
+        publish(server, again, media.av, loop=True)
+        await wait_live(server, again)
+        viewers = [server.flv_viewer(again) for _ in range(6)]
+        try:
+            await asyncio.gather(*(v.start() for v in viewers))
+            got = await asyncio.gather(*(v.wait_video_frames(25, timeout_s=15) for v in viewers))
+            assert all(got), [v.video_frame_count() for v in viewers]
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))
+
+
+def test_workers_on_a_busy_port_stop_the_start_with_one_clear_line(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "mediaserver", "--set", "server.workers=2", "--set", "http.bind=127.0.0.1",
+             "--set", f"http.port={port}", "--set", "rtmp.bind=127.0.0.1", "--set", f"rtmp.port={free_port()}",
+             "--set", "record.mode=off"],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mediaserver:")]
+    assert len(errors) == 1 and f"http port 127.0.0.1:{port}" in errors[0], done.stderr

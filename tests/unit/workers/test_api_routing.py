@@ -1,0 +1,59 @@
+"""Which worker answers an admin API request, and the one answer of a request every worker applied."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mediaserver.workers.worker import ALL, api_route, pick_answer, segmented_stream
+from aiohttp import web
+
+
+@pytest.mark.parametrize("method, path, where", [
+    ("GET", "/api/v1/streams", None),  # merged by the node view instead
+    ("GET", "/api/v1/nodes", None),
+    ("GET", "/api/v1/blocks", None),
+    ("PUT", "/api/v1/blocks/live/s", ALL),
+    ("DELETE", "/api/v1/blocks/live/s", ALL),
+    ("POST", "/api/v1/streams/live/s/viewers/kick", ALL),
+    ("POST", "/api/v1/streams/live/s/kick", "live/s kick"),
+    ("GET", "/api/v1/streams/live/s", "live/s"),
+    ("POST", "/api/v1/streams/live/s/viewers/7/kick", "live/s"),
+    ("DELETE", "/api/v1/streams/live/s/record", "live/s"),
+    ("OPTIONS", "/api/v1/streams/live/s", None),
+    ("GET", "/api/v1/streams//s", None),
+    ("GET", "/live/s.flv", None),
+])
+def test_requests_go_to_the_worker_that_can_answer_them(method, path, where):
+    assert api_route(method, path) == where
+
+
+def test_one_answer_from_many():
+    forwarded = web.json_response({"kicked": "live/s", "forwarded": True})
+    held = web.json_response({"kicked": "live/s", "viewers_ended": 3})
+    missing = web.json_response({"error": "no"}, status=404)
+    assert pick_answer([forwarded, missing, held]) is held
+    assert pick_answer([missing]) is missing
+    assert pick_answer([]).status == 503
+    kicked = pick_answer([web.json_response({"stream": "live/s", "viewers_kicked": [1, 2]}), missing,
+                          web.json_response({"stream": "live/s", "viewers_kicked": [1]})], kicked_viewers=True)
+    assert json.loads(kicked.body)["viewers_kicked"] == [1, 2, 1]
+
+
+@pytest.mark.parametrize("method, path, stream", [
+    ("GET", "/live/s/index.m3u8", "live/s"),
+    ("GET", "/live/s/1a2b-3.ts", "live/s"),
+    ("HEAD", "/live/s@480p/cmaf.m3u8", "live/s@480p"),
+    ("GET", "/live/s/manifest.mpd", "live/s"),
+    ("GET", "/live/s/v1-7.m4s", "live/s"),
+    ("GET", "/live/s.flv", None),  # FLV viewers pull the stream instead
+    ("GET", "/live/s/thumbnail.jpg", None),
+    ("POST", "/live/s/index.m3u8", None),
+    ("GET", "/api/v1/streams.m3u8", None),
+    ("GET", "/vod/abc/index.m3u8", None),  # recordings: files on the shared disk
+    ("GET", "//s/index.m3u8", None),
+    ("GET", "/a/b/c/index.m3u8", None),
+])
+def test_segmented_formats_of_a_stream_are_recognised(method, path, stream):
+    assert segmented_stream(method, path) == stream
