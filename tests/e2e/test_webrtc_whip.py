@@ -162,6 +162,8 @@ async def test_whep_viewers_of_a_whip_stream_get_its_opus_as_it_came_and_a_vanis
 
             status, body = await client.publish(http)
             assert status == 201, body
+            candidates = [line.split()[4] for line in body.splitlines() if line.startswith("a=candidate:")]
+            assert candidates and set(candidates) == {"127.0.0.1"}, f"WHIP must advertise webrtc.public_ip: {candidates}"
             for _ in range(100):  # the AAC made at ingest gives the hub stream its audio track
                 if ((await get(api)).get("audio") or {}).get("codec") == "aac":
                     break
