@@ -20,12 +20,15 @@ class WebrtcConfig:
     """WebRTC sessions (viewers and publishers) this node holds at once; 0 is no limit."""
     max_sessions_per_stream: int = 0
     """WebRTC viewers of one stream; 0 is no limit (limits.max_viewers_per_stream still counts them)."""
+    consent_timeout_s: float = 10.0
+    """A session ends when the peer answered no ICE consent check for this long (RFC 7675's upper bound: 30)."""
 
 
 # Accepted values, checked after types: KEY -> (min, max), or KEY -> choices.
 RANGES: dict[str, tuple[float, float]] = {
     "webrtc.max_sessions": (0, 1_000_000),
     "webrtc.max_sessions_per_stream": (0, 1_000_000),
+    "webrtc.consent_timeout_s": (2, 30),
 }
 CHOICES: dict[str, tuple[str, ...]] = {}
 

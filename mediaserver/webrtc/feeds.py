@@ -1,7 +1,13 @@
 """What the WebRTC viewers of one stream share: the RTP payloads of each H.264 picture and Opus packet
-(rtp_packets.RtpFrame: packetized once, the same bytes sent to every viewer), and the AAC -> Opus
-transcoder (`OpusFeed`) when its audio is AAC, whose packets are packetized once too. A StreamFeed
-lives while the stream has WebRTC viewers; the transcoder stops with the last of them.
+(rtp_packets.RtpFrame: packetized once, the same bytes sent to every viewer), and, when its audio is AAC,
+where their Opus comes from:
+- a WHIP publisher's own Opus packets (opus_source.py), passed through: its hub audio is AAC made from
+  them at ingest, and transcoding that back would be a second lossy conversion for nothing;
+- else the AAC -> Opus transcoder (`OpusFeed`), whose packets are packetized once too.
+The choice follows the stream's publisher (`follow_audio`: on a viewer's arrival and on each AAC frame
+the viewers pass, a pointer comparison when nothing changed): a WHIP publisher replaced by an RTMP one
+(or the reverse) moves the viewers' audio to the transcoder (or off it). A StreamFeed lives while the
+stream has WebRTC viewers; the transcoder stops with the last of them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from ..hub.stream import Stream
 from ..log import LogGate, event
 from ..media.frames import Frame, FrameKind
 from .opus_feed import OpusFeed
+from .opus_source import OpusSource, opus_source_of
 from .rtp_packets import RtpFrame, h264_payloads
 from .units import H264Units, audio_time, video_time
 
@@ -35,7 +42,11 @@ class StreamFeed:
         if stream.info.video_config is not None and stream.info.video_codec == "h264":
             self.h264.configure(stream.info.video_config)
         self.opus: OpusFeed | None = None
+        self.source: OpusSource | None = None
+        """The WHIP publisher's Opus the viewers get, when they get it passed through."""
         self._opus_listeners: set[OpusListener] = set()
+        self._followed: object = None
+        """The stream's publisher when the audio's origin was last chosen."""
         self._cache: collections.OrderedDict[int, tuple[Frame, RtpFrame | None]] = collections.OrderedDict()
         self._bad_log = LogGate(10.0)
 
@@ -72,29 +83,64 @@ class StreamFeed:
         return made
 
     def listen_opus(self, listener: OpusListener) -> None:
-        """Add a viewer's audio to the AAC -> Opus transcoder, started on the first."""
-        if self.opus is None:
-            self.opus = OpusFeed(str(self.stream.key))
-            if self.stream.info.audio_config is not None:
-                self.opus.on_frame(self.stream.info.audio_config)
-            self.opus.listeners.add(self._opus_packet)
-            self.stream.add_sink(self.opus)
-            self.opus.begin()
-            event(log, "opus_transcode_start", stream=str(self.stream.key))
+        """Add a viewer's Opus (of an AAC stream): the publisher's own when it is a WHIP session, else the
+        AAC -> Opus transcoder's, started on the first viewer."""
         self._opus_listeners.add(listener)
+        self._followed = None  # choose now
+        self.follow_audio()
 
     def unlisten_opus(self, listener: OpusListener) -> None:
         self._opus_listeners.discard(listener)
         if not self._opus_listeners:
+            self._leave_source()
             self._stop_opus()
+            self._followed = None
+
+    def follow_audio(self) -> None:
+        """Choose again where the viewers' Opus comes from if the stream's publisher changed or its source
+        ended. Called for every AAC frame the viewers pass: cheap when nothing changed."""
+        publisher = self.stream.publisher
+        source = self.source
+        if publisher is self._followed and (source is None or not source.closed) or not self._opus_listeners:
+            return
+        self._followed = publisher
+        found = opus_source_of(self.stream)
+        if found is not None:
+            if found is not source:
+                self._leave_source()
+                self._stop_opus()
+                self.source = found
+                found.listeners.add(self._deliver)
+                event(log, "opus_passthrough", stream=str(self.stream.key), origin="whip")
+            return
+        self._leave_source()
+        if self.opus is None and publisher is not None:
+            self._start_opus()
+
+    def _start_opus(self) -> None:
+        self.opus = OpusFeed(str(self.stream.key))
+        if self.stream.info.audio_config is not None:
+            self.opus.on_frame(self.stream.info.audio_config)
+        self.opus.listeners.add(self._opus_packet)
+        self.stream.add_sink(self.opus)
+        self.opus.begin()
+        event(log, "opus_transcode_start", stream=str(self.stream.key))
+
+    def _leave_source(self) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            source.listeners.discard(self._deliver)
 
     def _opus_packet(self, made) -> None:
         """A transcoded packet (av.Packet, 48 kHz pts): packetized once, handed to every viewer."""
-        frame = RtpFrame((bytes(made),), int(made.pts))
+        self._deliver(RtpFrame((bytes(made),), int(made.pts)))
+
+    def _deliver(self, frame: RtpFrame) -> None:
         for listener in list(self._opus_listeners):
             listener(frame)
 
     def close(self) -> None:
+        self._leave_source()
         self._stop_opus()
         self._cache.clear()
 

@@ -4,6 +4,7 @@ RTMP publish does, with every output.
     RTP -> aiortc (SRTP, jitter buffer, depayload) -> ingest_rtp tap (encoded frames, sender reports)
         video: ingest_video (Annex B -> AVC sequence header + AVCC) -> Stream.publish_video
         audio: ingest_audio (Opus -> AAC in a worker thread)        -> Stream.publish_audio
+               opus_source (the Opus as it came, on the hub's timeline) -> the stream's WebRTC viewers
         times: ingest_clock (RTP clocks -> one ms timeline, RTCP SR for A/V sync)
 
 Video is never decoded. Keyframes: WebRTC encoders send one at the start and then only when asked, so
@@ -35,6 +36,8 @@ from .ingest_audio import AacOut, OpusToAac, aac_audio_body, aac_sequence_header
 from .ingest_clock import SessionClock
 from .ingest_rtp import request_keyframe, tap_receiver
 from .ingest_video import AvcFromAnnexB
+from .opus_source import OpusSource
+from .peer import ice_lost
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,8 @@ class WhipPublisher:
         self.clock = SessionClock()
         self.video = AvcFromAnnexB()
         self.audio: OpusToAac | None = None
+        self.opus_source: OpusSource | None = None
+        """The Opus as it came, for the stream's WebRTC viewers (feeds.py finds it through Stream.publisher)."""
         self.keyframes = KeyframeRequests(keyframe_interval_s)
         self.counters = IngestCounters()
         self.close_reason: str | None = None
@@ -143,6 +148,7 @@ class WhipPublisher:
             )
         if "audio" in self._receivers:
             self.audio = OpusToAac(self.loop, self._on_aac, name=f"whip-audio {self.peer}")
+            self.opus_source = OpusSource()
 
     def start(self, stream: Stream, expires_in: float | None = None) -> None:
         """The stream is ours (claimed in the registry): watch the connection and the clocks."""
@@ -172,6 +178,8 @@ class WhipPublisher:
         elif self.audio is not None and codec.lower() == "opus":
             self.counters.audio_packets += 1
             self.audio.push(position, data)
+            if self.opus_source is not None and self.opus_source.listeners:
+                self.opus_source.packet(self.clock.to_ms("audio", position), data)
 
     def _publish_video(self, stream: Stream, data: bytes, ts_ms: int, now: float) -> None:
         try:
@@ -180,6 +188,8 @@ class WhipPublisher:
                 stream.publish_video(ts_ms, out.config, now)
             if out.frame is not None:
                 frame = stream.publish_video(ts_ms, out.frame, now)
+                if frame is not None and self.opus_source is not None:
+                    self.opus_source.placed(ts_ms, frame.dts_ms)
                 if out.keyframe:
                     self.keyframes.keyframe(now)
                     if not self._announced and frame is not None:
@@ -210,7 +220,9 @@ class WhipPublisher:
                 self.counters.audio_overlap_dropped += 1
                 continue
             self._last_audio_ms = ts_ms
-            stream.publish_audio(ts_ms, aac_audio_body(aac.raw), now)
+            frame = stream.publish_audio(ts_ms, aac_audio_body(aac.raw), now)
+            if frame is not None and self.opus_source is not None:
+                self.opus_source.placed(ts_ms, frame.dts_ms)
         stream.flush_sinks()
 
     def _announce(self) -> None:
@@ -248,8 +260,8 @@ class WhipPublisher:
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
-        if state == "failed":
-            self.end("ice_failed")
+        if state == "failed" or (state == "closed" and ice_lost(self.pc)):
+            self.end("ice_failed")  # consent expiry shows as "closed" too: aiortc closes DTLS over the dead transport
         elif state == "closed":
             self.end("closed")
 
@@ -276,6 +288,8 @@ class WhipPublisher:
             self._ticker.cancel()
         if self.audio is not None:
             self.audio.close()
+        if self.opus_source is not None:
+            self.opus_source.close()
         stream, self.stream = self.stream, None
         if stream is not None:
             self.registry.release_publisher(stream, self)
@@ -285,6 +299,7 @@ class WhipPublisher:
                   video_frames=self.counters.video_frames, audio_packets=self.counters.audio_packets,
                   keyframe_requests=self.counters.keyframe_requests, bad_frames=self.counters.bad_frames,
                   audio_dropped=self.audio.dropped if self.audio is not None else 0,
+                  **({"opus_passed": self.opus_source.passed} if self.opus_source and self.opus_source.passed else {}),
                   av_sync_ms=self.clock.sync_step_ms.get("audio", "none"),
                   **({"av_sync_ignored_ms": self.clock.sync_ignored_ms["audio"]} if self.clock.sync_ignored_ms else {}),
                   **({"audio_overlap_dropped": self.counters.audio_overlap_dropped}

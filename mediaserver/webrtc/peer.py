@@ -13,21 +13,41 @@ With `public_ip`, one socket on the wildcard address (of the public address's fa
 session and advertised as `public_ip` (behind a 1:1 NAT, or 127.0.0.1 for a loopback-only test); without
 it, every address aioice would use is bound, each in the range. Server-reflexive candidates (STUN) are
 asked for the bound sockets as aioice does; TURN relays are aioice's own.
+
+Consent (RFC 7675): once connected, aioice asks the peer every 5 s and gives up after 6 checks in a row
+went unanswered (each sent once): about 30 s, the longest the RFC lets a sender go on, in which a viewer
+that vanished without DELETE (tab killed, network gone) keeps its place in the limits, the viewer lists and
+metrics, and is sent its whole bit rate into the void. The same class swap gives the server's connections
+`ConsentIceConnection.query_consent`: a check every `consent_timeout_s / 5` (at most 5 s, randomized as
+RFC 7675 asks), each sent up to twice, the connection closed when none was answered for
+`webrtc.consent_timeout_s` (10 s by default: a vanished viewer is gone within ~12 s; a client whose path
+is lost longer than that reconnects, as it would have to after any ICE failure, ICE restarts being
+unsupported). Closing it makes aiortc's connection "failed", which ends the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 import socket
 from dataclasses import dataclass
 
-from aioice import Candidate
+from aioice import Candidate, stun
 from aioice import ice as aioice_ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from ..config import WebrtcConfig
+from ..log import event
+
+log = logging.getLogger(__name__)
+
+CONSENT_INTERVAL_MAX_S = 5.0
+"""RFC 7675 section 5.1: a check every 5 s (randomized), unless consent must be learnt sooner."""
+CONSENT_CHECKS_PER_TIMEOUT = 5
+CONSENT_RETRANSMISSIONS = 1
+"""A check is sent again once, after 0.5 s (aioice's RTO) before it counts as unanswered."""
 
 
 def ice_servers(config: WebrtcConfig) -> list[RTCIceServer]:
@@ -111,7 +131,48 @@ class HostCandidates:
         return [(a, a) for a in addresses]
 
 
-class BoundIceConnection(aioice_ice.Connection):
+def consent_interval(timeout_s: float) -> float:
+    """The mean time between consent checks for a consent timeout."""
+    return min(CONSENT_INTERVAL_MAX_S, timeout_s / CONSENT_CHECKS_PER_TIMEOUT)
+
+
+def consent_expired(last_answer: float, now: float, timeout_s: float) -> bool:
+    """Whether consent expired: no check answered in the last `timeout_s`."""
+    return now - last_answer >= timeout_s
+
+
+class ConsentIceConnection(aioice_ice.Connection):
+    """aioice's Connection whose consent expires after `consent_timeout_s` (set on the instance)."""
+
+    consent_timeout_s: float
+    consent_lost = False
+    """Set when consent expired: aiortc then reports the connection "closed" as often as "failed"."""
+
+    async def query_consent(self) -> None:
+        assert self.remote_password is not None  # aioice starts this task once connect() has it
+        loop = asyncio.get_running_loop()
+        timeout = self.consent_timeout_s
+        interval = consent_interval(timeout)
+        key = self.remote_password.encode("utf8")
+        last_answer = loop.time()
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            for pair in list(self._nominated.values()):
+                try:
+                    await pair.protocol.request(self.build_request(pair, nominate=False), pair.remote_addr,
+                                                integrity_key=key, retransmissions=CONSENT_RETRANSMISSIONS)
+                    last_answer = loop.time()
+                except stun.TransactionError:
+                    pass
+            if consent_expired(last_answer, loop.time(), timeout):
+                event(log, "webrtc_consent_expired", logging.INFO, unanswered_s=round(loop.time() - last_answer, 1))
+                self.consent_lost = True
+                self._query_consent_task = None  # close() must not cancel the task it runs in
+                await self.close()
+                return
+
+
+class BoundIceConnection(ConsentIceConnection):
     """aioice's Connection with host candidates from `host_candidates` (set on the instance)."""
 
     host_candidates: HostCandidates
@@ -158,23 +219,27 @@ def new_peer_connection(config: WebrtcConfig) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(config)))
 
 
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice_ice.Connection]:
+    connections = [t.transport.iceGatherer._connection for tr in pc.getTransceivers()
+                   for t in (tr.sender.transport, tr.receiver.transport) if t is not None]
+    if pc.sctp is not None:
+        connections.append(pc.sctp.transport.transport.iceGatherer._connection)
+    return connections
+
+
+def ice_lost(pc: RTCPeerConnection) -> bool:
+    """Whether `pc` ended because ICE failed or consent expired (not a DTLS close by the peer)."""
+    return pc.iceConnectionState == "failed" or any(getattr(c, "consent_lost", False) for c in _ice_connections(pc))
+
+
 def bind_candidates(pc: RTCPeerConnection, config: WebrtcConfig) -> None:
-    """Make `pc`'s ICE gatherers bind in udp_port_range and advertise public_ip (no-op when neither is set).
-    Call after setRemoteDescription (which creates them) and before setLocalDescription (which gathers)."""
+    """Make `pc`'s ICE gatherers bind in udp_port_range and advertise public_ip (aioice's own gathering when
+    neither is set), and their consent expire after consent_timeout_s. Call after setRemoteDescription (which
+    creates them) and before setLocalDescription (which gathers)."""
     hosts = HostCandidates.of(config)
-    if hosts is None:
-        return
-    for transceiver in pc.getTransceivers():
-        for transport in (transceiver.sender.transport, transceiver.receiver.transport):
-            if transport is None:
-                continue
-            connection = transport.transport.iceGatherer._connection
-            if not isinstance(connection, BoundIceConnection):
-                connection.__class__ = BoundIceConnection
+    for connection in _ice_connections(pc):
+        if not isinstance(connection, ConsentIceConnection):
+            connection.__class__ = BoundIceConnection if hosts is not None else ConsentIceConnection
+            if hosts is not None:
                 connection.host_candidates = hosts
-    sctp = pc.sctp
-    if sctp is not None:
-        connection = sctp.transport.transport.iceGatherer._connection
-        if not isinstance(connection, BoundIceConnection):
-            connection.__class__ = BoundIceConnection
-            connection.host_candidates = hosts
+        connection.consent_timeout_s = config.consent_timeout_s

@@ -40,7 +40,7 @@ from ..media.frames import Frame, FrameKind
 from ..transcode.service import AbrRefusal, AbrService
 from . import signaling
 from .feeds import StreamFeed
-from .peer import NoFreePort, bind_candidates, new_peer_connection
+from .peer import NoFreePort, bind_candidates, ice_lost, new_peer_connection
 from .rtp_packets import RtpFrame
 from .rtp_send import LeanRtpSender, lean_sender
 from .sdp import Offer, playback_problem
@@ -274,7 +274,9 @@ class WhepSession:
             self._begun = True
             self._tasks.append(asyncio.create_task(self._begin()))
         elif state in ("failed", "closed"):
-            await self.close("ice_failed" if state == "failed" else "peer_closed")
+            # ICE failing or consent expiring may show as "closed" (aiortc closes DTLS over the dead transport)
+            failed = state == "failed" or ice_lost(self.pc)
+            await self.close("ice_failed" if failed else "peer_closed")
 
     def _close_soon(self, reason: str) -> None:
         """Close from a callback that cannot await; the task is held until it is done."""
@@ -371,6 +373,8 @@ class WhepSession:
                 made = feed.rtp_of(frame)
                 if made is not None:
                     sent += self.audio.send_frame(made)
+            elif frame.kind == FrameKind.AUDIO and self.audio is not None:
+                feed.follow_audio()  # AAC: the viewer's Opus comes from the feed; its publisher may have changed
         return sent
 
     def _opus_packet(self, made: RtpFrame) -> None:

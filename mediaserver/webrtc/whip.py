@@ -33,7 +33,7 @@ from ..gate import CREDENTIAL, HOOK, LIMIT, NAME, TAKEN, Gate, Refusal
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..log import event
 from .ingest import IngestTimeouts, WhipPublisher
-from .peer import new_peer_connection
+from .peer import bind_candidates, new_peer_connection
 from .sessions import Session, Sessions
 from .signaling import (
     SignalingError,
@@ -168,6 +168,7 @@ class WhipService:
                 shown, profiles = offer_for_any_h264_profile(offer)
                 await pc.setRemoteDescription(RTCSessionDescription(shown, "offer"))
                 publisher.tap()
+                bind_candidates(pc, self.config.webrtc)  # udp_port_range, public_ip, consent_timeout_s
                 for transceiver in pc.getTransceivers():
                     if transceiver.kind == "video":
                         transceiver.setCodecPreferences(_only("video", ("h264", "rtx")))

@@ -1,11 +1,14 @@
 """WHIP ingest (RFC 9725) end to end: an aiortc client in this process publishes H.264 + Opus to a server
 process over loopback; the stream decodes from HTTP-FLV and CMAF with PyAV; a kick ends the WebRTC session;
-refusals (credentials, bad SDP, codecs, a busy name) are 4xx with a reason."""
+refusals (credentials, bad SDP, codecs, a busy name) are 4xx with a reason. A WHEP viewer of a WHIP stream gets
+the publisher's Opus passed through (no AAC -> Opus transcode), and a viewer that vanishes without DELETE is
+ended by ICE consent expiry."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from urllib.parse import urljoin
 
@@ -15,6 +18,7 @@ import m3u8
 
 from support.decode import decode_media
 from bench.whip import WhipClient
+from support.whep import WhepViewer
 
 ADMIN = "admin-token-e2e-0123456789abcdef"
 STUDIO_KEY = "whip-studio-key-0123456789"
@@ -135,3 +139,56 @@ async def test_whip_refusals_say_why_and_a_session_ends_on_delete(server_factory
         for client in (first, second, vp8):
             await client.close()
     assert "reason=deleted" in server.log_text()
+
+
+async def test_whep_viewers_of_a_whip_stream_get_its_opus_as_it_came_and_a_vanished_viewer_is_ended(
+        server_factory, monkeypatch, stream_name):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"webrtc.public_ip": "127.0.0.1", "webrtc.consent_timeout_s": "2"})
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    api = f"{server.http_base}/api/v1/streams/live/{stream_name}"
+    client = WhipClient(f"{server.http_base}/live/{stream_name}/whip")
+    viewer = WhepViewer(f"{server.http_base}/live/{stream_name}/whep")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def get(url: str) -> dict:
+                async with http.get(url, headers=admin) as resp:
+                    return await resp.json() if resp.status == 200 else {}
+
+            async def webrtc_viewers_metric() -> float:
+                async with http.get(f"{server.http_base}/metrics") as resp:
+                    found = re.search(r'^mediaserver_viewers\{format="webrtc"\} (\S+)$', await resp.text(), re.M)
+                return float(found.group(1)) if found else 0.0
+
+            status, body = await client.publish(http)
+            assert status == 201, body
+            candidates = [line.split()[4] for line in body.splitlines() if line.startswith("a=candidate:")]
+            assert candidates and set(candidates) == {"127.0.0.1"}, f"WHIP must advertise webrtc.public_ip: {candidates}"
+            for _ in range(100):  # the AAC made at ingest gives the hub stream its audio track
+                if ((await get(api)).get("audio") or {}).get("codec") == "aac":
+                    break
+                await asyncio.sleep(0.1)
+            answer = await viewer.play(http)
+            assert answer.status == 201, answer.body
+            assert await viewer.wait_frames(video=25, audio=25, timeout_s=10), viewer.frames
+            log = server.log_text()
+            assert "event=opus_passthrough" in log, log[-3000:]
+            assert "opus_transcode_start" not in log, "the publisher's Opus went AAC -> Opus again"
+            assert [v["format"] for v in (await get(f"{api}/viewers"))["viewers"]] == ["webrtc"]
+            assert await webrtc_viewers_metric() == 1.0
+
+            # The viewer vanishes (its sockets closed: no DELETE, no DTLS close); consent expiry ends the session.
+            for transceiver in viewer.pc.getTransceivers():
+                for protocol in transceiver.receiver.transport.transport._connection._protocols:
+                    protocol.transport.abort()
+            vanished = time.monotonic()
+            await wait_for(lambda: "reason=ice_failed" in server.log_text(), 10,
+                           "the vanished viewer's session did not end on consent expiry")
+            assert time.monotonic() - vanished < 8, "consent_timeout_s is 2"
+            assert (await get(f"{api}/viewers"))["viewers"] == []
+            assert await webrtc_viewers_metric() == 0.0
+        log = server.log_text()
+        assert "event=webrtc_consent_expired" in log and "event=viewer_leave" in log, log[-3000:]
+    finally:
+        await viewer.close()
+        await client.close()

@@ -1,4 +1,5 @@
-"""ICE host candidates from [webrtc]: bound inside udp_port_range, advertised as public_ip, on loopback."""
+"""ICE host candidates from [webrtc]: bound inside udp_port_range, advertised as public_ip, on loopback; consent
+checks paced by consent_timeout_s."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from mediaserver.config import ConfigError, WebrtcConfig, load_config
 from mediaserver.webrtc.peer import (
-    BoundIceConnection, NoFreePort, bind_candidates, bind_udp, new_peer_connection, parse_port_range,
+    BoundIceConnection, ConsentIceConnection, NoFreePort, bind_candidates, bind_udp, consent_expired, consent_interval,
+    new_peer_connection, parse_port_range,
 )
 
 
@@ -73,7 +75,12 @@ async def test_without_range_or_public_ip_aioice_gathers_as_it_always_did_and_as
         pc.addTransceiver("audio", direction="recvonly")
         bind_candidates(pc, config)
         connection = pc.getTransceivers()[0].receiver.transport.transport.iceGatherer._connection
-        assert type(connection) is not BoundIceConnection
+        assert type(connection) is ConsentIceConnection and connection.consent_timeout_s == config.consent_timeout_s
         assert connection.stun_server is None, "never aiortc's default public STUN server"
     finally:
         await pc.close()
+
+
+def test_consent_is_checked_at_least_five_times_per_timeout_and_at_most_every_5_s():
+    assert consent_interval(10.0) == 2.0 and consent_interval(30.0) == 5.0 and consent_interval(2.0) == 0.4
+    assert not consent_expired(100.0, 109.9, 10.0) and consent_expired(100.0, 110.0, 10.0)
