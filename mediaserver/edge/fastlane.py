@@ -75,7 +75,7 @@ _INIT_TYPE = b"video/mp4"
 _LONG_CACHE = b"public, max-age=3600, immutable"
 _NO_CACHE = b"no-cache"
 _REFUSED_HEADERS = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
-_MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio"}
+_MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio", "cmaf-muxed.m3u8": "muxed"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -562,6 +562,8 @@ class CmafSegmenter:
         self._video_watermark: int | None = None
         self._out: list[CmafPart | CmafSegment] = []
         self._last_now = 0.0
+        self.muxed = muxed
+        """Whether the muxed rendition (video and audio in one track's parts, cmaf_mux.py) is made too."""
         self._muxer: SampleTap | None = None
         if muxed:
             from .cmaf_mux import CmafMuxer  # it builds on this module's types

@@ -341,7 +341,6 @@ def multi_track_fragment(sequence_number: int, runs: Sequence[TrackRun]) -> byte
     runs = [run for run in runs if run.entries]
     if not runs:
         raise UsageError("a fragment needs at least one track with samples")
-    trafs = []
     bodies = []
     for run in runs:
         per_sample = _FIELDS_PER_SAMPLE.get(run.trun_flags)
