@@ -80,6 +80,7 @@ class CmafMuxer:
         self._open: _OpenSegment | None = None
         self._inits: dict[tuple[int, int], CmafInit] = {}
         self._current: CmafInit | None = None
+        self._audio_init: CmafInit | None = None  # the last muxed segment's (audio may pause)
         self._versions = 0
         self._fragment_number = 0
         self._out: list[CmafPart | CmafSegment] = []
@@ -120,6 +121,7 @@ class CmafMuxer:
         self._drain(force=True)
         self._video.clear()
         self._open = None  # (its video segment closed before the reset, and with it this one)
+        self._audio_init = None  # a new timeline starts with its own audio, or none
         self._audio.clear()
         self._audio_reach = None
 
@@ -197,12 +199,10 @@ class CmafMuxer:
         audio = self._audio
         while audio and audio[0].start_90k < part.start:
             audio.popleft()
-        audio_init = audio[0].init if audio else None
+        audio_init = audio[0].init if audio else self._audio_init
         if audio_init is None:
-            previous = self._open
-            if previous is None:
-                return None  # no audio yet: the rendition starts once there is
-            audio_init = previous.audio_init
+            return None  # no audio yet: the rendition starts once there is
+        self._audio_init = audio_init
         return _OpenSegment(self._init_for(part.init, audio_init), audio_init)
 
     def _init_for(self, video: CmafInit, audio: CmafInit) -> CmafInit:

@@ -9,6 +9,7 @@ import av
 import pytest
 from support.codec_clips import codec_clip, media_frames
 
+from mediaserver.media.flv_body import audio_frame, video_frame
 from mediaserver.media.frames import Frame, FrameKind
 from mediaserver.remux import llhls
 from mediaserver.remux.cmaf import AUDIO, MUXED, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
@@ -182,3 +183,61 @@ def test_a_multi_track_fragment_points_each_trun_at_its_own_samples() -> None:
     moof_size = len(moof) + 8
     assert [data[o:o + n] for o, n in zip(offsets, (3, 4))] == [b"vvv", b"aabb"]
     assert offsets[0] == moof_size + 8
+
+
+def retime(frame: Frame, offset_ms: int) -> Frame:
+    rebuilt = (audio_frame if frame.kind == FrameKind.AUDIO else video_frame)(bytes(frame.body), frame.dts_ms + offset_ms)
+    assert rebuilt is not None
+    return rebuilt
+
+
+def window_of(items: list[Item]) -> CmafWindow:
+    window = CmafWindow(target_duration_s=1.0, part_target_s=0.2)
+    window.extend(items)  # refuses parts out of order and sequence numbers that step back
+    return window
+
+
+def test_a_discontinuity_and_a_new_audio_config_keep_the_muxed_segments_whole_and_decodable() -> None:
+    first = [f for f in codec_clip("h264", "aac", seconds=2.0) if f.kind != FrameKind.DATA and f.dts_ms < 2000]
+    second = [retime(f, 2000) for f in codec_clip("h264", "aac", seconds=2.0, sample_rate=44100, channels=1)
+              if f.kind != FrameKind.DATA]
+    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxed=True)
+    items = run(first, segmenter, finish=False)
+    segmenter.discontinuity()
+    items += run([retime(f, 0) for f in first] + second, segmenter)  # a new publisher from 0, then a new config
+    window_of(items)
+    segments = of(items, MUXED, CmafSegment)
+    video = of(items, VIDEO, CmafSegment)
+    assert [s.sequence for s in segments] == [s.sequence for s in video] == list(range(len(video)))
+    assert [s.discontinuity for s in segments] == [s.discontinuity for s in video]
+    assert [s.part_count for s in segments] == [s.part_count for s in video]
+    versions = sorted({s.init.version for s in segments})
+    assert versions == [1, 2]
+    for segment in segments:
+        times = {}
+        with av.open(io.BytesIO(segment.init.data + segment.data), format="mp4") as container:
+            for stream in container.streams:
+                times[stream.type] = stream.codec_context.sample_rate if stream.type == "audio" else 0
+            assert sum(1 for p in container.demux() if p.size) > 10
+        assert times["audio"] == (44100 if segment.init.version == 2 else 48000)
+
+
+def test_when_the_audio_stops_muxed_parts_go_out_with_the_video_alone_after_a_bounded_wait() -> None:
+    frames = [f for f in codec_clip("h264", "aac", seconds=4.0) if f.kind != FrameKind.DATA]
+    frames = [f for f in frames if f.kind != FrameKind.AUDIO or f.is_config or f.dts_ms < 1500]
+    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxed=True)
+    video_out: dict[tuple[int, int], int] = {}
+    lag = []
+    for frame in frames:
+        for item in segmenter.push(frame, NOW):
+            if isinstance(item, CmafPart) and item.track == VIDEO:
+                video_out[(item.sequence, item.index)] = frame.dts_ms
+            elif isinstance(item, CmafPart) and item.track == MUXED:
+                lag.append(frame.dts_ms - video_out[(item.sequence, item.index)])
+    items = segmenter.finish()
+    assert lag and max(lag) <= 500 + 250  # the audio wait, and a part's worth of video to notice it
+    assert of(items, MUXED, CmafPart)  # the last parts come out at the end
+    video = sorted([*video_out, *((p.sequence, p.index) for p in of(items, VIDEO, CmafPart))])
+    muxed = [(p.sequence, p.index) for p in of(items, MUXED, CmafPart)]
+    assert video[-len(muxed):] == muxed and len(video) == len(lag) + len(muxed)  # every video part, muxed
+    assert segmenter._muxer.parts_without_audio >= 10  # type: ignore[union-attr]
