@@ -50,6 +50,7 @@ from ..remux.cmaf import (
     CmafSegmenter,
     parse_cmaf_name,
 )
+from ..remux.cmaf_mux import CmafMuxer
 from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
 from ..remux.multivariant import Variant
@@ -89,7 +90,7 @@ class CmafPackager:
         self.last_request = time.monotonic()
         self.ended_at: float | None = None
         self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration,
-                                       cuts=cuts, follow=follow, muxed=follow is None)
+                                       cuts=cuts, follow=follow, muxer=CmafMuxer() if follow is None else None)
         self.window = CmafWindow(
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
         )
@@ -225,7 +226,7 @@ class CmafPackager:
         want = {VIDEO} if info.video_codec in CARRIED_VIDEO else set()
         if info.audio_codec in CARRIED_AUDIO:
             want.add(AUDIO)
-            if want == {VIDEO, AUDIO} and self.segmenter.muxed:
+            if want == {VIDEO, AUDIO} and self.segmenter.muxer is not None:
                 want.add(MUXED)
         return bool(self.window.tracks) and want <= self.window.tracks.keys()
 

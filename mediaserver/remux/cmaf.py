@@ -52,6 +52,10 @@ seconds) only anchors the wall clock of a timeline. The rules:
 - Payloads go into the mdat untouched (AVCC/HVCC NAL units with the config's length size, AV1
   OBUs less the temporal delimiter, raw AAC, Opus packets): one join copies each sample once.
 
+- Muxed. Given a `muxer` (cmaf_mux.CmafMuxer), the segmenter tells it of each video part and audio
+  sample as they are made, and its muxed parts and segments (track "muxed": video and audio in each
+  moof, for HLS players) come out of push()/finish() after the items they are made of.
+
 `CmafWindow` (cmaf_window.py) keeps the recent segments, the parts of the last few, and the inits they use, per
 track; `llhls.py` renders its HLS playlists and answers blocking reloads, `dash.py` its MPD.
 Names: `segment_name`, `part_name`, `init_name` and `parse_cmaf_name` (the edge may prefix them).
@@ -510,7 +514,7 @@ class CmafSegmenter:
         max_part_bytes: int = 16 << 20,
         cuts: CutPlan | None = None,
         follow: CutPlan | None = None,
-        muxed: bool = False,
+        muxer: SampleTap | None = None,
     ) -> None:
         if not 0 < target_duration_s <= max_segment_duration_s:
             raise UsageError(
@@ -562,13 +566,9 @@ class CmafSegmenter:
         self._video_watermark: int | None = None
         self._out: list[CmafPart | CmafSegment] = []
         self._last_now = 0.0
-        self.muxed = muxed
-        """Whether the muxed rendition (video and audio in one track's parts, cmaf_mux.py) is made too."""
-        self._muxer: SampleTap | None = None
-        if muxed:
-            from .cmaf_mux import CmafMuxer  # it builds on this module's types
-
-            self._muxer = self._video.tap = self._audio.tap = CmafMuxer()
+        self.muxer = muxer
+        """What also makes the muxed rendition (cmaf_mux.CmafMuxer: video and audio in each part), or None."""
+        self._muxer = self._video.tap = self._audio.tap = muxer
 
     # -- public ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from mediaserver.media.flv_body import audio_frame, video_frame
 from mediaserver.media.frames import Frame, FrameKind
 from mediaserver.remux import llhls
 from mediaserver.remux.cmaf import AUDIO, MUXED, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
+from mediaserver.remux.cmaf_mux import CmafMuxer
 from mediaserver.remux.cmaf_window import CmafWindow
 from mediaserver.remux.multivariant import Variant
 from mediaserver.remux.fmp4 import AUDIO_TRUN, VIDEO_TRUN, TrackRun, multi_track_fragment
@@ -54,7 +55,7 @@ def clip() -> list[Frame]:
 
 @pytest.fixture(scope="module")
 def muxed_items(clip: list[Frame]) -> list[Item]:
-    return run(clip, CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxed=True))
+    return run(clip, CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxer=CmafMuxer()))
 
 
 def test_the_split_tracks_are_unchanged_by_the_muxed_rendition(clip: list[Frame], muxed_items: list[Item]) -> None:
@@ -125,7 +126,7 @@ def test_the_muxed_rendition_decodes_with_both_streams_in_sync(clip: list[Frame]
 
 
 def test_a_muxed_part_waits_only_for_the_audio_that_ends_it(clip: list[Frame]) -> None:
-    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxed=True)
+    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxer=CmafMuxer())
     video_out: dict[tuple[int, int], int] = {}
     lag = []
     for i, frame in enumerate(clip):
@@ -141,7 +142,7 @@ def test_a_muxed_part_waits_only_for_the_audio_that_ends_it(clip: list[Frame]) -
 
 def test_video_only_and_audio_only_streams_have_no_muxed_rendition() -> None:
     for video, audio in (("h264", None), (None, "aac")):
-        items = run(codec_clip(video, audio, seconds=2.0), CmafSegmenter(muxed=True))
+        items = run(codec_clip(video, audio, seconds=2.0), CmafSegmenter(muxer=CmafMuxer()))
         assert items and not [i for i in items if i.track == MUXED]
 
 
@@ -201,7 +202,7 @@ def test_a_discontinuity_and_a_new_audio_config_keep_the_muxed_segments_whole_an
     first = [f for f in codec_clip("h264", "aac", seconds=2.0) if f.kind != FrameKind.DATA and f.dts_ms < 2000]
     second = [retime(f, 2000) for f in codec_clip("h264", "aac", seconds=2.0, sample_rate=44100, channels=1)
               if f.kind != FrameKind.DATA]
-    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxed=True)
+    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxer=CmafMuxer())
     items = run(first, segmenter, finish=False)
     segmenter.discontinuity()
     items += run([retime(f, 0) for f in first] + second, segmenter)  # a new publisher from 0, then a new config
@@ -225,7 +226,7 @@ def test_a_discontinuity_and_a_new_audio_config_keep_the_muxed_segments_whole_an
 def test_when_the_audio_stops_muxed_parts_go_out_with_the_video_alone_after_a_bounded_wait() -> None:
     frames = [f for f in codec_clip("h264", "aac", seconds=4.0) if f.kind != FrameKind.DATA]
     frames = [f for f in frames if f.kind != FrameKind.AUDIO or f.is_config or f.dts_ms < 1500]
-    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxed=True)
+    segmenter = CmafSegmenter(target_duration_s=1.0, part_target_s=0.2, muxer=CmafMuxer())
     video_out: dict[tuple[int, int], int] = {}
     lag = []
     for frame in frames:
@@ -240,4 +241,4 @@ def test_when_the_audio_stops_muxed_parts_go_out_with_the_video_alone_after_a_bo
     video = sorted([*video_out, *((p.sequence, p.index) for p in of(items, VIDEO, CmafPart))])
     muxed = [(p.sequence, p.index) for p in of(items, MUXED, CmafPart)]
     assert video[-len(muxed):] == muxed and len(video) == len(lag) + len(muxed)  # every video part, muxed
-    assert segmenter._muxer.parts_without_audio >= 10  # type: ignore[union-attr]
+    assert segmenter.muxer.parts_without_audio >= 10  # type: ignore[union-attr]
