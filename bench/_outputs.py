@@ -938,16 +938,27 @@ class LlhlsRecorder:
             if kind == "init":
                 self.inits[track] = read_init(body)
                 return
-            span = _span(read_fragments(body, self.inits.get(track)), self.inits.get(track))
+            tracks = self.inits.get(track)
+            runs = read_fragments(body, tracks)
         except Mp4Error as err:
             self.errors[str(err)[:80]] += 1
             return
-        if span is None:
-            self.errors["part without samples, or before its init"] += 1
-            return
         key = part_key(track, item)
-        self.records.append({"track": track, "key": key, "last_ms": span[0], "end_ms": span[1], "arrived": t,
-                             "listed": self.listed.get(key), "backlog": key in self.backlog})
+        # A muxed part (video and audio trafs) gives a record per track, each timed by its own samples.
+        handlers = {info.handler for info in (tracks or {}).values()}
+        kinds = {"vide": "video", "soun": "audio"}
+        found = False
+        for handler in sorted(handlers):
+            ids = {tid for tid, info in (tracks or {}).items() if info.handler == handler}
+            span = _span([r for r in runs if r.track_id in ids], tracks)
+            if span is None:
+                continue
+            found = True
+            self.records.append({"track": kinds.get(handler, track) if len(handlers) > 1 else track, "key": key,
+                                 "last_ms": span[0], "end_ms": span[1], "arrived": t,
+                                 "listed": self.listed.get(key), "backlog": key in self.backlog})
+        if not found:
+            self.errors["part without samples, or before its init"] += 1
 
 
 class DashRecorder:

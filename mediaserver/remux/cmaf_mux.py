@@ -9,10 +9,10 @@ third rendition, `muxed`, out of the very samples the segmenter places:
   Each is one moof with two trafs (video, track 1; audio, track 2) and one mdat: the video part's
   samples, then the audio samples that start before the video part ends (and were not taken before).
   A part without audio (the audio stopped) carries the video's traf alone.
-- A muxed part is complete once an audio sample that starts at or after its end has been placed (so
-  every audio sample it takes has its duration), which is at most one audio frame and the segmenter's
-  interleaving wait after the video part; if the audio stalls for `max_audio_wait_ms` of video, parts go
-  out with what there is. `reset` (discontinuity, timestamp jump, end) sends out everything held.
+- A muxed part is complete once the audio placed reaches its end (the newest audio sample taken to last
+  as long as the ones before it, as the segmenter places audio back to back), which is usually when the
+  video frame that closed the part arrives, or one audio frame later; if the audio stalls for
+  `max_audio_wait_ms` of video, parts go out with what there is. `reset` (discontinuity, timestamp jump, end) sends out everything held.
 - Its segments are the concatenation of its parts, closed when the video's segment closes.
 - Its init segment declares both tracks (`fmp4.combined_init`); a new version is made whenever the video
   init or the audio init changes, at a video segment start. The rendition starts at the first video
@@ -74,7 +74,7 @@ class CmafMuxer:
     def __init__(self, max_audio_wait_ms: int = DEFAULT_MAX_AUDIO_WAIT_MS) -> None:
         self.max_audio_wait = max_audio_wait_ms * 90
         self._audio: deque[_AudioSample] = deque()
-        self._audio_reach: int | None = None  # start (90 kHz) of the newest audio sample placed
+        self._audio_reach: int | None = None  # expected end (90 kHz) of the newest audio sample placed
         self._audio_step = 0  # the last duration two audio samples told
         self._video: deque[_VideoPart] = deque()
         self._open: _OpenSegment | None = None
@@ -99,10 +99,12 @@ class CmafMuxer:
                 last.duration = self._audio_step = step
             else:
                 last.duration = self._nominal(last)
-        audio.append(_AudioSample(tick, payload, init, start))
+        sample = _AudioSample(tick, payload, init, start)
+        audio.append(sample)
         if len(audio) > _MAX_HELD_AUDIO:
             audio.popleft()
-        self._audio_reach = start
+        # The segmenter places audio back to back, so the newest sample lasts as long as the last ones did.
+        self._audio_reach = start + self._nominal(sample) * VIDEO_TIMESCALE // init.timescale
         if self._video:
             self._drain(force=False)
 
@@ -168,9 +170,7 @@ class CmafMuxer:
                 segment.audio_closed = True  # a new config: from the next segment on
                 break
             if not sample.duration:
-                if not force and len(audio) == 1 and not segment.audio_closed:
-                    break  # the last sample placed: its duration comes with the next
-                sample.duration = self._nominal(sample)
+                sample.duration = self._nominal(sample)  # the newest: as long as the last ones
             taken.append(audio.popleft())
         runs = [TrackRun(VIDEO_TRACK_ID, part.start, VIDEO_TRUN, held.entries, held.pieces, held.size)]
         if taken:
