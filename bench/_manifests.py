@@ -58,6 +58,8 @@ class Multivariant:
     """URIs of EXT-X-STREAM-INF variants, in order."""
     audio: tuple[str, ...]
     """URIs of EXT-X-MEDIA TYPE=AUDIO renditions that have one."""
+    muxed: bool = False
+    """The first variant carries audio and video itself: its CODECS names both, and it has no AUDIO group."""
 
 
 def parse_multivariant(text: str) -> Multivariant:
@@ -67,11 +69,14 @@ def parse_multivariant(text: str) -> Multivariant:
     variants: list[str] = []
     audio: list[str] = []
     want_uri = False
+    first_info: dict[str, str] | None = None
     for line in lines[1:]:
         if not line:
             continue
         if line.startswith("#EXT-X-STREAM-INF:"):
             want_uri = True
+            if first_info is None:
+                first_info = parse_attributes(line.split(":", 1)[1])
         elif line.startswith("#EXT-X-MEDIA:"):
             attrs = parse_attributes(line.split(":", 1)[1])
             if attrs.get("TYPE") == "AUDIO" and "URI" in attrs:
@@ -83,7 +88,13 @@ def parse_multivariant(text: str) -> Multivariant:
             want_uri = False
     if not variants:
         raise ManifestError("multivariant playlist lists no variant (no EXT-X-STREAM-INF with a URI)")
-    return Multivariant(tuple(variants), tuple(audio))
+    codecs = [c.strip().split(".")[0] for c in (first_info or {}).get("CODECS", "").split(",") if c.strip()]
+    muxed = (first_info is not None and "AUDIO" not in first_info
+             and any(c in _AUDIO_CODECS for c in codecs) and any(c not in _AUDIO_CODECS for c in codecs))
+    return Multivariant(tuple(variants), tuple(audio), muxed)
+
+
+_AUDIO_CODECS = frozenset({"mp4a", "opus", "ac-3", "ec-3", "fLaC"})
 
 
 @dataclass(frozen=True, slots=True)

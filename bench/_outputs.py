@@ -12,8 +12,8 @@ worker and analysis serve all three.
 
 Pull outputs (the viewer asks):
 - `LlhlsPlayer` does what hls.js does in low-latency mode: it loads the multivariant playlist, then
-  follows the video playlist and the audio rendition's playlist each on its own pair of keep-alive
-  connections: one for blocking playlist reloads (`_HLS_msn=M&_HLS_part=P` naming the part after the
+  follows the variant's playlist and, if the variant has one, the audio rendition's playlist, each on its
+  own pair of keep-alive connections (a muxed variant carries both tracks in one playlist): one for blocking playlist reloads (`_HLS_msn=M&_HLS_part=P` naming the part after the
   last one listed, RFC 8216bis 6.2.5.2), one fetching every new part in order. It starts PART-HOLD-BACK
   behind the live edge at an independent part, fetches EXT-X-MAP inits when they change, and does not
   ask for preload hints (hls.js does not). After a 503 or 400 it reloads without directives.
@@ -683,8 +683,9 @@ class LlhlsPlayer:
     """An hls.js-like low-latency player: the multivariant playlist, then one LlhlsTrack per rendition.
 
     hls.js loads the multivariant playlist once. `wait_for_audio_s` > 0 makes this player reload it
-    (every 0.2 s, for at most that long) while it lists no audio rendition, as a probe that must
-    measure both tracks does; `multivariant_loads_without_audio` counts those loads."""
+    (every 0.2 s, for at most that long) while it lists no audio (neither an audio rendition nor a
+    muxed variant, whose playlist carries both tracks), as a probe that must measure both tracks does;
+    `multivariant_loads_without_audio` counts those loads."""
 
     def __init__(self, host: str, port: int, path: str, stats: PullStats, first_seen: dict[str, float],
                  latency: dict[str, list[float]] | None = None, window: tuple[float, float] = (0.0, 0.0), *,
@@ -711,7 +712,7 @@ class LlhlsPlayer:
                     self.stats.manifests += 1
                     if status == 200:
                         mv = parse_multivariant(body.decode("utf-8", "replace"))
-                        if mv.audio:
+                        if mv.audio or mv.muxed:
                             break
                         self.multivariant_loads_without_audio += 1
                         if time.monotonic() >= give_up:
@@ -937,16 +938,27 @@ class LlhlsRecorder:
             if kind == "init":
                 self.inits[track] = read_init(body)
                 return
-            span = _span(read_fragments(body, self.inits.get(track)), self.inits.get(track))
+            tracks = self.inits.get(track)
+            runs = read_fragments(body, tracks)
         except Mp4Error as err:
             self.errors[str(err)[:80]] += 1
             return
-        if span is None:
-            self.errors["part without samples, or before its init"] += 1
-            return
         key = part_key(track, item)
-        self.records.append({"track": track, "key": key, "last_ms": span[0], "end_ms": span[1], "arrived": t,
-                             "listed": self.listed.get(key), "backlog": key in self.backlog})
+        # A muxed part (video and audio trafs) gives a record per track, each timed by its own samples.
+        handlers = {info.handler for info in (tracks or {}).values()}
+        kinds = {"vide": "video", "soun": "audio"}
+        found = False
+        for handler in sorted(handlers):
+            ids = {tid for tid, info in (tracks or {}).items() if info.handler == handler}
+            span = _span([r for r in runs if r.track_id in ids], tracks)
+            if span is None:
+                continue
+            found = True
+            self.records.append({"track": kinds.get(handler, track) if len(handlers) > 1 else track, "key": key,
+                                 "last_ms": span[0], "end_ms": span[1], "arrived": t,
+                                 "listed": self.listed.get(key), "backlog": key in self.backlog})
+        if not found:
+            self.errors["part without samples, or before its init"] += 1
 
 
 class DashRecorder:

@@ -732,7 +732,11 @@ def test_multivariant_playlist_gives_variants_and_audio_renditions():
     mv = parse_multivariant('#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="audio",URI="cmaf-audio.m3u8"\n'
                             '#EXT-X-STREAM-INF:BANDWIDTH=2829251,CODECS="avc1.64001f,mp4a.40.2",AUDIO="a"\n'
                             'cmaf-video.m3u8\n')
-    assert (mv.variants, mv.audio) == (("cmaf-video.m3u8",), ("cmaf-audio.m3u8",))
+    assert (mv.variants, mv.audio, mv.muxed) == (("cmaf-video.m3u8",), ("cmaf-audio.m3u8",), False)
+    mv = parse_multivariant('#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,CODECS="avc1.64001f,mp4a.40.2"\ncmaf-muxed.m3u8\n')
+    assert (mv.variants, mv.audio, mv.muxed) == (("cmaf-muxed.m3u8",), (), True)
+    mv = parse_multivariant('#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,CODECS="avc1.64001f"\nvideo.m3u8\n')
+    assert mv.muxed is False
     with pytest.raises(ManifestError, match="no variant"):
         parse_multivariant("#EXTM3U\n")
 

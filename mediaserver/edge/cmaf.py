@@ -1,19 +1,22 @@
 """fMP4/CMAF outputs: LL-HLS (`cmaf.m3u8`) and MPEG-DASH (`manifest.mpd`) over the same segments.
 
 One CmafPackager per stream is a hub sink: it cuts segments and LL-HLS parts once, and both manifests
-list those same bytes. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and requests for the part a
+list those same bytes. A source stream with video and audio also gets the muxed rendition (cmaf_mux.py:
+both tracks in each part), which cmaf.m3u8 lists as its one variant, so an HLS player follows one
+playlist instead of two (half the blocking reloads and part requests); DASH keeps the split tracks. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and requests for the part a
 preload hint names are held until it exists, for at most three target durations (then 503); requests
 too far ahead, or malformed, get 400 at once (RFC 8216bis 6.2.5.2).
 
-With ABR, cmaf.m3u8 lists the ladder's renditions (../NAME@LABEL/cmaf-video.m3u8) as more video variants
-sharing the source's audio, and manifest.mpd one more Representation per rendition in its video
+With ABR, cmaf.m3u8 lists the source's split video and the ladder's renditions (../NAME@LABEL/cmaf-video.m3u8)
+as video variants sharing the source's audio, and manifest.mpd one more Representation per rendition in its video
 AdaptationSet (files under ../NAME@LABEL/); a rendition's packager cuts where this one does.
 
 Files under /APP/NAME/:
-  cmaf.m3u8                      multivariant playlist (video variant, audio rendition)
-  cmaf-video.m3u8, cmaf-audio.m3u8   LL-HLS media playlists
+  cmaf.m3u8                      multivariant playlist (the muxed variant; or video variant, audio rendition)
+  cmaf-muxed.m3u8                LL-HLS media playlist of video and audio together
+  cmaf-video.m3u8, cmaf-audio.m3u8   LL-HLS media playlists of each track
   manifest.mpd                   DASH, dynamic while live, static once ended
-  INSTANCE-video-init-V.mp4, INSTANCE-video-N.m4s, INSTANCE-video-N.P.m4s (and audio): init, segments, parts
+  INSTANCE-video-init-V.mp4, INSTANCE-video-N.m4s, INSTANCE-video-N.P.m4s (and audio, muxed): init, segments, parts
 The instance prefix makes every file name unique to one run of the stream, so files may be cached long.
 
 A frame or config the segmenter cannot parse, live or replayed, is skipped and counted (skipped_frames.py);
@@ -36,7 +39,18 @@ from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
 from ..media.frames import Frame
 from ..remux import dash, llhls
-from ..remux.cmaf import AUDIO, CARRIED_AUDIO, CARRIED_VIDEO, VIDEO, CmafPart, CmafSegment, CmafSegmenter, parse_cmaf_name
+from ..remux.cmaf import (
+    AUDIO,
+    CARRIED_AUDIO,
+    CARRIED_VIDEO,
+    MUXED,
+    VIDEO,
+    CmafPart,
+    CmafSegment,
+    CmafSegmenter,
+    parse_cmaf_name,
+)
+from ..remux.cmaf_mux import CmafMuxer
 from ..remux.cmaf_window import CmafWindow
 from ..remux.hls import format_program_date_time
 from ..remux.multivariant import Variant
@@ -54,7 +68,8 @@ PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 MPD_TYPE = "application/dash+xml"
 SEGMENT_TYPE = "video/iso.segment"
 INIT_TYPE = "video/mp4"
-MEDIA_PLAYLISTS = {"cmaf-video.m3u8": VIDEO, "cmaf-audio.m3u8": AUDIO}
+MEDIA_PLAYLISTS = {"cmaf-video.m3u8": VIDEO, "cmaf-audio.m3u8": AUDIO, "cmaf-muxed.m3u8": MUXED}
+SPLIT_PLAYLISTS = {"cmaf-video.m3u8": VIDEO, "cmaf-audio.m3u8": AUDIO}
 CMAF_MANIFESTS = frozenset({"cmaf.m3u8", "manifest.mpd", *MEDIA_PLAYLISTS})
 LONG_CACHE = "public, max-age=3600, immutable"
 
@@ -75,7 +90,7 @@ class CmafPackager:
         self.last_request = time.monotonic()
         self.ended_at: float | None = None
         self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration,
-                                       cuts=cuts, follow=follow)
+                                       cuts=cuts, follow=follow, muxer=CmafMuxer() if follow is None else None)
         self.window = CmafWindow(
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
         )
@@ -166,13 +181,15 @@ class CmafPackager:
         def render() -> str:
             return llhls.render_multivariant_playlist(
                 self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query,
-                renditions=renditions, source_video=source_video)
+                renditions=renditions, source_video=source_video, muxed_uri="cmaf-muxed.m3u8")
         if renditions:
             return render().encode()  # the ladder may change from one request to the next
         return self._cached(f"mv?{query}", render)
 
     def media_playlist(self, track: str, query: str = "") -> bytes:
-        others = {uri: t for uri, t in MEDIA_PLAYLISTS.items() if t != track and self.window.track(t) is not None}
+        # The split playlists report each other; the muxed one is a variant alone, with nothing to report.
+        others = {uri: t for uri, t in SPLIT_PLAYLISTS.items()
+                  if t != track and track != MUXED and self.window.track(t) is not None}
         return self._cached(f"{track}?{query}", lambda: llhls.render_media_playlist(
             self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
 
@@ -209,6 +226,8 @@ class CmafPackager:
         want = {VIDEO} if info.video_codec in CARRIED_VIDEO else set()
         if info.audio_codec in CARRIED_AUDIO:
             want.add(AUDIO)
+            if want == {VIDEO, AUDIO} and self.segmenter.muxer is not None:
+                want.add(MUXED)
         return bool(self.window.tracks) and want <= self.window.tracks.keys()
 
     async def wait_change(self, deadline: float) -> bool:

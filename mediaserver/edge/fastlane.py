@@ -75,7 +75,7 @@ _INIT_TYPE = b"video/mp4"
 _LONG_CACHE = b"public, max-age=3600, immutable"
 _NO_CACHE = b"no-cache"
 _REFUSED_HEADERS = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
-_MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio"}
+_MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio", "cmaf-muxed.m3u8": "muxed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,11 +247,11 @@ class FastLane:
             readiness = llhls.playlist_request(packager.window, track, msn, part)  # type: ignore[arg-type]
             if readiness is llhls.Readiness.BAD_REQUEST:
                 return False
-            return self._start(conn, head, str(key), packager, readiness, self._try_playlist, (track, msn, part))
-        if not file.startswith(packager.prefix) or parse_cmaf_name(file[len(packager.prefix):]) is None:
+            asked = (track, msn, part)
+            return self._start(conn, head, str(key), packager, readiness, self._try_playlist, asked, asked)
+        name = parse_cmaf_name(file[len(packager.prefix):]) if file.startswith(packager.prefix) else None
+        if name is None:
             return False
-        name = parse_cmaf_name(file[len(packager.prefix):])
-        assert name is not None
         if name.kind == "init":
             tw = packager.window.track(name.track)
             init = tw.init(name.number) if tw is not None else None
@@ -261,8 +261,8 @@ class FastLane:
         readiness = llhls.resource_request(packager.window, name.track, name.number, name.part)
         if readiness is not llhls.Readiness.READY and readiness is not llhls.Readiness.WAIT:
             return False
-        return self._start(conn, head, str(key), packager, readiness, self._try_file,
-                           (name.track, name.number, name.part))
+        asked = (name.track, name.number, name.part)
+        return self._start(conn, head, str(key), packager, readiness, self._try_file, asked, ("file", asked))
 
     # ----- recordings ----------------------------------------------------------------------------
 
@@ -418,7 +418,7 @@ class FastLane:
     # ----- held requests -----------------------------------------------------------------------
 
     def _start(self, conn: Any, head: Head, stream: str, packager: CmafPackager, readiness: llhls.Readiness,
-               try_answer: Callable[[_Held, dict], bool], asked: tuple) -> bool:
+               try_answer: Callable[[_Held, dict], bool], asked: tuple, seen_key: tuple) -> bool:
         gate = self.app[GATE]
         address = conn.lane_address
         if gate.connection_opened(address) is not None:
@@ -428,7 +428,7 @@ class FastLane:
                      asked)
         if readiness is llhls.Readiness.READY:
             try:
-                try_answer(held, {})
+                try_answer(held, {seen_key: readiness})  # (asked just now: not asked again)
             finally:
                 gate.connection_closed(address)
             return True
@@ -513,7 +513,7 @@ class FastLane:
             item = tw.segment(number) if part is None else tw.part(number, part)
             assert item is not None
             self._write(held.conn, held.head, str(packager.key), "cmaf", held.address, 200, _M4S_TYPE, _LONG_CACHE,
-                        item.data)
+                        item.data)  # (a memfd copy sent with sendfile cost more CPU on loopback than this writev)
             return True
         if readiness is llhls.Readiness.GONE:
             self._error(held, 404, f"{file[:64]!r} is not (or no longer) available",

@@ -52,6 +52,10 @@ seconds) only anchors the wall clock of a timeline. The rules:
 - Payloads go into the mdat untouched (AVCC/HVCC NAL units with the config's length size, AV1
   OBUs less the temporal delimiter, raw AAC, Opus packets): one join copies each sample once.
 
+- Muxed. Given a `muxer` (cmaf_mux.CmafMuxer), the segmenter tells it of each video part and audio
+  sample as they are made, and its muxed parts and segments (track "muxed": video and audio in each
+  moof, for HLS players) come out of push()/finish() after the items they are made of.
+
 `CmafWindow` (cmaf_window.py) keeps the recent segments, the parts of the last few, and the inits they use, per
 track; `llhls.py` renders its HLS playlists and answers blocking reloads, `dash.py` its MPD.
 Names: `segment_name`, `part_name`, `init_name` and `parse_cmaf_name` (the edge may prefix them).
@@ -62,6 +66,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import MediaError, UsageError
 from ..media.aac import parse_audio_specific_config
@@ -91,6 +96,8 @@ from .segment import Cut, CutPlan
 
 VIDEO = "video"
 AUDIO = "audio"
+MUXED = "muxed"
+"""Video and audio in one fMP4 rendition (cmaf_mux.py): what HLS players fetch, half the requests."""
 TRACKS = (VIDEO, AUDIO)
 VIDEO_TIMESCALE = 90_000
 CARRIED_VIDEO = frozenset({"h264", "hevc", "av1", "vp9"})
@@ -278,7 +285,7 @@ class CmafName:
 
 
 _NUMBER = r"(0|[1-9][0-9]{0,17})"
-_NAME = re.compile(rf"(video|audio)-(?:init-{_NUMBER}\.mp4|{_NUMBER}(?:\.{_NUMBER})?\.m4s)")
+_NAME = re.compile(rf"(video|audio|muxed)-(?:init-{_NUMBER}\.mp4|{_NUMBER}(?:\.{_NUMBER})?\.m4s)")
 
 
 def parse_cmaf_name(name: str) -> CmafName | None:
@@ -306,7 +313,7 @@ class _Track:
         "last_tick", "last_duration", "fragment_number", "last_sequence",
         "open", "sequence", "seg_start", "timeline", "discontinuity", "independent", "parts",
         "seg_bytes", "seg_samples", "boundary", "force_discontinuity", "frame_samples",
-        "part_start", "part_independent", "entries", "pieces", "payload_size", "count",
+        "part_start", "part_independent", "entries", "pieces", "payload_size", "count", "tap",
     )
 
     def __init__(self, name: str) -> None:
@@ -344,6 +351,7 @@ class _Track:
         self.pieces: list[bytes | memoryview] = []
         self.payload_size = 0
         self.count = 0
+        self.tap: SampleTap | None = None
 
     @property
     def active_init(self) -> CmafInit | None:
@@ -383,6 +391,8 @@ class _Track:
         self.payload_size += size
         self.count += 1
         self.last_tick = tick
+        if self.tap is not None and self.stride == 2:
+            self.tap.audio_sample(tick, payload, self.init)  # type: ignore[arg-type]
 
     def close_part(self, end_tick: int) -> CmafPart:
         assert self.count and self.init is not None and self.timeline is not None
@@ -410,6 +420,8 @@ class _Track:
         self.parts.append(part)
         self.seg_bytes += len(data)
         self.seg_samples += self.count
+        if self.tap is not None and self.stride == 4:
+            self.tap.video_part(part, self.entries, self.pieces, self.payload_size)  # handed over: new lists below
         self.entries = []
         self.pieces = []
         self.payload_size = 0
@@ -426,15 +438,16 @@ class _Track:
             return
         assert self.init is not None and self.timeline is not None
         end = parts[-1].start + parts[-1].duration
-        out.append(
-            CmafSegment(
-                track=self.name, sequence=self.sequence, data=b"".join(p.data for p in parts),
-                start=self.seg_start, duration=end - self.seg_start, timescale=self.timescale,
-                init=self.init, timeline=self.timeline, discontinuity=self.discontinuity,
-                independent=self.independent, part_count=len(parts), samples=self.seg_samples,
-            )
+        segment = CmafSegment(
+            track=self.name, sequence=self.sequence, data=b"".join(p.data for p in parts),
+            start=self.seg_start, duration=end - self.seg_start, timescale=self.timescale,
+            init=self.init, timeline=self.timeline, discontinuity=self.discontinuity,
+            independent=self.independent, part_count=len(parts), samples=self.seg_samples,
         )
+        out.append(segment)
         self.parts = []
+        if self.tap is not None and self.stride == 4:
+            self.tap.video_segment(segment)
 
     def estimated_end(self) -> int:
         """Where the last sample ends when no next sample says: its nominal or previous duration."""
@@ -450,6 +463,26 @@ class _Track:
         self.config_bytes = None
         self.codec = None
         self.init = self.pending = None
+
+
+class SampleTap(Protocol):
+    """What a muxer (cmaf_mux.py) is told of the segmenter's video parts and audio samples, as they are made."""
+
+    def video_part(self, part: CmafPart, entries: list[int], pieces: list[bytes | memoryview], size: int) -> None:
+        """A video part closed; `entries` and `pieces` are its trun fields and samples (now the tap's)."""
+
+    def video_segment(self, segment: CmafSegment) -> None:
+        """A video segment closed (after its last part)."""
+
+    def audio_sample(self, tick: int, payload: bytes | memoryview, init: CmafInit) -> None:
+        """An audio sample placed at decode time `tick` (in `init.timescale` ticks)."""
+
+    def reset(self) -> None:
+        """Every open segment closed at a discontinuity, a timestamp jump or the end: flush what is held."""
+
+    def take(self) -> list[CmafPart | CmafSegment]:
+        """The muxed parts and segments complete since the last call, in order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +514,7 @@ class CmafSegmenter:
         max_part_bytes: int = 16 << 20,
         cuts: CutPlan | None = None,
         follow: CutPlan | None = None,
+        muxer: SampleTap | None = None,
     ) -> None:
         if not 0 < target_duration_s <= max_segment_duration_s:
             raise UsageError(
@@ -532,6 +566,9 @@ class CmafSegmenter:
         self._video_watermark: int | None = None
         self._out: list[CmafPart | CmafSegment] = []
         self._last_now = 0.0
+        self.muxer = muxer
+        """What also makes the muxed rendition (cmaf_mux.CmafMuxer: video and audio in each part), or None."""
+        self._muxer = self._video.tap = self._audio.tap = muxer
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -556,6 +593,8 @@ class CmafSegmenter:
         if self._out:
             out[:0] = self._out
             self._out = []
+        if self._muxer is not None:
+            out += self._muxer.take()
         return out
 
     def discontinuity(self, *, forget_configs: bool = False) -> None:
@@ -581,6 +620,8 @@ class CmafSegmenter:
         """
         self.discontinuity()
         out, self._out = self._out, []
+        if self._muxer is not None:
+            out += self._muxer.take()
         return out
 
     # -- dispatch --------------------------------------------------------------------------------
@@ -1065,6 +1106,8 @@ class CmafSegmenter:
             if track.open:
                 track.close_segment(track.estimated_end(), out)
             track.forget_position()
+        if self._muxer is not None:
+            self._muxer.reset()
         if self._video.last_sequence is not None or self._audio.last_sequence is not None:
             self._pending_discontinuity = True  # something was written: what follows is a new timeline
         self._timeline = None

@@ -149,6 +149,9 @@ class CmafTrackWindow:
         return None
 
     def part(self, sequence: int, index: int) -> CmafPart | None:
+        opened = self.open_parts
+        if opened and opened[0].sequence == sequence:  # the live edge, asked for most: no copy of the list
+            return opened[index] if 0 <= index < len(opened) else None
         parts = self.parts_of(sequence)
         if parts is None or not 0 <= index < len(parts):
             return None

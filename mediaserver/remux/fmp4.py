@@ -12,7 +12,8 @@ sample lives in fragments) and `mvex/trex` says fragments follow:
                                   stts stsc stsz stco (all empty)
           mvex  trex
 
-A fragment is one `moof` and one `mdat` for one track:
+A fragment is one `moof` and one `mdat` for one track (`fragment`), or for several (`multi_track_fragment`:
+one traf per track in the moof, their samples one after the other in the mdat, as a muxed HLS rendition has):
 
     moof  mfhd (sequence_number)
           traf  tfhd (track_ID, default-base-is-moof [, default_sample_flags])
@@ -220,6 +221,45 @@ def _trak(track: InitTrack) -> bytes:
     return box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, box(b"minf", media_header, dinf, stbl)))
 
 
+def combined_init(inits: Sequence[bytes]) -> bytes:
+    """One init segment (ftyp + moov) declaring the tracks of several single-track ones made by `init_segment`
+    (their track IDs distinct): the first's ftyp and mvhd (next_track_ID raised), every trak, every trex."""
+    if not inits:
+        raise UsageError("a combined init segment needs at least one init segment")
+    ftyp = mvhd = b""
+    traks: list[bytes] = []
+    trexs: list[bytes] = []
+    for data in inits:
+        top = dict(_boxes(data))
+        if b"ftyp" not in top or b"moov" not in top:
+            raise UsageError("an init segment to combine lacks its ftyp or moov box")
+        ftyp = ftyp or top[b"ftyp"]
+        for kind, child in _boxes(top[b"moov"][8:]):
+            if kind == b"mvhd":
+                mvhd = mvhd or child
+            elif kind == b"trak":
+                traks.append(child)
+            elif kind == b"mvex":
+                trexs.extend(trex for k, trex in _boxes(child[8:]) if k == b"trex")
+    # track_ID is at byte 12 of a trex: the next free ID follows the largest.
+    next_id = max(int.from_bytes(trex[12:16], "big") for trex in trexs) + 1
+    mvhd = mvhd[:-4] + next_id.to_bytes(4, "big")
+    return ftyp + box(b"moov", mvhd, *traks, box(b"mvex", *trexs))
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, whole box) of each box in `data`, in order; 32-bit sizes only (what this module writes)."""
+    out = []
+    at = 0
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        if size < 8 or at + size > len(data):
+            raise UsageError(f"box at byte {at} has a size ({size}) that does not fit")
+        out.append((data[at + 4:at + 8], data[at:at + size]))
+        at += size
+    return out
+
+
 # -- fragments -------------------------------------------------------------------------------------
 
 _FIELDS_PER_SAMPLE = {VIDEO_TRUN: 4, AUDIO_TRUN: 2}
@@ -277,3 +317,64 @@ def fragment(
     )
     mdat_head = struct.pack(">I4s", mdat_size, b"mdat")
     return b"".join((head, tail, trun_body, mdat_head, *payload))
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRun:
+    """One track's samples in a multi-track fragment: what `fragment` takes for one track."""
+
+    track_id: int
+    base_media_decode_time: int
+    trun_flags: int
+    entries: Sequence[int]
+    payload: Sequence[bytes | memoryview]
+    payload_size: int
+    default_sample_flags: int | None = None
+
+
+def multi_track_fragment(sequence_number: int, runs: Sequence[TrackRun]) -> bytes:
+    """One moof with a traf per run (in order) + one mdat holding the runs' samples one after the other.
+
+    Each trun's data offset counts from the moof's start (default-base-is-moof), so a player reads each
+    track's samples where they are; a run without samples is left out.
+    """
+    runs = [run for run in runs if run.entries]
+    if not runs:
+        raise UsageError("a fragment needs at least one track with samples")
+    bodies = []
+    for run in runs:
+        per_sample = _FIELDS_PER_SAMPLE.get(run.trun_flags)
+        if per_sample is None:
+            raise UsageError(f"trun flags {run.trun_flags:#x} are not a layout this writer knows (VIDEO_TRUN, AUDIO_TRUN)")
+        count, rest = divmod(len(run.entries), per_sample)
+        if rest:
+            raise UsageError(f"{len(run.entries)} trun fields are not a whole number of {per_sample}-field samples")
+        bodies.append((count, struct.pack(">" + _SAMPLE_FORMAT[run.trun_flags] * count, *run.entries)))
+    traf_sizes = [
+        8 + (20 if run.default_sample_flags is not None else 16) + 20 + 20 + len(body)
+        for run, (_, body) in zip(runs, bodies)
+    ]
+    moof_size = 8 + 16 + sum(traf_sizes)
+    payload_size = sum(run.payload_size for run in runs)
+    if 8 + payload_size > MAX_BOX_SIZE:
+        raise UsageError(f"fragment payload of {payload_size} bytes does not fit a 32-bit mdat")
+    pieces = [struct.pack(">I4sI4sII", moof_size, b"moof", 16, b"mfhd", 0, sequence_number)]
+    offset = moof_size + 8
+    for run, traf_size, (count, body) in zip(runs, traf_sizes, bodies):
+        with_defaults = run.default_sample_flags is not None
+        tfhd_flags = _TFHD_DEFAULT_BASE_IS_MOOF | (_TFHD_DEFAULT_SAMPLE_FLAGS if with_defaults else 0)
+        trun_version = 1 if run.trun_flags & TRUN_CTS else 0
+        pieces.append(struct.pack(
+            ">I4s I4sII" + ("I" if with_defaults else "") + " I4sIQ I4sIIi",
+            traf_size, b"traf",
+            20 if with_defaults else 16, b"tfhd", tfhd_flags, run.track_id,
+            *((run.default_sample_flags,) if with_defaults else ()),
+            20, b"tfdt", 0x01000000, run.base_media_decode_time,
+            20 + len(body), b"trun", (trun_version << 24) | run.trun_flags, count, offset,
+        ))
+        pieces.append(body)
+        offset += run.payload_size
+    pieces.append(struct.pack(">I4s", 8 + payload_size, b"mdat"))
+    for run in runs:
+        pieces.extend(run.payload)
+    return b"".join(pieces)

@@ -2,11 +2,13 @@
 
 The playlists list what a CmafWindow holds (RFC 8216bis, "HTTP Live Streaming 2nd Edition"):
 
-- `render_multivariant_playlist`: one EXT-X-STREAM-INF for the video playlist, the audio track as
-  an EXT-X-MEDIA rendition (TYPE=AUDIO, with its own playlist); an audio-only stream points the
-  variant at the audio playlist. CODECS, RESOLUTION, FRAME-RATE and BANDWIDTH come from the inits
-  and the segments. With ABR, the ladder's renditions follow as more variants with the same audio
-  (multivariant.py writes the playlist).
+- `render_multivariant_playlist`: once the window has the muxed rendition (video and audio in one
+  fMP4, cmaf_mux.py), one EXT-X-STREAM-INF for it, CODECS naming both and no audio group: a player
+  follows one playlist, not two, and makes half the requests. Otherwise one EXT-X-STREAM-INF for the
+  video playlist with the audio track as an EXT-X-MEDIA rendition (TYPE=AUDIO, its own playlist); an
+  audio-only stream points the variant at the audio playlist. CODECS, RESOLUTION, FRAME-RATE and
+  BANDWIDTH come from the inits and the segments. With ABR, the ladder's renditions follow as more
+  variants with the same audio, so the split layout is kept (multivariant.py writes the playlist).
 - `render_media_playlist`: one track's playlist. EXT-X-VERSION 9; EXT-X-TARGETDURATION from the
   window (never shrinking); EXT-X-SERVER-CONTROL with CAN-BLOCK-RELOAD=YES, PART-HOLD-BACK (three
   part targets) and HOLD-BACK (three target durations); EXT-X-PART-INF; EXT-X-MAP before the first
@@ -36,6 +38,7 @@ from enum import Enum
 from ..errors import UsageError
 from .cmaf import (
     AUDIO,
+    MUXED,
     VIDEO,
     CmafInit,
     CmafPart,
@@ -261,14 +264,25 @@ def render_multivariant_playlist(
     query: str = "",
     renditions: Sequence[Variant] = (),
     source_video: bool = True,
+    muxed_uri: str | None = None,
 ) -> str:
     """The multivariant playlist: the video playlist as the variant, audio as its rendition group.
     With `source_video` False (and renditions) the renditions alone are the video variants.
 
     Lists the tracks the window has seen; an audio-only stream's variant is the audio playlist.
     `renditions` (ABR) are more video variants after the source's, each playing with the same audio
-    group (their CODECS should name the audio codec too).
+    group (their CODECS should name the audio codec too). With `muxed_uri` and no renditions, a window
+    that has the muxed rendition lists it alone.
     """
+    muxed = window.track(MUXED) if muxed_uri is not None and not renditions else None
+    muxed_init = muxed.current_init if muxed is not None else None
+    if muxed is not None and muxed_init is not None and muxed_uri is not None:
+        peak, average = _bandwidth(muxed)
+        variant = Variant(
+            muxed_uri, peak, tuple(muxed_init.codec_string.split(",")), muxed_init.width, muxed_init.height,
+            muxed_init.signalled_frame_rate or _measured_frame_rate(muxed), average,
+        )
+        return render_multivariant([variant], query=query, version=PROTOCOL_VERSION)
     video = window.track(VIDEO)
     audio = window.track(AUDIO)
     video_init = video.current_init if video is not None else None

@@ -89,6 +89,55 @@ async def test_llhls_playlists_list_parts_and_segments_that_decode(server, publi
             assert got_codec == codec and first_key and frames > 0, (track, got_codec, frames)
 
 
+def packet_times(data: bytes) -> dict[str, list[int]]:
+    """The pts of every packet of each stream of an init segment followed by media segments, in the
+    stream's own timescale, and how many frames each stream decodes."""
+    import io
+
+    times: dict[str, list[int]] = {"video": [], "audio": [], "decoded": [0]}
+    with av.open(io.BytesIO(data), format="mp4") as container:
+        for packet in container.demux():
+            if packet.size:
+                times[packet.stream.type].append(packet.pts)
+                times["decoded"][0] += len(packet.decode())
+    return times
+
+
+async def test_the_muxed_llhls_rendition_carries_both_tracks_in_sync(server, publish, media, stream_name):
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    root = base(server, stream_name)
+    async with aiohttp.ClientSession() as http:
+        await wait_segments(http, root + "cmaf-video.m3u8", 3)
+        _, body, _ = await fetch(http, root + "cmaf.m3u8")
+        master = m3u8.loads(body.decode(), uri=root + "cmaf.m3u8")
+        # One variant, both codecs, no audio group: an HLS player follows one playlist.
+        assert [p.uri for p in master.playlists] == ["cmaf-muxed.m3u8"] and not master.media, body.decode()
+        codecs = master.playlists[0].stream_info.codecs
+        assert "avc1" in codecs and "mp4a" in codecs
+        url = root + "cmaf-muxed.m3u8"
+        muxed = await wait_segments(http, url, 3)
+        text = muxed.dumps()
+        assert "#EXT-X-PART-INF:PART-TARGET=" in text and "#EXT-X-PRELOAD-HINT:TYPE=PART" in text, text
+        assert "INDEPENDENT=YES" in text and "#EXT-X-RENDITION-REPORT" not in text
+        sequence = muxed.media_sequence + len(complete(muxed)) - 1  # the newest complete segment
+        # A blocking reload for the next part is held, then answered with it listed.
+        status, body, _ = await fetch(http, url + f"?_HLS_msn={sequence + 1}&_HLS_part=0")
+        assert status == 200 and f"muxed-{sequence + 1}.0.m4s" in body.decode()
+        files = {}
+        for track in ("muxed", "video", "audio"):
+            track_url = root + f"cmaf-{track}.m3u8"
+            pl = m3u8.loads((await fetch(http, track_url))[1].decode(), uri=track_url)
+            (seg,) = [s for s in complete(pl) if s.uri.endswith(f"-{sequence}.m4s")]
+            init = (await fetch(http, urljoin(track_url, pl.segment_map[-1].uri)))[1]
+            files[track] = init + (await fetch(http, urljoin(track_url, seg.uri)))[1]
+    muxed_times = packet_times(files["muxed"])
+    # The very same samples at the very same times as the split tracks (so as in sync as the source).
+    assert muxed_times["video"] == packet_times(files["video"])["video"] and len(muxed_times["video"]) > 10
+    assert muxed_times["audio"] == packet_times(files["audio"])["audio"] and len(muxed_times["audio"]) > 10
+    assert muxed_times["decoded"][0] >= len(muxed_times["video"]) + len(muxed_times["audio"]) - 2
+
+
 async def test_blocking_reload_holds_until_the_next_part_exists(server, publish, media, stream_name):
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
@@ -196,4 +245,4 @@ async def test_ffmpeg_plays_the_cmaf_playlist(server, publish, media, stream_nam
             return video, audio
 
     video, audio = await asyncio.wait_for(asyncio.to_thread(read), 40)
-    assert video >= 60 and audio > 50, (video, audio)
+    assert video >= 60 and audio > 50, (video, audio)  # (from the muxed rendition, cmaf.m3u8's one variant)

@@ -183,7 +183,8 @@ async def test_a_refused_ladder_leaves_the_source_alone_in_every_multivariant(ed
     master = m3u8.loads(await text(client, "/live/demo/master.m3u8"))
     assert [p.uri for p in master.playlists] == ["index.m3u8"]
     cmaf = m3u8.loads(await text(client, "/live/demo/cmaf.m3u8"))
-    assert [p.uri for p in cmaf.playlists] == ["cmaf-video.m3u8"]
+    assert [p.uri for p in cmaf.playlists] == ["cmaf-muxed.m3u8"]  # alone, video and audio in one rendition
+    assert not cmaf.media
     mpd = MPEGDASHParser.parse(await text(client, "/live/demo/manifest.mpd"))
     (video,) = [a for a in mpd.periods[0].adaptation_sets if a.content_type == "video"]
     assert [r.id for r in video.representations] == ["video"]
