@@ -39,6 +39,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant shared by every node: the key of the PostgreSQL advisory lock that serialises migrations
 # when several nodes of a cluster start at once.
 _MIGRATION_LOCK = 0x4D535243  # "MSRC"
+_READ_ONLY = "mediaserver_catalog_read"  # execution option: begin this transaction without the write lock
 
 
 class CatalogUnavailable(MediaServerError):
@@ -257,11 +258,16 @@ class Catalog:
             await conn.run_sync(_upgrade_to_head)
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction; connection-level failures become CatalogUnavailable."""
+    async def _connect(self, *, read: bool = False) -> AsyncIterator[AsyncConnection]:
+        """One transaction; connection-level failures become CatalogUnavailable. A `read` transaction never
+        takes SQLite's write lock, so lookups (every VOD viewer's first request) run beside each other and
+        beside a writer instead of queueing behind one lock."""
         try:
-            async with self._engine.begin() as conn:
-                yield conn
+            async with self._engine.connect() as conn:
+                if read:
+                    await conn.execution_options(**{_READ_ONLY: True})
+                async with conn.begin():
+                    yield conn
         except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError, asyncio.TimeoutError) as e:
             reason = getattr(e, "orig", None) or e
             raise CatalogUnavailable(f"catalog database {self.url} is unavailable: "
@@ -301,7 +307,7 @@ class Catalog:
         return await self.update(rec_id, ended_at=ended_at, duration_s=duration_s, bytes=bytes, status=status)
 
     async def get(self, rec_id: str) -> Recording | None:
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             row = (await conn.execute(recordings.select().where(recordings.c.id == rec_id))).first()
         return _row(row) if row is not None else None
 
@@ -336,7 +342,7 @@ class Catalog:
             query = query.where(sa.or_(c.started_at < after_started,
                                        sa.and_(c.started_at == after_started, c.id < after_id)))
         query = query.order_by(c.started_at.desc(), c.id.desc()).limit(limit + 1)
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             rows = [_row(r) for r in await conn.execute(query)]
         if len(rows) <= limit:
             return rows, None
@@ -349,7 +355,7 @@ class Catalog:
         c = recordings.c
         query = (recordings.select().where(c.node == node, c.status == "recording")
                  .order_by(c.started_at, c.id))
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return [_row(r) for r in await conn.execute(query)]
 
     async def unuploaded(self, node: str, uploading_only: bool = False) -> builtins.list[Recording]:
@@ -361,7 +367,7 @@ class Catalog:
         query = (recordings.select()
                  .where(c.node == node, status, sa.not_(c.location.startswith("s3://")))
                  .order_by(c.started_at, c.id))
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return [_row(r) for r in await conn.execute(query)]
 
     async def oldest(self, app: str | None = None, limit: int = 100) -> builtins.list[Recording]:
@@ -373,7 +379,7 @@ class Catalog:
         if app is not None:
             query = query.where(c.app == app)
         query = query.order_by(c.started_at, c.id).limit(limit)
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return [_row(r) for r in await conn.execute(query)]
 
     async def total_bytes(self, app: str | None = None) -> int:
@@ -381,7 +387,7 @@ class Catalog:
         query = sa.select(sa.func.coalesce(sa.func.sum(recordings.c.bytes), 0))
         if app is not None:
             query = query.where(recordings.c.app == app)
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return int((await conn.execute(query)).scalar_one())
 
     # ----- retention ----------------------------------------------------------------------------
@@ -398,7 +404,7 @@ class Catalog:
         c = recordings.c
         query = (sa.select(c.app, sa.func.coalesce(sa.func.sum(c.bytes), 0))
                  .where(self._scope(node)).group_by(c.app))
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return {app: int(size) for app, size in await conn.execute(query)}
 
     async def deletable(self, node: str, apps: Sequence[str] | None = None, exclude_apps: Sequence[str] = (),
@@ -414,17 +420,17 @@ class Catalog:
         if exclude_apps:
             query = query.where(c.app.not_in(list(exclude_apps)))
         query = query.order_by(c.started_at, c.id).limit(limit)
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return [_row(r) for r in await conn.execute(query)]
 
     async def ping(self) -> None:
         """One `SELECT 1`: raises CatalogUnavailable when the database cannot be reached (/readyz)."""
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     async def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (head after open)."""
-        async with self._connect() as conn:
+        async with self._connect(read=True) as conn:
             return await conn.run_sync(_current_revision)
 
 
@@ -441,9 +447,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
-    # IMMEDIATE takes the write lock up front: a transaction that reads and then writes (a migration checking
-    # its version) cannot fail half way with SQLITE_BUSY; others wait busy_timeout. Catalog traffic is small.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A writing transaction takes the write lock up front (IMMEDIATE): one that reads and then writes (a
+    # migration checking its version) cannot fail half way with SQLITE_BUSY; other writers wait busy_timeout.
+    # A read-only one begins DEFERRED: under WAL it sees a snapshot and never waits for the writer.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def _alembic_config(conn: sa.Connection) -> Any:

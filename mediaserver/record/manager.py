@@ -201,6 +201,7 @@ class RecordingManager:
         """Streams whose recording the disk guard stopped: they resume when space returns."""
         self.upkeep = Upkeep(self)
         self._files: dict[str, tuple[float, Recording, Path]] = {}
+        self._lookups: dict[str, asyncio.Future[tuple[Recording, Path] | None]] = {}
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._ended)
 
@@ -413,6 +414,21 @@ class RecordingManager:
         cached = self._files.get(rec_id)
         if cached is not None and now - cached[0] < FILE_CACHE_S and cached[2].is_file():
             return cached[1], cached[2]  # (a file uploaded to object storage and removed: read the row again)
+        # The viewers of one recording come together (a shared link; every player once its row expires):
+        # one catalog read answers all of them.
+        lookup = self._lookups.get(rec_id)
+        if lookup is None:
+            lookup = self._lookups[rec_id] = asyncio.ensure_future(self._look_up(rec_id))
+            lookup.add_done_callback(lambda done: self._lookup_done(rec_id, done))
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, rec_id: str, done: asyncio.Future) -> None:
+        self._lookups.pop(rec_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have left
+
+    async def _look_up(self, rec_id: str) -> tuple[Recording, Path] | None:
+        now = time.monotonic()
         row = await self.catalog.get(rec_id)
         if row is None:
             return None

@@ -378,3 +378,24 @@ async def test_a_postgres_that_goes_away_makes_each_call_unavailable(pg):
         await cat.close()
     finally:
         server.stop()
+
+
+async def test_lookups_never_wait_for_a_writer_on_sqlite(tmp_path):
+    # Every VOD viewer's first request reads a row: a read must not queue behind SQLite's one write lock.
+    import sqlite3
+
+    url = default_url(tmp_path)
+    cat = await Catalog.open(url)
+    writer = sqlite3.connect(str(tmp_path / "recordings.db"), isolation_level=None)
+    try:
+        added = await cat.add(rec(minute=1))
+        writer.execute("BEGIN IMMEDIATE")  # another node's (or task's) write in progress
+        writer.execute("UPDATE recordings SET bytes = 5")
+        found = await asyncio.wait_for(asyncio.gather(*(cat.get(added.id) for _ in range(20))), 3)
+        assert {row.bytes for row in found} == {0}  # the snapshot before the uncommitted write
+        assert len((await asyncio.wait_for(cat.list(), 3))[0]) == 1
+        writer.execute("COMMIT")
+        assert (await cat.get(added.id)).bytes == 5
+    finally:
+        writer.close()
+        await cat.close()

@@ -3,6 +3,7 @@ with old start times written to the catalog directly, then one retention run del
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -189,5 +190,28 @@ async def test_a_recording_looked_up_for_vod_is_kept_a_moment_but_never_past_its
         assert await manager.file_of("old") == (row, path) and reads == []  # every range request asks
         assert await manager.delete("old") is True
         assert await manager.file_of("old") is None and not path.exists()
+    finally:
+        await manager.close()
+
+
+async def test_viewers_arriving_together_share_one_catalog_read(tmp_path):
+    manager = await open_manager(tmp_path / "rec")
+    try:
+        added = await add(manager, "popular", days_ago=1, size=10)
+        reads = []
+        original = manager.catalog.get
+
+        async def counted(rec_id):
+            reads.append(rec_id)
+            await asyncio.sleep(0.05)
+            return await original(rec_id)
+
+        manager.catalog.get = counted
+        waiters = [asyncio.ensure_future(manager.file_of("popular")) for _ in range(50)]
+        await asyncio.sleep(0.01)
+        waiters[0].cancel()  # one viewer leaving does not cancel the read the others wait for
+        found = await asyncio.gather(*waiters[1:])
+        assert reads == ["popular"] and {row.id for row, _ in found} == {added.id}
+        assert await manager.file_of("missing") is None and reads[-1] == "missing"
     finally:
         await manager.close()
