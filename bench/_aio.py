@@ -73,6 +73,8 @@ class ViewerEnd:
 def report_to_orchestrator(result) -> int:
     """A worker's last act: its result as one JSON line on stdout; 1 when nobody is there to read it."""
     try:
+        # The loop may have left stdout non-blocking: a report over a pipe's 64 KiB would then be cut short.
+        os.set_blocking(sys.stdout.fileno(), True)
         sys.stdout.write(json.dumps(result, separators=(",", ":")))
         sys.stdout.flush()
     except BrokenPipeError:  # the orchestrator is gone: nobody to report to

@@ -172,6 +172,7 @@ class FastLane:
         """Requests answered by the lane since start (tests and benches see it is used)."""
         self._date = b""
         self._date_at = -1
+        self._dates: dict[float, bytes] = {}
         self._cors: dict[str | None, bytes] = {}
         self._waiting: set[CmafPackager] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -318,9 +319,8 @@ class FastLane:
                 transport.write(b"".join((
                     _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
                     b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
-                    b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ",
-                    formatdate(st.st_mtime, usegmt=True).encode(), b"\r\n", extra, self._cors_lines(head.origin),
-                    b"\r\n")))
+                    b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ", self._http_date(st.st_mtime), b"\r\n",
+                    extra, self._cors_lines(head.origin), b"\r\n")))
                 sent = send_fd(transport, fd, part.start, part.size)
                 if sent < part.size:
                     # The socket is full: the rest from the page cache, through the transport (bounded above).
@@ -391,6 +391,15 @@ class FastLane:
         if status < 300:
             metrics.hls_request(address, stream)
         conn.lane_answered()
+
+    def _http_date(self, when: float) -> bytes:
+        """A file's Last-Modified (the same few files are asked again and again)."""
+        date = self._dates.get(when)
+        if date is None:
+            if len(self._dates) >= 1024:
+                self._dates.clear()
+            date = self._dates[when] = formatdate(when, usegmt=True).encode()
+        return date
 
     def _now_date(self) -> bytes:
         now = int(time.time())
