@@ -10,10 +10,10 @@ from aiohttp import web
 from ..auth import cors
 from ..auth.names import NAME_RULE
 from ..hub.stream import Stream, StreamKey
-from .keys import CONFIG, GATE, REGISTRY
+from .keys import CONFIG, GATE, REGISTRY, request_key
 from .names import stream_key
 
-PLAY_QUERY = "mediaserver.play_query"
+PLAY_QUERY = request_key("mediaserver.play_query", str)
 """Request key set by the admission middleware: the play token's query, carried to segment URIs."""
 
 

@@ -37,10 +37,11 @@ from ..media.frames import Frame
 from ..remux.flv import flv_header
 from ..transports import reset
 from .common import CONFIG, REGISTRY, cors_headers, find_stream, peer_of
+from .keys import request_key
 
 log = logging.getLogger(__name__)
 
-VIEWER = "mediaserver.viewer"
+VIEWER = request_key("mediaserver.viewer", object)
 """Request key: the viewer's Subscriber, for the admission middleware (expiry, play_done, metrics)."""
 
 _WS_CLOSE_TIMEOUT_S = 2.0

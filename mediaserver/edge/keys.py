@@ -8,7 +8,7 @@ for checkers only: importing those classes here would make this module depend on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from .packagers import PackagerPool
     from .thumbnails import ThumbnailService
     from .vod_remote import RemoteVod
+
+def request_key(name: str, kind: type) -> Any:
+    """A key of a request's own storage: aiohttp's typed RequestKey where it has one (3.14+; a plain string
+    key there warns at every request), else the name."""
+    make = getattr(web, "RequestKey", None)
+    return make(name, kind) if make is not None else name
+
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", StreamRegistry)

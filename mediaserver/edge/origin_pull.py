@@ -51,6 +51,7 @@ from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
 from .common import PLAY_QUERY, json_error
 from .flv_ingest import FlvIngest
+from .keys import request_key
 from .names import stream_key
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ CREDENTIAL_HEADER = "X-Mediaserver-Cluster"
 HOPS_HEADER = "X-Mediaserver-Pull"
 """The marker on internal requests: how many pulls deep this one is."""
 MAX_HOPS = 3
-INTERNAL_REQUEST = "mediaserver.internal_request"
+INTERNAL_REQUEST = request_key("mediaserver.internal_request", bool)
 """Set (True) on a request admitted by the cluster credential: a handler that admits viewers itself (VOD)
 does not admit it again (the node that fetches admitted its viewer)."""
 _RETRY_S = 0.3
