@@ -5,7 +5,6 @@ carried to every segment URI."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from urllib.parse import urljoin
 
@@ -15,6 +14,7 @@ from e2e.test_auth_publish import SECRET, rtmp_attempt, token
 from mediaserver.auth.tokens import Action
 from support.decode import decode_media
 from support.hls import parse_media_playlist
+from support.player import ffmpeg_play
 from support.raw_net import raw_http_get
 
 
@@ -89,16 +89,7 @@ async def test_hls_carries_the_token_from_the_playlist_to_every_segment(
         assert (await _status(http, server.hls_url(stream_name)))[0] == 401
     # A real player given only the playlist URL reads the stream.
     out = tmp_path / "played.ts"
-    proc = await asyncio.create_subprocess_exec(
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", url, "-t", "2", "-c", "copy", "-f", "mpegts", str(out),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode(errors="replace")
+    await ffmpeg_play(url, out, fmt="mpegts")
     report = decode_media(out.read_bytes(), "mpegts")
     assert report.errors == [] and report.video_frames >= 25, report.summary()
 

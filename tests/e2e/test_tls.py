@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from support.checks import is_media
 from support.decode import decode_media
 from support.flv_viewer import FlvViewer
 from support.hls import HlsPoller
-from support.media import MediaLibrary, ffmpeg_exe
+from support.media import MediaLibrary
+from support.player import ffmpeg_play
 from support.publisher import Publisher, publish_args
 from support.server import ServerProcess, start_server
 
@@ -91,17 +91,7 @@ async def test_rtmps_publish_plays_back_over_rtmps_and_https_flv_and_hls(tls):
     assert report.first_video_frame_key, report.summary()
 
     out = tls.workdir / "rtmps-played.flv"
-    proc = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-ca_file", str(tls.cert.cert_file),
-        "-i", tls.rtmps_url(f"?token={tls.play()}"), "-t", "2", "-c", "copy", "-f", "flv", str(out),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode(errors="replace")
+    await ffmpeg_play(tls.rtmps_url(f"?token={tls.play()}"), out, before_input=("-ca_file", str(tls.cert.cert_file)))
     played = decode_media(out.read_bytes(), "flv")
     assert played.errors == [] and played.video_codec == "h264" and played.video_frames >= 25, played.summary()
 

@@ -17,6 +17,7 @@ import pytest
 
 from support.checks import wait_live
 from support.decode import decode_media
+from support.player import ffmpeg_play
 from support.server import free_port
 
 ADMIN = "admin-token-workers-0123456789abcdef"
@@ -35,19 +36,6 @@ async def wait_for(predicate, timeout_s: float, what: str, server) -> None:
 
 def flv_viewers_by_worker(metrics: str) -> dict[str, float]:
     return {w: float(v) for w, v in re.findall(r'^mediaserver_viewers\{worker="(\d+)",format="flv"\} (\S+)$', metrics, re.M)}
-
-
-async def rtmp_play(ffmpeg: str, url: str, out) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", url, "-t", "2", "-c", "copy", "-f", "flv", str(out),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode(errors="replace")
-    return out
 
 
 async def hls_from_any_worker(fresh: aiohttp.ClientSession, server, name: str) -> None:
@@ -108,7 +96,7 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
 
             await wait_for(listed, 5, f"/api/v1/streams listing the stream once with {VIEWERS} viewers", server)
 
-            plays = await asyncio.gather(*(rtmp_play(ffmpeg, server.rtmp_url(stream_name), tmp_path / f"p{i}.flv")
+            plays = await asyncio.gather(*(ffmpeg_play(server.rtmp_url(stream_name), tmp_path / f"p{i}.flv")
                                            for i in range(2)))
             for out in plays:
                 report = decode_media(out.read_bytes(), "flv")

@@ -12,6 +12,7 @@ import aiohttp
 from mediaserver.remux.flv import FlvReader
 from support.checks import wait_live
 from support.decode import decode_media
+from support.player import ffmpeg_play
 
 
 async def test_websocket_flv_viewer_gets_a_decodable_stream_starting_at_a_keyframe(server, publish, media, stream_name):
@@ -38,16 +39,7 @@ async def test_rtmp_player_receives_the_stream(server, publish, media, stream_na
     publish(server, stream_name, media.av)
     await wait_live(server, stream_name)
     out = tmp_path / "played.flv"
-    proc = await asyncio.create_subprocess_exec(
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", server.rtmp_url(stream_name), "-t", "3", "-c", "copy",
-        "-f", "flv", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode(errors="replace")
+    await ffmpeg_play(server.rtmp_url(stream_name), out, seconds=3)
     report = decode_media(out.read_bytes(), "flv")
     assert report.errors == [] and (report.video_codec, report.audio_codec) == ("h264", "aac"), report.summary()
     assert report.first_video_frame_key and report.video_frames >= 50, report.summary()
