@@ -134,9 +134,7 @@ class RedisLocator:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for task in list(self._abandoning):
             task.cancel()
         if self.up:

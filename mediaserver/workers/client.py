@@ -10,7 +10,6 @@ worker stops, since its claims are void and siblings can no longer find its stre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -67,9 +66,7 @@ class LocalLocator:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._writer is not None:
             self._writer.close()  # the book drops this worker's claims and tells the others
         self.up = False
