@@ -1,4 +1,4 @@
-"""What the WebRTC viewers of one stream share: the RTP payloads of each H.264 picture and Opus packet
+"""What the WebRTC viewers of one stream share: the RTP payloads of each H.264 or AV1 picture and Opus packet
 (rtp_packets.RtpFrame: packetized once, the same bytes sent to every viewer), and, when its audio is AAC,
 where their Opus comes from:
 - a WHIP publisher's own Opus packets (opus_source.py), passed through: its hub audio is AAC made from
@@ -23,6 +23,7 @@ from ..log import LogGate, event
 from ..media.frames import Frame, FrameKind
 from .opus_feed import OpusFeed
 from .opus_source import OpusSource, opus_source_of
+from .av1_rtp import Av1Units, av1_payloads
 from .rtp_packets import RtpFrame, h264_payloads
 from .units import H264Units, audio_time, video_time
 
@@ -39,8 +40,9 @@ class StreamFeed:
         self.stream = stream
         self.viewers = 0
         self.h264 = H264Units()
-        if stream.info.video_config is not None and stream.info.video_codec == "h264":
-            self.h264.configure(stream.info.video_config)
+        self.av1 = Av1Units()
+        if stream.info.video_config is not None:
+            self.configure(stream.info.video_config)
         self.opus: OpusFeed | None = None
         self.source: OpusSource | None = None
         """The WHIP publisher's Opus the viewers get, when they get it passed through."""
@@ -54,27 +56,34 @@ class StreamFeed:
         """A sequence header passed by (idempotent: each viewer's pump passes the same one)."""
         if frame.kind == FrameKind.VIDEO and frame.codec == "h264":
             self.h264.configure(frame)
+        elif frame.kind == FrameKind.VIDEO and frame.codec == "av1":
+            self.av1.configure(frame)
 
-    def nal_units(self, frame: Frame) -> list:
-        """A picture's NAL units ([] when it has nothing to send or is malformed: skipped, logged)."""
+    def video_payloads(self, frame: Frame) -> tuple[bytes, ...]:
+        """A picture's RTP payloads (() when it has nothing to send or is malformed: skipped, logged)."""
         try:
-            return self.h264.nal_units(frame)
+            if frame.codec == "av1":
+                obus = self.av1.obus(frame)
+                new_sequence = frame.keyframe and bool(obus) and obus[0] == self.av1.sequence_header
+                return av1_payloads(obus, new_sequence=new_sequence) if obus else ()
+            nals = self.h264.nal_units(frame)
+            return h264_payloads(nals) if nals else ()
         except MediaError as err:
             if self._bad_log.should_log("bad", asyncio.get_running_loop().time()):
                 event(log, "webrtc_frame_skipped", logging.WARNING, stream=str(self.stream.key), error=str(err))
-            return []
+            return ()
 
     def rtp_of(self, frame: Frame) -> RtpFrame | None:
-        """The RTP payloads of a live frame (video H.264 or Opus), made once for every viewer."""
+        """The RTP payloads of a live frame (video H.264 or AV1, or Opus), made once for every viewer."""
         key = id(frame)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is frame:
             return hit[1]
         made: RtpFrame | None = None
         if frame.kind == FrameKind.VIDEO:
-            nals = self.nal_units(frame)
-            if nals:
-                made = RtpFrame(h264_payloads(nals), video_time(frame), frame.keyframe)
+            payloads = self.video_payloads(frame)
+            if payloads:
+                made = RtpFrame(payloads, video_time(frame), frame.keyframe)
         elif frame.codec == "opus" and len(frame.payload):
             made = RtpFrame((bytes(frame.payload),), audio_time(frame))
         self._cache[key] = (frame, made)

@@ -19,6 +19,10 @@ waits for the stop), the RTCP loop (`_run_rtcp`: sender reports with our true pa
 an RTP timestamp carried on to the report's own NTP time, SDES CNAME, BYE at the end) and NACK handling
 (answered from the viewer's history of the shared payloads: RTX when negotiated, else the packet again).
 
+A codec aiortc does not know (AV1: aiortc has no AV1 encoder, so its codec table lacks it) is answered by
+`answer_with_offered_codec`: after setRemoteDescription, the video transceiver's negotiated codecs are set
+to the offer's own entry for it (and its RTX). Only lean senders get that, which never encode.
+
 If a later aiortc renames what this module uses, `lean_sender` raises RuntimeError (checked before
 anything is swapped), the WHEP request fails with 500 and the tests say where: update this module.
 """
@@ -32,13 +36,14 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiortc import RTCRtpSender
+from aiortc import RTCRtpSender, RTCRtpTransceiver
+from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
-from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import (RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpByePacket, RtcpRtpfbPacket, RtcpSdesPacket,
                         RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket)
@@ -85,6 +90,45 @@ def lean_sender(sender: RTCRtpSender) -> LeanRtpSender:
     sender.__class__ = LeanRtpSender
     sender._lean_init()  # type: ignore[attr-defined]
     return sender  # type: ignore[return-value]
+
+
+ANSWERED_FEEDBACK = (RTCRtcpFeedback("nack"), RTCRtcpFeedback("nack", "pli"), RTCRtcpFeedback("goog-remb"))
+"""The RTCP feedback a lean sender's answer may accept, as aiortc's own video codecs do (NACKs are answered
+from the history; PLI and REMB are noted)."""
+
+
+def answer_with_offered_codec(transceiver: RTCRtpTransceiver, offer_sdp: str, mime_type: str,
+                              accept: Callable[[dict[str, Any]], bool] = lambda _parameters: True
+                              ) -> RTCRtpCodecParameters | None:
+    """Make `transceiver` (a lean sender's, after setRemoteDescription) answer with the offer's `mime_type`
+    entry whose fmtp parameters `accept`, with its RTX and the feedback answered; the codec, or None (the
+    negotiation left as it was) when the offer has none."""
+    if not hasattr(transceiver, "_codecs") or not hasattr(transceiver, "_get_mline_index"):
+        raise RuntimeError(f"aiortc has no RTCRtpTransceiver._codecs; mediaserver/webrtc/rtp_send.py was written "
+                           f"against aiortc {AIORTC_VERSION} and needs updating")
+    if not isinstance(transceiver.sender, LeanRtpSender):
+        raise RuntimeError("only a lean sender, which never encodes, may send a codec aiortc does not know")
+    media = aiortc_sdp.SessionDescription.parse(offer_sdp).media
+    index = transceiver._get_mline_index()
+    section = next((m for m in media if transceiver.mid is not None and m.rtp.muxId == transceiver.mid),
+                   media[index] if index is not None and index < len(media) else None)
+    if section is None:
+        return None
+    offered = section.rtp.codecs
+    codec = next((c for c in offered if c.mimeType.lower() == mime_type.lower() and accept(c.parameters)), None)
+    if codec is None:
+        return None
+    chosen = RTCRtpCodecParameters(mimeType=codec.mimeType, clockRate=codec.clockRate,
+                                   payloadType=codec.payloadType, parameters=dict(codec.parameters),
+                                   rtcpFeedback=[f for f in ANSWERED_FEEDBACK if f in codec.rtcpFeedback])
+    codecs = [chosen]
+    rtx = next((c for c in offered if is_rtx(c) and c.parameters.get("apt") == codec.payloadType
+                and c.clockRate == codec.clockRate), None)
+    if rtx is not None:
+        codecs.append(RTCRtpCodecParameters(mimeType=rtx.mimeType, clockRate=rtx.clockRate,
+                                            payloadType=rtx.payloadType, parameters=dict(rtx.parameters)))
+    transceiver._codecs = codecs
+    return chosen
 
 
 def _route(dtls: RTCDtlsTransport) -> tuple[Any, tuple[str, int]] | None:

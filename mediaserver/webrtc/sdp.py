@@ -102,15 +102,56 @@ def h264_packetization_mode_1(section: MediaSection) -> bool:
     return any("packetization-mode=1" in fmtp.replace(" ", "") for fmtp in section.codecs.get("h264", []))
 
 
-def playback_problem(offer: Offer, video_codec: str | None, audio_codec: str | None) -> str | None:
-    """Why this WHEP offer cannot receive a stream with these codecs (video passed through as H.264, audio
-    sent as Opus), or None. Only the tracks the stream has are asked for."""
+def fmtp_parameters(fmtp: str) -> dict[str, str]:
+    """ "profile=0;level-idx=5" -> {"profile": "0", "level-idx": "5"} (names lower-case)."""
+    out = {}
+    for item in fmtp.split(";"):
+        name, sep, value = item.strip().partition("=")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
+def av1_profiles(section: MediaSection) -> set[int]:
+    """The AV1 profiles the section receives (its AV1 payload types' `profile`, 0 when absent: the AV1 RTP
+    spec's default)."""
+    if not section.offers("av1"):
+        return set()
+    fmtps = section.codecs["av1"] or [""]
+    profiles = set()
+    for fmtp in fmtps:
+        value = fmtp_parameters(fmtp).get("profile", "0")
+        if value.isdigit():
+            profiles.add(int(value))
+    return profiles
+
+
+def receives_video(section: MediaSection, codec: str, av1_profile: int = 0) -> bool:
+    """Whether the section receives this stream's video as the server sends it."""
+    if codec == "h264":
+        return h264_packetization_mode_1(section)
+    if codec == "av1":
+        return av1_profile in av1_profiles(section)
+    return False
+
+
+def receivable_video(offer: Offer, av1_profile: int = 0) -> frozenset[str]:
+    """The video codecs (of those passed through) that the offer's receiving video sections take."""
+    sections = [s for s in offer.of_kind("video") if s.direction in ("recvonly", "sendrecv")]
+    return frozenset(c for c in ("h264", "av1") if any(receives_video(s, c, av1_profile) for s in sections))
+
+
+def playback_problem(offer: Offer, video_codec: str | None, audio_codec: str | None, av1_profile: int = 0) -> str | None:
+    """Why this WHEP offer cannot receive a stream with these codecs (video passed through: H.264, or AV1 of
+    `av1_profile`; audio sent as Opus), or None. Only the tracks the stream has are asked for."""
     receiving = [s for s in offer.sections if s.kind in ("audio", "video") and s.direction in ("recvonly", "sendrecv")]
     if not receiving:
         return "the offer receives nothing: a WHEP offer has recvonly (or sendrecv) audio or video sections"
     if video_codec is not None:
         videos = [s for s in receiving if s.kind == "video"]
-        if videos and not any(h264_packetization_mode_1(s) for s in videos):
+        if videos and not any(receives_video(s, video_codec, av1_profile) for s in videos):
+            if video_codec == "av1":
+                return f"the offer's video section has no AV1 of profile {av1_profile}, which this stream is sent as"
             return "the offer's video section has no H.264 with packetization-mode=1, which this stream is sent as"
     if audio_codec is not None:
         audios = [s for s in receiving if s.kind == "audio"]

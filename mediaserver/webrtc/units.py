@@ -22,12 +22,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import MediaError
-from ..media import h264
+from ..media import av1, h264
 from ..media.frames import Frame, FrameKind
 
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
 PLAYABLE_AUDIO = frozenset({"aac", "opus"})
+PASSED_THROUGH = frozenset({"h264", "av1"})
+"""Video codecs sent as they come: H.264 to every browser, AV1 to those whose offer receives it."""
+VIDEO_NAMES = {"h264": "H.264", "av1": "AV1", "hevc": "HEVC", "vp9": "VP9"}
 CATCH_UP_STEP = VIDEO_CLOCK // 1000
 """One millisecond between the restamped frames of a viewer's first GOP."""
 
@@ -84,6 +87,16 @@ class H264Units:
         return b"".join(h264.START_CODE + bytes(n) for n in nals) if nals else b""
 
 
+def av1_profile(config: Frame | None) -> int:
+    """The seq_profile of a stream's av1C (0, the Main profile, when it has none or it is malformed)."""
+    if config is None:
+        return 0
+    try:
+        return av1.parse_av1_config(config.payload).seq_profile
+    except MediaError:
+        return 0
+
+
 def reorders(frames: Sequence[Frame]) -> bool:
     """Whether these frames (in decode order) show pictures out of order: B-frames."""
     newest = None
@@ -98,15 +111,21 @@ def reorders(frames: Sequence[Frame]) -> bool:
     return False
 
 
-def carried_problem(video_codec: str | None, audio_codec: str | None, frames: Sequence[Frame]) -> str | None:
+def carried_problem(video_codec: str | None, audio_codec: str | None, frames: Sequence[Frame],
+                    receivable: frozenset[str] = PASSED_THROUGH) -> str | None:
     """Why WebRTC cannot carry a stream with these codecs and recent frames as it is, or None. Video passes
-    through as H.264 without B-frames; audio is sent as Opus (AAC transcoded, Opus passed through)."""
-    if video_codec is not None and video_codec != "h264":
-        return f"its video is {video_codec}; WebRTC playback here carries H.264"
-    if video_codec == "h264" and reorders(frames):
+    through, without B-frames, when its codec is one the viewer receives (`receivable`: what its offer can
+    take, or every codec passed through when the viewer is not known yet); audio is sent as Opus (AAC
+    transcoded, Opus passed through)."""
+    if video_codec is not None and video_codec not in receivable:
+        name = VIDEO_NAMES.get(video_codec, video_codec)
+        if video_codec in PASSED_THROUGH:
+            return f"its video is {name}, which the offer does not receive"
+        return f"its video is {name}; WebRTC playback here carries H.264, and AV1 to browsers that receive it"
+    if video_codec is not None and reorders(frames):
         return "its video has B-frames, which WebRTC cannot carry"
     if video_codec is None and audio_codec not in PLAYABLE_AUDIO:
-        return "it has no track WebRTC can carry yet (H.264 video, AAC or Opus audio)"
+        return "it has no track WebRTC can carry yet (H.264 or AV1 video, AAC or Opus audio)"
     return None
 
 

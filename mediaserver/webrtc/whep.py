@@ -4,8 +4,10 @@ CORS preflights.
 
     POST -> offer read and checked (signaling, sdp) -> node and per-stream session limits (Sessions)
          -> the gate, as for every output (play token, locate: an edge pulls, viewers per stream, on_play)
-         -> codecs: H.264 without B-frames passes through; B-frames (or another video codec) are served from
-            the stream's best H.264 rendition when ABR is on, else 415 -> peer connection, answer, 201
+         -> codecs: H.264 without B-frames passes through, and AV1 to an offer that receives it (aiortc knows
+            no AV1: its answer is given the offer's AV1 entry, rtp_send.answer_with_offered_codec); B-frames,
+            or a codec the offer does not receive, are served from the stream's best H.264 rendition when ABR
+            is on, else 415 -> peer connection, answer, 201
     connected -> a hub subscriber (format "webrtc": listed by the admin API and /metrics like any viewer)
          -> its pump sends each frame's shared RTP payloads (feeds.py, rtp_packets.py) through the viewer's
             lean senders (rtp_send.py): headers, SRTP and sendto, synchronously, no queue per viewer
@@ -42,10 +44,10 @@ from . import signaling
 from .feeds import StreamFeed
 from .peer import NoFreePort, bind_candidates, ice_lost, new_peer_connection
 from .rtp_packets import RtpFrame
-from .rtp_send import LeanRtpSender, lean_sender
-from .sdp import Offer, playback_problem
+from .rtp_send import LeanRtpSender, answer_with_offered_codec, lean_sender
+from .sdp import Offer, playback_problem, receivable_video
 from .sessions import Session, Sessions
-from .units import PLAYABLE_AUDIO, carried_problem, catch_up_times, video_time
+from .units import PLAYABLE_AUDIO, av1_profile, carried_problem, catch_up_times, video_time
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +134,10 @@ class WhepService:
         if stream is None:
             error, hint = self.gate.not_found(key)
             raise json_error(404, error, hint, headers)
-        stream = await self._playable(stream, verdict.address, headers)
+        stream = await self._playable(stream, offer, verdict.address, headers)
         info = stream.info
         audio = info.audio_codec if info.audio_codec in PLAYABLE_AUDIO else None
-        problem = playback_problem(offer, info.video_codec, audio)
+        problem = playback_problem(offer, info.video_codec, audio, av1_profile(info.video_config))
         if problem is not None:
             raise json_error(400, f"bad SDP offer for {key}: {problem}",
                              "offer recvonly video with H.264 (packetization-mode=1) and audio with Opus", headers)
@@ -155,11 +157,13 @@ class WhepService:
         location = f"/{key.app}/{key.name}/whep/{viewer.session.id}"
         return signaling.answer_response(answer, location, headers)
 
-    async def _playable(self, stream: Stream, address: str, headers: dict[str, str]) -> Stream:
-        """The stream itself when WebRTC can carry its video (H.264 without B-frames, or no video), else its
-        best H.264 rendition when ABR is on; else the 415 that says why."""
+    async def _playable(self, stream: Stream, offer: Offer, address: str, headers: dict[str, str]) -> Stream:
+        """The stream itself when WebRTC can carry its video to this offer (H.264 or, when offered, AV1, without
+        B-frames; or no video), else its best H.264 rendition when ABR is on; else the 415 that says why."""
         info = stream.info
-        why = carried_problem(info.video_codec, info.audio_codec, stream.gop.frames_from(stream.gop.base))
+        receivable = receivable_video(offer, av1_profile(info.video_config))
+        why = carried_problem(info.video_codec, info.audio_codec, stream.gop.frames_from(stream.gop.base),
+                              receivable)
         if why is None:
             return stream
         if info.video_codec is None:
@@ -168,10 +172,12 @@ class WhepService:
         base, label = split_rendition(stream.key.name)
         abr = self.abr
         if abr is None or label is not None or not abr.enabled_for(stream.key):
-            raise json_error(415, f"stream {stream.key} cannot be played over WebRTC: {why}",
-                             "publish H.264 without B-frames (x264: -bf 0; OBS: profile baseline or bframes=0), "
-                             "turn ABR on for its app (its renditions have none), or watch it as HTTP-FLV or LL-HLS",
-                             headers)
+            hint = ("publish H.264 without B-frames (x264: -bf 0; OBS: profile baseline or bframes=0), "
+                    "turn ABR on for its app (its renditions have none), or watch it as HTTP-FLV or LL-HLS")
+            if info.video_codec == "av1" and "av1" not in receivable:
+                hint = ("play it in a browser that receives AV1 over WebRTC (Chrome, Edge, Firefox), turn ABR on "
+                        "for its app (H.264 renditions), or watch it as HTTP-FLV or LL-HLS")
+            raise json_error(415, f"stream {stream.key} cannot be played over WebRTC: {why}", hint, headers)
         views = await abr.renditions(stream.key, start=True)
         if isinstance(views, AbrRefusal):
             raise json_error(415, f"stream {stream.key} cannot be played over WebRTC: {why}, and it has no "
@@ -220,6 +226,7 @@ class WhepSession:
         self.stream = stream
         self.peer = peer_of(request)
         self.audio_codec = audio_codec
+        self._av1 = stream.info.video_codec == "av1"
         self.pc = new_peer_connection(service.config.webrtc)
         self.video: LeanRtpSender | None = None
         self.audio: LeanRtpSender | None = None
@@ -238,17 +245,19 @@ class WhepSession:
     async def negotiate(self, offer_sdp: str, offer: Offer) -> str:
         """Set the offer, answer it with our candidates gathered; the session then waits for ICE."""
         pc = self.pc
+        video = None
         wanted_kinds = {"video": self.stream.info.video_codec is not None, "audio": self.audio_codec is not None}
         for kind, wanted_kind in wanted_kinds.items():
             if not wanted_kind or not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind(kind)):
                 continue  # nothing to send, or nobody to receive it
             transceiver = pc.addTransceiver(kind, direction="sendonly")
-            wanted = "video/h264" if kind == "video" else "audio/opus"
-            transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(kind).codecs
-                                             if c.mimeType.lower() in (wanted, f"{kind}/rtx")])
+            if kind != "video" or not self._av1:  # AV1: the offer's own entry is put in after setRemoteDescription
+                wanted = "video/h264" if kind == "video" else "audio/opus"
+                transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(kind).codecs
+                                                 if c.mimeType.lower() in (wanted, f"{kind}/rtx")])
             sender = lean_sender(transceiver.sender)
             if kind == "video":
-                self.video = sender
+                self.video, video = sender, transceiver
             else:
                 self.audio = sender
         try:
@@ -257,6 +266,11 @@ class WhepSession:
             raise ValueError(str(err) or type(err).__name__) from err
         except Exception as err:  # aiortc's OperationError: no common codec
             raise ValueError(str(err)) from err
+        if self.video is not None and self._av1:
+            profile = av1_profile(self.stream.info.video_config)
+            if answer_with_offered_codec(video, offer_sdp, "video/AV1",
+                                         lambda parameters: str(parameters.get("profile", 0)) == str(profile)) is None:
+                raise ValueError(f"the offer's video section has no AV1 of profile {profile}")
         bind_candidates(pc, self.service.config.webrtc)
         await pc.setLocalDescription(await pc.createAnswer())
         pc.on("connectionstatechange", self._state_changed)

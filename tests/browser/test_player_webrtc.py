@@ -1,6 +1,7 @@
 """The player page plays WHEP in headless Chromium on loopback (the server's host candidate is 127.0.0.1): WebRTC
 is the format it picks for H.264 without B-frames, currentTime advances, getStats' inbound-rtp framesDecoded
-grows, the latency readout comes from RTCP timing, and a kick of the viewer ends it with the page saying so."""
+grows, the latency readout comes from RTCP timing, and a kick of the viewer ends it with the page saying so.
+An AV1 stream is passed through as AV1 to Chromium, which receives it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from support.whep import baseline_clip as make_baseline_clip
+from support.whep import av1_clip as make_av1_clip, baseline_clip as make_baseline_clip
 
 from .conftest import advance_within, wait_state, wait_status
 
@@ -19,6 +20,11 @@ ADMIN = "whep-browser-admin-0123456789"
 @pytest.fixture(scope="module")
 def baseline_clip(tmp_path_factory):
     return make_baseline_clip(tmp_path_factory.mktemp("whep-browser"))
+
+
+@pytest.fixture(scope="module")
+def av1_clip(tmp_path_factory):
+    return make_av1_clip(tmp_path_factory.mktemp("whep-browser-av1"))
 
 
 def _post(url: str) -> int:
@@ -34,6 +40,15 @@ def _frames_decoded(page) -> int:
         let n = 0;
         (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') n = s.framesDecoded; });
         return n;
+    }""")
+
+
+def _video_codec(page) -> str:
+    return page.evaluate("""async () => {
+        const stats = await window.mediaserverPlayer.peerConnection.getStats();
+        let id = null;
+        stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') id = s.codecId; });
+        return id && stats.get(id) ? stats.get(id).mimeType : '';
     }""")
 
 
@@ -64,3 +79,21 @@ def test_the_player_picks_webrtc_plays_it_and_a_kick_ends_it(server_factory, mon
     assert _post(f"{server.http_base}/api/v1/streams/live/{stream_name}/viewers/{viewer['id']}/kick") == 200
     wait_state(page, "stopped", timeout_s=10)
     assert "still live" in page.inner_text("#status")
+
+
+def test_an_av1_stream_is_passed_through_to_chromium_as_av1(server_factory, publish, av1_clip, stream_name, browser):
+    server = server_factory(**{"webrtc.public_ip": "127.0.0.1"})
+    publish(server, stream_name, av1_clip, loop=True)
+    status = wait_status(server, stream_name)
+    assert status["video"]["codec"] == "av1" and status["webrtc"]["refused"] is None, status
+    page = browser.page(f"{server.http_base}/play/live/{stream_name}")
+    wait_state(page, "playing")
+    assert page.get_attribute('[data-format="webrtc"]', "aria-pressed") == "true"
+    assert advance_within(page, 1.0, within_s=3.0) > 1.0
+    assert _video_codec(page).lower() == "video/av1"
+    first = _frames_decoded(page)
+    page.wait_for_timeout(1000)
+    assert _frames_decoded(page) >= first + 15 > 15, "framesDecoded must grow (25 fps)"
+    assert page.inner_text("#stat-resolution") == "320×240"
+    log = server.log_text()
+    assert "webrtc_frame_skipped" not in log and "b_frames" not in log, server.log_tail()

@@ -105,3 +105,34 @@ def baseline_clip(directory: Path):
         "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
     ], check=True, capture_output=True, timeout=60)
     return describe_clip(path, 4.0)
+
+
+def av1_clip(directory: Path):
+    """320x240 25 fps AV1 (SVT-AV1, keyframe every 0.5 s) + Opus 48 kHz, 4 s: an Enhanced RTMP publisher's."""
+    path = directory / "av1-opus.flv"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=4",
+        "-c:v", "libsvtav1", "-preset", "12", "-g", "12", "-svtav1-params", "lp=2", "-pix_fmt", "yuv420p",
+        "-c:a", "libopus", "-b:a", "64k", "-ar", "48000", "-f", "flv", str(path),
+    ], check=True, capture_output=True, timeout=120)
+    return describe_clip(path, 4.0)
+
+
+def with_av1(offer: str, payload_type: int = 45, profile: int = 0) -> str:
+    """A browser's AV1 lines added to an offer's video section (aiortc's own offers have no AV1)."""
+    lines = offer.split("\r\n")
+    out = []
+    section = ""
+    for line in lines:
+        if line.startswith("m="):
+            section = line.split()[0][2:]
+            if section == "video":
+                line = f"{line} {payload_type}"
+        out.append(line)
+        if section == "video" and line.startswith("a=rtcp-mux"):
+            out += [f"a=rtpmap:{payload_type} AV1/90000", f"a=rtcp-fb:{payload_type} nack",
+                    f"a=rtcp-fb:{payload_type} nack pli", f"a=rtcp-fb:{payload_type} transport-cc",
+                    f"a=fmtp:{payload_type} level-idx=5;profile={profile};tier=0"]
+    return "\r\n".join(out)

@@ -22,12 +22,16 @@ const NTP_UNIX_OFFSET_MS = 2208988800000;  // 1900-01-01 to 1970-01-01
 /** Why this browser cannot play a stream with these codecs over WebRTC, or null when it can. */
 export function webrtcCannotPlay(videoCodec, audioCodec) {
   if (!('RTCPeerConnection' in window)) return 'this browser has no WebRTC';
-  if (videoCodec && videoCodec !== 'h264') return 'WebRTC playback carries H.264 video';
+  // Video passes through: H.264 to every browser, AV1 to those that receive it.
+  const mime = {h264: 'video/h264', av1: 'video/av1'}[videoCodec];
+  if (videoCodec && !mime) return 'WebRTC playback carries H.264 or AV1 video';
   if (videoCodec && window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities) {
     const caps = RTCRtpReceiver.getCapabilities('video');
-    if (caps && !caps.codecs.some((c) => c.mimeType.toLowerCase() === 'video/h264')) {
-      return 'this browser cannot decode H.264 over WebRTC';
+    if (caps && !caps.codecs.some((c) => c.mimeType.toLowerCase() === mime)) {
+      return `this browser cannot decode ${videoCodec === 'av1' ? 'AV1' : 'H.264'} over WebRTC`;
     }
+  } else if (videoCodec === 'av1') {
+    return 'this browser cannot tell whether it decodes AV1 over WebRTC';
   }
   if (!videoCodec && !['aac', 'opus'].includes(audioCodec)) return 'WebRTC playback carries AAC or Opus audio';
   return null;

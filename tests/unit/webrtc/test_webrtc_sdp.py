@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mediaserver.webrtc.sdp import SdpError, parse_offer, playback_problem
+from mediaserver.webrtc.sdp import SdpError, av1_profiles, parse_offer, playback_problem, receivable_video
 
 CHROME_LIKE = "\r\n".join([
     "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
@@ -62,3 +62,21 @@ def test_an_audio_only_offer_for_a_video_only_stream_asks_for_no_track_it_has():
         "a=ice-ufrag:abcd\r\na=fingerprint:sha-256 AA\r\n"
     offer = parse_offer(audio_only)
     assert "no track this stream has" in playback_problem(offer, "h264", None)
+
+
+def test_an_av1_stream_needs_an_offer_that_receives_av1_of_its_profile():
+    offer = parse_offer(CHROME_LIKE)
+    assert receivable_video(offer) == {"h264"}
+    assert "AV1 of profile 0" in playback_problem(offer, "av1", "opus")
+    with_av1 = CHROME_LIKE.replace("m=video 9 UDP/TLS/RTP/SAVPF 96 97 102", "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 45 46") \
+        .replace("a=rtpmap:102 H264/90000", "a=rtpmap:45 AV1/90000\r\na=rtpmap:46 AV1/90000\r\n"
+                 "a=fmtp:46 level-idx=5; profile=1 ;tier=0\r\na=rtpmap:102 H264/90000")
+    offer = parse_offer(with_av1)
+    assert av1_profiles(offer.sections[0]) == {1}
+    assert receivable_video(offer, av1_profile=1) == {"h264", "av1"}
+    assert receivable_video(offer, av1_profile=0) == {"h264"}
+    assert playback_problem(offer, "av1", "opus", av1_profile=1) is None
+    no_fmtp = parse_offer(with_av1.replace("a=fmtp:46 level-idx=5; profile=1 ;tier=0\r\n", ""))
+    assert av1_profiles(no_fmtp.sections[0]) == {0}, "no fmtp: the Main profile, the AV1 RTP spec's default"
+    hostile = parse_offer(with_av1.replace("profile=1", "profile=x1"))
+    assert av1_profiles(hostile.sections[0]) == set() and receivable_video(hostile, 1) == {"h264"}

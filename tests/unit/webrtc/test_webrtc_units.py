@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 
 from mediaserver.errors import MediaError
-from mediaserver.media import flv_body, h264
-from mediaserver.webrtc.units import CATCH_UP_STEP, H264Units, catch_up_times, reorders, video_time
+from mediaserver.media import av1, flv_body, h264
+from mediaserver.media.frames import FrameKind
+from mediaserver.webrtc.units import (
+    CATCH_UP_STEP, H264Units, av1_profile, carried_problem, catch_up_times, reorders, video_time,
+)
+from support.codec_clips import codec_clip, config_frame
 
 SPS = bytes([0x67, 0x42, 0xC0, 0x1E, 0xDA, 0x02, 0x80, 0xBF, 0xE5, 0xC0, 0x44, 0x00])
 PPS = bytes([0x68, 0xCE, 0x3C, 0x80])
@@ -68,3 +72,21 @@ def test_the_first_gop_is_restamped_one_ms_apart_ending_at_its_newest_picture():
                                      times[-1] - CATCH_UP_STEP, times[-1]]
     assert catch_up_times([]) == []
     assert video_time(video(avcc(SLICE), 1000, False, cts=40)) == 1040 * 90
+
+
+def test_which_video_is_carried_depends_on_what_the_viewer_receives():
+    plain = [video(avcc(SLICE), t, t == 0) for t in (0, 40, 80)]
+    assert carried_problem("h264", "aac", plain) is None
+    assert carried_problem("av1", "opus", plain) is None, "a viewer not known yet: every codec passed through"
+    assert "AV1, which the offer does not receive" in carried_problem("av1", "opus", plain, frozenset({"h264"}))
+    assert "HEVC; WebRTC playback here carries H.264" in carried_problem("hevc", "aac", plain)
+    bframes = [video(avcc(SLICE), dts, dts == 0, cts=cts) for dts, cts in ((0, 80), (40, 160), (80, 40))]
+    assert "B-frames" in carried_problem("av1", None, bframes)
+    assert "no track" in carried_problem(None, "mp3", [])
+
+
+def test_an_av1_profile_comes_from_the_av1c_and_a_bad_one_is_the_main_profile():
+    config = config_frame(codec_clip("av1", None, seconds=0.5, gop_frames=10), FrameKind.VIDEO)
+    assert av1_profile(config) == av1.parse_av1_config(config.payload).seq_profile == 0
+    assert av1_profile(None) == 0
+    assert av1_profile(video(b"\x01\x02", 0, True, config=True)) == 0
