@@ -255,7 +255,9 @@ class Catalog:
         async with self._connect() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            await conn.run_sync(_upgrade_to_head)
+            before, after = await conn.run_sync(_upgrade_to_head)
+        if before != after:
+            event(log, "catalog_migrated", url=self.url, revision=after, previous=before or "none")
 
     @asynccontextmanager
     async def _connect(self, *, read: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -462,10 +464,20 @@ def _alembic_config(conn: sa.Connection) -> Any:
     return cfg
 
 
-def _upgrade_to_head(conn: sa.Connection) -> None:
+def _upgrade_to_head(conn: sa.Connection) -> tuple[str | None, str | None]:
+    """(revision before, revision after). Alembic's own INFO lines (its plugins, each step) are held back: the
+    server logs one catalog_migrated line instead."""
     from alembic import command
 
-    command.upgrade(_alembic_config(conn), "head")
+    quiet = logging.getLogger("alembic")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        before = _current_revision(conn)
+        command.upgrade(_alembic_config(conn), "head")
+        return before, _current_revision(conn)
+    finally:
+        quiet.setLevel(level)
 
 
 def _current_revision(conn: sa.Connection) -> str | None:
