@@ -467,12 +467,12 @@ def _alembic_config(conn: sa.Connection) -> Any:
 def _upgrade_to_head(conn: sa.Connection) -> tuple[str | None, str | None]:
     """(revision before, revision after). Alembic's own INFO lines (its plugins, each step) are held back: the
     server logs one catalog_migrated line instead."""
-    from alembic import command
-
     quiet = logging.getLogger("alembic")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
+        from alembic import command  # its first import sets up plugins, saying so at INFO
+
         before = _current_revision(conn)
         command.upgrade(_alembic_config(conn), "head")
         return before, _current_revision(conn)
