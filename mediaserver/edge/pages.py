@@ -226,14 +226,15 @@ async def serve_stream_status(request: web.Request) -> web.Response:
 
 def _webrtc_format(live: Stream | None, key, abr: bool) -> dict[str, Any]:
     """WHEP, kept apart from `formats`: the player prefers it when the stream can be played that way (H.264
-    without B-frames, AV1 to a browser that receives it, or served from an H.264 rendition when ABR is on)."""
+    without B-frames, AV1 or HEVC to a browser that receives it, or served from an H.264 rendition when ABR is
+    on)."""
     refused = None
     if live is not None:
         info = live.info
         why = carried_problem(info.video_codec, info.audio_codec, live.gop.frames_from(live.gop.base))
         if why is not None and not (abr and info.video_codec is not None):
             refused = {"error": f"stream {key} cannot be played over WebRTC: {why}",
-                       "hint": "publish H.264 (or AV1) without B-frames, or turn ABR on for its app"}
+                       "hint": "publish H.264 (or AV1, HEVC) without B-frames, or turn ABR on for its app"}
     return {"id": "webrtc", "label": "WebRTC", "url": f"/{key.app}/{key.name}/whep", "transport": "whep",
             "refused": refused}
 

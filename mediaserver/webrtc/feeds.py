@@ -1,6 +1,6 @@
-"""What the WebRTC viewers of one stream share: the RTP payloads of each H.264 or AV1 picture and Opus packet
-(rtp_packets.RtpFrame: packetized once, the same bytes sent to every viewer), and, when its audio is AAC,
-where their Opus comes from:
+"""What the WebRTC viewers of one stream share: the RTP payloads of each H.264, AV1 or HEVC picture and Opus
+packet (rtp_packets.RtpFrame: packetized once, the same bytes sent to every viewer), and, when its audio is
+AAC, where their Opus comes from:
 - a WHIP publisher's own Opus packets (opus_source.py), passed through: its hub audio is AAC made from
   them at ingest, and transcoding that back would be a second lossy conversion for nothing;
 - else the AAC -> Opus transcoder (`OpusFeed`), whose packets are packetized once too.
@@ -24,6 +24,7 @@ from ..media.frames import Frame, FrameKind
 from .opus_feed import OpusFeed
 from .opus_source import OpusSource, opus_source_of
 from .av1_rtp import Av1Units, av1_payloads
+from .h265_rtp import H265Units, h265_payloads
 from .rtp_packets import RtpFrame, h264_payloads
 from .units import H264Units, audio_time, video_time
 
@@ -41,6 +42,7 @@ class StreamFeed:
         self.viewers = 0
         self.h264 = H264Units()
         self.av1 = Av1Units()
+        self.hevc = H265Units()
         if stream.info.video_config is not None:
             self.configure(stream.info.video_config)
         self.opus: OpusFeed | None = None
@@ -58,6 +60,8 @@ class StreamFeed:
             self.h264.configure(frame)
         elif frame.kind == FrameKind.VIDEO and frame.codec == "av1":
             self.av1.configure(frame)
+        elif frame.kind == FrameKind.VIDEO and frame.codec == "hevc":
+            self.hevc.configure(frame)
 
     def video_payloads(self, frame: Frame) -> tuple[bytes, ...]:
         """A picture's RTP payloads (() when it has nothing to send or is malformed: skipped, logged)."""
@@ -66,6 +70,9 @@ class StreamFeed:
                 obus = self.av1.obus(frame)
                 new_sequence = frame.keyframe and bool(obus) and obus[0] == self.av1.sequence_header
                 return av1_payloads(obus, new_sequence=new_sequence) if obus else ()
+            if frame.codec == "hevc":
+                nals = self.hevc.nal_units(frame)
+                return h265_payloads(nals) if nals else ()
             nals = self.h264.nal_units(frame)
             return h264_payloads(nals) if nals else ()
         except MediaError as err:
@@ -74,7 +81,7 @@ class StreamFeed:
             return ()
 
     def rtp_of(self, frame: Frame) -> RtpFrame | None:
-        """The RTP payloads of a live frame (video H.264 or AV1, or Opus), made once for every viewer."""
+        """The RTP payloads of a live frame (video H.264, AV1 or HEVC, or Opus), made once for every viewer."""
         key = id(frame)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is frame:

@@ -19,8 +19,8 @@ waits for the stop), the RTCP loop (`_run_rtcp`: sender reports with our true pa
 an RTP timestamp carried on to the report's own NTP time, SDES CNAME, BYE at the end) and NACK handling
 (answered from the viewer's history of the shared payloads: RTX when negotiated, else the packet again).
 
-A codec aiortc does not know (AV1: aiortc has no AV1 encoder, so its codec table lacks it) is answered by
-`answer_with_offered_codec`: after setRemoteDescription, the video transceiver's negotiated codecs are set
+A codec aiortc does not know (AV1, HEVC: aiortc has no encoder for either, so its codec table lacks them) is
+answered by `answer_with_offered_codec`: after setRemoteDescription, the video transceiver's negotiated codecs are set
 to the offer's own entry for it (and its RTX). Only lean senders get that, which never encode.
 
 If a later aiortc renames what this module uses, `lean_sender` raises RuntimeError (checked before

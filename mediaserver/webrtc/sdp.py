@@ -126,32 +126,63 @@ def av1_profiles(section: MediaSection) -> set[int]:
     return profiles
 
 
-def receives_video(section: MediaSection, codec: str, av1_profile: int = 0) -> bool:
-    """Whether the section receives this stream's video as the server sends it."""
+def h265_receivable(parameters: dict[str, str], profile: int) -> bool:
+    """Whether an H265 payload type with these fmtp parameters takes what the server sends: HEVC of this
+    general_profile_idc (`profile-id`, 1 when absent: RFC 7798's default) as a single RTP stream without
+    decoding order numbers (no `sprop-max-don-diff` above 0, `tx-mode` SRST when given)."""
+    profile_id = parameters.get("profile-id", "1")
+    don_diff = parameters.get("sprop-max-don-diff", "0")
+    return (profile_id.isdigit() and int(profile_id) == profile and don_diff.isdigit() and int(don_diff) == 0
+            and parameters.get("tx-mode", "SRST").upper() == "SRST")
+
+
+def h265_profiles(section: MediaSection) -> set[int]:
+    """The HEVC profiles (profile-id) the section receives as the server sends them (h265_receivable)."""
+    if not section.offers("h265"):
+        return set()
+    profiles = set()
+    for fmtp in section.codecs["h265"] or [""]:
+        parameters = fmtp_parameters(fmtp)
+        profile_id = parameters.get("profile-id", "1")
+        if profile_id.isdigit() and h265_receivable(parameters, int(profile_id)):
+            profiles.add(int(profile_id))
+    return profiles
+
+
+def receives_video(section: MediaSection, codec: str, av1_profile: int = 0, hevc_profile: int = 1) -> bool:
+    """Whether the section receives this stream's video as the server sends it (HEVC is "H265" in SDP)."""
     if codec == "h264":
         return h264_packetization_mode_1(section)
     if codec == "av1":
         return av1_profile in av1_profiles(section)
+    if codec == "hevc":
+        return hevc_profile in h265_profiles(section)
     return False
 
 
-def receivable_video(offer: Offer, av1_profile: int = 0) -> frozenset[str]:
+def receivable_video(offer: Offer, av1_profile: int = 0, hevc_profile: int = 1) -> frozenset[str]:
     """The video codecs (of those passed through) that the offer's receiving video sections take."""
     sections = [s for s in offer.of_kind("video") if s.direction in ("recvonly", "sendrecv")]
-    return frozenset(c for c in ("h264", "av1") if any(receives_video(s, c, av1_profile) for s in sections))
+    return frozenset(c for c in ("h264", "av1", "hevc")
+                     if any(receives_video(s, c, av1_profile, hevc_profile) for s in sections))
 
 
-def playback_problem(offer: Offer, video_codec: str | None, audio_codec: str | None, av1_profile: int = 0) -> str | None:
-    """Why this WHEP offer cannot receive a stream with these codecs (video passed through: H.264, or AV1 of
-    `av1_profile`; audio sent as Opus), or None. Only the tracks the stream has are asked for."""
+def playback_problem(offer: Offer, video_codec: str | None, audio_codec: str | None, av1_profile: int = 0,
+                     hevc_profile: int = 1) -> str | None:
+    """Why this WHEP offer cannot receive a stream with these codecs (video passed through: H.264, AV1 of
+    `av1_profile`, or HEVC of `hevc_profile`; audio sent as Opus), or None. Only the tracks the stream has are
+    asked for."""
     receiving = [s for s in offer.sections if s.kind in ("audio", "video") and s.direction in ("recvonly", "sendrecv")]
     if not receiving:
         return "the offer receives nothing: a WHEP offer has recvonly (or sendrecv) audio or video sections"
     if video_codec is not None:
         videos = [s for s in receiving if s.kind == "video"]
-        if videos and not any(receives_video(s, video_codec, av1_profile) for s in videos):
+        if videos and not any(receives_video(s, video_codec, av1_profile, hevc_profile) for s in videos):
             if video_codec == "av1":
                 return f"the offer's video section has no AV1 of profile {av1_profile}, which this stream is sent as"
+            if video_codec == "hevc":
+                return (f"the offer's video section has no H265 (HEVC) of profile-id {hevc_profile} in tx-mode SRST "
+                        "without sprop-max-don-diff, which this stream is sent as")
             return "the offer's video section has no H.264 with packetization-mode=1, which this stream is sent as"
     if audio_codec is not None:
         audios = [s for s in receiving if s.kind == "audio"]

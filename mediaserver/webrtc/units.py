@@ -22,14 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import MediaError
-from ..media import av1, h264
+from ..media import av1, h264, hevc
 from ..media.frames import Frame, FrameKind
 
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
 PLAYABLE_AUDIO = frozenset({"aac", "opus"})
-PASSED_THROUGH = frozenset({"h264", "av1"})
-"""Video codecs sent as they come: H.264 to every browser, AV1 to those whose offer receives it."""
+PASSED_THROUGH = frozenset({"h264", "av1", "hevc"})
+"""Video codecs sent as they come: H.264 to every browser, AV1 and HEVC to those whose offer receives them."""
 VIDEO_NAMES = {"h264": "H.264", "av1": "AV1", "hevc": "HEVC", "vp9": "VP9"}
 CATCH_UP_STEP = VIDEO_CLOCK // 1000
 """One millisecond between the restamped frames of a viewer's first GOP."""
@@ -97,6 +97,17 @@ def av1_profile(config: Frame | None) -> int:
         return 0
 
 
+def hevc_profile(config: Frame | None) -> int:
+    """The general_profile_idc of a stream's hvcC (1 Main, 2 Main 10; 1, RFC 7798's default profile-id, when
+    it has none, it is not HEVC's or it is malformed)."""
+    if config is None or config.codec != "hevc":
+        return 1
+    try:
+        return hevc.parse_hevc_config(config.payload).profile_idc
+    except MediaError:
+        return 1
+
+
 def reorders(frames: Sequence[Frame]) -> bool:
     """Whether these frames (in decode order) show pictures out of order: B-frames."""
     newest = None
@@ -121,11 +132,12 @@ def carried_problem(video_codec: str | None, audio_codec: str | None, frames: Se
         name = VIDEO_NAMES.get(video_codec, video_codec)
         if video_codec in PASSED_THROUGH:
             return f"its video is {name}, which the offer does not receive"
-        return f"its video is {name}; WebRTC playback here carries H.264, and AV1 to browsers that receive it"
+        return (f"its video is {name}; WebRTC playback here carries H.264, and AV1 or HEVC to browsers that "
+                "receive them")
     if video_codec is not None and reorders(frames):
         return "its video has B-frames, which WebRTC cannot carry"
     if video_codec is None and audio_codec not in PLAYABLE_AUDIO:
-        return "it has no track WebRTC can carry yet (H.264 or AV1 video, AAC or Opus audio)"
+        return "it has no track WebRTC can carry yet (H.264, AV1 or HEVC video, AAC or Opus audio)"
     return None
 
 

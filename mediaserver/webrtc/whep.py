@@ -4,10 +4,10 @@ CORS preflights.
 
     POST -> offer read and checked (signaling, sdp) -> node and per-stream session limits (Sessions)
          -> the gate, as for every output (play token, locate: an edge pulls, viewers per stream, on_play)
-         -> codecs: H.264 without B-frames passes through, and AV1 to an offer that receives it (aiortc knows
-            no AV1: its answer is given the offer's AV1 entry, rtp_send.answer_with_offered_codec); B-frames,
-            or a codec the offer does not receive, are served from the stream's best H.264 rendition when ABR
-            is on, else 415 -> peer connection, answer, 201
+         -> codecs: H.264 without B-frames passes through, and AV1 or HEVC to an offer that receives it
+            (aiortc knows neither: its answer is given the offer's own AV1 or H265 entry,
+            rtp_send.answer_with_offered_codec); B-frames, or a codec the offer does not receive, are served
+            from the stream's best H.264 rendition when ABR is on, else 415 -> peer connection, answer, 201
     connected -> a hub subscriber (format "webrtc": listed by the admin API and /metrics like any viewer)
          -> its pump sends each frame's shared RTP payloads (feeds.py, rtp_packets.py) through the viewer's
             lean senders (rtp_send.py): headers, SRTP and sendto, synchronously, no queue per viewer
@@ -45,9 +45,9 @@ from .feeds import StreamFeed
 from .peer import NoFreePort, bind_candidates, ice_lost, new_peer_connection
 from .rtp_packets import RtpFrame
 from .rtp_send import LeanRtpSender, answer_with_offered_codec, lean_sender
-from .sdp import Offer, playback_problem, receivable_video
+from .sdp import Offer, h265_receivable, playback_problem, receivable_video
 from .sessions import Session, Sessions
-from .units import PLAYABLE_AUDIO, av1_profile, carried_problem, catch_up_times, video_time
+from .units import PLAYABLE_AUDIO, av1_profile, carried_problem, catch_up_times, hevc_profile, video_time
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ class WhepService:
         stream = await self._playable(stream, offer, verdict.address, headers)
         info = stream.info
         audio = info.audio_codec if info.audio_codec in PLAYABLE_AUDIO else None
-        problem = playback_problem(offer, info.video_codec, audio, av1_profile(info.video_config))
+        problem = playback_problem(offer, info.video_codec, audio, av1_profile(info.video_config),
+                                   hevc_profile(info.video_config))
         if problem is not None:
             raise json_error(400, f"bad SDP offer for {key}: {problem}",
                              "offer recvonly video with H.264 (packetization-mode=1) and audio with Opus", headers)
@@ -158,10 +159,10 @@ class WhepService:
         return signaling.answer_response(answer, location, headers)
 
     async def _playable(self, stream: Stream, offer: Offer, address: str, headers: dict[str, str]) -> Stream:
-        """The stream itself when WebRTC can carry its video to this offer (H.264 or, when offered, AV1, without
-        B-frames; or no video), else its best H.264 rendition when ABR is on; else the 415 that says why."""
+        """The stream itself when WebRTC can carry its video to this offer (H.264 or, when offered, AV1 or HEVC,
+        without B-frames; or no video), else its best H.264 rendition when ABR is on; else the 415 that says why."""
         info = stream.info
-        receivable = receivable_video(offer, av1_profile(info.video_config))
+        receivable = receivable_video(offer, av1_profile(info.video_config), hevc_profile(info.video_config))
         why = carried_problem(info.video_codec, info.audio_codec, stream.gop.frames_from(stream.gop.base),
                               receivable)
         if why is None:
@@ -177,6 +178,9 @@ class WhepService:
             if info.video_codec == "av1" and "av1" not in receivable:
                 hint = ("play it in a browser that receives AV1 over WebRTC (Chrome, Edge, Firefox), turn ABR on "
                         "for its app (H.264 renditions), or watch it as HTTP-FLV or LL-HLS")
+            elif info.video_codec == "hevc" and "hevc" not in receivable:
+                hint = ("play it in a browser that receives HEVC over WebRTC (Safari; Chrome only with hardware "
+                        "decoding), turn ABR on for its app (H.264 renditions), or watch it as HTTP-FLV or LL-HLS")
             raise json_error(415, f"stream {stream.key} cannot be played over WebRTC: {why}", hint, headers)
         views = await abr.renditions(stream.key, start=True)
         if isinstance(views, AbrRefusal):
@@ -226,7 +230,8 @@ class WhepSession:
         self.stream = stream
         self.peer = peer_of(request)
         self.audio_codec = audio_codec
-        self._av1 = stream.info.video_codec == "av1"
+        self._offered_codec = {"av1": "video/AV1", "hevc": "video/H265"}.get(stream.info.video_codec or "")
+        """The mime type of the offer's own entry the video is answered with (a codec aiortc does not know)."""
         self.pc = new_peer_connection(service.config.webrtc)
         self.video: LeanRtpSender | None = None
         self.audio: LeanRtpSender | None = None
@@ -251,7 +256,7 @@ class WhepSession:
             if not wanted_kind or not any(s.direction in ("recvonly", "sendrecv") for s in offer.of_kind(kind)):
                 continue  # nothing to send, or nobody to receive it
             transceiver = pc.addTransceiver(kind, direction="sendonly")
-            if kind != "video" or not self._av1:  # AV1: the offer's own entry is put in after setRemoteDescription
+            if kind != "video" or self._offered_codec is None:  # AV1, HEVC: the offer's own entry, set below
                 wanted = "video/h264" if kind == "video" else "audio/opus"
                 transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities(kind).codecs
                                                  if c.mimeType.lower() in (wanted, f"{kind}/rtx")])
@@ -266,11 +271,20 @@ class WhepSession:
             raise ValueError(str(err) or type(err).__name__) from err
         except Exception as err:  # aiortc's OperationError: no common codec
             raise ValueError(str(err)) from err
-        if self.video is not None and self._av1:
+        if self.video is not None and self._offered_codec == "video/AV1":
             profile = av1_profile(self.stream.info.video_config)
             if answer_with_offered_codec(video, offer_sdp, "video/AV1",
                                          lambda parameters: str(parameters.get("profile", 0)) == str(profile)) is None:
                 raise ValueError(f"the offer's video section has no AV1 of profile {profile}")
+        elif self.video is not None and self._offered_codec == "video/H265":
+            profile = hevc_profile(self.stream.info.video_config)
+
+            def accept(parameters: dict) -> bool:  # aiortc's fmtp values: ints where they are digits
+                return h265_receivable({str(k).strip().lower(): str(v).strip() for k, v in parameters.items()},
+                                       profile)
+
+            if answer_with_offered_codec(video, offer_sdp, "video/H265", accept) is None:
+                raise ValueError(f"the offer's video section has no H265 (HEVC) of profile-id {profile}")
         bind_candidates(pc, self.service.config.webrtc)
         await pc.setLocalDescription(await pc.createAnswer())
         pc.on("connectionstatechange", self._state_changed)

@@ -35,6 +35,9 @@ TEST_SETTINGS: dict[str, str] = {
     "abr.mode": "off",
 }
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The repository these tests belong to: its mediaserver package is the one the server subprocesses run."""
+
 # Loopback only: never route test requests through a proxy from the environment.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -88,6 +91,9 @@ class ServerProcess:
             self.args += ["--set", f"{key}={value}"]
         self._log_file = open(self.log_path, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        # The server runs in its workdir, where `-m mediaserver` would import whatever copy is installed (an
+        # editable install may point at another checkout): the checkout under test comes first.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
             env=env, cwd=workdir,

@@ -120,6 +120,21 @@ def av1_clip(directory: Path):
     return describe_clip(path, 4.0)
 
 
+def hevc_clip(directory: Path):
+    """320x240 25 fps HEVC Main (x265 without B-frames: WebRTC carries none, keyframe every 0.5 s) + AAC 44.1 kHz
+    stereo, 4 s: an Enhanced RTMP publisher's (OBS 30+, ffmpeg 6.1+)."""
+    path = directory / "hevc-aac.flv"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
+        "-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-x265-params", "log-level=error:bframes=0:keyint=12:min-keyint=12:scenecut=0",
+        "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
+    ], check=True, capture_output=True, timeout=120)
+    return describe_clip(path, 4.0)
+
+
 def with_av1(offer: str, payload_type: int = 45, profile: int = 0) -> str:
     """A browser's AV1 lines added to an offer's video section (aiortc's own offers have no AV1)."""
     lines = offer.split("\r\n")
@@ -135,4 +150,31 @@ def with_av1(offer: str, payload_type: int = 45, profile: int = 0) -> str:
             out += [f"a=rtpmap:{payload_type} AV1/90000", f"a=rtcp-fb:{payload_type} nack",
                     f"a=rtcp-fb:{payload_type} nack pli", f"a=rtcp-fb:{payload_type} transport-cc",
                     f"a=fmtp:{payload_type} level-idx=5;profile={profile};tier=0"]
+    return "\r\n".join(out)
+
+
+def with_h265(offer: str, payload_type: int = 104, profile_id: int | None = 1, rtx_payload_type: int | None = 105,
+              fmtp: str | None = None) -> str:
+    """Safari's H265 lines added to an offer's video section (aiortc's own offers have none): the payload type,
+    its RTX when `rtx_payload_type`, and `fmtp` (else Safari's, with `profile_id`; None leaves it out)."""
+    if fmtp is None and profile_id is not None:
+        fmtp = f"level-id=93;profile-id={profile_id};tier-flag=0;tx-mode=SRST"
+    added = [f"a=rtpmap:{payload_type} H265/90000", f"a=rtcp-fb:{payload_type} nack",
+             f"a=rtcp-fb:{payload_type} nack pli", f"a=rtcp-fb:{payload_type} transport-cc"]
+    if fmtp is not None:
+        added.append(f"a=fmtp:{payload_type} {fmtp}")
+    types = [payload_type]
+    if rtx_payload_type is not None:
+        added += [f"a=rtpmap:{rtx_payload_type} rtx/90000", f"a=fmtp:{rtx_payload_type} apt={payload_type}"]
+        types.append(rtx_payload_type)
+    out = []
+    section = ""
+    for line in offer.split("\r\n"):
+        if line.startswith("m="):
+            section = line.split()[0][2:]
+            if section == "video":
+                line = " ".join([line, *map(str, types)])
+        out.append(line)
+        if section == "video" and line.startswith("a=rtcp-mux"):
+            out += added
     return "\r\n".join(out)

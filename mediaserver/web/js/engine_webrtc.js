@@ -22,16 +22,17 @@ const NTP_UNIX_OFFSET_MS = 2208988800000;  // 1900-01-01 to 1970-01-01
 /** Why this browser cannot play a stream with these codecs over WebRTC, or null when it can. */
 export function webrtcCannotPlay(videoCodec, audioCodec) {
   if (!('RTCPeerConnection' in window)) return 'this browser has no WebRTC';
-  // Video passes through: H.264 to every browser, AV1 to those that receive it.
-  const mime = {h264: 'video/h264', av1: 'video/av1'}[videoCodec];
-  if (videoCodec && !mime) return 'WebRTC playback carries H.264 or AV1 video';
+  // Video passes through: H.264 to every browser, AV1 and HEVC (H265 in WebRTC) to those that receive them.
+  const mime = {h264: 'video/h264', av1: 'video/av1', hevc: 'video/h265'}[videoCodec];
+  const name = {h264: 'H.264', av1: 'AV1', hevc: 'HEVC'}[videoCodec];
+  if (videoCodec && !mime) return 'WebRTC playback carries H.264, AV1 or HEVC video';
   if (videoCodec && window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities) {
     const caps = RTCRtpReceiver.getCapabilities('video');
     if (caps && !caps.codecs.some((c) => c.mimeType.toLowerCase() === mime)) {
-      return `this browser cannot decode ${videoCodec === 'av1' ? 'AV1' : 'H.264'} over WebRTC`;
+      return `this browser cannot decode ${name} over WebRTC`;
     }
-  } else if (videoCodec === 'av1') {
-    return 'this browser cannot tell whether it decodes AV1 over WebRTC';
+  } else if (videoCodec && videoCodec !== 'h264') {
+    return `this browser cannot tell whether it decodes ${name} over WebRTC`;
   }
   if (!videoCodec && !['aac', 'opus'].includes(audioCodec)) return 'WebRTC playback carries AAC or Opus audio';
   return null;

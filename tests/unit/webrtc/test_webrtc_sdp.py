@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mediaserver.webrtc.sdp import SdpError, av1_profiles, parse_offer, playback_problem, receivable_video
+from mediaserver.webrtc.sdp import (
+    SdpError, av1_profiles, h265_profiles, parse_offer, playback_problem, receivable_video,
+)
 
 CHROME_LIKE = "\r\n".join([
     "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
@@ -80,3 +82,48 @@ def test_an_av1_stream_needs_an_offer_that_receives_av1_of_its_profile():
     assert av1_profiles(no_fmtp.sections[0]) == {0}, "no fmtp: the Main profile, the AV1 RTP spec's default"
     hostile = parse_offer(with_av1.replace("profile=1", "profile=x1"))
     assert av1_profiles(hostile.sections[0]) == set() and receivable_video(hostile, 1) == {"h264"}
+
+
+def with_h265(fmtps: dict[int, str | None]) -> str:
+    """CHROME_LIKE with H265 payload types (Safari's shape) and their fmtp lines (None: no fmtp line)."""
+    lines = "".join(f"a=rtpmap:{pt} H265/90000\r\n" + (f"a=fmtp:{pt} {fmtp}\r\n" if fmtp is not None else "")
+                    for pt, fmtp in fmtps.items())
+    return CHROME_LIKE.replace("m=video 9 UDP/TLS/RTP/SAVPF 96 97 102",
+                               "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 " + " ".join(map(str, fmtps))) \
+        .replace("a=rtpmap:102 H264/90000", lines + "a=rtpmap:102 H264/90000")
+
+
+def test_an_hevc_stream_needs_an_offer_that_receives_h265_of_its_profile_id():
+    offer = parse_offer(CHROME_LIKE)
+    assert "hevc" not in receivable_video(offer)
+    assert "H265 (HEVC) of profile-id 1" in playback_problem(offer, "hevc", "aac")
+    safari = parse_offer(with_h265({104: "level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST",
+                                    106: "level-id=93; profile-id=2 ;tier-flag=0;tx-mode=srst"}))
+    assert h265_profiles(safari.sections[0]) == {1, 2}
+    assert receivable_video(safari) == {"h264", "hevc"}, "Main (profile-id 1) when the stream says nothing"
+    assert receivable_video(safari, hevc_profile=2) == {"h264", "hevc"}
+    assert receivable_video(safari, hevc_profile=3) == {"h264"}
+    assert playback_problem(safari, "hevc", "aac", hevc_profile=2) is None
+    assert "profile-id 4" in playback_problem(safari, "hevc", "aac", hevc_profile=4)
+
+
+def test_h265_without_a_profile_id_is_the_main_profile():
+    for fmtps in ({104: None}, {104: "level-id=93;tx-mode=SRST"}):
+        section = parse_offer(with_h265(fmtps)).sections[0]
+        assert h265_profiles(section) == {1}, fmtps
+    assert "hevc" not in receivable_video(parse_offer(with_h265({104: None})), hevc_profile=2)
+
+
+@pytest.mark.parametrize("fmtp", [
+    "profile-id=1;sprop-max-don-diff=2",  # decoding order numbers (DONL), which the server never sends
+    "profile-id=1;tx-mode=MRST",  # several RTP streams
+    "profile-id=1;tx-mode=",
+    "profile-id=one", "profile-id=-1", "profile-id=1x", "profile-id=", "profile-id=1;sprop-max-don-diff=x",
+])
+def test_h265_the_server_cannot_send_as_asked_or_hostile_is_not_received(fmtp):
+    offer = parse_offer(with_h265({104: fmtp}))
+    assert h265_profiles(offer.sections[0]) == set()
+    assert receivable_video(offer) == {"h264"}
+    assert "H265 (HEVC)" in playback_problem(offer, "hevc", "opus")
+    good = parse_offer(with_h265({104: fmtp, 106: "profile-id=1;sprop-max-don-diff=0;tx-mode=SRST"}))
+    assert h265_profiles(good.sections[0]) == {1}, "another payload type that fits is answered"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mediaserver.errors import MediaError
-from mediaserver.media import av1, flv_body, h264
+from mediaserver.media import av1, flv_body, h264, hevc
 from mediaserver.media.frames import FrameKind
 from mediaserver.webrtc.units import (
-    CATCH_UP_STEP, H264Units, av1_profile, carried_problem, catch_up_times, reorders, video_time,
+    CATCH_UP_STEP, H264Units, av1_profile, carried_problem, catch_up_times, hevc_profile, reorders, video_time,
 )
 from support.codec_clips import codec_clip, config_frame
 
@@ -79,9 +81,12 @@ def test_which_video_is_carried_depends_on_what_the_viewer_receives():
     assert carried_problem("h264", "aac", plain) is None
     assert carried_problem("av1", "opus", plain) is None, "a viewer not known yet: every codec passed through"
     assert "AV1, which the offer does not receive" in carried_problem("av1", "opus", plain, frozenset({"h264"}))
-    assert "HEVC; WebRTC playback here carries H.264" in carried_problem("hevc", "aac", plain)
+    assert carried_problem("hevc", "aac", plain) is None
+    assert "HEVC, which the offer does not receive" in carried_problem("hevc", "aac", plain, frozenset({"h264", "av1"}))
+    assert "VP9; WebRTC playback here carries H.264, and AV1 or HEVC" in carried_problem("vp9", "aac", plain)
     bframes = [video(avcc(SLICE), dts, dts == 0, cts=cts) for dts, cts in ((0, 80), (40, 160), (80, 40))]
     assert "B-frames" in carried_problem("av1", None, bframes)
+    assert "B-frames" in carried_problem("hevc", "aac", bframes)
     assert "no track" in carried_problem(None, "mp3", [])
 
 
@@ -90,3 +95,18 @@ def test_an_av1_profile_comes_from_the_av1c_and_a_bad_one_is_the_main_profile():
     assert av1_profile(config) == av1.parse_av1_config(config.payload).seq_profile == 0
     assert av1_profile(None) == 0
     assert av1_profile(video(b"\x01\x02", 0, True, config=True)) == 0
+
+
+def test_an_hevc_profile_comes_from_the_hvcc_and_a_missing_or_bad_one_is_main():
+    config = config_frame(codec_clip("hevc", None, seconds=0.5, gop_frames=10), FrameKind.VIDEO)
+    assert hevc_profile(config) == hevc.parse_hevc_config(config.payload).profile_idc == 1
+    main10 = bytes(config.payload)
+    main10 = main10[:1] + bytes(((main10[1] & 0xE0) | 2,)) + main10[2:]  # general_profile_idc 2: Main 10
+    def record(payload: bytes):
+        return dataclasses.replace(config, tag=config.tag[:config.payload_start] + payload + b"\0" * 4)
+
+    assert hevc_profile(record(main10)) == 2
+    assert hevc_profile(None) == 1
+    assert hevc_profile(record(b"\x01\x02")) == 1
+    avc = video(h264.build_avc_config([SPS], [PPS]), 0, True, config=True)
+    assert hevc_profile(avc) == 1, "not an hvcC: the default"
