@@ -32,8 +32,10 @@ class RtmpConfig:
     """A connection that sends nothing for this long is closed."""
     read_merge_ms: int = 50
     """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
-    play_merge_ms: int = 50
-    """How long an RTMP player's writes are merged, at most: fewer wakeups per viewer, a little more delay."""
+    play_merge_ms: int = 150
+    """How long an RTMP player's writes are merged, at most: fewer wakeups per viewer, a little more delay.
+    Adaptive merging reaches it only at 250+ viewers of a stream or a busy loop; there, 150 ms windows cost
+    half the CPU of 50 ms ones (bench/README.md, "Merged writes")."""
     merge_mode: str = "adaptive"
     """"adaptive": read_merge_ms and play_merge_ms are ceilings, reached as load grows; "fixed": always."""
 
@@ -57,8 +59,10 @@ class HttpConfig:
     bind: str = "0.0.0.0"
     port: int = 8080
     cors_origin: str = "*"
-    flv_merge_ms: int = 100
-    """How long an FLV viewer's writes are merged, at most: fewer syscalls per viewer, a little more delay."""
+    flv_merge_ms: int = 200
+    """How long an FLV viewer's writes are merged, at most: fewer syscalls per viewer, a little more delay.
+    Adaptive merging reaches it only at 250+ viewers of a stream or a busy loop; there, 200 ms windows cost
+    two thirds of the CPU of 100 ms ones (bench/README.md, "Merged writes")."""
     flv_merge_mode: str = "adaptive"
     """"adaptive": flv_merge_ms is a ceiling, reached as viewers and load grow; "fixed": always flv_merge_ms."""
     write_timeout: float = 15.0
