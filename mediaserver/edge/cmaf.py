@@ -1,15 +1,17 @@
 """fMP4/CMAF outputs: LL-HLS (`cmaf.m3u8`) and MPEG-DASH (`manifest.mpd`) over the same segments.
 
 One CmafPackager per stream is a hub sink: it cuts segments and LL-HLS parts once, and both manifests
-list those same bytes. A source stream with video and audio also gets the muxed rendition (cmaf_mux.py:
-both tracks in each part), which cmaf.m3u8 lists as its one variant, so an HLS player follows one
+list those same bytes. A stream with video and audio also gets the muxed rendition (cmaf_mux.py:
+both tracks in each part), which cmaf.m3u8 lists as its variant, so an HLS player follows one
 playlist instead of two (half the blocking reloads and part requests); DASH keeps the split tracks. Blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and requests for the part a
 preload hint names are held until it exists, for at most three target durations (then 503); requests
 too far ahead, or malformed, get 400 at once (RFC 8216bis 6.2.5.2).
 
-With ABR, cmaf.m3u8 lists the source's split video and the ladder's renditions (../NAME@LABEL/cmaf-video.m3u8)
-as video variants sharing the source's audio, and manifest.mpd one more Representation per rendition in its video
-AdaptationSet (files under ../NAME@LABEL/); a rendition's packager cuts where this one does.
+With ABR, cmaf.m3u8 lists the source's muxed variant and the ladder's renditions' own muxed playlists
+(../NAME@LABEL/cmaf-muxed.m3u8: a rendition carries the source's audio), or, for a source without the muxed
+rendition (video only), its split video and the renditions' (../NAME@LABEL/cmaf-video.m3u8); manifest.mpd lists
+one more Representation per rendition in its video AdaptationSet (files under ../NAME@LABEL/). A rendition's
+packager cuts where this one does, so every variant's segment N starts at the same instant.
 
 Files under /APP/NAME/:
   cmaf.m3u8                      multivariant playlist (the muxed variant; or video variant, audio rendition)
@@ -90,7 +92,7 @@ class CmafPackager:
         self.last_request = time.monotonic()
         self.ended_at: float | None = None
         self.segmenter = CmafSegmenter(target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration,
-                                       cuts=cuts, follow=follow, muxer=CmafMuxer() if follow is None else None)
+                                       cuts=cuts, follow=follow, muxer=CmafMuxer())
         self.window = CmafWindow(
             target_duration_s=cfg.segment_duration, part_target_s=cfg.part_duration, listed=cfg.playlist_length
         )
@@ -175,13 +177,20 @@ class CmafPackager:
 
     # ----- rendering ---------------------------------------------------------------------------
 
-    def multivariant(self, query: str = "", renditions: Sequence[Variant] = (), source_video: bool = True) -> bytes:
-        """cmaf.m3u8; `renditions` (ABR) are listed after the source's video (or instead of it: `source_video`
-        False), with its audio."""
+    def has_muxed(self) -> bool:
+        """Whether the muxed rendition has begun (it begins at the first video segment once audio came)."""
+        muxed = self.window.track(MUXED)
+        return muxed is not None and muxed.current_init is not None
+
+    def multivariant(self, query: str = "", renditions: Sequence[Variant] = (), source_video: bool = True,
+                     renditions_muxed: bool = False) -> bytes:
+        """cmaf.m3u8; `renditions` (ABR) are listed after the source's variant (or instead of it: `source_video`
+        False): muxed ones with the muxed variant (`renditions_muxed`), else video ones sharing its audio."""
         def render() -> str:
             return llhls.render_multivariant_playlist(
                 self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query,
-                renditions=renditions, source_video=source_video, muxed_uri="cmaf-muxed.m3u8")
+                renditions=renditions, source_video=source_video, muxed_uri="cmaf-muxed.m3u8",
+                renditions_muxed=renditions_muxed)
         if renditions:
             return render().encode()  # the ladder may change from one request to the next
         return self._cached(f"mv?{query}", render)
@@ -289,8 +298,10 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
         views = await ladder(request, source, "cmaf") if source is not None and not packager.ended else []
         marked = any(v.label == SOURCE_LABEL for v in views)  # a watermarked top rung replaces the source
         if file == "cmaf.m3u8":
-            variants = _ladder_variants(request, source, views) if source is not None else []
-            return _playlist_response(packager.multivariant(query, variants, source_video=not marked), cors)
+            muxed = packager.has_muxed()
+            variants = _ladder_variants(request, source, views, muxed) if source is not None else []
+            return _playlist_response(packager.multivariant(query, variants, source_video=not marked,
+                                                            renditions_muxed=muxed), cors)
         renditions = await _ladder_representations(request, views, min(deadline, every_track_by))
         marked = marked and any(r.label == SOURCE_LABEL for r in renditions)
         return web.Response(body=packager.mpd(query, renditions, source_video=not marked),
@@ -346,11 +357,13 @@ async def serve_cmaf(request: web.Request, packager: CmafPackager, file: str) ->
             raise json_error(503, f"{file[:64]!r} did not appear in time", "reload the playlist", {"Retry-After": "1", **cors})
 
 
-def _ladder_variants(request: web.Request, source: Stream, views: list[RenditionView]) -> list[Variant]:
-    """The renditions as cmaf.m3u8 variants: ../NAME@LABEL/cmaf-video.m3u8, with the source's audio."""
+def _ladder_variants(request: web.Request, source: Stream, views: list[RenditionView], muxed: bool) -> list[Variant]:
+    """The renditions as cmaf.m3u8 variants: ../NAME@LABEL/cmaf-muxed.m3u8 (`muxed`: each carries the source's
+    audio in its parts) or ../NAME@LABEL/cmaf-video.m3u8 (with the source's audio group)."""
     registry = request.app[REGISTRY]
     frame_rate = measure(source)[1] if views else None
-    return [rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/cmaf-video.m3u8",
+    playlist = "cmaf-muxed.m3u8" if muxed else "cmaf-video.m3u8"
+    return [rendition_variant(view, registry.get(view.key), source, f"../{view.key.name}/{playlist}",
                               ts=False, frame_rate=frame_rate) for view in views]
 
 

@@ -265,24 +265,30 @@ def render_multivariant_playlist(
     renditions: Sequence[Variant] = (),
     source_video: bool = True,
     muxed_uri: str | None = None,
+    renditions_muxed: bool = False,
 ) -> str:
     """The multivariant playlist: the video playlist as the variant, audio as its rendition group.
     With `source_video` False (and renditions) the renditions alone are the video variants.
 
     Lists the tracks the window has seen; an audio-only stream's variant is the audio playlist.
     `renditions` (ABR) are more video variants after the source's, each playing with the same audio
-    group (their CODECS should name the audio codec too). With `muxed_uri` and no renditions, a window
-    that has the muxed rendition lists it alone.
+    group (their CODECS should name the audio codec too). With `muxed_uri`, a window that has the muxed
+    rendition lists it as the source's variant, without an audio group: alone, or with `renditions` that are
+    muxed too (`renditions_muxed`: their URIs name their own muxed playlists). Raises ValueError for muxed
+    renditions when the window has no muxed rendition (the caller asks `has_muxed` first).
     """
-    muxed = window.track(MUXED) if muxed_uri is not None and not renditions else None
+    muxed = window.track(MUXED) if muxed_uri is not None and (not renditions or renditions_muxed) else None
     muxed_init = muxed.current_init if muxed is not None else None
+    if renditions_muxed and renditions and muxed_init is None:
+        raise ValueError("muxed renditions need the source's muxed rendition")
     if muxed is not None and muxed_init is not None and muxed_uri is not None:
         peak, average = _bandwidth(muxed)
         variant = Variant(
             muxed_uri, peak, tuple(muxed_init.codec_string.split(",")), muxed_init.width, muxed_init.height,
             muxed_init.signalled_frame_rate or _measured_frame_rate(muxed), average,
         )
-        return render_multivariant([variant], query=query, version=PROTOCOL_VERSION)
+        variants = [variant, *renditions] if source_video or not renditions else list(renditions)
+        return render_multivariant(variants, query=query, version=PROTOCOL_VERSION)
     video = window.track(VIDEO)
     audio = window.track(AUDIO)
     video_init = video.current_init if video is not None else None

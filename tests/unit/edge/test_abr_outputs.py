@@ -124,24 +124,32 @@ async def test_segment_n_of_every_rendition_starts_at_the_same_instant(edge) -> 
 async def test_cmaf_segments_of_every_rendition_start_at_the_same_instant(edge) -> None:
     e, client = edge
     publish(e)
+    # HLS players get muxed variants: the source's and each rendition's own (video and the source's audio in
+    # each part), so a player follows one playlist, not a video one and the audio group.
     multivariant = m3u8.loads(await text(client, "/live/demo/cmaf.m3u8"))
-    assert [p.uri for p in multivariant.playlists] == ["cmaf-video.m3u8", "../demo@120p/cmaf-video.m3u8"]
-    assert [p.stream_info.audio for p in multivariant.playlists] == ["audio", "audio"]
+    assert [p.uri for p in multivariant.playlists] == ["cmaf-muxed.m3u8", "../demo@120p/cmaf-muxed.m3u8"]
+    assert [p.stream_info.audio for p in multivariant.playlists] == [None, None] and not multivariant.media
+    assert all(p.stream_info.codecs.endswith(",mp4a.40.2") for p in multivariant.playlists)
     assert [p.stream_info.resolution for p in multivariant.playlists] == [(320, 240), (160, 120)]
-    big = m3u8.loads(await text(client, "/live/demo/cmaf-video.m3u8"))
-    small = m3u8.loads(await text(client, "/live/demo@120p/cmaf-video.m3u8"))
-    assert small.media_sequence == big.media_sequence
-    init_a = await (await client.get(f"/live/demo/{big.segment_map[0].uri}")).read()
-    init_b = await (await client.get(f"/live/demo@120p/{small.segment_map[0].uri}")).read()
-    # (the m3u8 package lists the parts of the segment in progress as a segment without a URI)
-    pairs = [(a, b) for a, b in zip(big.segments, small.segments) if a.uri and b.uri]
-    assert len(pairs) >= 3
-    for n, (a, b) in enumerate(pairs):
-        assert (a.duration, a.program_date_time) == (b.duration, b.program_date_time), f"segment {n}"
-        assert len(a.parts) == len(b.parts), f"segment {n}"
-        data_a = init_a + await (await client.get(f"/live/demo/{a.uri}")).read()
-        data_b = init_b + await (await client.get(f"/live/demo@120p/{b.uri}")).read()
-        assert first_pts_s(data_a, "mp4") == pytest.approx(first_pts_s(data_b, "mp4"), abs=0.001), f"segment {n}"
+    for track in ("muxed", "video"):  # the split video stays aligned too (DASH lists it)
+        big = m3u8.loads(await text(client, f"/live/demo/cmaf-{track}.m3u8"))
+        small = m3u8.loads(await text(client, f"/live/demo@120p/cmaf-{track}.m3u8"))
+        assert small.media_sequence == big.media_sequence, track
+        init_a = await (await client.get(f"/live/demo/{big.segment_map[0].uri}")).read()
+        init_b = await (await client.get(f"/live/demo@120p/{small.segment_map[0].uri}")).read()
+        # (the m3u8 package lists the parts of the segment in progress as a segment without a URI)
+        pairs = [(a, b) for a, b in zip(big.segments, small.segments) if a.uri and b.uri]
+        assert len(pairs) >= 3, track
+        for n, (a, b) in enumerate(pairs):
+            assert (a.duration, a.program_date_time) == (b.duration, b.program_date_time), f"{track} segment {n}"
+            assert len(a.parts) == len(b.parts), f"{track} segment {n}"
+            data_a = init_a + await (await client.get(f"/live/demo/{a.uri}")).read()
+            data_b = init_b + await (await client.get(f"/live/demo@120p/{b.uri}")).read()
+            assert first_pts_s(data_a, "mp4") == pytest.approx(first_pts_s(data_b, "mp4"), abs=0.001), \
+                f"{track} segment {n}"
+            if track == "muxed":
+                with av.open(io.BytesIO(data_b), format="mp4") as container:
+                    assert container.streams.audio and container.streams.video, "a muxed rendition part has both"
 
 
 async def test_the_mpd_lists_a_representation_per_rendition_and_ffmpeg_plays_both(edge) -> None:
@@ -214,7 +222,7 @@ async def test_a_play_token_for_the_source_reaches_every_variant_and_opens_its_r
         media = m3u8.loads(await text(client, f"/live/demo@120p/index.m3u8?token={token}"))
         assert media.segments and all(s.uri.endswith(f"?token={token}") for s in media.segments)
         cmaf = m3u8.loads(await text(client, f"/live/demo/cmaf.m3u8?token={token}"))
-        assert cmaf.playlists[1].uri == f"../demo@120p/cmaf-video.m3u8?token={token}"
+        assert cmaf.playlists[1].uri == f"../demo@120p/cmaf-muxed.m3u8?token={token}"
         other = mint(SECRET, Action.PLAY, "live", "other", 4_000_000_000)
         await text(client, f"/live/demo@120p/index.m3u8?token={other}", 403)
 

@@ -156,11 +156,23 @@ def test_llhls_lists_the_muxed_rendition_alone_with_both_codecs(muxed_items: lis
     assert "#EXT-X-PART:" in playlist and "#EXT-X-PRELOAD-HINT" in playlist and 'x-muxed-init-1.mp4' in playlist
     assert "INDEPENDENT=YES" in playlist
     assert llhls.playlist_request(window, MUXED, window.track(MUXED).last_sequence, 0) is llhls.Readiness.READY
-    # With ABR renditions, the split layout stays: every variant shares the audio group.
+    # With ABR renditions that are split, the split layout stays: every variant shares the audio group.
     ladder = [Variant("../s@240p/cmaf-video.m3u8", 1000, ("avc1.42c00d", "mp4a.40.2"), 320, 240)]
     text = llhls.render_multivariant_playlist(window, video_uri="v.m3u8", audio_uri="a.m3u8", muxed_uri="m.m3u8",
                                               renditions=ladder)
     assert "#EXT-X-MEDIA:TYPE=AUDIO" in text and "m.m3u8" not in text
+    # Muxed renditions go with the muxed variant, no audio group; without the source's, they are refused.
+    muxed_ladder = [Variant("../s@240p/cmaf-muxed.m3u8", 1000, ("avc1.42c00d", "mp4a.40.2"), 320, 240)]
+    text = llhls.render_multivariant_playlist(window, video_uri="v.m3u8", audio_uri="a.m3u8", muxed_uri="m.m3u8",
+                                              renditions=muxed_ladder, renditions_muxed=True)
+    assert "#EXT-X-MEDIA" not in text and "AUDIO=" not in text
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["m.m3u8", "../s@240p/cmaf-muxed.m3u8"]
+    text = llhls.render_multivariant_playlist(window, video_uri="v.m3u8", audio_uri="a.m3u8", muxed_uri="m.m3u8",
+                                              renditions=muxed_ladder, renditions_muxed=True, source_video=False)
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["../s@240p/cmaf-muxed.m3u8"]
+    with pytest.raises(ValueError):
+        llhls.render_multivariant_playlist(CmafWindow(target_duration_s=1.0, part_target_s=0.2), muxed_uri="m.m3u8",
+                                           renditions=muxed_ladder, renditions_muxed=True)
 
 
 def test_muxed_file_names_parse() -> None:
