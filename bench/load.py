@@ -1010,7 +1010,8 @@ async def cmd_latency(args, ctx: "Run") -> dict:
     if server.kind == "fake":
         outputs = [k for k in outputs if k in ("flv", "hls")]
     stop = asyncio.Event()
-    probe = ListingProbe(server.host, server.http_port, server.hls_path(name), 0.02, fetch_segments=True)
+    probe = ListingProbe(server.host, server.http_port, server.hls_path(name), args.hls_poll_ms / 1000,
+                         fetch_segments=True)
     probe_task = asyncio.ensure_future(probe.run(stop))
     log = SendLog()
     wall_offset = time.time() - time.monotonic()
@@ -1168,6 +1169,7 @@ async def cmd_latency(args, ctx: "Run") -> dict:
     out["hls"]["segment_last_frame_to_listed_ms"] = summary(lst.pop("delays_ms"))
     out["hls"].update(lst)
     out["hls"]["probe_polls"] = probe.polls
+    out["hls"]["probe_poll_ms"] = args.hls_poll_ms
     if "hls" in outputs:
         first_load = min(hls_seen.values(), default=0.0)
         live_seen = {m: t for m, t in hls_seen.items() if t > first_load}
@@ -1529,6 +1531,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first-keyframe probes per push output after the window (default 10)")
     p.add_argument("--outputs", default=",".join(LATENCY_OUTPUTS),
                    help=f"outputs to measure (default {','.join(LATENCY_OUTPUTS)})")
+    p.add_argument("--hls-poll-ms", type=float, default=20,
+                   help="how often the HLS probe reloads index.m3u8 (default 20): a listing is seen up to this late")
     p.add_argument("--dash-poll-ms", type=int, default=20,
                    help="how often the DASH probe reloads the MPD, to see when segments appear (default 20)")
     p.add_argument("--load", metavar="OUTPUT:VIEWERS",
