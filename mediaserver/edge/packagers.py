@@ -75,6 +75,9 @@ class HlsPackager:
         self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     format = "hls"
+    waits_for_frames = False
+    """Its playlist changes once a segment (seconds): reads merged over a few ms delay that little, while
+    reading every TCP segment of every stream would cost the server most of its ingest CPU."""
 
     def replay(self, frames: list[Frame], newest_dts: int) -> None:
         """Feed the kept history, each frame stamped with the wall time it arrived (estimated from

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mediaserver.hub.pacing import LoadGauge, MergePolicy, SharedBatch, until_tick
+from mediaserver.hub.pacing import LoadGauge, MergePolicy, SharedBatch, next_tick, until_tick
 
 
 def test_fixed_mode_always_merges_the_full_window() -> None:
@@ -82,3 +82,16 @@ def test_shared_batch_is_made_once_for_the_same_stretch_of_frames() -> None:
     assert shared.get(frames[1:5], make) == 2  # a longer stretch
     assert shared.get(frames[2:5], make) == 3  # a viewer that was ahead
     assert (shared.made, shared.hits) == (3, 1)
+
+
+def test_unwatched_reads_merge_to_their_own_wider_window_never_below_the_ceiling() -> None:
+    assert MergePolicy(50, merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.25
+    assert MergePolicy(300, merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.3
+    assert MergePolicy(50, merge_when_unwatched=True).unwatched_s() == 0.05
+    assert MergePolicy(0, merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.0  # merging off
+    assert MergePolicy(50, "fixed", merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.05
+
+
+def test_next_tick_is_the_same_float_within_a_window() -> None:
+    assert next_tick(1.001, 0.25) == next_tick(1.2, 0.25) == 1.25
+    assert until_tick(1.2, 0.25) == pytest.approx(0.05)
