@@ -32,6 +32,9 @@ MODES = (ADAPTIVE, FIXED)
 _MIN_WINDOW_S = 0.001
 _STEP_S = 0.005
 """Windows are whole steps, so viewers of a stream under the same load share tick times (`until_tick`)."""
+_DUE_LEAD_S = 0.010
+"""A read paused until a due frame resumes this much before the frame should arrive (publishers send in
+real time, give or take their own pacing)."""
 
 
 def _ramp(value: float, low: float, high: float) -> float:
@@ -76,6 +79,22 @@ class MergePolicy:
             return 0.0
         return min(ceiling, math.ceil(window / _STEP_S) * _STEP_S)
 
+
+    def read_pause(self, waiting: int, patient: int, output_due_s: float, busy: float) -> tuple[float, float]:
+        """When a publisher's socket is read next: at the first multiple of `grid` after now + `offset`,
+        returned as (offset, grid); grid 0: at once. `waiting`: viewers and sinks that want frames as they
+        come; `patient`: sinks whose output changes only at a frame `output_due_s` seconds of media past the
+        newest one (a TS segment's cut). Reads stop for the unwatched window while nothing is due within it,
+        then resume just before the due frame (so it waits no more than before), and while it is due
+        `patient` counts as an audience (as a waiting sink would)."""
+        if waiting:
+            return 0.0, self.window_s(waiting, busy)
+        wide = self.unwatched_s()
+        if not patient or output_due_s >= wide + _DUE_LEAD_S:
+            return 0.0, wide
+        if output_due_s > 2 * _DUE_LEAD_S:
+            return output_due_s - _DUE_LEAD_S, _STEP_S
+        return 0.0, self.window_s(patient, busy)
 
     def unwatched_s(self) -> float:
         """Seconds to wait before the next read of a stream that nothing consumes: each wakeup costs a

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -92,9 +93,9 @@ class Sink(Protocol):
 
     def on_frame(self, frame: Frame) -> None: ...
 
-    # A sink may also say `waits_for_frames = False` (read with getattr, default True): its output
-    # changes only now and then (whole TS segments), so a publisher's reads may merge while only such
-    # sinks consume the stream.
+    # A sink may also say `waits_for_frames = False` (read with getattr, default True) and have
+    # `next_output_ms() -> float`: its output changes only at a frame whose decode time it names in advance
+    # (a TS segment's cut), so until then a publisher's reads may merge while only such sinks consume.
 
     def on_discontinuity(self) -> None: ...
 
@@ -353,6 +354,15 @@ class Stream:
             self.flush_sinks()
             self.sinks.remove(sink)
             self._count_waiting_sinks()
+
+    def output_due_ms(self) -> float:
+        """The decode time before which no sink's output changes: the earliest `next_output_ms()` of the
+        sinks that do not wait for frames (-inf when one cannot say; inf with no sinks)."""
+        due = math.inf
+        for sink in self.sinks:
+            next_output = getattr(sink, "next_output_ms", None)
+            due = min(due, next_output() if next_output is not None else -math.inf)
+        return due
 
     def _count_waiting_sinks(self) -> None:
         self.waiting_sinks = sum(1 for s in self.sinks if getattr(s, "waits_for_frames", True))

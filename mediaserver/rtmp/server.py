@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from typing import Any
@@ -119,11 +120,12 @@ class RtmpServer:
                                                         SharedBatch())
         return shared
 
-    def resume_at_tick(self, conn: RtmpConnection, window_s: float) -> float:
-        """Resume `conn`'s reading at the next multiple of `window_s`; returns that tick. Publishers paused
-        on the same tick share one timer and are read in the same loop iteration (one epoll wakeup)."""
+    def resume_at_tick(self, conn: RtmpConnection, offset_s: float, grid_s: float) -> float:
+        """Resume `conn`'s reading at the first multiple of `grid_s` after now + `offset_s`; returns that
+        tick. Publishers paused on the same tick share one timer and are read in the same loop iteration
+        (one epoll wakeup)."""
         loop = asyncio.get_running_loop()
-        at = next_tick(loop.time(), window_s)
+        at = next_tick(loop.time() + offset_s, grid_s)
         group = self._resumes.get(at)
         if group is None:
             group = self._resumes[at] = []
@@ -262,14 +264,17 @@ class RtmpConnection(asyncio.Protocol):
             # the frames or the loop is busy (hub/pacing.py), since it delays every viewer. With nothing
             # consuming the stream at all the window is wider, and a first viewer or sink ends it early.
             policy = self.server.read_policy
-            if not stream.subscribers and not stream.sinks and self.tracks is None:  # renditions: their own viewers
-                merge_s = policy.unwatched_s()
+            subscribers = len(stream.subscribers)
+            if self.tracks is not None:  # multitrack: its renditions have viewers of their own
+                offset, grid = 0.0, policy.window_s(subscribers + len(stream.sinks), GAUGE.busy())
             else:
-                merge_s = policy.window_s(len(stream.subscribers) + stream.waiting_sinks, GAUGE.busy())
-            if merge_s:
+                patient = len(stream.sinks) - stream.waiting_sinks
+                due_s = (stream.output_due_ms() - stream.gop.newest_dts) / 1000 if patient else math.inf
+                offset, grid = policy.read_pause(subscribers + stream.waiting_sinks, patient, due_s, GAUGE.busy())
+            if grid:
                 self._reading_paused = True
                 self.transport.pause_reading()
-                self._resume_tick = self.server.resume_at_tick(self, merge_s)
+                self._resume_tick = self.server.resume_at_tick(self, offset, grid)
                 stream.on_audience = self._resume_reading
 
     def resume_reading_at(self, tick: float) -> None:
