@@ -32,9 +32,9 @@ MODES = (ADAPTIVE, FIXED)
 _MIN_WINDOW_S = 0.001
 _STEP_S = 0.005
 """Windows are whole steps, so viewers of a stream under the same load share tick times (`until_tick`)."""
-_DUE_LEAD_S = 0.010
-"""A read paused until a due frame resumes this much before the frame should arrive (publishers send in
-real time, give or take their own pacing)."""
+_DUE_LEAD_S = 0.050
+"""A read paused until a due frame resumes this much before the frame should arrive: the newest frame read
+may be a frame interval (33 ms at 30 fps) older than the publisher's clock, which runs in real time."""
 
 
 def _ramp(value: float, low: float, high: float) -> float:
