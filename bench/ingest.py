@@ -130,6 +130,9 @@ async def run(args: argparse.Namespace) -> None:
         conn.data_received(data)
     await asyncio.sleep(0)  # the gate answers the publish request in a task of its own
     assert conn.stream is not None, "the publish request was not accepted"
+    # Started before the media (as a touched playlist starts it in the server), so the packager's cost
+    # is counted per frame rather than as one replay of the history at the end.
+    packager = packagers.hls(conn.stream.key)
     recorder = None
     if args.record:
         recorder = Recorder(conn.stream.key, args.record, fsync_interval_s=args.fsync_interval)
@@ -156,7 +159,6 @@ async def run(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - wall0
     media_s = args.seconds
     total = sum(len(r) for r in reads)
-    packager = packagers.hls(next(iter(s.key for s in registry.streams())))
     print(f"media: {media_s:.0f} s, {frames} frames, {total / 1e6:.1f} MB of RTMP; HLS segments: "
           f"{len(packager.window) if packager else 0}")
     print(f"cpu: {cpu:.3f} s ({wall:.3f} s wall) = {cpu / frames * 1e6:.1f} µs per frame = "

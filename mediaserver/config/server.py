@@ -32,6 +32,8 @@ class RtmpConfig:
     """A connection that sends nothing for this long is closed."""
     read_merge_ms: int = 50
     """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
+    read_merge_unwatched_ms: int = 250
+    """The same while nothing consumes the stream (no viewer, no packager): nobody sees this delay."""
     play_merge_ms: int = 150
     """How long an RTMP player's writes are merged, at most: fewer wakeups per viewer, a little more delay.
     Adaptive merging reaches it only at 250+ viewers of a stream or a busy loop; there, 150 ms windows cost
@@ -132,6 +134,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rtmp.connect_timeout": (0.1, 600),
     "rtmp.idle_timeout": (0.5, 3600),
     "rtmp.read_merge_ms": (0, 500),
+    "rtmp.read_merge_unwatched_ms": (0, 2000),
     "rtmp.play_merge_ms": (0, 1000),
     "http.flv_merge_ms": (0, 1000),
     "http.write_timeout": (0.5, 600),

@@ -75,6 +75,14 @@ class HlsPackager:
         self.skipped = SkippedFrames(stream, self.format, skip_log)
 
     format = "hls"
+    waits_for_frames = False
+    """Its playlist changes once a segment (seconds), at a frame it can name in advance (`next_output_ms`):
+    until then a publisher's reads may merge widely, which would otherwise cost the server (a wakeup and a
+    read per TCP segment of every stream) more than the packaging itself."""
+
+    def next_output_ms(self) -> float:
+        """The decode time before which no frame changes this packager's output."""
+        return self.segmenter.next_cut_ms()
 
     def replay(self, frames: list[Frame], newest_dts: int) -> None:
         """Feed the kept history, each frame stamped with the wall time it arrived (estimated from

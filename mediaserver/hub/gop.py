@@ -109,6 +109,8 @@ class GopCache:
         if not self.has_video:
             keep_dts = min(keep_dts, self.newest_dts - lim.audio_only_ms)
         keep_bytes_from = self.bytes_appended - lim.window_bytes
+        if frames[0].dts_ms >= keep_dts and self._ends[0] > keep_bytes_from:
+            return  # nearly always (the oldest frame is still wanted): per frame, so no more work than that
         protect = self.gop_start - self.base if self.gop_start is not None else len(frames)
         n = 0
         limit = min(protect, len(frames) - 1)

@@ -5,7 +5,9 @@ frame or ten, so at 1,000 viewers writing every frame at once would spend the ev
 while at one viewer merging only adds delay. `MergePolicy` (pure) picks the window from two numbers:
 
 - the *audience*: for writes, the viewers of the stream (the cost of a wakeup is paid once per viewer);
-  for reads, whoever consumes the stream (viewers and packagers): with nobody waiting, reads merge fully;
+  for reads, whoever waits for the stream's frames (viewers and packagers that serve frames as they come):
+  with nobody waiting, reads merge to the ceiling, and with nobody consuming at all (no viewer, no
+  packager) to the wider `unwatched_ms` (a first viewer or packager resumes reading at once);
 - the *busy* share of the event loop (`LoadGauge`: this process's CPU time over wall time, smoothed).
 
 In mode "adaptive" the window is the ceiling times the larger of the two pressures, each a linear ramp
@@ -30,6 +32,9 @@ MODES = (ADAPTIVE, FIXED)
 _MIN_WINDOW_S = 0.001
 _STEP_S = 0.005
 """Windows are whole steps, so viewers of a stream under the same load share tick times (`until_tick`)."""
+_DUE_LEAD_S = 0.050
+"""A read paused until a due frame resumes this much before the frame should arrive: the newest frame read
+may be a frame interval (33 ms at 30 fps) older than the publisher's clock, which runs in real time."""
 
 
 def _ramp(value: float, low: float, high: float) -> float:
@@ -57,6 +62,8 @@ class MergePolicy:
     """At or above this share, the load asks for the ceiling."""
     merge_when_unwatched: bool = False
     """Reads: with an audience of 0 nobody waits for the bytes, so merge to the ceiling."""
+    unwatched_ms: float | None = None
+    """Reads: the window while nothing at all consumes the stream (`unwatched_s`); None: the ceiling."""
 
     def window_s(self, audience: int, busy: float) -> float:
         """Seconds to wait before taking the next batch (0: at once)."""
@@ -73,12 +80,42 @@ class MergePolicy:
         return min(ceiling, math.ceil(window / _STEP_S) * _STEP_S)
 
 
+    def read_pause(self, waiting: int, patient: int, output_due_s: float, busy: float) -> tuple[float, float]:
+        """When a publisher's socket is read next: at the first multiple of `grid` after now + `offset`,
+        returned as (offset, grid); grid 0: at once. `waiting`: viewers and sinks that want frames as they
+        come; `patient`: sinks whose output changes only at a frame `output_due_s` seconds of media past the
+        newest one (a TS segment's cut). Reads stop for the unwatched window while nothing is due within it,
+        then resume just before the due frame (so it waits no more than before), and while it is due
+        `patient` counts as an audience (as a waiting sink would)."""
+        if waiting:
+            return 0.0, self.window_s(waiting, busy)
+        wide = self.unwatched_s()
+        if not patient or output_due_s >= wide + _DUE_LEAD_S:
+            return 0.0, wide
+        if output_due_s > 2 * _DUE_LEAD_S:
+            return output_due_s - _DUE_LEAD_S, _STEP_S
+        return 0.0, self.window_s(patient, busy)
+
+    def unwatched_s(self) -> float:
+        """Seconds to wait before the next read of a stream that nothing consumes: each wakeup costs a
+        read, two epoll_ctl calls and a timer whatever it carries, and nobody sees the delay."""
+        if self.mode == FIXED or not self.merge_when_unwatched or self.unwatched_ms is None:
+            return self.window_s(0, 0.0)
+        return max(self.unwatched_ms, self.ceiling_ms) / 1000 if self.ceiling_ms > 0 else 0.0
+
+
+def next_tick(now: float, window_s: float) -> float:
+    """The next multiple of `window_s` on the loop clock after `now` (the same float for every caller in
+    the same window, so it can key a group of waiters)."""
+    return (math.floor(now / window_s) + 1) * window_s
+
+
 def until_tick(now: float, window_s: float) -> float:
     """Seconds from `now` to the next multiple of `window_s` on the loop clock. Viewers that sleep until
     shared ticks wake in the same loop iteration and take the same frames, so their batch bytes are made
     once (`SharedBatch`); the delay a frame waits is the same as with a window from each viewer's last
     write (up to one window)."""
-    return (math.floor(now / window_s) + 1) * window_s - now
+    return next_tick(now, window_s) - now
 
 
 class SharedBatch(Generic[T]):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -92,6 +93,10 @@ class Sink(Protocol):
 
     def on_frame(self, frame: Frame) -> None: ...
 
+    # A sink may also say `waits_for_frames = False` (read with getattr, default True) and have
+    # `next_output_ms() -> float`: its output changes only at a frame whose decode time it names in advance
+    # (a TS segment's cut), so until then a publisher's reads may merge while only such sinks consume.
+
     def on_discontinuity(self) -> None: ...
 
     def on_end(self) -> None: ...
@@ -110,6 +115,10 @@ class Stream:
         self.last_frame_at = now
         self.subscribers: set[Subscriber] = set()
         self.sinks: list[Sink] = []
+        self.waiting_sinks = 0
+        """Sinks that serve frames as they come (all but those with `waits_for_frames = False`)."""
+        self.on_audience: Callable[[], None] | None = None
+        """Called once when a viewer or sink arrives: a publisher whose reads wait for nobody reads at once."""
         self.frames_in = 0
         self.bytes_in = 0
         self.frames_dropped = 0
@@ -327,6 +336,8 @@ class Stream:
         """Attach a packager; from now on it gets every frame. What came before is `history()`."""
         self.flush_sinks()
         self.sinks.append(sink)
+        self._count_waiting_sinks()
+        self._audience_arrived()
 
     def history(self) -> list[Frame]:
         """What a packager starting now should be fed first: the sequence headers, then the kept media
@@ -342,6 +353,25 @@ class Stream:
         if sink in self.sinks:
             self.flush_sinks()
             self.sinks.remove(sink)
+            self._count_waiting_sinks()
+
+    def output_due_ms(self) -> float:
+        """The decode time before which no sink's output changes: the earliest `next_output_ms()` of the
+        sinks that do not wait for frames (-inf when one cannot say; inf with no sinks)."""
+        due = math.inf
+        for sink in self.sinks:
+            next_output = getattr(sink, "next_output_ms", None)
+            due = min(due, next_output() if next_output is not None else -math.inf)
+        return due
+
+    def _count_waiting_sinks(self) -> None:
+        self.waiting_sinks = sum(1 for s in self.sinks if getattr(s, "waits_for_frames", True))
+
+    def _audience_arrived(self) -> None:
+        callback = self.on_audience
+        if callback is not None:
+            self.on_audience = None
+            callback()
 
     def count_skipped(self, output: str) -> None:
         """A packager of format `output` skipped a frame it could not use (see the snapshot)."""
@@ -385,6 +415,7 @@ class Stream:
         """A new viewer and its clean start, taken atomically (publishing is synchronous)."""
         sub = Subscriber(self, kind, peer, now, self.policy)
         self.subscribers.add(sub)
+        self._audience_arrived()
         return sub, sub.start()
 
     def unsubscribe(self, sub: Subscriber) -> None:

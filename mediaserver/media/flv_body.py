@@ -10,6 +10,8 @@ Veovera Enhanced RTMP v1/v2 (ExVideoTagHeader, ExAudioTagHeader).
 
 from __future__ import annotations
 
+import struct
+
 from ..errors import MediaError
 from .frames import Frame, FrameKind
 
@@ -36,21 +38,19 @@ _EX_MULTICHANNEL_CONFIG = 4  # AudioPacketType
 MAX_TIMESTAMP_MS = 0xFFFFFFFF
 
 
+_TAG_HEADER = struct.Struct(">II3x")
+_U32 = struct.Struct(">I")
+
+
 def build_tag(kind: int, dts_ms: int, body: bytes | memoryview) -> bytes:
     """One complete FLV tag: header, body and PreviousTagSize (FLV spec E.4.1)."""
     size = len(body)
     if size > 0xFFFFFF:
         raise MediaError(f"FLV tag body of {size} bytes is too large; the format allows 16777215")
     ts = dts_ms & 0xFFFFFFFF
-    header = bytes(
-        (
-            kind,
-            (size >> 16) & 0xFF, (size >> 8) & 0xFF, size & 0xFF,
-            (ts >> 16) & 0xFF, (ts >> 8) & 0xFF, ts & 0xFF, (ts >> 24) & 0xFF,
-            0, 0, 0,
-        )
-    )
-    return b"".join((header, body, (size + 11).to_bytes(4, "big")))
+    # type and 24-bit size; 24-bit timestamp and its upper byte; stream id 0 (per frame: one C call)
+    header = _TAG_HEADER.pack((kind << 24) | size, ((ts & 0xFFFFFF) << 8) | (ts >> 24))
+    return b"".join((header, body, _U32.pack(size + 11)))
 
 
 def _si24(b: bytes | memoryview, i: int) -> int:

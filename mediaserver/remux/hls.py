@@ -496,6 +496,16 @@ class TsSegmenter:
         self._pending_discontinuity = False
         self._format_changed = False
 
+    def next_cut_ms(self) -> float:
+        """The earliest decode time at which a frame may close the open segment, so before which this
+        segmenter's output does not change; -inf when any frame may (no segment open yet, a format change
+        pending, video appearing in an audio-only segment, following a plan). The cut bounds (max_ms,
+        max_bytes) are left out: they only bound segments whose media misbehaves."""
+        if not self._open or self._format_changed or self.follow is not None or (
+                self._avc is not None and not self._has_video):
+            return -math.inf
+        return self._start_ms + self.target_ms
+
     def _close(self, next_start_ms: int | None) -> Segment:
         assert self._muxer is not None
         self._flush_audio()

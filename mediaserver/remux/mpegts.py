@@ -26,6 +26,7 @@ joined once, in `take()`. There is no per-byte Python loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from itertools import chain
 
@@ -340,7 +341,7 @@ class TsMuxer:
             headers = self._headers[pid]
             rotated = (headers[cc:] + headers[:cc]) * (full // 16 + 1)
             end = pos + full * TS_PAYLOAD_SIZE
-            pieces.extend(chain.from_iterable(zip(rotated, [pes[i : i + TS_PAYLOAD_SIZE] for i in range(pos, end, TS_PAYLOAD_SIZE)])))
+            pieces.extend(chain.from_iterable(zip(rotated, _PAYLOADS.findall(pes, pos, end))))
             pos = end
             cc = (cc + full) & 0x0F
             packets += full
@@ -355,6 +356,10 @@ class TsMuxer:
         self._cc[pid] = cc
         self._out.append(b"".join(pieces))
         self._bytes += packets * TS_PACKET_SIZE
+
+
+_PAYLOADS = re.compile(b".{%d}" % TS_PAYLOAD_SIZE, re.DOTALL)
+"""Cuts a PES into full packet payloads in one C call (faster than a comprehension of slices)."""
 
 
 def _packet_head(pid: int, pusi: bool, cc: int, af: bytes, payload_len: int) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from typing import Any
@@ -28,7 +29,7 @@ from ..config import RtmpConfig
 from ..errors import PeerError
 from ..gate import ABR, CREDENTIAL, HOOK, LIMIT, NAME, Gate, Verdict
 from ..hub.registry import PublishRefused, StreamRegistry
-from ..hub.pacing import GAUGE, MergePolicy, SharedBatch, until_tick
+from ..hub.pacing import GAUGE, MergePolicy, SharedBatch, next_tick, until_tick
 from ..hub.stream import Stream, StreamKey
 from ..hub.tracks import LabelFor, TrackRenditions, default_label
 from ..hub.subscriber import SlowConsumer, Subscriber
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 PlayBatch = SharedBatch[tuple[bytes, list[tuple[int, int, int, int]]]]
 """A batch of frames as chunks, and the last header sent on each chunk stream (for the session's encoder)."""
+
+_FULL_READ = 200_000
+"""A read this large (uvloop reads up to 256,000 bytes, asyncio 256 KiB) may have left more in the socket:
+read on at once rather than cap a publisher's rate at one buffer per window."""
 
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
     CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
@@ -68,8 +73,11 @@ class RtmpServer:
         """How a multitrack publisher's extra tracks are named (STREAM@LABEL): set from the ABR ladder."""
         """Admission and cluster decisions, shared with the HTTP side (the default admits everyone)."""
         self.connections: set[RtmpConnection] = set()
-        self.read_policy = MergePolicy(cfg.read_merge_ms, cfg.merge_mode, merge_when_unwatched=True)
+        self.read_policy = MergePolicy(cfg.read_merge_ms, cfg.merge_mode, merge_when_unwatched=True,
+                                       unwatched_ms=cfg.read_merge_unwatched_ms)
         """Publishers' merged reads: the full window while nobody watches or the loop is busy, else none."""
+        self._resumes: dict[float, list[RtmpConnection]] = {}
+        """Publishers whose reading resumes at a tick (loop time): one timer per tick for all of them."""
         self.play_policy = MergePolicy(cfg.play_merge_ms, cfg.merge_mode)
         self._shared: weakref.WeakKeyDictionary[Stream, dict[tuple[int, int], tuple[SharedChunks, PlayBatch]]] = (
             weakref.WeakKeyDictionary())
@@ -111,6 +119,23 @@ class RtmpServer:
             shared = by_key[(chunk_size, stream_id)] = (SharedChunks(chunk_size, stream_id, max_bytes=limit),
                                                         SharedBatch())
         return shared
+
+    def resume_at_tick(self, conn: RtmpConnection, offset_s: float, grid_s: float) -> float:
+        """Resume `conn`'s reading at the first multiple of `grid_s` after now + `offset_s`; returns that
+        tick. Publishers paused on the same tick share one timer and are read in the same loop iteration
+        (one epoll wakeup)."""
+        loop = asyncio.get_running_loop()
+        at = next_tick(loop.time() + offset_s, grid_s)
+        group = self._resumes.get(at)
+        if group is None:
+            group = self._resumes[at] = []
+            loop.call_at(at, self._resume_group, at)
+        group.append(conn)
+        return at
+
+    def _resume_group(self, at: float) -> None:
+        for conn in self._resumes.pop(at, ()):
+            conn.resume_reading_at(at)
 
     def _make_connection(self) -> RtmpConnection:
         self._ids += 1
@@ -186,6 +211,8 @@ class RtmpConnection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._publish_started = 0.0
         self._reading_paused = False
+        self._resume_tick: float | None = None
+        """The tick at which paused reading resumes (None: not paused, or resumed early)."""
         self.ip = ""
         """The client's address, normalized (as HTTP's): limits, token bindings and webhooks see one form."""
         self._counted_ip = False
@@ -231,17 +258,34 @@ class RtmpConnection(asyncio.Protocol):
             return
         self._flush()
         stream = self.stream
-        if stream is not None and not self._reading_paused:
+        if stream is not None and not self._reading_paused and len(data) < _FULL_READ:
             # Merged reads (as SRS's mr): let a publisher's bytes pile up in the socket for a few ms, so
-            # each wakeup handles several messages instead of one TCP segment; only when nobody watches
-            # or the loop is busy (hub/pacing.py), since it delays every viewer.
-            merge_s = self.server.read_policy.window_s(len(stream.subscribers) + len(stream.sinks), GAUGE.busy())
-            if merge_s:
+            # each wakeup handles several messages instead of one TCP segment; only when nobody waits for
+            # the frames or the loop is busy (hub/pacing.py), since it delays every viewer. With nothing
+            # consuming the stream at all the window is wider, and a first viewer or sink ends it early.
+            policy = self.server.read_policy
+            subscribers = len(stream.subscribers)
+            if self.tracks is not None:  # multitrack: its renditions have viewers of their own
+                offset, grid = 0.0, policy.window_s(subscribers + len(stream.sinks), GAUGE.busy())
+            else:
+                patient = len(stream.sinks) - stream.waiting_sinks
+                due_s = (stream.output_due_ms() - stream.gop.newest_dts) / 1000 if patient else math.inf
+                offset, grid = policy.read_pause(subscribers + stream.waiting_sinks, patient, due_s, GAUGE.busy())
+            if grid:
                 self._reading_paused = True
                 self.transport.pause_reading()
-                self.loop.call_later(merge_s, self._resume_reading)
+                self._resume_tick = self.server.resume_at_tick(self, offset, grid)
+                stream.on_audience = self._resume_reading
+
+    def resume_reading_at(self, tick: float) -> None:
+        """The server's tick `tick` came: resume, unless reading already resumed (and paused again) since."""
+        if self._resume_tick == tick:
+            self._resume_reading()
 
     def _resume_reading(self) -> None:
+        self._resume_tick = None
+        if not self._reading_paused:
+            return
         self._reading_paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -428,6 +472,8 @@ class RtmpConnection(asyncio.Protocol):
         if stream is None:
             return
         self.stream = None
+        if stream.on_audience == self._resume_reading:
+            stream.on_audience = None
         if self.tracks is not None:
             self.tracks.close()
             self.tracks = None

@@ -201,3 +201,22 @@ def test_a_session_cut_off_after_a_p_frame_resumes_after_that_frame_is_shown():
     stream.publish_video(0, GOOD_AVC, clock())
     key = stream.publish_video(0, bytes((0x17, 1, 0, 0, 80)) + b"\x00" * 50, clock())
     assert key.pts_ms > last.pts_ms and key.dts_ms == last.pts_ms + 20
+
+
+def test_a_first_viewer_or_sink_calls_on_audience_once_and_segment_sinks_do_not_wait():
+    clock = FakeClock()
+    stream = live_stream(clock)
+    calls: list[str] = []
+    stream.on_audience = lambda: calls.append("woken")
+    patient = RecordingSink()
+    patient.waits_for_frames = False  # as the TS HLS packager
+    stream.add_sink(patient)
+    assert calls == ["woken"] and stream.on_audience is None
+    assert stream.waiting_sinks == 0
+    stream.add_sink(RecordingSink())
+    assert stream.waiting_sinks == 1
+    stream.on_audience = lambda: calls.append("again")
+    stream.subscribe("flv", "peer", clock())
+    assert calls == ["woken", "again"]
+    stream.remove_sink(stream.sinks[1])
+    assert stream.waiting_sinks == 0

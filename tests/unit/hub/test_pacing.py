@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from mediaserver.hub.pacing import LoadGauge, MergePolicy, SharedBatch, until_tick
+from mediaserver.hub.pacing import LoadGauge, MergePolicy, SharedBatch, next_tick, until_tick
 
 
 def test_fixed_mode_always_merges_the_full_window() -> None:
@@ -82,3 +84,31 @@ def test_shared_batch_is_made_once_for_the_same_stretch_of_frames() -> None:
     assert shared.get(frames[1:5], make) == 2  # a longer stretch
     assert shared.get(frames[2:5], make) == 3  # a viewer that was ahead
     assert (shared.made, shared.hits) == (3, 1)
+
+
+def test_unwatched_reads_merge_to_their_own_wider_window_never_below_the_ceiling() -> None:
+    assert MergePolicy(50, merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.25
+    assert MergePolicy(300, merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.3
+    assert MergePolicy(50, merge_when_unwatched=True).unwatched_s() == 0.05
+    assert MergePolicy(0, merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.0  # merging off
+    assert MergePolicy(50, "fixed", merge_when_unwatched=True, unwatched_ms=250).unwatched_s() == 0.05
+
+
+def test_next_tick_is_the_same_float_within_a_window() -> None:
+    assert next_tick(1.001, 0.25) == next_tick(1.2, 0.25) == 1.25
+    assert until_tick(1.2, 0.25) == pytest.approx(0.05)
+
+
+def test_reads_wait_for_a_packagers_due_output_then_resume_just_before_it() -> None:
+    policy = MergePolicy(50, merge_when_unwatched=True, unwatched_ms=250)
+    assert policy.read_pause(1, 0, math.inf, 0.0) == (0.0, 0.0)  # a viewer on an idle loop: at once
+    assert policy.read_pause(0, 0, math.inf, 0.0) == (0.0, 0.25)  # nothing consumes: the unwatched window
+    assert policy.read_pause(0, 1, 1.5, 0.0) == (0.0, 0.25)  # a segment cut 1.5 s of media away
+    offset, grid = policy.read_pause(0, 1, 0.2, 0.0)  # due within the window: read again just before it
+    assert offset == pytest.approx(0.15) and grid == 0.005
+    assert policy.read_pause(0, 1, 0.05, 0.0) == (0.0, 0.0)  # due now: as a waiting sink, at once when idle
+    assert policy.read_pause(0, 1, -math.inf, 0.95) == (0.0, 0.05)  # ... and merged when busy
+
+
+def test_next_tick_after_an_offset_is_within_one_step() -> None:
+    assert 1.19 <= next_tick(1.0 + 0.19, 0.005) <= 1.195 + 1e-9

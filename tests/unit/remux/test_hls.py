@@ -693,3 +693,17 @@ def test_segment_names_round_trip(sequence: int) -> None:
 @pytest.mark.parametrize("name", ["seg-01.ts", "seg-1.m4s", "seg-.ts", "seg-1.ts/..", "../seg-1.ts", "seg--1.ts", "seg-1e3.ts"])
 def test_names_that_are_not_segment_names_are_refused(name: str) -> None:
     assert parse_segment_name(name) is None
+
+
+def test_no_frame_before_next_cut_ms_closes_a_segment(av_clip: list[Frame]) -> None:
+    """What lets a publisher's reads merge while only this packager consumes: the cut is named in advance."""
+    segmenter = TsSegmenter()
+    assert segmenter.next_cut_ms() == float("-inf")  # no segment open yet: any frame may matter
+    cuts = 0
+    for frame in av_clip:
+        due = segmenter.next_cut_ms()
+        if segmenter.push(frame, NOW + frame.dts_ms / 1000):
+            cuts += 1
+            assert frame.dts_ms >= due
+    assert cuts == 2
+    assert segmenter.next_cut_ms() == 4000 + 2000
