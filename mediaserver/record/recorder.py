@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -162,6 +163,14 @@ class Recorder:
     from the hub's callbacks: keep them quick): `on_file_opened(path, started_at)`,
     `on_progress(bytes, duration_s)` after each write to the current file, `on_file_closed(FileClosed)`.
     """
+
+    waits_for_frames = False
+    """Nobody watches the file as frames come (it grows a GOP fragment at a time; DVR and VOD read what is
+    written): a stream only recorded may have its publisher's reads merged as if unwatched."""
+
+    def next_output_ms(self) -> float:
+        """No frame is due for anyone: the file may take frames as late as the widest read merge."""
+        return math.inf
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from mediaserver.errors import UsageError
 from mediaserver.hub.gop import GopLimits
+from mediaserver.hub.pacing import MergePolicy
 from mediaserver.hub.stream import Stream, StreamKey
 from mediaserver.hub.subscriber import SlowPolicy
 from mediaserver.media.frames import Frame, FrameKind
@@ -206,6 +208,16 @@ def test_a_publisher_reconnecting_continues_the_same_file(tmp_path):
     assert len(decoded["video"]) == 2 * len(media_frames(frames, FrameKind.VIDEO))
     assert decoded["video"] == sorted(decoded["video"])
     assert 7.5 <= closed.duration_s <= 9.0
+
+
+def test_a_stream_only_recorded_waits_for_nobody_so_its_reads_may_merge_as_if_unwatched(tmp_path):
+    stream = new_stream()
+    rec = Recorder(KEY, tmp_path, wall_clock=Clock())
+    stream.add_sink(rec)
+    assert stream.waiting_sinks == 0 and stream.output_due_ms() == math.inf
+    policy = MergePolicy(50, merge_when_unwatched=True, unwatched_ms=250)
+    assert policy.read_pause(0, len(stream.sinks), math.inf, 0.0) == (0.0, 0.25)
+    rec.stop()
 
 
 def test_a_new_video_config_starts_a_new_file(tmp_path):
