@@ -1,0 +1,144 @@
+"""A publisher's reads pause while nobody waits for its frames (hub/pacing.py, RtmpConnection.data_received):
+for the wide unwatched window with no consumer at all or only a recorder, and a first viewer resumes reading at
+once; a viewer or a packager that serves frames as they come keeps reads prompt on an idle loop. Driven through
+the server's own connection object with a transport that records pause_reading/resume_reading."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mediaserver.cli import build_registry
+from mediaserver.config import Config, RtmpConfig
+from mediaserver.edge.cmaf import CmafPackager
+from mediaserver.record.recorder import Recorder
+from mediaserver.rtmp import events as ev
+from mediaserver.rtmp.client import ClientSession
+from mediaserver.rtmp.server import RtmpConnection, RtmpServer
+from mediaserver.rtmp.session import ServerSession
+from support.codec_clips import codec_clip
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumes = 0
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+
+def publisher_reads() -> tuple[list[bytes], list[bytes]]:
+    """(handshake and publish command reads, one read per media message) of a short H.264 + AAC clip."""
+    client, srv = ClientSession(), ServerSession()
+    setup: list[bytes] = []
+
+    def pump() -> None:
+        for _ in range(10):
+            a = client.data_to_send()
+            if a:
+                setup.append(a)
+                srv.receive_data(a)
+            b = srv.data_to_send()
+            if b:
+                client.receive_data(b)
+            for e in srv.events():
+                if isinstance(e, ev.PublishRequested):
+                    srv.accept_publish(e.request_id)
+            client.events()
+            if not a and not b:
+                return
+
+    pump()
+    client.connect("live", "rtmp://127.0.0.1/live")
+    pump()
+    client.publish("pause")
+    pump()
+    reads = []
+    for frame in codec_clip("h264", "aac", seconds=1.0, gop_frames=10):
+        if frame.kind.name == "VIDEO":
+            client.send_video(frame.dts_ms, bytes(frame.body))
+        elif frame.kind.name == "AUDIO":
+            client.send_audio(frame.dts_ms, bytes(frame.body))
+        else:
+            continue
+        reads.append(client.data_to_send())
+    return setup, reads
+
+
+async def publishing(config: Config) -> tuple[RtmpConnection, Transport, list[bytes]]:
+    setup, reads = publisher_reads()
+    server = RtmpServer(config.rtmp, build_registry(config))
+    conn = RtmpConnection(server, 1)
+    transport = Transport()
+    conn.connection_made(transport)
+    for data in setup:
+        conn.data_received(data)
+    await asyncio.sleep(0)  # the gate answers the publish request in a task of its own
+    assert conn.stream is not None, "the publish request was not accepted"
+    return conn, transport, reads
+
+
+def feed_until_paused(conn: RtmpConnection, transport: Transport, reads: list[bytes]) -> int:
+    for n, data in enumerate(reads):
+        if transport.paused:
+            return n
+        conn.data_received(data)
+    return len(reads)
+
+
+async def test_an_unwatched_publisher_pauses_and_a_first_viewer_resumes_it_at_once():
+    conn, transport, reads = await publishing(Config())
+    assert feed_until_paused(conn, transport, reads) < len(reads) and transport.paused
+    stream = conn.stream
+    assert stream is not None
+    stream.subscribe("flv", "viewer", 0.0)
+    assert not transport.paused and transport.resumes == 1, "a first viewer reads the publisher at once"
+    conn.close("test")
+
+
+async def test_a_stream_only_recorded_pauses_like_an_unwatched_one(tmp_path):
+    conn, transport, reads = await publishing(Config())
+    stream = conn.stream
+    assert stream is not None
+    stream.add_sink(Recorder(stream.key, tmp_path))
+    assert feed_until_paused(conn, transport, reads) < len(reads) and transport.paused
+    conn.close("test")
+
+
+async def test_a_packager_serving_frames_as_they_come_keeps_reads_prompt_on_an_idle_loop():
+    config = Config()
+    conn, transport, reads = await publishing(config)
+    stream = conn.stream
+    assert stream is not None
+    stream.add_sink(CmafPackager(stream, config.hls))  # LL-HLS parts: waits for every frame
+    assert feed_until_paused(conn, transport, reads) == len(reads) and not transport.paused
+    conn.close("test")
+
+
+async def test_fixed_merging_pauses_even_a_watched_publisher():
+    config = Config(rtmp=RtmpConfig(merge_mode="fixed"))
+    conn, transport, reads = await publishing(config)
+    stream = conn.stream
+    assert stream is not None
+    stream.subscribe("flv", "viewer", 0.0)
+    assert feed_until_paused(conn, transport, reads) < len(reads) and transport.paused
+    conn.close("test")
