@@ -197,7 +197,7 @@ def test_reconnect_within_grace_continues_timeline_and_keeps_viewers():
     pub = FakePublisher()
     stream = reg.claim_publisher(KEY, pub)
     viewer, _ = stream.subscribe("flv", "v", clock())
-    ts = publish_gop(stream, 5000)
+    publish_gop(stream, 5000)
     reg.release_publisher(stream, pub)
     clock.advance(3)
     again = reg.claim_publisher(KEY, FakePublisher())
