@@ -23,16 +23,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench._media import ensure_media  # noqa: E402
 from mediaserver.config import Config, HlsConfig, RtmpConfig  # noqa: E402
 from mediaserver.edge.packagers import PackagerPool  # noqa: E402
 from mediaserver.remux.flv import FlvReader  # noqa: E402
-from mediaserver.rtmp import events as ev  # noqa: E402
-from mediaserver.rtmp.client import ClientSession  # noqa: E402
 from mediaserver.rtmp.server import RtmpConnection, RtmpServer  # noqa: E402
 from mediaserver.cli import build_registry  # noqa: E402
 from mediaserver.record.recorder import Recorder  # noqa: E402
+from support.rtmp_bytes import publishing_client  # noqa: E402
 
 
 class NullTransport:
@@ -65,35 +65,7 @@ class NullTransport:
 
 def publish_bytes(path: Path, seconds: float) -> tuple[list[bytes], list[bytes], int]:
     """(handshake+setup reads, one read per media message, media frame count) for `seconds` of media."""
-    client = ClientSession()
-    server_side = _Peer()
-    setup: list[bytes] = []
-    # Drive the handshake and publish command sequence against a real server session.
-    from mediaserver.rtmp.session import ServerSession
-
-    srv = ServerSession()
-
-    def pump() -> None:
-        for _ in range(10):
-            a = client.data_to_send()
-            if a:
-                setup.append(a)
-                srv.receive_data(a)
-            b = srv.data_to_send()
-            if b:
-                client.receive_data(b)
-            for e in srv.events():
-                if isinstance(e, ev.PublishRequested):
-                    srv.accept_publish(e.request_id)
-            client.events()
-            if not a and not b:
-                return
-
-    pump()
-    client.connect("live", "rtmp://127.0.0.1/live")
-    pump()
-    client.publish("bench")
-    pump()
+    client, setup = publishing_client("live", "bench")
     tags = FlvReader().feed(path.read_bytes())
     reads: list[bytes] = []
     frames = 0
@@ -109,12 +81,7 @@ def publish_bytes(path: Path, seconds: float) -> tuple[list[bytes], list[bytes],
             client.send_data(tag.timestamp_ms, b"\x02\x00\x0d@setDataFrame" + tag.body)
         frames += 1
         reads.append(client.data_to_send())
-    del server_side
     return setup, reads, frames
-
-
-class _Peer:
-    pass
 
 
 async def run(args: argparse.Namespace) -> None:

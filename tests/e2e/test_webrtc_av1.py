@@ -8,16 +8,12 @@ import aiohttp
 import pytest
 
 from e2e.test_webrtc_whep import WEBRTC, _json, _wait_published
-from support.whep import WhepViewer, av1_clip as make_av1_clip, with_av1
+from support.whep import WhepViewer, video_section, av1_clip as make_av1_clip, with_av1
 
 
 @pytest.fixture(scope="module")
 def av1_clip(tmp_path_factory):
     return make_av1_clip(tmp_path_factory.mktemp("whep-av1"))
-
-
-def _video_section(sdp: str) -> str:
-    return sdp.split("m=video", 1)[1].split("\r\nm=", 1)[0]
 
 
 async def test_an_av1_stream_is_answered_with_av1_when_offered_and_refused_with_a_reason_otherwise(
@@ -35,7 +31,7 @@ async def test_an_av1_stream_is_answered_with_av1_when_offered_and_refused_with_
             offer = await viewer.offer()
             answer = await viewer.post(http, with_av1(offer, payload_type=45))
             assert answer.status == 201, answer.body
-            video = _video_section(answer.body)
+            video = video_section(answer.body)
             assert video.split("\r\n")[0].split()[2:] == ["45"], video
             assert "a=rtpmap:45 AV1/90000" in video and "H264" not in video and "VP8" not in video
             assert "a=fmtp:45 level-idx=5;profile=0;tier=0" in video

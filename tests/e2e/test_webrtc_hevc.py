@@ -12,16 +12,12 @@ import aiohttp
 import pytest
 
 from e2e.test_webrtc_whep import WEBRTC, _json, _wait_published
-from support.whep import WhepViewer, hevc_clip as make_hevc_clip, with_h265
+from support.whep import WhepViewer, video_section, hevc_clip as make_hevc_clip, with_h265
 
 
 @pytest.fixture(scope="module")
 def hevc_clip(tmp_path_factory):
     return make_hevc_clip(tmp_path_factory.mktemp("whep-hevc"))
-
-
-def _video_section(sdp: str) -> str:
-    return sdp.split("m=video", 1)[1].split("\r\nm=", 1)[0]
 
 
 async def test_an_hevc_stream_is_answered_with_h265_when_offered_and_refused_with_a_reason_otherwise(
@@ -42,7 +38,7 @@ async def test_an_hevc_stream_is_answered_with_h265_when_offered_and_refused_wit
                                      (with_h265(offer, payload_type=45, profile_id=None, rtx_payload_type=None), None)):
                 answer = await viewer.post(http, safari_like)
                 assert answer.status == 201, answer.body
-                video = _video_section(answer.body)
+                video = video_section(answer.body)
                 pt = video.split("\r\n")[0].split()[2]
                 assert video.split("\r\n")[0].split()[2:] == [pt] + ([rtx] if rtx else []), video
                 assert f"a=rtpmap:{pt} H265/90000" in video and "H264" not in video and "VP8" not in video

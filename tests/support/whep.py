@@ -94,63 +94,67 @@ class WhepViewer:
         await self.pc.close()
 
 
-def baseline_clip(directory: Path):
-    """320x240 25 fps H.264 baseline (no B-frames: WebRTC carries none), GOP 0.5 s, AAC 44.1 kHz stereo, 4 s."""
-    path = directory / "baseline.flv"
+def _clip(directory: Path, name: str, video: list[str], audio: list[str], sample_rate: int, timeout: float):
+    """4 s of 320x240 25 fps test picture and a 440 Hz tone, encoded with `video` and `audio`, as FLV."""
+    path = directory / name
     subprocess.run([
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
-        "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0", "-g", "12",
-        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
-    ], check=True, capture_output=True, timeout=60)
+        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={sample_rate}:duration=4",
+        *video, "-pix_fmt", "yuv420p", *audio, "-f", "flv", str(path),
+    ], check=True, capture_output=True, timeout=timeout)
     return describe_clip(path, 4.0)
+
+
+def baseline_clip(directory: Path):
+    """320x240 25 fps H.264 baseline (no B-frames: WebRTC carries none), GOP 0.5 s, AAC 44.1 kHz stereo, 4 s."""
+    return _clip(directory, "baseline.flv",
+                 ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-bf", "0", "-g", "12"],
+                 ["-c:a", "aac", "-b:a", "64k", "-ac", "2"], 44100, 60)
 
 
 def av1_clip(directory: Path):
     """320x240 25 fps AV1 (SVT-AV1, keyframe every 0.5 s) + Opus 48 kHz, 4 s: an Enhanced RTMP publisher's."""
-    path = directory / "av1-opus.flv"
-    subprocess.run([
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=4",
-        "-c:v", "libsvtav1", "-preset", "12", "-g", "12", "-svtav1-params", "lp=2", "-pix_fmt", "yuv420p",
-        "-c:a", "libopus", "-b:a", "64k", "-ar", "48000", "-f", "flv", str(path),
-    ], check=True, capture_output=True, timeout=120)
-    return describe_clip(path, 4.0)
+    return _clip(directory, "av1-opus.flv",
+                 ["-c:v", "libsvtav1", "-preset", "12", "-g", "12", "-svtav1-params", "lp=2"],
+                 ["-c:a", "libopus", "-b:a", "64k", "-ar", "48000"], 48000, 120)
 
 
 def hevc_clip(directory: Path):
     """320x240 25 fps HEVC Main (x265 without B-frames: WebRTC carries none, keyframe every 0.5 s) + AAC 44.1 kHz
     stereo, 4 s: an Enhanced RTMP publisher's (OBS 30+, ffmpeg 6.1+)."""
-    path = directory / "hevc-aac.flv"
-    subprocess.run([
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4",
-        "-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-        "-x265-params", "log-level=error:bframes=0:keyint=12:min-keyint=12:scenecut=0",
-        "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-f", "flv", str(path),
-    ], check=True, capture_output=True, timeout=120)
-    return describe_clip(path, 4.0)
+    return _clip(directory, "hevc-aac.flv",
+                 ["-c:v", "libx265", "-preset", "ultrafast",
+                  "-x265-params", "log-level=error:bframes=0:keyint=12:min-keyint=12:scenecut=0"],
+                 ["-c:a", "aac", "-b:a", "64k", "-ac", "2"], 44100, 120)
+
+
+def video_section(sdp: str) -> str:
+    """The m=video section of an SDP (its m= line without the "m=video" prefix, up to the next section)."""
+    return sdp.split("m=video", 1)[1].split("\r\nm=", 1)[0]
+
+
+def _with_video_lines(offer: str, payload_types: list[int], lines: list[str]) -> str:
+    """`lines` added to an offer's video section (after a=rtcp-mux), `payload_types` to its m= line."""
+    out = []
+    section = ""
+    for line in offer.split("\r\n"):
+        if line.startswith("m="):
+            section = line.split()[0][2:]
+            if section == "video":
+                line = " ".join([line, *map(str, payload_types)])
+        out.append(line)
+        if section == "video" and line.startswith("a=rtcp-mux"):
+            out += lines
+    return "\r\n".join(out)
 
 
 def with_av1(offer: str, payload_type: int = 45, profile: int = 0) -> str:
     """A browser's AV1 lines added to an offer's video section (aiortc's own offers have no AV1)."""
-    lines = offer.split("\r\n")
-    out = []
-    section = ""
-    for line in lines:
-        if line.startswith("m="):
-            section = line.split()[0][2:]
-            if section == "video":
-                line = f"{line} {payload_type}"
-        out.append(line)
-        if section == "video" and line.startswith("a=rtcp-mux"):
-            out += [f"a=rtpmap:{payload_type} AV1/90000", f"a=rtcp-fb:{payload_type} nack",
-                    f"a=rtcp-fb:{payload_type} nack pli", f"a=rtcp-fb:{payload_type} transport-cc",
-                    f"a=fmtp:{payload_type} level-idx=5;profile={profile};tier=0"]
-    return "\r\n".join(out)
+    return _with_video_lines(offer, [payload_type], [
+        f"a=rtpmap:{payload_type} AV1/90000", f"a=rtcp-fb:{payload_type} nack",
+        f"a=rtcp-fb:{payload_type} nack pli", f"a=rtcp-fb:{payload_type} transport-cc",
+        f"a=fmtp:{payload_type} level-idx=5;profile={profile};tier=0"])
 
 
 def with_h265(offer: str, payload_type: int = 104, profile_id: int | None = 1, rtx_payload_type: int | None = 105,
@@ -167,14 +171,4 @@ def with_h265(offer: str, payload_type: int = 104, profile_id: int | None = 1, r
     if rtx_payload_type is not None:
         added += [f"a=rtpmap:{rtx_payload_type} rtx/90000", f"a=fmtp:{rtx_payload_type} apt={payload_type}"]
         types.append(rtx_payload_type)
-    out = []
-    section = ""
-    for line in offer.split("\r\n"):
-        if line.startswith("m="):
-            section = line.split()[0][2:]
-            if section == "video":
-                line = " ".join([line, *map(str, types)])
-        out.append(line)
-        if section == "video" and line.startswith("a=rtcp-mux"):
-            out += added
-    return "\r\n".join(out)
+    return _with_video_lines(offer, types, added)
