@@ -93,6 +93,8 @@ class Sink(Protocol):
 
     def on_frame(self, frame: Frame) -> None: ...
 
+    # A sink may also have `on_frames(frames: list[Frame])`: then it gets each batch (the frames of one
+    # socket read, in order) in one call instead of one on_frame per frame.
     # A sink may also say `waits_for_frames = False` (read with getattr, default True) and have
     # `next_output_ms() -> float`: its output changes only at a frame whose decode time it names in advance
     # (a TS segment's cut), so until then a publisher's reads may merge while only such sinks consume.
@@ -397,8 +399,12 @@ class Stream:
         self._unsunk = []
         for sink in list(self.sinks):
             try:
-                for frame in frames:
-                    sink.on_frame(frame)
+                batch = getattr(sink, "on_frames", None)
+                if batch is not None:
+                    batch(frames)
+                else:
+                    for frame in frames:
+                        sink.on_frame(frame)
             except Exception:
                 self._drop_sink(sink)
 

@@ -17,6 +17,10 @@ so memory stays bounded when the video stops.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from operator import attrgetter
+
+from ..errors import MediaError
 from ..media.aac import parse_audio_specific_config
 from ..media.frames import Frame, FrameKind
 from ..media.h264 import iter_nal_units
@@ -27,6 +31,19 @@ LEAN_VIDEO = ("h264", "hevc")
 LEAN_AUDIO = ("aac",)
 _DEFAULT_VIDEO_TICKS = 3000  # 1/30 s: the last frame's duration when no frame follows
 _VIDEO_ID, _AUDIO_ID = 1, 2
+_dts = attrgetter("dts_ms")
+
+
+def _avcc_whole(tag: bytes, start: int, length_size: int) -> bool:
+    """The NAL length prefixes of the sample in tag[start:-4] tile it exactly (iter_nal_units' check, on
+    the tag's bytes without a view per NAL unit: most samples hold one to three)."""
+    end = len(tag) - 4
+    pos = start
+    while pos < end:
+        if pos + length_size > end:
+            return False
+        pos += length_size + int.from_bytes(tag[pos:pos + length_size], "big")
+    return pos == end
 
 
 class GopFragmenter:
@@ -63,6 +80,8 @@ class GopFragmenter:
         self._a_last_tick: int | None = None
         self._out: list[CmafPart | CmafSegment] = []
         self._now = 0.0
+        self.skipped = 0
+        """Frames push_many could not use (malformed samples), left out."""
 
     # ----- the interface ---------------------------------------------------------------------------
 
@@ -72,21 +91,38 @@ class GopFragmenter:
         return self._video_init if track == VIDEO else self._audio_init
 
     def push(self, frame: Frame, now: float) -> list[CmafPart | CmafSegment]:
+        """One frame; a sample it cannot use raises MediaError (nothing of it kept)."""
         self._now = now
         if self.general is not None:
             return self._take(self.general.push(frame, now))
-        kind = frame.kind
-        if kind == FrameKind.VIDEO:
-            if frame.is_config:
-                self._config(frame, now)
-            elif not frame.is_end:
-                self._video(frame, now)
-        elif kind == FrameKind.AUDIO:
-            if frame.is_config:
-                self._config(frame, now)
-            elif not frame.is_end:
-                self._audio(frame, now)
+        self._one(frame, now)
         return self._take([])
+
+    def push_many(self, frames: list[Frame], now: float) -> list[CmafPart | CmafSegment]:
+        """The frames of one socket read (Stream.flush_sinks hands a batch): what push does for each, with
+        the common frame (media inside an open GOP) kept in a few operations, and a sample it cannot use
+        counted in `skipped` instead of raised."""
+        self._now = now
+        out: list[CmafPart | CmafSegment] = []
+        video_kind = FrameKind.VIDEO
+        for frame in frames:
+            try:
+                if self.general is not None:
+                    out += self.general.push(frame, now)
+                    continue
+                v = self._v
+                if (v and frame.kind == video_kind and not frame.keyframe and not frame.is_config
+                        and not frame.is_end and frame.codec == v[0].codec
+                        and frame.dts_ms - v[0].dts_ms < self.max_ms
+                        and self._v_bytes + len(frame.tag) <= self.max_bytes
+                        and _avcc_whole(frame.tag, frame.payload_start, self._nal_length_size)):
+                    v.append(frame)  # inside the open GOP: what _video would do, its cut checks all false
+                    self._v_bytes += len(frame.tag)
+                    continue
+                self._one(frame, now)
+            except MediaError:
+                self.skipped += 1
+        return self._take(out)
 
     def discontinuity(self) -> None:
         if self.general is not None:
@@ -105,6 +141,19 @@ class GopFragmenter:
         return self._take([])
 
     # ----- frames --------------------------------------------------------------------------------
+
+    def _one(self, frame: Frame, now: float) -> None:
+        kind = frame.kind
+        if kind == FrameKind.VIDEO:
+            if frame.is_config:
+                self._config(frame, now)
+            elif not frame.is_end:
+                self._video(frame, now)
+        elif kind == FrameKind.AUDIO:
+            if frame.is_config:
+                self._config(frame, now)
+            elif not frame.is_end:
+                self._audio(frame, now)
 
     def _take(self, items: list[CmafPart | CmafSegment]) -> list[CmafPart | CmafSegment]:
         if self._out:
@@ -142,8 +191,9 @@ class GopFragmenter:
     def _video(self, frame: Frame, now: float) -> None:
         if self._video_init is None or frame.codec != self._video_init.codec:
             return
-        for _ in iter_nal_units(frame.payload, self._nal_length_size):
-            pass  # a sample whose NAL lengths overrun it is refused here (MediaError), as the segmenter does
+        if not _avcc_whole(frame.tag, frame.payload_start, self._nal_length_size):
+            for _ in iter_nal_units(frame.payload, self._nal_length_size):
+                pass  # raises the MediaError that says what is wrong, as the segmenter would
         v = self._v
         if not v:
             if not frame.keyframe:
@@ -195,18 +245,25 @@ class GopFragmenter:
         else:
             end = last + (self._v_last_duration or _DEFAULT_VIDEO_TICKS)
         entries: list[int] = []
-        for i, f in enumerate(v):
-            duration = (ticks[i + 1] if i + 1 < len(v) else end) - ticks[i]
-            entries += (duration, len(f.payload), SAMPLE_SYNC if f.keyframe else SAMPLE_NON_SYNC,
-                        f.pts_ms * 90 - ticks[i])
+        payload: list[memoryview] = []
+        payload_size = 0
+        next_ticks = ticks[1:]
+        next_ticks.append(end)
+        # Frame fields read directly, not through Frame's properties: this runs for every sample recorded.
+        for f, tick, next_tick in zip(v, ticks, next_ticks):
+            tag = f.tag
+            start = f.payload_start
+            size = len(tag) - 4 - start
+            entries += (next_tick - tick, size, SAMPLE_SYNC if f.keyframe else SAMPLE_NON_SYNC,
+                        (f.dts_ms + f.cts_ms) * 90 - tick)
+            payload.append(memoryview(tag)[start:start + size])
+            payload_size += size
         if len(v) > 1:
             self._v_last_duration = ticks[-1] - ticks[-2]
         self._v_last_tick = end - 1 if end_ms is not None else last  # the next frame lands after the end
-        payload = [f.payload for f in v]
         self._fragments += 1
         data = fragment(sequence_number=self._fragments, track_id=_VIDEO_ID, base_media_decode_time=ticks[0],
-                        trun_flags=VIDEO_TRUN, entries=entries, payload=payload,
-                        payload_size=sum(len(p) for p in payload))
+                        trun_flags=VIDEO_TRUN, entries=entries, payload=payload, payload_size=payload_size)
         assert self._video_init is not None and self._timeline is not None
         self._out.append(CmafSegment(
             track=VIDEO, sequence=sequence, data=data, start=ticks[0], duration=end - ticks[0],
@@ -220,7 +277,8 @@ class GopFragmenter:
         while first < len(a) and a[first].dts_ms < start_ms and self._a_last_tick is None:
             first += 1  # audio from before the recording's first keyframe
         del a[:first]
-        count = len(a) if end_ms is None else next((i for i, f in enumerate(a) if f.dts_ms >= end_ms), len(a))
+        # The hub keeps a track's decode times growing, so the audio before end_ms is a prefix.
+        count = len(a) if end_ms is None else bisect_left(a, end_ms, key=_dts)
         self._out.extend(self._audio_fragment(count, sequence))
 
     def _audio_fragment(self, count: int, sequence: int | None) -> list[CmafSegment]:
@@ -237,26 +295,32 @@ class GopFragmenter:
         last = self._a_last_tick
         start = None
         entries: list[int] = []
-        payload = []
+        payload: list[memoryview] = []
+        payload_size = 0
+        half = samples // 2
         for f in a[:count]:
             tick = (f.dts_ms * scale + 500) // 1000
             if last is not None:
                 expected = last + samples
-                if tick - expected <= samples // 2:
+                if tick - expected <= half:
                     tick = expected  # within rounding of back to back, or overlapping
                 elif start is not None:
                     entries[-2] = tick - last  # a gap: the previous frame lasts until this one
             if start is None:
                 start = tick
-            entries += (samples, len(f.payload))
-            payload.append(f.payload)
+            tag = f.tag
+            begin = f.payload_start
+            size = len(tag) - 4 - begin
+            entries += (samples, size)
+            payload.append(memoryview(tag)[begin:begin + size])
+            payload_size += size
             last = tick
         self._a_last_tick = last
         del a[:count]
         self._fragments += 1
         data = fragment(sequence_number=self._fragments, track_id=_AUDIO_ID, base_media_decode_time=start,
                         trun_flags=AUDIO_TRUN, entries=entries, payload=payload,
-                        payload_size=sum(len(p) for p in payload), default_sample_flags=SAMPLE_SYNC)
+                        payload_size=payload_size, default_sample_flags=SAMPLE_SYNC)
         if self._timeline is None:  # audio before any video on this timeline
             self._timelines += 1
             self._timeline = Timeline(self._timelines - 1, first_ms, self._now)

@@ -233,6 +233,17 @@ class Recorder:
             return
         self._store(items)
 
+    def on_frames(self, frames: list[Frame]) -> None:
+        """A socket read's frames at once (Stream.flush_sinks): one clock read and one call per batch."""
+        if self.stopped:
+            return
+        segmenter = self.segmenter
+        skipped = segmenter.skipped
+        items = segmenter.push_many(frames, self._wall())
+        self.frames_skipped += segmenter.skipped - skipped
+        if items:
+            self._store(items)
+
     def on_discontinuity(self) -> None:
         # The segments open now close (they come out of the next push); the file goes on.
         if not self.stopped:
