@@ -18,7 +18,8 @@ so memory stays bounded when the video stops.
 from __future__ import annotations
 
 from bisect import bisect_left
-from operator import attrgetter
+from itertools import chain, islice, repeat
+from operator import add, attrgetter, floordiv, getitem, le, lt, mul, sub
 
 from ..errors import MediaError
 from ..media.aac import parse_audio_specific_config
@@ -32,6 +33,20 @@ LEAN_AUDIO = ("aac",)
 _DEFAULT_VIDEO_TICKS = 3000  # 1/30 s: the last frame's duration when no frame follows
 _VIDEO_ID, _AUDIO_ID = 1, 2
 _dts = attrgetter("dts_ms")
+_cts = attrgetter("cts_ms")
+_keyframe = attrgetter("keyframe")
+_tag = attrgetter("tag")
+_payload_start = attrgetter("payload_start")
+_SAMPLE_FLAGS = (SAMPLE_NON_SYNC, SAMPLE_SYNC)
+"""By Frame.keyframe (False, True)."""
+
+
+def _payloads(frames: list[Frame]) -> tuple[list[memoryview], list[int]]:
+    """The frames' codec payloads (zero-copy views: Frame.payload) and their sizes, in C-level passes."""
+    tags = list(map(_tag, frames))
+    starts = list(map(_payload_start, frames))
+    ends = list(map(sub, map(len, tags), repeat(4)))
+    return list(map(getitem, map(memoryview, tags), map(slice, starts, ends))), list(map(sub, ends, starts))
 
 
 def _avcc_whole(tag: bytes, start: int, length_size: int) -> bool:
@@ -104,21 +119,29 @@ class GopFragmenter:
         counted in `skipped` instead of raised."""
         self._now = now
         out: list[CmafPart | CmafSegment] = []
-        video_kind = FrameKind.VIDEO
+        video_kind, audio_kind = FrameKind.VIDEO, FrameKind.AUDIO
         for frame in frames:
             try:
                 if self.general is not None:
                     out += self.general.push(frame, now)
                     continue
-                v = self._v
-                if (v and frame.kind == video_kind and not frame.keyframe and not frame.is_config
-                        and not frame.is_end and frame.codec == v[0].codec
-                        and frame.dts_ms - v[0].dts_ms < self.max_ms
-                        and self._v_bytes + len(frame.tag) <= self.max_bytes
-                        and _avcc_whole(frame.tag, frame.payload_start, self._nal_length_size)):
-                    v.append(frame)  # inside the open GOP: what _video would do, its cut checks all false
-                    self._v_bytes += len(frame.tag)
-                    continue
+                if not frame.is_config and not frame.is_end:
+                    # The common frames, kept as _video and _audio would keep them, their other checks all false.
+                    kind = frame.kind
+                    if kind == video_kind:
+                        v = self._v
+                        if (v and not frame.keyframe and frame.codec == v[0].codec
+                                and frame.dts_ms - v[0].dts_ms < self.max_ms
+                                and self._v_bytes + len(frame.tag) <= self.max_bytes
+                                and _avcc_whole(frame.tag, frame.payload_start, self._nal_length_size)):
+                            v.append(frame)  # inside the open GOP
+                            self._v_bytes += len(frame.tag)
+                            continue
+                    elif kind == audio_kind:
+                        a = self._a
+                        if a and frame.codec == a[0].codec and frame.dts_ms - a[0].dts_ms <= self.max_ms:
+                            a.append(frame)  # waiting for the next video cut
+                            continue
                 self._one(frame, now)
             except MediaError:
                 self.skipped += 1
@@ -232,32 +255,27 @@ class GopFragmenter:
         self._cut_any = True
         sequence = self._sequence
         self._sequence += 1
-        ticks = []
+        # Per-sample fields in C-level passes (map, zip): this runs for every sample recorded.
+        dts = list(map(_dts, v))
+        ticks = list(map(mul, dts, repeat(90)))
         last = self._v_last_tick
-        for f in v:
-            tick = f.dts_ms * 90
-            if last is not None and tick <= last:
-                tick = last + 1
-            ticks.append(tick)
-            last = tick
+        if (last is not None and ticks[0] <= last) or not all(map(lt, ticks, islice(ticks, 1, None))):
+            for i, tick in enumerate(ticks):  # decode times that do not grow: each a tick past the last
+                if last is not None and tick <= last:
+                    ticks[i] = tick = last + 1
+                last = tick
+        last = ticks[-1]
         if end_ms is not None:
             end = max(end_ms * 90, last + 1)
         else:
             end = last + (self._v_last_duration or _DEFAULT_VIDEO_TICKS)
-        entries: list[int] = []
-        payload: list[memoryview] = []
-        payload_size = 0
-        next_ticks = ticks[1:]
-        next_ticks.append(end)
-        # Frame fields read directly, not through Frame's properties: this runs for every sample recorded.
-        for f, tick, next_tick in zip(v, ticks, next_ticks):
-            tag = f.tag
-            start = f.payload_start
-            size = len(tag) - 4 - start
-            entries += (next_tick - tick, size, SAMPLE_SYNC if f.keyframe else SAMPLE_NON_SYNC,
-                        (f.dts_ms + f.cts_ms) * 90 - tick)
-            payload.append(memoryview(tag)[start:start + size])
-            payload_size += size
+        durations = list(map(sub, islice(ticks, 1, None), ticks))
+        durations.append(end - last)
+        offsets = list(map(sub, map(mul, map(add, dts, map(_cts, v)), repeat(90)), ticks))  # pts - dts
+        flags = list(map(_SAMPLE_FLAGS.__getitem__, map(_keyframe, v)))
+        payload, sizes = _payloads(v)
+        payload_size = sum(sizes)
+        entries = list(chain.from_iterable(zip(durations, sizes, flags, offsets)))
         if len(v) > 1:
             self._v_last_duration = ticks[-1] - ticks[-2]
         self._v_last_tick = end - 1 if end_ms is not None else last  # the next frame lands after the end
@@ -293,28 +311,32 @@ class GopFragmenter:
         scale = init.timescale
         samples = self._frame_samples
         last = self._a_last_tick
-        start = None
-        entries: list[int] = []
-        payload: list[memoryview] = []
-        payload_size = 0
+        frames = a[:count]
+        payload, sizes = _payloads(frames)
+        payload_size = sum(sizes)
         half = samples // 2
-        for f in a[:count]:
-            tick = (f.dts_ms * scale + 500) // 1000
-            if last is not None:
-                expected = last + samples
-                if tick - expected <= half:
-                    tick = expected  # within rounding of back to back, or overlapping
-                elif start is not None:
-                    entries[-2] = tick - last  # a gap: the previous frame lasts until this one
-            if start is None:
-                start = tick
-            tag = f.tag
-            begin = f.payload_start
-            size = len(tag) - 4 - begin
-            entries += (samples, size)
-            payload.append(memoryview(tag)[begin:begin + size])
-            payload_size += size
-            last = tick
+        ticks = list(map(floordiv, map(add, map(mul, map(_dts, frames), repeat(scale)), repeat(500)), repeat(1000)))
+        start = ticks[0]
+        if last is not None and start - (last + samples) <= half:
+            start = last + samples  # within rounding of back to back, or overlapping
+        if all(map(le, map(sub, ticks, range(start, start + count * samples, samples)), repeat(half))):
+            # Every frame back to back (AAC frames last `samples` each): the common case, in C-level passes.
+            entries = list(chain.from_iterable(zip(repeat(samples), sizes)))
+            last = start + (count - 1) * samples
+        else:
+            entries = []
+            first = True
+            for tick, size in zip(ticks, sizes):
+                if last is not None:
+                    expected = last + samples
+                    if tick - expected <= half:
+                        tick = expected  # within rounding of back to back, or overlapping
+                    elif not first:
+                        entries[-2] = tick - last  # a gap: the previous frame lasts until this one
+                if first:
+                    start, first = tick, False
+                entries += (samples, size)
+                last = tick
         self._a_last_tick = last
         del a[:count]
         self._fragments += 1
