@@ -76,3 +76,79 @@ def test_a_frame_whose_nal_lengths_overrun_it_is_refused(clip):
     with pytest.raises(MediaError):
         g.push(dataclasses.replace(frame, tag=bytes(tag)), 0.0)
     assert not g._v, "nothing kept of it"
+
+
+def trun_samples(data: bytes) -> list[tuple[int, ...]]:
+    """The trun entries of one of our moof+mdat fragments: (duration, size[, flags, composition offset])."""
+    pos = data.index(b"trun") - 4
+    flags = int.from_bytes(data[pos + 9:pos + 12], "big")
+    count = int.from_bytes(data[pos + 12:pos + 16], "big")
+    fields = bin(flags & 0xF00).count("1")
+    out = []
+    at = pos + 20
+    for _ in range(count):
+        out.append(tuple(int.from_bytes(data[at + 4 * i:at + 4 * i + 4], "big", signed=i == 3) for i in range(fields)))
+        at += 4 * fields
+    return out
+
+
+def test_batches_of_frames_give_the_bytes_frames_one_by_one_give(clip):
+    _, one_by_one = cut(clip)
+    for batch in (1, 7, 64, len(clip)):
+        g = GopFragmenter(1.0, 10.0)
+        segs = []
+        for i in range(0, len(clip), batch):
+            segs += g.push_many(clip[i:i + batch], 1_800_000_000.0)
+        segs += g.finish()
+        assert [(s.track, s.data) for s in segs] == [(s.track, s.data) for s in one_by_one], batch
+        assert g.skipped == 0
+
+
+def test_each_sample_entry_says_its_frame_duration_size_and_offset(clip):
+    _, segs = cut(clip)
+    video = [f for f in media_frames(clip, FrameKind.VIDEO)]
+    entries = [e for s in segs if s.track == VIDEO for e in trun_samples(s.data)]
+    assert [e[1] for e in entries] == [len(f.payload) for f in video]
+    assert [e[3] for e in entries] == [f.cts_ms * 90 for f in video], "pts - dts in 90 kHz ticks"
+    assert [e[0] for e in entries[:-1]] == [(b.dts_ms - a.dts_ms) * 90 for a, b in zip(video, video[1:])]
+    assert [e[2] == 0x02000000 for e in entries] == [f.keyframe for f in video], "sync flags on keyframes"
+    audio = [e for s in segs if s.track == AUDIO for e in trun_samples(s.data)]
+    assert audio == [(1024, len(f.payload)) for f in media_frames(clip, FrameKind.AUDIO)]
+
+
+def test_an_audio_gap_lengthens_the_frame_before_it(clip):
+    audio = media_frames(clip, FrameKind.AUDIO)
+    gone = set(map(id, audio[30:35]))  # ~107 ms of audio missing inside the second GOP
+    _, segs = cut([f for f in clip if id(f) not in gone])
+    entries = [e for s in segs if s.track == AUDIO for e in trun_samples(s.data)]
+    assert len(entries) == len(audio) - 5
+    assert abs(entries[29][0] - 6 * 1024) <= 48, "the frame before the gap lasts until the next one (to 1 ms)"
+    assert {e[0] for i, e in enumerate(entries) if i != 29} == {1024}
+    mine = [s for s in segs if s.track == AUDIO]
+    assert all(a.start + a.duration == b.start for a, b in zip(mine, mine[1:]))
+
+
+def test_video_decode_times_that_do_not_grow_are_set_a_tick_apart(clip):
+    video = media_frames(clip, FrameKind.VIDEO)
+    same = {id(video[3]): video[2].dts_ms, id(video[4]): video[2].dts_ms}  # three frames at one decode time
+    frames = [dataclasses.replace(f, dts_ms=same[id(f)], cts_ms=f.cts_ms + f.dts_ms - same[id(f)])
+              if id(f) in same else f for f in clip]
+    _, segs = cut(frames)
+    entries = [e for s in segs if s.track == VIDEO for e in trun_samples(s.data)]
+    assert len(entries) == len(video)
+    assert all(e[0] > 0 for e in entries), "every sample lasts at least a tick"
+    assert entries[2][0] == 1 and entries[3][0] == 1
+    first = next(s for s in segs if s.track == VIDEO)
+    assert sum(e[0] for e in trun_samples(first.data)) == first.duration
+
+
+def test_a_bad_frame_in_a_batch_is_skipped_and_the_rest_kept(clip):
+    video = media_frames(clip, FrameKind.VIDEO)
+    bad = video[5]
+    tag = bytearray(bad.tag)
+    tag[bad.payload_start:bad.payload_start + 4] = (0xFFFFFF00).to_bytes(4, "big")
+    frames = [dataclasses.replace(f, tag=bytes(tag)) if f is bad else f for f in clip]
+    g = GopFragmenter(1.0, 10.0)
+    segs = g.push_many(frames, 0.0) + g.finish()
+    assert g.skipped == 1
+    assert sum(s.samples for s in segs if s.track == VIDEO) == len(video) - 1
