@@ -3,6 +3,7 @@
     python -m bench.record --streams 50 --seconds 60            off, all (one run each)
     python -m bench.record --streams 50 --seconds 60 --repeat 2 off, all, off, all
     python -m bench.record --streams 5 --seconds 20             a quick check
+    python -m bench.record --streams 50 --seconds 30 --toggle 4 one server, recording switched on and off
 
 Each run starts the server (bench/load.py's `start_server`, on free loopback ports, here with
 `record.mode`, `record.path` in the run's directory and `record.fsync_interval`), publishes `--streams`
@@ -215,6 +216,72 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
     return result
 
 
+async def set_recording(server: load.Server, names: list[str], on: bool) -> None:
+    """Start (POST) or stop (DELETE) every stream's recording through the admin API."""
+    base = f"http://{server.host}:{server.http_port}/api/v1/streams/{server.app}"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        for name in names:
+            async with http.request("POST" if on else "DELETE", f"{base}/{name}/record", headers=headers) as resp:
+                if resp.status >= 300:
+                    raise load.BenchError(f"{'POST' if on else 'DELETE'} .../{name}/record answered {resp.status}: "
+                                          f"{(await resp.text())[:200]}")
+
+
+async def toggle_run(args, run_name: str, media: Path) -> dict:
+    """One server (record.mode = "api"), the publishers up throughout; windows of `--seconds` alternate
+    between no recording and every stream recording (started and stopped through the admin API, `--settle`
+    s before each window), `--toggle` times each. Each "on" window is set against the "off" windows beside
+    it, so the server's start and slow drifts of the machine cancel out."""
+    names = [f"rec-{i}" for i in range(args.streams)]
+    rec_dir = load.RESULTS_DIR / f"{run_name}-files"
+    ns = argparse.Namespace(
+        http_url=None, rtmp_url=None, pid=None, server="mediaserver", log_level="warning", app="live",
+        server_set=["record.mode=api", f"record.path={rec_dir}", f"record.fsync_interval={args.fsync_interval}",
+                    *args.server_set])
+    ctx = load.Run(run_name)
+    os.environ["MEDIASERVER_ADMIN_TOKEN"] = ADMIN_TOKEN
+    windows: list[dict] = []
+    try:
+        server = ctx.server = await load.start_server(ns, ctx.children, run_name)
+        await load.start_publishers(server, names, media, ctx.children)
+        await load.wait_streams(server, names, timeout_s=120)
+        load.say(f"toggle: {len(names)} publishers up; warm-up {args.warmup:.0f} s")
+        await asyncio.sleep(args.warmup)
+        for k in range(2 * args.toggle + 1):
+            on = k % 2 == 1  # off, on, off, ..., off: every "on" window has an "off" on each side
+            if k:
+                await set_recording(server, names, on)
+                await asyncio.sleep(args.settle)
+            a, t0, io0 = user_system_s(server.pid), time.monotonic(), read_io(server.pid)
+            await asyncio.sleep(args.seconds)
+            b, t1, io1 = user_system_s(server.pid), time.monotonic(), read_io(server.pid)
+            if a is None or b is None:
+                raise load.BenchError("the server's /proc/PID/stat could not be read")
+            alive = ctx.children.alive("publisher")
+            if alive < len(names):
+                raise load.BenchError(f"only {alive} of {len(names)} publishers alive")
+            user, system = b[0] - a[0], b[1] - a[1]
+            per = load.per_minute(user + system, len(names), t1 - t0)
+            windows.append({"recording": on, "wall_s": round(t1 - t0, 3), "user_s": round(user, 2),
+                            "system_s": round(system, 2), "cpu_s_per_stream_minute": per,
+                            "io": io_delta(io0, io1, t1 - t0)})
+            load.say(f"window {k + 1}/{2 * args.toggle + 1}, recording {'on ' if on else 'off'}: {per} CPU-s per "
+                     f"stream-minute (user {user:.2f} s, system {system:.2f} s)")
+    finally:
+        await ctx.children.stop_all()
+        if not args.keep_files:
+            shutil.rmtree(rec_dir, ignore_errors=True)
+    deltas = []
+    for i in range(1, len(windows), 2):
+        off = (windows[i - 1]["cpu_s_per_stream_minute"] + windows[i + 1]["cpu_s_per_stream_minute"]) / 2
+        deltas.append(round(windows[i]["cpu_s_per_stream_minute"] - off, 4))
+    return {"windows": windows, "recording_cpu_s_per_stream_minute": deltas,
+            "recording_cpu_s_per_stream_minute_mean": round(sum(deltas) / len(deltas), 4),
+            "recording_cpu_s_per_stream_minute_median": sorted(deltas)[len(deltas) // 2] if len(deltas) % 2
+            else round(sum(sorted(deltas)[len(deltas) // 2 - 1:len(deltas) // 2 + 1]) / 2, 4)}
+
+
 def summarize(runs: list[dict], streams: int) -> dict:
     by_mode: dict[str, list[float]] = {}
     for r in runs:
@@ -257,6 +324,25 @@ async def amain(args) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     load.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     runs = []
+    if args.toggle:
+        try:
+            result = await toggle_run(args, f"record-{args.streams}s-toggle-{stamp}", media)
+        except load.BenchError as err:
+            load.say(f"error: {err}")
+            return 1
+        out = {"streams": args.streams, "seconds": args.seconds, "fsync_interval": args.fsync_interval,
+               "argv": sys.argv[1:], "machine": load.machine_info("asyncio"), "toggle": result,
+               "load_average_at_end": os.getloadavg()}
+        path = load.RESULTS_DIR / f"record-{args.streams}s-toggle-{stamp}.json"
+        path.write_text(json.dumps(out, indent=2))
+        print(f"\nrecording benchmark, one server: {args.streams} streams, {args.toggle} recording windows of "
+              f"{args.seconds} s, each against the windows without recording beside it; record.fsync_interval "
+              f"{args.fsync_interval} s")
+        print(f"  recording costs {result['recording_cpu_s_per_stream_minute']} CPU-s per stream-minute (mean "
+              f"{result['recording_cpu_s_per_stream_minute_mean']}, median "
+              f"{result['recording_cpu_s_per_stream_minute_median']}; goal at most 0.02)")
+        print(f"  results: {path}")
+        return 0
     try:
         for k in range(args.repeat):
             for mode in args.modes:
@@ -285,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="record.fsync_interval of the server, s (default 10, the config's default)")
     ap.add_argument("--server-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="extra --set for the server (repeatable)")
+    ap.add_argument("--toggle", type=int, default=0, metavar="N",
+                    help="one server instead (record.mode = api): N windows with every stream recording, each "
+                         "between two without, switched through the admin API (no file check)")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="with --toggle: seconds after switching before a window starts (default 5)")
     ap.add_argument("--keep-files", action="store_true", help="keep the recordings (bench/results/...-files)")
     args = ap.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
