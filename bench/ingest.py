@@ -9,6 +9,7 @@ writing the fMP4 file under DIR, so the difference with a run without it is reco
 every `--fsync-interval` s of wall time as the manager's thread does them, are run inline and counted).
 
     .venv/bin/python bench/ingest.py [--seconds 60] [--profile] [--no-hls] [--record DIR]
+    .venv/bin/python bench/ingest.py --recorder-alone [--batch 20] [--runs 5] [--no-write]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import tempfile
@@ -137,6 +139,70 @@ async def run(args: argparse.Namespace) -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
+class _Collect:
+    """A patient sink that keeps every frame the hub hands it (the Recorder's input, for --recorder-alone)."""
+
+    waits_for_frames = False
+
+    def __init__(self) -> None:
+        self.frames: list = []
+
+    def next_output_ms(self) -> float:
+        return float("inf")
+
+    def on_frame(self, frame) -> None:
+        self.frames.append(frame)
+
+    def on_discontinuity(self) -> None:
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+
+async def recorder_alone(args: argparse.Namespace) -> None:
+    """The Recorder by itself: the hub's frames of the media collected first, then handed to a fresh
+    Recorder `--batch` at a time (what Stream.flush_sinks hands it per socket read: about 20 frames when
+    a stream only recorded is read every 250 ms), `--runs` times; writes go to /dev/null-like nowhere with
+    --no-write, else to a file under a temporary directory, with no fsync."""
+    setup, reads, _ = publish_bytes(ensure_media(), args.seconds)
+    registry = build_registry(Config(hls=HlsConfig(enabled=False)))
+    conn = RtmpConnection(RtmpServer(RtmpConfig(), registry), 1)
+    conn.connection_made(NullTransport())
+    for data in setup:
+        conn.data_received(data)
+    await asyncio.sleep(0)
+    assert conn.stream is not None, "the publish request was not accepted"
+    sink = _Collect()
+    conn.stream.add_sink(sink)
+    for data in reads:
+        conn.data_received(data)
+    conn.stream.flush_sinks()
+    frames = sink.frames
+    batch = max(1, args.batch)
+    results = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="recorder-alone-") as tmp:
+            write = (lambda fd, data: len(data)) if args.no_write else os.write
+            recorder = Recorder(conn.stream.key, tmp, fsync_interval_s=0, write=write)
+            feed = getattr(recorder, "on_frames", None)
+            cpu0 = time.process_time()
+            if feed is not None:
+                for i in range(0, len(frames), batch):
+                    feed(frames[i:i + batch])
+            else:  # a Recorder without batches (an older build, for A/B runs)
+                for frame in frames:
+                    recorder.on_frame(frame)
+            recorder.stop()
+            results.append(time.process_time() - cpu0)
+    best = min(results)
+    median = sorted(results)[len(results) // 2]
+    print(f"recorder alone: {len(frames)} frames of {args.seconds:.0f} s in batches of {batch}, "
+          f"{'no writes' if args.no_write else 'written'}; {args.runs} runs: median {median * 1e3:.1f} ms "
+          f"({median / len(frames) * 1e6:.2f} µs per frame = {median / args.seconds * 60:.4f} CPU-s per "
+          f"stream-minute), best {best / args.seconds * 60:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
@@ -146,8 +212,15 @@ def main() -> None:
                         "('tmp': a temporary directory, removed after)")
     parser.add_argument("--fsync-interval", type=float, default=10.0,
                         help="with --record: seconds between fsyncs of the file (record.fsync_interval; default 10)")
+    parser.add_argument("--recorder-alone", action="store_true",
+                        help="measure only the Recorder, fed the hub's frames in --batch sized batches")
+    parser.add_argument("--batch", type=int, default=20, help="with --recorder-alone: frames per call (default 20)")
+    parser.add_argument("--runs", type=int, default=5, help="with --recorder-alone: runs, median reported (default 5)")
+    parser.add_argument("--no-write", action="store_true", help="with --recorder-alone: drop the bytes, no file")
     args = parser.parse_args()
-    if args.record == "tmp":
+    if args.recorder_alone:
+        asyncio.run(recorder_alone(args))
+    elif args.record == "tmp":
         with tempfile.TemporaryDirectory(prefix="ingest-record-") as tmp:
             args.record = tmp
             asyncio.run(run(args))
