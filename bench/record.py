@@ -216,6 +216,16 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
     return result
 
 
+def machine_steal_s() -> float | None:
+    """CPU time the hypervisor gave other guests (steal, all CPUs), from /proc/stat, in seconds."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / load._procstats.CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 async def set_recording(server: load.Server, names: list[str], on: bool) -> None:
     """Start (POST) or stop (DELETE) every stream's recording through the admin API."""
     base = f"http://{server.host}:{server.http_port}/api/v1/streams/{server.app}"
@@ -253,9 +263,9 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
             if k:
                 await set_recording(server, names, on)
                 await asyncio.sleep(args.settle)
-            a, t0, io0 = user_system_s(server.pid), time.monotonic(), read_io(server.pid)
+            a, t0, io0, steal0 = user_system_s(server.pid), time.monotonic(), read_io(server.pid), machine_steal_s()
             await asyncio.sleep(args.seconds)
-            b, t1, io1 = user_system_s(server.pid), time.monotonic(), read_io(server.pid)
+            b, t1, io1, steal1 = user_system_s(server.pid), time.monotonic(), read_io(server.pid), machine_steal_s()
             if a is None or b is None:
                 raise load.BenchError("the server's /proc/PID/stat could not be read")
             alive = ctx.children.alive("publisher")
@@ -265,9 +275,12 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
             per = load.per_minute(user + system, len(names), t1 - t0)
             windows.append({"recording": on, "wall_s": round(t1 - t0, 3), "user_s": round(user, 2),
                             "system_s": round(system, 2), "cpu_s_per_stream_minute": per,
-                            "io": io_delta(io0, io1, t1 - t0)})
+                            "io": io_delta(io0, io1, t1 - t0),
+                            "machine_steal_s": round(steal1 - steal0, 2) if steal0 is not None and steal1 is not None
+                            else None})
             load.say(f"window {k + 1}/{2 * args.toggle + 1}, recording {'on ' if on else 'off'}: {per} CPU-s per "
-                     f"stream-minute (user {user:.2f} s, system {system:.2f} s)")
+                     f"stream-minute (user {user:.2f} s, system {system:.2f} s; machine steal "
+                     f"{windows[-1]['machine_steal_s']} s)")
     finally:
         await ctx.children.stop_all()
         if not args.keep_files:
