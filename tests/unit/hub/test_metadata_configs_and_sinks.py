@@ -157,6 +157,50 @@ def test_a_sink_that_fails_is_detached_and_ended_so_its_owner_can_replace_it():
     assert failing.ends == 1 and healthy.ends == 1
 
 
+class BatchSink(RecordingSink):
+    """A sink that takes a read's frames in one call (as the Recorder does)."""
+
+    def __init__(self, fail_on_batch: int | None = None) -> None:
+        super().__init__()
+        self.batches: list[list] = []
+        self.fail_on_batch = fail_on_batch
+
+    def on_frames(self, frames) -> None:
+        if self.fail_on_batch is not None and len(self.batches) == self.fail_on_batch:
+            raise RuntimeError("a bug in the packager")
+        self.batches.append(list(frames))
+        self.frames.extend(frames)
+
+
+def test_a_sink_with_on_frames_gets_each_read_in_one_call_in_order():
+    clock = FakeClock()
+    stream = live_stream(clock)
+    batch, single = BatchSink(), RecordingSink()
+    stream.add_sink(batch)
+    stream.add_sink(single)
+    publish_gop(stream, 0, frames=5)
+    stream.flush_sinks()  # one read
+    publish_gop(stream, 200, frames=3)
+    stream.flush_sinks()  # the next
+    assert [len(b) for b in batch.batches] == [10, 6]
+    assert batch.frames == single.frames and len(single.frames) == 16, "the same frames, in the same order"
+    assert [f.dts_ms for f in batch.frames if f.kind == FrameKind.VIDEO] == sorted(
+        f.dts_ms for f in batch.frames if f.kind == FrameKind.VIDEO)
+
+
+def test_a_batch_sink_that_fails_is_detached_and_ended_and_the_others_go_on():
+    clock = FakeClock()
+    stream = live_stream(clock)
+    failing, healthy = BatchSink(fail_on_batch=1), RecordingSink()
+    stream.add_sink(failing)
+    stream.add_sink(healthy)
+    for start in (0, 200, 400):
+        publish_gop(stream, start, frames=4)
+        stream.flush_sinks()
+    assert failing not in stream.sinks and failing.ends == 1 and len(failing.batches) == 1
+    assert healthy in stream.sinks and len(healthy.frames) == 24
+
+
 def test_a_sink_removed_gets_the_frames_that_arrived_before_its_removal():
     clock = FakeClock()
     stream = live_stream(clock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import math
 import os
@@ -46,19 +48,21 @@ def new_stream() -> Stream:
     return stream
 
 
-def publish(stream: Stream, frames: list[Frame], clock: Clock | None = None) -> None:
-    """Publish a clip's tags as ingest does (one flush per tag, as after each socket read)."""
-    for frame in frames:
+def publish(stream: Stream, frames: list[Frame], clock: Clock | None = None, per_read: int = 1) -> None:
+    """Publish a clip's tags as ingest does: a flush after every `per_read` tags, as after each socket read."""
+    for i, frame in enumerate(frames, 1):
         if clock is not None:
             clock.now += 0.001
         if frame.kind == FrameKind.VIDEO:
             stream.publish_video(frame.dts_ms, bytes(frame.body), 0.0)
         elif frame.kind == FrameKind.AUDIO:
             stream.publish_audio(frame.dts_ms, bytes(frame.body), 0.0)
-        stream.flush_sinks()
+        if i % per_read == 0:
+            stream.flush_sinks()
+    stream.flush_sinks()
 
 
-def record(tmp_path: Path, frames: list[Frame], **kwargs) -> tuple[Recorder, Stream, list]:
+def record(tmp_path: Path, frames: list[Frame], per_read: int = 1, **kwargs) -> tuple[Recorder, Stream, list]:
     events: list = []
     stream = new_stream()
     clock = Clock()
@@ -72,7 +76,7 @@ def record(tmp_path: Path, frames: list[Frame], **kwargs) -> tuple[Recorder, Str
     for frame in stream.history():
         rec.on_frame(frame)
     stream.add_sink(rec)
-    publish(stream, frames, clock)
+    publish(stream, frames, clock, per_read)
     stream.end()
     return rec, stream, events
 
@@ -254,6 +258,21 @@ def test_a_full_disk_stops_the_recording_once_and_never_raises_into_the_hub(tmp_
     assert stream.frames_skipped == {}  # not detached as a failed sink: it stopped by itself
     assert vod.index_file(closed.path.read_bytes()).trailing_bytes == 0
     assert decode(closed.path)["video"]
+
+
+def test_reads_of_many_frames_record_every_frame_and_skip_only_a_bad_one(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
+    video = media_frames(frames, FrameKind.VIDEO)
+    bad = video[7]  # inside the first GOP: its first NAL length overruns the sample
+    body = bytearray(bad.body)
+    body[5:9] = (0xFFFFFF00).to_bytes(4, "big")
+    broken = [dataclasses.replace(f, tag=bytes(f.tag[:11]) + bytes(body) + bytes(f.tag[-4:])) if f is bad else f
+              for f in frames]
+    rec, _, _ = record(tmp_path, broken, per_read=12)  # about 200 ms of media per read
+    assert rec.frames_skipped == 1
+    decoded = decode(rec.files[0].path)
+    assert len(decoded["video"]) == len(video) - 1
+    assert len(decoded["audio"]) == len(media_frames(frames, FrameKind.AUDIO))
 
 
 def test_a_short_write_is_finished(tmp_path):
