@@ -125,3 +125,51 @@ async def test_fixed_merging_pauses_even_a_watched_publisher():
     stream.subscribe("flv", "viewer", 0.0)
     assert feed_until_paused(conn, transport, reads) < len(reads) and transport.paused
     conn.close("test")
+
+
+class HeldTransport(Transport):
+    """A paused publisher's socket: what its peer sent meanwhile arrives only once reading resumes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[bytes] = []
+        self.conn: RtmpConnection | None = None
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        pending, self.pending = self.pending, []
+        for data in pending:
+            asyncio.get_running_loop().call_soon(self.conn.data_received, data)
+
+
+async def test_a_publisher_restarting_at_once_is_not_refused_for_its_paused_old_session():
+    # OBS's stop then start: the old session's unpublish sits unread while its reads are paused.
+    setup, reads = publisher_reads()
+    config = Config()
+    server = RtmpServer(config.rtmp, build_registry(config))
+    old = RtmpConnection(server, 1)
+    held = HeldTransport()
+    held.conn = old
+    old.connection_made(held)
+    client, setup = publishing_client("live", "pause")
+    for data in setup:
+        old.data_received(data)
+    await asyncio.sleep(0)
+    assert old.stream is not None
+    assert feed_until_paused(old, held, reads) < len(reads) and held.paused
+    client.unpublish()
+    held.pending.append(client.data_to_send())  # FCUnpublish, deleteStream: not read yet
+
+    new = RtmpConnection(server, 2)
+    new.connection_made(Transport())
+    _, setup2 = publishing_client("live", "pause")
+    for data in setup2:
+        new.data_received(data)
+    for _ in range(50):
+        await asyncio.sleep(0.002)
+        if new.stream is not None or new._closing:
+            break
+    assert new.stream is not None and not new._closing, "the new session takes the name its old one left"
+    assert old.stream is None
+    new.close("test")
+    old.close("test")
