@@ -134,6 +134,13 @@ def video_section(sdp: str) -> str:
     return sdp.split("m=video", 1)[1].split("\r\nm=", 1)[0]
 
 
+def codec_lines(section: str) -> str:
+    """A section's codec descriptions (rtpmap, fmtp and rtcp-fb lines), without its ICE credentials and
+    fingerprints, whose random characters may spell a codec's name."""
+    return "\r\n".join(line for line in section.split("\r\n")
+                       if line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")))
+
+
 def _with_video_lines(offer: str, payload_types: list[int], lines: list[str]) -> str:
     """`lines` added to an offer's video section (after a=rtcp-mux), `payload_types` to its m= line."""
     out = []
