@@ -34,35 +34,7 @@ from mediaserver.remux.flv import FlvReader  # noqa: E402
 from mediaserver.rtmp.server import RtmpConnection, RtmpServer  # noqa: E402
 from mediaserver.cli import build_registry  # noqa: E402
 from mediaserver.record.recorder import Recorder  # noqa: E402
-from support.rtmp_bytes import publishing_client  # noqa: E402
-
-
-class NullTransport:
-    """Takes writes and drops them; enough of a transport for RtmpConnection."""
-
-    def __init__(self) -> None:
-        self.written = 0
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data) -> None:
-        self.written += len(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from support.rtmp_bytes import StubTransport, published, publishing_client  # noqa: E402
 
 
 def publish_bytes(path: Path, seconds: float) -> tuple[list[bytes], list[bytes], int]:
@@ -94,11 +66,7 @@ async def run(args: argparse.Namespace) -> None:
     packagers = PackagerPool(registry, config.hls)
     server = RtmpServer(RtmpConfig(), registry)
     conn = RtmpConnection(server, 1)
-    conn.connection_made(NullTransport())
-    for data in setup:
-        conn.data_received(data)
-    await asyncio.sleep(0)  # the gate answers the publish request in a task of its own
-    assert conn.stream is not None, "the publish request was not accepted"
+    await published(conn, StubTransport(), setup)
     # Started before the media (as a touched playlist starts it in the server), so the packager's cost
     # is counted per frame rather than as one replay of the history at the end.
     packager = packagers.hls(conn.stream.key)
@@ -168,11 +136,7 @@ async def recorder_alone(args: argparse.Namespace) -> None:
     setup, reads, _ = publish_bytes(ensure_media(), args.seconds)
     registry = build_registry(Config(hls=HlsConfig(enabled=False)))
     conn = RtmpConnection(RtmpServer(RtmpConfig(), registry), 1)
-    conn.connection_made(NullTransport())
-    for data in setup:
-        conn.data_received(data)
-    await asyncio.sleep(0)
-    assert conn.stream is not None, "the publish request was not accepted"
+    await published(conn, StubTransport(), setup)
     sink = _Collect()
     conn.stream.add_sink(sink)
     for data in reads:

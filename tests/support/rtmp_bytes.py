@@ -4,6 +4,8 @@ server's own connection object (`RtmpConnection.data_received`) and then the cli
 
 from __future__ import annotations
 
+import asyncio
+
 from mediaserver.rtmp import events as ev
 from mediaserver.rtmp.client import ClientSession
 from mediaserver.rtmp.session import ServerSession
@@ -37,3 +39,44 @@ def publishing_client(app: str, name: str) -> tuple[ClientSession, list[bytes]]:
     client.publish(name)
     pump()
     return client, setup
+
+
+class StubTransport:
+    """Enough of a transport for RtmpConnection: counts what is written and records pause/resume_reading."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.paused = False
+        self.resumes = 0
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+
+async def published(conn, transport, setup: list[bytes]) -> None:
+    """Feed `conn` (an RtmpConnection) the reads `setup` of publishing_client on `transport`, and let the gate
+    accept the publish (it answers in a task of its own)."""
+    conn.connection_made(transport)
+    for data in setup:
+        conn.data_received(data)
+    await asyncio.sleep(0)
+    assert conn.stream is not None, "the publish request was not accepted"

@@ -14,35 +14,7 @@ from mediaserver.record.recorder import Recorder
 from mediaserver.rtmp import server as server_module
 from mediaserver.rtmp.server import RtmpConnection, RtmpServer
 from support.codec_clips import codec_clip
-from support.rtmp_bytes import publishing_client
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.paused = False
-        self.resumes = 0
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-        self.resumes += 1
+from support.rtmp_bytes import StubTransport, published, publishing_client
 
 
 class IdleGauge:
@@ -65,20 +37,16 @@ def publisher_reads() -> tuple[list[bytes], list[bytes]]:
     return setup, reads
 
 
-async def publishing(config: Config) -> tuple[RtmpConnection, Transport, list[bytes]]:
+async def publishing(config: Config) -> tuple[RtmpConnection, StubTransport, list[bytes]]:
     setup, reads = publisher_reads()
     server = RtmpServer(config.rtmp, build_registry(config))
     conn = RtmpConnection(server, 1)
-    transport = Transport()
-    conn.connection_made(transport)
-    for data in setup:
-        conn.data_received(data)
-    await asyncio.sleep(0)  # the gate answers the publish request in a task of its own
-    assert conn.stream is not None, "the publish request was not accepted"
+    transport = StubTransport()
+    await published(conn, transport, setup)
     return conn, transport, reads
 
 
-def feed_until_paused(conn: RtmpConnection, transport: Transport, reads: list[bytes]) -> int:
+def feed_until_paused(conn: RtmpConnection, transport: StubTransport, reads: list[bytes]) -> int:
     for n, data in enumerate(reads):
         if transport.paused:
             return n
@@ -127,7 +95,7 @@ async def test_fixed_merging_pauses_even_a_watched_publisher():
     conn.close("test")
 
 
-class HeldTransport(Transport):
+class HeldTransport(StubTransport):
     """A paused publisher's socket: what its peer sent meanwhile arrives only once reading resumes."""
 
     def __init__(self) -> None:
@@ -144,27 +112,23 @@ class HeldTransport(Transport):
 
 async def test_a_publisher_restarting_at_once_is_not_refused_for_its_paused_old_session():
     # OBS's stop then start: the old session's unpublish sits unread while its reads are paused.
-    setup, reads = publisher_reads()
+    _, reads = publisher_reads()
     config = Config()
     server = RtmpServer(config.rtmp, build_registry(config))
     old = RtmpConnection(server, 1)
     held = HeldTransport()
     held.conn = old
-    old.connection_made(held)
     client, setup = publishing_client("live", "pause")
-    for data in setup:
-        old.data_received(data)
-    await asyncio.sleep(0)
-    assert old.stream is not None
+    await published(old, held, setup)
     assert feed_until_paused(old, held, reads) < len(reads) and held.paused
     client.unpublish()
     held.pending.append(client.data_to_send())  # FCUnpublish, deleteStream: not read yet
 
     new = RtmpConnection(server, 2)
-    new.connection_made(Transport())
+    new.connection_made(StubTransport())
     _, setup2 = publishing_client("live", "pause")
     for data in setup2:
-        new.data_received(data)
+        new.data_received(data)  # not published(): its answer waits for the old session to be heard out
     for _ in range(50):
         await asyncio.sleep(0.002)
         if new.stream is not None or new._closing:
