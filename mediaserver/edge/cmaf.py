@@ -80,6 +80,9 @@ class CmafPackager:
     """One stream's CMAF output: a hub Sink, and the source of its playlists, MPD and files."""
 
     format = "cmaf"
+    waits_for_frames = False
+    """Its window changes a few times a second (at part and segment ends it can name in advance with
+    `next_output_ms`): between them a publisher's reads may merge, as for the TS packager."""
 
     def __init__(self, stream: Stream, cfg: HlsConfig, wall_clock: Callable[[], float] = time.time,
                  skip_log: LogGate | None = None, cuts: CutPlan | None = None, follow: CutPlan | None = None) -> None:
@@ -107,6 +110,10 @@ class CmafPackager:
         self._skipped_logged: set[str] = set()
         self._mismatch_logged = False
         self.skipped = SkippedFrames(stream, self.format, skip_log)
+
+    def next_output_ms(self) -> float:
+        """The decode time before which no frame changes this packager's window."""
+        return self.segmenter.next_output_ms()
 
     def replay(self, frames: list[Frame], newest_dts: int) -> None:
         """Feed the kept history with the wall times the frames arrived (estimated), as HlsPackager."""

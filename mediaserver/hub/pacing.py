@@ -84,9 +84,9 @@ class MergePolicy:
         """When a publisher's socket is read next: at the first multiple of `grid` after now + `offset`,
         returned as (offset, grid); grid 0: at once. `waiting`: viewers and sinks that want frames as they
         come; `patient`: sinks whose output changes only at a frame `output_due_s` seconds of media past the
-        newest one (a TS segment's cut). Reads stop for the unwatched window while nothing is due within it,
-        then resume just before the due frame (so it waits no more than before), and while it is due
-        `patient` counts as an audience (as a waiting sink would)."""
+        newest one (a TS segment's cut, a CMAF part's end). Reads stop for the unwatched window while nothing
+        is due within it, then resume just before the due frame (so it waits no more than before), and while
+        it is due `patient` counts as an audience (as a waiting sink would)."""
         if waiting:
             return 0.0, self.window_s(waiting, busy)
         wide = self.unwatched_s()

@@ -97,7 +97,8 @@ class Sink(Protocol):
     # socket read, in order) in one call instead of one on_frame per frame.
     # A sink may also say `waits_for_frames = False` (read with getattr, default True) and have
     # `next_output_ms() -> float`: its output changes only at a frame whose decode time it names in advance
-    # (a TS segment's cut), so until then a publisher's reads may merge while only such sinks consume.
+    # (a TS segment's cut, a CMAF part's end), so until then a publisher's reads may merge while only such
+    # sinks consume.
 
     def on_discontinuity(self) -> None: ...
 

@@ -63,6 +63,8 @@ Names: `segment_name`, `part_name`, `init_name` and `parse_cmaf_name` (the edge 
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -484,6 +486,10 @@ class SampleTap(Protocol):
         """The muxed parts and segments complete since the last call, in order."""
         ...
 
+    def holds_parts(self) -> bool:
+        """Whether a video part waits for audio, so a next audio sample may complete it."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Boundary:
@@ -623,6 +629,51 @@ class CmafSegmenter:
         if self._muxer is not None:
             out += self._muxer.take()
         return out
+
+    def next_output_ms(self) -> float:
+        """The earliest decode time (ms) of a frame that may complete a part or segment, so before which
+        this segmenter's output does not change; -inf when any frame may (a track not open yet, a config
+        or discontinuity pending, following a plan, a muxed part waiting for its audio).
+
+        A part closes at the first sample whose predicted end (its tick plus the interval before it)
+        passes the part target, so with the track's last interval `d` that sample comes at
+        part_start + target - d; a sample that comes early (a shorter interval) does so by a fraction of
+        a frame. A video segment closes at a keyframe once its target has passed. Caps on bytes and
+        sample counts are left out: they only bound parts and segments whose media misbehaves."""
+        if self.follow is not None or self._format_changed or self._pending_discontinuity:
+            return -math.inf
+        if self._muxer is not None and self._audio_config_latest is not None and self._muxer.holds_parts():
+            return -math.inf
+        v, a = self._video, self._audio
+        due = math.inf
+        if v.active_init is not None and not self._audio_only:
+            if not v.open or v.last_tick is None:
+                return -math.inf
+            due = min(v.seg_start + self.target_ms * 90, self._part_due(v)) / 90
+        if self._audio_config_latest is not None:
+            if not a.open or a.last_tick is None or not a.timescale or a.pending is not None:
+                return -math.inf
+            if any(samples < 0 for _, samples in self._audio_queue):
+                return -math.inf  # a new audio config waits in the queue
+            ticks = self._part_due(a)
+            if not self._driven_by_video():
+                ticks = min(ticks, a.seg_start + self.target_ms * a.timescale // 1000)
+            elif a.boundary is not None:
+                # A video segment that started after the audio's: the audio cuts at its first frame there.
+                for boundary in self._boundaries:
+                    if boundary.start_ms > a.boundary.start_ms:
+                        due = min(due, boundary.start_ms)
+                        break
+            due = min(due, ticks * 1000 / a.timescale)
+        return due if due != math.inf else -math.inf
+
+    def _part_due(self, t: _Track) -> float:
+        """The earliest tick of a sample expected to close the track's open part (see next_output_ms)."""
+        threshold = t.part_start + (self.part_target_ms + 1) * t.timescale / 1000
+        if t.last_duration > 0:
+            return threshold - t.last_duration + 1  # (it must pass the target, not reach it)
+        # No interval known yet: the first sample T with 2T - last > threshold (any interval).
+        return (threshold + t.last_tick) / 2  # type: ignore[operator]
 
     # -- dispatch --------------------------------------------------------------------------------
 

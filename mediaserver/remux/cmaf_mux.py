@@ -127,6 +127,10 @@ class CmafMuxer:
         self._audio.clear()
         self._audio_reach = None
 
+    def holds_parts(self) -> bool:
+        """Whether a video part waits for its audio: the next audio sample may complete it."""
+        return bool(self._video)
+
     def take(self) -> list[CmafPart | CmafSegment]:
         out, self._out = self._out, []
         return out

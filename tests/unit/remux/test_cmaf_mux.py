@@ -254,3 +254,27 @@ def test_when_the_audio_stops_muxed_parts_go_out_with_the_video_alone_after_a_bo
     muxed = [(p.sequence, p.index) for p in of(items, MUXED, CmafPart)]
     assert video[-len(muxed):] == muxed and len(video) == len(lag) + len(muxed)  # every video part, muxed
     assert segmenter.muxer.parts_without_audio >= 10  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fixture", ["av_clip", "audio_clip", "video_clip"])
+def test_no_frame_before_next_output_ms_completes_a_part(fixture: str, request: pytest.FixtureRequest) -> None:
+    """What lets a publisher's reads merge while only the CMAF packager consumes: each part and segment
+    end is named in advance, and the frames read before it change nothing (muxed parts included)."""
+    frames: list[Frame] = request.getfixturevalue(fixture)
+    segmenter = CmafSegmenter(muxer=CmafMuxer())
+    assert segmenter.next_output_ms() == float("-inf")  # nothing open yet: any frame may matter
+    outputs = early = named = counted = 0
+    for frame in frames:
+        due = segmenter.next_output_ms()
+        if outputs:  # (an audio-only stream is told from one with late video after a second)
+            counted += 1
+            named += due > float("-inf")
+        items = segmenter.push(frame, 1_700_000_000 + frame.dts_ms / 1000)
+        if items:
+            outputs += 1
+            assert frame.dts_ms >= due, (frame, due, items)
+        elif frame.dts_ms >= due and counted:
+            early += 1  # read for nothing: the due frame came later than named
+    assert outputs >= len(frames) / 30  # parts of a third of a second came out all along
+    assert named >= counted * 0.9  # the end was named for most frames, not "read everything"
+    assert early <= 2 * outputs  # audio read before the video that lets it through, at most

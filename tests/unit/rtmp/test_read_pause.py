@@ -17,6 +17,19 @@ from support.codec_clips import codec_clip
 from support.rtmp_bytes import StubTransport, published, publishing_client
 
 
+class WaitingSink:
+    """A sink that serves frames as they come (as a transcoder's input does)."""
+
+    def on_frame(self, frame) -> None:
+        pass
+
+    def on_discontinuity(self) -> None:
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+
 class IdleGauge:
     def busy(self) -> float:
         return 0.0
@@ -80,8 +93,31 @@ async def test_a_packager_serving_frames_as_they_come_keeps_reads_prompt_on_an_i
     conn, transport, reads = await publishing(config)
     stream = conn.stream
     assert stream is not None
-    stream.add_sink(CmafPackager(stream, config.hls))  # LL-HLS parts: waits for every frame
+    stream.add_sink(WaitingSink())
     assert feed_until_paused(conn, transport, reads) == len(reads) and not transport.paused
+    conn.close("test")
+
+
+async def test_the_cmaf_packager_pauses_reads_until_just_before_its_next_part_ends(monkeypatch):
+    monkeypatch.setattr(server_module, "GAUGE", IdleGauge())
+    config = Config()
+    conn, transport, reads = await publishing(config)
+    stream = conn.stream
+    assert stream is not None
+    packager = CmafPackager(stream, config.hls)
+    stream.add_sink(packager)
+    loop = asyncio.get_running_loop()
+    pauses = 0
+    for data in reads:
+        conn.data_received(data)
+        if transport.paused:
+            pauses += 1
+            due_s = (stream.output_due_ms() - stream.gop.newest_dts) / 1000
+            wait_s = conn._resume_tick - loop.time()
+            assert 0 < wait_s <= due_s, "reading resumes before the frame that ends the part can arrive"
+            conn._resume_reading()
+    assert pauses >= 3, "between part ends, reads merge"
+    assert packager.window.tracks, "parts came out"
     conn.close("test")
 
 
