@@ -1,7 +1,8 @@
 """The player page plays WHEP in headless Chromium on loopback (the server's host candidate is 127.0.0.1): WebRTC
 is the format it picks for H.264 without B-frames, currentTime advances, getStats' inbound-rtp framesDecoded
 grows, the latency readout comes from RTCP timing, and a kick of the viewer ends it with the page saying so.
-An AV1 stream is passed through as AV1 to Chromium, which receives it."""
+An AV1 stream is passed through as AV1 to Chromium, which receives it; an HEVC stream, which Chromium does not
+receive, is played over WebRTC from its H.264 rendition when ABR is on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from support.whep import av1_clip as make_av1_clip, baseline_clip as make_baseline_clip
+from support.whep import av1_clip as make_av1_clip, baseline_clip as make_baseline_clip, hevc_clip as make_hevc_clip
 
 from .conftest import advance_within, wait_state, wait_status
 
@@ -25,6 +26,11 @@ def baseline_clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def av1_clip(tmp_path_factory):
     return make_av1_clip(tmp_path_factory.mktemp("whep-browser-av1"))
+
+
+@pytest.fixture(scope="module")
+def hevc_clip(tmp_path_factory):
+    return make_hevc_clip(tmp_path_factory.mktemp("whep-browser-hevc"))
 
 
 def _post(url: str) -> int:
@@ -97,3 +103,21 @@ def test_an_av1_stream_is_passed_through_to_chromium_as_av1(server_factory, publ
     assert page.inner_text("#stat-resolution") == "320×240"
     log = server.log_text()
     assert "webrtc_frame_skipped" not in log and "b_frames" not in log, server.log_tail()
+
+
+def test_an_hevc_stream_plays_over_webrtc_from_its_h264_rendition_when_abr_is_on(server_factory, publish, hevc_clip,
+                                                                                 stream_name, browser):
+    server = server_factory(**{"webrtc.public_ip": "127.0.0.1", "abr.mode": "on_demand", "abr.wait": "15",
+                               "abr.ladder": '[{label = "180p", height = 180, video_kbps = 300, preset = "ultrafast", '
+                                             'threads = 1}]'})
+    publish(server, stream_name, hevc_clip, loop=True)
+    status = wait_status(server, stream_name)
+    assert status["video"]["codec"] == "hevc" and status["abr"] and status["webrtc"]["refused"] is None, status
+    page = browser.page(f"{server.http_base}/play/live/{stream_name}?format=webrtc")
+    wait_state(page, "playing", timeout_s=30)
+    assert page.is_enabled('[data-format="webrtc"]'), "Chromium receives H.264: the button stays usable"
+    assert advance_within(page, 1.0, within_s=3.0) > 1.0
+    assert _video_codec(page).lower() == "video/h264"
+    page.wait_for_function("() => document.getElementById('stat-resolution').textContent === '240×180'",
+                           timeout=5000)
+    assert "webrtc_rendition" in server.log_text(), server.log_tail()

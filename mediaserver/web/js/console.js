@@ -335,7 +335,8 @@ async function openPreview(s) {
     return;
   }
   const info = status.body;
-  const f = info.formats.find((x) => !x.refused && !cannotPlay(x.id, info.video && info.video.codec, info.audio && info.audio.codec));
+  const codecs = [info.video && info.video.codec, info.audio && info.audio.codec, Boolean(info.abr)];
+  const f = info.formats.find((x) => !x.refused && !cannotPlay(x.id, ...codecs));
   if (!f) {
     ui.previewStatus.textContent = 'No format this browser can play carries this stream.';
     return;

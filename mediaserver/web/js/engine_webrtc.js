@@ -19,23 +19,35 @@ const GATHER_WAIT_MS = 2000;
 const DISCONNECTED_MS = 4000;
 const NTP_UNIX_OFFSET_MS = 2208988800000;  // 1900-01-01 to 1970-01-01
 
-/** Why this browser cannot play a stream with these codecs over WebRTC, or null when it can. */
-export function webrtcCannotPlay(videoCodec, audioCodec) {
+/** Why this browser cannot play a stream with these codecs over WebRTC, or null when it can. With `abr` (the
+ * stream's ladder is on) the server answers a browser that cannot receive the source's video with an H.264
+ * rendition (or a 415 saying why), so receiving H.264 is enough. */
+export function webrtcCannotPlay(videoCodec, audioCodec, abr = false) {
   if (!('RTCPeerConnection' in window)) return 'this browser has no WebRTC';
   // Video passes through: H.264 to every browser, AV1 and HEVC (H265 in WebRTC) to those that receive them.
   const mime = {h264: 'video/h264', av1: 'video/av1', hevc: 'video/h265'}[videoCodec];
   const name = {h264: 'H.264', av1: 'AV1', hevc: 'HEVC'}[videoCodec];
-  if (videoCodec && !mime) return 'WebRTC playback carries H.264, AV1 or HEVC video';
-  if (videoCodec && window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities) {
-    const caps = RTCRtpReceiver.getCapabilities('video');
-    if (caps && !caps.codecs.some((c) => c.mimeType.toLowerCase() === mime)) {
-      return `this browser cannot decode ${name} over WebRTC`;
+  if (videoCodec && !mime && !abr) return 'WebRTC playback carries H.264, AV1 or HEVC video';
+  if (videoCodec) {
+    const receives = receivesVideo(mime);
+    if (receives === false && !(abr && receivesVideo('video/h264') !== false)) {
+      return `this browser cannot decode ${name || videoCodec} over WebRTC`;
     }
-  } else if (videoCodec && videoCodec !== 'h264') {
-    return `this browser cannot tell whether it decodes ${name} over WebRTC`;
+    if (receives === null && videoCodec !== 'h264' && !abr) {
+      return `this browser cannot tell whether it decodes ${name || videoCodec} over WebRTC`;
+    }
   }
   if (!videoCodec && !['aac', 'opus'].includes(audioCodec)) return 'WebRTC playback carries AAC or Opus audio';
   return null;
+}
+
+/** Whether this browser receives `mime` video over WebRTC: true, false, or null when it cannot tell. */
+function receivesVideo(mime) {
+  if (!mime) return false;
+  if (!window.RTCRtpReceiver || !RTCRtpReceiver.getCapabilities) return null;
+  const caps = RTCRtpReceiver.getCapabilities('video');
+  if (!caps) return null;
+  return caps.codecs.some((c) => c.mimeType.toLowerCase() === mime);
 }
 
 export class WebRtcEngine extends Engine {

@@ -44,9 +44,10 @@ export function codecName(codec) {
   return CODEC_NAMES[codec] || codec;
 }
 
-/** Why this browser cannot play `format` for a stream with these codecs, or null when it can. */
-export function cannotPlay(format, videoCodec, audioCodec) {
-  if (format === 'webrtc') return webrtcCannotPlay(videoCodec, audioCodec);
+/** Why this browser cannot play `format` for a stream with these codecs, or null when it can (`abr`: the
+ * stream's ladder is on, which WebRTC may be served from). */
+export function cannotPlay(format, videoCodec, audioCodec, abr = false) {
+  if (format === 'webrtc') return webrtcCannotPlay(videoCodec, audioCodec, abr);
   const codecs = [videoCodec, audioCodec].filter(Boolean);
   const isHls = format === 'hls' || format === 'llhls';
   const MS = mediaSourceClass();

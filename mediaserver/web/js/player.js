@@ -88,7 +88,7 @@ function formatById(id) {
 
 function whyNot(f) {
   if (f.refused) return `${f.refused.error}`;
-  return cannotPlay(f.id, info.video && info.video.codec, info.audio && info.audio.codec);
+  return cannotPlay(f.id, info.video && info.video.codec, info.audio && info.audio.codec, Boolean(info.abr));
 }
 
 function chooseFormat() {
@@ -160,7 +160,7 @@ async function start() {
       `${f.refused.hint}. Choose another format above.`);
     return;
   }
-  const reason = cannotPlay(f.id, info.video && info.video.codec, info.audio && info.audio.codec);
+  const reason = whyNot(f);
   if (reason) {
     setState('refused', `${f.label} cannot play here: ${reason}.`, 'Choose another format above.');
     return;
