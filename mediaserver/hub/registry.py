@@ -25,6 +25,9 @@ from .gop import GopLimits
 from .stream import Publisher, Stream, StreamKey, StreamState
 from .subscriber import SlowPolicy, Subscriber
 
+HOLDER_WAIT_S = 0.05
+"""How long a publish request for a name held by a paused publisher waits for that publisher to end."""
+
 log = logging.getLogger(__name__)
 
 StreamHook = Callable[[Stream], None]
@@ -75,6 +78,22 @@ class StreamRegistry:
 
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
+
+    async def hear_out_publisher(self, key: StreamKey, asker: object, wait_s: float = HOLDER_WAIT_S) -> None:
+        """Before `asker` claims `key`: its current publisher, if its reads are paused (merged reads), may
+        have left already, its unpublish or its connection's end still unread in its socket, so an encoder
+        stopped and started again at once (OBS's stop, start; or over another protocol) would be refused for
+        a stream that is over. Have it read now (`hear_out()`, True when it was paused), and give it a few
+        loop turns to end: a holder still publishing costs the request at most `wait_s`."""
+        stream = self._streams.get(key)
+        holder = stream.publisher if stream is not None else None
+        hear_out = getattr(holder, "hear_out", None)
+        if holder is asker or hear_out is None or not hear_out():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while stream.publisher is holder and loop.time() < deadline:  # type: ignore[union-attr]
+            await asyncio.sleep(0.002)
 
     def claim_publisher(self, key: StreamKey, publisher: Publisher) -> Stream:
         """Give `publisher` the stream's slot, or raise PublishRefused."""

@@ -51,9 +51,6 @@ PlayBatch = SharedBatch[tuple[bytes, list[tuple[int, int, int, int]]]]
 _FULL_READ = 200_000
 """A read this large (uvloop reads up to 256,000 bytes, asyncio 256 KiB) may have left more in the socket:
 read on at once rather than cap a publisher's rate at one buffer per window."""
-HOLDER_WAIT_S = 0.05
-"""How long a publish request for a name held by a paused publisher waits for that publisher to end."""
-
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
     CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
     LIMIT: "NetStream.Publish.Rejected",
@@ -419,26 +416,19 @@ class RtmpConnection(asyncio.Protocol):
             self._reject_publish(e.request_id, code, f"Publishing refused: {refusal.message}.")
             return
         assert verdict.key is not None
-        await self._hear_out_paused_holder(verdict.key)
+        await self.server.registry.hear_out_publisher(verdict.key, self)
         if self._closing or self.transport is None or self.transport.is_closing():
             return
         self._start_publish(e, verdict.key, verdict.expires_in)
         self._flush()  # outside data_received: nothing else sends the answer
 
-    async def _hear_out_paused_holder(self, key: StreamKey) -> None:
-        """The name's current publisher, if it is a connection of this server whose reads are paused (merged
-        reads), may have left already, its unpublish or its connection's end still unread in its socket: an
-        encoder stopped and started again at once (OBS's stop, start) would be refused for a stream that is
-        over. Read it now, and give it a few loop turns to end (a holder still publishing costs this
-        request at most HOLDER_WAIT_S)."""
-        stream = self.registry.get(key)
-        holder = stream.publisher if stream is not None else None
-        if not isinstance(holder, RtmpConnection) or holder is self or not holder._reading_paused:
-            return
-        holder._resume_reading()
-        deadline = self.loop.time() + HOLDER_WAIT_S
-        while stream.publisher is holder and self.loop.time() < deadline:
-            await asyncio.sleep(0.002)
+    def hear_out(self) -> bool:
+        """A publish for this connection's name came (registry.hear_out_publisher): if reads are paused,
+        read now, so an unpublish or close waiting in the socket is seen. True when they were paused."""
+        if not self._reading_paused:
+            return False
+        self._resume_reading()
+        return True
 
     def _start_publish(self, e: ev.PublishRequested, key: StreamKey, expires_in: float | None) -> None:
         """Take the stream in the hub and answer NetStream.Publish.Start (or refuse when the name is taken

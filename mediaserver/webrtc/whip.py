@@ -153,6 +153,7 @@ class WhipService:
                                  bool(bearer))
         key = verdict.key
         assert key is not None
+        await self.registry.hear_out_publisher(key, None)  # an RTMP publisher of the name that just left
         current = self.registry.get(key)
         if current is not None and current.publisher is not None and not current.ended:
             # Said before any ICE work; the registry's claim below decides for good (a stale publisher is

@@ -295,3 +295,54 @@ def test_a_waiting_viewer_cancelled_does_not_cancel_the_others():
         assert waiting[0].cancelled()
 
     asyncio.run(scenario())
+
+
+class PausedPublisher(FakePublisher):
+    """A publisher whose reads are paused: once heard out it leaves (its unpublish was waiting) or not."""
+
+    def __init__(self, reg: StreamRegistry, stream_key: StreamKey, leaves: bool, paused: bool = True) -> None:
+        super().__init__("paused")
+        self.reg, self.key, self.leaves, self.paused = reg, stream_key, leaves, paused
+        self.heard = 0
+
+    def hear_out(self) -> bool:
+        self.heard += 1
+        if not self.paused:
+            return False
+        if self.leaves:
+            asyncio.get_running_loop().call_soon(lambda: self.reg.release_publisher(self.reg.get(self.key), self))
+        return True
+
+
+@pytest.mark.parametrize("leaves", [True, False])
+async def test_a_paused_holder_is_heard_out_before_a_new_publisher_claims_its_name(leaves: bool):
+    clock = FakeClock()
+    reg = make_registry(clock, stale_publisher_timeout=5)
+    holder = PausedPublisher(reg, KEY, leaves)
+    stream = reg.claim_publisher(KEY, holder)
+    stream.publish_video(0, video_body(True), clock())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await reg.hear_out_publisher(KEY, None, wait_s=0.2)
+    waited = loop.time() - started
+    assert holder.heard == 1
+    if leaves:  # its unpublish was read: the name is free for the newcomer, at once
+        assert stream.publisher is None and waited < 0.1
+        reg.claim_publisher(KEY, FakePublisher("new"))
+    else:  # still publishing: the newcomer waited the bound, and is refused as before
+        assert stream.publisher is holder and 0.2 <= waited < 1.0
+        with pytest.raises(PublishRefused):
+            reg.claim_publisher(KEY, FakePublisher("new"))
+
+
+async def test_a_holder_that_is_not_paused_or_is_the_asker_is_not_waited_for():
+    clock = FakeClock()
+    reg = make_registry(clock)
+    holder = PausedPublisher(reg, KEY, leaves=False, paused=False)
+    reg.claim_publisher(KEY, holder)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await reg.hear_out_publisher(KEY, None, wait_s=5)
+    await reg.hear_out_publisher(KEY, holder, wait_s=5)
+    await reg.hear_out_publisher(StreamKey("live", "other"), None, wait_s=5)
+    assert loop.time() - started < 0.5 and holder.heard == 1
