@@ -204,3 +204,41 @@ def answer_with_profiles(sdp: str, replaced: dict[str, str]) -> str:
                 line = _with_profile(line, replaced[pt])[0]
         lines.append(line)
     return "\r\n".join(lines)
+
+
+PLACEHOLDER_H264 = "packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1"
+
+
+def offer_with_placeholder_h264(sdp: str) -> str:
+    """The offer as aiortc is shown it when the video goes out as one of the offer's own entries (AV1, H265,
+    which aiortc does not know): a video section offering nothing aiortc knows (no H.264, no VP8) gets an
+    H.264 entry on a payload type it does not use, so that aiortc negotiates at all; the answer is then given
+    the offer's own entry alone (rtp_send.answer_with_offered_codec), and never names the placeholder."""
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    sections: list[list[str]] = [[]]
+    for line in sdp.split(newline):
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    out = sections[0]
+    for section in sections[1:]:
+        media = section[0].split()
+        names = {line[len("a=rtpmap:"):].partition(" ")[2].partition("/")[0].upper()
+                 for line in section if line.startswith("a=rtpmap:")}
+        if media[0] != "m=video" or names & {"H264", "VP8"} or len(media) < 3:
+            out += section
+            continue
+        used = set(media[3:]) | {line[len("a=rtpmap:"):].partition(" ")[0] for line in section
+                                 if line.startswith("a=rtpmap:")}
+        pt = next((str(p) for p in (*range(96, 128), *range(35, 64)) if str(p) not in used), None)
+        if pt is None:
+            out += section
+            continue
+        out.append(" ".join([*media, pt]))
+        out += section[1:]
+        if out[-1] == "":
+            out.pop()
+            out += [f"a=rtpmap:{pt} H264/90000", f"a=fmtp:{pt} {PLACEHOLDER_H264}", ""]
+        else:
+            out += [f"a=rtpmap:{pt} H264/90000", f"a=fmtp:{pt} {PLACEHOLDER_H264}"]
+    return newline.join(out)

@@ -6,7 +6,8 @@ CORS preflights.
          -> the gate, as for every output (play token, locate: an edge pulls, viewers per stream, on_play)
          -> codecs: H.264 without B-frames passes through, and AV1 or HEVC to an offer that receives it
             (aiortc knows neither: its answer is given the offer's own AV1 or H265 entry,
-            rtp_send.answer_with_offered_codec); B-frames, or a codec the offer does not receive, are served
+            rtp_send.answer_with_offered_codec, and an offer of that codec alone is shown aiortc a placeholder
+            H.264 entry, signaling.offer_with_placeholder_h264); B-frames, or a codec the offer does not receive, are served
             from the stream's best H.264 rendition when ABR is on, else 415 -> peer connection, answer, 201
     connected -> a hub subscriber (format "webrtc": listed by the admin API and /metrics like any viewer)
          -> its pump sends each frame's shared RTP payloads (feeds.py, rtp_packets.py) through the viewer's
@@ -265,8 +266,10 @@ class WhepSession:
                 self.video, video = sender, transceiver
             else:
                 self.audio = sender
+        # AV1 or H265 out: an offer with no codec aiortc knows in its video section is shown one it will not use.
+        shown = offer_sdp if self._offered_codec is None else signaling.offer_with_placeholder_h264(offer_sdp)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(shown, "offer"))
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise ValueError(str(err) or type(err).__name__) from err
         except Exception as err:  # aiortc's OperationError: no common codec

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from e2e.test_webrtc_whep import WEBRTC, _json, _wait_published
-from support.whep import WhepViewer, codec_lines, video_section, av1_clip as make_av1_clip, with_av1
+from support.whep import WhepViewer, codec_lines, video_section, av1_clip as make_av1_clip, only_video_types, with_av1
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,16 @@ async def test_an_av1_stream_is_answered_with_av1_when_offered_and_refused_with_
             assert "a=fmtp:45 level-idx=5;profile=0;tier=0" in video
             assert "a=rtcp-fb:45 nack pli" in video and "transport-cc" not in video
             assert "a=rtpmap:" in answer.body.split("m=audio", 1)[1] and "opus/48000" in answer.body
+            async with http.delete(f"{server.http_base}{answer.headers['Location']}") as resp:
+                assert resp.status == 200
+
+            # A client that receives AV1 alone (no H.264 or VP8, which aiortc needs to negotiate at all).
+            answer = await viewer.post(http, only_video_types(with_av1(offer, payload_type=45), {"45"}))
+            assert answer.status == 201, answer.body
+            video = video_section(answer.body)
+            assert video.split("\r\n")[0].split()[2:] == ["45"], video
+            codecs = codec_lines(video)
+            assert "a=rtpmap:45 AV1/90000" in codecs and "H264" not in codecs and "VP8" not in codecs, video
             async with http.delete(f"{server.http_base}{answer.headers['Location']}") as resp:
                 assert resp.status == 200
 

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from e2e.test_webrtc_whep import WEBRTC, _json, _wait_published
-from support.whep import WhepViewer, codec_lines, video_section, hevc_clip as make_hevc_clip, with_h265
+from support.whep import WhepViewer, codec_lines, video_section, hevc_clip as make_hevc_clip, only_video_types, with_h265
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,16 @@ async def test_an_hevc_stream_is_answered_with_h265_when_offered_and_refused_wit
                 assert "opus/48000" in answer.body.split("m=audio", 1)[1]
                 async with http.delete(f"{server.http_base}{answer.headers['Location']}") as resp:
                     assert resp.status == 200
+
+            # A client that receives H265 alone (no H.264 or VP8, which aiortc needs to negotiate at all).
+            answer = await viewer.post(http, only_video_types(with_h265(offer), {"104", "105"}))
+            assert answer.status == 201, answer.body
+            video = video_section(answer.body)
+            assert video.split("\r\n")[0].split()[2:] == ["104", "105"], video
+            codecs = codec_lines(video)
+            assert "a=rtpmap:104 H265/90000" in codecs and "H264" not in codecs and "VP8" not in codecs, video
+            async with http.delete(f"{server.http_base}{answer.headers['Location']}") as resp:
+                assert resp.status == 200
 
             for refused_offer in (offer, with_h265(offer, profile_id=2),  # no H265; H265 Main 10 only
                                   with_h265(offer, fmtp="profile-id=1;sprop-max-don-diff=2")):  # asks for DONL

@@ -179,3 +179,21 @@ def with_h265(offer: str, payload_type: int = 104, profile_id: int | None = 1, r
         added += [f"a=rtpmap:{rtx_payload_type} rtx/90000", f"a=fmtp:{rtx_payload_type} apt={payload_type}"]
         types.append(rtx_payload_type)
     return _with_video_lines(offer, types, added)
+
+
+def only_video_types(offer: str, keep: set[str]) -> str:
+    """The offer with every video payload type but those in `keep` taken out (its m= line entry and its lines):
+    a WHEP client that receives, say, AV1 alone."""
+    out = []
+    section = ""
+    for line in offer.split("\r\n"):
+        if line.startswith("m="):
+            section = line.split()[0][2:]
+            if section == "video":
+                fields = line.split()
+                line = " ".join(fields[:3] + [pt for pt in fields[3:] if pt in keep])
+        elif section == "video" and line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")):
+            if line.split(":", 1)[1].split()[0] not in keep:
+                continue
+        out.append(line)
+    return "\r\n".join(out)

@@ -72,3 +72,29 @@ async def test_a_preflight_allows_post_delete_and_patch_with_the_sdp_content_typ
         assert "Access-Control-Allow-Origin" not in other.headers
     finally:
         await client.close()
+
+
+AV1_ONLY = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:111 opus/48000/2", "a=recvonly",
+    "m=video 9 UDP/TLS/RTP/SAVPF 45 96", "a=rtpmap:45 AV1/90000", "a=fmtp:45 profile=0",
+    "a=rtpmap:96 rtx/90000", "a=fmtp:96 apt=45", "a=recvonly", ""])
+
+
+def test_a_video_section_offering_nothing_aiortc_knows_is_shown_a_placeholder_h264_on_a_free_type():
+    shown = signaling.offer_with_placeholder_h264(AV1_ONLY)
+    video = shown.split("m=video", 1)[1]
+    assert video.split("\r\n")[0].split()[2:] == ["45", "96", "97"]  # 96 is taken: the next free type
+    assert "a=rtpmap:97 H264/90000" in video and "a=fmtp:97 packetization-mode=1;" in video
+    assert shown.split("m=video", 1)[0] == AV1_ONLY.split("m=video", 1)[0], "other sections stay as they were"
+    assert shown.endswith("\r\n") and shown.count("m=") == 2
+    assert signaling.offer_with_placeholder_h264(CHROME_LIKE) == CHROME_LIKE, "an offer with H.264 is not touched"
+
+
+def test_the_placeholder_is_left_out_where_no_payload_type_is_free_or_the_m_line_is_short():
+    every_type = " ".join(str(p) for p in (*range(96, 128), *range(35, 64)))
+    crowded = AV1_ONLY.replace("m=video 9 UDP/TLS/RTP/SAVPF 45 96", f"m=video 9 UDP/TLS/RTP/SAVPF {every_type}")
+    assert signaling.offer_with_placeholder_h264(crowded) == crowded
+    short = AV1_ONLY.replace("m=video 9 UDP/TLS/RTP/SAVPF 45 96", "m=video 9")
+    assert signaling.offer_with_placeholder_h264(short) == short
+    assert signaling.offer_with_placeholder_h264("") == ""
