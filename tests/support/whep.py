@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,19 +142,28 @@ def codec_lines(section: str) -> str:
                        if line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")))
 
 
-def _with_video_lines(offer: str, payload_types: list[int], lines: list[str]) -> str:
-    """`lines` added to an offer's video section (after a=rtcp-mux), `payload_types` to its m= line."""
+def _edit_video(offer: str, m_line: Callable[[list[str]], list[str]], kept: Callable[[str], bool] = lambda _: True,
+                added: Sequence[str] = ()) -> str:
+    """The offer with its video section's m= line fields passed through `m_line`, its lines `kept` or not, and
+    `added` after its a=rtcp-mux."""
     out = []
     section = ""
     for line in offer.split("\r\n"):
         if line.startswith("m="):
             section = line.split()[0][2:]
             if section == "video":
-                line = " ".join([line, *map(str, payload_types)])
+                line = " ".join(m_line(line.split()))
+        elif section == "video" and not kept(line):
+            continue
         out.append(line)
         if section == "video" and line.startswith("a=rtcp-mux"):
-            out += lines
+            out += added
     return "\r\n".join(out)
+
+
+def _with_video_lines(offer: str, payload_types: list[int], lines: list[str]) -> str:
+    """`lines` added to an offer's video section (after a=rtcp-mux), `payload_types` to its m= line."""
+    return _edit_video(offer, lambda fields: [*fields, *map(str, payload_types)], added=lines)
 
 
 def with_av1(offer: str, payload_type: int = 45, profile: int = 0) -> str:
@@ -184,16 +194,7 @@ def with_h265(offer: str, payload_type: int = 104, profile_id: int | None = 1, r
 def only_video_types(offer: str, keep: set[str]) -> str:
     """The offer with every video payload type but those in `keep` taken out (its m= line entry and its lines):
     a WHEP client that receives, say, AV1 alone."""
-    out = []
-    section = ""
-    for line in offer.split("\r\n"):
-        if line.startswith("m="):
-            section = line.split()[0][2:]
-            if section == "video":
-                fields = line.split()
-                line = " ".join(fields[:3] + [pt for pt in fields[3:] if pt in keep])
-        elif section == "video" and line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")):
-            if line.split(":", 1)[1].split()[0] not in keep:
-                continue
-        out.append(line)
-    return "\r\n".join(out)
+    return _edit_video(
+        offer, lambda fields: fields[:3] + [pt for pt in fields[3:] if pt in keep],
+        kept=lambda line: not line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))
+        or line.split(":", 1)[1].split()[0] in keep)

@@ -86,24 +86,24 @@ async def test_a_stream_only_recorded_pauses_like_an_unwatched_one(tmp_path):
     conn.close("test")
 
 
-async def test_a_packager_serving_frames_as_they_come_keeps_reads_prompt_on_an_idle_loop(monkeypatch):
+async def publishing_on_an_idle_loop(monkeypatch, config: Config):
     # The load gauge is this process's CPU share, which the test's own clip encoding drives up: an idle loop.
     monkeypatch.setattr(server_module, "GAUGE", IdleGauge())
-    config = Config()
     conn, transport, reads = await publishing(config)
-    stream = conn.stream
-    assert stream is not None
+    assert conn.stream is not None
+    return conn, transport, reads, conn.stream
+
+
+async def test_a_packager_serving_frames_as_they_come_keeps_reads_prompt_on_an_idle_loop(monkeypatch):
+    conn, transport, reads, stream = await publishing_on_an_idle_loop(monkeypatch, Config())
     stream.add_sink(WaitingSink())
     assert feed_until_paused(conn, transport, reads) == len(reads) and not transport.paused
     conn.close("test")
 
 
 async def test_the_cmaf_packager_pauses_reads_until_just_before_its_next_part_ends(monkeypatch):
-    monkeypatch.setattr(server_module, "GAUGE", IdleGauge())
     config = Config()
-    conn, transport, reads = await publishing(config)
-    stream = conn.stream
-    assert stream is not None
+    conn, transport, reads, stream = await publishing_on_an_idle_loop(monkeypatch, config)
     packager = CmafPackager(stream, config.hls)
     stream.add_sink(packager)
     loop = asyncio.get_running_loop()
