@@ -222,6 +222,16 @@ async def test_dash_manifest_lists_the_same_segments_and_they_decode(server, pub
         codec, frames, first_key = decode_track(bytes(data))
         assert codec == "h264" and first_key and frames >= 25
 
+        # Asked again on the kept-alive connection: the fast lane answers with the same bytes.
+        answers = []
+        for _ in range(4):
+            await asyncio.sleep(0.2)  # (the lane takes a request once aiohttp's side of the connection is idle)
+            answers.append(await fetch(http, seg_url))
+        assert all(a[0] == 200 and a[1] == seg for a in answers), "the same segment, the same bytes"
+        lane = [headers for _, _, headers in answers if "Server" not in headers]
+        assert lane, "no answer came from the fast lane"
+        assert all(int(h["Content-Length"]) == len(seg) and "immutable" in h["Cache-Control"] for h in lane), lane
+
 
 async def test_ffmpeg_plays_the_cmaf_playlist(server, publish, media, stream_name):
     publish(server, stream_name, media.av, loop=True)
