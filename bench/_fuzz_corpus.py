@@ -138,6 +138,12 @@ def make_corpus(corpus: Path) -> None:
         add("llhls_query", "msn-part", b"_HLS_msn=12&_HLS_part=3\n" + part_name("video", 12, 3).encode())
         add("llhls_query", "msn", b"_HLS_msn=5&token=abc\n" + segment_name("audio", 5).encode())
         add("llhls_query", "init", b"\n" + init_name("video", 2).encode())
+        add("http_head", "blocking-reload", b"GET /live/cam/cmaf-muxed.m3u8?_HLS_msn=12&_HLS_part=3 HTTP/1.1\r\n"
+            b"Host: 127.0.0.1:8080\r\nConnection: keep-alive\r\n\r\n")
+        add("http_head", "browser", b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: media.example.com\r\n"
+            b"User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: */*\r\nOrigin: https://p.example\r\n"
+            b"If-None-Match: \"ab-3\"\r\nSec-Fetch-Mode: cors\r\nAccept-Language: en-US,en;q=0.9\r\n\r\n")
+        add("http_head", "vod-range", b"GET /vod/Ab3_x.mp4 HTTP/1.1\r\nRange: bytes=0-99\r\nIf-Range: \"1-2\"\r\n\r\n")
 
         for target, files in seeds.items():
             directory = corpus / target

@@ -57,6 +57,7 @@ def build_targets() -> dict[str, Target]:
     from aiohttp import web
 
     from mediaserver.edge import cmaf as edge_cmaf
+    from mediaserver.edge.fastlane import directive, parse_head
     from mediaserver.edge.flv_ingest import read_metadata
     from mediaserver.errors import MediaError, PeerError
     from mediaserver.media import aac, amf0, av1, flv_body, h264, hevc, opus
@@ -199,6 +200,12 @@ def build_targets() -> dict[str, Target]:
         llhls.playlist_request(window, "video", msn, part)
         parse_cmaf_name(file)
 
+    def http_head(data: bytes) -> None:
+        head = parse_head(data)  # documented never to raise: None leaves the request to aiohttp
+        if head is not None:
+            directive(head.query, "_HLS_msn")
+            directive(head.query, "_HLS_part")
+
     targets = [
         Target("chunk", chunk, (RtmpProtocolError,), "RTMP chunk decoder (rtmp/chunk.py)"),
         Target("session", session, (PeerError,), "RTMP ServerSession after a handshake (rtmp/session.py)"),
@@ -211,12 +218,14 @@ def build_targets() -> dict[str, Target]:
         Target("opus", opus_parsers, (MediaError,), "OpusHead and packet TOC (media/opus.py)"),
         Target("flv_reader", flv_reader, (MediaError,), "FLV stream reader of origin pulls (remux/flv.py)"),
         Target("llhls_query", llhls_query, (web.HTTPException,), "_HLS_msn/_HLS_part and CMAF file names"),
+        Target("http_head", http_head, (), "request heads the fast lane reads (edge/fastlane.py parse_head)"),
     ]
     return {t.name: t for t in targets}
 
 
 TARGET_NAMES = (
     "chunk", "session", "amf0", "flv_body", "h264", "hevc", "av1", "aac", "opus", "flv_reader", "llhls_query",
+    "http_head",
 )  # fmt: skip
 
 

@@ -19,6 +19,16 @@ def test_a_plain_get_of_a_stream_file_is_taken_with_its_origin_and_etag():
     assert head == Head("live", "cam", "index.m3u8", "x=1", "https://p.example", '"abc-3"')
 
 
+def test_a_browser_head_is_taken_whatever_its_headers_say_besides():
+    head = parse_head(
+        b"GET /live/cam/cmaf-muxed.m3u8?_HLS_msn=120&_HLS_part=2 HTTP/1.1\r\nHost: media.example.com\r\n"
+        b"Connection: keep-alive\r\nsec-ch-ua: \"Chromium\";v=\"131\"\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+        b"Accept: */*\r\norigin:   https://player.example.com \t\r\nSec-Fetch-Mode: cors\r\n"
+        b"Referer: https://player.example.com/a :b\r\nIF-NONE-MATCH: \"Ab-1\"\r\nAccept-Language: en-US,en;q=0.9\r\n\r\n")
+    assert head == Head("live", "cam", "cmaf-muxed.m3u8", "_HLS_msn=120&_HLS_part=2", "https://player.example.com",
+                        '"Ab-1"'), "names in any case, values trimmed and as sent (an ETag's case matters)"
+
+
 @pytest.mark.parametrize("data", [
     b"HEAD /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",  # not GET
     b"GET /live/cam/index.m3u8 HTTP/1.0\r\nHost: a\r\n\r\n",  # HTTP/1.0: other keep-alive rules
@@ -36,6 +46,12 @@ def test_a_plain_get_of_a_stream_file_is_taken_with_its_origin_and_etag():
     b"GET /a/b/c/d HTTP/1.1\r\n\r\n",
     b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: " + b"y" * 9000 + b"\r\n\r\n",  # too long
     "GET /live/cäm/index.m3u8 HTTP/1.1\r\n\r\n".encode(),
+    b"GET /live/c\tam/index.m3u8 HTTP/1.1\r\n\r\n",  # a control character in the target
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: a\nContent-Length: 3\r\n\r\n",  # a bare LF
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: a\rb\r\n\r\n",  # a bare CR
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\n: nameless\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nconnection: keep-alive\r\nCONNECTION: close\r\n\r\n",
 ])
 def test_anything_else_goes_to_aiohttp(data):
     assert parse_head(data) is None
