@@ -13,7 +13,7 @@ Viewers (bench/_vod_viewers.py, in `--client-procs` processes of their own, so t
 measured alone) each play sessions: GET /vod/ID/index.m3u8, the init range, then from a random segment one
 byte-range GET per segment duration (real time), for `--session-min`..`--session-max` s, then a new
 session. They start spread over `--ramp` s; after `--warmup` the window of `--seconds` is measured.
-Reported: server CPU-s per viewer-minute (to set against `load.py hls`: 0.0175 at 1,000 viewers), the
+Reported: server CPU-s per viewer-minute (to set against `load.py hls` at as many viewers, run beside it), the
 requests per second of each kind and their latency, wrong answers (not 206 with the bytes asked for),
 stalls (a segment that arrived after it was due to play), and, measured in this process, what building the
 playlist from the file costs per request (record/vod.py `index_file` + `hls_playlist`).
@@ -191,7 +191,8 @@ def print_summary(out: dict, path: Path) -> None:
     print(f"\nVOD fan-out: {v['viewers']} HLS byte-range players, recording {r['recording']['id']} "
           f"({r['recording']['duration_s']} s), window {c['wall_s']} s")
     print(f"  server CPU {c.get('server_cpu_s')} s ({c.get('server_cpu_pct_of_one_core')}% of a core) = "
-          f"{c['server_cpu_s_per_viewer_minute']} CPU-s per viewer-minute (live HLS: 0.0175 at 1,000 viewers)")
+          f"{c['server_cpu_s_per_viewer_minute']} CPU-s per viewer-minute "
+          f"(set it against `bench/load.py hls --viewers {v['viewers']}` run beside it)")
     print(f"  viewer processes {c['viewers_cpu_pct_of_one_core']}% of a core; server idle before "
           f"{c['idle_before_viewers'].get('server_cpu_pct_of_one_core')}%")
     print(f"  requests per s in the window: {v['in_window_per_s']}")
