@@ -67,6 +67,12 @@ MAX_VOD_RANGE = 8 << 20
 """Larger ranges of a recording go to the full stack, which reads what the socket does not take in a thread."""
 MAX_QUEUED = 1 << 20
 """Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
+HEAD_CACHE = 1024
+"""Parsed heads kept by their bytes: players repeat the same request head (the playlist every target
+duration, each segment once per viewer), so most requests skip parse_head (5-11 us) for a dict lookup."""
+HEAD_CACHE_MAX_BYTES = 2048
+"""Longer heads are parsed every time (the cache holds at most HEAD_CACHE x this)."""
+"""Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
 
 _HLS_TYPE = b"application/vnd.apple.mpegurl"
 _TS_TYPE = b"video/mp2t"
@@ -184,6 +190,7 @@ class FastLane:
         self._waiting: set[CmafPackager] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._vod_files: dict[str, tuple[float, str, str, str]] = {}
+        self._heads: dict[bytes, Head] = {}
 
     # ----- the connection's side ---------------------------------------------------------------
 
@@ -197,8 +204,16 @@ class FastLane:
     def take(self, conn: Any, data: bytes) -> bool:
         """Answer (or hold) the request `data` holds on `conn`, a GuardedRequestHandler whose aiohttp side is
         idle; False leaves it to aiohttp, nothing written."""
-        head = parse_head(data)
-        if head is None or not self.enabled():
+        head = self._heads.get(data)
+        if head is None:
+            head = parse_head(data)
+            if head is None:
+                return False
+            if len(data) <= HEAD_CACHE_MAX_BYTES:
+                if len(self._heads) >= HEAD_CACHE:
+                    self._heads.clear()
+                self._heads[data] = head  # a Head is frozen: one may serve every request of the same bytes
+        if not self.enabled():
             return False
         app = self.app
         if head.name == "":

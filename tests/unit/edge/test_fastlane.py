@@ -149,3 +149,32 @@ def test_on_an_edge_with_a_ceiling_a_starting_player_is_left_to_the_full_stack()
     assert not may_move(app, "10.0.0.1", key, "seg-5.ts", "")  # segments are never moved
     app[METRICS].hls_clients[("10.0.0.1", "live/cam")] = 1.0
     assert not may_move(app, "10.0.0.1", key, "index.m3u8", "")  # a reload of a player watching here
+
+
+def test_a_repeated_head_is_parsed_once_and_the_cache_stays_bounded(monkeypatch):
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from mediaserver.edge import fastlane
+    from mediaserver.edge.keys import CONFIG, GATE
+
+    app = web.Application()
+    app[CONFIG] = SimpleNamespace(hls=SimpleNamespace(fast_lane=False), http=SimpleNamespace(trusted_proxies=()))
+    app[GATE] = SimpleNamespace()
+    lane = fastlane.FastLane(app)
+    parsed = []
+    monkeypatch.setattr(fastlane, "parse_head", lambda data: parsed.append(data) or parse_head(data))
+    monkeypatch.setattr(fastlane, "HEAD_CACHE", 8)
+    head = b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(3):
+        assert not lane.take(None, bytes(bytearray(head)))  # the lane is off here: nothing is answered
+    assert len(parsed) == 1
+    assert not lane.take(None, b"POST /live/cam/index.m3u8 HTTP/1.1\r\n\r\n")  # not a lane request: not kept
+    long_head = b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n"
+    lane.take(None, long_head)
+    lane.take(None, long_head)  # parsed every time: long heads are not kept
+    for n in range(50):
+        lane.take(None, b"GET /live/cam/%d.ts HTTP/1.1\r\n\r\n" % n)
+    assert len(lane._heads) <= 8
+    assert len(parsed) == 1 + 1 + 2 + 50
