@@ -72,7 +72,6 @@ HEAD_CACHE = 1024
 duration, each segment once per viewer), so most requests skip parse_head (5-11 us) for a dict lookup."""
 HEAD_CACHE_MAX_BYTES = 2048
 """Longer heads are parsed every time (the cache holds at most HEAD_CACHE x this)."""
-"""Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
 
 _HLS_TYPE = b"application/vnd.apple.mpegurl"
 _TS_TYPE = b"video/mp2t"
