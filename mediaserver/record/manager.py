@@ -56,6 +56,7 @@ FILE_CACHE_S = 2.0
 read costs about a millisecond of CPU; a status change (the end of a recording) shows within this."""
 SYNC_S = 1.0
 RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+"""Pauses between tries of a catalog write while the database is away; the last one repeats."""
 
 
 def _when(unix_s: float) -> datetime:
@@ -141,18 +142,21 @@ class _Recording:
         if self.row is None or now - self.progress_at < PROGRESS_S:
             return
         self.progress_at = now
-        rec_id = self.row.id
-        self.manager._queue(lambda: self.manager.catalog.update(rec_id, bytes=size, duration_s=duration_s))
+        self.manager._progress(self.row.id, size, duration_s)
 
     def _closed(self, closed: FileClosed) -> None:
         manager = self.manager
         manager.stats.bytes_written += max(0, closed.bytes - self.written)
         self.written = 0
+        row = self.row
+        self.row = None
         if closed.status == FAILED:
             manager.stats.failures[failure_reason(closed.error)] += 1
             manager.upkeep.check_disk_soon()  # a full disk: stop every recording now, resume them later
-        row = self.row
-        self.row = None
+            event(log, "recording_failed", logging.ERROR, stream=str(self.stream.key), id=row.id if row else None,
+                  path=str(closed.path), error=closed.error,
+                  hint="free disk space or check the disk; the file plays up to its last fragment, live viewers "
+                  "are not affected")
         if row is None:
             return
         status = "failed" if closed.status == FAILED else "complete"
@@ -173,9 +177,6 @@ class _Recording:
                     listener(done)
 
         manager._queue(finish)
-        if closed.status == FAILED:
-            event(log, "recording_failed", logging.ERROR, stream=str(self.stream.key), id=row.id,
-                  error=closed.error, hint="free disk space or check the disk; live viewers are not affected")
 
 
 class RecordingManager:
@@ -189,6 +190,7 @@ class RecordingManager:
         self.node = node
         self.active: dict[StreamKey, _Recording] = {}
         self._ops: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self._progress_due: dict[str, tuple[int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
@@ -200,6 +202,9 @@ class RecordingManager:
         self.paused: set[StreamKey] = set()
         """Streams whose recording the disk guard stopped: they resume when space returns."""
         self.upkeep = Upkeep(self)
+        self._ending: list[Recorder] = []
+        """Recorders detached or ended whose last fsync has not run: each closed file's job holds a duplicate
+        of its descriptor until it runs (and a file deleted meanwhile keeps its disk space)."""
         self._files: dict[str, tuple[float, Recording, Path]] = {}
         self._lookups: dict[str, asyncio.Future[tuple[Recording, Path] | None]] = {}
         registry.on_published.append(self._published)
@@ -253,6 +258,8 @@ class RecordingManager:
         found = self.active.get(key)
         if found is not None and not found.recorder.stopped:
             return found
+        if found is not None:
+            self._detach(key)  # ended by a disk error: its sink leaves the stream, a new file starts
         rec = self.active[key] = _Recording(self, stream)
         for frame in stream.history():
             rec.recorder.on_frame(frame)
@@ -274,6 +281,7 @@ class RecordingManager:
             return False
         rec.stream.remove_sink(rec.recorder)
         rec.recorder.stop()
+        self._ending.append(rec.recorder)
         return True
 
     def pause_all(self) -> list[StreamKey]:
@@ -321,37 +329,56 @@ class RecordingManager:
                 and not self.relay(stream)):  # renditions and other nodes' streams: recorded where they are made
             if self.disk.low:
                 self.paused.add(stream.key)  # recorded when space returns
-            elif stream.key not in self.active:
-                self.start(stream.key)
+            elif (found := self.active.get(stream.key)) is None or found.recorder.stopped:
+                self.start(stream.key)  # (stopped: a disk error ended it; a new publish tries a new file)
 
     def _ended(self, stream: Stream) -> None:
         self.paused.discard(stream.key)
         rec = self.active.get(stream.key)
         if rec is not None and rec.stream is stream:
             del self.active[stream.key]  # the hub ended the Recorder with the stream (Sink.on_end)
+            self._ending.append(rec.recorder)
 
     # ----- background -----------------------------------------------------------------------------
 
     def _queue(self, op: Callable[[], Awaitable[Any]]) -> None:
         self._ops.put_nowait(op)
 
+    def _progress(self, rec_id: str, size: int, duration_s: float) -> None:
+        """A file's size and duration for its row: one write waits per row, carrying the newest figures, so
+        a database away for hours holds one pending update per recording, not one per PROGRESS_S."""
+        queued = rec_id in self._progress_due
+        self._progress_due[rec_id] = (size, duration_s)
+        if queued:
+            return
+
+        async def write() -> None:
+            while (due := self._progress_due.get(rec_id)) is not None:
+                await self.catalog.update(rec_id, bytes=due[0], duration_s=due[1])
+                if self._progress_due.get(rec_id) == due:
+                    del self._progress_due[rec_id]  # else newer figures came during the write: written next
+
+        self._queue(write)
+
     async def _writer(self) -> None:
-        """Catalog writes in order; one that fails for the database's absence is retried with backoff."""
+        """Catalog writes in order. One that fails for the database's absence is retried, with a backoff
+        capped at RETRY_S[-1], until the database is back (the writes after it wait: their order matters)."""
         while True:
             op = await self._ops.get()
-            for attempt, pause in enumerate((*RETRY_S, None)):
+            failures = 0
+            while True:
                 try:
                     await op()
+                    if failures:
+                        event(log, "recording_catalog_back", pending=self._ops.qsize(), retries=failures)
                     break
                 except CatalogUnavailable as err:
-                    if pause is None:
+                    if failures == 0:
                         self.stats.failures["catalog"] += 1
-                        event(log, "recording_catalog_gave_up", logging.ERROR, error=str(err))
-                        break
-                    if attempt == 0:
                         event(log, "recording_catalog_unavailable", logging.WARNING, error=str(err),
                               hint="the files are written meanwhile; the rows follow when it returns")
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
+                    failures += 1
                 except Exception:
                     log.exception("recording catalog write failed")
                     break
@@ -360,14 +387,26 @@ class RecordingManager:
     async def _syncer(self) -> None:
         while True:
             await asyncio.sleep(SYNC_S)
-            jobs = [job for rec in list(self.active.values()) for job in rec.recorder.take_sync_jobs()]
-            for job in jobs:
-                try:
-                    await asyncio.to_thread(job)
-                except OSError as err:
-                    self.failed_writes += 1
-                    self.stats.failures["fsync"] += 1
-                    event(log, "recording_fsync_failed", logging.ERROR, error=str(err))
+            await self._sync()
+
+    def _take_sync_jobs(self) -> list[Callable[[], None]]:
+        jobs = [job for rec in list(self.active.values()) for job in rec.recorder.take_sync_jobs()]
+        ending, self._ending = self._ending, []
+        for recorder in ending:
+            jobs.extend(recorder.take_sync_jobs())
+            if not recorder.stopped:
+                self._ending.append(recorder)  # not ended yet (never so from the hub): asked again next time
+        return jobs
+
+    async def _sync(self) -> None:
+        """Run the fsyncs due, in a thread; each job closes its duplicate descriptor, even when it fails."""
+        for job in self._take_sync_jobs():
+            try:
+                await asyncio.to_thread(job)
+            except OSError as err:
+                self.failed_writes += 1
+                self.stats.failures["fsync"] += 1
+                event(log, "recording_fsync_failed", logging.ERROR, error=str(err))
 
     async def _recover(self) -> None:
         """Rows left "recording" by this node (it was killed): closed as interrupted, from their files."""
@@ -400,9 +439,7 @@ class RecordingManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.uploader is not None:
             await self.uploader.close()
-        for rec in list(self.active.values()):
-            for job in rec.recorder.take_sync_jobs():
-                await asyncio.to_thread(job)
+        await self._sync()  # the files just closed reach the disk before the process ends
         await self.catalog.close()
 
     # ----- files --------------------------------------------------------------------------------

@@ -423,10 +423,13 @@ class Recorder:
             self._on_closed(closed)
 
     def _fail(self, f: _File | None, err: OSError) -> None:
-        """A disk error: the recording ends here, reported once; never raised into the hub."""
+        """A disk error: the recording ends here, reported once through on_file_closed (its owner logs it,
+        knowing the file's catalog row); never raised into the hub."""
         reason = str(err)
-        event(log, "recording_failed", logging.ERROR, stream=str(self.key), path=str(f.path if f else self.root),
-              error=reason, hint="free disk space or fix the recording directory; the file plays up to its last fragment")
+        if self._on_closed is None:
+            event(log, "recording_failed", logging.ERROR, stream=str(self.key), path=str(f.path if f else self.root),
+                  error=reason, hint="free disk space or fix the recording directory; the file plays up to its "
+                  "last fragment")
         if f is not None:
             try:
                 os.ftruncate(f.fd, f.bytes)  # drop a partly written fragment, if the system lets us

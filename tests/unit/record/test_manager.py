@@ -1,0 +1,168 @@
+"""RecordingManager with a real hub, real media and a real SQLite catalog: each closed file reaches the disk
+(its last fsync runs) and holds no descriptor after the recording ends, however it ends; catalog writes wait
+for a database that is away for as long as it is away, without piling up; a recording a disk error ended
+starts again in a new file."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from mediaserver.config import RecordConfig
+from mediaserver.hub.registry import StreamRegistry
+from mediaserver.hub.stream import Stream, StreamKey
+from mediaserver.media.frames import FrameKind
+from mediaserver.record import manager as manager_module
+from mediaserver.record.catalog import CatalogUnavailable
+from mediaserver.record.manager import RecordingManager
+
+from support.codec_clips import codec_clip
+
+KEY = StreamKey("live", "cam")
+
+
+class Publisher:
+    peer = "127.0.0.1:5000"
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return codec_clip("h264", "aac", seconds=3.0, gop_frames=25)
+
+
+def publish(stream: Stream, frames) -> None:
+    for frame in frames:
+        if frame.kind == FrameKind.VIDEO:
+            stream.publish_video(frame.dts_ms, bytes(frame.body), 0.0)
+        elif frame.kind == FrameKind.AUDIO:
+            stream.publish_audio(frame.dts_ms, bytes(frame.body), 0.0)
+        stream.flush_sinks()
+
+
+def open_fds_on(root: Path) -> list[str]:
+    """The paths under `root` this process holds a descriptor of (deleted files included)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)) and ".mp4" in target:
+            held.append(target)
+    return held
+
+
+@pytest.fixture
+async def manager(tmp_path, monkeypatch):
+    monkeypatch.setattr(manager_module, "SYNC_S", 0.05)
+    registry = StreamRegistry()
+    manager = await RecordingManager.open(registry, RecordConfig(mode="api", path=str(tmp_path / "rec"),
+                                                                 min_free_gb=0), "node-1")
+    yield manager
+    await manager.close()
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+async def settle(manager: RecordingManager) -> None:
+    await asyncio.sleep(0.3)  # a few syncer rounds
+    await asyncio.wait_for(manager._ops.join(), 5)
+
+
+@pytest.mark.parametrize("how", ["stop", "stream end", "close"])
+async def test_a_finished_file_is_synced_and_no_descriptor_stays_open(manager, clip, fsyncs, how):
+    root = Path(manager.cfg.path).resolve()
+    stream = manager.registry.claim_publisher(KEY, Publisher())
+    manager.start(KEY)
+    publish(stream, clip)
+    assert open_fds_on(root), "the file being written is open"
+    if how == "stop":
+        assert manager.stop(KEY)
+    elif how == "stream end":
+        manager.registry._end(stream)
+    else:
+        await manager.close()
+    if how != "close":
+        await settle(manager)
+    assert fsyncs, "the closed file's last fsync ran"
+    assert open_fds_on(root) == []
+    [path] = [p for p in root.rglob("*.mp4")]
+    path.unlink()  # a deleted recording frees its space: nothing of ours holds it
+    assert open_fds_on(root) == []
+
+
+async def test_catalog_writes_wait_for_a_database_away_longer_than_any_backoff_and_do_not_pile_up(
+        manager, clip, monkeypatch):
+    monkeypatch.setattr(manager_module, "RETRY_S", (0.01, 0.02))
+    monkeypatch.setattr(manager_module, "PROGRESS_S", 0.0)  # every segment writes the row's progress
+    catalog = manager.catalog
+    tries = {"n": 0}
+    down = True
+    real_add, real_update = catalog.add, catalog.update
+
+    async def add(row):
+        if down:
+            tries["n"] += 1
+            raise CatalogUnavailable("catalog database test is unavailable")
+        return await real_add(row)
+
+    async def update(rec_id, **fields):
+        if down:
+            raise CatalogUnavailable("catalog database test is unavailable")
+        return await real_update(rec_id, **fields)
+
+    monkeypatch.setattr(catalog, "add", add)
+    monkeypatch.setattr(catalog, "update", update)
+    stream = manager.registry.claim_publisher(KEY, Publisher())
+    manager.start(KEY)
+    publish(stream, clip)
+    rec_id = manager.current(KEY)
+    for _ in range(100):  # far past the five tries after which writes used to be dropped
+        await asyncio.sleep(0.02)
+        if tries["n"] >= 20:
+            break
+    assert tries["n"] >= 20
+    assert manager.pending_writes <= 2, "one row's progress updates merge into one pending write"
+    down = False
+    await asyncio.wait_for(manager._ops.join(), 5)
+    row = await catalog.get(rec_id)
+    assert row is not None and row.status == "recording"
+    assert row.bytes == Path(row.location).stat().st_size  # the newest figures, not the first ones
+    assert manager.stats.failures["catalog"] == 1  # one outage, counted once
+
+
+async def test_a_recording_a_disk_error_ended_starts_a_new_file_when_asked_again(manager, clip, monkeypatch):
+    stream = manager.registry.claim_publisher(KEY, Publisher())
+    rec = manager.start(KEY)
+    half = len(clip) // 2
+    publish(stream, clip[:half])
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(rec.recorder, "_write", full)
+    publish(stream, clip[half:half + 60])
+    assert rec.recorder.stopped
+    again = manager.start(KEY)
+    assert again is not rec and not again.recorder.stopped
+    assert rec.recorder not in stream.sinks  # the failed one left the stream
+    publish(stream, clip[half + 60:])
+    manager.stop(KEY)
+    await settle(manager)
+    assert len(list(Path(manager.cfg.path).rglob("*.mp4"))) == 2
