@@ -22,3 +22,12 @@ class UsageError(MediaServerError):
 
 class MediaError(PeerError, ValueError):
     """A media payload (FLV tag body, codec config, NAL units) is malformed."""
+
+
+class Unavailable(MediaServerError):
+    """A service a request needs (the recordings database, a bucket) cannot be reached now: the HTTP layers
+    answer 503 with Retry-After, as the request may well succeed when it is asked again."""
+
+    retry_after_s = 5
+    public_message = "a service this request needs cannot be reached now"
+    """What a viewer is told (the message itself, with hosts and database names, is for operators)."""

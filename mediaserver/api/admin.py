@@ -60,7 +60,7 @@ from ..auth.names import NAME_RULE, split_rendition, valid_name, valid_play_name
 from ..auth.policy import AccessPolicy
 from ..auth.tokens import Action, AuthError, bearer_matches, bearer_token, normalize_address
 from ..cluster.locator import NodeInfo
-from ..errors import UsageError
+from ..errors import Unavailable, UsageError
 from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
@@ -199,6 +199,9 @@ async def api_middleware(request: web.Request, handler):
         resp = error(err.status, err.message, err.hint, err.headers)
         if err.status == 408:
             return await _answer_and_close(request, resp, allowed)
+    except Unavailable as err:  # the recordings database (or a bucket) is away: ask again soon
+        resp = error(503, str(err), f"retry in {err.retry_after_s} seconds; /readyz says when it is back",
+                     {"Retry-After": str(err.retry_after_s)})
     except web.HTTPException as exc:
         if exc.status == 404:
             resp = error(404, "no such API route", "GET /api/v1/openapi.json lists every route")

@@ -36,6 +36,7 @@ from ..auth.forwarded import TrustedProxies
 from ..auth.names import NAME_RULE
 from ..auth.tokens import bearer_matches, bearer_token
 from ..config import Config
+from ..errors import Unavailable
 from ..gate import ABR, CREDENTIAL, LIMIT, Gate, Refusal
 from ..hub.registry import StreamRegistry
 from ..hub.stream import StreamKey
@@ -113,6 +114,9 @@ async def errors_as_json(request: web.Request, handler):
     """Any HTTP error without a body of ours gets the JSON shape; nothing leaks a traceback."""
     try:
         return await handler(request)
+    except Unavailable as err:  # the recordings database (or a bucket) is away: a VOD player asks again
+        raise json_error(503, err.public_message, f"retry in {err.retry_after_s} seconds",
+                         {"Retry-After": str(err.retry_after_s), **cors_headers(request)}) from None
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise

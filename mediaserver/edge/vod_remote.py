@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
@@ -30,7 +29,7 @@ from aiohttp import web
 from ..cluster.locator import NodeInfo
 from ..hub.stream import StreamKey
 from ..log import LogGate, event
-from ..record.catalog import CatalogUnavailable, Recording
+from ..record.catalog import Recording
 from ..record.manager import on_other_node
 from .common import PLAY_QUERY, cors_headers, json_error
 from .keys import RECORDINGS, REMOTE_VOD
@@ -49,7 +48,6 @@ CHUNK = 64 * 1024
 NODE_CACHE_S = 2.0
 """A node's address is looked up again after this long (a player's range requests come in bursts)."""
 RETRY_AFTER_S = "10"
-T = TypeVar("T")
 
 
 def is_proxied(headers: Mapping[str, str]) -> bool:
@@ -175,14 +173,6 @@ class RemoteVod:
                   error=(str(err) or type(err).__name__)[:160] if err is not None else "-")
 
 
-async def _catalog(request: web.Request, query: Awaitable[T]) -> T:
-    try:
-        return await query
-    except CatalogUnavailable as err:
-        raise json_error(503, f"the recordings catalog cannot be reached: {err}", "retry in a few seconds",
-                         {"Retry-After": "5", **cors_headers(request)}) from None
-
-
 async def remote_row(request: web.Request, rec_id: str) -> Recording | None:
     """The row of `rec_id` when its file lies on another node's disk and this node fetches it from there;
     None otherwise (standalone, unknown, local, in object storage, or a request already fetched by a node:
@@ -191,7 +181,7 @@ async def remote_row(request: web.Request, rec_id: str) -> Recording | None:
     manager = request.app.get(RECORDINGS)
     if remote is None or manager is None or is_proxied(request.headers):
         return None
-    row = await _catalog(request, manager.catalog.get(rec_id))
+    row = await manager.catalog.get(rec_id)  # away: 503 (app.errors_as_json)
     return row if row is not None and on_other_node(row, remote.node_id) else None
 
 
@@ -207,7 +197,7 @@ async def serve_remote_dvr(request: web.Request, key: StreamKey) -> web.StreamRe
     manager = request.app.get(RECORDINGS)
     if remote is None or manager is None or is_proxied(request.headers):
         return None
-    rows, _ = await _catalog(request, manager.catalog.list(app=key.app, stream=key.name, limit=1))
+    rows, _ = await manager.catalog.list(app=key.app, stream=key.name, limit=1)
     row = rows[0] if rows else None
     if row is None or row.status != "recording" or not on_other_node(row, remote.node_id):
         return None

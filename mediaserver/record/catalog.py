@@ -28,13 +28,15 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import MediaServerError
+from ..errors import Unavailable
 from ..log import event
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("recording", "complete", "interrupted", "uploading", "failed")
 MAX_PAGE = 1000
+MAX_CURSOR = 512
+"""Our cursors are under 150 characters; anything much longer is not one (and is not decoded)."""
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant shared by every node: the key of the PostgreSQL advisory lock that serialises migrations
 # when several nodes of a cluster start at once.
@@ -42,8 +44,10 @@ _MIGRATION_LOCK = 0x4D535243  # "MSRC"
 _READ_ONLY = "mediaserver_catalog_read"  # execution option: begin this transaction without the write lock
 
 
-class CatalogUnavailable(MediaServerError):
+class CatalogUnavailable(Unavailable):
     """The catalog's database cannot be reached (or answered with a connection-level error)."""
+
+    public_message = "the recordings catalog cannot be reached now"
 
 
 def default_url(record_path: str | Path) -> str:
@@ -182,12 +186,14 @@ def encode_cursor(started_at: datetime, rec_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """(started_at, id) of the last row of the previous page; ValueError when it is not one of ours."""
     try:
+        if len(cursor) > MAX_CURSOR:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         started, rec_id = json.loads(raw)
         when = datetime.fromisoformat(started)
         if not isinstance(rec_id, str) or when.tzinfo is None:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         shown = cursor if len(cursor) <= 40 else cursor[:40] + "..."
         raise ValueError(f"cursor {shown!r} is malformed; pass the next_cursor of a previous page, "
                          f"or none for the first page") from None

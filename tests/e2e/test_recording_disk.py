@@ -167,3 +167,43 @@ async def test_readyz_reports_a_catalog_that_goes_away_and_comes_back(server_fac
         postgres.restart()
         body = await until(lambda: ready(http, True), 10, "the catalog back was not reported ready")
         assert not body["degraded"]
+
+
+async def test_a_catalog_away_longer_than_any_backoff_loses_no_row_and_its_readers_get_503(
+        server_factory, postgres, publish, media, stream_name, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"record.path": str(tmp_path / "rec"), "record.mode": "all",
+                               "record.database_url": postgres.create_database()})
+    publish(server, stream_name, media.low, loop=True)
+    await wait_live(server, stream_name)
+    base = server.http_base
+    async with aiohttp.ClientSession() as http:
+        async def listed() -> list | None:
+            async with http.get(f"{base}/api/v1/recordings?stream={stream_name}", headers=AUTH) as resp:
+                rows = (await resp.json())["recordings"]
+            return rows or None
+
+        [row] = await until(listed, 10, "the recording's row was not listed")
+        postgres.stop(keep_data=True)
+        await asyncio.sleep(1)
+        # Readers of the catalog are told to come back (503 + Retry-After), never a bare 500.
+        async with http.get(f"{base}/api/v1/recordings", headers=AUTH) as resp:
+            body = await resp.json()
+            assert resp.status == 503 and resp.headers["Retry-After"] and "unavailable" in body["error"], body
+        async with http.get(f"{base}/vod/Zz{row['id'][2:]}.mp4") as resp:  # not a row the node has cached
+            body = await resp.json()
+            assert resp.status == 503 and resp.headers["Retry-After"], body
+            assert "postgres" not in body["error"] and "127.0.0.1" not in body["error"], body  # viewers see no hosts
+        async with http.delete(f"{base}/api/v1/streams/live/{stream_name}/record", headers=AUTH) as resp:
+            assert resp.status == 200, await resp.text()  # the file closes now; its row's end waits for the database
+        await asyncio.sleep(21)  # longer than every retry together (18.5 s), after which a write used to be dropped
+        postgres.restart()
+
+        async def completed() -> dict | None:
+            async with http.get(f"{base}/api/v1/recordings/{row['id']}", headers=AUTH) as resp:
+                found = await resp.json() if resp.status == 200 else {}
+            return found if found.get("status") == "complete" else None
+
+        done = await until(completed, 20, "the row's end was not written once the catalog came back")
+        path = next((tmp_path / "rec").rglob("*.mp4"))
+        assert done["bytes"] == path.stat().st_size and done["duration_s"] > 0, done

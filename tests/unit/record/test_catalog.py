@@ -264,6 +264,8 @@ BAD_CURSORS = [
     base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", 5]').decode(),
     base64.urlsafe_b64encode(b"\xff\xfe").decode(),
     "A" * 500,
+    base64.urlsafe_b64encode(b"[" * 100_000).decode(),  # nested past the parser's recursion limit
+    base64.urlsafe_b64encode(b"[" * 300).decode(),  # nested, within the length bound
 ]
 
 
