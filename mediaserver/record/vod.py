@@ -97,9 +97,8 @@ class VodIndex:
 # -- box walking -----------------------------------------------------------------------------------
 
 
-def _top_level(f: BinaryIO, file_size: int) -> Iterator[tuple[bytes, int, int, int]]:
-    """(type, offset, size, header size) of each whole top-level box; stops at a partial one."""
-    pos = 0
+def _top_level(f: BinaryIO, file_size: int, pos: int = 0) -> Iterator[tuple[bytes, int, int, int]]:
+    """(type, offset, size, header size) of each whole top-level box from `pos`; stops at a partial one."""
     while pos + 8 <= file_size:
         f.seek(pos)
         head = f.read(16)
@@ -371,13 +370,16 @@ def _parse_moof(data: bytes, tracks: dict[int, _Track]) -> list[_Traf]:
 # -- the index -------------------------------------------------------------------------------------
 
 
-def index_file(source: bytes | bytearray | memoryview | BinaryIO) -> VodIndex:
-    """The VOD index of a fragmented MP4 (see the module docstring); MediaError if it is not one."""
+def index_file(source: bytes | bytearray | memoryview | BinaryIO, *, grown_from: VodIndex | None = None) -> VodIndex:
+    """The VOD index of a fragmented MP4 (see the module docstring); MediaError if it is not one.
+
+    `grown_from`: the index of the same file when it was shorter (a recording only ever appends): its
+    segments are kept but the last (which may have grown), and only the boxes after them are read."""
     f: BinaryIO = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         f.seek(0, io.SEEK_END)
         file_size = f.tell()
-        return _index(f, file_size)
+        return _index(f, file_size, grown_from)
     except MediaError:
         raise
     except (struct.error, IndexError, ValueError, OverflowError) as err:  # damage the checks above missed
@@ -385,49 +387,56 @@ def index_file(source: bytes | bytearray | memoryview | BinaryIO) -> VodIndex:
 
 
 INDEX_CACHE_FILES = 64
-_index_cache: dict[str, tuple[int, int, VodIndex]] = {}
+_index_cache: dict[str, tuple[int, int, int, VodIndex]] = {}
 
 
 def index_path(path: str | os.PathLike[str]) -> VodIndex:
-    """index_file of a file on disk, kept while its size and mtime stay the same (so a recording being
-    written is read again once per new fragment): a VOD playlist is asked for by every viewer, and reading
-    the moofs costs about 90 us of CPU per segment (4 ms for 90 s, more than 150 ms for an hour). Blocking:
-    call it in a thread."""
+    """index_file of a file on disk, kept while its size and mtime stay the same: a VOD playlist is asked
+    for by every viewer, and reading the moofs costs about 90 us of CPU per segment (4 ms for 90 s, more
+    than 150 ms for an hour). A file that grew (a recording being written, the same inode) is read from its
+    last segment on, so a DVR playlist costs one new fragment's reading per new fragment, whatever the
+    file's length. Blocking: call it in a thread."""
     st = os.stat(path)
     key = os.fspath(path)
     hit = _index_cache.get(key)
-    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-        return hit[2]
+    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
+        return hit[3]
+    grown_from = hit[3] if hit is not None and hit[2] == st.st_ino and hit[0] < st.st_size else None
     with open(path, "rb") as f:
-        index = index_file(f)
-    if len(_index_cache) >= INDEX_CACHE_FILES:
+        index = index_file(f, grown_from=grown_from)
+    if len(_index_cache) >= INDEX_CACHE_FILES and key not in _index_cache:
         _index_cache.pop(next(iter(_index_cache)), None)  # the oldest entry
-    _index_cache[key] = (st.st_size, st.st_mtime_ns, index)
+    _index_cache[key] = (st.st_size, st.st_mtime_ns, st.st_ino, index)
     return index
 
 
-def _index(f: BinaryIO, file_size: int) -> VodIndex:
-    tracks: dict[int, _Track] | None = None
-    init_end = 0
-    main_id = 0
-    fragments: list[VodFragment] = []
-    # The segment being gathered: [offset, end, start, duration, keyframe]
-    current: list | None = None
-    pending_moof: tuple[int, int, list[_Traf]] | None = None
+def _init(f: BinaryIO, file_size: int) -> tuple[dict[int, _Track], int, int]:
+    """The tracks of the file's moov, where the init ends, and the track times are read from."""
     first = True
     for kind, offset, size, _header in _top_level(f, file_size):
         if first:
             _need(kind in (b"ftyp", b"moov", b"styp"), f"this is not an MP4 file (first box {_name(kind)})")
             first = False
-        if tracks is None:
-            if kind == b"moov":
-                tracks = _parse_moov(_read_box(f, offset, size, kind))
-                init_end = offset + size
-                video = [t for t, tr in tracks.items() if tr.handler == "vide"]
-                main_id = video[0] if video else min(tracks)
-            elif kind in (b"moof", b"mdat"):
-                raise MediaError("a fragment comes before the moov: not a recording this server made")
-            continue
+        if kind == b"moov":
+            tracks = _parse_moov(_read_box(f, offset, size, kind))
+            video = [t for t, tr in tracks.items() if tr.handler == "vide"]
+            return tracks, offset + size, video[0] if video else min(tracks)
+        if kind in (b"moof", b"mdat"):
+            raise MediaError("a fragment comes before the moov: not a recording this server made")
+    raise MediaError("no moov box: not a whole MP4 file (or cut before its init)")
+
+
+def _index(f: BinaryIO, file_size: int, grown_from: VodIndex | None = None) -> VodIndex:
+    tracks, init_end, main_id = _init(f, file_size)
+    fragments: list[VodFragment] = []
+    start_at = init_end
+    if grown_from is not None and grown_from.fragments and grown_from.init_size == init_end:
+        fragments = list(grown_from.fragments[:-1])
+        start_at = grown_from.fragments[-1].offset  # the last segment may have grown: gathered again
+    # The segment being gathered: [offset, end, start, duration, keyframe]
+    current: list | None = None
+    pending_moof: tuple[int, int, list[_Traf]] | None = None
+    for kind, offset, size, _header in _top_level(f, file_size, start_at):
         if kind == b"moof":
             if pending_moof is not None:
                 break  # a moof without its mdat: damage; keep what came before
@@ -457,8 +466,6 @@ def _index(f: BinaryIO, file_size: int) -> VodIndex:
         current[1] = end
         if main is not None:
             current[3] += main.duration
-    if tracks is None:
-        raise MediaError("no moov box: not a whole MP4 file (or cut before its init)")
     if current is not None:
         fragments.append(VodFragment(current[0], current[1] - current[0], current[2], current[3], current[4]))
     ordered = sorted(tracks.values(), key=lambda tr: tr.handler != "vide")

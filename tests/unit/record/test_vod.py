@@ -275,3 +275,25 @@ def test_the_index_of_a_file_is_kept_until_the_file_changes(recording, tmp_path)
         f.write(data[second.offset:])  # it grows: read again
     grown = vod.index_path(copy)
     assert grown is not first and grown == vod.index_file(data)
+
+
+def test_a_growing_file_indexed_from_its_last_segment_on_matches_a_whole_reading(recording, tmp_path):
+    path, _ = recording
+    data = path.read_bytes()
+    rng = random.Random(7)
+    cuts = sorted({rng.randrange(len(data) // 10, len(data) + 1) for _ in range(40)} | {len(data)})
+    before = vod.index_file(data[:cuts[0]])
+    for cut in cuts[1:]:
+        grown = vod.index_file(data[:cut], grown_from=before)
+        assert grown == vod.index_file(data[:cut]), cut
+        before = grown
+    # index_path does so for a file that grows in place, and reads it whole when it is another file
+    live = tmp_path / "live.mp4"
+    live.write_bytes(data[:len(data) // 3])
+    first = vod.index_path(live)
+    with open(live, "ab") as f:
+        f.write(data[len(data) // 3:])
+    assert vod.index_path(live) == vod.index_file(data) != first
+    live.unlink()
+    live.write_bytes(data[:len(data) // 2])  # a new file of the same name: not taken for a grown one
+    assert vod.index_path(live) == vod.index_file(data[:len(data) // 2])
