@@ -8,10 +8,10 @@ vod-* protocols): the stream's play token (`?token=` or a bearer token) when its
 on_play hook, whose answer is reused per client as for HLS, so the range requests of one player are one
 viewer. The token is carried into the playlist's and the manifest's URIs, as live HLS does.
 
-DVR: `/APP/NAME/dvr.m3u8` of a stream being recorded lists the last `record.dvr_window` seconds of the
-file being written (no ENDLIST; the newest fragment left out while its audio may still come), over byte
-ranges of `/vod/ID.mp4`, so a player scrubs back and returns to live with memory bounded: bytes come from
-disk. Its text is kept per file and size, so every viewer of a stream shares one index per new fragment."""
+DVR: `/APP/NAME/dvr.m3u8` of a stream being recorded lists the last `record.dvr_window` seconds of its
+recording, across the files it rotated through (no ENDLIST; the newest fragment left out while its audio
+may still come), over byte ranges of each `/vod/ID.mp4`, so a player scrubs back and returns to live with
+memory bounded: bytes come from disk (record/dvr.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from aiohttp import web
 from ..auth.tokens import bearer_token
 from ..errors import MediaError
 from ..gate import CREDENTIAL, LIMIT
-from ..record.vod import dash_manifest, hls_playlist, index_file, index_path
+from ..record.vod import dash_manifest, hls_playlist, index_path
 from . import vod_s3
 from .common import PLAY_QUERY, cors_headers, json_error, play_refused
 from .fastlane import FAST_LANE
@@ -150,45 +150,42 @@ async def serve_manifest(request: web.Request) -> web.StreamResponse:
                                             **cors_headers(request)})
 
 
-_dvr_cache: dict[str, tuple[int, str]] = {}
+_DVR_URI = re.compile(r"\.\./\.\./vod/[A-Za-z0-9_-]+\.mp4")
 
 
 async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.StreamResponse:
-    """dvr.m3u8 of a stream being recorded (the play route's admission has run)."""
+    """dvr.m3u8 of a stream being recorded (the play route's admission has run): record/dvr.py's window
+    over the recording's files. Its text is kept until a fragment is added, so every viewer of a stream
+    shares one rendering per new fragment."""
     cors = cors_headers(request)
     manager = request.app.get(RECORDINGS)
     key = stream_key(app_name, name)
-    rec_id = manager.current(key) if manager is not None and key is not None else None
-    if rec_id is None and manager is not None and key in manager.active:
+    rec = manager.active.get(key) if manager is not None and key is not None else None
+    if rec is not None and rec.recorder.stopped:
+        rec = None  # a disk error ended it
+    if rec is not None and (rec.row is None or not rec.dvr.files):
         raise json_error(503, f"the recording of {key} has no fragment yet", "retry in a few seconds",
                          {"Retry-After": "2", **cors})
-    if rec_id is None and key is not None and (remote := await serve_remote_dvr(request, key)) is not None:
+    if rec is None and key is not None and (remote := await serve_remote_dvr(request, key)) is not None:
         return remote  # cluster: recorded by the node that publishes it
-    if rec_id is None:
-        raise json_error(404, f"stream {app_name}/{name} is not being recorded",
-                         "DVR plays a stream while it is recorded: POST /api/v1/streams/APP/NAME/record", cors)
-    row, path = await _file(request, rec_id)
-    size = path.stat().st_size
-    cached = _dvr_cache.get(rec_id)
-    if cached is None or cached[0] != size:
-        window = manager.cfg.dvr_window
-
-        def build() -> str:
-            with open(path, "rb") as f:
-                return hls_playlist(index_file(f), f"../../vod/{rec_id}.mp4", live=True, window_s=window)
-
+    if rec is None:
+        hint = ("DVR plays a stream while it is recorded: POST /api/v1/streams/APP/NAME/record"
+                if manager is not None else "recording is off on this node: set record.mode = \"api\" or \"all\"")
+        raise json_error(404, f"stream {app_name}/{name} is not being recorded", hint, cors)
+    trail = rec.dvr
+    version = trail.key()
+    cached = rec.dvr_text
+    if cached is None or cached[0] != version:
         try:
-            cached = (size, await asyncio.to_thread(build))
+            text = await asyncio.to_thread(trail.render, lambda rec_id: f"../../vod/{rec_id}.mp4")
         except (OSError, MediaError) as err:
             raise json_error(503, f"the recording of {key} cannot be read yet: {err}", "retry in a few seconds",
                              {"Retry-After": "2", **cors}) from None
-        if len(_dvr_cache) > 1000:
-            _dvr_cache.clear()
-        _dvr_cache[rec_id] = cached
+        cached = rec.dvr_text = (version, text)
     text = cached[1]
-    if request.get(PLAY_QUERY):  # the viewer's play token goes into every URI (the file asks for it too)
-        uri = f"../../vod/{rec_id}.mp4"
-        text = text.replace(uri, _with_query(uri, request))
+    query = request.get(PLAY_QUERY)
+    if query:  # the viewer's play token goes into every URI (the file asks for it too)
+        text = _DVR_URI.sub(lambda m: f"{m.group(0)}?{query}", text)
     return web.Response(text=text, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
 
 

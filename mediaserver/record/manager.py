@@ -38,6 +38,7 @@ from ..hub.stream import Stream, StreamKey
 from ..log import event
 from .catalog import Catalog, CatalogUnavailable, Recording
 from .disk import DiskGuard
+from .dvr import DvrTrail
 from .objectstore import ObjectStore, StorageError
 from .recorder import FAILED, FileClosed, Recorder
 from .retention import GB
@@ -123,6 +124,10 @@ class _Recording:
             fsync_interval_s=cfg.fsync_interval, on_file_opened=self._opened, on_progress=self._progress,
             on_file_closed=self._closed,
         )
+        self.dvr = DvrTrail(cfg.dvr_window)
+        """The files of this recording the DVR window reaches (edge/vod.py serves it)."""
+        self.dvr_text: tuple[tuple, str] | None = None
+        """The DVR playlist last rendered, by DvrTrail.key()."""
 
     def _opened(self, path: Path, started_at: float) -> None:
         self.written = 0
@@ -133,6 +138,7 @@ class _Recording:
         )
         row = self.row
         self.manager._queue(lambda: self.manager.catalog.add(row))
+        self.dvr.opened(row.id, path, started_at)
         event(log, "recording_file", stream=str(self.stream.key), id=row.id, path=str(path))
 
     def _progress(self, size: int, duration_s: float) -> None:

@@ -16,7 +16,7 @@ import m3u8
 from e2e.test_auth_webhooks import hook  # noqa: F401  (fixture)
 from support.checks import wait_live
 from support.decode import decode_media
-from support.http import admin_api, get
+from support.http import admin_api, get, ranged
 
 ADMIN = "admin-token-recording-0123456789"
 api = partial(admin_api, token=ADMIN)
@@ -31,7 +31,7 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
     async with aiohttp.ClientSession() as http:
         status, body = await api(http, server, "POST", f"/streams/live/{stream_name}/record")
         assert status == 200 and body["recording"], body
-        await asyncio.sleep(5)
+        await asyncio.sleep(20)
         status, body = await api(http, server, "GET", f"/streams/live/{stream_name}")  # what the console shows
         assert body["recording"]["active"] and body["recording"]["id"], body["recording"]
         status, body = await api(http, server, "DELETE", f"/streams/live/{stream_name}/record")
@@ -45,7 +45,7 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
                 break
             await asyncio.sleep(0.1)
         assert status == 200 and row["status"] == "complete" and row["app"] == "live", row
-        assert 3.0 <= row["duration_s"] <= 8.0 and row["bytes"] > 10_000, row
+        assert 18.0 <= row["duration_s"] <= 23.0 and row["bytes"] > 10_000, row
         status, listing = await api(http, server, "GET", f"/recordings?stream={stream_name}&limit=10")
         assert [r["id"] for r in listing["recordings"]] == [rec_id] and listing["next"] is None
 
@@ -53,7 +53,9 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
         status, data, headers = await get(http, f"{base}/vod/{rec_id}.mp4")
         assert status == 200 and len(data) == row["bytes"], (status, len(data), row["bytes"])
         report = decode_media(data, "mp4")
-        assert report.errors == [] and report.video_frames >= 60 and report.audio_frames > 50, report.summary()
+        assert report.errors == [] and report.audio_frames > 50, report.summary()
+        # the whole duration decodes: every frame of it, give or take a GOP (25 frames) at either end
+        assert abs(report.video_frames - row["duration_s"] * 25) <= 50, (report.summary(), row["duration_s"])
 
         size = len(data)
         status, part, headers = await get(http, f"{base}/vod/{rec_id}.mp4", {"Range": "bytes=0-99"})
@@ -153,3 +155,68 @@ async def test_on_record_done_is_told_the_finished_row(server_factory, publish, 
     assert call["app"] == "live" and call["id"] == body["id"] and call["status"] == "complete", call
     assert call["duration_s"] > 1.0 and call["bytes"] > 0 and call["vod"]["mp4"] == f"/vod/{body['id']}.mp4"
     assert "location" not in call
+
+
+async def test_a_publisher_reconnecting_within_grace_continues_the_same_recording(server_factory, publish, media,
+                                                                                   stream_name, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"record.path": str(tmp_path / "rec"), "record.mode": "all",
+                               "hub.reconnect_grace": "4"})
+    first = publish(server, stream_name, media.low)  # 3 s, then ffmpeg ends: the stream waits for its return
+    assert await first.wait_async(20) == 0
+    second = publish(server, stream_name, media.low)
+    assert await second.wait_async(20) == 0
+    async with aiohttp.ClientSession() as http:
+        rows: list = []
+        for _ in range(100):  # the stream ends 4 s after the second publisher, and the recording with it
+            status, listing = await api(http, server, "GET", f"/recordings?stream={stream_name}")
+            rows = listing["recordings"]
+            if rows and all(r["status"] == "complete" for r in rows):
+                break
+            await asyncio.sleep(0.1)
+        assert len(rows) == 1 and rows[0]["status"] == "complete", rows
+        assert 5.0 <= rows[0]["duration_s"] <= 7.5, rows[0]
+        status, data, _ = await get(http, f"{server.http_base}/vod/{rows[0]['id']}.mp4")
+    report = decode_media(data, "mp4")
+    assert report.errors == [] and report.video_frames >= 2 * 75 - 10, report.summary()  # both sessions' frames
+
+
+async def test_rotated_files_each_get_a_row_and_dvr_plays_across_them_with_steady_numbers(
+        server_factory, publish, media, stream_name, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"record.path": str(tmp_path / "rec"), "record.mode": "all",
+                               "record.segment_minutes": "0.05", "record.dvr_window": "60"})  # 3 s files
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    url = f"{server.http_base}/live/{stream_name}/dvr.m3u8"
+    numbers: dict[tuple[str, str], int] = {}
+    files: set[str] = set()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(60):  # 12 s: three files (3 s, cut at a keyframe, so about 4 s each)
+            status, text, _ = await get(http, url)
+            if status == 200:
+                playlist = m3u8.loads(text.decode(), uri=url)
+                for n, segment in enumerate(playlist.segments, playlist.media_sequence):
+                    place = (segment.uri, segment.byterange)
+                    assert numbers.setdefault(place, n) == n, f"{place} was numbered {numbers[place]}, now {n}"
+                    files.add(segment.uri)
+            await asyncio.sleep(0.2)
+        assert len(files) >= 2, files  # the window spans the files the recording rotated through
+        assert sorted(numbers.values()) == list(range(len(numbers))), "numbers run on across the files"
+        # the last listing, played across a rotation: each file's segments decode after its own init
+        inits = {s.uri: s.init_section for s in playlist.segments}
+        for uri in list(inits)[-2:]:
+            init = inits[uri]
+            data = await ranged(http, init.absolute_uri, init.byterange)
+            for segment in [s for s in playlist.segments if s.uri == uri][:2]:
+                data += await ranged(http, segment.absolute_uri, segment.byterange)
+            report = decode_media(data, "mp4")
+            assert report.errors == [] and report.video_frames >= 25, report.summary()
+
+        status, listing = await api(http, server, "GET", f"/recordings?stream={stream_name}")
+        rows = sorted(listing["recordings"], key=lambda r: r["started_at"])
+        assert len(rows) >= 3 and rows[-1]["status"] == "recording", rows
+        for row in rows[:-1]:  # rotated: complete, about segment_minutes long, each its own playable file
+            assert row["status"] == "complete" and 2.5 <= row["duration_s"] <= 5.0, row
+        status, data, _ = await get(http, f"{server.http_base}/vod/{rows[0]['id']}.mp4")
+        assert status == 200 and decode_media(data, "mp4").errors == []

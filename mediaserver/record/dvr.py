@@ -1,0 +1,152 @@
+"""The DVR window of a stream being recorded: the newest `record.dvr_window` seconds, across the files of
+its recording (a file rotates every record.segment_minutes, and at a codec change).
+
+A `DvrTrail` follows one recording: the manager tells it each file as it opens; `render` (blocking: it
+reads the files' indexes, record/vod.py `index_path`, which reads a growing file from its last segment on)
+writes the live HLS playlist over byte ranges of the files. Segment numbers run on across the files
+(EXT-X-MEDIA-SEQUENCE never goes back at a rotation, which players take for a new stream), a codec change
+between two files is an EXT-X-DISCONTINUITY (counted by EXT-X-DISCONTINUITY-SEQUENCE as the window slides),
+and each file brings its own EXT-X-MAP. A file stays in the trail while any of it is in the window.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MediaError
+from .vod import VodFragment, VodIndex, index_path
+
+
+MAX_FILES = 1000
+"""Files a trail keeps when nobody renders it (a stream nobody plays back)."""
+
+
+@dataclass(slots=True)
+class DvrFile:
+    """One file of the trail, with what is learnt of it as it is rendered."""
+
+    rec_id: str
+    path: Path
+    started_at: float
+    """Unix seconds at its first media."""
+    sequence: int | None = None
+    """Media sequence number of its first segment (known for the first file, then once the file before
+    it is closed and read)."""
+    discontinuity: int | None = None
+    """Discontinuity sequence number of its segments."""
+    segments: int | None = None
+    """Its segment count, once it is closed (no longer the newest file) and read."""
+    shape: tuple | None = None
+    """(codecs, width, height): a change between files is a discontinuity."""
+
+
+def _shape(index: VodIndex) -> tuple:
+    return index.codecs, index.width, index.height
+
+
+class DvrTrail:
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
+        if window_s <= 0:
+            raise MediaError(f"DVR window {window_s} s must be > 0")
+        self.window_s = window_s
+        self._clock = clock
+        self.files: list[DvrFile] = []
+
+    def opened(self, rec_id: str, path: Path, started_at: float) -> None:
+        """The recording goes on in a new file (called on the event loop)."""
+        if not self.files:
+            self.files.append(DvrFile(rec_id, path, started_at, 0, 0))
+            return
+        self.files.append(DvrFile(rec_id, path, started_at))
+        horizon = self._clock() - self.window_s
+        # A file leaves once the next one started before the window's beginning and the next one's numbers
+        # are known (the next render learns them). A trail nobody renders is cut at MAX_FILES: with no
+        # player holding its numbers, it may number again from 0.
+        while len(self.files) > 1 and self.files[1].started_at < horizon and (
+                self.files[1].sequence is not None or len(self.files) > MAX_FILES):
+            self.files.pop(0)
+            head = self.files[0]
+            if head.sequence is None:
+                head.sequence, head.discontinuity = 0, 0
+
+    def key(self) -> tuple[str, str, int]:
+        """What the rendered text depends on: the oldest and newest files and the newest one's size (a
+        stat, no reading), so a cached text is reused until a fragment is added."""
+        if not self.files:
+            return "", "", -1
+        oldest, newest = self.files[0], self.files[-1]
+        try:
+            size = os.stat(newest.path).st_size
+        except OSError:
+            size = -1
+        return oldest.rec_id, newest.rec_id, size
+
+    def render(self, uri: Callable[[str], str]) -> str:
+        """The live DVR playlist; `uri(rec_id)` names a file for the player. Blocking (reads indexes)."""
+        files = list(self.files)
+        listed: list[tuple[DvrFile, VodIndex, VodFragment, int]] = []
+        previous: tuple[DvrFile, VodIndex] | None = None
+        for position, f in enumerate(files):
+            newest = position == len(files) - 1
+            try:
+                index = index_path(f.path)
+            except (OSError, MediaError):
+                previous = None  # gone (retention) or unreadable: its numbers cannot carry on to the next
+                continue
+            if previous is not None:
+                before, before_index = previous
+                if before.segments is None:
+                    before.segments = len(before_index.fragments)
+                if f.sequence is None and before.sequence is not None:
+                    f.sequence = before.sequence + before.segments
+                    before_shape = before.shape if before.shape is not None else _shape(before_index)
+                    f.discontinuity = (before.discontinuity or 0) + (_shape(index) != before_shape)
+            f.shape = _shape(index)
+            previous = (f, index)
+            if f.sequence is None:
+                continue  # (its predecessor could not be read: it waits for numbers it can keep)
+            fragments = index.fragments[:-1] if newest else index.fragments  # the newest may still grow
+            listed += [(f, index, x, f.sequence + n) for n, x in enumerate(fragments)]
+        return dvr_playlist(listed, self.window_s, uri)
+
+
+def dvr_playlist(listed: Sequence[tuple[DvrFile, VodIndex, VodFragment, int]], window_s: float,
+                 uri: Callable[[str], str]) -> str:
+    """A sliding live playlist of the newest segments of `listed` (file, its index, segment, number) that
+    fit in `window_s` (the newest one whatever its length)."""
+    first = len(listed)
+    total = 0.0
+    while first > 0:
+        f, index, x, _ = listed[first - 1]
+        seconds = index.fragment_seconds(x)
+        if first < len(listed) and total + seconds > window_s:
+            break
+        first -= 1
+        total += seconds
+    window = listed[first:]
+    target = max(1, max((math.ceil(i.fragment_seconds(x) - 0.001) for _, i, x, _ in window), default=1))
+    head = window[0] if window else None
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{target}",
+             f"#EXT-X-MEDIA-SEQUENCE:{head[3] if head else 0}",
+             f"#EXT-X-DISCONTINUITY-SEQUENCE:{head[0].discontinuity or 0 if head else 0}"]
+    if window and all(x.keyframe for _, _, x, _ in window):
+        lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+    if total > 3 * target:
+        # A DVR viewer starts at the live edge (three target durations back, as RFC 8216 asks of a live
+        # start) and scrubs back from there; without this, players may start at the window's beginning.
+        lines.append(f"#EXT-X-START:TIME-OFFSET=-{3 * target},PRECISE=NO")
+    current: DvrFile | None = None
+    for f, index, x, _ in window:
+        name = uri(f.rec_id)
+        if f is not current:
+            if current is not None and f.discontinuity != current.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines.append(f'#EXT-X-MAP:URI="{name}",BYTERANGE="{index.init_size}@{index.init_offset}"')
+            current = f
+        lines += [f"#EXTINF:{index.fragment_seconds(x):.3f},", f"#EXT-X-BYTERANGE:{x.size}@{x.offset}", name]
+    return "\n".join(lines) + "\n"

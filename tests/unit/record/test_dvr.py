@@ -1,0 +1,117 @@
+"""The DVR window across a recording's files (record/dvr.py): rotated files listed in one live playlist whose
+segment numbers run on across a rotation and never go back as the window slides, each file with its own
+EXT-X-MAP, a codec change marked as a discontinuity; played with ffmpeg (PyAV) across the files."""
+
+from __future__ import annotations
+
+import m3u8
+import pytest
+
+import av
+
+from mediaserver.errors import MediaError
+from mediaserver.media.frames import FrameKind
+from mediaserver.record import vod
+from mediaserver.record.dvr import DvrTrail
+
+from support.codec_clips import codec_clip, media_frames
+from test_recorder import FPS, KEY, Clock, Recorder, new_stream, publish
+
+
+def uri(rec_id: str) -> str:
+    return f"{rec_id}.mp4"
+
+
+def recorded(tmp_path, clips, segment_minutes: float):
+    """Record `clips` one after another; returns the Recorder and a trail told of every file it opened."""
+    stream = new_stream()
+    clock = Clock()
+    opened = []
+    rec = Recorder(KEY, tmp_path, wall_clock=clock, segment_minutes=segment_minutes, fragment_s=1.0,
+                   on_file_opened=lambda path, at: opened.append((path, at)))
+    stream.add_sink(rec)
+    for clip in clips:
+        publish(stream, clip, clock)
+    stream.end()
+    trail = DvrTrail(3600.0, clock=clock)
+    for n, (path, at) in enumerate(opened):
+        trail.opened(f"f{n}", path, at)
+    return rec, trail
+
+
+def test_a_window_over_rotated_files_numbers_segments_on_and_plays_across_them(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)  # 3 s files
+    assert len(rec.files) >= 2
+    playlist = m3u8.loads(trail.render(uri))
+    indexes = [vod.index_path(f.path) for f in rec.files]
+    expected = [f"{x.size}@{x.offset}" for index in indexes for x in index.fragments][:-1]  # newest left out
+    assert [s.byterange for s in playlist.segments] == expected
+    assert [s.uri for s in playlist.segments] == [
+        f"f{n}.mp4" for n, index in enumerate(indexes) for _ in index.fragments][:-1]
+    assert playlist.media_sequence == 0 and not playlist.is_endlist and playlist.playlist_type is None
+    assert [s.discontinuity for s in playlist.segments] == [False] * len(expected)  # same codecs: one timeline
+    assert len({s.init_section.uri for s in playlist.segments}) == len(rec.files)
+
+    # ffmpeg reloads a live playlist for ever: ended here, to play what it lists once
+    text = trail.render(lambda rec_id: str(rec.files[int(rec_id[1:])].path)) + "#EXT-X-ENDLIST\n"
+    (tmp_path / "dvr.m3u8").write_text(text)
+    video = 0
+    with av.open(str(tmp_path / "dvr.m3u8"), options={"allowed_extensions": "ALL"}) as container:
+        for packet in container.demux(video=0):
+            video += len(packet.decode())
+    last = indexes[-1].fragments[-1]
+    assert len(media_frames(frames, FrameKind.VIDEO)) - video == round(indexes[-1].fragment_seconds(last) * FPS)
+
+
+def test_numbers_never_go_back_as_the_window_slides_and_files_leave(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    whole = m3u8.loads(trail.render(uri))
+    numbered = {s.byterange + s.uri: whole.media_sequence + n for n, s in enumerate(whole.segments)}
+    trail.window_s = 2.5
+    short = m3u8.loads(trail.render(uri))
+    assert 1 <= len(short.segments) < len(whole.segments)
+    assert sum(s.duration for s in short.segments) <= 2.5 or len(short.segments) == 1
+    for n, s in enumerate(short.segments):
+        assert numbered[s.byterange + s.uri] == short.media_sequence + n
+    # The oldest file leaves the trail once the next began before the window: the numbers stay.
+    trail.opened("later", rec.files[-1].path, trail._clock() + 1.0)
+    trail._clock.now += 4000.0
+    trail.opened("latest", rec.files[-1].path, trail._clock())
+    assert [f.rec_id for f in trail.files] == ["f2", "later", "latest"]  # "later" has no number yet: f2 stays
+    trail.render(uri)
+    assert trail.files[1].sequence == len(whole.segments) + 1  # f2's last segment, no longer the newest
+    trail._clock.now += 4000.0
+    trail.opened("last", rec.files[-1].path, trail._clock())
+    assert [f.rec_id for f in trail.files] == ["latest", "last"] and trail.files[0].sequence is not None
+
+
+def test_a_codec_change_is_a_discontinuity_counted_as_the_window_slides(tmp_path):
+    first = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
+    second = codec_clip("h264", "aac", width=352, height=288, seconds=3.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [first, second], segment_minutes=60)
+    assert [(f.width, f.height) for f in rec.files] == [(320, 240), (352, 288)]
+    playlist = m3u8.loads(trail.render(uri))
+    flags = [s.discontinuity for s in playlist.segments]
+    assert flags.count(True) == 1 and flags.index(True) == len(vod.index_path(rec.files[0].path).fragments)
+    assert playlist.discontinuity_sequence == 0
+    trail.window_s = 1.0  # only the second file's segments: the discontinuity has slid out, and is counted
+    assert "#EXT-X-DISCONTINUITY-SEQUENCE:1" in trail.render(uri)
+
+
+def test_a_file_gone_from_the_disk_is_left_out(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    trail.render(uri)  # numbers learnt
+    gone = len(vod.index_path(rec.files[0].path).fragments)
+    rec.files[0].path.unlink()  # retention, or an operator
+    playlist = m3u8.loads(trail.render(uri))
+    assert playlist.segments and playlist.segments[0].uri == "f1.mp4"
+    assert playlist.media_sequence == gone  # the next file keeps its numbers
+    with pytest.raises(MediaError):
+        DvrTrail(0)
+
+
+def test_an_empty_trail_has_no_key_to_render_by():
+    assert DvrTrail(10).key() == ("", "", -1)
