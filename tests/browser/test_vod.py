@@ -7,6 +7,8 @@ with its play and download links and deletes it after asking."""
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from support.media import generate_clip
 from support.publisher import Publisher, publish_args
 from support.server import start_server
 
-from .conftest import current_time, fetch, get_json, wait_state
+from .conftest import advance_within, current_time, fetch, get_json, wait_state
 
 ADMIN_TOKEN = "browser-vod-admin-token-0123456789abc"
 NAME = "vodclip"
@@ -103,6 +105,11 @@ def test_the_console_lists_the_recording_and_deletes_it(recorded, browser, artif
     wait_state(player, "playing")
     assert f"/play/vod/{row['id']}?token=" in player.url
     player.close()
+    with console.expect_download() as downloading:  # Download: the file, with a play token as well
+        console.click(f'{tr} [data-action="download"]')
+    download = downloading.value
+    assert f"/vod/{row['id']}.mp4?token=" in download.url and download.suggested_filename.endswith(".mp4")
+    assert download.failure() is None and download.path().stat().st_size == row["bytes"]
 
     # The filter: another stream's recordings are none.
     console.fill("#rec-stream", "nosuchstream")
@@ -123,3 +130,44 @@ def test_the_console_lists_the_recording_and_deletes_it(recorded, browser, artif
     console.click("#confirm-ok")
     console.wait_for_selector(tr, state="detached")
     assert fetch(f"{base}/vod/{row['id']}.mp4") == 404
+
+
+def test_the_dvr_window_plays_on_across_file_rotations_and_seeks_back_into_an_earlier_file(
+        tmp_path, ffmpeg, browser, artifacts):
+    """hls.js plays a stream's dvr.m3u8 while its recording rotates every 3 s: through the new files'
+    EXT-X-MAPs, and back into an earlier file."""
+    clip = generate_clip(tmp_path / "clip.flv", duration_s=4.0, size="320x240")
+    server = start_server(tmp_path / "server", {"record.path": str(tmp_path / "rec"), "record.mode": "all",
+                                                "record.segment_minutes": "0.05", "record.dvr_window": "120"})
+    publisher = Publisher(publish_args(server.rtmp_url("dvrclip"), clip, loop=True), tmp_path / "publisher.log")
+    try:
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline:  # two files listed: one rotation behind us
+            try:
+                with urllib.request.urlopen(f"{server.http_base}/live/dvrclip/dvr.m3u8", timeout=5) as resp:
+                    text = resp.read().decode()
+            except urllib.error.HTTPError:
+                pass  # not recorded yet (404), or no fragment yet (503)
+            if text.count("#EXT-X-MAP") >= 2:
+                break
+            time.sleep(0.5)
+        assert text.count("#EXT-X-MAP") >= 2, text
+        page = browser.page(f"{server.http_base}/play/live/dvrclip?dvr=1")
+        wait_state(page, "playing")
+        assert advance_within(page, 6.0, 15.0) > 6.0  # on through at least one more rotation
+        decoded = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
+        before = page.evaluate(decoded)
+        start = page.evaluate("document.getElementById('video').seekable.start(0)")
+        landed = page.evaluate("""(target) => new Promise((resolve) => {
+            const v = document.getElementById('video');
+            v.addEventListener('seeked', () => resolve(v.currentTime), {once: true});
+            v.currentTime = target;
+        })""", start + 1.0)
+        assert abs(landed - (start + 1.0)) < 1.5, (start, landed)
+        assert advance_within(page, 2.0, 10.0) > 2.0
+        assert page.evaluate(decoded) > before + 25, "no frames decoded after seeking back into the first file"
+        page.screenshot(path=artifacts / "player-dvr-rotation.png")
+    finally:
+        publisher.close()
+        server.terminate()

@@ -1,7 +1,8 @@
 // The console's recordings: a Record/Stop button per live stream (POST/DELETE /api/v1/streams/APP/NAME/record)
 // and the Recordings view (GET /api/v1/recordings, filtered by app and stream, a page at a time with the
 // `next` cursor), each recording with play (the player page, /play/vod/ID, with a play token minted for
-// the recorded stream when the server can make one, as the preview does), download (/vod/ID.mp4) and
+// the recorded stream when the server can make one, as the preview does), download (/vod/ID.mp4, with a
+// play token too: the file is admitted as a play of the stream) and
 // delete (asked first).
 
 import {el, explain, formatDuration, withToken} from './common.js';
@@ -119,6 +120,7 @@ export class RecordingsView {
       disabled: r.status === 'recording', title: r.status === 'recording' ? 'stop the recording first' : undefined});
     remove.addEventListener('click', () => this.remove(r, remove));
     play.addEventListener('click', (event) => this.play(event, r, play.href));
+    download.addEventListener('click', (event) => this.download(event, r, download));
     return el('tr', {dataset: {recording: r.id}},
       el('td', {dataset: {col: 'stream'}}, el('div', {text: key}), el('div', {class: 'muted', text: `${r.id} on ${r.node}`})),
       el('td', {dataset: {col: 'started'}, text: formatWhen(r.started_at)}),
@@ -135,10 +137,25 @@ export class RecordingsView {
     if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
     event.preventDefault();
     const tab = window.open('', '_blank');  // now, while the click counts: after an await it may be blocked
-    const minted = await this.api('/tokens', {method: 'POST', body: {action: 'play', app: r.app, stream: r.stream, ttl: 3600}});
-    const url = minted.ok && minted.body && minted.body.token ? withToken(href, minted.body.token) : href;
+    const url = await this.withPlayToken(r, href);
     if (tab) tab.location.href = url;
     else window.open(url, '_blank');
+  }
+
+  /** Download the file with a play token for the stream, as play() does: the file is admitted as a play. */
+  async download(event, r, link) {
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    const a = el('a', {href: await this.withPlayToken(r, link.href), download: link.download, hidden: true});
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }
+
+  /** `href` with a play token for the recording's stream (valid an hour), or as it is when none can be made. */
+  async withPlayToken(r, href) {
+    const minted = await this.api('/tokens', {method: 'POST', body: {action: 'play', app: r.app, stream: r.stream, ttl: 3600}});
+    return minted.ok && minted.body && minted.body.token ? withToken(href, minted.body.token) : href;
   }
 
   async remove(r, button) {
