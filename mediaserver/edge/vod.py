@@ -32,7 +32,7 @@ from .keys import GATE, RECORDINGS
 from .names import stream_key
 from .origin_pull import INTERNAL_REQUEST
 from .sendfile import serve_file
-from .vod_remote import fetch_remote, remote_row, serve_remote_dvr
+from .vod_remote import fetch_remote, fetches_remote, serve_remote_dvr
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -46,14 +46,14 @@ async def _file(request: web.Request, rec_id: str):
         raise json_error(404, "recording is off on this node", "set record.mode = \"api\" or \"all\"", cors)
     if not _ID.fullmatch(rec_id):
         raise json_error(404, "no such recording", "GET /api/v1/recordings lists them", cors)
-    found = await manager.file_of(rec_id)
-    if found is None and (row := await manager.catalog.get(rec_id)) is not None and vod_s3.in_bucket(row):
-        return row, None  # record.storage = "s3": vod_s3 serves it
-    if found is None and (row := await remote_row(request, rec_id)) is not None:
-        return row, None  # cluster: on another node's disk, fetched from it (vod_remote)
-    if found is None:
-        raise json_error(404, f"recording {rec_id} is not on this node", "GET /api/v1/recordings lists them", cors)
-    return found
+    found = await manager.row_of(rec_id)  # (kept a moment: every range request of every viewer asks)
+    if found is not None and found[1] is not None:
+        return found
+    if found is not None and vod_s3.in_bucket(found[0]):
+        return found  # record.storage = "s3": vod_s3 serves it
+    if found is not None and fetches_remote(request, found[0]):
+        return found  # cluster: on another node's disk, fetched from it (vod_remote)
+    raise json_error(404, f"recording {rec_id} is not on this node", "GET /api/v1/recordings lists them", cors)
 
 
 async def _admitted(request: web.Request, rec_id: str, protocol: str):

@@ -177,12 +177,17 @@ async def remote_row(request: web.Request, rec_id: str) -> Recording | None:
     """The row of `rec_id` when its file lies on another node's disk and this node fetches it from there;
     None otherwise (standalone, unknown, local, in object storage, or a request already fetched by a node:
     never fetched further, so it is the local 404)."""
-    remote = request.app.get(REMOTE_VOD)
     manager = request.app.get(RECORDINGS)
-    if remote is None or manager is None or is_proxied(request.headers):
+    if manager is None or request.app.get(REMOTE_VOD) is None or is_proxied(request.headers):
         return None
-    row = await manager.catalog.get(rec_id)  # away: 503 (app.errors_as_json)
-    return row if row is not None and on_other_node(row, remote.node_id) else None
+    found = await manager.row_of(rec_id)  # away: 503 (app.errors_as_json)
+    return found[0] if found is not None and fetches_remote(request, found[0]) else None
+
+
+def fetches_remote(request: web.Request, row: Recording) -> bool:
+    """This node answers for `row` by fetching it from the node whose disk holds it."""
+    remote = request.app.get(REMOTE_VOD)
+    return remote is not None and not is_proxied(request.headers) and on_other_node(row, remote.node_id)
 
 
 async def fetch_remote(request: web.Request, row: Recording) -> web.StreamResponse:

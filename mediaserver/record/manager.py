@@ -211,8 +211,8 @@ class RecordingManager:
         self._ending: list[Recorder] = []
         """Recorders detached or ended whose last fsync has not run: each closed file's job holds a duplicate
         of its descriptor until it runs (and a file deleted meanwhile keeps its disk space)."""
-        self._files: dict[str, tuple[float, Recording, Path]] = {}
-        self._lookups: dict[str, asyncio.Future[tuple[Recording, Path] | None]] = {}
+        self._files: dict[str, tuple[float, Recording, Path | None]] = {}
+        self._lookups: dict[str, asyncio.Future[tuple[Recording, Path | None] | None]] = {}
         registry.on_published.append(self._published)
         registry.on_stream_ended.append(self._ended)
 
@@ -451,11 +451,16 @@ class RecordingManager:
     # ----- files --------------------------------------------------------------------------------
 
     async def file_of(self, rec_id: str) -> tuple[Recording, Path] | None:
-        """A recording's row and its local file (None when unknown or not on this node's disk); a row found
-        is kept FILE_CACHE_S while its file is there (not past the row's deletion here)."""
+        """A recording's row and its local file (None when unknown or not on this node's disk)."""
+        found = await self.row_of(rec_id)
+        return (found[0], found[1]) if found is not None and found[1] is not None else None
+
+    async def row_of(self, rec_id: str) -> tuple[Recording, Path | None] | None:
+        """A recording's row and its local file (None: in object storage or on another node's disk); None
+        when unknown. A row found is kept FILE_CACHE_S (while its local file is there, if it has one)."""
         now = time.monotonic()
         cached = self._files.get(rec_id)
-        if cached is not None and now - cached[0] < FILE_CACHE_S and cached[2].is_file():
+        if cached is not None and now - cached[0] < FILE_CACHE_S and (cached[2] is None or cached[2].is_file()):
             return cached[1], cached[2]  # (a file uploaded to object storage and removed: read the row again)
         # The viewers of one recording come together (a shared link; every player once its row expires):
         # one catalog read answers all of them.
@@ -470,18 +475,20 @@ class RecordingManager:
         if not done.cancelled():
             done.exception()  # retrieved: every waiter may have left
 
-    async def _look_up(self, rec_id: str) -> tuple[Recording, Path] | None:
+    async def _look_up(self, rec_id: str) -> tuple[Recording, Path | None] | None:
         now = time.monotonic()
         row = await self.catalog.get(rec_id)
         if row is None:
             return None
-        path = Path(row.location)
+        path: Path | None = Path(row.location)
         root = Path(self.cfg.path).resolve()
-        try:
-            path.resolve().relative_to(root)
-        except ValueError:
-            return None  # never serve a path outside the recordings (a row edited by hand)
-        if not path.is_file():
+        if row.location.startswith("s3://"):
+            path = None
+        elif path.resolve().is_relative_to(root) and path.is_file():
+            pass  # here (never a path outside the recordings: a row edited by hand)
+        elif on_other_node(row, self.node):
+            path = None  # fetched from that node (edge/vod_remote.py)
+        else:
             return None
         if len(self._files) >= 10_000:
             self._files = {k: v for k, v in self._files.items() if now - v[0] < FILE_CACHE_S}

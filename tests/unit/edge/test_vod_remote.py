@@ -189,7 +189,8 @@ async def test_a_fetched_request_is_never_fetched_further(upstream):
     app = web.Application()
     app[CONFIG] = Config()
     app[REMOTE_VOD] = remote
-    app[RECORDINGS] = SimpleNamespace(catalog=SimpleNamespace(get=lambda rec_id: asyncio.sleep(0, rows.get(rec_id))))
+    app[RECORDINGS] = SimpleNamespace(row_of=lambda rec_id: asyncio.sleep(0, (rows[rec_id], None) if rec_id in rows
+                                                                          else None))
 
     async def vod(request: web.Request) -> web.StreamResponse:  # as edge/vod.py: when the file is not here
         row = await remote_row(request, request.match_info["file"].removesuffix(".mp4"))

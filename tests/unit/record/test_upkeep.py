@@ -215,3 +215,31 @@ async def test_viewers_arriving_together_share_one_catalog_read(tmp_path):
         assert await manager.file_of("missing") is None and reads[-1] == "missing"
     finally:
         await manager.close()
+
+
+async def test_a_recording_in_the_bucket_or_on_another_node_is_kept_a_moment_too(tmp_path):
+    # Every range request of a viewer of such a recording used to read its row two or three times.
+    manager = await open_manager(tmp_path / "rec")
+    try:
+        bucket = await add(manager, "bucket", days_ago=1, size=10, local=False)
+        theirs = Recording(id="theirs", app="live", stream="cam", node="n2", started_at=NOW,
+                           location="/srv/n2/rec/live/cam/theirs.mp4", status="complete", bytes=10)
+        await manager.catalog.add(theirs)
+        mine_gone = await add(manager, "gone", days_ago=1, size=10)
+        Path(mine_gone.location).unlink()
+        reads = []
+        original = manager.catalog.get
+
+        async def counted(rec_id):
+            reads.append(rec_id)
+            return await original(rec_id)
+
+        manager.catalog.get = counted
+        for _ in range(5):
+            assert (await manager.row_of("bucket"))[0].id == bucket.id and await manager.file_of("bucket") is None
+            row, path = await manager.row_of("theirs")
+            assert row.id == theirs.id and path is None  # fetched from node n2
+            assert await manager.row_of("gone") is None  # this node's row without its file: not served
+        assert reads.count("bucket") == 1 and reads.count("theirs") == 1
+    finally:
+        await manager.close()
