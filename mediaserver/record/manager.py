@@ -12,7 +12,8 @@ task of their own; a catalog that is away is retried with backoff, and the files
 At start, rows this node left "recording" (the server was killed) are closed as "interrupted" with the
 duration and size read from their files (`vod.index_file`: up to the last whole fragment).
 
-fsync runs in a thread (`asyncio.to_thread`), every second for the jobs the Recorders have due.
+The Recorders' writes, fsyncs (every record.fsync_interval and at a file's close) and closes run in
+order on one thread (writer.DiskWriter), so a disk that does not keep up never stalls the event loop.
 Retention, the free-space guard and the catalog's readiness are `upkeep.Upkeep`'s: while record.path is
 short of space every recording stops (`pause_all`) and new ones are refused (507); they resume in new
 files when it returns (`resume_paused`).
@@ -45,6 +46,7 @@ from .retention import GB
 from .upkeep import RecordingStats, Upkeep
 from .uploader import Uploader
 from .vod import index_file
+from .writer import DiskWriter
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class _Recording:
         self.recorder = Recorder(
             stream.key, cfg.path, template=cfg.template, segment_minutes=cfg.segment_minutes,
             fsync_interval_s=cfg.fsync_interval, on_file_opened=self._opened, on_progress=self._progress,
-            on_file_closed=self._closed,
+            on_file_closed=self._closed, disk=manager.disk_writer,
         )
         self.dvr = DvrTrail(cfg.dvr_window)
         """The files of this recording the DVR window reaches (edge/vod.py serves it)."""
@@ -201,6 +203,8 @@ class RecordingManager:
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Told each finished file's final row (the on_record_done webhook)."""
+        self.disk_writer: DiskWriter | None = None
+        """The recordings' writes, on a thread of their own (set by `open`, which has a running loop)."""
         self.uploader: Uploader | None = None
         """record.storage = "s3": sends finished files to the bucket."""
         self.stats = RecordingStats()
@@ -228,6 +232,7 @@ class RecordingManager:
                 await store.close()
             raise
         manager = cls(registry, cfg, catalog, node, relay)
+        manager.disk_writer = DiskWriter(asyncio.get_running_loop())
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
         if store is not None:
@@ -440,6 +445,8 @@ class RecordingManager:
             await asyncio.wait_for(self._ops.join(), 10.0)
         except TimeoutError:
             event(log, "recording_catalog_unsaved", logging.WARNING, pending=self._ops.qsize())
+        if self.disk_writer is not None:
+            await asyncio.to_thread(self.disk_writer.stop, 30.0)  # every file written, synced and closed
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,10 +9,13 @@ copy of the media beyond the one join that builds a fragment.
 Crash safety: the file is opened O_APPEND and every piece (the init, then each segment) goes out in one
 os.write, so a process killed at any moment leaves a file that plays up to its last complete fragment;
 vod.index_file() ignores the partial box at the end. The data reaches the disk when the kernel writes it
-back, or at an fsync: fsync blocks, so it never runs here (the hub's callbacks are synchronous, on the
-event loop). Instead `take_sync_jobs()` hands the owner a callable per file due for one (every
-`fsync_interval_s`, and at close), to run in a thread (asyncio.to_thread); each holds its own duplicate
-of the file descriptor, so it is safe whenever it runs.
+back, or at an fsync (every `fsync_interval_s`, as `take_sync_jobs()` is called, and at close).
+
+Where the writes happen: given a `disk` (writer.DiskWriter, as the RecordingManager gives), each piece,
+fsync and close goes to its thread in order, so a disk that stalls never stalls the hub's callbacks (the
+event loop); an error there comes back through `_disk_failed`. Without one the writes happen here, and
+`take_sync_jobs()` hands the owner a callable per fsync due, holding its own duplicate of the descriptor,
+to run in a thread. Creating a file (mkdir, open) stays here: a metadata operation once per file.
 
 Rotation: a new file starts at a video segment (a keyframe) once the file holds `segment_minutes` of
 media, and whenever a track's codec configuration changes (or a track appears) so each file has one
@@ -45,6 +48,7 @@ from ..media.frames import Frame
 from ..remux.cmaf import AUDIO, VIDEO, CmafInit, CmafPart, CmafSegment
 from ..remux.fmp4 import box
 from .fragmenter import GopFragmenter
+from .writer import DiskWriter
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +190,7 @@ class Recorder:
         on_progress: Callable[[int, float], None] | None = None,
         on_file_closed: Callable[[FileClosed], None] | None = None,
         write: Callable[[int, bytes], int] = os.write,
+        disk: DiskWriter | None = None,
     ) -> None:
         if segment_minutes <= 0:
             raise UsageError(f"recording segment_minutes {segment_minutes} must be > 0")
@@ -208,6 +213,9 @@ class Recorder:
         self._on_progress = on_progress
         self._on_closed = on_file_closed
         self._write = write
+        self._disk = disk
+        """Given: the writes, fsyncs and closes go to its thread (the event loop never waits for the disk);
+        else they happen here, with `write` (tests, tools)."""
         self.segmenter = GopFragmenter(fragment_s, max(10.0, 2 * fragment_s))
         self._file: _File | None = None
         self._first_sequence = 0
@@ -273,7 +281,10 @@ class Recorder:
         f = self._file
         if f is not None and self.fsync_interval_s and self._wall() - f.synced_at >= self.fsync_interval_s:
             f.synced_at = self._wall()
-            self._sync_jobs.append(_sync_job(f.fd))
+            if self._disk is not None:
+                self._disk.sync(f)  # after the writes queued before it
+            else:
+                self._sync_jobs.append(_sync_job(f.fd))
         jobs, self._sync_jobs = self._sync_jobs, []
         return jobs
 
@@ -330,6 +341,8 @@ class Recorder:
             self._fail(None, err if isinstance(err, OSError) else OSError(errno.EINVAL, str(err)))
             return None
         f = self._file = _File(path, fd, started_at, inits, self._wall())
+        if self._disk is not None:
+            self._disk.opened(f, self._disk_failed)
         self._first_sequence = seg.sequence
         if self._on_opened is not None:
             self._on_opened(path, started_at)
@@ -386,6 +399,13 @@ class Recorder:
 
     def _append(self, f: _File, data: bytes | bytearray) -> bool:
         """One piece, whole, in one write (a short write on a full disk is finished or fails)."""
+        if self._disk is not None:
+            if not self._disk.write(f, data):
+                self._fail(f, OSError(errno.ENOBUFS, f"the disk does not keep up: more than "
+                                      f"{self._disk.max_queued_bytes >> 20} MB of recordings wait to be written"))
+                return False
+            f.bytes += len(data)
+            return True
         view = memoryview(data)
         try:
             while view:
@@ -403,15 +423,18 @@ class Recorder:
         f = self._file
         assert f is not None
         self._file = None
-        if status != FAILED:
+        if self._disk is not None:
+            self._disk.close(f, sync=status != FAILED)  # once its writes are done
+        else:
+            if status != FAILED:
+                try:
+                    self._sync_jobs.append(_sync_job(f.fd))
+                except OSError:
+                    pass
             try:
-                self._sync_jobs.append(_sync_job(f.fd))
+                os.close(f.fd)
             except OSError:
                 pass
-        try:
-            os.close(f.fd)
-        except OSError:
-            pass
         video = f.inits.get(VIDEO)
         closed = FileClosed(
             path=f.path, started_at=f.started_at, duration_s=round(f.duration_s, 3), bytes=f.bytes,
@@ -422,6 +445,17 @@ class Recorder:
         if self._on_closed is not None:
             self._on_closed(closed)
 
+    def _disk_failed(self, f: _File, err: OSError, good_bytes: int) -> None:
+        """The writer's thread could not write `f` (it cut the file back to `good_bytes`): on the event loop."""
+        if self._file is not f:
+            # Closed already (its FileClosed counted the pieces still queued): the file plays up to its
+            # last whole fragment, which is what a reader indexes; its row's size is what was asked.
+            event(log, "recording_tail_lost", logging.WARNING, stream=str(self.key), path=str(f.path),
+                  error=str(err), bytes=good_bytes)
+            return
+        f.bytes = good_bytes
+        self._fail(f, err)
+
     def _fail(self, f: _File | None, err: OSError) -> None:
         """A disk error: the recording ends here, reported once through on_file_closed (its owner logs it,
         knowing the file's catalog row); never raised into the hub."""
@@ -431,10 +465,11 @@ class Recorder:
                   error=reason, hint="free disk space or fix the recording directory; the file plays up to its "
                   "last fragment")
         if f is not None:
-            try:
-                os.ftruncate(f.fd, f.bytes)  # drop a partly written fragment, if the system lets us
-            except OSError:
-                pass
+            if self._disk is None:
+                try:
+                    os.ftruncate(f.fd, f.bytes)  # drop a partly written fragment, if the system lets us
+                except OSError:
+                    pass
             self._close(FAILED, reason)
         else:
             self.files.append(FileClosed(self.root, self._wall(), 0.0, 0, (), 0, 0, FAILED, reason))

@@ -156,9 +156,16 @@ async def test_a_recording_a_disk_error_ended_starts_a_new_file_when_asked_again
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(rec.recorder, "_write", full)
+    monkeypatch.setattr(manager.disk_writer, "_write", full)
     publish(stream, clip[half:half + 60])
-    assert rec.recorder.stopped
+    for _ in range(100):  # the writer's thread reports it on the loop
+        if rec.recorder.stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert rec.recorder.stopped and rec.recorder.files[-1].status == "failed"
+    failed = rec.recorder.files[-1]
+    assert failed.bytes == failed.path.stat().st_size  # cut back to its last whole piece
+    manager.disk_writer._write = os.write
     again = manager.start(KEY)
     assert again is not rec and not again.recorder.stopped
     assert rec.recorder not in stream.sinks  # the failed one left the stream

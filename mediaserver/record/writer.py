@@ -1,0 +1,144 @@
+"""DiskWriter: the recordings' writes, fsyncs and closes, in order, on a thread of their own.
+
+A write to the page cache takes a few hundred microseconds, but one to a disk that does not keep up (the
+kernel throttles writers once dirty pages pile up, or a network filesystem stalls) blocks for as long as
+the disk wants; on the event loop that would stall every stream and viewer of the node. So the Recorders
+hand their pieces here: one thread takes them in order (a file's fsync and close after its writes), and
+an error comes back to the Recorder on the event loop (`on_error(file, error, good_bytes)`), the file
+first cut back to its last whole piece. A file is named by its owner's object (anything with an `fd`), not
+by its descriptor's number, which the system gives again once the thread has closed it. What waits is bounded (`max_queued_bytes`): a disk that falls that far
+behind fails the recordings that write to it, never the node's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_BYTES = 256 << 20
+"""About 13 minutes of one 2.5 Mbit/s stream, or 16 s of 50 such streams, waiting for a stalled disk."""
+
+
+
+class OpenFile(Protocol):
+    fd: int
+
+
+ErrorCallback = Callable[[Any, OSError, int], None]
+
+
+class DiskWriter:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_queued_bytes: int = MAX_QUEUED_BYTES,
+                 write: Callable[[int, memoryview], int] = os.write) -> None:
+        self._loop = loop
+        self.max_queued_bytes = max_queued_bytes
+        self._write = write
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.queued_bytes = 0
+        """Bytes handed over and not yet written (read on the loop; updated under the lock)."""
+        self._files: dict[int, tuple[ErrorCallback, list[int]]] = {}
+        """id(file) -> (its owner's error callback, [bytes written so far, or -1 once failed]): the thread's."""
+        self._thread = threading.Thread(target=self._run, name="recording writer", daemon=True)
+        self._thread.start()
+
+    # ----- called on the event loop ---------------------------------------------------------------
+
+    def opened(self, file: OpenFile, on_error: ErrorCallback, size: int = 0) -> None:
+        self._jobs.put(("open", file, (on_error, size)))
+
+    def write(self, file: OpenFile, data: bytes | bytearray) -> bool:
+        """Queue one piece (written whole, in one go, after what came before); False when the disk is too
+        far behind (the caller fails its recording)."""
+        with self._lock:
+            if self.queued_bytes + len(data) > self.max_queued_bytes:
+                return False
+            self.queued_bytes += len(data)
+        self._jobs.put(("write", file, data))
+        return True
+
+    def sync(self, file: OpenFile) -> None:
+        self._jobs.put(("sync", file, None))
+
+    def close(self, file: OpenFile, *, sync: bool) -> None:
+        """fsync (when `sync`) and close the file's descriptor once its writes are done."""
+        self._jobs.put(("close", file, sync))
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Finish every job queued, then end the thread (blocking: run it in a thread)."""
+        self._jobs.put(("stop", None, None))
+        self._thread.join(timeout_s)
+
+    # ----- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            kind, file, arg = self._jobs.get()
+            if kind == "stop":
+                return
+            try:
+                self._do(kind, file, arg)
+            except Exception:  # never: each job catches its OSError; the thread must outlive a bug
+                log.exception("recording writer job %s failed", kind)
+
+    def _do(self, kind: str, file: OpenFile, arg) -> None:
+        fd = file.fd
+        if kind == "open":
+            on_error, size = arg
+            self._files[id(file)] = (on_error, [size])
+            return
+        entry = self._files.get(id(file))
+        if kind == "write":
+            with self._lock:
+                self.queued_bytes -= len(arg)
+            if entry is None or entry[1][0] < 0:
+                return  # failed already: the rest of its pieces are dropped
+            try:
+                view = memoryview(arg)
+                while view:
+                    written = self._write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.EIO, "write wrote nothing")
+                    view = view[written:]
+                entry[1][0] += len(arg)
+            except OSError as err:
+                self._failed(file, entry, err)
+        elif kind == "sync":
+            if entry is not None and entry[1][0] >= 0:
+                try:
+                    os.fsync(fd)
+                except OSError as err:
+                    self._failed(file, entry, err)
+        elif kind == "close":
+            self._files.pop(id(file), None)
+            try:
+                if arg and entry is not None and entry[1][0] >= 0:
+                    os.fsync(fd)
+            except OSError as err:
+                if entry is not None:
+                    self._failed(file, entry, err)
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _failed(self, file: OpenFile, entry: tuple[ErrorCallback, list[int]], err: OSError) -> None:
+        good = entry[1][0]
+        entry[1][0] = -1
+        try:
+            os.ftruncate(file.fd, good)  # drop a partly written piece, if the system lets us
+        except OSError:
+            pass
+        try:
+            self._loop.call_soon_threadsafe(entry[0], file, err, good)
+        except RuntimeError:
+            pass  # the loop is closed: the server is gone

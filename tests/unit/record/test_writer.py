@@ -1,0 +1,95 @@
+"""DiskWriter: a Recorder's writes go to a thread, so a disk that stalls never stalls the event loop; what
+waits is bounded, and a disk that falls too far behind fails the recording with a clear error; an error on
+the thread comes back to the Recorder once, with the file cut back to its last whole piece."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+
+from mediaserver.record import vod
+from mediaserver.record.recorder import COMPLETE, FAILED, Recorder
+from mediaserver.record.writer import DiskWriter
+
+from support.codec_clips import codec_clip
+from test_recorder import FPS, KEY, Clock, decode, new_stream, publish
+
+
+async def test_a_stalling_disk_never_holds_the_event_loop_and_the_file_is_whole_in_the_end(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    writes = []
+
+    def slow(fd, data) -> int:
+        time.sleep(0.2)  # a disk that does not keep up
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    disk = DiskWriter(asyncio.get_running_loop(), write=slow)
+    stream = new_stream()
+    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk)
+    stream.add_sink(rec)
+    started = time.monotonic()
+    publish(stream, frames)
+    stream.end()
+    assert time.monotonic() - started < 0.5  # (written here, 9 pieces would have taken 1.8 s)
+    await asyncio.to_thread(disk.stop)
+    assert len(writes) >= 5 and disk.queued_bytes == 0
+    [closed] = rec.files
+    assert closed.status == COMPLETE and closed.bytes == closed.path.stat().st_size == sum(writes)
+    assert vod.index_file(closed.path.read_bytes()).trailing_bytes == 0
+    assert len(decode(closed.path)["video"]) == 4 * FPS
+
+
+async def test_a_disk_too_far_behind_fails_the_recording_and_memory_stays_bounded(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    release = threading.Event()
+
+    def stuck(fd, data) -> int:
+        release.wait(10)
+        return os.write(fd, data)
+
+    disk = DiskWriter(asyncio.get_running_loop(), write=stuck, max_queued_bytes=30_000)
+    stream = new_stream()
+    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk)
+    stream.add_sink(rec)
+    publish(stream, frames)
+    assert rec.stopped and disk.queued_bytes <= 30_000
+    [closed] = rec.files
+    assert closed.status == FAILED and "does not keep up" in closed.error
+    release.set()
+    await asyncio.to_thread(disk.stop)
+    assert closed.path.stat().st_size == closed.bytes  # what was queued before the limit: written whole
+    assert vod.index_file(closed.path.read_bytes()).trailing_bytes == 0
+    stream.end()
+
+
+async def test_an_error_on_the_thread_ends_the_recording_once_with_the_file_cut_back(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    written = []
+
+    def filling(fd, data) -> int:
+        if len(written) == 3:
+            os.write(fd, bytes(data[:100]))  # part of a piece, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(len(data))
+        return os.write(fd, data)
+
+    disk = DiskWriter(asyncio.get_running_loop(), write=filling)
+    stream = new_stream()
+    closed_events = []
+    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk, on_file_closed=closed_events.append)
+    stream.add_sink(rec)
+    publish(stream, frames)
+    for _ in range(200):
+        if rec.stopped:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.to_thread(disk.stop)
+    assert [c.status for c in closed_events] == [FAILED] and "No space left" in closed_events[0].error
+    closed = closed_events[0]
+    assert closed.bytes == sum(written) == closed.path.stat().st_size
+    assert decode(closed.path)["video"]
+    stream.end()
