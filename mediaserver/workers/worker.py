@@ -19,9 +19,13 @@ from collections.abc import Callable, Mapping
 import aiohttp
 from aiohttp import web
 
+from .. import __version__
+from ..api.admin import DEPS
 from ..cluster.locator import NodeInfo
 from ..config import Config, ConfigError
+from ..edge.overload import LOAD_REDIRECT
 from ..log import event
+from ..wiring.cluster import node_offer
 from . import SECRET_ENV, WORKER_ENV
 from .client import LocalLocator
 from .node_metrics import Pulls, merge, merge_streams
@@ -53,6 +57,8 @@ class WorkerSetup:
         self._private.setblocking(False)
         self.private_url = f"http://127.0.0.1:{self._private.getsockname()[1]}"
         self._session: aiohttp.ClientSession | None = None
+        self.config: Config | None = None
+        """The worker's config, once adapt made it."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerSetup | None:
@@ -67,14 +73,18 @@ class WorkerSetup:
 
     def adapt(self, config: Config) -> Config:
         """The worker's config: a node of role "both" advertising its private port."""
+        # No ceilings: the kernel spreads viewers among the workers, and an overloaded worker's 302 would
+        # send a player to a sibling's private loopback URL, which it cannot reach.
         cluster = dataclasses.replace(config.cluster, role="both", node_id=self.node_id,
                                       advertise_url=self.private_url, redis_url="", upstream="",
-                                      serve_edges=False, max_pulls=0, max_pulls_per_client=0)
+                                      serve_edges=False, max_pulls=0, max_pulls_per_client=0,
+                                      max_viewers=0, max_egress_mbps=0)
         # Segmented formats proxied from a sibling name their client in X-Forwarded-For (play tokens bound
         # to an address, per-client counts): loopback is a trusted proxy.
         trusted = tuple(dict.fromkeys((*config.http.trusted_proxies, *LOOPBACK)))
-        return dataclasses.replace(config, cluster=cluster,
-                                   http=dataclasses.replace(config.http, trusted_proxies=trusted))
+        self.config = dataclasses.replace(config, cluster=cluster,
+                                          http=dataclasses.replace(config.http, trusted_proxies=trusted))
+        return self.config
 
     def environ(self, environ: Mapping[str, str], config: Config) -> dict[str, str]:
         return {**environ, config.cluster.secret_env: self.secret}
@@ -84,9 +94,22 @@ class WorkerSetup:
         return self.locator
 
     def wire(self, app: web.Application) -> None:
+        app.pop(LOAD_REDIRECT, None)  # never a 302 toward a sibling's private URL (adapt sets no ceiling)
+        for resource in app.router.resources():
+            if isinstance(resource, web.PrefixedSubAppResource) and DEPS in resource.get_info()["app"]:
+                resource.get_info()["app"][DEPS].route = self.route
         app.middlewares.insert(0, self._node_view)
         app.middlewares.insert(1, self._api_routing)
         app.middlewares.insert(2, self._segments_from_owner)
+
+    async def route(self) -> tuple[NodeInfo | None, str]:
+        """GET /api/v1/route/...: the machine is one standalone node to its players, whichever worker they
+        reach; its play URLs are on the caller's base URL (or cluster.public_url), never a worker's private
+        loopback port."""
+        assert self.config is not None, "adapt() makes the worker's config before the app is wired"
+        host = socket.gethostname()
+        return NodeInfo(id=host, role="standalone", http="", rtmp=f"rtmp://{host}:{self.config.rtmp.port}",
+                        version=__version__, **node_offer(self.config)), ""
 
     async def start_private(self, runner: web.AppRunner) -> None:
         """Serve the app on the private loopback port too (siblings' pulls and metrics)."""

@@ -153,3 +153,32 @@ def test_workers_on_a_busy_port_stop_the_start_with_one_clear_line(tmp_path):
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("mediaserver:")]
     assert len(errors) == 1 and f"http port 127.0.0.1:{port}" in errors[0], done.stderr
+
+
+async def workers_ready(server) -> None:
+    await wait_for(lambda: asyncio.sleep(0, "workers_ready" in server.log_text()), 20, "both workers listening", server)
+
+
+async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_private_port(
+        server_factory, publish, media, stream_name):
+    server = server_factory(**{"server.workers": "2", "record.mode": "off", "cluster.max_viewers": "1"})
+    await workers_ready(server)
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    base = server.http_base
+    held = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        try:
+            for _ in range(8):  # a new connection each: both workers answer
+                async with fresh.get(f"{base}/api/v1/route/live/{stream_name}") as resp:
+                    body = await resp.json()
+                assert resp.status == 200 and body["standalone"] and body["base"] == base, body
+                assert body["player"].startswith(f"{base}/play/"), body
+                assert all(u.startswith((base, "ws" + base[4:], "rtmp://127.0.0.1:")) for u in body["urls"].values()), body
+                # viewers one by one past the ceiling: a worker at it would have sent them to its sibling
+                resp = await fresh.get(server.flv_url(stream_name), allow_redirects=False)
+                held.append(resp)
+                assert resp.status == 200, (resp.status, resp.headers.get("Location"))
+        finally:
+            for resp in held:
+                resp.close()
