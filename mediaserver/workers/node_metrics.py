@@ -120,3 +120,23 @@ def merge_streams(lists: dict[str, list[dict]], owners: dict[str, str]) -> list[
         merged.append({**main, "viewers": {k: v for k, v in viewers.items() if v},
                        "viewers_total": sum(viewers.values()), "worker": owner, "viewers_by_worker": per_worker})
     return merged
+
+
+def merge_public_streams(answers: list[dict], limit: int) -> dict:
+    """GET /streams.json for the node from each worker's answer: a stream once (live if any worker has it
+    live, its renditions gathered from every worker), sorted as one node lists them, at most `limit`."""
+    by_key: dict[tuple[str, str], dict] = {}
+    truncated = False
+    for answer in answers:
+        truncated = truncated or bool(answer.get("truncated"))
+        for stream in answer.get("streams") or []:
+            key = (str(stream.get("app")), str(stream.get("name")))
+            held = by_key.get(key)
+            if held is None or (stream.get("live") and not held.get("live")):
+                renditions = set(held.get("renditions", [])) if held is not None else set()
+                by_key[key] = held = {**stream}
+                held["renditions"] = sorted(renditions | set(stream.get("renditions") or []))
+            else:
+                held["renditions"] = sorted(set(held.get("renditions", [])) | set(stream.get("renditions") or []))
+    streams = [by_key[k] for k in sorted(by_key)]
+    return {"streams": streams[:limit], "truncated": truncated or len(streams) > limit}

@@ -4,12 +4,14 @@ The supervisor names the worker in its environment (WORKER_ENV, SECRET_ENV). The
 cluster node of role "both" whose locator is the supervisor's stream book (client.LocalLocator): it binds
 a private loopback HTTP port first and advertises it, so siblings pull its streams there (internal pulls
 carry the per-start secret, as an edge's pulls carry the cluster's); it binds the public ports with
-SO_REUSEPORT; its /metrics answers for the whole node (node_metrics.py).
+SO_REUSEPORT; its /metrics and stream lists (/api/v1/streams, /streams.json) answer for the whole node
+(node_metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,17 +26,19 @@ from ..api.admin import DEPS
 from ..cluster.locator import NodeInfo
 from ..config import Config, ConfigError
 from ..edge.overload import LOAD_REDIRECT
+from ..edge.pages import MAX_PUBLIC_STREAMS
 from ..log import event
 from ..wiring.cluster import node_offer
 from . import SECRET_ENV, WORKER_ENV
 from .client import LocalLocator
-from .node_metrics import Pulls, merge, merge_streams
+from .node_metrics import Pulls, merge, merge_public_streams, merge_streams
 
 log = logging.getLogger("mediaserver.workers")
 
 LOCAL_HEADER = "X-Mediaserver-Worker"
 """On a sibling's request for /metrics or the stream list (with the secret): answer for this worker only."""
 STREAMS_PATH = "/api/v1/streams"
+PUBLIC_STREAMS_PATH = "/streams.json"
 SIBLING_TIMEOUT_S = 2.0
 
 
@@ -128,7 +132,7 @@ class WorkerSetup:
     @web.middleware
     async def _node_view(self, request: web.Request, handler):
         path = request.path
-        if request.method != "GET" or path not in ("/metrics", STREAMS_PATH) or (
+        if request.method != "GET" or path not in ("/metrics", STREAMS_PATH, PUBLIC_STREAMS_PATH) or (
                 path == STREAMS_PATH and "scope" in request.query):
             return await handler(request)
         own = await handler(request)  # the token check and this worker's own answer
@@ -147,6 +151,14 @@ class WorkerSetup:
             if text is not None:
                 answers[label[node.id]] = text
         answers = dict(sorted(answers.items()))
+        if path == PUBLIC_STREAMS_PATH:  # each worker lists what its registry holds: the node is their union
+            public = []
+            for text in answers.values():
+                with contextlib.suppress(ValueError):
+                    public.append(json.loads(text))
+            return web.json_response(merge_public_streams([p for p in public if isinstance(p, dict)],
+                                                          MAX_PUBLIC_STREAMS),
+                                     headers={"Cache-Control": own.headers.get("Cache-Control", "no-cache")})
         if path == "/metrics":
             body = merge(answers, Pulls.of(nodes, claims, label))
             return web.Response(body=body.encode(), headers={

@@ -182,3 +182,17 @@ async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_p
         finally:
             for resp in held:
                 resp.close()
+
+
+async def test_the_public_stream_list_shows_the_whole_node_whichever_worker_answers(
+        server_factory, publish, media, stream_name):
+    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
+    await workers_ready(server)
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        for _ in range(8):  # a new connection each: both workers answer, one of them without the publisher
+            async with fresh.get(f"{server.http_base}/streams.json") as resp:
+                body = await resp.json()
+            assert resp.status == 200 and not body["truncated"], body
+            assert [(s["name"], s["live"]) for s in body["streams"]] == [(stream_name, True)], body

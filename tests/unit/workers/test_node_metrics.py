@@ -9,7 +9,7 @@ import pytest
 from mediaserver.cluster.locator import NodeInfo, Owner
 from mediaserver.config import ConfigError, load_config
 from mediaserver.workers import cores, count
-from mediaserver.workers.node_metrics import Pulls, merge, merge_streams
+from mediaserver.workers.node_metrics import Pulls, merge, merge_public_streams, merge_streams
 from mediaserver.workers.supervisor import busy_port
 
 WORKER0 = """# HELP mediaserver_streams Streams by state.
@@ -104,3 +104,17 @@ def test_the_node_stream_list_names_a_stream_once_with_its_viewers_added_up():
     assert s["publisher"] == "encoder:1" and s["worker"] == "0"  # described by the publisher's worker
     assert s["viewers"] == {"flv": 8, "rtmp": 1} and s["viewers_total"] == 9  # worker1's pull is not a viewer
     assert s["viewers_by_worker"] == {"0": 5, "1": 4}
+
+
+def test_the_public_stream_list_of_the_node_lists_each_stream_once_live_where_any_worker_has_it_live():
+    publisher = {"streams": [{"app": "live", "name": "b", "live": True, "video": "h264", "audio": "aac",
+                              "renditions": ["480p"]}], "truncated": False}
+    other = {"streams": [{"app": "live", "name": "b", "live": False, "video": None, "audio": None,
+                          "renditions": ["720p"]},
+                         {"app": "live", "name": "a", "live": True, "video": "h264", "audio": None,
+                          "renditions": []}], "truncated": False}
+    merged = merge_public_streams([other, publisher], limit=10)
+    assert [(s["name"], s["live"], s["renditions"]) for s in merged["streams"]] == [
+        ("a", True, []), ("b", True, ["480p", "720p"])]
+    assert merged["streams"][1]["video"] == "h264" and not merged["truncated"]
+    assert merge_public_streams([other], limit=1) == {"streams": [other["streams"][1]], "truncated": True}
