@@ -175,14 +175,19 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Strea
     trail = rec.dvr
     version = trail.key()
     cached = rec.dvr_text
-    if cached is None or cached[0] != version:
+    if cached is None or cached[0] != version or not cached[1].done():
+        if cached is None or cached[0] != version:  # the viewers asking meanwhile wait for this one rendering
+            render = asyncio.ensure_future(asyncio.to_thread(trail.render, lambda rec_id: f"../../vod/{rec_id}.mp4"))
+            render.add_done_callback(lambda done: done.cancelled() or done.exception())  # (retrieved)
+            cached = rec.dvr_text = (version, render)
         try:
-            text = await asyncio.to_thread(trail.render, lambda rec_id: f"../../vod/{rec_id}.mp4")
+            await asyncio.shield(cached[1])
         except (OSError, MediaError) as err:
+            if rec.dvr_text is cached:
+                rec.dvr_text = None  # the next request tries again
             raise json_error(503, f"the recording of {key} cannot be read yet: {err}", "retry in a few seconds",
                              {"Retry-After": "2", **cors}) from None
-        cached = rec.dvr_text = (version, text)
-    text = cached[1]
+    text = cached[1].result()
     query = request.get(PLAY_QUERY)
     if query:  # the viewer's play token goes into every URI (the file asks for it too)
         text = _DVR_URI.sub(lambda m: f"{m.group(0)}?{query}", text)

@@ -128,8 +128,8 @@ class _Recording:
         )
         self.dvr = DvrTrail(cfg.dvr_window)
         """The files of this recording the DVR window reaches (edge/vod.py serves it)."""
-        self.dvr_text: tuple[tuple, str] | None = None
-        """The DVR playlist last rendered, by DvrTrail.key()."""
+        self.dvr_text: tuple[tuple, asyncio.Future[str]] | None = None
+        """The DVR playlist last rendered (or being rendered), by DvrTrail.key()."""
 
     def _opened(self, path: Path, started_at: float) -> None:
         self.written = 0
