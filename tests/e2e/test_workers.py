@@ -185,12 +185,18 @@ async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_p
 
 
 async def test_the_public_stream_list_shows_the_whole_node_whichever_worker_answers(
-        server_factory, publish, media, stream_name):
+        server_factory, publish, media, stream_name, monkeypatch):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
     server = server_factory(**{"server.workers": "2", "record.mode": "off"})
     await workers_ready(server)
     publish(server, stream_name, media.av, loop=True)
-    await wait_live(server, stream_name)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+
+        async def published() -> bool:  # not played: no worker but the publisher's holds the stream
+            async with fresh.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
+                return [s["name"] for s in (await resp.json())["streams"]] == [stream_name]
+
+        await wait_for(published, 10, "the stream published", server)
         for _ in range(8):  # a new connection each: both workers answer, one of them without the publisher
             async with fresh.get(f"{server.http_base}/streams.json") as resp:
                 body = await resp.json()
