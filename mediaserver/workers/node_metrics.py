@@ -3,13 +3,17 @@ worker="N", one HELP/TYPE per family, so `sum(...)` over the workers is the node
 
 A stream a worker pulls from a sibling would count twice (live on both workers) and its pull once as an
 HTTP-FLV viewer of the publisher's worker; `merge` takes those out of mediaserver_streams{state="live"}
-and mediaserver_viewers{format="flv"}, so streams and viewers add up to what the node serves.
+and mediaserver_viewers{format="flv"}, so streams and viewers add up to what the node serves. The bytes
+of those pulls (ingress of the pulling worker, FLV egress of the pulled one) never leave the machine:
+each worker's text carries its `SiblingTraffic` on a comment line, and `merge` takes it out of
+mediaserver_ingress_bytes, mediaserver_ingress_frames and mediaserver_egress_bytes{format="flv"}.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..cluster.locator import NodeInfo, Owner
 
@@ -41,12 +45,50 @@ class Pulls:
         return cls(pulling, served)
 
 
-def _adjust(sample: str, pulls: Pulls, worker: str) -> str:
+SIBLING_TRAFFIC = "# mediaserver-sibling-traffic "
+"""Starts the comment line a worker's own /metrics text carries its SiblingTraffic on (Prometheus skips it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiblingTraffic:
+    """A worker's traffic with its siblings since it started: counters, so they only grow."""
+
+    ingress_bytes: int = 0
+    """Media bytes of the streams it pulled from siblings (as mediaserver_ingress_bytes counts them)."""
+    ingress_frames: int = 0
+    egress_flv_bytes: int = 0
+    """Bytes it sent to siblings pulling its streams over HTTP-FLV."""
+    pulls_served: int = 0
+    """Siblings' pulls it serves now (each one HTTP-FLV subscriber)."""
+
+    def line(self) -> str:
+        return SIBLING_TRAFFIC + json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def of(cls, text: str) -> SiblingTraffic | None:
+        """The traffic a worker's text carries; None for a text without it (a worker of an older version)."""
+        for line in text.splitlines():
+            if line.startswith(SIBLING_TRAFFIC):
+                try:
+                    raw = json.loads(line[len(SIBLING_TRAFFIC):])
+                    return cls(**{k: int(raw.get(k, 0)) for k in cls.__dataclass_fields__})
+                except (ValueError, TypeError, AttributeError):
+                    return None
+        return None
+
+
+def _adjust(sample: str, pulls: Pulls, worker: str, traffic: SiblingTraffic | None) -> str:
     name = sample.split("{", 1)[0].split(" ", 1)[0]
     if name == "mediaserver_streams" and 'state="live"' in sample:
         minus = pulls.pulling[worker]
     elif name == "mediaserver_viewers" and 'format="flv"' in sample:
-        minus = pulls.served[worker]
+        minus = pulls.served[worker] if traffic is None else traffic.pulls_served
+    elif traffic is not None and name == "mediaserver_ingress_bytes_total":
+        minus = traffic.ingress_bytes
+    elif traffic is not None and name == "mediaserver_ingress_frames_total":
+        minus = traffic.ingress_frames
+    elif traffic is not None and name == "mediaserver_egress_bytes_total" and 'format="flv"' in sample:
+        minus = traffic.egress_flv_bytes
     else:
         return sample
     head, _, value = sample.rpartition(" ")
@@ -68,6 +110,7 @@ def merge(texts: dict[str, str], pulls: Pulls | None = None) -> str:
     """Prometheus text format (0.0.4) of several workers, by worker label, as one exposition."""
     families: dict[str, _Family] = {}
     for worker, text in texts.items():
+        traffic = SiblingTraffic.of(text)
         current: _Family | None = None
         for line in text.splitlines():
             if line.startswith(("# HELP ", "# TYPE ")):
@@ -83,7 +126,7 @@ def merge(texts: dict[str, str], pulls: Pulls | None = None) -> str:
             if current is None:  # a sample without HELP/TYPE: its own family
                 current = families.setdefault(line.split("{", 1)[0].split(" ", 1)[0], _Family())
             if pulls is not None:
-                line = _adjust(line, pulls, worker)
+                line = _adjust(line, pulls, worker, traffic)
             current.samples.append(_labelled(line, worker))
     out: list[str] = []
     for family in families.values():

@@ -25,6 +25,7 @@ from .. import __version__
 from ..api.admin import DEPS
 from ..cluster.locator import NodeInfo
 from ..config import Config, ConfigError
+from ..edge.keys import REGISTRY
 from ..edge.overload import LOAD_REDIRECT
 from ..edge.pages import MAX_PUBLIC_STREAMS
 from ..log import event
@@ -32,6 +33,7 @@ from ..wiring.cluster import node_offer
 from . import SECRET_ENV, WORKER_ENV
 from .client import LocalLocator
 from .node_metrics import Pulls, merge, merge_public_streams, merge_streams
+from .traffic import SiblingCounter
 
 log = logging.getLogger("mediaserver.workers")
 
@@ -61,6 +63,7 @@ class WorkerSetup:
         self._private.setblocking(False)
         self.private_url = f"http://127.0.0.1:{self._private.getsockname()[1]}"
         self._session: aiohttp.ClientSession | None = None
+        self.traffic: SiblingCounter | None = None
         self.config: Config | None = None
         """The worker's config, once adapt made it."""
 
@@ -102,6 +105,8 @@ class WorkerSetup:
         for resource in app.router.resources():
             if isinstance(resource, web.PrefixedSubAppResource) and DEPS in resource.get_info()["app"]:
                 resource.get_info()["app"][DEPS].route = self.route
+        self.traffic = SiblingCounter(app[REGISTRY])
+        self.traffic.wire(app)
         app.middlewares.insert(0, self._node_view)
         app.middlewares.insert(1, self._api_routing)
         app.middlewares.insert(2, self._segments_from_owner)
@@ -136,9 +141,11 @@ class WorkerSetup:
                 path == STREAMS_PATH and "scope" in request.query):
             return await handler(request)
         own = await handler(request)  # the token check and this worker's own answer
-        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
-            return own
         if not isinstance(own, web.Response) or own.status != 200 or own.body is None:
+            return own
+        if path == "/metrics" and self.traffic is not None:  # the merge takes the siblings' traffic out
+            own.body = bytes(own.body).rstrip(b"\n") + f"\n{self.traffic.now().line()}\n".encode()  # type: ignore[arg-type]
+        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
             return own
         nodes = await self.locator.nodes()
         claims = await self.locator.claims()

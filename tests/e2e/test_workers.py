@@ -202,3 +202,55 @@ async def test_the_public_stream_list_shows_the_whole_node_whichever_worker_answ
                 body = await resp.json()
             assert resp.status == 200 and not body["truncated"], body
             assert [(s["name"], s["live"]) for s in body["streams"]] == [(stream_name, True)], body
+
+
+def samples_by_worker(metrics: str, name: str, labels: str = "") -> dict[str, float]:
+    pattern = rf'^{name}\{{worker="(\d+)"{"," + labels if labels else ""}\}} (\S+)$'
+    return {w: float(v) for w, v in re.findall(pattern, metrics, re.M)}
+
+
+async def test_the_node_metrics_count_no_sibling_pull_as_traffic_or_viewer(
+        server_factory, publish, media, stream_name, monkeypatch):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    # the sibling's pull outlives its viewers by cluster.pull_grace: then it is the node's only FLV traffic
+    server = server_factory(**{"server.workers": "2", "record.mode": "off", "cluster.pull_grace": "60"})
+    await workers_ready(server)
+    publish(server, stream_name, media.av, loop=True)
+    viewers = []
+    async with aiohttp.ClientSession() as http:
+
+        async def scrape() -> str:
+            async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
+                return await resp.text()
+
+        async def on_both_workers() -> bool:
+            async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
+                mine = [s for s in (await resp.json())["streams"] if s["name"] == stream_name]
+            if mine and len(mine[0]["viewers_by_worker"]) == 2:
+                return True
+            if len(viewers) < 16:  # SO_REUSEPORT spreads new connections: soon one lands on each worker
+                viewers.append(server.flv_viewer(stream_name))
+                await viewers[-1].start()
+            return False
+
+        try:
+            await wait_for(on_both_workers, 20, "FLV viewers on both workers", server)
+            got = await asyncio.gather(*(v.wait_video_frames(10, timeout_s=15) for v in viewers))
+            assert all(got), [v.video_frame_count() for v in viewers]
+            assert sum(flv_viewers_by_worker(await scrape()).values()) == len(viewers)
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))
+
+        async def no_viewers() -> bool:
+            return sum(flv_viewers_by_worker(await scrape()).values()) == 0
+
+        await wait_for(no_viewers, 5, "no FLV viewers counted once they left (the pull is none)", server)
+        before = await scrape()
+        await asyncio.sleep(2.0)
+        after = await scrape()
+    egress = [sum(samples_by_worker(m, "mediaserver_egress_bytes_total", 'format="flv"').values())
+              for m in (before, after)]
+    assert egress[0] == egress[1], f"FLV egress grew with no viewer: {egress}"
+    ingress = [samples_by_worker(m, "mediaserver_ingress_bytes_total") for m in (before, after)]
+    grew = [w for w in ingress[1] if ingress[1][w] > ingress[0].get(w, 0)]
+    assert len(grew) == 1, f"ingress counted on more than the publisher's worker: {ingress}"

@@ -9,7 +9,7 @@ import pytest
 from mediaserver.cluster.locator import NodeInfo, Owner
 from mediaserver.config import ConfigError, load_config
 from mediaserver.workers import cores, count
-from mediaserver.workers.node_metrics import Pulls, merge, merge_public_streams, merge_streams
+from mediaserver.workers.node_metrics import Pulls, SiblingTraffic, merge, merge_public_streams, merge_streams
 from mediaserver.workers.supervisor import busy_port
 
 WORKER0 = """# HELP mediaserver_streams Streams by state.
@@ -118,3 +118,21 @@ def test_the_public_stream_list_of_the_node_lists_each_stream_once_live_where_an
         ("a", True, []), ("b", True, ["480p", "720p"])]
     assert merged["streams"][1]["video"] == "h264" and not merged["truncated"]
     assert merge_public_streams([other], limit=1) == {"streams": [other["streams"][1]], "truncated": True}
+
+
+def test_sibling_traffic_is_taken_out_of_the_node_totals_and_its_line_is_not_shown():
+    puller = ("# TYPE mediaserver_ingress_bytes_total counter\nmediaserver_ingress_bytes_total 1500.0\n"
+              "# TYPE mediaserver_ingress_frames_total counter\nmediaserver_ingress_frames_total 30.0\n"
+              + SiblingTraffic(ingress_bytes=1000, ingress_frames=20).line() + "\n")
+    pulled = ('# TYPE mediaserver_egress_bytes_total counter\nmediaserver_egress_bytes_total{format="flv"} 900.0\n'
+              'mediaserver_egress_bytes_total{format="hls"} 50.0\n'
+              '# TYPE mediaserver_viewers gauge\nmediaserver_viewers{format="flv"} 3.0\n'
+              + SiblingTraffic(egress_flv_bytes=600, pulls_served=1).line() + "\n")
+    text = merge({"0": puller, "1": pulled}, Pulls.of([], {}, {}))
+    assert 'mediaserver_ingress_bytes_total{worker="0"} 500.0' in text
+    assert 'mediaserver_ingress_frames_total{worker="0"} 10.0' in text
+    assert 'mediaserver_egress_bytes_total{worker="1",format="flv"} 300.0' in text
+    assert 'mediaserver_egress_bytes_total{worker="1",format="hls"} 50.0' in text
+    assert 'mediaserver_viewers{worker="1",format="flv"} 2.0' in text
+    assert "sibling-traffic" not in text
+    assert SiblingTraffic.of("mediaserver_up 1\n") is None
