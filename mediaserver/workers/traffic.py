@@ -51,6 +51,11 @@ class SiblingCounter:
         if CREDENTIAL_HEADER in request.headers and request.path.endswith(".flv"):
             self._pulls[id(request)] = request
 
+    def pull_viewer_ids(self) -> set[int]:
+        """The subscriber ids of the siblings' pulls this worker serves now."""
+        subs = (request.get(VIEWER) for request in list(self._pulls.values()))
+        return {sub.id for sub in subs if sub is not None and not sub.closed}
+
     def now(self) -> SiblingTraffic:
         serving = 0
         sent = 0

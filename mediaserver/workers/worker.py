@@ -184,10 +184,26 @@ class WorkerSetup:
     @web.middleware
     async def _api_routing(self, request: web.Request, handler):
         if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
-            return await handler(request)
+            answer = await handler(request)
+            if api_route(request.method, request.path) == VIEWERS:
+                return self._without_sibling_pulls(answer)
+            return answer
         where = api_route(request.method, request.path)
         if where is None:
             return await handler(request)
+        if where == VIEWERS:  # every worker's viewers; each leaves its siblings' pulls out
+            bases = await self._bases()
+            answers = await asyncio.gather(*(self._forward(base, request, b"") for base in bases.values()))
+            return merge_viewers({i: a for i, a in zip(bases, answers) if a is not None})
+        if where.endswith(f" {VIEWER}"):  # one viewer: on the worker its node-wide id names, by its own id
+            parts = request.path.split("/")
+            found = split_viewer_id(parts[-2])
+            bases = await self._bases()
+            if found is None or found[0] not in bases:
+                return await handler(request)  # its 400 or 404
+            parts[-2] = str(found[1])
+            answer = await self._forward(bases[found[0]], request, await request.read(), path="/".join(parts))
+            return self._with_node_viewer_id(answer, found[0]) if answer is not None else pick_answer([])
         if where == ALL:  # every worker, this one too through its private port: the body is read once, here
             body = await request.read()
             bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
@@ -204,6 +220,34 @@ class WorkerSetup:
         if action == KICK and answer.status == 200:  # the kick's block holds on every worker's publish gate
             await self._block_everywhere(stream, body, request)
         return answer
+
+    async def _bases(self) -> dict[int, str]:
+        """Every worker's private base URL by index, this one's included."""
+        bases = {int(n.id.removeprefix("worker")): n.http for n in await self.locator.nodes()  # type: ignore[union-attr]
+                 if n.id.removeprefix("worker").isdigit()}
+        return {**bases, self.index: self.private_url}
+
+    def _without_sibling_pulls(self, answer: web.StreamResponse) -> web.StreamResponse:
+        """This worker's viewers of a stream, but not its siblings' pulls (no viewer of the node's)."""
+        if self.traffic is None or not isinstance(answer, web.Response) or answer.status != 200:
+            return answer
+        pulls = self.traffic.pull_viewer_ids()
+        try:
+            body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
+        except ValueError:
+            return answer
+        body["viewers"] = [v for v in body.get("viewers", []) if v.get("id") not in pulls]
+        return web.json_response(body)
+
+    @staticmethod
+    def _with_node_viewer_id(answer: web.Response, worker: int) -> web.Response:
+        try:
+            body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
+        except ValueError:
+            return answer
+        if answer.status != 200 or not isinstance(body.get("viewer_kicked"), int):
+            return answer
+        return web.json_response({**body, "viewer_kicked": node_viewer_id(body["viewer_kicked"], worker)})
 
     # ----- HLS, LL-HLS, DASH: one packager per stream, on the publisher's worker -----------------------
 
@@ -313,13 +357,53 @@ def forwarded_for(request: web.Request) -> str:
 ALL = "*"
 """api_route's answer for requests every worker must apply (kicking a stream's viewers, blocks)."""
 KICK = "kick"
+VIEWERS = "viewers"
+"""api_route's answer for listing a stream's viewers: every worker's, merged (merge_viewers)."""
+VIEWER = "viewer"
+"""The action of "app/name viewer": kicking one viewer, on the worker its node-wide id names."""
+VIEWER_ID_SPAN = 1000
+"""A viewer's node-wide id is its worker's own id * VIEWER_ID_SPAN + the worker's index: each worker
+numbers its viewers from 1, so ids alone would collide (more than MAX_WORKERS = 256 fit)."""
+
+
+def node_viewer_id(local: int, worker: int) -> int:
+    return local * VIEWER_ID_SPAN + worker
+
+
+def split_viewer_id(text: str) -> tuple[int, int] | None:
+    """(worker index, the worker's own viewer id) of a node-wide id; None for what is not one."""
+    if not text.isdigit() or len(text) > 15:
+        return None
+    local, worker = divmod(int(text), VIEWER_ID_SPAN)
+    return worker, local
+
+
+def merge_viewers(answers: dict[int, web.Response]) -> web.Response:
+    """GET .../viewers for the node from each worker's answer (by index): every viewer, with its node-wide
+    id and its worker. A worker without the stream answers 404; all of them: that 404."""
+    merged: dict | None = None
+    viewers: list[dict] = []
+    for worker, answer in sorted(answers.items()):
+        if answer.status != 200:
+            continue
+        try:
+            body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        merged = merged or body
+        for viewer in body.get("viewers", []):
+            viewers.append({**viewer, "id": node_viewer_id(int(viewer["id"]), worker), "worker": worker})
+    if merged is None:
+        return next(iter(answers.values())) if answers else pick_answer([])
+    return web.json_response({**merged, "viewers": viewers})
 
 
 def api_route(method: str, path: str) -> str | None:
     """Where an admin API request goes: ALL workers (kicking a stream's viewers; a block, which each worker's
-    publish gate checks); "app/name" for the worker publishing that stream (its description, viewers,
-    recording, relays, renditions); "app/name kick" for a kick, sent to that worker, whose block (if any)
-    is then put on every worker; None for this worker."""
+    publish gate checks); VIEWERS: every worker's viewers of the stream, merged; "app/name viewer": the
+    worker a viewer's node-wide id names; "app/name" for the worker publishing that stream (its
+    description, recording, relays, renditions); "app/name kick" for a kick, sent to that worker, whose
+    block (if any) is then put on every worker; None for this worker."""
     if not path.startswith("/api/v1/") or method == "OPTIONS":
         return None
     parts = path[len("/api/v1/"):].split("/")
@@ -330,6 +414,10 @@ def api_route(method: str, path: str) -> str | None:
     rest = parts[3:]
     if method == "POST" and rest == ["viewers", "kick"]:
         return ALL
+    if method == "GET" and rest == ["viewers"]:
+        return VIEWERS
+    if method == "POST" and len(rest) == 3 and rest[0] == "viewers" and rest[2] == "kick":
+        return f"{parts[1]}/{parts[2]} {VIEWER}"
     if method == "POST" and rest == ["kick"]:
         return f"{parts[1]}/{parts[2]} {KICK}"
     return f"{parts[1]}/{parts[2]}"

@@ -254,3 +254,41 @@ async def test_the_node_metrics_count_no_sibling_pull_as_traffic_or_viewer(
     ingress = [samples_by_worker(m, "mediaserver_ingress_bytes_total") for m in (before, after)]
     grew = [w for w in ingress[1] if ingress[1][w] > ingress[0].get(w, 0)]
     assert len(grew) == 1, f"ingress counted on more than the publisher's worker: {ingress}"
+
+
+async def test_every_viewer_of_the_node_is_listed_and_kicked_whichever_worker_serves_it(
+        server_factory, publish, media, stream_name, monkeypatch):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
+    await workers_ready(server)
+    publish(server, stream_name, media.av, loop=True)
+    viewers = []
+    api = f"{server.http_base}/api/v1/streams/live/{stream_name}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+
+        async def on_both_workers() -> bool:
+            async with fresh.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
+                mine = [s for s in (await resp.json())["streams"] if s["name"] == stream_name]
+            if mine and len(mine[0]["viewers_by_worker"]) == 2 and len(viewers) >= 4:
+                return True
+            if len(viewers) < 16:  # SO_REUSEPORT spreads new connections: soon one lands on each worker
+                viewers.append(server.flv_viewer(stream_name))
+                await viewers[-1].start()
+            return False
+
+        try:
+            await wait_for(on_both_workers, 20, "FLV viewers on both workers", server)
+            assert all(await asyncio.gather(*(v.wait_video_frames(5, timeout_s=15) for v in viewers)))
+            for _ in range(4):  # a new connection each: both workers answer for the whole node
+                async with fresh.get(f"{api}/viewers", headers=AUTH) as resp:
+                    listed = (await resp.json())["viewers"]
+                assert resp.status == 200 and len(listed) == len(viewers), listed  # no sibling's pull
+                assert len({v["id"] for v in listed}) == len(viewers) and {v["worker"] for v in listed} == {0, 1}
+            for viewer in listed:
+                async with fresh.post(f"{api}/viewers/{viewer['id']}/kick", headers=AUTH, json={}) as resp:
+                    assert resp.status == 200 and (await resp.json())["viewer_kicked"] == viewer["id"], \
+                        await resp.text()
+            ended = await asyncio.gather(*(v.wait_end(timeout_s=10) for v in viewers))
+            assert all(ended), "a viewer was still served after its kick"
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mediaserver.workers.worker import ALL, api_route, pick_answer, segmented_stream
+from mediaserver.workers.worker import (ALL, VIEWERS, api_route, merge_viewers, node_viewer_id, pick_answer,
+                                       segmented_stream, split_viewer_id)
 from aiohttp import web
 
 
@@ -19,7 +20,8 @@ from aiohttp import web
     ("POST", "/api/v1/streams/live/s/viewers/kick", ALL),
     ("POST", "/api/v1/streams/live/s/kick", "live/s kick"),
     ("GET", "/api/v1/streams/live/s", "live/s"),
-    ("POST", "/api/v1/streams/live/s/viewers/7/kick", "live/s"),
+    ("POST", "/api/v1/streams/live/s/viewers/7/kick", "live/s viewer"),
+    ("GET", "/api/v1/streams/live/s/viewers", VIEWERS),
     ("DELETE", "/api/v1/streams/live/s/record", "live/s"),
     ("OPTIONS", "/api/v1/streams/live/s", None),
     ("GET", "/api/v1/streams//s", None),
@@ -57,3 +59,20 @@ def test_one_answer_from_many():
 ])
 def test_segmented_formats_of_a_stream_are_recognised(method, path, stream):
     assert segmented_stream(method, path) == stream
+
+
+def test_a_viewer_has_one_id_on_the_node_that_names_its_worker():
+    assert split_viewer_id(str(node_viewer_id(7, 1))) == (1, 7)
+    assert node_viewer_id(7, 0) != node_viewer_id(7, 1)
+    assert split_viewer_id("x7") is None and split_viewer_id("1" * 16) is None
+
+
+def test_the_viewers_of_a_stream_are_every_workers_each_with_its_node_wide_id():
+    publisher = web.json_response({"stream": "live/s", "viewers": [{"id": 1, "format": "flv"}], "note": "n"})
+    other = web.json_response({"stream": "live/s", "viewers": [{"id": 1, "format": "rtmp"}, {"id": 4, "format": "flv"}]})
+    missing = web.json_response({"error": "no"}, status=404)
+    body = json.loads(merge_viewers({0: publisher, 1: other, 2: missing}).body)
+    assert [(v["id"], v["worker"], v["format"]) for v in body["viewers"]] == [
+        (node_viewer_id(1, 0), 0, "flv"), (node_viewer_id(1, 1), 1, "rtmp"), (node_viewer_id(4, 1), 1, "flv")]
+    assert body["stream"] == "live/s" and body["note"] == "n"
+    assert merge_viewers({0: missing}) is missing and merge_viewers({}).status == 503
