@@ -4,7 +4,8 @@ Each worker holds one connection. It must say hello within HELLO_TIMEOUT_S; a li
 protocol, or longer than MAX_LINE, closes the connection (the worker then loses its claims, as if it had
 died); a worker that neither asks nor records anything for IDLE_TIMEOUT_S is dropped (its record is
 rewritten every second). News from one worker is passed to all the others; a worker that does not read
-its news (over MAX_BACKLOG unsent bytes) is dropped rather than buffered without bound.
+its news (over MAX_BACKLOG unsent bytes) is dropped rather than buffered without bound. When each
+worker was last heard from is kept (`heard`) for the supervisor's liveness check.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from ..log import event
@@ -26,7 +28,8 @@ MAX_BACKLOG = 16 * MAX_LINE
 
 class BookService:
     def __init__(self, path: str, on_ready: Callable[[int], None] = lambda index: None,
-                 hello_timeout: float = HELLO_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+                 hello_timeout: float = HELLO_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.book = StreamBook()
         self.on_ready = on_ready
@@ -35,6 +38,9 @@ class BookService:
         self.idle_timeout = idle_timeout
         self._writers: dict[str, asyncio.StreamWriter] = {}
         self._server: asyncio.AbstractServer | None = None
+        self.clock = clock
+        self.heard: dict[int, float] = {}
+        """Worker index -> when (clock) its last line came: the supervisor's liveness check reads it."""
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE + 1)
@@ -65,11 +71,13 @@ class BookService:
                 self._leave(node)
             self.book.join(node)
             self._writers[node] = writer
+            self.heard[index] = self.clock()
             writer.write(encode({"id": hello.id, "ok": None}))
             while True:
                 line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
                 if not line:
                     return
+                self.heard[index] = self.clock()
                 request = parse_request(decode(line))
                 try:
                     value, news = self.book.handle(node, request)

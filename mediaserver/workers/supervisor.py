@@ -4,7 +4,8 @@ It checks that the public ports are free (one clear error line otherwise), runs 
 socket in a private runtime directory, and starts the workers: `sys.executable -m mediaserver` with the
 same arguments, spawned before any event loop of theirs exists, each named in its environment. It waits
 until every worker listens; a worker that exits before that stops the start (exit 2). Afterwards a
-worker that exits is started again after a capped backoff; SIGTERM/SIGINT stop all workers gracefully
+worker that exits is started again after a capped backoff, and one that stops answering the book for
+LIVENESS_TIMEOUT_S (hung) is killed first; SIGTERM/SIGINT stop all workers gracefully
 (SIGKILL after STOP_TIMEOUT_S), SIGHUP is passed on (certificate reload).
 """
 
@@ -34,6 +35,18 @@ STOP_TIMEOUT_S = 15.0
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 STEADY_S = 30.0
 """A worker that ran this long before it exited restarts after the shortest backoff again."""
+LIVENESS_TIMEOUT_S = 10.0
+"""A listening worker records itself in the book every second; one silent this long is hung (its event
+loop blocked, or the process stopped) while the kernel still gives it connections: it is killed."""
+LIVENESS_EVERY_S = 1.0
+
+
+def hung(heard: dict[int, float], listening: set[int], now: float, timeout_s: float = LIVENESS_TIMEOUT_S
+         ) -> dict[int, float]:
+    """The listening workers not heard from for over `timeout_s`, with how long they have been silent.
+    A worker that is starting (not yet listening) is left to START_TIMEOUT_S and its own errors."""
+    silent = {i: now - heard.get(i, -float("inf")) for i in sorted(listening)}
+    return {i: s for i, s in silent.items() if s > timeout_s}
 
 
 def busy_port(config: Config) -> str | None:
@@ -73,6 +86,7 @@ class Supervisor:
         runtime = tempfile.mkdtemp(prefix="mediaserver-")  # 0700: only this user reaches the book
         self.socket_path = os.path.join(runtime, "book.sock")
         book = BookService(self.socket_path, on_ready=lambda i: self._ready[i].set() if i in self._ready else None)
+        self.book = book
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -92,6 +106,7 @@ class Supervisor:
                     return code
             event(log, "workers_ready", workers=self.count, pids=",".join(str(p.pid) for p in self.procs.values()))
             watchers = [loop.create_task(self._watch(i)) for i in range(self.count)]
+            watchers.append(loop.create_task(self._check_liveness()))
             await self._stopping.wait()
             for task in watchers:
                 task.cancel()
@@ -156,6 +171,20 @@ class Supervisor:
             await self._spawn(index)
             self.restarts += 1
             event(log, "worker_restarted", worker=index, pid=self.procs[index].pid)
+
+    async def _check_liveness(self) -> None:
+        """Kill (SIGKILL) a listening worker the book has not heard from within LIVENESS_TIMEOUT_S: alive
+        but hung, it would hold its share of the public ports' connections for ever. _watch restarts it."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(LIVENESS_EVERY_S)
+            listening = {i for i, proc in self.procs.items() if proc.returncode is None and self._ready[i].is_set()}
+            for index, silent_s in hung(self.book.heard, listening, self.book.clock()).items():
+                proc = self.procs[index]
+                event(log, "worker_hung", logging.ERROR, worker=index, pid=proc.pid, silent_s=round(silent_s, 1),
+                      hint="killed (SIGKILL) and started again")
+                self._ready[index].clear()  # not checked again until its successor listens
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
 
     def _forward(self, sig: int) -> None:
         for proc in self.procs.values():

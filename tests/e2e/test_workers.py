@@ -292,3 +292,25 @@ async def test_every_viewer_of_the_node_is_listed_and_kicked_whichever_worker_se
             assert all(ended), "a viewer was still served after its kick"
         finally:
             await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_a_hung_worker_is_killed_and_started_again(server_factory, publish, media, stream_name):
+    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
+    await workers_ready(server)
+    pids = re.search(r"event=workers_ready workers=2 pids=(\d+),(\d+)", server.log_text())
+    assert pids, server.log_tail()
+    os.kill(int(pids.group(2)), signal.SIGSTOP)  # alive, holding its share of the ports, answering nothing
+    await wait_for(lambda: asyncio.sleep(0, "event=worker_hung worker=1" in server.log_text()), 20,
+                   "the stopped worker found hung", server)
+    assert server.log_text().count("event=worker_hung") == 1, server.log_tail()
+    await wait_for(lambda: asyncio.sleep(0, len(re.findall(r"event=ready .*worker=1", server.log_text())) == 2),
+                   20, "the hung worker started again and listening", server)
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    viewers = [server.flv_viewer(stream_name) for _ in range(6)]
+    try:
+        await asyncio.gather(*(v.start() for v in viewers))
+        got = await asyncio.gather(*(v.wait_video_frames(10, timeout_s=15) for v in viewers))
+        assert all(got), [v.video_frame_count() for v in viewers]
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
