@@ -110,6 +110,7 @@ class WorkerSetup:
         app.middlewares.insert(0, self._node_view)
         app.middlewares.insert(1, self._api_routing)
         app.middlewares.insert(2, self._segments_from_owner)
+        app.middlewares.insert(3, self._sessions_on_their_worker)
 
     async def route(self) -> tuple[NodeInfo | None, str]:
         """GET /api/v1/route/...: the machine is one standalone node to its players, whichever worker they
@@ -279,6 +280,44 @@ class WorkerSetup:
             return web.json_response({"error": "the worker publishing this stream did not answer",
                                       "hint": "it may be restarting; try again"}, status=503)
 
+    # ----- WHEP/WHIP: a session lives on the worker that answered its POST --------------------------------
+
+    @web.middleware
+    async def _sessions_on_their_worker(self, request: web.Request, handler):
+        """A session's Location names its worker (SESSION.N), so its DELETE and PATCH, on any connection,
+        reach the worker holding its peer connection, which knows it by its own id."""
+        if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
+            return await handler(request)
+        if request.method == "POST" and request.path.endswith(("/whep", "/whip")):
+            answer = await handler(request)
+            location = answer.headers.get("Location", "") if isinstance(answer, web.StreamResponse) else ""
+            if answer.status == 201 and session_of(location) is not None:
+                answer.headers["Location"] = f"{location}{SESSION_WORKER}{self.index}"
+            return answer
+        found = session_of(request.path) if request.method in ("DELETE", "PATCH") else None
+        own_id, _, worker = (found or "").rpartition(SESSION_WORKER)
+        base = (await self._bases()).get(int(worker)) if worker.isdigit() and own_id else None
+        if found is None or base is None:
+            return await handler(request)  # an id no worker made: the handler's 404
+        path = request.path[:-len(found)] + own_id
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
+        headers = {LOCAL_HEADER: self.secret, "X-Forwarded-For": forwarded_for(request)}
+        for name in SESSION_REQUEST_HEADERS:
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        try:
+            async with self._session.request(request.method, base + path, headers=headers, data=await request.read(),
+                                             allow_redirects=False,
+                                             timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as resp:
+                body = await resp.read()
+                kept = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+                return web.Response(status=resp.status, body=body, headers=kept)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=base + path, error=str(err)[:200])
+            return web.json_response({"error": "the worker holding this WebRTC session did not answer",
+                                      "hint": "it may be restarting; the session ends with it"}, status=503)
+
     async def _block_everywhere(self, stream: str, body: bytes, request: web.Request) -> None:
         try:
             asked = json.loads(body or b"{}")
@@ -336,6 +375,20 @@ PROXIED_REQUEST_HEADERS = ("Range", "If-None-Match", "If-Modified-Since", "Origi
 PROXIED_RESPONSE_HEADERS = frozenset(h.lower() for h in (
     "Content-Type", "Cache-Control", "ETag", "Last-Modified", "Content-Range", "Accept-Ranges", "Content-Encoding",
     "Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Vary", "Retry-After", "Location", "Date"))
+
+
+SESSION_WORKER = "."
+"""Between a WebRTC session's id and its worker's index in the Location (not a character of the ids)."""
+SESSION_REQUEST_HEADERS = ("Content-Type", "If-Match", "Origin", "Authorization", "Accept")
+HOP_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"))
+
+
+def session_of(path: str) -> str | None:
+    """The session part of a WHEP/WHIP session URL (/APP/NAME/whep/SESSION), else None."""
+    parts = path.split("/")
+    if len(parts) != 5 or parts[0] or not all(parts[1:3]) or parts[3] not in ("whep", "whip") or not parts[4]:
+        return None
+    return parts[4]
 
 
 def segmented_stream(method: str, path: str) -> str | None:

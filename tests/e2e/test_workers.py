@@ -314,3 +314,28 @@ async def test_a_hung_worker_is_killed_and_started_again(server_factory, publish
         assert all(got), [v.video_frame_count() for v in viewers]
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_a_webrtc_session_is_ended_by_its_location_whichever_worker_the_delete_reaches(
+        server_factory, publish, stream_name, tmp_path):
+    from support.whep import WhepViewer, baseline_clip
+
+    server = server_factory(**{"server.workers": "2", "record.mode": "off", "webrtc.public_ip": "127.0.0.1",
+                               "webrtc.udp_port_range": "43000-43999"})
+    await workers_ready(server)
+    publish(server, stream_name, baseline_clip(tmp_path), loop=True)
+    await wait_live(server, stream_name)
+    viewers = [WhepViewer(f"{server.http_base}/live/{stream_name}/whep") for _ in range(4)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        try:
+            for viewer in viewers:  # a new connection each: the POSTs and DELETEs land on either worker
+                answer = await viewer.play(fresh)
+                assert answer.status == 201 and viewer.location, answer.body
+                assert re.fullmatch(rf"/live/{stream_name}/whep/[\w-]+\.[01]", viewer.location), viewer.location
+            for viewer in viewers:
+                async with fresh.delete(f"{server.http_base}{viewer.location}") as resp:
+                    assert resp.status == 200, (viewer.location, await resp.text())
+                async with fresh.delete(f"{server.http_base}{viewer.location}") as resp:
+                    assert resp.status == 404, await resp.text()  # ended, on the worker that held it
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mediaserver.workers.worker import (ALL, VIEWERS, api_route, merge_viewers, node_viewer_id, pick_answer,
-                                       segmented_stream, split_viewer_id)
+                                       segmented_stream, session_of, split_viewer_id)
 from aiohttp import web
 
 
@@ -76,3 +76,15 @@ def test_the_viewers_of_a_stream_are_every_workers_each_with_its_node_wide_id():
         (node_viewer_id(1, 0), 0, "flv"), (node_viewer_id(1, 1), 1, "rtmp"), (node_viewer_id(4, 1), 1, "flv")]
     assert body["stream"] == "live/s" and body["note"] == "n"
     assert merge_viewers({0: missing}) is missing and merge_viewers({}).status == 503
+
+
+@pytest.mark.parametrize("path, session", [
+    ("/live/s/whep/abc-_1.0", "abc-_1.0"),
+    ("/live/s/whip/abc", "abc"),
+    ("/live/s/whep", None),
+    ("/live/s/whep/", None),
+    ("/live/s/index.m3u8", None),
+    ("/a/b/c/whep/x", None),
+])
+def test_a_webrtc_session_url_is_recognised(path, session):
+    assert session_of(path) == session
