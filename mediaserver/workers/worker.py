@@ -145,7 +145,8 @@ class WorkerSetup:
         if not isinstance(own, web.Response) or own.status != 200 or own.body is None:
             return own
         if path == "/metrics" and self.traffic is not None:  # the merge takes the siblings' traffic out
-            own.body = bytes(own.body).rstrip(b"\n") + f"\n{self.traffic.now().line()}\n".encode()  # type: ignore[arg-type]
+            text = bytes(own.body).rstrip(b"\n")  # type: ignore[arg-type]
+            own.body = text + f"\n{self.traffic.now().line()}\n".encode()
         if request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
             return own
         nodes = await self.locator.nodes()
@@ -207,9 +208,12 @@ class WorkerSetup:
             return self._with_node_viewer_id(answer, found[0]) if answer is not None else pick_answer([])
         if where == ALL:  # every worker, this one too through its private port: the body is read once, here
             body = await request.read()
-            bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
-            answers = await asyncio.gather(*(self._forward(base, request, body) for base in sorted(bases)))
-            return pick_answer([a for a in answers if a is not None], kicked_viewers=request.path.endswith("/viewers/kick"))
+            indexed = await self._bases()
+            answers = await asyncio.gather(*(self._forward(base, request, body) for base in indexed.values()))
+            kicked = request.path.endswith("/viewers/kick")
+            if kicked:  # each worker's viewer ids as the node lists them (merge_viewers)
+                answers = [with_node_viewer_ids(a, i) if a is not None else None for i, a in zip(indexed, answers)]
+            return pick_answer([a for a in answers if a is not None], kicked_viewers=kicked)
         stream, _, action = where.partition(" ")
         owner = await self.locator.lookup(stream)
         if action != KICK and (owner is None or owner.node == self.node_id):
@@ -224,8 +228,9 @@ class WorkerSetup:
 
     async def _bases(self) -> dict[int, str]:
         """Every worker's private base URL by index, this one's included."""
-        bases = {int(n.id.removeprefix("worker")): n.http for n in await self.locator.nodes()  # type: ignore[union-attr]
-                 if n.id.removeprefix("worker").isdigit()}
+        assert self.locator is not None, "only a wired worker asks"
+        nodes = await self.locator.nodes()
+        bases = {int(n.id.removeprefix("worker")): n.http for n in nodes if n.id.removeprefix("worker").isdigit()}
         return {**bases, self.index: self.private_url}
 
     def _without_sibling_pulls(self, answer: web.StreamResponse) -> web.StreamResponse:
@@ -429,6 +434,18 @@ def split_viewer_id(text: str) -> tuple[int, int] | None:
         return None
     local, worker = divmod(int(text), VIEWER_ID_SPAN)
     return worker, local
+
+
+def with_node_viewer_ids(answer: web.Response, worker: int) -> web.Response:
+    """A worker's answer to kicking a stream's viewers, its viewers_kicked as node-wide ids."""
+    try:
+        body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
+    except ValueError:
+        return answer
+    if answer.status != 200 or not isinstance(body, dict) or not isinstance(body.get("viewers_kicked"), list):
+        return answer
+    kicked = [node_viewer_id(int(v), worker) for v in body["viewers_kicked"]]
+    return web.json_response({**body, "viewers_kicked": kicked})
 
 
 def merge_viewers(answers: dict[int, web.Response]) -> web.Response:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mediaserver.workers.worker import (ALL, VIEWERS, api_route, merge_viewers, node_viewer_id, pick_answer,
-                                       segmented_stream, session_of, split_viewer_id)
+                                       segmented_stream, session_of, split_viewer_id, with_node_viewer_ids)
 from aiohttp import web
 
 
@@ -88,3 +88,11 @@ def test_the_viewers_of_a_stream_are_every_workers_each_with_its_node_wide_id():
 ])
 def test_a_webrtc_session_url_is_recognised(path, session):
     assert session_of(path) == session
+
+
+def test_the_viewers_a_worker_kicked_are_named_by_their_node_wide_ids():
+    answer = web.json_response({"stream": "live/s", "viewers_kicked": [1, 2]})
+    body = json.loads(with_node_viewer_ids(answer, 1).body)
+    assert body == {"stream": "live/s", "viewers_kicked": [node_viewer_id(1, 1), node_viewer_id(2, 1)]}
+    missing = web.json_response({"error": "no"}, status=404)
+    assert with_node_viewer_ids(missing, 1) is missing
