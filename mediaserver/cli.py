@@ -62,7 +62,7 @@ from .wiring.access import admin_token, build_admission, log_access
 from .wiring.cluster import ClusterWiring, load_routing, rendition_locate
 from .workers import WORKER_ENV
 from .workers import count as worker_count
-from .workers.worker import WorkerSetup
+from .wiring.worker import WorkerSetup
 
 log = logging.getLogger("mediaserver")
 

@@ -48,12 +48,13 @@ ALLOWED = {
     "webrtc": {"errors", "config", "log", "hub", "media", "remux", "auth", "gate", "transcode", "transports", "webrtc",
                "edge.common"},
     # Several processes on one machine: the supervisor, its stream book (a StreamLocator over a Unix socket, no
-    # Redis) and a worker's part of the composition root; cli.py wires it in.
+    # Redis) and the merging of the workers' answers; a worker's part of the composition root (wiring/worker.py,
+    # wiring/worker_traffic.py) and cli.py wire them in.
     "workers": {"errors", "config", "log", "cluster.locator", "workers"},
     # The composition root's parts (cli.py builds the server with them): they may use any layer.
     "wiring": {"errors", "config", "log", "collector", "transports", "tls", "media", "rtmp", "rtmp.server", "hub",
                "remux", "auth", "gate", "edge", "api", "transcode", "cluster", "record", "relay", "webrtc",
-               "wiring", "__init__"},
+               "workers", "wiring", "__init__"},
 }
 # third-party or asyncio imports a layer must not make
 FORBIDDEN = {

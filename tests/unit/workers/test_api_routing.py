@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mediaserver.workers.worker import (ALL, VIEWERS, api_route, merge_viewers, node_viewer_id, pick_answer,
+from mediaserver.wiring.worker import (ALL, VIEWERS, api_route, merge_viewers, node_viewer_id, pick_answer,
                                        segmented_stream, session_of, split_viewer_id, with_node_viewer_ids)
 from aiohttp import web
 

@@ -20,7 +20,7 @@ from ..edge.flv import VIEWER
 from ..edge.origin_pull import CREDENTIAL_HEADER, OriginPull
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
-from .node_metrics import SiblingTraffic
+from ..workers.node_metrics import SiblingTraffic
 
 
 class SiblingCounter:

@@ -30,10 +30,10 @@ from ..edge.overload import LOAD_REDIRECT
 from ..edge.pages import MAX_PUBLIC_STREAMS
 from ..log import event
 from ..wiring.cluster import node_offer
-from . import SECRET_ENV, WORKER_ENV
-from .client import LocalLocator
-from .node_metrics import Pulls, merge, merge_public_streams, merge_streams
-from .traffic import SiblingCounter
+from ..workers import SECRET_ENV, WORKER_ENV
+from ..workers.client import LocalLocator
+from ..workers.node_metrics import Pulls, merge, merge_public_streams, merge_streams
+from .worker_traffic import SiblingCounter
 
 log = logging.getLogger("mediaserver.workers")
 
