@@ -276,7 +276,7 @@ class WorkerSetup:
                 headers[name] = request.headers[name]
         try:
             async with self._session.get(owner.http + request.path_qs, headers=headers, allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S)) as resp:
+                                         timeout=aiohttp.ClientTimeout(total=self._proxy_timeout_s())) as resp:
                 body = await resp.read()
                 kept = {k: v for k, v in resp.headers.items() if k.lower() in PROXIED_RESPONSE_HEADERS}
                 return web.Response(status=resp.status, body=body, headers=kept)
@@ -284,6 +284,11 @@ class WorkerSetup:
             event(log, "worker_sibling_unreachable", logging.WARNING, url=owner.http + request.path, error=str(err)[:200])
             return web.json_response({"error": "the worker publishing this stream did not answer",
                                       "hint": "it may be restarting; try again"}, status=503)
+
+    def _proxy_timeout_s(self) -> float:
+        """Longer than the owner may hold an LL-HLS blocking reload or a DASH part (three segment durations)."""
+        segment_s = self.config.hls.segment_duration if self.config is not None else 2.0
+        return max(PROXY_TIMEOUT_S, 3 * segment_s + 5)
 
     # ----- WHEP/WHIP: a session lives on the worker that answered its POST --------------------------------
 
@@ -373,7 +378,8 @@ class WorkerSetup:
 
 LOOPBACK = ("127.0.0.1", "::1")
 PROXY_TIMEOUT_S = 15.0
-"""An LL-HLS blocking reload is held until its part exists (a few part durations)."""
+"""At least this long for a sibling's HLS/DASH answer: an LL-HLS blocking reload is held until its part
+exists, up to three segment durations (fastlane._Held), so long segments raise it (_proxy_timeout_s)."""
 SEGMENTED_FILES = (".m3u8", ".ts", ".m4s", ".mp4", ".mpd", ".m4a", ".m4v", ".aac")
 PROXIED_REQUEST_HEADERS = ("Range", "If-None-Match", "If-Modified-Since", "Origin", "Authorization", "Accept",
                            "Accept-Encoding", "User-Agent")

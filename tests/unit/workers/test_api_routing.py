@@ -96,3 +96,20 @@ def test_the_viewers_a_worker_kicked_are_named_by_their_node_wide_ids():
     assert body == {"stream": "live/s", "viewers_kicked": [node_viewer_id(1, 1), node_viewer_id(2, 1)]}
     missing = web.json_response({"error": "no"}, status=404)
     assert with_node_viewer_ids(missing, 1) is missing
+
+
+def test_a_siblings_hls_answer_is_awaited_longer_than_the_owner_may_hold_a_blocking_reload():
+    import dataclasses
+
+    from mediaserver.config import Config
+    from mediaserver.wiring.worker import PROXY_TIMEOUT_S, WorkerSetup
+
+    setup = WorkerSetup(1, "/nonexistent.sock", "secret")
+    try:
+        assert setup._proxy_timeout_s() == PROXY_TIMEOUT_S
+        setup.config = Config()
+        assert setup._proxy_timeout_s() == PROXY_TIMEOUT_S  # 2 s segments: held at most 6 s
+        setup.config = dataclasses.replace(Config(), hls=dataclasses.replace(Config().hls, segment_duration=10.0))
+        assert setup._proxy_timeout_s() > 30.0  # held up to 30 s by the owner's fast lane
+    finally:
+        setup._private.close()
