@@ -268,22 +268,31 @@ class WorkerSetup:
         owner = await self.locator.lookup(stream)
         if owner is None or owner.node == self.node_id:
             return await handler(request)
+        return await self._relay(request, owner.http + request.path_qs, PROXIED_REQUEST_HEADERS,
+                                 lambda name: name.lower() in PROXIED_RESPONSE_HEADERS, self._proxy_timeout_s(), b"",
+                                 ("the worker publishing this stream did not answer", "it may be restarting; try again"))
+
+    async def _relay(self, request: web.Request, url: str, request_headers: tuple[str, ...],
+                     keep: Callable[[str], bool], timeout_s: float, body: bytes, failed: tuple[str, str]
+                     ) -> web.Response:
+        """`request` asked of a sibling at `url` (as an internal request), its answer passed back whole with
+        the headers `keep` allows; a sibling that does not answer is a 503 saying `failed` (error, hint)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
         headers = {LOCAL_HEADER: self.secret, "X-Forwarded-For": forwarded_for(request)}
-        for name in PROXIED_REQUEST_HEADERS:
+        for name in request_headers:
             if name in request.headers:
                 headers[name] = request.headers[name]
         try:
-            async with self._session.get(owner.http + request.path_qs, headers=headers, allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=self._proxy_timeout_s())) as resp:
-                body = await resp.read()
-                kept = {k: v for k, v in resp.headers.items() if k.lower() in PROXIED_RESPONSE_HEADERS}
-                return web.Response(status=resp.status, body=body, headers=kept)
+            async with self._session.request(request.method, url, headers=headers, data=body or None,
+                                             allow_redirects=False,
+                                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                answer = await resp.read()
+                kept = {k: v for k, v in resp.headers.items() if keep(k)}
+                return web.Response(status=resp.status, body=answer, headers=kept)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            event(log, "worker_sibling_unreachable", logging.WARNING, url=owner.http + request.path, error=str(err)[:200])
-            return web.json_response({"error": "the worker publishing this stream did not answer",
-                                      "hint": "it may be restarting; try again"}, status=503)
+            event(log, "worker_sibling_unreachable", logging.WARNING, url=url.split("?")[0], error=str(err)[:200])
+            return web.json_response({"error": failed[0], "hint": failed[1]}, status=503)
 
     def _proxy_timeout_s(self) -> float:
         """Longer than the owner may hold an LL-HLS blocking reload or a DASH part (three segment durations)."""
@@ -310,23 +319,10 @@ class WorkerSetup:
         if found is None or base is None:
             return await handler(request)  # an id no worker made: the handler's 404
         path = request.path[:-len(found)] + own_id
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
-        headers = {LOCAL_HEADER: self.secret, "X-Forwarded-For": forwarded_for(request)}
-        for name in SESSION_REQUEST_HEADERS:
-            if name in request.headers:
-                headers[name] = request.headers[name]
-        try:
-            async with self._session.request(request.method, base + path, headers=headers, data=await request.read(),
-                                             allow_redirects=False,
-                                             timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as resp:
-                body = await resp.read()
-                kept = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
-                return web.Response(status=resp.status, body=body, headers=kept)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            event(log, "worker_sibling_unreachable", logging.WARNING, url=base + path, error=str(err)[:200])
-            return web.json_response({"error": "the worker holding this WebRTC session did not answer",
-                                      "hint": "it may be restarting; the session ends with it"}, status=503)
+        return await self._relay(request, base + path, SESSION_REQUEST_HEADERS,
+                                 lambda name: name.lower() not in HOP_HEADERS, SIBLING_TIMEOUT_S, await request.read(),
+                                 ("the worker holding this WebRTC session did not answer",
+                                  "it may be restarting; the session ends with it"))
 
     async def _block_everywhere(self, stream: str, body: bytes, request: web.Request) -> None:
         try:

@@ -174,19 +174,25 @@ async def test_a_disk_already_low_at_start_is_told_to_a_listener_added_after(tmp
         await manager.close()
 
 
+def count_reads(manager: RecordingManager) -> list[str]:
+    """The ids the catalog is asked for from now on."""
+    reads: list[str] = []
+    original = manager.catalog.get
+
+    async def counted(rec_id):
+        reads.append(rec_id)
+        return await original(rec_id)
+
+    manager.catalog.get = counted
+    return reads
+
+
 async def test_a_recording_looked_up_for_vod_is_kept_a_moment_but_never_past_its_deletion(tmp_path):
     manager = await open_manager(tmp_path / "rec")
     try:
         await add(manager, "old", days_ago=1, size=10)
         row, path = await manager.file_of("old")
-        reads = []
-        original = manager.catalog.get
-
-        async def counted(rec_id):
-            reads.append(rec_id)
-            return await original(rec_id)
-
-        manager.catalog.get = counted
+        reads = count_reads(manager)
         assert await manager.file_of("old") == (row, path) and reads == []  # every range request asks
         assert await manager.delete("old") is True
         assert await manager.file_of("old") is None and not path.exists()
@@ -227,14 +233,7 @@ async def test_a_recording_in_the_bucket_or_on_another_node_is_kept_a_moment_too
         await manager.catalog.add(theirs)
         mine_gone = await add(manager, "gone", days_ago=1, size=10)
         Path(mine_gone.location).unlink()
-        reads = []
-        original = manager.catalog.get
-
-        async def counted(rec_id):
-            reads.append(rec_id)
-            return await original(rec_id)
-
-        manager.catalog.get = counted
+        reads = count_reads(manager)
         for _ in range(5):
             assert (await manager.row_of("bucket"))[0].id == bucket.id and await manager.file_of("bucket") is None
             row, path = await manager.row_of("theirs")
