@@ -22,6 +22,9 @@ from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
 from ..workers.node_metrics import SiblingTraffic
 
+SWEEP_AT = 256
+"""Pulls kept before the ended ones are let go at the next new one (each scrape of /metrics lets them go too)."""
+
 
 class SiblingCounter:
     def __init__(self, registry: StreamRegistry) -> None:
@@ -49,6 +52,8 @@ class SiblingCounter:
         # An FLV response is prepared before its viewer subscribes; the credential was checked by the
         # cluster's internal middleware, the outermost.
         if CREDENTIAL_HEADER in request.headers and request.path.endswith(".flv"):
+            if len(self._pulls) >= SWEEP_AT:
+                self._sweep()  # (also without a scrape of /metrics, ended pulls are let go)
             self._pulls[id(request)] = request
 
     def pull_viewer_ids(self) -> set[int]:
@@ -56,7 +61,8 @@ class SiblingCounter:
         subs = (request.get(VIEWER) for request in list(self._pulls.values()))
         return {sub.id for sub in subs if sub is not None and not sub.closed}
 
-    def now(self) -> SiblingTraffic:
+    def _sweep(self) -> tuple[int, int]:
+        """Let the ended pulls go (their bytes kept); (pulls served now, bytes sent to them)."""
         serving = 0
         sent = 0
         for key, request in list(self._pulls.items()):
@@ -67,6 +73,10 @@ class SiblingCounter:
             elif sub is not None or request.transport is None:  # the pull ended (or never subscribed)
                 self._ended_sent += sub.bytes_sent if sub is not None else 0
                 del self._pulls[key]
+        return serving, sent
+
+    def now(self) -> SiblingTraffic:
+        serving, sent = self._sweep()
         live = list(self._copies.values())
         return SiblingTraffic(ingress_bytes=self._ended_bytes + sum(s.bytes_in for s in live),
                               ingress_frames=self._ended_frames + sum(s.frames_in for s in live),
