@@ -60,7 +60,7 @@ from ..remux.segment import CutPlan
 from ..transcode.service import RenditionView
 from ..transcode.ladder import SOURCE_LABEL
 from .abr import ladder, measure, rendition_variant
-from .common import CONFIG, PLAY_QUERY, cors_headers, json_error, send_shared
+from .common import CONFIG, PLAY_QUERY, QUERY_SLOT, cors_headers, fill_query, json_error, send_shared
 from .keys import PACKAGERS, REGISTRY
 from .skipped_frames import SkippedFrames
 
@@ -193,26 +193,30 @@ class CmafPackager:
                      renditions_muxed: bool = False) -> bytes:
         """cmaf.m3u8; `renditions` (ABR) are listed after the source's variant (or instead of it: `source_video`
         False): muxed ones with the muxed variant (`renditions_muxed`), else video ones sharing its audio."""
-        def render() -> str:
+        def render(query: str) -> str:
             return llhls.render_multivariant_playlist(
                 self.window, video_uri="cmaf-video.m3u8", audio_uri="cmaf-audio.m3u8", query=query,
                 renditions=renditions, source_video=source_video, muxed_uri="cmaf-muxed.m3u8",
                 renditions_muxed=renditions_muxed)
         if renditions:
-            return render().encode()  # the ladder may change from one request to the next
-        return self._cached(f"mv?{query}", render)
+            return render(query).encode()  # the ladder may change from one request to the next
+        return self._templated("mv", query, render)
 
     def media_playlist(self, track: str, query: str = "") -> bytes:
         # The split playlists report each other; the muxed one is a variant alone, with nothing to report.
         others = {uri: t for uri, t in SPLIT_PLAYLISTS.items()
                   if t != track and track != MUXED and self.window.track(t) is not None}
-        return self._cached(f"{track}?{query}", lambda: llhls.render_media_playlist(
-            self.window, track, prefix=self.prefix, query=query, rendition_reports=others))
+        return self._templated(track, query, lambda q: llhls.render_media_playlist(
+            self.window, track, prefix=self.prefix, query=q, rendition_reports=others))
 
     def mpd(self, query: str = "", renditions: Sequence[dash.DashRendition] = (), source_video: bool = True) -> bytes:
-        if not query and not renditions and source_video:
-            return self.shared_mpd()[0]
-        # With a viewer's token or the ladder: rendered for this request.
+        if not renditions and source_video:
+            if not query:
+                return self.shared_mpd()[0]
+            # A viewer's token: the shared MPD's template (same publishTime), the token filled in.
+            return self._templated("mpd", dash.query_in_uri(query), lambda q: dash.render_mpd(
+                self.window, now=self._changed_at, prefix=self.prefix, query=q))
+        # With the ladder: rendered for this request.
         return dash.render_mpd(self.window, now=self._wall(), prefix=self.prefix, query=query,
                                renditions=renditions, source_video=source_video).encode()
 
@@ -224,13 +228,18 @@ class CmafPackager:
             self._mpd = (body, f'"{self.prefix}{self._version}"'.encode())
         return self._mpd
 
-    def _cached(self, key: str, render: Callable[[], str]) -> bytes:
-        if not key.endswith("?"):
-            return render().encode()  # a viewer's own token: rendered for it alone, never kept
-        body = self._cache.get(key)
-        if body is None:
-            body = self._cache[key] = render().encode()
-        return body
+    def _templated(self, key: str, query: str, render: Callable[[str], str]) -> bytes:
+        """render("") kept until the window changes; with a viewer's `query` (as the renderer writes it into
+        URIs), render(QUERY_SLOT) kept so and the query filled in: one rendering per change, not per viewer."""
+        if not query:
+            body = self._cache.get(key)
+            if body is None:
+                body = self._cache[key] = render("").encode()
+            return body
+        template = self._cache.get(key + "?")
+        if template is None:
+            template = self._cache[key + "?"] = render(QUERY_SLOT).encode()
+        return fill_query(template, query)
 
     def has_track(self) -> bool:
         return bool(self.window.tracks)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 
 from aiohttp import web
 
 from ..auth import cors
 from ..auth.names import NAME_RULE
+from ..errors import UsageError
 from ..hub.stream import Stream, StreamKey
 from .keys import CONFIG, GATE, REGISTRY, request_key
 from .names import stream_key
@@ -105,3 +107,18 @@ def play_refused(request: web.Request, subject: str, reason: str, why: str, hint
                           f"{hint}; `mediaserver token --action play` mints one", headers)
     return json_error(403, f"playing {subject} is refused: {why}",
                       "ask for a new play URL; tokens are for one stream and expire", headers)
+
+
+QUERY_SLOT = "\ue000"
+"""Stands for a viewer's query in a playlist or MPD template: a private-use character no URI we write
+contains. A packager renders the template once per change and fills each viewer's play token in."""
+QUERY_SLOT_BYTES = QUERY_SLOT.encode()
+_UNSAFE_IN_QUERY = re.compile('[\x00-\x1f\x7f"#' + QUERY_SLOT + "]")
+
+
+def fill_query(template: bytes, query: str) -> bytes:
+    """A template rendered with QUERY_SLOT, with `query` in its place; a query that could smuggle lines or
+    tags or attributes into a playlist (a control character, a quote or '#') is refused, as the renderers do."""
+    if _UNSAFE_IN_QUERY.search(query):
+        raise UsageError(f"query {query[:40]!r} holds a control character, a quote or '#'")
+    return template.replace(QUERY_SLOT_BYTES, query.encode())

@@ -36,14 +36,12 @@ from ..media.frames import Frame, FrameKind
 from ..remux.hls import SegmentWindow, TsSegmenter, render_media_playlist
 from ..remux.segment import CutPlan, Segment
 from .cmaf import CmafPackager, log_plan_mismatch
+from .common import QUERY_SLOT, fill_query
 from .sendfile import MemFile, mem_file
 from .skipped_frames import SkippedFrames
 
 log = logging.getLogger(__name__)
 
-# Stands for a viewer's query in a playlist template: a private-use character no URI we write contains.
-_QUERY_SLOT = "\ue000"
-_QUERY_SLOT_BYTES = _QUERY_SLOT.encode()
 
 
 class HlsPackager:
@@ -158,8 +156,8 @@ class HlsPackager:
         segment URI, filled into a template rendered once per change (a render per request cost 72 µs)."""
         if query:
             if self._template is None:
-                self._template = self._render(_QUERY_SLOT)
-            return self._template.replace(_QUERY_SLOT_BYTES, query.encode())
+                self._template = self._render(QUERY_SLOT)
+            return fill_query(self._template, query)
         if self._playlist is None:
             self._playlist = self._render("")
         return self._playlist

@@ -6,8 +6,9 @@ the disk wants; on the event loop that would stall every stream and viewer of th
 hand their pieces here: one thread takes them in order (a file's fsync and close after its writes), and
 an error comes back to the Recorder on the event loop (`on_error(file, error, good_bytes)`), the file
 first cut back to its last whole piece. A file is named by its owner's object (anything with an `fd`), not
-by its descriptor's number, which the system gives again once the thread has closed it. What waits is bounded (`max_queued_bytes`): a disk that falls that far
-behind fails the recordings that write to it, never the node's memory.
+by its descriptor's number, which the system gives again once the thread has closed it. What waits is
+bounded (`max_queued_bytes`): a disk that falls that far behind fails the recordings that write to it,
+never the node's memory.
 """
 
 from __future__ import annotations

@@ -299,6 +299,12 @@ def _duration(seconds: float) -> str:
     return f"PT{whole}.{fraction:03d}".rstrip("0") + "S"
 
 
+def query_in_uri(query: str) -> str:
+    """`query` as render_mpd writes it into a SegmentTemplate's URIs (after the "?"): filling a template
+    rendered with a placeholder query gives the same bytes as rendering with `query`."""
+    return _attr(_template(query))
+
+
 def _template(text: str) -> str:
     # "$" starts a template identifier; a literal one is written "$$" (ISO/IEC 23009-1 5.3.9.4.4).
     return text.replace("$", "$$")

@@ -270,7 +270,8 @@ class WorkerSetup:
             return await handler(request)
         return await self._relay(request, owner.http + request.path_qs, PROXIED_REQUEST_HEADERS,
                                  lambda name: name.lower() in PROXIED_RESPONSE_HEADERS, self._proxy_timeout_s(), b"",
-                                 ("the worker publishing this stream did not answer", "it may be restarting; try again"))
+                                 ("the worker publishing this stream did not answer",
+                                  "it may be restarting; try again"))
 
     async def _relay(self, request: web.Request, url: str, request_headers: tuple[str, ...],
                      keep: Callable[[str], bool], timeout_s: float, body: bytes, failed: tuple[str, str]
