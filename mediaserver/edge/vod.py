@@ -26,7 +26,7 @@ from ..errors import MediaError
 from ..gate import CREDENTIAL, LIMIT
 from ..record.vod import dash_manifest, hls_playlist, index_path
 from . import vod_s3
-from .common import PLAY_QUERY, cors_headers, json_error, play_refused
+from .common import PLAY_QUERY, QUERY_SLOT, QUERY_SLOT_BYTES, cors_headers, fill_query, json_error, play_refused
 from .fastlane import FAST_LANE
 from .keys import GATE, RECORDINGS
 from .names import stream_key
@@ -150,7 +150,10 @@ async def serve_manifest(request: web.Request) -> web.StreamResponse:
                                             **cors_headers(request)})
 
 
-_DVR_URI = re.compile(r"\.\./\.\./vod/[A-Za-z0-9_-]+\.mp4")
+def _dvr_render(trail) -> tuple[bytes, bytes]:
+    """(the playlist, its template with QUERY_SLOT after each file's URI): blocking, for a thread."""
+    template = trail.render(lambda rec_id: f"../../vod/{rec_id}.mp4{QUERY_SLOT}").encode()
+    return template.replace(QUERY_SLOT_BYTES, b""), template
 
 
 async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.StreamResponse:
@@ -177,7 +180,7 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Strea
     cached = rec.dvr_text
     if cached is None or cached[0] != version or not cached[1].done():
         if cached is None or cached[0] != version:  # the viewers asking meanwhile wait for this one rendering
-            render = asyncio.ensure_future(asyncio.to_thread(trail.render, lambda rec_id: f"../../vod/{rec_id}.mp4"))
+            render = asyncio.ensure_future(asyncio.to_thread(_dvr_render, trail))
             render.add_done_callback(lambda done: done.cancelled() or done.exception())  # (retrieved)
             cached = rec.dvr_text = (version, render)
         try:
@@ -187,11 +190,11 @@ async def serve_dvr(request: web.Request, app_name: str, name: str) -> web.Strea
                 rec.dvr_text = None  # the next request tries again
             raise json_error(503, f"the recording of {key} cannot be read yet: {err}", "retry in a few seconds",
                              {"Retry-After": "2", **cors}) from None
-    text = cached[1].result()
+    plain, template = cached[1].result()
     query = request.get(PLAY_QUERY)
-    if query:  # the viewer's play token goes into every URI (the file asks for it too)
-        text = _DVR_URI.sub(lambda m: f"{m.group(0)}?{query}", text)
-    return web.Response(text=text, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
+    # The viewer's play token goes into every URI (the file asks for it too), filled into the template.
+    body = fill_query(template, f"?{query}") if query else plain
+    return web.Response(body=body, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": "no-cache", **cors})
 
 
 def add_vod_routes(app: web.Application) -> None:

@@ -36,16 +36,16 @@ class DvrFile:
     """Unix seconds at its first media."""
     sequence: int | None = None
     """Media sequence number of its first segment (known for the first file, then once the file before
-    it is closed and read)."""
+    it is whole on disk and read)."""
     discontinuity: int | None = None
     """Discontinuity sequence number of its segments."""
-    segments: int | None = None
-    """Its segment count, once it is closed (no longer the newest file) and read."""
-    shape: tuple | None = None
-    """(codecs, width, height): a change between files is a discontinuity."""
+    final_bytes: int | None = None
+    """Its size once closed (`DvrTrail.closed`): its last pieces may still be on their way to the disk
+    (record/writer.py), and the next file's numbers wait until they are there."""
 
 
 def _shape(index: VodIndex) -> tuple:
+    """(codecs, width, height): a change between files is a discontinuity."""
     return index.codecs, index.width, index.height
 
 
@@ -74,6 +74,13 @@ class DvrTrail:
             if head.sequence is None:
                 head.sequence, head.discontinuity = 0, 0
 
+    def closed(self, rec_id: str, size: int) -> None:
+        """A file of the trail is closed at `size` bytes (called on the event loop)."""
+        for f in reversed(self.files):
+            if f.rec_id == rec_id:
+                f.final_bytes = size
+                return
+
     def key(self) -> tuple[str, str, int]:
         """What the rendered text depends on: the oldest and newest files and the newest one's size (a
         stat, no reading), so a cached text is reused until a fragment is added."""
@@ -98,18 +105,15 @@ class DvrTrail:
             except (OSError, MediaError):
                 previous = None  # gone (retention) or unreadable: its numbers cannot carry on to the next
                 continue
-            if previous is not None:
+            if previous is not None and f.sequence is None:
                 before, before_index = previous
-                if before.segments is None:
-                    before.segments = len(before_index.fragments)
-                if f.sequence is None and before.sequence is not None:
-                    f.sequence = before.sequence + before.segments
-                    before_shape = before.shape if before.shape is not None else _shape(before_index)
-                    f.discontinuity = (before.discontinuity or 0) + (_shape(index) != before_shape)
-            f.shape = _shape(index)
+                whole = before.final_bytes is not None and before_index.file_size >= before.final_bytes
+                if before.sequence is not None and whole:
+                    f.sequence = before.sequence + len(before_index.fragments)
+                    f.discontinuity = (before.discontinuity or 0) + (_shape(index) != _shape(before_index))
             previous = (f, index)
             if f.sequence is None:
-                continue  # (its predecessor could not be read: it waits for numbers it can keep)
+                continue  # its predecessor is not whole on disk, or unreadable: it waits for numbers it can keep
             fragments = index.fragments[:-1] if newest else index.fragments  # the newest may still grow
             listed += [(f, index, x, f.sequence + n) for n, x in enumerate(fragments)]
         return dvr_playlist(listed, self.window_s, uri)
@@ -133,7 +137,7 @@ def dvr_playlist(listed: Sequence[tuple[DvrFile, VodIndex, VodFragment, int]], w
     head = window[0] if window else None
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{target}",
              f"#EXT-X-MEDIA-SEQUENCE:{head[3] if head else 0}",
-             f"#EXT-X-DISCONTINUITY-SEQUENCE:{head[0].discontinuity or 0 if head else 0}"]
+             f"#EXT-X-DISCONTINUITY-SEQUENCE:{(head[0].discontinuity or 0) if head else 0}"]
     if window and all(x.keyframe for _, _, x, _ in window):
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     if total > 3 * target:

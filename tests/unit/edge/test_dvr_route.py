@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from mediaserver.config import Config
+from mediaserver.edge.common import PLAY_QUERY
 from mediaserver.edge.keys import CONFIG, RECORDINGS
 from mediaserver.edge.vod import serve_dvr
 from mediaserver.hub.stream import StreamKey
@@ -43,6 +44,8 @@ async def test_concurrent_viewers_share_one_rendering_and_a_failed_one_is_tried_
     app[RECORDINGS] = SimpleNamespace(active={StreamKey("live", "cam"): rec})
 
     async def route(request: web.Request) -> web.StreamResponse:
+        if "token" in request.query:  # as the play route's admission leaves it
+            request[PLAY_QUERY] = f"token={request.query['token']}"
         return await serve_dvr(request, "live", request.match_info["name"])
 
     app.router.add_get("/live/{name}/dvr.m3u8", route)
@@ -62,4 +65,6 @@ async def test_concurrent_viewers_share_one_rendering_and_a_failed_one_is_tried_
         trail.fail = False
         status, text, _ = await fetch()
         assert status == 200 and "# v2" in text and trail.renders == 3
+        resp = await client.get("/live/cam/dvr.m3u8?token=abc")  # the token in every URI, not re-rendered
+        assert (await resp.text()).count("../../vod/r1.mp4?token=abc") == 2 and trail.renders == 3
         assert (await client.get("/live/other/dvr.m3u8")).status == 404

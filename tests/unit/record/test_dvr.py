@@ -36,6 +36,8 @@ def recorded(tmp_path, clips, segment_minutes: float):
     trail = DvrTrail(3600.0, clock=clock)
     for n, (path, at) in enumerate(opened):
         trail.opened(f"f{n}", path, at)
+    for n, closed in enumerate(rec.files):
+        trail.closed(f"f{n}", closed.bytes)
     return rec, trail
 
 
@@ -82,6 +84,8 @@ def test_numbers_never_go_back_as_the_window_slides_and_files_leave(tmp_path):
     assert [f.rec_id for f in trail.files] == ["f2", "later", "latest"]  # "later" has no number yet: f2 stays
     trail.render(uri)
     assert trail.files[1].sequence == len(whole.segments) + 1  # f2's last segment, no longer the newest
+    trail.closed("later", rec.files[-1].bytes)
+    trail.render(uri)  # "latest" is numbered once "later" is whole on disk
     trail._clock.now += 4000.0
     trail.opened("last", rec.files[-1].path, trail._clock())
     assert [f.rec_id for f in trail.files] == ["latest", "last"] and trail.files[0].sequence is not None
@@ -115,3 +119,20 @@ def test_a_file_gone_from_the_disk_is_left_out(tmp_path):
 
 def test_an_empty_trail_has_no_key_to_render_by():
     assert DvrTrail(10).key() == ("", "", -1)
+
+
+def test_the_next_file_waits_for_its_predecessors_last_pieces_to_reach_the_disk(tmp_path):
+    # The writer's thread may still hold a closed file's last pieces when the next file is rendered:
+    # numbering the next one from a short index would give two segments the same number.
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    first = rec.files[0]
+    data = first.path.read_bytes()
+    last = vod.index_file(data).fragments[-1]
+    first.path.write_bytes(data[:last.offset])  # its last fragment not written yet
+    cut = m3u8.loads(trail.render(uri))
+    assert {s.uri for s in cut.segments} == {"f0.mp4"}  # the files after it wait for their numbers
+    first.path.write_bytes(data)  # the writer caught up
+    whole = m3u8.loads(trail.render(uri))
+    assert [s.uri for s in whole.segments][len(cut.segments) + 1] == "f1.mp4"
+    assert whole.media_sequence == 0 and len({s.uri for s in whole.segments}) == len(rec.files)
