@@ -238,20 +238,16 @@ class WorkerSetup:
         if self.traffic is None or not isinstance(answer, web.Response) or answer.status != 200:
             return answer
         pulls = self.traffic.pull_viewer_ids()
-        try:
-            body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
-        except ValueError:
+        body = answer_json(answer)
+        if body is None:
             return answer
         body["viewers"] = [v for v in body.get("viewers", []) if v.get("id") not in pulls]
         return web.json_response(body)
 
     @staticmethod
     def _with_node_viewer_id(answer: web.Response, worker: int) -> web.Response:
-        try:
-            body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
-        except ValueError:
-            return answer
-        if answer.status != 200 or not isinstance(body.get("viewer_kicked"), int):
+        body = answer_json(answer)
+        if answer.status != 200 or body is None or not isinstance(body.get("viewer_kicked"), int):
             return answer
         return web.json_response({**body, "viewer_kicked": node_viewer_id(body["viewer_kicked"], worker)})
 
@@ -315,11 +311,11 @@ class WorkerSetup:
                 answer.headers["Location"] = f"{location}{SESSION_WORKER}{self.index}"
             return answer
         found = session_of(request.path) if request.method in ("DELETE", "PATCH") else None
-        own_id, _, worker = (found or "").rpartition(SESSION_WORKER)
-        base = (await self._bases()).get(int(worker)) if worker.isdigit() and own_id else None
-        if found is None or base is None:
+        named = session_worker(found) if found is not None else None
+        base = (await self._bases()).get(named[1]) if named is not None else None
+        if found is None or named is None or base is None:
             return await handler(request)  # an id no worker made: the handler's 404
-        path = request.path[:-len(found)] + own_id
+        path = request.path[:-len(found)] + named[0]
         return await self._relay(request, base + path, SESSION_REQUEST_HEADERS,
                                  lambda name: name.lower() not in HOP_HEADERS, SIBLING_TIMEOUT_S, await request.read(),
                                  ("the worker holding this WebRTC session did not answer",
@@ -399,6 +395,15 @@ def session_of(path: str) -> str | None:
     return parts[4]
 
 
+def session_worker(session: str) -> tuple[str, int] | None:
+    """(the worker's own session id, the worker's index) of a Location's SESSION.N; None for what no
+    worker made (no index, or one that is not a few ASCII digits)."""
+    own_id, _, worker = session.rpartition(SESSION_WORKER)
+    if not own_id or not (worker.isascii() and worker.isdigit()) or len(worker) > 3:
+        return None
+    return own_id, int(worker)
+
+
 def segmented_stream(method: str, path: str) -> str | None:
     """"app/name" for a GET of an HLS/LL-HLS/DASH playlist or segment (/APP/NAME/FILE), else None."""
     if method not in ("GET", "HEAD"):
@@ -433,19 +438,25 @@ def node_viewer_id(local: int, worker: int) -> int:
 
 def split_viewer_id(text: str) -> tuple[int, int] | None:
     """(worker index, the worker's own viewer id) of a node-wide id; None for what is not one."""
-    if not text.isdigit() or len(text) > 15:
+    if not (text.isascii() and text.isdigit()) or len(text) > 15:
         return None
     local, worker = divmod(int(text), VIEWER_ID_SPAN)
     return worker, local
 
 
-def with_node_viewer_ids(answer: web.Response, worker: int) -> web.Response:
-    """A worker's answer to kicking a stream's viewers, its viewers_kicked as node-wide ids."""
+def answer_json(answer: web.Response) -> dict | None:
+    """A worker's JSON answer as a dict; None when it is not one."""
     try:
         body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
     except ValueError:
-        return answer
-    if answer.status != 200 or not isinstance(body, dict) or not isinstance(body.get("viewers_kicked"), list):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def with_node_viewer_ids(answer: web.Response, worker: int) -> web.Response:
+    """A worker's answer to kicking a stream's viewers, its viewers_kicked as node-wide ids."""
+    body = answer_json(answer)
+    if answer.status != 200 or body is None or not isinstance(body.get("viewers_kicked"), list):
         return answer
     kicked = [node_viewer_id(int(v), worker) for v in body["viewers_kicked"]]
     return web.json_response({**body, "viewers_kicked": kicked})
@@ -457,11 +468,8 @@ def merge_viewers(answers: dict[int, web.Response]) -> web.Response:
     merged: dict | None = None
     viewers: list[dict] = []
     for worker, answer in sorted(answers.items()):
-        if answer.status != 200:
-            continue
-        try:
-            body = json.loads(bytes(answer.body or b""))  # type: ignore[arg-type]
-        except ValueError:
+        body = answer_json(answer) if answer.status == 200 else None
+        if body is None:
             continue
         merged = merged or body
         for viewer in body.get("viewers", []):
@@ -503,12 +511,7 @@ def pick_answer(answers: list[web.Response], kicked_viewers: bool = False) -> we
     if not done:
         return answers[0] if answers else web.json_response(
             {"error": "no worker answered", "hint": "the workers may be restarting; try again"}, status=503)
-    bodies = []
-    for answer in done:
-        try:
-            bodies.append(json.loads(bytes(answer.body or b"")))  # type: ignore[arg-type]
-        except ValueError:
-            bodies.append({})
+    bodies = [answer_json(answer) or {} for answer in done]
     if kicked_viewers:
         kicked = [v for b in bodies for v in b.get("viewers_kicked", [])]
         return web.json_response({**bodies[0], "viewers_kicked": kicked})

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from mediaserver.wiring.worker import (ALL, VIEWERS, api_route, merge_viewers, node_viewer_id, pick_answer,
-                                       segmented_stream, session_of, split_viewer_id, with_node_viewer_ids)
+                                       segmented_stream, session_of, session_worker, split_viewer_id,
+                                       with_node_viewer_ids)
 from aiohttp import web
 
 
@@ -88,6 +89,17 @@ def test_the_viewers_of_a_stream_are_every_workers_each_with_its_node_wide_id():
 ])
 def test_a_webrtc_session_url_is_recognised(path, session):
     assert session_of(path) == session
+
+
+def test_a_session_names_its_worker_and_hostile_indexes_are_no_worker():
+    assert session_worker("abc-_1.0") == ("abc-_1", 0) and session_worker("abc.12") == ("abc", 12)
+    for hostile in ("abc", ".1", "abc.", "abc.\u00b2", "abc.\u0661", "abc." + "9" * 5000, "abc.1x"):
+        assert session_worker(hostile) is None, hostile[:20]
+
+
+def test_hostile_viewer_ids_are_no_viewer():
+    for hostile in ("\u00b2", "\u0661\u0662", "9" * 5000, "-1", ""):
+        assert split_viewer_id(hostile) is None, hostile[:20]
 
 
 def test_the_viewers_a_worker_kicked_are_named_by_their_node_wide_ids():
