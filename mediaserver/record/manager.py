@@ -128,7 +128,7 @@ class _Recording:
         )
         self.dvr = DvrTrail(cfg.dvr_window)
         """The files of this recording the DVR window reaches (edge/vod.py serves it)."""
-        self.dvr_text: tuple[tuple, asyncio.Future[str]] | None = None
+        self.dvr_text: tuple[tuple, asyncio.Future[tuple[bytes, bytes]]] | None = None
         """The DVR playlist last rendered (or being rendered), by DvrTrail.key()."""
 
     def _opened(self, path: Path, started_at: float) -> None:
@@ -158,6 +158,8 @@ class _Recording:
         self.written = 0
         row = self.row
         self.row = None
+        if row is not None:
+            self.dvr.closed(row.id, closed.bytes)
         if closed.status == FAILED:
             manager.stats.failures[failure_reason(closed.error)] += 1
             manager.upkeep.check_disk_soon()  # a full disk: stop every recording now, resume them later
@@ -212,9 +214,6 @@ class RecordingManager:
         self.paused: set[StreamKey] = set()
         """Streams whose recording the disk guard stopped: they resume when space returns."""
         self.upkeep = Upkeep(self)
-        self._ending: list[Recorder] = []
-        """Recorders detached or ended whose last fsync has not run: each closed file's job holds a duplicate
-        of its descriptor until it runs (and a file deleted meanwhile keeps its disk space)."""
         self._files: dict[str, tuple[float, Recording, Path | None]] = {}
         self._lookups: dict[str, asyncio.Future[tuple[Recording, Path | None] | None]] = {}
         registry.on_published.append(self._published)
@@ -291,8 +290,7 @@ class RecordingManager:
         if rec is None:
             return False
         rec.stream.remove_sink(rec.recorder)
-        rec.recorder.stop()
-        self._ending.append(rec.recorder)
+        rec.recorder.stop()  # its file's last fsync and close are queued on the DiskWriter's thread
         return True
 
     def pause_all(self) -> list[StreamKey]:
@@ -348,7 +346,6 @@ class RecordingManager:
         rec = self.active.get(stream.key)
         if rec is not None and rec.stream is stream:
             del self.active[stream.key]  # the hub ended the Recorder with the stream (Sink.on_end)
-            self._ending.append(rec.recorder)
 
     # ----- background -----------------------------------------------------------------------------
 
@@ -400,18 +397,10 @@ class RecordingManager:
             await asyncio.sleep(SYNC_S)
             await self._sync()
 
-    def _take_sync_jobs(self) -> list[Callable[[], None]]:
-        jobs = [job for rec in list(self.active.values()) for job in rec.recorder.take_sync_jobs()]
-        ending, self._ending = self._ending, []
-        for recorder in ending:
-            jobs.extend(recorder.take_sync_jobs())
-            if not recorder.stopped:
-                self._ending.append(recorder)  # not ended yet (never so from the hub): asked again next time
-        return jobs
-
     async def _sync(self) -> None:
-        """Run the fsyncs due, in a thread; each job closes its duplicate descriptor, even when it fails."""
-        for job in self._take_sync_jobs():
+        """The fsyncs due: queued on the DiskWriter's thread after each file's writes (a Recorder without one
+        hands back jobs, run here in a thread; each closes its duplicate descriptor, even when it fails)."""
+        for job in [job for rec in list(self.active.values()) for job in rec.recorder.take_sync_jobs()]:
             try:
                 await asyncio.to_thread(job)
             except OSError as err:
@@ -452,7 +441,6 @@ class RecordingManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.uploader is not None:
             await self.uploader.close()
-        await self._sync()  # the files just closed reach the disk before the process ends
         await self.catalog.close()
 
     # ----- files --------------------------------------------------------------------------------

@@ -131,13 +131,37 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
         again = stream_name + "b"
         publish(server, again, media.av, loop=True)
         await wait_live(server, again)
-        viewers = [server.flv_viewer(again) for _ in range(6)]
-        try:
-            await asyncio.gather(*(v.start() for v in viewers))
-            got = await asyncio.gather(*(v.wait_video_frames(25, timeout_s=15) for v in viewers))
-            assert all(got), [v.video_frame_count() for v in viewers]
-        finally:
-            await asyncio.gather(*(v.close() for v in viewers))
+        await every_viewer_plays(server, again, frames=25)
+
+
+async def viewers_on_both_workers(server, http: aiohttp.ClientSession, name: str, viewers: list,
+                                  at_least: int = 1) -> None:
+    """Add HTTP-FLV viewers of `name` to `viewers` until both workers serve some (at least `at_least` in
+    all): SO_REUSEPORT spreads new connections, so one soon lands on each worker."""
+
+    async def on_both_workers() -> bool:
+        async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
+            mine = [s for s in (await resp.json())["streams"] if s["name"] == name]
+        # (a worker that only holds the stream's copy for its viewers lists 0 of its own)
+        if mine and sum(1 for n in mine[0]["viewers_by_worker"].values() if n) == 2 and len(viewers) >= at_least:
+            return True
+        if len(viewers) < 16:
+            viewers.append(server.flv_viewer(name))
+            await viewers[-1].start()
+        return False
+
+    await wait_for(on_both_workers, 20, "FLV viewers on both workers", server)
+
+
+async def every_viewer_plays(server, name: str, frames: int, viewers: int = 6) -> None:
+    """`viewers` HTTP-FLV viewers (the kernel spreads them over the workers) each get `frames` video frames."""
+    players = [server.flv_viewer(name) for _ in range(viewers)]
+    try:
+        await asyncio.gather(*(p.start() for p in players))
+        got = await asyncio.gather(*(p.wait_video_frames(frames, timeout_s=15) for p in players))
+        assert all(got), [p.video_frame_count() for p in players]
+    finally:
+        await asyncio.gather(*(p.close() for p in players))
 
 
 def test_workers_on_a_busy_port_stop_the_start_with_one_clear_line(tmp_path):
@@ -223,18 +247,8 @@ async def test_the_node_metrics_count_no_sibling_pull_as_traffic_or_viewer(
             async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
                 return await resp.text()
 
-        async def on_both_workers() -> bool:
-            async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
-                mine = [s for s in (await resp.json())["streams"] if s["name"] == stream_name]
-            if mine and len(mine[0]["viewers_by_worker"]) == 2:
-                return True
-            if len(viewers) < 16:  # SO_REUSEPORT spreads new connections: soon one lands on each worker
-                viewers.append(server.flv_viewer(stream_name))
-                await viewers[-1].start()
-            return False
-
         try:
-            await wait_for(on_both_workers, 20, "FLV viewers on both workers", server)
+            await viewers_on_both_workers(server, http, stream_name, viewers)
             got = await asyncio.gather(*(v.wait_video_frames(10, timeout_s=15) for v in viewers))
             assert all(got), [v.video_frame_count() for v in viewers]
             assert sum(flv_viewers_by_worker(await scrape()).values()) == len(viewers)
@@ -266,18 +280,8 @@ async def test_every_viewer_of_the_node_is_listed_and_kicked_whichever_worker_se
     api = f"{server.http_base}/api/v1/streams/live/{stream_name}"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
 
-        async def on_both_workers() -> bool:
-            async with fresh.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
-                mine = [s for s in (await resp.json())["streams"] if s["name"] == stream_name]
-            if mine and len(mine[0]["viewers_by_worker"]) == 2 and len(viewers) >= 4:
-                return True
-            if len(viewers) < 16:  # SO_REUSEPORT spreads new connections: soon one lands on each worker
-                viewers.append(server.flv_viewer(stream_name))
-                await viewers[-1].start()
-            return False
-
         try:
-            await wait_for(on_both_workers, 20, "FLV viewers on both workers", server)
+            await viewers_on_both_workers(server, fresh, stream_name, viewers, at_least=4)
             assert all(await asyncio.gather(*(v.wait_video_frames(5, timeout_s=15) for v in viewers)))
             for _ in range(4):  # a new connection each: both workers answer for the whole node
                 async with fresh.get(f"{api}/viewers", headers=AUTH) as resp:
@@ -307,13 +311,7 @@ async def test_a_hung_worker_is_killed_and_started_again(server_factory, publish
                    20, "the hung worker started again and listening", server)
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
-    viewers = [server.flv_viewer(stream_name) for _ in range(6)]
-    try:
-        await asyncio.gather(*(v.start() for v in viewers))
-        got = await asyncio.gather(*(v.wait_video_frames(10, timeout_s=15) for v in viewers))
-        assert all(got), [v.video_frame_count() for v in viewers]
-    finally:
-        await asyncio.gather(*(v.close() for v in viewers))
+    await every_viewer_plays(server, stream_name, frames=10)
 
 
 async def test_a_webrtc_session_is_ended_by_its_location_whichever_worker_the_delete_reaches(

@@ -10,6 +10,11 @@ import {codecName} from './engines.js';
 
 const PAGE = 20;
 
+/** A left click without a modifier: the others (a new tab, a save-as) are left to the browser. */
+function plainClick(event) {
+  return event.button === 0 && !event.ctrlKey && !event.metaKey && !event.shiftKey && !event.altKey;
+}
+
 function formatBytes(n) {
   if (typeof n !== 'number' || !isFinite(n)) return '–';
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
@@ -134,7 +139,7 @@ export class RecordingsView {
   /** Open the player in a new tab with a play token for the stream (its app may need one); the plain URL
    *  when no token can be made (no token secret on the server). */
   async play(event, r, href) {
-    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+    if (!plainClick(event)) return;
     event.preventDefault();
     const tab = window.open('', '_blank');  // now, while the click counts: after an await it may be blocked
     const url = await this.withPlayToken(r, href);
@@ -144,7 +149,7 @@ export class RecordingsView {
 
   /** Download the file with a play token for the stream, as play() does: the file is admitted as a play. */
   async download(event, r, link) {
-    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+    if (!plainClick(event)) return;
     event.preventDefault();
     const a = el('a', {href: await this.withPlayToken(r, link.href), download: link.download, hidden: true});
     document.body.append(a);
