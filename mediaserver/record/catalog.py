@@ -16,7 +16,10 @@ import dataclasses
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from ..errors import Unavailable
 from ..log import event
@@ -42,6 +46,11 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # when several nodes of a cluster start at once.
 _MIGRATION_LOCK = 0x4D535243  # "MSRC"
 _READ_ONLY = "mediaserver_catalog_read"  # execution option: begin this transaction without the write lock
+# Alembic's `context` and `op` are process-wide proxies: migrations of two catalogs interleaving on one loop
+# (their database calls yield to it; no database lock orders them) ran each other's steps on the wrong
+# connection. One at a time per loop; those of one database are also ordered by its lock, across nodes.
+_MIGRATING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+WAL_SWITCH_S = 10.0
 
 
 class CatalogUnavailable(Unavailable):
@@ -258,7 +267,8 @@ class Catalog:
         await self._engine.dispose()
 
     async def _migrate(self) -> None:
-        async with self._connect() as conn:
+        lock = _MIGRATING.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock, self._connect() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             before, after = await conn.run_sync(_upgrade_to_head)
@@ -448,10 +458,32 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     # WAL lets readers run beside the one writer; busy_timeout makes concurrent writers wait, not fail.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=10000")
+    _into_wal(cur, pause=_await_sleep)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _into_wal(cur: Any, *, pause: Callable[[float], object]) -> None:
+    """Switch the file to WAL (a no-op once it is). Making a new file WAL needs it alone, and SQLite answers
+    "locked" at once, without its busy handler, while another connection (a node, a worker) switches the same
+    new file: retry for WAL_SWITCH_S."""
+    deadline = time.monotonic() + WAL_SWITCH_S
+    wait = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + wait > deadline:
+                raise
+        pause(wait)
+        wait = min(wait * 2, 0.1)
+
+
+def _await_sleep(seconds: float) -> None:
+    # The engine runs connect events in its greenlet on the event loop: await the pause, never block the loop.
+    await_only(asyncio.sleep(seconds))
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sqlite3
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mediaserver.record.catalog import (
-    MAX_PAGE, Catalog, CatalogUnavailable, Recording, default_url, encode_cursor, head_revision, metadata, redact,
+    MAX_PAGE, Catalog, CatalogUnavailable, Recording, _into_wal, default_url, encode_cursor, head_revision, metadata,
+    redact,
 )
 from support.postgres_server import PostgresServer, start_postgres
 from support.server import free_port
@@ -128,14 +132,54 @@ async def test_a_database_at_the_previous_revision_is_migrated_with_its_rows(db_
 
 
 async def test_nodes_opening_a_fresh_database_at_once_migrate_it_once(db_url):
-    cats = await asyncio.wait_for(asyncio.gather(*(Catalog.open(db_url) for _ in range(4))), 60)
+    cats = await asyncio.wait_for(asyncio.gather(*(Catalog.open(db_url) for _ in range(6))), 60)
     try:
-        assert [await c.schema_revision() for c in cats] == [head_revision()] * 4
+        assert [await c.schema_revision() for c in cats] == [head_revision()] * 6
         added = await cats[0].add(rec())
-        assert await cats[3].get(added.id) == added
+        assert await cats[5].get(added.id) == added
     finally:
         for c in cats:
             await c.close()
+
+
+async def test_catalogs_of_different_databases_opened_at_once_in_one_process_each_migrate_their_own(tmp_path):
+    # No database lock orders these migrations, and Alembic's context is process-wide: interleaved on the loop,
+    # one ran its steps on another's connection ("table recordings already exists").
+    urls = [default_url(tmp_path / str(n)) for n in range(4)]
+    cats = await asyncio.wait_for(asyncio.gather(*(Catalog.open(u) for u in urls)), 60)
+    try:
+        assert [await c.schema_revision() for c in cats] == [head_revision()] * 4
+        assert await _schema_differences(urls[3]) == []
+    finally:
+        for c in cats:
+            await c.close()
+
+
+def test_connections_switching_a_new_sqlite_file_to_wal_at_once_all_succeed(tmp_path):
+    # SQLite refuses the switch at once ("database is locked", no busy handler) to all but one of several
+    # connections switching a new file together, as the workers or nodes opening one catalog do.
+    for round_ in range(40):
+        path = tmp_path / f"{round_}.db"
+        start = threading.Barrier(6)
+        failures: list[Exception] = []
+
+        def switch() -> None:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+            try:
+                start.wait(5)
+                _into_wal(conn.cursor(), pause=time.sleep)
+                assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            except Exception as e:  # noqa: BLE001 - collected for the assertion below
+                failures.append(e)
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=switch) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert failures == [], f"round {round_}"
 
 
 async def test_a_failed_transaction_leaves_nothing_behind(catalog):
