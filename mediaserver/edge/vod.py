@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import OrderedDict
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -37,6 +38,8 @@ from .vod_remote import fetch_remote, fetches_remote, serve_remote_dvr
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 MPD_TYPE = "application/dash+xml"
+_finished: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+"""(recording id, vod-hls or vod-dash, its size) -> the playlist or MPD of a finished local file, no token."""
 
 
 async def _file(request: web.Request, rec_id: str):
@@ -119,16 +122,29 @@ async def _describe(request: web.Request, protocol: str, render, stored, *, fini
         if vod_s3.in_bucket(row):
             return await stored(request, request.app[RECORDINGS], row)
         return await fetch_remote(request, row)
-    uri = _with_query(f"../{rec_id}.mp4", request)
+    # A finished file never changes: its text is rendered once (kept per file, the least recently used
+    # dropped first) and every viewer's token filled in; a growing one is rendered per request.
+    kept = (rec_id, protocol, row.bytes)
+    text = None if live else _finished.get(kept)
+    if text is not None:
+        _finished.move_to_end(kept)
+        return vod_s3.with_token(request, text, row)
+    uri = _with_query(f"../{rec_id}.mp4", request) if live else f"../{rec_id}.mp4"
 
     def build() -> str:
         return render(index_path(path), uri, live)
 
     try:
-        return await asyncio.to_thread(build)
+        text = await asyncio.to_thread(build)
     except (OSError, MediaError) as err:
         raise json_error(422, f"recording {rec_id} cannot be read: {err}", "the file is damaged or missing",
                          cors_headers(request)) from None
+    if live:
+        return text
+    _finished[kept] = text
+    while len(_finished) > vod_s3.PLAYLIST_CACHE:
+        _finished.popitem(last=False)
+    return vod_s3.with_token(request, text, row)
 
 
 async def serve_playlist(request: web.Request) -> web.StreamResponse:

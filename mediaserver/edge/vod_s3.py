@@ -177,11 +177,11 @@ async def _described(request: web.Request, manager: RecordingManager, row: Recor
             cache.popitem(last=False)
     else:
         cache.move_to_end(row.id)
-    return web.Response(text=_with_token(request, text, row), headers={
+    return web.Response(text=with_token(request, text, row), headers={
         "Content-Type": content_type, "Cache-Control": "no-cache", **cors})
 
 
-def _with_token(request: web.Request, text: str, row: Recording) -> str:
+def with_token(request: web.Request, text: str, row: Recording) -> str:
     """The viewer's play token (admitted by edge/vod.py) in the URIs of the file: the cache holds none."""
     query = request.get(PLAY_QUERY, "")
     return text.replace(f"../{row.id}.mp4", f"../{row.id}.mp4?{query}") if query else text
