@@ -4,7 +4,8 @@ A recording's VOD playlist (`/vod/ID/index.m3u8`) lists byte ranges of one file 
 EXT-X-BYTERANGE, RFC 8216 4.3.2.2 and 4.3.2.5). Each player plays sessions one after another, as viewers
 come and go: a session loads the playlist, fetches the init range, picks a start segment at random ("various
 start points": a viewer who seeks), then fetches one segment per segment duration, in order, with
-`Range: bytes=A-B` on its keep-alive connection, for a random session length (or to the end of the file).
+`Range: bytes=A-B` on its keep-alive connection, for a random session length (or to the end of the file),
+and watches what it fetched to its end before the next session: one minute of media per viewer-minute.
 A segment is good when the answer is 206 with exactly the bytes asked for. A fetch that completes after the
 moment its segment is due to play (the session's start + the media before it + `buffer_s`) is a stall.
 
@@ -180,8 +181,10 @@ class VodPlayer:
         started = time.monotonic()
         media_s = 0.0  # media fetched so far in this session
         for seg in pl.segments[first:]:
-            if stop.is_set() or media_s >= length_s:
+            if stop.is_set():
                 return
+            if media_s >= length_s:
+                break
             # Real-time pace: the next segment is fetched when the one before starts to play.
             delay = started + media_s - self.buffer_s - time.monotonic()
             if delay > 0:
@@ -197,6 +200,14 @@ class VodPlayer:
             if time.monotonic() > started + media_s + self.buffer_s:
                 st.stalls += 1
             media_s += seg.duration_s
+        # The viewer watches what it fetched before the next session (a new viewer, or a seek): without this
+        # wait each session's last `buffer_s` was fetched and never played, and a player pulled ~1.2x real time.
+        rest = started + media_s - time.monotonic()
+        if rest > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), rest)
+            except TimeoutError:
+                pass
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

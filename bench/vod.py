@@ -11,8 +11,8 @@ recording stopped through the admin API); `--fresh` always makes a new one.
 
 Viewers (bench/_vod_viewers.py, in `--client-procs` processes of their own, so the server's CPU is
 measured alone) each play sessions: GET /vod/ID/index.m3u8, the init range, then from a random segment one
-byte-range GET per segment duration (real time), for `--session-min`..`--session-max` s, then a new
-session. They start spread over `--ramp` s; after `--warmup` the window of `--seconds` is measured.
+byte-range GET per segment duration (real time), for `--session-min`..`--session-max` s, then, once what
+it fetched has played, a new session. They start spread over `--ramp` s; after `--warmup` the window of `--seconds` is measured.
 Reported: server CPU-s per viewer-minute (to set against `load.py hls` at as many viewers, run beside it), the
 requests per second of each kind and their latency, wrong answers (not 206 with the bytes asked for),
 stalls (a segment that arrived after it was due to play), and, measured in this process, what building the
