@@ -153,7 +153,12 @@ def make_app(
     app[REGISTRY] = registry
     app[PACKAGERS] = packagers
     app[GATE] = gate
-    app[FAST_LANE] = FastLane(app)  # the hottest viewer requests, answered without the stack below (fastlane.py)
+    app[FAST_LANE] = lane = FastLane(app)  # the hottest viewer requests, answered without the stack below
+
+    async def close_lane(_app: web.Application) -> None:
+        lane.close()
+
+    app.on_cleanup.append(close_lane)
     hook_outcomes = (lambda: hooks.outcomes) if hooks is not None and hooks.enabled else None
     metrics = Metrics(registry, gate.admission, packager_count=lambda: len(packagers), hook_outcomes=hook_outcomes)
     metrics.ready_checks.update(ready_checks or {})

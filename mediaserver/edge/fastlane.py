@@ -64,6 +64,8 @@ MAX_HEAD = 8192
 VOD_CACHE_S = 30.0
 """How long a recording the full stack served may be served by the lane without asking the catalog again."""
 MAX_VOD_RANGE = 8 << 20
+MAX_VOD_FILES = 1024
+"""Recordings the lane keeps open at most (each one's descriptor, for VOD_CACHE_S after the full stack's answer)."""
 """Larger ranges of a recording go to the full stack, which reads what the socket does not take in a thread."""
 MAX_QUEUED = 1 << 20
 """Bytes waiting in the transport above which a request goes to aiohttp, which waits for the reader."""
@@ -175,6 +177,18 @@ class _Held:
     """What it waits for: (track, msn, part) of a playlist, (track, sequence, part) of a file."""
 
 
+@dataclass(slots=True, eq=False)
+class _VodFile:
+    """A recording the full stack served lately: the lane answers its ranges until `expires`."""
+
+    expires: float
+    app: str
+    stream: str
+    path: str
+    fd: int = -1
+    expiry: asyncio.TimerHandle | None = None
+
+
 class FastLane:
     """Answers simple viewer GETs of one application (see the module docstring)."""
 
@@ -188,7 +202,7 @@ class FastLane:
         self._cors: dict[str | None, bytes] = {}
         self._waiting: set[CmafPackager] = set()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._vod_files: dict[str, tuple[float, str, str, str]] = {}
+        self._vod_files: dict[str, _VodFile] = {}
         self._heads: dict[bytes, Head] = {}
 
     # ----- the connection's side ---------------------------------------------------------------
@@ -292,71 +306,99 @@ class FastLane:
         """The full stack served recording `rec_id` from the local file `path`: later range requests of it may
         take the lane (for VOD_CACHE_S, when the recorded stream's app is open to viewers)."""
         files = self._vod_files
-        if len(files) >= 1024:
-            files.clear()
-        files[rec_id] = (time.monotonic() + VOD_CACHE_S, app, stream, path)
+        entry = files.get(rec_id)
+        if entry is not None and entry.path != path:
+            self._forget_vod(rec_id, entry)
+            entry = None
+        if entry is None:
+            if len(files) >= MAX_VOD_FILES:
+                for known, kept in list(files.items()):
+                    self._forget_vod(known, kept)
+            entry = files[rec_id] = _VodFile(0.0, app, stream, path)
+        elif entry.expiry is not None:
+            entry.expiry.cancel()
+        entry.expires = time.monotonic() + VOD_CACHE_S
+        # The descriptor closes when the entry ends, asked for or not: a recording deleted meanwhile frees
+        # its disk space within VOD_CACHE_S.
+        entry.expiry = asyncio.get_running_loop().call_later(VOD_CACHE_S, self._forget_vod, rec_id, entry)
+
+    def close(self) -> None:
+        """The app stops: the recordings kept open are closed."""
+        for rec_id, entry in list(self._vod_files.items()):
+            self._forget_vod(rec_id, entry)
+
+    def _forget_vod(self, rec_id: str, entry: _VodFile) -> None:
+        if self._vod_files.get(rec_id) is entry:
+            del self._vod_files[rec_id]
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+        if entry.fd >= 0:
+            os.close(entry.fd)
+            entry.fd = -1
 
     def _vod(self, conn: Any, head: Head) -> bool:
         """/vod/ID.mp4, whole or one range, from a file the full stack served lately: os.sendfile as
         sendfile.serve_file does; 416, 304 and anything unusual go to the full stack."""
-        found = self._vod_files.get(head.file[:-4])
-        if found is None or found[0] < time.monotonic():
+        rec_id = head.file[:-4]
+        found = self._vod_files.get(rec_id)
+        if found is None or found.expires < time.monotonic():
             return False
-        _, app_name, stream, path = found
-        if not self.app[GATE].admission.policy.play_is_open(app_name):
+        if not self.app[GATE].admission.policy.play_is_open(found.app):
             return False
         transport = conn.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
             return False
+        if found.fd < 0:  # opened once for every viewer's ranges (sendfile and pread take their own offsets)
+            try:
+                found.fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+        fd = found.fd
+        st = os.fstat(fd)
+        if st.st_nlink == 0:  # deleted (by the API, retention, or after its upload): the full stack says so
+            self._forget_vod(rec_id, found)
+            return False
+        size = st.st_size
+        etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+        if head.if_none_match is not None and etag in head.if_none_match:
+            return False
+        asked = head.range
+        if asked is not None and head.if_range is not None and head.if_range.strip() != etag:
+            asked = None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            part = byte_range(asked, size)
+        except Unsatisfiable:
+            return False
+        if part is None:
+            part = ByteRange(0, size)
+            status, extra = 200, b""
+        else:
+            status, extra = 206, b"Content-Range: bytes %d-%d/%d\r\n" % (part.start, part.end - 1, size)
+        if part.size > MAX_VOD_RANGE:
+            return False  # what the socket does not take is read in a thread by the full stack
+        gate = self.app[GATE]
+        address = conn.lane_address
+        if gate.connection_opened(address) is not None:
             return False
         try:
-            st = os.fstat(fd)
-            size = st.st_size
-            etag = f'"{st.st_mtime_ns:x}-{size:x}"'
-            if head.if_none_match is not None and etag in head.if_none_match:
-                return False
-            asked = head.range
-            if asked is not None and head.if_range is not None and head.if_range.strip() != etag:
-                asked = None
-            try:
-                part = byte_range(asked, size)
-            except Unsatisfiable:
-                return False
-            if part is None:
-                part = ByteRange(0, size)
-                status, extra = 200, b""
-            else:
-                status, extra = 206, b"Content-Range: bytes %d-%d/%d\r\n" % (part.start, part.end - 1, size)
-            if part.size > MAX_VOD_RANGE:
-                return False  # what the socket does not take is read in a thread by the full stack
-            gate = self.app[GATE]
-            address = conn.lane_address
-            if gate.connection_opened(address) is not None:
-                return False
-            try:
-                transport.write(b"".join((
-                    _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
-                    b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
-                    b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ", self._http_date(st.st_mtime), b"\r\n",
-                    extra, self._cors_lines(head.origin), b"\r\n")))
-                sent = send_fd(transport, fd, part.start, part.size)
-                if sent < part.size:
-                    # The socket is full: the rest from the page cache, through the transport (bounded above).
-                    rest = os.pread(fd, part.size - sent, part.start + sent)
-                    transport.write(rest)
-                    if len(rest) < part.size - sent:
-                        transport.abort()  # the file was cut short meanwhile: the answer cannot be completed
-            finally:
-                gate.connection_closed(address)
-            self.answered += 1
-            self.app[METRICS].response_done("other", part.size)  # as the middleware counts /vod/
-            conn.lane_answered()
-            return True
+            transport.write(b"".join((
+                _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
+                b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
+                b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ", self._http_date(st.st_mtime), b"\r\n",
+                extra, self._cors_lines(head.origin), b"\r\n")))
+            sent = send_fd(transport, fd, part.start, part.size)
+            if sent < part.size:
+                # The socket is full: the rest from the page cache, through the transport (bounded above).
+                rest = os.pread(fd, part.size - sent, part.start + sent)
+                transport.write(rest)
+                if len(rest) < part.size - sent:
+                    transport.abort()  # the file was cut short meanwhile: the answer cannot be completed
         finally:
-            os.close(fd)
+            gate.connection_closed(address)
+        self.answered += 1
+        self.app[METRICS].response_done("other", part.size)  # as the middleware counts /vod/
+        conn.lane_answered()
+        return True
 
     def _abr_applies(self, key) -> bool:
         from .keys import ABR

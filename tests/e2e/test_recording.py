@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from functools import partial
+from pathlib import Path
 
 import aiohttp
 import av
@@ -20,6 +22,18 @@ from support.http import admin_api, get, ranged
 
 ADMIN = "admin-token-recording-0123456789"
 api = partial(admin_api, token=ADMIN)
+
+
+def _open_in(pid: int, path: str) -> bool:
+    """Whether process `pid` holds a descriptor of file `path` (deleted or not)."""
+    fds = Path(f"/proc/{pid}/fd")
+    targets = []
+    for fd in fds.iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            pass  # closed meanwhile
+    return any(t == path or t == f"{path} (deleted)" for t in targets)
 
 
 async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factory, publish, media, stream_name,
@@ -78,9 +92,13 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
         assert (await get(http, f"{base}/vod/nosuchrecording.mp4"))[0] == 404
         assert (await api(http, server, "GET", "/recordings/nosuchrecording"))[0] == 404
         assert (await api(http, server, "GET", "/recordings?cursor=garbage"))[0] == 400
+        [rec_file] = [os.path.realpath(p) for p in (tmp_path / "rec").rglob("*.mp4")]
+        assert _open_in(server.pid, rec_file)  # the fast lane keeps it open for the viewers' next ranges
         status, _ = await api(http, server, "DELETE", f"/recordings/{rec_id}")
         assert status == 200
         assert (await get(http, f"{base}/vod/{rec_id}.mp4"))[0] == 404
+        assert (await get(http, f"{base}/vod/{rec_id}.mp4", {"Range": "bytes=0-99"}))[0] == 404
+        assert not _open_in(server.pid, rec_file)  # a deleted recording's disk space is freed
         assert (await api(http, server, "POST", "/streams/live/notlive/record"))[0] == 404
 
 
