@@ -70,6 +70,15 @@ class ViewerEnd:
             self.on_close(self)
 
 
+async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` (> 0) or until `stop` is set; True when it was set."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+        return True
+    except TimeoutError:
+        return False
+
+
 def report_to_orchestrator(result) -> int:
     """A worker's last act: its result as one JSON line on stdout; 1 when nobody is there to read it."""
     try:

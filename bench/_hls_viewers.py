@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _aio import install_fast_loop, raise_nofile_limit, report_to_orchestrator, watch_stdin_for_stop  # noqa: E402
+from _aio import (  # noqa: E402
+    install_fast_loop, raise_nofile_limit, report_to_orchestrator, stopped_within, watch_stdin_for_stop,
+)
 from _http import HttpError, HttpResponseParser, request_bytes  # noqa: E402
 
 READ_SIZE = 256 * 1024
@@ -311,10 +313,7 @@ class HlsPlayer:
                 st.last_error = f"{type(err).__name__}: {err}"
             delay = t_req + wait - time.monotonic()
             if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                await stopped_within(stop, delay)
         self.client.close()
 
 
@@ -349,12 +348,8 @@ async def run_players(cfg: dict, stop: asyncio.Event) -> dict:
     while not stop.is_set() and k < cfg["max_ticks"]:
         due = t0 + k * tick_s
         delay = due - time.monotonic()
-        if delay > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                break
-            except TimeoutError:
-                pass
+        if delay > 0 and await stopped_within(stop, delay):
+            break
         tick_late.append(round((time.monotonic() - due) * 1000, 2))
         k += 1
     stop.set()

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _aio import install_fast_loop, raise_nofile_limit, report_to_orchestrator, watch_stdin_for_stop  # noqa: E402
+from _aio import (  # noqa: E402
+    install_fast_loop, raise_nofile_limit, report_to_orchestrator, stopped_within, watch_stdin_for_stop,
+)
 from _hls_viewers import HttpClient, PlaylistError, resolve  # noqa: E402
 from _http import HttpError  # noqa: E402
 
@@ -187,12 +189,8 @@ class VodPlayer:
                 break
             # Real-time pace: the next segment is fetched when the one before starts to play.
             delay = started + media_s - self.buffer_s - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                    return
-                except TimeoutError:
-                    pass
+            if delay > 0 and await stopped_within(stop, delay):
+                return
             if not await self._range(seg.uri, seg.offset, seg.length, "segment"):
                 await asyncio.sleep(1.0)
                 return
@@ -204,10 +202,7 @@ class VodPlayer:
         # wait each session's last `buffer_s` was fetched and never played, and a player pulled ~1.2x real time.
         rest = started + media_s - time.monotonic()
         if rest > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), rest)
-            except TimeoutError:
-                pass
+            await stopped_within(stop, rest)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -216,10 +211,7 @@ class VodPlayer:
             except (OSError, TimeoutError, HttpError, PlaylistError, ConnectionError) as err:
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(err).__name__}: {err}"
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await stopped_within(stop, 1.0)
         self.client.close()
 
 
