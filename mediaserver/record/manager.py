@@ -124,8 +124,10 @@ class _Recording:
         self.recorder = Recorder(
             stream.key, cfg.path, template=cfg.template, segment_minutes=cfg.segment_minutes,
             fsync_interval_s=cfg.fsync_interval, on_file_opened=self._opened, on_progress=self._progress,
-            on_file_closed=self._closed, disk=manager.disk_writer,
+            on_file_closed=self._closed, on_tail_lost=self._tail_lost, disk=manager.disk_writer,
         )
+        self.closed_rows: dict[Path, str] = {}
+        """The row ids of the last files closed, by path: a tail lost on the writer's thread finds its row."""
         self.dvr = DvrTrail(cfg.dvr_window)
         """The files of this recording the DVR window reaches (edge/vod.py serves it)."""
         self.dvr_text: tuple[tuple, asyncio.Future[tuple[bytes, bytes]]] | None = None
@@ -160,6 +162,9 @@ class _Recording:
         self.row = None
         if row is not None:
             self.dvr.closed(row.id, closed.bytes)
+            self.closed_rows[closed.path] = row.id
+            while len(self.closed_rows) > 4:
+                del self.closed_rows[next(iter(self.closed_rows))]
         if closed.status == FAILED:
             manager.stats.failures[failure_reason(closed.error)] += 1
             manager.upkeep.check_disk_soon()  # a full disk: stop every recording now, resume them later
@@ -187,6 +192,38 @@ class _Recording:
                     listener(done)
 
         manager._queue(finish)
+
+    def _tail_lost(self, path: Path, size: int, err: OSError) -> None:
+        """The last pieces of a closed file did not reach the disk: its row says "failed", with the size and
+        duration of what the file holds (it plays up to its last whole fragment)."""
+        rec_id = self.closed_rows.get(path)
+        if rec_id is None:
+            return
+        manager = self.manager
+        manager.stats.failures[failure_reason(str(err))] += 1
+        manager.upkeep.check_disk_soon()
+
+        async def correct() -> None:
+            duration = None
+            try:
+                with open(path, "rb") as f:
+                    duration = (await asyncio.to_thread(index_file, f)).duration_s
+            except (OSError, MediaError):
+                pass  # no whole fragment: the size says what is left
+            fields: dict = {"bytes": size, "status": "failed"}
+            if duration is not None:
+                fields["duration_s"] = duration
+            row = await manager.catalog.get(rec_id)
+            if row is None:
+                return
+            if row.status == "uploading":
+                fields["final_status"] = fields.pop("status")  # the upload goes on, of what the file holds
+            if duration is not None:
+                fields["ended_at"] = row.started_at + timedelta(seconds=duration)
+            manager._files.pop(rec_id, None)
+            await manager.catalog.update(rec_id, **fields)
+
+        manager._queue(correct)
 
 
 class RecordingManager:

@@ -165,7 +165,9 @@ class Recorder:
     with {app}, {stream} and {start} (the file's first media, a UTC datetime); a second file of the same
     name gets "-1", "-2", ... Callbacks (all optional, called
     from the hub's callbacks: keep them quick): `on_file_opened(path, started_at)`,
-    `on_progress(bytes, duration_s)` after each write to the current file, `on_file_closed(FileClosed)`.
+    `on_progress(bytes, duration_s)` after each write to the current file, `on_file_closed(FileClosed)`,
+    `on_tail_lost(path, bytes, error)` when pieces of a file closed already could not be written (the
+    writer's thread cut it back to `bytes`).
     """
 
     waits_for_frames = False
@@ -189,6 +191,7 @@ class Recorder:
         on_file_opened: Callable[[Path, float], None] | None = None,
         on_progress: Callable[[int, float], None] | None = None,
         on_file_closed: Callable[[FileClosed], None] | None = None,
+        on_tail_lost: Callable[[Path, int, OSError], None] | None = None,
         write: Callable[[int, bytes], int] = os.write,
         disk: DiskWriter | None = None,
     ) -> None:
@@ -212,6 +215,7 @@ class Recorder:
         self._on_opened = on_file_opened
         self._on_progress = on_progress
         self._on_closed = on_file_closed
+        self._on_tail_lost = on_tail_lost
         self._write = write
         self._disk = disk
         """Given: the writes, fsyncs and closes go to its thread (the event loop never waits for the disk);
@@ -449,9 +453,11 @@ class Recorder:
         """The writer's thread could not write `f` (it cut the file back to `good_bytes`): on the event loop."""
         if self._file is not f:
             # Closed already (its FileClosed counted the pieces still queued): the file plays up to its
-            # last whole fragment, which is what a reader indexes; its row's size is what was asked.
+            # last whole fragment, which is what a reader indexes; `on_tail_lost` corrects its row.
             event(log, "recording_tail_lost", logging.WARNING, stream=str(self.key), path=str(f.path),
                   error=str(err), bytes=good_bytes)
+            if self._on_tail_lost is not None:
+                self._on_tail_lost(f.path, good_bytes, err)
             return
         f.bytes = good_bytes
         self._fail(f, err)

@@ -1,7 +1,7 @@
 """RecordingManager with a real hub, real media and a real SQLite catalog: each closed file reaches the disk
 (its last fsync runs) and holds no descriptor after the recording ends, however it ends; catalog writes wait
 for a database that is away for as long as it is away, without piling up; a recording a disk error ended
-starts again in a new file."""
+starts again in a new file; a tail the disk lost after the close leaves the row with what the file holds."""
 
 from __future__ import annotations
 
@@ -173,3 +173,27 @@ async def test_a_recording_a_disk_error_ended_starts_a_new_file_when_asked_again
     manager.stop(KEY)
     await settle(manager)
     assert len(list(Path(manager.cfg.path).rglob("*.mp4"))) == 2
+
+
+async def test_a_tail_the_disk_lost_after_the_close_leaves_the_row_with_what_the_file_holds(manager, clip, monkeypatch):
+    stream = manager.registry.claim_publisher(KEY, Publisher())
+    rec = manager.start(KEY)
+    publish(stream, clip)
+    for _ in range(500):  # the pieces so far on disk
+        if manager.disk_writer.queued_bytes == 0:
+            break
+        await asyncio.sleep(0.01)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(manager.disk_writer, "_write", full)
+    assert manager.stop(KEY)  # the last GOP's pieces are queued, then the file is closed: they fail after
+    closed = rec.recorder.files[-1]
+    assert closed.status == "complete"
+    await settle(manager)
+    on_disk = closed.path.stat().st_size
+    assert 0 < on_disk < closed.bytes
+    [row] = (await manager.catalog.list())[0]
+    assert (row.status, row.bytes) == ("failed", on_disk)
+    assert row.duration_s < closed.duration_s - 0.5  # the last GOP (1 s) is not in the file
+    assert manager.stats.failures["disk_full"] == 1
