@@ -30,7 +30,11 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util import await_only
+
+try:  # SQLAlchemy 2.1 renamed await_only (2.0) to await_, deprecating the old name
+    from sqlalchemy.util import await_
+except ImportError:  # pragma: no cover - SQLAlchemy 2.0
+    from sqlalchemy.util import await_only as await_
 
 from ..errors import Unavailable
 from ..log import event
@@ -483,7 +487,7 @@ def _into_wal(cur: Any, *, pause: Callable[[float], object]) -> None:
 
 def _await_sleep(seconds: float) -> None:
     # The engine runs connect events in its greenlet on the event loop: await the pause, never block the loop.
-    await_only(asyncio.sleep(seconds))
+    await_(asyncio.sleep(seconds))
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:

@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from mediaserver.record import catalog as catalog_module
 from mediaserver.record.catalog import (
     MAX_PAGE, Catalog, CatalogUnavailable, Recording, _into_wal, default_url, encode_cursor, head_revision, metadata,
     redact,
@@ -153,6 +154,31 @@ async def test_catalogs_of_different_databases_opened_at_once_in_one_process_eac
     finally:
         for c in cats:
             await c.close()
+
+
+async def test_the_pause_before_another_try_at_wal_leaves_the_event_loop_running(tmp_path, monkeypatch):
+    real = catalog_module._into_wal
+
+    def refused_once(cur, *, pause) -> None:
+        pause(0.5)  # as after a refusal, inside the engine's greenlet on the loop
+        real(cur, pause=pause)
+
+    monkeypatch.setattr(catalog_module, "_into_wal", refused_once)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        cat = await Catalog.open(default_url(tmp_path / "recordings"))
+    finally:
+        ticker.cancel()
+    await cat.close()
+    assert ticks >= 20  # a blocking sleep stops the ticker for the 0.5 s of each pause (it got 6 then)
 
 
 def test_connections_switching_a_new_sqlite_file_to_wal_at_once_all_succeed(tmp_path):
