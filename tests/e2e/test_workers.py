@@ -63,8 +63,7 @@ async def hls_from_any_worker(fresh: aiohttp.ClientSession, server, name: str) -
 async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_killed_worker(
         server_factory, publish, media, stream_name, ffmpeg, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
-    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
-    await wait_for(lambda: asyncio.sleep(0, "workers_ready" in server.log_text()), 20, "both workers listening", server)
+    server = await two_workers(server_factory)
     publish(server, stream_name, media.av, loop=True, expect_failure=True)  # kicked below
     await wait_live(server, stream_name)
     viewers = [server.flv_viewer(stream_name) for _ in range(VIEWERS)]
@@ -183,10 +182,16 @@ async def workers_ready(server) -> None:
     await wait_for(lambda: asyncio.sleep(0, "workers_ready" in server.log_text()), 20, "both workers listening", server)
 
 
+async def two_workers(server_factory, **settings: str):
+    """A server of two workers (no recording), once both listen; `settings` are more --set pairs."""
+    server = server_factory(**{"server.workers": "2", "record.mode": "off", **settings})
+    await workers_ready(server)
+    return server
+
+
 async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_private_port(
         server_factory, publish, media, stream_name):
-    server = server_factory(**{"server.workers": "2", "record.mode": "off", "cluster.max_viewers": "1"})
-    await workers_ready(server)
+    server = await two_workers(server_factory, **{"cluster.max_viewers": "1"})
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
     base = server.http_base
@@ -211,8 +216,7 @@ async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_p
 async def test_the_public_stream_list_shows_the_whole_node_whichever_worker_answers(
         server_factory, publish, media, stream_name, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
-    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
-    await workers_ready(server)
+    server = await two_workers(server_factory)
     publish(server, stream_name, media.av, loop=True)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
 
@@ -237,8 +241,7 @@ async def test_the_node_metrics_count_no_sibling_pull_as_traffic_or_viewer(
         server_factory, publish, media, stream_name, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
     # the sibling's pull outlives its viewers by cluster.pull_grace: then it is the node's only FLV traffic
-    server = server_factory(**{"server.workers": "2", "record.mode": "off", "cluster.pull_grace": "60"})
-    await workers_ready(server)
+    server = await two_workers(server_factory, **{"cluster.pull_grace": "60"})
     publish(server, stream_name, media.av, loop=True)
     viewers = []
     async with aiohttp.ClientSession() as http:
@@ -273,8 +276,7 @@ async def test_the_node_metrics_count_no_sibling_pull_as_traffic_or_viewer(
 async def test_every_viewer_of_the_node_is_listed_and_kicked_whichever_worker_serves_it(
         server_factory, publish, media, stream_name, monkeypatch):
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
-    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
-    await workers_ready(server)
+    server = await two_workers(server_factory)
     publish(server, stream_name, media.av, loop=True)
     viewers = []
     api = f"{server.http_base}/api/v1/streams/live/{stream_name}"
@@ -299,8 +301,7 @@ async def test_every_viewer_of_the_node_is_listed_and_kicked_whichever_worker_se
 
 
 async def test_a_hung_worker_is_killed_and_started_again(server_factory, publish, media, stream_name):
-    server = server_factory(**{"server.workers": "2", "record.mode": "off"})
-    await workers_ready(server)
+    server = await two_workers(server_factory)
     pids = re.search(r"event=workers_ready workers=2 pids=(\d+),(\d+)", server.log_text())
     assert pids, server.log_tail()
     os.kill(int(pids.group(2)), signal.SIGSTOP)  # alive, holding its share of the ports, answering nothing
@@ -318,9 +319,8 @@ async def test_a_webrtc_session_is_ended_by_its_location_whichever_worker_the_de
         server_factory, publish, stream_name, tmp_path):
     from support.whep import WhepViewer, baseline_clip
 
-    server = server_factory(**{"server.workers": "2", "record.mode": "off", "webrtc.public_ip": "127.0.0.1",
-                               "webrtc.udp_port_range": "43000-43999"})
-    await workers_ready(server)
+    server = await two_workers(server_factory, **{"webrtc.public_ip": "127.0.0.1",
+                                                  "webrtc.udp_port_range": "43000-43999"})
     publish(server, stream_name, baseline_clip(tmp_path), loop=True)
     await wait_live(server, stream_name)
     viewers = [WhepViewer(f"{server.http_base}/live/{stream_name}/whep") for _ in range(4)]
