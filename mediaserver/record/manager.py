@@ -202,14 +202,17 @@ class _Recording:
         manager = self.manager
         manager.stats.failures[failure_reason(str(err))] += 1
         manager.upkeep.check_disk_soon()
+        self.dvr.closed(rec_id, size)  # the next file's numbering waits for this one to be whole at its size
 
-        async def correct() -> None:
-            duration = None
+        def read_duration() -> float | None:
             try:
                 with open(path, "rb") as f:
-                    duration = (await asyncio.to_thread(index_file, f)).duration_s
+                    return index_file(f).duration_s
             except (OSError, MediaError):
-                pass  # no whole fragment: the size says what is left
+                return None  # no whole fragment: the size says what is left
+
+        async def correct() -> None:
+            duration = await asyncio.to_thread(read_duration)  # (the disk just failed: off the loop)
             fields: dict = {"bytes": size, "status": "failed"}
             if duration is not None:
                 fields["duration_s"] = duration

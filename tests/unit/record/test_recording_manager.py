@@ -197,3 +197,4 @@ async def test_a_tail_the_disk_lost_after_the_close_leaves_the_row_with_what_the
     assert (row.status, row.bytes) == ("failed", on_disk)
     assert row.duration_s < closed.duration_s - 0.5  # the last GOP (1 s) is not in the file
     assert manager.stats.failures["disk_full"] == 1
+    assert rec.dvr.files[-1].final_bytes == on_disk  # DVR numbers the next file once this one is whole
