@@ -27,6 +27,9 @@ from .subscriber import SlowPolicy, Subscriber
 
 HOLDER_WAIT_S = 0.05
 """How long a publish request for a name held by a paused publisher waits for that publisher to end."""
+HOLDER_WAIT_TURNS = 10
+"""...and the loop turns it gives that publisher at least, whatever the clock says: a process the machine
+left unscheduled for longer than HOLDER_WAIT_S would otherwise give up before the holder's socket is read."""
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,8 @@ class StreamRegistry:
         have left already, its unpublish or its connection's end still unread in its socket, so an encoder
         stopped and started again at once (OBS's stop, start; or over another protocol) would be refused for
         a stream that is over. Have it read now (`hear_out()`, True when it was paused), and give it a few
-        loop turns to end: a holder still publishing costs the request at most `wait_s`."""
+        loop turns to end: a holder still publishing costs the request at most `wait_s` (or HOLDER_WAIT_TURNS
+        turns, if those take longer)."""
         stream = self._streams.get(key)
         holder = stream.publisher if stream is not None else None
         hear_out = getattr(holder, "hear_out", None)
@@ -92,7 +96,9 @@ class StreamRegistry:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while stream.publisher is holder and loop.time() < deadline:  # type: ignore[union-attr]
+        turns = 0
+        while stream.publisher is holder and (turns < HOLDER_WAIT_TURNS or loop.time() < deadline):  # type: ignore[union-attr]
+            turns += 1
             await asyncio.sleep(0.002)
 
     def claim_publisher(self, key: StreamKey, publisher: Publisher) -> Stream:

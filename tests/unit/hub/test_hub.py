@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -346,3 +347,39 @@ async def test_a_holder_that_is_not_paused_or_is_the_asker_is_not_waited_for():
     await reg.hear_out_publisher(KEY, holder, wait_s=5)
     await reg.hear_out_publisher(StreamKey("live", "other"), None, wait_s=5)
     assert loop.time() - started < 0.5 and holder.heard == 1
+
+
+class StalledHolder(PausedPublisher):
+    """Heard out while the process is descheduled (a loaded machine): the first loop turn after the request
+    takes longer than the whole wait, and the holder's unpublish is read a few turns later."""
+
+    def __init__(self, reg: StreamRegistry, stream_key: StreamKey, stall_s: float) -> None:
+        super().__init__(reg, stream_key, leaves=False)
+        self.stall_s = stall_s
+
+    def hear_out(self) -> bool:
+        loop = asyncio.get_running_loop()
+
+        def leave(hops: int) -> None:
+            if hops:
+                loop.call_soon(leave, hops - 1)
+            else:
+                self.reg.release_publisher(self.reg.get(self.key), self)
+
+        def stall() -> None:
+            time.sleep(self.stall_s)
+            leave(3)
+
+        loop.call_soon(stall)
+        return True
+
+
+async def test_a_holder_heard_out_while_the_process_stalls_past_the_wait_still_gets_its_turns_to_leave():
+    clock = FakeClock()
+    reg = make_registry(clock, stale_publisher_timeout=5)
+    holder = StalledHolder(reg, KEY, stall_s=0.1)
+    stream = reg.claim_publisher(KEY, holder)
+    stream.publish_video(0, video_body(True), clock())
+    await reg.hear_out_publisher(KEY, None, wait_s=0.05)
+    assert stream.publisher is None  # it left: the newcomer is not refused for a publisher already gone
+    reg.claim_publisher(KEY, FakePublisher("new"))
