@@ -5,9 +5,11 @@ following the video's cuts, timeline checks; about 11 µs of Python per frame, f
 may cost in all (bench/README.md, bench.record). A recording needs none of its parts, so for H.264 or HEVC
 video with AAC audio this keeps the frames of the open GOP in a list (nothing else per frame) and, at the
 next keyframe at least `fragment_s` later, builds the video fragment and the audio that came before that
-keyframe with one `fmp4.fragment` call each: the same boxes, inits (made by CmafSegmenter's own builders)
-and timescales (video 90 kHz, audio its sample rate) as the live outputs, as CmafSegment objects the
-Recorder stores as it stores the segmenter's.
+keyframe with one `fmp4.fragment_pieces` call each: the same boxes, inits (made by CmafSegmenter's own
+builders) and timescales (video 90 kHz, audio its sample rate) as the live outputs, as CmafSegment objects
+the Recorder stores as it stores the segmenter's. Their `data` is the fragment in pieces (fmp4.Pieces: the
+boxes' headers, then views of the frames' payloads), which the Recorder's writer hands to one writev: a
+GOP's megabyte is never copied in Python, on the event loop.
 
 Anything else goes to a CmafSegmenter from then on, configs handed over: another codec, audio with no video
 config, and any change of codec configuration once media has been cut (the Recorder starts a new file at a
@@ -26,7 +28,7 @@ from ..media.aac import parse_audio_specific_config
 from ..media.frames import Frame, FrameKind
 from ..media.h264 import iter_nal_units
 from ..remux.cmaf import AUDIO, VIDEO, VIDEO_TIMESCALE, CmafInit, CmafPart, CmafSegment, CmafSegmenter, Timeline
-from ..remux.fmp4 import AUDIO_TRUN, SAMPLE_NON_SYNC, SAMPLE_SYNC, VIDEO_TRUN, fragment
+from ..remux.fmp4 import AUDIO_TRUN, SAMPLE_NON_SYNC, SAMPLE_SYNC, VIDEO_TRUN, fragment_pieces
 
 LEAN_VIDEO = ("h264", "hevc")
 LEAN_AUDIO = ("aac",)
@@ -280,8 +282,8 @@ class GopFragmenter:
             self._v_last_duration = ticks[-1] - ticks[-2]
         self._v_last_tick = end - 1 if end_ms is not None else last  # the next frame lands after the end
         self._fragments += 1
-        data = fragment(sequence_number=self._fragments, track_id=_VIDEO_ID, base_media_decode_time=ticks[0],
-                        trun_flags=VIDEO_TRUN, entries=entries, payload=payload, payload_size=payload_size)
+        data = fragment_pieces(sequence_number=self._fragments, track_id=_VIDEO_ID, base_media_decode_time=ticks[0],
+                              trun_flags=VIDEO_TRUN, entries=entries, payload=payload, payload_size=payload_size)
         assert self._video_init is not None and self._timeline is not None
         self._out.append(CmafSegment(
             track=VIDEO, sequence=sequence, data=data, start=ticks[0], duration=end - ticks[0],
@@ -340,9 +342,9 @@ class GopFragmenter:
         self._a_last_tick = last
         del a[:count]
         self._fragments += 1
-        data = fragment(sequence_number=self._fragments, track_id=_AUDIO_ID, base_media_decode_time=start,
-                        trun_flags=AUDIO_TRUN, entries=entries, payload=payload,
-                        payload_size=payload_size, default_sample_flags=SAMPLE_SYNC)
+        data = fragment_pieces(sequence_number=self._fragments, track_id=_AUDIO_ID, base_media_decode_time=start,
+                              trun_flags=AUDIO_TRUN, entries=entries, payload=payload,
+                              payload_size=payload_size, default_sample_flags=SAMPLE_SYNC)
         if self._timeline is None:  # audio before any video on this timeline
             self._timelines += 1
             self._timeline = Timeline(self._timelines - 1, first_ms, self._now)

@@ -2,12 +2,13 @@
 
 One file per recording: `ftyp` + `moov` (one init describing the video and the audio track together),
 then each CMAF segment of each track (a GOP of video, the audio of the same stretch) as moof+mdat
-fragments. The stream is cut by the project's own CmafSegmenter (remux/cmaf.py), which the live CMAF
-outputs use too, so recording adds one segmenter and one write per segment and track: no decoding, no
-copy of the media beyond the one join that builds a fragment.
+fragments. The stream is cut by the GopFragmenter (fragmenter.py: the boxes of the project's own
+CmafSegmenter, which the live CMAF outputs use, a GOP at a time), so recording adds one fragmenter and one
+write per segment and track: no decoding, and no copy of the media in Python (a fragment's pieces, its
+boxes' headers and views of the frames' payloads, go to one os.writev).
 
 Crash safety: the file is opened O_APPEND and every piece (the init, then each segment) goes out in one
-os.write, so a process killed at any moment leaves a file that plays up to its last complete fragment;
+os.writev, so a process killed at any moment leaves a file that plays up to its last complete fragment;
 vod.index_file() ignores the partial box at the end. The data reaches the disk when the kernel writes it
 back, or at an fsync (every `fsync_interval_s`, as `take_sync_jobs()` is called, and at close).
 
@@ -46,9 +47,9 @@ from ..hub.stream import StreamKey
 from ..log import event
 from ..media.frames import Frame
 from ..remux.cmaf import AUDIO, VIDEO, CmafInit, CmafPart, CmafSegment
-from ..remux.fmp4 import box
+from ..remux.fmp4 import Pieces, box
 from .fragmenter import GopFragmenter
-from .writer import DiskWriter
+from .writer import DiskWriter, WriteV, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class Recorder:
         on_progress: Callable[[int, float], None] | None = None,
         on_file_closed: Callable[[FileClosed], None] | None = None,
         on_tail_lost: Callable[[Path, int, OSError], None] | None = None,
-        write: Callable[[int, bytes], int] = os.write,
+        write: WriteV = os.writev,
         disk: DiskWriter | None = None,
     ) -> None:
         if segment_minutes <= 0:
@@ -355,10 +356,21 @@ class Recorder:
         return f
 
     @staticmethod
-    def _numbered(f: _File, data: bytes) -> bytes | bytearray:
+    def _numbered(f: _File, data: bytes | Pieces) -> bytes | bytearray | Pieces:
         """The segment's fragments with the file's own moof sequence numbers (mfhd): within one file they
         must run 1, 2, 3, ... The GopFragmenter numbers them so already (until a file is rotated): then the
-        bytes go out as they are; else one copy of the segment (~10 us per 100 kB), renumbered."""
+        bytes go out as they are; else one copy of the segment (~10 us per 100 kB), renumbered (of a
+        GopFragmenter's one fragment in pieces, only its head: the moof)."""
+        if isinstance(data, Pieces):
+            head = data.parts[0]
+            if head[4:8] != b"moof" or head[12:16] != b"mfhd":
+                return data  # never from the fragmenter; the bytes go out as they are
+            f.fragments += 1
+            if int.from_bytes(head[20:24], "big") == f.fragments:
+                return data
+            renumbered = bytearray(head)
+            renumbered[20:24] = f.fragments.to_bytes(4, "big")
+            return Pieces((bytes(renumbered), *data.parts[1:]), data.size)
         pos = 0
         wanted = f.fragments
         while pos + 24 <= len(data):
@@ -401,7 +413,7 @@ class Recorder:
                 candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")  # a restart within the same second
         raise OSError(errno.EEXIST, f"{_MAX_NAME_TRIES} recordings named like {path} already exist")
 
-    def _append(self, f: _File, data: bytes | bytearray) -> bool:
+    def _append(self, f: _File, data: bytes | bytearray | Pieces) -> bool:
         """One piece, whole, in one write (a short write on a full disk is finished or fails)."""
         if self._disk is not None:
             if not self._disk.write(f, data):
@@ -410,13 +422,8 @@ class Recorder:
                 return False
             f.bytes += len(data)
             return True
-        view = memoryview(data)
         try:
-            while view:
-                written = self._write(f.fd, view)
-                if written <= 0:
-                    raise OSError(errno.EIO, "write wrote nothing")
-                view = view[written:]
+            write_whole(f.fd, data, self._write)
         except OSError as err:
             self._fail(f, err)
             return False

@@ -19,14 +19,37 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from ..remux.fmp4 import Pieces
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_BYTES = 256 << 20
 """About 13 minutes of one 2.5 Mbit/s stream, or 16 s of 50 such streams, waiting for a stalled disk."""
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 16
+"""Buffers one writev takes at most (a 10 s fragment of 120 fps video has more samples than Linux's 1024)."""
 
+Buffers = Sequence[bytes | bytearray | memoryview]
+WriteV = Callable[[int, Buffers], int]
+"""os.writev's shape: the writes a recording makes (tests give their own, to fail or stall them)."""
+
+
+def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.writev) -> None:
+    """`data` onto `fd`, whole: a Pieces' parts as they are (one writev, the kernel gathers them: no copy in
+    Python), continued after a short write (a disk filling up takes what fits, then the next call fails)."""
+    rest: list[bytes | bytearray | memoryview] = list(data.parts) if isinstance(data, Pieces) else [data]
+    first = 0
+    while first < len(rest):
+        written = writev(fd, rest[first:first + IOV_MAX])
+        if written <= 0:
+            raise OSError(errno.EIO, "write wrote nothing")
+        while first < len(rest) and written >= len(rest[first]):
+            written -= len(rest[first])
+            first += 1
+        if written:
+            rest[first] = memoryview(rest[first])[written:]
 
 
 class OpenFile(Protocol):
@@ -38,7 +61,7 @@ ErrorCallback = Callable[[Any, OSError, int], None]
 
 class DiskWriter:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, max_queued_bytes: int = MAX_QUEUED_BYTES,
-                 write: Callable[[int, memoryview], int] = os.write) -> None:
+                 write: WriteV = os.writev) -> None:
         self._loop = loop
         self.max_queued_bytes = max_queued_bytes
         self._write = write
@@ -56,7 +79,7 @@ class DiskWriter:
     def opened(self, file: OpenFile, on_error: ErrorCallback, size: int = 0) -> None:
         self._jobs.put(("open", file, (on_error, size)))
 
-    def write(self, file: OpenFile, data: bytes | bytearray) -> bool:
+    def write(self, file: OpenFile, data: bytes | bytearray | Pieces) -> bool:
         """Queue one piece (written whole, in one go, after what came before); False when the disk is too
         far behind (the caller fails its recording)."""
         with self._lock:
@@ -103,12 +126,7 @@ class DiskWriter:
             if entry is None or entry[1][0] < 0:
                 return  # failed already: the rest of its pieces are dropped
             try:
-                view = memoryview(arg)
-                while view:
-                    written = self._write(fd, view)
-                    if written <= 0:
-                        raise OSError(errno.EIO, "write wrote nothing")
-                    view = view[written:]
+                write_whole(fd, arg, self._write)
                 entry[1][0] += len(arg)
             except OSError as err:
                 self._failed(file, entry, err)

@@ -85,6 +85,7 @@ from .fmp4 import (
     SAMPLE_SYNC,
     VIDEO_TRUN,
     InitTrack,
+    Pieces,
     av01_sample_entry,
     avc1_sample_entry,
     fragment,
@@ -218,7 +219,8 @@ class CmafSegment:
 
     track: str
     sequence: int
-    data: bytes
+    data: bytes | Pieces
+    """The segment's bytes; Pieces only from the recorder's GopFragmenter (written with writev)."""
     start: int
     """Decode time of the first sample, in `timescale` ticks (DASH S@t)."""
     duration: int

@@ -27,8 +27,8 @@ fragment is self-contained and fragments can be concatenated in any grouping: LL
 the segment that joins them are the same bytes.
 
 Speed: a fragment is built with one struct.pack for its whole trun (the caller keeps the per-sample
-fields in one flat list) and one join that copies the sample payloads into the mdat; nothing else
-touches the payload. Nothing here reads a clock or a file.
+fields in one flat list) and one join that copies the sample payloads into the mdat (`fragment_pieces`
+leaves them unjoined, for a writev); nothing else touches the payload. Nothing here reads a clock or a file.
 """
 
 from __future__ import annotations
@@ -266,6 +266,22 @@ _FIELDS_PER_SAMPLE = {VIDEO_TRUN: 4, AUDIO_TRUN: 2}
 _SAMPLE_FORMAT = {VIDEO_TRUN: "IIIi", AUDIO_TRUN: "II"}
 
 
+@dataclass(frozen=True, slots=True)
+class Pieces:
+    """A fragment's bytes left in pieces, for one os.writev: `parts[0]` is every box header (the moof and
+    the mdat's header), the rest the samples as given, so a GOP's payload is never copied in Python (a
+    recording writes it straight from the frames; `fragment` joins the same parts)."""
+
+    parts: tuple[bytes | memoryview, ...]
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
 def fragment(
     *,
     sequence_number: int,
@@ -284,6 +300,31 @@ def fragment(
     `payload` is the samples' bytes in order and `payload_size` their total (the sum of sizes).
     `default_sample_flags` (e.g. SAMPLE_SYNC for audio) goes into tfhd for layouts without flags.
     """
+    head = _fragment_head(sequence_number, track_id, base_media_decode_time, trun_flags, entries, payload_size,
+                          default_sample_flags)
+    return b"".join((head, *payload))
+
+
+def fragment_pieces(
+    *,
+    sequence_number: int,
+    track_id: int,
+    base_media_decode_time: int,
+    trun_flags: int,
+    entries: Sequence[int],
+    payload: Sequence[bytes | memoryview],
+    payload_size: int,
+    default_sample_flags: int | None = None,
+) -> Pieces:
+    """`fragment`'s bytes, not joined (see Pieces)."""
+    head = _fragment_head(sequence_number, track_id, base_media_decode_time, trun_flags, entries, payload_size,
+                          default_sample_flags)
+    return Pieces((head, *payload), len(head) + payload_size)
+
+
+def _fragment_head(sequence_number: int, track_id: int, base_media_decode_time: int, trun_flags: int,
+                   entries: Sequence[int], payload_size: int, default_sample_flags: int | None) -> bytes:
+    """A fragment's moof and its mdat's 8-byte header."""
     per_sample = _FIELDS_PER_SAMPLE.get(trun_flags)
     if per_sample is None:
         raise UsageError(f"trun flags {trun_flags:#x} are not a layout this writer knows (VIDEO_TRUN, AUDIO_TRUN)")
@@ -315,8 +356,7 @@ def fragment(
         20, b"tfdt", 0x01000000, base_media_decode_time,
         trun_size, b"trun", (trun_version << 24) | trun_flags, count, moof_size + 8,
     )
-    mdat_head = struct.pack(">I4s", mdat_size, b"mdat")
-    return b"".join((head, tail, trun_body, mdat_head, *payload))
+    return b"".join((head, tail, trun_body, struct.pack(">I4s", mdat_size, b"mdat")))
 
 
 @dataclass(frozen=True, slots=True)

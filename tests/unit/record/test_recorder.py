@@ -242,11 +242,11 @@ def test_a_full_disk_stops_the_recording_once_and_never_raises_into_the_hub(tmp_
     frames = codec_clip("h264", "aac", seconds=5.0, gop_frames=FPS)
     writes = []
 
-    def write(fd: int, data) -> int:
+    def write(fd: int, buffers) -> int:
         if len(writes) == 3:  # the init and two segments fit; then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        writes.append(len(data))
-        return os.write(fd, data)
+        writes.append(sum(map(len, buffers)))
+        return os.writev(fd, buffers)
 
     rec, stream, events = record(tmp_path, frames, write=write, fragment_s=1.0)
     closed_events = [e for e in events if e[0] == "closed"]
@@ -277,7 +277,7 @@ def test_reads_of_many_frames_record_every_frame_and_skip_only_a_bad_one(tmp_pat
 
 def test_a_short_write_is_finished(tmp_path):
     frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
-    rec, _, _ = record(tmp_path, frames, write=lambda fd, data: os.write(fd, bytes(data[:1000])))
+    rec, _, _ = record(tmp_path, frames, write=lambda fd, buffers: os.write(fd, b"".join(buffers)[:1000]))
     assert rec.files[0].status == COMPLETE
     assert len(decode(rec.files[0].path)["video"]) == len(media_frames(frames, FrameKind.VIDEO))
 

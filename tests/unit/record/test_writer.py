@@ -10,9 +10,12 @@ import os
 import threading
 import time
 
+import pytest
+
 from mediaserver.record import vod
 from mediaserver.record.recorder import COMPLETE, FAILED, Recorder
-from mediaserver.record.writer import DiskWriter
+from mediaserver.record.writer import IOV_MAX, DiskWriter, write_whole
+from mediaserver.remux.fmp4 import Pieces
 
 from support.codec_clips import codec_clip
 from test_recorder import FPS, KEY, Clock, decode, new_stream, publish
@@ -22,10 +25,10 @@ async def test_a_stalling_disk_never_holds_the_event_loop_and_the_file_is_whole_
     frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
     writes = []
 
-    def slow(fd, data) -> int:
+    def slow(fd, buffers) -> int:
         time.sleep(0.2)  # a disk that does not keep up
-        writes.append(len(data))
-        return os.write(fd, data)
+        writes.append(sum(map(len, buffers)))
+        return os.writev(fd, buffers)
 
     disk = DiskWriter(asyncio.get_running_loop(), write=slow)
     stream = new_stream()
@@ -47,9 +50,9 @@ async def test_a_disk_too_far_behind_fails_the_recording_and_memory_stays_bounde
     frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
     release = threading.Event()
 
-    def stuck(fd, data) -> int:
+    def stuck(fd, buffers) -> int:
         release.wait(10)
-        return os.write(fd, data)
+        return os.writev(fd, buffers)
 
     disk = DiskWriter(asyncio.get_running_loop(), write=stuck, max_queued_bytes=30_000)
     stream = new_stream()
@@ -70,12 +73,12 @@ async def test_an_error_on_the_thread_ends_the_recording_once_with_the_file_cut_
     frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
     written = []
 
-    def filling(fd, data) -> int:
+    def filling(fd, buffers) -> int:
         if len(written) == 3:
-            os.write(fd, bytes(data[:100]))  # part of a piece, then the disk is full
+            os.write(fd, b"".join(buffers)[:100])  # part of a piece, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written.append(len(data))
-        return os.write(fd, data)
+        written.append(sum(map(len, buffers)))
+        return os.writev(fd, buffers)
 
     disk = DiskWriter(asyncio.get_running_loop(), write=filling)
     stream = new_stream()
@@ -93,3 +96,28 @@ async def test_an_error_on_the_thread_ends_the_recording_once_with_the_file_cut_
     assert closed.bytes == sum(written) == closed.path.stat().st_size
     assert decode(closed.path)["video"]
     stream.end()
+
+
+def test_pieces_go_out_whole_in_order_past_the_iovec_limit_and_after_short_writes(tmp_path):
+    parts = [bytes([i % 251]) * (1 + i % 7) for i in range(2 * IOV_MAX + 5)]
+    data = Pieces(tuple(memoryview(p) if i % 2 else p for i, p in enumerate(parts)), sum(map(len, parts)))
+    calls = []
+
+    def short(fd, buffers) -> int:  # a kernel that takes at most 1,000 bytes a call, cutting pieces
+        calls.append(len(buffers))
+        return os.write(fd, b"".join(buffers)[:1000])
+
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        write_whole(fd, data, short)
+        write_whole(fd, b"tail", short)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts) + b"tail"
+    assert max(calls) <= IOV_MAX and len(calls) > 2
+
+
+def test_a_write_that_takes_nothing_is_an_error_not_a_loop(tmp_path):
+    with pytest.raises(OSError, match="wrote nothing"):
+        write_whole(0, Pieces((b"a", b"b"), 2), lambda fd, buffers: 0)
