@@ -13,8 +13,9 @@ response is being sent.
 
 TLS connections (the bytes must be encrypted by the transport) and a head still queued take the pread way.
 Like nginx's default (sendfile on, no aio threads), a range that is not in the page cache is read from the
-disk inside the call; recordings are mostly watched while they are still cached, and a thread would race
-the connection's file descriptor being closed.
+disk inside the call (a thread would race the connection's file descriptor being closed). A recording's
+newest interval is cached as it is written; what is older leaves the cache once durable
+(record/writer.py), so older parts are read from the disk, as nginx reads them.
 
 Conditional requests: an ETag (mtime and size) and Last-Modified go with every answer; If-None-Match
 gives 304, and a Range with an If-Range that no longer matches (a recording that grew) gives the whole

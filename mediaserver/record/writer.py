@@ -9,6 +9,13 @@ first cut back to its last whole piece. A file is named by its owner's object (a
 by its descriptor's number, which the system gives again once the thread has closed it. What waits is
 bounded (`max_queued_bytes`): a disk that falls that far behind fails the recordings that write to it,
 never the node's memory.
+
+A recording is written once and seldom read soon after, save its newest minutes (DVR viewers near the
+live edge, a VOD of what just ended). So after each fsync, what the fsync before it made durable leaves
+the page cache (POSIX_FADV_DONTNEED): the last interval or two of each file stay cached, and the pages
+the next writes take are ones just freed, not fresh memory. Without this, 50 recordings fill a 24 GB
+node's cache in 25 minutes, pushing out what viewers read; on the benchmark VM the kernel's copy into
+never-used pages cost twice what it costs into recycled ones (bench/README.md, "Recording cost").
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in
 Buffers = Sequence[bytes | bytearray | memoryview]
 WriteV = Callable[[int, Buffers], int]
 """os.writev's shape: the writes a recording makes (tests give their own, to fail or stall them)."""
+Advise = Callable[[int, int, int, int], None]
+"""os.posix_fadvise's shape."""
 
 
 def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.writev) -> None:
@@ -61,16 +70,19 @@ ErrorCallback = Callable[[Any, OSError, int], None]
 
 class DiskWriter:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, max_queued_bytes: int = MAX_QUEUED_BYTES,
-                 write: WriteV = os.writev) -> None:
+                 write: WriteV = os.writev, advise: Advise | None = getattr(os, "posix_fadvise", None)) -> None:
         self._loop = loop
         self.max_queued_bytes = max_queued_bytes
         self._write = write
+        self._advise = advise
+        """os.posix_fadvise (None where the system has none: the pages then stay cached)."""
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.queued_bytes = 0
         """Bytes handed over and not yet written (read on the loop; updated under the lock)."""
         self._files: dict[int, tuple[ErrorCallback, list[int]]] = {}
-        """id(file) -> (its owner's error callback, [bytes written so far, or -1 once failed]): the thread's."""
+        """id(file) -> (its owner's error callback, [bytes written so far, or -1 once failed; bytes written at
+        the last fsync]): the thread's."""
         self._thread = threading.Thread(target=self._run, name="recording writer", daemon=True)
         self._thread.start()
 
@@ -117,7 +129,7 @@ class DiskWriter:
         fd = file.fd
         if kind == "open":
             on_error, size = arg
-            self._files[id(file)] = (on_error, [size])
+            self._files[id(file)] = (on_error, [size, 0])
             return
         entry = self._files.get(id(file))
         if kind == "write":
@@ -134,6 +146,7 @@ class DiskWriter:
             if entry is not None and entry[1][0] >= 0:
                 try:
                     os.fsync(fd)
+                    self._synced(fd, entry[1])
                 except OSError as err:
                     self._failed(file, entry, err)
         elif kind == "close":
@@ -141,6 +154,7 @@ class DiskWriter:
             try:
                 if arg and entry is not None and entry[1][0] >= 0:
                     os.fsync(fd)
+                    self._synced(fd, entry[1])
             except OSError as err:
                 if entry is not None:
                     self._failed(file, entry, err)
@@ -149,6 +163,16 @@ class DiskWriter:
                     os.close(fd)
                 except OSError:
                     pass
+
+    def _synced(self, fd: int, sizes: list[int]) -> None:
+        """An fsync made the file durable up to sizes[0]: the part the fsync before made durable leaves the
+        page cache (see the module docstring); the part since stays, for readers near the end."""
+        durable_before, sizes[1] = sizes[1], sizes[0]
+        if durable_before > 0 and self._advise is not None:
+            try:
+                self._advise(fd, 0, durable_before, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # only advice
 
     def _failed(self, file: OpenFile, entry: tuple[ErrorCallback, list[int]], err: OSError) -> None:
         good = entry[1][0]

@@ -121,3 +121,41 @@ def test_pieces_go_out_whole_in_order_past_the_iovec_limit_and_after_short_write
 def test_a_write_that_takes_nothing_is_an_error_not_a_loop(tmp_path):
     with pytest.raises(OSError, match="wrote nothing"):
         write_whole(0, Pieces((b"a", b"b"), 2), lambda fd, buffers: 0)
+
+
+class _File:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+async def test_each_fsync_lets_the_page_cache_drop_what_the_fsync_before_made_durable(tmp_path):
+    advised = []
+    disk = DiskWriter(asyncio.get_running_loop(),
+                      advise=lambda fd, offset, length, advice: advised.append((offset, length, advice)))
+    path = tmp_path / "f"
+    f = _File(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    disk.opened(f, lambda *a: None)
+    for n in (1000, 2000, 3000):
+        disk.write(f, Pieces((b"h" * 10, memoryview(b"x" * (n - 10))), n))
+        disk.sync(f)
+    disk.write(f, b"t" * 500)
+    disk.close(f, sync=True)
+    await asyncio.to_thread(disk.stop)
+    assert path.stat().st_size == 6500
+    # The first fsync drops nothing; each later one (the close's too) what was durable at the one before:
+    # the newest interval stays cached for readers near the end.
+    assert advised == [(0, 1000, os.POSIX_FADV_DONTNEED), (0, 3000, os.POSIX_FADV_DONTNEED),
+                       (0, 6000, os.POSIX_FADV_DONTNEED)]
+
+
+async def test_without_fadvise_the_pages_simply_stay(tmp_path):
+    disk = DiskWriter(asyncio.get_running_loop(), advise=None)
+    path = tmp_path / "f"
+    f = _File(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    disk.opened(f, lambda *a: None)
+    for _ in range(3):
+        disk.write(f, b"x" * 100)
+        disk.sync(f)
+    disk.close(f, sync=True)
+    await asyncio.to_thread(disk.stop)
+    assert path.read_bytes() == b"x" * 300
