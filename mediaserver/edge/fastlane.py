@@ -381,12 +381,12 @@ class FastLane:
         if gate.connection_opened(address) is not None:
             return False
         try:
-            transport.write(b"".join((
+            answer_head = b"".join((
                 _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
                 b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
                 b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ", self._http_date(st.st_mtime), b"\r\n",
-                extra, self._cors_lines(head.origin), b"\r\n")))
-            sent = send_fd(transport, fd, part.start, part.size)
+                extra, self._cors_lines(head.origin), b"\r\n"))
+            sent = send_fd(transport, fd, part.start, part.size, answer_head)
             if sent < part.size:
                 # The socket is full: the rest from the page cache, through the transport (bounded above).
                 rest = os.pread(fd, part.size - sent, part.start + sent)
@@ -444,8 +444,7 @@ class FastLane:
             parts.append(body)
             transport.write(b"".join(parts))
         elif file is not None and status == 200:
-            transport.write(b"".join(parts))
-            send_mem_file(transport, file, body)  # from the segment's memfd, no copy from Python's buffer
+            send_mem_file(transport, file, body, b"".join(parts))  # from the segment's memfd, no copy from Python's buffer
         else:
             transport.writelines((b"".join(parts), body))  # one writev; the packager's bytes as they are
         self.answered += 1

@@ -119,3 +119,59 @@ def test_a_slow_reader_gets_every_byte_in_order(tmp_path):
         assert head.startswith(b"HTTP/1.1 200") and body == data
 
     assert _serve_and_check(path, checks) > 0
+
+
+_TCPI_SEGS_OUT = 136
+"""Offset of tcpi_segs_out in Linux's struct tcp_info."""
+
+
+def _segments_sent(fileno: int) -> int:
+    borrowed = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fileno)
+    try:
+        info = borrowed.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    finally:
+        borrowed.detach()
+    return int.from_bytes(info[_TCPI_SEGS_OUT:_TCPI_SEGS_OUT + 4], "little")
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO") or not hasattr(socket, "MSG_MORE"), reason="Linux TCP_INFO")
+def test_an_answers_head_leaves_in_the_files_first_packet_and_a_queued_head_keeps_its_order(tmp_path):
+    from mediaserver.edge.sendfile import send_fd
+
+    body = os.urandom(1000)
+    path = tmp_path / "seg.ts"
+    path.write_bytes(body)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue = asyncio.Queue()
+
+        class Sink(asyncio.Protocol):
+            def connection_made(self, transport):
+                got.put_nowait(transport)
+
+        server = await loop.create_server(Sink, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        transport = await got.get()
+        fileno = transport.get_extra_info("socket").fileno()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            before = _segments_sent(fileno)
+            assert send_fd(transport, fd, 0, len(body), head) == len(body)
+            assert await reader.readexactly(len(head) + len(body)) == head + body
+            assert _segments_sent(fileno) - before == 1  # head and file in one packet, not two
+
+            earlier = os.urandom(16 << 20)  # more than the socket takes: the transport holds the rest
+            transport.write(earlier)
+            assert transport.get_write_buffer_size() > 0
+            assert send_fd(transport, fd, 0, len(body), head) == 0  # nothing may jump the queue
+            transport.write(body)
+            assert await reader.readexactly(len(earlier) + len(head) + len(body)) == earlier + head + body
+        finally:
+            os.close(fd)
+            writer.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
