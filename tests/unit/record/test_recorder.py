@@ -130,18 +130,23 @@ def test_a_recorded_clip_decodes_whole(tmp_path, video, audio):
         assert len(container.streams) == (1 if video is None or audio is None else 2)
 
 
-def test_moof_sequence_numbers_run_through_the_file(tmp_path):
+@pytest.mark.parametrize("segment_minutes", [60.0, 2.0 / 60])
+def test_moof_sequence_numbers_run_through_the_file(tmp_path, segment_minutes):
+    # (Rotated every 2 s: each later file starts again at 1, the fragmenter's own numbers running on.)
     frames = codec_clip("h264", "aac", seconds=5.0, gop_frames=FPS)
-    rec, _, _ = record(tmp_path, frames, fragment_s=1.0)
-    data = rec.files[0].path.read_bytes()
-    numbers, tracks, pos = [], set(), 0
-    while pos < len(data):
-        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
-        if kind == b"moof":
-            numbers.append(int.from_bytes(data[pos + 20:pos + 24], "big"))
-            tracks.add(int.from_bytes(data[pos + 44:pos + 48], "big"))  # tfhd track_ID
-        pos += size
-    assert numbers == list(range(1, len(numbers) + 1)) and tracks == {1, 2}
+    rec, _, _ = record(tmp_path, frames, fragment_s=1.0, segment_minutes=segment_minutes)
+    assert len(rec.files) == (1 if segment_minutes == 60.0 else 3)
+    for closed in rec.files:
+        data = closed.path.read_bytes()
+        numbers, tracks, pos = [], set(), 0
+        while pos < len(data):
+            size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+            if kind == b"moof":
+                numbers.append(int.from_bytes(data[pos + 20:pos + 24], "big"))
+                tracks.add(int.from_bytes(data[pos + 44:pos + 48], "big"))  # tfhd track_ID
+            pos += size
+        assert numbers == list(range(1, len(numbers) + 1)) and tracks == {1, 2}
+        assert decode(closed.path)["video"]
 
 
 def test_a_file_cut_anywhere_plays_up_to_its_last_whole_fragment(tmp_path):
