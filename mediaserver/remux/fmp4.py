@@ -36,6 +36,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UsageError
 
@@ -282,27 +283,10 @@ class Pieces:
         return b"".join(self.parts)
 
 
-def fragment(
-    *,
-    sequence_number: int,
-    track_id: int,
-    base_media_decode_time: int,
-    trun_flags: int,
-    entries: Sequence[int],
-    payload: Sequence[bytes | memoryview],
-    payload_size: int,
-    default_sample_flags: int | None = None,
-) -> bytes:
-    """One moof + mdat.
-
-    `entries` is the flat per-sample field list the trun layout asks for: VIDEO_TRUN takes
-    (duration, size, flags, composition offset) per sample, AUDIO_TRUN (duration, size).
-    `payload` is the samples' bytes in order and `payload_size` their total (the sum of sizes).
-    `default_sample_flags` (e.g. SAMPLE_SYNC for audio) goes into tfhd for layouts without flags.
-    """
-    head = _fragment_head(sequence_number, track_id, base_media_decode_time, trun_flags, entries, payload_size,
-                          default_sample_flags)
-    return b"".join((head, *payload))
+def fragment(**fields: Any) -> bytes:
+    """One moof + mdat as one bytes object: `fragment_pieces(**fields)` joined, the samples copied into the
+    mdat once (the live CMAF outputs keep and send these bytes)."""
+    return b"".join(fragment_pieces(**fields).parts)
 
 
 def fragment_pieces(
@@ -316,7 +300,13 @@ def fragment_pieces(
     payload_size: int,
     default_sample_flags: int | None = None,
 ) -> Pieces:
-    """`fragment`'s bytes, not joined (see Pieces)."""
+    """One moof + mdat, left in pieces (see Pieces).
+
+    `entries` is the flat per-sample field list the trun layout asks for: VIDEO_TRUN takes
+    (duration, size, flags, composition offset) per sample, AUDIO_TRUN (duration, size).
+    `payload` is the samples' bytes in order and `payload_size` their total (the sum of sizes).
+    `default_sample_flags` (e.g. SAMPLE_SYNC for audio) goes into tfhd for layouts without flags.
+    """
     head = _fragment_head(sequence_number, track_id, base_media_decode_time, trun_flags, entries, payload_size,
                           default_sample_flags)
     return Pieces((head, *payload), len(head) + payload_size)
