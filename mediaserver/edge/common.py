@@ -91,8 +91,11 @@ async def send_shared(request: web.Request, body: bytes, headers: dict[str, str]
     resp.content_length = len(body)
     await resp.prepare(request)
     if request.method != "HEAD":
-        await resp.write(b"")  # sends the buffered headers alone
-        await resp.write(body)
+        try:
+            await resp.write(b"")  # sends the buffered headers alone
+            await resp.write(body)
+        except ConnectionError:
+            return resp  # the viewer left mid-answer: aiohttp meets the lost connection and logs only the access
     await resp.write_eof()
     return resp
 

@@ -223,7 +223,13 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
         resp.content_length = part.size
         writer = await resp.prepare(request)
         if request.method != hdrs.METH_HEAD and part.size and writer is not None:
-            await _send(writer, fd, part)
+            try:
+                await _send(writer, fd, part)
+            except ConnectionError:
+                transport = request.transport
+                if transport is not None and not transport.is_closing():
+                    raise  # the file was cut short: aiohttp ends the connection mid-answer
+                return resp  # the viewer left mid-answer: aiohttp meets the lost connection, logs only the access
         await resp.write_eof()
         return resp
     finally:
