@@ -18,10 +18,14 @@ request, the last bytes it got having ended a bodyless head), so the two never i
 does what the admission middleware does for these requests: the per-address requests-in-progress limit,
 the per-format request and byte counters, the HLS viewer count, the packager's last-request time.
 
-Recordings: once the full stack has served `/vod/ID.mp4` from a local file (and admitted its viewer), the
-lane answers that recording's next whole-file or single-range GETs for VOD_CACHE_S as sendfile.serve_file
-does (os.sendfile; what a full socket does not take is read from the page cache at once, the range being
-bounded by MAX_VOD_RANGE), when the recorded stream's app is open to viewers.
+Recordings: once the full stack has served `/vod/ID.mp4` or the playlist or MPD of a local file (and
+admitted its viewer), the lane answers that recording's next whole-file or single-range GETs for
+VOD_CACHE_S as sendfile.serve_file does (os.sendfile; what a full socket does not take is read from the page
+cache at once, the range being bounded by MAX_VOD_RANGE), when the recorded stream's app is open to
+viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked without a query, with the text the
+full stack rendered. A player asks for the playlist, the init and two or three segments back to back, and
+a request that arrives while aiohttp is still finishing the one before goes to aiohttp too: a session
+begun in the lane stays there.
 
 Blocking LL-HLS reloads (`_HLS_msn`/`_HLS_part`) and requests for the part a preload hint names are held
 in one list per packager, not a task per request: the packager calls `release` on every change of its
@@ -39,7 +43,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +87,9 @@ _INIT_TYPE = b"video/mp4"
 _LONG_CACHE = b"public, max-age=3600, immutable"
 _NO_CACHE = b"no-cache"
 _MEDIA_PLAYLISTS = {"cmaf-video.m3u8": "video", "cmaf-audio.m3u8": "audio", "cmaf-muxed.m3u8": "muxed"}
+VOD_TEXT_TYPES = {"index.m3u8": b"application/vnd.apple.mpegurl; charset=utf-8",
+                  "manifest.mpd": b"application/dash+xml; charset=utf-8"}
+"""A recording's texts the lane answers, with the Content-Type the full stack's text Response gives them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +194,10 @@ class _VodFile:
     path: str
     fd: int = -1
     expiry: asyncio.TimerHandle | None = None
+    texts: dict[str, bytes] = field(default_factory=dict)
+    """A finished file's playlist and MPD by file name, as the full stack rendered them (no token)."""
+    texts_size: int = -1
+    """The file's size the texts describe: at any other size the full stack answers."""
 
 
 class FastLane:
@@ -231,6 +242,8 @@ class FastLane:
         app = self.app
         if head.name == "":
             return self._vod(conn, head)
+        if head.app == "vod":  # the recordings' routes come before any application's (edge/vod.py)
+            return self._vod_text(conn, head)
         if not app[GATE].admission.policy.play_is_open(head.app):
             return False
         key = stream_key(head.app, head.name)
@@ -302,12 +315,15 @@ class FastLane:
 
     # ----- recordings ----------------------------------------------------------------------------
 
-    def remember_vod(self, rec_id: str, app: str, stream: str, path: str) -> None:
+    def remember_vod(self, rec_id: str, app: str, stream: str, path: str,
+                     text: tuple[str, bytes, int] | None = None) -> None:
         """The full stack served recording `rec_id` from the local file `path`: later range requests of it may
-        take the lane (for VOD_CACHE_S, when the recorded stream's app is open to viewers)."""
+        take the lane (for VOD_CACHE_S, when the recorded stream's app is open to viewers). `text`: (file name,
+        body, the file's size) of the finished file's playlist or MPD it answered with, which the lane answers
+        from then on too."""
         files = self._vod_files
         entry = files.get(rec_id)
-        if entry is not None and entry.path != path:
+        if entry is not None and (entry.path != path or (text is not None and entry.texts_size != text[2])):
             self._forget_vod(rec_id, entry)
             entry = None
         if entry is None:
@@ -317,6 +333,9 @@ class FastLane:
             entry = files[rec_id] = _VodFile(0.0, app, stream, path)
         elif entry.expiry is not None:
             entry.expiry.cancel()
+        if text is not None:
+            name, body, entry.texts_size = text
+            entry.texts[name] = body
         entry.expires = time.monotonic() + VOD_CACHE_S
         # The descriptor closes when the entry ends, asked for or not: a recording deleted meanwhile frees
         # its disk space within VOD_CACHE_S.
@@ -336,28 +355,66 @@ class FastLane:
             os.close(entry.fd)
             entry.fd = -1
 
-    def _vod(self, conn: Any, head: Head) -> bool:
-        """/vod/ID.mp4, whole or one range, from a file the full stack served lately: os.sendfile as
-        sendfile.serve_file does; 416, 304 and anything unusual go to the full stack."""
-        rec_id = head.file[:-4]
+    def _vod_file(self, conn: Any, rec_id: str) -> tuple[_VodFile, os.stat_result] | None:
+        """The recording the full stack served lately, open, and its file's state, when the lane may answer
+        for it on `conn` now."""
         found = self._vod_files.get(rec_id)
         if found is None or found.expires < time.monotonic():
-            return False
+            return None
         if not self.app[GATE].admission.policy.play_is_open(found.app):
-            return False
+            return None
         transport = conn.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > MAX_QUEUED:
-            return False
+            return None
         if found.fd < 0:  # opened once for every viewer's ranges (sendfile and pread take their own offsets)
             try:
                 found.fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
-                return False
-        fd = found.fd
-        st = os.fstat(fd)
+                return None
+        st = os.fstat(found.fd)
         if st.st_nlink == 0:  # deleted (by the API, retention, or after its upload): the full stack says so
             self._forget_vod(rec_id, found)
+            return None
+        return found, st
+
+    def _vod_text(self, conn: Any, head: Head) -> bool:
+        """/vod/ID/index.m3u8 or manifest.mpd of a finished file the full stack described lately, as it did
+        (the same text; with a query, a token perhaps, the full stack answers)."""
+        content_type = VOD_TEXT_TYPES.get(head.file)
+        if content_type is None or head.query:
             return False
+        known = self._vod_file(conn, head.name)
+        if known is None:
+            return False
+        found, st = known
+        body = found.texts.get(head.file)
+        if body is None or st.st_size != found.texts_size:
+            return False
+        gate = self.app[GATE]
+        address = conn.lane_address
+        if gate.connection_opened(address) is not None:
+            return False
+        try:
+            conn.transport.write(b"".join((
+                _STATUS[200], b"Content-Type: ", content_type, b"\r\nContent-Length: %d\r\n" % len(body),
+                b"Cache-Control: no-cache\r\nDate: ", self._now_date(), b"\r\n", self._cors_lines(head.origin),
+                b"\r\n", body)))
+        finally:
+            gate.connection_closed(address)
+        self.answered += 1
+        self.app[METRICS].response_done("other", len(body))  # as the middleware counts /vod/
+        conn.lane_answered()
+        return True
+
+    def _vod(self, conn: Any, head: Head) -> bool:
+        """/vod/ID.mp4, whole or one range, from a file the full stack served lately: os.sendfile as
+        sendfile.serve_file does; 416, 304 and anything unusual go to the full stack."""
+        known = self._vod_file(conn, head.file[:-4])
+        if known is None:
+            return False
+        found, st = known
+        fd = found.fd
+        transport = conn.transport
         size = st.st_size
         etag = f'"{st.st_mtime_ns:x}-{size:x}"'
         if head.if_none_match is not None and etag in head.if_none_match:

@@ -128,6 +128,7 @@ async def _describe(request: web.Request, protocol: str, render, stored, *, fini
     text = None if live else _finished.get(kept)
     if text is not None:
         _finished.move_to_end(kept)
+        _lane_may_answer(request, row, path, protocol, text)
         return vod_s3.with_token(request, text, row)
     uri = _with_query(f"../{rec_id}.mp4", request) if live else f"../{rec_id}.mp4"
 
@@ -144,7 +145,18 @@ async def _describe(request: web.Request, protocol: str, render, stored, *, fini
     _finished[kept] = text
     while len(_finished) > vod_s3.PLAYLIST_CACHE:
         _finished.popitem(last=False)
+    _lane_may_answer(request, row, path, protocol, text)
     return vod_s3.with_token(request, text, row)
+
+
+_TEXT_FILES = {"vod-hls": "index.m3u8", "vod-dash": "manifest.mpd"}
+
+
+def _lane_may_answer(request: web.Request, row, path, protocol: str, text: str) -> None:
+    """The fast lane answers this finished file's text (asked without a query) and its ranges from now on."""
+    lane = request.app.get(FAST_LANE)
+    if lane is not None and not request.get(INTERNAL_REQUEST):
+        lane.remember_vod(row.id, row.app, row.stream, str(path), (_TEXT_FILES[protocol], text.encode(), row.bytes))
 
 
 async def serve_playlist(request: web.Request) -> web.StreamResponse:

@@ -80,14 +80,29 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
         assert status == 416
 
         url = f"{base}/vod/{rec_id}/index.m3u8"
-        status, text, _ = await get(http, url)
-        assert status == 200
+        status, text, full_headers = await get(http, url)
+        assert status == 200 and "Server" in full_headers  # the first: the full stack's
         playlist = m3u8.loads(text.decode(), uri=url)
         assert playlist.is_endlist and playlist.playlist_type == "vod" and playlist.segments
         covered = int(playlist.segment_map[0].byterange.split("@")[0])
         covered += sum(int(s.byterange.split("@")[0]) for s in playlist.segments)
         assert covered == size, (covered, size)
         assert abs(sum(s.duration for s in playlist.segments) - row["duration_s"]) < 1.0
+
+        # A player's next session, on one kept-alive connection: the playlist, the init and segments back to
+        # back, every answer the fast lane's (no Server header: edge/fastlane.py), the same as the full stack's.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as player:
+            session = [await get(player, url)]
+            for byterange in [playlist.segment_map[0].byterange] + [s.byterange for s in playlist.segments[:4]]:
+                length, offset = map(int, byterange.split("@"))
+                session.append(await get(player, f"{base}/vod/{rec_id}.mp4",
+                                         {"Range": f"bytes={offset}-{offset + length - 1}"}))
+                assert session[-1][0] == 206 and session[-1][1] == data[offset:offset + length]
+        assert [headers.get("Server") for _, _, headers in session] == [None] * 6, "each answered by the lane"
+        _, lane_text, lane_headers = session[0]
+        assert lane_text == text
+        for name in ("Content-Type", "Content-Length", "Cache-Control"):
+            assert lane_headers[name] == full_headers[name], name
 
         assert (await get(http, f"{base}/vod/nosuchrecording.mp4"))[0] == 404
         assert (await api(http, server, "GET", "/recordings/nosuchrecording"))[0] == 404
@@ -98,6 +113,7 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
         assert status == 200
         assert (await get(http, f"{base}/vod/{rec_id}.mp4"))[0] == 404
         assert (await get(http, f"{base}/vod/{rec_id}.mp4", {"Range": "bytes=0-99"}))[0] == 404
+        assert (await get(http, url))[0] == 404
         assert not _open_in(server.pid, rec_file)  # a deleted recording's disk space is freed
         assert (await api(http, server, "POST", "/streams/live/notlive/record"))[0] == 404
 

@@ -120,7 +120,7 @@ def test_a_segment_goes_out_from_its_memfd_and_what_the_socket_refuses_through_t
 def test_a_range_of_a_recording_is_taken_with_its_range_and_if_range():
     head = parse_head(b"GET /vod/Ab3_x.mp4 HTTP/1.1\r\nRange: bytes=0-99\r\nIf-Range: \"1-2\"\r\n\r\n")
     assert head == Head("vod", "", "Ab3_x.mp4", "", None, None, "bytes=0-99", '"1-2"')
-    assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\n\r\n").name == "Ab3_x"  # 4 parts: never a recording
+    assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\n\r\n").name == "Ab3_x"  # its playlist: FastLane._vod_text
     assert parse_head(b"GET /vod/Ab3_x.ts HTTP/1.1\r\n\r\n") is None
 
 
@@ -178,3 +178,67 @@ def test_a_repeated_head_is_parsed_once_and_the_cache_stays_bounded(monkeypatch)
         lane.take(None, b"GET /live/cam/%d.ts HTTP/1.1\r\n\r\n" % n)
     assert len(lane._heads) <= 8
     assert len(parsed) == 1 + 1 + 2 + 50
+
+
+async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rendered_it_while_the_file_stays(tmp_path):
+    """edge/vod.py hands the lane the text it answered with; the lane answers it again for the same file, and
+    leaves to the full stack a query (a token perhaps), another file, a file that changed size or was deleted,
+    and every other /vod/ID/FILE (never a live stream of an application named "vod")."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from mediaserver.edge import fastlane
+    from mediaserver.edge.keys import CONFIG, GATE, METRICS
+
+    counted = []
+    app = web.Application()
+    app[CONFIG] = SimpleNamespace(hls=SimpleNamespace(fast_lane=True),
+                                  http=SimpleNamespace(trusted_proxies=(), cors_origin="*"))
+    app[GATE] = SimpleNamespace(
+        admission=SimpleNamespace(wants_hook=lambda kind: False, policy=SimpleNamespace(play_is_open=lambda app: True)),
+        connection_opened=lambda address: None, connection_closed=lambda address: None)
+    app[METRICS] = SimpleNamespace(response_done=lambda fmt, size: counted.append((fmt, size)))
+    lane = fastlane.FastLane(app)
+    rec = tmp_path / "rec.mp4"
+    rec.write_bytes(b"x" * 1000)
+    text = b"#EXTM3U\n#EXT-X-ENDLIST\n"
+    lane.remember_vod("Rec1", "live", "cam", str(rec), ("index.m3u8", text, 1000))
+
+    class Transport:
+        def __init__(self):
+            self.written = []
+
+        def is_closing(self):
+            return False
+
+        def get_write_buffer_size(self):
+            return 0
+
+        def write(self, data):
+            self.written.append(bytes(data))
+
+    def ask(target: str) -> bytes | None:
+        conn = SimpleNamespace(transport=Transport(), lane_address="127.0.0.1", lane_answered=lambda: None)
+        taken = lane.take(conn, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert taken == bool(conn.transport.written)
+        return b"".join(conn.transport.written) if taken else None
+
+    try:
+        answer = ask("/vod/Rec1/index.m3u8")
+        assert answer is not None and answer.endswith(b"\r\n\r\n" + text)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: %d\r\n" % len(text) in answer
+        assert b"Content-Type: application/vnd.apple.mpegurl; charset=utf-8\r\n" in answer
+        assert counted == [("other", len(text))]
+        for target in ("/vod/Rec1/index.m3u8?token=t", "/vod/Rec1/manifest.mpd", "/vod/Rec1/seg.ts",
+                       "/vod/Other/index.m3u8", "/vod/cam/index.m3u8"):
+            assert ask(target) is None, target
+        with rec.open("ab") as f:
+            f.write(b"y")  # no longer the file the text describes
+        assert ask("/vod/Rec1/index.m3u8") is None
+        lane.remember_vod("Rec1", "live", "cam", str(rec), ("index.m3u8", text, 1001))  # the full stack's anew
+        assert ask("/vod/Rec1/index.m3u8") is not None
+        rec.unlink()
+        assert ask("/vod/Rec1/index.m3u8") is None and "Rec1" not in lane._vod_files  # deleted: forgotten
+    finally:
+        lane.close()
