@@ -147,7 +147,8 @@ async def recorder_alone(args: argparse.Namespace) -> None:
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="recorder-alone-") as tmp:
-            write = (lambda fd, data: len(data)) if args.no_write else os.write
+            # The Recorder writes with os.writev (a fragment's pieces in one call).
+            write = (lambda fd, buffers: sum(map(len, buffers))) if args.no_write else os.writev
             recorder = Recorder(conn.stream.key, tmp, fsync_interval_s=0, write=write)
             feed = getattr(recorder, "on_frames", None)
             cpu0 = time.process_time()
