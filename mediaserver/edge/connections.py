@@ -175,9 +175,15 @@ class GuardedRequestHandler(RequestHandler):
     # ----- the fast lane (fastlane.py) ------------------------------------------------------------
 
     def _aiohttp_idle(self) -> bool:
-        """aiohttp waits for this connection's next request, and has nothing of it yet."""
+        """aiohttp waits for this connection's next request, and has nothing of it yet; or it has had no
+        request on this connection at all (its task may not have reached its wait when the first request
+        arrives: nothing of aiohttp's can be in flight then either)."""
         waiter = self._waiter
-        return (waiter is not None and not waiter.done() and not self._messages and self._payload_parser is None
+        if waiter is None:
+            waiting = self._request_count == 0
+        else:
+            waiting = not waiter.done()
+        return (waiting and not self._messages and self._payload_parser is None
                 and not self._upgraded and not self._force_close and not self._close)
 
     @property

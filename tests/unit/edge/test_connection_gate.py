@@ -53,3 +53,49 @@ def test_trusted_proxies_are_spared_the_per_address_cap_but_not_the_total():
     assert [gate.opened("10.0.0.9") for _ in range(3)] == [None, None, None]
     assert [gate.opened("10.0.0.1") for _ in range(2)] == [None, MAX_PER_IP]
     assert [gate.opened("10.0.0.9") for _ in range(2)] == [None, MAX_CONNECTIONS]
+
+
+async def test_a_connections_first_request_may_take_the_lane_before_aiohttps_task_has_run():
+    """The request of a new connection can arrive before aiohttp's task reaches its wait for one: aiohttp has
+    nothing in flight then, so the fast lane may answer it; a request that arrives while aiohttp still works
+    on the one before goes to aiohttp (it answers in order)."""
+    import asyncio
+    import socket
+
+    from aiohttp import web
+
+    from mediaserver.edge.connections import GuardedRequestHandler
+
+    class Lane:
+        def __init__(self):
+            self.taken: list[bytes] = []
+
+        def take(self, conn, data: bytes) -> bool:
+            self.taken.append(data)
+            return True
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="full stack")
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    loop = asyncio.get_running_loop()
+    gate = ConnectionGate(ConnectionLimits(10, 10, 10))
+    lane = Lane()
+    server = web.Server(handler)
+    conn = GuardedRequestHandler(server, gate, lane, loop=loop)
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+    try:
+        transport.set_protocol(conn)
+        conn.connection_made(transport)  # and its first bytes in the same loop turn, as a read can bring them
+        head = b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert conn._waiter is None and conn._request_count == 0  # aiohttp's task has not run yet
+        conn.data_received(head)
+        assert lane.taken == [head]  # taken, not left for aiohttp's parser
+        conn._request_count = 1  # aiohttp has answered a request, and its task has not come back to wait
+        conn.data_received(head)
+        assert lane.taken == [head] and len(conn._messages) == 1  # aiohttp's: it answers in order
+    finally:
+        transport.close()
+        b.close()
+        await server.shutdown(0.1)
