@@ -219,6 +219,9 @@ class Recorder:
         self._on_tail_lost = on_tail_lost
         self._write = write
         self._disk = disk
+        self._handing: _File | None = None
+        self._hand: list[bytes | bytearray | Pieces] = []
+        """Pieces of `_handing` gathered for one write (see `_append`)."""
         """Given: the writes, fsyncs and closes go to its thread (the event loop never waits for the disk);
         else they happen here, with `write` (tests, tools)."""
         self.segmenter = GopFragmenter(fragment_s, max(10.0, 2 * fragment_s))
@@ -303,6 +306,7 @@ class Recorder:
         for item in items:
             if isinstance(item, CmafSegment) and not self.stopped:
                 self._store_segment(item)
+        self._hand_over()
 
     def _store_segment(self, seg: CmafSegment) -> None:
         f = self._file
@@ -323,6 +327,8 @@ class Recorder:
                 self._close(ROTATED)
                 f = None
         if f is None:
+            if self.stopped:
+                return  # the closed file's last pieces could not be handed over: the recording failed
             f = self._open(seg)
             if f is None:
                 return
@@ -414,12 +420,14 @@ class Recorder:
         raise OSError(errno.EEXIST, f"{_MAX_NAME_TRIES} recordings named like {path} already exist")
 
     def _append(self, f: _File, data: bytes | bytearray | Pieces) -> bool:
-        """One piece, whole, in one write (a short write on a full disk is finished or fails)."""
+        """One piece, whole, in one write (a short write on a full disk is finished or fails). Given a
+        DiskWriter, the pieces of one `_store` (a GOP's video and audio fragments, a new file's init and
+        first fragment) go to it together at its end, `_hand_over`: one job and one writev, not one each."""
         if self._disk is not None:
-            if not self._disk.write(f, data):
-                self._fail(f, OSError(errno.ENOBUFS, f"the disk does not keep up: more than "
-                                      f"{self._disk.max_queued_bytes >> 20} MB of recordings wait to be written"))
-                return False
+            if self._handing is not f:
+                self._hand_over()
+                self._handing = f
+            self._hand.append(data)
             f.bytes += len(data)
             return True
         try:
@@ -430,9 +438,33 @@ class Recorder:
         f.bytes += len(data)
         return True
 
+    def _hand_over(self) -> None:
+        """The pieces `_append` gathered, to the DiskWriter as one write (their order kept)."""
+        f, pieces = self._handing, self._hand
+        if f is None or not pieces:
+            return
+        self._handing, self._hand = None, []
+        assert self._disk is not None
+        if len(pieces) == 1:
+            data = pieces[0]
+        else:
+            parts: list[bytes | bytearray | memoryview] = []
+            for piece in pieces:
+                if isinstance(piece, Pieces):
+                    parts += piece.parts
+                else:
+                    parts.append(piece)
+            data = Pieces(tuple(parts), sum(map(len, pieces)))
+        if not self._disk.write(f, data):
+            f.bytes -= len(data)  # never written
+            self._fail(f, OSError(errno.ENOBUFS, f"the disk does not keep up: more than "
+                                  f"{self._disk.max_queued_bytes >> 20} MB of recordings wait to be written"))
+
     def _close(self, status: str, error: str | None = None) -> None:
+        self._hand_over()  # what this file gathered goes before its close
         f = self._file
-        assert f is not None
+        if f is None:
+            return  # the hand-over failed and closed it
         self._file = None
         if self._disk is not None:
             self._disk.close(f, sync=status != FAILED)  # once its writes are done
