@@ -12,9 +12,10 @@ os.writev, so a process killed at any moment leaves a file that plays up to its 
 vod.index_file() ignores the partial box at the end. The data reaches the disk when the kernel writes it
 back, or at an fsync (every `fsync_interval_s`, as `take_sync_jobs()` is called, and at close).
 
-Where the writes happen: given a `disk` (writer.DiskWriter, as the RecordingManager gives), each piece,
-fsync and close goes to its thread in order, so a disk that stalls never stalls the hub's callbacks (the
-event loop); an error there comes back through `_disk_failed`. Without one the writes happen here, and
+Where the writes happen: given a `disk` (writer.DiskWriter, as the RecordingManager gives), the pieces of
+each batch of frames (a GOP's video and audio fragments together, one job and one writev), each fsync and
+close go to its thread in order, so a disk that stalls never stalls the hub's callbacks (the event loop);
+an error there comes back through `_disk_failed`. Without one the writes happen here, and
 `take_sync_jobs()` hands the owner a callable per fsync due, holding its own duplicate of the descriptor,
 to run in a thread. Creating a file (mkdir, open) stays here: a metadata operation once per file.
 
