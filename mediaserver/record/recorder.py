@@ -220,11 +220,11 @@ class Recorder:
         self._on_tail_lost = on_tail_lost
         self._write = write
         self._disk = disk
+        """Given: the writes, fsyncs and closes go to its thread (the event loop never waits for the disk);
+        else they happen here, with `write` (tests, tools)."""
         self._handing: _File | None = None
         self._hand: list[bytes | bytearray | Pieces] = []
         """Pieces of `_handing` gathered for one write (see `_append`)."""
-        """Given: the writes, fsyncs and closes go to its thread (the event loop never waits for the disk);
-        else they happen here, with `write` (tests, tools)."""
         self.segmenter = GopFragmenter(fragment_s, max(10.0, 2 * fragment_s))
         self._file: _File | None = None
         self._first_sequence = 0
