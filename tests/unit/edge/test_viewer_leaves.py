@@ -11,6 +11,7 @@ import struct
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from mediaserver.edge.common import send_shared
 from mediaserver.edge.sendfile import serve_file
@@ -49,11 +50,9 @@ def test_a_viewer_leaving_mid_answer_is_not_an_error(tmp_path, caplog, path):
         app = web.Application()
         app.router.add_get("/shared", shared)
         app.router.add_get("/file", whole_file)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        port = server.port
         try:
             for _ in range(3):
                 await asyncio.to_thread(_leave_mid_answer, port, path)
@@ -64,7 +63,7 @@ def test_a_viewer_leaving_mid_answer_is_not_an_error(tmp_path, caplog, path):
             writer.close()
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(BODY[-1000:])
         finally:
-            await runner.cleanup()
+            await server.close()
 
     with caplog.at_level(logging.DEBUG):
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
