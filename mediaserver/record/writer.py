@@ -38,6 +38,8 @@ MAX_QUEUED_BYTES = 256 << 20
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 16
 """Buffers one writev takes at most (a 10 s fragment of 120 fps video has more samples than Linux's 1024)."""
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") and "SC_PAGE_SIZE" in os.sysconf_names else 4096
+
 Buffers = Sequence[bytes | bytearray | memoryview]
 WriteV = Callable[[int, Buffers], int]
 """os.writev's shape: the writes a recording makes (tests give their own, to fail or stall them)."""
@@ -82,7 +84,7 @@ class DiskWriter:
         """Bytes handed over and not yet written (read on the loop; updated under the lock)."""
         self._files: dict[int, tuple[ErrorCallback, list[int]]] = {}
         """id(file) -> (its owner's error callback, [bytes written so far, or -1 once failed; bytes written at
-        the last fsync]): the thread's."""
+        the last fsync; bytes advised out of the page cache]): the thread's."""
         self._thread = threading.Thread(target=self._run, name="recording writer", daemon=True)
         self._thread.start()
 
@@ -129,7 +131,7 @@ class DiskWriter:
         fd = file.fd
         if kind == "open":
             on_error, size = arg
-            self._files[id(file)] = (on_error, [size, 0])
+            self._files[id(file)] = (on_error, [size, 0, 0])
             return
         entry = self._files.get(id(file))
         if kind == "write":
@@ -166,11 +168,15 @@ class DiskWriter:
 
     def _synced(self, fd: int, sizes: list[int]) -> None:
         """An fsync made the file durable up to sizes[0]: the part the fsync before made durable leaves the
-        page cache (see the module docstring); the part since stays, for readers near the end."""
+        page cache (see the module docstring); the part since stays, for readers near the end. Only what no
+        earlier advice covered: pages a DVR or VOD reader brought back into older parts stay for it, and the
+        kernel walks a few seconds of the file, not all of it (an hour's file is a gigabyte)."""
         durable_before, sizes[1] = sizes[1], sizes[0]
-        if durable_before > 0 and self._advise is not None:
+        start = sizes[2] - sizes[2] % PAGE_SIZE  # the kernel drops whole pages: the one cut last time, now
+        if durable_before > start and self._advise is not None:
+            sizes[2] = durable_before
             try:
-                self._advise(fd, 0, durable_before, os.POSIX_FADV_DONTNEED)
+                self._advise(fd, start, durable_before - start, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass  # only advice
 

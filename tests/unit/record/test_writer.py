@@ -14,7 +14,7 @@ import pytest
 
 from mediaserver.record import vod
 from mediaserver.record.recorder import COMPLETE, FAILED, Recorder
-from mediaserver.record.writer import IOV_MAX, DiskWriter, write_whole
+from mediaserver.record.writer import IOV_MAX, PAGE_SIZE, DiskWriter, write_whole
 from mediaserver.remux.fmp4 import Pieces
 
 from support.codec_clips import codec_clip
@@ -136,17 +136,23 @@ async def test_each_fsync_lets_the_page_cache_drop_what_the_fsync_before_made_du
     path = tmp_path / "f"
     f = _File(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     disk.opened(f, lambda *a: None)
-    for n in (1000, 2000, 3000):
+    page = PAGE_SIZE
+    sizes = (2 * page + 100, 3 * page, 5 * page)
+    for n in sizes:
         disk.write(f, Pieces((b"h" * 10, memoryview(b"x" * (n - 10))), n))
         disk.sync(f)
     disk.write(f, b"t" * 500)
     disk.close(f, sync=True)
     await asyncio.to_thread(disk.stop)
-    assert path.stat().st_size == 6500
-    # The first fsync drops nothing; each later one (the close's too) what was durable at the one before:
-    # the newest interval stays cached for readers near the end.
-    assert advised == [(0, 1000, os.POSIX_FADV_DONTNEED), (0, 3000, os.POSIX_FADV_DONTNEED),
-                       (0, 6000, os.POSIX_FADV_DONTNEED)]
+    assert path.stat().st_size == sum(sizes) + 500
+    # The first fsync drops nothing; each later one (the close's too) what was durable at the one before and
+    # no advice covered yet, from the page the last advice cut through (the kernel drops whole pages only):
+    # the newest interval stays cached for readers near the end, and pages a reader brought back into older
+    # parts stay for it.
+    durable = (sizes[0], sizes[0] + sizes[1], sum(sizes))  # 2 pages + 100, 5 pages + 100, 10 pages + 100
+    assert advised == [(0, durable[0], os.POSIX_FADV_DONTNEED),
+                       (2 * page, durable[1] - 2 * page, os.POSIX_FADV_DONTNEED),
+                       (5 * page, durable[2] - 5 * page, os.POSIX_FADV_DONTNEED)]
 
 
 async def test_without_fadvise_the_pages_simply_stay(tmp_path):
