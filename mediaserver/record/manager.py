@@ -45,7 +45,7 @@ from .recorder import FAILED, FileClosed, Recorder
 from .retention import GB
 from .upkeep import RecordingStats, Upkeep
 from .uploader import Uploader
-from .vod import index_file
+from .vod import VodIndex, index_file
 from .writer import DiskWriter
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class ElsewhereError(Exception):
     def __init__(self, rec_id: str, node: str) -> None:
         super().__init__(f"recording {rec_id} is on the disk of node {node}")
         self.node = node
+
+
+def _index_path(path: Path) -> VodIndex:
+    with open(path, "rb") as f:
+        return index_file(f)
 
 
 def on_other_node(row: Recording, node: str) -> bool:
@@ -453,8 +458,7 @@ class RecordingManager:
         for row in await self.catalog.interrupted(self.node):
             path = Path(row.location)
             try:
-                with open(path, "rb") as f:
-                    index = await asyncio.to_thread(index_file, f)
+                index = await asyncio.to_thread(_index_path, path)  # open and read off the loop
                 duration, size = index.duration_s, index.total_bytes
             except (OSError, MediaError) as err:
                 event(log, "recording_unreadable", logging.WARNING, id=row.id, path=str(path), error=str(err))
