@@ -36,7 +36,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import UsageError
 
@@ -283,10 +282,23 @@ class Pieces:
         return b"".join(self.parts)
 
 
-def fragment(**fields: Any) -> bytes:
-    """One moof + mdat as one bytes object: `fragment_pieces(**fields)` joined, the samples copied into the
-    mdat once (the live CMAF outputs keep and send these bytes)."""
-    return b"".join(fragment_pieces(**fields).parts)
+def fragment(
+    *,
+    sequence_number: int,
+    track_id: int,
+    base_media_decode_time: int,
+    trun_flags: int,
+    entries: Sequence[int],
+    payload: Sequence[bytes | memoryview],
+    payload_size: int,
+    default_sample_flags: int | None = None,
+) -> bytes:
+    """One moof + mdat as one bytes object: `fragment_pieces` joined, the samples copied into the mdat once
+    (the live CMAF outputs keep and send these bytes)."""
+    return b"".join(fragment_pieces(
+        sequence_number=sequence_number, track_id=track_id, base_media_decode_time=base_media_decode_time,
+        trun_flags=trun_flags, entries=entries, payload=payload, payload_size=payload_size,
+        default_sample_flags=default_sample_flags).parts)
 
 
 def fragment_pieces(
