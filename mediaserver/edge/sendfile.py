@@ -151,7 +151,7 @@ def send_fd(transport: asyncio.Transport, fd: int, offset: int, count: int, head
         return 0
     out = sock.fileno()
     if head:
-        took = _send_more(out, head) if count else 0
+        took = _send_more(out, sock.family, head) if count else 0
         if took < len(head):
             transport.write(head[took:] if took else head)  # queued: the body follows it through the transport
             return 0
@@ -170,11 +170,11 @@ def send_fd(transport: asyncio.Transport, fd: int, offset: int, count: int, head
     return sent
 
 
-def _send_more(fileno: int, data: bytes) -> int:
+def _send_more(fileno: int, family: int, data: bytes) -> int:
     """send(fileno, data, MSG_MORE): how many bytes the socket took now (0 when full or reset: the transport
     then writes them, and meets the reset). The transport's own socket object does not send, so a socket
     object borrows the descriptor for the call (family and type given: no system call to learn them)."""
-    borrowed = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fileno)
+    borrowed = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fileno)
     try:
         return borrowed.send(data, _MSG_MORE)
     except OSError:  # BlockingIOError, InterruptedError, a reset peer

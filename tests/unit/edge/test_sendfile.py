@@ -135,7 +135,8 @@ def _segments_sent(fileno: int) -> int:
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_INFO") or not hasattr(socket, "MSG_MORE"), reason="Linux TCP_INFO")
-def test_an_answers_head_leaves_in_the_files_first_packet_and_a_queued_head_keeps_its_order(tmp_path):
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_an_answers_head_leaves_in_the_files_first_packet_and_a_queued_head_keeps_its_order(tmp_path, host):
     from mediaserver.edge.sendfile import send_fd
 
     body = os.urandom(1000)
@@ -151,9 +152,10 @@ def test_an_answers_head_leaves_in_the_files_first_packet_and_a_queued_head_keep
             def connection_made(self, transport):
                 got.put_nowait(transport)
 
-        server = await loop.create_server(Sink, "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        server = await loop.create_server(Sink, host, 0)
+        reader, writer = await asyncio.open_connection(host, server.sockets[0].getsockname()[1])
         transport = await got.get()
+        assert transport.get_extra_info("socket").family == (socket.AF_INET6 if ":" in host else socket.AF_INET)
         fileno = transport.get_extra_info("socket").fileno()
         fd = os.open(path, os.O_RDONLY)
         try:
