@@ -323,6 +323,19 @@ class Catalog:
             row = (await conn.execute(recordings.select().where(recordings.c.id == rec_id))).one()
         return _row(row)
 
+    async def progress(self, figures: dict[str, tuple[int, float]]) -> None:
+        """Many growing files' (bytes, duration_s), by row id, in one transaction and one statement run for
+        them all: a row no longer there is passed over. Every recording of a node reports this way at once
+        (RecordingManager), instead of a transaction (and a round trip to PostgreSQL) per row."""
+        if not figures:
+            return
+        now = _now()
+        statement = recordings.update().where(recordings.c.id == sa.bindparam("row_id")).values(
+            bytes=sa.bindparam("row_bytes"), duration_s=sa.bindparam("row_duration"), updated_at=now)
+        async with self._connect() as conn:
+            await conn.execute(statement, [{"row_id": rec_id, "row_bytes": size, "row_duration": duration}
+                                           for rec_id, (size, duration) in figures.items()])
+
     async def finish(self, rec_id: str, ended_at: datetime, duration_s: float, bytes: int,
                      status: str = "complete") -> Recording | None:
         """Close a row: its end, final duration and size, and status (complete, or interrupted after a crash)."""

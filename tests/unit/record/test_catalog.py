@@ -244,6 +244,18 @@ async def test_add_update_finish_get_delete(catalog):
     assert await catalog.delete(added.id) is False
 
 
+async def test_many_rows_progress_in_one_call_and_an_unknown_id_is_passed_over(catalog):
+    rows = [await catalog.add(rec(stream=f"cam{i}")) for i in range(3)]
+    await catalog.progress({})  # nothing to write: no transaction, no error
+    await catalog.progress({rows[0].id: (1_000, 2.0), rows[2].id: (5 * 2**32, 3600.5), "nosuchrow123": (1, 1.0)})
+    first, second, third = [await catalog.get(row.id) for row in rows]
+    assert (first.bytes, first.duration_s) == (1_000, 2.0) and first.updated_at >= rows[0].updated_at
+    assert (second.bytes, second.duration_s) == (rows[1].bytes, rows[1].duration_s)  # not named: untouched
+    assert (third.bytes, third.duration_s) == (5 * 2**32, 3600.5)
+    assert (first.status, third.status, third.video_codec) == ("recording", "recording", rows[2].video_codec)
+    assert await catalog.get("nosuchrow123") is None
+
+
 async def test_unknown_ids_and_bad_values(catalog):
     assert await catalog.get("nope") is None
     assert await catalog.update("nope", bytes=1) is None

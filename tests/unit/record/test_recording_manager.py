@@ -111,11 +111,11 @@ async def test_a_finished_file_is_synced_and_no_descriptor_stays_open(manager, c
 async def test_catalog_writes_wait_for_a_database_away_longer_than_any_backoff_and_do_not_pile_up(
         manager, clip, monkeypatch):
     monkeypatch.setattr(manager_module, "RETRY_S", (0.01, 0.02))
-    monkeypatch.setattr(manager_module, "PROGRESS_S", 0.0)  # every segment writes the row's progress
+    monkeypatch.setattr(manager_module, "PROGRESS_S", 0.0)  # every tick of the syncer reports progress
     catalog = manager.catalog
     tries = {"n": 0}
     down = True
-    real_add, real_update = catalog.add, catalog.update
+    real_add, real_update, real_progress = catalog.add, catalog.update, catalog.progress
 
     async def add(row):
         if down:
@@ -128,14 +128,22 @@ async def test_catalog_writes_wait_for_a_database_away_longer_than_any_backoff_a
             raise CatalogUnavailable("catalog database test is unavailable")
         return await real_update(rec_id, **fields)
 
+    async def progress(figures):
+        if down:
+            raise CatalogUnavailable("catalog database test is unavailable")
+        return await real_progress(figures)
+
     monkeypatch.setattr(catalog, "add", add)
     monkeypatch.setattr(catalog, "update", update)
+    monkeypatch.setattr(catalog, "progress", progress)
     stream = manager.registry.claim_publisher(KEY, Publisher())
     manager.start(KEY)
     publish(stream, clip)
+    manager.report_progress()
     rec_id = manager.current(KEY)
     for _ in range(100):  # far past the five tries after which writes used to be dropped
         await asyncio.sleep(0.02)
+        manager.report_progress()
         if tries["n"] >= 20:
             break
     assert tries["n"] >= 20
@@ -198,3 +206,39 @@ async def test_a_tail_the_disk_lost_after_the_close_leaves_the_row_with_what_the
     assert row.duration_s < closed.duration_s - 0.5  # the last GOP (1 s) is not in the file
     assert manager.stats.failures["disk_full"] == 1
     assert rec.dvr.files[-1].final_bytes == on_disk  # DVR numbers the next file once this one is whole
+
+
+async def test_every_recordings_progress_goes_to_the_catalog_in_one_write_and_before_its_end(manager, monkeypatch):
+    clip = codec_clip("h264", "aac", seconds=6.0, gop_frames=25)  # a cut (2 s) in each half
+    monkeypatch.setattr(manager_module, "PROGRESS_S", 3600.0)  # only the reports this test asks for
+    catalog = manager.catalog
+    writes: list[dict] = []
+    real_progress = catalog.progress
+
+    async def progress(figures):
+        writes.append(dict(figures))
+        await asyncio.sleep(0.05)  # a slow database: what the next report brings waits for this write
+        await real_progress(figures)
+
+    monkeypatch.setattr(catalog, "progress", progress)
+    keys = [KEY, StreamKey("live", "cam2"), StreamKey("live", "cam3")]
+    streams = []
+    for key in keys:
+        streams.append(manager.registry.claim_publisher(key, Publisher()))
+        manager.start(key)
+    for stream in streams:
+        publish(stream, clip[:len(clip) // 2])
+    ids = [manager.current(key) for key in keys]
+    manager.report_progress()
+    await asyncio.sleep(0.01)  # the write is under way
+    publish(streams[0], clip[len(clip) // 2:])  # more of one file while the first write waits
+    manager.report_progress()
+    manager.report_progress()  # nothing new since: no write of its own
+    assert manager.stop(keys[0])  # its end is queued after the figures it had
+    await asyncio.wait_for(manager._ops.join(), 5)
+
+    assert [set(w) for w in writes] == [set(ids), {ids[0]}], "one write for every row, then the newer figures"
+    assert writes[1][ids[0]][0] > writes[0][ids[0]][0]
+    done, *going = [await catalog.get(rec_id) for rec_id in ids]
+    assert done.status == "complete" and done.bytes > writes[1][ids[0]][0]  # no figure came after its end (the last GOP)
+    assert [(row.status, row.bytes) for row in going] == [("recording", writes[0][rec_id][0]) for rec_id in ids[1:]]
