@@ -199,7 +199,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             await pool.close()
             raise
     if recordings is not None and hooks is not None and hooks.wants("record_done"):
-        recordings.listeners.append(hooks.record_done)
+        recordings.add_listener(hooks.record_done)
     if recordings is not None and hooks is not None and hooks.wants("record_disk"):
         recordings.upkeep.add_disk_listener(hooks.record_disk)
     if hooks is not None and hooks.wants("relay_state"):

@@ -71,6 +71,9 @@ class WebhookClient:
         self.outcomes: Counter[tuple[str, str]] = Counter()
         """Calls by (event, outcome): allowed, denied, or what failed; for metrics."""
         self._pending: set[asyncio.Task[None]] = set()
+        self._early: list[HookRequest] | None = []
+        """Events told before the application started (the recordings a killed server left, found at start),
+        sent once the session exists; None from then on."""
         self._log_gate = LogGate(_LOG_INTERVAL_S)
         self._publishers: dict[int, tuple[Stream, str, float]] = {}
 
@@ -90,6 +93,9 @@ class WebhookClient:
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        early, self._early = self._early or [], None
+        for request in early:
+            self.tell(request)
         try:
             yield
         finally:
@@ -177,6 +183,9 @@ class WebhookClient:
     def tell(self, request: HookRequest) -> None:
         url = self.urls.get(request.event)
         if not url:
+            return
+        if self._early is not None and len(self._early) < MAX_PENDING:
+            self._early.append(request)  # before start: sent when the session opens
             return
         if len(self._pending) >= MAX_PENDING or self.session is None:
             self.outcomes[(request.event, "dropped")] += 1

@@ -106,9 +106,14 @@ class ElsewhereError(Exception):
         self.node = node
 
 
-def _index_path(path: Path) -> VodIndex:
-    with open(path, "rb") as f:
-        return index_file(f)
+def _mend(path: Path) -> VodIndex:
+    """An interrupted recording's file, cut back to its last whole fragment (what a killed writer left of
+    the next one is of no use to a player, and the row's size must be what /vod/ID.mp4 sends)."""
+    with open(path, "r+b") as f:
+        index = index_file(f)
+        if index.trailing_bytes:
+            f.truncate(index.total_bytes)
+        return index
 
 
 def on_other_node(row: Recording, node: str) -> bool:
@@ -251,7 +256,9 @@ class RecordingManager:
         self._tasks: list[asyncio.Task[None]] = []
         self.failed_writes = 0
         self.listeners: list[Callable[[Recording], None]] = []
-        """Told each finished file's final row (the on_record_done webhook)."""
+        """Told each finished file's final row (the on_record_done webhook): see `add_listener`."""
+        self._recovered: list[Recording] = []
+        """The rows `_recover` closed as interrupted at start, for the listeners that come after."""
         self.disk_writer: DiskWriter | None = None
         """The recordings' writes, on a thread of their own (set by `open`, which has a running loop)."""
         self.uploader: Uploader | None = None
@@ -378,6 +385,13 @@ class RecordingManager:
         for listener in list(self.listeners):
             listener(row)
 
+    def add_listener(self, listener: Callable[[Recording], None]) -> None:
+        """Tell `listener` of every finished file's final row from now on (the on_record_done webhook), and
+        at once of the rows this start found interrupted (the server was killed while they were written)."""
+        self.listeners.append(listener)
+        for row in self._recovered:
+            listener(row)
+
     # ----- registry hooks -------------------------------------------------------------------------
 
     def _published(self, stream: Stream) -> None:
@@ -473,15 +487,17 @@ class RecordingManager:
         for row in await self.catalog.interrupted(self.node):
             path = Path(row.location)
             try:
-                index = await asyncio.to_thread(_index_path, path)  # open and read off the loop
+                index = await asyncio.to_thread(_mend, path)  # open, read and cut off the loop
                 duration, size = index.duration_s, index.total_bytes
             except (OSError, MediaError) as err:
                 event(log, "recording_unreadable", logging.WARNING, id=row.id, path=str(path), error=str(err))
                 duration, size = row.duration_s, row.bytes
-            await self.catalog.finish(row.id, row.started_at + timedelta(seconds=duration), duration, size,
-                                      status="interrupted")
+            done = await self.catalog.finish(row.id, row.started_at + timedelta(seconds=duration), duration, size,
+                                             status="interrupted")
             event(log, "recording_interrupted", id=row.id, stream=f"{row.app}/{row.stream}",
                   duration_s=round(duration, 1), bytes=size)
+            if done is not None and self.cfg.storage != "s3":  # (to the bucket first: the Uploader tells then)
+                self._recovered.append(done)
         if self.cfg.storage != "s3":  # back to local storage: uploads cut short are left local, as they were
             for row in await self.catalog.unuploaded(self.node, uploading_only=True):
                 await self.catalog.update(row.id, status=row.final_status or "complete", final_status=None)

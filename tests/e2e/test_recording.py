@@ -119,7 +119,7 @@ async def test_a_recording_is_listed_and_served_as_vod_with_ranges(server_factor
 
 
 async def test_a_killed_server_leaves_a_playable_file_and_the_next_start_marks_it_interrupted(
-        server_factory, publish, media, stream_name, monkeypatch, tmp_path):
+        server_factory, publish, media, stream_name, monkeypatch, tmp_path, hook):  # noqa: F811
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
     settings = {"record.path": str(tmp_path / "rec"), "record.mode": "all"}
     server = server_factory(**settings)
@@ -128,7 +128,10 @@ async def test_a_killed_server_leaves_a_playable_file_and_the_next_start_marks_i
     await asyncio.sleep(5)
     publisher.expect_exit = True
     server.kill()  # SIGKILL: no file closed, no row completed
-    again = server_factory(**settings)
+    [path] = (tmp_path / "rec").rglob("*.mp4")
+    with open(path, "ab") as f:
+        f.write(b"\x00\x00\x10\x00moof" + b"\x00" * 100)  # what a write cut short by the kill leaves
+    again = server_factory(**settings, **{"webhooks.on_record_done": hook.url})
     async with aiohttp.ClientSession() as http:
         status, listing = await api(http, again, "GET", f"/recordings?stream={stream_name}")
         assert status == 200 and len(listing["recordings"]) == 1, listing
@@ -136,10 +139,13 @@ async def test_a_killed_server_leaves_a_playable_file_and_the_next_start_marks_i
         assert row["status"] == "interrupted" and row["duration_s"] >= 2.0, row
         status, data, _ = await get(http, f"{again.http_base}/vod/{row['id']}.mp4")
     assert status == 200
+    assert len(data) == row["bytes"] == path.stat().st_size  # cut back to its last whole fragment
     with av.open(io.BytesIO(data), format="mp4") as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 50
     assert "recording_interrupted" in again.log_text()
+    call = await hook.wait_for("record_done", stream_name)  # a webhook consumer hears of it too
+    assert call["id"] == row["id"] and call["status"] == "interrupted" and call["bytes"] == row["bytes"], call
 
 
 async def test_dvr_lists_the_recorded_window_of_a_live_stream_over_byte_ranges(server_factory, publish, media,
