@@ -125,6 +125,7 @@ async def serve_mp4(request: web.Request, manager: RecordingManager, row: Record
                 await response.write(chunk)  # awaited: a slow viewer slows the GET, nothing piles up
         except StorageError as err:  # mid-body: the answer ends short, the client sees it and may resume
             event(log, "vod_storage_failed", logging.WARNING, id=row.id, error=str(err))
+            response.force_close()  # else the player waits on a kept-alive connection for bytes never coming
             return response
     await response.write_eof()
     return response
