@@ -12,6 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+MEDIA_EXPOSED = "Content-Length, Content-Range, Accept-Ranges, Date"
+"""What a page's player may read of a media answer: the size, a range's place in the file (hls.js and
+dash.js over byte ranges, a seeking <video> from another origin), and the server's clock."""
+
+
 def cors_headers(origin: str | None, allowed: Iterable[str], expose: str = "") -> dict[str, str]:
     """The CORS headers of an answer to a request from `origin` (its Origin header, None if absent);
     `expose` lists response headers a page may read beyond the simple ones."""

@@ -49,7 +49,7 @@ def json_error(status: int, error: str, hint: str, headers: dict[str, str] | Non
 
 def cors_headers(request: web.Request) -> dict[str, str]:
     origin = request.app[CONFIG].http.cors_origin
-    return cors.cors_headers(request.headers.get("Origin"), (origin,) if origin else (), "Content-Length, Date")
+    return cors.cors_headers(request.headers.get("Origin"), (origin,) if origin else (), cors.MEDIA_EXPOSED)
 
 
 def peer_of(request: web.Request) -> str:

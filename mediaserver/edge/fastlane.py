@@ -531,7 +531,7 @@ class FastLane:
         lines = self._cors.get(origin)
         if lines is None:
             allowed = self.app[CONFIG].http.cors_origin
-            headers = cors.cors_headers(origin, (allowed,) if allowed else (), "Content-Length, Date")
+            headers = cors.cors_headers(origin, (allowed,) if allowed else (), cors.MEDIA_EXPOSED)
             lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
             if len(self._cors) > 64:
                 self._cors.clear()

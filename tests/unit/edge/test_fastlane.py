@@ -230,6 +230,7 @@ async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rend
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: %d\r\n" % len(text) in answer
         assert b"Content-Type: application/vnd.apple.mpegurl; charset=utf-8\r\n" in answer
         assert counted == [("other", len(text))]
+        assert b"\r\nAccess-Control-Expose-Headers: Content-Length, Content-Range, Accept-Ranges, Date\r\n" in answer
         for target in ("/vod/Rec1/index.m3u8?token=t", "/vod/Rec1/manifest.mpd", "/vod/Rec1/seg.ts",
                        "/vod/Other/index.m3u8", "/vod/cam/index.m3u8"):
             assert ask(target) is None, target
