@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import posixpath
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,9 @@ class S3Config:
     the ranges itself."""
 
 
+DEFAULT_TEMPLATE = "{app}/{stream}/{start:%Y%m%d-%H%M%S}.mp4"
+
+
 @dataclass(frozen=True, slots=True)
 class RecordConfig:
     mode: str = "api"
@@ -47,7 +52,7 @@ class RecordConfig:
     apps: tuple[str, ...] = ("*",)
     path: str = "recordings"
     """Directory of the recording files (and of the SQLite catalog unless database_url names another)."""
-    template: str = "{app}/{stream}/{start:%Y%m%d-%H%M%S}.mp4"
+    template: str = DEFAULT_TEMPLATE
     """A file's path under `path`: {app}, {stream}, {start:STRFTIME} (UTC)."""
     segment_minutes: float = 60.0
     """A new file starts at the first keyframe after this long (and at a codec change)."""
@@ -98,9 +103,29 @@ def _check_retention(here: str, built: dict[str, Any]) -> None:
 TABLES = {"record.retention": TableRule(RetentionRule, 'app = "live"', unique="app", check=_check_retention)}
 
 
+def template_problem(template: str) -> str | None:
+    """Why `template` cannot name recording files (None: it can): a field it may not use or a bad format, or a
+    path that leaves record.path (absolute, or climbing out with "..") or names no file."""
+    try:
+        relative = template.format(app="app", stream="stream", start=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as err:
+        return (f"record.template {template!r} is invalid ({err!r}); it may use {{app}}, {{stream}} and "
+                "{start:STRFTIME} (UTC), e.g. " + DEFAULT_TEMPLATE)
+    normal = posixpath.normpath(relative.replace("\\", "/"))
+    if relative.startswith(("/", "\\")) or normal == "." or normal == ".." or normal.startswith("../") \
+            or relative.endswith(("/", "\\")):
+        return (f"record.template {template!r} makes {relative!r}, which is not a file under record.path; "
+                "give a relative file path such as " + DEFAULT_TEMPLATE)
+    return None
+
+
 def problems(config: Config) -> list[str]:
-    """What one key alone cannot say: S3 storage needs a bucket."""
+    """What one key alone cannot say: S3 storage needs a bucket; the file-name template must name files
+    under record.path (refused at start, not at the first recording)."""
+    found = []
     if config.record.storage == "s3" and not config.record.s3.bucket:
-        return ['record.storage = "s3" needs record.s3.bucket (the bucket finished recordings go to); '
-                'or set record.storage = "local"']
-    return []
+        found.append('record.storage = "s3" needs record.s3.bucket (the bucket finished recordings go to); '
+                     'or set record.storage = "local"')
+    if (why := template_problem(config.record.template)) is not None:
+        found.append(why)
+    return found

@@ -123,3 +123,23 @@ def test_s3_storage_needs_a_bucket_and_an_http_endpoint():
         load_config(None, ["record.s3.secret_key=x"])
     with pytest.raises(ConfigError, match=r"^record.storage = 'gcs' is not accepted"):
         load_config(None, ["record.storage=gcs"])
+
+
+@pytest.mark.parametrize("template, why", [
+    ("{app}/{foo}.mp4", r"record.template '\{app\}/\{foo\}.mp4' is invalid \(KeyError\('foo'\)\); it may use"),
+    ("{0}.mp4", "is invalid"),
+    ("{start:%Y", "is invalid"),
+    ("../../etc/{stream}.mp4", "which is not a file under record.path"),
+    ("/var/{stream}.mp4", "which is not a file under record.path"),
+    ("{app}/../../{stream}.mp4", "which is not a file under record.path"),
+    ("{app}/", "which is not a file under record.path"),
+    ("", "which is not a file under record.path"),
+])
+def test_a_recording_file_template_that_cannot_name_files_under_the_path_is_refused_at_load(template, why):
+    with pytest.raises(ConfigError, match=why):
+        load_config(None, [f"record.template={template!r}"])
+
+
+def test_recording_file_templates_that_name_files_under_the_path_load():
+    for template in ("{app}/{stream}/{start:%Y%m%d-%H%M%S}.mp4", "{stream}-{start:%s}.mp4", "{app}/../{stream}.mp4"):
+        assert load_config(None, [f"record.template={template!r}"]).record.template == template
