@@ -10,8 +10,10 @@ written to the transport at once: the packager's own bytes, never copied, behind
 prebuilt pieces. Anything else (another method or route, a body, pipelined or partial heads, a
 rendition, a stream not here, an error to explain, HTTP/1.0, `Connection: close`) goes to aiohttp as if
 the lane did not exist, and so does every request of a server where a viewer needs more than the
-stream's existence: play tokens, the on_play webhook, trusted proxies (the client's address is in a
-header).
+stream's existence (play tokens, the on_play webhook), and a request that names its client in
+X-Forwarded-For or Forwarded where `http.trusted_proxies` is set (the full stack reads who the client is;
+every other request's client is its peer, as the full stack would find too: workers trust loopback for
+their siblings' proxied requests, and a viewer's own request still takes the lane).
 
 The lane takes a request only while aiohttp's side of the connection is idle (waiting for its next
 request, the last bytes it got having ended a bodyless head), so the two never interleave answers. It
@@ -104,6 +106,8 @@ class Head:
     if_none_match: str | None
     range: str | None = None
     if_range: str | None = None
+    forwarded: bool = False
+    """It names a client behind proxies (X-Forwarded-For or Forwarded)."""
 
 
 def parse_head(data: bytes) -> Head | None:
@@ -122,6 +126,7 @@ def parse_head(data: bytes) -> Head | None:
     if _BAD_LINE.search(block) is not None or not block.count(b"\r") == block.count(b"\n") == block.count(b"\r\n"):
         return None  # a second head, folded or malformed lines, bare CRs or LFs: aiohttp answers them
     origin = if_none_match = asked_range = if_range = None
+    forwarded = False
     for found in _WANTED_HEADER.finditer(block.lower()):
         name = found[1]
         start = found.end()
@@ -137,15 +142,17 @@ def parse_head(data: bytes) -> Head | None:
         elif name == b"connection":
             if value.lower() != b"keep-alive":
                 return None
+        elif name == b"x-forwarded-for" or name == b"forwarded":
+            forwarded = True
         else:
             return None  # a body announced, an upgrade or an expectation
     path, _, query = request[1].decode("ascii").partition("?")
     parts = path.split("/")
     if len(parts) == 3 and parts[1] == "vod" and parts[2].endswith(".mp4"):
-        return Head("vod", "", parts[2], query, origin, if_none_match, asked_range, if_range)  # a recording
+        return Head("vod", "", parts[2], query, origin, if_none_match, asked_range, if_range, forwarded)  # a recording
     if len(parts) != 4 or not all(parts[1:]):
         return None
-    return Head(parts[1], parts[2], parts[3], query, origin, if_none_match, asked_range, if_range)
+    return Head(parts[1], parts[2], parts[3], query, origin, if_none_match, asked_range, if_range, forwarded)
 
 
 _REQUEST_LINE = re.compile(rb'GET (/[!"$&-~]*) HTTP/1\.1\r\n')
@@ -153,7 +160,8 @@ _REQUEST_LINE = re.compile(rb'GET (/[!"$&-~]*) HTTP/1\.1\r\n')
 _BAD_LINE = re.compile(rb"\n(?:[ \t:]|[^:\r]*+(?:\r|(?<=[ \t]):))")
 """A header line that is folded, empty (a second head), nameless, without a colon, or with blanks before it."""
 _WANTED_HEADER = re.compile(
-    rb"\n(origin|if-none-match|range|if-range|connection|content-length|transfer-encoding|upgrade|expect):")
+    rb"\n(origin|if-none-match|range|if-range|connection|x-forwarded-for|forwarded"
+    rb"|content-length|transfer-encoding|upgrade|expect):")
 """The headers the lane reads, and those it leaves to aiohttp (a body, an upgrade, an expectation)."""
 
 
@@ -220,10 +228,7 @@ class FastLane:
 
     def enabled(self) -> bool:
         """Whether the lane may answer at all: nothing about a viewer needs more than the stream."""
-        app = self.app
-        cfg = app[CONFIG]
-        gate = app[GATE]
-        return (cfg.hls.fast_lane and not cfg.http.trusted_proxies and not gate.admission.wants_hook("play"))
+        return self.app[CONFIG].hls.fast_lane and not self.app[GATE].admission.wants_hook("play")
 
     def take(self, conn: Any, data: bytes) -> bool:
         """Answer (or hold) the request `data` holds on `conn`, a GuardedRequestHandler whose aiohttp side is
@@ -240,6 +245,8 @@ class FastLane:
         if not self.enabled():
             return False
         app = self.app
+        if head.forwarded and app[CONFIG].http.trusted_proxies:
+            return False  # behind a trusted proxy, the client is who the full stack reads from these headers
         if head.name == "":
             return self._vod(conn, head)
         if head.app == "vod":  # the recordings' routes come before any application's (edge/vod.py)

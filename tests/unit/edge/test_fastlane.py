@@ -29,6 +29,15 @@ def test_a_browser_head_is_taken_whatever_its_headers_say_besides():
                         '"Ab-1"'), "names in any case, values trimmed and as sent (an ETag's case matters)"
 
 
+@pytest.mark.parametrize("line", [b"X-Forwarded-For: 203.0.113.7", b"x-forwarded-for: 203.0.113.7, 10.0.0.2",
+                                  b"Forwarded: for=203.0.113.7;proto=https"])
+def test_a_head_that_names_a_client_behind_proxies_says_so(line):
+    head = parse_head(b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n\r\n")
+    assert head == Head("live", "cam", "index.m3u8", "", None, None, forwarded=True)
+    assert parse_head(b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n").forwarded \
+        is False
+
+
 @pytest.mark.parametrize("data", [
     b"HEAD /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",  # not GET
     b"GET /live/cam/index.m3u8 HTTP/1.0\r\nHost: a\r\n\r\n",  # HTTP/1.0: other keep-alive rules
@@ -77,9 +86,12 @@ def test_the_lane_follows_aiohttp_only_after_a_complete_bodyless_head():
 
 
 class _Transport:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket | None = None) -> None:
         self.sock = sock
         self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -180,10 +192,9 @@ def test_a_repeated_head_is_parsed_once_and_the_cache_stays_bounded(monkeypatch)
     assert len(parsed) == 1 + 1 + 2 + 50
 
 
-async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rendered_it_while_the_file_stays(tmp_path):
-    """edge/vod.py hands the lane the text it answered with; the lane answers it again for the same file, and
-    leaves to the full stack a query (a token perhaps), another file, a file that changed size or was deleted,
-    and every other /vod/ID/FILE (never a live stream of an application named "vod")."""
+def _vod_lane(tmp_path, trusted_proxies=()):
+    """A FastLane that knows recording Rec1 (a 1000-byte file) and the playlist text the full stack answered
+    with; `ask(target, headers)` gives the lane's answer, or None where it leaves the request to aiohttp."""
     from types import SimpleNamespace
 
     from aiohttp import web
@@ -194,7 +205,7 @@ async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rend
     counted = []
     app = web.Application()
     app[CONFIG] = SimpleNamespace(hls=SimpleNamespace(fast_lane=True),
-                                  http=SimpleNamespace(trusted_proxies=(), cors_origin="*"))
+                                  http=SimpleNamespace(trusted_proxies=trusted_proxies, cors_origin="*"))
     app[GATE] = SimpleNamespace(
         admission=SimpleNamespace(wants_hook=lambda kind: False, policy=SimpleNamespace(play_is_open=lambda app: True)),
         connection_opened=lambda address: None, connection_closed=lambda address: None)
@@ -205,25 +216,20 @@ async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rend
     text = b"#EXTM3U\n#EXT-X-ENDLIST\n"
     lane.remember_vod("Rec1", "live", "cam", str(rec), ("index.m3u8", text, 1000))
 
-    class Transport:
-        def __init__(self):
-            self.written = []
-
-        def is_closing(self):
-            return False
-
-        def get_write_buffer_size(self):
-            return 0
-
-        def write(self, data):
-            self.written.append(bytes(data))
-
-    def ask(target: str) -> bytes | None:
-        conn = SimpleNamespace(transport=Transport(), lane_address="127.0.0.1", lane_answered=lambda: None)
-        taken = lane.take(conn, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    def ask(target: str, headers: bytes = b"") -> bytes | None:
+        conn = SimpleNamespace(transport=_Transport(), lane_address="127.0.0.1", lane_answered=lambda: None)
+        taken = lane.take(conn, f"GET {target} HTTP/1.1\r\nHost: x\r\n".encode() + headers + b"\r\n")
         assert taken == bool(conn.transport.written)
         return b"".join(conn.transport.written) if taken else None
 
+    return lane, ask, counted, rec, text
+
+
+async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rendered_it_while_the_file_stays(tmp_path):
+    """edge/vod.py hands the lane the text it answered with; the lane answers it again for the same file, and
+    leaves to the full stack a query (a token perhaps), another file, a file that changed size or was deleted,
+    and every other /vod/ID/FILE (never a live stream of an application named "vod")."""
+    lane, ask, counted, rec, text = _vod_lane(tmp_path)
     try:
         answer = ask("/vod/Rec1/index.m3u8")
         assert answer is not None and answer.endswith(b"\r\n\r\n" + text)
@@ -241,5 +247,26 @@ async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rend
         assert ask("/vod/Rec1/index.m3u8") is not None
         rec.unlink()
         assert ask("/vod/Rec1/index.m3u8") is None and "Rec1" not in lane._vod_files  # deleted: forgotten
+    finally:
+        lane.close()
+
+
+async def test_with_trusted_proxies_a_request_naming_its_client_in_forwarding_headers_goes_to_the_full_stack(
+        tmp_path):
+    """Workers trust loopback for their siblings' proxied requests: a viewer's own request (no forwarding
+    header; its peer is its client, as the full stack finds too) still takes the lane, a proxied one does
+    not. Where no proxy is trusted, the headers are a client's own words, ignored by both."""
+    lane, ask, _, _, _ = _vod_lane(tmp_path, trusted_proxies=("127.0.0.1", "::1"))
+    try:
+        assert ask("/vod/Rec1/index.m3u8") is not None
+        assert ask("/vod/Rec1/index.m3u8", b"X-Forwarded-For: 203.0.113.7\r\n") is None
+        assert ask("/vod/Rec1/index.m3u8", b"Forwarded: for=203.0.113.7\r\n") is None
+        assert ask("/vod/Rec1.mp4", b"X-Forwarded-For: 203.0.113.7\r\nRange: bytes=0-9\r\n") is None
+        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n").endswith(b"x" * 10)
+    finally:
+        lane.close()
+    lane, ask, _, _, _ = _vod_lane(tmp_path)
+    try:
+        assert ask("/vod/Rec1/index.m3u8", b"X-Forwarded-For: 203.0.113.7\r\n") is not None
     finally:
         lane.close()
