@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
+
 from mediaserver.media.frames import FrameKind
 from support.checks import is_media, largest_gap_ms, timeline_problems, track_timestamps, wait_live
 from support.decode import decode_media
@@ -133,3 +135,38 @@ async def test_a_viewer_that_stops_reading_does_not_stall_another_viewer(server,
 async def test_a_stream_that_does_not_exist_answers_404_over_http_flv(server):
     async with server.flv_viewer("no-such-stream", expect_status=404) as viewer:
         assert viewer.status == 404
+
+
+async def _bursts(url: str, seconds: float) -> int:
+    """How many separate bursts an FLV viewer's bytes arrive in over `seconds` (reads 25 ms or less apart
+    are one burst: one merged write of the server's may take a few reads)."""
+    bursts, last = 0, 0.0
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert resp.status == 200
+        await resp.content.readany()  # the start: headers, sequence headers, the GOP so far
+        end = time.monotonic() + seconds
+        while (now := time.monotonic()) < end:
+            async with asyncio.timeout(5):
+                if not await resp.content.readany():
+                    break
+            now = time.monotonic()
+            if now - last > 0.025:
+                bursts += 1
+            last = now
+    return bursts
+
+
+async def test_fixed_merging_writes_a_viewers_frames_a_window_at_a_time_and_adaptive_at_once(
+        server_factory, publish, media, stream_name):
+    """http.flv_merge_mode: "fixed" (the whole http.flv_merge_ms window, always: least CPU) against the default
+    "adaptive" (a lone viewer of an idle server gets each frame as it comes: least delay)."""
+    fixed = server_factory(**{"http.flv_merge_mode": "fixed", "http.flv_merge_ms": "400"})
+    adaptive = server_factory()
+    for server in (fixed, adaptive):
+        publish(server, stream_name, media.av, loop=True)
+        await wait_live(server, stream_name)
+    seconds = 3.0
+    merged = await _bursts(fixed.flv_url(stream_name), seconds)
+    at_once = await _bursts(adaptive.flv_url(stream_name), seconds)
+    assert merged <= seconds / 0.4 + 3, f"{merged} bursts in {seconds} s with 400 ms windows"
+    assert at_once >= seconds * 12, f"{at_once} bursts in {seconds} s of 25 fps video written as it came"
