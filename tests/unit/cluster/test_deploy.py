@@ -50,6 +50,7 @@ def _settings(args: list[str]) -> dict[str, object]:
 
 # Placeholders the orchestrator fills in (Kubernetes $(VAR), compose ${VAR:?...}) stand in for values here.
 _PLACEHOLDERS = {"${PUBLIC_HOST:-localhost}": "localhost", "$(POD_NAME)": "pod-0", "$(POD_IP)": "10.0.0.9", "$(POSTGRES_PASSWORD)": "secret",
+                 "$(PUBLIC_URL)": "http://media.example.com",
                  "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}": "secret"}
 
 
@@ -109,6 +110,12 @@ def test_kubernetes_has_origins_edges_and_transcoders_with_autoscalers_redis_and
         assert env["MEDIASERVER_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mediaserver"
         ports = {p["name"] for p in container["ports"]}
         assert "http" in ports
+    # Players are sent to the edges' shared entrance, never to a pod's own address (unreachable from outside).
+    (edge_container,) = edge["spec"]["template"]["spec"]["containers"]
+    assert "--set=cluster.public_url=$(PUBLIC_URL)" in edge_container["args"]
+    edge_env = {e["name"]: e for e in edge_container["env"]}
+    assert edge_env["PUBLIC_URL"]["valueFrom"]["secretKeyRef"] == {"name": "mediaserver", "key": "public-url"}
+    assert urlsplit(objs[("Secret", "mediaserver")]["stringData"]["public-url"]).scheme in ("http", "https")
     # Recordings: one PostgreSQL catalog and one MinIO bucket (made by a Job), credentials from the Secret.
     secret_keys = set(objs[("Secret", "mediaserver")]["stringData"])
     assert {"postgres-password", "s3-access-key", "s3-secret-key"} <= secret_keys
