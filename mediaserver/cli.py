@@ -47,6 +47,7 @@ from .relay.pull import PullCollector, build_pulls
 from .record.catalog import CatalogUnavailable
 from .record.manager import RecordingManager
 from .record.objectstore import StorageNotInstalled
+from .record.owner import local_node
 from .record.uploader import UploadCollector
 from .relay.loop import ThisHost, this_host
 from .relay.manager import RelayManager, configured_pushes
@@ -190,7 +191,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     if config.record.mode != "off":  # the catalog opens (and migrates) before anything is accepted
         try:
             recordings = await RecordingManager.open(registry, config.record,
-                                                     cluster.node_id if cluster else socket.gethostname(),
+                                                     cluster.node_id if cluster else local_node(config.record.path),
                                                      relay=cluster.pulls.is_relay if cluster else None)  # cluster
         except CatalogUnavailable as err:
             await pool.close()
