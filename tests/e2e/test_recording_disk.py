@@ -21,6 +21,7 @@ import pytest
 from e2e.test_auth_webhooks import hook  # noqa: F401  (fixture)
 from mediaserver.record.disk import free_bytes
 from support.checks import wait_live
+from support.decode import decode_media
 from support.postgres_server import start_postgres
 
 ADMIN = "admin-token-recording-disk-0123456789"
@@ -82,6 +83,7 @@ def _fill(path: Path, size: int) -> None:
         chunk = b"\0" * (1 << 20)
         for _ in range(size // len(chunk)):
             f.write(chunk)
+        f.write(chunk[:size % len(chunk)])
 
 
 async def test_a_full_disk_stops_recording_not_viewers_and_space_returning_resumes_it(
@@ -126,6 +128,36 @@ async def test_a_full_disk_stops_recording_not_viewers_and_space_returning_resum
         assert not viewer.done
     log = server.log_text()
     assert log.count("recording_disk_low") == 1 and "recording_disk_ok" in log, log[-3000:]
+
+
+async def test_a_write_that_meets_a_full_disk_fails_that_recording_cleanly_and_viewers_play_on(
+        server_factory, publish, media, stream_name, monkeypatch, tmpfs, tmp_path):
+    """With the free-space guard off (record.min_free_gb = 0), the recording runs into ENOSPC itself: its row
+    says "failed", the failure is counted as disk_full, the file plays up to its last whole fragment, and the
+    HTTP-FLV viewer beside it keeps receiving frames."""
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"record.path": str(tmpfs), "record.mode": "all", "record.min_free_gb": "0",
+                               "record.database_url": f"sqlite+aiosqlite:///{tmp_path / 'catalog.db'}"})
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    async with aiohttp.ClientSession() as http, server.flv_viewer(stream_name) as viewer:
+        [row] = await until(lambda: rows(http, server, stream_name), 10, "no recording row")
+        await asyncio.to_thread(_fill, tmpfs / "filler", free_bytes(str(tmpfs)) - 200_000)  # a few seconds left
+        failed = await until(lambda: _status(http, server, stream_name, row["id"], "failed"), 30,
+                             "the recording did not fail on the full disk")
+        assert await metric(http, server, "mediaserver_recording_failures_total", 'reason="disk_full"') == 1
+        assert await metric(http, server, "mediaserver_recordings_active") == 0
+        frames = viewer.video_frame_count  # live viewers are not affected
+        assert await viewer.wait_video_frames(frames + 25, timeout_s=5), "the viewer stopped receiving frames"
+        assert not viewer.done
+        [path] = tmpfs.rglob("*.mp4")
+        assert failed["bytes"] == path.stat().st_size > 0  # cut back to its last whole piece
+        async with http.get(f"{server.http_base}/vod/{row['id']}.mp4") as resp:
+            data = await resp.read()
+            assert resp.status == 200 and len(data) == failed["bytes"]
+    report = decode_media(data, "mp4")
+    assert report.errors == [] and report.video_frames > 0, report.summary()
+    assert server.log_text().count("recording_failed") == 1
 
 
 async def _status(http, server, stream: str, rec_id: str, status: str) -> dict | None:
