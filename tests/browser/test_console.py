@@ -4,9 +4,11 @@ that ask first and then disconnect the viewers or end the stream, which an open 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from .conftest import wait_state, wait_status
+from .conftest import get_json, wait_state, wait_status
 
 ADMIN_TOKEN = "browser-console-admin-token-0123456789"
 
@@ -81,3 +83,43 @@ def test_console_lists_the_stream_previews_it_and_kicks(admin_server, publish, m
     assert console.is_visible("#no-streams")
     wait_state(player, "ended", timeout_s=15)
     player.screenshot(path=artifacts / "player-kicked.png")
+
+
+def test_the_record_button_starts_and_stops_a_streams_recording(server_factory, publish, media, stream_name, monkeypatch,
+                                                                browser, artifacts, tmp_path):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = server_factory(**{"record.mode": "api", "record.path": str(tmp_path / "rec")})
+    publish(server, stream_name, media.av, loop=True)
+    wait_status(server, stream_name)
+    console = browser.page(f"{server.http_base}/console")
+    sign_in(console, ADMIN_TOKEN)
+    cell = f'#streams tr[data-stream="live/{stream_name}"] td[data-col="record"]'
+    console.wait_for_selector(f'{cell} [data-action="record-start"]')
+    assert "not recorded" in console.inner_text(cell)
+    assert recordings(server, stream_name) == []
+
+    console.click(f'{cell} [data-action="record-start"]')
+    console.wait_for_selector(f'{cell} [data-action="record-stop"]', timeout=10_000)
+    assert "recording" in console.inner_text(cell)
+    [row] = recordings(server, stream_name, wait_for=lambda rows: len(rows) == 1)
+    assert row["status"] == "recording"
+    console.screenshot(path=artifacts / "console-recording.png", full_page=True)
+
+    console.click(f'{cell} [data-action="record-stop"]')
+    console.wait_for_selector(f'{cell} [data-action="record-start"]', timeout=10_000)
+    [row] = recordings(server, stream_name, wait_for=lambda rows: rows and rows[0]["status"] == "complete")
+    assert row["bytes"] > 0 and row["duration_s"] > 0
+
+
+def recordings(server, stream: str, wait_for=lambda rows: True, timeout_s: float = 10.0) -> list[dict]:
+    """The stream's catalog rows (GET /api/v1/recordings), once `wait_for` holds of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = get_json(f"{server.http_base}/api/v1/recordings?stream={stream}",
+                                {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert status == 200, body
+        rows = body["recordings"]
+        if wait_for(rows) or time.monotonic() > deadline:
+            assert wait_for(rows), rows
+            return rows
+        time.sleep(0.2)
