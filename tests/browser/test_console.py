@@ -1,6 +1,7 @@
 """The operator console in headless Chromium, behind the admin token: a wrong token is told so; the right
-one shows the live stream (codecs, resolution, viewers, sparklines), a preview of it, and kick buttons
-that ask first and then disconnect the viewers or end the stream, which an open player then shows."""
+one shows the live stream (codecs, resolution, viewers, sparklines), a preview of it, kick buttons
+that ask first and then disconnect the viewers or end the stream, which an open player then shows, and the
+Record button that starts and stops the stream's recording."""
 
 from __future__ import annotations
 
