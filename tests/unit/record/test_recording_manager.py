@@ -230,7 +230,10 @@ async def test_every_recordings_progress_goes_to_the_catalog_in_one_write_and_be
         publish(stream, clip[:len(clip) // 2])
     ids = [manager.current(key) for key in keys]
     manager.report_progress()
-    await asyncio.sleep(0.01)  # the write is under way
+    for _ in range(500):
+        if writes:
+            break  # the write is under way
+        await asyncio.sleep(0.01)
     publish(streams[0], clip[len(clip) // 2:])  # more of one file while the first write waits
     manager.report_progress()
     manager.report_progress()  # nothing new since: no write of its own
