@@ -7,6 +7,8 @@ writes the live HLS playlist over byte ranges of the files. Segment numbers run 
 (EXT-X-MEDIA-SEQUENCE never goes back at a rotation, which players take for a new stream), a codec change
 between two files is an EXT-X-DISCONTINUITY (counted by EXT-X-DISCONTINUITY-SEQUENCE as the window slides),
 and each file brings its own EXT-X-MAP. A file stays in the trail while any of it is in the window.
+A file gone from the disk (retention, an operator) is left out, the ones after it numbered past it; with
+record.storage = "s3" the uploader keeps a file's local copy while the window reaches it (`holds`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class DvrFile:
     final_bytes: int | None = None
     """Its size once closed (`DvrTrail.closed`): its last pieces may still be on their way to the disk
     (record/writer.py), and the next file's numbers wait until they are there."""
+    count: int = 0
+    """Segments in its index when last read: the numbers it may have handed out."""
+    gone: bool = False
+    """Found missing from the disk: left out from then on, the files after it numbered past it (with a
+    discontinuity: its time is missing)."""
 
 
 def _shape(index: VodIndex) -> tuple:
@@ -93,30 +100,59 @@ class DvrTrail:
             size = -1
         return oldest.rec_id, newest.rec_id, size
 
+    def holds(self, rec_id: str) -> bool:
+        """Whether the window still reaches the file: the newest, or the next one started inside the window.
+        Its local copy is kept meanwhile (record.storage = "s3", record/uploader.py) for `render` to read."""
+        horizon = self._clock() - self.window_s
+        files = self.files
+        for position, f in enumerate(files):
+            if f.rec_id == rec_id:
+                return position == len(files) - 1 or files[position + 1].started_at >= horizon
+        return False
+
     def render(self, uri: Callable[[str], str]) -> str:
         """The live DVR playlist; `uri(rec_id)` names a file for the player. Blocking (reads indexes)."""
         files = list(self.files)
         listed: list[tuple[DvrFile, VodIndex, VodFragment, int]] = []
-        previous: tuple[DvrFile, VodIndex] | None = None
+        following: int | None = None  # the next file's first number, once the files before it say it for sure
+        discontinuity, shape, gap = 0, (), False
         for position, f in enumerate(files):
-            newest = position == len(files) - 1
             try:
-                index = index_path(f.path)
-            except (OSError, MediaError):
-                previous = None  # gone (retention) or unreadable: its numbers cannot carry on to the next
+                index = None if f.gone else _read(f)
+            except (OSError, MediaError):  # not readable yet (no whole init): the files after it wait
+                following, gap = None, False
                 continue
-            if previous is not None and f.sequence is None:
-                before, before_index = previous
-                whole = before.final_bytes is not None and before_index.file_size >= before.final_bytes
-                if before.sequence is not None and whole:
-                    f.sequence = before.sequence + len(before_index.fragments)
-                    f.discontinuity = (before.discontinuity or 0) + (_shape(index) != _shape(before_index))
-            previous = (f, index)
+            if index is None:
+                f.gone = True  # for good: the files after it may be numbered past what it held when last read
+                if f.sequence is not None:
+                    following, discontinuity = f.sequence + f.count, f.discontinuity or 0
+                    if f.count:  # its segments may have been listed: a playlist drops segments from its head
+                        listed.clear()  # only, never from its middle
+                gap = True
+                continue
+            if f.sequence is None and following is not None:
+                f.sequence = following
+                f.discontinuity = discontinuity + (gap or _shape(index) != shape)
+            whole = f.final_bytes is not None and index.file_size >= f.final_bytes
+            following = f.sequence + len(index.fragments) if f.sequence is not None and whole else None
+            discontinuity, shape, gap = f.discontinuity or 0, _shape(index), False
             if f.sequence is None:
                 continue  # its predecessor is not whole on disk, or unreadable: it waits for numbers it can keep
+            newest = position == len(files) - 1
             fragments = index.fragments[:-1] if newest else index.fragments  # the newest may still grow
             listed += [(f, index, x, f.sequence + n) for n, x in enumerate(fragments)]
         return dvr_playlist(listed, self.window_s, uri)
+
+
+def _read(f: DvrFile) -> VodIndex | None:
+    """The file's index, None once it is gone (retention, an operator, its upload to object storage), its
+    count of segments noted: the numbers the files after it take, should it go."""
+    try:
+        index = index_path(f.path)
+    except FileNotFoundError:
+        return None  # (a Recorder creates its file before telling of it: missing is gone, not yet to come)
+    f.count = max(f.count, len(index.fragments))
+    return index
 
 
 def dvr_playlist(listed: Sequence[tuple[DvrFile, VodIndex, VodFragment, int]], window_s: float,

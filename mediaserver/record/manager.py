@@ -289,7 +289,7 @@ class RecordingManager:
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
         if store is not None:
-            manager.uploader = Uploader(catalog, store, cfg, node, manager._final)
+            manager.uploader = Uploader(catalog, store, cfg, node, manager._final, held=manager._dvr_holds)
             await manager.uploader.start()
         loop = asyncio.get_running_loop()
         manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),
@@ -380,6 +380,11 @@ class RecordingManager:
         """The id of the row of the file `key` is being recorded to, if it is."""
         rec = self.active.get(key)
         return rec.row.id if rec is not None and rec.row is not None else None
+
+    def _dvr_holds(self, row: Recording) -> bool:
+        """Whether the live DVR window of the row's stream still reaches its file (the uploader keeps the copy)."""
+        rec = self.active.get(StreamKey(row.app, row.stream))
+        return rec is not None and not rec.recorder.stopped and rec.dvr.holds(row.id)
 
     def _final(self, row: Recording) -> None:
         for listener in list(self.listeners):

@@ -14,12 +14,18 @@ While the bucket is failing and nothing waits, it is probed on the same backoff,
 At start, rows of this node still on its disk (a restart cut an upload short, or recorded before
 storage was "s3") are queued again; the latter keep their status while they are sent (their on_record_done
 was told long ago), so only the location changes.
+
+A file a live stream's DVR window still reaches (`held`: record/dvr.py renders the window from the files'
+indexes on disk) keeps its local copy after its upload, until a pass (every SWEEP_S) finds it has left every
+window (or the stream ended). The copies kept are listed in record.path/KEPT_FILE, so a restart removes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +48,12 @@ RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 """Pauses between attempts while the bucket fails; the last one repeats."""
 
 
+SWEEP_S = 5.0
+"""How often the local copies kept for DVR windows are checked; the ones no window reaches are removed."""
+KEPT_FILE = ".dvr-kept.json"
+"""In record.path: the uploaded files whose local copy a DVR window keeps ({id: path}), for the next start."""
+
+
 def backoff_s(attempt: int) -> float:
     return RETRY_S[min(attempt, len(RETRY_S) - 1)]
 
@@ -54,18 +66,57 @@ def _build_sidecar(path: Path) -> bytes | None:
         return None  # no whole init (an empty file): served as /vod/ID.mp4 only
 
 
+def _load_kept(journal: Path, root: Path) -> list[Path]:
+    """The copies KEPT_FILE lists (never a path outside the recordings: a file edited by hand)."""
+    try:
+        paths = [Path(p) for p in json.loads(journal.read_bytes()).values()]
+        return [p for p in paths if p.resolve().is_relative_to(root)]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        event(log, "recording_kept_list_unreadable", logging.WARNING, path=str(journal), error=str(err))
+        return []
+
+
+def _save_kept(journal: Path, kept: dict[str, str]) -> None:
+    if not kept:
+        journal.unlink(missing_ok=True)
+        return
+    temporary = journal.with_name(journal.name + ".tmp")
+    temporary.write_text(json.dumps(kept))
+    os.replace(temporary, journal)  # whole or not at all, whenever the node stops
+
+
+def _unlink_all(paths: list[Path]) -> list[tuple[Path, OSError]]:
+    """Remove the files; the ones that could not be, with why (one already gone is no failure)."""
+    failed = []
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            failed.append((path, err))
+    return failed
+
+
 class Uploader:
     def __init__(self, catalog: Catalog, store: ObjectStore, cfg: RecordConfig, node: str,
-                 on_final: Callable[[Recording], None]) -> None:
+                 on_final: Callable[[Recording], None],
+                 held: Callable[[Recording], bool] = lambda row: False) -> None:
         self.catalog = catalog
         self.store = store
         self.cfg = cfg
         self.node = node
         self.on_final = on_final
+        self.held = held
+        """Whether a live stream's DVR window still reaches a file (the manager's answer)."""
         self.root = Path(cfg.path).resolve()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.kept: dict[str, tuple[Recording, Path]] = {}
+        """Uploaded files whose local copy a DVR window keeps, by id."""
+        self._journal = asyncio.Lock()  # one write of KEPT_FILE at a time, each with the newest list
         self.results: Counter[str] = Counter()
         """Upload attempts by result: uploaded, failed."""
         self.bytes_uploaded = 0
@@ -76,10 +127,15 @@ class Uploader:
     # ----- what the manager says ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Queue this node's rows still on its disk and start the worker (which first probes the bucket)."""
+        """Queue this node's rows still on its disk and start the worker (which first probes the bucket).
+        Local copies the last run kept for DVR windows are removed: no window reaches them now."""
+        await self._remove(await asyncio.to_thread(_load_kept, self.root / KEPT_FILE, self.root))
+        await self._save_kept()
         for row in await self.catalog.unuploaded(self.node):
             self.submit(row.id)
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name="recording uploads")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._worker(), name="recording uploads")
+        self._sweeper = loop.create_task(self._sweep_loop(), name="recording local copies")
 
     def submit(self, rec_id: str) -> None:
         if rec_id not in self._queued:
@@ -99,9 +155,10 @@ class Uploader:
 
     async def close(self) -> None:
         """Stop; an upload cut short leaves its row "uploading", resumed at the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._sweeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.close()
 
     # ----- the worker -----------------------------------------------------------------------------
@@ -194,14 +251,45 @@ class Uploader:
             return True
         self.results["uploaded"] += 1
         self.bytes_uploaded += stored.size
-        try:
-            await asyncio.to_thread(path.unlink)
-        except OSError as err:
-            event(log, "recording_local_delete_failed", logging.WARNING, id=rec_id, path=str(path), error=str(err))
-        event(log, "recording_uploaded", id=rec_id, location=done.location, bytes=stored.size)
+        if self.held(done):  # a live DVR window lists it: the copy goes once the window has passed it
+            self.kept[rec_id] = (done, path)
+            await self._save_kept()
+        else:
+            await self._remove([path])
+        event(log, "recording_uploaded", id=rec_id, location=done.location, bytes=stored.size,
+              kept_for_dvr=rec_id in self.kept)
         if deferred:
             self.on_final(done)
         return True
+
+    async def _remove(self, paths: list[Path]) -> None:
+        for path, err in await asyncio.to_thread(_unlink_all, paths):
+            event(log, "recording_local_delete_failed", logging.WARNING, path=str(path), error=str(err))
+
+    async def _save_kept(self) -> None:
+        async with self._journal:
+            kept = {rec_id: str(path) for rec_id, (_, path) in self.kept.items()}
+            try:
+                await asyncio.to_thread(_save_kept, self.root / KEPT_FILE, kept)
+            except OSError as err:  # the copies are still removed by this run; a restart may leave them
+                event(log, "recording_kept_list_failed", logging.WARNING, path=str(self.root / KEPT_FILE),
+                      error=str(err))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("removing the local copies kept for DVR failed")
+
+    async def sweep(self) -> None:
+        """Remove the kept local copies no DVR window reaches any more."""
+        done = [rec_id for rec_id, (row, _) in self.kept.items() if not self.held(row)]
+        if done:
+            paths = [self.kept.pop(rec_id)[1] for rec_id in done]
+            await self._remove(paths)
+            await self._save_kept()  # after: a copy listed but gone is harmless, one unlisted would stay
 
     async def _keep_local(self, rec_id: str, err: OSError) -> None:
         """A file that cannot be read stays where it is: its row gets its final status back (and

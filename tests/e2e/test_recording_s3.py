@@ -2,7 +2,8 @@
 starts (moto in server mode): the bucket is away when the file closes, so the upload is retried, the local
 file is served meanwhile and /readyz reports the node degraded (still ready); when the bucket comes back the file is
 uploaded in parts, the local copy removed, on_record_done told, and VOD is served from the bucket (Range,
-416, the byte-range playlist), decoded with PyAV; DELETE removes the object."""
+416, the byte-range playlist), decoded with PyAV; DELETE removes the object. With DVR, the files a recording
+rotated through stay listed in dvr.m3u8 once uploaded (their local copies kept while the window reaches them)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from e2e.test_recording import ADMIN, api, get
 from support import s3_server
 from support.checks import wait_live
 from support.decode import decode_media
+from support.http import ranged
 
 
 @pytest.fixture
@@ -136,3 +138,59 @@ async def test_recordings_go_to_the_bucket_when_it_answers_and_are_served_from_i
     assert sum("Unreachable" in line for line in failures) == 1, failures
     assert all("Unreachable" in line or "NoSuchBucket" in line for line in failures) and len(failures) <= 2, failures
     assert "AWS_SECRET_ACCESS_KEY=testing-secret" not in log and "testing-secret" not in log
+
+
+async def test_dvr_goes_on_across_rotated_files_uploaded_to_the_bucket_and_their_copies_go_after(
+        server_factory, publish, media, stream_name, monkeypatch, tmp_path, s3):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    s3.start()
+    s3.create_bucket("dvr")
+    rec_dir = tmp_path / "rec"
+    server = server_factory(**{
+        "record.path": str(rec_dir), "record.mode": "all", "record.storage": "s3", "record.s3.bucket": "dvr",
+        "record.s3.endpoint": s3.endpoint, "record.segment_minutes": "0.05", "record.dvr_window": "10",
+    })  # 3 s files (about 4: cut at a keyframe), a 10 s window
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    url = f"{server.http_base}/live/{stream_name}/dvr.m3u8"
+    async with aiohttp.ClientSession() as http:
+        uploaded: list[str] = []
+        for _ in range(300):  # two rotated files uploaded (their rows complete once in the bucket)
+            _, listing = await api(http, server, "GET", f"/recordings?stream={stream_name}")
+            uploaded = [r["id"] for r in sorted(listing["recordings"], key=lambda r: r["started_at"])
+                        if r["status"] == "complete"]
+            if len(uploaded) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(uploaded) >= 2, f"{listing}\n{server.log_tail()}"
+        status, text, _ = await get(http, url)
+        assert status == 200, text
+        playlist = m3u8.loads(text.decode(), uri=url)
+        listed = {s.uri.split("/")[-1].split(".")[0] for s in playlist.segments}
+        assert uploaded[-1] in listed and len(listed) >= 2, (uploaded, text.decode(), server.log_tail())
+        on_disk = set(rec_dir.rglob("*.mp4"))
+        assert len(on_disk) >= 3, (on_disk, server.log_tail())  # the uploaded ones kept, the one being written
+        # an uploaded file's segments play from the bucket, after its own init
+        segments = [s for s in playlist.segments if s.uri.endswith(f"/{uploaded[-1]}.mp4")]
+        data = await ranged(http, segments[0].init_section.absolute_uri, segments[0].init_section.byterange)
+        for segment in segments[:2]:
+            data += await ranged(http, segment.absolute_uri, segment.byterange)
+        report = decode_media(data, "mp4")
+        assert report.errors == [] and report.video_frames >= 25, report.summary()
+
+        # The window slides past the oldest copies: they go while the stream is still recorded.
+        for _ in range(300):
+            if not on_disk & set(rec_dir.rglob("*.mp4")) - {max(on_disk)}:
+                break
+            await asyncio.sleep(0.1)
+        assert not on_disk & set(rec_dir.rglob("*.mp4")) - {max(on_disk)}, set(rec_dir.rglob("*.mp4"))
+        assert {f"{p.relative_to(rec_dir).as_posix()}" for p in on_disk - {max(on_disk)}} <= set(s3.keys("dvr"))
+        assert len(list(rec_dir.rglob("*.mp4"))) <= 5  # about a window's worth, not the whole recording
+
+        # The recording ends: no window needs a copy any more.
+        assert (await api(http, server, "DELETE", f"/streams/live/{stream_name}/record"))[0] == 200
+        for _ in range(200):
+            if not list(rec_dir.rglob("*.mp4")):
+                break
+            await asyncio.sleep(0.1)
+        assert not list(rec_dir.rglob("*.mp4")), list(rec_dir.rglob("*.mp4"))

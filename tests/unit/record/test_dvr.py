@@ -1,21 +1,33 @@
 """The DVR window across a recording's files (record/dvr.py): rotated files listed in one live playlist whose
 segment numbers run on across a rotation and never go back as the window slides, each file with its own
-EXT-X-MAP, a codec change marked as a discontinuity; played with ffmpeg (PyAV) across the files."""
+EXT-X-MAP, a codec change marked as a discontinuity; played with ffmpeg (PyAV) across the files. A file gone
+from the disk leaves the others listed; with record.storage = "s3" (moto) the uploader keeps a rotated file's
+local copy while the window reaches it, and removes it after (or at the next start)."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 import m3u8
 import pytest
 
 import av
 
+from mediaserver.config import RecordConfig
 from mediaserver.errors import MediaError
 from mediaserver.media.frames import FrameKind
 from mediaserver.record import vod
+from mediaserver.record.catalog import Catalog, Recording, default_url
 from mediaserver.record.dvr import DvrTrail
+from mediaserver.record.objectstore import ObjectStore
+from mediaserver.record.uploader import KEPT_FILE, Uploader
 
 from support.codec_clips import codec_clip, media_frames
 from test_recorder import FPS, KEY, Clock, Recorder, new_stream, publish
+import test_objectstore
+from test_objectstore import _until, s3_config
+
+s3, aws_env = test_objectstore.s3, test_objectstore.aws_env  # fixtures: moto in server mode, its credentials
 
 
 def uri(rec_id: str) -> str:
@@ -136,3 +148,125 @@ def test_the_next_file_waits_for_its_predecessors_last_pieces_to_reach_the_disk(
     whole = m3u8.loads(trail.render(uri))
     assert [s.uri for s in whole.segments][len(cut.segments) + 1] == "f1.mp4"
     assert whole.media_sequence == 0 and len({s.uri for s in whole.segments}) == len(rec.files)
+
+
+def _segments(trail) -> list[tuple[str, str]]:
+    return [(s.uri, s.byterange) for s in m3u8.loads(trail.render(uri)).segments]
+
+
+def _all_segments(rec) -> list[tuple[str, str]]:
+    """Every segment of the recording's files as a render lists them (the newest one's last left out)."""
+    return [(f"f{n}.mp4", f"{x.size}@{x.offset}") for n, f in enumerate(rec.files)
+            for x in vod.index_path(f.path).fragments][:-1]
+
+
+def test_a_file_gone_before_any_render_leaves_the_later_ones_listed_and_numbered(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    assert len(rec.files) >= 3
+    expected = _all_segments(rec)
+    first = len(vod.index_path(rec.files[0].path).fragments)
+    rec.files[0].path.unlink()  # uploaded to object storage and removed, or retention, before anyone played
+    playlist = m3u8.loads(trail.render(uri))
+    assert [(s.uri, s.byterange) for s in playlist.segments] == expected[first:]
+    assert playlist.media_sequence == 0 and m3u8.loads(trail.render(uri)).media_sequence == 0  # numbers kept
+
+
+def test_a_file_gone_in_the_middle_is_a_discontinuity_and_numbers_never_go_back(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    counts = [len(vod.index_path(f.path).fragments) for f in rec.files]
+    expected = _all_segments(rec)
+    rec.files[1].path.unlink()
+    playlist = m3u8.loads(trail.render(uri))
+    after = expected[:counts[0]] + expected[counts[0] + counts[1]:]
+    assert [(s.uri, s.byterange) for s in playlist.segments] == after
+    assert [n for n, s in enumerate(playlist.segments) if s.discontinuity] == [counts[0]]  # time is missing there
+    assert playlist.media_sequence == 0
+    numbered = {(s.uri, s.byterange): n for n, s in enumerate(playlist.segments)}
+    rec.files[0].path.unlink()  # now the head: its segments leave, the others keep their numbers
+    later = m3u8.loads(trail.render(uri))
+    assert later.segments and later.segments[0].uri == "f2.mp4" and later.discontinuity_sequence == 1
+    for n, s in enumerate(later.segments):
+        assert numbered[(s.uri, s.byterange)] == later.media_sequence + n
+
+
+def test_a_file_read_then_gone_in_the_middle_takes_the_segments_before_it_out_from_the_head(tmp_path):
+    # Its segments were listed: a live playlist may only drop segments from its head, never from its middle.
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    whole = m3u8.loads(trail.render(uri))
+    numbered = {(s.uri, s.byterange): n for n, s in enumerate(whole.segments)}
+    rec.files[1].path.unlink()
+    playlist = m3u8.loads(trail.render(uri))
+    assert {s.uri for s in playlist.segments} == {f"f{n}.mp4" for n in range(2, len(rec.files))}
+    for n, s in enumerate(playlist.segments):
+        assert numbered[(s.uri, s.byterange)] == playlist.media_sequence + n
+
+
+def test_the_window_holds_a_file_until_the_next_one_started_before_it(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=0.05)
+    files = trail.files
+    trail._clock.now = files[2].started_at + trail.window_s - 0.5
+    assert [trail.holds(f.rec_id) for f in files] == [False, True] + [True] * (len(files) - 2)
+    trail._clock.now += 10_000.0
+    assert trail.holds(files[-1].rec_id) and not trail.holds(files[-2].rec_id)  # the newest: always
+    assert not trail.holds("unknown")
+
+
+# ----- record.storage = "s3": the uploader keeps a file's local copy while the window reaches it ---------
+
+
+async def test_with_object_storage_uploaded_files_stay_listed_while_in_the_window(s3, aws_env, tmp_path):
+    s3.create_bucket("dvr")
+    root = tmp_path / "rec"
+    frames = codec_clip("h264", "aac", seconds=8.0, gop_frames=FPS)
+    rec, trail = recorded(root, [frames], segment_minutes=0.05)
+    assert len(rec.files) >= 3
+    expected = _all_segments(rec)
+    first = len(vod.index_path(rec.files[0].path).fragments)
+    catalog = await Catalog.open(default_url(tmp_path))
+    rotated = rec.files[:-1]  # uploaded; the newest is still being recorded
+    for n, f in enumerate(rotated):
+        await catalog.add(Recording(id=f"f{n}", app="live", stream="cam", node="n1", location=str(f.path),
+                                    started_at=datetime.fromtimestamp(f.started_at, timezone.utc),
+                                    status="uploading", final_status="complete", bytes=f.bytes))
+    cfg = RecordConfig(path=str(root), storage="s3", s3=s3_config(s3, "dvr"))
+    store = await ObjectStore.open(cfg.s3)
+    uploader = Uploader(catalog, store, cfg, "n1", lambda row: None, held=lambda row: trail.holds(row.id))
+    restarted: Uploader | None = None
+    try:
+        await uploader.start()
+        for n in range(len(rotated)):
+            await _until(lambda: _in_bucket(catalog, f"f{n}"))
+        assert len(s3.keys("dvr")) == 2 * len(rotated)
+        assert all(f.path.exists() for f in rotated), "kept: the DVR window still lists them"
+        assert _segments(trail) == expected  # the window goes on across the rotations
+        assert (root / KEPT_FILE).exists()
+
+        # The window slides past the first file: the next pass removes its copy; the numbers stay.
+        trail._clock.now = trail.files[2].started_at + trail.window_s - 0.5
+        await uploader.sweep()
+        assert not rotated[0].path.exists() and all(f.path.exists() for f in rotated[1:])
+        playlist = m3u8.loads(trail.render(uri))
+        assert [(s.uri, s.byterange) for s in playlist.segments] == expected[first:]
+        assert playlist.media_sequence == first
+
+        # A restart: what the last run kept is removed at start (no window reaches it any more).
+        await uploader.close()
+        restarted = Uploader(catalog, await ObjectStore.open(cfg.s3), cfg, "n1", lambda row: None,
+                             held=lambda row: True)
+        await restarted.start()
+        assert not any(f.path.exists() for f in rotated) and not (root / KEPT_FILE).exists()
+        assert rec.files[-1].path.exists()  # the one being recorded is never touched
+    finally:
+        await uploader.close()
+        if restarted is not None:
+            await restarted.close()
+        await catalog.close()
+
+
+async def _in_bucket(catalog, rec_id: str) -> bool:
+    row = await catalog.get(rec_id)
+    return row is not None and row.location.startswith("s3://")
