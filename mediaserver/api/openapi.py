@@ -310,6 +310,8 @@ def openapi_document() -> dict[str, Any]:
                     "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
                     "final_status": {"type": ["string", "null"], "description": "While \"uploading\" (record."
                                      "storage = \"s3\"): the status it takes once the file is in the bucket."},
+                    "storage": {"enum": ["local", "s3"], "description": "Where the file lies: the recording "
+                                "node's record.path, or the bucket (record.storage = \"s3\")."},
                     "vod": {"type": "object", "properties": {"mp4": {"type": "string"}, "hls": {"type": "string"},
                                                              "dash": {"type": "string"}}}}},
                 "Abr": {"type": "object", "properties": {

@@ -73,6 +73,7 @@ def summary(row: Recording) -> dict[str, Any]:
         value = body.get(name)
         body[name] = value.isoformat().replace("+00:00", "Z") if value is not None else None
     body.pop("location", None)  # where the file lies is the server's business; /vod/ID.mp4 serves it
+    body["storage"] = "s3" if row.location.startswith("s3://") else "local"  # which, an operator may ask
     body["vod"] = {"mp4": f"/vod/{row.id}.mp4", "hls": f"/vod/{row.id}/index.m3u8", "dash": f"/vod/{row.id}/manifest.mpd"}
     return body
 

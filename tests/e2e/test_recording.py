@@ -196,7 +196,7 @@ async def test_on_record_done_is_told_the_finished_row(server_factory, publish, 
     call = await hook.wait_for("record_done", stream_name)
     assert call["app"] == "live" and call["id"] == body["id"] and call["status"] == "complete", call
     assert call["duration_s"] > 1.0 and call["bytes"] > 0 and call["vod"]["mp4"] == f"/vod/{body['id']}.mp4"
-    assert "location" not in call
+    assert "location" not in call and call["storage"] == "local"
 
 
 async def test_a_publisher_reconnecting_within_grace_continues_the_same_recording(server_factory, publish, media,

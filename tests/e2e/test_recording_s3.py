@@ -84,6 +84,7 @@ async def test_recordings_go_to_the_bucket_when_it_answers_and_are_served_from_i
                                          f"node1/{local[0].relative_to(rec_dir).as_posix()}.index.json"])
         call = await hook.wait_for("record_done", stream_name)
         assert call["id"] == rec_id and call["status"] == "complete" and "location" not in call, call
+        assert call["storage"] == "s3", call
         status, ready, _ = await get(http, f"{base}/readyz")
         assert status == 200 and b'"degraded": false' in ready, ready
 
