@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Config, ConfigError
-from ..edge.keys import METRICS
+from ..edge.keys import METRICS, REGISTRY
 from ..gate import ABR as ABR_REFUSAL
 from ..gate import Refusal
 from ..hub.rate import RateMeter
@@ -206,6 +206,26 @@ def node_offer(config: Config) -> dict:
             "play_url": config.cluster.public_url.rstrip("/"), "outputs": outputs}
 
 
+class StandaloneLoad:
+    """A standalone node's load for the route's answer, counted as a cluster node's record counts it (HLS
+    clients and HLS/CMAF bytes as /metrics does); egress is measured between route requests (0 at first)."""
+
+    def __init__(self, registry: StreamRegistry, hls_viewers: Callable[[], int], egress_total: Callable[[], int],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.hls_viewers = hls_viewers
+        self.egress_total = egress_total
+        self.clock = clock
+        self._egress = RateMeter(window_s=10.0, min_span_s=0.5)
+
+    def viewers(self) -> int:
+        return sum(len(s.subscribers) for s in self.registry.streams()) + self.hls_viewers()
+
+    def egress_bps(self) -> int:
+        self._egress.add(self.clock(), self.egress_total())
+        return int((self._egress.per_second() or 0) * 8)
+
+
 def load_routing(config: Config, cluster: ClusterWiring | None, app: web.Application):
     """The route's choice (GET /api/v1/route/...) and, on an edge with a ceiling, the redirect of new viewers
     (edge/overload.py). Viewers and egress count HLS clients and HLS/CMAF bytes as /metrics does."""
@@ -222,8 +242,11 @@ def load_routing(config: Config, cluster: ClusterWiring | None, app: web.Applica
 
     if cluster is None:
         host = socket.gethostname()
+        load = StandaloneLoad(app[REGISTRY], hls_viewers, lambda: sum(n for fmt, n in metrics.egress().items()
+                                                                     if fmt != "other"))
         router = LoadRouter(lambda: NodeInfo(id=host, role="standalone", http="", rtmp=f"rtmp://{host}:{config.rtmp.port}",
-                                             version=__version__, **node_offer(config)))
+                                             version=__version__, viewers=load.viewers(), egress_bps=load.egress_bps(),
+                                             **node_offer(config)))
     else:
         cluster.hls_viewers = hls_viewers
         cluster.egress_total = lambda: sum(n for fmt, n in metrics.egress().items() if fmt != "other")
