@@ -5,7 +5,8 @@ cluster node of role "both" whose locator is the supervisor's stream book (clien
 a private loopback HTTP port first and advertises it, so siblings pull its streams there (internal pulls
 carry the per-start secret, as an edge's pulls carry the cluster's); it binds the public ports with
 SO_REUSEPORT; its /metrics and stream lists (/api/v1/streams, /streams.json) answer for the whole node
-(node_metrics.py).
+(node_metrics.py). Blocks put through it are also kept in the supervisor's book, which a restarted
+worker copies them from before it listens.
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ import dataclasses
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
 
 from .. import __version__
-from ..api.admin import DEPS
+from ..api.admin import DEPS, AdminDeps
+from ..auth.policy import Block
 from ..cluster.locator import NodeInfo
 from ..config import Config, ConfigError
 from ..edge.keys import REGISTRY
 from ..edge.overload import LOAD_REDIRECT
 from ..edge.pages import MAX_PUBLIC_STREAMS
+from ..hub.rate import RateMeter
 from ..log import event
 from ..wiring.cluster import node_offer
 from ..workers import SECRET_ENV, WORKER_ENV
 from ..workers.client import LocalLocator
-from ..workers.node_metrics import Pulls, merge, merge_public_streams, merge_streams
+from ..workers.node_metrics import Pulls, merge, merge_public_streams, merge_streams, restarts_family
 from .worker_traffic import SiblingCounter
 
 log = logging.getLogger("mediaserver.workers")
@@ -41,6 +45,7 @@ LOCAL_HEADER = "X-Mediaserver-Worker"
 """On a sibling's request for /metrics or the stream list (with the secret): answer for this worker only."""
 STREAMS_PATH = "/api/v1/streams"
 PUBLIC_STREAMS_PATH = "/streams.json"
+BLOCKS_PATH = "/api/v1/blocks/"
 SIBLING_TIMEOUT_S = 2.0
 
 
@@ -66,6 +71,9 @@ class WorkerSetup:
         self.traffic: SiblingCounter | None = None
         self.config: Config | None = None
         """The worker's config, once adapt made it."""
+        self._sibling_egress = RateMeter(window_s=2.0, min_span_s=0.5)  # as the record's egress is measured
+        self.admin: AdminDeps | None = None
+        """The admin API's dependencies (its access policy holds the blocks), once wire found them."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerSetup | None:
@@ -97,14 +105,35 @@ class WorkerSetup:
         return {**environ, config.cluster.secret_env: self.secret}
 
     def make_locator(self, node: Callable[[], NodeInfo]) -> LocalLocator:
-        self.locator = LocalLocator(self.socket_path, node, self.index, on_lost=lambda: self.stop())
+        self.locator = LocalLocator(self.socket_path, lambda: self._without_sibling_egress(node()), self.index,
+                                    on_lost=lambda: self.stop(), on_blocks=self._take_blocks)
         return self.locator
+
+    def _without_sibling_egress(self, info: NodeInfo) -> NodeInfo:
+        """The worker's record with the bytes it sends siblings' pulls out of its egress: they never leave
+        the machine, and the route's load adds up the records."""
+        if self.traffic is None:
+            return info
+        self._sibling_egress.add(time.monotonic(), self.traffic.now().egress_flv_bytes)
+        sibling_bps = int((self._sibling_egress.per_second() or 0) * 8)
+        return dataclasses.replace(info, egress_bps=max(0, info.egress_bps - sibling_bps))
+
+    def _take_blocks(self, blocks: list[Block]) -> None:
+        """The node's blocks from the supervisor's book, at start: a restarted worker forgot them all."""
+        if self.admin is None:  # pragma: no cover - cli.serve wires the app before the locator starts
+            event(log, "worker_blocks_lost", logging.ERROR, worker=self.index, blocks=len(blocks))
+            return
+        for block in blocks:
+            self.admin.policy.block(block.app, block.name, block.until, block.reason)
+        if blocks:
+            event(log, "worker_blocks_copied", worker=self.index, blocks=len(blocks))
 
     def wire(self, app: web.Application) -> None:
         app.pop(LOAD_REDIRECT, None)  # never a 302 toward a sibling's private URL (adapt sets no ceiling)
         for resource in app.router.resources():
             if isinstance(resource, web.PrefixedSubAppResource) and DEPS in resource.get_info()["app"]:
-                resource.get_info()["app"][DEPS].route = self.route
+                self.admin = resource.get_info()["app"][DEPS]
+                self.admin.route = self.route
         self.traffic = SiblingCounter(app[REGISTRY])
         self.traffic.wire(app)
         app.middlewares.insert(0, self._node_view)
@@ -118,8 +147,18 @@ class WorkerSetup:
         loopback port."""
         assert self.config is not None, "adapt() makes the worker's config before the app is wired"
         host = socket.gethostname()
+        viewers, egress_bps = await self._node_load()
         return NodeInfo(id=host, role="standalone", http="", rtmp=f"rtmp://{host}:{self.config.rtmp.port}",
-                        version=__version__, **node_offer(self.config)), ""
+                        version=__version__, viewers=viewers, egress_bps=egress_bps, **node_offer(self.config)), ""
+
+    async def _node_load(self) -> tuple[int, int]:
+        """The node's viewers and egress (bit/s): its workers' records added up, without siblings' pulls (each
+        stream a worker pulls is one viewer of its publisher's worker; their bytes are out of the records)."""
+        if self.locator is None:
+            return 0, 0
+        nodes = await self.locator.nodes()
+        pulls = sum(len(n.pulling) for n in nodes)
+        return max(0, sum(n.viewers for n in nodes) - pulls), sum(n.egress_bps for n in nodes)
 
     async def start_private(self, runner: web.AppRunner) -> None:
         """Serve the app on the private loopback port too (siblings' pulls and metrics)."""
@@ -169,7 +208,7 @@ class WorkerSetup:
                                                           MAX_PUBLIC_STREAMS),
                                      headers={"Cache-Control": own.headers.get("Cache-Control", "no-cache")})
         if path == "/metrics":
-            body = merge(answers, Pulls.of(nodes, claims, label))
+            body = merge(answers, Pulls.of(nodes, claims, label)) + restarts_family(await self.locator.restarts())
             return web.Response(body=body.encode(), headers={
                 "Content-Type": own.headers.get("Content-Type", "text/plain"), "Cache-Control": "no-store"})
         lists = {}
@@ -210,6 +249,8 @@ class WorkerSetup:
             body = await request.read()
             indexed = await self._bases()
             answers = await asyncio.gather(*(self._forward(base, request, body) for base in indexed.values()))
+            if request.path.startswith(BLOCKS_PATH):
+                await self._book_block(request.method, request.path[len(BLOCKS_PATH):], answers)
             kicked = request.path.endswith("/viewers/kick")
             if kicked:  # each worker's viewer ids as the node lists them (merge_viewers)
                 answers = [with_node_viewer_ids(a, i) if a is not None else None for i, a in zip(indexed, answers)]
@@ -331,8 +372,25 @@ class WorkerSetup:
             return
         block = json.dumps({"seconds": seconds, "reason": reason if isinstance(reason, str) else "kicked"}).encode()
         bases = {n.http for n in await self.locator.nodes()} | {self.private_url}
-        await asyncio.gather(*(self._forward(base, request, block, "PUT", f"/api/v1/blocks/{stream}")
-                               for base in sorted(bases)))
+        answers = await asyncio.gather(*(self._forward(base, request, block, "PUT", f"{BLOCKS_PATH}{stream}")
+                                         for base in sorted(bases)))
+        await self._book_block("PUT", stream, answers)
+
+    async def _book_block(self, method: str, stream: str, answers: list[web.Response | None]) -> None:
+        """Keep a block put on (or lifted from) every worker in the supervisor's book too, so that a worker
+        started again later gets it back (a lifted block must not come back with it)."""
+        assert self.locator is not None, "only a wired worker asks"
+        if method == "DELETE":
+            app, _, name = stream.partition("/")
+            if app and name:
+                await self.locator.lift_block(app, name)
+            return
+        for answer in answers:
+            body = answer_json(answer) if answer is not None and answer.status == 200 else None
+            if body is not None and {"app", "name", "until"} <= body.keys():
+                await self.locator.keep_block(Block(str(body["app"]), str(body["name"]), float(body["until"]),
+                                                    str(body.get("reason") or "")))
+                return
 
     async def _forward(self, base: str, request: web.Request, body: bytes, method: str = "",
                        path: str = "") -> web.Response | None:

@@ -4,7 +4,9 @@ Requests are answered in order on one connection; each waits at most `op_timeout
 not come, the call answers as RedisLocator does while Redis is away (a claim is kept, a lookup finds
 nothing). The worker's record (its load, the streams it pulls) is rewritten every `record_every` s.
 When the connection drops the supervisor is gone (or dropped this worker): `on_lost` is called, and the
-worker stops, since its claims are void and siblings can no longer find its streams.
+worker stops, since its claims are void and siblings can no longer find its streams. Right after its
+hello (before the worker listens) it copies the node's blocks from the book (`on_blocks`): a restarted
+worker's publish gate refuses what its siblings refuse.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from ..auth.policy import Block
 from ..cluster.locator import ClusterEvent, EventCallback, LocatorError, NodeInfo, Owner
 from ..log import event
 from .protocol import MAX_LINE, ProtocolError, decode, encode
@@ -28,7 +32,9 @@ _AWAY = object()
 
 class LocalLocator:
     def __init__(self, path: str, node: Callable[[], NodeInfo], worker: int, on_lost: Callable[[], None],
-                 op_timeout: float = 2.0, record_every: float = 1.0) -> None:
+                 op_timeout: float = 2.0, record_every: float = 1.0,
+                 on_blocks: Callable[[list[Block]], None] = lambda blocks: None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._node = node
         self.node_id = node().id
@@ -36,6 +42,9 @@ class LocalLocator:
         self.on_lost = on_lost
         self.op_timeout = op_timeout
         self.record_every = record_every
+        self.on_blocks = on_blocks
+        """Called once at start with the node's blocks in force (the publish gate's policy takes them)."""
+        self.wall_clock = wall_clock
         self.up = False
         self.ops = 0
         self._held: dict[str, Owner] = {}
@@ -56,6 +65,7 @@ class LocalLocator:
         if await self._call("hello", node=self.node_id, worker=self.worker) is _AWAY:
             raise ConnectionError(f"the supervisor's stream book at {self.path} did not answer")
         await self._record()
+        self.on_blocks(await self.blocks())
         self._tasks.append(loop.create_task(self._keep_recording()))
 
     async def ready(self) -> None:
@@ -118,6 +128,26 @@ class LocalLocator:
         if not isinstance(raw, dict):
             return dict(self._held)
         return {str(s): o for s, o in ((s, _owner(r)) for s, r in raw.items()) if o is not None}
+
+    # ----- the node's blocks and restarts (kept by the supervisor) -------------------------------
+
+    async def keep_block(self, block: Block) -> None:
+        await self._call("block", block=asdict(block))
+
+    async def lift_block(self, app: str, name: str) -> None:
+        await self._call("unblock", app=app, name=name)
+
+    async def blocks(self) -> list[Block]:
+        raw = await self._call("blocks", now=self.wall_clock())
+        if not isinstance(raw, list):
+            return []
+        found = (_block(r) for r in raw)
+        return [b for b in found if b is not None]
+
+    async def restarts(self) -> dict[str, int]:
+        """Worker index -> times the supervisor started it again; {} when the book does not answer."""
+        raw = await self._call("restarts")
+        return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
     @property
     def held(self) -> dict[str, Owner]:
@@ -198,6 +228,13 @@ def _owner(raw: Any) -> Owner | None:
     try:
         return Owner.from_json(json.dumps(raw))
     except LocatorError:
+        return None
+
+
+def _block(raw: Any) -> Block | None:
+    try:
+        return Block(str(raw["app"]), str(raw["name"]), float(raw["until"]), str(raw.get("reason", "")))
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -135,6 +135,20 @@ def merge(texts: dict[str, str], pulls: Pulls | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+RESTARTS = "mediaserver_worker_restarts_total"
+
+
+def restarts_family(restarts: dict[str, int]) -> str:
+    """The supervisor's count of each worker's restarts (the book keeps it; no worker knows its own) as
+    Prometheus text, by worker label like the merged families; "" when the book did not answer."""
+    if not restarts:
+        return ""
+    lines = [f"# HELP {RESTARTS} Times the supervisor started a worker again (it exited, hung, or did not "
+             "listen in time).", f"# TYPE {RESTARTS} counter"]
+    lines += [f'{RESTARTS}{{worker="{w}"}} {n}' for w, n in sorted(restarts.items(), key=lambda i: int(i[0]))]
+    return "\n".join(lines) + "\n"
+
+
 def merge_streams(lists: dict[str, list[dict]], owners: dict[str, str]) -> list[dict]:
     """GET /api/v1/streams for the node from each worker's list: a stream once, described by the worker
     that has its publisher (`owners`: "app/name" -> worker label), with its viewers added up over the

@@ -5,6 +5,8 @@ Wire: one JSON object per line, at most MAX_LINE bytes. A worker's first request
 then any of OPS, each `{"id": N, "op": OP, ...}`, answered `{"id": N, "ok": VALUE}` or
 `{"id": N, "error": TEXT}`, in order. News (a ClusterEvent's JSON) comes unasked as `{"event": TEXT}`.
 A worker's claims and record live as long as its connection: when it drops, they go and its death is news.
+The node's blocks (`block`, `unblock`, `blocks`) and its workers' restarts outlive any worker: a restarted
+worker copies the blocks before it listens, and /metrics shows the restarts.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..auth.policy import Block
 from ..cluster.locator import NODE_DOWN, ClusterEvent, LocatorError, NodeInfo, Owner
 
 MAX_LINE = 1 << 20
 """Longest line either side sends or accepts (a node record lists its streams: room for thousands)."""
-OPS = ("hello", "announce", "withdraw", "lookup", "send", "nodes", "node", "claims", "record", "ready")
+OPS = ("hello", "announce", "withdraw", "lookup", "send", "nodes", "node", "claims", "record", "ready", "block",
+       "unblock", "blocks", "restarts")
 MAX_NAME = 1024
 """Longest stream or node name accepted."""
 
@@ -75,6 +79,23 @@ def _owner(args: dict[str, Any]) -> Owner:
         raise ProtocolError(str(err)) from None
 
 
+def _number(args: dict[str, Any], key: str) -> float:
+    value = args.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ProtocolError(f"{key} must be a number")
+    return float(value)
+
+
+def _block(args: dict[str, Any]) -> Block:
+    raw = args.get("block")
+    if not isinstance(raw, dict):
+        raise ProtocolError("block must be an object")
+    reason = raw.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_NAME:
+        raise ProtocolError(f"a block's reason must be a string of at most {MAX_NAME} characters")
+    return Block(_name(raw, "app"), _name(raw, "name"), _number(raw, "until"), reason)
+
+
 @dataclass
 class StreamBook:
     """The truth on one machine: claims by stream (only a connected worker's count) and workers' records."""
@@ -82,6 +103,10 @@ class StreamBook:
     claims: dict[str, Owner] = field(default_factory=dict)
     records: dict[str, NodeInfo] = field(default_factory=dict)
     live: set[str] = field(default_factory=set)
+    blocks: dict[tuple[str, str], Block] = field(default_factory=dict)
+    """The node's blocks, kept here so that a restarted worker's publish gate gets them back."""
+    restarts: dict[int, int] = field(default_factory=dict)
+    """Worker index -> times the supervisor started it again (the supervisor counts)."""
 
     def join(self, node: str) -> None:
         self.live.add(node)
@@ -109,6 +134,12 @@ class StreamBook:
     def lookup(self, stream: str) -> Owner | None:
         held = self.claims.get(stream)
         return held if held is not None and held.node in self.live else None
+
+    def current_blocks(self, now: float) -> list[Block]:
+        """The blocks still in force at `now` (Unix seconds, the workers' clock); the others are dropped."""
+        for key in [k for k, b in self.blocks.items() if b.until <= now]:
+            del self.blocks[key]
+        return sorted(self.blocks.values(), key=lambda b: (b.app, b.name))
 
     def handle(self, node: str, request: Request) -> tuple[Any, ClusterEvent | None]:
         """Apply one request from `node`: (the reply's value, news to pass to the other workers or None).
@@ -145,6 +176,17 @@ class StreamBook:
             return (asdict(found_node) if found_node is not None else None), None
         if op == "claims":
             return {s: asdict(o) for s, o in self.claims.items() if o.node in self.live}, None
+        if op == "block":
+            block = _block(args)
+            self.blocks[(block.app, block.name)] = block
+            return None, None
+        if op == "unblock":
+            self.blocks.pop((_name(args, "app"), _name(args, "name")), None)
+            return None, None
+        if op == "blocks":
+            return [asdict(b) for b in self.current_blocks(_number(args, "now"))], None
+        if op == "restarts":
+            return {str(i): n for i, n in sorted(self.restarts.items())}, None
         if op in ("hello", "ready"):
             return None, None
         raise ProtocolError(f"unknown op {op!r}")  # pragma: no cover - parse_request checked it

@@ -4,8 +4,9 @@ It checks that the public ports are free (one clear error line otherwise), runs 
 socket in a private runtime directory, and starts the workers: `sys.executable -m mediaserver` with the
 same arguments, spawned before any event loop of theirs exists, each named in its environment. It waits
 until every worker listens; a worker that exits before that stops the start (exit 2). Afterwards a
-worker that exits is started again after a capped backoff, and one that stops answering the book for
-LIVENESS_TIMEOUT_S (hung) is killed first; SIGTERM/SIGINT stop all workers gracefully
+worker that exits is started again after a capped backoff; one that stops answering the book for
+LIVENESS_TIMEOUT_S (hung), or a restarted one not listening within START_TIMEOUT_S, is killed first (the
+book counts the restarts for the node's /metrics); SIGTERM/SIGINT stop all workers gracefully
 (SIGKILL after STOP_TIMEOUT_S), SIGHUP is passed on (certificate reload).
 """
 
@@ -49,6 +50,22 @@ def hung(heard: dict[int, float], listening: set[int], now: float, timeout_s: fl
     return {i: s for i, s in silent.items() if s > timeout_s}
 
 
+async def kill_unless_ready(proc: asyncio.subprocess.Process, ready: asyncio.Event, timeout_s: float) -> bool:
+    """SIGKILL `proc` unless `ready` is set within `timeout_s` (or it exits first); True when killed. A
+    restarted worker hung before it listens is not in the liveness check (it never reported ready)."""
+    waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(proc.wait())]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    if done or proc.returncode is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    return True
+
+
 def busy_port(config: Config) -> str | None:
     """The first public port another process listens on, as an error for the user; None when all are free.
     Bound without SO_REUSEPORT, so another server's reuse-port group is found too."""
@@ -75,6 +92,10 @@ class Supervisor:
         self.secret = secrets.token_urlsafe(24)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
+        self.start_timeout_s = START_TIMEOUT_S
+        self._deadlines: dict[int, asyncio.Task[None]] = {}
+        """Worker index -> the start deadline of its restart (kill_unless_ready)."""
+        self._start_failed: set[int] = set()
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(workers)}
         self._stopping = asyncio.Event()
 
@@ -86,6 +107,7 @@ class Supervisor:
         runtime = tempfile.mkdtemp(prefix="mediaserver-")  # 0700: only this user reaches the book
         self.socket_path = os.path.join(runtime, "book.sock")
         book = BookService(self.socket_path, on_ready=lambda i: self._ready[i].set() if i in self._ready else None)
+        book.book.restarts = {i: 0 for i in range(self.count)}
         self.book = book
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,7 +130,7 @@ class Supervisor:
             watchers = [loop.create_task(self._watch(i)) for i in range(self.count)]
             watchers.append(loop.create_task(self._check_liveness()))
             await self._stopping.wait()
-            for task in watchers:
+            for task in [*watchers, *self._deadlines.values()]:
                 task.cancel()
             return 0
         finally:
@@ -159,7 +181,9 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             ran = time.monotonic() - started
-            attempt = 0 if ran >= STEADY_S else attempt
+            steady = ran >= STEADY_S and index not in self._start_failed  # a start that timed out is no run
+            self._start_failed.discard(index)
+            attempt = 0 if steady else attempt
             delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
             event(log, "worker_exited", logging.ERROR, worker=index, pid=proc.pid, code=code, ran_s=round(ran, 1),
                   restart_in_s=delay)
@@ -170,7 +194,17 @@ class Supervisor:
             self._ready[index] = asyncio.Event()
             await self._spawn(index)
             self.restarts += 1
+            self.book.book.restarts[index] = self.book.book.restarts.get(index, 0) + 1
             event(log, "worker_restarted", worker=index, pid=self.procs[index].pid)
+            self._deadlines[index] = asyncio.get_running_loop().create_task(self._start_deadline(index))
+
+    async def _start_deadline(self, index: int) -> None:
+        """A restarted worker not listening within start_timeout_s is killed: _watch starts it again."""
+        proc, ready = self.procs[index], self._ready[index]
+        if await kill_unless_ready(proc, ready, self.start_timeout_s):
+            self._start_failed.add(index)
+            event(log, "worker_start_timeout", logging.ERROR, worker=index, pid=proc.pid,
+                  timeout_s=self.start_timeout_s, hint="killed (SIGKILL) and started again")
 
     async def _check_liveness(self) -> None:
         """Kill (SIGKILL) a listening worker the book has not heard from within LIVENESS_TIMEOUT_S: alive

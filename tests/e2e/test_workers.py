@@ -127,6 +127,16 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
                        "the killed worker started again", server)
         await wait_for(lambda: asyncio.sleep(0, len(re.findall(r"event=ready .*worker=0", server.log_text())) == 2),
                        20, "the restarted worker listening", server)
+        # the restarted worker got the block from the supervisor before it listened: every worker refuses
+        assert "event=worker_blocks_copied worker=0 blocks=1" in server.log_text(), server.log_tail()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            for _ in range(10):  # a new connection each: both workers answer
+                async with fresh.get(f"{server.http_base}/api/v1/blocks", headers=AUTH) as resp:
+                    blocks = (await resp.json())["blocks"]
+                    assert [b["name"] for b in blocks] == [stream_name], blocks
+            async with fresh.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
+                restarts = samples_by_worker(await resp.text(), "mediaserver_worker_restarts_total")
+            assert restarts == {"0": 1.0, "1": 0.0}, restarts
         again = stream_name + "b"
         publish(server, again, media.av, loop=True)
         await wait_live(server, again)
@@ -208,6 +218,12 @@ async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_p
                 resp = await fresh.get(server.flv_url(stream_name), allow_redirects=False)
                 held.append(resp)
                 assert resp.status == 200, (resp.status, resp.headers.get("Location"))
+
+            async def loaded() -> bool:  # the node's viewers, whichever worker answers (no sibling's pull)
+                async with fresh.get(f"{base}/api/v1/route/live/{stream_name}") as resp:
+                    return (await resp.json())["load"]["viewers"] == len(held)
+
+            await wait_for(loaded, 5, f"the route's load counting the {len(held)} viewers", server)
         finally:
             for resp in held:
                 resp.close()
