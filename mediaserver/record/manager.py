@@ -110,11 +110,14 @@ class ElsewhereError(Exception):
 def _mend(path: Path) -> VodIndex:
     """An interrupted recording's file, cut back to its last whole fragment (what a killed writer left of
     the next one is of no use to a player, and the row's size must be what /vod/ID.mp4 sends)."""
-    with open(path, "r+b") as f:
+    with open(path, "rb") as f:
         index = index_file(f)
-        if index.trailing_bytes:
-            f.truncate(index.total_bytes)
-        return index
+    if index.trailing_bytes:
+        try:
+            os.truncate(path, index.total_bytes)
+        except OSError as err:  # read-only: the file stays as it is; VOD serves its whole fragments anyway
+            event(log, "recording_not_mended", logging.WARNING, path=str(path), error=str(err))
+    return index
 
 
 def on_other_node(row: Recording, node: str) -> bool:
