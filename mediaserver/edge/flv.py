@@ -38,6 +38,7 @@ from ..remux.flv import flv_header
 from ..transports import reset
 from .common import CONFIG, REGISTRY, cors_headers, find_stream, peer_of
 from .keys import request_key
+from .origin_pull import INTERNAL_REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ async def _serve_viewer(
     loop = asyncio.get_running_loop()
     peer = peer_of(request)
     sub, start = stream.subscribe(kind, peer, loop.time())
+    sub.internal = bool(request.get(INTERNAL_REQUEST))  # another node's pull (its credential was checked)
     request[VIEWER] = sub
     event(log, "viewer_join", stream=str(stream.key), format=kind, peer=peer, viewers=len(stream.subscribers))
     reason = "viewer_left"

@@ -46,6 +46,7 @@ from ..transcode.pool import TranscodePool
 from .cmaf import CMAF_MANIFESTS
 from .connections import ConnectionGate
 from .keys import METRICS
+from .origin_pull import OriginPull
 
 if TYPE_CHECKING:
     from ..record.manager import RecordingManager
@@ -116,6 +117,8 @@ class Metrics:
         ended["frames_in"] += stream.frames_in
         ended["frames_dropped"] += stream.frames_dropped
         ended["bad_sequence_headers"] += stream.bad_sequence_headers
+        if isinstance(stream.publisher, OriginPull):
+            ended["pulled_bytes_in"] += stream.bytes_in
         self._ended_skipped.update(stream.frames_skipped)
 
     def response_done(self, fmt: str, body_bytes: int) -> None:
@@ -201,8 +204,12 @@ class _Collector:
         dropped = m._ended["frames_dropped"]
         bad_configs = m._ended["bad_sequence_headers"]
         skipped = Counter(m._ended_skipped)
+        pulled, pulled_bytes_in, internal_viewers = 0, m._ended["pulled_bytes_in"], 0
         for stream in streams:
             states[stream.state.value] += 1
+            if isinstance(stream.publisher, OriginPull):  # a copy of another node's stream
+                pulled += stream.state.value == "live"
+                pulled_bytes_in += stream.bytes_in
             bytes_in += stream.bytes_in
             frames_in += stream.frames_in
             dropped += stream.frames_dropped
@@ -210,6 +217,7 @@ class _Collector:
             skipped.update(stream.frames_skipped)
             for sub in stream.subscribers:
                 viewers[sub.kind] += 1
+                internal_viewers += sub.internal
         m._forget_hls_clients(m.clock())
         viewers["hls"] = len(m.hls_clients)
 
@@ -223,7 +231,14 @@ class _Collector:
         for fmt in sorted({"flv", "ws-flv", "rtmp", "hls", *viewers}):
             g.add_metric([fmt], viewers[fmt])
         yield g
+        yield GaugeMetricFamily("mediaserver_internal_viewers", "Viewers that are other nodes' pulls of this node's "
+                                "streams (cluster edges, sibling workers): counted in mediaserver_viewers{format=\"flv\"} "
+                                "too; a cluster's people watching are the viewers less these.", value=internal_viewers)
+        yield GaugeMetricFamily("mediaserver_pulled_streams", "Live streams this node copies from another node (an "
+                                "edge's pulls): counted in mediaserver_streams{state=\"live\"} too.", value=pulled)
         yield CounterMetricFamily("mediaserver_ingress_bytes", "Media bytes received from publishers.", value=bytes_in)
+        yield CounterMetricFamily("mediaserver_pulled_ingress_bytes", "The part of mediaserver_ingress_bytes that "
+                                  "copies another node's streams (an edge's pulls).", value=pulled_bytes_in)
         yield CounterMetricFamily("mediaserver_ingress_frames", "Frames received from publishers.", value=frames_in)
         c = CounterMetricFamily("mediaserver_egress_bytes", "Bytes sent to viewers by format, counted as they are "
                                 "sent (viewers: FLV tags or RTMP chunks; other HTTP responses: bodies).",
@@ -231,6 +246,9 @@ class _Collector:
         for fmt, value in sorted(m.egress().items()):
             c.add_metric([fmt], value)
         yield c
+        yield CounterMetricFamily("mediaserver_internal_egress_bytes", "The part of mediaserver_egress_bytes"
+                                  "{format=\"flv\"} sent to other nodes' pulls of this node's streams.",
+                                  value=m.registry.internal_egress_bytes)
         yield CounterMetricFamily("mediaserver_frames_dropped", "Frames dropped for viewers that fell behind.",
                                   value=dropped)
         c = CounterMetricFamily("mediaserver_frames_skipped", "Frames a packager could not use (malformed media "

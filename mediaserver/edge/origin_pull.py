@@ -482,6 +482,7 @@ class PullPool:
         if request.match_info.route.name != "play-flv" or not request.match_info["file"].endswith(".flv"):
             raise json_error(404, "internal pulls are HTTP-FLV only (and recordings: /vod/..., dvr.m3u8)",
                              "GET /APP/NAME.flv")
+        request[INTERNAL_REQUEST] = True  # a pull: its viewer is counted apart (edge/flv.py, metrics)
         key = stream_key(request.match_info["app"], request.match_info["file"][:-4])
         if key is None:
             return await handler(request)

@@ -72,6 +72,8 @@ class StreamRegistry:
         self.on_stream_ended: list[StreamHook] = []  # the stream is gone for good
         self.egress_bytes: Counter[str] = Counter()
         """Bytes sent to viewers by format ("flv", "rtmp", ...) since start; see `count_sent`."""
+        self.internal_egress_bytes = 0
+        """The part of those sent to other nodes' pulls (Subscriber.internal)."""
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -177,6 +179,8 @@ class StreamRegistry:
         so the totals hold what viewers that have since left were sent too (metrics read them at scrape)."""
         sub.bytes_sent += sent
         self.egress_bytes[sub.kind] += sent
+        if sub.internal:
+            self.internal_egress_bytes += sent
 
     def close_all(self, reason: str = "server_shutdown") -> None:
         for key in list(self._streams):

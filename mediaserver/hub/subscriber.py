@@ -53,6 +53,9 @@ class Subscriber:
         self._overflow_times: deque[float] = deque()
         self.closed = False
         self.close_reason: str | None = None
+        self.internal = False
+        """Another node's pull of this stream (a cluster edge's, a sibling worker's), not a person watching:
+        metrics count it apart (mediaserver_internal_viewers)."""
 
     def start(self) -> list[Frame]:
         """The clean start of a new viewer: metadata, sequence headers, then the cached GOP from its

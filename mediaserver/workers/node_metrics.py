@@ -79,15 +79,17 @@ class SiblingTraffic:
 
 def _adjust(sample: str, pulls: Pulls, worker: str, traffic: SiblingTraffic | None) -> str:
     name = sample.split("{", 1)[0].split(" ", 1)[0]
-    if name == "mediaserver_streams" and 'state="live"' in sample:
+    # The node's own figures, and its internal ones (another node's pulls) the same way: siblings are no nodes.
+    if (name == "mediaserver_streams" and 'state="live"' in sample) or name == "mediaserver_pulled_streams":
         minus = pulls.pulling[worker]
-    elif name == "mediaserver_viewers" and 'format="flv"' in sample:
+    elif (name == "mediaserver_viewers" and 'format="flv"' in sample) or name == "mediaserver_internal_viewers":
         minus = pulls.served[worker] if traffic is None else traffic.pulls_served
-    elif traffic is not None and name == "mediaserver_ingress_bytes_total":
+    elif traffic is not None and name in ("mediaserver_ingress_bytes_total", "mediaserver_pulled_ingress_bytes_total"):
         minus = traffic.ingress_bytes
     elif traffic is not None and name == "mediaserver_ingress_frames_total":
         minus = traffic.ingress_frames
-    elif traffic is not None and name == "mediaserver_egress_bytes_total" and 'format="flv"' in sample:
+    elif traffic is not None and ((name == "mediaserver_egress_bytes_total" and 'format="flv"' in sample)
+                                  or name == "mediaserver_internal_egress_bytes_total"):
         minus = traffic.egress_flv_bytes
     else:
         return sample

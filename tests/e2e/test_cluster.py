@@ -69,6 +69,14 @@ def pulls_started(server, name: str) -> int:
     return len(re.findall(rf"event=pull_start stream=live/{re.escape(name)} ", server.log_text()))
 
 
+def metric_values(server) -> dict[str, float]:
+    """The node's /metrics samples by name and labels as written ('name{label="v"}'), without comments."""
+    with urllib.request.urlopen(f"{server.http_base}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
 def api(server, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(f"{server.http_base}/api/v1{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
@@ -147,6 +155,16 @@ async def test_two_edges_pull_once_each_for_many_viewers_and_stop_after_the_grac
         assert all(oks), [v.describe_start() for v in viewers]
         async with aiohttp.ClientSession() as http:  # an HLS viewer shares the same pull
             await edges[0].hls_poller(stream_name, http).poll_until(lambda p: len(p.segments) >= 1, timeout_s=15)
+        # /metrics tells the pulls apart, so a cluster's totals count people and published streams once.
+        on_origin = metric_values(origin)
+        assert on_origin["mediaserver_internal_viewers"] == 2 and on_origin['mediaserver_viewers{format="flv"}'] == 2
+        assert 0 < on_origin["mediaserver_internal_egress_bytes_total"] <= on_origin['mediaserver_egress_bytes_total{format="flv"}']
+        assert on_origin["mediaserver_pulled_streams"] == 0 and on_origin["mediaserver_pulled_ingress_bytes_total"] == 0
+        for edge in edges:
+            on_edge = metric_values(edge)
+            assert on_edge["mediaserver_pulled_streams"] == 1 == on_edge['mediaserver_streams{state="live"}']
+            assert 0 < on_edge["mediaserver_pulled_ingress_bytes_total"] <= on_edge["mediaserver_ingress_bytes_total"]
+            assert on_edge["mediaserver_internal_viewers"] == 0 and on_edge['mediaserver_viewers{format="flv"}'] == 3
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
     for edge in edges:

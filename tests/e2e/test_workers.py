@@ -84,8 +84,12 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
 
             await wait_for(counted, 5, f"/metrics counting {VIEWERS} FLV viewers across 2 workers", server)
             async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
-                by_worker = flv_viewers_by_worker(await resp.text())
+                text = await resp.text()
+                by_worker = flv_viewers_by_worker(text)
             assert all(n > 0 for n in by_worker.values()), f"SO_REUSEPORT gave every viewer to one worker: {by_worker}"
+            # A sibling's pull is no other node's: the node counts no internal viewers, no pulled stream.
+            internal = re.findall(r'^mediaserver_(?:internal_viewers|pulled_streams)\{worker="\d+"\} (\S+)$', text, re.M)
+            assert len(internal) == 4 and all(float(v) == 0 for v in internal), internal
 
             async def listed() -> bool:
                 async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:

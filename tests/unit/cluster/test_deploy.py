@@ -273,7 +273,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"[^"]*"', "", expr)
     expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
     expr = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", expr)
-    return set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr))
+    return set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr)) - {"and", "or", "unless"}
 
 
 def _exposed_names() -> set[str]:
@@ -293,6 +293,7 @@ def _exposed_names() -> set[str]:
 def test_metric_names_are_read_from_promql_and_nothing_else():
     assert metric_names('histogram_quantile(0.99, sum by (node, le) (rate(a_bucket{node=~"$node"}[1m])))') == {"a_bucket"}
     assert metric_names('sum by (node) (rate(x_total{state="live"}[5m])) * 8 + max(y)') == {"x_total", "y"}
+    assert metric_names('sum(a{node=~"$node"}) - (sum(b{node=~"$node"}) or vector(0))') == {"a", "b"}
 
 
 def test_the_dashboard_queries_only_metrics_a_node_exposes_per_node_and_covers_the_load():
@@ -308,6 +309,10 @@ def test_the_dashboard_queries_only_metrics_a_node_exposes_per_node_and_covers_t
     for expr in exprs:  # every query can be narrowed to the nodes picked, and split per node or summed
         assert 'node=~"$node"' in expr, expr
     assert any("by (node, format)" in e and "mediaserver_viewers" in e for e in exprs)
+    # Cluster totals count people and published streams, not what nodes pull from one another.
+    for internal in ("mediaserver_internal_viewers", "mediaserver_internal_egress_bytes_total",
+                     "mediaserver_pulled_streams", "mediaserver_pulled_ingress_bytes_total"):
+        assert any(internal in e and " - (" in e for e in exprs), internal
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert "node" in variables["node"]["query"]["query"]
     ids = [p["id"] for p in dashboard["panels"]]
