@@ -27,6 +27,7 @@ from aiohttp import web
 from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
+from .origin_pull import OriginPull
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class StreamHistory:
             streams.append({
                 "app": key.app,
                 "name": key.name,
+                "pulled": isinstance(ring.stream.publisher, OriginPull),  # a copy of another node's stream
                 "segment_viewers": ring.segment_viewers,
                 "at": [s.at for s in samples],
                 "kbps": [s.kbps for s in samples],

@@ -36,7 +36,8 @@ from ..log import event
 from ..wiring.cluster import node_offer
 from ..workers import SECRET_ENV, WORKER_ENV
 from ..workers.client import LocalLocator
-from ..workers.node_metrics import Pulls, merge, merge_public_streams, merge_streams, restarts_family
+from ..workers.node_metrics import (Pulls, merge, merge_history, merge_public_streams, merge_pulls, merge_streams,
+                                    restarts_family)
 from .worker_traffic import SiblingCounter
 
 log = logging.getLogger("mediaserver.workers")
@@ -45,6 +46,10 @@ LOCAL_HEADER = "X-Mediaserver-Worker"
 """On a sibling's request for /metrics or the stream list (with the secret): answer for this worker only."""
 STREAMS_PATH = "/api/v1/streams"
 PUBLIC_STREAMS_PATH = "/streams.json"
+HISTORY_PATH = "/console/history.json"
+PULLS_PATH = "/api/v1/pulls"
+NODE_VIEWS = ("/metrics", STREAMS_PATH, PUBLIC_STREAMS_PATH, HISTORY_PATH, PULLS_PATH)
+"""What each worker answers for itself and the node answers as the workers' merge."""
 BLOCKS_PATH = "/api/v1/blocks/"
 SIBLING_TIMEOUT_S = 2.0
 
@@ -134,6 +139,7 @@ class WorkerSetup:
             if isinstance(resource, web.PrefixedSubAppResource) and DEPS in resource.get_info()["app"]:
                 self.admin = resource.get_info()["app"][DEPS]
                 self.admin.route = self.route
+                self.admin.cluster_nodes = self.machine_nodes
         self.traffic = SiblingCounter(app[REGISTRY])
         self.traffic.wire(app)
         app.middlewares.insert(0, self._node_view)
@@ -150,6 +156,15 @@ class WorkerSetup:
         viewers, egress_bps = await self._node_load()
         return NodeInfo(id=host, role="standalone", http="", rtmp=f"rtmp://{host}:{self.config.rtmp.port}",
                         version=__version__, viewers=viewers, egress_bps=egress_bps, **node_offer(self.config)), ""
+
+    async def machine_nodes(self) -> list[dict]:
+        """GET /api/v1/nodes: the machine, one node (its workers are no cluster's nodes, and their private
+        loopback URLs reach nobody), with the workers' streams, viewers and egress added up."""
+        assert self.config is not None and self.locator is not None, "a wired worker answers"
+        viewers, egress_bps = await self._node_load()
+        return [{"name": socket.gethostname(), "self": True, "role": "standalone", "version": __version__,
+                 "streams": len(await self.locator.claims()), "viewers": viewers, "egress_bps": egress_bps,
+                 "workers": len(await self.locator.nodes())}]
 
     async def _node_load(self) -> tuple[int, int]:
         """The node's viewers and egress (bit/s): its workers' records added up, without siblings' pulls (each
@@ -177,8 +192,7 @@ class WorkerSetup:
     @web.middleware
     async def _node_view(self, request: web.Request, handler):
         path = request.path
-        if request.method != "GET" or path not in ("/metrics", STREAMS_PATH, PUBLIC_STREAMS_PATH) or (
-                path == STREAMS_PATH and "scope" in request.query):
+        if request.method != "GET" or path not in NODE_VIEWS or (path == STREAMS_PATH and "scope" in request.query):
             return await handler(request)
         own = await handler(request)  # the token check and this worker's own answer
         if not isinstance(own, web.Response) or own.status != 200 or own.body is None:
@@ -199,14 +213,15 @@ class WorkerSetup:
             if text is not None:
                 answers[label[node.id]] = text
         answers = dict(sorted(answers.items()))
-        if path == PUBLIC_STREAMS_PATH:  # each worker lists what its registry holds: the node is their union
-            public = []
+        if path in (PUBLIC_STREAMS_PATH, HISTORY_PATH, PULLS_PATH):  # each worker's own: the node merges them
+            bodies = []
             for text in answers.values():
                 with contextlib.suppress(ValueError):
-                    public.append(json.loads(text))
-            return web.json_response(merge_public_streams([p for p in public if isinstance(p, dict)],
-                                                          MAX_PUBLIC_STREAMS),
-                                     headers={"Cache-Control": own.headers.get("Cache-Control", "no-cache")})
+                    bodies.append(json.loads(text))
+            bodies = [b for b in bodies if isinstance(b, dict)]
+            merged = (merge_public_streams(bodies, MAX_PUBLIC_STREAMS) if path == PUBLIC_STREAMS_PATH
+                      else merge_history(bodies) if path == HISTORY_PATH else merge_pulls(bodies))
+            return web.json_response(merged, headers={"Cache-Control": own.headers.get("Cache-Control", "no-cache")})
         if path == "/metrics":
             body = merge(answers, Pulls.of(nodes, claims, label)) + restarts_family(await self.locator.restarts())
             return web.Response(body=body.encode(), headers={

@@ -199,3 +199,46 @@ def merge_public_streams(answers: list[dict], limit: int) -> dict:
                 held["renditions"] = sorted(set(held.get("renditions", [])) | set(stream.get("renditions") or []))
     streams = [by_key[k] for k in sorted(by_key)]
     return {"streams": streams[:limit], "truncated": truncated or len(streams) > limit}
+
+
+def merge_history(answers: list[dict]) -> dict:
+    """GET /console/history.json for the node from each worker's answer: a stream once, with the ingest of
+    the worker that has its publisher (a sibling's copy brings the same bytes again) and the viewers of every
+    worker at the same reading, less one per copy (each copy's pull is a viewer on the publisher's worker).
+    Workers sample on their own clocks at the same interval: readings are matched from the newest back."""
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for answer in answers:
+        for entry in answer.get("streams") or []:
+            by_key.setdefault((str(entry.get("app")), str(entry.get("name"))), []).append(entry)
+    streams = []
+    for key in sorted(by_key):
+        entries = by_key[key]
+        own = [e for e in entries if not e.get("pulled")]
+        base = max(own or entries, key=lambda e: len(e.get("at") or []))
+        copies = [e for e in entries if e is not base]
+        viewers = list(base.get("viewers") or [])
+        for copy in copies:
+            theirs = copy.get("viewers") or []
+            for back in range(1, min(len(viewers), len(theirs)) + 1):
+                viewers[-back] += theirs[-back] - (1 if copy.get("pulled") else 0)
+        streams.append({**base, "viewers": [max(0, v) for v in viewers], "pulled": False,
+                        "segment_viewers": sum(int(e.get("segment_viewers") or 0) for e in entries)})
+    first = answers[0] if answers else {}
+    return {"interval_s": first.get("interval_s"), "window_s": first.get("window_s"), "streams": streams}
+
+
+_PULL_STATE_RANK = {"live": 0, "connecting": 1, "retrying": 2, "idle": 3, "standby": 4, "stopped": 5}
+
+
+def merge_pulls(answers: list[dict]) -> dict:
+    """GET /api/v1/pulls for the node: every worker runs the configured pulls, and one holds each stream
+    (the others wait or retry): a pull once, as the worker furthest along has it."""
+    best: dict[tuple[str, str], dict] = {}
+    for answer in answers:
+        for pull in answer.get("pulls") or []:
+            key = (str(pull.get("app")), str(pull.get("stream")))
+            rank = _PULL_STATE_RANK.get(str(pull.get("state")), len(_PULL_STATE_RANK))
+            held = best.get(key)
+            if held is None or rank < _PULL_STATE_RANK.get(str(held.get("state")), len(_PULL_STATE_RANK)):
+                best[key] = pull
+    return {"pulls": [best[k] for k in sorted(best)]}

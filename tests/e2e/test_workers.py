@@ -84,12 +84,27 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
 
             await wait_for(counted, 5, f"/metrics counting {VIEWERS} FLV viewers across 2 workers", server)
             async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
-                text = await resp.text()
-                by_worker = flv_viewers_by_worker(text)
+                by_worker = flv_viewers_by_worker(await resp.text())
             assert all(n > 0 for n in by_worker.values()), f"SO_REUSEPORT gave every viewer to one worker: {by_worker}"
-            # A sibling's pull is no other node's: the node counts no internal viewers, no pulled stream.
-            internal = re.findall(r'^mediaserver_(?:internal_viewers|pulled_streams)\{worker="\d+"\} (\S+)$', text, re.M)
-            assert len(internal) == 4 and all(float(v) == 0 for v in internal), internal
+
+            async def no_internal() -> bool:  # a sibling's pull is no other node's (once the book has its record)
+                async with http.get(f"{server.http_base}/metrics", headers=AUTH) as resp:
+                    found = re.findall(r'^mediaserver_(?:internal_viewers|pulled_streams)\{worker="\d+"\} (\S+)$',
+                                       await resp.text(), re.M)
+                return len(found) == 4 and all(float(v) == 0 for v in found)
+
+            await wait_for(no_internal, 10, "/metrics counting no internal viewers nor pulled streams", server)
+
+            # The console's views are the node's too: one node, the stream's history once with every viewer.
+            async def console_views() -> bool:
+                async with http.get(f"{server.http_base}/api/v1/nodes", headers=AUTH) as resp:
+                    nodes = (await resp.json())["nodes"]
+                async with http.get(f"{server.http_base}/console/history.json", headers=AUTH) as resp:
+                    history = [s for s in (await resp.json())["streams"] if s["name"] == stream_name]
+                return (len(nodes) == 1 and nodes[0]["viewers"] == VIEWERS and nodes[0]["workers"] == 2
+                        and len(history) == 1 and history[0]["viewers"][-1:] == [VIEWERS])
+
+            await wait_for(console_views, 15, "/api/v1/nodes and /console/history.json for the whole node", server)
 
             async def listed() -> bool:
                 async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:

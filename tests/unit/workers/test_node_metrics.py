@@ -9,7 +9,8 @@ import pytest
 from mediaserver.cluster.locator import NodeInfo, Owner
 from mediaserver.config import ConfigError, load_config
 from mediaserver.workers import cores, count
-from mediaserver.workers.node_metrics import Pulls, SiblingTraffic, merge, merge_public_streams, merge_streams
+from mediaserver.workers.node_metrics import (Pulls, SiblingTraffic, merge, merge_history, merge_public_streams, merge_pulls,
+                                               merge_streams)
 from mediaserver.workers.supervisor import busy_port
 
 WORKER0 = """# HELP mediaserver_streams Streams by state.
@@ -136,3 +137,30 @@ def test_sibling_traffic_is_taken_out_of_the_node_totals_and_its_line_is_not_sho
     assert 'mediaserver_viewers{worker="1",format="flv"} 2.0' in text
     assert "sibling-traffic" not in text
     assert SiblingTraffic.of("mediaserver_up 1\n") is None
+
+
+def test_the_node_history_takes_ingest_from_the_publishers_worker_and_adds_every_workers_viewers():
+    own = {"app": "live", "name": "cam", "pulled": False, "segment_viewers": 2,
+           "at": [10.0, 12.0, 14.0], "kbps": [2500.0, 2600.0, 2550.0], "viewers": [3, 4, 5]}  # 1 of them: the pull
+    copy = {"app": "live", "name": "cam", "pulled": True, "segment_viewers": 1,
+            "at": [13.1, 15.1], "kbps": [2550.0, 2540.0], "viewers": [6, 7]}
+    other = {"app": "live", "name": "solo", "pulled": False, "segment_viewers": 0, "at": [14.0], "kbps": [800.0],
+             "viewers": [1]}
+    merged = merge_history([{"interval_s": 2.0, "window_s": 360.0, "streams": [copy]},
+                            {"interval_s": 2.0, "window_s": 360.0, "streams": [own, other]}])
+    assert (merged["interval_s"], merged["window_s"]) == (2.0, 360.0)
+    cam, solo = merged["streams"]
+    assert (cam["name"], cam["at"], cam["kbps"]) == ("cam", own["at"], own["kbps"])  # the copy's bytes: no second time
+    assert cam["viewers"] == [3, 4 + 6 - 1, 5 + 7 - 1]  # readings matched from the newest; the pull is no person
+    assert cam["segment_viewers"] == 3 and cam["pulled"] is False
+    assert solo == {**other, "viewers": [1]}
+    assert merge_history([]) == {"interval_s": None, "window_s": None, "streams": []}
+
+
+def test_the_node_pull_list_names_each_pull_once_as_the_worker_furthest_along_has_it():
+    live = {"app": "live", "stream": "cam", "state": "live", "bytes": 1000}
+    waiting = {"app": "live", "stream": "cam", "state": "retrying", "bytes": 0, "last_error": "the stream is held"}
+    idle = {"app": "live", "stream": "door", "state": "idle", "bytes": 0}
+    assert merge_pulls([{"pulls": [waiting, idle]}, {"pulls": [live, idle]}]) == {"pulls": [live, idle]}
+    assert merge_pulls([{"pulls": [live]}, {"pulls": [waiting]}]) == {"pulls": [live]}
+    assert merge_pulls([{}, {"pulls": None}]) == {"pulls": []}
