@@ -25,7 +25,6 @@ from aiohttp import web
 
 from .. import __version__
 from ..api.admin import DEPS, AdminDeps
-from ..auth.policy import Block
 from ..cluster.locator import NodeInfo
 from ..config import Config, ConfigError
 from ..edge.keys import REGISTRY
@@ -36,6 +35,7 @@ from ..log import event
 from ..wiring.cluster import node_offer
 from ..workers import SECRET_ENV, WORKER_ENV
 from ..workers.client import LocalLocator
+from ..workers.protocol import BookBlock
 from ..workers.node_metrics import (Pulls, merge, merge_history, merge_public_streams, merge_pulls, merge_streams,
                                     restarts_family)
 from .worker_traffic import SiblingCounter
@@ -123,7 +123,7 @@ class WorkerSetup:
         sibling_bps = int((self._sibling_egress.per_second() or 0) * 8)
         return dataclasses.replace(info, egress_bps=max(0, info.egress_bps - sibling_bps))
 
-    def _take_blocks(self, blocks: list[Block]) -> None:
+    def _take_blocks(self, blocks: list[BookBlock]) -> None:
         """The node's blocks from the supervisor's book, at start: a restarted worker forgot them all."""
         if self.admin is None:  # pragma: no cover - cli.serve wires the app before the locator starts
             event(log, "worker_blocks_lost", logging.ERROR, worker=self.index, blocks=len(blocks))
@@ -403,8 +403,8 @@ class WorkerSetup:
         for answer in answers:
             body = answer_json(answer) if answer is not None and answer.status == 200 else None
             if body is not None and {"app", "name", "until"} <= body.keys():
-                await self.locator.keep_block(Block(str(body["app"]), str(body["name"]), float(body["until"]),
-                                                    str(body.get("reason") or "")))
+                await self.locator.keep_block(BookBlock(str(body["app"]), str(body["name"]), float(body["until"]),
+                                                        str(body.get("reason") or "")))
                 return
 
     async def _forward(self, base: str, request: web.Request, body: bytes, method: str = "",

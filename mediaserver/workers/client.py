@@ -20,10 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from ..auth.policy import Block
 from ..cluster.locator import ClusterEvent, EventCallback, LocatorError, NodeInfo, Owner
 from ..log import event
-from .protocol import MAX_LINE, ProtocolError, decode, encode
+from .protocol import MAX_LINE, BookBlock, ProtocolError, decode, encode
 
 log = logging.getLogger("mediaserver.workers")
 
@@ -33,7 +32,7 @@ _AWAY = object()
 class LocalLocator:
     def __init__(self, path: str, node: Callable[[], NodeInfo], worker: int, on_lost: Callable[[], None],
                  op_timeout: float = 2.0, record_every: float = 1.0,
-                 on_blocks: Callable[[list[Block]], None] = lambda blocks: None,
+                 on_blocks: Callable[[list[BookBlock]], None] = lambda blocks: None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._node = node
@@ -131,13 +130,13 @@ class LocalLocator:
 
     # ----- the node's blocks and restarts (kept by the supervisor) -------------------------------
 
-    async def keep_block(self, block: Block) -> None:
+    async def keep_block(self, block: BookBlock) -> None:
         await self._call("block", block=asdict(block))
 
     async def lift_block(self, app: str, name: str) -> None:
         await self._call("unblock", app=app, name=name)
 
-    async def blocks(self) -> list[Block]:
+    async def blocks(self) -> list[BookBlock]:
         raw = await self._call("blocks", now=self.wall_clock())
         if not isinstance(raw, list):
             return []
@@ -231,9 +230,9 @@ def _owner(raw: Any) -> Owner | None:
         return None
 
 
-def _block(raw: Any) -> Block | None:
+def _block(raw: Any) -> BookBlock | None:
     try:
-        return Block(str(raw["app"]), str(raw["name"]), float(raw["until"]), str(raw.get("reason", "")))
+        return BookBlock(str(raw["app"]), str(raw["name"]), float(raw["until"]), str(raw.get("reason", "")))
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -15,7 +15,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..auth.policy import Block
 from ..cluster.locator import NODE_DOWN, ClusterEvent, LocatorError, NodeInfo, Owner
 
 MAX_LINE = 1 << 20
@@ -86,14 +85,26 @@ def _number(args: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def _block(args: dict[str, Any]) -> Block:
+@dataclass(frozen=True, slots=True)
+class BookBlock:
+    """A publish block the book keeps for workers started later (auth.policy.Block's fields: the wiring
+    converts; workers/ stays below auth/)."""
+
+    app: str
+    name: str
+    until: float
+    """Unix seconds."""
+    reason: str = ""
+
+
+def _block(args: dict[str, Any]) -> BookBlock:
     raw = args.get("block")
     if not isinstance(raw, dict):
         raise ProtocolError("block must be an object")
     reason = raw.get("reason", "")
     if not isinstance(reason, str) or len(reason) > MAX_NAME:
         raise ProtocolError(f"a block's reason must be a string of at most {MAX_NAME} characters")
-    return Block(_name(raw, "app"), _name(raw, "name"), _number(raw, "until"), reason)
+    return BookBlock(_name(raw, "app"), _name(raw, "name"), _number(raw, "until"), reason)
 
 
 @dataclass
@@ -103,7 +114,7 @@ class StreamBook:
     claims: dict[str, Owner] = field(default_factory=dict)
     records: dict[str, NodeInfo] = field(default_factory=dict)
     live: set[str] = field(default_factory=set)
-    blocks: dict[tuple[str, str], Block] = field(default_factory=dict)
+    blocks: dict[tuple[str, str], BookBlock] = field(default_factory=dict)
     """The node's blocks, kept here so that a restarted worker's publish gate gets them back."""
     restarts: dict[int, int] = field(default_factory=dict)
     """Worker index -> times the supervisor started it again (the supervisor counts)."""
@@ -135,7 +146,7 @@ class StreamBook:
         held = self.claims.get(stream)
         return held if held is not None and held.node in self.live else None
 
-    def current_blocks(self, now: float) -> list[Block]:
+    def current_blocks(self, now: float) -> list[BookBlock]:
         """The blocks still in force at `now` (Unix seconds, the workers' clock); the others are dropped."""
         for key in [k for k, b in self.blocks.items() if b.until <= now]:
             del self.blocks[key]
