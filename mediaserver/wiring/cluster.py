@@ -206,6 +206,10 @@ def node_offer(config: Config) -> dict:
             "play_url": config.cluster.public_url.rstrip("/"), "outputs": outputs}
 
 
+READ_EVERY_S = 0.5
+"""StandaloneLoad reads the egress counter at most this often, however often the route is asked."""
+
+
 class StandaloneLoad:
     """A standalone node's load for the route's answer, counted as a cluster node's record counts it (HLS
     clients and HLS/CMAF bytes as /metrics does); egress is measured between route requests (0 at first)."""
@@ -217,12 +221,16 @@ class StandaloneLoad:
         self.egress_total = egress_total
         self.clock = clock
         self._egress = RateMeter(window_s=10.0, min_span_s=0.5)
+        self._read_at = -READ_EVERY_S
 
     def viewers(self) -> int:
         return sum(len(s.subscribers) for s in self.registry.streams()) + self.hls_viewers()
 
     def egress_bps(self) -> int:
-        self._egress.add(self.clock(), self.egress_total())
+        now = self.clock()
+        if now - self._read_at >= READ_EVERY_S:  # the route is public: a flood of it adds no readings
+            self._read_at = now
+            self._egress.add(now, self.egress_total())
         return int((self._egress.per_second() or 0) * 8)
 
 

@@ -180,3 +180,18 @@ async def test_the_standalone_route_load_counts_viewers_and_measures_egress():
     sent["flv"] += 100_000
     node, _ = await route()
     assert 0 < node.egress_bps <= 100_000 * 8 / 0.6
+
+
+def test_a_flood_of_route_requests_reads_the_standalone_egress_at_most_twice_a_second():
+    from mediaserver.wiring.cluster import READ_EVERY_S, StandaloneLoad
+
+    now = {"t": 0.0}
+    reads = []
+    load = StandaloneLoad(SimpleNamespace(streams=lambda: []), lambda: 0,
+                          lambda: reads.append(now["t"]) or 1000 * len(reads), clock=lambda: now["t"])
+    for _ in range(10_000):  # the route is public: 10,000 asks within a tenth of a second
+        load.egress_bps()
+        now["t"] += 0.1 / 10_000
+    assert len(reads) == 1
+    now["t"] += READ_EVERY_S
+    assert load.egress_bps() > 0 and len(reads) == 2
