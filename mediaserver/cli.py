@@ -273,12 +273,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
     http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
-                            tls=https_cert, reuse_port=worker is not None)
+                            tls=https_cert, reuse_port=worker is not None,
+                            handoff=worker.hand_off if worker is not None else None)
     try:
         await http_site.start()
         await rtmp.start()
         if worker is not None:  # workers: siblings pull from the private loopback port
-            await worker.start_private(runner)
+            await worker.start_private(runner, http_site)
     except OSError as err:
         await runner.cleanup()
         await rtmp.close()

@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import resource
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -124,12 +125,21 @@ def _refusal_answer(reason: str, limits: ConnectionLimits) -> bytes:
     return head + data
 
 
+HandOff = Callable[[int, bytes], bool]
+"""[server] workers > 1: given a connection's descriptor and the complete request head just read from it,
+hand both to the sibling worker that serves what it asks, and say whether it did."""
+
+
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's per-connection protocol, admitted by the gate and held to the request-head deadline."""
 
-    def __init__(self, manager: web.Server, gate: ConnectionGate, lane: FastLane | None = None, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, gate: ConnectionGate, lane: FastLane | None = None,
+                 handoff: HandOff | None = None, handed: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._lane = lane
+        self._handoff = handoff if handed is None else None  # a connection handed over is never handed on
+        self._handed = handed
+        """The bytes a sibling worker read from this connection before it handed it over (workers)."""
         self._lane_clean = True  # what aiohttp's parser got last ended a bodyless head
         self._lane_waiting: list[bytes] | None = None  # bytes behind a request the lane holds
         self._gate = gate
@@ -156,21 +166,39 @@ class GuardedRequestHandler(RequestHandler):
         self._raw_transport = transport  # type: ignore[assignment]
         super().connection_made(transport)
         self._head_timer = self._loop.call_later(gate.limits.header_timeout_s, self._head_missed)
+        if self._handed is not None:
+            handed, self._handed = self._handed, None
+            self.data_received(handed)
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
-        if self._lane is not None:
+        if self._lane is not None or self._handoff is not None:
             if self._lane_waiting is not None:
                 self._lane_waiting.append(data)  # answered after the held request, in order
                 return
-            if self._lane_clean and self._aiohttp_idle() and self._lane.take(self, data):
-                return
+            if self._lane_clean and self._aiohttp_idle():
+                if self._handoff is not None and self._hand_off(data):
+                    return
+                if self._lane is not None and self._lane.take(self, data):
+                    return
             self._lane_clean = ends_bodyless_head(data)
         super().data_received(data)
         if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _hand_off(self, data: bytes) -> bool:
+        """Give the connection, with the request `data` just read, to the sibling worker `_handoff` names (it
+        answers from then on); False keeps it here. Only between requests, with nothing left to write."""
+        transport = self._raw_transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None or self._handoff is None or not self._handoff(sock.fileno(), data):
+            return False
+        transport.abort()  # this process's descriptor only: the socket lives on in the sibling
+        return True
 
     # ----- the fast lane (fastlane.py) ------------------------------------------------------------
 
@@ -265,15 +293,17 @@ class GuardedSite(web.BaseSite):
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
                  handler_args: dict[str, Any], backlog: int = 1024, tls: TlsCertificate | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, handoff: HandOff | None = None) -> None:
         super().__init__(runner, backlog=backlog, ssl_context=tls.context if tls else None)
         self._tls = tls
+        self._handoff = handoff if tls is None else None  # a TLS session cannot change process
         self._reuse_port = reuse_port
         """[server] workers > 1: every worker binds the port, the kernel spreads connections among them."""
         self._host = host
         self._port = port
         self._gate = gate
         self._handler_args = handler_args
+        self._accepted: Callable[[bytes | None], GuardedRequestHandler] | None = None
 
     @property
     def name(self) -> str:
@@ -285,11 +315,11 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         gate, args, tls = self._gate, self._handler_args, self._tls
-
         lane = self._runner.app.get(FAST_LANE) if isinstance(self._runner, web.AppRunner) else None
+        handoff = self._handoff
 
-        def accepted() -> GuardedRequestHandler:
-            handler = GuardedRequestHandler(server, gate, lane, loop=loop, **args)
+        def accepted(handed: bytes | None = None) -> GuardedRequestHandler:
+            handler = GuardedRequestHandler(server, gate, lane, handoff, handed, loop=loop, **args)
             if tls is not None:  # made before the TLS handshake; connection_made only after it succeeds
                 def check() -> None:
                     if not handler.made:
@@ -297,12 +327,26 @@ class GuardedSite(web.BaseSite):
                 loop.call_later(gate.limits.header_timeout_s + 0.5, check)
             return handler
 
+        self._accepted = accepted
         self._server = await loop.create_server(
             accepted,
             self._host, self._port, backlog=self._backlog, reuse_address=True, reuse_port=self._reuse_port or None,
             # HTTPS: the TLS handshake gets the head deadline too; the gate counts a connection after it.
             ssl=self._ssl_context, ssl_handshake_timeout=gate.limits.header_timeout_s if self._ssl_context else None,
         )
+
+
+    async def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serve a connection a sibling worker accepted and handed over with the bytes `data` it had read from
+        it, as if this site had accepted it (the gate counts it, the head deadline starts now)."""
+        if self._accepted is None:
+            sock.close()
+            return
+        accepted = self._accepted
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: accepted(data), sock)
+        except OSError:
+            sock.close()
 
 
 def open_file_limit() -> int:

@@ -4,7 +4,7 @@ The supervisor names the worker in its environment (WORKER_ENV, SECRET_ENV). The
 cluster node of role "both" whose locator is the supervisor's stream book (client.LocalLocator): it binds
 a private loopback HTTP port first and advertises it, so siblings pull its streams there (internal pulls
 carry the per-start secret, as an edge's pulls carry the cluster's); it binds the public ports with
-SO_REUSEPORT; its /metrics and stream lists (/api/v1/streams, /streams.json) answer for the whole node
+SO_REUSEPORT, and hands a public connection asking for a sibling's HLS/DASH to that sibling (hand_off); its /metrics and stream lists (/api/v1/streams, /streams.json) answer for the whole node
 (node_metrics.py). Blocks put through it are also kept in the supervisor's book, which a restarted
 worker copies them from before it listens.
 """
@@ -25,9 +25,10 @@ from aiohttp import web
 
 from .. import __version__
 from ..api.admin import DEPS, AdminDeps
-from ..cluster.locator import NodeInfo
+from ..cluster.locator import NodeInfo, Owner
 from ..config import Config, ConfigError
-from ..edge.keys import REGISTRY
+from ..edge.connections import GuardedSite
+from ..edge.keys import METRICS, REGISTRY
 from ..edge.overload import LOAD_REDIRECT
 from ..edge.pages import MAX_PUBLIC_STREAMS
 from ..hub.rate import RateMeter
@@ -35,6 +36,7 @@ from ..log import event
 from ..wiring.cluster import node_offer
 from ..workers import SECRET_ENV, WORKER_ENV
 from ..workers.client import LocalLocator
+from ..workers.handoff import HandoffCollector, Inbox, Outbox
 from ..workers.protocol import BookBlock
 from ..workers.node_metrics import (Pulls, merge, merge_history, merge_public_streams, merge_pulls, merge_streams,
                                     restarts_family)
@@ -79,6 +81,11 @@ class WorkerSetup:
         self._sibling_egress = RateMeter(window_s=2.0, min_span_s=0.5)  # as the record's egress is measured
         self.admin: AdminDeps | None = None
         """The admin API's dependencies (its access policy holds the blocks), once wire found them."""
+        self._owners: dict[str, tuple[Owner, float]] = {}
+        """Segmented streams' owners as the book last said, with when (OWNER_TTL_S), for hand-offs."""
+        self.outbox = Outbox(socket_path)
+        self.inbox: Inbox | None = None
+        self._adopting: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerSetup | None:
@@ -142,6 +149,7 @@ class WorkerSetup:
                 self.admin.cluster_nodes = self.machine_nodes
         self.traffic = SiblingCounter(app[REGISTRY])
         self.traffic.wire(app)
+        app[METRICS].prom.register(HandoffCollector(self.outbox, lambda: self.inbox))
         app.middlewares.insert(0, self._node_view)
         app.middlewares.insert(1, self._api_routing)
         app.middlewares.insert(2, self._segments_from_owner)
@@ -175,15 +183,67 @@ class WorkerSetup:
         pulls = sum(len(n.pulling) for n in nodes)
         return max(0, sum(n.viewers for n in nodes) - pulls), sum(n.egress_bps for n in nodes)
 
-    async def start_private(self, runner: web.AppRunner) -> None:
-        """Serve the app on the private loopback port too (siblings' pulls and metrics)."""
+    async def start_private(self, runner: web.AppRunner, public: GuardedSite) -> None:
+        """Serve the app on the private loopback port too (siblings' pulls and metrics), and take the public
+        connections siblings hand over (`public` serves them)."""
         await web.SockSite(runner, self._private).start()
+        loop = asyncio.get_running_loop()
+
+        def adopt(sock: socket.socket, data: bytes) -> None:
+            task = loop.create_task(public.adopt(sock, data))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+        self.inbox = Inbox(self.socket_path, self.index, adopt)
+        self.inbox.start()
+
+    # ----- HLS, LL-HLS, DASH connections handed to the packager's worker (handoff.py) -----------------
+
+    def hand_off(self, fd: int, data: bytes) -> bool:
+        """connections.HandOff: a public connection whose request `data` (a complete head) asks for the
+        playlists or segments of a stream a sibling publishes goes to that sibling, which has the packager.
+        Only when the book named the owner lately (a request that finds none goes the proxied way, and its
+        lookup fills `_owners` for the next)."""
+        if len(data) > MAX_HANDED or not data.endswith(b"\r\n\r\n"):
+            return False
+        line = data[:data.find(b"\r\n")].split(b" ")
+        if len(line) != 3 or line[0] not in (b"GET", b"HEAD") or line[2] != b"HTTP/1.1":
+            return False
+        path = line[1].split(b"?", 1)[0]
+        if not path.isascii() or b"%" in path:
+            return False
+        stream = segmented_stream(line[0].decode(), path.decode())
+        known = self._owners.get(stream) if stream is not None else None
+        if known is None or time.monotonic() - known[1] > OWNER_TTL_S or known[0].node == self.node_id:
+            return False
+        sibling = known[0].node.removeprefix("worker")
+        return sibling.isdigit() and self.outbox.send(int(sibling), fd, data)
+
+    async def _owner(self, stream: str) -> Owner | None:
+        assert self.locator is not None, "only a wired worker asks"
+        known = self._owners.get(stream)
+        now = time.monotonic()
+        if known is not None and now - known[1] <= OWNER_TTL_S:
+            return known[0]
+        owner = await self.locator.lookup(stream)
+        if owner is None:
+            self._owners.pop(stream, None)
+        else:
+            if len(self._owners) >= MAX_OWNERS:
+                self._owners = {s: o for s, o in self._owners.items() if now - o[1] <= OWNER_TTL_S}
+            self._owners[stream] = (owner, now)
+        return owner
 
     async def ready(self) -> None:
         if self.locator is not None:
             await self.locator.ready()
 
     async def close(self) -> None:
+        if self.inbox is not None:
+            self.inbox.close()
+        self.outbox.close()
+        for task in self._adopting:
+            task.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -313,11 +373,13 @@ class WorkerSetup:
     async def _segments_from_owner(self, request: web.Request, handler):
         """Playlists and segments of a stream another worker publishes come from that worker's packager:
         each worker's would number segments its own way, and a player's connections land on any worker.
-        (The fast lane answers only where a packager runs, so on the publisher's worker.)"""
+        (The fast lane answers only where a packager runs, so on the publisher's worker.) Most such requests
+        never get here: their connection was handed to that worker (hand_off) once the owner was known; this
+        proxy takes a connection's first request for a stream, and one arriving while aiohttp is busy."""
         stream = segmented_stream(request.method, request.path)
         if stream is None or request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:
             return await handler(request)
-        owner = await self.locator.lookup(stream)
+        owner = await self._owner(stream)
         if owner is None or owner.node == self.node_id:
             return await handler(request)
         return await self._relay(request, owner.http + request.path_qs, PROXIED_REQUEST_HEADERS,
@@ -442,6 +504,12 @@ class WorkerSetup:
             return None
 
 
+OWNER_TTL_S = 1.0
+"""How long a stream's owner, as the book said, is taken for granted: a stream published again on another
+worker meanwhile costs a request a hand-off (or a proxied request) to the old one, which asks the book."""
+MAX_OWNERS = 4096
+MAX_HANDED = 8192
+"""Longer request heads stay where they arrived (the fast lane's limit too)."""
 LOOPBACK = ("127.0.0.1", "::1")
 PROXY_TIMEOUT_S = 15.0
 """At least this long for a sibling's HLS/DASH answer: an LL-HLS blocking reload is held until its part

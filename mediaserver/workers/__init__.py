@@ -6,7 +6,8 @@ a whole server binding the public RTMP/HTTP ports with SO_REUSEPORT, so the kern
 among them. The workers are the nodes of a cluster that needs no Redis: a publisher's worker claims its
 stream in the book; a viewer landing on another worker pulls the stream from it over the worker's
 private loopback HTTP port, as an edge pulls from its origin (client.py: a StreamLocator over the
-socket). A worker's part of the composition root is wiring/worker.py: /metrics, /streams.json and the
+socket). A stream's HLS, LL-HLS and DASH packager runs on its publisher's worker only: a player's connection
+asking for them elsewhere is handed to that worker, socket and all (handoff.py). A worker's part of the composition root is wiring/worker.py: /metrics, /streams.json and the
 API show the whole node (node_metrics.py merges the workers' answers, without their pulls of each other,
 which wiring/worker_traffic.py counts); a viewer's id names its worker, so listing and kicking viewers
 reach every worker; a WHEP/WHIP session's URL names the worker holding it; the route API answers on the

@@ -125,3 +125,4 @@ def test_a_siblings_hls_answer_is_awaited_longer_than_the_owner_may_hold_a_block
         assert setup._proxy_timeout_s() > 30.0  # held up to 30 s by the owner's fast lane
     finally:
         setup._private.close()
+        setup.outbox.close()

@@ -77,6 +77,7 @@ async def test_a_restarted_worker_copies_the_nodes_blocks_before_it_listens(tmp_
     finally:
         for setup in (first, again):
             setup._private.close()
+            setup.outbox.close()
         await service.close()
 
 
@@ -163,6 +164,7 @@ async def test_the_workers_route_load_adds_up_the_workers_without_sibling_pulls(
         for setup in setups:
             await setup.locator.close()
             setup._private.close()
+            setup.outbox.close()
         await service.close()
 
 
