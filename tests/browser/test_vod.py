@@ -135,7 +135,7 @@ def test_the_console_lists_the_recording_and_deletes_it(recorded, browser, artif
 def test_the_dvr_window_plays_on_across_file_rotations_and_seeks_back_into_an_earlier_file(
         tmp_path, ffmpeg, browser, artifacts):
     """hls.js plays a stream's dvr.m3u8 while its recording rotates every 3 s: through the new files'
-    EXT-X-MAPs, and back into an earlier file."""
+    EXT-X-MAPs, back into an earlier file, and with the page's Go live button back to the live edge."""
     clip = generate_clip(tmp_path / "clip.flv", duration_s=4.0, size="320x240")
     server = start_server(tmp_path / "server", {"record.path": str(tmp_path / "rec"), "record.mode": "all",
                                                 "record.segment_minutes": "0.05", "record.dvr_window": "120"})
@@ -168,6 +168,21 @@ def test_the_dvr_window_plays_on_across_file_rotations_and_seeks_back_into_an_ea
         assert advance_within(page, 2.0, 10.0) > 2.0
         assert page.evaluate(decoded) > before + 25, "no frames decoded after seeking back into the first file"
         page.screenshot(path=artifacts / "player-dvr-rotation.png")
+        # Back to live: the page says how far behind it is, and its button jumps to the edge and plays on.
+        # paused, the window's edge moves on without the player
+        page.evaluate("document.getElementById('video').pause()")
+        page.wait_for_function("() => window.mediaserverPlayer.behindLive > 8", timeout=20_000, polling=200)
+        page.wait_for_selector('#go-live[aria-pressed="false"]:not([hidden])', timeout=5_000)  # redrawn each second
+        assert "behind" in page.inner_text("#go-live")
+        page.click("#go-live")
+        page.wait_for_function("() => window.mediaserverPlayer.behindLive !== null && window.mediaserverPlayer.behindLive < 6",
+                               timeout=10_000, polling=100)
+        assert advance_within(page, 2.0, 10.0) > 2.0, "playing on at the live edge"
+        page.wait_for_selector('#go-live[aria-pressed="true"]', timeout=5_000)
+        edge_gap = page.evaluate("""() => { const v = document.getElementById('video');
+            return v.seekable.end(v.seekable.length - 1) - v.currentTime; }""")
+        assert edge_gap < 15, f"{edge_gap:.1f} s from the end of the DVR window after going live"
+        page.screenshot(path=artifacts / "player-dvr-live.png")
     finally:
         publisher.close()
         server.terminate()

@@ -116,6 +116,13 @@ class HlsEngine extends Engine {
     }
   }
 
+  /** Where playing a live (or DVR) playlist is as close to its edge as hls.js holds it; null when unknown. */
+  liveEdge() {
+    const hls = this.hls;
+    const position = hls ? hls.liveSyncPosition : null;
+    return typeof position === 'number' && isFinite(position) ? position : null;
+  }
+
   levels() {
     const levels = this.hls && this.hls.levels ? this.hls.levels : [];
     return levels.map((l, i) => ({

@@ -37,7 +37,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   title: $('title'), video: $('video'), overlay: $('overlay'), overlayText: $('overlay-text'), play: $('play'),
   status: $('status'), formats: $('formats'), unavailable: $('unavailable'), unmute: $('unmute'),
-  latencyMethod: $('latency-method'), quality: $('quality'),
+  goLive: $('go-live'), latencyMethod: $('latency-method'), quality: $('quality'),
   stat: {
     format: $('stat-format'), latency: $('stat-latency'), bitrate: $('stat-bitrate'),
     resolution: $('stat-resolution'), dropped: $('stat-dropped'), startup: $('stat-startup'),

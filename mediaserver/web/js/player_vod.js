@@ -13,6 +13,7 @@ import {NAME, el, explain, formatKbps, sleep, withToken} from './common.js';
 import {createEngine} from './engines.js';
 
 const ID = /^[A-Za-z0-9_-]{1,64}$/;
+const LIVE_SLACK_S = 6;  // this close to where hls.js holds the live edge (3 segments back) counts as live
 export const VOD_FORMATS = [
   {id: 'hls', label: 'HLS', url: (id) => `/vod/${id}/index.m3u8`},
   {id: 'dash', label: 'DASH', url: (id) => `/vod/${id}/manifest.mpd`},
@@ -155,6 +156,29 @@ export function playRecorded(ui, {app, name, query}) {
     start(0);
   });
 
+  /** Seconds behind the live edge of the DVR window, or null before the player knows it. */
+  function behindLive() {
+    const edge = engine && typeof engine.liveEdge === 'function' ? engine.liveEdge() : null;
+    return edge === null ? null : Math.max(0, edge - ui.video.currentTime);
+  }
+
+  // The DVR's "Go live": pressed (and idle) while playing at the edge; otherwise it jumps there.
+  function showLive() {
+    const behind = behindLive();
+    ui.goLive.hidden = behind === null;
+    const live = behind !== null && behind < LIVE_SLACK_S;
+    ui.goLive.setAttribute('aria-pressed', String(live));
+    ui.goLive.textContent = live ? '● Live' : `Go live (${Math.round(behind || 0)} s behind)`;
+  }
+
+  ui.goLive.addEventListener('click', () => {
+    const edge = engine && typeof engine.liveEdge === 'function' ? engine.liveEdge() : null;
+    if (edge === null) return;
+    ui.video.currentTime = edge;
+    ui.video.play().catch(() => {});
+    showLive();
+  });
+
   async function updateStats() {
     for (;;) {
       const v = ui.video;
@@ -162,7 +186,10 @@ export function playRecorded(ui, {app, name, query}) {
       const q = typeof v.getVideoPlaybackQuality === 'function' ? v.getVideoPlaybackQuality() : null;
       ui.stat.dropped.textContent = q ? `${q.droppedVideoFrames} of ${q.totalVideoFrames}` : '–';
       ui.stat.bitrate.textContent = engine ? formatKbps(engine.kbps()) : '–';
-      ui.stat.latency.textContent = isFinite(v.duration) ? `${v.currentTime.toFixed(1)} of ${v.duration.toFixed(1)} s` : '–';
+      const behind = dvr ? behindLive() : null;
+      ui.stat.latency.textContent = isFinite(v.duration) ? `${v.currentTime.toFixed(1)} of ${v.duration.toFixed(1)} s`
+        : behind !== null ? `${behind.toFixed(1)} s behind live` : '–';
+      if (dvr) showLive();
       await sleep(1000);
     }
   }
@@ -189,5 +216,6 @@ export function playRecorded(ui, {app, name, query}) {
     get phase() { return phase; },
     get format() { return format; },
     get recorded() { return dvr ? 'dvr' : 'vod'; },
+    get behindLive() { return dvr ? behindLive() : null; },
   };
 }
