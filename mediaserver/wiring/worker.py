@@ -118,7 +118,8 @@ class WorkerSetup:
 
     def make_locator(self, node: Callable[[], NodeInfo]) -> LocalLocator:
         self.locator = LocalLocator(self.socket_path, lambda: self._without_sibling_egress(node()), self.index,
-                                    on_lost=lambda: self.stop(), on_blocks=self._take_blocks)
+                                    on_lost=lambda: self.stop(), on_blocks=self._take_blocks,
+                                    on_unblock=self._lift_block)
         return self.locator
 
     def _without_sibling_egress(self, info: NodeInfo) -> NodeInfo:
@@ -139,6 +140,10 @@ class WorkerSetup:
             self.admin.policy.block(block.app, block.name, block.until, block.reason)
         if blocks:
             event(log, "worker_blocks_copied", worker=self.index, blocks=len(blocks))
+
+    def _lift_block(self, app: str, name: str) -> None:
+        if self.admin is not None:
+            self.admin.policy.unblock(app, name)
 
     def wire(self, app: web.Application) -> None:
         app.pop(LOAD_REDIRECT, None)  # never a 302 toward a sibling's private URL (adapt sets no ceiling)

@@ -5,8 +5,9 @@ not come, the call answers as RedisLocator does while Redis is away (a claim is 
 nothing). The worker's record (its load, the streams it pulls) is rewritten every `record_every` s.
 When the connection drops the supervisor is gone (or dropped this worker): `on_lost` is called, and the
 worker stops, since its claims are void and siblings can no longer find its streams. Right after its
-hello (before the worker listens) it copies the node's blocks from the book (`on_blocks`): a restarted
-worker's publish gate refuses what its siblings refuse.
+hello (before the worker listens) it copies the node's blocks from the book (`on_blocks`), and from then on
+it takes each block its siblings keep or lift there: a restarted worker's publish gate refuses what its
+siblings refuse.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LocalLocator:
     def __init__(self, path: str, node: Callable[[], NodeInfo], worker: int, on_lost: Callable[[], None],
                  op_timeout: float = 2.0, record_every: float = 1.0,
                  on_blocks: Callable[[list[BookBlock]], None] = lambda blocks: None,
+                 on_unblock: Callable[[str, str], None] = lambda app, name: None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._node = node
@@ -42,7 +44,10 @@ class LocalLocator:
         self.op_timeout = op_timeout
         self.record_every = record_every
         self.on_blocks = on_blocks
-        """Called once at start with the node's blocks in force (the publish gate's policy takes them)."""
+        """Called at start with the node's blocks in force (the publish gate's policy takes them), and with each
+        block a sibling keeps in the book later."""
+        self.on_unblock = on_unblock
+        """Called with each block a sibling lifts in the book."""
         self.wall_clock = wall_clock
         self.up = False
         self.ops = 0
@@ -131,7 +136,7 @@ class LocalLocator:
     # ----- the node's blocks and restarts (kept by the supervisor) -------------------------------
 
     async def keep_block(self, block: BookBlock) -> None:
-        await self._call("block", block=asdict(block))
+        await self._call("block", block=asdict(block), now=self.wall_clock())
 
     async def lift_block(self, app: str, name: str) -> None:
         await self._call("unblock", app=app, name=name)
@@ -181,6 +186,9 @@ class LocalLocator:
                 if "event" in message:
                     self._deliver(message["event"])
                     continue
+                if "block" in message or "unblock" in message:
+                    self._apply_block(message)
+                    continue
                 future = self._waiting.get(message.get("id", -1))
                 if future is None or future.done():
                     continue
@@ -199,6 +207,18 @@ class LocalLocator:
                 event(log, "worker_supervisor_lost", logging.ERROR, node=self.node_id,
                       hint="the supervisor is gone or dropped this worker: stopping")
                 self.on_lost()
+
+    def _apply_block(self, message: dict[str, Any]) -> None:
+        """A sibling kept (or lifted) a block in the book: this worker's publish gate takes it too."""
+        if "block" in message:
+            raw = message["block"].get("block") if isinstance(message["block"], dict) else None
+            block = _block(raw) if raw is not None else None
+            if block is not None:
+                self.on_blocks([block])
+            return
+        raw = message["unblock"]
+        if isinstance(raw, dict) and isinstance(raw.get("app"), str) and isinstance(raw.get("name"), str):
+            self.on_unblock(raw["app"], raw["name"])
 
     def _deliver(self, text: object) -> None:
         try:

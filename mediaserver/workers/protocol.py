@@ -189,6 +189,8 @@ class StreamBook:
             return {s: asdict(o) for s, o in self.claims.items() if o.node in self.live}, None
         if op == "block":
             block = _block(args)
+            if "now" in args:  # the expired ones go as new ones come (a worker's start asks with `blocks` too)
+                self.current_blocks(_number(args, "now"))
             self.blocks[(block.app, block.name)] = block
             return None, None
         if op == "unblock":

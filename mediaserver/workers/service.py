@@ -3,7 +3,8 @@
 Each worker holds one connection. It must say hello within HELLO_TIMEOUT_S; a line that is not the
 protocol, or longer than MAX_LINE, closes the connection (the worker then loses its claims, as if it had
 died); a worker that neither asks nor records anything for IDLE_TIMEOUT_S is dropped (its record is
-rewritten every second). News from one worker is passed to all the others; a worker that does not read
+rewritten every second). News from one worker is passed to all the others, and so are the blocks it keeps
+in the book and lifts (BLOCK_OPS); a worker that does not read
 its news (over MAX_BACKLOG unsent bytes) is dropped rather than buffered without bound. When each
 worker was last heard from is kept (`heard`) for the supervisor's liveness check.
 """
@@ -24,6 +25,9 @@ log = logging.getLogger("mediaserver.workers")
 HELLO_TIMEOUT_S = 5.0
 IDLE_TIMEOUT_S = 30.0
 MAX_BACKLOG = 16 * MAX_LINE
+BLOCK_OPS = ("block", "unblock")
+"""Passed on to the other workers as they come, besides being kept: a worker that has said hello but not yet
+recorded itself is missed by the sender's forwards, and may have copied the book's blocks already."""
 
 
 class BookService:
@@ -89,6 +93,8 @@ class BookService:
                     self.on_ready(index)
                 if news is not None:
                     self._broadcast(node, news.to_json())
+                elif request.op in BLOCK_OPS:  # a worker (re)starting now gets it, whatever the sender reached
+                    self._broadcast(node, None, {request.op: {k: v for k, v in request.args.items() if k != "op"}})
         except (ProtocolError, ValueError) as err:  # ValueError: a line over the reader's limit
             event(log, "worker_protocol_error", logging.WARNING, node=node or "?", error=str(err)[:200])
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -105,8 +111,8 @@ class BookService:
         if streams:
             event(log, "worker_claims_released", node=node, streams=len(streams))
 
-    def _broadcast(self, sender: str, text: str) -> None:
-        line = encode({"event": text})
+    def _broadcast(self, sender: str, text: str | None, message: dict | None = None) -> None:
+        line = encode({"event": text} if message is None else message)
         for node, writer in list(self._writers.items()):
             if node == sender:
                 continue

@@ -81,6 +81,48 @@ async def test_a_restarted_worker_copies_the_nodes_blocks_before_it_listens(tmp_
         await service.close()
 
 
+async def test_a_block_kept_or_lifted_in_the_book_reaches_every_other_worker_at_once(tmp_path):
+    """A worker (re)starting while a sibling blocks a name is missed by the sibling's forwards (it has not
+    recorded itself yet) and may have copied the book's blocks already: the book passes the block on."""
+    service = BookService(str(tmp_path / "book.sock"))
+    await service.start()
+    sender, starting = worker(0, service.path), worker(1, service.path)
+    try:
+        for index, setup in enumerate((sender, starting)):
+            setup.make_locator(lambda index=index: info(f"worker{index}"))
+            await setup.locator.start()
+        policy = starting.admin.policy
+        put = web.json_response({"app": "live", "name": "x", "until": 4e9, "reason": "kicked"})
+        await sender._book_block("PUT", "live/x", [put])  # no forward reached `starting`
+        for _ in range(100):
+            if policy.block_of("live", "x", now=1e9) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert policy.block_of("live", "x", now=1e9) == Block("live", "x", 4e9, "kicked")
+        assert sender.admin.policy.block_of("live", "x", now=1e9) is None, "the sender's own came by HTTP"
+        await sender._book_block("DELETE", "live/x", [])
+        for _ in range(100):
+            if policy.block_of("live", "x", now=1e9) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert policy.block_of("live", "x", now=1e9) is None
+    finally:
+        for setup in (sender, starting):
+            if setup.locator is not None:
+                await setup.locator.close()
+            setup._private.close()
+            setup.outbox.close()
+        await service.close()
+
+
+def test_the_book_drops_expired_blocks_as_new_ones_come():
+    book = StreamBook()
+    for i in range(50):
+        book.handle("worker0", Request(1, "block", {"op": "block", "now": 100.0 + i,
+                                                    "block": {"app": "live", "name": f"n{i}", "until": 101.0 + i}}))
+    assert list(book.blocks) == [("live", "n49")]  # each earlier one had expired when the next came
+
+
 # ----- a restart's start deadline, and the restart count ----------------------------------------------
 
 async def test_kill_unless_ready_kills_a_silent_start_and_spares_a_ready_one():
