@@ -842,6 +842,21 @@ async def cmd_pull(args, ctx: "Run") -> dict:
     }
 
 
+async def wait_renditions(server: Server, names: list[str], timeout_s: float = 60.0) -> None:
+    """Ask each rendition's playlist until every one answers 200 (the first asks start the transcodes)."""
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while True:
+            status = await http_status(server.host, server.http_port, server.hls_path(name))
+            if status == 200:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{server.hls_path(name)} answered {status} for {timeout_s:.0f} s: is abr.mode on "
+                                 f"and the label in abr.ladder? See {server.log_path}")
+            server.check_alive()
+            await asyncio.sleep(0.5)
+
+
 async def cmd_hls(args, ctx: "Run") -> dict:
     names = [f"{args.stream_prefix}{i}" for i in range(args.streams)]
     media = _media.ensure_media(log=say)
@@ -871,7 +886,13 @@ async def cmd_hls(args, ctx: "Run") -> dict:
     plan = make_plan(args)
     say(f"{args.viewers} HLS players on {len(names)} stream(s) in {args.client_procs} process(es); "
         f"warm-up {plan.ws_tick} s, window {plan.duration_s} s")
-    workers = await spawn_workers("hls", args, server, names, plan, ctx.children)
+    watched = [f"{n}@{args.rendition}" for n in names] if args.rendition else names
+    if args.rendition:  # the renditions' transcodes start with their first request: running before the baseline
+        await wait_renditions(server, watched)
+        base_a = sampler.sample()
+        await asyncio.sleep(3)
+        base = window_usage(base_a, sampler.sample())
+    workers = await spawn_workers("hls", args, server, watched, plan, ctx.children)
     ws, we = await run_window(plan, sampler, server, ctx.children)
     usage = window_usage(ws, we)
     await asyncio.sleep(args.hls_grace)  # let fetches of the window's last segments finish
@@ -1505,6 +1526,9 @@ def build_parser() -> argparse.ArgumentParser:
     viewers(p, 100)
     p.add_argument("--hls-grace", type=float, default=3.0,
                    help="segments listed in the window's last GRACE s are not required (default 3)")
+    p.add_argument("--rendition", metavar="LABEL",
+                   help="players play the ABR rendition NAME@LABEL instead of the source (set abr.mode and "
+                        "abr.ladder with --server-set; the transcode's CPU counts in every figure)")
     common(p, 60)
 
     for kind, what in (("llhls", "LL-HLS (hls.js low-latency players: blocking reloads and parts, video and audio)"),

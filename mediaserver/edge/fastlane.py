@@ -8,7 +8,7 @@ bytes object that holds exactly one complete, bodyless `GET` head; it is parsed 
 and when everything it asks for can be answered as the full stack would answer it, the answer is
 written to the transport at once: the packager's own bytes, never copied, behind a head made from
 prebuilt pieces. Anything else (another method or route, a body, pipelined or partial heads, a
-rendition, a stream not here, an error to explain, HTTP/1.0, `Connection: close`) goes to aiohttp as if
+rendition whose transcoder or packager is not running here yet, a stream not here, an error to explain, HTTP/1.0, `Connection: close`) goes to aiohttp as if
 the lane did not exist, and so does every request of a server where a viewer needs more than the
 stream's existence (play tokens, the on_play webhook), and a request that names its client in
 X-Forwarded-For or Forwarded where `http.trusted_proxies` is set (the full stack reads who the client is;
@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..auth import cors
+from ..auth.names import split_rendition
 from ..remux import llhls
 from ..remux.cmaf import parse_cmaf_name
 from .formats import CARRIED, DASH, LLHLS, TS_HLS
@@ -254,8 +255,14 @@ class FastLane:
         if not app[GATE].admission.policy.play_is_open(head.app):
             return False
         key = stream_key(head.app, head.name)
-        if key is None or "@" in head.name:
-            return False  # renditions: the ABR gate may have to start their transcoder
+        if key is None:
+            return False
+        source = None
+        if "@" in head.name:  # a rendition: only while its transcoder publishes it here, its source's packager too
+            base, label = split_rendition(head.name)
+            source = stream_key(head.app, base) if label is not None and head.file != "manifest.mpd" else None
+            if source is None:
+                return False
         stream = app[REGISTRY].get(key)
         if stream is None or stream.ended:
             return False
@@ -268,8 +275,8 @@ class FastLane:
         pool = app[PACKAGERS]
         if file == "index.m3u8" or file.endswith(".ts"):
             packager = pool.running_hls(key)
-            if packager is None:
-                return False
+            if packager is None or (source is not None and pool.running_hls(source) is None):
+                return False  # (a rendition's packager follows its source's cuts: both are kept alive)
             if file == "index.m3u8":
                 info = stream.info
                 carried = CARRIED[TS_HLS]
@@ -284,7 +291,7 @@ class FastLane:
             return self._answer(conn, head, str(key), "hls", _TS_TYPE, _LONG_CACHE, segment.data,
                                 file=packager.segment_file(segment.sequence))
         packager = pool.running_cmaf(key)
-        if packager is None:
+        if packager is None or (source is not None and pool.running_cmaf(source) is None):
             return False
         info = stream.info
         carried = CARRIED[DASH if file == "manifest.mpd" else LLHLS]

@@ -122,3 +122,33 @@ async def test_a_watermark_on_the_source_replaces_it_with_a_marked_top_rung(serv
         marked_rgb, plain_rgb = corner_rgb(marked.complete_flv()), corner_rgb(plain.complete_flv())
     assert marked_rgb[0] > 180 and marked_rgb[1] < 80 and marked_rgb[2] < 80, marked_rgb
     assert not (plain_rgb[0] > 180 and plain_rgb[1] < 80 and plain_rgb[2] < 80), plain_rgb
+
+
+async def test_a_renditions_playlists_and_segments_are_answered_by_the_fast_lane_once_its_transcoder_runs(
+        server_factory, publish, media, stream_name):
+    """The first request of a rendition goes through the full stack (it may start the transcode); once the
+    rendition is published here and packaged, its players are answered as the source's are: by the fast lane,
+    without aiohttp (no Server header), with the same bytes."""
+    server = server_factory(**{"abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "15",
+                               "hls.segment_duration": "1"})
+    publish(server, stream_name, media.av, loop=True)
+    await wait_live(server, stream_name)
+    base = f"{server.http_base}/live/{stream_name}/"
+    async with aiohttp.ClientSession() as http:
+        master = m3u8.loads(await text(http, base + "master.m3u8"), uri=base + "master.m3u8")
+        rendition = next(urljoin(base, p.uri) for p in master.playlists if "@240p/" in p.uri)
+        listed = await segments_by_number(http, rendition, 2)
+        cmaf = m3u8.loads(await text(http, base + "cmaf.m3u8"), uri=base + "cmaf.m3u8")
+        cmaf_rendition = next(urljoin(base, p.uri) for p in cmaf.playlists if "@240p/" in p.uri)
+        await segments_by_number(http, cmaf_rendition, 2)
+    async with aiohttp.ClientSession() as player:  # one kept-alive connection, as a player's
+        answers = []
+        for url in (rendition, listed[max(listed)], cmaf_rendition):
+            async with player.get(url) as resp:
+                assert resp.status == 200, (url, resp.status)
+                answers.append((url, resp.headers.get("Server"), await resp.read()))
+    assert [server_header for _, server_header, _ in answers] == [None, None, None], answers
+    with av.open(io.BytesIO(answers[1][2]), format="mpegts") as container:
+        heights = {frame.height for frame in container.decode(video=0)}
+    assert heights == {240}, heights
+    assert b"#EXT-X-MAP" in answers[2][2]
