@@ -274,7 +274,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await runner.setup()
     http_site = GuardedSite(runner, config.http.bind, config.http.port, connections, handler_args,
                             tls=https_cert, reuse_port=worker is not None,
-                            handoff=worker.hand_off if worker is not None else None)
+                            handoff=worker.handoff() if worker is not None else None)
     try:
         await http_site.start()
         await rtmp.start()

@@ -125,9 +125,15 @@ def _refusal_answer(reason: str, limits: ConnectionLimits) -> bytes:
     return head + data
 
 
-HandOff = Callable[[int, bytes], bool]
-"""[server] workers > 1: given a connection's descriptor and the complete request head just read from it,
-hand both to the sibling worker that serves what it asks, and say whether it did."""
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """[server] workers > 1: connections asking for what a sibling worker serves are handed to it."""
+
+    target: Callable[[bytes], int | None]
+    """The sibling worker to hand a connection to, given the complete request head just read from it; None
+    keeps it here. Asked of every request between requests: cheap."""
+    send: Callable[[int, int, bytes], bool]
+    """Hand (worker, the connection's descriptor, the bytes read) over; False when the sibling cannot take it."""
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -191,11 +197,15 @@ class GuardedRequestHandler(RequestHandler):
     def _hand_off(self, data: bytes) -> bool:
         """Give the connection, with the request `data` just read, to the sibling worker `_handoff` names (it
         answers from then on); False keeps it here. Only between requests, with nothing left to write."""
+        handoff = self._handoff
+        target = handoff.target(data) if handoff is not None else None
+        if target is None:
+            return False
         transport = self._raw_transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
         sock = transport.get_extra_info("socket")
-        if sock is None or self._handoff is None or not self._handoff(sock.fileno(), data):
+        if sock is None or not handoff.send(target, sock.fileno(), data):
             return False
         transport.abort()  # this process's descriptor only: the socket lives on in the sibling
         return True

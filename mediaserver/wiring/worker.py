@@ -27,7 +27,7 @@ from .. import __version__
 from ..api.admin import DEPS, AdminDeps
 from ..cluster.locator import NodeInfo, Owner
 from ..config import Config, ConfigError
-from ..edge.connections import GuardedSite
+from ..edge.connections import GuardedSite, HandOff
 from ..edge.keys import METRICS, REGISTRY
 from ..edge.overload import LOAD_REDIRECT
 from ..edge.pages import MAX_PUBLIC_STREAMS
@@ -82,6 +82,7 @@ class WorkerSetup:
         self.admin: AdminDeps | None = None
         """The admin API's dependencies (its access policy holds the blocks), once wire found them."""
         self._owners: dict[str, tuple[Owner, float]] = {}
+        self._heads: dict[bytes, str | None] = {}
         """Segmented streams' owners as the book last said, with when (OWNER_TTL_S), for hand-offs."""
         self.outbox = Outbox(socket_path)
         self.inbox: Inbox | None = None
@@ -204,25 +205,27 @@ class WorkerSetup:
 
     # ----- HLS, LL-HLS, DASH connections handed to the packager's worker (handoff.py) -----------------
 
-    def hand_off(self, fd: int, data: bytes) -> bool:
-        """connections.HandOff: a public connection whose request `data` (a complete head) asks for the
-        playlists or segments of a stream a sibling publishes goes to that sibling, which has the packager.
-        Only when the book named the owner lately (a request that finds none goes the proxied way, and its
-        lookup fills `_owners` for the next)."""
-        if len(data) > MAX_HANDED or not data.endswith(b"\r\n\r\n"):
-            return False
-        line = data[:data.find(b"\r\n")].split(b" ")
-        if len(line) != 3 or line[0] not in (b"GET", b"HEAD") or line[2] != b"HTTP/1.1":
-            return False
-        path = line[1].split(b"?", 1)[0]
-        if not path.isascii() or b"%" in path:
-            return False
-        stream = segmented_stream(line[0].decode(), path.decode())
-        known = self._owners.get(stream) if stream is not None else None
-        if known is None or time.monotonic() - known[1] > OWNER_TTL_S or known[0].node == self.node_id:
-            return False
+    def handoff(self) -> HandOff:
+        """What the public site hands connections over with (connections.HandOff)."""
+        return HandOff(self.hand_off_target, self.outbox.send)
+
+    def hand_off_target(self, data: bytes) -> int | None:
+        """The sibling a public connection whose request `data` (a complete head) asks for the playlists or
+        segments of a stream it publishes goes to (it has the packager); None keeps the connection here. Only
+        when the book named the owner lately (a request that finds none goes the proxied way, and its lookup
+        fills `_owners` for the next)."""
+        stream = self._heads.get(data, _UNPARSED)
+        if stream is _UNPARSED:
+            stream = _segmented_head(data)
+            if len(data) <= MAX_HANDED:
+                if len(self._heads) >= MAX_HEADS:
+                    self._heads.clear()
+                self._heads[data] = stream  # players repeat the same heads: parsed once
+        known = self._owners.get(stream) if stream is not None else None  # type: ignore[arg-type]
+        if known is None or known[0].node == self.node_id or time.monotonic() - known[1] > OWNER_TTL_S:
+            return None
         sibling = known[0].node.removeprefix("worker")
-        return sibling.isdigit() and self.outbox.send(int(sibling), fd, data)
+        return int(sibling) if sibling.isdigit() else None
 
     async def _owner(self, stream: str) -> Owner | None:
         assert self.locator is not None, "only a wired worker asks"
@@ -515,6 +518,9 @@ worker meanwhile costs a request a hand-off (or a proxied request) to the old on
 MAX_OWNERS = 4096
 MAX_HANDED = 8192
 """Longer request heads stay where they arrived (the fast lane's limit too)."""
+MAX_HEADS = 1024
+"""Request heads whose stream is remembered (as the fast lane's head cache)."""
+_UNPARSED = object()
 LOOPBACK = ("127.0.0.1", "::1")
 PROXY_TIMEOUT_S = 15.0
 """At least this long for a sibling's HLS/DASH answer: an LL-HLS blocking reload is held until its part
@@ -548,6 +554,19 @@ def session_worker(session: str) -> tuple[str, int] | None:
     if not own_id or not (worker.isascii() and worker.isdigit()) or len(worker) > 3:
         return None
     return own_id, int(worker)
+
+
+def _segmented_head(data: bytes) -> str | None:
+    """The stream a complete HTTP/1.1 request head asks the playlists or segments of (segmented_stream)."""
+    if len(data) > MAX_HANDED or not data.endswith(b"\r\n\r\n"):
+        return None
+    line = data[:data.find(b"\r\n")].split(b" ")
+    if len(line) != 3 or line[0] not in (b"GET", b"HEAD") or line[2] != b"HTTP/1.1":
+        return None
+    path = line[1].split(b"?", 1)[0]
+    if not path.isascii() or b"%" in path:
+        return None
+    return segmented_stream(line[0].decode(), path.decode())
 
 
 def segmented_stream(method: str, path: str) -> str | None:

@@ -117,24 +117,11 @@ def test_a_sibling_not_listening_or_not_keeping_up_takes_nothing(tmp_path):
             s.close()
 
 
-class _Sent:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int, bytes]] = []
-
-    def send(self, index: int, fd: int, data: bytes) -> bool:
-        self.calls.append((index, fd, data))
-        return True
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def setup():
     made = WorkerSetup(0, "/nonexistent/book.sock", "s" * 24)
-    made.outbox.close()
-    made.outbox = _Sent()  # type: ignore[assignment]
     yield made
+    made.outbox.close()
     made._private.close()
 
 
@@ -149,8 +136,8 @@ def test_only_segmented_requests_of_a_stream_a_sibling_owns_are_handed(setup):
     _owned(setup, "live/old", "worker1", age_s=OWNER_TTL_S + 1)
     for head in (b"GET /live/s/index.m3u8 HTTP/1.1\r\n\r\n", b"HEAD /live/s/3.ts?x=1 HTTP/1.1\r\nHost: h\r\n\r\n",
                  b"GET /live/s/manifest.mpd HTTP/1.1\r\n\r\n"):
-        assert setup.hand_off(7, head), head
-    assert [c[0] for c in setup.outbox.calls] == [1, 1, 1]
+        assert setup.hand_off_target(head) == 1, head
+        assert setup.hand_off_target(head) == 1, head  # remembered
     for head in (
         b"GET /live/mine/index.m3u8 HTTP/1.1\r\n\r\n",  # published here
         b"GET /live/old/index.m3u8 HTTP/1.1\r\n\r\n",  # the book's answer is too old: ask again
@@ -165,10 +152,19 @@ def test_only_segmented_requests_of_a_stream_a_sibling_owns_are_handed(setup):
         b"GET  /live/s/index.m3u8 HTTP/1.1\r\n\r\n",
         b"\xff\xfe /live/s/index.m3u8 HTTP/1.1\r\n\r\n",
     ):
-        assert not setup.hand_off(7, head), head
-    assert len(setup.outbox.calls) == 3
+        assert setup.hand_off_target(head) is None, head
 
 
 def test_an_owner_index_that_is_no_worker_is_not_handed(setup):
     _owned(setup, "live/s", "edge-a")
-    assert not setup.hand_off(7, HEAD)
+    assert setup.hand_off_target(HEAD) is None
+
+
+def test_the_heads_remembered_stay_bounded(setup):
+    from mediaserver.wiring.worker import MAX_HEADS
+
+    _owned(setup, "live/s", "worker1")
+    for i in range(MAX_HEADS * 3):
+        head = b"GET /live/s/%d.ts HTTP/1.1\r\n\r\n" % i
+        assert setup.hand_off_target(head) == 1
+        assert len(setup._heads) <= MAX_HEADS
