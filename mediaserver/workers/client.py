@@ -58,6 +58,8 @@ class LocalLocator:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._early: list[dict[str, Any]] | None = []
+        """Blocks and lifts passed on by the book before this worker's copy of its blocks was applied."""
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -70,6 +72,9 @@ class LocalLocator:
             raise ConnectionError(f"the supervisor's stream book at {self.path} did not answer")
         await self._record()
         self.on_blocks(await self.blocks())
+        early, self._early = self._early, None
+        for message in early or ():  # in the book's order; one older than the copy changes nothing
+            self._apply_block(message)
         self._tasks.append(loop.create_task(self._keep_recording()))
 
     async def ready(self) -> None:
@@ -209,7 +214,12 @@ class LocalLocator:
                 self.on_lost()
 
     def _apply_block(self, message: dict[str, Any]) -> None:
-        """A sibling kept (or lifted) a block in the book: this worker's publish gate takes it too."""
+        """A sibling kept (or lifted) a block in the book: this worker's publish gate takes it too. Before the
+        copy of the book's blocks is applied, kept for after it (the copy's reply and a lift that came after
+        it may arrive in one read, and the lift must not be undone by the copy)."""
+        if self._early is not None:
+            self._early.append(message)
+            return
         if "block" in message:
             raw = message["block"].get("block") if isinstance(message["block"], dict) else None
             block = _block(raw) if raw is not None else None

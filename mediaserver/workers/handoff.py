@@ -141,7 +141,11 @@ def _stream_socket(fd: int) -> socket.socket | None:
     except OSError:
         os.close(fd)
         return None
-    if conn.type != socket.SOCK_STREAM or conn.family not in (socket.AF_INET, socket.AF_INET6):
+    try:
+        listening = conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 1
+    if conn.type != socket.SOCK_STREAM or conn.family not in (socket.AF_INET, socket.AF_INET6) or listening:
         conn.close()
         return None
     conn.setblocking(False)

@@ -84,7 +84,8 @@ async def test_what_is_not_one_tcp_socket_is_refused_closed_and_the_inbox_goes_o
         raw.sendmsg([HEAD], rights(unix_a.fileno()), 0, inbox.path)  # a Unix socket, not a viewer's
         raw.sendmsg([HEAD], rights(accepted.fileno(), write_end), 0, inbox.path)  # two at once
         raw.sendmsg([b"G" * (MAX_BYTES + 100)], rights(accepted.fileno()), 0, inbox.path)  # too long: truncated
-        await _until(lambda: inbox.refused == 5)
+        raw.sendmsg([HEAD], rights(listener.fileno()), 0, inbox.path)  # a listening socket, no viewer's
+        await _until(lambda: inbox.refused == 6)
         assert got == []
         assert _open_fds() == before, "every descriptor received was closed"
         assert Outbox(book).send(0, accepted.fileno(), HEAD)  # and a good one is still taken

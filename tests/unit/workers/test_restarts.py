@@ -115,6 +115,36 @@ async def test_a_block_kept_or_lifted_in_the_book_reaches_every_other_worker_at_
         await service.close()
 
 
+async def test_a_lift_read_with_the_copy_of_the_blocks_is_applied_after_the_copy(tmp_path):
+    """The book answers the starting worker's `blocks` with X, then passes on a sibling's lift of X: both
+    lines may arrive in one read, before start() applies the copy. The lift must win."""
+    from mediaserver.workers.protocol import decode, encode
+
+    async def book(reader, writer):
+        while line := await reader.readline():
+            asked = decode(line)
+            if asked["op"] == "blocks":
+                writer.write(encode({"id": asked["id"], "ok": [{"app": "live", "name": "x", "until": 4e9,
+                                                                 "reason": "kicked"}]})
+                             + encode({"unblock": {"id": 9, "app": "live", "name": "x"}}))
+            else:
+                writer.write(encode({"id": asked["id"], "ok": None}))
+            await writer.drain()
+
+    path = str(tmp_path / "book.sock")
+    server = await asyncio.start_unix_server(book, path)
+    starting = worker(1, path)
+    try:
+        starting.make_locator(lambda: info("worker1"))
+        await starting.locator.start()
+        assert starting.admin.policy.block_of("live", "x", now=1e9) is None
+    finally:
+        await starting.locator.close()
+        starting._private.close()
+        starting.outbox.close()
+        server.close()
+
+
 def test_the_book_drops_expired_blocks_as_new_ones_come():
     book = StreamBook()
     for i in range(50):
