@@ -51,12 +51,17 @@ async def segments_by_number(http, url: str, want: int, timeout_s: float = 30) -
         await asyncio.sleep(0.5)
 
 
-async def test_segment_n_starts_at_the_same_instant_in_every_rendition(server_factory, publish, media, stream_name):
+async def abr_stream(server_factory, publish, media, stream_name):
+    """A server with the two-rung LADDER on demand, 1 s segments, and `stream_name` live: (server, base URL)."""
     server = server_factory(**{"abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "15",
                                "hls.segment_duration": "1"})
     publish(server, stream_name, media.av, loop=True)
     await wait_live(server, stream_name)
-    base = f"{server.http_base}/live/{stream_name}/"
+    return server, f"{server.http_base}/live/{stream_name}/"
+
+
+async def test_segment_n_starts_at_the_same_instant_in_every_rendition(server_factory, publish, media, stream_name):
+    server, base = await abr_stream(server_factory, publish, media, stream_name)
     async with aiohttp.ClientSession() as http:
         master = m3u8.loads(await text(http, base + "master.m3u8"), uri=base + "master.m3u8")
         variants = [urljoin(base, p.uri) for p in master.playlists]
@@ -128,12 +133,8 @@ async def test_a_renditions_playlists_and_segments_are_answered_by_the_fast_lane
         server_factory, publish, media, stream_name):
     """The first request of a rendition goes through the full stack (it may start the transcode); once the
     rendition is published here and packaged, its players are answered as the source's are: by the fast lane,
-    without aiohttp (no Server header), with the same bytes."""
-    server = server_factory(**{"abr.mode": "on_demand", "abr.ladder": LADDER, "abr.wait": "15",
-                               "hls.segment_duration": "1"})
-    publish(server, stream_name, media.av, loop=True)
-    await wait_live(server, stream_name)
-    base = f"{server.http_base}/live/{stream_name}/"
+    without aiohttp (no Server header)."""
+    server, base = await abr_stream(server_factory, publish, media, stream_name)
     async with aiohttp.ClientSession() as http:
         master = m3u8.loads(await text(http, base + "master.m3u8"), uri=base + "master.m3u8")
         rendition = next(urljoin(base, p.uri) for p in master.playlists if "@240p/" in p.uri)
