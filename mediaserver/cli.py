@@ -243,6 +243,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     )
     log_access(config, admission.policy, hooks, token)
     admin_deps.route = load_routing(config, cluster, app)  # GET /api/v1/route/...; edges' redirects
+    if cluster is not None:  # cluster and workers: the route's "live" asks the locator too
+        admin_deps.stream_live = cluster.stream_live
     if worker is not None:  # workers: /metrics for the whole node
         worker.wire(app)
     if cluster is not None:  # cluster

@@ -118,6 +118,9 @@ class AdminDeps:
     """The node a new viewer should watch on, or None and why not (GET route/...); None: this node."""
     play_cors_origin: str = ""
     """http.cors_origin: the route answers players' pages like the play routes do."""
+    stream_live: Callable[[str], Awaitable[bool]] | None = None
+    """Whether "app/name", not live on this node, is published on another the route's players reach (a
+    cluster's node, a sibling worker)."""
 
 
 DEPS = web.AppKey("admin_deps", AdminDeps)
@@ -570,6 +573,10 @@ async def get_route(request: web.Request) -> web.Response:
         error_text, hint = route_api.REASONS.get(reason, (reason or "no node can take a viewer", "try again"))
         raise ApiError(503, error_text, hint, {"Retry-After": "5"})
     body = route_api.play_urls(node, key.app, key.name, token, f"{request.scheme}://{request.host}")
+    source = StreamKey(key.app, split_rendition(key.name)[0])  # a rendition is live while its source is
+    here = deps.registry.get(source)
+    body["live"] = (here is not None and not here.ended) or (
+        deps.stream_live is not None and await deps.stream_live(str(source)))
     origin = deps.play_cors_origin
     headers = cors.cors_headers(request.headers.get("Origin"), (origin,) if origin else ())
     return web.json_response(body, headers=headers)

@@ -242,6 +242,9 @@ def openapi_document() -> dict[str, Any]:
                     "base": {"type": "string", "description": "The node's HTTP base URL for players "
                              "(cluster.public_url, else advertise_url)."},
                     "player": {"type": "string", "description": "The node's player page for the stream."},
+                    "live": {"type": "boolean", "description": "Whether the stream (a rendition's source) is "
+                             "published now, here or on a node of the cluster. false: the URLs are right but "
+                             "answer 404 until it is; players may wait and retry."},
                     "urls": {"type": "object", "description": "Play URLs by format, for the formats the node "
                              "serves: flv, ws-flv, hls, llhls, dash, rtmp.",
                              "additionalProperties": {"type": "string"}},

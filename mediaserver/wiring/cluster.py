@@ -127,6 +127,10 @@ class ClusterWiring:
         self._egress_bps = int((self._egress.per_second() or 0) * 8)
         return self._egress_bps
 
+    async def stream_live(self, stream: str) -> bool:
+        """Whether some node holds "app/name" (the admin API's route says so to players)."""
+        return await self.locator.lookup(stream) is not None
+
     async def claim(self, key) -> str | None:
         if self.role in ("edge", "transcoder"):
             return (f"this node is {'an edge' if self.role == 'edge' else 'a transcoder'} (cluster.role = "

@@ -59,6 +59,8 @@ async def test_viewers_are_routed_and_redirected_to_the_less_loaded_edge_and_nev
         assert body["urls"]["rtmp"] == edge_a.rtmp_url(stream_name)
         assert set(body["urls"]) == {"flv", "ws-flv", "hls", "llhls", "dash", "rtmp", "webrtc"}
         assert (await route_of(http, edge_b, stream_name))[1]["node"] == "edge-a"
+        assert body["live"] is True and (await route_of(http, edge_b, stream_name))[1]["live"] is True  # held by the origin
+        assert (await route_of(http, edge_b, stream_name + "x"))[1]["live"] is False
 
         # One viewer fills edge-a: the route now answers edge-b.
         first = await http.get(edge_a.flv_url(stream_name))

@@ -230,7 +230,7 @@ async def test_workers_route_and_serve_players_on_the_url_they_came_by_never_a_p
             for _ in range(8):  # a new connection each: both workers answer
                 async with fresh.get(f"{base}/api/v1/route/live/{stream_name}") as resp:
                     body = await resp.json()
-                assert resp.status == 200 and body["standalone"] and body["base"] == base, body
+                assert resp.status == 200 and body["standalone"] and body["base"] == base and body["live"], body
                 assert body["player"].startswith(f"{base}/play/"), body
                 assert all(u.startswith((base, "ws" + base[4:], "rtmp://127.0.0.1:")) for u in body["urls"].values()), body
                 # viewers one by one past the ceiling: a worker at it would have sent them to its sibling

@@ -26,13 +26,15 @@ EDGE = NodeInfo(id="edge-b", role="edge", http="http://10.0.0.8:8080", rtmp="rtm
                 outputs=["flv", "ws-flv", "rtmp", "hls", "llhls", "dash", "webrtc"])
 
 
-def client_for(choice: tuple[NodeInfo | None, str] | None, policy: AccessPolicy | None = None) -> TestClient:
+def client_for(choice: tuple[NodeInfo | None, str] | None, policy: AccessPolicy | None = None,
+               registry: StreamRegistry | None = None, stream_live=None) -> TestClient:
     async def route():
         return choice
 
-    deps = AdminDeps(StreamRegistry(call_later=lambda d, f: None), policy or AccessPolicy(), token=None,
+    deps = AdminDeps(registry if registry is not None else StreamRegistry(call_later=lambda d, f: None),
+                     policy or AccessPolicy(), token=None,
                      failure_delay_s=0.01, rng=random.Random(1), route=route if choice is not None else None,
-                     play_cors_origin="*")
+                     play_cors_origin="*", stream_live=stream_live)
     root = web.Application()
     root.add_subapp("/api/v1", make_admin_app(deps))
     return TestClient(TestServer(root))
@@ -126,3 +128,28 @@ def test_only_a_starting_viewer_may_be_moved():
     m.hls_clients[("10.1.1.1", "live/cam")] = 0.0  # this client fetched the stream here lately: a reload
     assert not starting_viewer(_request("/live/cam/index.m3u8", m), key, "hls")
     assert starting_viewer(_request("/live/cam/index.m3u8", m, remote="10.9.9.9"), key, "hls")
+
+
+class _Publisher:
+    def close(self, reason: str = "") -> None:
+        pass
+
+
+async def test_the_route_says_whether_the_stream_or_a_renditions_source_is_live_here_or_elsewhere():
+    registry = StreamRegistry(call_later=lambda d, f: None)
+    async with client_for(None, registry=registry) as client:
+        assert (await (await client.get("/api/v1/route/live/cam")).json())["live"] is False
+        registry.claim_publisher(StreamKey("live", "cam"), _Publisher())
+        assert (await (await client.get("/api/v1/route/live/cam")).json())["live"] is True
+        assert (await (await client.get("/api/v1/route/live/cam@360p")).json())["live"] is True
+        assert (await (await client.get("/api/v1/route/live/other")).json())["live"] is False
+    asked = []
+
+    async def elsewhere(stream: str) -> bool:  # a cluster: the locator knows the node holding it
+        asked.append(stream)
+        return stream == "live/far"
+
+    async with client_for((EDGE, ""), stream_live=elsewhere) as client:
+        assert (await (await client.get("/api/v1/route/live/far@360p")).json())["live"] is True
+        assert (await (await client.get("/api/v1/route/live/gone")).json())["live"] is False
+    assert asked == ["live/far", "live/gone"]
