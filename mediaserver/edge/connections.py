@@ -345,7 +345,6 @@ class GuardedSite(web.BaseSite):
             ssl=self._ssl_context, ssl_handshake_timeout=gate.limits.header_timeout_s if self._ssl_context else None,
         )
 
-
     async def adopt(self, sock: socket.socket, data: bytes) -> None:
         """Serve a connection a sibling worker accepted and handed over with the bytes `data` it had read from
         it, as if this site had accepted it (the gate counts it, the head deadline starts now)."""

@@ -4,7 +4,7 @@ The supervisor names the worker in its environment (WORKER_ENV, SECRET_ENV). The
 cluster node of role "both" whose locator is the supervisor's stream book (client.LocalLocator): it binds
 a private loopback HTTP port first and advertises it, so siblings pull its streams there (internal pulls
 carry the per-start secret, as an edge's pulls carry the cluster's); it binds the public ports with
-SO_REUSEPORT, and hands a public connection asking for a sibling's HLS/DASH to that sibling (hand_off); its /metrics and stream lists (/api/v1/streams, /streams.json) answer for the whole node
+SO_REUSEPORT, and hands a public connection asking for a sibling's HLS/DASH to that sibling (handoff); its /metrics and stream lists (/api/v1/streams, /streams.json) answer for the whole node
 (node_metrics.py). Blocks put through it are also kept in the supervisor's book, which a restarted
 worker copies them from before it listens.
 """
@@ -82,8 +82,9 @@ class WorkerSetup:
         self.admin: AdminDeps | None = None
         """The admin API's dependencies (its access policy holds the blocks), once wire found them."""
         self._owners: dict[str, tuple[Owner, float]] = {}
+        """Siblings' segmented streams, their owners as the book last said, with when (OWNER_TTL_S)."""
         self._heads: dict[bytes, str | None] = {}
-        """Segmented streams' owners as the book last said, with when (OWNER_TTL_S), for hand-offs."""
+        """The stream each request head asks for (hand_off_target), None for what is not HLS/DASH."""
         self.outbox = Outbox(socket_path)
         self.inbox: Inbox | None = None
         self._adopting: set[asyncio.Task[None]] = set()
@@ -234,7 +235,7 @@ class WorkerSetup:
         if known is not None and now - known[1] <= OWNER_TTL_S:
             return known[0]
         owner = await self.locator.lookup(stream)
-        if owner is None:
+        if owner is None or owner.node == self.node_id:  # its own: asked afresh, so a move is seen at once
             self._owners.pop(stream, None)
         else:
             if len(self._owners) >= MAX_OWNERS:
@@ -382,7 +383,7 @@ class WorkerSetup:
         """Playlists and segments of a stream another worker publishes come from that worker's packager:
         each worker's would number segments its own way, and a player's connections land on any worker.
         (The fast lane answers only where a packager runs, so on the publisher's worker.) Most such requests
-        never get here: their connection was handed to that worker (hand_off) once the owner was known; this
+        never get here: their connection was handed to that worker (handoff) once the owner was known; this
         proxy takes a connection's first request for a stream, and one arriving while aiohttp is busy."""
         stream = segmented_stream(request.method, request.path)
         if stream is None or request.headers.get(LOCAL_HEADER) == self.secret or self.locator is None:

@@ -169,3 +169,24 @@ def test_the_heads_remembered_stay_bounded(setup):
         head = b"GET /live/s/%d.ts HTTP/1.1\r\n\r\n" % i
         assert setup.hand_off_target(head) == 1
         assert len(setup._heads) <= MAX_HEADS
+
+
+async def test_a_siblings_owner_is_remembered_a_moment_and_its_own_streams_are_asked_afresh(setup):
+    asked: list[str] = []
+    owners = {"live/far": "worker1", "live/mine": "worker0"}
+
+    class Book:
+        async def lookup(self, stream: str):
+            asked.append(stream)
+            node = owners.get(stream)
+            return Owner(node=node, http="http://127.0.0.1:1", since=0.0, claim="c") if node else None
+
+    setup.locator = Book()  # type: ignore[assignment]
+    for _ in range(3):
+        assert (await setup._owner("live/far")).node == "worker1"
+        assert (await setup._owner("live/mine")).node == "worker0"  # a move away is seen at the next request
+        assert await setup._owner("live/none") is None
+    assert asked.count("live/far") == 1 and asked.count("live/mine") == 3 and asked.count("live/none") == 3
+    assert setup.hand_off_target(b"GET /live/far/index.m3u8 HTTP/1.1\r\n\r\n") == 1
+    setup._owners["live/far"] = (setup._owners["live/far"][0], time.monotonic() - OWNER_TTL_S - 1)
+    assert (await setup._owner("live/far")).node == "worker1" and asked.count("live/far") == 2
