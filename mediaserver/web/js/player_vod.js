@@ -156,15 +156,17 @@ export function playRecorded(ui, {app, name, query}) {
     start(0);
   });
 
+  /** Where hls.js holds the DVR window's live edge, or null before it knows. */
+  const liveEdge = () => (engine && typeof engine.liveEdge === 'function' ? engine.liveEdge() : null);
+
   /** Seconds behind the live edge of the DVR window, or null before the player knows it. */
   function behindLive() {
-    const edge = engine && typeof engine.liveEdge === 'function' ? engine.liveEdge() : null;
+    const edge = liveEdge();
     return edge === null ? null : Math.max(0, edge - ui.video.currentTime);
   }
 
-  // The DVR's "Go live": pressed (and idle) while playing at the edge; otherwise it jumps there.
-  function showLive() {
-    const behind = behindLive();
+  // The DVR's "Go live": shown pressed while playing at the edge; a press jumps to the edge.
+  function showLive(behind = behindLive()) {
     ui.goLive.hidden = behind === null;
     const live = behind !== null && behind < LIVE_SLACK_S;
     ui.goLive.setAttribute('aria-pressed', String(live));
@@ -172,7 +174,7 @@ export function playRecorded(ui, {app, name, query}) {
   }
 
   ui.goLive.addEventListener('click', () => {
-    const edge = engine && typeof engine.liveEdge === 'function' ? engine.liveEdge() : null;
+    const edge = liveEdge();
     if (edge === null) return;
     ui.video.currentTime = edge;
     ui.video.play().catch(() => {});
@@ -189,7 +191,7 @@ export function playRecorded(ui, {app, name, query}) {
       const behind = dvr ? behindLive() : null;
       ui.stat.latency.textContent = isFinite(v.duration) ? `${v.currentTime.toFixed(1)} of ${v.duration.toFixed(1)} s`
         : behind !== null ? `${behind.toFixed(1)} s behind live` : '–';
-      if (dvr) showLive();
+      if (dvr) showLive(behind);
       await sleep(1000);
     }
   }
