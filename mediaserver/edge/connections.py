@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = "max_connections"
 MAX_PER_IP = "max_connections_per_ip"
 HEADER_TIMEOUT = "header_timeout"
+LANE_WAITING_MAX = 64 * 1024
+"""Bytes a connection may send behind a request the fast lane holds (an LL-HLS blocking reload) before its
+reading pauses until the answer: players send nothing meanwhile, a pipelining client a few heads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,10 @@ class GuardedRequestHandler(RequestHandler):
         """The bytes a sibling worker read from this connection before it handed it over (workers)."""
         self._lane_clean = True  # what aiohttp's parser got last ended a bodyless head
         self._lane_waiting: list[bytes] | None = None  # bytes behind a request the lane holds
+        self._lane_waiting_size = 0
+        self._lane_paused = False  # reading paused while the lane holds a request (LANE_WAITING_MAX)
+        self._gone = False
+        """Handed to a sibling worker: nothing more of it is this process's to answer."""
         self._gate = gate
         self._address = ""
         self._admitted = False
@@ -177,11 +184,15 @@ class GuardedRequestHandler(RequestHandler):
             self.data_received(handed)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
+        if not self._admitted or self._gone:
             return
         if self._lane is not None or self._handoff is not None:
             if self._lane_waiting is not None:
                 self._lane_waiting.append(data)  # answered after the held request, in order
+                self._lane_waiting_size += len(data)
+                if self._lane_waiting_size > LANE_WAITING_MAX and not self._lane_paused and self._raw_transport:
+                    self._lane_paused = True  # a client pipelining while it waits sends no more until then
+                    self._raw_transport.pause_reading()
                 return
             if self._lane_clean and self._aiohttp_idle():
                 if self._handoff is not None and self._hand_off(data):
@@ -207,6 +218,7 @@ class GuardedRequestHandler(RequestHandler):
         sock = transport.get_extra_info("socket")
         if sock is None or not handoff.send(target, sock.fileno(), data):
             return False
+        self._gone = True
         transport.abort()  # this process's descriptor only: the socket lives on in the sibling
         return True
 
@@ -237,12 +249,21 @@ class GuardedRequestHandler(RequestHandler):
 
     def lane_hold(self, deadline: float) -> None:
         self._lane_waiting = []
+        self._lane_waiting_size = 0
         self._keep_alive_until(deadline + self._keepalive_timeout)
 
     def lane_release(self) -> None:
+        """The held request is answered: what came behind it is taken now, as one read (so that a hand-off
+        takes all of it to the sibling, not only its first piece)."""
         waiting, self._lane_waiting = self._lane_waiting, None
-        for data in waiting or ():
-            self.data_received(data)
+        if self._lane_paused:
+            self._lane_paused = False
+            transport = self._raw_transport
+            if transport is not None and not transport.is_closing() and not (
+                    self._reading_paused or self._buffer_paused):  # unless aiohttp holds it too
+                transport.resume_reading()
+        if waiting:
+            self.data_received(waiting[0] if len(waiting) == 1 else b"".join(waiting))
 
     def _keep_alive_until(self, when: float) -> None:
         # aiohttp's keep-alive timer closes a connection idle that long; lane answers count as activity.
