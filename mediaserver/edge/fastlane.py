@@ -22,10 +22,10 @@ the per-format request and byte counters, the HLS viewer count, the packager's l
 
 Recordings: once the full stack has served `/vod/ID.mp4` or the playlist or MPD of a local file (and
 admitted its viewer), the lane answers that recording's next whole-file or single-range GETs for
-VOD_CACHE_S as sendfile.serve_file does (os.sendfile; what a full socket does not take is read from the page
-cache at once, the range being bounded by MAX_VOD_RANGE), when the recorded stream's app is open to
-viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked without a query, with the text the
-full stack rendered. A player asks for the playlist, the init and two or three segments back to back, and
+VOD_CACHE_S as sendfile.serve_file does (os.sendfile; what a full socket does not take is read a chunk at a
+time in a thread and written as the reader takes it, the range being bounded by MAX_VOD_RANGE), when the
+recorded stream's app is open to viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked
+without a query, with the text the full stack rendered. A player asks for the playlist, the init and two or three segments back to back, and
 a request that arrives while aiohttp is still finishing the one before goes to aiohttp too: a session
 begun in the lane stays there.
 
@@ -34,6 +34,9 @@ in one list per packager, not a task per request: the packager calls `release` o
 window (in the very read that brought the frame that closed the part), and each held request is answered
 when ready, or with 503 after three target durations as the full stack does. Bytes that arrive on a
 connection while its request is held wait behind it.
+
+An answer the socket does not take whole waits in the transport; a reader that takes none of it for
+`http.write_timeout` is disconnected (stuck.py), as the full stack's FLV and VOD writers do.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ from .formats import CARRIED, DASH, LLHLS, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
 from .overload import may_move
-from .sendfile import ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
+from .sendfile import CHUNK, ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
+from .stuck import StuckWriters
 
 if TYPE_CHECKING:
     from .cmaf import CmafPackager
@@ -224,6 +228,9 @@ class FastLane:
         self._sweeper: asyncio.TimerHandle | None = None
         self._vod_files: dict[str, _VodFile] = {}
         self._heads: dict[bytes, Head] = {}
+        self.stuck = StuckWriters(lambda: app[CONFIG].http.write_timeout)
+        """Connections whose answers wait in their transports: aborted when the reader takes nothing."""
+        self._rests: set[asyncio.Task] = set()
 
     # ----- the connection's side ---------------------------------------------------------------
 
@@ -359,6 +366,9 @@ class FastLane:
         """The app stops: the recordings kept open are closed."""
         for rec_id, entry in list(self._vod_files.items()):
             self._forget_vod(rec_id, entry)
+        for task in self._rests:
+            task.cancel()
+        self.stuck.close()
 
     def _forget_vod(self, rec_id: str, entry: _VodFile) -> None:
         if self._vod_files.get(rec_id) is entry:
@@ -413,6 +423,7 @@ class FastLane:
                 _STATUS[200], b"Content-Type: ", content_type, b"\r\nContent-Length: %d\r\n" % len(body),
                 b"Cache-Control: no-cache\r\nDate: ", self._now_date(), b"\r\n", self._cors_lines(head.origin),
                 b"\r\n", body)))
+            self.stuck.wrote(conn.transport)
         finally:
             gate.connection_closed(address)
         self.answered += 1
@@ -451,6 +462,7 @@ class FastLane:
         address = conn.lane_address
         if gate.connection_opened(address) is not None:
             return False
+        sending = False
         try:
             answer_head = b"".join((
                 _STATUS[status], b"Content-Type: video/mp4\r\nContent-Length: %d\r\n" % part.size,
@@ -458,18 +470,61 @@ class FastLane:
                 b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ", self._http_date(st.st_mtime), b"\r\n",
                 extra, self._cors_lines(head.origin), b"\r\n"))
             sent = send_fd(transport, fd, part.start, part.size, answer_head)
-            if sent < part.size:
-                # The socket is full: the rest from the page cache, through the transport (bounded above).
-                rest = os.pread(fd, part.size - sent, part.start + sent)
+            left = part.size - sent
+            if left > CHUNK:
+                self._send_rest(conn, fd, part.start + sent, part.end, address)
+                sending = True  # the request is in progress until the rest has gone
+            elif left:
+                # The socket is full: the small rest from the page cache, through the transport.
+                rest = os.pread(fd, left, part.start + sent)
                 transport.write(rest)
-                if len(rest) < part.size - sent:
+                if len(rest) < left:
                     transport.abort()  # the file was cut short meanwhile: the answer cannot be completed
+                self.stuck.wrote(transport)
         finally:
-            gate.connection_closed(address)
+            if not sending:
+                gate.connection_closed(address)
         self.answered += 1
         self.app[METRICS].response_done("other", part.size)  # as the middleware counts /vod/
         conn.lane_answered()
         return True
+
+    def _send_rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> None:
+        """Bytes [offset, end) of a recording, after what a full socket took: read CHUNK at a time in a thread
+        (as sendfile.serve_file does) and written as the reader takes them, so a slow reader holds a chunk and
+        the transport's high-water mark, not the range. The connection is held meanwhile (what it sends next
+        waits); a reader that takes nothing for `http.write_timeout` is dropped."""
+        loop = asyncio.get_running_loop()
+        conn.lane_hold(loop.time() + self.app[CONFIG].http.write_timeout)
+        task = loop.create_task(self._rest(conn, os.dup(fd), offset, end, address))  # its own descriptor: the
+        self._rests.add(task)  # recording may leave the lane's cache meanwhile
+        task.add_done_callback(self._rests.discard)
+
+    async def _rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> None:
+        timeout = self.app[CONFIG].http.write_timeout
+        try:
+            while offset < end:
+                async with asyncio.timeout(timeout):
+                    await conn._drain_helper()  # aiohttp's flow control: until the transport is below its high-water mark
+                chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)
+                transport = conn.transport
+                if transport is None or transport.is_closing():
+                    return
+                if not chunk:
+                    transport.abort()  # the file was cut short meanwhile: the answer cannot be completed
+                    return
+                transport.write(chunk)
+                offset += len(chunk)
+                conn.lane_answered()  # progress: the keep-alive does not run out under a long answer
+            self.stuck.wrote(transport)
+        except (TimeoutError, ConnectionError, OSError):
+            transport = conn.transport
+            if transport is not None:
+                transport.abort()  # stuck, gone, or the file unreadable: the answer cannot be completed
+        finally:
+            os.close(fd)
+            self.app[GATE].connection_closed(address)
+            conn.lane_release()
 
     def _abr_applies(self, key) -> bool:
         from .keys import ABR
@@ -518,6 +573,7 @@ class FastLane:
             send_mem_file(transport, file, body, b"".join(parts))  # from the segment's memfd, no copy from Python's buffer
         else:
             transport.writelines((b"".join(parts), body))  # one writev; the packager's bytes as they are
+        self.stuck.wrote(transport)
         self.answered += 1
         metrics = self.app[METRICS]
         metrics.response_done(fmt, len(body))

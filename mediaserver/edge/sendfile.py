@@ -30,6 +30,7 @@ import re
 import socket
 from dataclasses import dataclass
 from email.utils import formatdate
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import hdrs, web
@@ -188,8 +189,10 @@ class Sent:
     """Bytes sent by os.sendfile since start (all responses): tells a test or a bench the path is used."""
 
 
-async def serve_file(request: web.Request, path: str | Path, headers: dict[str, str]) -> web.StreamResponse:
-    """`path` (whole, or the range asked) with `headers`; FileNotFoundError when it is not there."""
+async def serve_file(request: web.Request, path: str | Path, headers: dict[str, str],
+                     write_timeout: float | None = None) -> web.StreamResponse:
+    """`path` (whole, or the range asked) with `headers`; FileNotFoundError when it is not there. A reader
+    that takes none of a chunk for `write_timeout` seconds is disconnected."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -224,7 +227,7 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
         writer = await resp.prepare(request)
         if request.method != hdrs.METH_HEAD and part.size and writer is not None:
             try:
-                await _send(writer, fd, part)
+                await _send(writer, fd, part, write_timeout)
             except ConnectionError:
                 transport = request.transport
                 if transport is not None and not transport.is_closing():
@@ -236,15 +239,30 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
         os.close(fd)
 
 
-async def _send(writer: AbstractStreamWriter, fd: int, part: ByteRange) -> None:
+async def _send(writer: AbstractStreamWriter, fd: int, part: ByteRange, write_timeout: float | None) -> None:
     sent = _send_direct(writer, fd, part.start, part.size) if part.size >= MIN_SENDFILE else 0
     offset, end = part.start + sent, part.end
     while offset < end:
         chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)
         if not chunk:
             raise ConnectionResetError("the file was cut short while being sent")  # aiohttp closes the connection
-        await writer.write(chunk)
+        await write_within(writer.write, chunk, write_timeout, writer.transport)  # type: ignore[attr-defined]
         offset += len(chunk)
+
+
+async def write_within(write: Callable[[bytes], Awaitable[None]], data: bytes, timeout_s: float | None,
+                       transport: asyncio.BaseTransport | None) -> None:
+    """await write(data) (which waits while the transport is above its high-water mark) for at most
+    `timeout_s` (None: no limit). A reader that has not taken it by then is disconnected, its transport
+    aborted and its buffer freed, and ConnectionResetError raised: aiohttp takes it for a client gone.
+    So `http.write_timeout` bounds how long a reader may take for a chunk (256 KiB)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await write(data)
+    except TimeoutError:
+        if transport is not None:
+            transport.abort()
+        raise ConnectionResetError("the reader took nothing within http.write_timeout") from None
 
 
 def _send_direct(writer: AbstractStreamWriter, fd: int, offset: int, count: int) -> int:

@@ -29,7 +29,7 @@ from ..record.vod import dash_manifest, hls_playlist, index_path
 from . import vod_s3
 from .common import PLAY_QUERY, QUERY_SLOT, QUERY_SLOT_BYTES, cors_headers, fill_query, json_error, play_refused
 from .fastlane import FAST_LANE
-from .keys import GATE, RECORDINGS
+from .keys import CONFIG, GATE, RECORDINGS
 from .names import stream_key
 from .origin_pull import INTERNAL_REQUEST
 from .sendfile import serve_file
@@ -101,7 +101,8 @@ async def serve_mp4(request: web.Request) -> web.StreamResponse:
         lane.remember_vod(row.id, row.app, row.stream, str(path))  # its next ranges may take the fast lane
     try:
         return await serve_file(request, path, {"Content-Type": "video/mp4", "Cache-Control": "no-cache",
-                                                **cors_headers(request)})
+                                                **cors_headers(request)},
+                                write_timeout=request.app[CONFIG].http.write_timeout)
     except FileNotFoundError:  # deleted (or uploaded and removed) since it was looked up
         raise json_error(404, f"recording {row.id} is no longer on this node", "GET /api/v1/recordings lists them",
                          cors_headers(request)) from None

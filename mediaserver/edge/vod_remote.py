@@ -32,7 +32,8 @@ from ..log import LogGate, event
 from ..record.catalog import Recording
 from ..record.manager import on_other_node
 from .common import PLAY_QUERY, cors_headers, json_error
-from .keys import RECORDINGS, REMOTE_VOD
+from .keys import CONFIG, RECORDINGS, REMOTE_VOD
+from .sendfile import write_within
 from .origin_pull import CREDENTIAL_HEADER
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class RemoteVod:
                                               headers={**downstream_headers(upstream.headers), **cors})
                 try:
                     await response.prepare(request)
-                    await self._relay(upstream, response, node, what)
+                    await self._relay(upstream, response, node, what, request)
                 except ConnectionResetError:  # the viewer hung up: leaving closes the upstream request
                     pass
                 return response
@@ -151,7 +152,8 @@ class RemoteVod:
                              {"Retry-After": RETRY_AFTER_S, **cors}) from None
 
     async def _relay(self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, node: str,
-                     what: str) -> None:
+                     what: str, request: web.Request) -> None:
+        timeout = request.app[CONFIG].http.write_timeout
         while True:
             try:
                 chunk = await upstream.content.read(CHUNK)
@@ -161,7 +163,8 @@ class RemoteVod:
                 return
             if not chunk:
                 break
-            await response.write(chunk)  # waits while the viewer's socket is full: memory stays one chunk
+            # waits while the viewer's socket is full (memory stays one chunk); a stuck viewer is dropped
+            await write_within(response.write, chunk, timeout, request.transport)
         await response.write_eof()
 
     def _failed(self, node: str, reason: str, what: str, err: BaseException | None = None) -> None:

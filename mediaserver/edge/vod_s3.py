@@ -28,6 +28,8 @@ from ..record.objectstore import ObjectStore, StorageError, parse_uri
 from ..record.sidecar import load_index, sidecar_key
 from ..record.vod import dash_manifest, hls_playlist, index_file
 from .common import PLAY_QUERY, cors_headers, json_error
+from .keys import CONFIG
+from .sendfile import write_within
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +122,11 @@ async def serve_mp4(request: web.Request, manager: RecordingManager, row: Record
     await response.prepare(request)
     async with contextlib.aclosing(chunks):
         try:
-            await response.write(chunk)
+            timeout = request.app[CONFIG].http.write_timeout
+            await write_within(response.write, chunk, timeout, request.transport)
             async for chunk in chunks:
-                await response.write(chunk)  # awaited: a slow viewer slows the GET, nothing piles up
+                # awaited: a slow viewer slows the GET, nothing piles up; a stuck one is dropped
+                await write_within(response.write, chunk, timeout, request.transport)
         except StorageError as err:  # mid-body: the answer ends short, the client sees it and may resume
             event(log, "vod_storage_failed", logging.WARNING, id=row.id, error=str(err))
             response.force_close()  # else the player waits on a kept-alive connection for bytes never coming

@@ -74,3 +74,89 @@ async def test_vod_requests_that_attack_ranges_and_paths_get_clean_4xx(server_fa
                 s.close()
     await wait_live(server, stream_name)
     server.assert_alive()
+
+
+async def test_vod_readers_that_stop_reading_hold_a_chunk_each_and_are_dropped_after_the_write_timeout(
+        server_factory, publish, media, stream_name, monkeypatch, tmp_path):
+    """Ranges of a recording answered by the fast lane (after the full stack served the file once) and by
+    the full stack itself: a reader with a tiny window that takes nothing holds at most a chunk and the
+    transport's high-water mark of the server's memory, not the range, and is disconnected once
+    `http.write_timeout` passes without progress."""
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    server = server_factory(**{"record.path": str(tmp_path / "rec"), "record.mode": "all",
+                               "http.write_timeout": 1.0})
+    publish(server, stream_name, media.heavy, loop=True)  # ~6 Mbit/s: megabytes within seconds
+    await wait_live(server, stream_name)
+    want = 6 << 20  # more than a loopback socket's send buffer takes (4 MiB with its overhead)
+    async with aiohttp.ClientSession() as http:
+        rec_id = None
+        for _ in range(120):
+            async with http.get(f"{server.http_base}/api/v1/recordings?stream={stream_name}", headers=AUTH) as resp:
+                rows = (await resp.json())["recordings"]
+            if rows:
+                rec_id = rows[0]["id"]
+                async with http.get(f"{server.http_base}/vod/{rec_id}.mp4", headers={"Range": "bytes=0-99"}) as resp:
+                    await resp.read()  # the full stack serves it once: the lane may take its next ranges
+                    total = int(resp.headers.get("Content-Range", "bytes 0-0/0").rpartition("/")[2])
+                if total > want:
+                    break
+            await asyncio.sleep(0.25)
+        else:
+            raise AssertionError(f"no recording of {stream_name} over {want} bytes; log:\n{server.log_tail()}")
+    before = server.rss_bytes()
+    port = server.http_port
+    lane = [stalled_range(port, f"/vod/{rec_id}.mp4", f"bytes=0-{want - 1}") for _ in range(4)]
+    full = [stalled_range(port, f"/vod/{rec_id}.mp4", f"bytes=0-{want - 1}", close=True) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.6)  # within the write timeout: everything asked is as far as it gets
+        grown = server.rss_bytes() - before
+        # 6 readers x 2-3 MiB beyond their socket buffers would be 15 MiB; a chunk and the high-water mark each, 2
+        assert grown < 8 << 20, f"the server grew by {grown >> 20} MiB for 6 readers that take nothing"
+        await asyncio.sleep(2.5)
+        # Read now: what the kernel had taken before the server let go (its socket buffer, up to 4 MiB), then
+        # the end, before the whole range
+        got = [received_until_closed(s, 5.0, limit=want + 65536) for s in lane + full]
+        assert all(0 <= n < want for n in got), \
+            f"bytes read by each reader before the server closed (-1: still open; lane x4, full x2): {got}"
+    finally:
+        for s in lane + full:
+            s.close()
+    async with aiohttp.ClientSession() as http:  # and the file is still served whole to a reader that reads
+        async with http.get(f"{server.http_base}/vod/{rec_id}.mp4", headers={"Range": f"bytes=0-{want - 1}"},
+                            timeout=aiohttp.ClientTimeout(total=20)) as resp:
+            assert resp.status == 206 and len(await resp.read()) == want
+    server.assert_alive()
+
+
+def stalled_range(port: int, path: str, asked: str, close: bool = False):
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sets the window scale
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    extra = "Connection: close\r\n" if close else ""  # the lane leaves such a request to the full stack
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: {asked}\r\n{extra}\r\n".encode())
+    return s
+
+
+def received_until_closed(s, timeout_s: float, limit: int) -> int:
+    """Bytes read from `s` until the peer closed or reset it; -1 if it was still open at the timeout, or
+    had sent `limit` bytes."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    received = 0
+    while received < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return -1
+        s.settimeout(left)
+        try:
+            data = s.recv(1 << 16)
+        except (ConnectionResetError, BrokenPipeError):
+            return received
+        except TimeoutError:
+            return -1
+        if not data:
+            return received
+        received += len(data)
+    return -1
