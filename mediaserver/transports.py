@@ -14,9 +14,11 @@ import struct
 _LINGER_OFF_AT_ONCE = struct.pack("ii", 1, 0)
 
 
-def reset(transport: asyncio.BaseTransport | None) -> None:
-    """Close `transport` with a TCP reset, dropping unsent data. Safe on a closed or closing transport."""
-    if transport is None or transport.is_closing():
+def reset(transport: asyncio.BaseTransport | None, closing_too: bool = False) -> None:
+    """Close `transport` with a TCP reset, dropping unsent data. Safe on a closed or closing transport,
+    which is left alone unless `closing_too` (one closing gracefully stays open until its peer has read
+    what is queued: for a peer that reads nothing, that is never)."""
+    if transport is None or (transport.is_closing() and not closing_too):
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:

@@ -58,6 +58,7 @@ from ..auth import cors
 from ..auth.names import split_rendition
 from ..remux import llhls
 from ..remux.cmaf import parse_cmaf_name
+from ..transports import reset
 from .formats import CARRIED, DASH, LLHLS, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
@@ -518,9 +519,7 @@ class FastLane:
                 conn.lane_answered()  # progress: the keep-alive does not run out under a long answer
             self.stuck.wrote(transport)
         except (TimeoutError, ConnectionError, OSError):
-            transport = conn.transport
-            if transport is not None:
-                transport.abort()  # stuck, gone, or the file unreadable: the answer cannot be completed
+            reset(conn.transport, closing_too=True)  # stuck, gone, or the file unreadable: it cannot be completed
         finally:
             os.close(fd)
             self.app[GATE].connection_closed(address)

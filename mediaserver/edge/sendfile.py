@@ -36,6 +36,8 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
+from ..transports import reset
+
 MIN_SENDFILE = 16 * 1024
 """Below this a range is sent the ordinary way: one syscall either way."""
 CHUNK = 256 * 1024
@@ -254,14 +256,13 @@ async def write_within(write: Callable[[bytes], Awaitable[None]], data: bytes, t
                        transport: asyncio.BaseTransport | None) -> None:
     """await write(data) (which waits while the transport is above its high-water mark) for at most
     `timeout_s` (None: no limit). A reader that has not taken it by then is disconnected, its transport
-    aborted and its buffer freed, and ConnectionResetError raised: aiohttp takes it for a client gone.
+    reset and its buffers freed, and ConnectionResetError raised: aiohttp takes it for a client gone.
     So `http.write_timeout` bounds how long a reader may take for a chunk (256 KiB)."""
     try:
         async with asyncio.timeout(timeout_s):
             await write(data)
     except TimeoutError:
-        if transport is not None:
-            transport.abort()
+        reset(transport, closing_too=True)
         raise ConnectionResetError("the reader took nothing within http.write_timeout") from None
 
 

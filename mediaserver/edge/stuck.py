@@ -3,7 +3,8 @@
 The lane writes an answer and forgets it: what a full socket does not take waits in the transport, and a
 client that stops reading would keep it (and the connection) for ever. Closing does not help either: a
 transport closes only once its buffer is flushed. So a transport left with bytes queued is watched; one
-that sends none of them for `timeout_s` is aborted, whatever its state, and the memory goes with it.
+that sends none of them for `timeout_s` is reset (transports.reset), whatever its state, and the memory
+goes with it, the kernel's send queue too.
 
 One timer for all, ticking only while something is watched: an answer the socket takes whole (nearly all
 of them) costs one `get_write_buffer_size` call.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ..transports import reset
 
 TICKS_PER_TIMEOUT = 4
 
@@ -73,7 +76,7 @@ class StuckWriters:
             elif now - watched.since >= timeout:
                 del self._watched[transport]
                 self.aborted += 1
-                transport.abort()
+                reset(transport, closing_too=True)
                 if self._on_abort is not None:
                     self._on_abort()
         if self._watched:

@@ -16,6 +16,12 @@ class Transport:
     def get_write_buffer_size(self) -> int:
         return 0 if self.aborted else self.queued
 
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_extra_info(self, name: str):
+        return None  # no socket to set SO_LINGER on: a plain abort
+
     def abort(self) -> None:
         self.aborted = True
 
