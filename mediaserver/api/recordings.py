@@ -38,10 +38,12 @@ def _time(query, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)  # OverflowError: an offset that leaves the years 1-9999
+    except (ValueError, OverflowError):
         raise RecordingsError(400, f"{name}={text[:40]!r} is not a time",
                               "give an ISO 8601 time, e.g. 2026-12-02T08:00:00Z") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def start(manager: RecordingManager | None, key: StreamKey) -> dict[str, Any]:

@@ -88,7 +88,10 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
         raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None:
         raise ValueError(f"{name} {value.isoformat()} has no time zone; pass an aware datetime (e.g. UTC)")
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{name} {value.isoformat()} is outside the years 1-9999 in UTC") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +209,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(started)
         if not isinstance(rec_id, str) or when.tzinfo is None:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        when = when.astimezone(timezone.utc)
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError, RecursionError):
         shown = cursor if len(cursor) <= 40 else cursor[:40] + "..."
         raise ValueError(f"cursor {shown!r} is malformed; pass the next_cursor of a previous page, "
                          f"or none for the first page") from None
-    return when.astimezone(timezone.utc), rec_id
+    return when, rec_id
 
 
 def _now() -> datetime:

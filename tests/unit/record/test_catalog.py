@@ -273,6 +273,8 @@ async def test_unknown_ids_and_bad_values(catalog):
         Recording.start("live", "cam", "n1", "/x.mp4", started_at=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="no time zone"):
         await catalog.list(since=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="outside the years 1-9999 in UTC"):
+        await catalog.list(until=datetime.fromisoformat("9999-12-31T23:59:59-14:00"))
     assert await catalog.get(first.id) == first  # nothing above changed it
 
 
@@ -348,6 +350,8 @@ BAD_CURSORS = [
     "A" * 500,
     base64.urlsafe_b64encode(b"[" * 100_000).decode(),  # nested past the parser's recursion limit
     base64.urlsafe_b64encode(b"[" * 300).decode(),  # nested, within the length bound
+    base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+14:00", "abc"]').decode(),  # before year 1 in UTC
+    base64.urlsafe_b64encode(b'["9999-12-31T23:59:59-14:00", "abc"]').decode(),  # after year 9999 in UTC
 ]
 
 
