@@ -138,12 +138,20 @@ def parse_head(data: bytes) -> Head | None:
         start = found.end()
         value = block[start:block.index(b"\r", start)].strip(b" \t")
         if name == b"origin":
+            if origin is not None:
+                return None  # twice: aiohttp reads the first, and answers as it reads it
             origin = value.decode("latin-1")
         elif name == b"if-none-match":
+            if if_none_match is not None:
+                return None
             if_none_match = value.decode("latin-1")
         elif name == b"range":
+            if asked_range is not None:
+                return None
             asked_range = value.decode("latin-1")
         elif name == b"if-range":
+            if if_range is not None:
+                return None
             if_range = value.decode("latin-1")
         elif name == b"connection":
             if value.lower() != b"keep-alive":

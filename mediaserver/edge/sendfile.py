@@ -41,7 +41,7 @@ from ..transports import reset
 MIN_SENDFILE = 16 * 1024
 """Below this a range is sent the ordinary way: one syscall either way."""
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"bytes\s*=\s*(\d{0,40})\s*-\s*(\d{0,40})", re.ASCII)
+_RANGE = re.compile(r"bytes\s*=\s*(\d{0,40})\s*-\s*(\d{0,40})", re.ASCII | re.IGNORECASE)  # units: any case
 
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # Linux; elsewhere the head is a packet of its own

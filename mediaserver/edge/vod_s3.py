@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -29,7 +28,7 @@ from ..record.sidecar import load_index, sidecar_key
 from ..record.vod import dash_manifest, hls_playlist, index_file
 from .common import PLAY_QUERY, cors_headers, json_error
 from .keys import CONFIG
-from .sendfile import write_within
+from .sendfile import byte_range as local_byte_range, write_within
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ PRESIGN_S = 3600
 """How long a presigned URL lets a player read (a VOD session longer than this asks /vod/ID.mp4 again)."""
 PLAYLIST_CACHE = 256
 """Playlists of stored recordings kept in memory (a recording's never changes once it is in the bucket)."""
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _playlists: OrderedDict[str, str] = OrderedDict()
 _manifests: OrderedDict[str, str] = OrderedDict()
 
@@ -48,23 +46,10 @@ def in_bucket(row: Recording) -> bool:
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a Range header over a `size`-byte object, None for the whole object;
-    ValueError for a malformed one or one outside the object (416). One range only (a multipart/byteranges
-    answer is more than a player needs)."""
-    if header is None:
-        return None
-    m = _RANGE.fullmatch(header.strip())
-    if m is None or (not m.group(1) and not m.group(2)):
-        raise ValueError(f"Range {header[:60]!r} is not one byte range (bytes=FIRST-LAST, FIRST- or -SUFFIX)")
-    if not m.group(1):  # the last N bytes
-        suffix = int(m.group(2))
-        if suffix == 0 or size == 0:
-            raise ValueError(f"Range {header[:60]!r} selects nothing of {size} bytes")
-        return max(0, size - suffix), size - 1
-    first = int(m.group(1))
-    last = int(m.group(2)) if m.group(2) else size - 1
-    if first >= size or last < first:
-        raise ValueError(f"Range {header[:60]!r} is outside the recording's {size} bytes")
-    return first, min(last, size - 1)
+    ValueError (sendfile.Unsatisfiable) for a malformed one or one outside the object (416): the rules of a
+    local file's ranges (sendfile.byte_range)."""
+    part = local_byte_range(header, size)
+    return None if part is None else (part.start, part.end - 1)
 
 
 def _where(request: web.Request, manager: RecordingManager, row: Recording):

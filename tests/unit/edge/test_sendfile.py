@@ -26,6 +26,8 @@ uvloop = pytest.importorskip("uvloop")
     ("bytes=5-5", 100, ByteRange(5, 6)),
     ("bytes=50-" + "9" * 40, 100, ByteRange(50, 100)),
     (" bytes = 1 - 2 ", 100, ByteRange(1, 3)),
+    ("BYTES=0-9", 100, ByteRange(0, 10)),  # a range unit in any case (RFC 9110 14.1)
+    ("Bytes=-10", 100, ByteRange(90, 100)),
 ])
 def test_a_range_is_read_and_clipped_to_the_file(header, size, want):
     assert byte_range(header, size) == want

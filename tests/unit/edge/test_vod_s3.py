@@ -26,6 +26,7 @@ from mediaserver.record.objectstore import StorageError
     ("bytes=-100", 1000, (900, 999)),  # a suffix
     ("bytes=-5000", 1000, (0, 999)),  # a suffix longer than the object: all of it
     (" bytes=1-2 ", 1000, (1, 2)),
+    ("BYTES=0-99", 1000, (0, 99)),  # a range unit in any case, as a local file's
 ])
 def test_ranges_that_select_bytes(header, size, wanted):
     assert byte_range(header, size) == wanted
