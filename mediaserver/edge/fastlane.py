@@ -63,7 +63,7 @@ from .formats import CARRIED, DASH, LLHLS, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
 from .overload import may_move
-from .sendfile import CHUNK, ByteRange, MemFile, Unsatisfiable, byte_range, send_fd, send_mem_file
+from .sendfile import CHUNK, ByteRange, MemFile, Unsatisfiable, byte_range, none_match, send_fd, send_mem_file
 from .stuck import StuckWriters
 
 if TYPE_CHECKING:
@@ -451,7 +451,7 @@ class FastLane:
         transport = conn.transport
         size = st.st_size
         etag = f'"{st.st_mtime_ns:x}-{size:x}"'
-        if head.if_none_match is not None and etag in head.if_none_match:
+        if none_match(head.if_none_match, etag):
             return False
         asked = head.range
         if asked is not None and head.if_range is not None and head.if_range.strip() != etag:
@@ -564,7 +564,7 @@ class FastLane:
         transport = conn.transport
         if transport is None or transport.is_closing():
             return
-        if etag is not None and head.if_none_match is not None and etag.decode() in head.if_none_match:
+        if etag is not None and none_match(head.if_none_match, etag.decode()):
             status, body = 304, b""
         parts = [_STATUS[status], b"Content-Type: ", content_type,
                  b"\r\nContent-Length: %d" % len(body) if status != 304 else b"",

@@ -62,6 +62,12 @@ class ByteRange:
         return self.end - self.start
 
 
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match `header` names `etag` (weakly: W/ prefixes pass) or is "*": the client's
+    copy is current, 304."""
+    return header is not None and (etag in header or header.strip() == "*")
+
+
 def byte_range(header: str | None, size: int) -> ByteRange | None:
     """The range a `Range` header asks of a file of `size` bytes: None for the whole file (no header).
 
@@ -204,7 +210,7 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
         resp.headers[hdrs.ETAG] = etag
         resp.headers[hdrs.LAST_MODIFIED] = formatdate(st.st_mtime, usegmt=True)
         resp.headers[hdrs.ACCEPT_RANGES] = "bytes"
-        if etag in request.headers.get(hdrs.IF_NONE_MATCH, ""):
+        if none_match(request.headers.get(hdrs.IF_NONE_MATCH), etag):
             resp.set_status(304)
             await resp.prepare(request)
             return resp

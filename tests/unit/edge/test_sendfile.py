@@ -89,8 +89,11 @@ def test_whole_files_and_ranges_are_exact_and_sent_by_sendfile(tmp_path):
                 async with http.get(url, headers={"Range": unsatisfiable}) as resp:
                     assert resp.status == 416 and await resp.read() == b"", unsatisfiable
                     assert resp.headers["Content-Range"] == f"bytes */{len(data)}"
-            async with http.get(url, headers={"If-None-Match": etag}) as resp:
-                assert resp.status == 304
+            for current in (etag, f'"other", W/{etag}', "*"):
+                async with http.get(url, headers={"If-None-Match": current}) as resp:
+                    assert resp.status == 304, current
+            async with http.get(url, headers={"If-None-Match": '"other"'}) as resp:
+                assert resp.status == 200
             async with http.get(url, headers={"Range": "bytes=0-9", "If-Range": etag}) as resp:
                 assert resp.status == 206 and await resp.read() == data[:10]
             async with http.get(url, headers={"Range": "bytes=0-9", "If-Range": '"an-older-version"'}) as resp:
