@@ -63,6 +63,7 @@ class DvrTrail:
         self.window_s = window_s
         self._clock = clock
         self.files: list[DvrFile] = []
+        self._deletions = 0
 
     def opened(self, rec_id: str, path: Path, started_at: float) -> None:
         """The recording goes on in a new file (called on the event loop)."""
@@ -88,17 +89,23 @@ class DvrTrail:
                 f.final_bytes = size
                 return
 
-    def key(self) -> tuple[str, str, int]:
-        """What the rendered text depends on: the oldest and newest files and the newest one's size (a
-        stat, no reading), so a cached text is reused until a fragment is added."""
+    def deleted(self, rec_id: str) -> None:
+        """A file was deleted (an operator, retention): if it is one of the trail's, the text rendered before
+        lists it, so the next request renders again (and finds it gone)."""
+        if any(f.rec_id == rec_id for f in self.files):
+            self._deletions += 1
+
+    def key(self) -> tuple[str, str, int, int]:
+        """What the rendered text depends on: the oldest and newest files, the newest one's size (a stat, no
+        reading) and the deletions of its files, so a cached text is reused until a fragment is added."""
         if not self.files:
-            return "", "", -1
+            return "", "", -1, self._deletions
         oldest, newest = self.files[0], self.files[-1]
         try:
             size = os.stat(newest.path).st_size
         except OSError:
             size = -1
-        return oldest.rec_id, newest.rec_id, size
+        return oldest.rec_id, newest.rec_id, size, self._deletions
 
     def holds(self, rec_id: str) -> bool:
         """Whether the window still reaches the file: the newest, or the next one started inside the window.

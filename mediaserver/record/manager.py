@@ -588,7 +588,9 @@ class RecordingManager:
                 raise StorageError(f"recording {rec_id} is in object storage, and this node has no "
                                    f"record.storage = \"s3\" to delete it with", "NotConfigured")
             await self.uploader.delete(row.location)
-            return await self.catalog.delete(rec_id)
+            deleted = await self.catalog.delete(rec_id)
+            self._deleted(row)
+            return deleted
         if on_other_node(row, self.node):
             raise ElsewhereError(rec_id, row.node)
         found = await self.file_of(rec_id)
@@ -599,7 +601,14 @@ class RecordingManager:
                 event(log, "recording_delete_failed", logging.WARNING, id=rec_id, error=str(err))
         deleted = await self.catalog.delete(rec_id)
         self._files.pop(rec_id, None)
+        self._deleted(row)
         return deleted
+
+    def _deleted(self, row: Recording) -> None:
+        """A DVR playlist of the stream being recorded may list the file: it is rendered again."""
+        rec = self.active.get(StreamKey(row.app, row.stream))
+        if rec is not None:
+            rec.dvr.deleted(row.id)
 
 
 def _remove(path: Path, root: Path) -> None:

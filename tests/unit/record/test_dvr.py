@@ -130,7 +130,7 @@ def test_a_file_gone_from_the_disk_is_left_out(tmp_path):
 
 
 def test_an_empty_trail_has_no_key_to_render_by():
-    assert DvrTrail(10).key() == ("", "", -1)
+    assert DvrTrail(10).key() == ("", "", -1, 0)
 
 
 def test_the_next_file_waits_for_its_predecessors_last_pieces_to_reach_the_disk(tmp_path):

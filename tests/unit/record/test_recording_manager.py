@@ -245,3 +245,24 @@ async def test_every_recordings_progress_goes_to_the_catalog_in_one_write_and_be
     done, *going = [await catalog.get(rec_id) for rec_id in ids]
     assert done.status == "complete" and done.bytes > writes[1][ids[0]][0]  # no figure came after its end (the last GOP)
     assert [(row.status, row.bytes) for row in going] == [("recording", writes[0][rec_id][0]) for rec_id in ids[1:]]
+
+
+async def test_deleting_a_file_the_dvr_window_lists_renders_the_window_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(manager_module, "SYNC_S", 0.05)
+    manager = await RecordingManager.open(StreamRegistry(), RecordConfig(
+        mode="api", path=str(tmp_path / "rec"), min_free_gb=0, segment_minutes=0.05), "node-1")
+    try:
+        stream = manager.registry.claim_publisher(KEY, Publisher())
+        rec = manager.start(KEY)
+        publish(stream, codec_clip("h264", "aac", seconds=8.0, gop_frames=25))  # 3 s files: a rotation or two
+        await settle(manager)
+        assert len(rec.dvr.files) >= 2, [f.path.name for f in rec.dvr.files]
+        first = rec.dvr.files[0].rec_id
+        before = rec.dvr.key()
+        assert await manager.delete(first) is True
+        assert rec.dvr.key() != before  # the text that listed it is not served again
+        after = rec.dvr.key()
+        rec.dvr.deleted("another-streams-file")
+        assert rec.dvr.key() == after
+    finally:
+        await manager.close()
