@@ -311,6 +311,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         pulls.start()
     await stop.wait()
     event(log, "shutdown", streams=len(registry))
+    if worker is not None:
+        worker.stop_adopting()
     await rtmp.stop_accepting()
     if isinstance(abr, ClusterAbr):
         await abr.close()  # its job claims given up

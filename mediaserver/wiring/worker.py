@@ -247,9 +247,14 @@ class WorkerSetup:
         if self.locator is not None:
             await self.locator.ready()
 
-    async def close(self) -> None:
+    def stop_adopting(self) -> None:
+        """The worker stops: siblings' hand-offs fail from now on (they proxy those requests instead), so no
+        connection is adopted into a server that is closing."""
         if self.inbox is not None:
-            self.inbox.close()
+            self.inbox.close()  # (again at close: a no-op)
+
+    async def close(self) -> None:
+        self.stop_adopting()
         self.outbox.close()
         for task in self._adopting:
             task.cancel()
