@@ -25,9 +25,9 @@ admitted its viewer), the lane answers that recording's next whole-file or singl
 VOD_CACHE_S as sendfile.serve_file does (os.sendfile; what a full socket does not take is read a chunk at a
 time in a thread and written as the reader takes it, the range being bounded by MAX_VOD_RANGE), when the
 recorded stream's app is open to viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked
-without a query, with the text the full stack rendered. A player asks for the playlist, the init and two or three segments back to back, and
-a request that arrives while aiohttp is still finishing the one before goes to aiohttp too: a session
-begun in the lane stays there.
+without a query, with the text the full stack rendered. A player asks for the playlist, the init and two or
+three segments back to back, and a request that arrives while aiohttp is still finishing the one before goes
+to aiohttp too: a session begun in the lane stays there.
 
 Blocking LL-HLS reloads (`_HLS_msn`/`_HLS_part`) and requests for the part a preload hint names are held
 in one list per packager, not a task per request: the packager calls `release` on every change of its
@@ -481,8 +481,7 @@ class FastLane:
             sent = send_fd(transport, fd, part.start, part.size, answer_head)
             left = part.size - sent
             if left > CHUNK:
-                self._send_rest(conn, fd, part.start + sent, part.end, address)
-                sending = True  # the request is in progress until the rest has gone
+                sending = self._send_rest(conn, fd, part.start + sent, part.end, address)  # in progress till sent
             elif left:
                 # The socket is full: the small rest from the page cache, through the transport.
                 rest = os.pread(fd, left, part.start + sent)
@@ -498,23 +497,29 @@ class FastLane:
         conn.lane_answered()
         return True
 
-    def _send_rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> None:
+    def _send_rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> bool:
         """Bytes [offset, end) of a recording, after what a full socket took: read CHUNK at a time in a thread
         (as sendfile.serve_file does) and written as the reader takes them, so a slow reader holds a chunk and
         the transport's high-water mark, not the range. The connection is held meanwhile (what it sends next
         waits); a reader that takes nothing for `http.write_timeout` is dropped."""
+        try:
+            own = os.dup(fd)  # its own descriptor: the recording may leave the lane's cache meanwhile
+        except OSError:  # out of descriptors: the answer cannot be completed
+            reset(conn.transport)
+            return False
         loop = asyncio.get_running_loop()
         conn.lane_hold(loop.time() + self.app[CONFIG].http.write_timeout)
-        task = loop.create_task(self._rest(conn, os.dup(fd), offset, end, address))  # its own descriptor: the
-        self._rests.add(task)  # recording may leave the lane's cache meanwhile
+        task = loop.create_task(self._rest(conn, own, offset, end, address))
+        self._rests.add(task)
         task.add_done_callback(self._rests.discard)
+        return True
 
     async def _rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> None:
         timeout = self.app[CONFIG].http.write_timeout
         try:
             while offset < end:
                 async with asyncio.timeout(timeout):
-                    await conn._drain_helper()  # aiohttp's flow control: until the transport is below its high-water mark
+                    await conn._drain_helper()  # aiohttp's flow control: until under the high-water mark
                 chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)
                 transport = conn.transport
                 if transport is None or transport.is_closing():

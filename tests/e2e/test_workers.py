@@ -122,7 +122,8 @@ async def test_two_workers_serve_one_stream_count_it_once_kick_it_and_survive_a_
                 async with http.get(f"{server.http_base}/api/v1/streams", headers=AUTH) as resp:
                     body = await resp.json()
                 mine = [s for s in body["streams"] if s["name"] == stream_name]
-                return len(mine) == 1 and mine[0]["viewers_total"] == watching and len(mine[0]["viewers_by_worker"]) == 2
+                return (len(mine) == 1 and mine[0]["viewers_total"] == watching
+                        and len(mine[0]["viewers_by_worker"]) == 2)
 
             await wait_for(listed, 5, f"/api/v1/streams listing the stream once with {watching} viewers", server)
 
