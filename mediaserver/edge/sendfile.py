@@ -28,9 +28,9 @@ import asyncio
 import os
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import hdrs, web

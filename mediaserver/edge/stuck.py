@@ -29,10 +29,9 @@ class _Watched:
 
 
 class StuckWriters:
-    def __init__(self, timeout_s: Callable[[], float], on_abort: Callable[[], None] | None = None) -> None:
+    def __init__(self, timeout_s: Callable[[], float]) -> None:
         self._timeout_s = timeout_s
         """Read at each tick: the configured write_timeout."""
-        self._on_abort = on_abort
         self._watched: dict[asyncio.BaseTransport, _Watched] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.aborted = 0
@@ -77,7 +76,5 @@ class StuckWriters:
                 del self._watched[transport]
                 self.aborted += 1
                 reset(transport, closing_too=True)
-                if self._on_abort is not None:
-                    self._on_abort()
         if self._watched:
             self._timer = loop.call_later(self._tick_s(), self._tick)

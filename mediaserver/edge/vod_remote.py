@@ -33,8 +33,8 @@ from ..record.catalog import Recording
 from ..record.manager import on_other_node
 from .common import PLAY_QUERY, cors_headers, json_error
 from .keys import CONFIG, RECORDINGS, REMOTE_VOD
-from .sendfile import write_within
 from .origin_pull import CREDENTIAL_HEADER
+from .sendfile import write_within
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 
 from support.checks import wait_live
-from support.raw_net import raw_http_get, stalled_viewer
+from support.raw_net import raw_http_get, received_until_closed, stalled_viewer
 
 ADMIN = "admin-token-vod-hostile-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -105,8 +105,10 @@ async def test_vod_readers_that_stop_reading_hold_a_chunk_each_and_are_dropped_a
             raise AssertionError(f"no recording of {stream_name} over {want} bytes; log:\n{server.log_tail()}")
     before = server.rss_bytes()
     port = server.http_port
-    lane = [stalled_range(port, f"/vod/{rec_id}.mp4", f"bytes=0-{want - 1}") for _ in range(4)]
-    full = [stalled_range(port, f"/vod/{rec_id}.mp4", f"bytes=0-{want - 1}", close=True) for _ in range(2)]
+    asked = f"Range: bytes=0-{want - 1}\r\n"
+    lane = [stalled_viewer(port, f"/vod/{rec_id}.mp4", headers=asked) for _ in range(4)]
+    # the lane leaves a request with Connection: close to the full stack
+    full = [stalled_viewer(port, f"/vod/{rec_id}.mp4", headers=asked + "Connection: close\r\n") for _ in range(2)]
     try:
         await asyncio.sleep(0.6)  # within the write timeout: everything asked is as far as it gets
         grown = server.rss_bytes() - before
@@ -127,36 +129,3 @@ async def test_vod_readers_that_stop_reading_hold_a_chunk_each_and_are_dropped_a
             assert resp.status == 206 and len(await resp.read()) == want
     server.assert_alive()
 
-
-def stalled_range(port: int, path: str, asked: str, close: bool = False):
-    import socket
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sets the window scale
-    s.settimeout(5)
-    s.connect(("127.0.0.1", port))
-    extra = "Connection: close\r\n" if close else ""  # the lane leaves such a request to the full stack
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: {asked}\r\n{extra}\r\n".encode())
-    return s
-
-
-def received_until_closed(s, timeout_s: float, limit: int) -> int:
-    """Bytes read from `s` until the peer closed or reset it; -1 if it was still open at the timeout, or
-    had sent `limit` bytes."""
-    import time
-    deadline = time.monotonic() + timeout_s
-    received = 0
-    while received < limit:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return -1
-        s.settimeout(left)
-        try:
-            data = s.recv(1 << 16)
-        except (ConnectionResetError, BrokenPipeError):
-            return received
-        except TimeoutError:
-            return -1
-        if not data:
-            return received
-        received += len(data)
-    return -1

@@ -50,8 +50,9 @@ async def raw_http_get(port: int, target: bytes, *, timeout_s: float = 5.0, max_
         writer.close()
 
 
-def stalled_viewer(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
-    """Open an HTTP-FLV request from a socket with a tiny receive buffer, and never read from it.
+def stalled_viewer(port: int, path: str, rcvbuf: int = 4096, headers: str = "") -> socket.socket:
+    """Open an HTTP request (HTTP-FLV, a VOD range: `headers`, each line ending in CRLF) from a socket with a
+    tiny receive buffer, and never read from it.
 
     The caller keeps the socket open for as long as the stall should last, then closes it.
     """
@@ -59,30 +60,35 @@ def stalled_viewer(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: it sets the window scale
     s.settimeout(5)
     s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
     return s
 
 
 def closed_by_peer(s: socket.socket, timeout_s: float, max_bytes: int = 1 << 20) -> bool:
     """Read (and discard) until the peer closes: True on EOF or reset, False if still open at the timeout."""
+    return received_until_closed(s, timeout_s, max_bytes + 1) >= 0  # a flood is not a close
+
+
+def received_until_closed(s: socket.socket, timeout_s: float, limit: int) -> int:
+    """Bytes read (and discarded) from `s` until the peer closed or reset it; -1 if it was still open at the
+    timeout, or had sent `limit` bytes."""
     deadline = time.monotonic() + timeout_s
     received = 0
-    while True:
+    while received < limit:
         left = deadline - time.monotonic()
         if left <= 0:
-            return False
+            return -1
         s.settimeout(left)
         try:
             data = s.recv(65536)
         except (ConnectionResetError, BrokenPipeError):
-            return True
+            return received
         except (socket.timeout, TimeoutError):
-            return False
+            return -1
         if not data:
-            return True
+            return received
         received += len(data)
-        if received > max_bytes:
-            return False  # a flood is not a close
+    return -1
 
 
 def rtmp_connect(port: int, timeout_s: float = 5.0) -> socket.socket:
