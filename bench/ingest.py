@@ -35,6 +35,7 @@ from mediaserver.rtmp.server import RtmpConnection, RtmpServer  # noqa: E402
 from mediaserver.cli import build_registry  # noqa: E402
 from mediaserver.record.recorder import Recorder  # noqa: E402
 from support.rtmp_bytes import StubTransport, published, publishing_client  # noqa: E402
+from support.sinks import CollectingSink  # noqa: E402
 
 
 def publish_bytes(path: Path, seconds: float) -> tuple[list[bytes], list[bytes], int]:
@@ -107,27 +108,6 @@ async def run(args: argparse.Namespace) -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
-class _Collect:
-    """A patient sink that keeps every frame the hub hands it (the Recorder's input, for --recorder-alone)."""
-
-    waits_for_frames = False
-
-    def __init__(self) -> None:
-        self.frames: list = []
-
-    def next_output_ms(self) -> float:
-        return float("inf")
-
-    def on_frame(self, frame) -> None:
-        self.frames.append(frame)
-
-    def on_discontinuity(self) -> None:
-        pass
-
-    def on_end(self) -> None:
-        pass
-
-
 async def recorder_alone(args: argparse.Namespace) -> None:
     """The Recorder by itself: the hub's frames of the media collected first, then handed to a fresh
     Recorder `--batch` at a time (what Stream.flush_sinks hands it per socket read: about 20 frames when
@@ -137,7 +117,7 @@ async def recorder_alone(args: argparse.Namespace) -> None:
     registry = build_registry(Config(hls=HlsConfig(enabled=False)))
     conn = RtmpConnection(RtmpServer(RtmpConfig(), registry), 1)
     await published(conn, StubTransport(), setup)
-    sink = _Collect()
+    sink = CollectingSink()  # the Recorder's input
     conn.stream.add_sink(sink)
     for data in reads:
         conn.data_received(data)

@@ -15,9 +15,11 @@ back, or at an fsync (every `fsync_interval_s`, as `take_sync_jobs()` is called,
 Where the writes happen: given a `disk` (writer.DiskWriter, as the RecordingManager gives), the pieces of
 each batch of frames (a GOP's video and audio fragments together, one job and one writev), each fsync and
 close go to its thread in order, so a disk that stalls never stalls the hub's callbacks (the event loop);
-an error there comes back through `_disk_failed`. Without one the writes happen here, and
-`take_sync_jobs()` hands the owner a callable per fsync due, holding its own duplicate of the descriptor,
-to run in a thread. Creating a file (mkdir, open) stays here: a metadata operation once per file.
+an error there comes back through `_disk_failed`. Creating a file (mkdir, open) goes there as well, first
+in its queue: the file's name is made here from the template (no disk access), and what the owner hears
+of a file (`on_file_opened`, `on_progress`, `on_file_closed`) waits until the thread has created it, in
+that order, with the name it got. Without a DiskWriter all of it happens here, and `take_sync_jobs()`
+hands the owner a callable per fsync due, holding its own duplicate of the descriptor, to run in a thread.
 
 Rotation: a new file starts at a video segment (a keyframe) once the file holds `segment_minutes` of
 media, and whenever a track's codec configuration changes (or a track appears) so each file has one
@@ -130,11 +132,17 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
 class _File:
     """One open recording file."""
 
-    __slots__ = ("path", "fd", "started_at", "inits", "bytes", "start_ms", "end_ms", "synced_at", "fragments")
+    __slots__ = ("path", "fd", "started_at", "inits", "bytes", "start_ms", "end_ms", "synced_at", "fragments",
+                 "creating", "closed")
 
     def __init__(self, path: Path, fd: int, started_at: float, inits: dict[str, CmafInit], now: float) -> None:
         self.path = path
         self.fd = fd
+        """-1 until created (a DiskWriter's thread sets it)."""
+        self.creating = fd < 0
+        """A DiskWriter's thread has yet to create it: the owner hears of it once it has."""
+        self.closed: tuple[str, str | None] | None = None
+        """(status, error) of a close that came while `creating`, told once the file exists."""
         self.started_at = started_at
         self.inits = inits
         self.bytes = 0
@@ -146,6 +154,20 @@ class _File:
     @property
     def duration_s(self) -> float:
         return 0.0 if self.start_ms is None else max(0.0, self.end_ms - self.start_ms) / 1000
+
+
+def create_file(path: Path) -> tuple[Path, int]:
+    """A new, empty file at `path`, its directories made; at "NAME-1.mp4", "-2", ... when the name is taken
+    (a restart within the same second). Blocks on the disk: the DiskWriter's thread runs it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    candidate = path
+    for n in range(1, _MAX_NAME_TRIES + 1):
+        try:
+            return candidate, os.open(candidate, flags, 0o644)
+        except FileExistsError:
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    raise OSError(errno.EEXIST, f"{_MAX_NAME_TRIES} recordings named like {path} already exist")
 
 
 def _sync_job(fd: int) -> Callable[[], None]:
@@ -209,7 +231,7 @@ class Recorder:
                 "{start:STRFTIME} (UTC), e.g. " + DEFAULT_TEMPLATE
             ) from err
         self.key = key
-        self.root = Path(root).resolve()
+        self.root = Path(os.path.abspath(root))  # (not resolve(): no disk access on the event loop)
         self.template = template
         self.max_ms = segment_minutes * 60_000
         self.fsync_interval_s = fsync_interval_s
@@ -337,7 +359,7 @@ class Recorder:
             return
         f.start_ms = seg.start_ms if f.start_ms is None else min(f.start_ms, seg.start_ms)
         f.end_ms = max(f.end_ms, seg.start_ms + seg.duration * 1000 / seg.timescale)
-        if self._on_progress is not None:
+        if self._on_progress is not None and not f.creating:
             self._on_progress(f.bytes, f.duration_s)
 
     def _open(self, seg: CmafSegment) -> _File | None:
@@ -348,19 +370,34 @@ class Recorder:
                 inits[track] = init
         started_at = seg.program_date_time
         try:
-            path, fd = self._create(started_at)
+            path, fd = self._name(started_at), -1  # -1: the DiskWriter's thread creates it
+            if self._disk is None:
+                path, fd = create_file(path)
         except (OSError, UsageError) as err:
             self._fail(None, err if isinstance(err, OSError) else OSError(errno.EINVAL, str(err)))
             return None
         f = self._file = _File(path, fd, started_at, inits, self._wall())
-        if self._disk is not None:
-            self._disk.opened(f, self._disk_failed)
         self._first_sequence = seg.sequence
-        if self._on_opened is not None:
+        if self._disk is not None:
+            self._disk.create(f, path, create_file, self._disk_failed, self._created)
+        elif self._on_opened is not None:
             self._on_opened(path, started_at)
         if not self._append(f, two_track_init([inits[t] for t in (VIDEO, AUDIO) if t in inits])):
             return None
         return f
+
+    def _created(self, f: _File, path: Path) -> None:
+        """The DiskWriter's thread created `f` at `path` (on the event loop): the owner hears of it now, and
+        of what came meanwhile (its figures; its close, if it came)."""
+        f.path = path
+        f.creating = False
+        if self._on_opened is not None:
+            self._on_opened(path, f.started_at)
+        if f.closed is not None:
+            status, error = f.closed
+            self._closed(f, status, error)
+        elif self._on_progress is not None and f.bytes:
+            self._on_progress(f.bytes, f.duration_s)
 
     @staticmethod
     def _numbered(f: _File, data: bytes | Pieces) -> bytes | bytearray | Pieces:
@@ -404,21 +441,14 @@ class Recorder:
             pos += size
         return out
 
-    def _create(self, started_at: float) -> tuple[Path, int]:
+    def _name(self, started_at: float) -> Path:
+        """The file's path from the template, checked to stay under the root (by its text alone: no disk)."""
         start = dt.datetime.fromtimestamp(started_at, dt.UTC)
         relative = self.template.format(app=self.key.app, stream=self.key.name, start=start)
-        path = (self.root / relative).resolve()
+        path = Path(os.path.normpath(self.root / relative))
         if not path.is_relative_to(self.root) or path == self.root:
             raise UsageError(f"recording path {relative!r} escapes the recording root {self.root}; fix the template")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        candidate = path
-        for n in range(1, _MAX_NAME_TRIES + 1):
-            try:
-                return candidate, os.open(candidate, flags, 0o644)
-            except FileExistsError:
-                candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")  # a restart within the same second
-        raise OSError(errno.EEXIST, f"{_MAX_NAME_TRIES} recordings named like {path} already exist")
+        return path
 
     def _append(self, f: _File, data: bytes | bytearray | Pieces) -> bool:
         """One piece, whole, in one write (a short write on a full disk is finished or fails). Given a
@@ -479,6 +509,12 @@ class Recorder:
                 os.close(f.fd)
             except OSError:
                 pass
+        if f.creating:
+            f.closed = (status, error)  # told once the file exists (`_created`), or that it never will
+        else:
+            self._closed(f, status, error)
+
+    def _closed(self, f: _File, status: str, error: str | None) -> None:
         video = f.inits.get(VIDEO)
         closed = FileClosed(
             path=f.path, started_at=f.started_at, duration_s=round(f.duration_s, 3), bytes=f.bytes,
@@ -490,7 +526,16 @@ class Recorder:
             self._on_closed(closed)
 
     def _disk_failed(self, f: _File, err: OSError, good_bytes: int) -> None:
-        """The writer's thread could not write `f` (it cut the file back to `good_bytes`): on the event loop."""
+        """The writer's thread could not write `f` (it cut the file back to `good_bytes`), or could not create
+        it: on the event loop."""
+        if f.creating:  # never created: nothing of it exists, nor will
+            f.creating = False
+            f.bytes = 0
+            if self._file is f:
+                self._fail(f, err)
+            elif f.closed is not None:
+                self._closed(f, FAILED, str(err))
+            return
         if self._file is not f:
             # Closed already (its FileClosed counted the pieces still queued): the file plays up to its
             # last whole fragment, which is what a reader indexes; `on_tail_lost` corrects its row.

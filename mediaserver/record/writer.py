@@ -6,7 +6,9 @@ the disk wants; on the event loop that would stall every stream and viewer of th
 hand their pieces here: one thread takes them in order (a file's fsync and close after its writes), and
 an error comes back to the Recorder on the event loop (`on_error(file, error, good_bytes)`), the file
 first cut back to its last whole piece. A file is named by its owner's object (anything with an `fd`), not
-by its descriptor's number, which the system gives again once the thread has closed it. What waits is
+by its descriptor's number, which the system gives again once the thread has closed it. Creating a file
+(`create`: its directory, then a name nobody holds) happens there too: a directory on a stalled disk or a
+network filesystem blocks `mkdir` and `open` as long as any write. What waits is
 bounded (`max_queued_bytes`): a disk that falls that far behind fails the recordings that write to it,
 never the node's memory.
 
@@ -27,6 +29,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..remux.fmp4 import Pieces
@@ -45,6 +48,8 @@ WriteV = Callable[[int, Buffers], int]
 """os.writev's shape: the writes a recording makes (tests give their own, to fail or stall them)."""
 Advise = Callable[[int, int, int, int], None]
 """os.posix_fadvise's shape."""
+Create = Callable[[Path], tuple[Path, int]]
+"""Makes a file at a path, or at the first free name beside it: (its path, its descriptor)."""
 
 
 def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.writev) -> None:
@@ -61,6 +66,11 @@ def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.w
             first += 1
         if written:
             rest[first] = memoryview(rest[first])[written:]
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class OpenFile(Protocol):
@@ -90,8 +100,12 @@ class DiskWriter:
 
     # ----- called on the event loop ---------------------------------------------------------------
 
-    def opened(self, file: OpenFile, on_error: ErrorCallback, size: int = 0) -> None:
-        self._jobs.put(("open", file, (on_error, size)))
+    def create(self, file: OpenFile, path: Path, create: Create, on_error: ErrorCallback,
+               on_created: Callable[[Any, Path], None]) -> None:
+        """Create `file` on the thread with `create(path)`, before the jobs queued after this; its descriptor
+        goes to `file.fd`, then `on_created(file, its path)` is called on the event loop. A failure comes back
+        through `on_error(file, error, 0)`, and the file's later jobs are dropped."""
+        self._jobs.put(("create", file, (path, create, on_error, on_created)))
 
     def write(self, file: OpenFile, data: bytes | bytearray | Pieces) -> bool:
         """Queue one piece (written whole, in one go, after what came before); False when the disk is too
@@ -110,6 +124,12 @@ class DiskWriter:
         """fsync (when `sync`) and close the file's descriptor once its writes are done."""
         self._jobs.put(("close", file, sync))
 
+    async def caught_up(self) -> None:
+        """Return once the jobs queued before this call are done and what they told the loop has run."""
+        done = self._loop.create_future()
+        self._jobs.put(("caught up", None, done))
+        await done
+
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish every job queued, then end the thread (blocking: run it in a thread)."""
         self._jobs.put(("stop", None, None))
@@ -122,17 +142,32 @@ class DiskWriter:
             kind, file, arg = self._jobs.get()
             if kind == "stop":
                 return
+            if kind == "caught up":
+                try:
+                    self._loop.call_soon_threadsafe(_done, arg)  # after what the jobs before it told the loop
+                except RuntimeError:
+                    pass
+                continue
             try:
                 self._do(kind, file, arg)
             except Exception:  # never: each job catches its OSError; the thread must outlive a bug
                 log.exception("recording writer job %s failed", kind)
 
     def _do(self, kind: str, file: OpenFile, arg) -> None:
-        fd = file.fd
-        if kind == "open":
-            on_error, size = arg
-            self._files[id(file)] = (on_error, [size, 0, 0])
+        if kind == "create":
+            path, create, on_error, on_created = arg
+            entry = self._files[id(file)] = (on_error, [0, 0, 0])
+            try:
+                path, file.fd = create(path)
+            except OSError as err:
+                self._failed(file, entry, err)
+                return
+            try:
+                self._loop.call_soon_threadsafe(on_created, file, path)
+            except RuntimeError:
+                pass  # the loop is closed: the server is gone
             return
+        fd = file.fd
         entry = self._files.get(id(file))
         if kind == "write":
             with self._lock:
@@ -161,10 +196,11 @@ class DiskWriter:
                 if entry is not None:
                     self._failed(file, entry, err)
             finally:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
 
     def _synced(self, fd: int, sizes: list[int]) -> None:
         """An fsync made the file durable up to sizes[0]: the part the fsync before made durable leaves the
@@ -183,10 +219,11 @@ class DiskWriter:
     def _failed(self, file: OpenFile, entry: tuple[ErrorCallback, list[int]], err: OSError) -> None:
         good = entry[1][0]
         entry[1][0] = -1
-        try:
-            os.ftruncate(file.fd, good)  # drop a partly written piece, if the system lets us
-        except OSError:
-            pass
+        if file.fd >= 0:  # (never created: nothing to cut)
+            try:
+                os.ftruncate(file.fd, good)  # drop a partly written piece, if the system lets us
+            except OSError:
+                pass
         try:
             self._loop.call_soon_threadsafe(entry[0], file, err, good)
         except RuntimeError:

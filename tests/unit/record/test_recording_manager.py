@@ -92,6 +92,7 @@ async def test_a_finished_file_is_synced_and_no_descriptor_stays_open(manager, c
     stream = manager.registry.claim_publisher(KEY, Publisher())
     manager.start(KEY)
     publish(stream, clip)
+    await manager.disk_writer.caught_up()  # the writer's thread creates the file
     assert open_fds_on(root), "the file being written is open"
     if how == "stop":
         assert manager.stop(KEY)
@@ -139,6 +140,7 @@ async def test_catalog_writes_wait_for_a_database_away_longer_than_any_backoff_a
     stream = manager.registry.claim_publisher(KEY, Publisher())
     manager.start(KEY)
     publish(stream, clip)
+    await manager.disk_writer.caught_up()  # the file created: its row is known
     manager.report_progress()
     rec_id = manager.current(KEY)
     for _ in range(100):  # far past the five tries after which writes used to be dropped
@@ -228,6 +230,7 @@ async def test_every_recordings_progress_goes_to_the_catalog_in_one_write_and_be
         manager.start(key)
     for stream in streams:
         publish(stream, clip[:len(clip) // 2])
+    await manager.disk_writer.caught_up()  # the files created: their rows are known
     ids = [manager.current(key) for key in keys]
     manager.report_progress()
     for _ in range(500):

@@ -12,12 +12,14 @@ import time
 
 import pytest
 
-from mediaserver.record import vod
+from mediaserver.media.frames import FrameKind
+from mediaserver.record import recorder as recorder_module, vod
 from mediaserver.record.recorder import COMPLETE, FAILED, Recorder
 from mediaserver.record.writer import IOV_MAX, PAGE_SIZE, DiskWriter, write_whole
 from mediaserver.remux.fmp4 import Pieces
 
 from support.codec_clips import codec_clip
+from support.sinks import CollectingSink
 from test_recorder import FPS, KEY, Clock, decode, new_stream, publish
 
 
@@ -61,6 +63,10 @@ async def test_a_disk_too_far_behind_fails_the_recording_and_memory_stays_bounde
     stream.add_sink(rec)
     publish(stream, frames)
     assert rec.stopped and disk.queued_bytes <= 60_000
+    for _ in range(500):  # the file's close is told once the writer's thread has created it
+        if rec.files:
+            break
+        await asyncio.sleep(0.01)
     [closed] = rec.files
     assert closed.status == FAILED and "does not keep up" in closed.error
     release.set()
@@ -125,8 +131,7 @@ def test_a_write_that_takes_nothing_is_an_error_not_a_loop(tmp_path):
 
 
 class _File:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    fd = -1  # the writer's thread creates it
 
 
 async def test_each_fsync_lets_the_page_cache_drop_what_the_fsync_before_made_durable(tmp_path):
@@ -134,8 +139,8 @@ async def test_each_fsync_lets_the_page_cache_drop_what_the_fsync_before_made_du
     disk = DiskWriter(asyncio.get_running_loop(),
                       advise=lambda fd, offset, length, advice: advised.append((offset, length, advice)))
     path = tmp_path / "f"
-    f = _File(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
-    disk.opened(f, lambda *a: None)
+    f = _File()
+    disk.create(f, path, recorder_module.create_file, lambda *a: None, lambda *a: None)
     page = PAGE_SIZE
     sizes = (2 * page + 100, 3 * page, 5 * page)
     for n in sizes:
@@ -158,11 +163,109 @@ async def test_each_fsync_lets_the_page_cache_drop_what_the_fsync_before_made_du
 async def test_without_fadvise_the_pages_simply_stay(tmp_path):
     disk = DiskWriter(asyncio.get_running_loop(), advise=None)
     path = tmp_path / "f"
-    f = _File(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
-    disk.opened(f, lambda *a: None)
+    f = _File()
+    disk.create(f, path, recorder_module.create_file, lambda *a: None, lambda *a: None)
     for _ in range(3):
         disk.write(f, b"x" * 100)
         disk.sync(f)
     disk.close(f, sync=True)
     await asyncio.to_thread(disk.stop)
     assert path.read_bytes() == b"x" * 300
+
+
+def _recorder_with_events(tmp_path, disk: DiskWriter) -> tuple[Recorder, list]:
+    events: list = []
+    rec = Recorder(
+        KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk,
+        on_file_opened=lambda path, at: events.append(("opened", path)),
+        on_progress=lambda size, duration: events.append(("progress", size)),
+        on_file_closed=lambda closed: events.append(("closed", closed)),
+    )
+    return rec, events
+
+
+def _held_create(monkeypatch) -> threading.Event:
+    """File creation that waits (mkdir and open on a stalled network filesystem) until the event is set."""
+    gate = threading.Event()
+    real_create = recorder_module.create_file
+
+    def held_create(path):
+        gate.wait(10)
+        return real_create(path)
+
+    monkeypatch.setattr(recorder_module, "create_file", held_create)
+    return gate
+
+
+@pytest.mark.parametrize("ends_before_created", [True, False])
+async def test_a_disk_that_stalls_when_a_file_is_created_never_holds_the_event_loop(
+        tmp_path, monkeypatch, ends_before_created):
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    gate = _held_create(monkeypatch)
+    disk = DiskWriter(asyncio.get_running_loop())
+    stream = new_stream()
+    rec, events = _recorder_with_events(tmp_path, disk)
+    stream.add_sink(rec)
+    started = time.monotonic()
+    publish(stream, frames if ends_before_created else frames[:len(frames) // 2])
+    if ends_before_created:
+        stream.end()  # the file closes before the thread has created it
+    assert time.monotonic() - started < 1.0  # (created here, it would wait 10 s)
+    assert events == [], "nothing is told of a file before it exists"
+    gate.set()
+    await disk.caught_up()
+    if ends_before_created:
+        assert [e[0] for e in events] == ["opened", "closed"]  # in order; the close carries the last figures
+    else:
+        # Opened, then every piece so far in one report; the rest as it comes.
+        assert [e[0] for e in events] == ["opened", "progress"] and events[1][1] == rec._file.bytes
+        publish(stream, frames[len(frames) // 2:])
+        stream.end()
+        assert [e[0] for e in events][-1] == "closed"
+    await asyncio.to_thread(disk.stop)
+    [closed] = rec.files
+    assert events[0][1] == closed.path and closed.status == COMPLETE
+    assert closed.bytes == closed.path.stat().st_size
+    assert len(decode(closed.path)["video"]) == 4 * FPS
+
+
+async def test_a_taken_name_gets_the_next_one_and_every_report_says_so(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
+    disk = DiskWriter(asyncio.get_running_loop())
+    stream = new_stream()
+    rec, events = _recorder_with_events(tmp_path, disk)
+    taken = rec._name(Clock()())  # the name the first file would get (the clip starts at the clock's time)
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"an older recording")
+    stream.add_sink(rec)
+    publish(stream, frames)
+    stream.end()
+    await disk.caught_up()
+    await asyncio.to_thread(disk.stop)
+    [closed] = rec.files
+    assert closed.path == taken.with_name(f"{taken.stem}-1{taken.suffix}") and events[0][1] == closed.path
+    assert taken.read_bytes() == b"an older recording"
+    assert decode(closed.path)["video"]
+
+
+async def test_a_file_that_cannot_be_created_ends_the_recording_once_and_the_stream_goes_on(tmp_path):
+    frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")  # record.path's app directory cannot be made under a file
+    disk = DiskWriter(asyncio.get_running_loop())
+    stream = new_stream()
+    rec, events = _recorder_with_events(blocker, disk)
+    stream.add_sink(rec)
+    viewer = CollectingSink()
+    stream.add_sink(viewer)
+    publish(stream, frames[:len(frames) // 2])
+    await disk.caught_up()
+    publish(stream, frames[len(frames) // 2:])
+    assert rec.stopped
+    [failed] = [e[1] for e in events if e[0] == "closed"]
+    assert failed.status == FAILED and failed.bytes == 0 and "Not a directory" in failed.error
+    assert [e[0] for e in events] == ["closed"], "a file that never existed is never reported opened"
+    media = [f for f in frames if f.kind in (FrameKind.VIDEO, FrameKind.AUDIO)]  # what `publish` sends
+    assert len(viewer.frames) == len(media)  # the hub's other consumers got every frame
+    stream.end()
+    await asyncio.to_thread(disk.stop)
