@@ -118,35 +118,46 @@ class GopFragmenter:
     def push_many(self, frames: list[Frame], now: float) -> list[CmafPart | CmafSegment]:
         """The frames of one socket read (Stream.flush_sinks hands a batch): what push does for each, with
         the common frame (media inside an open GOP) kept in a few operations, and a sample it cannot use
-        counted in `skipped` instead of raised."""
+        counted in `skipped` instead of raised. The state the common frame touches is held in locals, read
+        again after any other frame (which may cut, and so replace the lists)."""
         self._now = now
         out: list[CmafPart | CmafSegment] = []
         video_kind, audio_kind = FrameKind.VIDEO, FrameKind.AUDIO
+        max_ms, max_bytes = self.max_ms, self.max_bytes
+        v, a, v_bytes, length_size = self._v, self._a, self._v_bytes, self._nal_length_size
         for frame in frames:
+            if self.general is None and not frame.is_config and not frame.is_end:
+                # The common frames, kept as _video and _audio would keep them, their other checks all false.
+                kind = frame.kind
+                if kind == video_kind:
+                    tag = frame.tag
+                    if v and not frame.keyframe and frame.codec == v[0].codec \
+                            and frame.dts_ms - v[0].dts_ms < max_ms and v_bytes + len(tag) <= max_bytes:
+                        # The NAL length prefixes tile the sample (_avcc_whole, inline: most hold one to three).
+                        end = len(tag) - 4
+                        pos = frame.payload_start
+                        while pos < end:
+                            if pos + length_size > end:
+                                break
+                            pos += length_size + int.from_bytes(tag[pos:pos + length_size], "big")
+                        if pos == end:
+                            v.append(frame)  # inside the open GOP
+                            v_bytes += len(tag)
+                            continue
+                elif kind == audio_kind:
+                    if a and frame.codec == a[0].codec and frame.dts_ms - a[0].dts_ms <= max_ms:
+                        a.append(frame)  # waiting for the next video cut
+                        continue
+            self._v_bytes = v_bytes
             try:
                 if self.general is not None:
                     out += self.general.push(frame, now)
-                    continue
-                if not frame.is_config and not frame.is_end:
-                    # The common frames, kept as _video and _audio would keep them, their other checks all false.
-                    kind = frame.kind
-                    if kind == video_kind:
-                        v = self._v
-                        if (v and not frame.keyframe and frame.codec == v[0].codec
-                                and frame.dts_ms - v[0].dts_ms < self.max_ms
-                                and self._v_bytes + len(frame.tag) <= self.max_bytes
-                                and _avcc_whole(frame.tag, frame.payload_start, self._nal_length_size)):
-                            v.append(frame)  # inside the open GOP
-                            self._v_bytes += len(frame.tag)
-                            continue
-                    elif kind == audio_kind:
-                        a = self._a
-                        if a and frame.codec == a[0].codec and frame.dts_ms - a[0].dts_ms <= self.max_ms:
-                            a.append(frame)  # waiting for the next video cut
-                            continue
-                self._one(frame, now)
+                else:
+                    self._one(frame, now)
             except MediaError:
                 self.skipped += 1
+            v, a, v_bytes, length_size = self._v, self._a, self._v_bytes, self._nal_length_size
+        self._v_bytes = v_bytes
         return self._take(out)
 
     def discontinuity(self) -> None:

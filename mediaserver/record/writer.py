@@ -56,11 +56,15 @@ def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.w
     """`data` onto `fd`, whole: a Pieces' parts as they are (one writev, the kernel gathers them: no copy in
     Python), continued after a short write (a disk filling up takes what fits, then the next call fails)."""
     rest: list[bytes | bytearray | memoryview] = list(data.parts) if isinstance(data, Pieces) else [data]
+    left = len(data)
     first = 0
     while first < len(rest):
         written = writev(fd, rest[first:first + IOV_MAX])
         if written <= 0:
             raise OSError(errno.EIO, "write wrote nothing")
+        left -= written
+        if not left:
+            return  # all of it (the common case: one call, no walk over the pieces)
         while first < len(rest) and written >= len(rest[first]):
             written -= len(rest[first])
             first += 1
