@@ -514,6 +514,11 @@ class RecordingManager:
     async def close(self) -> None:
         for key in list(self.active):
             self.stop(key)
+        if self.disk_writer is not None:
+            try:  # files the writer's thread creates only now are told to the catalog before it closes
+                await asyncio.wait_for(self.disk_writer.caught_up(), 10.0)
+            except TimeoutError:
+                pass  # a stalled disk: what it holds is logged below as unsaved
         try:
             await asyncio.wait_for(self._ops.join(), 10.0)
         except TimeoutError:

@@ -99,6 +99,7 @@ class DiskWriter:
         self._files: dict[int, tuple[ErrorCallback, list[int]]] = {}
         """id(file) -> (its owner's error callback, [bytes written so far, or -1 once failed; bytes written at
         the last fsync; bytes advised out of the page cache]): the thread's."""
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="recording writer", daemon=True)
         self._thread.start()
 
@@ -130,12 +131,15 @@ class DiskWriter:
 
     async def caught_up(self) -> None:
         """Return once the jobs queued before this call are done and what they told the loop has run."""
+        if self._stopped:
+            return  # `stop` finishes every job: none is left to wait for
         done = self._loop.create_future()
         self._jobs.put(("caught up", None, done))
         await done
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish every job queued, then end the thread (blocking: run it in a thread)."""
+        self._stopped = True
         self._jobs.put(("stop", None, None))
         self._thread.join(timeout_s)
 

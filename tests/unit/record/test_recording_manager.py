@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from mediaserver.hub.registry import StreamRegistry
 from mediaserver.hub.stream import Stream, StreamKey
 from mediaserver.media.frames import FrameKind
 from mediaserver.record import manager as manager_module
-from mediaserver.record.catalog import CatalogUnavailable
-from mediaserver.record.manager import RecordingManager
+from mediaserver.record import recorder as recorder_module
+from mediaserver.record.catalog import Catalog, CatalogUnavailable
+from mediaserver.record.manager import RecordingManager, catalog_url
 
 from support.codec_clips import codec_clip
 
@@ -269,3 +271,27 @@ async def test_deleting_a_file_the_dvr_window_lists_renders_the_window_again(tmp
         assert rec.dvr.key() == after
     finally:
         await manager.close()
+
+
+async def test_a_file_the_writer_creates_only_as_the_manager_closes_still_gets_its_row(manager, clip, monkeypatch):
+    gate = threading.Event()
+    real_create = recorder_module.create_file
+
+    def held_create(path):
+        gate.wait(10)  # mkdir and open on a slow disk: the file exists only after the recording stopped
+        return real_create(path)
+
+    monkeypatch.setattr(recorder_module, "create_file", held_create)
+    stream = manager.registry.claim_publisher(KEY, Publisher())
+    manager.start(KEY)
+    publish(stream, clip)
+    assert manager.current(KEY) is None  # no row before the file exists
+    threading.Timer(0.3, gate.set).start()
+    await manager.close()
+    catalog = await Catalog.open(catalog_url(manager.cfg))
+    try:
+        rows, _ = await catalog.list()
+    finally:
+        await catalog.close()
+    [row] = rows
+    assert row.status == "complete" and row.bytes == Path(row.location).stat().st_size > 0
