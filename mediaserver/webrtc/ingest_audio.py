@@ -157,8 +157,9 @@ class OpusToAac:
         """Opus packets dropped because the worker fell MAX_QUEUED behind."""
         self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(MAX_QUEUED)
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        """Started by the first packet: a session that never connects costs no thread."""
+        self._name = name
 
     @property
     def asc(self) -> bytes:
@@ -169,6 +170,9 @@ class OpusToAac:
     def push(self, position: int, packet: bytes) -> None:
         if self._closed:
             return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
         try:
             self._queue.put_nowait((position, packet))
         except queue.Full:

@@ -141,12 +141,28 @@ def consent_expired(last_answer: float, now: float, timeout_s: float) -> bool:
     return now - last_answer >= timeout_s
 
 
+MAX_QUEUED_DATAGRAMS = 1024
+"""Datagrams a connection holds for aiortc's DTLS transport (about 1.4 MB), which reads them only once ICE
+has connected: aioice's queue has no bound, so anything sent to the port before then would stay in memory."""
+
+
 class ConsentIceConnection(aioice_ice.Connection):
-    """aioice's Connection whose consent expires after `consent_timeout_s` (set on the instance)."""
+    """aioice's Connection whose consent expires after `consent_timeout_s` (set on the instance), and which
+    takes only the datagrams its peer could mean (see `data_received`)."""
 
     consent_timeout_s: float
     consent_lost = False
     """Set when consent expired: aiortc then reports the connection "closed" as often as "failed"."""
+    dropped_datagrams = 0
+
+    def data_received(self, data: bytes, component: int) -> None:
+        """A datagram that is not STUN, from anywhere: an empty one would end the session (aiortc's DTLS
+        reader takes its first byte unchecked), and past MAX_QUEUED_DATAGRAMS it is dropped, as a full socket
+        buffer drops it (DTLS and SRTP recover)."""
+        if not data or self._queue.qsize() >= MAX_QUEUED_DATAGRAMS:
+            self.dropped_datagrams += 1
+            return
+        super().data_received(data, component)
 
     async def query_consent(self) -> None:
         assert self.remote_password is not None  # aioice starts this task once connect() has it

@@ -4,6 +4,7 @@ the worker thread handing frames to the event loop."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from fractions import Fraction
 
 import av
@@ -91,3 +92,21 @@ async def test_the_worker_thread_delivers_on_the_event_loop_and_a_full_queue_dro
         worker.close()
     worker.push(0, b"\xfc")  # after close: ignored
     assert worker.dropped == 0
+
+
+async def test_a_session_that_never_sends_audio_costs_no_thread():
+    loop = asyncio.get_running_loop()
+
+    def running(prefix: str) -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith(prefix))
+
+    idle = [OpusToAac(loop, lambda frames: None, name=f"idle-{i}") for i in range(20)]  # ICE never connects
+    assert running("idle-") == 0
+    for worker in idle:
+        worker.close()
+    worker = OpusToAac(loop, lambda frames: None, name="first-packet")
+    try:
+        worker.push(0, next(iter(opus_packets(0.1)))[1])
+        assert running("first-packet") == 1  # the first packet starts it
+    finally:
+        worker.close()

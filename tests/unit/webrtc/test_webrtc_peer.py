@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 import socket
 
+import aioice
 import pytest
 
 from mediaserver.config import ConfigError, WebrtcConfig, load_config
 from mediaserver.webrtc.peer import (
-    BoundIceConnection, ConsentIceConnection, NoFreePort, bind_candidates, bind_udp, consent_expired, consent_interval,
+    MAX_QUEUED_DATAGRAMS, BoundIceConnection, ConsentIceConnection, NoFreePort, bind_candidates, bind_udp, consent_expired, consent_interval,
     new_peer_connection, parse_port_range,
 )
 
@@ -84,3 +85,15 @@ async def test_without_range_or_public_ip_aioice_gathers_as_it_always_did_and_as
 def test_consent_is_checked_at_least_five_times_per_timeout_and_at_most_every_5_s():
     assert consent_interval(10.0) == 2.0 and consent_interval(30.0) == 5.0 and consent_interval(2.0) == 0.4
     assert not consent_expired(100.0, 109.9, 10.0) and consent_expired(100.0, 110.0, 10.0)
+
+
+async def test_an_empty_datagram_is_dropped_and_what_waits_for_dtls_is_bounded():
+    connection = aioice.Connection(ice_controlling=False)
+    connection.__class__ = ConsentIceConnection  # as bind_candidates makes every connection
+    connection.data_received(b"", 1)  # aiortc's DTLS reader would raise on it and end the session
+    assert connection._queue.qsize() == 0 and connection.dropped_datagrams == 1
+    for _ in range(MAX_QUEUED_DATAGRAMS + 500):  # garbage sent to the port before ICE connects
+        connection.data_received(b"\x17" * 1400, 1)
+    assert connection._queue.qsize() == MAX_QUEUED_DATAGRAMS and connection.dropped_datagrams == 501
+    assert connection._queue.get_nowait() == (b"\x17" * 1400, 1)  # what was kept is read as before
+    await connection.close()
