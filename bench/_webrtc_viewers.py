@@ -181,6 +181,11 @@ async def open_viewers(url: str, count: int, http: aiohttp.ClientSession, at_onc
     async def start(v: BenchViewer) -> None:
         async with gate:
             await v.start(http)
+            # As players do, the next offer goes once this one connected (webrtc.max_connecting_per_ip).
+            for _ in range(300):
+                if v.status != 201 or v.pc.connectionState not in ("new", "connecting"):
+                    break
+                await asyncio.sleep(0.05)
 
     await asyncio.gather(*(start(v) for v in viewers))
     return viewers

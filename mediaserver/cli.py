@@ -230,7 +230,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         return serving, f"rtmp {'accepting' if serving else 'not accepting'} on {config.rtmp.bind}:{ports}"
 
     # WebRTC: WHEP playback and WHIP ingest share one session count (webrtc.max_sessions).
-    webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream)
+    webrtc_sessions = Sessions(config.webrtc.max_sessions, config.webrtc.max_sessions_per_stream,
+                               config.webrtc.max_connecting_per_ip)
     whep = WhepService(config, registry, gate, webrtc_sessions, abr)
     webrtc_routes: list[Callable[[web.Application], object]] = [whep.add_routes]
     if config.webrtc.enabled:  # WHIP ingest: POST /APP/STREAM/whip

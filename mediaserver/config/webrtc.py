@@ -20,6 +20,10 @@ class WebrtcConfig:
     """WebRTC sessions (viewers and publishers) this node holds at once; 0 is no limit."""
     max_sessions_per_stream: int = 0
     """WebRTC viewers of one stream; 0 is no limit (limits.max_viewers_per_stream still counts them)."""
+    max_connecting_per_ip: int = 16
+    """Sessions of one client address still connecting (offer answered, ICE and DTLS not yet done: up to 15 s);
+    0 is no limit. A player connects in a second, so only a flood of offers meets it; without it, offers never
+    followed by ICE would hold every session place (and viewer place) for their 15 s."""
     consent_timeout_s: float = 10.0
     """A session ends when the peer answered no ICE consent check for this long (RFC 7675's upper bound: 30)."""
 
@@ -28,6 +32,7 @@ class WebrtcConfig:
 RANGES: dict[str, tuple[float, float]] = {
     "webrtc.max_sessions": (0, 1_000_000),
     "webrtc.max_sessions_per_stream": (0, 1_000_000),
+    "webrtc.max_connecting_per_ip": (0, 1_000_000),
     "webrtc.consent_timeout_s": (2, 30),
 }
 CHOICES: dict[str, tuple[str, ...]] = {}

@@ -260,6 +260,8 @@ class WhipPublisher:
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
+        if state == "connected" and self.session is not None:
+            self.session.connected = True  # no longer one of its address's sessions still connecting
         if state == "failed" or (state == "closed" and ice_lost(self.pc)):
             self.end("ice_failed")  # consent expiry shows as "closed" too: aiortc closes DTLS over the dead transport
         elif state == "closed":

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 MAX_LINES = 2_000
 """Browsers' offers are 50-150 lines; more is not an offer anybody's client sends."""
+MAX_CANDIDATES = 64
+"""Browsers offer a few ICE candidates per address family and interface (2-20); aiortc adds each with a scan
+of those before it, so a 64 KiB offer of a thousand costs the event loop 0.2 s and sends thousands of checks
+to whatever addresses it lists."""
 
 _MEDIA = re.compile(r"m=(audio|video|application) (\d+) (\S+)(?: (.*))?")
 _RTPMAP = re.compile(r"a=rtpmap:(\d+) ([A-Za-z0-9_.-]+)/(\d+)(?:/\d+)?")
@@ -44,14 +48,24 @@ class Offer:
         return [s for s in self.sections if s.kind == kind]
 
 
-def parse_offer(text: str) -> Offer:
-    """The media sections of an SDP offer; SdpError when it is not one."""
+def offer_lines(text: str) -> list[str]:
+    """The offer's non-empty lines, stripped; SdpError when the text is not one a client sends (NUL bytes,
+    too many lines or ICE candidates). WHEP's parse_offer and WHIP's offer check both start here."""
     if "\x00" in text:
         raise SdpError("the body has NUL bytes; an SDP offer is text")
     lines = text.replace("\r\n", "\n").split("\n")
     if len(lines) > MAX_LINES:
         raise SdpError(f"the offer has {len(lines)} lines; at most {MAX_LINES} are read")
     lines = [line.strip() for line in lines if line.strip()]
+    candidates = sum(1 for line in lines if line.startswith("a=candidate:"))
+    if candidates > MAX_CANDIDATES:
+        raise SdpError(f"the offer has {candidates} ICE candidates; at most {MAX_CANDIDATES} are taken")
+    return lines
+
+
+def parse_offer(text: str) -> Offer:
+    """The media sections of an SDP offer; SdpError when it is not one."""
+    lines = offer_lines(text)
     if not lines or lines[0] != "v=0":
         raise SdpError("an SDP offer starts with the line v=0")
     if not any(line.startswith("o=") for line in lines):

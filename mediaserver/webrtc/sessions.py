@@ -26,22 +26,36 @@ class Session:
     started: float = field(default_factory=time.time)
     bytes_sent: int = 0
     bytes_received: int = 0
+    connected: bool = False
+    """ICE and DTLS done; until then the session counts against its address's `max_connecting_per_client`."""
 
 
 class Sessions:
-    def __init__(self, max_sessions: int = 0, max_per_stream: int = 0) -> None:
+    def __init__(self, max_sessions: int = 0, max_per_stream: int = 0, max_connecting_per_client: int = 0) -> None:
         self.max_sessions = max_sessions
         self.max_per_stream = max_per_stream
+        self.max_connecting_per_client = max_connecting_per_client
         self._by_id: dict[str, Session] = {}
         self._by_stream: dict[tuple[str, str], dict[str, Session]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def refusal(self, kind: Kind, app: str, stream: str) -> str | None:
-        """Why a new session of `kind` for APP/STREAM cannot be admitted now, or None."""
-        if self.max_sessions and len(self._by_id) >= self.max_sessions:
+    @property
+    def full(self) -> bool:
+        """The node holds its limit of sessions (503 to what asks for one; the other refusals are 429)."""
+        return bool(self.max_sessions) and len(self._by_id) >= self.max_sessions
+
+    def refusal(self, kind: Kind, app: str, stream: str, client: str = "") -> str | None:
+        """Why a new session of `kind` for APP/STREAM, asked for by address `client`, cannot be admitted now,
+        or None."""
+        if self.full:
             return f"this node holds its limit of {self.max_sessions} WebRTC sessions (webrtc.max_sessions); try later"
+        if client and self.max_connecting_per_client:
+            connecting = sum(1 for s in self._by_id.values() if s.client == client and not s.connected)
+            if connecting >= self.max_connecting_per_client:
+                return (f"{client} has {connecting} WebRTC sessions still connecting "
+                        f"(webrtc.max_connecting_per_ip); finish or end those first")
         if kind == "viewer" and self.max_per_stream:
             viewers = sum(1 for s in self._by_stream.get((app, stream), {}).values() if s.kind == "viewer")
             if viewers >= self.max_per_stream:

@@ -108,10 +108,9 @@ class WhepService:
             raise json_error(404, "WebRTC playback is off on this server (webrtc.enabled = false)",
                              "watch the stream as HTTP-FLV, LL-HLS or HLS", headers)
         text, offer = await signaling.read_offer(request, headers)
-        refused = self.sessions.refusal("viewer", app, name)
+        refused = self.sessions.refusal("viewer", app, name, request.remote or "")
         if refused is not None:
-            node_full = bool(self.sessions.max_sessions) and len(self.sessions) >= self.sessions.max_sessions
-            status = 503 if node_full else 429
+            status = 503 if self.sessions.full else 429
             raise json_error(status, refused, "try again later, or watch another format", {"Retry-After": "10", **headers})
         token = request.query.get("token", "") or bearer_token(request.headers.get("Authorization"))
         address = request.remote or ""
@@ -303,6 +302,7 @@ class WhepSession:
         state = self.pc.connectionState
         if state == "connected" and self.sub is None and not self.closed and not self._begun:
             self._begun = True
+            self.session.connected = True
             self._tasks.append(asyncio.create_task(self._begin()))
         elif state in ("failed", "closed"):
             # ICE failing or consent expiring may show as "closed" (aiortc closes DTLS over the dead transport)

@@ -34,6 +34,7 @@ from ..hub.registry import PublishRefused, StreamRegistry
 from ..log import event
 from .ingest import IngestTimeouts, WhipPublisher
 from .peer import bind_candidates, new_peer_connection
+from .sdp import SdpError, offer_lines
 from .sessions import Session, Sessions
 from .signaling import (
     SignalingError,
@@ -54,6 +55,10 @@ NEGOTIATION_TIMEOUT_S = 15.0
 
 def check_offer(sdp: str) -> tuple[bool, bool]:
     """(has H.264 video, has Opus audio) of an offer; raises SignalingError (400) saying what is wrong."""
+    try:
+        offer_lines(sdp)  # what no client sends (NUL bytes, thousands of lines or candidates): before aiortc reads it
+    except SdpError as err:
+        raise SignalingError(400, f"bad SDP offer: {err}", "send the offer as createOffer() made it") from None
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as err:  # aiortc's parser raises whatever the bad line makes it raise
@@ -142,9 +147,10 @@ class WhipService:
         # The offer and the node's session limit first: cheap, and a refusal then never costs an on_publish
         # webhook call or a cluster claim.
         has_video, has_audio = check_offer(offer)
-        refused = self.sessions.refusal("publisher", app, name)
+        refused = self.sessions.refusal("publisher", app, name, address)
         if refused is not None:
-            raise SignalingError(503, refused, "try another node or later", {"Retry-After": "5"})
+            raise SignalingError(503 if self.sessions.full else 429, refused, "try another node or later",
+                                 {"Retry-After": "5"})
         bearer = bearer_token(request.headers.get("Authorization"))
         verdict = await self.gate.admit_publish_bearer(app, name, bearer, query=request.query, address=address,
                                                        protocol="whip")

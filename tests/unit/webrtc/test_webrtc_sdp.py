@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mediaserver.webrtc.sdp import (
-    SdpError, av1_profiles, h265_profiles, parse_offer, playback_problem, receivable_video,
+    MAX_CANDIDATES, SdpError, av1_profiles, h265_profiles, parse_offer, playback_problem, receivable_video,
 )
 
 CHROME_LIKE = "\r\n".join([
@@ -40,6 +40,19 @@ def test_a_browser_like_offer_parses_into_its_sections_and_codecs():
 def test_what_is_not_an_offer_is_refused_with_a_reason(text, reason):
     with pytest.raises(SdpError, match=reason):
         parse_offer(text)
+
+
+def with_candidates(text: str, n: int) -> str:
+    """The offer with n host candidates in its first section (a browser's offer has 2-20)."""
+    lines = "".join(f"a=candidate:{i} 1 udp 2122260223 10.0.{i // 250}.{i % 250 + 1} {50000 + i} typ host\r\n"
+                    for i in range(n))
+    return text.replace("a=mid:0\r\n", "a=mid:0\r\n" + lines, 1)
+
+
+def test_an_offer_with_more_ice_candidates_than_any_client_sends_is_refused_before_aiortc_adds_them():
+    assert parse_offer(with_candidates(CHROME_LIKE, MAX_CANDIDATES)).of_kind("video")
+    with pytest.raises(SdpError, match=f"{MAX_CANDIDATES + 1} ICE candidates"):
+        parse_offer(with_candidates(CHROME_LIKE, MAX_CANDIDATES + 1))
 
 
 def test_an_offer_without_h264_mode_1_cannot_receive_an_h264_stream():

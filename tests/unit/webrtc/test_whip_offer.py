@@ -40,6 +40,17 @@ async def test_an_offer_without_h264_video_is_refused_naming_what_it_offered():
     assert refused.value.status == 400 and "H.264" in refused.value.error and "VP8" in refused.value.error
 
 
+async def test_an_offer_with_nul_bytes_or_a_thousand_candidates_is_refused_before_aiortc_reads_it():
+    sdp = await offer()
+    many = "".join(f"a=candidate:{i} 1 udp 2122260223 10.0.{i // 250}.{i % 250 + 1} {50000 + i} typ host\r\n"
+                   for i in range(1000))
+    for bad, says in ((sdp.replace("a=mid:0\r\n", "a=mid:0\r\n" + many, 1), "ICE candidates; at most"),
+                      (sdp.replace("s=-", "s=\x00", 1), "NUL")):
+        with pytest.raises(SignalingError) as refused:
+            check_offer(bad)
+        assert refused.value.status == 400 and says in refused.value.error
+
+
 @pytest.mark.parametrize("sdp, says", [
     ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "no audio or video"),
     ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n",

@@ -95,3 +95,27 @@ async def test_a_high_profile_offer_is_answered_with_video_in_its_own_profile(no
         assert "profile-level-id=640c1f" in video and "42e01f" not in video, video
     finally:
         await client.close()
+
+
+async def test_offers_from_one_address_that_never_connect_are_capped_with_429():
+    registry = StreamRegistry(policy=RegistryPolicy(reconnect_grace=0))
+    sessions = Sessions(max_sessions=100, max_connecting_per_client=2)
+    app = web.Application()
+    service = add_whip_routes(app, Config(), registry, Gate(Admission(failure_delay_s=0), registry), sessions)
+    service.timeouts = IngestTimeouts(connect_s=1.0, media_s=1.0)
+    client = WhipClient("http://unused/", audio=False)
+    try:
+        offer = await client.offer()
+        async with TestClient(TestServer(app)) as http:
+            statuses = []
+            for n in range(3):  # answers never applied: each session waits for ICE that never comes
+                async with http.post(f"/live/cam{n}/whip", data=offer, headers={"Content-Type": "application/sdp"}) as resp:
+                    statuses.append(resp.status)
+                    body = await resp.text()
+            assert statuses == [201, 201, 429] and "webrtc.max_connecting_per_ip" in body, body
+            await until(lambda: len(sessions) == 0, 5)  # their deadline frees the places
+            async with http.post("/live/cam9/whip", data=offer, headers={"Content-Type": "application/sdp"}) as resp:
+                assert resp.status == 201
+            await until(lambda: len(sessions) == 0, 5)
+    finally:
+        await client.close()
