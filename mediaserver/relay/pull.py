@@ -9,7 +9,8 @@ timestamps unwrapped, metadata read leniently).
 - mode "on_demand": the pull starts at the first viewer, through the gate's play_locate hook, the one an
   edge uses for a stream it does not have (the viewer waits up to relay.pull_wait for the first keyframe),
   and stops after relay.pull_grace without viewers or packagers. mode "always": it starts with the server.
-- A source that drops or refuses is reconnected after 0.5 s, the wait doubling up to relay.pull_retry_max;
+- A source that drops or refuses is reconnected after 0.5 s, the wait doubling up to relay.pull_retry_max
+  (back to 0.5 s once a connection played that long);
   meanwhile the local stream waits as for a reconnecting publisher (hub.reconnect_grace): viewers stay
   connected and see a discontinuity when the source comes back.
 - In a cluster (an origin with Redis) an "always" pull configured on several origins runs on one: before
@@ -38,14 +39,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..config import RelayConfig
 from ..edge.flv_ingest import FlvIngest
-from ..errors import MediaError, UsageError
+from ..errors import PeerError, UsageError
 from ..hub.registry import PublishRefused, StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import event
 from ..media.frames import FrameKind
 from ..rtmp.client import ClientSession
-from ..rtmp.errors import RtmpProtocolError
 from ..rtmp.events import AudioReceived, ConnectResult, MetadataReceived, StatusReceived, VideoReceived
+from ..transports import reset
 from .loop import ThisHost, pull_loop
 from .pull_source import Backoff, PullSource, parse_source
 
@@ -59,6 +60,9 @@ STANDBY_POLL_S = 1.0
 """Between two claims of a stream another node holds (each claim itself waits out a dying holder)."""
 _WATCHDOG_S = 0.5
 _READ_SIZE = 64 * 1024
+_MAX_UNSENT = 256 * 1024
+"""What this server's answers to an RTMP source (acknowledgements, pongs) may queue unsent: a source that
+sends and never reads is dropped past it, not given memory without end."""
 
 
 class SourceError(Exception):
@@ -89,6 +93,10 @@ class RelayPull:
         self._idle_since: float | None = None
         self._waiters = 0
         self._backoff = Backoff(pool.settings.pull_retry_max)
+        self._live_since: float | None = None
+        """When this connection first delivered playable media (None: not yet)."""
+        self._going_live: asyncio.Timeout | None = None
+        """This connection's deadline to deliver it (lifted once it has)."""
         self._reported_error: str | None = None
         self._stop_reason = ""
 
@@ -176,7 +184,10 @@ class RelayPull:
             while True:
                 await self._hold_claim()
                 connects = self.connects
+                self._live_since = None
                 reason = self._scrub(await self._attempt())
+                if self._live_since is not None and time.monotonic() - self._live_since >= self._backoff.cap:
+                    self._backoff.reset()  # it had been playing for a while: start over quickly
                 # Logged once per loss: retries against a dead source stay quiet until media flows again.
                 if self.connects > connects or not self.last_error:
                     event(log, "relay_pull_lost", logging.WARNING, stream=str(self.key), source=self.source.shown,
@@ -218,21 +229,36 @@ class RelayPull:
             return f"the cluster claim failed: {type(err).__name__}"
 
     async def _attempt(self) -> str:
-        """One connection to the source; returns why it ended."""
+        """One connection to the source; returns why it ended. From the connect to the first playable media
+        (a keyframe with its configs) it has connect_timeout + read_timeout in all: a source that trickles
+        its handshake or answers everything but play never holds the pull."""
+        within = self.pool.connect_timeout + self.pool.read_timeout
+        going_live = self._going_live = asyncio.timeout(within)
         try:
-            if self.source.rtmp:
-                await self._pull_rtmp()
-            else:
-                await self._pull_flv()
+            async with going_live:
+                if self.source.rtmp:
+                    await self._pull_rtmp()
+                else:
+                    await self._pull_flv()
             return "the source ended the stream"
         except SourceError as err:
             return str(err)
         except TimeoutError:
+            if going_live.expired():
+                return f"the source sent no playable media within {within:g} s of the connect"
             return "TimeoutError: the source sent nothing in time"
-        except (aiohttp.ClientError, OSError, MediaError, RtmpProtocolError) as err:
+        except (aiohttp.ClientError, OSError, PeerError) as err:  # PeerError: RTMP, AMF or media it sent
             return f"{type(err).__name__}: {str(err)[:160]}"
         finally:
             self._release_if_current()
+
+    def _went_live(self) -> None:
+        """The connection delivers playable media: viewers may come, and its deadline is lifted."""
+        if self._live_since is None:
+            self._live_since = time.monotonic()
+            if self._going_live is not None:
+                self._going_live.reschedule(None)
+        self.ready.set()
 
     def _claim(self) -> Stream:
         try:
@@ -240,7 +266,6 @@ class RelayPull:
         except PublishRefused as err:
             raise SourceError(f"the local stream refused the pull: {err}") from err
         self.connects += 1
-        self._backoff.reset()
         self._set(LIVE)
         event(log, "relay_pull_start", stream=str(self.key), source=self.source.shown, connect=self.connects)
         return self.stream
@@ -258,7 +283,12 @@ class RelayPull:
     async def _pull_flv(self) -> None:
         settings = self.pool
         timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
-        async with self.pool.session().get(self.source.url, timeout=timeout) as resp:
+        # Not redirected: a source could point the pull at anything, this server's own stream included.
+        async with self.pool.session().get(self.source.url, timeout=timeout, allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                where = resp.headers.get("Location", "")[:200]
+                raise SourceError(f"HTTP {resp.status}: the source redirects{f' to {where}' if where else ''}; "
+                                  "give that URL in the pull's url (redirects are not followed)")
             if resp.status != 200:
                 raise SourceError(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
             ingest: FlvIngest | None = None
@@ -269,7 +299,7 @@ class RelayPull:
                 if not ingest.relay(chunk, time.monotonic(), self):
                     return  # replaced or kicked meanwhile
                 if ingest.ready:
-                    self.ready.set()
+                    self._went_live()
 
     async def _pull_rtmp(self) -> None:
         source, pool = self.source, self.pool
@@ -292,6 +322,9 @@ class RelayPull:
                 client.receive_data(data)
                 if out := client.data_to_send():
                     writer.write(out)
+                    if writer.transport.get_write_buffer_size() > _MAX_UNSENT:
+                        raise SourceError(f"the source reads nothing of what this server answers (over "
+                                          f"{_MAX_UNSENT >> 10} KiB unsent)")
                 now = time.monotonic()
                 fed = False
                 for ev in client.events():
@@ -312,8 +345,11 @@ class RelayPull:
                     if not ingest.flush(self):
                         return
                     if ingest.ready:
-                        self.ready.set()
+                        self._went_live()
+                await asyncio.sleep(0)  # a source that floods: the other streams' work runs between its reads
         finally:
+            if writer.transport.get_write_buffer_size():
+                reset(writer.transport)  # a source that does not read would hold a graceful close open
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

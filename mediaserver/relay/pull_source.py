@@ -91,8 +91,8 @@ def _host_port(host: str, port: int | None) -> str:
 
 @dataclass(slots=True)
 class Backoff:
-    """Waits between reconnects: `first` seconds, doubling up to `cap`; back to `first` once a connection
-    carried media."""
+    """Waits between reconnects: `first` seconds, doubling up to `cap`; back to `first` (`reset`) once a
+    connection played for `cap` seconds (one that plays a moment and drops keeps the wait growing)."""
 
     cap: float
     first: float = 0.5

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import PeerError
 from ..hub.rate import RateMeter
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream
@@ -29,7 +30,6 @@ from ..hub.subscriber import SlowConsumer, Subscriber
 from ..log import event
 from ..media.frames import Frame, FrameKind
 from ..rtmp.client import ClientSession
-from ..rtmp.errors import RtmpProtocolError
 from ..rtmp.events import CommandResultReceived, ConnectResult, StatusReceived
 from ..transports import reset
 from .chunks import SharedChunks
@@ -83,7 +83,7 @@ def describe_error(err: BaseException) -> str:
         return "the target reads too slowly for the stream's bit rate"
     if isinstance(err, OSError):
         return f"network error: {err.strerror or err}"
-    if isinstance(err, RtmpProtocolError):
+    if isinstance(err, PeerError):  # RtmpProtocolError, or AMF it sent that cannot be read
         return f"RTMP protocol error from the target: {err}"
     return f"{type(err).__name__}: {err}"
 
@@ -166,7 +166,7 @@ class Pusher:
                 try:
                     await self._session()
                     break  # the stream ended and the target was told
-                except (OSError, TimeoutError, TargetRefused, RtmpProtocolError, SlowConsumer, ConnectionError) as err:
+                except (OSError, TimeoutError, TargetRefused, PeerError, SlowConsumer, ConnectionError) as err:
                     error = self._scrub(describe_error(err))
                 now = self._loop.time()
                 live_since = self.status.live_since

@@ -25,6 +25,7 @@ from typing import Any
 from mediaserver.errors import UsageError
 from mediaserver.media import amf0
 from mediaserver.rtmp.chunk import DEFAULT_MAX_MESSAGE_SIZE, EXTENDED, MASK32
+from mediaserver.rtmp.errors import RtmpProtocolError
 from mediaserver.rtmp.events import (
     AudioReceived,
     CommandReceived,
@@ -230,6 +231,9 @@ class ClientSession(SessionCore):
         if method == "createStream" and accepted and command.arguments:
             stream_id = command.arguments[0]
             if is_number(stream_id):
+                if not (stream_id == int(stream_id) and 1 <= stream_id <= MASK32):  # a message stream id is a u32
+                    raise RtmpProtocolError(f"createStream was answered with stream id {stream_id!r}; must be "
+                                            f"1..{MASK32}")
                 self._on_stream_created(command.transaction_id, int(stream_id), context)
                 return
         self._events.append(

@@ -1,10 +1,27 @@
-"""HTTP helpers the end-to-end tests share: the admin API with a bearer token, plain and ranged GETs."""
+"""HTTP helpers the tests share: the admin API with a bearer token, plain and ranged GETs, and a small
+aiohttp app served on loopback (a source, an origin, a hook)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """`app` served on 127.0.0.1 for the block: its port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield site._server.sockets[0].getsockname()[1]
+    finally:
+        await runner.cleanup()
 
 
 def bearer(token: str) -> dict[str, str]:

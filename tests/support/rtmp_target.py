@@ -16,19 +16,33 @@ class Publisher:
         pass
 
 
-class Target:
-    """Accepts one publish at a time (or refuses with `refuse`) and records what arrives."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 whose `_serve` takes each connection; counts them."""
 
-    def __init__(self, refuse: str | None = None) -> None:
-        self.refuse = refuse
-        self.received: list[ev.Event] = []
-        self.keys: list[str] = []
+    def __init__(self) -> None:
         self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class Target(LoopbackServer):
+    """Accepts one publish at a time (or refuses with `refuse`) and records what arrives."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.received: list[ev.Event] = []
+        self.keys: list[str] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -53,10 +67,6 @@ class Target:
 
     def media(self) -> list[ev.Event]:
         return [e for e in self.received if not isinstance(e, ev.PublishFinished)]
-
-    async def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
 
 
 async def until(predicate, timeout_s: float = 5.0) -> None:

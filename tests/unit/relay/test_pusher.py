@@ -18,6 +18,7 @@ from mediaserver.relay.target import parse_push_url
 from mediaserver.rtmp import events as ev
 from mediaserver.rtmp import session as session_module
 from support.certs import make_cert
+from support.hostile_rtmp import BAD_AMF_COMMAND, Peer as HostilePeer
 from support.rtmp_target import Publisher, Target, until
 
 KEY = StreamKey("live", "cam")
@@ -164,4 +165,26 @@ async def test_an_rtmps_target_is_verified_and_an_untrusted_certificate_is_the_r
     finally:
         await untrusted.stop()
         await trusted.stop()
+        await target.close()
+
+
+async def test_a_target_whose_answer_cannot_be_read_is_retried_not_stopped():
+    async def bad_amf(reader, writer) -> None:
+        await reader.read(65536)  # connect
+        writer.write(BAD_AMF_COMMAND)
+        await reader.read(65536)
+
+    target = HostilePeer(bad_amf)
+    port = await target.start()
+    registry = StreamRegistry()
+    stream = live_stream(registry)
+    pusher = Pusher("r1", stream, parse_push_url(f"rtmp://127.0.0.1:{port}/live/k"), registry,
+                    PushSettings(retry_min=0.05, retry_max=0.1))
+    pusher.start()
+    try:
+        await until(lambda: target.connections >= 2)
+        assert pusher.status.state in (RelayState.RETRYING, RelayState.CONNECTING), pusher.describe()
+        assert "RTMP protocol error" in pusher.status.error
+    finally:
+        await pusher.stop("removed")
         await target.close()
