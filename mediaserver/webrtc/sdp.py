@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 MAX_LINES = 2_000
 """Browsers' offers are 50-150 lines; more is not an offer anybody's client sends."""
+MAX_MEDIA_SECTIONS = 16
+"""Browsers offer 2-3 m= sections (audio, video, data); aiortc builds a transceiver for each, and without a
+BUNDLE group an ICE transport and a UDP socket each, and answers each: hundreds would be sockets and an
+answer many times the offer's size."""
 MAX_CANDIDATES = 64
 """Browsers offer a few ICE candidates per address family and interface (2-20); aiortc adds each with a scan
 of those before it, so a 64 KiB offer of a thousand costs the event loop 0.2 s and sends thousands of checks
@@ -50,7 +54,7 @@ class Offer:
 
 def offer_lines(text: str) -> list[str]:
     """The offer's non-empty lines, stripped; SdpError when the text is not one a client sends (NUL bytes,
-    too many lines or ICE candidates). WHEP's parse_offer and WHIP's offer check both start here."""
+    too many lines, ICE candidates or media sections). WHEP's parse_offer and WHIP's offer check both start here."""
     if "\x00" in text:
         raise SdpError("the body has NUL bytes; an SDP offer is text")
     lines = text.replace("\r\n", "\n").split("\n")
@@ -60,6 +64,9 @@ def offer_lines(text: str) -> list[str]:
     candidates = sum(1 for line in lines if line.startswith("a=candidate:"))
     if candidates > MAX_CANDIDATES:
         raise SdpError(f"the offer has {candidates} ICE candidates; at most {MAX_CANDIDATES} are taken")
+    sections = sum(1 for line in lines if line.startswith("m="))
+    if sections > MAX_MEDIA_SECTIONS:
+        raise SdpError(f"the offer has {sections} media sections; at most {MAX_MEDIA_SECTIONS} are answered")
     return lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mediaserver.webrtc.sdp import (
-    MAX_CANDIDATES, SdpError, av1_profiles, h265_profiles, parse_offer, playback_problem, receivable_video,
+    MAX_CANDIDATES, MAX_MEDIA_SECTIONS, SdpError, av1_profiles, h265_profiles, parse_offer, playback_problem, receivable_video,
 )
 
 CHROME_LIKE = "\r\n".join([
@@ -53,6 +53,13 @@ def test_an_offer_with_more_ice_candidates_than_any_client_sends_is_refused_befo
     assert parse_offer(with_candidates(CHROME_LIKE, MAX_CANDIDATES)).of_kind("video")
     with pytest.raises(SdpError, match=f"{MAX_CANDIDATES + 1} ICE candidates"):
         parse_offer(with_candidates(CHROME_LIKE, MAX_CANDIDATES + 1))
+
+
+def test_an_offer_with_hundreds_of_media_sections_is_refused_before_aiortc_builds_their_transports():
+    audio = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+    assert len(parse_offer(CHROME_LIKE + audio * (MAX_MEDIA_SECTIONS - 2)).sections) == MAX_MEDIA_SECTIONS
+    with pytest.raises(SdpError, match=f"{MAX_MEDIA_SECTIONS + 1} media sections"):
+        parse_offer(CHROME_LIKE + audio * (MAX_MEDIA_SECTIONS - 1))
 
 
 def test_an_offer_without_h264_mode_1_cannot_receive_an_h264_stream():
