@@ -301,7 +301,7 @@ async def _body(request: web.Request, required: bool = False) -> dict[str, Any]:
     # README's examples are written for curl.
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested past the parser's depth
         raise ApiError(400, f"the body is not valid JSON: {str(err)[:120]}", "send a JSON object, e.g. "
                        "-d '{\"block_seconds\": 600}'") from None
     if not isinstance(body, dict):

@@ -10,8 +10,9 @@ unless `webhooks.on_failure = "allow"`.
 The client owns one aiohttp ClientSession, opened and closed by the edge application's cleanup_ctx, so the
 RTMP server (which receives this object from the composition root) and the play routes share it. Told
 events run as tasks the client keeps; at cleanup they get up to a second (the done events of the shutdown
-itself), then are cancelled. At most `MAX_PENDING` are in flight, beyond that they are dropped and counted
-(a dead hook must not pile up memory). Failures are logged once per
+itself), then are cancelled. At most `MAX_PENDING` are kept, beyond that they are dropped and counted
+(a dead hook must not pile up memory), and `TOLD_AT_ONCE` of them are sent at a time; asked calls never
+wait behind them. An answer is read whole (up to `MAX_ANSWER_BYTES`) within `webhooks.timeout`. Failures are logged once per
 interval per event, with the URL's scheme, host and path only (a query may carry a secret).
 """
 
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_PENDING = 1000
+TOLD_AT_ONCE = 100
+"""Told events in flight to the hooks at once (the rest of the MAX_PENDING wait their turn). Asked calls
+are not counted against it: each has a publisher or viewer waiting for its verdict, and those are bounded
+by the connection limits; a shared pool would make them wait behind told events and time out."""
 _LOG_INTERVAL_S = 10.0
 
 
@@ -76,6 +81,8 @@ class WebhookClient:
         sent once the session exists; None from then on."""
         self._log_gate = LogGate(_LOG_INTERVAL_S)
         self._publishers: dict[int, tuple[Stream, str, float]] = {}
+        self._telling: asyncio.Semaphore | None = None
+        """TOLD_AT_ONCE places for told events (made with the session)."""
 
     @property
     def enabled(self) -> bool:
@@ -89,10 +96,12 @@ class WebhookClient:
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Owns the ClientSession for the application's lifetime; cancels what is still pending."""
         self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),  # asked calls never wait for a pooled connection
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self._telling = asyncio.Semaphore(TOLD_AT_ONCE)
         early, self._early = self._early or [], None
         for request in early:
             self.tell(request)
@@ -195,7 +204,9 @@ class WebhookClient:
         task.add_done_callback(self._pending.discard)
 
     async def _tell(self, url: str, request: HookRequest) -> None:
-        verdict = await self._call(url, request)
+        assert self._telling is not None  # (tell() makes no task before the session exists)
+        async with self._telling:
+            verdict = await self._call(url, request)
         outcome = "delivered" if verdict.reason in ("allowed", "denied") else verdict.reason
         self.outcomes[(request.event, outcome)] += 1
         if outcome != "delivered":
@@ -214,7 +225,11 @@ class WebhookClient:
                         return HookVerdict(False, "denied")
                     if not 200 <= status < 300:
                         return HookVerdict(False, f"status_{status}")
-                    body = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                    # The whole answer (a hook may send it in pieces), up to one byte past the limit.
+                    body = b""
+                    while len(body) <= MAX_ANSWER_BYTES and (more := await resp.content.read(
+                            MAX_ANSWER_BYTES + 1 - len(body))):
+                        body += more
                     return self._allowed(resp.content_type, body)
         except TimeoutError:
             return HookVerdict(False, "timeout")
@@ -228,7 +243,7 @@ class WebhookClient:
             return HookVerdict(False, "bad_answer")
         try:
             stream, expires_in = read_answer(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting past the parser's depth
             return HookVerdict(False, "bad_answer")
         return HookVerdict(True, "allowed", stream, expires_in)
 

@@ -406,9 +406,15 @@ class RtmpConnection(asyncio.Protocol):
                 e.app or self.app, e.name, token=self._token(e.query), query=query_without(e.query, None),
                 address=self.ip, logger=self.log,
             )
+        except Exception:  # a bug: the encoder hears "no" now instead of waiting out the idle deadline
+            log.exception("admitting the publish of %s failed", e.name[:64])
+            verdict = None
         finally:
             self._admitting = None
         if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        if verdict is None:
+            self._reject_publish(e.request_id, "NetStream.Publish.BadName", "Publishing refused: internal error.")
             return
         refusal = verdict.refusal
         if refusal is not None:

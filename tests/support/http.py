@@ -12,12 +12,13 @@ from aiohttp import web
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[int]:
-    """`app` served on 127.0.0.1 for the block: its port."""
+async def serving(app: web.Application, backlog: int = 128) -> AsyncIterator[int]:
+    """`app` served on 127.0.0.1 for the block: its port (`backlog`: connections the kernel holds before
+    the app accepts them; a burst of hundreds at once needs more than aiohttp's 128)."""
     runner = web.AppRunner(app)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=backlog)
         await site.start()
         yield site._server.sockets[0].getsockname()[1]
     finally:

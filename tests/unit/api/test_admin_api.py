@@ -184,6 +184,7 @@ async def test_viewers_are_kicked_one_at_a_time_or_all_together(node):
 
 @pytest.mark.parametrize("body, content_type, status", [
     (b"{not json", "application/json", 400),
+    (b"[" * 5000, "application/json", 400),  # nested past the JSON parser's depth
     (b"[1, 2]", "application/json", 400),
     (b"\xff\xfe\x00", "application/json", 400),
     (b'{"seconds": "ten"}', "application/json", 400),

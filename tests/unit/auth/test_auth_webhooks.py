@@ -16,6 +16,7 @@ from mediaserver.config import WebhooksConfig
 from mediaserver.edge.webhooks import WebhookClient
 from mediaserver.hub.registry import StreamRegistry
 from mediaserver.hub.stream import StreamKey
+from support.http import serving
 
 
 class HookServer:
@@ -53,6 +54,16 @@ class HookServer:
             return web.json_response([1, 2])
         if kind == "huge":
             return web.Response(body=b"{\"a\": \"" + b"x" * 200_000 + b"\"}", content_type="application/json")
+        if kind == "nested":
+            return web.Response(body=b"[" * 5000, content_type="application/json")
+        if kind in ("split", "trickle"):  # the answer in pieces, 0.2 s apart (trickle: never finished in time)
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            pieces = [b" ", b'{"expires_in": ', b"3}"] if kind == "split" else [b" "] * 50
+            for piece in pieces:
+                await resp.write(piece)
+                await asyncio.sleep(0.2)
+            return resp
         raise web.HTTPNotFound()
 
     def url(self, kind: str) -> str:
@@ -93,6 +104,7 @@ def publish_request(**extra) -> HookRequest:
     ("bad_rename", False, "bad_answer"),
     ("array", False, "bad_answer"),
     ("huge", False, "bad_answer"),
+    ("nested", False, "bad_answer"),  # 5,000 levels: past the JSON parser's depth
     ("missing", False, "denied"),  # 404 from the hook is a refusal
 ])
 async def test_each_kind_of_answer_has_one_meaning(hook_server, kind, allowed, reason):
@@ -118,6 +130,33 @@ async def test_a_hook_nobody_listens_on_is_a_failure_not_a_crash():
     async with running(WebhooksConfig(on_publish="http://127.0.0.1:9/hook", timeout=1.0)) as client:
         verdict = await client.ask(publish_request())
     assert (verdict.allowed, verdict.reason) == (False, "connection")
+
+
+async def test_an_answer_sent_in_pieces_is_read_whole_and_one_never_finished_is_a_timeout(hook_server):
+    async with running(WebhooksConfig(on_publish=hook_server.url("split"), timeout=3.0)) as client:
+        verdict = await client.ask(publish_request())
+    assert (verdict.allowed, verdict.reason, verdict.expires_in) == (True, "allowed", 3.0)
+    async with running(WebhooksConfig(on_publish=hook_server.url("trickle"), timeout=1.0)) as client:
+        verdict = await client.ask(publish_request())
+    assert (verdict.allowed, verdict.reason) == (False, "timeout")
+
+
+async def test_a_burst_of_asked_calls_never_waits_behind_a_connection_pool():
+    async def in_time(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.6)  # most of the timeout, for every call
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", in_time)
+    async with serving(app, backlog=1024) as port:
+        url = f"http://127.0.0.1:{port}/hook"
+        async with running(WebhooksConfig(on_play=url, on_play_done=url, timeout=1.0)) as client:
+            for _ in range(150):  # told events: at most TOLD_AT_ONCE of them in flight
+                client.tell(HookRequest("play_done", "live", "cam", "10.0.0.1", "flv"))
+            verdicts = await asyncio.gather(*(client.ask(HookRequest("play", "live", "cam", "10.0.0.1", "flv"))
+                                              for _ in range(150)))
+    # Behind a pool of 100 shared with the told events, most would wait 0.6 s for a connection, then time out.
+    assert [v.reason for v in verdicts] == ["allowed"] * 150
 
 
 async def test_an_allowing_answer_may_rename_the_stream_and_set_an_expiry(hook_server):
