@@ -30,6 +30,12 @@ VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9"})
 AUDIO_CODECS = frozenset({"aac", "mp3", "opus"})
 
 
+MAX_PICTURE_PIXELS = 35_651_584
+"""The largest picture any level of H.264 (6.2: 139,264 macroblocks) or HEVC (6.2: MaxLumaPs) allows, about
+8192x4352: what the server decodes (thumbnails, health, ABR) is refused above it, since one 16000x16000
+picture alone takes 384 MB once decoded."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One access unit (or a sequence header, or a metadata object) of one stream."""

@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from ..errors import MediaServerError
-from ..media.frames import Frame
+from ..media.frames import MAX_PICTURE_PIXELS, Frame
 
 DECODERS: dict[str, str] = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d", "vp9": "vp9"}
 """Video codec name -> the PyAV (ffmpeg) decoder used for it. ffmpeg's own "av1" decoder needs a
@@ -103,7 +103,14 @@ def decode_keyframe(keyframe: Keyframe) -> av.VideoFrame:
             f"the newest {keyframe.codec} keyframe gave no picture",
             "the publisher's keyframe may need frames before it; try again after its next keyframe",
         )
-    return pictures[0]
+    picture = pictures[0]
+    if picture.width * picture.height > MAX_PICTURE_PIXELS:  # not kept: 16000x16000 would hold 384 MB
+        raise UndecodableKeyframe(
+            f"the newest {keyframe.codec} keyframe is {picture.width}x{picture.height}, larger than any codec "
+            f"level allows ({MAX_PICTURE_PIXELS} pixels)",
+            "publish at most 8K (8192x4320)",
+        )
+    return picture
 
 
 def even_size(source_width: int, source_height: int, width: int) -> tuple[int, int]:

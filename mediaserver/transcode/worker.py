@@ -48,10 +48,10 @@ import av
 from av.video.reformatter import VideoReformatter
 
 from ..errors import MediaError
-from ..log import event
+from ..log import LogGate, event
 from ..log import setup as setup_logging
 from ..media.flv_body import audio_frame, video_frame
-from ..media.frames import FrameKind
+from ..media.frames import MAX_PICTURE_PIXELS, FrameKind
 from ..remux.flv import FlvReader, FlvTag
 from . import wire
 from .encoder import ENCODERS, SCALE_INTERPOLATION, EncoderError, RungEncoder
@@ -223,6 +223,8 @@ class Transcoder:
         self._decoder: Any = None
         self._decoder_config: bytes | None = None
         self._decoder_codec = ""
+        self._reconfigured = LogGate(10.0)
+        """A source that changes its configuration at every keyframe logs it once per 10 s, with a count."""
         self._fed_without_picture = 0
         self._decoded_any = False
         self._source_keyframes: set[int] = set()
@@ -304,7 +306,9 @@ class Transcoder:
                                        f"publish {', '.join(DECODERS)} for ABR renditions")
         if self._decoder is not None:
             self._decode(None)  # what the old configuration still holds
-            event(log, "worker_source_reconfigured", codec=codec)
+            count = self._reconfigured.should_log("source", time.monotonic())
+            if count:
+                event(log, "worker_source_reconfigured", stream=self.job.stream, codec=codec, times=count)
         ctx = av.CodecContext.create(name, "r")
         if config and codec != "vp9":
             ctx.extradata = config
@@ -334,6 +338,9 @@ class Transcoder:
                     raise SourceError("undecodable", f"no picture decoded from the first {MAX_FRAMES_WITHOUT_PICTURE} "
                                                      f"{self._decoder_codec} frames of the source")
         for picture in pictures:
+            if picture.width * picture.height > MAX_PICTURE_PIXELS:  # frames that size, queued, exhaust memory
+                raise SourceError("undecodable", f"the source's pictures are {picture.width}x{picture.height}, "
+                                                 f"larger than any codec level allows ({MAX_PICTURE_PIXELS} pixels)")
             pts = picture.pts
             if pts is None or (self._last_pts is not None and pts <= self._last_pts):
                 self.counters.skipped += 1  # out of order after a glitch: an encoder needs rising times

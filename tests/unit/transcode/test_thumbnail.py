@@ -91,6 +91,17 @@ def test_a_codec_without_a_decoder_and_a_damaged_keyframe_are_told_apart():
     assert err.value.status == 422
 
 
+def test_a_picture_larger_than_any_codec_level_is_refused_not_kept(tmp_path):
+    # 8208x4352: 35.7 million pixels, a little over H.264 and HEVC level 6.2's largest picture.
+    path = tmp_path / "huge.flv"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=8208x4352:rate=30",
+                    "-t", "0.04", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "flv",
+                    str(path)], check=True, timeout=60)
+    with pytest.raises(UndecodableKeyframe) as err:
+        decode_keyframe(newest_keyframe(read_flv_frames(path.read_bytes())))
+    assert err.value.status == 422 and "8208x4352" in str(err.value) and "8K" in err.value.hint
+
+
 @pytest.mark.parametrize("raw", ["0", "-1", "abc", "15", "1e3", "99999999999", "", "１２８", "12 "])
 def test_bad_widths_are_refused_with_what_is_accepted(raw):
     with pytest.raises(ValueError, match="whole number of pixels from 16"):

@@ -542,3 +542,13 @@ def test_a_source_that_never_gives_a_picture_is_an_error(clips: Path) -> None:
     assert out.returncode == 3
     assert out.errors[0]["reason"] == "undecodable"
     assert 0 not in out.tracks
+
+
+def test_a_source_larger_than_any_codec_level_is_refused_before_its_frames_pile_up(clips: Path) -> None:
+    # 8208x4352: 35.7 million pixels, a little over H.264 and HEVC level 6.2's largest picture.
+    source = make_clip(clips / "huge.flv", "8208x4352", 0.1, ["-c:v", "libx264", "-preset", "ultrafast"],
+                       audio=False)
+    out = run_worker(job_for(rung("120p", 160, 120, 150)), source, timeout=60)
+    assert out.returncode == 3
+    assert out.errors[0]["reason"] == "undecodable"
+    assert "8208x4352" in out.errors[0]["message"] and "larger than any codec level" in out.errors[0]["message"]
