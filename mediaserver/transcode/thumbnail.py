@@ -18,7 +18,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from ..errors import MediaServerError
+from ..errors import MediaError, MediaServerError
+from ..media import h264
 from ..media.frames import MAX_PICTURE_PIXELS, Frame
 
 DECODERS: dict[str, str] = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d", "vp9": "vp9"}
@@ -86,6 +87,9 @@ def decode_keyframe(keyframe: Keyframe) -> av.VideoFrame:
     if not keyframe.payload:  # an empty packet would be taken for the end of the stream
         raise UndecodableKeyframe(f"the newest {keyframe.codec} keyframe is empty",
                                   "the publisher sent an empty keyframe; try again after its next keyframe")
+    size = _h264_size(keyframe)
+    if size is not None and size[0] * size[1] > MAX_PICTURE_PIXELS:  # said by its SPS: not even decoded
+        _too_large(keyframe.codec, *size)
     try:
         ctx = av.CodecContext.create(name, "r")
         if keyframe.config:
@@ -105,12 +109,28 @@ def decode_keyframe(keyframe: Keyframe) -> av.VideoFrame:
         )
     picture = pictures[0]
     if picture.width * picture.height > MAX_PICTURE_PIXELS:  # not kept: 16000x16000 would hold 384 MB
-        raise UndecodableKeyframe(
-            f"the newest {keyframe.codec} keyframe is {picture.width}x{picture.height}, larger than any codec "
-            f"level allows ({MAX_PICTURE_PIXELS} pixels)",
-            "publish at most 8K (8192x4320)",
-        )
+        _too_large(keyframe.codec, picture.width, picture.height)
     return picture
+
+
+def _h264_size(keyframe: Keyframe) -> tuple[int, int] | None:
+    """The picture size an H.264 keyframe's SPS declares (None: another codec, or no SPS that parses: the
+    decoder then says what it finds)."""
+    if keyframe.codec != "h264" or not keyframe.config:
+        return None
+    try:
+        sps = h264.parse_sps(h264.parse_avc_config(keyframe.config).sps[0])
+    except (MediaError, IndexError):
+        return None
+    return sps.width, sps.height
+
+
+def _too_large(codec: str, width: int, height: int) -> None:
+    raise UndecodableKeyframe(
+        f"the newest {codec} keyframe is {width}x{height}, larger than any codec level allows "
+        f"({MAX_PICTURE_PIXELS} pixels)",
+        "publish at most 8K (8192x4320)",
+    )
 
 
 def even_size(source_width: int, source_height: int, width: int) -> tuple[int, int]:

@@ -97,9 +97,13 @@ def test_a_picture_larger_than_any_codec_level_is_refused_not_kept(tmp_path):
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=8208x4352:rate=30",
                     "-t", "0.04", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "flv",
                     str(path)], check=True, timeout=60)
+    huge = newest_keyframe(read_flv_frames(path.read_bytes()))
     with pytest.raises(UndecodableKeyframe) as err:
-        decode_keyframe(newest_keyframe(read_flv_frames(path.read_bytes())))
+        decode_keyframe(huge)
     assert err.value.status == 422 and "8208x4352" in str(err.value) and "8K" in err.value.hint
+    # Its SPS says so before any decoding: with a payload no decoder could read, the answer is the same.
+    with pytest.raises(UndecodableKeyframe, match="8208x4352, larger than any codec level"):
+        decode_keyframe(Keyframe("h264", huge.config, b"\x00\x00\x00\x05\x65garbage", huge.dts_ms))
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "abc", "15", "1e3", "99999999999", "", "１２８", "12 "])
