@@ -97,7 +97,10 @@ class TrackRenditions:
         """One video message: track 0 goes to the source (whose frame is returned), others to their
         renditions. Raises MediaError for a malformed message, as Stream.publish_video does."""
         main: Frame | None = None
-        for track_id, single in multitrack.split_video(body):
+        # A message that is not multitrack (a legacy FLV one too: an encoder may send its first track so) is the
+        # source's own.
+        tracks = multitrack.split_video(body) if multitrack.is_video_multitrack(body) else [(0, body)]
+        for track_id, single in tracks:
             if track_id == 0:
                 main = self.source.publish_video(ts_ms, single, now)
                 if main is not None and not main.is_config:

@@ -42,6 +42,8 @@ def is_audio_multitrack(body: bytes | memoryview) -> bool:
 def split_video(body: bytes | memoryview) -> list[tuple[int, bytes]]:
     """A video body -> [(track id, single-track body)]. A ModEx-prefixed single-track body comes back as
     track 0 without its prefix. Raises MediaError for a malformed message."""
+    if not body:
+        raise MediaError("video message is empty")
     frame_type = (body[0] >> 4) & 0x07
     return _split(body, "video", lambda packet_type: bytes((0x80 | frame_type << 4 | packet_type,)),
                   VIDEO_MULTITRACK, VIDEO_MODEX)
@@ -55,6 +57,8 @@ def split_audio(body: bytes | memoryview) -> list[tuple[int, bytes]]:
 def _split(body: bytes | memoryview, what: str, header, multitrack: int, modex: int) -> list[tuple[int, bytes]]:
     data = bytes(body)
     n = len(data)
+    if not n:
+        raise MediaError(f"{what} message is empty")
     packet_type = data[0] & 0x0F
     pos = 1
     while packet_type == modex:  # ModEx: a size, its data, then the real packet type

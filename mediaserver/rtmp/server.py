@@ -646,7 +646,12 @@ class RtmpConnection(asyncio.Protocol):
         self._closing = True
         if self.stream is not None:
             event(self.log, "publisher_closed", stream=str(self.stream.key), reason=reason)
+            if self.stream.on_audience == self._resume_reading:
+                self.stream.on_audience = None
             self.stream = None  # the hub already moved on; do not release twice
+        if self.tracks is not None:  # a multitrack publisher's renditions end with it (their own publisher is ours)
+            self.tracks.close()
+            self.tracks = None
         if self.transport is not None:
             self._flush()
             self.transport.close()
