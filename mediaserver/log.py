@@ -15,7 +15,7 @@ from typing import Any
 
 def _fmt_value(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
+    if text == "" or any(c in text for c in ' "=') or not text.isprintable():  # control bytes escaped too
         return json.dumps(text)
     return text
 

@@ -31,6 +31,9 @@ class GopLimits:
     audio_only_ms: int = 1_000
     window_ms: int = 3_000
     window_bytes: int = 16 * 1024 * 1024
+    window_frames: int = 50_000
+    """Frames kept at most, whatever their size: a stream sends a few hundred a second, and each Frame costs
+    about 200 bytes beyond its tag (16 MB of 3-byte frames would otherwise be 900,000 of them)."""
     history_ms: int = 0
     """Media kept for packagers that start on demand: enough to list a full playlist at once."""
 
@@ -109,11 +112,18 @@ class GopCache:
         if not self.has_video:
             keep_dts = min(keep_dts, self.newest_dts - lim.audio_only_ms)
         keep_bytes_from = self.bytes_appended - lim.window_bytes
-        if frames[0].dts_ms >= keep_dts and self._ends[0] > keep_bytes_from:
+        crowded = len(frames) > lim.window_frames
+        if frames[0].dts_ms >= keep_dts and self._ends[0] > keep_bytes_from and not crowded:
             return  # nearly always (the oldest frame is still wanted): per frame, so no more work than that
+        drop = 0
+        if crowded or self._ends[0] <= keep_bytes_from:
+            # Over the byte or frame bound (a flood of tiny frames): go a sixteenth under it, so the log is
+            # shifted once per window/16 frames instead of once per frame (quadratic at 900,000 frames).
+            keep_bytes_from += lim.window_bytes // 16
+            drop = len(frames) - (lim.window_frames - lim.window_frames // 16)
         protect = self.gop_start - self.base if self.gop_start is not None else len(frames)
-        n = 0
         limit = min(protect, len(frames) - 1)
+        n = max(0, min(drop, limit))
         while n < limit and (frames[n].dts_ms < keep_dts or self._ends[n] <= keep_bytes_from):
             n += 1
         if n:

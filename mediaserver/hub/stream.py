@@ -51,6 +51,8 @@ _FORWARD_JUMP_MS = 10_000
 _SESSION_GAP_MS = 20
 # Slow viewers' drops are summed and logged at most this often per stream.
 DROP_LOG_INTERVAL_S = 10.0
+MAX_REFUSED_CODECS_LOGGED = 8
+"""Unsupported codecs a stream logs, each once; more are left out unlogged."""
 # The parser of each codec's sequence header: one that raises MediaError is unusable.
 _CONFIG_PARSERS: dict[str, Callable[[bytes], object]] = {
     "h264": h264.parse_avc_config,
@@ -325,7 +327,9 @@ class Stream:
         )
 
     def _refuse_codec(self, codec: str, track: str) -> None:
-        if codec not in self._refused_codecs:
+        # Logged once per codec, for the first few: a publisher naming a new FourCC in every message would
+        # otherwise write a line per message and grow the set without bound.
+        if codec not in self._refused_codecs and len(self._refused_codecs) < MAX_REFUSED_CODECS_LOGGED:
             self._refused_codecs.add(codec)
             supported = ", ".join(sorted(VIDEO_CODECS if track == "video" else AUDIO_CODECS))
             event(

@@ -18,3 +18,11 @@ def test_a_flood_of_addresses_keeps_the_log_gate_bounded():
     for i in range(1000):
         gate.should_log((str(i),), float(i))
     assert len(gate._logged) <= 101
+
+
+def test_control_bytes_in_a_logged_value_are_escaped():
+    from mediaserver.log import _fmt_value
+
+    assert _fmt_value("fourcc:ab\x00\x01") == '"fourcc:ab\\u0000\\u0001"'
+    assert _fmt_value("a\rb\x1b[2J") == '"a\\rb\\u001b[2J"'
+    assert _fmt_value("plain") == "plain" and _fmt_value("caf\u00e9") == "caf\u00e9"

@@ -116,6 +116,31 @@ def test_gop_cache_is_bounded_by_window_and_keeps_latest_gop():
     assert len(cache) == 100  # the newest GOP protects itself; older frames are trimmed
 
 
+def test_a_flood_of_tiny_frames_at_one_time_is_bounded_by_count_and_trimmed_in_batches(monkeypatch):
+    """3-byte audio frames at one timestamp are never old enough to trim by time: the count bounds them, and
+    the log is shifted once per sixteenth of a bound, not once per frame (quadratic at 900,000 frames)."""
+    limits = GopLimits(window_bytes=1024 * 1024, window_frames=4_000)
+    cache = GopCache(limits)
+    shifts = 0
+    real = GopCache._trim
+
+    def counting(self):
+        nonlocal shifts
+        before = self.base
+        real(self)
+        shifts += self.base != before
+
+    monkeypatch.setattr(GopCache, "_trim", counting)
+    for _ in range(40_000):
+        cache.append(flv_body.audio_frame(audio_body(size=1), 5))
+    assert len(cache) <= 4_000 and cache.end == 40_000
+    assert shifts <= 40_000 // (4_000 // 16) + 1
+    big = GopCache(GopLimits(window_bytes=64 * 1024, window_frames=100_000))
+    for i in range(20_000):
+        big.append(flv_body.audio_frame(audio_body(size=100), 5))
+    assert big.retained_bytes <= 64 * 1024 and len(big) > 64 * 1024 // 200
+
+
 def test_too_long_gop_is_given_up_and_late_joiner_waits_for_keyframe():
     cache = GopCache(GopLimits(window_ms=1000, max_gop_ms=2000))
     for i in range(100):
@@ -383,3 +408,14 @@ async def test_a_holder_heard_out_while_the_process_stalls_past_the_wait_still_g
     await reg.hear_out_publisher(KEY, None, wait_s=0.05)
     assert stream.publisher is None  # it left: the newcomer is not refused for a publisher already gone
     reg.claim_publisher(KEY, FakePublisher("new"))
+
+
+def test_a_new_unsupported_codec_in_every_message_is_logged_a_few_times_only(caplog):
+    clock = FakeClock()
+    reg = make_registry(clock)
+    stream = reg.claim_publisher(KEY, FakePublisher())
+    for i in range(200):
+        fourcc = bytes((0x61 + i % 26, 0x61 + i // 26, 0, 1))  # a FourCC no codec has, with control bytes
+        assert stream.publish_video(i, bytes((0x80 | 1 << 4 | 1,)) + fourcc + b"\x00" * 8, clock()) is None
+    lines = [r for r in caplog.records if r.getMessage() == "unsupported_codec"]
+    assert len(lines) == 8
