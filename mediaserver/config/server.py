@@ -30,6 +30,10 @@ class RtmpConfig:
     """Seconds after the handshake to connect and start publishing or playing, however slowly bytes trickle."""
     idle_timeout: float = 30.0
     """A connection that sends nothing for this long is closed."""
+    max_messages_per_s: int = 10_000
+    """Messages a connection is read at, at most, on average (bursts of 5 s of it pass at once; each further
+    chunk of a message counts an eighth of one): a stream sends a few hundred a second, a flood of tiny
+    messages tens of thousands. Past it the connection is read more slowly, as TCP slows its sender. 0: no bound."""
     read_merge_ms: int = 50
     """A publisher's socket is read at most this often: fewer wakeups per stream, a little more delay."""
     read_merge_unwatched_ms: int = 250
@@ -133,6 +137,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rtmp.handshake_timeout": (0.1, 600),
     "rtmp.connect_timeout": (0.1, 600),
     "rtmp.idle_timeout": (0.5, 3600),
+    "rtmp.max_messages_per_s": (0, 100_000_000),
     "rtmp.read_merge_ms": (0, 500),
     "rtmp.read_merge_unwatched_ms": (0, 2000),
     "rtmp.play_merge_ms": (0, 1000),

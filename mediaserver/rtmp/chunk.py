@@ -123,6 +123,11 @@ class _InStream:
         self.views: list[memoryview] = []  # slices of the current feed() input
 
 
+MESSAGE_UNITS = 8
+"""What a message costs of a ChunkDecoder's allowance, against 1 for each further chunk of it: a message is
+handed on (parsed, dispatched, published) where a chunk is only sliced."""
+
+
 def validate_chunk_size(size: int) -> str | None:
     """Return why `size` is not a valid chunk size, or None when it is."""
     if size < 1 or size > MAX_CHUNK_SIZE:
@@ -155,6 +160,12 @@ class ChunkDecoder:
         self._buf = bytearray()
         self._need = 0
         self._failure: str | None = None
+        self.allowance: int | None = None
+        """Units feed() may still spend (None: no bound): MESSAGE_UNITS for each message begun, 1 for each
+        further chunk of one. Once they are spent, feed() stops before the next chunk and holds the rest of
+        its input (`holding`) until the caller allows more and calls feed(b"") again: how a connection keeps
+        a flood of tiny messages or tiny chunks to a rate instead of spending the event loop on it."""
+        self.holding = False
 
     @property
     def buffered_bytes(self) -> int:
@@ -204,6 +215,8 @@ class ChunkDecoder:
         hdr7 = _HDR7.unpack_from
         hdr3 = _HDR3.unpack_from
         u32 = _U32.unpack_from
+        room = self.allowance if self.allowance is not None else 1 << 62
+        self.holding = False
         try:
             while pos < n:
                 start = pos
@@ -253,6 +266,11 @@ class ChunkDecoder:
                             need = end - start
                             pos = start
                             break
+                        if room < 1:
+                            self.holding = True
+                            pos = start
+                            break
+                        room -= 1
                         st.views.append(mv[pos:end])
                         pos = end
                         st.received += take
@@ -374,6 +392,11 @@ class ChunkDecoder:
                     need = end - start
                     pos = start
                     break
+                if room < MESSAGE_UNITS:
+                    self.holding = True
+                    pos = start
+                    break
+                room -= MESSAGE_UNITS
                 if st is None:
                     if len(streams) >= self.max_chunk_streams:
                         raise ChunkError(
@@ -418,6 +441,8 @@ class ChunkDecoder:
                     st.pieces.append(b"".join(st.views))
                     st.views = []
             mv.release()
+            if self.allowance is not None:
+                self.allowance = room
         self._need = need
         return out, pos
 

@@ -40,7 +40,7 @@ from ..media.frames import FrameKind
 from ..media.timestamps import TimestampUnwrapper
 from ..transports import reset
 from . import events as ev
-from .chunk import SharedChunks
+from .chunk import MESSAGE_UNITS, SharedChunks
 from .session import MEDIA_CSID, ServerSession, SessionPhase
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ PlayBatch = SharedBatch[tuple[bytes, list[tuple[int, int, int, int]]]]
 """A batch of frames as chunks, and the last header sent on each chunk stream (for the session's encoder)."""
 
 _FULL_READ = 200_000
+_MERGE, _BACKLOG, _THROTTLE = 1, 2, 4
+"""Why a connection's reading is paused (RtmpConnection._holds): merged reads; answers the peer has not read
+(it reads none of them: read none of its bytes, or its commands would grow our send buffer without bound);
+messages past rtmp.max_messages_per_s."""
+_BURST_S = 5.0
+"""rtmp.max_messages_per_s lets this many seconds of it pass at once (an encoder's backlog after a stall)."""
 """A read this large (uvloop reads up to 256,000 bytes, asyncio 256 KiB) may have left more in the socket:
 read on at once rather than cap a publisher's rate at one buffer per window."""
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
@@ -209,7 +215,8 @@ class RtmpConnection(asyncio.Protocol):
         self._play_task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._publish_started = 0.0
-        self._reading_paused = False
+        self._holds = 0
+        """Why reading is paused: _MERGE | _BACKLOG | _THROTTLE bits (0: reading)."""
         self._resume_tick: float | None = None
         """The tick at which paused reading resumes (None: not paused, or resumed early)."""
         self.ip = ""
@@ -220,6 +227,12 @@ class RtmpConnection(asyncio.Protocol):
         self._expiry: asyncio.TimerHandle | None = None
         self.tls = False
         """Accepted on the RTMPS port."""
+        self._units_per_s = self.cfg.max_messages_per_s * MESSAGE_UNITS
+        self._refilled_at = self.loop.time()
+        self._throttle_timer: asyncio.TimerHandle | None = None
+        self._throttled = False
+        if self._units_per_s:
+            self.session.allowance = int(self._units_per_s * _BURST_S)
 
     # ----- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -241,7 +254,9 @@ class RtmpConnection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self.loop.time()
+        now = self._last_rx = self.loop.time()
+        if self._units_per_s:
+            self._refill(now)
         try:
             self.session.receive_data(data)
             for event_ in self.session.events():
@@ -256,8 +271,11 @@ class RtmpConnection(asyncio.Protocol):
             self._abort("protocol_error")
             return
         self._flush()
+        if self.session.holding:  # over rtmp.max_messages_per_s: read the rest once it is allowed
+            self._throttle()
+            return
         stream = self.stream
-        if stream is not None and not self._reading_paused and len(data) < _FULL_READ:
+        if stream is not None and not self._holds and len(data) < _FULL_READ:
             # Merged reads (as SRS's mr): let a publisher's bytes pile up in the socket for a few ms, so
             # each wakeup handles several messages instead of one TCP segment; only when nobody waits for
             # the frames or the loop is busy (hub/pacing.py), since it delays every viewer. With nothing
@@ -271,8 +289,7 @@ class RtmpConnection(asyncio.Protocol):
                 due_s = (stream.output_due_ms() - stream.gop.newest_dts) / 1000 if patient else math.inf
                 offset, grid = policy.read_pause(subscribers + stream.waiting_sinks, patient, due_s, GAUGE.busy())
             if grid:
-                self._reading_paused = True
-                self.transport.pause_reading()
+                self._hold(_MERGE)
                 self._resume_tick = self.server.resume_at_tick(self, offset, grid)
                 stream.on_audience = self._resume_reading
 
@@ -283,11 +300,49 @@ class RtmpConnection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._resume_tick = None
-        if not self._reading_paused:
+        self._release(_MERGE)
+
+    def _hold(self, why: int) -> None:
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._holds |= why
+
+    def _release(self, why: int) -> None:
+        if not self._holds & why:
             return
-        self._reading_paused = False
-        if self.transport is not None and not self.transport.is_closing():
+        self._holds &= ~why
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _refill(self, now: float) -> None:
+        """The message allowance's token bucket: rtmp.max_messages_per_s, up to _BURST_S of it."""
+        rate = self._units_per_s
+        cap = int(rate * _BURST_S)
+        gained = int((now - self._refilled_at) * rate)
+        left = self.session.allowance or 0
+        if left + gained >= cap:
+            self.session.allowance, self._refilled_at = cap, now
+        elif gained > 0:
+            self.session.allowance = left + gained
+            self._refilled_at += gained / rate
+
+    def _throttle(self) -> None:
+        """The peer sent past its allowance: read nothing more until enough for a few messages has come."""
+        if not self._throttled:
+            self._throttled = True
+            event(self.log, "rtmp_throttled", logging.WARNING, max_messages_per_s=self.cfg.max_messages_per_s,
+                  stream=self._stream_name(), hint="a stream sends a few hundred messages a second")
+        self._hold(_THROTTLE)
+        if self._throttle_timer is None:
+            self._throttle_timer = self.loop.call_later(64 * MESSAGE_UNITS / self._units_per_s, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle_timer = None
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        self.data_received(b"")  # the held bytes, as far as the allowance now goes
+        if not self.session.holding:
+            self._release(_THROTTLE)
 
     def eof_received(self) -> bool:
         return False
@@ -303,6 +358,8 @@ class RtmpConnection(asyncio.Protocol):
             self._expiry.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._throttle_timer is not None:
+            self._throttle_timer.cancel()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if self._play_task is not None:
@@ -312,10 +369,12 @@ class RtmpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
             self._writable = self.loop.create_future()
+        self._hold(_BACKLOG)
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        self._release(_BACKLOG)
 
     # ----- timeouts -------------------------------------------------------------------------------
 
@@ -431,7 +490,7 @@ class RtmpConnection(asyncio.Protocol):
     def hear_out(self) -> bool:
         """A publish for this connection's name came (registry.hear_out_publisher): if reads are paused,
         read now, so an unpublish or close waiting in the socket is seen. True when they were paused."""
-        if not self._reading_paused:
+        if not self._holds & _MERGE:
             return False
         self._resume_reading()
         return True

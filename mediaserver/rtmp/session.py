@@ -194,12 +194,26 @@ class SessionCore:
             self._events.append(HandshakeCompleted())
             self._out += self._held
             self._held = bytearray()
-        if data:
+        if data or self._decoder.holding:
             for message in self._decoder.feed(data):
                 self._dispatch(message)
         if self.peer_ack_window and self.bytes_received - self._last_ack >= self.peer_ack_window:
             self._last_ack = self.bytes_received
             self._send_control(MessageType.ACKNOWLEDGEMENT, encode_u32(self.bytes_received & MASK32))
+
+    @property
+    def allowance(self) -> int | None:
+        """What the peer may still send before its input is held (ChunkDecoder.allowance; None: no bound)."""
+        return self._decoder.allowance
+
+    @allowance.setter
+    def allowance(self, units: int | None) -> None:
+        self._decoder.allowance = units
+
+    @property
+    def holding(self) -> bool:
+        """Received bytes wait for more allowance: call receive_data(b"") once it is raised."""
+        return self._decoder.holding
 
     def events(self) -> list[Event]:
         """Drain the events produced so far."""
