@@ -254,7 +254,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if isinstance(abr, ClusterAbr):
             await abr.start_scanning()
     connections = ConnectionGate(connection_limits(config.http.max_connections, config.http.max_connections_per_ip,
-                                                   config.http.header_timeout),
+                                                   config.http.header_timeout, config.http.write_timeout),
                                  uncapped=TrustedProxies.parse(config.http.trusted_proxies).trusts)
     app[METRICS].connections = connections
     app[METRICS].tls_failures = [c.failures for c in (rtmps_cert, https_cert) if c is not None]

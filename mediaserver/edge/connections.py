@@ -42,6 +42,7 @@ from ..auth.tokens import normalize_address
 from ..log import LogGate, event
 from ..tls import TlsCertificate
 from .fastlane import FAST_LANE, FastLane
+from .stuck import StuckWriters
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class ConnectionLimits:
     """Open HTTP connections from one client address; 0 is no cap."""
     header_timeout_s: float
     """Seconds from accept to the first complete request head."""
+    write_timeout_s: float = 0.0
+    """A connection whose queued answer loses no byte for this long is reset (http.write_timeout); 0: never."""
 
 
 class ConnectionGate:
@@ -143,9 +146,12 @@ class GuardedRequestHandler(RequestHandler):
     """aiohttp's per-connection protocol, admitted by the gate and held to the request-head deadline."""
 
     def __init__(self, manager: web.Server, gate: ConnectionGate, lane: FastLane | None = None,
-                 handoff: HandOff | None = None, handed: bytes | None = None, **kwargs: Any) -> None:
+                 handoff: HandOff | None = None, handed: bytes | None = None, stuck: StuckWriters | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._lane = lane
+        self._stuck = stuck
+        """Watches what aiohttp leaves queued (http.write_timeout); None: no deadline."""
         self._handoff = handoff if handed is None else None  # a connection handed over is never handed on
         self._handed = handed
         """The bytes a sibling worker read from this connection before it handed it over (workers)."""
@@ -248,6 +254,11 @@ class GuardedRequestHandler(RequestHandler):
         self._keep_alive_until(self._loop.time() + self._keepalive_timeout)
 
     def lane_hold(self, deadline: float) -> None:
+        """The lane holds a request (a blocking reload) until `deadline`: its head arrived whole, so the head
+        deadline no longer applies (it would reset a connection whose first request waits that long)."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         self._lane_waiting = []
         self._lane_waiting_size = 0
         self._keep_alive_until(deadline + self._keepalive_timeout)
@@ -271,6 +282,13 @@ class GuardedRequestHandler(RequestHandler):
             self._next_keepalive_close_time = when
             if self._keepalive_handle is None:
                 self._keepalive_handle = self._loop.call_at(when, self._process_keepalive)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # aiohttp waits for a drain with no deadline: a reader that takes nothing of an answer (a playlist or
+        # segment the full stack serves) would keep its connection and the kernel's send queue for ever.
+        if self._stuck is not None and self._raw_transport is not None:
+            self._stuck.wrote(self._raw_transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._admitted:
@@ -348,9 +366,12 @@ class GuardedSite(web.BaseSite):
         gate, args, tls = self._gate, self._handler_args, self._tls
         lane = self._runner.app.get(FAST_LANE) if isinstance(self._runner, web.AppRunner) else None
         handoff = self._handoff
+        stuck = None
+        if gate.limits.write_timeout_s > 0:
+            stuck = lane.stuck if lane is not None else StuckWriters(lambda: gate.limits.write_timeout_s)
 
         def accepted(handed: bytes | None = None) -> GuardedRequestHandler:
-            handler = GuardedRequestHandler(server, gate, lane, handoff, handed, loop=loop, **args)
+            handler = GuardedRequestHandler(server, gate, lane, handoff, handed, stuck, loop=loop, **args)
             if tls is not None:  # made before the TLS handshake; connection_made only after it succeeds
                 def check() -> None:
                     if not handler.made:
@@ -394,10 +415,11 @@ def open_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def connection_limits(max_connections: int, max_per_address: int, header_timeout_s: float) -> ConnectionLimits:
+def connection_limits(max_connections: int, max_per_address: int, header_timeout_s: float,
+                      write_timeout_s: float = 0.0) -> ConnectionLimits:
     """The caps in force: `max_connections` 0 means half the open-file limit (raised first, whatever the
     setting), leaving the other half to RTMP connections, pulls, webhooks and files."""
     files = open_file_limit()
     if max_connections == 0:
         max_connections = max(64, files // 2)
-    return ConnectionLimits(max_connections, max_per_address, header_timeout_s)
+    return ConnectionLimits(max_connections, max_per_address, header_timeout_s, write_timeout_s)

@@ -131,13 +131,18 @@ def parse_head(data: bytes) -> Head | None:
     block = data[request.end() - 2:-2]  # every header line between CRLFs
     if _BAD_LINE.search(block) is not None or not block.count(b"\r") == block.count(b"\n") == block.count(b"\r\n"):
         return None  # a second head, folded or malformed lines, bare CRs or LFs: aiohttp answers them
+    if _BAD_FIELD.search(block) is not None:
+        return None  # a name that is no token, a control byte in a value: aiohttp answers 400
     origin = if_none_match = asked_range = if_range = None
     forwarded = False
+    hosts = 0
     for found in _WANTED_HEADER.finditer(block.lower()):
         name = found[1]
         start = found.end()
         value = block[start:block.index(b"\r", start)].strip(b" \t")
-        if name == b"origin":
+        if name == b"host":
+            hosts += 1
+        elif name == b"origin":
             if origin is not None:
                 return None  # twice: aiohttp reads the first, and answers as it reads it
             origin = value.decode("latin-1")
@@ -160,6 +165,8 @@ def parse_head(data: bytes) -> Head | None:
             forwarded = True
         else:
             return None  # a body announced, an upgrade or an expectation
+    if hosts != 1:
+        return None  # HTTP/1.1 asks for exactly one Host: aiohttp answers 400 without, or with two
     path, _, query = request[1].decode("ascii").partition("?")
     parts = path.split("/")
     if len(parts) == 3 and parts[1] == "vod" and parts[2].endswith(".mp4"):
@@ -173,10 +180,12 @@ _REQUEST_LINE = re.compile(rb'GET (/[!"$&-~]*) HTTP/1\.1\r\n')
 """A GET of a target of visible ASCII without `%` (aiohttp decodes those) or `#`."""
 _BAD_LINE = re.compile(rb"\n(?:[ \t:]|[^:\r]*+(?:\r|(?<=[ \t]):))")
 """A header line that is folded, empty (a second head), nameless, without a colon, or with blanks before it."""
+_BAD_FIELD = re.compile(rb"\n(?!\Z|[!#$%&'*+\-.^_`|~0-9A-Za-z]+:)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""A header line whose name is not an HTTP token, or a control byte (other than tab) anywhere."""
 _WANTED_HEADER = re.compile(
-    rb"\n(origin|if-none-match|range|if-range|connection|x-forwarded-for|forwarded"
+    rb"\n(host|origin|if-none-match|range|if-range|connection|x-forwarded-for|forwarded"
     rb"|content-length|transfer-encoding|upgrade|expect):")
-"""The headers the lane reads, and those it leaves to aiohttp (a body, an upgrade, an expectation)."""
+"""The headers the lane reads (Host is counted), and those it leaves to aiohttp (a body, an upgrade, an expectation)."""
 
 
 def directive(query: str, name: str) -> int | None | bool:

@@ -42,30 +42,39 @@ def test_a_head_that_names_a_client_behind_proxies_says_so(line):
     b"HEAD /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",  # not GET
     b"GET /live/cam/index.m3u8 HTTP/1.0\r\nHost: a\r\n\r\n",  # HTTP/1.0: other keep-alive rules
     b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n",  # incomplete
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\n\r\nGET /live/cam/index.m3u8 HTTP/1.1\r\n\r\n",  # pipelined
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nContent-Length: 3\r\n\r\n",  # a body announced
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nConnection: close\r\n\r\n",
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\nGET /live/cam/index.m3u8 HTTP/1.1\r\n\r\n",  # pipelined
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",  # a body announced
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",  # obs-fold
     b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost : a\r\n\r\n",  # space before the colon
-    b"GET /live/c%61m/index.m3u8 HTTP/1.1\r\n\r\n",  # percent-encoded: aiohttp decodes it
-    b"GET /live/cam.flv HTTP/1.1\r\n\r\n",  # another route
-    b"GET /live//index.m3u8 HTTP/1.1\r\n\r\n",
-    b"GET /a/b/c/d HTTP/1.1\r\n\r\n",
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: " + b"y" * 9000 + b"\r\n\r\n",  # too long
-    "GET /live/cäm/index.m3u8 HTTP/1.1\r\n\r\n".encode(),
-    b"GET /live/c\tam/index.m3u8 HTTP/1.1\r\n\r\n",  # a control character in the target
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: a\nContent-Length: 3\r\n\r\n",  # a bare LF
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX: a\rb\r\n\r\n",  # a bare CR
+    b"GET /live/c%61m/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",  # percent-encoded: aiohttp decodes it
+    b"GET /live/cam.flv HTTP/1.1\r\nHost: a\r\n\r\n",  # another route
+    b"GET /live//index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a/b/c/d HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 9000 + b"\r\n\r\n",  # too long
+    "GET /live/cäm/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+    b"GET /live/c\tam/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n",  # a control character in the target
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX: a\nContent-Length: 3\r\n\r\n",  # a bare LF
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",  # a bare CR
     b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n",
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\n: nameless\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n: nameless\r\n\r\n",
     b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nconnection: keep-alive\r\nCONNECTION: close\r\n\r\n",
     # a header the lane reads, twice: aiohttp takes the first, so the lane leaves the request to it
-    b"GET /vod/abc.mp4 HTTP/1.1\r\nRange: bytes=0-9\r\nRange: bytes=100-199\r\n\r\n",
-    b"GET /vod/abc.mp4 HTTP/1.1\r\nRange: bytes=0-9\r\nIf-Range: \"a\"\r\nif-range: \"b\"\r\n\r\n",
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nIf-None-Match: \"a\"\r\nIf-None-Match: \"b\"\r\n\r\n",
-    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nOrigin: https://a.example\r\nOrigin: https://b.example\r\n\r\n",
+    b"GET /vod/abc.mp4 HTTP/1.1\r\nHost: a\r\nRange: bytes=0-9\r\nRange: bytes=100-199\r\n\r\n",
+    b"GET /vod/abc.mp4 HTTP/1.1\r\nHost: a\r\nRange: bytes=0-9\r\nIf-Range: \"a\"\r\nif-range: \"b\"\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"a\"\r\nIf-None-Match: \"b\"\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nOrigin: https://a.example\r\nOrigin: https://b.example\r\n\r\n",
+    # heads aiohttp answers with 400: the lane must not answer them 200
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\n\r\n",  # no Host
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",  # two
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nBad Name: v\r\n\r\n",  # a name that is no token
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\n@x(): v\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX-\xff: v\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",  # control bytes in a value
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
+    b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n",
 ])
 def test_anything_else_goes_to_aiohttp(data):
     assert parse_head(data) is None
@@ -135,10 +144,10 @@ def test_a_segment_goes_out_from_its_memfd_and_what_the_socket_refuses_through_t
 
 
 def test_a_range_of_a_recording_is_taken_with_its_range_and_if_range():
-    head = parse_head(b"GET /vod/Ab3_x.mp4 HTTP/1.1\r\nRange: bytes=0-99\r\nIf-Range: \"1-2\"\r\n\r\n")
+    head = parse_head(b"GET /vod/Ab3_x.mp4 HTTP/1.1\r\nHost: a\r\nRange: bytes=0-99\r\nIf-Range: \"1-2\"\r\n\r\n")
     assert head == Head("vod", "", "Ab3_x.mp4", "", None, None, "bytes=0-99", '"1-2"')
-    assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\n\r\n").name == "Ab3_x"  # its playlist: FastLane._vod_text
-    assert parse_head(b"GET /vod/Ab3_x.ts HTTP/1.1\r\n\r\n") is None
+    assert parse_head(b"GET /vod/Ab3_x/index.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n").name == "Ab3_x"  # its playlist: FastLane._vod_text
+    assert parse_head(b"GET /vod/Ab3_x.ts HTTP/1.1\r\nHost: a\r\n\r\n") is None
 
 
 def test_on_an_edge_with_a_ceiling_a_starting_player_is_left_to_the_full_stack():
@@ -188,11 +197,11 @@ def test_a_repeated_head_is_parsed_once_and_the_cache_stays_bounded(monkeypatch)
         assert not lane.take(None, bytes(bytearray(head)))  # the lane is off here: nothing is answered
     assert len(parsed) == 1
     assert not lane.take(None, b"POST /live/cam/index.m3u8 HTTP/1.1\r\n\r\n")  # not a lane request: not kept
-    long_head = b"GET /live/cam/index.m3u8 HTTP/1.1\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n"
+    long_head = b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n"
     lane.take(None, long_head)
     lane.take(None, long_head)  # parsed every time: long heads are not kept
     for n in range(50):
-        lane.take(None, b"GET /live/cam/%d.ts HTTP/1.1\r\n\r\n" % n)
+        lane.take(None, b"GET /live/cam/%d.ts HTTP/1.1\r\nHost: a\r\n\r\n" % n)
     assert len(lane._heads) <= 8
     assert len(parsed) == 1 + 1 + 2 + 50
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from mediaserver.edge.connections import LANE_WAITING_MAX, ConnectionGate, ConnectionLimits, GuardedRequestHandler, \
     HandOff
+from mediaserver.edge.stuck import StuckWriters
 
 HELD = b"GET /live/a/cmaf-muxed.m3u8?_HLS_msn=9&_HLS_part=0 HTTP/1.1\r\nHost: x\r\n\r\n"
 SIBLINGS = b"GET /live/b/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -31,16 +32,16 @@ class Lane:
         return False
 
 
-async def _connection(handoff: HandOff | None):
+async def _connection(handoff: HandOff | None, limits: ConnectionLimits = ConnectionLimits(10, 10, 10),
+                      body: bytes = b"full stack", stuck: StuckWriters | None = None):
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text="full stack")
+        return web.Response(body=body)
 
     a, b = socket.socketpair()
     a.setblocking(False)
     loop = asyncio.get_running_loop()
     server = web.Server(handler)
-    conn = GuardedRequestHandler(server, ConnectionGate(ConnectionLimits(10, 10, 10)), Lane(), handoff=handoff,
-                                 loop=loop)
+    conn = GuardedRequestHandler(server, ConnectionGate(limits), Lane(), handoff=handoff, stuck=stuck, loop=loop)
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
     transport.set_protocol(conn)
     conn.connection_made(transport)
@@ -87,6 +88,38 @@ async def test_a_client_sending_on_while_its_request_is_held_is_paused_then_read
         assert transport.is_reading()
         assert len(conn._messages) >= 1  # aiohttp answers what was pipelined, in order
     finally:
+        transport.close()
+        peer.close()
+        await server.shutdown(0.1)
+
+
+async def test_a_held_request_is_not_cut_off_by_the_head_deadline():
+    """The head arrived whole: a blocking reload held longer than http.header_timeout is answered, not reset."""
+    conn, transport, server, peer = await _connection(None, ConnectionLimits(10, 10, header_timeout_s=0.2))
+    try:
+        conn.data_received(HELD)
+        await asyncio.sleep(0.5)
+        assert not transport.is_closing()
+    finally:
+        transport.close()
+        peer.close()
+        await server.shutdown(0.1)
+
+
+async def test_a_full_stack_answer_nobody_reads_is_reset_after_the_write_timeout():
+    """aiohttp waits for a drain for ever: what it leaves queued is watched as the lane's own answers are."""
+    stuck = StuckWriters(lambda: 0.4)
+    conn, transport, server, peer = await _connection(
+        None, ConnectionLimits(10, 10, 10, write_timeout_s=0.4), body=b"s" * (16 << 20), stuck=stuck)
+    try:
+        conn.data_received(b"GET /live/a/1.ts HTTP/1.1\r\nHost: x\r\n\r\n")  # not the lane's: aiohttp answers
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while not transport.is_closing() and loop.time() < end:
+            await asyncio.sleep(0.05)
+        assert transport.is_closing() and stuck.aborted == 1
+    finally:
+        stuck.close()
         transport.close()
         peer.close()
         await server.shutdown(0.1)
