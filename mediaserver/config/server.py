@@ -29,7 +29,7 @@ class RtmpConfig:
     connect_timeout: float = 10.0
     """Seconds after the handshake to connect and start publishing or playing, however slowly bytes trickle."""
     idle_timeout: float = 30.0
-    """A connection that sends nothing for this long is closed."""
+    """A connection that completes no message for this long is closed."""
     max_messages_per_s: int = 10_000
     """Messages a connection is read at, at most, on average (bursts of 5 s of it pass at once; each further
     chunk of a message counts an eighth of one): a stream sends a few hundred a second, a flood of tiny

@@ -166,6 +166,8 @@ class ChunkDecoder:
         its input (`holding`) until the caller allows more and calls feed(b"") again: how a connection keeps
         a flood of tiny messages or tiny chunks to a rate instead of spending the event loop on it."""
         self.holding = False
+        self.completed = 0
+        """Messages completed so far."""
 
     @property
     def buffered_bytes(self) -> int:
@@ -195,6 +197,7 @@ class ChunkDecoder:
         except ChunkError as err:
             self._failure = str(err)
             raise
+        self.completed += len(messages)
         if pos == len(buf):
             self._buf = bytearray()
         elif pos or buf is not self._buf:

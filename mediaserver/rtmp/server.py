@@ -207,6 +207,9 @@ class RtmpConnection(asyncio.Protocol):
         self._video_ts = TimestampUnwrapper()
         self._audio_ts = TimestampUnwrapper()
         self._last_rx = self.loop.time()
+        """Loop time of the last read that completed a message: the idle clock (a peer trickling a byte now and
+        then into a partial message, holding up to twice rtmp.max_message_size, is idle too)."""
+        self._messages_seen = 0
         self._timer: asyncio.TimerHandle | None = None
         self._setup_deadline: float | None = None
         """Loop time by which connect + publish/play must be done (from the handshake), or None once done."""
@@ -254,11 +257,14 @@ class RtmpConnection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        now = self._last_rx = self.loop.time()
+        now = self.loop.time()
         if self._units_per_s:
             self._refill(now)
         try:
             self.session.receive_data(data)
+            if self.session.messages_received != self._messages_seen:
+                self._messages_seen = self.session.messages_received
+                self._last_rx = now
             for event_ in self.session.events():
                 self._on_event(event_)
             if self.stream is not None:

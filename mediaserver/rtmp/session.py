@@ -211,6 +211,11 @@ class SessionCore:
         self._decoder.allowance = units
 
     @property
+    def messages_received(self) -> int:
+        """Messages the peer completed so far (a chunk of an unfinished one is none)."""
+        return self._decoder.completed
+
+    @property
     def holding(self) -> bool:
         """Received bytes wait for more allowance: call receive_data(b"") once it is raised."""
         return self._decoder.holding

@@ -89,3 +89,30 @@ async def test_a_flood_of_tiny_messages_is_read_at_the_allowed_rate_and_none_is_
     finally:
         writer.transport.abort()
         await server.close()
+
+
+async def test_a_message_trickled_a_byte_at_a_time_is_idle():
+    """A partial message held open by a byte now and then (each connection may hold up to twice
+    rtmp.max_message_size of them) completes nothing: the idle clock runs out as for silence."""
+    cfg = RtmpConfig(bind="127.0.0.1", port=free_port(), connect_timeout=2.0, idle_timeout=1.0)
+    server, _reader, writer = await serving(cfg)
+    try:
+        client, setup = publishing_client("live", "trickle")
+        for data in setup:
+            writer.write(data)
+        await writer.drain()
+        assert await wait_for(lambda: server.registry.get(StreamKey("live", "trickle")) is not None, 5.0)
+        client.send_video(0, b"\x17\x01\x00\x00\x00" + b"\x00" * 1_000_000)
+        pending = client.data_to_send()
+        writer.write(pending[:200_000])
+        sent = 200_000
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 6
+        while server.connections and loop.time() < end:
+            writer.write(pending[sent:sent + 1])  # a byte every 0.3 s: never silent, never done
+            sent += 1
+            await asyncio.sleep(0.3)
+        assert not server.connections, "a connection completing no message was kept for 6 s"
+    finally:
+        writer.transport.abort()
+        await server.close()
