@@ -63,7 +63,7 @@ class ConnectionLimits:
     header_timeout_s: float
     """Seconds from accept to the first complete request head."""
     write_timeout_s: float = 0.0
-    """A connection whose queued answer loses no byte for this long is reset (http.write_timeout); 0: never."""
+    """http.write_timeout: a connection whose queued answer loses no byte for twice this is reset; 0: never."""
 
 
 class ConnectionGate:
@@ -286,7 +286,8 @@ class GuardedRequestHandler(RequestHandler):
     def pause_writing(self) -> None:
         super().pause_writing()
         # aiohttp waits for a drain with no deadline: a reader that takes nothing of an answer (a playlist or
-        # segment the full stack serves) would keep its connection and the kernel's send queue for ever.
+        # segment the full stack serves) would keep its connection and the kernel's send queue for ever. Reset
+        # after twice http.write_timeout without progress.
         if self._stuck is not None and self._raw_transport is not None:
             self._stuck.wrote(self._raw_transport)
 
@@ -366,9 +367,8 @@ class GuardedSite(web.BaseSite):
         gate, args, tls = self._gate, self._handler_args, self._tls
         lane = self._runner.app.get(FAST_LANE) if isinstance(self._runner, web.AppRunner) else None
         handoff = self._handoff
-        stuck = None
-        if gate.limits.write_timeout_s > 0:
-            stuck = lane.stuck if lane is not None else StuckWriters(lambda: gate.limits.write_timeout_s)
+        # A backstop at twice the deadline: the FLV and VOD writers keep their own (and say why a viewer left).
+        stuck = StuckWriters(lambda: 2 * gate.limits.write_timeout_s) if gate.limits.write_timeout_s > 0 else None
 
         def accepted(handed: bytes | None = None) -> GuardedRequestHandler:
             handler = GuardedRequestHandler(server, gate, lane, handoff, handed, stuck, loop=loop, **args)

@@ -108,7 +108,7 @@ async def test_a_held_request_is_not_cut_off_by_the_head_deadline():
 
 async def test_a_full_stack_answer_nobody_reads_is_reset_after_the_write_timeout():
     """aiohttp waits for a drain for ever: what it leaves queued is watched as the lane's own answers are."""
-    stuck = StuckWriters(lambda: 0.4)
+    stuck = StuckWriters(lambda: 0.4)  # the site makes it with twice write_timeout_s
     conn, transport, server, peer = await _connection(
         None, ConnectionLimits(10, 10, 10, write_timeout_s=0.4), body=b"s" * (16 << 20), stuck=stuck)
     try:
