@@ -219,6 +219,7 @@ class ChunkDecoder:
         hdr3 = _HDR3.unpack_from
         u32 = _U32.unpack_from
         room = self.allowance if self.allowance is not None else 1 << 62
+        units = MESSAGE_UNITS
         self.holding = False
         try:
             while pos < n:
@@ -395,11 +396,11 @@ class ChunkDecoder:
                     need = end - start
                     pos = start
                     break
-                if room < MESSAGE_UNITS:
+                if room < units:
                     self.holding = True
                     pos = start
                     break
-                room -= MESSAGE_UNITS
+                room -= units
                 if st is None:
                     if len(streams) >= self.max_chunk_streams:
                         raise ChunkError(

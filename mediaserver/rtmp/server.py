@@ -230,12 +230,16 @@ class RtmpConnection(asyncio.Protocol):
         self._expiry: asyncio.TimerHandle | None = None
         self.tls = False
         """Accepted on the RTMPS port."""
+        self._decoder = self.session.decoder
         self._units_per_s = self.cfg.max_messages_per_s * MESSAGE_UNITS
         self._refilled_at = self.loop.time()
+        self._refill_below = int(self._units_per_s * _BURST_S / 2)
+        """The bucket is refilled (for all the time since the last refill) only once it is half spent: no work
+        per read for a stream, which spends a few hundredths of it a second."""
         self._throttle_timer: asyncio.TimerHandle | None = None
         self._throttled = False
         if self._units_per_s:
-            self.session.allowance = int(self._units_per_s * _BURST_S)
+            self._decoder.allowance = int(self._units_per_s * _BURST_S)
 
     # ----- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -258,12 +262,13 @@ class RtmpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
-        if self._units_per_s:
+        decoder = self._decoder
+        if self._units_per_s and decoder.allowance < self._refill_below:
             self._refill(now)
         try:
             self.session.receive_data(data)
-            if self.session.messages_received != self._messages_seen:
-                self._messages_seen = self.session.messages_received
+            if decoder.completed != self._messages_seen:
+                self._messages_seen = decoder.completed
                 self._last_rx = now
             for event_ in self.session.events():
                 self._on_event(event_)
@@ -277,7 +282,7 @@ class RtmpConnection(asyncio.Protocol):
             self._abort("protocol_error")
             return
         self._flush()
-        if self.session.holding:  # over rtmp.max_messages_per_s: read the rest once it is allowed
+        if decoder.holding:  # over rtmp.max_messages_per_s: read the rest once it is allowed
             self._throttle()
             return
         stream = self.stream
@@ -295,7 +300,8 @@ class RtmpConnection(asyncio.Protocol):
                 due_s = (stream.output_due_ms() - stream.gop.newest_dts) / 1000 if patient else math.inf
                 offset, grid = policy.read_pause(subscribers + stream.waiting_sinks, patient, due_s, GAUGE.busy())
             if grid:
-                self._hold(_MERGE)
+                self._holds = _MERGE  # nothing else held it (per read: inline, not _hold)
+                self.transport.pause_reading()
                 self._resume_tick = self.server.resume_at_tick(self, offset, grid)
                 stream.on_audience = self._resume_reading
 
@@ -306,7 +312,11 @@ class RtmpConnection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._resume_tick = None
-        self._release(_MERGE)
+        holds = self._holds
+        if holds & _MERGE:  # _release(_MERGE), inline: once per merged read
+            self._holds = holds = holds & ~_MERGE
+            if not holds and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def _hold(self, why: int) -> None:
         if not self._holds and self.transport is not None and not self.transport.is_closing():
@@ -325,11 +335,11 @@ class RtmpConnection(asyncio.Protocol):
         rate = self._units_per_s
         cap = int(rate * _BURST_S)
         gained = int((now - self._refilled_at) * rate)
-        left = self.session.allowance or 0
+        left = self._decoder.allowance or 0
         if left + gained >= cap:
-            self.session.allowance, self._refilled_at = cap, now
+            self._decoder.allowance, self._refilled_at = cap, now
         elif gained > 0:
-            self.session.allowance = left + gained
+            self._decoder.allowance = left + gained
             self._refilled_at += gained / rate
 
     def _throttle(self) -> None:
@@ -347,7 +357,7 @@ class RtmpConnection(asyncio.Protocol):
         if self._closing or self.transport is None or self.transport.is_closing():
             return
         self.data_received(b"")  # the held bytes, as far as the allowance now goes
-        if not self.session.holding:
+        if not self._decoder.holding:
             self._release(_THROTTLE)
 
     def eof_received(self) -> bool:

@@ -202,23 +202,9 @@ class SessionCore:
             self._send_control(MessageType.ACKNOWLEDGEMENT, encode_u32(self.bytes_received & MASK32))
 
     @property
-    def allowance(self) -> int | None:
-        """What the peer may still send before its input is held (ChunkDecoder.allowance; None: no bound)."""
-        return self._decoder.allowance
-
-    @allowance.setter
-    def allowance(self, units: int | None) -> None:
-        self._decoder.allowance = units
-
-    @property
-    def messages_received(self) -> int:
-        """Messages the peer completed so far (a chunk of an unfinished one is none)."""
-        return self._decoder.completed
-
-    @property
-    def holding(self) -> bool:
-        """Received bytes wait for more allowance: call receive_data(b"") once it is raised."""
-        return self._decoder.holding
+    def decoder(self) -> ChunkDecoder:
+        """The peer's chunk stream (its allowance, what it holds, the messages it completed)."""
+        return self._decoder
 
     def events(self) -> list[Event]:
         """Drain the events produced so far."""
