@@ -36,13 +36,21 @@ async def wait_for(predicate, timeout_s: float) -> bool:
     return predicate()
 
 
+async def publishing(server: RtmpServer, writer: asyncio.StreamWriter, name: str):
+    """Publish live/NAME on `writer`'s connection; the client session, once the hub has the stream."""
+    client, setup = publishing_client("live", name)
+    for data in setup:
+        writer.write(data)
+    await writer.drain()
+    assert await wait_for(lambda: server.registry.get(StreamKey("live", name)) is not None, 5.0)
+    return client
+
+
 async def test_a_peer_that_reads_none_of_the_answers_is_read_no_further_and_times_out():
     cfg = RtmpConfig(bind="127.0.0.1", port=free_port(), connect_timeout=2.0, idle_timeout=1.0)
     server, _reader, writer = await serving(cfg)
     try:
-        client, setup = publishing_client("live", "cam")
-        for data in setup:
-            writer.write(data)
+        client = await publishing(server, writer, "cam")
         loop = asyncio.get_running_loop()
         end = loop.time() + 10
         stalled = False
@@ -68,12 +76,8 @@ async def test_a_flood_of_tiny_messages_is_read_at_the_allowed_rate_and_none_is_
     cfg = RtmpConfig(bind="127.0.0.1", port=free_port(), max_messages_per_s=2_000)  # bursts of 10,000 pass
     server, _reader, writer = await serving(cfg)
     try:
-        client, setup = publishing_client("live", "tiny")
-        for data in setup:
-            writer.write(data)
-        await writer.drain()
+        client = await publishing(server, writer, "tiny")
         key = StreamKey("live", "tiny")
-        assert await wait_for(lambda: server.registry.get(key) is not None, 5.0)
         client.send_audio(0, b"\xaf\x00\x12\x10")
         for i in range(14_000):
             client.send_audio(1 + i // 1000, b"\xaf\x01\x00")  # 3-byte frames, as a flood sends them
@@ -97,11 +101,7 @@ async def test_a_message_trickled_a_byte_at_a_time_is_idle():
     cfg = RtmpConfig(bind="127.0.0.1", port=free_port(), connect_timeout=2.0, idle_timeout=1.0)
     server, _reader, writer = await serving(cfg)
     try:
-        client, setup = publishing_client("live", "trickle")
-        for data in setup:
-            writer.write(data)
-        await writer.drain()
-        assert await wait_for(lambda: server.registry.get(StreamKey("live", "trickle")) is not None, 5.0)
+        client = await publishing(server, writer, "trickle")
         client.send_video(0, b"\x17\x01\x00\x00\x00" + b"\x00" * 1_000_000)
         pending = client.data_to_send()
         writer.write(pending[:200_000])
