@@ -27,6 +27,8 @@ from .subscriber import SlowPolicy, Subscriber
 
 HOLDER_WAIT_S = 0.05
 """How long a publish request for a name held by a paused publisher waits for that publisher to end."""
+HOLDER_SETTLE_TURNS = 5
+"""Loop turns (2 ms apart) a holder whose reads are not paused gets to end before a newcomer claims its name."""
 HOLDER_WAIT_TURNS = 10
 """...and the loop turns it gives that publisher at least, whatever the clock says: a process the machine
 left unscheduled for longer than HOLDER_WAIT_S would otherwise give up before the holder's socket is read."""
@@ -94,7 +96,15 @@ class StreamRegistry:
         stream = self._streams.get(key)
         holder = stream.publisher if stream is not None else None
         hear_out = getattr(holder, "hear_out", None)
-        if holder is asker or hear_out is None or not hear_out():
+        if holder is asker or hear_out is None:
+            return
+        if not hear_out():
+            # Reading, but its unpublish may be in its socket already, read in this loop iteration's turn or the
+            # next (the encoder stopped and started again at once): a few turns, then the claim decides.
+            for _ in range(HOLDER_SETTLE_TURNS):
+                if stream.publisher is not holder:  # type: ignore[union-attr]
+                    return
+                await asyncio.sleep(0.002)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s

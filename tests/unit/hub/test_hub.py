@@ -374,6 +374,21 @@ async def test_a_holder_that_is_not_paused_or_is_the_asker_is_not_waited_for():
     assert loop.time() - started < 0.5 and holder.heard == 1
 
 
+async def test_a_reading_holder_whose_unpublish_is_read_a_turn_later_frees_its_name():
+    """The encoder stopped and started again at once: its unpublish, already in the socket of a holder that is
+    not paused, is read in a later turn of the loop than the newcomer's publish."""
+    clock = FakeClock()
+    reg = make_registry(clock, stale_publisher_timeout=5)
+    holder = PausedPublisher(reg, KEY, leaves=False, paused=False)
+    stream = reg.claim_publisher(KEY, holder)
+    stream.publish_video(0, video_body(True), clock())
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.003, lambda: reg.release_publisher(stream, holder))
+    await reg.hear_out_publisher(KEY, None)
+    assert stream.publisher is None
+    reg.claim_publisher(KEY, FakePublisher("new"))
+
+
 class StalledHolder(PausedPublisher):
     """Heard out while the process is descheduled (a loaded machine): the first loop turn after the request
     takes longer than the whole wait, and the holder's unpublish is read a few turns later."""
