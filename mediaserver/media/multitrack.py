@@ -42,9 +42,7 @@ def is_audio_multitrack(body: bytes | memoryview) -> bool:
 def split_video(body: bytes | memoryview) -> list[tuple[int, bytes]]:
     """A video body -> [(track id, single-track body)]. A ModEx-prefixed single-track body comes back as
     track 0 without its prefix. Raises MediaError for a malformed message."""
-    if not body:
-        raise MediaError("video message is empty")
-    frame_type = (body[0] >> 4) & 0x07
+    frame_type = (body[0] >> 4) & 0x07 if body else 0  # an empty body: _split says so
     return _split(body, "video", lambda packet_type: bytes((0x80 | frame_type << 4 | packet_type,)),
                   VIDEO_MULTITRACK, VIDEO_MODEX)
 

@@ -49,14 +49,14 @@ PlayBatch = SharedBatch[tuple[bytes, list[tuple[int, int, int, int]]]]
 """A batch of frames as chunks, and the last header sent on each chunk stream (for the session's encoder)."""
 
 _FULL_READ = 200_000
+"""A read this large (uvloop reads up to 256,000 bytes, asyncio 256 KiB) may have left more in the socket:
+read on at once rather than cap a publisher's rate at one buffer per window."""
 _MERGE, _BACKLOG, _THROTTLE = 1, 2, 4
 """Why a connection's reading is paused (RtmpConnection._holds): merged reads; answers the peer has not read
 (it reads none of them: read none of its bytes, or its commands would grow our send buffer without bound);
 messages past rtmp.max_messages_per_s."""
 _BURST_S = 5.0
 """rtmp.max_messages_per_s lets this many seconds of it pass at once (an encoder's backlog after a stall)."""
-"""A read this large (uvloop reads up to 256,000 bytes, asyncio 256 KiB) may have left more in the socket:
-read on at once rather than cap a publisher's rate at one buffer per window."""
 _PUBLISH_CODES = {  # a refusal's kind -> the onStatus code publishers (OBS, ffmpeg) show
     CREDENTIAL: "NetStream.Publish.Unauthorized", HOOK: "NetStream.Publish.Unauthorized",
     LIMIT: "NetStream.Publish.Rejected",
