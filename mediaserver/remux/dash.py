@@ -15,7 +15,9 @@ Live (type="dynamic", profiles isoff-live and CMAF, DASH-IF IOP 4.3):
   Period with the new init.
 - publishTime is `now`; minimumUpdatePeriod and minBufferTime are the target duration;
   timeShiftBufferDepth covers the listed segments; suggestedPresentationDelay defaults to three
-  target durations; maxSegmentDuration is the longest segment seen.
+  target durations and at least 4 s (DASH-IF IOP 4.3.3.2.2: with a SegmentTimeline a player learns of a
+  segment only at its next MPD refresh, so three 1 s segments leave it under a second of buffer at
+  times); maxSegmentDuration is the longest segment seen.
 - A UTCTiming element (urn:mpeg:dash:utc:http-iso:2014) points at `utc_timing_url`, by default
   "/time": the edge must answer GET there with the current UTC time as ISO 8601 text
   ("2024-05-01T12:00:00.250Z", what hls.format_program_date_time writes), so players (dash.js)
@@ -66,6 +68,10 @@ class _TrackPeriod:
     segments: list[CmafSegment]
 
 
+# DASH-IF IOP 4.3.3.2.2: the presentation delay is two to four segment durations, and not under 4 s.
+MIN_PRESENTATION_DELAY_S = 4.0
+
+
 def render_mpd(
     window: CmafWindow,
     *,
@@ -109,7 +115,9 @@ def render_mpd(
         for timeline, _ in periods:
             previous = starts[timeline.index] = max(previous, timeline.anchor_wall - anchor)
         depth = max((sum(s.duration_s for s in tw.listed) for tw in window.tracks.values()), default=0.0)
-        delay = 3 * target if suggested_presentation_delay_s is None else suggested_presentation_delay_s
+        delay = suggested_presentation_delay_s
+        if delay is None:
+            delay = max(3 * target, MIN_PRESENTATION_DELAY_S)
         update = target if minimum_update_period_s is None else minimum_update_period_s
         mpd += [
             f'availabilityStartTime="{format_program_date_time(ast)}"',

@@ -148,6 +148,18 @@ def test_live_mpd_lists_what_exists_at_every_step(video: str, audio: str) -> Non
             check_mpd(render_mpd(window, now=feeder.now), window, feeder.now, feeder.produced)
 
 
+@pytest.mark.parametrize(("target", "delay"), [(0.5, 4.0), (1.0, 4.0), (2.0, 6.0), (4.0, 12.0)])
+def test_the_suggested_presentation_delay_is_three_segments_and_never_under_four_seconds(target: float, delay: float) -> None:
+    # With a SegmentTimeline a player learns of a segment at its next MPD refresh: three 1 s segments left
+    # dash.js under half a second of buffer at times, and a stall on any slow fetch (DASH-IF IOP 4.3.3.2.2).
+    window = CmafWindow(target_duration_s=target)
+    Feeder(window).feed(codec_clip("h264", "aac", seconds=3.0), NOW)
+    mpd = MPEGDASHParser.parse(render_mpd(window, now=NOW + 3))
+    assert seconds(mpd.suggested_presentation_delay) == pytest.approx(delay)
+    chosen = MPEGDASHParser.parse(render_mpd(window, now=NOW + 3, suggested_presentation_delay_s=1.5))
+    assert seconds(chosen.suggested_presentation_delay) == pytest.approx(1.5)
+
+
 def test_mpd_and_hls_playlists_name_the_same_segment_files() -> None:
     window = CmafWindow()
     feeder = Feeder(window)
