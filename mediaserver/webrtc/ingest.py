@@ -37,7 +37,7 @@ from .ingest_clock import SessionClock
 from .ingest_rtp import request_keyframe, tap_receiver
 from .ingest_video import AvcFromAnnexB
 from .opus_source import OpusSource
-from .peer import ice_lost
+from .peer import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,10 @@ class WhipPublisher:
         state = self.pc.connectionState
         if state == "connected" and self.session is not None:
             self.session.connected = True  # no longer one of its address's sessions still connecting
-        if state == "failed" or (state == "closed" and ice_lost(self.pc)):
-            self.end("ice_failed")  # consent expiry shows as "closed" too: aiortc closes DTLS over the dead transport
-        elif state == "closed":
-            self.end("closed")
+        if state in ("failed", "closed"):
+            # consent expiry shows as "closed" too: aiortc closes DTLS over the dead transport
+            failed = failure_reason(self.pc)
+            self.end(failed or ("ice_failed" if state == "failed" else "closed"))
 
     # ----- the end ---------------------------------------------------------------------------------
 

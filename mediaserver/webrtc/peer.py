@@ -248,6 +248,20 @@ def ice_lost(pc: RTCPeerConnection) -> bool:
     return pc.iceConnectionState == "failed" or any(getattr(c, "consent_lost", False) for c in _ice_connections(pc))
 
 
+def failure_reason(pc: RTCPeerConnection) -> str | None:
+    """Why `pc` failed or closed, when it was not a close by the peer: "ice_failed" (no path, or consent
+    expired) or "dtls_failed" (ICE connected but the handshake failed: a certificate that does not match the
+    SDP's fingerprint, or a peer that never completed it); None for a peer's own close."""
+    if ice_lost(pc):
+        return "ice_failed"
+    transports = [t for tr in pc.getTransceivers() for t in (tr.sender.transport, tr.receiver.transport)]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    if any(t is not None and t.state == "failed" for t in transports):
+        return "dtls_failed"
+    return None
+
+
 def bind_candidates(pc: RTCPeerConnection, config: WebrtcConfig) -> None:
     """Make `pc`'s ICE gatherers bind in udp_port_range and advertise public_ip (aioice's own gathering when
     neither is set), and their consent expire after consent_timeout_s. Call after setRemoteDescription (which

@@ -43,7 +43,7 @@ from ..media.frames import Frame, FrameKind
 from ..transcode.service import AbrRefusal, AbrService
 from . import signaling
 from .feeds import StreamFeed
-from .peer import NoFreePort, bind_candidates, ice_lost, new_peer_connection
+from .peer import NoFreePort, bind_candidates, failure_reason, new_peer_connection
 from .rtp_packets import RtpFrame
 from .rtp_send import LeanRtpSender, answer_with_offered_codec, lean_sender
 from .sdp import Offer, h265_receivable, playback_problem, receivable_video
@@ -306,8 +306,8 @@ class WhepSession:
             self._tasks.append(asyncio.create_task(self._begin()))
         elif state in ("failed", "closed"):
             # ICE failing or consent expiring may show as "closed" (aiortc closes DTLS over the dead transport)
-            failed = state == "failed" or ice_lost(self.pc)
-            await self.close("ice_failed" if failed else "peer_closed")
+            failed = failure_reason(self.pc)
+            await self.close(failed or ("ice_failed" if state == "failed" else "peer_closed"))
 
     def _close_soon(self, reason: str) -> None:
         """Close from a callback that cannot await; the task is held until it is done."""

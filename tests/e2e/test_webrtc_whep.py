@@ -8,6 +8,7 @@ import asyncio
 
 import aiohttp
 import pytest
+from aiortc import RTCSessionDescription
 
 from e2e.test_auth_publish import SECRET, token
 from mediaserver.auth.tokens import Action
@@ -142,3 +143,28 @@ async def test_whep_requests_the_server_cannot_serve_get_a_4xx_with_a_reason(ser
             assert answer.status == 201, answer.body
         finally:
             await first.close()
+
+
+async def test_a_viewer_whose_certificate_does_not_match_its_fingerprint_leaves_as_dtls_failed(
+        server_factory, publish, baseline_clip, stream_name):
+    server = server_factory(**WEBRTC)
+    publish(server, stream_name, baseline_clip, loop=True)
+    async with aiohttp.ClientSession() as http:
+        await _wait_published(server, stream_name)
+        viewer = WhepViewer(f"{server.http_base}/live/{stream_name}/whep")
+        try:
+            offer = await viewer.offer()
+            digest = next(x for x in offer.splitlines() if x.startswith("a=fingerprint:sha-256 ")).split()[1]
+            wrong = ":".join("00" if part != "00" else "11" for part in digest.split(":"))
+            answer = await viewer.post(http, offer.replace(digest, wrong))
+            assert answer.status == 201, answer.body
+            await viewer.pc.setRemoteDescription(RTCSessionDescription(answer.body, "answer"))
+            for _ in range(100):
+                log = server.log_text()
+                if "event=viewer_leave" in log and "format=webrtc" in log:
+                    break
+                await asyncio.sleep(0.1)
+            assert "reason=dtls_failed" in log and "reason=ice_failed" not in log, log[-3000:]
+            assert viewer.frames == {"video": 0, "audio": 0}
+        finally:
+            await viewer.close()

@@ -119,3 +119,23 @@ async def test_offers_from_one_address_that_never_connect_are_capped_with_429():
             await until(lambda: len(sessions) == 0, 5)
     finally:
         await client.close()
+
+
+async def test_a_certificate_that_does_not_match_the_offers_fingerprint_ends_as_dtls_failed(node, caplog):
+    # ICE connects, the DTLS handshake fails its fingerprint check: an operator is told which (a client bug
+    # or a man in the middle), not "ice_failed", which would send them after firewalls.
+    http, registry, sessions = node
+    caplog.set_level(logging.INFO, "mediaserver.webrtc")
+    client = WhipClient(str(http.make_url("/live/cam/whip")), audio=False)
+    try:
+        offer = await client.offer()
+        line = next(x for x in offer.splitlines() if x.startswith("a=fingerprint:sha-256 "))
+        digest = line.split()[1]
+        wrong = ":".join("00" if part != "00" else "11" for part in digest.split(":"))
+        status, body = await client.publish(http.session, offer.replace(digest, wrong))
+        assert status == 201, body
+        await until(lambda: len(sessions) == 0, 10)
+        assert stop_reasons(caplog) == ["dtls_failed"]
+        assert registry.get(StreamKey("live", "cam")) is None
+    finally:
+        await client.close()
