@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from aioice import Candidate, stun
 from aioice import ice as aioice_ice
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCDtlsTransport, RTCIceServer, RTCPeerConnection
 
 from ..config import WebrtcConfig
 from ..log import event
@@ -235,12 +235,16 @@ def new_peer_connection(config: WebrtcConfig) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(config)))
 
 
-def _ice_connections(pc: RTCPeerConnection) -> list[aioice_ice.Connection]:
-    connections = [t.transport.iceGatherer._connection for tr in pc.getTransceivers()
-                   for t in (tr.sender.transport, tr.receiver.transport) if t is not None]
+def _dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
+    transports = [t for tr in pc.getTransceivers() for t in (tr.sender.transport, tr.receiver.transport)
+                  if t is not None]
     if pc.sctp is not None:
-        connections.append(pc.sctp.transport.transport.iceGatherer._connection)
-    return connections
+        transports.append(pc.sctp.transport)
+    return transports
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice_ice.Connection]:
+    return [t.transport.iceGatherer._connection for t in _dtls_transports(pc)]
 
 
 def ice_lost(pc: RTCPeerConnection) -> bool:
@@ -251,15 +255,10 @@ def ice_lost(pc: RTCPeerConnection) -> bool:
 def failure_reason(pc: RTCPeerConnection) -> str | None:
     """Why `pc` failed or closed, when it was not a close by the peer: "ice_failed" (no path, or consent
     expired) or "dtls_failed" (ICE connected but the handshake failed: a certificate that does not match the
-    SDP's fingerprint, or a peer that never completed it); None for a peer's own close."""
+    SDP's fingerprint); None for a peer's own close."""
     if ice_lost(pc):
         return "ice_failed"
-    transports = [t for tr in pc.getTransceivers() for t in (tr.sender.transport, tr.receiver.transport)]
-    if pc.sctp is not None:
-        transports.append(pc.sctp.transport)
-    if any(t is not None and t.state == "failed" for t in transports):
-        return "dtls_failed"
-    return None
+    return "dtls_failed" if any(t.state == "failed" for t in _dtls_transports(pc)) else None
 
 
 def bind_candidates(pc: RTCPeerConnection, config: WebrtcConfig) -> None:
