@@ -109,6 +109,9 @@ class ClusterAbr:
             return local
         if await self.locator.lookup(str(key)) is not None:
             return None  # published on another node: pulled like any stream
+        unknown = self.pool.unknown_rendition(key)
+        if unknown is not None:
+            return unknown  # before any claim: a made-up label must not start a transcode on any node
         source = StreamKey(key.app, split_rendition(key.name)[0])
         holder = await self._holder(source, True)
         if isinstance(holder, AbrRefusal):

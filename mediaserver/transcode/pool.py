@@ -139,6 +139,9 @@ class TranscodePool:
         if label is None:
             raise ValueError(f"{key} is not a rendition name")
         source = StreamKey(key.app, base)
+        unknown = self.unknown_rendition(key)
+        if unknown is not None:
+            return unknown
         job = await self._job(source, True)
         if isinstance(job, AbrRefusal):
             return job
@@ -161,6 +164,29 @@ class TranscodePool:
             return AbrRefusal(503, "starting", f"rendition {key} is still starting",
                               f"try again in a few seconds; it waited {self.abr.wait:g} s (abr.wait)")
         return out.stream
+
+    def unknown_rendition(self, key: StreamKey) -> AbrRefusal | None:
+        """A 404 for rendition `key` when no job could make it (its label is on no rung of the ladder, or on
+        none below the source's size), so a mistyped or made-up name never starts a transcode nor holds a
+        place of abr.max_jobs."""
+        base, label = split_rendition(key.name)
+        source = StreamKey(key.app, base)
+        if label is None or not self.enabled_for(source):
+            return None  # not a rendition, or ABR is off here: the caller's refusal says why
+        encoded = self._encoder_ladder(source)
+        if encoded:
+            labels = [view.label for view in encoded]
+        else:  # the rungs below the source's size once it is known
+            stream = self.registry.get(source)
+            size = _size(stream) if stream is not None else None
+            labels = [rung.label for rung in (plan_ladder(self.abr.ladder, *size) if size else self.abr.ladder)]
+            if self._marks_source(source):
+                labels.insert(0, SOURCE_LABEL)
+        if label in labels:
+            return None
+        names = ", ".join(f"{base}@{known}" for known in labels) or "none"
+        return self._refuse(source, AbrRefusal(404, "no_rung", f"stream {source} has no rendition {label!r}",
+                                               f"its renditions can be: {names}"), log_it=False)
 
     # ----- for the admin API -------------------------------------------------------------------------------
 

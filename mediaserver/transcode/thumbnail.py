@@ -164,9 +164,14 @@ def encode_jpeg(picture: av.VideoFrame, width: int, height: int, quality: int) -
     return b"".join(bytes(p) for p in packets)
 
 
+def thumbnail_size(picture: av.VideoFrame, width: int | None, max_width: int) -> tuple[int, int]:
+    """The size of the JPEG served for a request asking `width` (see thumbnail_width), aspect ratio kept."""
+    return even_size(picture.width, picture.height, thumbnail_width(picture.width, width, max_width))
+
+
 def render_thumbnail(picture: av.VideoFrame, width: int | None, max_width: int, quality: int) -> Thumbnail:
     """A JPEG of `picture`, `width` wide (see thumbnail_width), its aspect ratio kept."""
-    w, h = even_size(picture.width, picture.height, thumbnail_width(picture.width, width, max_width))
+    w, h = thumbnail_size(picture, width, max_width)
     return Thumbnail(encode_jpeg(picture, w, h, quality), w, h)
 
 

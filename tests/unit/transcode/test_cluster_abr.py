@@ -128,3 +128,11 @@ async def test_abr_off_for_the_app_is_refused_without_a_claim():
         assert isinstance(found, AbrRefusal) and found.status == 404
         assert job_claim(other) not in locator.claims
         await asyncio.sleep(0)
+
+
+async def test_a_made_up_label_is_refused_before_any_node_claims_the_job():
+    async with cluster("trans-1", edges=1) as (locator, (transcoder, edge)):
+        found = await edge.abr.locate(StreamKey("live", "demo@nope"))
+        assert isinstance(found, AbrRefusal) and found.status == 404 and found.reason == "no_rung"
+        assert job_claim(SOURCE) not in locator.claims
+        assert transcoder.pool.job(SOURCE) is None and edge.pool.job(SOURCE) is None

@@ -276,6 +276,27 @@ async def test_the_budget_refuses_with_503_and_counts(registry):
         await pool.close()
 
 
+async def test_a_made_up_label_starts_no_job_and_holds_no_place_of_the_budget(registry):
+    first = Source(registry)
+    second = Source(registry, StreamKey("live", "other"))
+    first.publish_some(30)
+    second.publish_some(30)
+    pool = make_pool(registry, max_jobs=1)
+    try:
+        for label in ("nope", "1080p", "source"):
+            refused = await pool.locate(StreamKey("live", f"demo@{label}"))
+            assert isinstance(refused, AbrRefusal) and refused.status == 404 and refused.reason == "no_rung"
+            assert "demo@360p" in refused.hint
+        assert pool.jobs == {}
+        found = await pool.locate(StreamKey("live", "other@240p"))
+        assert not isinstance(found, AbrRefusal) and found.key == StreamKey("live", "other@240p")
+        refused = await pool.locate(StreamKey("live", "other@nope"))
+        assert isinstance(refused, AbrRefusal) and refused.status == 404
+        assert list(pool.jobs) == [StreamKey("live", "other")]
+    finally:
+        await pool.close()
+
+
 async def test_refusals_name_why(registry):
     small = Source(registry, StreamKey("live", "small"), height=240)
     small.publish_some(20)
