@@ -30,12 +30,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 
 from ..log import event
 from .locator import ClusterEvent, EventCallback, LocatorError, NodeInfo, Owner
@@ -77,6 +78,12 @@ _BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 _ABANDON_RECHECK_S = 1.0
 """A cancelled claim is withdrawn at once and again after this long: the cancelled SET may reach Redis
 (on its own, now closed, connection) after the first withdrawal."""
+_IN_FLIGHT = 64
+"""Redis commands a node has in flight at once; more wait their turn. Past its max_connections redis-py's
+pool refuses a command with a ConnectionError, which would read as Redis being away: a burst of lookups
+(hundreds of viewers asking for names at once) must queue, never cut the node off the cluster."""
+_POOL_SPARE = 4
+"""Connections beyond _IN_FLIGHT: the news subscription holds one for good."""
 _AWAY = object()
 """What a command answers when Redis could not be reached (None is a nil reply)."""
 
@@ -106,8 +113,9 @@ class RedisLocator:
         self._wall = wall_clock
         self._client = aioredis.from_url(
             url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout, retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            decode_responses=True, max_connections=_IN_FLIGHT + _POOL_SPARE,
         )
+        self._slots = asyncio.Semaphore(_IN_FLIGHT)
         self._refresh_script = self._client.register_script(_REFRESH)
         self._withdraw_script = self._client.register_script(_WITHDRAW)
         self._take_over_script = self._client.register_script(_TAKE_OVER)
@@ -265,10 +273,13 @@ class RedisLocator:
         if not self.up:
             return [self._node()]
         try:
-            keys = [k async for k in self._client.scan_iter(match=NODE_PREFIX + "*", count=500)]
-            self.ops += 1 + len(keys) // 500
-            values = await self._client.mget(keys) if keys else []
-            self.ops += 1
+            async with self._slots:
+                keys = [k async for k in self._client.scan_iter(match=NODE_PREFIX + "*", count=500)]
+                self.ops += 1 + len(keys) // 500
+                values = await self._client.mget(keys) if keys else []
+                self.ops += 1
+        except MaxConnectionsError:
+            return [self._node()]
         except (RedisError, OSError) as err:
             self._lost(err)
             return [self._node()]
@@ -302,9 +313,12 @@ class RedisLocator:
         if not self.up:
             return dict(self._held)
         try:
-            keys = [k async for k in self._client.scan_iter(match=STREAM_PREFIX + "*", count=500)]
-            values = await self._client.mget(keys) if keys else []
-            self.ops += 2 + len(keys) // 500
+            async with self._slots:
+                keys = [k async for k in self._client.scan_iter(match=STREAM_PREFIX + "*", count=500)]
+                values = await self._client.mget(keys) if keys else []
+                self.ops += 2 + len(keys) // 500
+        except MaxConnectionsError:
+            return dict(self._held)
         except (RedisError, OSError) as err:
             self._lost(err)
             return dict(self._held)
@@ -413,14 +427,22 @@ class RedisLocator:
 
     # ----- errors --------------------------------------------------------------------------------
 
-    async def _call(self, awaitable):
-        """Await one Redis command; _AWAY (and the node marked as cut off) when Redis is away."""
+    async def _call(self, awaitable: Coroutine[Any, Any, Any]):
+        """Await one Redis command, in turn (_IN_FLIGHT at once); _AWAY (and the node marked as cut off)
+        when Redis is away. A command that waited while Redis went away is not sent."""
         self.ops += 1
         try:
-            return await awaitable
+            async with self._slots:
+                if not self.up:
+                    return _AWAY
+                return await awaitable
+        except MaxConnectionsError:
+            return _AWAY  # the pool, not Redis: this command fails alone (only past _IN_FLIGHT + _POOL_SPARE)
         except (RedisError, OSError) as err:
             self._lost(err)
             return _AWAY
+        finally:
+            awaitable.close()  # not sent (cancelled while waiting, or Redis away): no "never awaited" warning
 
     def _lost(self, err: BaseException) -> None:
         if self.up and not self._closed:

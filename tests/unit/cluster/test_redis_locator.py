@@ -225,3 +225,29 @@ async def test_a_node_starts_while_redis_is_away_and_joins_when_it_comes(redis, 
         assert [n.id for n in await locator.nodes()] == ["late"]
     finally:
         await locator.close()
+
+
+async def test_a_burst_of_lookups_queues_and_never_marks_redis_away(redis, locators):
+    # More lookups at once than the connection pool holds (a crowd of viewers asking for names): each waits
+    # its turn; none may read as Redis being away, which would make the node's live streams unknown.
+    edge, origin = await locators("edge-1"), await locators("origin-1")
+    mine = _owner("origin-1")
+    await origin.announce("live/x", mine)
+    names = [f"live/unknown-{i}" for i in range(300)] + ["live/x"] * 50
+    found = await asyncio.gather(*(edge.lookup(name) for name in names))
+    assert edge.up
+    assert found[:300] == [None] * 300 and found[300:] == [mine] * 50
+    claims = await asyncio.gather(*(origin.announce(f"live/s{i}", _owner("origin-1", f"s{i}")) for i in range(300)))
+    assert origin.up and all(owner.node == "origin-1" for owner in claims)
+    assert (await edge.lookup("live/s299")).node == "origin-1"
+
+
+async def test_a_lookup_cancelled_while_waiting_its_turn_leaves_nothing_behind(redis, locators):
+    edge = await locators("edge-1")
+    tasks = [asyncio.ensure_future(edge.lookup(f"live/n{i}")) for i in range(200)]
+    await asyncio.sleep(0)
+    for task in tasks[100:]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(r is None for r in results[:100])
+    assert edge.up and await edge.lookup("live/n0") is None
