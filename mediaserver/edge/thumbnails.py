@@ -28,7 +28,8 @@ from aiohttp import web
 from ..hub.registry import StreamRegistry
 from ..hub.stream import Stream, StreamKey
 from ..log import LogGate, event
-from ..transcode.thumbnail import MIN_WIDTH, Keyframe, Thumbnail, ThumbnailError, decode_keyframe, render_thumbnail
+from ..transcode.thumbnail import (MIN_WIDTH, Keyframe, Thumbnail, ThumbnailError, decode_keyframe, render_thumbnail,
+                                   thumbnail_size)
 from .common import cors_headers, find_stream, json_error
 from .keys import CONFIG, THUMBNAILS
 
@@ -50,8 +51,9 @@ class _StreamThumbs:
     """The keyframe the picture was decoded from."""
     picture: object | None = None
     """The decoded picture (av.VideoFrame)."""
-    jpegs: OrderedDict[int | None, Thumbnail] = field(default_factory=OrderedDict)
-    """Asked width (None: the default) -> JPEG of `picture`, least recently used first."""
+    jpegs: OrderedDict[tuple[int, int], Thumbnail] = field(default_factory=OrderedDict)
+    """Served size -> JPEG of `picture`, least recently used first. Keyed by what is served, not by what
+    was asked: every width above the source's (or max_width) is one JPEG, not one encode each."""
     failure: ThumbnailError | None = None
     """Why `keyframe` could not be decoded: answered again without decoding it again."""
 
@@ -107,8 +109,7 @@ class ThumbnailService:
         if state.keyframe is keyframe:
             if state.failure is not None:
                 raise state.failure
-            if (hit := state.jpegs.get(width)) is not None:
-                state.jpegs.move_to_end(width)
+            if (hit := self._cached(state, width)) is not None:
                 return keyframe, hit
         task = asyncio.get_running_loop().create_task(self._render(stream, state, width))
         task.add_done_callback(_retrieve)  # the requester may have left; its error is answered to the others
@@ -122,7 +123,7 @@ class ThumbnailService:
             if state.keyframe is keyframe:
                 if state.failure is not None:
                     raise state.failure
-                if (hit := state.jpegs.get(width)) is not None:
+                if (hit := self._cached(state, width)) is not None:
                     return keyframe, hit
             picture = state.picture if state.keyframe is keyframe else None
             async with self._slots:
@@ -138,10 +139,19 @@ class ThumbnailService:
                     state.picture = picture
                 self.renders += 1
                 thumb = await asyncio.to_thread(render_thumbnail, picture, width, self.max_width, self.quality)
-            state.jpegs[width] = thumb
+            state.jpegs[(thumb.width, thumb.height)] = thumb
             while len(state.jpegs) > JPEGS_PER_STREAM:
                 state.jpegs.popitem(last=False)
             return keyframe, thumb
+
+    def _cached(self, state: _StreamThumbs, width: int | None) -> Thumbnail | None:
+        if state.picture is None:
+            return None
+        size = thumbnail_size(state.picture, width, self.max_width)
+        hit = state.jpegs.get(size)
+        if hit is not None:
+            state.jpegs.move_to_end(size)
+        return hit
 
     def log_failure(self, key: StreamKey, err: ThumbnailError) -> None:
         count = self._errors.should_log(str(key), asyncio.get_running_loop().time())

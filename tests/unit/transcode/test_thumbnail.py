@@ -223,6 +223,15 @@ async def test_a_huge_width_is_served_at_the_source_width_at_most(node):
     assert resp.status == 200 and jpeg_size(await resp.read()) == (320, 240)
 
 
+async def test_widths_beyond_the_source_share_one_jpeg_not_one_encode_each(node):
+    n, client = node
+    feed(n.publish(), codec_clip("h264", None, width=320, height=240, seconds=2))
+    queries = ["", "?width=320", *(f"?width={w}" for w in range(321, 521))]
+    answers = [await client.get(f"/live/cam/thumbnail.jpg{q}") for q in queries]
+    assert {r.status for r in answers} == {200} and len({r.headers["ETag"] for r in answers}) == 1
+    assert n.service.decodes == 1 and n.service.renders == 1
+
+
 async def test_no_stream_no_keyframe_and_audio_only_are_404s_with_a_hint(node):
     n, client = node
     missing = await client.get("/live/nobody/thumbnail.jpg")
