@@ -259,12 +259,15 @@ async def test_always_mode_starts_a_stream_refused_for_the_budget_once_a_place_f
         await pool.close()
 
 
+def two_sources_one_job(registry: StreamRegistry) -> TranscodePool:
+    """live/demo and live/other published, and a pool with room for one job."""
+    for key in (SOURCE, StreamKey("live", "other")):
+        Source(registry, key).publish_some(30)
+    return make_pool(registry, max_jobs=1)
+
+
 async def test_the_budget_refuses_with_503_and_counts(registry):
-    first = Source(registry)
-    second = Source(registry, StreamKey("live", "other"))
-    first.publish_some(30)
-    second.publish_some(30)
-    pool = make_pool(registry, max_jobs=1)
+    pool = two_sources_one_job(registry)
     try:
         assert len(await pool.renditions(SOURCE)) == 2
         refused = await pool.renditions(StreamKey("live", "other"))
@@ -277,11 +280,7 @@ async def test_the_budget_refuses_with_503_and_counts(registry):
 
 
 async def test_a_made_up_label_starts_no_job_and_holds_no_place_of_the_budget(registry):
-    first = Source(registry)
-    second = Source(registry, StreamKey("live", "other"))
-    first.publish_some(30)
-    second.publish_some(30)
-    pool = make_pool(registry, max_jobs=1)
+    pool = two_sources_one_job(registry)
     try:
         for label in ("nope", "1080p", "source"):
             refused = await pool.locate(StreamKey("live", f"demo@{label}"))
