@@ -269,6 +269,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if cluster is not None:  # cluster: recordings on another node's disk are fetched from it
             app[REMOTE_VOD] = cluster.remote_vod()
     app[METRICS].prom.register(RelayCollector(relays))
+    if cluster is not None and worker is None:  # a Redis cluster (workers share a node-local locator)
+        app[METRICS].advisory_checks["cluster_store"] = cluster.store_ready
+        app[METRICS].prom.register(cluster)
     if recordings is not None and recordings.uploader is not None:  # record.storage = "s3"
         app[METRICS].advisory_checks["recording_storage"] = recordings.uploader.ready
         app[METRICS].prom.register(UploadCollector(recordings.uploader))

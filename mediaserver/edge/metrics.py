@@ -17,12 +17,13 @@ within the last `HLS_VIEWER_WINDOW_S` seconds (viewers behind one NAT count once
 Event-loop lag is measured by one small task that sleeps `LAG_INTERVAL_S` and records how late it woke.
 Process CPU and memory come from prometheus-client's ProcessCollector (Linux /proc).
 
-`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting; the cluster
-store is reachable), else 503 with what failed: a load balancer stops sending new clients, while
-`/healthz` (alive) keeps the process from being restarted during a drain. Advisory checks (the recordings
-catalog, the recordings bucket) are reported beside them with `"degraded": true` when one fails, but keep
-the node ready: live streaming does not need them (rows and files wait locally meanwhile), and a shared
-database or bucket that is away must not take every node of a cluster out of its load balancer.
+`/readyz` answers 200 when every readiness check passes (the RTMP listener is accepting), else 503 with
+what failed: a load balancer stops sending new clients, while `/healthz` (alive) keeps the process from
+being restarted during a drain. Advisory checks (the cluster store, the recordings catalog, the recordings
+bucket) are reported beside them with `"degraded": true` when one fails, but keep the node ready: live
+streaming does not need them (an origin serves its own streams, rows and files wait locally meanwhile),
+and a shared Redis, database or bucket that is away must not take every node of a cluster out of its load
+balancer.
 """
 
 from __future__ import annotations

@@ -170,6 +170,24 @@ class ClusterWiring:
                         "viewers_by_node": by_node, "edges_pulling": pulls})
         return out
 
+    def store_ready(self) -> tuple[bool, str]:
+        """/readyz's advisory check: the cluster store answers. Not a readiness check: Redis away would take
+        every node out of its load balancer at once, while origins go on serving the streams they hold."""
+        if getattr(self.locator, "up", True):
+            return True, "reachable"
+        return False, ("Redis is away: this node serves only the streams published on it, and reconnects with "
+                       "backoff")
+
+    def collect(self) -> Any:
+        """/metrics: whether the cluster store answers, and the commands sent to it."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("mediaserver_cluster_store_up", "1 while Redis (the cluster store) answers; 0 "
+                                "while it is away and the node serves only its own streams.",
+                                value=1 if getattr(self.locator, "up", True) else 0)
+        yield CounterMetricFamily("mediaserver_cluster_store_commands", "Commands sent to the cluster store.",
+                                  value=getattr(self.locator, "ops", 0))
+
     def remote_vod(self):
         from ..edge.vod_remote import RemoteVod
         settings = self.pulls.settings

@@ -141,6 +141,29 @@ async def test_an_rtmp_player_on_an_edge_gets_a_stream_published_on_the_origin(c
     assert report.errors == [] and report.video_codec == "h264" and report.first_video_frame_key, report.summary()
 
 
+async def test_a_burst_of_requests_for_unknown_names_does_not_cut_the_edge_off_the_cluster(cluster, redis, publish,
+                                                                                          media, stream_name):
+    # Each unknown name costs the edge a Redis lookup: 220 at once once made redis-py's pool refuse commands,
+    # which read as Redis being away, so a live stream of the origin answered 404 on the edge meanwhile.
+    origin = cluster("origin", "origin-1")
+    edge = cluster("edge", "edge-1")
+    publish(origin, stream_name, media.av, loop=True)
+    await wait_owner(redis, stream_name)
+
+    async def status(http: aiohttp.ClientSession, url: str) -> int:
+        async with http.get(url) as resp:
+            await resp.read()
+            return resp.status
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        unknown = [status(http, edge.flv_url(f"nobody-{i}").replace(".flv", "/index.m3u8")) for i in range(220)]
+        live = [status(http, f"{edge.http_base}/live/{stream_name}/index.m3u8") for _ in range(3)]
+        answers = await asyncio.gather(*unknown[:110], *live, *unknown[110:])
+    assert answers[110:113] == [200, 200, 200], answers[110:113]
+    assert set(answers[:110] + answers[113:]) == {404}
+    assert metric_values(edge)["mediaserver_cluster_store_up"] == 1.0
+
+
 async def test_two_edges_pull_once_each_for_many_viewers_and_stop_after_the_grace(cluster, redis, publish, media,
                                                                                    stream_name):
     origin = cluster("origin", "origin-1")
@@ -300,6 +323,12 @@ async def test_local_viewers_keep_playing_while_redis_is_away_and_the_node_recov
         origin.assert_alive()
         edge.assert_alive()
         assert origin.log_text().count("event=redis_unavailable") == 1, origin.log_tail()
+        # /readyz says so but keeps the node in its load balancer; /metrics counts it.
+        with urllib.request.urlopen(f"{origin.http_base}/readyz", timeout=5) as resp:
+            ready = json.loads(resp.read())
+        assert ready["ready"] and ready["degraded"] and not ready["checks"]["cluster_store"]["ok"], ready
+        assert "Redis is away" in ready["checks"]["cluster_store"]["detail"]
+        assert metric_values(origin)["mediaserver_cluster_store_up"] == 0.0
         redis.start()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and "event=redis_reconnected" not in origin.log_text():
@@ -309,6 +338,7 @@ async def test_local_viewers_keep_playing_while_redis_is_away_and_the_node_recov
         owner = await wait_owner(redis, stream_name, timeout_s=5)
         assert owner["node"] == "origin-1"
         assert not viewer.ended
+        assert metric_values(origin)["mediaserver_cluster_store_up"] == 1.0
 
 
 async def test_a_kick_on_the_edge_api_ends_the_publisher_on_the_origin_and_nodes_are_listed(
