@@ -178,6 +178,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         publish_claim, play_locate = pulls.gate_hooks(publish_claim, play_locate)
         if cluster is not None and config.cluster.role in ("origin", "both"):  # cluster: one node pulls
             pulls.cluster_claim = cluster.claim
+        pulls.blocked_until = lambda key: getattr(admission.policy.block_of(key.app, key.name, time.time()),
+                                                  "until", None)
     gate = Gate(
         admission, registry, hls_reuse_s=config.webhooks.hls_cache_s,
         publish_claim=publish_claim, play_locate=play_locate,

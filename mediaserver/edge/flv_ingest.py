@@ -17,6 +17,7 @@ awaits and never touches a socket; the caller feeds the bytes in order and flush
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..hub.stream import Stream
@@ -33,8 +34,13 @@ AUDIO_ONLY_READY_FRAMES = 20
 class FlvIngest:
     """Feeds one FLV connection's tags into `stream`."""
 
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
+    def __init__(self, stream: Stream | None = None, *, claim: Callable[[], Stream] | None = None) -> None:
+        """`claim`, instead of `stream`: called for the stream at the first whole tag (a relay pull, so that
+        a body that is not FLV, or never gets past its header, claims nothing; MediaError comes first)."""
+        if (stream is None) == (claim is None):
+            raise ValueError("give FlvIngest a stream or a claim, not both")
+        self._stream = stream
+        self._claim = claim
         self.ready = False
         """A keyframe (or, without video, enough audio) was published: viewers can start."""
         self._reader = FlvReader()
@@ -46,25 +52,36 @@ class FlvIngest:
         """Publish every complete tag in `chunk`; returns how many tags were read. Raises MediaError for
         bytes that are not FLV (the connection is then useless)."""
         tags = self._reader.feed(chunk)
+        if tags and self._stream is None:
+            assert self._claim is not None
+            self._stream = self._claim()
         for tag in tags:
             self.publish(tag.kind, tag.timestamp_ms, tag.body, now)
         return len(tags)
+
+    @property
+    def stream(self) -> Stream:
+        assert self._stream is not None, "no tag was read yet: the stream is not claimed"
+        return self._stream
 
     def relay(self, chunk: bytes, now: float, publisher: object) -> bool:
         """`feed`, then `flush`: the loop body of a pull reading an FLV body (origin and relay pulls)."""
         if self.feed(chunk, now):
             return self.flush(publisher)
-        return self.stream.publisher is publisher
+        return self._stream is None or self._stream.publisher is publisher
 
     def flush(self, publisher: object) -> bool:
         """Hand what was published to the stream's sinks (packagers, recorders); False once `publisher` no
         longer publishes the stream (replaced, kicked): the caller stops reading."""
-        self.stream.flush_sinks()
-        return self.stream.publisher is publisher
+        stream = self._stream
+        if stream is None:
+            return True  # nothing read yet, nothing claimed
+        stream.flush_sinks()
+        return stream.publisher is publisher
 
     def publish(self, kind: FrameKind, timestamp_ms: int, body: bytes, now: float) -> None:
         """Publish one tag (or RTMP message: the same kinds, bodies and 32-bit timestamps)."""
-        stream = self.stream
+        stream = self.stream if self._stream is None else self._stream  # the property only to fail clearly
         if kind == FrameKind.VIDEO:
             frame = stream.publish_video(self._video_ts.unwrap(timestamp_ms), body, now)
             if frame is not None and frame.keyframe and not frame.is_config:

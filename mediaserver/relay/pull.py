@@ -10,13 +10,16 @@ timestamps unwrapped, metadata read leniently).
   edge uses for a stream it does not have (the viewer waits up to relay.pull_wait for the first keyframe),
   and stops after relay.pull_grace without viewers or packagers. mode "always": it starts with the server.
 - A source that drops or refuses is reconnected after 0.5 s, the wait doubling up to relay.pull_retry_max
-  (back to 0.5 s once a connection played that long);
+  (back to 0.5 s once a connection played PLAYED_ENOUGH_S). An RTMP source that says its stream ended
+  (onStatus NetStream.Play.UnpublishNotify) is dropped then, not after read_timeout of silence;
   meanwhile the local stream waits as for a reconnecting publisher (hub.reconnect_grace): viewers stay
   connected and see a discontinuity when the source comes back.
 - In a cluster (an origin with Redis) an "always" pull configured on several origins runs on one: before
   each connection it claims the stream as a publisher would (`cluster_claim`, the same StreamLocator claim);
   the other nodes wait in state "standby" and claim again, so one of them takes over when the holder dies.
   Their viewers get the stream from the holder like any other node's stream (an edge's pull).
+- A kick (admin API) stops the pull; an "always" pull starts again after RESTART_AFTER_KICK_S, or once the
+  kick's block lapses. While the name is blocked no viewer starts its pull either.
 - State (connecting, live, retrying with the last error, idle, stopped, standby), bytes and reconnects are in
   `describe()` (GET /api/v1/pulls) and the metrics. Logs and the API show the source URL without its key
   and query (`PullSource.shown`), and errors quoting the key have it replaced.
@@ -65,6 +68,15 @@ _MAX_UNSENT = 256 * 1024
 sends and never reads is dropped past it, not given memory without end."""
 
 
+_SOURCE_ENDED = frozenset({"NetStream.Play.UnpublishNotify", "NetStream.Play.Stop", "NetStream.Play.Complete"})
+"""onStatus codes by which an RTMP server tells a player that the stream it plays has ended."""
+RESTART_AFTER_KICK_S = 1.0
+"""An "always" pull kicked by an operator (without a block) connects again after this, as an encoder would."""
+BLOCK_RECHECK_S = 5.0
+PLAYED_ENOUGH_S = 5.0
+"""A connection that played this long (or relay.pull_retry_max, if less) starts the reconnect waits over."""
+
+
 class SourceError(Exception):
     """The source refused or ended the pull; the message is shown as the pull's last error."""
 
@@ -99,6 +111,8 @@ class RelayPull:
         """This connection's deadline to deliver it (lifted once it has)."""
         self._reported_error: str | None = None
         self._stop_reason = ""
+        self._restart: asyncio.TimerHandle | None = None
+        """An "always" pull's start again after a kick, or once an operator's block lapses."""
 
     @property
     def reconnects(self) -> int:
@@ -111,11 +125,32 @@ class RelayPull:
     # ----- the hub's Publisher, start and stop ---------------------------------------------------------
 
     def close(self, reason: str) -> None:
-        """The registry ends the stream (kick, shutdown): stop pulling."""
+        """The registry ends the stream (kick, shutdown): stop pulling. An "always" pull kicked starts again
+        (after RESTART_AFTER_KICK_S, or once the operator's block on its name lapses), as its encoder would."""
         self.stop(reason)
+        if self.mode == "always" and reason not in ("server_shutdown", "pull_idle"):
+            self._start_later()
+
+    def _start_later(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+        until = self.pool.blocked_until(self.key)
+        # While blocked, look again every BLOCK_RECHECK_S: an operator may lift the block early.
+        delay = RESTART_AFTER_KICK_S if until is None else min(max(0.0, until - time.time()) + 0.05, BLOCK_RECHECK_S)
+        self._restart = asyncio.get_running_loop().call_later(delay, self._restart_now)
+
+    def _restart_now(self) -> None:
+        self._restart = None
+        self.start()
 
     def start(self) -> None:
         if self.running:
+            return
+        if self.pool.blocked_until(self.key) is not None:  # kicked with a block: not pulled until it lapses
+            self._stop_reason = "blocked"
+            self._set(STOPPED)
+            if self.mode == "always" and self._restart is None:
+                self._start_later()
             return
         loop = asyncio.get_running_loop()
         self.ready = asyncio.Event()
@@ -127,6 +162,9 @@ class RelayPull:
             self._watchdog = loop.call_later(_WATCHDOG_S, self._check_idle)
 
     def stop(self, reason: str, state: str = STOPPED) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -186,7 +224,8 @@ class RelayPull:
                 connects = self.connects
                 self._live_since = None
                 reason = self._scrub(await self._attempt())
-                if self._live_since is not None and time.monotonic() - self._live_since >= self._backoff.cap:
+                played = time.monotonic() - self._live_since if self._live_since is not None else 0.0
+                if played >= min(PLAYED_ENOUGH_S, self._backoff.cap):
                     self._backoff.reset()  # it had been playing for a while: start over quickly
                 # Logged once per loss: retries against a dead source stay quiet until media flows again.
                 if self.connects > connects or not self.last_error:
@@ -291,11 +330,11 @@ class RelayPull:
                                   "give that URL in the pull's url (redirects are not followed)")
             if resp.status != 200:
                 raise SourceError(f"HTTP {resp.status} {resp.reason or ''}".rstrip())
-            ingest: FlvIngest | None = None
+            # The stream is claimed at the first whole tag: a body that is not FLV (MediaError) or never gets
+            # past its header does not go live, tell the webhook, or start the pushes.
+            ingest = FlvIngest(claim=self._claim)  # a new connection: new timelines, rebased by the hub
             async for chunk in resp.content.iter_any():
                 self.bytes_in += len(chunk)
-                if ingest is None:
-                    ingest = FlvIngest(self._claim())  # a new connection: new timelines, rebased by the hub
                 if not ingest.relay(chunk, time.monotonic(), self):
                     return  # replaced or kicked meanwhile
                 if ingest.ready:
@@ -341,6 +380,11 @@ class RelayPull:
                                           f"{info.get('description', '')}".strip())
                     elif isinstance(ev, StatusReceived) and ev.level == "error":
                         raise SourceError(f"{ev.code}: {ev.description}"[:300])
+                    elif isinstance(ev, StatusReceived) and ev.code in _SOURCE_ENDED:
+                        # The source's publisher left; the server keeps the connection open (a later
+                        # publisher would play on it, or not): start over at once rather than wait out
+                        # read_timeout in silence.
+                        raise SourceError(f"the source's stream ended ({ev.code})")
                 if fed and ingest is not None:
                     if not ingest.flush(self):
                         return
@@ -412,6 +456,9 @@ class PullRelays:
         """Told of each pull's state change (the on_relay_state webhook)."""
         self.cluster_claim: Callable[[StreamKey], Awaitable[str | None]] | None = None
         """Cluster origins: claim a stream for this node (None) or say which node holds it."""
+        self.blocked_until: Callable[[StreamKey], float | None] = lambda key: None
+        """The wall-clock time until which an operator's block (a kick's block_seconds) keeps the stream's
+        name from being published, or None: a pull is a publisher too."""
 
     def tell(self, pull: RelayPull) -> None:
         if not self.listeners:
@@ -456,6 +503,8 @@ class PullRelays:
         if stream is not None and not stream.ended:
             return stream
         pull.start()
+        if not pull.running:
+            return None  # blocked by an operator
         await pull.wait_ready(self.settings.pull_wait)
         stream = self.registry.get(key)
         return stream if stream is not None and not stream.ended else None

@@ -92,7 +92,8 @@ def _host_port(host: str, port: int | None) -> str:
 @dataclass(slots=True)
 class Backoff:
     """Waits between reconnects: `first` seconds, doubling up to `cap`; back to `first` (`reset`) once a
-    connection played for `cap` seconds (one that plays a moment and drops keeps the wait growing)."""
+    connection played a while (the caller says how long; one that plays a moment and drops keeps the wait
+    growing)."""
 
     cap: float
     first: float = 0.5

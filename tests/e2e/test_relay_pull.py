@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 
 from support.certs import make_cert
@@ -122,3 +123,59 @@ async def test_http_flv_pull_always_retries_while_the_source_is_down(server_fact
         assert decode_media(viewer.complete_flv(), "flv").video_frames >= 20
     finally:
         back.terminate()
+
+
+def _admin(server, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{server.http_base}/api/v1{path}", method=method,
+                                     data=json.dumps(body or {}).encode(),
+                                     headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _status(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as resp:
+            resp.read(1000)
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+async def test_an_always_rtmp_pull_follows_kicks_at_its_source_and_here_and_keeps_out_while_blocked(
+        server_factory, publish, media, stream_name, monkeypatch):
+    monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
+    source = server_factory(QUICK)
+    publish(source, stream_name, media.low, loop=True)
+    here = server_factory(QUICK, **{"relay.pull": _relay(f"rtmp://127.0.0.1:{source.rtmp_port}/live/{stream_name}",
+                                                         "always"), "relay.pull_retry_max": "1"})
+    await _until(lambda: _pull(here)["state"] == "live", 15, "the always pull did not go live")
+
+    # The source's stream is kicked: the source says so (UnpublishNotify), and the pull starts over at once
+    # instead of waiting out its read timeout (10 s) in silence.
+    kicked = time.monotonic()
+    assert _admin(source, "POST", f"/streams/live/{stream_name}/kick")[0] == 200
+    await _until(lambda: "stream ended" in _pull(here)["last_error"], 4, "the pull missed the source's end")
+    assert time.monotonic() - kicked < 4
+    publish(source, stream_name, media.low, loop=True)
+    await _until(lambda: _pull(here)["state"] == "live" and _pull(here)["reconnects"] >= 1, 10,
+                 "the pull did not come back with its source")
+
+    # Kicked here without a block: an always pull connects again, as its encoder would.
+    assert _admin(here, "POST", "/streams/live/cam/kick")[0] == 200
+    await _until(lambda: _pull(here)["state"] == "live" and _pull(here)["reconnects"] >= 2, 10,
+                 "the kicked always pull did not start again")
+
+    # Kicked with a block: stopped, and no viewer starts it, until the block is lifted.
+    assert _admin(here, "POST", "/streams/live/cam/kick", {"block_seconds": 600})[0] == 200
+    await _until(lambda: _pull(here)["state"] == "stopped", 5, "the blocked pull is not stopped")
+    assert _status(here.flv_url("cam")) == 404
+    await asyncio.sleep(1.5)
+    assert _pull(here)["state"] == "stopped", _pull(here)
+    assert _admin(here, "DELETE", "/blocks/live/cam")[0] in (200, 204)
+    await _until(lambda: _pull(here)["state"] == "live", 12, "the pull did not start once the block was lifted")

@@ -153,3 +153,33 @@ async def test_a_source_that_plays_a_moment_and_drops_keeps_the_wait_growing():
             assert pull.connects >= 2 and pull._backoff.failures >= 2  # not back to 0.5 s after every moment
         finally:
             await relays.close()
+
+
+async def test_an_http_flv_body_that_is_not_flv_never_goes_live():
+    # Claiming the stream at the first byte of any 200 made a garbage source "live" at every attempt: the
+    # webhook told so and the pushes started, for a stream with no frame.
+    async def garbage(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        if request.path == "/live/random.flv":
+            await resp.write(bytes(range(256)) * 16)
+        else:  # a good header, then a tag that never completes
+            await resp.write(flv_header(True, True) + b"\x09\x00\xff\xff\x00\x00\x00\x00\x00\x00\x00")
+            await asyncio.sleep(5)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", garbage)
+    async with serving(app) as port:
+        for path, why in (("random.flv", "MediaError"), ("stalls.flv", "the source sent")):
+            relays = _relays(f"http://127.0.0.1:{port}/live/{path}", connect_timeout=0.3, read_timeout=0.5)
+            told: list[dict] = []
+            relays.listeners.append(told.append)
+            pull = relays.pulls[KEY]
+            relays.start()
+            try:
+                await _until(lambda: why in pull.last_error and pull._backoff.failures >= 2)
+                assert pull.connects == 0 and relays.registry.get(KEY) is None, pull.describe()
+                assert "live" not in [t["state"] for t in told], told
+            finally:
+                await relays.close()
