@@ -197,9 +197,12 @@ class RelayPull:
         # The on_relay_state webhook, as for pushes: each new state, but "retrying" once per new error and
         # not the "connecting" of every retry (a dead source would call it every few seconds).
         if state in (RETRYING, STANDBY):
-            if self.last_error == self._reported_error:
+            # An error's kind (its text before the first colon): a source sending garbage words each
+            # attempt's error with the bytes it sent, and would be reported at every attempt.
+            kind = self.last_error.partition(":")[0]
+            if kind == self._reported_error:
                 return
-            self._reported_error = self.last_error
+            self._reported_error = kind
         elif state == before or (state == CONNECTING and before == RETRYING):
             return
         elif state == LIVE:

@@ -5,6 +5,7 @@ redirects are not followed."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -183,3 +184,20 @@ async def test_an_http_flv_body_that_is_not_flv_never_goes_live():
                 assert "live" not in [t["state"] for t in told], told
             finally:
                 await relays.close()
+
+
+async def test_a_source_sending_different_garbage_each_time_is_reported_retrying_once():
+    async def noise(reader, writer) -> None:
+        writer.write(os.urandom(1537 + 1536))
+        await reader.read(65536)
+
+    source = Source(noise)
+    relays, pull = await _against(source)
+    told: list[dict] = []
+    relays.listeners.append(told.append)
+    try:
+        await _until(lambda: source.connections >= 4)
+        assert [t["state"] for t in told].count("retrying") == 1, told
+    finally:
+        await relays.close()
+        await source.close()
