@@ -179,7 +179,10 @@ class TranscodePool:
         else:  # the rungs below the source's size once it is known
             stream = self.registry.get(source)
             size = _size(stream) if stream is not None else None
-            labels = [rung.label for rung in (plan_ladder(self.abr.ladder, *size) if size else self.abr.ladder)]
+            rungs = plan_ladder(self.abr.ladder, *size) if size else self.abr.ladder
+            if not rungs and self.abr.ladder:
+                return None  # no rung below the source: the job's own 409 says so, and starts nothing
+            labels = [rung.label for rung in rungs]
             if self._marks_source(source):
                 labels.insert(0, SOURCE_LABEL)
         if label in labels:

@@ -304,6 +304,8 @@ async def test_refusals_name_why(registry):
         refused = await pool.renditions(StreamKey("live", "small"))
         assert isinstance(refused, AbrRefusal) and refused.status == 409
         assert refused.error == "the source is 240p: no rung of the ladder is below it"
+        refused = await pool.locate(StreamKey("live", "small@240p"))  # a rung's label, none below the source
+        assert isinstance(refused, AbrRefusal) and refused.status == 409 and pool.jobs == {}
         refused = await pool.renditions(StreamKey("live", "nobody"))
         assert isinstance(refused, AbrRefusal) and refused.status == 404
         off = make_pool(registry, apps=("studio",))
