@@ -52,6 +52,7 @@ from ..rtmp.events import AudioReceived, ConnectResult, MetadataReceived, Status
 from ..transports import reset
 from .loop import ThisHost, pull_loop
 from .pull_source import Backoff, PullSource, parse_source
+from .state import error_kind
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,7 @@ class RelayPull:
         # The on_relay_state webhook, as for pushes: each new state, but "retrying" once per new error and
         # not the "connecting" of every retry (a dead source would call it every few seconds).
         if state in (RETRYING, STANDBY):
-            # An error's kind (its text before the first colon): a source sending garbage words each
-            # attempt's error with the bytes it sent, and would be reported at every attempt.
-            kind = self.last_error.partition(":")[0]
+            kind = error_kind(self.last_error)
             if kind == self._reported_error:
                 return
             self._reported_error = kind

@@ -33,7 +33,7 @@ from ..rtmp.client import ClientSession
 from ..rtmp.events import CommandResultReceived, ConnectResult, StatusReceived
 from ..transports import reset
 from .chunks import SharedChunks
-from .state import Backoff, RelayState, RelayStatus
+from .state import Backoff, RelayState, RelayStatus, error_kind
 from .target import PushUrl
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,8 @@ class Pusher:
                 if self.stream.ended or self._ended.is_set():
                     break
                 self.status.retrying(error, now, delay)
-                if error != self._reported_error:  # once per new error, not every attempt
-                    self._reported_error = error
+                if error_kind(error) != self._reported_error:  # once per new kind of error, not every attempt
+                    self._reported_error = error_kind(error)
                     event(log, "relay_retrying", logging.WARNING, stream=str(self.stream.key), relay=self.id,
                           url=self.url, error=error, retry_in_s=delay)
                     self._changed(True)

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 
+def error_kind(error: str) -> str:
+    """What a relay's retrying is reported once for: the error's text before its first colon. A peer that
+    sends garbage words each attempt's error with the bytes it sent, and would be reported at every attempt."""
+    return error.partition(":")[0]
+
+
 class RelayState(Enum):
     CONNECTING = "connecting"
     LIVE = "live"

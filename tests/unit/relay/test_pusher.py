@@ -5,6 +5,7 @@ grace, the stream's end, and a target that refuses."""
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 
 import pytest
@@ -185,6 +186,29 @@ async def test_a_target_whose_answer_cannot_be_read_is_retried_not_stopped():
         await until(lambda: target.connections >= 2)
         assert pusher.status.state in (RelayState.RETRYING, RelayState.CONNECTING), pusher.describe()
         assert "RTMP protocol error" in pusher.status.error
+    finally:
+        await pusher.stop("removed")
+        await target.close()
+
+
+async def test_a_target_answering_different_garbage_each_time_is_reported_retrying_once(caplog):
+    async def noise(reader, writer) -> None:
+        await reader.read(65536)
+        writer.write(os.urandom(1537 + 1536))
+        await reader.read(65536)
+
+    target = HostilePeer(noise)
+    port = await target.start()
+    registry = StreamRegistry()
+    stream = live_stream(registry)
+    pusher = Pusher("r1", stream, parse_push_url(f"rtmp://127.0.0.1:{port}/live/k"), registry,
+                    PushSettings(retry_min=0.05, retry_max=0.1))
+    caplog.set_level("WARNING", logger="mediaserver.relay.pusher")
+    pusher.start()
+    try:
+        await until(lambda: target.connections >= 4)
+        retrying = [r for r in caplog.records if "relay_retrying" in r.getMessage()]
+        assert len(retrying) == 1, [r.getMessage() for r in retrying]
     finally:
         await pusher.stop("removed")
         await target.close()
