@@ -81,7 +81,7 @@ class FlvIngest:
 
     def publish(self, kind: FrameKind, timestamp_ms: int, body: bytes, now: float) -> None:
         """Publish one tag (or RTMP message: the same kinds, bodies and 32-bit timestamps)."""
-        stream = self.stream if self._stream is None else self._stream  # the property only to fail clearly
+        stream = self._stream or self.stream  # the property fails clearly when nothing is claimed yet
         if kind == FrameKind.VIDEO:
             frame = stream.publish_video(self._video_ts.unwrap(timestamp_ms), body, now)
             if frame is not None and frame.keyframe and not frame.is_config:

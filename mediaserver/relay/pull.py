@@ -67,13 +67,12 @@ _READ_SIZE = 64 * 1024
 _MAX_UNSENT = 256 * 1024
 """What this server's answers to an RTMP source (acknowledgements, pongs) may queue unsent: a source that
 sends and never reads is dropped past it, not given memory without end."""
-
-
 _SOURCE_ENDED = frozenset({"NetStream.Play.UnpublishNotify", "NetStream.Play.Stop", "NetStream.Play.Complete"})
 """onStatus codes by which an RTMP server tells a player that the stream it plays has ended."""
 RESTART_AFTER_KICK_S = 1.0
 """An "always" pull kicked by an operator (without a block) connects again after this, as an encoder would."""
 BLOCK_RECHECK_S = 5.0
+"""A blocked "always" pull looks at its block this often: an operator may lift it before it lapses."""
 PLAYED_ENOUGH_S = 5.0
 """A connection that played this long (or relay.pull_retry_max, if less) starts the reconnect waits over."""
 
@@ -136,7 +135,6 @@ class RelayPull:
         if self._restart is not None:
             self._restart.cancel()
         until = self.pool.blocked_until(self.key)
-        # While blocked, look again every BLOCK_RECHECK_S: an operator may lift the block early.
         delay = RESTART_AFTER_KICK_S if until is None else min(max(0.0, until - time.time()) + 0.05, BLOCK_RECHECK_S)
         self._restart = asyncio.get_running_loop().call_later(delay, self._restart_now)
 

@@ -176,8 +176,9 @@ class Pusher:
                 if self.stream.ended or self._ended.is_set():
                     break
                 self.status.retrying(error, now, delay)
-                if error_kind(error) != self._reported_error:  # once per new kind of error, not every attempt
-                    self._reported_error = error_kind(error)
+                kind = error_kind(error)
+                if kind != self._reported_error:  # once per new kind of error, not every attempt
+                    self._reported_error = kind
                     event(log, "relay_retrying", logging.WARNING, stream=str(self.stream.key), relay=self.id,
                           url=self.url, error=error, retry_in_s=delay)
                     self._changed(True)

@@ -173,7 +173,7 @@ class ClusterWiring:
     def store_ready(self) -> tuple[bool, str]:
         """/readyz's advisory check: the cluster store answers. Not a readiness check: Redis away would take
         every node out of its load balancer at once, while origins go on serving the streams they hold."""
-        if getattr(self.locator, "up", True):
+        if self._store_up():
             return True, "reachable"
         return False, ("Redis is away: this node serves only the streams published on it, and reconnects with "
                        "backoff")
@@ -184,9 +184,12 @@ class ClusterWiring:
 
         yield GaugeMetricFamily("mediaserver_cluster_store_up", "1 while Redis (the cluster store) answers; 0 "
                                 "while it is away and the node serves only its own streams.",
-                                value=1 if getattr(self.locator, "up", True) else 0)
+                                value=1 if self._store_up() else 0)
         yield CounterMetricFamily("mediaserver_cluster_store_commands", "Commands sent to the cluster store.",
                                   value=getattr(self.locator, "ops", 0))
+
+    def _store_up(self) -> bool:
+        return getattr(self.locator, "up", True)  # a node-local locator (workers) has no store to lose
 
     def remote_vod(self):
         from ..edge.vod_remote import RemoteVod

@@ -5,6 +5,7 @@ grace, the stream's end, and a target that refuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 
@@ -169,26 +170,32 @@ async def test_an_rtmps_target_is_verified_and_an_untrusted_certificate_is_the_r
         await target.close()
 
 
+@contextlib.asynccontextmanager
+async def pushing_to(handler):
+    """A quickly retrying push of a live stream to a HostilePeer running `handler`: (target, pusher)."""
+    target = HostilePeer(handler)
+    port = await target.start()
+    registry = StreamRegistry()
+    pusher = Pusher("r1", live_stream(registry), parse_push_url(f"rtmp://127.0.0.1:{port}/live/k"), registry,
+                    PushSettings(retry_min=0.05, retry_max=0.1))
+    try:
+        yield target, pusher
+    finally:
+        await pusher.stop("removed")
+        await target.close()
+
+
 async def test_a_target_whose_answer_cannot_be_read_is_retried_not_stopped():
     async def bad_amf(reader, writer) -> None:
         await reader.read(65536)  # connect
         writer.write(BAD_AMF_COMMAND)
         await reader.read(65536)
 
-    target = HostilePeer(bad_amf)
-    port = await target.start()
-    registry = StreamRegistry()
-    stream = live_stream(registry)
-    pusher = Pusher("r1", stream, parse_push_url(f"rtmp://127.0.0.1:{port}/live/k"), registry,
-                    PushSettings(retry_min=0.05, retry_max=0.1))
-    pusher.start()
-    try:
+    async with pushing_to(bad_amf) as (target, pusher):
+        pusher.start()
         await until(lambda: target.connections >= 2)
         assert pusher.status.state in (RelayState.RETRYING, RelayState.CONNECTING), pusher.describe()
         assert "RTMP protocol error" in pusher.status.error
-    finally:
-        await pusher.stop("removed")
-        await target.close()
 
 
 async def test_a_target_answering_different_garbage_each_time_is_reported_retrying_once(caplog):
@@ -197,18 +204,9 @@ async def test_a_target_answering_different_garbage_each_time_is_reported_retryi
         writer.write(os.urandom(1537 + 1536))
         await reader.read(65536)
 
-    target = HostilePeer(noise)
-    port = await target.start()
-    registry = StreamRegistry()
-    stream = live_stream(registry)
-    pusher = Pusher("r1", stream, parse_push_url(f"rtmp://127.0.0.1:{port}/live/k"), registry,
-                    PushSettings(retry_min=0.05, retry_max=0.1))
     caplog.set_level("WARNING", logger="mediaserver.relay.pusher")
-    pusher.start()
-    try:
+    async with pushing_to(noise) as (target, pusher):
+        pusher.start()
         await until(lambda: target.connections >= 4)
         retrying = [r for r in caplog.records if "relay_retrying" in r.getMessage()]
         assert len(retrying) == 1, [r.getMessage() for r in retrying]
-    finally:
-        await pusher.stop("removed")
-        await target.close()
