@@ -58,6 +58,9 @@ class RecordConfig:
     """A new file starts at the first keyframe after this long (and at a codec change)."""
     fsync_interval: float = 10.0
     """Seconds between fsyncs of a file being written (in a thread): what a power cut may lose at most."""
+    direct_io: bool = True
+    """Write the files with O_DIRECT (record/writer.py): they never pass through the page cache; false, or a
+    filesystem without O_DIRECT, writes them buffered."""
     database_url: str = ""
     """The catalog: "" is a SQLite file `recordings.db` in `path`; postgresql+asyncpg://... for a cluster."""
     dvr_window: float = 7200.0

@@ -289,7 +289,7 @@ class RecordingManager:
                 await store.close()
             raise
         manager = cls(registry, cfg, catalog, node, relay)
-        manager.disk_writer = DiskWriter(asyncio.get_running_loop())
+        manager.disk_writer = DiskWriter(asyncio.get_running_loop(), direct=cfg.direct_io)
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
         if store is not None:

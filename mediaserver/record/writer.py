@@ -18,13 +18,25 @@ the page cache (POSIX_FADV_DONTNEED): the last interval or two of each file stay
 the next writes take are ones just freed, not fresh memory. Without this, 50 recordings fill a 24 GB
 node's cache in 25 minutes, pushing out what viewers read; on the benchmark VM the kernel's copy into
 never-used pages cost twice what it costs into recycled ones (bench/README.md, "Recording cost").
+
+Direct writes (`direct=True`, record.direct_io, the default): a file is written with O_DIRECT, from one
+aligned buffer of the thread's, so its bytes never pass through the page cache at all. The kernel's copy
+into fresh page-cache pages, and the writeback an fsync then does on this thread, were most of what
+recording cost (bench/README.md); a direct write is one copy into a buffer whose pages stay the same and a
+transfer from it. O_DIRECT writes whole blocks at block offsets, so each write is the file's last partial
+block (kept here, `_Entry.tail`), the new bytes, and a `free` box padding them to the block's end: the file
+is a valid MP4 after every write (a crash leaves its last `free` box, which readers skip) and each write
+starts over the `free` box the one before left. The close cuts it off. A filesystem that refuses O_DIRECT
+(for the file, at its first write) gets the file's writes buffered instead, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -43,9 +55,18 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") and "SC_PAGE_SIZE" in os.sysconf_names else 4096
 
+DIRECT_ALIGN = 4096
+"""Offsets and sizes of direct writes: a multiple of every logical block size a disk has (512 or 4096)."""
+DIRECT_BUFFER = 4 << 20
+"""The direct writes' buffer: a GOP of a few Mbit/s in one write; a bigger job goes out in several."""
+_FREE_HEADER = 8
+_ZEROS = bytes(DIRECT_ALIGN)
+
 Buffers = Sequence[bytes | bytearray | memoryview]
 WriteV = Callable[[int, Buffers], int]
 """os.writev's shape: the writes a recording makes (tests give their own, to fail or stall them)."""
+PWrite = Callable[[int, memoryview, int], int]
+"""os.pwrite's shape: the direct writes."""
 Advise = Callable[[int, int, int, int], None]
 """os.posix_fadvise's shape."""
 Create = Callable[[Path], tuple[Path, int]]
@@ -72,6 +93,26 @@ def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.w
             rest[first] = memoryview(rest[first])[written:]
 
 
+class _Entry:
+    """The thread's state of one file."""
+
+    __slots__ = ("on_error", "written", "synced", "advised", "direct", "tail", "tail_at")
+
+    def __init__(self, on_error: ErrorCallback) -> None:
+        self.on_error = on_error
+        self.written = 0
+        """Bytes of the file's pieces written so far, or -1 once failed."""
+        self.synced = 0
+        """`written` at the last fsync."""
+        self.advised = 0
+        """Bytes advised out of the page cache."""
+        self.direct = False
+        """Written with O_DIRECT; `tail` is then the file's last partial block (its bytes from `tail_at`, a
+        block boundary, to `written`), which the next write writes again, then its own bytes."""
+        self.tail = b""
+        self.tail_at = 0
+
+
 def _done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -84,21 +125,42 @@ class OpenFile(Protocol):
 ErrorCallback = Callable[[Any, OSError, int], None]
 
 
+def _set_direct(fd: int) -> bool:
+    """Switch `fd` to O_DIRECT positioned writes (no O_APPEND: with it Linux ignores pwrite's offset);
+    False where the filesystem refuses (the file stays buffered, appending)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags & ~os.O_APPEND) | direct)
+    except OSError:
+        return False
+    return True
+
+
 class DiskWriter:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, max_queued_bytes: int = MAX_QUEUED_BYTES,
-                 write: WriteV = os.writev, advise: Advise | None = getattr(os, "posix_fadvise", None)) -> None:
+                 write: WriteV = os.writev, advise: Advise | None = getattr(os, "posix_fadvise", None),
+                 direct: bool = False, pwrite: PWrite = os.pwrite, direct_buffer: int = DIRECT_BUFFER) -> None:
         self._loop = loop
         self.max_queued_bytes = max_queued_bytes
         self._write = write
+        self.direct = direct
+        """Files are written with O_DIRECT where their filesystem takes it (the module docstring)."""
+        self._pwrite = pwrite
+        self._direct_size = max(DIRECT_ALIGN, direct_buffer - direct_buffer % DIRECT_ALIGN)
+        self._buffer: mmap.mmap | None = None
+        """The direct writes' buffer (page-aligned, as O_DIRECT wants), made at the first: its pages stay
+        the process's, touched once, where page-cache pages are taken afresh for every write."""
         self._advise = advise
         """os.posix_fadvise (None where the system has none: the pages then stay cached)."""
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.queued_bytes = 0
         """Bytes handed over and not yet written (read on the loop; updated under the lock)."""
-        self._files: dict[int, tuple[ErrorCallback, list[int]]] = {}
-        """id(file) -> (its owner's error callback, [bytes written so far, or -1 once failed; bytes written at
-        the last fsync; bytes advised out of the page cache]): the thread's."""
+        self._files: dict[int, _Entry] = {}
+        """id(file) -> its state: the thread's."""
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="recording writer", daemon=True)
         self._thread.start()
@@ -164,12 +226,13 @@ class DiskWriter:
     def _do(self, kind: str, file: OpenFile, arg) -> None:
         if kind == "create":
             path, create, on_error, on_created = arg
-            entry = self._files[id(file)] = (on_error, [0, 0, 0])
+            entry = self._files[id(file)] = _Entry(on_error)
             try:
                 path, file.fd = create(path)
             except OSError as err:
                 self._failed(file, entry, err)
                 return
+            entry.direct = self.direct and _set_direct(file.fd)
             try:
                 self._loop.call_soon_threadsafe(on_created, file, path)
             except RuntimeError:
@@ -180,26 +243,32 @@ class DiskWriter:
         if kind == "write":
             with self._lock:
                 self.queued_bytes -= len(arg)
-            if entry is None or entry[1][0] < 0:
+            if entry is None or entry.written < 0:
                 return  # failed already: the rest of its pieces are dropped
             try:
-                write_whole(fd, arg, self._write)
-                entry[1][0] += len(arg)
+                if entry.direct:
+                    self._write_direct(fd, entry, arg)
+                else:
+                    write_whole(fd, arg, self._write)
+                entry.written += len(arg)
             except OSError as err:
                 self._failed(file, entry, err)
         elif kind == "sync":
-            if entry is not None and entry[1][0] >= 0:
+            if entry is not None and entry.written >= 0:
                 try:
                     os.fsync(fd)
-                    self._synced(fd, entry[1])
+                    self._synced(fd, entry)
                 except OSError as err:
                     self._failed(file, entry, err)
         elif kind == "close":
             self._files.pop(id(file), None)
             try:
-                if arg and entry is not None and entry[1][0] >= 0:
-                    os.fsync(fd)
-                    self._synced(fd, entry[1])
+                if entry is not None and entry.written >= 0:
+                    if entry.direct:
+                        os.ftruncate(fd, entry.written)  # the last write's `free` padding goes
+                    if arg:
+                        os.fsync(fd)
+                        self._synced(fd, entry)
             except OSError as err:
                 if entry is not None:
                     self._failed(file, entry, err)
@@ -210,29 +279,88 @@ class DiskWriter:
                     except OSError:
                         pass
 
-    def _synced(self, fd: int, sizes: list[int]) -> None:
-        """An fsync made the file durable up to sizes[0]: the part the fsync before made durable leaves the
+    def _write_direct(self, fd: int, entry: _Entry, data: bytes | bytearray | Pieces) -> None:
+        """`data` after the file's bytes, by whole blocks from the buffer: the last partial block again, the
+        data, then a `free` box to the block's end (zeros inside: never another file's bytes). A buffer's
+        worth goes out as it fills; the `free` box only with the last. A filesystem that refuses the first
+        write (EINVAL: O_DIRECT taken at open but not for writes) gets this file buffered from here on."""
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, self._direct_size + DIRECT_ALIGN)  # room for the padding past a full one
+        buf = memoryview(self._buffer)
+        size = self._direct_size
+        at, tail = entry.tail_at, entry.tail
+        pos = len(tail)
+        buf[:pos] = tail
+        for part in (data.parts if isinstance(data, Pieces) else (data,)):
+            n = len(part)
+            if pos + n <= size:
+                buf[pos:pos + n] = part
+                pos += n
+                continue
+            part = memoryview(part)
+            done = 0
+            while done < n:
+                take = min(n - done, size - pos)
+                buf[pos:pos + take] = part[done:done + take]
+                pos += take
+                done += take
+                if pos == size:
+                    if not self._put(fd, entry, buf[:size], at):
+                        write_whole(fd, data, self._write)
+                        return
+                    at += size
+                    pos = 0
+        end = (pos + _FREE_HEADER + DIRECT_ALIGN - 1) & ~(DIRECT_ALIGN - 1)
+        buf[pos:pos + _FREE_HEADER] = (end - pos).to_bytes(4, "big") + b"free"
+        buf[pos + _FREE_HEADER:end] = _ZEROS[:end - pos - _FREE_HEADER]
+        if not self._put(fd, entry, buf[:end], at):
+            write_whole(fd, data, self._write)
+            return
+        keep = pos & ~(DIRECT_ALIGN - 1)
+        entry.tail, entry.tail_at = bytes(buf[keep:pos]), at + keep
+
+    def _put(self, fd: int, entry: _Entry, block: memoryview, at: int) -> bool:
+        """Whole blocks at a block offset; a short write goes on from where it stopped (a block boundary).
+        False when the file's very first write is refused (EINVAL): it is buffered from now on."""
+        while block:
+            try:
+                written = self._pwrite(fd, block, at)
+            except OSError as err:
+                if err.errno != errno.EINVAL or entry.written or at:
+                    raise
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, (flags & ~getattr(os, "O_DIRECT", 0)) | os.O_APPEND)
+                entry.direct = False
+                return False
+            if written <= 0 or written % 512:
+                raise OSError(errno.EIO, f"a direct write wrote {written} of {len(block)} bytes")
+            block, at = block[written:], at + written
+        return True
+
+    def _synced(self, fd: int, entry: _Entry) -> None:
+        """An fsync made the file durable up to `written`: the part the fsync before made durable leaves the
         page cache (see the module docstring); the part since stays, for readers near the end. Only what no
         earlier advice covered: pages a DVR or VOD reader brought back into older parts stay for it, and the
-        kernel walks a few seconds of the file, not all of it (an hour's file is a gigabyte)."""
-        durable_before, sizes[1] = sizes[1], sizes[0]
-        start = sizes[2] - sizes[2] % PAGE_SIZE  # the kernel drops whole pages: the one cut last time, now
-        if durable_before > start and self._advise is not None:
-            sizes[2] = durable_before
+        kernel walks a few seconds of the file, not all of it (an hour's file is a gigabyte). A direct file
+        has nothing there to drop."""
+        durable_before, entry.synced = entry.synced, entry.written
+        start = entry.advised - entry.advised % PAGE_SIZE  # the kernel drops whole pages: the one cut last time
+        if durable_before > start and self._advise is not None and not entry.direct:
+            entry.advised = durable_before
             try:
                 self._advise(fd, start, durable_before - start, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass  # only advice
 
-    def _failed(self, file: OpenFile, entry: tuple[ErrorCallback, list[int]], err: OSError) -> None:
-        good = entry[1][0]
-        entry[1][0] = -1
+    def _failed(self, file: OpenFile, entry: _Entry, err: OSError) -> None:
+        good = entry.written
+        entry.written = -1
         if file.fd >= 0:  # (never created: nothing to cut)
             try:
                 os.ftruncate(file.fd, good)  # drop a partly written piece, if the system lets us
             except OSError:
                 pass
         try:
-            self._loop.call_soon_threadsafe(entry[0], file, err, good)
+            self._loop.call_soon_threadsafe(entry.on_error, file, err, good)
         except RuntimeError:
             pass  # the loop is closed: the server is gone

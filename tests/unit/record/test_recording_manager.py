@@ -140,7 +140,7 @@ async def test_catalog_writes_wait_for_a_database_away_longer_than_any_backoff_a
     monkeypatch.setattr(catalog, "update", update)
     monkeypatch.setattr(catalog, "progress", progress)
     stream = manager.registry.claim_publisher(KEY, Publisher())
-    manager.start(KEY)
+    rec = manager.start(KEY)
     publish(stream, clip)
     await manager.disk_writer.caught_up()  # the file created: its row is known
     manager.report_progress()
@@ -156,7 +156,9 @@ async def test_catalog_writes_wait_for_a_database_away_longer_than_any_backoff_a
     await asyncio.wait_for(manager._ops.join(), 5)
     row = await catalog.get(rec_id)
     assert row is not None and row.status == "recording"
-    assert row.bytes == Path(row.location).stat().st_size  # the newest figures, not the first ones
+    assert row.bytes == rec.recorder._file.bytes  # the newest figures, not the first ones
+    on_disk = Path(row.location).read_bytes()  # those bytes, then (direct writes) the `free` box padding them
+    assert on_disk[row.bytes:] == b"" or on_disk[row.bytes + 4:row.bytes + 8] == b"free"
     assert manager.stats.failures["catalog"] == 1  # one outage, counted once
 
 
@@ -166,9 +168,10 @@ async def test_a_recording_a_disk_error_ended_starts_a_new_file_when_asked_again
     half = len(clip) // 2
     publish(stream, clip[:half])
 
-    def full(fd, data):
+    def full(fd, *data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(manager.disk_writer, "_write", full)
+    monkeypatch.setattr(manager.disk_writer, "_write", full)  # buffered writes
+    monkeypatch.setattr(manager.disk_writer, "_pwrite", full)  # direct ones (record.direct_io)
     publish(stream, clip[half:half + 60])
     for _ in range(100):  # the writer's thread reports it on the loop
         if rec.recorder.stopped:
@@ -177,7 +180,7 @@ async def test_a_recording_a_disk_error_ended_starts_a_new_file_when_asked_again
     assert rec.recorder.stopped and rec.recorder.files[-1].status == "failed"
     failed = rec.recorder.files[-1]
     assert failed.bytes == failed.path.stat().st_size  # cut back to its last whole piece
-    manager.disk_writer._write = os.write
+    monkeypatch.undo()
     again = manager.start(KEY)
     assert again is not rec and not again.recorder.stopped
     assert rec.recorder not in stream.sinks  # the failed one left the stream
@@ -196,9 +199,10 @@ async def test_a_tail_the_disk_lost_after_the_close_leaves_the_row_with_what_the
             break
         await asyncio.sleep(0.01)
 
-    def full(fd, data):
+    def full(fd, *data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(manager.disk_writer, "_write", full)
+    monkeypatch.setattr(manager.disk_writer, "_pwrite", full)
     assert manager.stop(KEY)  # the last GOP's pieces are queued, then the file is closed: they fail after
     closed = rec.recorder.files[-1]
     assert closed.status == "complete"

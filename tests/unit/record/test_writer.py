@@ -13,7 +13,7 @@ import time
 import pytest
 
 from mediaserver.media.frames import FrameKind
-from mediaserver.record import recorder as recorder_module, vod
+from mediaserver.record import recorder as recorder_module, vod, writer as writer_module
 from mediaserver.record.recorder import COMPLETE, FAILED, Recorder
 from mediaserver.record.writer import IOV_MAX, PAGE_SIZE, DiskWriter, write_whole
 from mediaserver.remux.fmp4 import Pieces
@@ -269,3 +269,131 @@ async def test_a_file_that_cannot_be_created_ends_the_recording_once_and_the_str
     assert len(viewer.frames) == len(media)  # the hub's other consumers got every frame
     stream.end()
     await asyncio.to_thread(disk.stop)
+
+
+# ----- direct writes (record.direct_io) ---------------------------------------------------------------
+
+
+def _direct_supported(tmp_path) -> bool:
+    fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    os.close(fd)
+    return True
+
+
+async def _record_clip(tmp_path, frames, **disk_args) -> tuple[Recorder, list[bytes]]:
+    """`frames` recorded through a DiskWriter; the file's whole bytes after each write the thread made (read
+    from the disk, as a reader or a crash would find them)."""
+    seen: list[bytes] = []
+    disk = DiskWriter(asyncio.get_running_loop(), **disk_args)
+    stream = new_stream()
+    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk)
+    stream.add_sink(rec)
+    for frame in frames:
+        publish(stream, [frame])
+        await disk.caught_up()
+        if rec._file is not None and not rec._file.creating and rec._file.path.exists():
+            now = rec._file.path.read_bytes()
+            if not seen or seen[-1] != now:
+                seen.append(now)
+    stream.end()
+    await asyncio.to_thread(disk.stop)
+    return rec, seen
+
+
+@pytest.mark.parametrize("buffer", [8192, 4 << 20], ids=["fragments-past-the-buffer", "one-write-each"])
+async def test_direct_writes_make_the_same_file_and_a_valid_mp4_after_every_write(tmp_path, buffer):
+    assert _direct_supported(tmp_path)
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    buffered, _ = await _record_clip(tmp_path / "buffered", frames)
+    direct, seen = await _record_clip(tmp_path / "direct", frames, direct=True, direct_buffer=buffer)
+    [a], [b] = buffered.files, direct.files
+    assert b.status == COMPLETE and b.path.read_bytes() == a.path.read_bytes()  # the `free` padding cut at close
+    assert b.bytes == b.path.stat().st_size
+    assert len(decode(b.path)["video"]) == 4 * FPS
+    final = b.path.read_bytes()
+    assert len(seen) >= 3  # the init with the first GOP, then a write per GOP (the last at the end)
+    for on_disk in seen:
+        # What a crash at that moment leaves: whole blocks, the file's bytes so far, then one `free` box of
+        # zeros to the block's end; every whole fragment indexes and plays.
+        assert len(on_disk) % 4096 == 0
+        index = vod.index_file(on_disk)
+        end = index.fragments[-1].offset + index.fragments[-1].size - (len(on_disk) - index.total_bytes)
+        real = next(n for n in range(len(on_disk) - 8, -1, -1) if on_disk[n + 4:n + 8] == b"free"
+                    and int.from_bytes(on_disk[n:n + 4], "big") == len(on_disk) - n)
+        assert on_disk[:real] == final[:real] and set(on_disk[real + 8:]) <= {0}
+        assert index.trailing_bytes == 0 and end <= len(on_disk)
+
+
+async def test_a_direct_write_that_fails_cuts_the_file_back_to_its_last_whole_piece(tmp_path):
+    assert _direct_supported(tmp_path)
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    calls = []
+
+    def filling(fd, block, at) -> int:
+        calls.append(len(block))
+        if len(calls) == 3:
+            os.pwrite(fd, block[:4096], at)  # a block of it, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.pwrite(fd, block, at)
+
+    disk = DiskWriter(asyncio.get_running_loop(), direct=True, pwrite=filling)
+    stream = new_stream()
+    closed_events = []
+    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk, on_file_closed=closed_events.append)
+    stream.add_sink(rec)
+    publish(stream, frames)
+    for _ in range(200):
+        if rec.stopped:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.to_thread(disk.stop)
+    [closed] = closed_events
+    assert closed.status == FAILED and "No space left" in closed.error
+    assert closed.path.stat().st_size == closed.bytes > 0  # the two writes before, without their padding
+    assert vod.index_file(closed.path.read_bytes()).trailing_bytes == 0
+    assert decode(closed.path)["video"]
+    stream.end()
+
+
+async def test_a_short_direct_write_goes_on_and_an_unaligned_one_is_an_error(tmp_path):
+    assert _direct_supported(tmp_path)
+    frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
+
+    def in_blocks(fd, block, at) -> int:  # a kernel that takes one block a call
+        return os.pwrite(fd, block[:4096], at)
+
+    rec, _ = await _record_clip(tmp_path / "short", frames, direct=True, pwrite=in_blocks)
+    [closed] = rec.files
+    assert closed.status == COMPLETE and len(decode(closed.path)["video"]) == 3 * FPS
+
+    def unaligned(fd, block, at) -> int:  # what no kernel should answer to whole blocks; never taken as done
+        return 100 if at else os.pwrite(fd, block, at)
+
+    rec, _ = await _record_clip(tmp_path / "odd", frames, direct=True, pwrite=unaligned)
+    [closed] = rec.files
+    assert closed.status == FAILED and "direct write wrote 100 of" in closed.error
+
+
+async def test_a_filesystem_without_o_direct_gets_the_file_buffered(tmp_path, monkeypatch):
+    frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
+    buffered, _ = await _record_clip(tmp_path / "buffered", frames)
+
+    def refusing(fd, block, at) -> int:  # O_DIRECT taken at open, refused at the first write (as some FUSE do)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    rec, seen = await _record_clip(tmp_path / "refused", frames, direct=True, pwrite=refusing)
+    [closed], [expected] = rec.files, buffered.files
+    assert closed.status == COMPLETE and closed.path.read_bytes() == expected.path.read_bytes()
+    assert all(len(s) % 4096 for s in seen[:2]), "appended as they come, no padding"
+
+    real_fcntl = writer_module.fcntl.fcntl
+
+    def no_direct(fd, cmd, arg=0):
+        if cmd == writer_module.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))  # refused when asked for
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(writer_module.fcntl, "fcntl", no_direct)
+    rec, _ = await _record_clip(tmp_path / "refused-at-open", frames, direct=True)
+    [closed] = rec.files
+    assert closed.status == COMPLETE and closed.path.read_bytes() == expected.path.read_bytes()
