@@ -140,7 +140,7 @@ class DvrTrail:
             if f.sequence is None and following is not None:
                 f.sequence = following
                 f.discontinuity = discontinuity + (gap or _shape(index) != shape)
-            whole = f.final_bytes is not None and index.file_size >= f.final_bytes
+            whole = f.final_bytes is not None and index.total_bytes >= f.final_bytes  # (not its `free` padding)
             following = f.sequence + len(index.fragments) if f.sequence is not None and whole else None
             discontinuity, shape, gap = f.discontinuity or 0, _shape(index), False
             if f.sequence is None:

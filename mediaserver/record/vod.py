@@ -436,10 +436,14 @@ def _index(f: BinaryIO, file_size: int, grown_from: VodIndex | None = None) -> V
     # The segment being gathered: [offset, end, start, duration, keyframe]
     current: list | None = None
     pending_moof: tuple[int, int, list[_Traf]] | None = None
+    gap_end = 0  # the end of boxes between fragments, joined to the one before once another follows
     for kind, offset, size, _header in _top_level(f, file_size, start_at):
         if kind == b"moof":
             if pending_moof is not None:
                 break  # a moof without its mdat: damage; keep what came before
+            if gap_end and current is not None:
+                current[1] = gap_end  # keep the byte ranges contiguous
+            gap_end = 0
             if size > MAX_META_BOX:
                 break  # no recorder writes such a moof: damage; keep what came before
             pending_moof = (offset, size, _parse_moof(_read_box(f, offset, size, kind), tracks))
@@ -447,8 +451,7 @@ def _index(f: BinaryIO, file_size: int, grown_from: VodIndex | None = None) -> V
         if kind != b"mdat":
             if kind not in _BETWEEN_FRAGMENTS or pending_moof is not None:
                 break  # not a box a muxer puts between fragments: damage; keep what came before
-            if current is not None:
-                current[1] = offset + size  # keep the byte ranges contiguous
+            gap_end = offset + size  # (a `free` box last, a direct write's padding, is trailing: cut at close)
             continue
         if pending_moof is None:
             break  # an mdat without a moof: damage

@@ -151,6 +151,23 @@ def test_damage_after_whole_fragments_keeps_them(recording):
         assert index.trailing_bytes == len(tail)
 
 
+def test_a_free_box_between_fragments_joins_the_one_before_and_a_last_one_trails(recording):
+    path, _ = recording
+    data = path.read_bytes()
+    whole = vod.index_file(data)
+    second = whole.fragments[1].offset
+    padding = _box(b"free", bytes(100))
+    # Between fragments: the ranges stay contiguous (the first fragment's takes it), nothing trails.
+    index = vod.index_file(data[:second] + padding + data[second:])
+    assert index.fragments[0].size == whole.fragments[0].size + len(padding)
+    assert index.fragments[1].offset == second + len(padding) and index.trailing_bytes == 0
+    # Last (a direct write's padding, or a crash's leftover): it trails, so the catalog cuts it off and a
+    # DVR reader counts the fragments as whole by their own bytes.
+    index = vod.index_file(data + padding)
+    assert index.fragments == whole.fragments and index.trailing_bytes == len(padding)
+    assert index.total_bytes == len(data)
+
+
 def test_a_box_bigger_than_the_index_reads_is_refused_without_reading_it(recording, tmp_path):
     """A sparse file: the init, then a moof whose (whole) box claims a gigabyte."""
     path, _ = recording
