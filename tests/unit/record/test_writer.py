@@ -9,12 +9,13 @@ import errno
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from mediaserver.media.frames import FrameKind
 from mediaserver.record import recorder as recorder_module, vod, writer as writer_module
-from mediaserver.record.recorder import COMPLETE, FAILED, Recorder
+from mediaserver.record.recorder import COMPLETE, FAILED, FileClosed, Recorder
 from mediaserver.record.writer import IOV_MAX, PAGE_SIZE, DiskWriter, write_whole
 from mediaserver.remux.fmp4 import Pieces
 
@@ -87,10 +88,17 @@ async def test_an_error_on_the_thread_ends_the_recording_once_with_the_file_cut_
         written.append(sum(map(len, buffers)))
         return os.writev(fd, buffers)
 
-    disk = DiskWriter(asyncio.get_running_loop(), write=filling)
+    closed = await _recorded_until_the_disk_fails(DiskWriter(asyncio.get_running_loop(), write=filling), frames,
+                                                  tmp_path)
+    assert closed.bytes == sum(written) == closed.path.stat().st_size
+
+
+async def _recorded_until_the_disk_fails(disk: DiskWriter, frames, root: Path) -> FileClosed:
+    """`frames` recorded through `disk`, whose writes fail at some point: the one file it reports, failed
+    for want of space, cut back to its whole pieces (it plays)."""
     stream = new_stream()
     closed_events = []
-    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk, on_file_closed=closed_events.append)
+    rec = Recorder(KEY, root, wall_clock=Clock(), fragment_s=1.0, disk=disk, on_file_closed=closed_events.append)
     stream.add_sink(rec)
     publish(stream, frames)
     for _ in range(200):
@@ -98,11 +106,12 @@ async def test_an_error_on_the_thread_ends_the_recording_once_with_the_file_cut_
             break
         await asyncio.sleep(0.01)
     await asyncio.to_thread(disk.stop)
-    assert [c.status for c in closed_events] == [FAILED] and "No space left" in closed_events[0].error
-    closed = closed_events[0]
-    assert closed.bytes == sum(written) == closed.path.stat().st_size
-    assert decode(closed.path)["video"]
     stream.end()
+    [closed] = closed_events
+    assert closed.status == FAILED and "No space left" in closed.error
+    assert vod.index_file(closed.path.read_bytes()).trailing_bytes == 0
+    assert decode(closed.path)["video"]
+    return closed
 
 
 def test_pieces_go_out_whole_in_order_past_the_iovec_limit_and_after_short_writes(tmp_path):
@@ -335,23 +344,9 @@ async def test_a_direct_write_that_fails_cuts_the_file_back_to_its_last_whole_pi
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return os.pwrite(fd, block, at)
 
-    disk = DiskWriter(asyncio.get_running_loop(), direct=True, pwrite=filling)
-    stream = new_stream()
-    closed_events = []
-    rec = Recorder(KEY, tmp_path, wall_clock=Clock(), fragment_s=1.0, disk=disk, on_file_closed=closed_events.append)
-    stream.add_sink(rec)
-    publish(stream, frames)
-    for _ in range(200):
-        if rec.stopped:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.to_thread(disk.stop)
-    [closed] = closed_events
-    assert closed.status == FAILED and "No space left" in closed.error
+    closed = await _recorded_until_the_disk_fails(
+        DiskWriter(asyncio.get_running_loop(), direct=True, pwrite=filling), frames, tmp_path)
     assert closed.path.stat().st_size == closed.bytes > 0  # the two writes before, without their padding
-    assert vod.index_file(closed.path.read_bytes()).trailing_bytes == 0
-    assert decode(closed.path)["video"]
-    stream.end()
 
 
 async def test_a_short_direct_write_goes_on_and_an_unaligned_one_is_an_error(tmp_path):
