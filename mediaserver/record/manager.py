@@ -293,7 +293,8 @@ class RecordingManager:
         await manager._recover()
         await manager.upkeep.check_disk()  # a full disk refuses recordings from the first stream on
         if store is not None:
-            manager.uploader = Uploader(catalog, store, cfg, node, manager._final, held=manager._dvr_holds)
+            manager.uploader = Uploader(catalog, store, cfg, node, manager._final, held=manager._dvr_holds,
+                                        written=manager.disk_writer.caught_up)
             await manager.uploader.start()
         loop = asyncio.get_running_loop()
         manager._tasks = [loop.create_task(manager._writer(), name="recording catalog"),

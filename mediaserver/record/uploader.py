@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,8 @@ def _unlink_all(paths: list[Path]) -> list[tuple[Path, OSError]]:
 class Uploader:
     def __init__(self, catalog: Catalog, store: ObjectStore, cfg: RecordConfig, node: str,
                  on_final: Callable[[Recording], None],
-                 held: Callable[[Recording], bool] = lambda row: False) -> None:
+                 held: Callable[[Recording], bool] = lambda row: False,
+                 written: Callable[[], Awaitable[None]] | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.cfg = cfg
@@ -109,6 +110,10 @@ class Uploader:
         self.on_final = on_final
         self.held = held
         """Whether a live stream's DVR window still reaches a file (the manager's answer)."""
+        self.written = written
+        """Returns once the writes queued so far are on the disk (the DiskWriter's `caught_up`): a file is
+        told closed when its close is queued, and its last pieces, or the cut of a direct write's padding,
+        may still be on their way."""
         self.root = Path(cfg.path).resolve()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -237,6 +242,8 @@ class Uploader:
             relative = path.resolve().relative_to(self.root)
         except ValueError:
             relative = Path(row.app, row.stream, path.name)
+        if self.written is not None:
+            await self.written()
         if not await asyncio.to_thread(path.is_file):
             raise FileNotFoundError(f"{path} is gone")
         key = object_key(self.cfg.s3.prefix, relative)

@@ -186,6 +186,32 @@ async def test_a_finished_file_is_uploaded_then_removed_and_its_row_points_at_th
         await catalog.close()
 
 
+async def test_a_file_is_read_for_its_upload_only_once_its_writes_are_on_the_disk(s3, aws_env, tmp_path, recorded):
+    s3.create_bucket("late")
+    path = tmp_path / "c.mp4"
+    data = recorded.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # told closed; its last pieces still queued on the writer's thread
+    catalog, row = await _catalog_with(tmp_path, path, "uploading", final_status="complete")
+    cfg = RecordConfig(path=str(tmp_path), storage="s3", s3=s3_config(s3, "late"))
+    on_disk = asyncio.Event()
+
+    async def written() -> None:
+        await on_disk.wait()
+
+    uploader = Uploader(catalog, await ObjectStore.open(cfg.s3), cfg, "n1", lambda r: None, written=written)
+    try:
+        await uploader.start()
+        await asyncio.sleep(0.3)
+        assert s3.keys("late") == [] and path.exists()  # nothing read yet
+        path.write_bytes(data)  # the writer's thread is done
+        on_disk.set()
+        done = await _until(lambda: _located(catalog, row.id))
+        assert done.bytes == len(data) and s3.get("late", "c.mp4") == data
+    finally:
+        await uploader.close()
+        await catalog.close()
+
+
 async def _located(catalog: Catalog, rec_id: str) -> Recording | None:
     row = await catalog.get(rec_id)
     return row if row is not None and row.location.startswith("s3://") else None
