@@ -13,9 +13,9 @@ response is being sent.
 
 TLS connections (the bytes must be encrypted by the transport) and a head still queued take the pread way.
 Like nginx's default (sendfile on, no aio threads), a range that is not in the page cache is read from the
-disk inside the call (a thread would race the connection's file descriptor being closed). A recording's
-newest interval is cached as it is written; what is older leaves the cache once durable
-(record/writer.py), so older parts are read from the disk, as nginx reads them.
+disk inside the call (a thread would race the connection's file descriptor being closed). Recordings are
+written past the page cache (O_DIRECT, record/writer.py), so the first viewer of a range reads it from the
+disk, as nginx does, and the viewers after it find it cached: what is cached is what is watched.
 
 Conditional requests: an ETag (mtime and size) and Last-Modified go with every answer; If-None-Match
 gives 304, and a Range with an If-Range that no longer matches (a recording that grew) gives the whole
