@@ -148,7 +148,29 @@ class DvrTrail:
             newest = position == len(files) - 1
             fragments = index.fragments[:-1] if newest else index.fragments  # the newest may still grow
             listed += [(f, index, x, f.sequence + n) for n, x in enumerate(fragments)]
+        if listed:
+            _prefetch(listed[-1][0].path, listed[-1][2])
         return dvr_playlist(listed, self.window_s, uri)
+
+
+def _prefetch(path: Path, fragment: VodFragment) -> None:
+    """Ask the kernel to read the live edge's segment into the page cache now (POSIX_FADV_WILLNEED, which
+    does not wait): the files are written past the cache (record/writer.py), and the viewers who fetch the
+    segment next would otherwise have the first of them read it from the disk inside a sendfile on the
+    event loop (edge/sendfile.py). Once per segment, when a playlist that lists it is rendered."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        advise(fd, fragment.offset, fragment.size, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass  # only advice
+    finally:
+        os.close(fd)
 
 
 def _read(f: DvrFile) -> VodIndex | None:

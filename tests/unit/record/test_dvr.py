@@ -6,6 +6,7 @@ local copy while the window reaches it, and removes it after (or at the next sta
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import m3u8
@@ -76,6 +77,18 @@ def test_a_window_over_rotated_files_numbers_segments_on_and_plays_across_them(t
             video += len(packet.decode())
     last = indexes[-1].fragments[-1]
     assert len(media_frames(frames, FrameKind.VIDEO)) - video == round(indexes[-1].fragment_seconds(last) * FPS)
+
+
+def test_rendering_the_window_asks_the_kernel_to_read_the_live_edge_segment_ahead(tmp_path, monkeypatch):
+    frames = codec_clip("h264", "aac", seconds=4.0, gop_frames=FPS)
+    rec, trail = recorded(tmp_path, [frames], segment_minutes=60)
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: advised.append((offset, size, advice)))
+    playlist = m3u8.loads(trail.render(uri))
+    size, offset = playlist.segments[-1].byterange.split("@")
+    # The newest segment listed (the one live-edge viewers fetch next), read ahead without waiting: written
+    # past the page cache, it would otherwise be read from the disk inside the first viewer's sendfile.
+    assert advised == [(int(offset), int(size), os.POSIX_FADV_WILLNEED)]
 
 
 def test_numbers_never_go_back_as_the_window_slides_and_files_leave(tmp_path):
