@@ -95,17 +95,19 @@ class DvrTrail:
         if any(f.rec_id == rec_id for f in self.files):
             self._deletions += 1
 
-    def key(self) -> tuple[str, str, int, int]:
-        """What the rendered text depends on: the oldest and newest files, the newest one's size (a stat, no
-        reading) and the deletions of its files, so a cached text is reused until a fragment is added."""
+    def key(self) -> tuple[str, str, int, int, int]:
+        """What the rendered text depends on: the oldest and newest files, the newest one's size and change
+        time (a stat, no reading: a direct write that adds less than its block's padding leaves the size
+        as it was) and the deletions of its files, so a cached text is reused until a fragment is added."""
         if not self.files:
-            return "", "", -1, self._deletions
+            return "", "", -1, -1, self._deletions
         oldest, newest = self.files[0], self.files[-1]
         try:
-            size = os.stat(newest.path).st_size
+            st = os.stat(newest.path)
+            size, changed = st.st_size, st.st_mtime_ns
         except OSError:
-            size = -1
-        return oldest.rec_id, newest.rec_id, size, self._deletions
+            size = changed = -1
+        return oldest.rec_id, newest.rec_id, size, changed, self._deletions
 
     def holds(self, rec_id: str) -> bool:
         """Whether the window still reaches the file: the newest, or the next one started inside the window.

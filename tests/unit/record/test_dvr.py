@@ -6,6 +6,7 @@ local copy while the window reaches it, and removes it after (or at the next sta
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import datetime, timezone
 
@@ -20,6 +21,8 @@ from mediaserver.media.frames import FrameKind
 from mediaserver.record import vod
 from mediaserver.record.catalog import Catalog, Recording, default_url
 from mediaserver.record.dvr import DvrTrail
+from mediaserver.record.recorder import create_file
+from mediaserver.record.writer import DiskWriter
 from mediaserver.record.objectstore import ObjectStore
 from mediaserver.record.uploader import KEPT_FILE, Uploader
 
@@ -143,7 +146,30 @@ def test_a_file_gone_from_the_disk_is_left_out(tmp_path):
 
 
 def test_an_empty_trail_has_no_key_to_render_by():
-    assert DvrTrail(10).key() == ("", "", -1, 0)
+    assert DvrTrail(10).key() == ("", "", -1, -1, 0)
+
+
+async def test_a_direct_write_that_leaves_the_size_as_it_was_still_changes_the_key(tmp_path):
+    disk = DiskWriter(asyncio.get_running_loop(), direct=True)
+
+    class File:
+        fd = -1
+
+    f = File()
+    path = tmp_path / "a.mp4"
+    disk.create(f, path, create_file, lambda *a: None, lambda *a: None)
+    disk.write(f, b"x" * 1000)
+    await disk.caught_up()
+    trail = DvrTrail(10)
+    trail.opened("a", path, 0.0)
+    before = trail.key()
+    await asyncio.sleep(0.05)  # past the filesystem's clock step
+    disk.write(f, b"y" * 100)  # within the block the padding fills: the size stays 4096
+    await disk.caught_up()
+    assert path.stat().st_size == 4096 and trail.key() != before
+    disk.close(f, sync=False)
+    await asyncio.to_thread(disk.stop)
+    assert path.read_bytes() == b"x" * 1000 + b"y" * 100
 
 
 def test_the_next_file_waits_for_its_predecessors_last_pieces_to_reach_the_disk(tmp_path):
