@@ -60,7 +60,7 @@ DIRECT_ALIGN = 4096
 DIRECT_BUFFER = 4 << 20
 """The direct writes' buffer: a GOP of a few Mbit/s in one write; a bigger job goes out in several."""
 _FREE_HEADER = 8
-_ZEROS = bytes(DIRECT_ALIGN)
+_ZEROS = memoryview(bytes(DIRECT_ALIGN))
 
 Buffers = Sequence[bytes | bytearray | memoryview]
 WriteV = Callable[[int, Buffers], int]
@@ -125,18 +125,18 @@ class OpenFile(Protocol):
 ErrorCallback = Callable[[Any, OSError, int], None]
 
 
-def _set_direct(fd: int) -> bool:
-    """Switch `fd` to O_DIRECT positioned writes (no O_APPEND: with it Linux ignores pwrite's offset);
-    False where the filesystem refuses (the file stays buffered, appending)."""
-    direct = getattr(os, "O_DIRECT", 0)
-    if not direct:
+def _set_direct(fd: int, direct: bool) -> bool:
+    """Switch `fd` to O_DIRECT positioned writes (no O_APPEND: with it Linux ignores pwrite's offset), or
+    back to buffered appends; False where the filesystem refuses O_DIRECT (the file stays buffered)."""
+    o_direct = getattr(os, "O_DIRECT", 0)
+    if direct and not o_direct:
         return False
     try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, (flags & ~os.O_APPEND) | direct)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL) & ~(os.O_APPEND | o_direct)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | (o_direct if direct else os.O_APPEND))
     except OSError:
         return False
-    return True
+    return direct
 
 
 class DiskWriter:
@@ -232,7 +232,7 @@ class DiskWriter:
             except OSError as err:
                 self._failed(file, entry, err)
                 return
-            entry.direct = self.direct and _set_direct(file.fd)
+            entry.direct = self.direct and _set_direct(file.fd, True)
             try:
                 self._loop.call_soon_threadsafe(on_created, file, path)
             except RuntimeError:
@@ -246,9 +246,7 @@ class DiskWriter:
             if entry is None or entry.written < 0:
                 return  # failed already: the rest of its pieces are dropped
             try:
-                if entry.direct:
-                    self._write_direct(fd, entry, arg)
-                else:
+                if not (entry.direct and self._write_direct(fd, entry, arg)):
                     write_whole(fd, arg, self._write)
                 entry.written += len(arg)
             except OSError as err:
@@ -279,11 +277,12 @@ class DiskWriter:
                     except OSError:
                         pass
 
-    def _write_direct(self, fd: int, entry: _Entry, data: bytes | bytearray | Pieces) -> None:
+    def _write_direct(self, fd: int, entry: _Entry, data: bytes | bytearray | Pieces) -> bool:
         """`data` after the file's bytes, by whole blocks from the buffer: the last partial block again, the
         data, then a `free` box to the block's end (zeros inside: never another file's bytes). A buffer's
-        worth goes out as it fills; the `free` box only with the last. A filesystem that refuses the first
-        write (EINVAL: O_DIRECT taken at open but not for writes) gets this file buffered from here on."""
+        worth goes out as it fills; the `free` box only with the last. False, with nothing written, when a
+        filesystem refuses the file's first write (EINVAL: O_DIRECT taken at open but not for writes): the
+        file is buffered from here on, this data too."""
         if self._buffer is None:
             self._buffer = mmap.mmap(-1, self._direct_size + DIRECT_ALIGN)  # room for the padding past a full one
         buf = memoryview(self._buffer)
@@ -306,18 +305,17 @@ class DiskWriter:
                 done += take
                 if pos == size:
                     if not self._put(fd, entry, buf[:size], at):
-                        write_whole(fd, data, self._write)
-                        return
+                        return False
                     at += size
                     pos = 0
         end = (pos + _FREE_HEADER + DIRECT_ALIGN - 1) & ~(DIRECT_ALIGN - 1)
         buf[pos:pos + _FREE_HEADER] = (end - pos).to_bytes(4, "big") + b"free"
         buf[pos + _FREE_HEADER:end] = _ZEROS[:end - pos - _FREE_HEADER]
         if not self._put(fd, entry, buf[:end], at):
-            write_whole(fd, data, self._write)
-            return
+            return False
         keep = pos & ~(DIRECT_ALIGN - 1)
         entry.tail, entry.tail_at = bytes(buf[keep:pos]), at + keep
+        return True
 
     def _put(self, fd: int, entry: _Entry, block: memoryview, at: int) -> bool:
         """Whole blocks at a block offset; a short write goes on from where it stopped (a block boundary).
@@ -328,9 +326,7 @@ class DiskWriter:
             except OSError as err:
                 if err.errno != errno.EINVAL or entry.written or at:
                     raise
-                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-                fcntl.fcntl(fd, fcntl.F_SETFL, (flags & ~getattr(os, "O_DIRECT", 0)) | os.O_APPEND)
-                entry.direct = False
+                entry.direct = _set_direct(fd, False)
                 return False
             if written <= 0 or written % 512:
                 raise OSError(errno.EIO, f"a direct write wrote {written} of {len(block)} bytes")
