@@ -56,6 +56,10 @@ class RecordConfig:
     """A file's path under `path`: {app}, {stream}, {start:STRFTIME} (UTC)."""
     segment_minutes: float = 60.0
     """A new file starts at the first keyframe after this long (and at a codec change)."""
+    fragment_duration: float = 6.0
+    """Seconds of media per fragment (moof+mdat, cut at the first keyframe after this long), each written to
+    the file in one go: the most a server killed mid-recording loses, and the DVR's and VOD's segment length.
+    Shorter costs more per stream (a write and a cut per fragment: bench/README.md)."""
     fsync_interval: float = 10.0
     """Seconds between fsyncs of a file being written (in a thread): what a power cut may lose at most."""
     direct_io: bool = True
@@ -82,6 +86,7 @@ class RecordConfig:
 # Accepted values, checked after types: KEY -> (min, max), or KEY -> choices.
 RANGES: dict[str, tuple[float, float]] = {
     "record.segment_minutes": (0.01, 1440),
+    "record.fragment_duration": (0.5, 60),
     "record.fsync_interval": (0.1, 3600),
     "record.dvr_window": (10, 7 * 86_400),
     "record.max_age_days": (0, 36_500),

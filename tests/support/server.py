@@ -33,6 +33,8 @@ TEST_SETTINGS: dict[str, str] = {
     # Tests of other features never start a transcode (the player page asks for the ladder when ABR is on):
     # the ABR tests set abr.mode = "on_demand", the default of a real server, themselves.
     "abr.mode": "off",
+    # The recording tests' clips are short (seconds, GOPs of 1-2 s): fragments of 2 s (not 6) give them several.
+    "record.fragment_duration": "2",
 }
 
 CHECKOUT = Path(__file__).resolve().parents[2]

@@ -21,6 +21,7 @@ from mediaserver.record import manager as manager_module
 from mediaserver.record import recorder as recorder_module
 from mediaserver.record.catalog import Catalog, CatalogUnavailable
 from mediaserver.record.manager import RecordingManager, catalog_url
+from mediaserver.record.vod import index_file
 
 from support.codec_clips import codec_clip
 
@@ -66,7 +67,7 @@ async def manager(tmp_path, monkeypatch):
     monkeypatch.setattr(manager_module, "SYNC_S", 0.05)
     registry = StreamRegistry()
     manager = await RecordingManager.open(registry, RecordConfig(mode="api", path=str(tmp_path / "rec"),
-                                                                 min_free_gb=0), "node-1")
+                                                                 min_free_gb=0, fragment_duration=2.0), "node-1")
     yield manager
     await manager.close()
 
@@ -259,7 +260,7 @@ async def test_every_recordings_progress_goes_to_the_catalog_in_one_write_and_be
 async def test_deleting_a_file_the_dvr_window_lists_renders_the_window_again(tmp_path, monkeypatch):
     monkeypatch.setattr(manager_module, "SYNC_S", 0.05)
     manager = await RecordingManager.open(StreamRegistry(), RecordConfig(
-        mode="api", path=str(tmp_path / "rec"), min_free_gb=0, segment_minutes=0.05), "node-1")
+        mode="api", path=str(tmp_path / "rec"), min_free_gb=0, segment_minutes=0.05, fragment_duration=2.0), "node-1")
     try:
         stream = manager.registry.claim_publisher(KEY, Publisher())
         rec = manager.start(KEY)
@@ -299,3 +300,24 @@ async def test_a_file_the_writer_creates_only_as_the_manager_closes_still_gets_i
         await catalog.close()
     [row] = rows
     assert row.status == "complete" and row.bytes == Path(row.location).stat().st_size > 0
+
+
+@pytest.mark.parametrize("fragment_s", [None, 2.0])
+async def test_fragments_last_record_fragment_duration_six_seconds_by_default(tmp_path, fragment_s):
+    """A GOP of 1 s: by default a fragment (one write, the DVR's and VOD's segment) holds the GOPs of 6 s."""
+    more = {} if fragment_s is None else {"fragment_duration": fragment_s}
+    manager = await RecordingManager.open(StreamRegistry(), RecordConfig(
+        mode="api", path=str(tmp_path / "rec"), min_free_gb=0, **more), "node-1")
+    try:
+        stream = manager.registry.claim_publisher(KEY, Publisher())
+        rec = manager.start(KEY)
+        publish(stream, codec_clip("h264", "aac", seconds=20.0, gop_frames=25))
+        path = rec.recorder.current_path
+    finally:
+        await manager.close()
+    with open(path, "rb") as f:
+        index = index_file(f)
+    seconds = [index.fragment_seconds(f) for f in index.fragments]
+    wanted = 6.0 if fragment_s is None else fragment_s
+    assert all(abs(s - wanted) < 0.05 for s in seconds[:-1]), seconds  # the last: what was left at the end
+    assert len(seconds) == -(-20 // int(wanted)), seconds
