@@ -1,15 +1,15 @@
-"""GopFragmenter: the recorder's cutter for the common stream, one moof+mdat per track per GOP.
+"""GopFragmenter: the recorder's cutter for the common stream, one moof+mdat per track per fragment of whole GOPs.
 
 The CmafSegmenter the live CMAF outputs use (remux/cmaf.py) places every frame as it comes: parts, audio
 following the video's cuts, timeline checks; about 11 µs of Python per frame, four times what recording
 may cost in all (bench/README.md, bench.record). A recording needs none of its parts, so for H.264 or HEVC
-video with AAC audio this keeps the frames of the open GOP in a list (nothing else per frame) and, at the
+video with AAC audio this keeps the frames of the open fragment in a list (nothing else per frame) and, at the
 next keyframe at least `fragment_s` later, builds the video fragment and the audio that came before that
 keyframe with one `fmp4.fragment_pieces` call each: the same boxes, inits (made by CmafSegmenter's own
 builders) and timescales (video 90 kHz, audio its sample rate) as the live outputs, as CmafSegment objects
 the Recorder stores as it stores the segmenter's. Their `data` is the fragment in pieces (fmp4.Pieces: the
 boxes' headers, then views of the frames' payloads), which the Recorder's writer hands to one writev: a
-GOP's megabyte is never copied in Python, on the event loop.
+fragment's megabytes are never copied in Python, on the event loop.
 
 Anything else goes to a CmafSegmenter from then on, configs handed over: another codec, audio with no video
 config, and any change of codec configuration once media has been cut (the Recorder starts a new file at a

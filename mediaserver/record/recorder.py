@@ -1,7 +1,7 @@
 """Recorder: a hub Sink that writes a live stream to fragmented MP4 files, crash-safe.
 
 One file per recording: `ftyp` + `moov` (one init describing the video and the audio track together),
-then each CMAF segment of each track (a GOP of video, the audio of the same stretch) as moof+mdat
+then each CMAF segment of each track (the GOPs of `fragment_s` of video, the audio of the same stretch) as moof+mdat
 fragments. The stream is cut by the GopFragmenter (fragmenter.py: the boxes of the project's own
 CmafSegmenter, which the live CMAF outputs use, a GOP at a time), so recording adds one fragmenter and one
 write per segment and track: no decoding, and no copy of the media in Python (a fragment's pieces, its
@@ -13,7 +13,7 @@ vod.index_file() ignores the partial box at the end. The data reaches the disk w
 back, or at an fsync (every `fsync_interval_s`, as `take_sync_jobs()` is called, and at close).
 
 Where the writes happen: given a `disk` (writer.DiskWriter, as the RecordingManager gives), the pieces of
-each batch of frames (a GOP's video and audio fragments together, one job and one writev), each fsync and
+each batch of frames (a fragment's video and audio together, one job and one writev), each fsync and
 close go to its thread in order, so a disk that stalls never stalls the hub's callbacks (the event loop);
 an error there comes back through `_disk_failed`. Creating a file (mkdir, open) goes there as well, first
 in its queue: the file's name is made here from the template (no disk access), and what the owner hears
@@ -195,7 +195,7 @@ class Recorder:
     """
 
     waits_for_frames = False
-    """Nobody watches the file as frames come (it grows a GOP fragment at a time; DVR and VOD read what is
+    """Nobody watches the file as frames come (it grows a fragment at a time; DVR and VOD read what is
     written): a stream only recorded may have its publisher's reads merged as if unwatched."""
 
     def next_output_ms(self) -> float:
@@ -452,7 +452,7 @@ class Recorder:
 
     def _append(self, f: _File, data: bytes | bytearray | Pieces) -> bool:
         """One piece, whole, in one write (a short write on a full disk is finished or fails). Given a
-        DiskWriter, the pieces of one `_store` (a GOP's video and audio fragments, a new file's init and
+        DiskWriter, the pieces of one `_store` (a fragment's video and audio, a new file's init and
         first fragment) go to it together at its end, `_hand_over`: one job and one writev, not one each."""
         if self._disk is not None:
             if self._handing is not f:

@@ -58,7 +58,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") and "SC_PAGE_SI
 DIRECT_ALIGN = 4096
 """Offsets and sizes of direct writes: a multiple of every logical block size a disk has (512 or 4096)."""
 DIRECT_BUFFER = 4 << 20
-"""The direct writes' buffer: a GOP of a few Mbit/s in one write; a bigger job goes out in several."""
+"""The direct writes' buffer: a fragment of 6 s at a few Mbit/s in one write; a bigger job goes out in several."""
 _FREE_HEADER = 8
 _ZEROS = memoryview(bytes(DIRECT_ALIGN))
 
