@@ -138,8 +138,9 @@ class _Recording:
         cfg = manager.cfg
         self.recorder = Recorder(
             stream.key, cfg.path, template=cfg.template, segment_minutes=cfg.segment_minutes,
-            fragment_s=cfg.fragment_duration, fsync_interval_s=cfg.fsync_interval, on_file_opened=self._opened, on_progress=self._progress,
-            on_file_closed=self._closed, on_tail_lost=self._tail_lost, disk=manager.disk_writer,
+            fragment_s=cfg.fragment_duration, fsync_interval_s=cfg.fsync_interval, on_file_opened=self._opened,
+            on_progress=self._progress, on_file_closed=self._closed, on_tail_lost=self._tail_lost,
+            disk=manager.disk_writer,
         )
         self.closed_rows: dict[Path, str] = {}
         """The row ids of the last files closed, by path: a tail lost on the writer's thread finds its row."""
