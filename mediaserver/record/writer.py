@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..log import event
 from ..remux.fmp4 import Pieces
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,11 @@ def write_whole(fd: int, data: bytes | bytearray | Pieces, writev: WriteV = os.w
 class _Entry:
     """The thread's state of one file."""
 
-    __slots__ = ("on_error", "written", "synced", "advised", "direct", "tail", "tail_at")
+    __slots__ = ("on_error", "path", "written", "synced", "advised", "direct", "tail", "tail_at")
 
-    def __init__(self, on_error: ErrorCallback) -> None:
+    def __init__(self, on_error: ErrorCallback, path: Path) -> None:
         self.on_error = on_error
+        self.path = path
         self.written = 0
         """Bytes of the file's pieces written so far, or -1 once failed."""
         self.synced = 0
@@ -162,6 +164,8 @@ class DiskWriter:
         self._files: dict[int, _Entry] = {}
         """id(file) -> its state: the thread's."""
         self._stopped = False
+        self._refused_told = False
+        """A refused O_DIRECT was logged (once: `_refused`)."""
         self._thread = threading.Thread(target=self._run, name="recording writer", daemon=True)
         self._thread.start()
 
@@ -226,13 +230,16 @@ class DiskWriter:
     def _do(self, kind: str, file: OpenFile, arg) -> None:
         if kind == "create":
             path, create, on_error, on_created = arg
-            entry = self._files[id(file)] = _Entry(on_error)
+            entry = self._files[id(file)] = _Entry(on_error, path)
             try:
                 path, file.fd = create(path)
             except OSError as err:
                 self._failed(file, entry, err)
                 return
+            entry.path = path
             entry.direct = self.direct and _set_direct(file.fd, True)
+            if self.direct and not entry.direct:
+                self._refused(entry, "O_DIRECT refused when the file was opened")
             try:
                 self._loop.call_soon_threadsafe(on_created, file, path)
             except RuntimeError:
@@ -327,11 +334,22 @@ class DiskWriter:
                 if err.errno != errno.EINVAL or entry.written or at:
                     raise
                 entry.direct = _set_direct(fd, False)
+                self._refused(entry, f"its first direct write failed: {err}")
                 return False
             if written <= 0 or written % 512:
                 raise OSError(errno.EIO, f"a direct write wrote {written} of {len(block)} bytes")
             block, at = block[written:], at + written
         return True
+
+    def _refused(self, entry: _Entry, why: str) -> None:
+        """A filesystem would not take O_DIRECT: said once per server (every file on it is refused alike)."""
+        if self._refused_told:
+            return
+        self._refused_told = True
+        event(log, "recording_direct_io_refused", logging.WARNING, path=str(entry.path), reason=why,
+              action="this file and others like it are written buffered, through the page cache",
+              hint="the filesystem of record.path does not take O_DIRECT, so recording costs more CPU there "
+                   "(bench/README.md); set record.direct_io = false to say so and silence this")
 
     def _synced(self, fd: int, entry: _Entry) -> None:
         """An fsync made the file durable up to `written`: the part the fsync before made durable leaves the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import threading
 import time
@@ -368,9 +369,15 @@ async def test_a_short_direct_write_goes_on_and_an_unaligned_one_is_an_error(tmp
     assert closed.status == FAILED and "direct write wrote 100 of" in closed.error
 
 
-async def test_a_filesystem_without_o_direct_gets_the_file_buffered(tmp_path, monkeypatch):
+async def test_a_filesystem_without_o_direct_gets_the_file_buffered(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, "mediaserver.record.writer")
+
+    def told() -> list[str]:
+        return [str(r.fields) for r in caplog.records if r.getMessage() == "recording_direct_io_refused"]
+
     frames = codec_clip("h264", "aac", seconds=3.0, gop_frames=FPS)
     buffered, _ = await _record_clip(tmp_path / "buffered", frames)
+    assert not told()
 
     def refusing(fd, block, at) -> int:  # O_DIRECT taken at open, refused at the first write (as some FUSE do)
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
@@ -379,6 +386,8 @@ async def test_a_filesystem_without_o_direct_gets_the_file_buffered(tmp_path, mo
     [closed], [expected] = rec.files, buffered.files
     assert closed.status == COMPLETE and closed.path.read_bytes() == expected.path.read_bytes()
     assert all(len(s) % 4096 for s in seen[:2]), "appended as they come, no padding"
+    [line] = told()  # once, with the file and why: the operator learns recording costs more there
+    assert str(closed.path) in line and "first direct write failed" in line and "record.direct_io" in line
 
     real_fcntl = writer_module.fcntl.fcntl
 
@@ -391,3 +400,4 @@ async def test_a_filesystem_without_o_direct_gets_the_file_buffered(tmp_path, mo
     rec, _ = await _record_clip(tmp_path / "refused-at-open", frames, direct=True)
     [closed] = rec.files
     assert closed.status == COMPLETE and closed.path.read_bytes() == expected.path.read_bytes()
+    assert len(told()) == 2 and "refused when the file was opened" in told()[1]
