@@ -43,6 +43,8 @@ class S3Config:
 
 
 DEFAULT_TEMPLATE = "{app}/{stream}/{start:%Y%m%d-%H%M%S}.mp4"
+DEFAULT_FRAGMENT_S = 6.0
+"""record.fragment_duration's default, and the Recorder's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class RecordConfig:
     """A file's path under `path`: {app}, {stream}, {start:STRFTIME} (UTC)."""
     segment_minutes: float = 60.0
     """A new file starts at the first keyframe after this long (and at a codec change)."""
-    fragment_duration: float = 6.0
+    fragment_duration: float = DEFAULT_FRAGMENT_S
     """Seconds of media per fragment (moof+mdat, cut at the first keyframe after this long), each written to
     the file in one go: the most a server killed mid-recording loses, and the DVR's and VOD's segment length.
     Shorter costs more per stream (a write and a cut per fragment: bench/README.md)."""

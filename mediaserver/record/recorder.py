@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.record import DEFAULT_TEMPLATE
+from ..config.record import DEFAULT_FRAGMENT_S, DEFAULT_TEMPLATE
 from ..errors import MediaError, UsageError
 from ..hub.stream import StreamKey
 from ..log import event
@@ -58,7 +58,6 @@ from .writer import DiskWriter, WriteV, write_whole
 log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_MINUTES = 60.0
-DEFAULT_FRAGMENT_S = 2.0
 DEFAULT_FSYNC_INTERVAL_S = 10.0
 _MAX_NAME_TRIES = 100
 

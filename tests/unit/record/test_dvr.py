@@ -21,10 +21,10 @@ from mediaserver.media.frames import FrameKind
 from mediaserver.record import vod
 from mediaserver.record.catalog import Catalog, Recording, default_url
 from mediaserver.record.dvr import DvrTrail
-from mediaserver.record.recorder import create_file
-from mediaserver.record.writer import DiskWriter
 from mediaserver.record.objectstore import ObjectStore
+from mediaserver.record.recorder import create_file
 from mediaserver.record.uploader import KEPT_FILE, Uploader
+from mediaserver.record.writer import DiskWriter
 
 from support.codec_clips import codec_clip, media_frames
 from test_recorder import FPS, KEY, Clock, Recorder, new_stream, publish
