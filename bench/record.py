@@ -11,7 +11,9 @@ copies of the benchmark media (bench/_media.py: 720p30 H.264 2.5 Mbit/s + AAC, G
 `ffmpeg -re -stream_loop -1 -c copy` each, waits until every stream serves a keyframe, lets `--warmup`
 pass and measures the server's CPU (its whole process tree, /proc) over `--seconds`, as `load.py publish
 --no-hls-touch` does. Also read over the window: the server's /proc/PID/io (`wchar`, `syscw`: bytes and
-write calls, sockets included; `write_bytes`: what reached the block layer) and its RSS.
+write calls, sockets included; `write_bytes`: what reached the block layer), its RSS, and its main thread's
+CPU (/proc/PID/task/PID/stat: the event loop's thread; the rest is the other threads': the recording
+writer's, the catalog's), so the cost of recording splits into the loop's part and the writer's.
 
 Then the publishers stop, and the admin API says how many frames each stream received (`frames_in`, less
 the two sequence headers, the onMetaData and the end-of-sequence tag of its trailer that ffmpeg sends
@@ -71,6 +73,18 @@ def user_system_s(pid: int) -> tuple[float, float] | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         return int(fields[11]) / load._procstats.CLOCK_TICKS, int(fields[12]) / load._procstats.CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def loop_thread_s(pid: int) -> float | None:
+    """utime + stime of the server's main thread (its event loop; the thread whose id is the process's), in
+    seconds. The process's figure less this is what its other threads took: the recording writer's, the
+    catalog's database thread, the default executor's."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / load._procstats.CLOCK_TICKS
     except (OSError, IndexError, ValueError):
         return None
 
@@ -177,11 +191,13 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
                          args.seconds)
         io: dict[int, dict[str, int]] = {}
         split: dict[int, tuple[float, float] | None] = {}
+        loop_s: dict[int, float | None] = {}
 
         def on_tick(k: int, _sample) -> None:
             if k in (plan.ws_tick, plan.we_tick):
                 io[k] = read_io(server.pid)
                 split[k] = user_system_s(server.pid)
+                loop_s[k] = loop_thread_s(server.pid)
 
         load.say(f"record.mode={mode}: {len(names)} publishers; warm-up {plan.ws_tick} s, window {plan.duration_s} s")
         ws, we = await load.run_window(plan, sampler, server, ctx.children, on_tick=on_tick)
@@ -205,6 +221,8 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
         "io": io_delta(io.get(plan.ws_tick, {}), io.get(plan.we_tick, {}), usage["wall_s"]),
         "server_user_system_s": [round(b - a, 2) for a, b in zip(split[plan.ws_tick], split[plan.we_tick])]
         if split.get(plan.ws_tick) and split.get(plan.we_tick) else None,
+        **_threads(loop_s.get(plan.ws_tick), loop_s.get(plan.we_tick), usage.get("server_cpu_s"), len(names),
+                   usage["wall_s"]),
         "memory": mem,
         "frames_received": sum(received.get(n, 0) - NON_SAMPLE_FRAMES for n in names),
         "server_log": str(server.log_path),
@@ -214,6 +232,17 @@ async def one_run(args, mode: str, run_name: str, media: Path) -> dict:
         if not args.keep_files:
             shutil.rmtree(rec_dir, ignore_errors=True)
     return result
+
+
+def _threads(loop0: float | None, loop1: float | None, process_s: float | None, streams: int,
+             wall_s: float) -> dict:
+    """A window's CPU split between the event loop's thread and the others, per stream-minute too."""
+    if loop0 is None or loop1 is None or process_s is None:
+        return {}
+    loop = loop1 - loop0
+    return {"loop_thread_cpu_s": round(loop, 2), "other_threads_cpu_s": round(process_s - loop, 2),
+            "loop_thread_cpu_s_per_stream_minute": load.per_minute(loop, streams, wall_s),
+            "other_threads_cpu_s_per_stream_minute": load.per_minute(process_s - loop, streams, wall_s)}
 
 
 def machine_steal_s() -> float | None:
@@ -282,10 +311,10 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
                 await set_recording(server, names, on)
                 await asyncio.sleep(args.settle)
             a, t0, io0, steal0 = user_system_s(server.pid), time.monotonic(), read_io(server.pid), machine_steal_s()
-            kernel0 = kernel_threads_cpu_s()
+            kernel0, loop0 = kernel_threads_cpu_s(), loop_thread_s(server.pid)
             await asyncio.sleep(args.seconds)
             b, t1, io1, steal1 = user_system_s(server.pid), time.monotonic(), read_io(server.pid), machine_steal_s()
-            kernel1 = kernel_threads_cpu_s()
+            kernel1, loop1 = kernel_threads_cpu_s(), loop_thread_s(server.pid)
             if a is None or b is None:
                 raise load.BenchError("the server's /proc/PID/stat could not be read")
             alive = ctx.children.alive("publisher")
@@ -296,6 +325,7 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
             windows.append({"recording": on, "wall_s": round(t1 - t0, 3), "user_s": round(user, 2),
                             "system_s": round(system, 2), "cpu_s_per_stream_minute": per,
                             "io": io_delta(io0, io1, t1 - t0),
+                            **_threads(loop0, loop1, user + system, len(names), t1 - t0),
                             "kernel_threads_cpu_s": round(kernel1 - kernel0, 2),
                             "kernel_threads_cpu_s_per_stream_minute": load.per_minute(kernel1 - kernel0, len(names),
                                                                                       t1 - t0),
@@ -309,13 +339,18 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
         await ctx.children.stop_all()
         if not args.keep_files:
             shutil.rmtree(rec_dir, ignore_errors=True)
-    deltas, kernel = [], []
+    deltas, kernel, loop, other = [], [], [], []
     for i in range(1, len(windows), 2):
-        for key, out in (("cpu_s_per_stream_minute", deltas), ("kernel_threads_cpu_s_per_stream_minute", kernel)):
-            off = (windows[i - 1][key] + windows[i + 1][key]) / 2
-            out.append(round(windows[i][key] - off, 4))
+        for key, out in (("cpu_s_per_stream_minute", deltas), ("kernel_threads_cpu_s_per_stream_minute", kernel),
+                         ("loop_thread_cpu_s_per_stream_minute", loop),
+                         ("other_threads_cpu_s_per_stream_minute", other)):
+            if all(windows[j].get(key) is not None for j in (i - 1, i, i + 1)):
+                off = (windows[i - 1][key] + windows[i + 1][key]) / 2
+                out.append(round(windows[i][key] - off, 4))
     return {"windows": windows, "recording_cpu_s_per_stream_minute": deltas,
             "kernel_threads_cpu_s_per_stream_minute": kernel,
+            "recording_loop_thread_cpu_s_per_stream_minute": loop,
+            "recording_other_threads_cpu_s_per_stream_minute": other,
             "recording_cpu_s_per_stream_minute_mean": round(sum(deltas) / len(deltas), 4),
             "recording_cpu_s_per_stream_minute_median": sorted(deltas)[len(deltas) // 2] if len(deltas) % 2
             else round(sum(sorted(deltas)[len(deltas) // 2 - 1:len(deltas) // 2 + 1]) / 2, 4)}
@@ -332,6 +367,10 @@ def summarize(runs: list[dict], streams: int) -> dict:
         pairs = [round(b - a, 4) for a, b in zip(off, on)]
         out["recording_cpu_s_per_stream_minute"] = pairs
         out["recording_cpu_s_per_stream_minute_mean"] = round(sum(pairs) / len(pairs), 4)
+        for key in ("loop_thread_cpu_s_per_stream_minute", "other_threads_cpu_s_per_stream_minute"):
+            offs = [r.get(key) for r in runs if r["mode"] == "off"]
+            ons = [r.get(key) for r in runs if r["mode"] == "all"]
+            out["recording_" + key] = [round(b - a, 4) for a, b in zip(offs, ons) if a is not None and b is not None]
     return out
 
 
@@ -355,6 +394,9 @@ def print_summary(out: dict, path: Path) -> None:
     if "recording_cpu_s_per_stream_minute" in s:
         print(f"  recording costs {s['recording_cpu_s_per_stream_minute']} CPU-s per stream-minute "
               f"(mean {s['recording_cpu_s_per_stream_minute_mean']}; goal at most 0.02)")
+        print(f"    of which the event loop's thread {s.get('recording_loop_thread_cpu_s_per_stream_minute')}, the "
+              f"other threads (the recording writer's, the catalog's) "
+              f"{s.get('recording_other_threads_cpu_s_per_stream_minute')}")
     print(f"  results: {path}")
 
 
@@ -380,6 +422,9 @@ async def amain(args) -> int:
         print(f"  recording costs {result['recording_cpu_s_per_stream_minute']} CPU-s per stream-minute (mean "
               f"{result['recording_cpu_s_per_stream_minute_mean']}, median "
               f"{result['recording_cpu_s_per_stream_minute_median']}; goal at most 0.02)")
+        print(f"    of which the event loop's thread {result['recording_loop_thread_cpu_s_per_stream_minute']}, the "
+              f"other threads (the recording writer's, the catalog's) "
+              f"{result['recording_other_threads_cpu_s_per_stream_minute']}")
         print(f"  the kernel's own threads (writeback) meanwhile: {result['kernel_threads_cpu_s_per_stream_minute']} "
               f"CPU-s per stream-minute, not in the figure above")
         print(f"  results: {path}")
