@@ -138,6 +138,13 @@ def test_video_decode_times_that_do_not_grow_are_set_a_tick_apart(clip):
     assert len(entries) == len(video)
     assert all(e[0] > 0 for e in entries), "every sample lasts at least a tick"
     assert entries[2][0] == 1 and entries[3][0] == 1
+    pts = []
+    for seg in (s for s in segs if s.track == VIDEO):
+        tick = seg.start
+        for duration, _, _, offset in trun_samples(bytes(seg.data)):
+            pts.append(tick + offset)
+            tick += duration
+    assert pts == [(f.dts_ms + f.cts_ms) * 90 for f in video], "each frame keeps its presentation time"
     first = next(s for s in segs if s.track == VIDEO)
     assert sum(e[0] for e in trun_samples(bytes(first.data))) == first.duration
 
