@@ -3,7 +3,7 @@
 One file per recording: `ftyp` + `moov` (one init describing the video and the audio track together),
 then each CMAF segment of each track (the GOPs of `fragment_s` of video, the audio of the same stretch) as
 moof+mdat fragments. The stream is cut by the GopFragmenter (fragmenter.py: the boxes of the project's own
-CmafSegmenter, which the live CMAF outputs use, a GOP at a time), so recording adds one fragmenter and one
+CmafSegmenter, which the live CMAF outputs use, whole GOPs at a time), so recording adds one fragmenter and one
 write per segment and track: no decoding, and no copy of the media in Python (a fragment's pieces, its
 boxes' headers and views of the frames' payloads, go to one os.writev).
 
