@@ -20,7 +20,7 @@ so memory stays bounded when the video stops.
 from __future__ import annotations
 
 from bisect import bisect_left
-from itertools import chain, islice, repeat
+from itertools import islice, repeat
 from operator import add, attrgetter, floordiv, getitem, le, lt, mul, sub
 from struct import Struct
 
@@ -49,11 +49,10 @@ has one to three."""
 
 
 def _payloads(frames: list[Frame]) -> tuple[list[memoryview], list[int]]:
-    """The frames' codec payloads (zero-copy views: Frame.payload) and their sizes, in C-level passes."""
-    tags = list(map(_tag, frames))
-    starts = list(map(_payload_start, frames))
-    ends = list(map(sub, map(len, tags), repeat(4)))
-    return list(map(getitem, map(memoryview, tags), map(slice, starts, ends))), list(map(sub, ends, starts))
+    """The frames' codec payloads (zero-copy views: Frame.payload, the tag less its 4-byte PreviousTagSize) and
+    their sizes, in C-level passes."""
+    views = list(map(getitem, map(memoryview, map(_tag, frames)), map(slice, map(_payload_start, frames), repeat(-4))))
+    return views, list(map(len, views))
 
 
 def _avcc_whole(tag: bytes, start: int, length_size: int) -> bool:
@@ -90,6 +89,9 @@ class GopFragmenter:
         self._nal_length_size = 4
         self._v: list[Frame] = []
         self._v_bytes = 0
+        self._v_keys = 0
+        """Keyframes in `_v`: a cut sets the sample flags from this when only the first frame is one (the
+        common fragment), instead of reading every frame's."""
         self._a: list[Frame] = []
         self._cut_any = False
         self._sequence = 0
@@ -253,6 +255,7 @@ class GopFragmenter:
                 v = self._v
         v.append(frame)
         self._v_bytes += frame.size
+        self._v_keys += frame.keyframe
 
     def _audio(self, frame: Frame, now: float) -> None:
         if self._audio_init is None or frame.codec != self._audio_init.codec:
@@ -297,10 +300,17 @@ class GopFragmenter:
             offsets = list(map(sub, map(mul, map(add, dts, map(_cts, v)), repeat(90)), ticks))
         else:  # which is the composition offset, when they stand as they came
             offsets = list(map(mul, map(_cts, v), repeat(90)))
-        flags = list(map(_SAMPLE_FLAGS.__getitem__, map(_keyframe, v)))
         payload, sizes = _payloads(v)
         payload_size = sum(sizes)
-        entries = list(chain.from_iterable(zip(durations, sizes, flags, offsets)))
+        # The trun's entries (duration, size, flags, offset) interleaved by slice assignment: no tuple a sample.
+        entries = [SAMPLE_NON_SYNC] * (4 * len(v))
+        entries[0::4] = durations
+        entries[1::4] = sizes
+        entries[3::4] = offsets
+        if self._v_keys == 1 and v[0].keyframe:
+            entries[2] = SAMPLE_SYNC
+        elif self._v_keys:
+            entries[2::4] = list(map(_SAMPLE_FLAGS.__getitem__, map(_keyframe, v)))
         if len(v) > 1:
             self._v_last_duration = ticks[-1] - ticks[-2]
         self._v_last_tick = end - 1 if end_ms is not None else last  # the next frame lands after the end
@@ -315,6 +325,7 @@ class GopFragmenter:
         start_ms = v[0].dts_ms
         self._v = []
         self._v_bytes = 0
+        self._v_keys = 0
         a = self._a
         first = 0
         while first < len(a) and a[first].dts_ms < start_ms and self._a_last_tick is None:
@@ -346,7 +357,8 @@ class GopFragmenter:
             start = last + samples  # within rounding of back to back, or overlapping
         if all(map(le, map(sub, ticks, range(start, start + count * samples, samples)), repeat(half))):
             # Every frame back to back (AAC frames last `samples` each): the common case, in C-level passes.
-            entries = list(chain.from_iterable(zip(repeat(samples), sizes)))
+            entries = [samples] * (2 * count)  # (duration, size) a sample
+            entries[1::2] = sizes
             last = start + (count - 1) * samples
         else:
             entries = []

@@ -104,8 +104,12 @@ def test_batches_of_frames_give_the_bytes_frames_one_by_one_give(clip):
         assert g.skipped == 0
 
 
-def test_each_sample_entry_says_its_frame_duration_size_and_offset(clip):
-    _, segs = cut(clip)
+@pytest.mark.parametrize("fragment_s, max_fragment_s", [(1.0, 10.0), (2.5, 10.0), (0.8, 0.9)],
+                         ids=["a GOP a fragment", "keyframes inside fragments", "fragments cut between keyframes"])
+def test_each_sample_entry_says_its_frame_duration_size_and_offset(clip, fragment_s, max_fragment_s):
+    _, segs = cut(clip, GopFragmenter(fragment_s, max_fragment_s))
+    video_segs = [s for s in segs if s.track == VIDEO]
+    assert len(video_segs) == {1.0: 4, 2.5: 2, 0.8: 5}[fragment_s]
     video = [f for f in media_frames(clip, FrameKind.VIDEO)]
     entries = [e for s in segs if s.track == VIDEO for e in trun_samples(bytes(s.data))]
     assert [e[1] for e in entries] == [len(f.payload) for f in video]
