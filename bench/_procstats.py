@@ -34,10 +34,12 @@ class ProcStat:
     rss_bytes: int
 
 
-def read_stat(pid: int) -> ProcStat | None:
-    """Parse /proc/PID/stat; None when the process is gone (or a zombie's fields are empty)."""
+def read_stat(pid: int, tid: int | None = None) -> ProcStat | None:
+    """Parse /proc/PID/stat, or with `tid` one thread's /proc/PID/task/TID/stat (the same fields, that thread's
+    alone); None when the process is gone (or a zombie's fields are empty)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None

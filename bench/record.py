@@ -81,12 +81,8 @@ def loop_thread_s(pid: int) -> float | None:
     """utime + stime of the server's main thread (its event loop; the thread whose id is the process's), in
     seconds. The process's figure less this is what its other threads took: the recording writer's, the
     catalog's database thread, the default executor's."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / load._procstats.CLOCK_TICKS
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = load._procstats.read_stat(pid, tid=pid)
+    return stat.cpu_s if stat is not None else None
 
 
 def io_delta(a: dict[str, int], b: dict[str, int], seconds: float) -> dict:
