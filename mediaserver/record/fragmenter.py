@@ -8,8 +8,11 @@ next keyframe at least `fragment_s` later, builds the video fragment and the aud
 keyframe with one `fmp4.fragment_pieces` call each: the same boxes, inits (made by CmafSegmenter's own
 builders) and timescales (video 90 kHz, audio its sample rate) as the live outputs, as CmafSegment objects
 the Recorder stores as it stores the segmenter's. Their `data` is the fragment in pieces (fmp4.Pieces: the
-boxes' headers, then views of the frames' payloads), which the Recorder's writer hands to one writev: a
-fragment's megabytes are never copied in Python, on the event loop.
+boxes' headers, then views of the video frames' payloads, then the audio's), which the Recorder's writer
+hands to one writev: a fragment's megabytes of video are never copied in Python, on the event loop. The
+audio's payloads, a few hundred bytes each, are joined here into one part (some 100 kB a fragment): the
+writer's Python step for each 400-byte part cost more than this join does (bench/README.md, "Recording
+cost").
 
 Anything else goes to a CmafSegmenter from then on, configs handed over: another codec, audio with no video
 config, and any change of codec configuration once media has been cut (the Recorder starts a new file at a
@@ -348,8 +351,11 @@ class GopFragmenter:
         samples = self._frame_samples
         last = self._a_last_tick
         frames = a[:count]
-        payload, sizes = _payloads(frames)
-        payload_size = sum(sizes)
+        # One part of the payloads joined, not a view a frame (the module docstring).
+        samples_bytes = list(map(getitem, map(_tag, frames), map(slice, map(_payload_start, frames), repeat(-4))))
+        sizes = list(map(len, samples_bytes))
+        payload = (b"".join(samples_bytes),)
+        payload_size = len(payload[0])
         half = samples // 2
         ticks = list(map(floordiv, map(add, map(mul, map(_dts, frames), repeat(scale)), repeat(500)), repeat(1000)))
         start = ticks[0]

@@ -174,3 +174,17 @@ def test_a_fragment_leaves_the_frames_payloads_in_place_as_views_after_one_head(
     frames = [f for f in media_frames(clip, FrameKind.VIDEO)][:video.samples]
     assert all(p.obj is f.tag for p, f in zip(samples, frames)), "views of the frames' own bytes: no copy"
     assert len(video.data) == len(bytes(video.data)) == sum(map(len, video.data.parts))
+
+
+def test_a_fragments_audio_goes_out_as_one_part_its_frames_payloads_back_to_back(clip):
+    _, segs = cut(clip)
+    audio = [s for s in segs if s.track == AUDIO]
+    joined = []
+    for seg in audio:
+        head, payload = seg.data.parts  # the moof and mdat's header, then every sample in one part
+        assert head[4:8] == b"moof" and len(seg.data) == len(head) + len(payload)
+        sizes = [size for _, size in trun_samples(bytes(seg.data))]
+        assert len(sizes) == seg.samples and sum(sizes) == len(payload)
+        joined.append(bytes(payload))
+    frames = media_frames(clip, FrameKind.AUDIO)
+    assert b"".join(joined) == b"".join(bytes(f.payload) for f in frames), "each frame's payload, in order, once"
