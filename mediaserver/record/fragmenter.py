@@ -96,6 +96,9 @@ class GopFragmenter:
         """Keyframes in `_v`: a cut sets the sample flags from this when only the first frame is one (the
         common fragment), instead of reading every frame's."""
         self._a: list[Frame] = []
+        self._a_bytes = 0
+        """The waiting audio's tag bytes: bounded by `max_bytes` as the video is, so a publisher that sends audio
+        with a stalled clock (its fragment never reaching `max_ms`) fills neither memory nor the cut's join."""
         self._cut_any = False
         self._sequence = 0
         self._fragments = 0
@@ -135,7 +138,7 @@ class GopFragmenter:
         out: list[CmafPart | CmafSegment] = []
         video_kind, audio_kind = FrameKind.VIDEO, FrameKind.AUDIO
         max_ms, max_bytes = self.max_ms, self.max_bytes
-        v, a, v_bytes, length_size = self._v, self._a, self._v_bytes, self._nal_length_size
+        v, a, v_bytes, a_bytes, length_size = self._v, self._a, self._v_bytes, self._a_bytes, self._nal_length_size
         nal_length = _NAL_LENGTH[length_size]
         for frame in frames:
             if self.general is None and not frame.is_config and not frame.is_end:
@@ -157,10 +160,13 @@ class GopFragmenter:
                             v_bytes += len(tag)
                             continue
                 elif kind == audio_kind:
-                    if a and frame.codec == a[0].codec and frame.dts_ms - a[0].dts_ms <= max_ms:
+                    tag = frame.tag
+                    if a and frame.codec == a[0].codec and frame.dts_ms - a[0].dts_ms <= max_ms \
+                            and a_bytes + len(tag) <= max_bytes:
                         a.append(frame)  # waiting for the next video cut
+                        a_bytes += len(tag)
                         continue
-            self._v_bytes = v_bytes
+            self._v_bytes, self._a_bytes = v_bytes, a_bytes
             try:
                 if self.general is not None:
                     out += self.general.push(frame, now)
@@ -168,9 +174,9 @@ class GopFragmenter:
                     self._one(frame, now)
             except MediaError:
                 self.skipped += 1
-            v, a, v_bytes, length_size = self._v, self._a, self._v_bytes, self._nal_length_size
+            v, a, v_bytes, a_bytes, length_size = self._v, self._a, self._v_bytes, self._a_bytes, self._nal_length_size
             nal_length = _NAL_LENGTH[length_size]
-        self._v_bytes = v_bytes
+        self._v_bytes, self._a_bytes = v_bytes, a_bytes
         return self._take(out)
 
     def discontinuity(self) -> None:
@@ -267,7 +273,10 @@ class GopFragmenter:
             self._to_general(frame, now)  # audio with no video (yet): the segmenter waits and decides
             return
         a = self._a
+        if a and self._a_bytes + frame.size > self.max_bytes:
+            self._out.extend(self._audio_fragment(len(a), None))  # too much waits: what waits goes alone
         a.append(frame)
+        self._a_bytes += frame.size
         if frame.dts_ms - a[0].dts_ms > self.max_ms:
             self._out.extend(self._audio_fragment(len(a), None))  # the video stopped: audio alone
 
@@ -333,7 +342,9 @@ class GopFragmenter:
         first = 0
         while first < len(a) and a[first].dts_ms < start_ms and self._a_last_tick is None:
             first += 1  # audio from before the recording's first keyframe
-        del a[:first]
+        if first:
+            del a[:first]
+            self._a_bytes = sum(map(len, map(_tag, a)))
         # The hub keeps a track's decode times growing, so the audio before end_ms is a prefix.
         count = len(a) if end_ms is None else bisect_left(a, end_ms, key=_dts)
         self._out.extend(self._audio_fragment(count, sequence))
@@ -382,6 +393,7 @@ class GopFragmenter:
                 last = tick
         self._a_last_tick = last
         del a[:count]
+        self._a_bytes = sum(map(len, map(_tag, a))) if a else 0  # what is left: a frame or two after a video cut
         self._fragments += 1
         data = fragment_pieces(sequence_number=self._fragments, track_id=_AUDIO_ID, base_media_decode_time=start,
                               trun_flags=AUDIO_TRUN, entries=entries, payload=payload,

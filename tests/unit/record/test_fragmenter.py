@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from mediaserver.errors import MediaError
+from mediaserver.media import flv_body
 from mediaserver.media.frames import FrameKind
 from mediaserver.record.fragmenter import GopFragmenter
 from mediaserver.remux.cmaf import AUDIO, VIDEO
@@ -63,6 +64,22 @@ def test_audio_is_cut_alone_when_the_video_stops(clip):
         out += g.push(f, 0.0)
         assert len(g._a) <= 200, "audio waiting for video stays bounded"
     assert sum(s.samples for s in out if s.track == AUDIO) > len(audio)
+
+
+@pytest.mark.parametrize("batch", [1, 5], ids=["push", "push_many"])
+def test_audio_with_a_stalled_clock_is_bounded_by_bytes(clip, batch):
+    start = [f for f in clip if f.dts_ms < 1000]
+    first_audio = next(f for f in clip if f.kind == FrameKind.AUDIO and not f.is_config)
+    big = flv_body.audio_frame(bytes(first_audio.body[:2]) + bytes(20_000), 1000)  # 20 kB, its clock stuck
+    g = GopFragmenter(1.0, 10.0, max_bytes=200_000)
+    out = []
+    for f in start:
+        out += g.push(f, 0.0)
+    for _ in range(20):  # 2 MB of audio at one time, no video: the fragment never reaches max_fragment_s
+        out += g.push_many([big] * batch, 0.0) if batch > 1 else g.push(big, 0.0)
+        assert sum(len(f.tag) for f in g._a) <= 200_000, "what waits stays under max_bytes"
+    assert sum(s.samples for s in out if s.track == AUDIO) >= 20 * batch - len(g._a), "cut alone, as it came"
+    assert g.skipped == 0
 
 
 def test_a_frame_whose_nal_lengths_overrun_it_is_refused(clip):
