@@ -344,7 +344,7 @@ class GopFragmenter:
             first += 1  # audio from before the recording's first keyframe
         if first:
             del a[:first]
-            self._a_bytes = sum(map(len, map(_tag, a)))
+            self._recount_audio()
         # The hub keeps a track's decode times growing, so the audio before end_ms is a prefix.
         count = len(a) if end_ms is None else bisect_left(a, end_ms, key=_dts)
         self._out.extend(self._audio_fragment(count, sequence))
@@ -393,7 +393,7 @@ class GopFragmenter:
                 last = tick
         self._a_last_tick = last
         del a[:count]
-        self._a_bytes = sum(map(len, map(_tag, a))) if a else 0  # what is left: a frame or two after a video cut
+        self._recount_audio()
         self._fragments += 1
         data = fragment_pieces(sequence_number=self._fragments, track_id=_AUDIO_ID, base_media_decode_time=start,
                               trun_flags=AUDIO_TRUN, entries=entries, payload=payload,
@@ -406,6 +406,11 @@ class GopFragmenter:
             track=AUDIO, sequence=sequence, data=data, start=start, duration=last + samples - start,
             timescale=scale, init=init, timeline=timeline, discontinuity=False, independent=True,
             part_count=1, samples=count)]
+
+    def _recount_audio(self) -> None:
+        """`_a_bytes` again, after frames left `_a`: counted over what is left (a frame or two after a video
+        cut), not over what left (a fragment's worth)."""
+        self._a_bytes = sum(map(len, map(_tag, self._a)))
 
     def _flush(self) -> None:
         if self._v:
