@@ -23,8 +23,9 @@ the per-format request and byte counters, the HLS viewer count, the packager's l
 Recordings: once the full stack has served `/vod/ID.mp4` or the playlist or MPD of a local file (and
 admitted its viewer), the lane answers that recording's next whole-file or single-range GETs for
 VOD_CACHE_S as sendfile.serve_file does (os.sendfile; what a full socket does not take is read a chunk at a
-time in a thread and written as the reader takes it, the range being bounded by MAX_VOD_RANGE), when the
-recorded stream's app is open to viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked
+time in a thread and written as the reader takes it, the range being bounded by MAX_VOD_RANGE and in the
+page cache: one on the disk only goes to the full stack, which reads it in a thread), when the recorded
+stream's app is open to viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked
 without a query, with the text the full stack rendered. A player asks for the playlist, the init and two or
 three segments back to back, and a request that arrives while aiohttp is still finishing the one before goes
 to aiohttp too: a session begun in the lane stays there.
@@ -63,7 +64,9 @@ from .formats import CARRIED, DASH, LLHLS, TS_HLS
 from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
 from .overload import may_move
-from .sendfile import CHUNK, ByteRange, MemFile, Unsatisfiable, byte_range, none_match, send_fd, send_mem_file
+from .sendfile import (
+    CHUNK, ByteRange, MemFile, Unsatisfiable, byte_range, in_page_cache, none_match, send_fd, send_mem_file,
+)
 from .stuck import StuckWriters
 
 if TYPE_CHECKING:
@@ -476,6 +479,8 @@ class FastLane:
             status, extra = 206, b"Content-Range: bytes %d-%d/%d\r\n" % (part.start, part.end - 1, size)
         if part.size > MAX_VOD_RANGE:
             return False  # what the socket does not take is read in a thread by the full stack
+        if not in_page_cache(fd, part.start, part.size):
+            return False  # on the disk only: the full stack reads it in a thread (never the loop waiting on it)
         gate = self.app[GATE]
         address = conn.lane_address
         if gate.connection_opened(address) is not None:

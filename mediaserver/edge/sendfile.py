@@ -12,10 +12,13 @@ sees the sendfile'd bytes, which is safe because nothing else writes to an HTTP/
 response is being sent.
 
 TLS connections (the bytes must be encrypted by the transport) and a head still queued take the pread way.
-Like nginx's default (sendfile on, no aio threads), a range that is not in the page cache is read from the
-disk inside the call (a thread would race the connection's file descriptor being closed). Recordings are
-written past the page cache (O_DIRECT, record/writer.py), so the first viewer of a range reads it from the
-disk, as nginx does, and the viewers after it find it cached: what is cached is what is watched.
+So does a range that is not in the page cache (`in_page_cache`): os.sendfile would read it from the disk
+inside the call, stopping the event loop, and every stream and viewer on it, for the disk's time (nginx's
+default, sendfile on and no aio threads, does; a thread cannot take the sendfile itself, which would race
+the connection's descriptor being closed). Recordings are written past the page cache (O_DIRECT,
+record/writer.py), so the first viewer of a range (a DVR viewer at the newest fragment, a VOD viewer
+seeking) reads it in the thread, which caches it, and the viewers after it get it by os.sendfile: what is
+cached is what is watched.
 
 Conditional requests: an ETag (mtime and size) and Last-Modified go with every answer; If-None-Match
 gives 304, and a Range with an If-Range that no longer matches (a recording that grew) gives the whole
@@ -92,6 +95,35 @@ def byte_range(header: str | None, size: int) -> ByteRange | None:
     if int(last) < start:
         raise Unsatisfiable(f"ends before it starts: {header[:60]!r}")
     return ByteRange(start, min(int(last) + 1, size))
+
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+PROBE_SPAN = 4 << 20
+"""How much of a range `in_page_cache` looks at: more than a socket takes at once, which is all os.sendfile
+sends on the loop (the rest goes through the thread's reads)."""
+_PROBE = [bytearray(1)]
+
+
+def in_page_cache(fd: int, offset: int, count: int) -> bool:
+    """Whether os.sendfile can send bytes [offset, offset+count) of `fd` without waiting for the disk: one
+    byte a CHUNK (and the last) read with RWF_NOWAIT, which fails rather than wait (0.4 µs a probe; a miss also
+    starts the kernel's readahead there). Pages are cached by whoever read the range, and dropped by age, so
+    a range is cached whole or not at all but for its edges; a page missed between two probes costs one wait
+    on the disk, as before. True where the system cannot tell (no RWF_NOWAIT, or a filesystem that refuses
+    it): os.sendfile then reads inline, as nginx does. False past the end (a file cut short): the thread's
+    read finds that out."""
+    if not _RWF_NOWAIT or count <= 0:
+        return True
+    end = offset + min(count, PROBE_SPAN)
+    try:
+        for pos in range(offset, end, CHUNK):
+            if os.preadv(fd, _PROBE, pos, _RWF_NOWAIT) < 1:
+                return False
+        return os.preadv(fd, _PROBE, end - 1, _RWF_NOWAIT) == 1
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # EOPNOTSUPP and the like: this file cannot be asked
 
 
 class MemFile:
@@ -195,6 +227,8 @@ def _send_more(fileno: int, family: int, data: bytes) -> int:
 class Sent:
     direct = 0
     """Bytes sent by os.sendfile since start (all responses): tells a test or a bench the path is used."""
+    uncached = 0
+    """Ranges read in the thread because they were not in the page cache (`in_page_cache`)."""
 
 
 async def serve_file(request: web.Request, path: str | Path, headers: dict[str, str],
@@ -248,7 +282,12 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
 
 
 async def _send(writer: AbstractStreamWriter, fd: int, part: ByteRange, write_timeout: float | None) -> None:
-    sent = _send_direct(writer, fd, part.start, part.size) if part.size >= MIN_SENDFILE else 0
+    sent = 0
+    if part.size >= MIN_SENDFILE:
+        if in_page_cache(fd, part.start, part.size):
+            sent = _send_direct(writer, fd, part.start, part.size)
+        else:
+            Sent.uncached += 1  # read in the thread below, which caches it for the next viewer
     offset, end = part.start + sent, part.end
     while offset < end:
         chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)

@@ -265,6 +265,24 @@ async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rend
         lane.close()
 
 
+async def test_a_recordings_range_on_the_disk_only_goes_to_the_full_stack(tmp_path):
+    """The lane sends a range on the loop (os.sendfile, or a pread of a small rest), which would wait on the disk
+    for a range not in the page cache (a recording is written with O_DIRECT): it leaves that range to the full
+    stack, which reads it in a thread, and answers again once it is cached."""
+    from tests.support.page_cache import evict
+
+    lane, ask, _, rec, _ = _vod_lane(tmp_path)
+    try:
+        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n").endswith(b"x" * 10)
+        evict(rec)
+        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n") is None
+        assert ask("/vod/Rec1.mp4") is None
+        rec.read_bytes()  # as the full stack's thread reads it
+        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n").endswith(b"x" * 10)
+    finally:
+        lane.close()
+
+
 async def test_with_trusted_proxies_a_request_naming_its_client_in_forwarding_headers_goes_to_the_full_stack(
         tmp_path):
     """Workers trust loopback for their siblings' proxied requests: a viewer's own request (no forwarding

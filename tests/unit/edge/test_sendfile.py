@@ -12,7 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mediaserver.edge.sendfile import ByteRange, Sent, Unsatisfiable, byte_range, serve_file
+from tests.support.page_cache import evict
+
+from mediaserver.edge.sendfile import ByteRange, Sent, Unsatisfiable, byte_range, in_page_cache, serve_file
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -124,6 +126,54 @@ def test_a_slow_reader_gets_every_byte_in_order(tmp_path):
         assert head.startswith(b"HTTP/1.1 200") and body == data
 
     assert _serve_and_check(path, checks) > 0
+
+
+def test_in_page_cache_tells_a_cached_range_from_one_the_disk_must_read(tmp_path):
+    """What decides between os.sendfile on the loop and a read in the thread: a range just written or read is
+    cached; one dropped from the cache (a recording written with O_DIRECT) is not, nor is one whose other
+    half, or last page, is not; a range past the end is not (the thread's read finds the file cut short)."""
+    half = 1 << 20
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(os.urandom(2 * half))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert in_page_cache(fd, 0, 2 * half)  # just written
+        evict(path)
+        assert not in_page_cache(fd, 0, 2 * half)
+        evict(path)
+        assert not in_page_cache(fd, half + 100, 10)
+        assert os.pread(fd, half, 0) and in_page_cache(fd, 0, half)  # a viewer read the first half
+        for offset, count in ((0, 2 * half), (half - 4096, 8192), (half - 10, 4096 + 10)):
+            evict(path, half)  # (a probe's miss starts the kernel's readahead there: dropped again)
+            assert in_page_cache(fd, 0, half) and not in_page_cache(fd, offset, count), (offset, count)
+        assert os.pread(fd, 2 * half, 0) and in_page_cache(fd, 0, 2 * half)
+        assert not in_page_cache(fd, 2 * half, 10) and not in_page_cache(fd, 2 * half - 5, 10)  # past the end
+        assert in_page_cache(fd, 2 * half, 0)  # nothing to send
+    finally:
+        os.close(fd)
+
+
+def test_a_range_on_the_disk_only_is_read_in_the_thread_and_the_next_viewer_gets_it_by_sendfile(tmp_path):
+    """os.sendfile would wait on the disk inside the call, holding the event loop (every stream and viewer on
+    it) for the disk's time: a recording's range that is not cached is read in the thread instead, which
+    caches it, and the same range for the next viewer goes out by os.sendfile."""
+    data = os.urandom(3 << 20)
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(data)
+    evict(path)
+    want = data[1000:2_001_000]
+
+    async def checks(url: str, port: int) -> None:
+        async with aiohttp.ClientSession() as http:
+            uncached, direct = Sent.uncached, Sent.direct
+            async with http.get(url, headers={"Range": "bytes=1000-2000999"}) as resp:
+                assert resp.status == 206 and await resp.read() == want
+            assert Sent.uncached == uncached + 1 and Sent.direct == direct  # the thread's reads, not sendfile
+            async with http.get(url, headers={"Range": "bytes=1000-2000999"}) as resp:
+                assert resp.status == 206 and await resp.read() == want
+            assert Sent.uncached == uncached + 1 and Sent.direct > direct  # cached by the first viewer's
+
+    _serve_and_check(path, checks)
 
 
 _TCPI_SEGS_OUT = 136
