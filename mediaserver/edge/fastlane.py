@@ -23,9 +23,9 @@ the per-format request and byte counters, the HLS viewer count, the packager's l
 Recordings: once the full stack has served `/vod/ID.mp4` or the playlist or MPD of a local file (and
 admitted its viewer), the lane answers that recording's next whole-file or single-range GETs for
 VOD_CACHE_S as sendfile.serve_file does (os.sendfile; what a full socket does not take is read a chunk at a
-time in a thread and written as the reader takes it, the range being bounded by MAX_VOD_RANGE and in the
-page cache: one on the disk only goes to the full stack, which reads it in a thread), when the recorded
-stream's app is open to viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked
+time in a thread and written as the reader takes it, the range being bounded by MAX_VOD_RANGE; a range on
+the disk only is read into the page cache in a thread first), when the recorded stream's app is open to
+viewers; and a finished file's `index.m3u8` and `manifest.mpd`, asked
 without a query, with the text the full stack rendered. A player asks for the playlist, the init and two or
 three segments back to back, and a request that arrives while aiohttp is still finishing the one before goes
 to aiohttp too: a session begun in the lane stays there.
@@ -65,7 +65,8 @@ from .keys import CONFIG, GATE, METRICS, PACKAGERS, REGISTRY
 from .names import stream_key
 from .overload import may_move
 from .sendfile import (
-    CHUNK, ByteRange, MemFile, Unsatisfiable, byte_range, in_page_cache, none_match, send_fd, send_mem_file,
+    CHUNK, ByteRange, MemFile, Sent, Unsatisfiable, byte_range, in_page_cache, none_match, read_into_cache, send_fd,
+    send_mem_file,
 )
 from .stuck import StuckWriters
 
@@ -479,8 +480,6 @@ class FastLane:
             status, extra = 206, b"Content-Range: bytes %d-%d/%d\r\n" % (part.start, part.end - 1, size)
         if part.size > MAX_VOD_RANGE:
             return False  # what the socket does not take is read in a thread by the full stack
-        if not in_page_cache(fd, part.start, part.size):
-            return False  # on the disk only: the full stack reads it in a thread (never the loop waiting on it)
         gate = self.app[GATE]
         address = conn.lane_address
         if gate.connection_opened(address) is not None:
@@ -492,8 +491,14 @@ class FastLane:
                 b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\nDate: ", self._now_date(),
                 b"\r\nETag: ", etag.encode(), b"\r\nLast-Modified: ", self._http_date(st.st_mtime), b"\r\n",
                 extra, self._cors_lines(head.origin), b"\r\n"))
-            sent = send_fd(transport, fd, part.start, part.size, answer_head)
-            left = part.size - sent
+            if not in_page_cache(fd, part.start, part.size):
+                # On the disk only: read into the page cache in a thread, then sent (never the loop waiting on it).
+                Sent.uncached += 1
+                sending = self._send_rest(conn, fd, part.start, part.end, address, answer_head)
+                left = 0
+            else:
+                sent = send_fd(transport, fd, part.start, part.size, answer_head)
+                left = part.size - sent
             if left > CHUNK:
                 sending = self._send_rest(conn, fd, part.start + sent, part.end, address)  # in progress till sent
             elif left:
@@ -511,11 +516,12 @@ class FastLane:
         conn.lane_answered()
         return True
 
-    def _send_rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> bool:
+    def _send_rest(self, conn: Any, fd: int, offset: int, end: int, address: str, head: bytes | None = None) -> bool:
         """Bytes [offset, end) of a recording, after what a full socket took: read CHUNK at a time in a thread
         (as sendfile.serve_file does) and written as the reader takes them, so a slow reader holds a chunk and
         the transport's high-water mark, not the range. The connection is held meanwhile (what it sends next
-        waits); a reader that takes nothing for `http.write_timeout` is dropped."""
+        waits); a reader that takes nothing for `http.write_timeout` is dropped. With the answer's `head`: a
+        range not in the page cache, read into it in the thread first, then sent as a cached one."""
         try:
             own = os.dup(fd)  # its own descriptor: the recording may leave the lane's cache meanwhile
         except OSError:  # out of descriptors: the answer cannot be completed
@@ -523,14 +529,20 @@ class FastLane:
             return False
         loop = asyncio.get_running_loop()
         conn.lane_hold(loop.time() + self.app[CONFIG].http.write_timeout)
-        task = loop.create_task(self._rest(conn, own, offset, end, address))
+        task = loop.create_task(self._rest(conn, own, offset, end, address, head))
         self._rests.add(task)
         task.add_done_callback(self._rests.discard)
         return True
 
-    async def _rest(self, conn: Any, fd: int, offset: int, end: int, address: str) -> None:
+    async def _rest(self, conn: Any, fd: int, offset: int, end: int, address: str, head: bytes | None) -> None:
         timeout = self.app[CONFIG].http.write_timeout
         try:
+            if head is not None:
+                await asyncio.to_thread(read_into_cache, fd, offset, end - offset)
+                transport = conn.transport
+                if transport is None or transport.is_closing():
+                    return
+                offset += send_fd(transport, fd, offset, end - offset, head)
             while offset < end:
                 async with asyncio.timeout(timeout):
                     await conn._drain_helper()  # aiohttp's flow control: until under the high-water mark

@@ -12,13 +12,13 @@ sees the sendfile'd bytes, which is safe because nothing else writes to an HTTP/
 response is being sent.
 
 TLS connections (the bytes must be encrypted by the transport) and a head still queued take the pread way.
-So does a range that is not in the page cache (`in_page_cache`): os.sendfile would read it from the disk
-inside the call, stopping the event loop, and every stream and viewer on it, for the disk's time (nginx's
-default, sendfile on and no aio threads, does; a thread cannot take the sendfile itself, which would race
-the connection's descriptor being closed). Recordings are written past the page cache (O_DIRECT,
-record/writer.py), so the first viewer of a range (a DVR viewer at the newest fragment, a VOD viewer
-seeking) reads it in the thread, which caches it, and the viewers after it get it by os.sendfile: what is
-cached is what is watched.
+A range that is not in the page cache (`in_page_cache`) is first read into it in a thread
+(`read_into_cache`): os.sendfile would read it from the disk inside the call, stopping the event loop, and
+every stream and viewer on it, for the disk's time (nginx's default, sendfile on and no aio threads, does;
+the thread cannot take the socket's sendfile itself, which would race the connection's descriptor being
+closed). Recordings are written past the page cache (O_DIRECT, record/writer.py), so the first viewer of a
+range (a DVR viewer at the newest fragment, a VOD viewer seeking) waits for the disk in the thread, and the
+viewers after it find the range cached: what is cached is what is watched.
 
 Conditional requests: an ETag (mtime and size) and Last-Modified go with every answer; If-None-Match
 gives 304, and a Range with an If-Range that no longer matches (a recording that grew) gives the whole
@@ -126,6 +126,36 @@ def in_page_cache(fd: int, offset: int, count: int) -> bool:
         return True  # EOPNOTSUPP and the like: this file cannot be asked
 
 
+_devnull = -1
+
+
+def read_into_cache(fd: int, offset: int, count: int) -> None:
+    """Bytes [offset, offset+count) of `fd` read from the disk into the page cache. Blocking: run it in a
+    thread. os.sendfile to /dev/null, which takes the pages without copying them out (a pread would copy
+    every byte into a buffer thrown away); a pread where the system refuses that. If the caller closed `fd`
+    meanwhile (a cancelled answer) and the number was reused, another file is read into the cache: no harm,
+    nothing is sent from here."""
+    global _devnull
+    end = offset + count
+    try:
+        if _devnull < 0:
+            _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        while offset < end:
+            n = os.sendfile(_devnull, fd, offset, end - offset)
+            if n <= 0:
+                return  # the end of the file
+            offset += n
+    except OSError:
+        while offset < end:  # (a file cut short or unreadable: the answer's own reads find that out)
+            try:
+                n = len(os.pread(fd, min(CHUNK, end - offset), offset))
+            except OSError:
+                return
+            if not n:
+                return
+            offset += n
+
+
 class MemFile:
     """Bytes also held in a memory-backed file (memfd), so each viewer's copy can be sent with os.sendfile
     instead of a write from Python's buffer: the kernel then takes the pages without copying them in. The
@@ -228,7 +258,7 @@ class Sent:
     direct = 0
     """Bytes sent by os.sendfile since start (all responses): tells a test or a bench the path is used."""
     uncached = 0
-    """Ranges read in the thread because they were not in the page cache (`in_page_cache`)."""
+    """Ranges read into the page cache in a thread first, not being there (`in_page_cache`)."""
 
 
 async def serve_file(request: web.Request, path: str | Path, headers: dict[str, str],
@@ -284,10 +314,10 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
 async def _send(writer: AbstractStreamWriter, fd: int, part: ByteRange, write_timeout: float | None) -> None:
     sent = 0
     if part.size >= MIN_SENDFILE:
-        if in_page_cache(fd, part.start, part.size):
-            sent = _send_direct(writer, fd, part.start, part.size)
-        else:
-            Sent.uncached += 1  # read in the thread below, which caches it for the next viewer
+        if not in_page_cache(fd, part.start, part.size):
+            Sent.uncached += 1  # (beyond what a socket takes at once the thread's preads below read it)
+            await asyncio.to_thread(read_into_cache, fd, part.start, min(part.size, PROBE_SPAN))
+        sent = _send_direct(writer, fd, part.start, part.size)
     offset, end = part.start + sent, part.end
     while offset < end:
         chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)

@@ -219,7 +219,8 @@ def _vod_lane(tmp_path, trusted_proxies=()):
     counted = []
     app = web.Application()
     app[CONFIG] = SimpleNamespace(hls=SimpleNamespace(fast_lane=True),
-                                  http=SimpleNamespace(trusted_proxies=trusted_proxies, cors_origin="*"))
+                                  http=SimpleNamespace(trusted_proxies=trusted_proxies, cors_origin="*",
+                                                       write_timeout=5.0))
     app[GATE] = SimpleNamespace(
         admission=SimpleNamespace(wants_hook=lambda kind: False, policy=SimpleNamespace(play_is_open=lambda app: True)),
         connection_opened=lambda address: None, connection_closed=lambda address: None)
@@ -265,21 +266,60 @@ async def test_a_finished_recordings_playlist_is_answered_as_the_full_stack_rend
         lane.close()
 
 
-async def test_a_recordings_range_on_the_disk_only_goes_to_the_full_stack(tmp_path):
-    """The lane sends a range on the loop (os.sendfile, or a pread of a small rest), which would wait on the disk
-    for a range not in the page cache (a recording is written with O_DIRECT): it leaves that range to the full
-    stack, which reads it in a thread, and answers again once it is cached."""
-    from tests.support.page_cache import evict
+async def test_a_recordings_range_on_the_disk_only_is_read_into_the_cache_in_a_thread_then_sent(tmp_path,
+                                                                                               monkeypatch):
+    """The lane sends a range on the loop (os.sendfile), which would wait on the disk for a range not in the page
+    cache (a recording is written with O_DIRECT): such a range is read into the cache in a thread first, the
+    connection held meanwhile, then sent whole and exact."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
 
-    lane, ask, _, rec, _ = _vod_lane(tmp_path)
+    from mediaserver.edge import fastlane
+    from support.page_cache import evict
+
+    lane, _, _, rec, _ = _vod_lane(tmp_path)
+    data = os.urandom(600_000)
+    rec.write_bytes(data)
+    evict(rec)
+    in_thread = []
+    real = fastlane.read_into_cache
+
+    def spy(*args) -> None:
+        in_thread.append(threading.current_thread() is not threading.main_thread())
+        real(*args)
+
+    monkeypatch.setattr(fastlane, "read_into_cache", spy)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    held = []
+
+    async def drained() -> None:
+        pass
+
+    conn = SimpleNamespace(transport=_Transport(a), lane_address="127.0.0.1", lane_answered=lambda: None,
+                           lane_hold=held.append, lane_release=lambda: held.append("released"), _drain_helper=drained)
     try:
-        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n").endswith(b"x" * 10)
-        evict(rec)
-        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n") is None
-        assert ask("/vod/Rec1.mp4") is None
-        rec.read_bytes()  # as the full stack's thread reads it
-        assert ask("/vod/Rec1.mp4", b"Range: bytes=0-9\r\n").endswith(b"x" * 10)
+        uncached = Sent.uncached
+        assert lane.take(conn, b"GET /vod/Rec1.mp4 HTTP/1.1\r\nHost: x\r\nRange: bytes=100-500099\r\n\r\n")
+        assert not conn.transport.written and len(held) == 1  # held while the thread reads the disk
+        await asyncio.wait_for(asyncio.gather(*lane._rests), 10)
+        received = bytearray()
+        while True:
+            try:
+                chunk = b.recv(1 << 20)
+            except BlockingIOError:
+                break
+            received += chunk
+        answer = bytes(received) + b"".join(conn.transport.written)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 206") and b"Content-Range: bytes 100-500099/600000" in head
+        assert body == data[100:500_100] and held[-1] == "released"
+        assert in_thread == [True] and Sent.uncached == uncached + 1
     finally:
+        a.close()
+        b.close()
         lane.close()
 
 

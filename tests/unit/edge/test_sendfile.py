@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support.page_cache import evict
+from support.page_cache import evict
 
-from mediaserver.edge.sendfile import ByteRange, Sent, Unsatisfiable, byte_range, in_page_cache, serve_file
+from mediaserver.edge import sendfile
+from mediaserver.edge.sendfile import (
+    ByteRange, Sent, Unsatisfiable, byte_range, in_page_cache, read_into_cache, serve_file,
+)
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -153,27 +157,61 @@ def test_in_page_cache_tells_a_cached_range_from_one_the_disk_must_read(tmp_path
         os.close(fd)
 
 
-def test_a_range_on_the_disk_only_is_read_in_the_thread_and_the_next_viewer_gets_it_by_sendfile(tmp_path):
+@pytest.mark.parametrize("to_devnull", [True, False])
+def test_read_into_cache_caches_a_range_from_the_disk_and_stops_at_the_end(tmp_path, monkeypatch, to_devnull):
+    """os.sendfile to /dev/null, or preads where the system refuses that; a range past the end reads what is
+    there and stops."""
+    if not to_devnull:
+        def refused(*args):
+            raise OSError(22, "Invalid argument")
+        monkeypatch.setattr(sendfile.os, "sendfile", refused)
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(os.urandom(3 << 20))
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert not in_page_cache(fd, 1 << 20, 1 << 20)
+        evict(path)
+        read_into_cache(fd, 1 << 20, 1 << 20)
+        assert in_page_cache(fd, 1 << 20, 1 << 20)
+        evict(path)
+        read_into_cache(fd, (3 << 20) - 5000, 1 << 20)  # past the end
+        assert in_page_cache(fd, (3 << 20) - 5000, 5000)
+    finally:
+        os.close(fd)
+
+
+def test_a_range_on_the_disk_only_is_read_into_the_cache_in_a_thread_then_sent_by_sendfile(tmp_path, monkeypatch):
     """os.sendfile would wait on the disk inside the call, holding the event loop (every stream and viewer on
-    it) for the disk's time: a recording's range that is not cached is read in the thread instead, which
-    caches it, and the same range for the next viewer goes out by os.sendfile."""
+    it) for the disk's time: a recording's range that is not cached is read into the page cache in a thread
+    first, then sent from it; the next viewer's finds it cached."""
     data = os.urandom(3 << 20)
     path = tmp_path / "rec.mp4"
     path.write_bytes(data)
     evict(path)
     want = data[1000:2_001_000]
+    in_thread = []
+    real = sendfile.read_into_cache
+
+    def spy(*args) -> None:
+        in_thread.append(threading.current_thread() is not threading.main_thread())
+        real(*args)
+
+    monkeypatch.setattr(sendfile, "read_into_cache", spy)
 
     async def checks(url: str, port: int) -> None:
         async with aiohttp.ClientSession() as http:
             uncached, direct = Sent.uncached, Sent.direct
             async with http.get(url, headers={"Range": "bytes=1000-2000999"}) as resp:
                 assert resp.status == 206 and await resp.read() == want
-            assert Sent.uncached == uncached + 1 and Sent.direct == direct  # the thread's reads, not sendfile
+            assert Sent.uncached == uncached + 1 and Sent.direct > direct  # read into the cache, then sendfile
+            direct = Sent.direct
             async with http.get(url, headers={"Range": "bytes=1000-2000999"}) as resp:
                 assert resp.status == 206 and await resp.read() == want
-            assert Sent.uncached == uncached + 1 and Sent.direct > direct  # cached by the first viewer's
+            assert Sent.uncached == uncached + 1 and Sent.direct > direct  # the first viewer's read cached it
 
     _serve_and_check(path, checks)
+    assert in_thread == [True]
 
 
 _TCPI_SEGS_OUT = 136
