@@ -2,6 +2,8 @@
 
     python -m bench.vod --viewers 500 --seconds 60 --client-procs 2
     python -m bench.vod --viewers 50 --seconds 20                       a quick check
+    python -m bench.vod --viewers 200 --seconds 60 --cold 1             ranges read from the disk
+    python -m bench.vod --viewers 200 --seconds 60 --cold 1 --disk-read-mbps 100    ... a slower disk
 
 The server is started as bench/load.py starts it (free loopback ports, its CPU read from /proc over its
 whole process tree), with `record.mode = "all"` and `record.path` = bench/.cache/vod-recordings. The
@@ -16,7 +18,11 @@ it fetched has played, a new session. They start spread over `--ramp` s; after `
 Reported: server CPU-s per viewer-minute (to set against `load.py hls` at as many viewers, run beside it), the
 requests per second of each kind and their latency, wrong answers (not 206 with the bytes asked for),
 stalls (a segment that arrived after it was due to play), and, measured in this process, what building the
-playlist from the file costs per request (record/vod.py `index_file` + `hls_playlist`).
+playlist from the file costs per request (record/vod.py `index_file` + `hls_playlist`). `--cold S` drops the
+recording from the page cache every S s, as a DVR viewer's newest fragments (written with O_DIRECT) or a long
+unwatched recording are: the small answers' latency then shows whether the event loop waited on the disk.
+`--disk-read-mbps MB` holds the server's reads from that disk to MB MB/s (a cgroup of its own; root only),
+as a network volume reads: this VM's disk answers from the host's memory, faster than most.
 """
 
 from __future__ import annotations
@@ -141,6 +147,59 @@ def analyze(outs: list[dict], wall_s: float) -> dict:
     }
 
 
+BLKIO_V1 = Path("/sys/fs/cgroup/blkio")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+THROTTLE_GROUP = "mediaserver-bench-vod"
+
+
+def _disk_of(path: Path) -> str:
+    """MAJOR:MINOR of the disk holding `path` (a partition's disk: throttles apply to whole disks)."""
+    dev = os.stat(path).st_dev
+    node = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if (node / "partition").exists():
+        return (node.resolve().parent / "dev").read_text().strip()
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def throttle_reads(pid: int, path: Path, mbps: float) -> Path:
+    """The server's reads from the disk holding `path` held to `mbps` MB/s (`--disk-read-mbps`), as a network
+    volume or a busy disk reads, by a cgroup of its own (v1 blkio or v2 io.max; root only). Returns the group
+    (removed by `unthrottle` once the server is gone)."""
+    disk, rate = _disk_of(path), int(mbps * 1e6)
+    try:
+        if BLKIO_V1.is_dir():
+            group = BLKIO_V1 / THROTTLE_GROUP
+            group.mkdir(exist_ok=True)
+            (group / "blkio.throttle.read_bps_device").write_text(f"{disk} {rate}")
+        else:
+            group = CGROUP_V2 / THROTTLE_GROUP
+            group.mkdir(exist_ok=True)
+            (group / "io.max").write_text(f"{disk} rbps={rate}")
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError as err:
+        raise load.BenchError(f"--disk-read-mbps needs root and a cgroup blkio (v1) or io (v2) controller: {err}")
+    return group
+
+
+def unthrottle(group: Path) -> None:
+    try:
+        group.rmdir()
+    except OSError:
+        pass
+
+
+async def evict_every(seconds: float, path: Path) -> None:
+    """Drop the recording from the page cache every `seconds` (`--cold`), so ranges are read from the disk as
+    a recording's newest fragments (written past the cache with O_DIRECT) or long-unwatched ones are."""
+    while True:
+        await asyncio.sleep(seconds)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 async def run(args, ctx: load.Run, media: Path) -> dict:
     ns = argparse.Namespace(
         http_url=None, rtmp_url=None, pid=None, server="mediaserver", log_level="warning", app="live",
@@ -165,7 +224,15 @@ async def run(args, ctx: load.Run, media: Path) -> dict:
              f"({row['duration_s']:.0f} s); ramp {args.ramp} s, warm-up {plan.ws_tick} s, window {plan.duration_s} s")
     rss_before = sampler.rows[-1].server_rss
     workers = await spawn_viewers(args, server, path, plan, ctx.children)
-    ws, we = await load.run_window(plan, sampler, server, ctx.children)
+    if args.disk_read_mbps:
+        ctx.throttle = throttle_reads(server.pid, RECORDINGS_DIR, args.disk_read_mbps)
+        load.say(f"the server's disk reads held to {args.disk_read_mbps} MB/s")
+    evicting = asyncio.create_task(evict_every(args.cold, files[0])) if args.cold and files else None
+    try:
+        ws, we = await load.run_window(plan, sampler, server, ctx.children)
+    finally:
+        if evicting is not None:
+            evicting.cancel()
     usage = load.window_usage(ws, we)
     outs = await load.collect_workers(workers)
     viewers = analyze(outs, usage["wall_s"])
@@ -221,6 +288,8 @@ async def amain(args) -> int:
         return 1
     finally:
         await ctx.children.stop_all()
+        if getattr(ctx, "throttle", None) is not None:
+            unthrottle(ctx.throttle)
     out = {"name": ctx.name, "argv": sys.argv[1:], "options": vars(args), "machine": load.machine_info("asyncio"),
            "load_average_at_end": os.getloadavg(), "server": ctx.server.describe() if ctx.server else None,
            "results": results}
@@ -244,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a segment is due to play this many s after it is fetched on schedule (default 4)")
     ap.add_argument("--record-seconds", type=int, default=90, help="length of the recording made (default 90)")
     ap.add_argument("--fresh", action="store_true", help="make a new recording even if one is there")
+    ap.add_argument("--cold", type=float, default=0.0, metavar="S",
+                    help="drop the recording from the page cache every S s of the run, so ranges come from the disk")
+    ap.add_argument("--disk-read-mbps", type=float, default=0.0, metavar="MB",
+                    help="hold the server's reads from the recordings' disk to MB MB/s (a cgroup; root only)")
     ap.add_argument("--seed", type=int, default=1, help="the players' random start points and session lengths")
     ap.add_argument("--server-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="extra --set for the server (repeatable)")
