@@ -1,9 +1,12 @@
-"""A file's pages out of the page cache, as a recording written with O_DIRECT (or read long ago) is left."""
+"""A file's pages out of the page cache, as a recording written with O_DIRECT (or read long ago) is left; and
+which thread a function ran on."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 
 def evict(path: Path, offset: int = 0, length: int = 0) -> None:
@@ -15,3 +18,17 @@ def evict(path: Path, offset: int = 0, length: int = 0) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def calls_off_the_loop(monkeypatch, module: Any, name: str) -> list[bool]:
+    """`module.name` wrapped: each call appends whether it ran off the main thread (the event loop's), e.g.
+    that a read from the disk went to a thread."""
+    real = getattr(module, name)
+    seen: list[bool] = []
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread() is not threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen

@@ -272,24 +272,16 @@ async def test_a_recordings_range_on_the_disk_only_is_read_into_the_cache_in_a_t
     cache (a recording is written with O_DIRECT): such a range is read into the cache in a thread first, the
     connection held meanwhile, then sent whole and exact."""
     import asyncio
-    import threading
     from types import SimpleNamespace
 
     from mediaserver.edge import fastlane
-    from support.page_cache import evict
+    from support.page_cache import calls_off_the_loop, evict
 
     lane, _, _, rec, _ = _vod_lane(tmp_path)
     data = os.urandom(600_000)
     rec.write_bytes(data)
     evict(rec)
-    in_thread = []
-    real = fastlane.read_into_cache
-
-    def spy(*args) -> None:
-        in_thread.append(threading.current_thread() is not threading.main_thread())
-        real(*args)
-
-    monkeypatch.setattr(fastlane, "read_into_cache", spy)
+    in_thread = calls_off_the_loop(monkeypatch, fastlane, "read_into_cache")
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from support.page_cache import evict
+from support.page_cache import calls_off_the_loop, evict
 
 from mediaserver.edge import sendfile
 from mediaserver.edge.sendfile import (
@@ -190,14 +189,7 @@ def test_a_range_on_the_disk_only_is_read_into_the_cache_in_a_thread_then_sent_b
     path.write_bytes(data)
     evict(path)
     want = data[1000:2_001_000]
-    in_thread = []
-    real = sendfile.read_into_cache
-
-    def spy(*args) -> None:
-        in_thread.append(threading.current_thread() is not threading.main_thread())
-        real(*args)
-
-    monkeypatch.setattr(sendfile, "read_into_cache", spy)
+    in_thread = calls_off_the_loop(monkeypatch, sendfile, "read_into_cache")
 
     async def checks(url: str, port: int) -> None:
         async with aiohttp.ClientSession() as http:
