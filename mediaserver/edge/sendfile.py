@@ -31,6 +31,7 @@ import asyncio
 import os
 import re
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -127,6 +128,7 @@ def in_page_cache(fd: int, offset: int, count: int) -> bool:
 
 
 _devnull = -1
+_devnull_lock = threading.Lock()
 
 
 def read_into_cache(fd: int, offset: int, count: int) -> None:
@@ -139,7 +141,9 @@ def read_into_cache(fd: int, offset: int, count: int) -> None:
     end = offset + count
     try:
         if _devnull < 0:
-            _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            with _devnull_lock:  # (threads of the pool may come here together)
+                if _devnull < 0:
+                    _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         while offset < end:
             n = os.sendfile(_devnull, fd, offset, end - offset)
             if n <= 0:
