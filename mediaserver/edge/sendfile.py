@@ -317,7 +317,7 @@ async def serve_file(request: web.Request, path: str | Path, headers: dict[str, 
 
 async def _send(writer: AbstractStreamWriter, fd: int, part: ByteRange, write_timeout: float | None) -> None:
     sent = 0
-    if part.size >= MIN_SENDFILE:
+    if part.size >= MIN_SENDFILE and _may_send_direct(writer):  # (else the preads below read it, in the thread)
         if not in_page_cache(fd, part.start, part.size):
             Sent.uncached += 1  # (beyond what a socket takes at once the thread's preads below read it)
             await asyncio.to_thread(read_into_cache, fd, part.start, min(part.size, PROBE_SPAN))
@@ -345,16 +345,21 @@ async def write_within(write: Callable[[bytes], Awaitable[None]], data: bytes, t
         raise ConnectionResetError("the reader took nothing within http.write_timeout") from None
 
 
-def _send_direct(writer: AbstractStreamWriter, fd: int, offset: int, count: int) -> int:
-    """Bytes of [offset, offset+count) os.sendfile put on the socket now, without waiting; 0 when it may not."""
+def _may_send_direct(writer: AbstractStreamWriter) -> bool:
+    """Whether os.sendfile may put bytes on the writer's socket: plain TCP, open."""
     transport = writer.transport  # type: ignore[attr-defined]
     if transport is None or transport.is_closing():
-        return 0
+        return False
     if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object") is not None:
-        return 0  # TLS: the socket under it carries ciphertext
-    sock = transport.get_extra_info("socket")
-    if sock is None:
+        return False  # TLS: the socket under it carries ciphertext
+    return transport.get_extra_info("socket") is not None
+
+
+def _send_direct(writer: AbstractStreamWriter, fd: int, offset: int, count: int) -> int:
+    """Bytes of [offset, offset+count) os.sendfile put on the socket now, without waiting; 0 when it may not."""
+    if not _may_send_direct(writer):
         return 0
+    transport = writer.transport  # type: ignore[attr-defined]
     writer.send_headers()  # type: ignore[attr-defined]  # the head first: into the transport, normally onto the wire
     # The head still queued behind a full socket: send_fd answers 0, and the rest keeps its order the ordinary
     # way; a file that ended early (truncated meanwhile) is found by the pread path.
