@@ -109,13 +109,27 @@ def trun_samples(data: bytes) -> list[tuple[int, ...]]:
     return out
 
 
-def test_batches_of_frames_give_the_bytes_frames_one_by_one_give(clip):
-    _, one_by_one = cut(clip)
-    for batch in (1, 7, 64, len(clip)):
+@pytest.mark.parametrize("mid_gop", [False, True], ids=["from a keyframe", "from inside a GOP"])
+def test_batches_of_frames_give_the_bytes_frames_one_by_one_give(clip, mid_gop):
+    """push_many (a batch's common frames kept in a few operations) gives the bytes push gives. From inside a
+    GOP, the audio before the first keyframe is dropped the same way, whatever batches it came in."""
+    if mid_gop:
+        video = [i for i, f in enumerate(clip) if f.kind == FrameKind.VIDEO and not f.is_config]
+        configs = [f for f in clip[:video[0]] if f.is_config]
+        frames = configs + clip[video[5]:]  # the configs, then media from a P-frame on
+        assert not frames[len(configs)].keyframe and len(configs) == 3
+    else:
+        frames = clip
+    _, one_by_one = cut(frames)
+    first_key = next(f.dts_ms for f in frames if f.kind == FrameKind.VIDEO and f.keyframe and not f.is_config)
+    kept = [f for f in media_frames(frames, FrameKind.AUDIO) if f.dts_ms >= first_key]
+    assert sum(s.samples for s in one_by_one if s.track == AUDIO) == len(kept)
+    assert (len(kept) < len(media_frames(frames, FrameKind.AUDIO))) == mid_gop  # audio before the keyframe: dropped
+    for batch in (1, 7, 64, len(frames)):
         g = GopFragmenter(1.0, 10.0)
         segs = []
-        for i in range(0, len(clip), batch):
-            segs += g.push_many(clip[i:i + batch], 1_800_000_000.0)
+        for i in range(0, len(frames), batch):
+            segs += g.push_many(frames[i:i + batch], 1_800_000_000.0)
         segs += g.finish()
         assert [(s.track, bytes(s.data)) for s in segs] == [(s.track, bytes(s.data)) for s in one_by_one], batch
         assert g.skipped == 0
@@ -193,8 +207,15 @@ def test_a_fragment_leaves_the_frames_payloads_in_place_as_views_after_one_head(
     assert len(video.data) == len(bytes(video.data)) == sum(map(len, video.data.parts))
 
 
-def test_a_fragments_audio_goes_out_as_one_part_its_frames_payloads_back_to_back(clip):
-    _, segs = cut(clip)
+@pytest.mark.parametrize("batch", [None, 7], ids=["push", "push_many"])
+def test_a_fragments_audio_goes_out_as_one_part_its_frames_payloads_back_to_back(clip, batch):
+    if batch is None:
+        _, segs = cut(clip)
+    else:
+        g, segs = GopFragmenter(1.0, 10.0), []
+        for i in range(0, len(clip), batch):
+            segs += g.push_many(clip[i:i + batch], 1_800_000_000.0)
+        segs += g.finish()
     audio = [s for s in segs if s.track == AUDIO]
     joined = []
     for seg in audio:
