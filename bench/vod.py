@@ -166,17 +166,17 @@ def throttle_reads(pid: int, path: Path, mbps: float) -> Path:
     volume or a busy disk reads, by a cgroup of its own (v1 blkio or v2 io.max; root only). Returns the group
     (removed by `unthrottle` once the server is gone)."""
     disk, rate = _disk_of(path), int(mbps * 1e6)
+    v1 = BLKIO_V1.is_dir()
+    group = (BLKIO_V1 if v1 else CGROUP_V2) / THROTTLE_GROUP
     try:
-        if BLKIO_V1.is_dir():
-            group = BLKIO_V1 / THROTTLE_GROUP
-            group.mkdir(exist_ok=True)
+        group.mkdir(exist_ok=True)
+        if v1:
             (group / "blkio.throttle.read_bps_device").write_text(f"{disk} {rate}")
         else:
-            group = CGROUP_V2 / THROTTLE_GROUP
-            group.mkdir(exist_ok=True)
             (group / "io.max").write_text(f"{disk} rbps={rate}")
         (group / "cgroup.procs").write_text(str(pid))
     except OSError as err:
+        unthrottle(group)
         raise load.BenchError(f"--disk-read-mbps needs root and a cgroup blkio (v1) or io (v2) controller: {err}")
     return group
 
@@ -227,7 +227,9 @@ async def run(args, ctx: load.Run, media: Path) -> dict:
     if args.disk_read_mbps:
         ctx.throttle = throttle_reads(server.pid, RECORDINGS_DIR, args.disk_read_mbps)
         load.say(f"the server's disk reads held to {args.disk_read_mbps} MB/s")
-    evicting = asyncio.create_task(evict_every(args.cold, files[0])) if args.cold and files else None
+    if args.cold and not files:
+        raise load.BenchError(f"--cold: the recording's file ({row['bytes']} bytes) is not in {RECORDINGS_DIR}")
+    evicting = asyncio.create_task(evict_every(args.cold, files[0])) if args.cold else None
     try:
         ws, we = await load.run_window(plan, sampler, server, ctx.children)
     finally:
