@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from itertools import islice, repeat
-from operator import add, attrgetter, floordiv, getitem, le, lt, mul, sub
+from operator import add, attrgetter, floordiv, getitem, lt, mul, sub
 from struct import Struct
 
 from ..errors import MediaError
@@ -89,6 +89,8 @@ class GopFragmenter:
         self._video_init: CmafInit | None = None
         self._audio_init: CmafInit | None = None
         self._frame_samples = 1024
+        self._grid: list[float] = []
+        """_audio_grid's."""
         self._nal_length_size = 4
         self._v: list[Frame] = []
         self._v_bytes = 0
@@ -132,52 +134,63 @@ class GopFragmenter:
     def push_many(self, frames: list[Frame], now: float) -> list[CmafPart | CmafSegment]:
         """The frames of one socket read (Stream.flush_sinks hands a batch): what push does for each, with
         the common frame (media inside an open GOP) kept in a few operations, and a sample it cannot use
-        counted in `skipped` instead of raised. The state the common frame touches is held in locals, read
-        again after any other frame (which may cut, and so replace the lists)."""
+        counted in `skipped` instead of raised. The state the common frame reads is held in locals (the open
+        fragments' codecs and time limits among it), read again after any other frame (which may cut, and so
+        replace the lists)."""
         self._now = now
         out: list[CmafPart | CmafSegment] = []
         video_kind, audio_kind = FrameKind.VIDEO, FrameKind.AUDIO
-        max_ms, max_bytes = self.max_ms, self.max_bytes
+        max_bytes = self.max_bytes
+        general, v_codec, v_limit, a_codec, a_limit = self._common_state()
         v, a, v_bytes, a_bytes, length_size = self._v, self._a, self._v_bytes, self._a_bytes, self._nal_length_size
         nal_length = _NAL_LENGTH[length_size]
         for frame in frames:
-            if self.general is None and not frame.is_config and not frame.is_end:
-                # The common frames, kept as _video and _audio would keep them, their other checks all false.
+            if general is None and not frame.is_config and not frame.is_end:
+                # The common frames, kept as _video and _audio would keep them, their other checks all false
+                # (an empty list's codec is None, which no frame has).
                 kind = frame.kind
                 if kind == video_kind:
                     tag = frame.tag
-                    if v and not frame.keyframe and frame.codec == v[0].codec \
-                            and frame.dts_ms - v[0].dts_ms < max_ms and v_bytes + len(tag) <= max_bytes:
+                    size = len(tag)
+                    if not frame.keyframe and frame.codec == v_codec and frame.dts_ms < v_limit \
+                            and v_bytes + size <= max_bytes:
                         # The NAL length prefixes tile the sample (_avcc_whole, inline: most hold one to three).
-                        end = len(tag) - 4
+                        end = size - 4
+                        last = end - length_size
                         pos = frame.payload_start
-                        while pos < end:
-                            if pos + length_size > end:
-                                break
+                        while pos <= last:
                             pos += length_size + nal_length(tag, pos)[0]
                         if pos == end:
                             v.append(frame)  # inside the open GOP
-                            v_bytes += len(tag)
+                            v_bytes += size
                             continue
                 elif kind == audio_kind:
-                    tag = frame.tag
-                    if a and frame.codec == a[0].codec and frame.dts_ms - a[0].dts_ms <= max_ms \
-                            and a_bytes + len(tag) <= max_bytes:
+                    size = len(frame.tag)
+                    if frame.codec == a_codec and frame.dts_ms <= a_limit and a_bytes + size <= max_bytes:
                         a.append(frame)  # waiting for the next video cut
-                        a_bytes += len(tag)
+                        a_bytes += size
                         continue
             self._v_bytes, self._a_bytes = v_bytes, a_bytes
             try:
-                if self.general is not None:
-                    out += self.general.push(frame, now)
+                if general is not None:
+                    out += general.push(frame, now)
                 else:
                     self._one(frame, now)
             except MediaError:
                 self.skipped += 1
+            general, v_codec, v_limit, a_codec, a_limit = self._common_state()
             v, a, v_bytes, a_bytes, length_size = self._v, self._a, self._v_bytes, self._a_bytes, self._nal_length_size
             nal_length = _NAL_LENGTH[length_size]
         self._v_bytes, self._a_bytes = v_bytes, a_bytes
         return self._take(out)
+
+    def _common_state(self) -> tuple[CmafSegmenter | None, str | None, float, str | None, float]:
+        """What push_many checks a common frame against: the segmenter that took over, and each open
+        fragment's codec (None when none is open) and the decode time its next frame must stay under (video)
+        or at (audio)."""
+        v, a = self._v, self._a
+        return (self.general, v[0].codec if v else None, v[0].dts_ms + self.max_ms if v else 0.0,
+                a[0].codec if a else None, a[0].dts_ms + self.max_ms if a else 0.0)
 
     def discontinuity(self) -> None:
         if self.general is not None:
@@ -368,16 +381,21 @@ class GopFragmenter:
         payload = (b"".join(samples_bytes),)
         payload_size = len(payload[0])
         half = samples // 2
-        ticks = list(map(floordiv, map(add, map(mul, map(_dts, frames), repeat(scale)), repeat(500)), repeat(1000)))
-        start = ticks[0]
+        dts = list(map(_dts, frames))
+        start = (dts[0] * scale + 500) // 1000
         if last is not None and start - (last + samples) <= half:
             start = last + samples  # within rounding of back to back, or overlapping
-        if all(map(le, map(sub, ticks, range(start, start + count * samples, samples)), repeat(half))):
+        if max(map(sub, dts, self._audio_grid(count, samples * 1000 / scale))) <= (start + half) * 1000 / scale - 1:
             # Every frame back to back (AAC frames last `samples` each): the common case, in C-level passes.
+            # Frame i's tick, (dts * scale + 500) // 1000, is then at most start + i * samples + half, as the
+            # loop below asks, with no tick computed: its decode time stays a millisecond (scale / 1000 ticks,
+            # 7 or more) under that bound, float rounding is far smaller, and rounding to a tick adds at most
+            # half a tick. A frame nearer the bound than that goes to the loop, which decides exactly.
             entries = [samples] * (2 * count)  # (duration, size) a sample
             entries[1::2] = sizes
             last = start + (count - 1) * samples
         else:
+            ticks = list(map(floordiv, map(add, map(mul, dts, repeat(scale)), repeat(500)), repeat(1000)))
             entries = []
             first = True
             for tick, size in zip(ticks, sizes):
@@ -406,6 +424,14 @@ class GopFragmenter:
             track=AUDIO, sequence=sequence, data=data, start=start, duration=last + samples - start,
             timescale=scale, init=init, timeline=timeline, discontinuity=False, independent=True,
             part_count=1, samples=count)]
+
+    def _audio_grid(self, count: int, step: float) -> list[float]:
+        """[0, step, 2 * step, ...], at least `count` long: where back-to-back frames' decode times lie, in ms
+        from the first (kept: a fragment's audio is the same length each time)."""
+        grid = self._grid
+        if len(grid) < count or grid[1] != step:
+            grid = self._grid = [i * step for i in range(max(count, 2 * len(grid), 512))]
+        return grid
 
     def _recount_audio(self) -> None:
         """`_a_bytes` again, after frames left `_a`: counted over what is left (a frame or two after a video
