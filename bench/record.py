@@ -4,6 +4,7 @@
     python -m bench.record --streams 50 --seconds 60 --repeat 2 off, all, off, all
     python -m bench.record --streams 5 --seconds 20             a quick check
     python -m bench.record --streams 50 --seconds 30 --toggle 4 one server, recording switched on and off
+    python -m bench.record --streams 50 --seconds 40 --toggle 2 --probe   and the recording's own CPU, timed inside
 
 Each run starts the server (bench/load.py's `start_server`, on free loopback ports, here with
 `record.mode`, `record.path` in the run's directory and `record.fsync_interval`), publishes `--streams`
@@ -21,6 +22,11 @@ once each, which are not samples); the server is
 stopped (SIGINT: the recordings close), and every file is read back: samples per track, holes in each
 track's timeline, and the fragment index VOD serves from (mediaserver/record/vod.py `index_file`).
 No frame lost = every stream's samples == its media frames received, and no hole.
+
+With `--toggle`, `--probe` also times the recording's own work inside the server (bench/_recprobe: the
+event loop's `Recorder.on_frames` and the recording writer's jobs, with `time.thread_time`) over each
+window: µs per frame on the loop, ms per MB in the writer, and both as CPU-s per stream-minute. The whole
+server's figure moves by about ±0.003 between runs of the same code; this one by about ±5 %.
 
 Results: a summary on stdout and bench/results/record-STREAMSs-TIMESTAMP.json; the recordings are removed
 afterwards unless `--keep-files`.
@@ -269,6 +275,29 @@ def kernel_threads_cpu_s() -> float:
     return total / load._procstats.CLOCK_TICKS
 
 
+def read_probe(path: Path | None) -> dict | None:
+    """bench/_recprobe's running totals in the server (written every second), or None."""
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def probe_window(a: dict | None, b: dict | None, streams: int) -> dict | None:
+    """The recording's own work between two probe readings: µs per frame on the event loop, ms per MB in the
+    writer's thread, and both as CPU-s per stream-minute (over the readings' own interval)."""
+    if not a or not b or b["at"] <= a["at"]:
+        return None
+    frames, written = b["frames"] - a["frames"], b["bytes"] - a["bytes"]
+    loop_s, writer_s = b["loop_s"] - a["loop_s"], b["writer_s"] - a["writer_s"]
+    return {"frames": frames, "mb": round(written / 1e6, 1),
+            "loop_us_per_frame": round(loop_s / frames * 1e6, 3) if frames else None,
+            "writer_ms_per_mb": round(writer_s / written * 1e9, 3) if written else None,
+            "cpu_s_per_stream_minute": load.per_minute(loop_s + writer_s, streams, b["at"] - a["at"])}
+
+
 async def set_recording(server: load.Server, names: list[str], on: bool) -> None:
     """Start (POST) or stop (DELETE) every stream's recording through the admin API."""
     base = f"http://{server.host}:{server.http_port}/api/v1/streams/{server.app}"
@@ -294,6 +323,12 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
                     *args.server_set])
     ctx = load.Run(run_name)
     os.environ["MEDIASERVER_ADMIN_TOKEN"] = ADMIN_TOKEN
+    probe = load.RESULTS_DIR / f"{run_name}-probe.json" if args.probe else None
+    pythonpath = os.environ.get("PYTHONPATH")
+    if probe is not None:  # the server inherits these: bench/_recprobe/sitecustomize.py
+        os.environ["MEDIASERVER_BENCH_RECPROBE"] = str(probe)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parent / "_recprobe"), os.environ.get("PYTHONPATH")) if p)
     windows: list[dict] = []
     try:
         server = ctx.server = await load.start_server(ns, ctx.children, run_name)
@@ -307,10 +342,10 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
                 await set_recording(server, names, on)
                 await asyncio.sleep(args.settle)
             a, t0, io0, steal0 = user_system_s(server.pid), time.monotonic(), read_io(server.pid), machine_steal_s()
-            kernel0, loop0 = kernel_threads_cpu_s(), loop_thread_s(server.pid)
+            kernel0, loop0, probe0 = kernel_threads_cpu_s(), loop_thread_s(server.pid), read_probe(probe)
             await asyncio.sleep(args.seconds)
             b, t1, io1, steal1 = user_system_s(server.pid), time.monotonic(), read_io(server.pid), machine_steal_s()
-            kernel1, loop1 = kernel_threads_cpu_s(), loop_thread_s(server.pid)
+            kernel1, loop1, probe1 = kernel_threads_cpu_s(), loop_thread_s(server.pid), read_probe(probe)
             if a is None or b is None:
                 raise load.BenchError("the server's /proc/PID/stat could not be read")
             alive = ctx.children.alive("publisher")
@@ -326,15 +361,25 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
                             "kernel_threads_cpu_s_per_stream_minute": load.per_minute(kernel1 - kernel0, len(names),
                                                                                       t1 - t0),
                             "machine_steal_s": round(steal1 - steal0, 2) if steal0 is not None and steal1 is not None
-                            else None})
+                            else None,
+                            **({"probe": probe_window(probe0, probe1, len(names))} if probe is not None else {})})
             load.say(f"window {k + 1}/{2 * args.toggle + 1}, recording {'on ' if on else 'off'}: {per} CPU-s per "
                      f"stream-minute (user {user:.2f} s, system {system:.2f} s; kernel threads "
                      f"{kernel1 - kernel0:.2f} s; machine steal "
                      f"{windows[-1]['machine_steal_s']} s)")
+            if on and probe is not None:
+                load.say(f"  timed inside: {windows[-1]['probe']}")
     finally:
         await ctx.children.stop_all()
         if not args.keep_files:
             shutil.rmtree(rec_dir, ignore_errors=True)
+        if probe is not None:
+            os.environ.pop("MEDIASERVER_BENCH_RECPROBE", None)
+            if pythonpath is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = pythonpath
+            probe.unlink(missing_ok=True)
     deltas, kernel, loop, other = [], [], [], []
     for i in range(1, len(windows), 2):
         for key, out in (("cpu_s_per_stream_minute", deltas), ("kernel_threads_cpu_s_per_stream_minute", kernel),
@@ -343,7 +388,9 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
             if all(windows[j].get(key) is not None for j in (i - 1, i, i + 1)):
                 off = (windows[i - 1][key] + windows[i + 1][key]) / 2
                 out.append(round(windows[i][key] - off, 4))
+    probed = [w["probe"] for w in windows if w["recording"] and w.get("probe")]
     return {"windows": windows, "recording_cpu_s_per_stream_minute": deltas,
+            "recording_timed_inside": probed,
             "kernel_threads_cpu_s_per_stream_minute": kernel,
             "recording_loop_thread_cpu_s_per_stream_minute": loop,
             "recording_other_threads_cpu_s_per_stream_minute": other,
@@ -423,6 +470,8 @@ async def amain(args) -> int:
               f"{result['recording_other_threads_cpu_s_per_stream_minute']}")
         print(f"  the kernel's own threads (writeback) meanwhile: {result['kernel_threads_cpu_s_per_stream_minute']} "
               f"CPU-s per stream-minute, not in the figure above")
+        for p in result["recording_timed_inside"]:
+            print(f"  timed inside the server (--probe): {p}")
         print(f"  results: {path}")
         return 0
     try:
@@ -459,10 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=5.0,
                     help="with --toggle: seconds after switching before a window starts (default 5)")
     ap.add_argument("--keep-files", action="store_true", help="keep the recordings (bench/results/...-files)")
+    ap.add_argument("--probe", action="store_true",
+                    help="with --toggle: also time the recording's own work inside the server (bench/_recprobe)")
     args = ap.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.streams < 1 or args.seconds < 1 or any(m not in ("off", "all") for m in args.modes):
         ap.error("--streams and --seconds must be at least 1; --modes takes off and all")
+    if args.probe and not args.toggle:
+        ap.error("--probe goes with --toggle")
     load.raise_nofile_limit()
     try:
         return asyncio.run(amain(args))

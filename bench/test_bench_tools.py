@@ -1401,3 +1401,43 @@ def test_the_rtmp_sink_accepts_a_publish_and_counts_its_media_per_stream_name():
     assert stats.bytes == sent + len(data)  # the bytes before the publish named the stream count too
     sink.connection_lost(None)
     assert stats.open == 0
+
+
+# ----- bench.record --probe: the recording's own work timed inside the server ----------------------------
+
+
+def test_the_probe_patches_the_servers_own_recording_modules_and_reports_their_totals(tmp_path):
+    out = tmp_path / "probe.json"
+    code = (
+        "import asyncio, time\n"
+        "from pathlib import Path\n"
+        "from mediaserver.hub.stream import StreamKey\n"
+        "from mediaserver.record import recorder, writer\n"
+        "assert recorder.Recorder.on_frames.__name__ == 'timed_on_frames', recorder.Recorder.on_frames\n"
+        "assert writer.DiskWriter._do.__name__ == 'timed_do', writer.DiskWriter._do\n"
+        f"rec = recorder.Recorder(StreamKey('live', 'x'), Path({str(tmp_path)!r}))\n"
+        "rec.on_frames([])\n"
+        "time.sleep(1.5)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MEDIASERVER_BENCH_RECPROBE": str(out),
+           "PYTHONPATH": os.path.join(root, "bench", "_recprobe")}
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True, timeout=60)
+    totals = json.loads(out.read_text())
+    assert totals["frames"] == 0 and totals["loop_s"] > 0 and totals["bytes"] == 0
+    # Without the variable the directory on PYTHONPATH changes nothing.
+    env.pop("MEDIASERVER_BENCH_RECPROBE")
+    subprocess.run([sys.executable, "-c", "from mediaserver.record import recorder\n"
+                    "assert recorder.Recorder.on_frames.__name__ == 'on_frames'"], env=env, cwd=root, check=True,
+                   timeout=60)
+
+
+def test_a_probe_window_is_the_difference_of_two_readings_per_frame_per_mb_and_per_stream_minute():
+    from bench.record import probe_window
+    a = {"frames": 1000, "loop_s": 1.0, "writer_s": 0.5, "bytes": 10_000_000, "at": 100.0}
+    b = {"frames": 41000, "loop_s": 1.1, "writer_s": 0.53, "bytes": 110_000_000, "at": 130.0}
+    w = probe_window(a, b, streams=10)
+    assert w["frames"] == 40000 and w["mb"] == 100.0
+    assert w["loop_us_per_frame"] == 2.5 and w["writer_ms_per_mb"] == 0.3
+    assert w["cpu_s_per_stream_minute"] == round(0.13 / (10 * 30 / 60), 5)
+    assert probe_window(None, b, 10) is None and probe_window(b, a, 10) is None
