@@ -328,7 +328,7 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
     if probe is not None:  # the server inherits these: bench/_recprobe/sitecustomize.py
         os.environ["MEDIASERVER_BENCH_RECPROBE"] = str(probe)
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(Path(__file__).resolve().parent / "_recprobe"), os.environ.get("PYTHONPATH")) if p)
+            p for p in (str(Path(__file__).resolve().parent / "_recprobe"), pythonpath) if p)
     windows: list[dict] = []
     try:
         server = ctx.server = await load.start_server(ns, ctx.children, run_name)

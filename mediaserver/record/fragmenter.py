@@ -45,6 +45,9 @@ _tag = attrgetter("tag")
 _payload_start = attrgetter("payload_start")
 _SAMPLE_FLAGS = (SAMPLE_NON_SYNC, SAMPLE_SYNC)
 """By Frame.keyframe (False, True)."""
+_MAX_GRID = 4096
+"""Audio frames a fragment's cheap back-to-back test takes (12 s of 96 kHz AAC is 1,125): more (a stalled
+clock, frames only the byte bound stops) go to the exact loop, so the grid kept per stream stays small."""
 _NAL_LENGTH = {1: Struct(">B").unpack_from, 2: Struct(">H").unpack_from, 4: Struct(">I").unpack_from}
 """A NAL length prefix read in place, as (length,), by the prefix's size (avcC and hvcC allow 1, 2 or 4, and
 their parsers refuse the rest): 56 ns against 129 for slicing it out to int.from_bytes, and a video frame
@@ -385,7 +388,8 @@ class GopFragmenter:
         start = (dts[0] * scale + 500) // 1000
         if last is not None and start - (last + samples) <= half:
             start = last + samples  # within rounding of back to back, or overlapping
-        if max(map(sub, dts, self._audio_grid(count, samples * 1000 / scale))) <= (start + half) * 1000 / scale - 1:
+        bound = (start + half) * 1000 / scale - 1
+        if count <= _MAX_GRID and max(map(sub, dts, self._audio_grid(count, samples * 1000 / scale))) <= bound:
             # Every frame back to back (AAC frames last `samples` each): the common case, in C-level passes.
             # Frame i's tick, (dts * scale + 500) // 1000, is then at most start + i * samples + half, as the
             # loop below asks, with no tick computed: its decode time stays a millisecond (scale / 1000 ticks,
@@ -426,11 +430,11 @@ class GopFragmenter:
             part_count=1, samples=count)]
 
     def _audio_grid(self, count: int, step: float) -> list[float]:
-        """[0, step, 2 * step, ...], at least `count` long: where back-to-back frames' decode times lie, in ms
-        from the first (kept: a fragment's audio is the same length each time)."""
+        """[0, step, 2 * step, ...], at least `count` long (at most _MAX_GRID): where back-to-back frames' decode
+        times lie, in ms from the first (kept: a fragment's audio is the same length each time)."""
         grid = self._grid
         if len(grid) < count or grid[1] != step:
-            grid = self._grid = [i * step for i in range(max(count, 2 * len(grid), 512))]
+            grid = self._grid = [i * step for i in range(min(max(count, 2 * len(grid), 512), _MAX_GRID))]
         return grid
 
     def _recount_audio(self) -> None:

@@ -80,9 +80,9 @@ async def test_vod_requests_that_attack_ranges_and_paths_get_clean_4xx(server_fa
 async def test_vod_readers_that_stop_reading_hold_a_chunk_each_and_are_dropped_after_the_write_timeout(
         server_factory, publish, media, stream_name, monkeypatch, tmp_path):
     """Ranges of a recording answered by the fast lane (after the full stack served the file once) and by
-    the full stack itself, from the disk (not in the page cache): a reader with a tiny window that takes nothing holds at most a chunk and the
-    transport's high-water mark of the server's memory, not the range, and is disconnected once
-    `http.write_timeout` passes without progress."""
+    the full stack itself, from the disk (not in the page cache): a reader with a tiny window that takes
+    nothing holds at most a chunk and the transport's high-water mark of the server's memory, not the range,
+    and is disconnected once `http.write_timeout` passes without progress."""
     monkeypatch.setenv("MEDIASERVER_ADMIN_TOKEN", ADMIN)
     server = server_factory(**{"record.path": str(tmp_path / "rec"), "record.mode": "all",
                                "http.write_timeout": 1.0})

@@ -10,7 +10,7 @@ import pytest
 from mediaserver.errors import MediaError
 from mediaserver.media import flv_body
 from mediaserver.media.frames import FrameKind
-from mediaserver.record.fragmenter import GopFragmenter
+from mediaserver.record.fragmenter import _MAX_GRID, GopFragmenter
 from mediaserver.remux.cmaf import AUDIO, VIDEO
 
 from support.codec_clips import codec_clip, media_frames
@@ -80,6 +80,22 @@ def test_audio_with_a_stalled_clock_is_bounded_by_bytes(clip, batch):
         assert sum(len(f.tag) for f in g._a) <= 200_000, "what waits stays under max_bytes"
     assert sum(s.samples for s in out if s.track == AUDIO) >= 20 * batch - len(g._a), "cut alone, as it came"
     assert g.skipped == 0
+
+
+def test_a_fragment_of_more_audio_frames_than_the_cheap_test_takes_is_timed_by_the_exact_rule(clip):
+    """A stalled clock (or tiny frames) can put thousands of audio frames in one fragment: they go to the exact
+    loop, and the grid the cheap test keeps per stream stays at its cap."""
+    start = [f for f in clip if f.dts_ms < 1000]
+    first_audio = next(f for f in clip if f.kind == FrameKind.AUDIO and not f.is_config)
+    tiny = [flv_body.audio_frame(bytes(first_audio.body[:2]) + bytes(8), 1000) for _ in range(6000)]
+    g = GopFragmenter(1.0, 10.0)
+    out = []
+    for f in start:
+        out += g.push(f, 0.0)
+    out += g.push_many(tiny, 0.0) + g.finish()
+    audio = [s for s in out if s.track == AUDIO]
+    assert audio[-1].samples > _MAX_GRID and len(g._grid) <= _MAX_GRID
+    assert {e[0] for e in trun_samples(bytes(audio[-1].data))} == {1024}, "one time: overlapping, back to back"
 
 
 def test_a_frame_whose_nal_lengths_overrun_it_is_refused(clip):
