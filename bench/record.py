@@ -287,15 +287,36 @@ def read_probe(path: Path | None) -> dict | None:
 
 def probe_window(a: dict | None, b: dict | None, streams: int) -> dict | None:
     """The recording's own work between two probe readings: µs per frame on the event loop, ms per MB in the
-    writer's thread, and both as CPU-s per stream-minute (over the readings' own interval)."""
+    writer's thread, and both as CPU-s per stream-minute (over the readings' own interval); and where each
+    went: the frames' push and the Recorder's hand-over, the video cuts, the audio fragments; the writer's copy
+    into its buffer, its pwrite calls, the rest of its jobs (fsyncs, opens, closes)."""
     if not a or not b or b["at"] <= a["at"]:
         return None
+    def spent(key: str) -> float:
+        return b.get(key, 0.0) - a.get(key, 0.0)  # (a key an older probe did not write: 0)
+
     frames, written = b["frames"] - a["frames"], b["bytes"] - a["bytes"]
-    loop_s, writer_s = b["loop_s"] - a["loop_s"], b["writer_s"] - a["writer_s"]
+    loop_s, writer_s = spent("loop_s"), spent("writer_s")
+    video_cut_s, audio_cut_s, direct_s, pwrite_s = (spent(k) for k in ("video_cut_s", "audio_cut_s", "direct_s",
+                                                                         "pwrite_s"))
+
+    def per_frame(seconds: float) -> float | None:
+        return round(seconds / frames * 1e6, 3) if frames else None
+
+    def per_mb(seconds: float) -> float | None:
+        return round(seconds / written * 1e9, 3) if written else None
+
     return {"frames": frames, "mb": round(written / 1e6, 1),
-            "loop_us_per_frame": round(loop_s / frames * 1e6, 3) if frames else None,
-            "writer_ms_per_mb": round(writer_s / written * 1e9, 3) if written else None,
-            "cpu_s_per_stream_minute": load.per_minute(loop_s + writer_s, streams, b["at"] - a["at"])}
+            "loop_us_per_frame": per_frame(loop_s),
+            "writer_ms_per_mb": per_mb(writer_s),
+            "cpu_s_per_stream_minute": load.per_minute(loop_s + writer_s, streams, b["at"] - a["at"]),
+            # Where they went: the loop's µs per frame (every frame's share, so the first three add up to the
+            # whole; views and moofs are within the cuts) and the writer's ms per MB (adding up likewise).
+            "loop_split": {"push_and_store": per_frame(loop_s - video_cut_s - audio_cut_s), "video_cut": per_frame(video_cut_s),
+                           "audio_cut": per_frame(audio_cut_s), "of_which_views": per_frame(spent("views_s")),
+                           "of_which_moofs": per_frame(spent("moof_s"))},
+            "writer_split": {"copy": per_mb(direct_s - pwrite_s), "pwrite": per_mb(pwrite_s),
+                             "other": per_mb(writer_s - direct_s)}}
 
 
 async def set_recording(server: load.Server, names: list[str], on: bool) -> None:

@@ -1415,6 +1415,11 @@ def test_the_probe_patches_the_servers_own_recording_modules_and_reports_their_t
         "from mediaserver.record import recorder, writer\n"
         "assert recorder.Recorder.on_frames.__name__ == 'timed_on_frames', recorder.Recorder.on_frames\n"
         "assert writer.DiskWriter._do.__name__ == 'timed_do', writer.DiskWriter._do\n"
+        "assert writer.DiskWriter._put.__name__ == 'timed_put', writer.DiskWriter._put\n"
+        "from mediaserver.record import fragmenter\n"
+        "assert fragmenter.GopFragmenter._cut.__name__ == 'timed_cut'\n"
+        "assert fragmenter.GopFragmenter._audio_fragment.__name__ == 'timed_audio_fragment'\n"
+        "assert fragmenter.fragment_pieces.__name__ == 'timed'\n"
         f"rec = recorder.Recorder(StreamKey('live', 'x'), Path({str(tmp_path)!r}))\n"
         "rec.on_frames([])\n"
         "time.sleep(1.5)\n"
@@ -1441,3 +1446,18 @@ def test_a_probe_window_is_the_difference_of_two_readings_per_frame_per_mb_and_p
     assert w["loop_us_per_frame"] == 2.5 and w["writer_ms_per_mb"] == 0.3
     assert w["cpu_s_per_stream_minute"] == round(0.13 / (10 * 30 / 60), 5)
     assert probe_window(None, b, 10) is None and probe_window(b, a, 10) is None
+    # Readings without the parts (an older probe): all of the loop's time is the push's.
+    assert w["loop_split"]["push_and_store"] == 2.5 and w["loop_split"]["video_cut"] == 0.0
+    assert w["writer_split"] == {"copy": 0.0, "pwrite": 0.0, "other": 0.3}
+
+
+def test_a_probe_windows_parts_add_up_to_the_loops_and_the_writers_whole():
+    from bench.record import probe_window
+    a = {"frames": 0, "loop_s": 0.0, "writer_s": 0.0, "bytes": 0, "at": 0.0, "video_cut_s": 0.0,
+         "audio_cut_s": 0.0, "views_s": 0.0, "moof_s": 0.0, "direct_s": 0.0, "pwrite_s": 0.0}
+    b = {"frames": 100_000, "loop_s": 0.25, "writer_s": 0.3, "bytes": 1_000_000_000, "at": 40.0,
+         "video_cut_s": 0.1, "audio_cut_s": 0.05, "views_s": 0.03, "moof_s": 0.01, "direct_s": 0.26, "pwrite_s": 0.08}
+    w = probe_window(a, b, streams=50)
+    assert w["loop_split"] == {"push_and_store": 1.0, "video_cut": 1.0, "audio_cut": 0.5, "of_which_views": 0.3,
+                               "of_which_moofs": 0.1}
+    assert w["writer_split"] == {"copy": 0.18, "pwrite": 0.08, "other": 0.04}

@@ -1,7 +1,8 @@
 """Loaded into the server by `bench.record --probe` (this directory first on PYTHONPATH): times the recording's
 own work where it runs, with `time.thread_time`, and writes the running totals as JSON to the file
 MEDIASERVER_BENCH_RECPROBE names, every second: `Recorder.on_frames` on the event loop (and the frames it took)
-and every job of the recording writer's thread (and the bytes it wrote). The toggle windows' figure moves by
+and every job of the recording writer's thread (and the bytes it wrote), and the parts of each: the
+GopFragmenter's cuts, the writer's copy and its pwrite calls. The toggle windows' figure moves by
 ±0.003 CPU-s per stream-minute between runs of the same code, since it holds the whole server; this holds
 only the recording's own work (bench/README.md, "Recording cost").
 
@@ -17,9 +18,13 @@ import threading
 import time
 
 _OUT = os.environ.get("MEDIASERVER_BENCH_RECPROBE")
-_TARGETS = ("mediaserver.record.recorder", "mediaserver.record.writer")
-totals = {"frames": 0, "loop_s": 0.0, "writer_s": 0.0, "bytes": 0}
-"""The loop's thread updates frames and loop_s, the writer's thread the others: no key has two writers."""
+_TARGETS = ("mediaserver.record.recorder", "mediaserver.record.writer", "mediaserver.record.fragmenter")
+totals = {"frames": 0, "loop_s": 0.0, "writer_s": 0.0, "bytes": 0,
+          "video_cut_s": 0.0, "audio_cut_s": 0.0, "views_s": 0.0, "moof_s": 0.0, "direct_s": 0.0, "pwrite_s": 0.0}
+"""The loop's thread updates frames, loop_s and the cuts' parts (all within loop_s: the video cuts less the
+audio fragments made in them, the audio fragments, and, within those, the video payloads' views and the
+moofs), the writer's thread the others (within writer_s: the direct writes, and their pwrite calls): no key
+has two writers."""
 
 
 def _patch(module) -> None:
@@ -33,6 +38,8 @@ def _patch(module) -> None:
             totals["loop_s"] += now() - t
             totals["frames"] += len(frames)
         module.Recorder.on_frames = timed_on_frames
+    elif module.__name__ == _TARGETS[2]:
+        _patch_fragmenter(module, now)
     else:
         do = module.DiskWriter._do
 
@@ -43,6 +50,47 @@ def _patch(module) -> None:
             if kind == "write":
                 totals["bytes"] += len(arg)
         module.DiskWriter._do = timed_do
+        module.DiskWriter._write_direct = _timed_method(module.DiskWriter._write_direct, "direct_s", now)
+        module.DiskWriter._put = _timed_method(module.DiskWriter._put, "pwrite_s", now)
+
+
+def _timed_method(method, key, now):
+    def timed(self, *args):
+        t = now()
+        try:
+            return method(self, *args)
+        finally:
+            totals[key] += now() - t
+    timed.__name__ = f"timed_{method.__name__.lstrip('_')}"
+    return timed
+
+
+def _timed_function(function, key, now):
+    def timed(*args, **kwargs):
+        t = now()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[key] += now() - t
+    return timed
+
+
+def _patch_fragmenter(module, now) -> None:
+    """The cuts' parts: module-level helpers are looked up by name when called, so replacing them works."""
+    fragmenter = module.GopFragmenter
+    cut = fragmenter._cut
+
+    def timed_cut(self, end_ms):
+        audio_before = totals["audio_cut_s"]
+        t = now()
+        try:
+            return cut(self, end_ms)
+        finally:
+            totals["video_cut_s"] += now() - t - (totals["audio_cut_s"] - audio_before)
+    fragmenter._cut = timed_cut
+    fragmenter._audio_fragment = _timed_method(fragmenter._audio_fragment, "audio_cut_s", now)
+    module._payloads = _timed_function(module._payloads, "views_s", now)
+    module.fragment_pieces = _timed_function(module.fragment_pieces, "moof_s", now)
 
 
 class _PatchOnImport:
