@@ -29,6 +29,10 @@ class ProcStat:
     comm: str
     cpu_s: float
     """utime + stime of the process itself (all its threads), in seconds."""
+    user_s: float
+    """utime alone: the process's own work (Python's, for ours)."""
+    system_s: float
+    """stime alone: the kernel's work on the process's behalf."""
     children_cpu_s: float
     """cutime + cstime: CPU of its children that exited and were waited for, in seconds."""
     rss_bytes: int
@@ -61,6 +65,8 @@ def read_stat(pid: int, tid: int | None = None) -> ProcStat | None:
         ppid=ppid,
         comm=comm,
         cpu_s=(utime + stime) / CLOCK_TICKS,
+        user_s=utime / CLOCK_TICKS,
+        system_s=stime / CLOCK_TICKS,
         children_cpu_s=(cutime + cstime) / CLOCK_TICKS,
         rss_bytes=rss_pages * PAGE_SIZE,
     )

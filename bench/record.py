@@ -75,12 +75,8 @@ def read_io(pid: int) -> dict[str, int]:
 
 def user_system_s(pid: int) -> tuple[float, float] | None:
     """(utime, stime) of one process, all its threads, in seconds: Python's work against the kernel's."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[11]) / load._procstats.CLOCK_TICKS, int(fields[12]) / load._procstats.CLOCK_TICKS
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = load._procstats.read_stat(pid)
+    return (stat.user_s, stat.system_s) if stat is not None else None
 
 
 def loop_thread_s(pid: int) -> float | None:
@@ -261,18 +257,7 @@ def kernel_threads_cpu_s() -> float:
     """utime + stime of the kernel's own threads (kthreadd's children: the flusher's kworkers that write dirty
     pages back, kswapd, ksoftirqd), summed, in seconds. A kworker that exits within a window takes its time
     with it, so this is a floor; it shows what writeback a server leaves to the kernel rather than doing itself."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == b"2" or entry.name == "2":  # ppid (the field after the state) is kthreadd
-            total += int(fields[11]) + int(fields[12])
-    return total / load._procstats.CLOCK_TICKS
+    return sum(stat.cpu_s for stat in load._procstats.all_stats().values() if stat.ppid == 2 or stat.pid == 2)
 
 
 def read_probe(path: Path | None) -> dict | None:
@@ -312,9 +297,9 @@ def probe_window(a: dict | None, b: dict | None, streams: int) -> dict | None:
             "cpu_s_per_stream_minute": load.per_minute(loop_s + writer_s, streams, b["at"] - a["at"]),
             # Where they went: the loop's µs per frame (every frame's share, so the first three add up to the
             # whole; views and moofs are within the cuts) and the writer's ms per MB (adding up likewise).
-            "loop_split": {"push_and_store": per_frame(loop_s - video_cut_s - audio_cut_s), "video_cut": per_frame(video_cut_s),
-                           "audio_cut": per_frame(audio_cut_s), "of_which_views": per_frame(spent("views_s")),
-                           "of_which_moofs": per_frame(spent("moof_s"))},
+            "loop_split": {"push_and_store": per_frame(loop_s - video_cut_s - audio_cut_s),
+                           "video_cut": per_frame(video_cut_s), "audio_cut": per_frame(audio_cut_s),
+                           "of_which_views": per_frame(spent("views_s")), "of_which_moofs": per_frame(spent("moof_s"))},
             "writer_split": {"copy": per_mb(direct_s - pwrite_s), "pwrite": per_mb(pwrite_s),
                              "other": per_mb(writer_s - direct_s)}}
 
@@ -445,8 +430,9 @@ def print_summary(out: dict, path: Path) -> None:
         c, m = r["cpu"], r["memory"]
         line = (f"  record.mode={r['mode']:<3}: server {c.get('server_cpu_s')} CPU-s in {c['wall_s']} s "
                 f"({c.get('server_cpu_pct_of_one_core')}% of a core) = {c['server_cpu_s_per_stream_minute']} "
-                f"CPU-s/stream-min; publishers {c['publisher_cpu_pct_of_one_core']}%; RSS {m.get('rss_per_stream_mib')} "
-                f"MiB/stream; user/system {r.get('server_user_system_s')} s; io {r['io']}")
+                f"CPU-s/stream-min; publishers {c['publisher_cpu_pct_of_one_core']}%; "
+                f"RSS {m.get('rss_per_stream_mib')} MiB/stream; user/system {r.get('server_user_system_s')} s; "
+                f"io {r['io']}")
         print(line)
         f = r.get("files")
         if f:

@@ -370,6 +370,28 @@ def test_process_tree_cpu_includes_children_and_grows_while_they_work():
         parent.wait()
 
 
+def test_user_and_system_time_add_up_to_the_cpu_of_a_process():
+    from bench.record import user_system_s
+    t = time.process_time()
+    while time.process_time() - t < 0.05:
+        pass  # some user time to read
+    stat = _procstats.read_stat(os.getpid())
+    assert stat.user_s > 0 and abs(stat.user_s + stat.system_s - stat.cpu_s) < 1e-9
+    user, system = user_system_s(os.getpid())
+    assert user >= stat.user_s and system >= stat.system_s
+
+
+def test_the_kernels_threads_are_kthreadd_and_its_children(monkeypatch):
+    from bench.record import kernel_threads_cpu_s
+
+    def stat(pid, ppid, cpu_s):
+        return _procstats.ProcStat(pid=pid, ppid=ppid, comm="x", cpu_s=cpu_s, user_s=0.0, system_s=cpu_s,
+                                   children_cpu_s=0.0, rss_bytes=0)
+    stats = {2: stat(2, 0, 0.5), 40: stat(40, 2, 1.25), 41: stat(41, 2, 2.0), 900: stat(900, 1, 100.0)}
+    monkeypatch.setattr(_procstats, "all_stats", lambda: stats)
+    assert kernel_threads_cpu_s() == 3.75
+
+
 def test_a_vanished_process_reads_as_none_not_an_error():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -601,7 +623,8 @@ def moof_mdat(track_id: int, base: int, durations: list[int], *, tfdt_version: i
               sizes: bool = True) -> bytes:
     """One moof + mdat: trun with per-sample durations (and sizes), or none when `default` is given."""
     tfhd_flags = 0x020000 | (0x08 if default is not None else 0)
-    tfhd = full(b"tfhd", 0, tfhd_flags, struct.pack(">I", track_id), struct.pack(">I", default) if default is not None else b"")
+    tfhd = full(b"tfhd", 0, tfhd_flags, struct.pack(">I", track_id),
+                struct.pack(">I", default) if default is not None else b"")
     tfdt = full(b"tfdt", tfdt_version, 0, struct.pack(">Q" if tfdt_version else ">I", base))
     flags = 0x01 | (0x100 if default is None else 0) | (0x200 if sizes else 0)
     entries = b"".join((struct.pack(">I", d) if default is None else b"") + (struct.pack(">I", 10) if sizes else b"")
@@ -1021,10 +1044,12 @@ class FakeLive:
                  f"#EXT-X-MEDIA-SEQUENCE:{max(0, done - 4)}", f'#EXT-X-MAP:URI="{track}-init.mp4"']
         for msn in range(max(0, done - 4), done):
             for i in range(self.PARTS):
-                lines.append(f'#EXT-X-PART:DURATION=0.04,URI="{track}-{msn}.{i}.m4s"' + (",INDEPENDENT=YES" if i == 0 else ""))
+                lines.append(f'#EXT-X-PART:DURATION=0.04,URI="{track}-{msn}.{i}.m4s"'
+                             + (",INDEPENDENT=YES" if i == 0 else ""))
             lines += ["#EXTINF:0.2,", f"{track}-{msn}.m4s"]
         for i in range(n % self.PARTS):
-            lines.append(f'#EXT-X-PART:DURATION=0.04,URI="{track}-{done}.{i}.m4s"' + (",INDEPENDENT=YES" if i == 0 else ""))
+            lines.append(f'#EXT-X-PART:DURATION=0.04,URI="{track}-{done}.{i}.m4s"'
+                         + (",INDEPENDENT=YES" if i == 0 else ""))
         lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{track}-{done}.{n % self.PARTS}.m4s"')
         return "\n".join(lines) + "\n"
 
@@ -1034,7 +1059,8 @@ class FakeLive:
         sets = []
         for track, scale in (("video", 90000), ("audio", 48000)):
             d = int(0.2 * scale)
-            sets.append(f'<AdaptationSet contentType="{track}"><SegmentTemplate timescale="{scale}" startNumber="{first}" '
+            sets.append(f'<AdaptationSet contentType="{track}"><SegmentTemplate timescale="{scale}" '
+                        f'startNumber="{first}" '
                         f'initialization="{track}-init.mp4" media="{track}-$Number$.m4s"><SegmentTimeline>'
                         f'<S t="{first * d}" d="{d}" r="{done - first - 1}"/></SegmentTimeline></SegmentTemplate>'
                         f'<Representation id="{track}"/></AdaptationSet>')
