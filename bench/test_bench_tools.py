@@ -1463,6 +1463,21 @@ def test_the_probe_patches_the_servers_own_recording_modules_and_reports_their_t
                    timeout=60)
 
 
+def test_the_probe_runs_the_sitecustomize_it_hides(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import builtins\nbuiltins.OTHER_SITECUSTOMIZE_RAN = True\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for probe in (str(tmp_path / "probe.json"), None):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(root, "bench", "_recprobe"), str(other)])}
+        env.pop("MEDIASERVER_BENCH_RECPROBE", None)
+        if probe:
+            env["MEDIASERVER_BENCH_RECPROBE"] = probe
+        code = "import builtins, sitecustomize\nassert builtins.OTHER_SITECUSTOMIZE_RAN\n" \
+               "assert sitecustomize.__file__.endswith('_recprobe/sitecustomize.py'), sitecustomize.__file__\n"
+        subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True, timeout=60)
+
+
 def test_a_probe_window_is_the_difference_of_two_readings_per_frame_per_mb_and_per_stream_minute():
     from bench.record import probe_window
     a = {"frames": 1000, "loop_s": 1.0, "writer_s": 0.5, "bytes": 10_000_000, "at": 100.0}

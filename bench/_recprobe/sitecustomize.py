@@ -94,7 +94,7 @@ def _patch_fragmenter(module, now) -> None:
 
 
 class _PatchOnImport:
-    """A meta path finder that lets the others find the two modules, then patches each once it has run."""
+    """A meta path finder that lets the others find the modules of _TARGETS, then patches each once it has run."""
 
     def find_spec(self, name, path=None, target=None):
         if name not in _TARGETS:
@@ -123,6 +123,20 @@ def _report() -> None:
         os.replace(tmp, _OUT)
 
 
+def _run_the_shadowed_sitecustomize() -> None:
+    """The `sitecustomize` this one hides (the next on sys.path, such as Debian's), run as Python would have."""
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
 if _OUT:
     sys.meta_path.insert(0, _PatchOnImport())
     threading.Thread(target=_report, name="bench recording probe", daemon=True).start()
+_run_the_shadowed_sitecustomize()
