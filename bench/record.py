@@ -5,6 +5,7 @@
     python -m bench.record --streams 5 --seconds 20             a quick check
     python -m bench.record --streams 50 --seconds 30 --toggle 4 one server, recording switched on and off
     python -m bench.record --streams 50 --seconds 40 --toggle 2 --probe   and the recording's own CPU, timed inside
+    python -m bench.record --pool bench/results/record-50s-toggle-*.json  several toggle runs' windows together
 
 Each run starts the server (bench/load.py's `start_server`, on free loopback ports, here with
 `record.mode`, `record.path` in the run's directory and `record.fsync_interval`), publishes `--streams`
@@ -304,6 +305,42 @@ def probe_window(a: dict | None, b: dict | None, streams: int) -> dict | None:
                              "other": per_mb(writer_s - direct_s)}}
 
 
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+"""Student's t, two-sided 95 %, for 1 to 30 degrees of freedom (1.96 beyond)."""
+
+
+def mean_interval(values: list[float]) -> dict | None:
+    """The mean of the windows' figures and the half-width of its 95 % interval (Student's t over the windows'
+    spread), or None for fewer than two. Neighbouring windows share an off-window, so they are not wholly
+    independent: the interval is a guide to how far runs of the same code may fall apart, not a proof."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+    return {"windows": n, "mean": round(mean, 4), "plus_minus": round(t * sd / n ** 0.5, 4)}
+
+
+def pool_runs(paths: list[Path]) -> dict:
+    """The recording windows of several `--toggle` runs (their JSON results) taken together."""
+    values, runs = [], []
+    for path in paths:
+        try:
+            toggle = json.loads(path.read_text())["toggle"]
+            figures = [float(v) for v in toggle["recording_cpu_s_per_stream_minute"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise load.BenchError(f"{path} is not a bench.record --toggle result: {err!r}") from None
+        runs.append({"path": str(path), "windows": figures})
+        values += figures
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = (ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2) if ordered else None
+    return {"runs": runs, "median": round(median, 4) if median is not None else None,
+            "interval": mean_interval(values)}
+
+
 async def set_recording(server: load.Server, names: list[str], on: bool) -> None:
     """Start (POST) or stop (DELETE) every stream's recording through the admin API."""
     base = f"http://{server.host}:{server.http_port}/api/v1/streams/{server.app}"
@@ -396,6 +433,7 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
                 out.append(round(windows[i][key] - off, 4))
     probed = [w["probe"] for w in windows if w["recording"] and w.get("probe")]
     return {"windows": windows, "recording_cpu_s_per_stream_minute": deltas,
+            "recording_cpu_s_per_stream_minute_interval": mean_interval(deltas),
             "recording_timed_inside": probed,
             "kernel_threads_cpu_s_per_stream_minute": kernel,
             "recording_loop_thread_cpu_s_per_stream_minute": loop,
@@ -472,6 +510,9 @@ async def amain(args) -> int:
         print(f"  recording costs {result['recording_cpu_s_per_stream_minute']} CPU-s per stream-minute (mean "
               f"{result['recording_cpu_s_per_stream_minute_mean']}, median "
               f"{result['recording_cpu_s_per_stream_minute_median']}; goal at most 0.02)")
+        if result["recording_cpu_s_per_stream_minute_interval"]:
+            iv = result["recording_cpu_s_per_stream_minute_interval"]
+            print(f"    mean {iv['mean']} ± {iv['plus_minus']} (95 %, Student's t over the {iv['windows']} windows)")
         print(f"    of which the event loop's thread {result['recording_loop_thread_cpu_s_per_stream_minute']}, the "
               f"other threads (the recording writer's, the catalog's) "
               f"{result['recording_other_threads_cpu_s_per_stream_minute']}")
@@ -515,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=5.0,
                     help="with --toggle: seconds after switching before a window starts (default 5)")
     ap.add_argument("--keep-files", action="store_true", help="keep the recordings (bench/results/...-files)")
+    ap.add_argument("--pool", nargs="+", type=Path, metavar="RESULT.json",
+                    help="run nothing: take the recording windows of these --toggle results together (mean, 95 %% "
+                         "interval, median)")
     ap.add_argument("--probe", action="store_true",
                     help="with --toggle: also time the recording's own work inside the server (bench/_recprobe)")
     args = ap.parse_args(argv)
@@ -523,6 +567,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--streams and --seconds must be at least 1; --modes takes off and all")
     if args.probe and not args.toggle:
         ap.error("--probe goes with --toggle")
+    if args.pool:
+        try:
+            pooled = pool_runs(args.pool)
+        except load.BenchError as err:
+            load.say(f"error: {err}")
+            return 1
+        for run in pooled["runs"]:
+            print(f"  {run['path']}: {run['windows']}")
+        iv = pooled["interval"]
+        print(f"recording costs, {sum(len(r['windows']) for r in pooled['runs'])} windows of {len(pooled['runs'])} "
+              f"runs: median {pooled['median']}"
+              + (f", mean {iv['mean']} ± {iv['plus_minus']} (95 %)" if iv else "") + " CPU-s per stream-minute")
+        return 0
     load.raise_nofile_limit()
     try:
         return asyncio.run(amain(args))

@@ -1463,6 +1463,29 @@ def test_the_probe_patches_the_servers_own_recording_modules_and_reports_their_t
                    timeout=60)
 
 
+def test_the_mean_of_the_windows_comes_with_its_95_percent_interval():
+    from bench.record import mean_interval
+    assert mean_interval([]) is None and mean_interval([0.02]) is None
+    iv = mean_interval([0.018, 0.022, 0.020, 0.020])  # sd 0.001633, t(3) 3.182: 0.0026
+    assert iv == {"windows": 4, "mean": 0.02, "plus_minus": 0.0026}
+    assert mean_interval([0.02] * 50)["plus_minus"] == 0.0  # (t past 30 degrees of freedom: 1.96)
+
+
+def test_pooled_toggle_runs_take_every_window_and_a_wrong_file_is_named(tmp_path):
+    from bench.load import BenchError
+    from bench.record import pool_runs
+    a, b, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "bad.json"
+    a.write_text(json.dumps({"toggle": {"recording_cpu_s_per_stream_minute": [0.018, 0.022]}}))
+    b.write_text(json.dumps({"toggle": {"recording_cpu_s_per_stream_minute": [0.020, 0.021, 0.019]}}))
+    bad.write_text(json.dumps({"runs": []}))  # a run without --toggle
+    pooled = pool_runs([a, b])
+    assert [r["windows"] for r in pooled["runs"]] == [[0.018, 0.022], [0.020, 0.021, 0.019]]
+    assert pooled["median"] == 0.02 and pooled["interval"]["windows"] == 5 and pooled["interval"]["mean"] == 0.02
+    for wrong in (bad, tmp_path / "missing.json"):
+        with pytest.raises(BenchError, match=wrong.name):
+            pool_runs([a, wrong])
+
+
 def test_the_probe_runs_the_sitecustomize_it_hides(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
