@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -278,6 +279,7 @@ def probe_window(a: dict | None, b: dict | None, streams: int) -> dict | None:
     into its buffer, its pwrite calls, the rest of its jobs (fsyncs, opens, closes)."""
     if not a or not b or b["at"] <= a["at"]:
         return None
+
     def spent(key: str) -> float:
         return b.get(key, 0.0) - a.get(key, 0.0)  # (a key an older probe did not write: 0)
 
@@ -317,10 +319,9 @@ def mean_interval(values: list[float]) -> dict | None:
     n = len(values)
     if n < 2:
         return None
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
     t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
-    return {"windows": n, "mean": round(mean, 4), "plus_minus": round(t * sd / n ** 0.5, 4)}
+    return {"windows": n, "mean": round(statistics.fmean(values), 4),
+            "plus_minus": round(t * statistics.stdev(values) / n ** 0.5, 4)}
 
 
 def pool_runs(paths: list[Path]) -> dict:
@@ -334,11 +335,11 @@ def pool_runs(paths: list[Path]) -> dict:
             raise load.BenchError(f"{path} is not a bench.record --toggle result: {err!r}") from None
         runs.append({"path": str(path), "windows": figures})
         values += figures
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    median = (ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2) if ordered else None
-    return {"runs": runs, "median": round(median, 4) if median is not None else None,
-            "interval": mean_interval(values)}
+    return {"runs": runs, "median": median(values), "interval": mean_interval(values)}
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
 
 
 async def set_recording(server: load.Server, names: list[str], on: bool) -> None:
@@ -439,8 +440,7 @@ async def toggle_run(args, run_name: str, media: Path) -> dict:
             "recording_loop_thread_cpu_s_per_stream_minute": loop,
             "recording_other_threads_cpu_s_per_stream_minute": other,
             "recording_cpu_s_per_stream_minute_mean": round(sum(deltas) / len(deltas), 4),
-            "recording_cpu_s_per_stream_minute_median": sorted(deltas)[len(deltas) // 2] if len(deltas) % 2
-            else round(sum(sorted(deltas)[len(deltas) // 2 - 1:len(deltas) // 2 + 1]) / 2, 4)}
+            "recording_cpu_s_per_stream_minute_median": median(deltas)}
 
 
 def summarize(runs: list[dict], streams: int) -> dict:
