@@ -5,7 +5,7 @@
     python -m bench.record --streams 5 --seconds 20             a quick check
     python -m bench.record --streams 50 --seconds 30 --toggle 4 one server, recording switched on and off
     python -m bench.record --streams 50 --seconds 40 --toggle 2 --probe   and the recording's own CPU, timed inside
-    python -m bench.record --pool bench/results/record-50s-toggle-*.json  several toggle runs' windows together
+    python -m bench.record --pool RUN1.json RUN2.json ...          toggle runs of one build (bench/results), together
 
 Each run starts the server (bench/load.py's `start_server`, on free loopback ports, here with
 `record.mode`, `record.path` in the run's directory and `record.fsync_interval`), publishes `--streams`
@@ -329,11 +329,13 @@ def pool_runs(paths: list[Path]) -> dict:
     values, runs = [], []
     for path in paths:
         try:
-            toggle = json.loads(path.read_text())["toggle"]
-            figures = [float(v) for v in toggle["recording_cpu_s_per_stream_minute"]]
+            result = json.loads(path.read_text())
+            figures = [float(v) for v in result["toggle"]["recording_cpu_s_per_stream_minute"]]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise load.BenchError(f"{path} is not a bench.record --toggle result: {err!r}") from None
-        runs.append({"path": str(path), "windows": figures})
+        machine = result.get("machine")
+        runs.append({"path": str(path), "commit": machine.get("commit") if isinstance(machine, dict) else None,
+                     "windows": figures})
         values += figures
     return {"runs": runs, "median": median(values), "interval": mean_interval(values)}
 
@@ -558,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-files", action="store_true", help="keep the recordings (bench/results/...-files)")
     ap.add_argument("--pool", nargs="+", type=Path, metavar="RESULT.json",
                     help="run nothing: take the recording windows of these --toggle results together (mean, 95 %% "
-                         "interval, median)")
+                         "interval, median); each is listed with the commit it ran, to keep to one build")
     ap.add_argument("--probe", action="store_true",
                     help="with --toggle: also time the recording's own work inside the server (bench/_recprobe)")
     args = ap.parse_args(argv)
@@ -574,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             load.say(f"error: {err}")
             return 1
         for run in pooled["runs"]:
-            print(f"  {run['path']}: {run['windows']}")
+            print(f"  {run['path']} (main at {run['commit']}): {run['windows']}")
         iv = pooled["interval"]
         print(f"recording costs, {sum(len(r['windows']) for r in pooled['runs'])} windows of {len(pooled['runs'])} "
               f"runs: median {pooled['median']}"

@@ -1445,7 +1445,7 @@ def test_the_probe_patches_the_servers_own_recording_modules_and_reports_their_t
         "from mediaserver.record import fragmenter\n"
         "assert fragmenter.GopFragmenter._cut.__name__ == 'timed_cut'\n"
         "assert fragmenter.GopFragmenter._audio_fragment.__name__ == 'timed_audio_fragment'\n"
-        "assert fragmenter.fragment_pieces.__name__ == 'timed'\n"
+        "assert fragmenter.fragment_pieces.__name__ == 'timed_fragment_pieces'\n"
         f"rec = recorder.Recorder(StreamKey('live', 'x'), Path({str(tmp_path)!r}))\n"
         "rec.on_frames([])\n"
         "time.sleep(1.5)\n"
@@ -1475,11 +1475,13 @@ def test_pooled_toggle_runs_take_every_window_and_a_wrong_file_is_named(tmp_path
     from bench.load import BenchError
     from bench.record import pool_runs
     a, b, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "bad.json"
-    a.write_text(json.dumps({"toggle": {"recording_cpu_s_per_stream_minute": [0.018, 0.022]}}))
+    a.write_text(json.dumps({"machine": {"commit": "abc1234"},
+                             "toggle": {"recording_cpu_s_per_stream_minute": [0.018, 0.022]}}))
     b.write_text(json.dumps({"toggle": {"recording_cpu_s_per_stream_minute": [0.020, 0.021, 0.019]}}))
     bad.write_text(json.dumps({"runs": []}))  # a run without --toggle
     pooled = pool_runs([a, b])
     assert [r["windows"] for r in pooled["runs"]] == [[0.018, 0.022], [0.020, 0.021, 0.019]]
+    assert [r["commit"] for r in pooled["runs"]] == ["abc1234", None]
     assert pooled["median"] == 0.02 and pooled["interval"]["windows"] == 5 and pooled["interval"]["mean"] == 0.02
     for wrong in (bad, tmp_path / "missing.json"):
         with pytest.raises(BenchError, match=wrong.name):

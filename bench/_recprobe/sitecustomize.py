@@ -50,28 +50,19 @@ def _patch(module) -> None:
             if kind == "write":
                 totals["bytes"] += len(arg)
         module.DiskWriter._do = timed_do
-        module.DiskWriter._write_direct = _timed_method(module.DiskWriter._write_direct, "direct_s", now)
-        module.DiskWriter._put = _timed_method(module.DiskWriter._put, "pwrite_s", now)
+        module.DiskWriter._write_direct = _timed(module.DiskWriter._write_direct, "direct_s", now)
+        module.DiskWriter._put = _timed(module.DiskWriter._put, "pwrite_s", now)
 
 
-def _timed_method(method, key, now):
-    def timed(self, *args):
-        t = now()
-        try:
-            return method(self, *args)
-        finally:
-            totals[key] += now() - t
-    timed.__name__ = f"timed_{method.__name__.lstrip('_')}"
-    return timed
-
-
-def _timed_function(function, key, now):
+def _timed(function, key, now):
+    """`function` (a method too: `self` is its first argument), its time added to totals[key]."""
     def timed(*args, **kwargs):
         t = now()
         try:
             return function(*args, **kwargs)
         finally:
             totals[key] += now() - t
+    timed.__name__ = f"timed_{function.__name__.lstrip('_')}"
     return timed
 
 
@@ -88,9 +79,9 @@ def _patch_fragmenter(module, now) -> None:
         finally:
             totals["video_cut_s"] += now() - t - (totals["audio_cut_s"] - audio_before)
     fragmenter._cut = timed_cut
-    fragmenter._audio_fragment = _timed_method(fragmenter._audio_fragment, "audio_cut_s", now)
-    module._payloads = _timed_function(module._payloads, "views_s", now)
-    module.fragment_pieces = _timed_function(module.fragment_pieces, "moof_s", now)
+    fragmenter._audio_fragment = _timed(fragmenter._audio_fragment, "audio_cut_s", now)
+    module._payloads = _timed(module._payloads, "views_s", now)
+    module.fragment_pieces = _timed(module.fragment_pieces, "moof_s", now)
 
 
 class _PatchOnImport:
