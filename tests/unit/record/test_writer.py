@@ -5,6 +5,7 @@ the thread comes back to the Recorder once, with the file cut back to its last w
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
@@ -17,7 +18,7 @@ import pytest
 from mediaserver.media.frames import FrameKind
 from mediaserver.record import recorder as recorder_module, vod, writer as writer_module
 from mediaserver.record.recorder import COMPLETE, FAILED, FileClosed, Recorder
-from mediaserver.record.writer import IOV_MAX, PAGE_SIZE, DiskWriter, write_whole
+from mediaserver.record.writer import HUGE_PAGE, IOV_MAX, PAGE_SIZE, DiskWriter, direct_buffer, write_whole
 from mediaserver.remux.fmp4 import Pieces
 
 from support.codec_clips import codec_clip
@@ -308,6 +309,37 @@ async def _record_clip(tmp_path, frames, **disk_args) -> tuple[Recorder, list[by
     stream.end()
     await asyncio.to_thread(disk.stop)
     return rec, seen
+
+
+def _mapping(address: int) -> dict[str, str]:
+    """The /proc/self/smaps entry that holds `address`: its permissions (`perms`) and its fields."""
+    entry: dict[str, str] | None = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:  # a mapping's first line: start-end perms offset dev inode
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                if entry is not None:
+                    return entry
+                if start <= address < end:
+                    entry = {"perms": head[1], "length": str(end - start)}
+            elif entry is not None:
+                key, _, value = line.partition(":")
+                entry[key] = value.strip()
+    assert entry is not None, f"no mapping holds {address:#x}"
+    return entry
+
+
+def test_the_direct_buffer_is_private_whole_huge_pages_and_advised_onto_them():
+    # mmap's default anonymous mapping is shared (shmem), which gets no transparent huge page unless
+    # shmem_enabled says so: every O_DIRECT write then pins 4 kB pages (bench/README.md, "Recording cost").
+    size = (4 << 20) + 4096  # the writer's: DIRECT_BUFFER and the padding past a full one
+    buffer = direct_buffer(size)
+    assert len(buffer) % HUGE_PAGE == 0 and len(buffer) >= size
+    buffer[:] = bytes(len(buffer))  # touched, as the writer's thread touches it
+    entry = _mapping(ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
+    assert entry["perms"] == "rw-p"  # private, not shared
+    assert "hg" in entry["VmFlags"].split()  # MADV_HUGEPAGE: the kernel takes huge pages when it has them
 
 
 @pytest.mark.parametrize("buffer", [8192, 4 << 20], ids=["fragments-past-the-buffer", "one-write-each"])
