@@ -322,7 +322,7 @@ def _mapping(address: int) -> dict[str, str]:
                 if entry is not None:
                     return entry
                 if start <= address < end:
-                    entry = {"perms": head[1], "length": str(end - start)}
+                    entry = {"perms": head[1]}
             elif entry is not None:
                 key, _, value = line.partition(":")
                 entry[key] = value.strip()
